@@ -1,0 +1,710 @@
+//! The policy decision: a token request becomes a [`Grant`] or a [`Denial`].
+//!
+//! [`decide`] is the only constructor of a `Grant`, so a token can only be
+//! signed for something the policy allowed. Every check fails closed: when in
+//! doubt, the answer is a denial with a reason.
+
+use crate::form::FormParams;
+use crate::ids::{validate_audience, validate_job_id};
+use crate::policy::{Policy, StepLookup, Workload, validate_step_ref};
+use crate::revocation::RevocationSet;
+use crate::scope::{Scope, ScopeListError, covered, parse_scope_list};
+use crate::ttl::Ttl;
+use chrono::{DateTime, TimeDelta, Utc};
+use std::fmt;
+use stint_proto::ErrorCode;
+
+/// Why a request was denied: a short, stable label for metrics and audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// The body could not be read as a form.
+    MalformedRequest,
+    /// The body was over the size limit.
+    BodyTooLarge,
+    /// The `grant_type` is missing or not supported.
+    UnsupportedGrantType,
+    /// Client authentication failed or was missing.
+    InvalidClient,
+    /// No `step`.
+    MissingStep,
+    /// A `step` that is not in the workload's workflows.
+    UnknownStep,
+    /// A bare step name that several of the workload's workflows share.
+    AmbiguousStep,
+    /// A malformed `job`.
+    MalformedJob,
+    /// A malformed `ttl`.
+    MalformedTtl,
+    /// A malformed `audience` or `resource`, or both given and different.
+    MalformedAudience,
+    /// No audience and the step does not imply one.
+    MissingAudience,
+    /// An audience the step does not allow.
+    AudienceNotAllowed,
+    /// No scope, a malformed scope, or too many.
+    MalformedScope,
+    /// A scope not covered by the step's allowance.
+    ScopeNotAllowed,
+    /// The workflow is past its review date and review is enforced.
+    ReviewOverdue,
+    /// The job has been revoked (completed).
+    JobRevoked,
+}
+
+impl DenyReason {
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedRequest => "malformed_request",
+            Self::BodyTooLarge => "body_too_large",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidClient => "invalid_client",
+            Self::MissingStep => "missing_step",
+            Self::UnknownStep => "unknown_step",
+            Self::AmbiguousStep => "ambiguous_step",
+            Self::MalformedJob => "malformed_job",
+            Self::MalformedTtl => "malformed_ttl",
+            Self::MalformedAudience => "malformed_audience",
+            Self::MissingAudience => "missing_audience",
+            Self::AudienceNotAllowed => "audience_not_allowed",
+            Self::MalformedScope => "malformed_scope",
+            Self::ScopeNotAllowed => "scope_not_allowed",
+            Self::ReviewOverdue => "review_overdue",
+            Self::JobRevoked => "job_revoked",
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused request: the OAuth error to answer with, the reason to record,
+/// and a description safe to show the client (it names what the client
+/// sent, never the policy's patterns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The OAuth error code.
+    pub code: ErrorCode,
+    /// The stable reason label.
+    pub reason: DenyReason,
+    /// The `error_description`.
+    pub description: String,
+}
+
+impl Denial {
+    /// A denial.
+    pub fn new(code: ErrorCode, reason: DenyReason, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            description: description.into(),
+        }
+    }
+}
+
+/// The step-specific parameters of a token request, parsed but not yet
+/// judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRequest {
+    /// `step` or `workflow/step`.
+    pub step: String,
+    /// The requested scopes, sorted, without duplicates.
+    pub scopes: Vec<Scope>,
+    /// The requested audience (`audience` or `resource`).
+    pub audience: Option<String>,
+    /// The job id, if the client gave one.
+    pub job: Option<String>,
+    /// The requested lifetime in seconds.
+    pub ttl: Option<u64>,
+}
+
+impl StepRequest {
+    /// Read `step`, `scope`, `audience`/`resource`, `job` and `ttl` from a
+    /// token request.
+    pub fn from_params(params: &FormParams) -> Result<Self, Denial> {
+        use DenyReason as R;
+        use ErrorCode as E;
+        let step = params.get("step").ok_or_else(|| {
+            Denial::new(
+                E::InvalidRequest,
+                R::MissingStep,
+                "the step parameter is required",
+            )
+        })?;
+        validate_step_ref(step).map_err(|e| {
+            Denial::new(
+                E::InvalidRequest,
+                R::UnknownStep,
+                format!("the step parameter is malformed: it {e}"),
+            )
+        })?;
+
+        let scopes = parse_scope_list(params.get("scope").unwrap_or("")).map_err(|e| {
+            let description = match e {
+                ScopeListError::Empty => {
+                    "the scope parameter is required: name each scope the step needs".to_owned()
+                }
+                other => other.to_string(),
+            };
+            Denial::new(E::InvalidScope, R::MalformedScope, description)
+        })?;
+
+        let audience = match (params.get("audience"), params.get("resource")) {
+            (Some(a), Some(r)) if a != r => {
+                return Err(Denial::new(
+                    E::InvalidTarget,
+                    R::MalformedAudience,
+                    "audience and resource differ; a token has one audience",
+                ));
+            }
+            (Some(a), _) | (None, Some(a)) => {
+                validate_audience(a).map_err(|e| {
+                    Denial::new(
+                        E::InvalidTarget,
+                        R::MalformedAudience,
+                        format!("the audience is malformed: it {e}"),
+                    )
+                })?;
+                Some(a.to_owned())
+            }
+            (None, None) => None,
+        };
+
+        let job = match params.get("job") {
+            Some(job) => {
+                validate_job_id(job).map_err(|e| {
+                    Denial::new(
+                        E::InvalidRequest,
+                        R::MalformedJob,
+                        format!("the job parameter is malformed: it {e}"),
+                    )
+                })?;
+                Some(job.to_owned())
+            }
+            None => None,
+        };
+
+        let ttl = match params.get("ttl") {
+            Some(text) => Some(parse_ttl_param(text).ok_or_else(|| {
+                Denial::new(
+                    E::InvalidRequest,
+                    R::MalformedTtl,
+                    "the ttl parameter must be a whole number of seconds, at least 1",
+                )
+            })?),
+            None => None,
+        };
+
+        Ok(Self {
+            step: step.to_owned(),
+            scopes,
+            audience,
+            job,
+            ttl,
+        })
+    }
+}
+
+fn parse_ttl_param(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|n| *n >= 1)
+}
+
+/// What the policy allowed: everything a token is made of except its
+/// issuer and id. Only [`decide`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    workload: String,
+    client_id: String,
+    workflow: String,
+    step: String,
+    scopes: Vec<Scope>,
+    audience: String,
+    job: String,
+    ttl: Ttl,
+    issued_at: DateTime<Utc>,
+}
+
+impl Grant {
+    /// The workload (`sub`).
+    pub fn workload(&self) -> &str {
+        &self.workload
+    }
+    /// The client (`client_id`).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+    /// The workflow.
+    pub fn workflow(&self) -> &str {
+        &self.workflow
+    }
+    /// The step.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+    /// The granted scopes.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+    /// The audience (`aud`).
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+    /// The job.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+    /// The lifetime.
+    pub fn ttl(&self) -> Ttl {
+        self.ttl
+    }
+    /// When it was granted.
+    pub fn issued_at(&self) -> DateTime<Utc> {
+        self.issued_at
+    }
+    /// When a token for it expires.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.issued_at + TimeDelta::seconds(i64::from(self.ttl.as_secs()))
+    }
+}
+
+/// Everything a decision depends on besides the request.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionContext<'a> {
+    /// The policy in force.
+    pub policy: &'a Policy,
+    /// The revocations in force.
+    pub revocations: &'a RevocationSet,
+    /// The current time.
+    pub now: DateTime<Utc>,
+}
+
+/// Decide a token request by an authenticated `workload`. `new_job` makes a
+/// job id when the request has none.
+pub fn decide(
+    context: DecisionContext<'_>,
+    workload: &Workload,
+    request: &StepRequest,
+    new_job: impl FnOnce() -> String,
+) -> Result<Grant, Denial> {
+    use DenyReason as R;
+    use ErrorCode as E;
+    let (workflow, step) = context
+        .policy
+        .resolve_step(workload, &request.step)
+        .map_err(|lookup| match lookup {
+            StepLookup::NotFound => Denial::new(
+                E::InvalidRequest,
+                R::UnknownStep,
+                format!(
+                    "step {:?} is not part of any workflow this client may run",
+                    request.step
+                ),
+            ),
+            StepLookup::Ambiguous => Denial::new(
+                E::InvalidRequest,
+                R::AmbiguousStep,
+                format!(
+                    "step {:?} is in several of this client's workflows; name it as workflow/step",
+                    request.step
+                ),
+            ),
+        })?;
+
+    if context.policy.enforce_review() && workflow.is_overdue(context.now.date_naive()) {
+        return Err(Denial::new(
+            E::UnauthorizedClient,
+            R::ReviewOverdue,
+            format!(
+                "workflow {:?} is past its review date and must be recertified before it can be used",
+                workflow.name()
+            ),
+        ));
+    }
+
+    if let Some(refused) = request.scopes.iter().find(|s| !covered(step.scopes(), s)) {
+        return Err(Denial::new(
+            E::InvalidScope,
+            R::ScopeNotAllowed,
+            format!(
+                "scope {:?} is not allowed for step {:?}",
+                refused.as_str(),
+                step.name()
+            ),
+        ));
+    }
+
+    let audience = match (&request.audience, step.audiences()) {
+        (Some(asked), allowed) if allowed.is_empty() || allowed.contains(asked) => asked.clone(),
+        (Some(asked), _) => {
+            return Err(Denial::new(
+                E::InvalidTarget,
+                R::AudienceNotAllowed,
+                format!(
+                    "audience {asked:?} is not allowed for step {:?}",
+                    step.name()
+                ),
+            ));
+        }
+        (None, [only]) => only.clone(),
+        (None, _) => {
+            return Err(Denial::new(
+                E::InvalidTarget,
+                R::MissingAudience,
+                "name the target system with the audience (or resource) parameter",
+            ));
+        }
+    };
+
+    let job = match &request.job {
+        Some(job) => job.clone(),
+        None => new_job(),
+    };
+    if context
+        .revocations
+        .is_job_revoked(workload.name(), &job, context.now)
+    {
+        return Err(Denial::new(
+            E::InvalidGrant,
+            R::JobRevoked,
+            format!("job {job:?} has been revoked; a completed job cannot mint new tokens"),
+        ));
+    }
+
+    Ok(Grant {
+        workload: workload.name().to_owned(),
+        client_id: workload.client_id().to_owned(),
+        workflow: workflow.name().to_owned(),
+        step: step.name().to_owned(),
+        scopes: request.scopes.clone(),
+        audience,
+        job,
+        ttl: Ttl::effective(request.ttl, step.default_ttl(), step.max_ttl()),
+        issued_at: context.now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revocation::JobRevocation;
+    use crate::scope::ScopePattern;
+    use proptest::prelude::*;
+
+    const HASH: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn policy(enforce_review: bool, review_by: &str) -> Policy {
+        Policy::parse(
+            "p.toml",
+            &format!(
+                r#"
+enforce_review = {enforce_review}
+[workloads.w]
+secret_sha256 = "{HASH}"
+workflows = ["demo"]
+[workflows.demo]
+review_by = {review_by}
+[workflows.demo.steps.read]
+scopes = ["read:demo/**", "read:github/acme/*"]
+default_ttl = "5m"
+max_ttl = "15m"
+[workflows.demo.steps.deploy]
+scopes = ["deploy:k8s/staging/web"]
+audiences = ["https://k8s.example"]
+"#
+            ),
+        )
+        .unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_795_000_000, 0).unwrap() // 2026-11-18
+    }
+
+    fn request(body: &str) -> Result<StepRequest, Denial> {
+        StepRequest::from_params(&FormParams::parse(body.as_bytes()).unwrap())
+    }
+
+    fn run(policy: &Policy, body: &str) -> Result<Grant, Denial> {
+        let revocations = RevocationSet::new();
+        let workload = policy.workload("w").unwrap();
+        let request = request(body)?;
+        decide(
+            DecisionContext {
+                policy,
+                revocations: &revocations,
+                now: now(),
+            },
+            workload,
+            &request,
+            || "job-new".into(),
+        )
+    }
+
+    #[test]
+    fn grants_exactly_what_was_asked_within_the_allowance() {
+        let p = policy(false, "2027-01-01");
+        let grant = run(
+            &p,
+            "step=read&scope=read:github/acme/web+read:demo/a/b&audience=api&job=j1&ttl=60",
+        )
+        .unwrap();
+        assert_eq!(grant.workload(), "w");
+        assert_eq!(grant.client_id(), "w");
+        assert_eq!(grant.workflow(), "demo");
+        assert_eq!(grant.step(), "read");
+        assert_eq!(
+            grant.scopes().iter().map(Scope::as_str).collect::<Vec<_>>(),
+            ["read:demo/a/b", "read:github/acme/web"]
+        );
+        assert_eq!(grant.audience(), "api");
+        assert_eq!(grant.job(), "j1");
+        assert_eq!(grant.ttl().as_secs(), 60);
+        assert_eq!((grant.expires_at() - grant.issued_at()).num_seconds(), 60);
+    }
+
+    #[test]
+    fn defaults_and_caps() {
+        let p = policy(false, "2027-01-01");
+        let grant = run(&p, "step=read&scope=read:demo/x&audience=api").unwrap();
+        assert_eq!(grant.ttl().as_secs(), 300);
+        assert_eq!(grant.job(), "job-new");
+        let grant = run(&p, "step=read&scope=read:demo/x&audience=api&ttl=999999").unwrap();
+        assert_eq!(grant.ttl().as_secs(), 900);
+        let grant = run(&p, "step=deploy&scope=deploy:k8s/staging/web").unwrap();
+        assert_eq!(grant.audience(), "https://k8s.example");
+        let grant = run(
+            &p,
+            "step=demo/deploy&scope=deploy:k8s/staging/web&resource=https://k8s.example",
+        )
+        .unwrap();
+        assert_eq!(grant.audience(), "https://k8s.example");
+    }
+
+    fn denied(p: &Policy, body: &str) -> (ErrorCode, DenyReason, String) {
+        let d = run(p, body).unwrap_err();
+        (d.code, d.reason, d.description)
+    }
+
+    #[test]
+    fn denials_carry_the_right_code_and_reason() {
+        use DenyReason as R;
+        use ErrorCode as E;
+        let p = policy(false, "2027-01-01");
+        let cases = [
+            ("scope=read:demo/x", E::InvalidRequest, R::MissingStep),
+            (
+                "step=nope&scope=read:demo/x",
+                E::InvalidRequest,
+                R::UnknownStep,
+            ),
+            (
+                "step=a/b/c&scope=read:demo/x",
+                E::InvalidRequest,
+                R::UnknownStep,
+            ),
+            (
+                "step=other/read&scope=read:demo/x",
+                E::InvalidRequest,
+                R::UnknownStep,
+            ),
+            ("step=read", E::InvalidScope, R::MalformedScope),
+            (
+                "step=read&scope=read:demo/*",
+                E::InvalidScope,
+                R::MalformedScope,
+            ),
+            (
+                "step=read&scope=read:demo",
+                E::InvalidScope,
+                R::ScopeNotAllowed,
+            ),
+            (
+                "step=read&scope=write:demo/x&audience=a",
+                E::InvalidScope,
+                R::ScopeNotAllowed,
+            ),
+            (
+                "step=read&scope=read:demo/x",
+                E::InvalidTarget,
+                R::MissingAudience,
+            ),
+            (
+                "step=read&scope=read:demo/x&audience=a&resource=b",
+                E::InvalidTarget,
+                R::MalformedAudience,
+            ),
+            (
+                "step=deploy&scope=deploy:k8s/staging/web&audience=other",
+                E::InvalidTarget,
+                R::AudienceNotAllowed,
+            ),
+            (
+                "step=read&scope=read:demo/x&audience=a&ttl=0",
+                E::InvalidRequest,
+                R::MalformedTtl,
+            ),
+            (
+                "step=read&scope=read:demo/x&audience=a&ttl=5m",
+                E::InvalidRequest,
+                R::MalformedTtl,
+            ),
+            (
+                "step=read&scope=read:demo/x&audience=a&ttl=-5",
+                E::InvalidRequest,
+                R::MalformedTtl,
+            ),
+            (
+                "step=read&scope=read:demo/x&audience=a&job=a/b",
+                E::InvalidRequest,
+                R::MalformedJob,
+            ),
+        ];
+        for (body, code, reason) in cases {
+            let (got_code, got_reason, _) = denied(&p, body);
+            assert_eq!((got_code, got_reason), (code, reason), "{body}");
+        }
+    }
+
+    #[test]
+    fn invalid_scope_names_the_refused_scope_and_no_policy_internals() {
+        let p = policy(false, "2027-01-01");
+        let (_, _, description) =
+            denied(&p, "step=read&scope=read:demo/ok+write:prod/db&audience=a");
+        assert!(description.contains("write:prod/db"), "{description}");
+        assert!(!description.contains("read:demo/**"), "{description}");
+        assert!(!description.contains("github"), "{description}");
+    }
+
+    #[test]
+    fn review_is_reported_or_enforced() {
+        let lax = policy(false, "2020-01-01");
+        assert!(run(&lax, "step=read&scope=read:demo/x&audience=a").is_ok());
+        let strict = policy(true, "2020-01-01");
+        let (code, reason, _) = denied(&strict, "step=read&scope=read:demo/x&audience=a");
+        assert_eq!(
+            (code, reason),
+            (ErrorCode::UnauthorizedClient, DenyReason::ReviewOverdue)
+        );
+        // The review date itself is still fine; the day after is not.
+        let today = now().date_naive().format("%Y-%m-%d").to_string();
+        assert!(
+            run(
+                &policy(true, &today),
+                "step=read&scope=read:demo/x&audience=a"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_revoked_job_cannot_mint() {
+        let p = policy(false, "2027-01-01");
+        let revocations = RevocationSet::new();
+        revocations.insert_job(&JobRevocation::new("w", "done", now()));
+        let workload = p.workload("w").unwrap();
+        let ctx = DecisionContext {
+            policy: &p,
+            revocations: &revocations,
+            now: now(),
+        };
+        let req = request("step=read&scope=read:demo/x&audience=a&job=done").unwrap();
+        assert_eq!(
+            decide(ctx, workload, &req, String::new).unwrap_err().reason,
+            DenyReason::JobRevoked
+        );
+        let req = request("step=read&scope=read:demo/x&audience=a&job=fresh").unwrap();
+        assert!(decide(ctx, workload, &req, String::new).is_ok());
+    }
+
+    // --- Property: a grant never exceeds its step's allowance or TTL. ----
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof!["a", "b", "web", "api"].prop_map(String::from)
+    }
+
+    fn pattern_strategy() -> impl Strategy<Value = String> {
+        (
+            prop_oneof!["read", "write"],
+            segment(),
+            prop::collection::vec(prop_oneof![segment(), Just("*".to_string())], 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(action, first, rest, tail)| {
+                let mut segs = vec![first];
+                segs.extend(rest);
+                if tail {
+                    segs.push("**".into());
+                }
+                format!("{action}:{}", segs.join("/"))
+            })
+    }
+
+    fn scope_strategy() -> impl Strategy<Value = String> {
+        (
+            prop_oneof!["read", "write"],
+            prop::collection::vec(segment(), 1..5),
+        )
+            .prop_map(|(action, segs)| format!("{action}:{}", segs.join("/")))
+    }
+
+    proptest! {
+        #[test]
+        fn a_grant_never_exceeds_the_allowance(
+            patterns in prop::collection::btree_set(pattern_strategy(), 1..6),
+            asked in prop::collection::vec(scope_strategy(), 1..8),
+            ttl in proptest::option::of(1u64..100_000),
+            max_minutes in 1u32..=60,
+        ) {
+            let patterns: Vec<String> = patterns.into_iter().collect();
+            let text = format!(
+                "[workloads.w]\nsecret_sha256 = \"{HASH}\"\nworkflows = [\"f\"]\n[workflows.f]\nreview_by = 2030-01-01\n[workflows.f.steps.s]\nscopes = {patterns:?}\ndefault_ttl = \"1m\"\nmax_ttl = \"{max_minutes}m\"\n"
+            );
+            let policy = Policy::parse("p.toml", &text).unwrap();
+            let allowance: Vec<ScopePattern> =
+                patterns.iter().map(|p| ScopePattern::parse(p).unwrap()).collect();
+            let mut body = format!("step=s&audience=a&scope={}", asked.join("+"));
+            if let Some(ttl) = ttl {
+                body.push_str(&format!("&ttl={ttl}"));
+            }
+            let every_scope_allowed = asked
+                .iter()
+                .all(|s| allowance.iter().any(|p| p.matches(&Scope::parse(s).unwrap())));
+            match run_with(&policy, &body) {
+                Ok(grant) => {
+                    prop_assert!(every_scope_allowed);
+                    for scope in grant.scopes() {
+                        prop_assert!(asked.contains(&scope.as_str().to_owned()), "grant added {}", scope);
+                        prop_assert!(allowance.iter().any(|p| p.matches(scope)), "{} exceeds the allowance", scope);
+                    }
+                    prop_assert!(grant.ttl().as_secs() <= max_minutes * 60);
+                    prop_assert!(grant.expires_at() > grant.issued_at());
+                }
+                Err(denial) => {
+                    prop_assert!(!every_scope_allowed, "denied an allowed request: {:?}", denial);
+                    prop_assert_eq!(denial.reason, DenyReason::ScopeNotAllowed);
+                }
+            }
+        }
+    }
+
+    fn run_with(policy: &Policy, body: &str) -> Result<Grant, Denial> {
+        let revocations = RevocationSet::new();
+        let request = request(body)?;
+        decide(
+            DecisionContext {
+                policy,
+                revocations: &revocations,
+                now: now(),
+            },
+            policy.workload("w").unwrap(),
+            &request,
+            || "j".into(),
+        )
+    }
+}

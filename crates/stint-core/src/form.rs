@@ -1,0 +1,172 @@
+//! A strict `application/x-www-form-urlencoded` parser for OAuth requests.
+//!
+//! Stricter than the WHATWG algorithm on purpose: invalid UTF-8 and broken
+//! percent escapes are errors rather than replacement characters, and a
+//! repeated parameter is an error (RFC 6749 section 3.2: "Request and
+//! response parameters MUST NOT be included more than once"). A parameter
+//! with an empty value counts as absent (RFC 6749 section 3.1).
+
+use thiserror::Error;
+
+/// The most parameters one request may carry.
+pub const MAX_PARAMS: usize = 64;
+
+/// Why a form body was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FormError {
+    /// A `%` not followed by two hex digits.
+    #[error("the form body has a malformed percent escape")]
+    BadPercentEscape,
+    /// Decoded bytes that are not UTF-8.
+    #[error("the form body is not valid UTF-8")]
+    InvalidUtf8,
+    /// A parameter given twice.
+    #[error("parameter {0:?} is repeated")]
+    Duplicate(String),
+    /// More than [`MAX_PARAMS`] parameters.
+    #[error("the form body has more than {MAX_PARAMS} parameters")]
+    TooManyParameters,
+}
+
+/// Decoded form parameters, each name at most once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FormParams {
+    pairs: Vec<(String, String)>,
+}
+
+impl FormParams {
+    /// Parse a form body.
+    pub fn parse(body: &[u8]) -> Result<Self, FormError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for part in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+            if pairs.len() >= MAX_PARAMS {
+                return Err(FormError::TooManyParameters);
+            }
+            let (name, value) = match part.iter().position(|b| *b == b'=') {
+                Some(at) => (&part[..at], &part[at + 1..]),
+                None => (part, &b""[..]),
+            };
+            let name = decode(name)?;
+            let value = decode(value)?;
+            if pairs.iter().any(|(n, _)| *n == name) {
+                return Err(FormError::Duplicate(name.chars().take(32).collect()));
+            }
+            pairs.push((name, value));
+        }
+        Ok(Self { pairs })
+    }
+
+    /// The value of `name`, or `None` if absent or empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Whether `name` was sent at all, even empty.
+    pub fn contains(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(n, _)| n == name)
+    }
+}
+
+fn decode(input: &[u8]) -> Result<String, FormError> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&byte) = input.get(i) {
+        match byte {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = input.get(i + 1).and_then(|b| hex_value(*b));
+                let lo = input.get(i + 2).and_then(|b| hex_value(*b));
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+                    _ => return Err(FormError::BadPercentEscape),
+                }
+                i += 2;
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| FormError::InvalidUtf8)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn decodes_plus_and_percent() {
+        let form = FormParams::parse(
+            b"grant_type=client_credentials&scope=read%3Aa%2Fb+write%3Aa&x=%C3%A9",
+        )
+        .unwrap();
+        assert_eq!(form.get("grant_type"), Some("client_credentials"));
+        assert_eq!(form.get("scope"), Some("read:a/b write:a"));
+        assert_eq!(form.get("x"), Some("é"));
+        assert_eq!(form.get("missing"), None);
+    }
+
+    #[test]
+    fn empty_values_count_as_absent() {
+        let form = FormParams::parse(b"scope=&step&&job=j").unwrap();
+        assert_eq!(form.get("scope"), None);
+        assert!(form.contains("scope"));
+        assert_eq!(form.get("step"), None);
+        assert_eq!(form.get("job"), Some("j"));
+    }
+
+    #[test]
+    fn refuses_duplicates_bad_escapes_and_bad_utf8() {
+        assert_eq!(
+            FormParams::parse(b"scope=a&scope=b"),
+            Err(FormError::Duplicate("scope".into()))
+        );
+        // Duplicates are found after decoding the name.
+        assert_eq!(
+            FormParams::parse(b"scope=a&sc%6Fpe=b"),
+            Err(FormError::Duplicate("scope".into()))
+        );
+        assert_eq!(
+            FormParams::parse(b"a=%zz"),
+            Err(FormError::BadPercentEscape)
+        );
+        assert_eq!(FormParams::parse(b"a=%4"), Err(FormError::BadPercentEscape));
+        assert_eq!(FormParams::parse(b"a=%ff"), Err(FormError::InvalidUtf8));
+        assert_eq!(FormParams::parse(b"a=\xc3"), Err(FormError::InvalidUtf8));
+        let many: Vec<String> = (0..=MAX_PARAMS).map(|i| format!("p{i}=v")).collect();
+        assert_eq!(
+            FormParams::parse(many.join("&").as_bytes()),
+            Err(FormError::TooManyParameters)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = FormParams::parse(&body);
+        }
+
+        #[test]
+        fn round_trips_encoded_values(value in "\\PC{0,40}") {
+            let mut encoded = String::new();
+            for byte in value.as_bytes() {
+                encoded.push_str(&format!("%{byte:02X}"));
+            }
+            let form = FormParams::parse(format!("v={encoded}").as_bytes()).unwrap();
+            prop_assert_eq!(form.get("v").unwrap_or(""), value.as_str());
+        }
+    }
+}

@@ -1,0 +1,920 @@
+//! Policy as code: workloads, workflows and steps, from TOML.
+//!
+//! ```toml
+//! # Refuse the steps of workflows past their review date (default: only warn).
+//! enforce_review = false
+//!
+//! [workloads.ci-deployer]
+//! client_id = "ci-deployer"        # optional, defaults to the workload name
+//! secret_sha256 = "9f86d0..."      # SHA-256 (hex) of a broker-generated secret
+//! workflows = ["deploy-web"]
+//!
+//! [workflows.deploy-web]
+//! review_by = 2027-03-31
+//!
+//! [workflows.deploy-web.steps.build]
+//! scopes = ["read:github/acme/web", "write:registry/acme/web/*"]
+//! default_ttl = "5m"               # optional, default 5m
+//! max_ttl = "15m"                  # optional, default 15m, never above 1h
+//! audiences = ["https://registry.example.com"]   # optional
+//! ```
+//!
+//! [`Policy::parse`] validates everything and reports every problem with the
+//! file, line, column and key. Nothing about a policy is checked later: a
+//! `Policy` value is valid by construction.
+
+use crate::ids::{self, validate_audience, validate_name};
+use crate::scope::ScopePattern;
+use crate::secret;
+use crate::ttl::{DEFAULT_MAX_TTL, DEFAULT_TTL, Ttl};
+use chrono::NaiveDate;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use toml::Spanned;
+
+/// The largest policy file accepted, in bytes.
+pub const MAX_POLICY_LEN: usize = 1024 * 1024;
+/// The most scope patterns one step may allow.
+pub const MAX_PATTERNS_PER_STEP: usize = 64;
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    enforce_review: bool,
+    workloads: BTreeMap<String, Workload>,
+    by_client_id: HashMap<String, String>,
+    workflows: BTreeMap<String, Workflow>,
+    digest: String,
+}
+
+/// A non-human identity that asks for tokens.
+#[derive(Clone)]
+pub struct Workload {
+    name: String,
+    client_id: String,
+    secret_sha256: [u8; 32],
+    workflows: Vec<String>,
+}
+
+/// A named sequence of steps.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    name: String,
+    review_by: NaiveDate,
+    steps: BTreeMap<String, Step>,
+}
+
+/// One step of a workflow: what it may ask for and for how long.
+#[derive(Debug, Clone)]
+pub struct Step {
+    name: String,
+    workflow: String,
+    scopes: Vec<ScopePattern>,
+    default_ttl: Ttl,
+    max_ttl: Ttl,
+    audiences: Vec<String>,
+}
+
+impl fmt::Debug for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workload")
+            .field("name", &self.name)
+            .field("client_id", &self.client_id)
+            .field("workflows", &self.workflows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workload {
+    /// The workload's name: every token's `sub`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The client id it authenticates as: every token's `client_id`.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+    /// The workflows it may run.
+    pub fn workflows(&self) -> &[String] {
+        &self.workflows
+    }
+}
+
+impl Workflow {
+    /// The workflow's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The date by which its grants must be recertified.
+    pub fn review_by(&self) -> NaiveDate {
+        self.review_by
+    }
+    /// Whether `today` is past the review date.
+    pub fn is_overdue(&self, today: NaiveDate) -> bool {
+        today > self.review_by
+    }
+    /// The step named `name`.
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.get(name)
+    }
+    /// All steps, by name.
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.steps.values()
+    }
+}
+
+impl Step {
+    /// The step's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The workflow it belongs to.
+    pub fn workflow(&self) -> &str {
+        &self.workflow
+    }
+    /// The scope patterns it allows.
+    pub fn scopes(&self) -> &[ScopePattern] {
+        &self.scopes
+    }
+    /// The lifetime of a token when the request names none.
+    pub fn default_ttl(&self) -> Ttl {
+        self.default_ttl
+    }
+    /// The longest lifetime a token for this step may have.
+    pub fn max_ttl(&self) -> Ttl {
+        self.max_ttl
+    }
+    /// The audiences a token for this step may name; empty means any.
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+}
+
+impl Policy {
+    /// Parse and validate a policy. `source` names the file in messages.
+    pub fn parse(source: &str, text: &str) -> Result<Self, PolicyErrors> {
+        let mut errors = Errors {
+            source,
+            text,
+            list: Vec::new(),
+        };
+        if text.len() > MAX_POLICY_LEN {
+            errors.push(
+                0..0,
+                "",
+                format!("the policy is larger than {MAX_POLICY_LEN} bytes"),
+            );
+            return Err(errors.finish());
+        }
+        let raw: RawPolicy = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(error) => {
+                let span = error.span().unwrap_or(0..0);
+                let key = key_at(text, span.start);
+                errors.push(span, &key, error.message().trim().to_owned());
+                return Err(errors.finish());
+            }
+        };
+        let policy = build(raw, &mut errors);
+        if errors.list.is_empty() {
+            let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()));
+            Ok(Policy { digest, ..policy })
+        } else {
+            Err(errors.finish())
+        }
+    }
+
+    /// Whether steps of overdue workflows are refused.
+    pub fn enforce_review(&self) -> bool {
+        self.enforce_review
+    }
+
+    /// SHA-256 (hex) of the policy text, for audit records.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The workload named `name`.
+    pub fn workload(&self, name: &str) -> Option<&Workload> {
+        self.workloads.get(name)
+    }
+
+    /// All workloads.
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.workloads.values()
+    }
+
+    /// The workflow named `name`.
+    pub fn workflow(&self, name: &str) -> Option<&Workflow> {
+        self.workflows.get(name)
+    }
+
+    /// All workflows.
+    pub fn workflows(&self) -> impl Iterator<Item = &Workflow> {
+        self.workflows.values()
+    }
+
+    /// Workflows past their review date on `today`.
+    pub fn overdue_workflows(&self, today: NaiveDate) -> Vec<&Workflow> {
+        self.workflows
+            .values()
+            .filter(|w| w.is_overdue(today))
+            .collect()
+    }
+
+    /// Authenticate a client by id and secret. The secret is compared in
+    /// constant time, and an unknown client id costs the same work as a
+    /// known one, so timing tells nothing about which ids exist.
+    pub fn authenticate(&self, client_id: &str, client_secret: &str) -> Option<&Workload> {
+        const NO_SUCH_HASH: [u8; 32] = [0; 32];
+        let workload = self
+            .by_client_id
+            .get(client_id)
+            .and_then(|name| self.workloads.get(name));
+        let expected = workload.map_or(&NO_SUCH_HASH, |w| &w.secret_sha256);
+        let secret_ok = secret::verify(client_secret, expected);
+        workload.filter(|_| secret_ok)
+    }
+
+    /// Find the step a request names for `workload`: either `step` alone,
+    /// if exactly one of the workload's workflows has a step of that name,
+    /// or `workflow/step`.
+    pub fn resolve_step(
+        &self,
+        workload: &Workload,
+        step_ref: &str,
+    ) -> Result<(&Workflow, &Step), StepLookup> {
+        if let Some((workflow_name, step_name)) = step_ref.split_once('/') {
+            if !workload.workflows.iter().any(|w| w == workflow_name) {
+                return Err(StepLookup::NotFound);
+            }
+            let workflow = self
+                .workflows
+                .get(workflow_name)
+                .ok_or(StepLookup::NotFound)?;
+            let step = workflow.steps.get(step_name).ok_or(StepLookup::NotFound)?;
+            return Ok((workflow, step));
+        }
+        let mut found = workload.workflows.iter().filter_map(|name| {
+            let workflow = self.workflows.get(name)?;
+            Some((workflow, workflow.steps.get(step_ref)?))
+        });
+        match (found.next(), found.next()) {
+            (Some(hit), None) => Ok(hit),
+            (Some(_), Some(_)) => Err(StepLookup::Ambiguous),
+            (None, _) => Err(StepLookup::NotFound),
+        }
+    }
+}
+
+/// Why a step reference did not resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepLookup {
+    /// No workflow of the workload has that step.
+    NotFound,
+    /// Several do; the request must say `workflow/step`.
+    Ambiguous,
+}
+
+// --- Raw, spanned form --------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    enforce_review: bool,
+    #[serde(default)]
+    workloads: BTreeMap<String, Spanned<RawWorkload>>,
+    #[serde(default)]
+    workflows: BTreeMap<String, Spanned<RawWorkflow>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    client_id: Option<Spanned<String>>,
+    secret_sha256: Spanned<String>,
+    workflows: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    #[allow(dead_code)] // documentation for humans; accepted, not used
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    review_by: Spanned<toml::Value>,
+    #[serde(default)]
+    #[allow(dead_code)] // documentation for humans; accepted, not used
+    description: Option<String>,
+    #[serde(default)]
+    steps: BTreeMap<String, Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    scopes: Spanned<Vec<Spanned<String>>>,
+    default_ttl: Option<Spanned<String>>,
+    max_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    audiences: Vec<Spanned<String>>,
+    #[serde(default)]
+    #[allow(dead_code)] // documentation for humans; accepted, not used
+    description: Option<String>,
+}
+
+fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
+    let mut workflows = BTreeMap::new();
+    for (name, spanned) in raw.workflows {
+        let span = spanned.span();
+        let key = format!("workflows.{name}");
+        if let Err(e) = validate_name(&name) {
+            errors.push(span.clone(), &key, format!("invalid workflow name: {e}"));
+        }
+        let raw_workflow = spanned.into_inner();
+        let review_by = parse_review_by(&raw_workflow.review_by, &key, errors);
+        if raw_workflow.steps.is_empty() {
+            errors.push(
+                span.clone(),
+                &key,
+                "a workflow must have at least one step".into(),
+            );
+        }
+        let mut steps = BTreeMap::new();
+        for (step_name, raw_step) in raw_workflow.steps {
+            let step_key = format!("{key}.steps.{step_name}");
+            if let Err(e) = validate_name(&step_name) {
+                errors.push(
+                    raw_step.span(),
+                    &step_key,
+                    format!("invalid step name: {e}"),
+                );
+            }
+            let step = build_step(&name, &step_name, raw_step, &step_key, errors);
+            steps.insert(step_name, step);
+        }
+        workflows.insert(
+            name.clone(),
+            Workflow {
+                name,
+                review_by: review_by.unwrap_or(NaiveDate::MIN),
+                steps,
+            },
+        );
+    }
+
+    let mut workloads = BTreeMap::new();
+    let mut by_client_id: HashMap<String, String> = HashMap::new();
+    for (name, spanned) in raw.workloads {
+        let span = spanned.span();
+        let key = format!("workloads.{name}");
+        if let Err(e) = validate_name(&name) {
+            errors.push(span.clone(), &key, format!("invalid workload name: {e}"));
+        }
+        let raw_workload = spanned.into_inner();
+        let client_id = match raw_workload.client_id {
+            Some(id) => {
+                if let Err(e) = validate_name(id.get_ref()) {
+                    errors.push(
+                        id.span(),
+                        &format!("{key}.client_id"),
+                        format!("invalid client id: {e}"),
+                    );
+                }
+                id.into_inner()
+            }
+            None => name.clone(),
+        };
+        if let Some(other) = by_client_id.insert(client_id.clone(), name.clone()) {
+            errors.push(
+                span.clone(),
+                &format!("{key}.client_id"),
+                format!("client id {client_id:?} is already used by workload {other:?}"),
+            );
+        }
+        let secret_sha256 = parse_sha256(
+            &raw_workload.secret_sha256,
+            &format!("{key}.secret_sha256"),
+            errors,
+        );
+        let mut workload_flows = Vec::new();
+        if raw_workload.workflows.get_ref().is_empty() {
+            errors.push(
+                raw_workload.workflows.span(),
+                &format!("{key}.workflows"),
+                "a workload must run at least one workflow".into(),
+            );
+        }
+        for (i, flow) in raw_workload.workflows.into_inner().into_iter().enumerate() {
+            let flow_key = format!("{key}.workflows[{i}]");
+            if !workflows.contains_key(flow.get_ref()) {
+                errors.push(
+                    flow.span(),
+                    &flow_key,
+                    format!("no workflow is named {:?}", flow.get_ref()),
+                );
+            } else if workload_flows.contains(flow.get_ref()) {
+                errors.push(
+                    flow.span(),
+                    &flow_key,
+                    format!("workflow {:?} is listed twice", flow.get_ref()),
+                );
+            } else {
+                workload_flows.push(flow.into_inner());
+            }
+        }
+        workloads.insert(
+            name.clone(),
+            Workload {
+                name,
+                client_id,
+                secret_sha256,
+                workflows: workload_flows,
+            },
+        );
+    }
+
+    Policy {
+        enforce_review: raw.enforce_review,
+        workloads,
+        by_client_id,
+        workflows,
+        digest: String::new(),
+    }
+}
+
+fn build_step(
+    workflow: &str,
+    name: &str,
+    raw: Spanned<RawStep>,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> Step {
+    let step_span = raw.span();
+    let raw = raw.into_inner();
+    let mut scopes: Vec<ScopePattern> = Vec::new();
+    if raw.scopes.get_ref().is_empty() {
+        errors.push(
+            raw.scopes.span(),
+            &format!("{key}.scopes"),
+            "a step must allow at least one scope".into(),
+        );
+    }
+    if raw.scopes.get_ref().len() > MAX_PATTERNS_PER_STEP {
+        errors.push(
+            raw.scopes.span(),
+            &format!("{key}.scopes"),
+            format!("a step may allow at most {MAX_PATTERNS_PER_STEP} scope patterns"),
+        );
+    }
+    for (i, text) in raw.scopes.into_inner().into_iter().enumerate() {
+        let pattern_key = format!("{key}.scopes[{i}]");
+        match ScopePattern::parse(text.get_ref()) {
+            Ok(pattern) if scopes.contains(&pattern) => {
+                errors.push(
+                    text.span(),
+                    &pattern_key,
+                    format!("pattern {:?} is listed twice", text.get_ref()),
+                );
+            }
+            Ok(pattern) => scopes.push(pattern),
+            Err(e) => errors.push(
+                text.span(),
+                &pattern_key,
+                format!("invalid scope pattern {:?}: {e}", text.get_ref()),
+            ),
+        }
+    }
+    let ttl = |value: &Option<Spanned<String>>,
+               field: &str,
+               fallback: Ttl,
+               errors: &mut Errors<'_>| match value {
+        None => Some(fallback),
+        Some(text) => match Ttl::parse_policy(text.get_ref()) {
+            Ok(ttl) => Some(ttl),
+            Err(e) => {
+                errors.push(text.span(), &format!("{key}.{field}"), format!("{e}"));
+                None
+            }
+        },
+    };
+    let default_ttl = ttl(&raw.default_ttl, "default_ttl", DEFAULT_TTL, errors);
+    // When only default_ttl is given and it exceeds the default ceiling, the
+    // ceiling follows it rather than producing a confusing error.
+    let max_fallback = default_ttl.map_or(DEFAULT_MAX_TTL, |d| d.max(DEFAULT_MAX_TTL));
+    let max_ttl = ttl(&raw.max_ttl, "max_ttl", max_fallback, errors);
+    if let (Some(default), Some(max)) = (default_ttl, max_ttl)
+        && default > max
+    {
+        let span = raw
+            .default_ttl
+            .as_ref()
+            .map_or(step_span.clone(), |s| s.span());
+        errors.push(
+            span,
+            &format!("{key}.default_ttl"),
+            format!("default_ttl ({default}) is longer than max_ttl ({max})"),
+        );
+    }
+    let mut audiences = Vec::new();
+    for (i, aud) in raw.audiences.into_iter().enumerate() {
+        let aud_key = format!("{key}.audiences[{i}]");
+        match validate_audience(aud.get_ref()) {
+            Err(e) => errors.push(aud.span(), &aud_key, format!("invalid audience: {e}")),
+            Ok(()) if audiences.contains(aud.get_ref()) => {
+                errors.push(
+                    aud.span(),
+                    &aud_key,
+                    format!("audience {:?} is listed twice", aud.get_ref()),
+                );
+            }
+            Ok(()) => audiences.push(aud.into_inner()),
+        }
+    }
+    Step {
+        name: name.to_owned(),
+        workflow: workflow.to_owned(),
+        scopes,
+        default_ttl: default_ttl.unwrap_or(DEFAULT_TTL),
+        max_ttl: max_ttl.unwrap_or(DEFAULT_MAX_TTL),
+        audiences,
+    }
+}
+
+fn parse_review_by(
+    value: &Spanned<toml::Value>,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> Option<NaiveDate> {
+    let key = format!("{key}.review_by");
+    let text = match value.get_ref() {
+        toml::Value::Datetime(dt) if dt.time.is_none() && dt.offset.is_none() => dt.to_string(),
+        toml::Value::String(s) => s.clone(),
+        _ => {
+            errors.push(value.span(), &key, "expected a date like 2027-03-31".into());
+            return None;
+        }
+    };
+    match NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
+        Ok(date) => Some(date),
+        Err(_) => {
+            errors.push(
+                value.span(),
+                &key,
+                format!("{text:?} is not a date like 2027-03-31"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_sha256(value: &Spanned<String>, key: &str, errors: &mut Errors<'_>) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let text = value.get_ref();
+    let ok = text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && hex::decode_to_slice(text, &mut out).is_ok();
+    if !ok {
+        errors.push(
+            value.span(),
+            key,
+            "expected 64 lowercase hex digits: the SHA-256 of a secret made by `stintd new-client`"
+                .into(),
+        );
+    }
+    out
+}
+
+// --- Errors -------------------------------------------------------------
+
+/// One problem in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file (or other source) name.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The dotted key, e.g. `workflows.demo.steps.read.scopes[1]`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a policy file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+struct Errors<'a> {
+    source: &'a str,
+    text: &'a str,
+    list: Vec<PolicyError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, span: Range<usize>, key: &str, message: String) {
+        let (line, column) = line_column(self.text, span.start);
+        self.list.push(PolicyError {
+            file: self.source.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            message,
+        });
+    }
+
+    fn finish(mut self) -> PolicyErrors {
+        self.list.sort_by_key(|e| (e.line, e.column));
+        PolicyErrors(self.list)
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The dotted key at `offset`, reconstructed from the nearest table header
+/// above it and the `key =` on its line; best effort, for syntax errors.
+fn key_at(text: &str, offset: usize) -> String {
+    let before = text.get(..offset.min(text.len())).unwrap_or("");
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text
+        .get(line_start..)
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("");
+    let trimmed = line.trim();
+    if trimmed.starts_with('[') {
+        return trimmed
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_owned();
+    }
+    let local = trimmed.split_once('=').map_or("", |(k, _)| k.trim());
+    let header = text
+        .get(..line_start)
+        .unwrap_or("")
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    match (header, local) {
+        (Some(h), "") => h,
+        (Some(h), k) => format!("{h}.{k}"),
+        (None, k) => k.to_owned(),
+    }
+}
+
+/// Parse a step reference for error messages: `step` or `workflow/step`.
+pub fn validate_step_ref(step_ref: &str) -> Result<(), ids::IdError> {
+    match step_ref.split_once('/') {
+        Some((workflow, step)) => validate_name(workflow).and_then(|()| validate_name(step)),
+        None => validate_name(step_ref),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const HASH: &str =
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"; // SHA-256("abc")
+
+    fn good() -> String {
+        format!(
+            r#"
+enforce_review = true
+
+[workloads.demo-job]
+secret_sha256 = "{HASH}"
+workflows = ["demo", "other"]
+
+[workloads.second]
+client_id = "second-client"
+secret_sha256 = "{HASH}"
+workflows = ["other"]
+
+[workflows.demo]
+review_by = 2027-01-31
+
+[workflows.demo.steps.read]
+scopes = ["read:demo/**"]
+
+[workflows.demo.steps.write]
+scopes = ["write:demo/**", "write:other/x"]
+default_ttl = "2m"
+max_ttl = "10m"
+audiences = ["https://demo.example"]
+
+[workflows.other]
+review_by = "2020-01-01"
+
+[workflows.other.steps.write]
+scopes = ["write:other/*"]
+"#
+        )
+    }
+
+    #[test]
+    fn loads_a_good_policy() {
+        let policy = Policy::parse("p.toml", &good()).unwrap();
+        assert!(policy.enforce_review());
+        assert_eq!(policy.digest().len(), 64);
+        let demo = policy.workload("demo-job").unwrap();
+        assert_eq!(demo.client_id(), "demo-job");
+        assert_eq!(
+            policy.workload("second").unwrap().client_id(),
+            "second-client"
+        );
+        let (_, read) = policy.resolve_step(demo, "read").unwrap();
+        assert_eq!(read.default_ttl(), DEFAULT_TTL);
+        assert_eq!(read.max_ttl(), DEFAULT_MAX_TTL);
+        let (_, write) = policy.resolve_step(demo, "demo/write").unwrap();
+        assert_eq!(write.default_ttl().as_secs(), 120);
+        assert_eq!(write.max_ttl().as_secs(), 600);
+        assert_eq!(write.audiences(), ["https://demo.example"]);
+        assert_eq!(
+            policy.resolve_step(demo, "write").unwrap_err(),
+            StepLookup::Ambiguous
+        );
+        assert_eq!(
+            policy.resolve_step(demo, "nope").unwrap_err(),
+            StepLookup::NotFound
+        );
+        let second = policy.workload("second").unwrap();
+        assert_eq!(
+            policy.resolve_step(second, "read").unwrap_err(),
+            StepLookup::NotFound
+        );
+        assert_eq!(
+            policy.resolve_step(second, "demo/read").unwrap_err(),
+            StepLookup::NotFound
+        );
+        let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        let overdue: Vec<_> = policy
+            .overdue_workflows(today)
+            .iter()
+            .map(|w| w.name().to_owned())
+            .collect();
+        assert_eq!(overdue, ["other"]);
+    }
+
+    #[test]
+    fn authenticates_by_client_id_and_secret() {
+        let policy = Policy::parse("p.toml", &good()).unwrap();
+        assert_eq!(
+            policy.authenticate("demo-job", "abc").map(Workload::name),
+            Some("demo-job")
+        );
+        assert_eq!(
+            policy
+                .authenticate("second-client", "abc")
+                .map(Workload::name),
+            Some("second")
+        );
+        assert!(
+            policy.authenticate("second", "abc").is_none(),
+            "the workload name is not its client id"
+        );
+        assert!(policy.authenticate("demo-job", "abd").is_none());
+        assert!(policy.authenticate("nobody", "abc").is_none());
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        Policy::parse("p.toml", text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn reports_file_line_and_key_for_each_problem() {
+        let text = good()
+            .replace(
+                r#"scopes = ["read:demo/**"]"#,
+                r#"scopes = ["read:demo/**/x"]"#,
+            )
+            .replace(r#"max_ttl = "10m""#, r#"max_ttl = "1m""#)
+            .replace(r#"workflows = ["other"]"#, r#"workflows = ["missing"]"#);
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(
+            errors[0].starts_with(
+                "p.toml:11:14: workloads.second.workflows[0]: no workflow is named \"missing\""
+            ),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].starts_with(
+                "p.toml:17:11: workflows.demo.steps.read.scopes[0]: invalid scope pattern"
+            ),
+            "{errors:#?}"
+        );
+        assert!(errors[2].starts_with("p.toml:21:15: workflows.demo.steps.write.default_ttl: default_ttl (2m) is longer than max_ttl (1m)"), "{errors:#?}");
+    }
+
+    #[test]
+    fn reports_syntax_and_unknown_keys_with_their_table() {
+        let text = good().replace(r#"default_ttl = "2m""#, r#"default_tl = "2m""#);
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with(
+                "p.toml:21:1: workflows.demo.steps.write.default_tl: unknown field `default_tl`"
+            ),
+            "{errors:#?}"
+        );
+
+        let errors = errors_of("[workloads.x\nsecret_sha256 = 1");
+        assert!(errors[0].starts_with("p.toml:1:"), "{errors:#?}");
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        let bad_hash = good().replacen(HASH, "ABC", 1);
+        assert!(
+            errors_of(&bad_hash)[0]
+                .contains("workloads.demo-job.secret_sha256: expected 64 lowercase hex digits")
+        );
+
+        let too_long = good().replace(r#"max_ttl = "10m""#, r#"max_ttl = "2h""#);
+        assert!(errors_of(&too_long)[0].contains("max_ttl: a token lifetime may be at most 1h"));
+
+        let bad_date = good().replace("review_by = 2027-01-31", "review_by = 2027-02-30");
+        assert!(!errors_of(&bad_date).is_empty());
+
+        let bad_date = good().replace("review_by = 2027-01-31", "review_by = 12");
+        assert!(errors_of(&bad_date)[0].contains("workflows.demo.review_by: expected a date"));
+
+        let dup_client = good().replace(
+            r#"client_id = "second-client""#,
+            r#"client_id = "demo-job""#,
+        );
+        assert!(errors_of(&dup_client)[0].contains("is already used by workload"));
+
+        let bad_aud = good().replace("https://demo.example", "has space");
+        assert!(errors_of(&bad_aud)[0].contains("audiences[0]: invalid audience"));
+
+        let no_steps = format!(
+            "[workloads.a]\nsecret_sha256 = \"{HASH}\"\nworkflows = [\"w\"]\n[workflows.w]\nreview_by = 2027-01-01\n"
+        );
+        assert!(
+            errors_of(&no_steps)[0].contains("workflows.w: a workflow must have at least one step")
+        );
+    }
+
+    #[test]
+    fn default_ttl_above_the_default_ceiling_raises_the_ceiling() {
+        let text = good().replace(
+            r#"scopes = ["read:demo/**"]"#,
+            "scopes = [\"read:demo/**\"]\ndefault_ttl = \"30m\"",
+        );
+        let policy = Policy::parse("p.toml", &text).unwrap();
+        let demo = policy.workload("demo-job").unwrap();
+        let (_, read) = policy.resolve_step(demo, "read").unwrap();
+        assert_eq!(read.max_ttl().as_secs(), 1800);
+    }
+
+    #[test]
+    fn refuses_oversized_policies() {
+        let huge = format!("# {}", "x".repeat(MAX_POLICY_LEN));
+        assert!(errors_of(&huge)[0].contains("larger than"));
+    }
+}

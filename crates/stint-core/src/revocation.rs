@@ -1,0 +1,206 @@
+//! The in-memory revocation set: the hot path of every introspection and
+//! every mint.
+//!
+//! Two kinds of entries: a revoked token (by `jti`, kept until the token's
+//! own `exp`) and a revoked job (by workload and job id, kept until every
+//! token the job could still hold has expired). An entry is dropped by
+//! [`RevocationSet::purge`] once the token it names would have expired
+//! anyway, so the set only ever holds what is both revoked and unexpired.
+//! The store keeps the same entries durably; this set is rebuilt from it at
+//! start-up.
+
+use crate::claims::AccessTokenClaims;
+use crate::ttl::MAX_TOKEN_TTL;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+
+/// A revoked token, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRevocation {
+    /// The token's `jti`.
+    pub jti: String,
+    /// The workload the token was minted for.
+    pub sub: String,
+    /// The token's job.
+    pub job: String,
+    /// The token's `exp`: the entry is dropped after it.
+    pub expires_at: i64,
+    /// When the revocation was acknowledged, seconds since the epoch.
+    pub revoked_at: i64,
+}
+
+/// A revoked (completed) job, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRevocation {
+    /// The workload that owns the job.
+    pub sub: String,
+    /// The job id.
+    pub job: String,
+    /// When the revocation was acknowledged, seconds since the epoch.
+    pub revoked_at: i64,
+    /// When the entry may be dropped: no token minted for the job before the
+    /// revocation can outlive it.
+    pub until: i64,
+}
+
+impl JobRevocation {
+    /// A revocation of `job` of workload `sub`, effective at `now`.
+    pub fn new(sub: &str, job: &str, now: DateTime<Utc>) -> Self {
+        let revoked_at = now.timestamp();
+        Self {
+            sub: sub.to_owned(),
+            job: job.to_owned(),
+            revoked_at,
+            // No token lives longer than MAX_TOKEN_TTL, and while this entry
+            // exists no new token is minted for the job.
+            until: revoked_at + i64::from(MAX_TOKEN_TTL.as_secs()) + 1,
+        }
+    }
+}
+
+/// Revoked-but-unexpired tokens and jobs, answered from memory.
+#[derive(Debug, Default)]
+pub struct RevocationSet {
+    /// `jti` (as its 128-bit value) to the token's `exp`.
+    tokens: DashMap<u128, i64>,
+    /// `"{sub}/{job}"` to the entry's `until`. `/` is in neither alphabet.
+    jobs: DashMap<String, i64>,
+}
+
+impl RevocationSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record a revoked token. A `jti` that is not a Stint token id cannot
+    /// name a token this broker minted, so there is nothing to record.
+    pub fn insert_token(&self, revocation: &TokenRevocation) {
+        if let Some(key) = crate::claims::jti_key(&revocation.jti) {
+            self.tokens.insert(key, revocation.expires_at);
+        }
+    }
+
+    /// Record a revoked job.
+    pub fn insert_job(&self, revocation: &JobRevocation) {
+        self.jobs
+            .insert(job_key(&revocation.sub, &revocation.job), revocation.until);
+    }
+
+    /// Whether the token these claims describe has been revoked, by `jti`
+    /// or through its job. Fails closed: a `jti` that cannot be read counts
+    /// as revoked.
+    pub fn is_revoked(&self, claims: &AccessTokenClaims, now: DateTime<Utc>) -> bool {
+        let Some(key) = claims.jti_key() else {
+            return true;
+        };
+        self.tokens.contains_key(&key) || self.is_job_revoked(&claims.sub, &claims.job, now)
+    }
+
+    /// Whether `job` of workload `sub` has been revoked and the entry is
+    /// still in force.
+    pub fn is_job_revoked(&self, sub: &str, job: &str, now: DateTime<Utc>) -> bool {
+        self.jobs
+            .get(&job_key(sub, job))
+            .is_some_and(|until| *until > now.timestamp())
+    }
+
+    /// Drop every entry whose token would have expired by `now`. Returns how
+    /// many were dropped.
+    pub fn purge(&self, now: DateTime<Utc>) -> usize {
+        let now = now.timestamp();
+        let before = self.len();
+        self.tokens.retain(|_, exp| *exp > now);
+        self.jobs.retain(|_, until| *until > now);
+        before.saturating_sub(self.len())
+    }
+
+    /// How many entries the set holds.
+    pub fn len(&self) -> usize {
+        self.tokens.len() + self.jobs.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn job_key(sub: &str, job: &str) -> String {
+    let mut key = String::with_capacity(sub.len() + job.len() + 1);
+    key.push_str(sub);
+    key.push('/');
+    key.push_str(job);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::new_jti;
+    use ring::rand::SystemRandom;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    fn claims(sub: &str, job: &str, jti: String, exp: i64) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: "https://broker".into(),
+            sub: sub.into(),
+            aud: "aud".into(),
+            client_id: sub.into(),
+            exp,
+            iat: exp - 300,
+            nbf: exp - 300,
+            jti,
+            scope: "read:a/b".into(),
+            job: job.into(),
+            step: "s".into(),
+            workflow: "w".into(),
+        }
+    }
+
+    #[test]
+    fn revoked_tokens_are_remembered_until_they_expire() {
+        let set = RevocationSet::new();
+        let rng = SystemRandom::new();
+        let revoked = claims("w", "j", new_jti(&rng).unwrap(), 1_000);
+        let other = claims("w", "j", new_jti(&rng).unwrap(), 1_000);
+        set.insert_token(&TokenRevocation {
+            jti: revoked.jti.clone(),
+            sub: "w".into(),
+            job: "j".into(),
+            expires_at: 1_000,
+            revoked_at: 800,
+        });
+        assert!(set.is_revoked(&revoked, at(900)));
+        assert!(!set.is_revoked(&other, at(900)));
+        assert_eq!(set.purge(at(999)), 0);
+        assert_eq!(set.purge(at(1_000)), 1);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_revoked_job_covers_its_workloads_tokens_only() {
+        let set = RevocationSet::new();
+        let rng = SystemRandom::new();
+        set.insert_job(&JobRevocation::new("w", "j", at(1_000)));
+        assert!(set.is_revoked(&claims("w", "j", new_jti(&rng).unwrap(), 1_200), at(1_001)));
+        assert!(!set.is_revoked(
+            &claims("other", "j", new_jti(&rng).unwrap(), 1_200),
+            at(1_001)
+        ));
+        assert!(!set.is_revoked(&claims("w", "j2", new_jti(&rng).unwrap(), 1_200), at(1_001)));
+        let until = 1_000 + i64::from(MAX_TOKEN_TTL.as_secs()) + 1;
+        assert!(set.is_job_revoked("w", "j", at(until - 1)));
+        assert_eq!(set.purge(at(until)), 1);
+        assert!(!set.is_job_revoked("w", "j", at(until)));
+    }
+
+    #[test]
+    fn an_unreadable_jti_counts_as_revoked() {
+        let set = RevocationSet::new();
+        assert!(set.is_revoked(&claims("w", "j", "not-a-jti".into(), 1_000), at(900)));
+    }
+}

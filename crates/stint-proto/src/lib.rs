@@ -1,0 +1,37 @@
+//! Wire types shared by `stintd`, the `stint-client` SDK and the `stint`
+//! command line, so that the three can never disagree on a field name.
+//!
+//! Everything here is plain data with `serde` derives: no I/O, no logic
+//! beyond small constructors. The OAuth shapes follow RFC 6749 (errors and
+//! token responses), RFC 7662 (introspection), RFC 8414 (metadata) and
+//! RFC 7517 (JWK sets).
+#![warn(missing_docs)]
+
+pub mod jobs;
+pub mod jwk;
+pub mod metadata;
+pub mod oauth;
+
+pub use jwk::{Jwk, JwkKey, JwkSet};
+pub use metadata::AuthorizationServerMetadata;
+pub use oauth::{DevClient, ErrorCode, ErrorResponse, IntrospectionResponse, TokenResponse};
+
+/// The token endpoint's path.
+pub const TOKEN_PATH: &str = "/oauth2/token";
+/// The RFC 7009 revocation endpoint's path.
+pub const REVOCATION_PATH: &str = "/oauth2/revoke";
+/// The RFC 7662 introspection endpoint's path.
+pub const INTROSPECTION_PATH: &str = "/oauth2/introspect";
+/// The JWK set's path.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// The RFC 8414 metadata path.
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// The OpenID-style discovery path; it serves the same document as
+/// [`METADATA_PATH`], for clients that only know this one.
+pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
+
+/// The `typ` header of every access token Stint mints (RFC 9068 section 2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// The `grant_type` of the client credentials grant (RFC 6749 section 4.4).
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";

@@ -1,0 +1,31 @@
+//! RFC 8414 authorization server metadata.
+
+use serde::{Deserialize, Serialize};
+
+/// The document served at `/.well-known/oauth-authorization-server` (and,
+/// identical, at `/.well-known/openid-configuration`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationServerMetadata {
+    /// The issuer identifier; every token's `iss`.
+    pub issuer: String,
+    /// The token endpoint.
+    pub token_endpoint: String,
+    /// Where the public signing keys are published.
+    pub jwks_uri: String,
+    /// The RFC 7009 revocation endpoint.
+    pub revocation_endpoint: String,
+    /// The RFC 7662 introspection endpoint.
+    pub introspection_endpoint: String,
+    /// Supported grant types.
+    pub grant_types_supported: Vec<String>,
+    /// Stint has no authorization endpoint, so this is empty.
+    pub response_types_supported: Vec<String>,
+    /// Client authentication methods at the token endpoint.
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// Client authentication methods at the revocation endpoint.
+    pub revocation_endpoint_auth_methods_supported: Vec<String>,
+    /// Client authentication methods at the introspection endpoint.
+    pub introspection_endpoint_auth_methods_supported: Vec<String>,
+    /// Algorithms the access tokens may be signed with.
+    pub access_token_signing_alg_values_supported: Vec<String>,
+}

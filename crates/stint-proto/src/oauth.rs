@@ -1,0 +1,216 @@
+//! OAuth 2.0 request and response shapes.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An OAuth 2.0 error code (RFC 6749 section 5.2, RFC 7009 section 2.2.1,
+/// RFC 6750 section 3.1), as it appears in the `error` member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is missing a parameter, repeats one, or is malformed.
+    InvalidRequest,
+    /// Client authentication failed.
+    InvalidClient,
+    /// The grant is invalid, expired or revoked.
+    InvalidGrant,
+    /// The client may not use this grant or step.
+    UnauthorizedClient,
+    /// The `grant_type` is not supported.
+    UnsupportedGrantType,
+    /// A requested scope is invalid or exceeds what the step allows.
+    InvalidScope,
+    /// The token type hint names a type the server cannot revoke.
+    UnsupportedTokenType,
+    /// The requested audience is missing, unknown or not allowed (RFC 8707).
+    InvalidTarget,
+    /// The server cannot serve the request right now; retry later.
+    TemporarilyUnavailable,
+    /// The server hit an unexpected condition.
+    ServerError,
+}
+
+impl ErrorCode {
+    /// The code as it is written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::UnsupportedTokenType => "unsupported_token_type",
+            Self::InvalidTarget => "invalid_target",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::ServerError => "server_error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of every error response: `{"error": ..., "error_description": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// The error code.
+    pub error: ErrorCode,
+    /// A human-readable explanation; never contains a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
+/// A successful token response (RFC 6749 section 5.1).
+///
+/// `job` and `step` are Stint extensions: they echo what the token was
+/// minted for, which matters when the broker chose the job id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The signed JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    /// The granted scopes, space separated.
+    pub scope: String,
+    /// The job the token belongs to.
+    pub job: String,
+    /// The workflow step the token was minted for.
+    pub step: String,
+}
+
+/// An RFC 7662 introspection response.
+///
+/// An inactive token is exactly `{"active": false}`: the other members are
+/// omitted, so nothing about a revoked or foreign token leaks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntrospectionResponse {
+    /// Whether the token is currently active.
+    pub active: bool,
+    /// The token's scopes, space separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The connector the token was issued to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Always `Bearer` for an active token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    /// Expiry, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Issue time, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// Not-before time, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// The workload the token was minted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The target system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// The issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// The token's unique id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The job the token belongs to (Stint extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The step the token was minted for (Stint extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The workflow of that step (Stint extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+}
+
+impl IntrospectionResponse {
+    /// The response for any token that is not active.
+    pub fn inactive() -> Self {
+        Self::default()
+    }
+}
+
+/// The body of `POST /v1/jobs/{job}/revoke`'s success response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRevocationResponse {
+    /// The job whose tokens were revoked.
+    pub job: String,
+    /// When the revocation took effect, RFC 3339.
+    pub revoked_at: String,
+}
+
+/// The `dev-client.json` file that `stintd --dev` writes: everything a
+/// client needs to ask the dev broker for a token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevClient {
+    /// The broker's issuer URL.
+    pub issuer: String,
+    /// The token endpoint URL.
+    pub token_endpoint: String,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret. Treat the file like a password.
+    pub client_secret: String,
+}
+
+impl fmt::Debug for DevClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevClient")
+            .field("issuer", &self.issuer)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_serialize_as_rfc_strings() {
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::InvalidClient,
+            ErrorCode::InvalidGrant,
+            ErrorCode::UnauthorizedClient,
+            ErrorCode::UnsupportedGrantType,
+            ErrorCode::InvalidScope,
+            ErrorCode::UnsupportedTokenType,
+            ErrorCode::InvalidTarget,
+            ErrorCode::TemporarilyUnavailable,
+            ErrorCode::ServerError,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn inactive_introspection_is_exactly_active_false() {
+        let json = serde_json::to_string(&IntrospectionResponse::inactive()).unwrap();
+        assert_eq!(json, r#"{"active":false}"#);
+    }
+
+    #[test]
+    fn dev_client_debug_redacts_the_secret() {
+        let dev = DevClient {
+            issuer: "http://127.0.0.1:1".into(),
+            token_endpoint: "http://127.0.0.1:1/oauth2/token".into(),
+            client_id: "demo-job".into(),
+            client_secret: "stint_sekrit".into(),
+        };
+        assert!(!format!("{dev:?}").contains("sekrit"));
+    }
+}
