@@ -1,0 +1,165 @@
+//! The conformance suite every [`Store`](crate::Store) backend must pass.
+//!
+//! Call [`run`] with a fresh, empty store from the backend's own tests. Each
+//! check panics with a message naming the property that failed.
+
+// A test suite: a failed expectation is a failed test, so panicking is the point.
+#![allow(clippy::expect_used, clippy::panic)]
+
+use crate::{Store, StoredKey};
+use stint_core::revocation::{JobRevocation, TokenRevocation};
+
+/// Run every check against `store`, which must be empty.
+pub async fn run(store: &dyn Store) {
+    store.check().await.expect("check() on a fresh store");
+    token_revocations_round_trip(store).await;
+    job_revocations_round_trip(store).await;
+    purge_drops_only_what_expired(store).await;
+    signing_keys_round_trip(store).await;
+}
+
+fn token(n: u8, expires_at: i64) -> TokenRevocation {
+    let jti = format!("{:A<22}", format!("tok{n}"));
+    TokenRevocation {
+        jti,
+        sub: "workload".into(),
+        job: format!("job-{n}"),
+        expires_at,
+        revoked_at: 1_000,
+    }
+}
+
+async fn token_revocations_round_trip(store: &dyn Store) {
+    let a = token(1, 5_000);
+    let b = token(2, 6_000);
+    store.revoke_token(&a).await.expect("revoke a");
+    store.revoke_token(&b).await.expect("revoke b");
+    // Idempotent: a second revocation of the same jti changes nothing.
+    let mut again = a.clone();
+    again.revoked_at = 4_000;
+    store.revoke_token(&again).await.expect("revoke a again");
+
+    let mut live = store.live_revocations(1_500).await.expect("load").tokens;
+    live.sort_by(|x, y| x.jti.cmp(&y.jti));
+    assert_eq!(
+        live,
+        [a.clone(), b.clone()],
+        "revoked tokens are returned exactly, first revocation kept"
+    );
+    let live = store.live_revocations(5_000).await.expect("load").tokens;
+    assert_eq!(live, [b], "a token whose exp has passed is no longer live");
+}
+
+async fn job_revocations_round_trip(store: &dyn Store) {
+    let first = JobRevocation {
+        sub: "workload".into(),
+        job: "job-x".into(),
+        revoked_at: 1_000,
+        until: 4_601,
+    };
+    store.revoke_job(&first).await.expect("revoke job");
+    let later = JobRevocation {
+        revoked_at: 2_000,
+        until: 5_601,
+        ..first.clone()
+    };
+    store.revoke_job(&later).await.expect("revoke job again");
+    let other = JobRevocation {
+        sub: "other".into(),
+        ..first.clone()
+    };
+    store
+        .revoke_job(&other)
+        .await
+        .expect("revoke other workload's job");
+
+    let mut jobs = store.live_revocations(1_500).await.expect("load").jobs;
+    jobs.sort_by(|x, y| x.sub.cmp(&y.sub));
+    assert_eq!(
+        jobs,
+        [
+            other,
+            JobRevocation {
+                revoked_at: 1_000,
+                until: 5_601,
+                ..first
+            }
+        ],
+        "a job is keyed by workload and id; re-revoking keeps the first time and the later until"
+    );
+}
+
+async fn purge_drops_only_what_expired(store: &dyn Store) {
+    let before = store.live_revocations(0).await.expect("load");
+    let total = (before.tokens.len() + before.jobs.len()) as u64;
+    let purged = store.purge_expired(5_000).await.expect("purge");
+    let after = store.live_revocations(0).await.expect("load");
+    assert_eq!(
+        purged,
+        total - (after.tokens.len() + after.jobs.len()) as u64,
+        "purge reports what it removed"
+    );
+    assert!(
+        after.tokens.iter().all(|t| t.expires_at > 5_000),
+        "purge removes expired tokens"
+    );
+    assert!(
+        after.jobs.iter().all(|j| j.until > 5_000),
+        "purge removes finished jobs"
+    );
+    assert!(
+        after.tokens.iter().any(|t| t.expires_at == 6_000),
+        "purge keeps live tokens"
+    );
+    assert!(
+        after.jobs.iter().any(|j| j.until == 5_601),
+        "purge keeps live jobs"
+    );
+}
+
+async fn signing_keys_round_trip(store: &dyn Store) {
+    assert!(
+        store.signing_keys().await.expect("load keys").is_empty(),
+        "a fresh store has no keys"
+    );
+    let old = StoredKey {
+        kid: "kid-old".into(),
+        alg: "ES256".into(),
+        pkcs8: vec![1, 2, 3],
+        created_at: 100,
+        retired_at: None,
+    };
+    let new = StoredKey {
+        kid: "kid-new".into(),
+        alg: "EdDSA".into(),
+        pkcs8: vec![4, 5, 6],
+        created_at: 200,
+        retired_at: None,
+    };
+    store.insert_signing_key(&new).await.expect("insert new");
+    store.insert_signing_key(&old).await.expect("insert old");
+    assert!(
+        store.insert_signing_key(&old).await.is_err(),
+        "a kid is unique"
+    );
+    store
+        .retire_signing_key("kid-old", 300)
+        .await
+        .expect("retire");
+    store
+        .retire_signing_key("kid-old", 400)
+        .await
+        .expect("retire again");
+    let keys = store.signing_keys().await.expect("load keys");
+    assert_eq!(
+        keys,
+        [
+            StoredKey {
+                retired_at: Some(300),
+                ..old
+            },
+            new
+        ],
+        "keys come back oldest first, retirement recorded once"
+    );
+}

@@ -1,0 +1,113 @@
+//! Stint's durable store.
+//!
+//! The broker answers every revocation question from memory
+//! ([`stint_core::revocation::RevocationSet`]); the store is for durability
+//! (an acknowledged revocation survives `kill -9`) and, with a shared
+//! backend, for sharing between replicas. It also keeps the signing keys.
+//!
+//! Backends implement [`Store`] and must pass the suite in
+//! [`conformance`] (feature `conformance`). The embedded default is
+//! [`SqliteStore`]: one file, no server.
+
+mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use std::fmt;
+use stint_core::revocation::{JobRevocation, TokenRevocation};
+use thiserror::Error;
+
+/// A store failure. Messages name the operation, never a key or token.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database refused or failed an operation.
+    #[error("store {operation} failed: {message}")]
+    Backend {
+        /// What was being done.
+        operation: &'static str,
+        /// The backend's message.
+        message: String,
+    },
+    /// The store file could not be opened or prepared.
+    #[error("cannot open the store at {path}: {message}")]
+    Open {
+        /// The path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Stored data that does not make sense (a corrupt row).
+    #[error("store holds invalid data: {0}")]
+    Corrupt(String),
+}
+
+/// A signing key as stored: the private key in PKCS#8, with its lifecycle.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// The JWS algorithm, e.g. `ES256`.
+    pub alg: String,
+    /// The private key, PKCS#8 DER.
+    pub pkcs8: Vec<u8>,
+    /// When the key was created, seconds since the epoch.
+    pub created_at: i64,
+    /// When the key stopped signing, if it has.
+    pub retired_at: Option<i64>,
+}
+
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("pkcs8", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish()
+    }
+}
+
+/// Everything revoked and not yet expired, as loaded at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveRevocations {
+    /// Revoked tokens whose `exp` is still ahead.
+    pub tokens: Vec<TokenRevocation>,
+    /// Revoked jobs whose entry is still in force.
+    pub jobs: Vec<JobRevocation>,
+}
+
+/// A durable store. Every write returns only once it is durable: after
+/// `Ok`, the write survives a crash of the process and of the machine.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Record a revoked token. Revoking the same `jti` again is a no-op.
+    async fn revoke_token(&self, revocation: &TokenRevocation) -> Result<(), StoreError>;
+
+    /// Record a revoked job. Revoking it again keeps the first `revoked_at`
+    /// and the later `until`.
+    async fn revoke_job(&self, revocation: &JobRevocation) -> Result<(), StoreError>;
+
+    /// Every revocation still in force at `now` (seconds since the epoch).
+    async fn live_revocations(&self, now: i64) -> Result<LiveRevocations, StoreError>;
+
+    /// Delete revocations that no longer matter at `now`. Returns how many.
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// All signing keys, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+
+    /// Add a signing key.
+    async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+
+    /// Mark a key as retired at `at`; it stops signing but stays published
+    /// until its last token has expired.
+    async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError>;
+
+    /// Whether the store is reachable and writable.
+    async fn check(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,309 @@
+//! The embedded SQLite backend: one file in the data directory.
+//!
+//! Durability: WAL journal with `synchronous = FULL`, so a commit is on disk
+//! (the WAL is fsynced) before the call returns. The file is created with
+//! mode 0600 (it holds the private signing keys); SQLite gives its `-wal` and
+//! `-shm` files the same mode.
+//!
+//! rusqlite is synchronous; every call runs on tokio's blocking pool behind
+//! one mutex. Writes are revocations and key changes, which are rare next to
+//! mints, and reads happen only at start-up: the hot path never comes here.
+
+use crate::{LiveRevocations, Store, StoreError, StoredKey};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::fs::{OpenOptions, Permissions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use stint_core::revocation::{JobRevocation, TokenRevocation};
+
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    jti        TEXT    PRIMARY KEY NOT NULL,
+    sub        TEXT    NOT NULL,
+    job        TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS revoked_tokens_expires_at ON revoked_tokens (expires_at);
+CREATE TABLE IF NOT EXISTS revoked_jobs (
+    sub        TEXT    NOT NULL,
+    job        TEXT    NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    until      INTEGER NOT NULL,
+    PRIMARY KEY (sub, job)
+) STRICT;
+CREATE INDEX IF NOT EXISTS revoked_jobs_until ON revoked_jobs (until);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid        TEXT    PRIMARY KEY NOT NULL,
+    alg        TEXT    NOT NULL,
+    pkcs8      BLOB    NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER
+) STRICT;
+";
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |message: String| StoreError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        // Create the file ourselves so that it is never, even briefly,
+        // readable by anyone but the owner.
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|_| std::fs::set_permissions(path, Permissions::from_mode(0o600)))
+            .map_err(|e| open_error(e.to_string()))?;
+        let connection = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
+        let mode: String = connection
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|e| open_error(e.to_string()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_error(format!(
+                "could not enable WAL (journal mode is {mode})"
+            )));
+        }
+        connection
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+            .map_err(|e| open_error(e.to_string()))?;
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| open_error(e.to_string()))?;
+        if version > SCHEMA_VERSION {
+            return Err(open_error(format!(
+                "the database has schema version {version}, newer than this stintd understands ({SCHEMA_VERSION}); upgrade stintd"
+            )));
+        }
+        connection
+            .execute_batch(&format!(
+                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn run<T, F>(&self, operation: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let connection = Arc::clone(&self.connection);
+        let backend = |message: String| StoreError::Backend { operation, message };
+        tokio::task::spawn_blocking(move || {
+            let mut guard = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard)
+        })
+        .await
+        .map_err(|e| backend(e.to_string()))?
+        .map_err(|e| backend(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn revoke_token(&self, revocation: &TokenRevocation) -> Result<(), StoreError> {
+        let r = revocation.clone();
+        self.run("revoke token", move |c| {
+            c.execute(
+                "INSERT INTO revoked_tokens (jti, sub, job, expires_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (jti) DO NOTHING",
+                params![r.jti, r.sub, r.job, r.expires_at, r.revoked_at],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn revoke_job(&self, revocation: &JobRevocation) -> Result<(), StoreError> {
+        let r = revocation.clone();
+        self.run("revoke job", move |c| {
+            c.execute(
+                "INSERT INTO revoked_jobs (sub, job, revoked_at, until) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (sub, job) DO UPDATE SET until = max(until, excluded.until)",
+                params![r.sub, r.job, r.revoked_at, r.until],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn live_revocations(&self, now: i64) -> Result<LiveRevocations, StoreError> {
+        self.run("load revocations", move |c| {
+            let mut live = LiveRevocations::default();
+            let mut tokens = c.prepare(
+                "SELECT jti, sub, job, expires_at, revoked_at FROM revoked_tokens WHERE expires_at > ?1",
+            )?;
+            for row in tokens.query_map([now], |row| {
+                Ok(TokenRevocation {
+                    jti: row.get(0)?,
+                    sub: row.get(1)?,
+                    job: row.get(2)?,
+                    expires_at: row.get(3)?,
+                    revoked_at: row.get(4)?,
+                })
+            })? {
+                live.tokens.push(row?);
+            }
+            let mut jobs = c.prepare("SELECT sub, job, revoked_at, until FROM revoked_jobs WHERE until > ?1")?;
+            for row in jobs.query_map([now], |row| {
+                Ok(JobRevocation {
+                    sub: row.get(0)?,
+                    job: row.get(1)?,
+                    revoked_at: row.get(2)?,
+                    until: row.get(3)?,
+                })
+            })? {
+                live.jobs.push(row?);
+            }
+            Ok(live)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        self.run("purge revocations", move |c| {
+            let tx = c.transaction()?;
+            let tokens = tx.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?1", [now])?;
+            let jobs = tx.execute("DELETE FROM revoked_jobs WHERE until <= ?1", [now])?;
+            tx.commit()?;
+            Ok((tokens + jobs) as u64)
+        })
+        .await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.run("load signing keys", |c| {
+            let mut statement = c.prepare(
+                "SELECT kid, alg, pkcs8, created_at, retired_at FROM signing_keys ORDER BY created_at, kid",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(StoredKey {
+                    kid: row.get(0)?,
+                    alg: row.get(1)?,
+                    pkcs8: row.get(2)?,
+                    created_at: row.get(3)?,
+                    retired_at: row.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.run("insert signing key", move |c| {
+            c.execute(
+                "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, retired_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.kid, key.alg, key.pkcs8, key.created_at, key.retired_at],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError> {
+        let kid = kid.to_owned();
+        self.run("retire signing key", move |c| {
+            c.execute(
+                "UPDATE signing_keys SET retired_at = ?2 WHERE kid = ?1 AND retired_at IS NULL",
+                params![kid, at],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.run("health check", |c| {
+            c.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+                .optional()
+                .map(drop)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        crate::conformance::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stint.db");
+        let revocation = TokenRevocation {
+            jti: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+            sub: "w".into(),
+            job: "j".into(),
+            expires_at: 2_000,
+            revoked_at: 1_000,
+        };
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.revoke_token(&revocation).await.unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.live_revocations(1_500).await.unwrap().tokens,
+            [revocation]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_file_is_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stint.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        let _store = SqliteStore::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[tokio::test]
+    async fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stint.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        let error = SqliteStore::open(&path).unwrap_err().to_string();
+        assert!(error.contains("schema version 99"), "{error}");
+    }
+}
