@@ -49,6 +49,10 @@ pub enum DenyReason {
     ReviewOverdue,
     /// The job has been revoked (completed).
     JobRevoked,
+    /// The token does not belong to the client asking to revoke it.
+    NotTokensOwner,
+    /// The decision could not be recorded or made durable: refused.
+    Unavailable,
 }
 
 impl DenyReason {
@@ -71,6 +75,8 @@ impl DenyReason {
             Self::ScopeNotAllowed => "scope_not_allowed",
             Self::ReviewOverdue => "review_overdue",
             Self::JobRevoked => "job_revoked",
+            Self::NotTokensOwner => "not_tokens_owner",
+            Self::Unavailable => "unavailable",
         }
     }
 }

@@ -71,7 +71,9 @@ impl FormParams {
     }
 }
 
-fn decode(input: &[u8]) -> Result<String, FormError> {
+/// Decode one `application/x-www-form-urlencoded` component (`+` is a
+/// space), strictly: a broken escape or invalid UTF-8 is an error.
+pub fn decode(input: &[u8]) -> Result<String, FormError> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while let Some(&byte) = input.get(i) {

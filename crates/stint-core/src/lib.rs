@@ -29,4 +29,5 @@ pub mod scope;
 pub mod secret;
 pub mod ttl;
 
+pub use chrono;
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -1,0 +1,183 @@
+//! The broker's configuration, validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use stint_core::jose::Algorithm;
+use thiserror::Error;
+
+/// The loopback port `stintd --dev` listens on by default.
+pub const DEFAULT_DEV_PORT: u16 = 8780;
+
+/// Where the policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A TOML file, re-read on `SIGHUP`.
+    File(PathBuf),
+    /// The built-in demo policy of `--dev` (workload `demo-job`).
+    Demo,
+}
+
+/// PEM files for the TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Everything `stintd` needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// Where the store, the audit log and `dev-client.json` live.
+    pub data_dir: PathBuf,
+    /// The issuer URL; derived from the listener when absent.
+    pub issuer: Option<String>,
+    /// The policy.
+    pub policy: PolicySource,
+    /// TLS; required unless `dev` and `listen` is loopback.
+    pub tls: Option<TlsFiles>,
+    /// Development mode: plain HTTP on loopback, `dev-client.json`.
+    pub dev: bool,
+    /// The algorithm new signing keys use.
+    pub signing_alg: Algorithm,
+}
+
+impl Config {
+    /// A development configuration: demo policy, loopback, plain HTTP.
+    pub fn dev(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            data_dir,
+            issuer: None,
+            policy: PolicySource::Demo,
+            tls: None,
+            dev: true,
+            signing_alg: Algorithm::ES256,
+        }
+    }
+
+    /// Check the combination of settings. Errors name the flag to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls.is_none() {
+            if !self.dev {
+                return Err(ConfigError::TlsRequired);
+            }
+            if !self.listen.ip().is_loopback() {
+                return Err(ConfigError::PlainHttpNotLoopback(self.listen));
+            }
+        }
+        if self.policy == PolicySource::Demo && !self.dev {
+            return Err(ConfigError::PolicyRequired);
+        }
+        if let Some(issuer) = &self.issuer {
+            validate_issuer(issuer, self.tls.is_some())?;
+        }
+        Ok(())
+    }
+}
+
+/// Check an issuer URL (RFC 8414 section 2): `https`, or `http` for a
+/// plain-HTTP dev listener; a host; no query or fragment.
+pub fn validate_issuer(issuer: &str, tls: bool) -> Result<(), ConfigError> {
+    let bad = |why: &'static str| ConfigError::BadIssuer {
+        issuer: issuer.to_owned(),
+        why,
+    };
+    let rest = if let Some(rest) = issuer.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = issuer.strip_prefix("http://") {
+        if tls {
+            return Err(bad("must use https when TLS is on"));
+        }
+        rest
+    } else {
+        return Err(bad("must start with https://"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("must name a host"));
+    }
+    if rest.contains(['?', '#']) {
+        return Err(bad("must not have a query or fragment"));
+    }
+    if rest.ends_with('/') {
+        return Err(bad("must not end with '/'"));
+    }
+    if !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("must be printable ASCII without spaces"));
+    }
+    Ok(())
+}
+
+/// A configuration that cannot work, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// No TLS outside dev mode.
+    #[error(
+        "refusing to serve plain HTTP: give --tls-cert and --tls-key (PEM), or use --dev for a local broker on a loopback address"
+    )]
+    TlsRequired,
+    /// Dev mode on a non-loopback address without TLS.
+    #[error(
+        "refusing to serve plain HTTP on {0}: without TLS, --dev only listens on a loopback address (127.0.0.1 or [::1]); give --tls-cert and --tls-key to listen elsewhere"
+    )]
+    PlainHttpNotLoopback(SocketAddr),
+    /// No policy outside dev mode.
+    #[error("--policy FILE is required (only --dev has a built-in demo policy)")]
+    PolicyRequired,
+    /// A malformed `--issuer`.
+    #[error("--issuer {issuer:?} {why}")]
+    BadIssuer {
+        /// The value.
+        issuer: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn plain_http_only_in_dev_on_loopback() {
+        let mut config = Config::dev("d".into(), addr("127.0.0.1:0"));
+        assert_eq!(config.validate(), Ok(()));
+        config.listen = addr("[::1]:0");
+        assert_eq!(config.validate(), Ok(()));
+        config.listen = addr("0.0.0.0:8780");
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::PlainHttpNotLoopback(addr("0.0.0.0:8780")))
+        );
+        config.listen = addr("127.0.0.1:0");
+        config.dev = false;
+        assert_eq!(config.validate(), Err(ConfigError::TlsRequired));
+        config.tls = Some(TlsFiles {
+            cert: "c".into(),
+            key: "k".into(),
+        });
+        assert_eq!(config.validate(), Err(ConfigError::PolicyRequired));
+        config.policy = PolicySource::File("p.toml".into());
+        config.listen = addr("0.0.0.0:8443");
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn issuers() {
+        assert!(validate_issuer("https://stint.example.com", true).is_ok());
+        assert!(validate_issuer("https://stint.example.com/tenant", true).is_ok());
+        assert!(validate_issuer("http://127.0.0.1:8780", false).is_ok());
+        assert!(validate_issuer("http://127.0.0.1:8780", true).is_err());
+        assert!(validate_issuer("https://x/", true).is_err());
+        assert!(validate_issuer("https://x?a=b", true).is_err());
+        assert!(validate_issuer("ftp://x", true).is_err());
+        assert!(validate_issuer("https://", true).is_err());
+    }
+}

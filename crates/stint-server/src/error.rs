@@ -1,0 +1,147 @@
+//! Errors that stop the broker from starting, and OAuth error responses.
+
+use crate::config::ConfigError;
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use std::path::PathBuf;
+use stint_core::decision::{Denial, DenyReason};
+use stint_core::policy::PolicyErrors;
+use stint_proto::{ErrorCode, ErrorResponse};
+use thiserror::Error;
+
+/// Why the broker could not start. Each message says what to fix.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A bad combination of settings.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] stint_store::StoreError),
+    /// The audit log could not be opened.
+    #[error("audit log {path}: {message}")]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The policy file could not be read.
+    #[error("cannot read the policy file {path}: {message}")]
+    PolicyRead {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The policy is invalid.
+    #[error("the policy is invalid:\n{0}")]
+    Policy(PolicyErrors),
+    /// The signing keys could not be loaded or created.
+    #[error("signing keys: {0}")]
+    Keys(String),
+    /// TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(String),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {message}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// An OAuth error response: status, `error`, `error_description`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: ErrorCode,
+    pub(crate) description: String,
+    /// The reason label for metrics and audit.
+    pub(crate) reason: DenyReason,
+}
+
+impl OAuthError {
+    pub(crate) fn new(code: ErrorCode, reason: DenyReason, description: impl Into<String>) -> Self {
+        let status = match code {
+            ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+            ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self {
+            status,
+            code,
+            description: description.into(),
+            reason,
+        }
+    }
+
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub(crate) fn invalid_request(reason: DenyReason, description: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, reason, description)
+    }
+
+    pub(crate) fn invalid_client(description: impl Into<String>) -> Self {
+        Self::new(
+            ErrorCode::InvalidClient,
+            DenyReason::InvalidClient,
+            description,
+        )
+    }
+
+    /// The audit log (or the store) could not record the decision: refuse.
+    pub(crate) fn unavailable(what: &str) -> Self {
+        Self::new(
+            ErrorCode::TemporarilyUnavailable,
+            DenyReason::Unavailable,
+            format!("{what}; retry later"),
+        )
+    }
+}
+
+impl From<Denial> for OAuthError {
+    fn from(denial: Denial) -> Self {
+        Self::new(denial.code, denial.reason, denial.description)
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = ErrorResponse {
+            error: self.code,
+            error_description: Some(self.description),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"stint\", charset=\"UTF-8\""),
+            );
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

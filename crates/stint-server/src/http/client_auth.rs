@@ -1,0 +1,234 @@
+//! Reading form bodies and authenticating clients (RFC 6749 section 2.3.1).
+
+use crate::error::OAuthError;
+use axum::body::Body;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use std::fmt;
+use stint_core::decision::DenyReason;
+use stint_core::form::{self, FormParams};
+use stint_core::ids::validate_name;
+use stint_core::policy::{Policy, Workload};
+
+/// The largest request body accepted.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// The longest `Authorization` header accepted.
+const MAX_AUTHORIZATION_LEN: usize = 1024;
+
+/// Read an `application/x-www-form-urlencoded` body of at most 64 KiB.
+pub(crate) async fn read_form(headers: &HeaderMap, body: Body) -> Result<FormParams, OAuthError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "the request body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let too_large = || {
+        OAuthError::invalid_request(
+            DenyReason::BodyTooLarge,
+            "the request body is larger than 64 KiB",
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let bytes = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.downcast_ref::<LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                OAuthError::invalid_request(
+                    DenyReason::MalformedRequest,
+                    "the request body could not be read",
+                )
+            }
+        })?
+        .to_bytes();
+    FormParams::parse(&bytes)
+        .map_err(|e| OAuthError::invalid_request(DenyReason::MalformedRequest, e.to_string()))
+}
+
+/// Credentials as presented; the secret is never printed.
+pub(crate) struct ClientCredentials {
+    pub(crate) client_id: String,
+    secret: String,
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("client_id", &self.client_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ClientCredentials {
+    /// The client id, if it is well-formed enough to write to an audit log.
+    pub(crate) fn loggable_id(&self) -> Option<String> {
+        validate_name(&self.client_id)
+            .ok()
+            .map(|()| self.client_id.clone())
+    }
+
+    /// Authenticate against the policy. The failure message is the same
+    /// whether the id or the secret was wrong.
+    pub(crate) fn authenticate<'p>(&self, policy: &'p Policy) -> Result<&'p Workload, OAuthError> {
+        policy
+            .authenticate(&self.client_id, &self.secret)
+            .ok_or_else(|| OAuthError::invalid_client("client authentication failed"))
+    }
+}
+
+/// Find the client's credentials: HTTP Basic (`client_secret_basic`) or, if
+/// `form` is given, `client_id` and `client_secret` in the body
+/// (`client_secret_post`). Using both is an error (RFC 6749 section 2.3).
+pub(crate) fn credentials(
+    headers: &HeaderMap,
+    form: Option<&FormParams>,
+) -> Result<ClientCredentials, OAuthError> {
+    let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+    let basic = match (authorization.next(), authorization.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::invalid_request(
+                DenyReason::MalformedRequest,
+                "more than one Authorization header",
+            ));
+        }
+        (Some(value), None) => Some(parse_basic(value.as_bytes())?),
+    };
+    let posted_id = form.and_then(|f| f.get("client_id"));
+    let posted_secret = form.and_then(|f| f.get("client_secret"));
+    match (basic, posted_id, posted_secret) {
+        (Some(_), _, Some(_)) => Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "use one client authentication method: HTTP Basic or client_secret in the body, not both",
+        )),
+        (Some(basic), Some(id), None) if id != basic.client_id => Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "client_id in the body differs from the one in the Authorization header",
+        )),
+        (Some(basic), _, None) => Ok(basic),
+        (None, Some(id), Some(secret)) => Ok(ClientCredentials {
+            client_id: id.to_owned(),
+            secret: secret.to_owned(),
+        }),
+        (None, _, _) => Err(OAuthError::invalid_client(
+            "client authentication is required: HTTP Basic (client_secret_basic) or client_id and client_secret in the body (client_secret_post)",
+        )),
+    }
+}
+
+fn parse_basic(value: &[u8]) -> Result<ClientCredentials, OAuthError> {
+    let malformed = || {
+        OAuthError::invalid_client("the Authorization header is not valid HTTP Basic credentials")
+    };
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(malformed());
+    }
+    let value = std::str::from_utf8(value).map_err(|_| malformed())?;
+    let (scheme, encoded) = value.split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::invalid_client(
+            "only HTTP Basic client authentication is supported",
+        ));
+    }
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
+    let colon = decoded
+        .iter()
+        .position(|b| *b == b':')
+        .ok_or_else(malformed)?;
+    let (id, secret) = decoded.split_at(colon);
+    // RFC 6749 section 2.3.1: both parts are form-urlencoded before base64.
+    let client_id = form::decode(id).map_err(|_| malformed())?;
+    let secret = form::decode(secret.get(1..).unwrap_or_default()).map_err(|_| malformed())?;
+    Ok(ClientCredentials { client_id, secret })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(auth).unwrap());
+        h
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let encoded = STANDARD.encode("my%20client:hunter%3A2+x");
+        let creds = credentials(&headers(&format!("Basic {encoded}")), None).unwrap();
+        assert_eq!(creds.client_id, "my client");
+        assert_eq!(creds.secret, "hunter:2 x");
+        assert!(!format!("{creds:?}").contains("hunter"));
+    }
+
+    #[test]
+    fn refuses_mixed_missing_and_malformed_credentials() {
+        let basic = format!("Basic {}", STANDARD.encode("a:b"));
+        let form = FormParams::parse(b"client_id=a&client_secret=b").unwrap();
+        assert_eq!(
+            credentials(&headers(&basic), Some(&form))
+                .unwrap_err()
+                .status,
+            StatusCode::BAD_REQUEST
+        );
+        let other_id = FormParams::parse(b"client_id=z").unwrap();
+        assert_eq!(
+            credentials(&headers(&basic), Some(&other_id))
+                .unwrap_err()
+                .status,
+            StatusCode::BAD_REQUEST
+        );
+        let same_id = FormParams::parse(b"client_id=a").unwrap();
+        assert_eq!(
+            credentials(&headers(&basic), Some(&same_id))
+                .unwrap()
+                .client_id,
+            "a"
+        );
+        assert_eq!(
+            credentials(&HeaderMap::new(), None).unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
+        for bad in [
+            "Bearer x",
+            "Basic !!!",
+            "Basic",
+            &format!("Basic {}", STANDARD.encode("nocolon")),
+        ] {
+            assert_eq!(
+                credentials(&headers(bad), None).unwrap_err().status,
+                StatusCode::UNAUTHORIZED,
+                "{bad}"
+            );
+        }
+        let only_id = FormParams::parse(b"client_id=a").unwrap();
+        assert_eq!(
+            credentials(&HeaderMap::new(), Some(&only_id))
+                .unwrap_err()
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! RFC 7662 token introspection, for authenticated clients.
+
+use super::client_auth::{credentials, read_form};
+use crate::error::OAuthError;
+use crate::state::{AppState, TokenState};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, header};
+use std::sync::Arc;
+use stint_core::decision::DenyReason;
+use stint_proto::IntrospectionResponse;
+
+/// Introspection is a read, not a decision: it is not audited, and it keeps
+/// answering when the audit log cannot be written. Any authenticated client
+/// may introspect any token (resource servers are clients too); the answer
+/// for anything that is not an active token of this broker is exactly
+/// `{"active": false}`.
+pub(crate) async fn introspect(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match introspect_inner(&state, &headers, body).await {
+        Ok(body) => {
+            let mut response = Json(body).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn introspect_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<IntrospectionResponse, OAuthError> {
+    let form = read_form(headers, body).await?;
+    let credentials = credentials(headers, Some(&form))?;
+    credentials.authenticate(&state.policy.load())?;
+    let token = form.get("token").ok_or_else(|| {
+        OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "the token parameter is required",
+        )
+    })?;
+    let TokenState::Active(claims) = state.check_token(token, state.clock.now())? else {
+        return Ok(IntrospectionResponse::inactive());
+    };
+    Ok(IntrospectionResponse {
+        active: true,
+        scope: Some(claims.scope),
+        client_id: Some(claims.client_id),
+        token_type: Some("Bearer".into()),
+        exp: Some(claims.exp),
+        iat: Some(claims.iat),
+        nbf: Some(claims.nbf),
+        sub: Some(claims.sub),
+        aud: Some(claims.aud),
+        iss: Some(claims.iss),
+        jti: Some(claims.jti),
+        job: Some(claims.job),
+        step: Some(claims.step),
+        workflow: Some(claims.workflow),
+    })
+}

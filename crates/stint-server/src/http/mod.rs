@@ -1,0 +1,89 @@
+//! The HTTP surface: routes, the per-request context, and the middleware
+//! that stamps every response with a request id and times it.
+
+mod client_auth;
+mod discovery;
+mod introspect;
+mod ops;
+mod revoke;
+mod token;
+
+use crate::error::OAuthError;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
+use ring::rand::SecureRandom as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use stint_core::decision::DenyReason;
+use stint_proto as proto;
+
+/// What every handler knows about the request it serves.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestContext {
+    pub(crate) request_id: String,
+    pub(crate) client_addr: Option<SocketAddr>,
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(proto::METADATA_PATH, get(discovery::metadata))
+        .route(proto::OPENID_CONFIGURATION_PATH, get(discovery::metadata))
+        .route(proto::JWKS_PATH, get(discovery::jwks))
+        .route(proto::TOKEN_PATH, post(token::token))
+        .route(proto::REVOCATION_PATH, post(revoke::revoke_token))
+        .route(proto::INTROSPECTION_PATH, post(introspect::introspect))
+        .route("/v1/jobs/{job}/revoke", post(revoke::revoke_job))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let mut id = [0u8; 12];
+    // A request id is for correlation, not secrecy; if the CSPRNG failed we
+    // would fail every mint anyway, so an all-zero id here is harmless.
+    let _ = state.rng.fill(&mut id);
+    let request_id = URL_SAFE_NO_PAD.encode(id);
+    let client_addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().clone();
+    request.extensions_mut().insert(RequestContext {
+        request_id: request_id.clone(),
+        client_addr,
+    });
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    state.metrics.observe_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn not_found() -> Response {
+    OAuthError::invalid_request(DenyReason::MalformedRequest, "no such endpoint")
+        .with_status(http::StatusCode::NOT_FOUND)
+        .into_response()
+}

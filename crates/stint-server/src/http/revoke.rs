@@ -1,0 +1,198 @@
+//! Revocation: one token (RFC 7009) or every token of a job.
+
+use super::RequestContext;
+use super::client_auth::{credentials, read_form};
+use crate::error::OAuthError;
+use crate::state::{AppState, TokenState};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use http::{HeaderMap, StatusCode};
+use std::sync::Arc;
+use stint_core::audit::{AuditEntry, Decision, EventKind};
+use stint_core::decision::DenyReason;
+use stint_core::ids::validate_job_id;
+use stint_core::revocation::{JobRevocation, TokenRevocation};
+use stint_proto::ErrorCode;
+use stint_proto::oauth::JobRevocationResponse;
+
+/// What a valid revocation request did.
+enum Revoked {
+    /// The token is now revoked (or already was).
+    Now,
+    /// Nothing to do: the token had expired, or is not one of ours. RFC
+    /// 7009 answers 200 either way.
+    Nothing(&'static str),
+}
+
+pub(crate) async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let now = state.clock.now();
+    let mut entry = state.audit_entry(
+        now,
+        EventKind::TokenRevocationDenied,
+        Decision::Deny,
+        Some(&context),
+    );
+    let outcome = revoke(&state, &headers, body, &mut entry).await;
+    match &outcome {
+        Ok(Revoked::Now) => {
+            entry.event = EventKind::TokenRevoked;
+            entry.decision = Decision::Allow;
+        }
+        Ok(Revoked::Nothing(reason)) => entry.reason = Some((*reason).to_owned()),
+        Err(error) => {
+            entry.reason = Some(error.reason.as_str().to_owned());
+            entry.detail = Some(error.description.clone());
+        }
+    }
+    if let Err(unavailable) = state.record(entry).await {
+        return unavailable.into_response();
+    }
+    match outcome {
+        Ok(Revoked::Now) => {
+            state.metrics.revoked("token");
+            StatusCode::OK.into_response()
+        }
+        Ok(Revoked::Nothing(_)) => StatusCode::OK.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn revoke(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    entry: &mut AuditEntry,
+) -> Result<Revoked, OAuthError> {
+    let form = read_form(headers, body).await?;
+    let credentials = credentials(headers, Some(&form))?;
+    entry.client_id = credentials.loggable_id();
+    let policy = state.policy.load();
+    let workload = credentials.authenticate(&policy)?;
+    entry.sub = Some(workload.name().to_owned());
+    let token = form.get("token").ok_or_else(|| {
+        OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "the token parameter is required",
+        )
+    })?;
+    // token_type_hint is optional and only a hint (RFC 7009 section 2.1):
+    // Stint has only access tokens, so it is not consulted.
+    let now = state.clock.now();
+    let claims = match state.check_token(token, now)? {
+        TokenState::Active(claims) | TokenState::Revoked(claims) => claims,
+        TokenState::Expired => return Ok(Revoked::Nothing("already_expired")),
+        TokenState::Unknown => return Ok(Revoked::Nothing("unknown_token")),
+    };
+    entry.jti = Some(claims.jti.clone());
+    entry.job = Some(claims.job.clone());
+    entry.step = Some(claims.step.clone());
+    entry.aud = Some(claims.aud.clone());
+    entry.exp = Some(claims.exp);
+    entry.scopes = claims.scopes().map(str::to_owned).collect();
+    if claims.client_id != workload.client_id() || claims.sub != workload.name() {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            DenyReason::NotTokensOwner,
+            "the token was not issued to this client",
+        ));
+    }
+    let revocation = TokenRevocation {
+        jti: claims.jti,
+        sub: claims.sub,
+        job: claims.job,
+        expires_at: claims.exp,
+        revoked_at: now.timestamp(),
+    };
+    // Memory first: the token is dead from this instant, even if the store
+    // write below fails (then the client is told to retry).
+    state.revocations.insert_token(&revocation);
+    state
+        .store
+        .revoke_token(&revocation)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "revocation not durable");
+            OAuthError::unavailable("the revocation could not be made durable")
+        })?;
+    Ok(Revoked::Now)
+}
+
+pub(crate) async fn revoke_job(
+    State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
+    job: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let now = state.clock.now();
+    let mut entry = state.audit_entry(
+        now,
+        EventKind::JobRevocationDenied,
+        Decision::Deny,
+        Some(&context),
+    );
+    let outcome = revoke_job_inner(&state, job, &headers, &mut entry).await;
+    match &outcome {
+        Ok(_) => {
+            entry.event = EventKind::JobRevoked;
+            entry.decision = Decision::Allow;
+        }
+        Err(error) => {
+            entry.reason = Some(error.reason.as_str().to_owned());
+            entry.detail = Some(error.description.clone());
+        }
+    }
+    if let Err(unavailable) = state.record(entry).await {
+        return unavailable.into_response();
+    }
+    match outcome {
+        Ok(response) => {
+            state.metrics.revoked("job");
+            Json(response).into_response()
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn revoke_job_inner(
+    state: &AppState,
+    job: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    entry: &mut AuditEntry,
+) -> Result<JobRevocationResponse, OAuthError> {
+    let credentials = credentials(headers, None)?;
+    entry.client_id = credentials.loggable_id();
+    let policy = state.policy.load();
+    let workload = credentials.authenticate(&policy)?;
+    entry.sub = Some(workload.name().to_owned());
+    let Path(job) = job.map_err(|_| {
+        OAuthError::invalid_request(DenyReason::MalformedJob, "the job id is malformed")
+    })?;
+    validate_job_id(&job).map_err(|e| {
+        OAuthError::invalid_request(
+            DenyReason::MalformedJob,
+            format!("the job id is malformed: it {e}"),
+        )
+    })?;
+    entry.job = Some(job.clone());
+    let now = state.clock.now();
+    // Jobs are keyed by workload: a workload can only ever revoke (and be
+    // blocked from minting for) its own jobs.
+    let revocation = JobRevocation::new(workload.name(), &job, now);
+    state.revocations.insert_job(&revocation);
+    state.store.revoke_job(&revocation).await.map_err(|error| {
+        tracing::error!(%error, "job revocation not durable");
+        OAuthError::unavailable("the revocation could not be made durable")
+    })?;
+    Ok(JobRevocationResponse {
+        job,
+        revoked_at: crate::audit::timestamp(now),
+    })
+}

@@ -1,0 +1,396 @@
+//! The Stint broker as a library.
+//!
+//! [`start`] validates a [`Config`], opens the data directory (store, audit
+//! log, keys), loads the policy, binds the listener and serves until
+//! [`RunningServer::shutdown`]. [`run`] adds what a daemon needs: `SIGHUP`
+//! reloads the policy, `SIGTERM`/`SIGINT` shut down gracefully. `stintd`'s
+//! `main` is a thin shell around [`run`]; tests drive [`start`] directly.
+//!
+//! Start-up order matters for safety: the audit log opens before the policy
+//! loads (so the load is audited), the revocations are back in memory before
+//! the listener accepts its first connection (so a revoked token is never
+//! briefly active after a restart).
+
+pub mod audit;
+pub mod config;
+mod dev;
+pub mod error;
+mod http;
+pub mod keys;
+pub mod metrics;
+mod serve;
+mod state;
+pub mod tls;
+
+pub use config::{Config, ConfigError, PolicySource, TlsFiles};
+pub use dev::{DEMO_CLIENT_ID, DEV_CLIENT_FILE};
+pub use error::StartError;
+
+use crate::audit::{AuditLog, FileSink};
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::state::{AppState, read_policy_file, report_overdue};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use chrono::Days;
+use ring::rand::SystemRandom;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use stint_core::audit::{Decision, EventKind};
+use stint_core::policy::Policy;
+use stint_core::revocation::RevocationSet;
+use stint_core::{Clock, SystemClock, secret};
+use stint_proto::{self as proto, AuthorizationServerMetadata, DevClient};
+use stint_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The store's file name in the data directory.
+pub const STORE_FILE: &str = "stint.db";
+/// The audit log's file name in the data directory.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+/// How often expired revocations are dropped from memory and the store.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A broker that is serving.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    state: Arc<AppState>,
+    dev_client: Option<PathBuf>,
+    data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    serve_task: JoinHandle<()>,
+    purge_task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The issuer URL: every token's `iss`, and the base of every endpoint.
+    pub fn issuer(&self) -> &str {
+        &self.state.issuer
+    }
+
+    /// Where `--dev` wrote the demo client's credentials, if it did.
+    pub fn dev_client_path(&self) -> Option<&Path> {
+        self.dev_client.as_deref()
+    }
+
+    /// Re-read the policy file, as `SIGHUP` does. An invalid file is refused
+    /// (and audited), and the policy in force stays.
+    pub async fn reload_policy(&self) -> Result<(), stint_core::policy::PolicyErrors> {
+        self.state.reload_policy().await
+    }
+
+    /// A few lines for a person starting the broker by hand.
+    pub fn banner(&self) -> String {
+        let scheme_note = if self.state.issuer.starts_with("http://") {
+            " (dev mode: plain HTTP on loopback)"
+        } else {
+            ""
+        };
+        let mut text = format!(
+            "stintd listening on {issuer}{scheme_note}\n\
+             data directory: {dir} (store {STORE_FILE}, audit log {AUDIT_FILE})\n\
+             metadata: {issuer}{metadata}\n",
+            issuer = self.state.issuer,
+            dir = self.data_dir.display(),
+            metadata = proto::METADATA_PATH,
+        );
+        if let Some(path) = &self.dev_client {
+            text.push_str(&format!(
+                "demo client credentials: {}\n\nMint a token for the demo workflow's read step:\n  {}\n",
+                path.display(),
+                dev::curl_example(&format!("{}{}", self.state.issuer, proto::TOKEN_PATH), path)
+            ));
+        }
+        text
+    }
+
+    /// Stop accepting, let in-flight requests finish, and stop.
+    pub async fn shutdown(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.purge_task.abort();
+        let _ = (&mut self.serve_task).await;
+    }
+}
+
+/// Start a broker with the system clock.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// Start a broker with the given clock (tests move time with a
+/// [`stint_core::ManualClock`]).
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningServer, StartError> {
+    config.validate()?;
+    prepare_data_dir(&config.data_dir)?;
+    let rng = SystemRandom::new();
+    let metrics = Arc::new(Metrics::new());
+
+    let audit_path = config.data_dir.join(AUDIT_FILE);
+    let audit_error = |message: String| StartError::Audit {
+        path: audit_path.clone(),
+        message,
+    };
+    let (sink, chain) = FileSink::open(&audit_path).map_err(|e| audit_error(e.to_string()))?;
+    let audit =
+        AuditLog::start(sink, chain, metrics.clone()).map_err(|e| audit_error(e.to_string()))?;
+
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir.join(STORE_FILE))?);
+
+    // The policy, audited either way.
+    let now = clock.now();
+    let mut demo_secret = None;
+    let loaded = match &config.policy {
+        PolicySource::File(path) => {
+            let name = path.display().to_string();
+            read_policy_file(path)
+                .await
+                .and_then(|text| Policy::parse(&name, &text))
+        }
+        PolicySource::Demo => {
+            let secret =
+                dev::demo_secret(&config.data_dir, &rng).map_err(|e| StartError::DataDir {
+                    path: config.data_dir.clone(),
+                    message: format!("cannot read or create {DEV_CLIENT_FILE}: {e}"),
+                })?;
+            let review_by = now
+                .date_naive()
+                .checked_add_days(Days::new(365))
+                .unwrap_or(now.date_naive());
+            let text = dev::demo_policy(&secret::hash_hex(&secret), review_by);
+            demo_secret = Some(secret);
+            Policy::parse("built-in demo policy", &text)
+        }
+    };
+    let mut entry = stint_core::audit::AuditEntry::new(
+        audit::timestamp(now),
+        EventKind::PolicyLoaded,
+        Decision::Allow,
+    );
+    let policy = match loaded {
+        Ok(policy) => {
+            entry.policy_sha256 = Some(policy.digest().to_owned());
+            audit
+                .record(entry)
+                .await
+                .map_err(|e| audit_error(e.to_string()))?;
+            metrics.policy_load(true);
+            policy
+        }
+        Err(errors) => {
+            entry.event = EventKind::PolicyRefused;
+            entry.decision = Decision::Deny;
+            entry.detail = Some(errors.to_string());
+            audit
+                .record(entry)
+                .await
+                .map_err(|e| audit_error(e.to_string()))?;
+            return Err(StartError::Policy(errors));
+        }
+    };
+    tracing::info!(
+        sha256 = policy.digest(),
+        workloads = policy.workloads().count(),
+        workflows = policy.workflows().count(),
+        "policy loaded"
+    );
+    report_overdue(&policy, now);
+
+    let keys = KeyRing::load_or_create(store.as_ref(), config.signing_alg, now, &rng)
+        .await
+        .map_err(StartError::Keys)?;
+
+    let revocations = RevocationSet::new();
+    let live = store.live_revocations(now.timestamp()).await?;
+    for token in &live.tokens {
+        revocations.insert_token(token);
+    }
+    for job in &live.jobs {
+        revocations.insert_job(job);
+    }
+    tracing::info!(
+        tokens = live.tokens.len(),
+        jobs = live.jobs.len(),
+        "revocations loaded"
+    );
+
+    let tls = match &config.tls {
+        Some(files) => Some(tls::acceptor(&files.cert, &files.key).map_err(StartError::Tls)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Bind {
+            addr: config.listen,
+            message: e.to_string(),
+        })?;
+    let local_addr = listener.local_addr().map_err(|e| StartError::Bind {
+        addr: config.listen,
+        message: e.to_string(),
+    })?;
+    let issuer = match &config.issuer {
+        Some(issuer) => issuer.clone(),
+        None => format!(
+            "{}://{local_addr}",
+            if tls.is_some() { "https" } else { "http" }
+        ),
+    };
+    let metadata = metadata_document(&issuer, config.signing_alg.as_str())?;
+
+    let dev_client = match demo_secret {
+        Some(client_secret) if config.dev => {
+            let client = DevClient {
+                issuer: issuer.clone(),
+                token_endpoint: format!("{issuer}{}", proto::TOKEN_PATH),
+                client_id: DEMO_CLIENT_ID.to_owned(),
+                client_secret,
+            };
+            Some(
+                dev::write_dev_client(&config.data_dir, &client).map_err(|e| {
+                    StartError::DataDir {
+                        path: config.data_dir.clone(),
+                        message: format!("cannot write {DEV_CLIENT_FILE}: {e}"),
+                    }
+                })?,
+            )
+        }
+        _ => None,
+    };
+
+    let state = Arc::new(AppState {
+        issuer,
+        policy: ArcSwap::from_pointee(policy),
+        policy_source: config.policy.clone(),
+        keys,
+        revocations,
+        store,
+        audit,
+        metrics,
+        clock,
+        rng,
+        metadata,
+    });
+
+    let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let router = http::router(Arc::clone(&state));
+    let serve_task = tokio::spawn(serve::serve(listener, tls, router, async {
+        let _ = shutdown_rx.await;
+    }));
+    tracing::info!(%local_addr, issuer = %state.issuer, "stintd is serving");
+    Ok(RunningServer {
+        local_addr,
+        state,
+        dev_client,
+        data_dir: config.data_dir,
+        shutdown: Some(shutdown_tx),
+        serve_task,
+        purge_task,
+    })
+}
+
+/// Run a broker until `SIGTERM` or `SIGINT`, reloading the policy on
+/// `SIGHUP`. `on_ready` runs once the listener is bound (`stintd` prints
+/// its banner there). The signal handlers are in place before the broker
+/// starts, so an early `SIGHUP` cannot kill it.
+pub async fn run(config: Config, on_ready: impl FnOnce(&RunningServer)) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signal_error = |e: std::io::Error| StartError::Signals(e.to_string());
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let server = start(config).await?;
+    on_ready(&server);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the policy");
+                // Success and failure are both logged, audited and counted there.
+                let _ = server.reload_policy().await;
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn purge_loop(state: Arc<AppState>) {
+    let mut interval = tokio::time::interval(PURGE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = state.clock.now();
+        let dropped = state.revocations.purge(now);
+        if let Err(error) = state.store.purge_expired(now.timestamp()).await {
+            tracing::warn!(%error, "could not purge expired revocations from the store");
+        }
+        if dropped > 0 {
+            tracing::debug!(dropped, "dropped expired revocations from memory");
+        }
+    }
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
+    let fail = |message: String| StartError::DataDir {
+        path: dir.to_owned(),
+        message,
+    };
+    match std::fs::metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => {
+            if metadata.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %dir.display(),
+                    "the data directory is accessible to group or others; its files are 0600, but chmod 700 the directory"
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => Err(fail("exists and is not a directory".into())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail(format!("cannot create: {e}"))),
+        Err(error) => Err(fail(error.to_string())),
+    }
+}
+
+fn metadata_document(issuer: &str, alg: &str) -> Result<Bytes, StartError> {
+    let client_auth = vec![
+        "client_secret_basic".to_owned(),
+        "client_secret_post".to_owned(),
+    ];
+    let document = AuthorizationServerMetadata {
+        issuer: issuer.to_owned(),
+        token_endpoint: format!("{issuer}{}", proto::TOKEN_PATH),
+        jwks_uri: format!("{issuer}{}", proto::JWKS_PATH),
+        revocation_endpoint: format!("{issuer}{}", proto::REVOCATION_PATH),
+        introspection_endpoint: format!("{issuer}{}", proto::INTROSPECTION_PATH),
+        grant_types_supported: vec![proto::GRANT_CLIENT_CREDENTIALS.to_owned()],
+        response_types_supported: Vec::new(),
+        token_endpoint_auth_methods_supported: client_auth.clone(),
+        revocation_endpoint_auth_methods_supported: client_auth.clone(),
+        introspection_endpoint_auth_methods_supported: client_auth,
+        access_token_signing_alg_values_supported: vec![alg.to_owned()],
+    };
+    serde_json::to_vec(&document)
+        .map(Bytes::from)
+        .map_err(|e| StartError::Keys(format!("cannot serialize the metadata document: {e}")))
+}

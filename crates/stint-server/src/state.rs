@@ -1,0 +1,224 @@
+//! The broker's shared state and the operations handlers build on.
+
+use crate::audit::{AuditLog, timestamp};
+use crate::config::PolicySource;
+use crate::error::OAuthError;
+use crate::http::RequestContext;
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use ring::rand::SystemRandom;
+use std::sync::Arc;
+use stint_core::Clock;
+use stint_core::audit::{AuditEntry, Decision, EventKind};
+use stint_core::claims::AccessTokenClaims;
+use stint_core::decision::DenyReason;
+use stint_core::jose::{JoseError, MAX_TOKEN_LEN, UnverifiedJws};
+use stint_core::policy::{MAX_POLICY_LEN, Policy, PolicyError, PolicyErrors};
+use stint_core::revocation::RevocationSet;
+use stint_proto::ACCESS_TOKEN_TYP;
+use stint_store::Store;
+
+pub(crate) struct AppState {
+    pub(crate) issuer: String,
+    pub(crate) policy: ArcSwap<Policy>,
+    pub(crate) policy_source: PolicySource,
+    pub(crate) keys: KeyRing,
+    pub(crate) revocations: RevocationSet,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) audit: AuditLog,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: SystemRandom,
+    pub(crate) metadata: Bytes,
+}
+
+/// What a presented token turned out to be.
+#[derive(Debug)]
+pub(crate) enum TokenState {
+    /// Ours, valid, not revoked.
+    Active(AccessTokenClaims),
+    /// Ours, but past its `exp`.
+    Expired,
+    /// Ours, but revoked.
+    Revoked(AccessTokenClaims),
+    /// Not ours, not yet valid, or not an access token.
+    Unknown,
+}
+
+impl AppState {
+    /// A fresh audit entry for a request.
+    pub(crate) fn audit_entry(
+        &self,
+        now: DateTime<Utc>,
+        event: EventKind,
+        decision: Decision,
+        context: Option<&RequestContext>,
+    ) -> AuditEntry {
+        let mut entry = AuditEntry::new(timestamp(now), event, decision);
+        if let Some(context) = context {
+            entry.request_id = Some(context.request_id.clone());
+            entry.client_addr = context.client_addr.map(|a| a.to_string());
+        }
+        entry
+    }
+
+    /// Record `entry`; on failure the caller must refuse (fail closed).
+    pub(crate) async fn record(&self, entry: AuditEntry) -> Result<(), OAuthError> {
+        self.audit.record(entry).await.map_err(|error| {
+            tracing::error!(%error, "audit record not written; refusing the request");
+            OAuthError::unavailable("the decision could not be recorded in the audit log")
+        })
+    }
+
+    /// Classify a presented token. Errors only for input that is not a
+    /// token at all (too long, not a compact JWS): everything else that is
+    /// wrong with it makes it [`TokenState::Unknown`].
+    pub(crate) fn check_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenState, OAuthError> {
+        let malformed =
+            |why: String| OAuthError::invalid_request(DenyReason::MalformedRequest, why);
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(malformed(format!(
+                "the token is longer than {MAX_TOKEN_LEN} bytes"
+            )));
+        }
+        let jws = match UnverifiedJws::parse(token) {
+            Ok(jws) => jws,
+            Err(error @ (JoseError::Malformed(_) | JoseError::TooLong)) => {
+                return Err(malformed(error.to_string()));
+            }
+            Err(_) => return Ok(TokenState::Unknown),
+        };
+        let typ_ok = jws.header().typ.as_deref().is_some_and(|typ| {
+            typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
+                || typ.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok {
+            return Ok(TokenState::Unknown);
+        }
+        let Ok(payload) = self.keys.verify(jws) else {
+            return Ok(TokenState::Unknown);
+        };
+        let Ok(claims) = serde_json::from_slice::<AccessTokenClaims>(&payload) else {
+            return Ok(TokenState::Unknown);
+        };
+        if claims.iss != self.issuer || claims.nbf > now.timestamp() {
+            return Ok(TokenState::Unknown);
+        }
+        if claims.exp <= now.timestamp() {
+            return Ok(TokenState::Expired);
+        }
+        if self.revocations.is_revoked(&claims, now) {
+            return Ok(TokenState::Revoked(claims));
+        }
+        Ok(TokenState::Active(claims))
+    }
+
+    /// Re-read the policy file. An invalid file, or one whose loading cannot
+    /// be audited, is refused and the policy in force stays.
+    pub(crate) async fn reload_policy(&self) -> Result<(), PolicyErrors> {
+        let PolicySource::File(path) = &self.policy_source else {
+            tracing::info!(
+                "the built-in demo policy has nothing to reload; start with --policy FILE to use a file"
+            );
+            return Ok(());
+        };
+        let name = path.display().to_string();
+        let result = read_policy_file(path)
+            .await
+            .and_then(|text| Policy::parse(&name, &text));
+        self.install_policy(result).await
+    }
+
+    /// Audit and install a freshly loaded policy (or audit its refusal).
+    pub(crate) async fn install_policy(
+        &self,
+        result: Result<Policy, PolicyErrors>,
+    ) -> Result<(), PolicyErrors> {
+        let now = self.clock.now();
+        match result {
+            Ok(policy) => {
+                let mut entry =
+                    self.audit_entry(now, EventKind::PolicyLoaded, Decision::Allow, None);
+                entry.policy_sha256 = Some(policy.digest().to_owned());
+                if let Err(error) = self.audit.record(entry).await {
+                    self.metrics.policy_load(false);
+                    tracing::error!(%error, "policy not installed: its loading could not be audited");
+                    return Err(single_error(format!(
+                        "the policy was valid but its loading could not be audited ({error}); the previous policy stays in force"
+                    )));
+                }
+                report_overdue(&policy, now);
+                tracing::info!(sha256 = policy.digest(), "policy loaded");
+                self.policy.store(Arc::new(policy));
+                self.metrics.policy_load(true);
+                Ok(())
+            }
+            Err(errors) => {
+                let mut entry =
+                    self.audit_entry(now, EventKind::PolicyRefused, Decision::Deny, None);
+                entry.detail = Some(errors.to_string());
+                if let Err(error) = self.audit.record(entry).await {
+                    tracing::error!(%error, "could not audit a refused policy");
+                }
+                self.metrics.policy_load(false);
+                tracing::error!("policy refused; the previous policy stays in force:\n{errors}");
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// Log each workflow past its review date.
+pub(crate) fn report_overdue(policy: &Policy, now: DateTime<Utc>) {
+    for workflow in policy.overdue_workflows(now.date_naive()) {
+        tracing::warn!(
+            workflow = workflow.name(),
+            review_by = %workflow.review_by(),
+            enforced = policy.enforce_review(),
+            "workflow is past its review date: recertify its grants and move review_by forward"
+        );
+    }
+}
+
+/// Read a policy file of at most [`MAX_POLICY_LEN`] bytes.
+pub(crate) async fn read_policy_file(path: &std::path::Path) -> Result<String, PolicyErrors> {
+    let name = path.display().to_string();
+    let fail = |message: String| {
+        PolicyErrors(vec![PolicyError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message,
+        }])
+    };
+    let metadata = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if metadata.len() > MAX_POLICY_LEN as u64 {
+        return Err(fail(format!(
+            "the policy is larger than {MAX_POLICY_LEN} bytes"
+        )));
+    }
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| fail("the policy is not valid UTF-8".into()))
+}
+
+fn single_error(message: String) -> PolicyErrors {
+    PolicyErrors(vec![PolicyError {
+        file: String::new(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message,
+    }])
+}

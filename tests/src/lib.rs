@@ -1,0 +1,505 @@
+//! The harness for Stint's end-to-end tests.
+//!
+//! [`TestBroker`] starts the real broker library on an ephemeral loopback
+//! port with its own data directory; [`Daemon`] runs the real `stintd`
+//! binary. Both are talked to over real HTTP (and TLS, with [`TestCa`]).
+//! Nothing here sleeps to wait: [`eventually`] polls with a deadline.
+
+// Test support: a failed expectation should fail the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stint_core::audit::{AuditEntry, verify};
+use stint_core::jose::{KeySet, UnverifiedJws, VerifyingKey};
+use stint_core::{Clock, ManualClock, secret};
+use stint_proto::{DevClient, JwkSet};
+use stint_server::{Config, PolicySource, RunningServer};
+
+pub use reqwest;
+pub use serde_json::{Value, json};
+
+/// A secret every test workload in [`policy_with`] uses, with its name
+/// prefixed (`demo-job` uses `stint_test_demo-job`).
+pub fn test_secret(workload: &str) -> String {
+    format!("stint_test_{workload}")
+}
+
+/// A policy with the demo workflow and two workloads, `demo-job` and
+/// `other-job`, plus `extra` TOML appended.
+pub fn policy_with(extra: &str) -> String {
+    let demo = secret::hash_hex(&test_secret("demo-job"));
+    let other = secret::hash_hex(&test_secret("other-job"));
+    format!(
+        r#"
+[workloads.demo-job]
+secret_sha256 = "{demo}"
+workflows = ["demo"]
+
+[workloads.other-job]
+secret_sha256 = "{other}"
+workflows = ["demo"]
+
+[workflows.demo]
+review_by = 2099-01-01
+
+[workflows.demo.steps.read]
+scopes = ["read:demo/**"]
+default_ttl = "5m"
+max_ttl = "15m"
+
+[workflows.demo.steps.write]
+scopes = ["write:demo/**"]
+{extra}
+"#
+    )
+}
+
+/// A broker started in-process by the library, on 127.0.0.1:0.
+pub struct TestBroker {
+    pub server: Option<RunningServer>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    /// The client id and secret of the workload tests act as by default.
+    pub client_id: String,
+    pub client_secret: String,
+    pub policy_path: Option<PathBuf>,
+}
+
+/// How to start a [`TestBroker`].
+pub struct BrokerOptions {
+    pub policy: Option<String>,
+    pub signing_alg: stint_core::jose::Algorithm,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self {
+            policy: Some(policy_with("")),
+            signing_alg: stint_core::jose::Algorithm::ES256,
+        }
+    }
+}
+
+impl TestBroker {
+    /// A broker with [`policy_with("")`](policy_with).
+    pub async fn start() -> Self {
+        Self::start_with(BrokerOptions::default()).await
+    }
+
+    /// A broker on the built-in demo policy, as `stintd --dev` runs it.
+    pub async fn demo() -> Self {
+        Self::start_with(BrokerOptions {
+            policy: None,
+            ..BrokerOptions::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(options: BrokerOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_path = options.policy.as_ref().map(|text| {
+            let path = dir.path().join("policy.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let mut config = Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        config.signing_alg = options.signing_alg;
+        if let Some(path) = &policy_path {
+            config.policy = PolicySource::File(path.clone());
+        }
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let server = stint_server::start_with_clock(config, clock.clone() as Arc<dyn Clock>)
+            .await
+            .expect("the broker starts");
+        let (client_id, client_secret) = match server.dev_client_path() {
+            Some(path) => {
+                let dev: DevClient = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+                (dev.client_id, dev.client_secret)
+            }
+            None => ("demo-job".to_owned(), test_secret("demo-job")),
+        };
+        Self {
+            server: Some(server),
+            dir,
+            http: reqwest::Client::new(),
+            clock,
+            client_id,
+            client_secret,
+            policy_path,
+        }
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn issuer(&self) -> String {
+        self.server().issuer().to_owned()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer())
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.data_dir().join(stint_server::AUDIT_FILE)
+    }
+
+    /// POST a form with HTTP Basic credentials of `client`.
+    pub async fn post_form_as(
+        &self,
+        client: (&str, &str),
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .basic_auth(client.0, Some(client.1))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POST a form as the default client.
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let client = (self.client_id.clone(), self.client_secret.clone());
+        self.post_form_as((&client.0, &client.1), path, form).await
+    }
+
+    /// Mint a token for `step` with `scope`; panics unless it succeeds.
+    pub async fn mint(&self, step: &str, scope: &str, extra: &[(&str, &str)]) -> Value {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("step", step),
+            ("scope", scope),
+            ("audience", "demo-api"),
+        ];
+        form.extend_from_slice(extra);
+        let response = self.post_form(stint_proto::TOKEN_PATH, &form).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "mint failed: {body}");
+        body
+    }
+
+    /// Introspect `token` as the default client.
+    pub async fn introspect(&self, token: &str) -> Value {
+        let response = self
+            .post_form(stint_proto::INTROSPECTION_PATH, &[("token", token)])
+            .await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// The broker's published keys.
+    pub async fn keys(&self) -> KeySet {
+        let jwks: JwkSet = self
+            .http
+            .get(self.url(stint_proto::JWKS_PATH))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut keys = KeySet::new();
+        for jwk in &jwks.keys {
+            keys.insert(VerifyingKey::from_jwk(jwk).unwrap());
+        }
+        keys
+    }
+
+    /// The metrics text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Every audit record so far, after checking the whole chain.
+    pub fn audit_records(&self) -> Vec<Value> {
+        audit_records(&self.audit_path())
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// Verify the chain of the audit log at `path` and return its records.
+pub fn audit_records(path: &Path) -> Vec<Value> {
+    let file = std::fs::File::open(path).unwrap();
+    let summary = verify(BufReader::new(file)).expect("the audit chain verifies");
+    let text = std::fs::read_to_string(path).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len() as u64, summary.records);
+    // Every record also parses as the library's own type.
+    for line in text.lines() {
+        let _: AuditEntry = serde_json::from_str(line).expect("a record is an AuditEntry");
+    }
+    records
+}
+
+/// Decode a JWT's header and claims without verifying (tests verify
+/// separately, with [`TestBroker::keys`]).
+pub fn decode_jwt(token: &str) -> (Value, Value) {
+    let mut parts = token.split('.');
+    let header = URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap();
+    let claims = URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap();
+    (
+        serde_json::from_slice(&header).unwrap(),
+        serde_json::from_slice(&claims).unwrap(),
+    )
+}
+
+/// Verify a token's signature with `keys`.
+pub fn verify_signature(token: &str, keys: &KeySet) -> Value {
+    let payload = UnverifiedJws::parse(token)
+        .unwrap()
+        .verified_payload(keys)
+        .expect("signature verifies");
+    serde_json::from_slice(&payload).unwrap()
+}
+
+/// HTTP Basic header value.
+pub fn basic(id: &str, secret: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
+}
+
+/// Poll `check` until it returns `Some`, or panic after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A throwaway certificate authority and a server certificate for
+/// `localhost` and 127.0.0.1, written as PEM files.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Stint Test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+
+        let cert_path = dir.join("server.pem");
+        let key_path = dir.join("server-key.pem");
+        std::fs::write(&cert_path, leaf.pem()).unwrap();
+        std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self {
+            ca_pem: ca_cert.pem(),
+            cert_path,
+            key_path,
+        }
+    }
+
+    /// An HTTP client that trusts only this CA.
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .build()
+            .unwrap()
+    }
+}
+
+/// The real `stintd` binary, started with `args`, stopped on drop.
+pub struct Daemon {
+    pub child: Child,
+    /// The URL from the banner's first line.
+    pub issuer: String,
+    /// Everything the daemon printed on stderr, collected in the background.
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Start `binary` with `args` and wait (at most 60 s) for its banner.
+    pub fn start(binary: &Path, args: &[&str]) -> Self {
+        Self::start_command(Command::new(binary).args(args))
+    }
+
+    /// Start a prepared command (for wrappers such as `sh -c 'ulimit ...'`).
+    pub fn start_command(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("stintd starts");
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(remaining) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("stintd listening on ") {
+                        let issuer = rest.split_whitespace().next().unwrap().to_owned();
+                        // Keep draining stdout so the daemon never blocks on it.
+                        std::thread::spawn(move || while rx.recv().is_ok() {});
+                        return Self {
+                            child,
+                            issuer,
+                            stderr,
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().unwrap();
+                    let stderr = stderr.lock().unwrap().clone();
+                    panic!("stintd did not start ({status}); stderr:\n{stderr}");
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    /// Send a signal with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a command to completion with a deadline; returns (status, stdout, stderr).
+pub fn run_to_end(
+    command: &mut Command,
+    timeout: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            return (
+                status,
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An address nothing listens on (bound, then released).
+pub fn unused_loopback_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
