@@ -1,0 +1,164 @@
+//! The broker under test: the real `stint-server` library, started in this
+//! process exactly as `stintd --dev` starts it (demo policy, ES256, plain
+//! HTTP on loopback, the durable audit log in the data directory).
+
+use crate::load::{self, RequestTemplate};
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use stint_proto::DevClient;
+use stint_server::{Config, RunningServer};
+use tokio::time::Instant;
+
+/// The mint request's form body: the demo workflow's `read` step.
+const MINT_FORM: &str =
+    "grant_type=client_credentials&step=read&scope=read:demo/bench&audience=bench-api";
+
+/// How long a metrics scrape may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running broker and its demo client's credentials.
+pub(crate) struct Broker {
+    server: RunningServer,
+    client: DevClient,
+}
+
+impl Broker {
+    /// Start the broker in dev mode with its data in `data_dir`.
+    pub(crate) async fn start(data_dir: &Path) -> Result<Self> {
+        let listen = "127.0.0.1:0".parse()?;
+        let server = stint_server::start(Config::dev(data_dir.to_path_buf(), listen))
+            .await
+            .context("starting the broker")?;
+        let client = read_dev_client(&server)?;
+        Ok(Self { server, client })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub(crate) fn issuer(&self) -> &str {
+        self.server.issuer()
+    }
+
+    /// The mint request, addressed to `addr` (the floor gets the very same
+    /// request, so the client side costs the same for both).
+    pub(crate) fn mint_request(&self, addr: SocketAddr) -> Result<RequestTemplate> {
+        let credentials = format!("{}:{}", self.client.client_id, self.client.client_secret);
+        let authorization = format!("Basic {}", STANDARD.encode(credentials));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&authorization).context("bad client credentials")?,
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        RequestTemplate::new(
+            Method::POST,
+            addr,
+            stint_proto::TOKEN_PATH,
+            headers,
+            Bytes::from_static(MINT_FORM.as_bytes()),
+        )
+    }
+
+    /// The audit writer's counters, from `/metrics`.
+    pub(crate) async fn audit_counters(&self) -> Result<AuditCounters> {
+        let addr = self.local_addr();
+        let deadline = Instant::now() + SCRAPE_TIMEOUT;
+        let request = RequestTemplate::new(
+            Method::GET,
+            addr,
+            "/metrics",
+            HeaderMap::new(),
+            Bytes::new(),
+        )?;
+        let mut sender = load::connect(addr, deadline).await?;
+        let (status, body) = load::exchange(&mut sender, request.build(), deadline).await?;
+        if status != StatusCode::OK {
+            bail!("GET /metrics answered {status}");
+        }
+        AuditCounters::parse(&String::from_utf8_lossy(&body))
+    }
+
+    pub(crate) async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+fn read_dev_client(server: &RunningServer) -> Result<DevClient> {
+    let path = server
+        .dev_client_path()
+        .context("the dev broker wrote no client credentials")?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// How many audit records were made durable, in how many fsyncs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct AuditCounters {
+    pub(crate) records: f64,
+    pub(crate) fsyncs: f64,
+}
+
+impl AuditCounters {
+    /// Read the group-commit histogram's sum and count out of the
+    /// OpenMetrics text.
+    fn parse(metrics: &str) -> Result<Self> {
+        let value = |name: &str| {
+            metric_value(metrics, name).with_context(|| format!("no {name} in /metrics"))
+        };
+        Ok(Self {
+            records: value("stint_audit_batch_records_sum")?,
+            fsyncs: value("stint_audit_batch_records_count")?,
+        })
+    }
+
+    /// The counters' growth since `earlier`.
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            records: self.records - earlier.records,
+            fsyncs: self.fsyncs - earlier.fsyncs,
+        }
+    }
+}
+
+/// The value of the unlabelled sample `name` in OpenMetrics text.
+fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next()? == name).then(|| fields.next()?.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_counters_come_from_the_batch_histogram() {
+        let text = "# TYPE stint_audit_batch_records histogram\n\
+                    stint_audit_batch_records_sum 1234.0\n\
+                    stint_audit_batch_records_count 56\n\
+                    stint_audit_batch_records_bucket{le=\"1.0\"} 3\n\
+                    stint_audit_records_total 1234\n";
+        let counters = AuditCounters::parse(text).unwrap();
+        assert_eq!(
+            counters,
+            AuditCounters {
+                records: 1234.0,
+                fsyncs: 56.0
+            }
+        );
+        assert!(AuditCounters::parse("stint_tokens_minted_total 3\n").is_err());
+    }
+}

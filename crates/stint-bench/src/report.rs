@@ -1,0 +1,245 @@
+//! Each run's figures, the medians over runs, and the verdict against the
+//! targets (computed here, never written by hand).
+
+use crate::broker::AuditCounters;
+use crate::load::LoadReport;
+use crate::stats::{Measurement, median, median_duration};
+use std::time::Duration;
+
+/// Mint throughput must be at least this fraction of the floor's.
+pub(crate) const TARGET_RATIO: f64 = 0.5;
+/// Mint p99 latency must be under this.
+pub(crate) const TARGET_P99: Duration = Duration::from_millis(10);
+
+/// One run: the floor, then mint, under the same load.
+#[derive(Debug, Clone)]
+pub(crate) struct RunResult {
+    pub(crate) floor: LoadReport,
+    pub(crate) mint: LoadReport,
+    /// The audit writer's work during the mint load (warm-up included), if
+    /// the broker's metrics could be read.
+    pub(crate) audit: Option<AuditCounters>,
+}
+
+impl RunResult {
+    /// Mint throughput over the floor's.
+    pub(crate) fn ratio(&self) -> f64 {
+        let floor = self.floor.measurement.per_second;
+        if floor > 0.0 {
+            self.mint.measurement.per_second / floor
+        } else {
+            0.0
+        }
+    }
+
+    pub(crate) fn errors(&self) -> u64 {
+        self.floor.measurement.errors + self.mint.measurement.errors
+    }
+
+    /// The run's lines: one per target, the audit's group commit, the ratio.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!("  floor: {}", figures(&self.floor.measurement)),
+            format!("  mint:  {}", figures(&self.mint.measurement)),
+        ];
+        if let Some(audit) = self.audit {
+            lines.push(format!("  audit: {}", describe_group_commit(audit)));
+        }
+        for (target, report) in [("floor", &self.floor), ("mint", &self.mint)] {
+            if let Some(error) = &report.first_error {
+                lines.push(format!("  first {target} error: {error}"));
+            }
+        }
+        lines.push(format!("  ratio mint/floor: {:.2}", self.ratio()));
+        lines
+    }
+}
+
+fn figures(m: &Measurement) -> String {
+    format!(
+        "{:>6.0} req/s  p50 {}  p99 {}  ({} requests, {} errors)",
+        m.per_second,
+        millis(m.p50),
+        millis(m.p99),
+        m.completed,
+        m.errors
+    )
+}
+
+fn describe_group_commit(audit: AuditCounters) -> String {
+    let per_fsync = if audit.fsyncs > 0.0 {
+        audit.records / audit.fsyncs
+    } else {
+        0.0
+    };
+    format!(
+        "{:.0} records made durable in {:.0} fsyncs ({per_fsync:.1} records per fsync, warm-up included)",
+        audit.records, audit.fsyncs
+    )
+}
+
+/// A latency in milliseconds, two decimals.
+fn millis(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+/// The medians of one target's figures over the runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Medians {
+    pub(crate) per_second: f64,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+}
+
+impl Medians {
+    fn of(measurements: &[Measurement]) -> Self {
+        let per_second: Vec<f64> = measurements.iter().map(|m| m.per_second).collect();
+        let p50: Vec<Duration> = measurements.iter().map(|m| m.p50).collect();
+        let p99: Vec<Duration> = measurements.iter().map(|m| m.p99).collect();
+        Self {
+            per_second: median(&per_second).unwrap_or_default(),
+            p50: median_duration(&p50).unwrap_or_default(),
+            p99: median_duration(&p99).unwrap_or_default(),
+        }
+    }
+
+    fn figures(&self) -> String {
+        format!(
+            "{:>6.0} req/s  p50 {}  p99 {}",
+            self.per_second,
+            millis(self.p50),
+            millis(self.p99)
+        )
+    }
+}
+
+/// The medians over all runs, and the verdicts.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Summary {
+    pub(crate) runs: usize,
+    pub(crate) mint: Medians,
+    pub(crate) floor: Medians,
+    /// The median of the runs' ratios.
+    pub(crate) ratio: f64,
+    /// Errors over all runs, both targets.
+    pub(crate) errors: u64,
+}
+
+impl Summary {
+    pub(crate) fn of(runs: &[RunResult]) -> Self {
+        let mint: Vec<Measurement> = runs.iter().map(|r| r.mint.measurement).collect();
+        let floor: Vec<Measurement> = runs.iter().map(|r| r.floor.measurement).collect();
+        let ratios: Vec<f64> = runs.iter().map(RunResult::ratio).collect();
+        Self {
+            runs: runs.len(),
+            mint: Medians::of(&mint),
+            floor: Medians::of(&floor),
+            ratio: median(&ratios).unwrap_or_default(),
+            errors: runs.iter().map(RunResult::errors).sum(),
+        }
+    }
+
+    pub(crate) fn p99_met(&self) -> bool {
+        self.mint.p99 < TARGET_P99
+    }
+
+    pub(crate) fn ratio_met(&self) -> bool {
+        self.ratio >= TARGET_RATIO
+    }
+
+    /// Both targets met, and no request failed.
+    pub(crate) fn passes(&self) -> bool {
+        self.p99_met() && self.ratio_met() && self.errors == 0
+    }
+
+    /// The final block.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!(
+                "median of {} run{}:",
+                self.runs,
+                if self.runs == 1 { "" } else { "s" }
+            ),
+            format!(
+                "mint  (ES256, durable audit): {}   (target p99 < {}: {})",
+                self.mint.figures(),
+                millis(TARGET_P99),
+                verdict(self.p99_met())
+            ),
+            format!("floor (bare hyper + ES256):   {}", self.floor.figures()),
+            format!(
+                "ratio mint/floor: {:.2}   (target >= {TARGET_RATIO}: {})",
+                self.ratio,
+                verdict(self.ratio_met())
+            ),
+        ];
+        lines.push(if self.errors == 0 {
+            "errors: 0".to_owned()
+        } else {
+            format!(
+                "errors: {} over all runs: these figures are NOT a valid measurement",
+                self.errors
+            )
+        });
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(per_second: f64, p99_ms: u64, errors: u64) -> LoadReport {
+        LoadReport {
+            measurement: Measurement {
+                completed: 1,
+                errors,
+                per_second,
+                p50: Duration::from_millis(1),
+                p99: Duration::from_millis(p99_ms),
+            },
+            first_error: None,
+        }
+    }
+
+    fn run(mint: f64, floor: f64, mint_p99_ms: u64) -> RunResult {
+        RunResult {
+            floor: report(floor, 2, 0),
+            mint: report(mint, mint_p99_ms, 0),
+            audit: None,
+        }
+    }
+
+    #[test]
+    fn the_summary_takes_medians_and_computes_verdicts() {
+        let runs = [
+            run(600.0, 1000.0, 12),
+            run(400.0, 1000.0, 8),
+            run(550.0, 1000.0, 9),
+        ];
+        let summary = Summary::of(&runs);
+        assert_eq!(summary.mint.per_second, 550.0);
+        assert_eq!(summary.mint.p99, Duration::from_millis(9));
+        assert!((summary.ratio - 0.55).abs() < 1e-9);
+        assert!(summary.p99_met() && summary.ratio_met() && summary.passes());
+        assert!(summary.lines().iter().all(|line| !line.contains("NOT")));
+    }
+
+    #[test]
+    fn missed_targets_and_errors_fail() {
+        let slow = Summary::of(&[run(400.0, 1000.0, 10)]);
+        assert!(!slow.p99_met() && !slow.ratio_met() && !slow.passes());
+        assert!(slow.lines().iter().any(|line| line.contains("NOT met")));
+
+        let mut broken = run(900.0, 1000.0, 1);
+        broken.mint = report(900.0, 1, 3);
+        let summary = Summary::of(&[broken]);
+        assert!(summary.p99_met() && summary.ratio_met());
+        assert_eq!(summary.errors, 3);
+        assert!(!summary.passes());
+    }
+}

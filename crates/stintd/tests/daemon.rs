@@ -1,0 +1,445 @@
+//! The real `stintd` binary: durability across `kill -9`, signals, TLS,
+//! refusing unsafe configurations, and failing closed on a real write error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use stint_proto::{DevClient, INTROSPECTION_PATH, REVOCATION_PATH, TOKEN_PATH};
+use stint_tests::reqwest::Client;
+use stint_tests::{Daemon, TestCa, Value, eventually, json, policy_with, run_to_end, test_secret};
+
+const STINTD: &str = env!("CARGO_BIN_EXE_stintd");
+
+fn dev_daemon(data_dir: &Path) -> Daemon {
+    dev_daemon_on(data_dir, "127.0.0.1:0")
+}
+
+fn dev_daemon_on(data_dir: &Path, listen: &str) -> Daemon {
+    Daemon::start(
+        Path::new(STINTD),
+        &[
+            "--dev",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            listen,
+        ],
+    )
+}
+
+fn dev_credentials(data_dir: &Path) -> (String, String) {
+    let client: DevClient =
+        serde_json::from_slice(&std::fs::read(data_dir.join("dev-client.json")).unwrap()).unwrap();
+    (client.client_id, client.client_secret)
+}
+
+async fn post(
+    http: &Client,
+    daemon: &Daemon,
+    creds: &(String, String),
+    path: &str,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
+    let response = http
+        .post(daemon.url(path))
+        .basic_auth(&creds.0, Some(&creds.1))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn mint(http: &Client, daemon: &Daemon, creds: &(String, String), job: &str) -> String {
+    let (status, body) = post(
+        http,
+        daemon,
+        creds,
+        TOKEN_PATH,
+        &[
+            ("grant_type", "client_credentials"),
+            ("step", "read"),
+            ("scope", "read:demo/docs"),
+            ("audience", "demo-api"),
+            ("job", job),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn active(http: &Client, daemon: &Daemon, creds: &(String, String), token: &str) -> bool {
+    let (status, body) = post(http, daemon, creds, INTROSPECTION_PATH, &[("token", token)]).await;
+    assert_eq!(status, 200);
+    body["active"].as_bool().unwrap()
+}
+
+#[tokio::test]
+async fn an_acknowledged_revocation_survives_kill_9_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = Client::new();
+    // The same address before and after the crash, so the same issuer: a
+    // token is only ever judged against the issuer that minted it.
+    let listen = stint_tests::unused_loopback_addr().to_string();
+    let daemon = dev_daemon_on(&data, &listen);
+    let creds = dev_credentials(&data);
+
+    let revoked = mint(&http, &daemon, &creds, "job-a").await;
+    let in_revoked_job = mint(&http, &daemon, &creds, "job-b").await;
+    let untouched = mint(&http, &daemon, &creds, "job-c").await;
+
+    let (status, _) = post(
+        &http,
+        &daemon,
+        &creds,
+        REVOCATION_PATH,
+        &[("token", &revoked)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let response = http
+        .post(daemon.url("/v1/jobs/job-b/revoke"))
+        .basic_auth(&creds.0, Some(&creds.1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Right after the acknowledgements: no graceful anything.
+    let issuer = daemon.issuer.clone();
+    daemon.kill9();
+
+    let daemon = dev_daemon_on(&data, &listen);
+    assert_eq!(daemon.issuer, issuer);
+    // A new client: the old one's pooled connections died with the process.
+    let http = Client::new();
+    let creds_after = dev_credentials(&data);
+    assert_eq!(
+        creds_after, creds,
+        "the dev client keeps its secret across restarts"
+    );
+    assert!(
+        !active(&http, &daemon, &creds, &revoked).await,
+        "a revoked token stays revoked"
+    );
+    assert!(
+        !active(&http, &daemon, &creds, &in_revoked_job).await,
+        "a revoked job stays revoked"
+    );
+    assert!(
+        active(&http, &daemon, &creds, &untouched).await,
+        "the signing key survived: an unrevoked token from before the restart is still active"
+    );
+    let (status, body) = post(
+        &http,
+        &daemon,
+        &creds,
+        TOKEN_PATH,
+        &[
+            ("grant_type", "client_credentials"),
+            ("step", "read"),
+            ("scope", "read:demo/docs"),
+            ("audience", "demo-api"),
+            ("job", "job-b"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // The audit log is intact across the crash.
+    let records = stint_tests::audit_records(&data.join("audit.jsonl"));
+    assert!(records.iter().any(|r| r["event"] == "token_revoked"));
+    assert!(records.iter().any(|r| r["event"] == "job_revoked"));
+}
+
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _daemon = dev_daemon(&data);
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(data.clone()), 0o700);
+    for file in ["stint.db", "stint.db-wal", "audit.jsonl", "dev-client.json"] {
+        assert_eq!(mode(data.join(file)), 0o600, "{file}");
+    }
+}
+
+#[test]
+fn plain_http_is_refused_off_loopback_and_outside_dev_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (status, _, stderr) = run_to_end(
+        Command::new(STINTD).args(["--dev", "--data-dir", data, "--listen", "0.0.0.0:0"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refusing to serve plain HTTP on 0.0.0.0:0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("loopback"), "{stderr}");
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, policy_with("")).unwrap();
+    let (status, _, stderr) = run_to_end(
+        Command::new(STINTD).args([
+            "--policy",
+            policy.to_str().unwrap(),
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tls-cert and --tls-key"), "{stderr}");
+    assert!(
+        !Path::new(data).exists(),
+        "nothing is created before the configuration is accepted"
+    );
+}
+
+#[tokio::test]
+async fn with_tls_it_serves_https_and_only_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, policy_with("")).unwrap();
+    let daemon = Daemon::start(
+        Path::new(STINTD),
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            ca.cert_path.to_str().unwrap(),
+            "--tls-key",
+            ca.key_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        daemon.issuer.starts_with("https://127.0.0.1:"),
+        "{}",
+        daemon.issuer
+    );
+    let https = ca.client();
+    let metadata: Value = https
+        .get(daemon.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["issuer"], daemon.issuer);
+    let creds = ("demo-job".to_owned(), test_secret("demo-job"));
+    let token = mint(&https, &daemon, &creds, "tls-job").await;
+    assert!(active(&https, &daemon, &creds, &token).await);
+
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = daemon.url("/healthz").replace("https://", "http://");
+    assert!(Client::new().get(plain).send().await.is_err());
+    // And a client that does not trust the CA cannot connect.
+    assert!(
+        Client::new()
+            .get(daemon.url("/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_policy_and_refuses_an_invalid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, policy_with("")).unwrap();
+    let daemon = Daemon::start(
+        Path::new(STINTD),
+        &[
+            "--dev",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let http = Client::new();
+    let creds = ("demo-job".to_owned(), test_secret("demo-job"));
+    let deploy = [
+        ("grant_type", "client_credentials"),
+        ("step", "deploy"),
+        ("scope", "deploy:k8s/staging/web"),
+        ("audience", "k8s"),
+    ];
+    assert_eq!(
+        post(&http, &daemon, &creds, TOKEN_PATH, &deploy).await.0,
+        400
+    );
+
+    std::fs::write(
+        &policy,
+        policy_with("[workflows.demo.steps.deploy]\nscopes = [\"deploy:k8s/staging/*\"]\n"),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(30), "the reloaded policy to allow the deploy step", || {
+        let (http, daemon, creds) = (&http, &daemon, &creds);
+        async move { (post(http, daemon, creds, TOKEN_PATH, &deploy).await.0 == 200).then_some(()) }
+    })
+    .await;
+
+    std::fs::write(&policy, "this is not toml ]]").unwrap();
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(30), "the refusal to be logged", || {
+        let refused = daemon.stderr().contains("policy refused");
+        async move { refused.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        post(&http, &daemon, &creds, TOKEN_PATH, &deploy).await.0,
+        200,
+        "the previous policy stays"
+    );
+}
+
+/// Give the daemon a file size limit (`ulimit -f`, with SIGXFSZ ignored so a
+/// write past it fails with EFBIG instead of killing the process): after
+/// some mints the audit log cannot grow, and minting must fail closed.
+#[tokio::test]
+async fn minting_fails_closed_when_the_audit_log_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start_command(
+        Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 256; exec \"$0\" \"$@\"")
+            .arg(STINTD)
+            .args([
+                "--dev",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ]),
+    );
+    let http = Client::new();
+    let creds = dev_credentials(&data);
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("step", "read"),
+        ("scope", "read:demo/docs"),
+        ("audience", "demo-api"),
+    ];
+    let mut minted = 0;
+    let refusal = loop {
+        let (status, body) = post(&http, &daemon, &creds, TOKEN_PATH, &form).await;
+        match status {
+            200 => minted += 1,
+            503 => break body,
+            other => panic!("unexpected {other}: {body}"),
+        }
+        assert!(minted < 5_000, "the file size limit never took effect");
+    };
+    assert!(minted > 0);
+    assert_eq!(
+        refusal,
+        json!({
+            "error": "temporarily_unavailable",
+            "error_description": "the decision could not be recorded in the audit log; retry later",
+        })
+    );
+    let ready = http.get(daemon.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["checks"]["audit_log"],
+        false
+    );
+    // Still refusing, not degrading to unaudited tokens.
+    assert_eq!(post(&http, &daemon, &creds, TOKEN_PATH, &form).await.0, 503);
+
+    drop(daemon);
+    // Every token that was handed out is in the log, and the chain is whole:
+    // the failed writes left no partial record.
+    let records = stint_tests::audit_records(&data.join("audit.jsonl"));
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["event"] == "token_minted")
+            .count(),
+        minted
+    );
+}
+
+#[test]
+fn new_client_prints_a_secret_whose_hash_is_the_policy_line() {
+    let (status, stdout, stderr) = run_to_end(
+        Command::new(STINTD).args(["new-client", "ci-web"]),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    let secret = stdout.trim();
+    assert!(
+        secret.starts_with("stint_") && secret.len() > 40,
+        "{stdout}"
+    );
+    let hash = stint_core::secret::hash_hex(secret);
+    assert!(
+        stderr.contains(&format!("secret_sha256 = \"{hash}\"")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(secret),
+        "the secret is printed once, on stdout only"
+    );
+}
+
+#[test]
+fn check_policy_validates_like_the_broker() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/policy.example.toml"
+    );
+    let (status, stdout, stderr) = run_to_end(
+        Command::new(STINTD).args(["check-policy", example]),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains(": ok (2 workloads, 2 workflows)"),
+        "{stdout}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        policy_with("").replace("max_ttl = \"15m\"", "max_ttl = \"3h\""),
+    )
+    .unwrap();
+    let (status, _, stderr) = run_to_end(
+        Command::new(STINTD).args(["check-policy", bad.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains("workflows.demo.steps.read.max_ttl: a token lifetime may be at most 1h"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.toml:16:11"), "{stderr}");
+}
