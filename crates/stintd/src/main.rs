@@ -77,6 +77,11 @@ enum Command {
         /// The policy file.
         file: PathBuf,
     },
+    /// Walk an audit log's hash chain; name the first broken record.
+    VerifyAudit {
+        /// The audit log (DATA_DIR/audit.jsonl).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::NewClient { ref name }) => return report(new_client(name)),
         Some(Command::CheckPolicy { ref file }) => return report(check_policy(file)),
+        Some(Command::VerifyAudit { ref file }) => return report(verify_audit(file)),
         None => {}
     }
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -194,6 +200,21 @@ fn check_policy(file: &std::path::Path) -> anyhow::Result<()> {
         policy.workloads().count(),
         policy.workflows().count()
     );
+    Ok(())
+}
+
+fn verify_audit(file: &std::path::Path) -> anyhow::Result<()> {
+    let log =
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let summary = stint_core::audit::verify(std::io::BufReader::new(log))
+        .map_err(|error| anyhow::anyhow!("{}: chain broken: {error}", file.display()))?;
+    println!(
+        "{}: {} records, chain intact, head {}",
+        file.display(),
+        summary.records,
+        summary.head
+    );
+    eprintln!("(keep the head hash elsewhere: a cut-off tail is only detectable against it)");
     Ok(())
 }
 

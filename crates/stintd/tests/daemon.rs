@@ -443,3 +443,39 @@ fn check_policy_validates_like_the_broker() {
     );
     assert!(stderr.contains("bad.toml:16:11"), "{stderr}");
 }
+
+#[tokio::test]
+async fn verify_audit_accepts_an_intact_log_and_names_the_first_broken_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = dev_daemon(&data);
+    let creds = dev_credentials(&data);
+    let http = Client::new();
+    for job in ["a", "b", "c"] {
+        mint(&http, &daemon, &creds, job).await;
+    }
+    drop(daemon);
+    let log = data.join("audit.jsonl");
+    let (status, stdout, stderr) = run_to_end(
+        Command::new(STINTD).args(["verify-audit", log.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains(": 4 records, chain intact, head "),
+        "{stdout}"
+    );
+
+    // Rewrite the second mint's job: the record after it no longer links.
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replacen("\"job\":\"b\"", "\"job\":\"z\"", 1)).unwrap();
+    let (status, _, stderr) = run_to_end(
+        Command::new(STINTD).args(["verify-audit", log.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains("chain broken: line 4 (record 3): prev does not match"),
+        "{stderr}"
+    );
+}
