@@ -697,3 +697,40 @@ async fn unknown_paths_get_an_oauth_style_404() {
         "invalid_request"
     );
 }
+
+#[tokio::test]
+async fn a_revocation_is_forgotten_once_its_token_would_have_expired() {
+    let broker = TestBroker::start().await;
+    let token = token_of(&broker.mint("read", "read:demo/x", &[("ttl", "60")]).await);
+    assert_eq!(
+        broker
+            .post_form(REVOCATION_PATH, &[("token", &token)])
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        broker
+            .metrics()
+            .await
+            .contains("stint_revocations_in_memory 1")
+    );
+
+    assert_eq!(
+        broker.server().purge_expired().await,
+        0,
+        "still unexpired: kept"
+    );
+    assert_eq!(broker.introspect(&token).await, json!({"active": false}));
+
+    broker.clock.advance(chrono::TimeDelta::seconds(61));
+    assert_eq!(broker.server().purge_expired().await, 1, "expired: dropped");
+    assert!(
+        broker
+            .metrics()
+            .await
+            .contains("stint_revocations_in_memory 0")
+    );
+    // Still inactive, now because it has expired.
+    assert_eq!(broker.introspect(&token).await, json!({"active": false}));
+}

@@ -72,8 +72,12 @@ impl Config {
         if self.policy == PolicySource::Demo && !self.dev {
             return Err(ConfigError::PolicyRequired);
         }
-        if let Some(issuer) = &self.issuer {
-            validate_issuer(issuer, self.tls.is_some())?;
+        match &self.issuer {
+            Some(issuer) => validate_issuer(issuer, self.tls.is_some())?,
+            None if self.listen.ip().is_unspecified() => {
+                return Err(ConfigError::IssuerRequired(self.listen));
+            }
+            None => {}
         }
         Ok(())
     }
@@ -127,6 +131,11 @@ pub enum ConfigError {
     /// No policy outside dev mode.
     #[error("--policy FILE is required (only --dev has a built-in demo policy)")]
     PolicyRequired,
+    /// Listening on every address, with no issuer to put in tokens.
+    #[error(
+        "--issuer is required when listening on {0}: give the URL clients use to reach the broker, e.g. --issuer https://stint.example.com:8443"
+    )]
+    IssuerRequired(SocketAddr),
     /// A malformed `--issuer`.
     #[error("--issuer {issuer:?} {why}")]
     BadIssuer {
@@ -166,6 +175,11 @@ mod tests {
         assert_eq!(config.validate(), Err(ConfigError::PolicyRequired));
         config.policy = PolicySource::File("p.toml".into());
         config.listen = addr("0.0.0.0:8443");
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::IssuerRequired(addr("0.0.0.0:8443")))
+        );
+        config.issuer = Some("https://stint.example.com:8443".into());
         assert_eq!(config.validate(), Ok(()));
     }
 

@@ -89,6 +89,13 @@ impl RunningServer {
         self.state.reload_policy().await
     }
 
+    /// Drop revocations whose tokens would have expired anyway, from memory
+    /// and from the store, as the background task does every minute.
+    /// Returns how many entries left memory.
+    pub async fn purge_expired(&self) -> usize {
+        purge(&self.state).await
+    }
+
     /// A few lines for a person starting the broker by hand.
     pub fn banner(&self) -> String {
         let scheme_note = if self.state.issuer.starts_with("http://") {
@@ -336,15 +343,20 @@ async fn purge_loop(state: Arc<AppState>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let now = state.clock.now();
-        let dropped = state.revocations.purge(now);
-        if let Err(error) = state.store.purge_expired(now.timestamp()).await {
-            tracing::warn!(%error, "could not purge expired revocations from the store");
-        }
-        if dropped > 0 {
-            tracing::debug!(dropped, "dropped expired revocations from memory");
-        }
+        purge(&state).await;
     }
+}
+
+async fn purge(state: &AppState) -> usize {
+    let now = state.clock.now();
+    let dropped = state.revocations.purge(now);
+    if let Err(error) = state.store.purge_expired(now.timestamp()).await {
+        tracing::warn!(%error, "could not purge expired revocations from the store");
+    }
+    if dropped > 0 {
+        tracing::debug!(dropped, "dropped expired revocations from memory");
+    }
+    dropped
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
