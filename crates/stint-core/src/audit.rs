@@ -41,6 +41,9 @@ pub enum EventKind {
     PolicyLoaded,
     /// A policy reload was refused; the previous policy stays in force.
     PolicyRefused,
+    /// The audit log was written again after a failed write (recorded by
+    /// the readiness check, which probes the log only while it is failing).
+    AuditResumed,
 }
 
 /// Allowed or denied.

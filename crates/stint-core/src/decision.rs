@@ -27,6 +27,8 @@ pub enum DenyReason {
     InvalidClient,
     /// No `step`.
     MissingStep,
+    /// A `step` that is not a well-formed step reference.
+    MalformedStep,
     /// A `step` that is not in the workload's workflows.
     UnknownStep,
     /// A bare step name that several of the workload's workflows share.
@@ -53,6 +55,8 @@ pub enum DenyReason {
     NotTokensOwner,
     /// The decision could not be recorded or made durable: refused.
     Unavailable,
+    /// An internal failure (signing, randomness): refused.
+    Internal,
 }
 
 impl DenyReason {
@@ -64,6 +68,7 @@ impl DenyReason {
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidClient => "invalid_client",
             Self::MissingStep => "missing_step",
+            Self::MalformedStep => "malformed_step",
             Self::UnknownStep => "unknown_step",
             Self::AmbiguousStep => "ambiguous_step",
             Self::MalformedJob => "malformed_job",
@@ -77,6 +82,7 @@ impl DenyReason {
             Self::JobRevoked => "job_revoked",
             Self::NotTokensOwner => "not_tokens_owner",
             Self::Unavailable => "unavailable",
+            Self::Internal => "internal_error",
         }
     }
 }
@@ -143,7 +149,7 @@ impl StepRequest {
         validate_step_ref(step).map_err(|e| {
             Denial::new(
                 E::InvalidRequest,
-                R::UnknownStep,
+                R::MalformedStep,
                 format!("the step parameter is malformed: it {e}"),
             )
         })?;
@@ -512,7 +518,7 @@ audiences = ["https://k8s.example"]
             (
                 "step=a/b/c&scope=read:demo/x",
                 E::InvalidRequest,
-                R::UnknownStep,
+                R::MalformedStep,
             ),
             (
                 "step=other/read&scope=read:demo/x",

@@ -597,7 +597,7 @@ fn parse_sha256(value: &Spanned<String>, key: &str, errors: &mut Errors<'_>) -> 
 pub struct PolicyError {
     /// The file (or other source) name.
     pub file: String,
-    /// 1-based line.
+    /// 1-based line; 0 when the problem is the file as a whole.
     pub line: usize,
     /// 1-based column.
     pub column: usize,
@@ -609,7 +609,12 @@ pub struct PolicyError {
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if self.line == 0 {
+            // Not about a place in the file (it could not be read at all).
+            write!(f, "{}: ", self.file)?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        }
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;
         }

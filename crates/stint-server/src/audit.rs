@@ -203,6 +203,14 @@ impl AuditLog {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+
+    /// Whether the log can be written: true at once if the last batch was;
+    /// otherwise try to write `probe` and answer whether that worked. Without
+    /// this, a broker taken out of rotation for a failed write would get no
+    /// traffic, so no write, so it could never become ready again.
+    pub async fn check(&self, probe: impl FnOnce() -> AuditEntry) -> bool {
+        self.is_healthy() || self.record(probe()).await.is_ok()
+    }
 }
 
 fn write_loop(
@@ -358,11 +366,19 @@ mod tests {
             Err(AuditError::Write(_))
         ));
         assert!(!log.is_healthy());
+        assert!(
+            !log.check(|| entry(99)).await,
+            "still failing: the probe fails too"
+        );
         sink.broken.store(false, Ordering::SeqCst);
-        log.record(entry(2)).await.unwrap();
+        assert!(
+            log.check(|| entry(2)).await,
+            "the probe is written once the sink recovers"
+        );
         assert!(log.is_healthy());
+        assert!(log.check(|| panic!("no probe while healthy")).await);
         let written = sink.written.lock().unwrap().clone();
-        // The failed record left no gap: the chain verifies with two records.
+        // The failed records left no gap: the chain verifies with two records.
         assert_eq!(verify(&written[..]).unwrap().records, 2);
     }
 }

@@ -35,14 +35,6 @@ pub enum StartError {
         /// What went wrong.
         message: String,
     },
-    /// The policy file could not be read.
-    #[error("cannot read the policy file {path}: {message}")]
-    PolicyRead {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
     /// The policy is invalid.
     #[error("the policy is invalid:\n{0}")]
     Policy(PolicyErrors),

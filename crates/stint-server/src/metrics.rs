@@ -49,6 +49,7 @@ pub struct Metrics {
     minted: Counter,
     denied: Family<ReasonLabel, Counter>,
     revocations: Family<KindLabel, Counter>,
+    revocations_denied: Family<ReasonLabel, Counter>,
     latency: Family<RouteLabels, Histogram>,
     policy_reloads: Family<ResultLabel, Counter>,
     review_overdue: Family<WorkflowLabel, Gauge>,
@@ -75,6 +76,12 @@ impl Metrics {
             "revocations",
             "Revocations acknowledged, by kind (token, job)",
             revocations.clone(),
+        );
+        let revocations_denied = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "revocations_denied",
+            "Revocation requests that revoked nothing, by reason",
+            revocations_denied.clone(),
         );
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
@@ -126,6 +133,7 @@ impl Metrics {
             minted,
             denied,
             revocations,
+            revocations_denied,
             latency,
             policy_reloads,
             review_overdue,
@@ -150,6 +158,14 @@ impl Metrics {
 
     pub(crate) fn revoked(&self, kind: &'static str) {
         self.revocations.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub(crate) fn revocation_denied(&self, reason: &str) {
+        self.revocations_denied
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub(crate) fn policy_load(&self, loaded: bool) {

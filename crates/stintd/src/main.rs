@@ -176,7 +176,7 @@ fn new_client(name: &str) -> anyhow::Result<()> {
     );
     println!("{secret}");
     eprintln!(
-        "\nAdd to the policy:\n\n[workloads.{name}]\nsecret_sha256 = \"{hash}\"\nworkflows = []  # the workflows it may run\n"
+        "\nAdd to the policy:\n\n[workloads.{name}]\nsecret_sha256 = \"{hash}\"\nworkflows = [\"WORKFLOW\"]  # the workflows it may run\n"
     );
     Ok(())
 }
@@ -188,8 +188,13 @@ fn check_policy(file: &std::path::Path) -> anyhow::Result<()> {
         .map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let today = chrono_today();
     for workflow in policy.overdue_workflows(today) {
+        let consequence = if policy.enforce_review() {
+            "enforce_review = true, so the broker will refuse its steps until review_by is moved forward"
+        } else {
+            "the broker will warn and report it in stint_policy_workflow_review_overdue"
+        };
         eprintln!(
-            "warning: workflow {:?} is past its review date ({})",
+            "warning: workflow {:?} is past its review date ({}): {consequence}",
             workflow.name(),
             workflow.review_by()
         );

@@ -131,8 +131,11 @@ pub(crate) fn credentials(
             client_id: id.to_owned(),
             secret: secret.to_owned(),
         }),
-        (None, _, _) => Err(OAuthError::invalid_client(
+        (None, _, _) if form.is_some() => Err(OAuthError::invalid_client(
             "client authentication is required: HTTP Basic (client_secret_basic) or client_id and client_secret in the body (client_secret_post)",
+        )),
+        (None, _, _) => Err(OAuthError::invalid_client(
+            "client authentication is required: HTTP Basic (client_secret_basic)",
         )),
     }
 }

@@ -46,6 +46,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -80,6 +81,15 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+async fn method_not_allowed() -> Response {
+    OAuthError::invalid_request(
+        DenyReason::MalformedRequest,
+        "this endpoint does not accept that method",
+    )
+    .with_status(http::StatusCode::METHOD_NOT_ALLOWED)
+    .into_response()
 }
 
 async fn not_found() -> Response {

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 use std::sync::Arc;
+use stint_core::audit::{Decision, EventKind};
 
 /// The process is up and serving.
 pub(crate) async fn healthz() -> &'static str {
@@ -15,7 +16,19 @@ pub(crate) async fn healthz() -> &'static str {
 
 /// The broker can make decisions: the audit log and the store both work.
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let audit = state.audit.is_healthy();
+    let audit = state
+        .audit
+        .check(|| {
+            let mut entry = state.audit_entry(
+                state.clock.now(),
+                EventKind::AuditResumed,
+                Decision::Allow,
+                None,
+            );
+            entry.detail = Some("readiness probe: the audit log is writable again".into());
+            entry
+        })
+        .await;
     let store = state.store.check().await.is_ok();
     let status = if audit && store {
         StatusCode::OK

@@ -60,8 +60,14 @@ pub(crate) async fn revoke_token(
             state.metrics.revoked("token");
             StatusCode::OK.into_response()
         }
-        Ok(Revoked::Nothing(_)) => StatusCode::OK.into_response(),
-        Err(error) => error.into_response(),
+        Ok(Revoked::Nothing(reason)) => {
+            state.metrics.revocation_denied(reason);
+            StatusCode::OK.into_response()
+        }
+        Err(error) => {
+            state.metrics.revocation_denied(error.reason.as_str());
+            error.into_response()
+        }
     }
 }
 
@@ -157,7 +163,10 @@ pub(crate) async fn revoke_job(
             state.metrics.revoked("job");
             Json(response).into_response()
         }
-        Err(error) => error.into_response(),
+        Err(error) => {
+            state.metrics.revocation_denied(error.reason.as_str());
+            error.into_response()
+        }
     }
 }
 

@@ -81,7 +81,7 @@ async fn mint(
         }
         None => {
             return Err(OAuthError::invalid_request(
-                DenyReason::UnsupportedGrantType,
+                DenyReason::MalformedRequest,
                 "the grant_type parameter is required",
             ));
         }
@@ -137,5 +137,5 @@ fn new_job_id(state: &AppState) -> String {
 }
 
 fn internal(what: &str) -> OAuthError {
-    OAuthError::new(ErrorCode::ServerError, DenyReason::Unavailable, what)
+    OAuthError::new(ErrorCode::ServerError, DenyReason::Internal, what)
 }
