@@ -2,6 +2,7 @@
 //! each sending one request after another (a closed loop), first for a
 //! warm-up that is not recorded, then for the measured window.
 
+use crate::machine::{CpuSample, CpuUse};
 use crate::stats::Measurement;
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 
 /// How long after the window closes an unanswered request is abandoned
 /// (and counted as an error), so that the benchmark always stops by itself.
@@ -78,6 +79,8 @@ pub(crate) struct LoadReport {
     pub(crate) measurement: Measurement,
     /// The first failure seen, to say what went wrong.
     pub(crate) first_error: Option<String>,
+    /// How busy the CPUs were during the window, if that could be read.
+    pub(crate) cpu: Option<CpuUse>,
 }
 
 /// When a completed request counts.
@@ -133,6 +136,7 @@ pub(crate) async fn measure(
     let tasks: Vec<_> = (0..load.connections)
         .map(|_| tokio::spawn(drive_connection(addr, Arc::clone(&template), window)))
         .collect();
+    let cpu = sample_cpu_over(window).await;
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
@@ -145,7 +149,16 @@ pub(crate) async fn measure(
     Ok(LoadReport {
         measurement: Measurement::from_latencies(&mut latencies, errors, load.duration),
         first_error,
+        cpu,
     })
+}
+
+/// Sample the CPU counters as the window opens and as it closes.
+async fn sample_cpu_over(window: Window) -> Option<CpuUse> {
+    sleep_until(window.opens).await;
+    let opening = CpuSample::now();
+    sleep_until(window.closes).await;
+    Some(CpuSample::now()?.since(opening?))
 }
 
 /// One connection's closed loop: send, wait for the whole answer, repeat,

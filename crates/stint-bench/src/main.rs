@@ -73,7 +73,7 @@ struct Cli {
     warmup: Duration,
 
     /// Seconds each measurement records.
-    #[arg(long, default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, default_value = "5", value_parser = parse_positive_seconds)]
     duration: Duration,
 
     /// Runs (floor then mint in each); the report gives the medians.
@@ -100,14 +100,21 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
 }
 
+fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    let seconds = parse_seconds(text)?;
+    if seconds.is_zero() {
+        return Err("must be more than 0 seconds".to_owned());
+    }
+    Ok(seconds)
+}
+
 impl Cli {
-    fn load(&self) -> Result<Load> {
-        anyhow::ensure!(!self.duration.is_zero(), "--duration must be more than 0");
-        Ok(Load {
+    fn load(&self) -> Load {
+        Load {
             connections: usize::from(self.connections),
             warmup: self.warmup,
             duration: self.duration,
-        })
+        }
     }
 
     fn data_parent(&self) -> PathBuf {
@@ -122,7 +129,7 @@ impl Cli {
 
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
-    let load = cli.load()?;
+    let load = cli.load();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -198,6 +205,7 @@ async fn one_run(
         floor: floor_report,
         mint: mint_report,
         audit,
+        window: load.duration,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use crate::broker::AuditCounters;
 use crate::load::LoadReport;
+use crate::machine::{CpuUse, average_cpus};
 use crate::stats::{Measurement, median, median_duration};
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ use std::time::Duration;
 pub(crate) const TARGET_RATIO: f64 = 0.5;
 /// Mint p99 latency must be under this.
 pub(crate) const TARGET_P99: Duration = Duration::from_millis(10);
+/// Other processes using more CPUs than this during a measurement make
+/// its figures noisy enough to say so.
+const NOISY_NEIGHBOURS_CPUS: f64 = 0.2;
 
 /// One run: the floor, then mint, under the same load.
 #[derive(Debug, Clone)]
@@ -19,6 +23,8 @@ pub(crate) struct RunResult {
     /// The audit writer's work during the mint load (warm-up included), if
     /// the broker's metrics could be read.
     pub(crate) audit: Option<AuditCounters>,
+    /// The measured window's length.
+    pub(crate) window: Duration,
 }
 
 impl RunResult {
@@ -36,12 +42,29 @@ impl RunResult {
         self.floor.measurement.errors + self.mint.measurement.errors
     }
 
+    /// The most CPUs other processes used during either measurement.
+    fn neighbours_cpus(&self) -> Option<f64> {
+        [self.floor.cpu, self.mint.cpu]
+            .into_iter()
+            .flatten()
+            .map(|cpu| average_cpus(cpu.others_seconds, self.window))
+            .reduce(f64::max)
+    }
+
     /// The run's lines: one per target, the audit's group commit, the ratio.
     pub(crate) fn lines(&self) -> Vec<String> {
         let mut lines = vec![
             format!("  floor: {}", figures(&self.floor.measurement)),
             format!("  mint:  {}", figures(&self.mint.measurement)),
         ];
+        for (target, report) in [("floor", &self.floor), ("mint", &self.mint)] {
+            if let Some(cpu) = report.cpu {
+                lines.push(format!(
+                    "  cpu during {target}: {}",
+                    describe_cpu(cpu, &report.measurement, self.window)
+                ));
+            }
+        }
         if let Some(audit) = self.audit {
             lines.push(format!("  audit: {}", describe_group_commit(audit)));
         }
@@ -63,6 +86,19 @@ fn figures(m: &Measurement) -> String {
         millis(m.p99),
         m.completed,
         m.errors
+    )
+}
+
+fn describe_cpu(cpu: CpuUse, m: &Measurement, window: Duration) -> String {
+    let per_request = if m.completed > 0 {
+        cpu.process_seconds * 1e6 / m.completed as f64
+    } else {
+        0.0
+    };
+    format!(
+        "this process {:.2} CPUs ({per_request:.0} µs per request, load generator included); other processes {:.2} CPUs",
+        average_cpus(cpu.process_seconds, window),
+        average_cpus(cpu.others_seconds, window),
     )
 }
 
@@ -127,6 +163,8 @@ pub(crate) struct Summary {
     pub(crate) ratio: f64,
     /// Errors over all runs, both targets.
     pub(crate) errors: u64,
+    /// The most CPUs other processes used during any measurement.
+    pub(crate) neighbours_cpus: Option<f64>,
 }
 
 impl Summary {
@@ -140,6 +178,10 @@ impl Summary {
             floor: Medians::of(&floor),
             ratio: median(&ratios).unwrap_or_default(),
             errors: runs.iter().map(RunResult::errors).sum(),
+            neighbours_cpus: runs
+                .iter()
+                .filter_map(RunResult::neighbours_cpus)
+                .reduce(f64::max),
         }
     }
 
@@ -165,9 +207,9 @@ impl Summary {
                 if self.runs == 1 { "" } else { "s" }
             ),
             format!(
-                "mint  (ES256, durable audit): {}   (target p99 < {}: {})",
+                "mint  (ES256, durable audit): {}   (target p99 < {} ms: {})",
                 self.mint.figures(),
-                millis(TARGET_P99),
+                TARGET_P99.as_millis(),
                 verdict(self.p99_met())
             ),
             format!("floor (bare hyper + ES256):   {}", self.floor.figures()),
@@ -185,6 +227,16 @@ impl Summary {
                 self.errors
             )
         });
+        if let Some(cpus) = self.neighbours_cpus {
+            let noisy = if cpus > NOISY_NEIGHBOURS_CPUS {
+                ": the figures are noisy"
+            } else {
+                ""
+            };
+            lines.push(format!(
+                "other processes used at most {cpus:.2} CPUs during a measurement{noisy}"
+            ));
+        }
         lines
     }
 }
@@ -203,6 +255,7 @@ mod tests {
                 p99: Duration::from_millis(p99_ms),
             },
             first_error: None,
+            cpu: None,
         }
     }
 
@@ -211,6 +264,7 @@ mod tests {
             floor: report(floor, 2, 0),
             mint: report(mint, mint_p99_ms, 0),
             audit: None,
+            window: Duration::from_secs(1),
         }
     }
 
@@ -227,6 +281,19 @@ mod tests {
         assert!((summary.ratio - 0.55).abs() < 1e-9);
         assert!(summary.p99_met() && summary.ratio_met() && summary.passes());
         assert!(summary.lines().iter().all(|line| !line.contains("NOT")));
+    }
+
+    #[test]
+    fn busy_neighbours_are_reported_as_noise() {
+        let mut busy = run(600.0, 1000.0, 5);
+        busy.mint.cpu = Some(CpuUse {
+            process_seconds: 1.0,
+            others_seconds: 0.5,
+        });
+        let summary = Summary::of(&[run(600.0, 1000.0, 5), busy]);
+        assert_eq!(summary.neighbours_cpus, Some(0.5));
+        assert!(summary.lines().iter().any(|line| line.contains("noisy")));
+        assert_eq!(Summary::of(&[run(600.0, 1000.0, 5)]).neighbours_cpus, None);
     }
 
     #[test]
