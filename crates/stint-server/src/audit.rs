@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use stint_core::audit::{AuditEntry, Chain, MAX_RECORD_LEN};
+use stint_core::audit::{AuditEntry, Chain, EncodedEntry, MAX_RECORD_LEN};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -146,7 +146,7 @@ pub enum AuditError {
 }
 
 struct Pending {
-    entry: AuditEntry,
+    entry: EncodedEntry,
     done: oneshot::Sender<Result<(), AuditError>>,
 }
 
@@ -191,6 +191,9 @@ impl AuditLog {
 
     /// Record `entry` and wait until it is durable.
     pub async fn record(&self, entry: AuditEntry) -> Result<(), AuditError> {
+        let entry = entry
+            .encode()
+            .map_err(|error| AuditError::Write(error.to_string()))?;
         let (done, wait) = oneshot::channel();
         self.queue
             .send(Pending { entry, done })
@@ -232,18 +235,12 @@ fn write_loop(
         }
         let before = chain;
         buffer.clear();
-        let mut result = Ok(());
         for pending in &batch {
-            if let Err(error) = chain.append(&pending.entry, &mut buffer) {
-                result = Err(AuditError::Write(error.to_string()));
-                break;
-            }
+            chain.append(&pending.entry, &mut buffer);
         }
-        if result.is_ok() {
-            result = sink
-                .write_durably(&buffer)
-                .map_err(|error| AuditError::Write(error.to_string()));
-        }
+        let result = sink
+            .write_durably(&buffer)
+            .map_err(|error| AuditError::Write(error.to_string()));
         match &result {
             Ok(()) => {
                 healthy.store(true, Ordering::Relaxed);

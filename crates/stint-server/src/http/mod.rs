@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::HeaderValue;
+use http::{HeaderValue, Method};
 use ring::rand::SecureRandom as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +32,26 @@ pub(crate) struct RequestContext {
     pub(crate) client_addr: Option<SocketAddr>,
 }
 
+const JOB_REVOKE_ROUTE: &str = "/v1/jobs/{job}/revoke";
+const HEALTHZ: &str = "/healthz";
+const READYZ: &str = "/readyz";
+const METRICS: &str = "/metrics";
+
+/// Every route, so that the latency metric's `route` label is one of a fixed
+/// set of static strings.
+const ROUTES: [&str; 10] = [
+    proto::METADATA_PATH,
+    proto::OPENID_CONFIGURATION_PATH,
+    proto::JWKS_PATH,
+    proto::TOKEN_PATH,
+    proto::REVOCATION_PATH,
+    proto::INTROSPECTION_PATH,
+    JOB_REVOKE_ROUTE,
+    HEALTHZ,
+    READYZ,
+    METRICS,
+];
+
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(proto::METADATA_PATH, get(discovery::metadata))
@@ -40,10 +60,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(proto::TOKEN_PATH, post(token::token))
         .route(proto::REVOCATION_PATH, post(revoke::revoke_token))
         .route(proto::INTROSPECTION_PATH, post(introspect::introspect))
-        .route("/v1/jobs/{job}/revoke", post(revoke::revoke_job))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .route(JOB_REVOKE_ROUTE, post(revoke::revoke_job))
+        .route(HEALTHZ, get(ops::healthz))
+        .route(READYZ, get(ops::readyz))
+        .route(METRICS, get(ops::metrics))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -61,11 +81,8 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().clone();
+    let route = route_label(request.extensions().get::<MatchedPath>());
+    let method = method_label(request.method());
     request.extensions_mut().insert(RequestContext {
         request_id: request_id.clone(),
         client_addr,
@@ -75,12 +92,32 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
         response.headers_mut().insert("x-request-id", value);
     }
     state.metrics.observe_request(
-        &route,
-        method.as_str(),
+        route,
+        method,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    matched
+        .and_then(|path| ROUTES.iter().find(|route| **route == path.as_str()))
+        .copied()
+        .unwrap_or("other")
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 async fn method_not_allowed() -> Response {
