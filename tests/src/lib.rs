@@ -82,6 +82,7 @@ pub struct TestBroker {
 pub struct BrokerOptions {
     pub policy: Option<String>,
     pub signing_alg: stint_core::jose::Algorithm,
+    pub limits: stint_server::Limits,
 }
 
 impl Default for BrokerOptions {
@@ -89,6 +90,7 @@ impl Default for BrokerOptions {
         Self {
             policy: Some(policy_with("")),
             signing_alg: stint_core::jose::Algorithm::ES256,
+            limits: stint_server::Limits::default(),
         }
     }
 }
@@ -117,6 +119,7 @@ impl TestBroker {
         });
         let mut config = Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
         config.signing_alg = options.signing_alg;
+        config.limits = options.limits;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }

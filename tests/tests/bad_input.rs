@@ -23,6 +23,9 @@ const BASE: &str = "grant_type=client_credentials&step=read&scope=read:demo/x&au
 const FORM: &str = "application/x-www-form-urlencoded";
 /// A secret no workload has.
 const WRONG_SECRET: &str = "wrong-secret-5c1e07d9a4";
+/// Shaped like a client id, so only the broker's knowledge of its ids keeps
+/// it out of the log.
+const PASTED_SECRET: &str = "stint-3f9a1c7e52b04d8e9a6c";
 
 /// One bad request: what to send and which OAuth error must come back.
 struct Case {
@@ -375,6 +378,15 @@ fn token_cases() -> Vec<Case> {
             .authorization(vec![basic("demo-job", &test_secret("other-job"))]),
         Case::form("unknown client id", BASE, 401, "invalid_client")
             .authorization(vec![basic("nobody-job", &test_secret("demo-job"))]),
+        // Well-formed as an id, but a secret pasted into the wrong field:
+        // an unknown id is never written to the audit log.
+        Case::form(
+            "a secret given as the client id",
+            BASE,
+            401,
+            "invalid_client",
+        )
+        .authorization(vec![basic(PASTED_SECRET, WRONG_SECRET)]),
         Case::form("Basic credentials not base64", BASE, 401, "invalid_client")
             .authorization(vec!["Basic !!not-base64!!".to_owned()]),
         Case::form("Bearer instead of Basic", BASE, 401, "invalid_client")
@@ -513,7 +525,7 @@ async fn token_endpoint_refuses_bad_input() {
     );
 
     assert_still_serving(&broker, "token endpoint").await;
-    assert_no_secrets_logged(&broker, "token endpoint", &[WRONG_SECRET]);
+    assert_no_secrets_logged(&broker, "token endpoint", &[WRONG_SECRET, PASTED_SECRET]);
 }
 
 /// Check that `reply` is a minted token and that the counter moved by one.

@@ -134,12 +134,52 @@ impl AuditEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedEntry(Vec<u8>);
 
+/// The longest `detail` a record keeps; longer text (a policy file with
+/// thousands of errors, say) is cut at a character boundary and marked.
+pub const MAX_DETAIL_LEN: usize = 16 * 1024;
+
+/// Room a chained line needs beyond its entry: `seq`, `prev` and newline.
+const CHAIN_OVERHEAD: usize = 128;
+
+/// An entry too large to be a record.
+#[derive(Debug, Error)]
+pub enum EncodeError {
+    /// Serialization failed.
+    #[error("the audit entry could not be serialized: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Even with `detail` cut, the record would exceed [`MAX_RECORD_LEN`].
+    #[error("the audit entry is {0} bytes, over the record limit")]
+    TooLarge(usize),
+}
+
 impl AuditEntry {
-    /// Serialize the entry for [`Chain::append`].
-    pub fn encode(&self) -> Result<EncodedEntry, serde_json::Error> {
+    /// Serialize the entry for [`Chain::append`]. A `detail` over
+    /// [`MAX_DETAIL_LEN`] is cut; an entry that would still make a record
+    /// over [`MAX_RECORD_LEN`] (which [`verify`] and a restart would
+    /// refuse) is an error, so the caller refuses its request.
+    pub fn encode(&self) -> Result<EncodedEntry, EncodeError> {
         // An AuditEntry always serializes as an object with at least `time`,
         // so the bytes are `{"time":...}`: what `append` relies on.
-        serde_json::to_vec(self).map(EncodedEntry)
+        let bytes = match &self.detail {
+            Some(detail) if detail.len() > MAX_DETAIL_LEN => {
+                let mut cut = MAX_DETAIL_LEN;
+                while !detail.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let mut bounded = self.clone();
+                bounded.detail = Some(format!(
+                    "{} [... {} more bytes cut]",
+                    detail.get(..cut).unwrap_or_default(),
+                    detail.len() - cut
+                ));
+                serde_json::to_vec(&bounded)?
+            }
+            _ => serde_json::to_vec(self)?,
+        };
+        if bytes.len() + CHAIN_OVERHEAD > MAX_RECORD_LEN {
+            return Err(EncodeError::TooLarge(bytes.len()));
+        }
+        Ok(EncodedEntry(bytes))
     }
 }
 
@@ -360,6 +400,26 @@ mod tests {
             out.push(b'\n');
         }
         out
+    }
+
+    #[test]
+    fn a_long_detail_is_cut_and_an_oversized_entry_refused() {
+        let mut e = entry(0);
+        // Multi-byte characters, so the cut must find a char boundary.
+        e.detail = Some("é".repeat(MAX_DETAIL_LEN));
+        let encoded = e.encode().unwrap();
+        let mut chain = Chain::genesis();
+        let mut out = Vec::new();
+        chain.append(&encoded, &mut out);
+        let record: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let detail = record["detail"].as_str().unwrap();
+        assert!(detail.len() < MAX_DETAIL_LEN + 64, "{}", detail.len());
+        assert!(detail.ends_with(&format!("[... {} more bytes cut]", MAX_DETAIL_LEN)));
+        assert_eq!(verify(&out[..]).unwrap().records, 1);
+
+        let mut huge = entry(1);
+        huge.scopes = vec!["x".repeat(MAX_RECORD_LEN)];
+        assert!(matches!(huge.encode(), Err(EncodeError::TooLarge(_))));
     }
 
     #[test]

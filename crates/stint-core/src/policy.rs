@@ -224,6 +224,11 @@ impl Policy {
             .collect()
     }
 
+    /// Whether some workload has this client id.
+    pub fn knows_client(&self, client_id: &str) -> bool {
+        self.by_client_id.contains_key(client_id)
+    }
+
     /// Authenticate a client by id and secret. The secret is compared in
     /// constant time, and an unknown client id costs the same work as a
     /// known one, so timing tells nothing about which ids exist.

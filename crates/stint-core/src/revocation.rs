@@ -5,7 +5,9 @@
 //! own `exp`) and a revoked job (by workload and job id, kept until every
 //! token the job could still hold has expired). An entry is dropped by
 //! [`RevocationSet::purge`] once the token it names would have expired
-//! anyway, so the set only ever holds what is both revoked and unexpired.
+//! anyway (plus [`PURGE_GRACE_SECS`], so that the clock stepping back a
+//! little cannot bring a revoked token back to life), so the set only ever
+//! holds what is revoked and (nearly) unexpired.
 //! The store keeps the same entries durably; this set is rebuilt from it at
 //! start-up.
 
@@ -13,6 +15,11 @@ use crate::claims::AccessTokenClaims;
 use crate::ttl::MAX_TOKEN_TTL;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+
+/// How long past its expiry an entry is kept. A token whose entry is gone
+/// is still refused as expired, unless the broker's clock steps back by
+/// more than this.
+pub const PURGE_GRACE_SECS: i64 = 300;
 
 /// A revoked token, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,10 +112,10 @@ impl RevocationSet {
             .is_some_and(|until| *until > now.timestamp())
     }
 
-    /// Drop every entry whose token would have expired by `now`. Returns how
-    /// many were dropped.
+    /// Drop every entry whose token had expired [`PURGE_GRACE_SECS`] before
+    /// `now`. Returns how many were dropped.
     pub fn purge(&self, now: DateTime<Utc>) -> usize {
-        let now = now.timestamp();
+        let now = purge_cutoff(now);
         let before = self.len();
         self.tokens.retain(|_, exp| *exp > now);
         self.jobs.retain(|_, until| *until > now);
@@ -124,6 +131,12 @@ impl RevocationSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Entries that expired at or before this instant (seconds since the
+/// epoch) may be dropped, from memory and from the store.
+pub fn purge_cutoff(now: DateTime<Utc>) -> i64 {
+    now.timestamp().saturating_sub(PURGE_GRACE_SECS)
 }
 
 fn job_key(sub: &str, job: &str) -> String {
@@ -177,7 +190,10 @@ mod tests {
         assert!(set.is_revoked(&revoked, at(900)));
         assert!(!set.is_revoked(&other, at(900)));
         assert_eq!(set.purge(at(999)), 0);
-        assert_eq!(set.purge(at(1_000)), 1);
+        assert_eq!(set.purge(at(1_000)), 0, "kept for the grace period");
+        assert!(set.is_revoked(&revoked, at(1_000)));
+        assert_eq!(set.purge(at(1_000 + PURGE_GRACE_SECS - 1)), 0);
+        assert_eq!(set.purge(at(1_000 + PURGE_GRACE_SECS)), 1);
         assert!(set.is_empty());
     }
 
@@ -194,8 +210,9 @@ mod tests {
         assert!(!set.is_revoked(&claims("w", "j2", new_jti(&rng).unwrap(), 1_200), at(1_001)));
         let until = 1_000 + i64::from(MAX_TOKEN_TTL.as_secs()) + 1;
         assert!(set.is_job_revoked("w", "j", at(until - 1)));
-        assert_eq!(set.purge(at(until)), 1);
         assert!(!set.is_job_revoked("w", "j", at(until)));
+        assert_eq!(set.purge(at(until)), 0, "kept for the grace period");
+        assert_eq!(set.purge(at(until + PURGE_GRACE_SECS)), 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! scope    = action ":" resource
 //! action   = lower-or-digit *( lower-or-digit / "-" / "_" / "." )
 //! resource = segment *( "/" segment )
-//! segment  = 1*( ALPHA / DIGIT / "-" / "_" / "." / "~" / "@" / "+" / "=" / "," / ":" / "%" )
+//! segment  = 1*( ALPHA / DIGIT / "-" / "_" / "." / "~" / "@" / "+" / "=" / "," / ":" )
 //!            ; but never "." or ".."
 //! pattern  = action ":" literal *( "/" ( segment / "*" ) ) [ "/**" ]
 //! ```
@@ -360,8 +360,7 @@ fn validate_segment(segment: &str) -> Result<(), ScopeError> {
 }
 
 fn is_segment_char(c: char) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(c, '-' | '_' | '.' | '~' | '@' | '+' | '=' | ',' | ':' | '%')
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '@' | '+' | '=' | ',' | ':')
 }
 
 #[cfg(test)]
@@ -402,6 +401,7 @@ mod tests {
             ("read:a b", ScopeError::BadCharacter(' ')),
             ("read:a\"b", ScopeError::BadCharacter('"')),
             ("read:é", ScopeError::BadCharacter('é')),
+            ("read:demo/%2e%2e/prod", ScopeError::BadCharacter('%')),
             ("read:a/*", ScopeError::WildcardInScope),
             ("read:a/**", ScopeError::WildcardInScope),
         ];

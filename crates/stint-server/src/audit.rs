@@ -42,9 +42,20 @@ pub struct FileSink {
     file: File,
     /// Length of the file up to the last durable record.
     good_len: u64,
+    /// A failed write may have left bytes past `good_len` that could not be
+    /// cut off yet: nothing is appended until they are.
+    dirty: bool,
 }
 
 impl FileSink {
+    fn at(file: File, good_len: u64) -> Self {
+        Self {
+            file,
+            good_len,
+            dirty: false,
+        }
+    }
+
     /// Open (or create, mode 0600) the log at `path` and find where the
     /// chain stands. An incomplete final line, left by a crash in the middle
     /// of a write that was never acknowledged, is cut off.
@@ -61,7 +72,7 @@ impl FileSink {
         }
         let len = metadata.len();
         if len == 0 {
-            return Ok((Self { file, good_len: 0 }, Chain::genesis()));
+            return Ok((Self::at(file, 0), Chain::genesis()));
         }
         // Read the tail: enough for the last complete record and its newline.
         let window = len.min(2 * MAX_RECORD_LEN as u64 + 2);
@@ -77,7 +88,7 @@ impl FileSink {
                 );
                 file.set_len(0)?;
                 file.sync_all()?;
-                return Ok((Self { file, good_len: 0 }, Chain::genesis()));
+                return Ok((Self::at(file, 0), Chain::genesis()));
             }
             return Err(io::Error::other(
                 "the last audit record is longer than the maximum record size",
@@ -106,12 +117,18 @@ impl FileSink {
         let chain = Chain::after(last_line).map_err(|_| {
             io::Error::other("the last audit record is not valid JSON: the log is corrupt; verify it and move it aside")
         })?;
-        Ok((Self { file, good_len }, chain))
+        Ok((Self::at(file, good_len), chain))
     }
 }
 
 impl AuditSink for FileSink {
     fn write_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.dirty {
+            // A record appended after the remains of a failed write would
+            // break the chain: cut them first, or write nothing.
+            self.file.set_len(self.good_len)?;
+            self.dirty = false;
+        }
         let result = self
             .file
             .write_all(bytes)
@@ -123,10 +140,12 @@ impl AuditSink for FileSink {
             }
             Err(error) => {
                 // Never leave half a batch behind: cut back to the last good
-                // record. If even that fails, the next successful open will
-                // cut the incomplete line.
+                // record. If that fails too, the next write tries again
+                // before appending anything (and a restart cuts an
+                // incomplete final line).
                 if let Err(truncate) = self.file.set_len(self.good_len) {
                     tracing::error!(%truncate, "could not cut a failed audit write back");
+                    self.dirty = true;
                 }
                 Err(error)
             }

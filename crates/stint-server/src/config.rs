@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 use stint_core::jose::Algorithm;
 use thiserror::Error;
 
@@ -26,6 +27,41 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// How long clients may take and how much they may hold. The defaults suit
+/// a broker facing automation jobs; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to finish a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time from the connection to its first request, and to receive an
+    /// HTTP/1 request's headers.
+    pub header_timeout: Duration,
+    /// Time to receive a request body once its headers are in.
+    pub body_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Requests handled at once across every connection; more get 503.
+    pub max_in_flight: usize,
+    /// Concurrent requests on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_in_flight: 1024,
+            max_streams_per_connection: 32,
+        }
+    }
+}
+
 /// Everything `stintd` needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -43,6 +79,8 @@ pub struct Config {
     pub dev: bool,
     /// The algorithm new signing keys use.
     pub signing_alg: Algorithm,
+    /// Timeouts and caps on what clients may hold.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -56,6 +94,7 @@ impl Config {
             tls: None,
             dev: true,
             signing_alg: Algorithm::ES256,
+            limits: Limits::default(),
         }
     }
 
@@ -78,6 +117,20 @@ impl Config {
                 return Err(ConfigError::IssuerRequired(self.listen));
             }
             None => {}
+        }
+        let limits = &self.limits;
+        let durations = [
+            limits.handshake_timeout,
+            limits.header_timeout,
+            limits.body_timeout,
+            limits.idle_timeout,
+        ];
+        if durations.iter().any(Duration::is_zero)
+            || limits.max_connections == 0
+            || limits.max_in_flight == 0
+            || limits.max_streams_per_connection == 0
+        {
+            return Err(ConfigError::ZeroLimit);
         }
         Ok(())
     }
@@ -109,6 +162,11 @@ pub fn validate_issuer(issuer: &str, tls: bool) -> Result<(), ConfigError> {
     if rest.ends_with('/') {
         return Err(bad("must not end with '/'"));
     }
+    if rest.contains('/') {
+        return Err(bad(
+            "must not have a path: Stint serves its endpoints and metadata at the root of its origin",
+        ));
+    }
     if !rest.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad("must be printable ASCII without spaces"));
     }
@@ -136,6 +194,9 @@ pub enum ConfigError {
         "--issuer is required when listening on {0}: give the URL clients use to reach the broker, e.g. --issuer https://stint.example.com:8443"
     )]
     IssuerRequired(SocketAddr),
+    /// A timeout or cap of zero, which would refuse everything.
+    #[error("every connection limit (timeouts, connection and request caps) must be above zero")]
+    ZeroLimit,
     /// A malformed `--issuer`.
     #[error("--issuer {issuer:?} {why}")]
     BadIssuer {
@@ -181,12 +242,17 @@ mod tests {
         );
         config.issuer = Some("https://stint.example.com:8443".into());
         assert_eq!(config.validate(), Ok(()));
+        config.limits.idle_timeout = Duration::ZERO;
+        assert_eq!(config.validate(), Err(ConfigError::ZeroLimit));
+        config.limits = Limits::default();
+        config.limits.max_in_flight = 0;
+        assert_eq!(config.validate(), Err(ConfigError::ZeroLimit));
     }
 
     #[test]
     fn issuers() {
         assert!(validate_issuer("https://stint.example.com", true).is_ok());
-        assert!(validate_issuer("https://stint.example.com/tenant", true).is_ok());
+        assert!(validate_issuer("https://stint.example.com/tenant", true).is_err());
         assert!(validate_issuer("http://127.0.0.1:8780", false).is_ok());
         assert!(validate_issuer("http://127.0.0.1:8780", true).is_err());
         assert!(validate_issuer("https://x/", true).is_err());

@@ -22,7 +22,7 @@ mod serve;
 mod state;
 pub mod tls;
 
-pub use config::{Config, ConfigError, PolicySource, TlsFiles};
+pub use config::{Config, ConfigError, Limits, PolicySource, TlsFiles};
 pub use dev::{DEMO_CLIENT_ID, DEV_CLIENT_FILE};
 pub use error::StartError;
 
@@ -53,6 +53,8 @@ use tokio::task::JoinHandle;
 pub const STORE_FILE: &str = "stint.db";
 /// The audit log's file name in the data directory.
 pub const AUDIT_FILE: &str = "audit.jsonl";
+/// The lock file that keeps a second broker out of the data directory.
+pub const LOCK_FILE: &str = "stintd.lock";
 /// How often expired revocations are dropped from memory and the store.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -65,6 +67,8 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve_task: JoinHandle<()>,
     purge_task: JoinHandle<()>,
+    /// Held (an exclusive `flock`) for as long as the broker runs.
+    _lock: std::fs::File,
 }
 
 impl RunningServer {
@@ -144,6 +148,7 @@ pub async fn start_with_clock(
 ) -> Result<RunningServer, StartError> {
     config.validate()?;
     prepare_data_dir(&config.data_dir)?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let rng = SystemRandom::new();
     let metrics = Arc::new(Metrics::new());
 
@@ -222,7 +227,9 @@ pub async fn start_with_clock(
         .map_err(StartError::Keys)?;
 
     let revocations = RevocationSet::new();
-    let live = store.live_revocations(now.timestamp()).await?;
+    let live = store
+        .live_revocations(stint_core::revocation::purge_cutoff(now))
+        .await?;
     for token in &live.tokens {
         revocations.insert_token(token);
     }
@@ -290,12 +297,14 @@ pub async fn start_with_clock(
         clock,
         rng,
         metadata,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
+        body_timeout: config.limits.body_timeout,
     });
 
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = http::router(Arc::clone(&state));
-    let serve_task = tokio::spawn(serve::serve(listener, tls, router, async {
+    let serve_task = tokio::spawn(serve::serve(listener, tls, router, config.limits, async {
         let _ = shutdown_rx.await;
     }));
     tracing::info!(%local_addr, issuer = %state.issuer, "stintd is serving");
@@ -307,6 +316,7 @@ pub async fn start_with_clock(
         shutdown: Some(shutdown_tx),
         serve_task,
         purge_task,
+        _lock: lock,
     })
 }
 
@@ -350,7 +360,8 @@ async fn purge_loop(state: Arc<AppState>) {
 async fn purge(state: &AppState) -> usize {
     let now = state.clock.now();
     let dropped = state.revocations.purge(now);
-    if let Err(error) = state.store.purge_expired(now.timestamp()).await {
+    let cutoff = stint_core::revocation::purge_cutoff(now);
+    if let Err(error) = state.store.purge_expired(cutoff).await {
         tracing::warn!(%error, "could not purge expired revocations from the store");
     }
     if dropped > 0 {
@@ -381,6 +392,33 @@ fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
             .create(dir)
             .map_err(|e| fail(format!("cannot create: {e}"))),
         Err(error) => Err(fail(error.to_string())),
+    }
+}
+
+/// Take the data directory for this process. Two brokers on one directory
+/// would each append to the audit log from their own idea of the chain's
+/// head, breaking it, and each answer from their own memory of revocations.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(LOCK_FILE);
+    let fail = |message: String| StartError::DataDir {
+        path: dir.to_owned(),
+        message,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| fail(format!("cannot open {LOCK_FILE}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(fail(format!(
+            "another stintd is using this data directory (it holds {}); stop it first, or give each broker its own --data-dir",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(format!("cannot lock {LOCK_FILE}: {e}"))),
     }
 }
 

@@ -57,6 +57,7 @@ pub struct Metrics {
     audit_records: Counter,
     audit_failures: Counter,
     audit_batch: Histogram,
+    shed: Counter,
 }
 
 impl Metrics {
@@ -128,6 +129,12 @@ impl Metrics {
             "Records per audit fsync (group commit)",
             audit_batch.clone(),
         );
+        let shed = Counter::default();
+        registry.register(
+            "requests_shed",
+            "Requests refused with 503 because too many were in flight",
+            shed.clone(),
+        );
         Self {
             registry,
             minted,
@@ -141,7 +148,12 @@ impl Metrics {
             audit_records,
             audit_failures,
             audit_batch,
+            shed,
         }
+    }
+
+    pub(crate) fn shed(&self) {
+        self.shed.inc();
     }
 
     pub(crate) fn minted(&self) {

@@ -1,12 +1,29 @@
 //! The accept loop: plain HTTP (dev) or TLS, HTTP/1.1 and HTTP/2.
 //!
-//! TLS handshakes run in each connection's own task with a deadline, so a
-//! slow or silent client never holds up `accept`. Headers must arrive within
-//! [`HEADER_TIMEOUT`]. At most [`MAX_CONNECTIONS`] connections are served at
-//! once; beyond that new ones are closed immediately. On shutdown the
-//! listener closes, in-flight requests finish (up to [`DRAIN_TIMEOUT`]), and
-//! idle connections are closed.
+//! Every connection is bounded in time and in what it can make the broker
+//! hold:
+//!
+//! - TLS handshakes run in each connection's own task with a deadline
+//!   (`Limits::handshake_timeout`), so a slow or silent client never holds up
+//!   `accept`.
+//! - The first request must arrive within `Limits::header_timeout` of the
+//!   connection (whatever the protocol: this also covers hyper's protocol
+//!   detection, which has no timer of its own), and an HTTP/1 request's
+//!   headers within the same time.
+//! - A connection with no request in flight and none started for
+//!   `Limits::idle_timeout` is closed, HTTP/1 keep-alive and HTTP/2 alike (HTTP/2
+//!   pings do not count as activity; they only find dead peers sooner).
+//! - HTTP/2 allows `Limits::max_streams_per_connection` concurrent requests per connection, and
+//!   bodies are read with a deadline (`Limits::body_timeout`), and the
+//!   router caps the requests in flight across all connections
+//!   (`Limits::max_in_flight`).
+//! - At most `Limits::max_connections` connections are served at once; beyond that
+//!   new ones are closed immediately.
+//!
+//! On shutdown the listener closes, in-flight requests finish (up to
+//! [`DRAIN_TIMEOUT`]), and idle connections are closed.
 
+use crate::config::Limits;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -16,39 +33,43 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-/// The most connections served at once.
-pub(crate) const MAX_CONNECTIONS: usize = 10_000;
-/// How long a client has to finish the TLS handshake.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client has to send a request's headers.
-pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest header block accepted, either protocol.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How often an HTTP/2 peer is pinged, and how long it has to answer.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// How long in-flight requests get to finish at shutdown.
-pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(H2_KEEPALIVE);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -68,11 +89,19 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new(limits));
         let router = router.clone();
+        let tracker = Arc::clone(&activity);
         let service = TowerToHyperService::new(tower::service_fn(
             move |mut request: http::Request<Incoming>| {
+                let request_guard = tracker.begin();
                 request.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(request)
+                let response = router.clone().oneshot(request);
+                async move {
+                    let response = response.await;
+                    drop(request_guard);
+                    response
+                }
             },
         ));
         let builder = builder.clone();
@@ -80,31 +109,38 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let result =
-                match tls {
-                    None => {
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
+            let result = match tls {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        result = watcher.watch(connection.into_owned()) => result,
+                        () = activity.expired() => return,
                     }
-                    Some(acceptor) => {
-                        let stream =
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        limits.handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        result = watcher.watch(connection.into_owned()) => result,
+                        () = activity.expired() => return,
                     }
-                };
+                }
+            };
             if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
@@ -116,5 +152,82 @@ pub(crate) async fn serve(
         .is_err()
     {
         tracing::warn!("some connections did not finish within the drain timeout");
+    }
+}
+
+/// What a connection is doing, for the first-request and idle deadlines.
+///
+/// Activity is counted in requests, not bytes: an HTTP/2 ping or a trickle
+/// of header bytes that never completes a request keeps nothing open.
+struct Activity {
+    limits: Limits,
+    opened: Instant,
+    /// Milliseconds after `opened` of the last request's start or end.
+    last: AtomicU64,
+    in_flight: AtomicUsize,
+    served: AtomicBool,
+}
+
+impl Activity {
+    fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            opened: Instant::now(),
+            last: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        let elapsed = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(elapsed, Ordering::Relaxed);
+    }
+
+    /// A request started; it is in flight until the guard drops.
+    fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.served.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        RequestGuard(Arc::clone(self))
+    }
+
+    /// When the connection may be closed if nothing happens before then:
+    /// `None` while a request is in flight.
+    fn deadline(&self) -> Option<Instant> {
+        if !self.served.load(Ordering::Relaxed) {
+            return Some(self.opened + self.limits.header_timeout);
+        }
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        Some(self.opened + last + self.limits.idle_timeout)
+    }
+
+    /// Resolves once the connection has been idle past its deadline.
+    ///
+    /// A request that starts or ends moves the deadline to that moment plus
+    /// the idle timeout, so waking at least once per idle timeout to look
+    /// again is never late (and costs one timer per connection).
+    async fn expired(&self) {
+        loop {
+            let now = Instant::now();
+            let recheck = now + self.limits.idle_timeout;
+            match self.deadline() {
+                Some(deadline) if now >= deadline => return,
+                Some(deadline) => tokio::time::sleep_until(deadline.min(recheck).into()).await,
+                None => tokio::time::sleep_until(recheck.into()).await,
+            }
+        }
+    }
+}
+
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -33,6 +33,10 @@ pub(crate) struct AppState {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rng: SystemRandom,
     pub(crate) metadata: Bytes,
+    /// Permits for requests in flight (`Limits::max_in_flight`).
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// `Limits::body_timeout`.
+    pub(crate) body_timeout: std::time::Duration,
 }
 
 /// What a presented token turned out to be.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use stint_core::jose::Algorithm;
 use stint_core::policy::Policy;
 use stint_server::config::DEFAULT_DEV_PORT;
-use stint_server::{Config, PolicySource, StartError, TlsFiles};
+use stint_server::{Config, Limits, PolicySource, StartError, TlsFiles};
 use tracing_subscriber::EnvFilter;
 
 /// Stint: short-lived, step-scoped tokens for automation.
@@ -163,6 +163,7 @@ fn config_from(cli: &Cli) -> Config {
             SigningAlg::Es256 => Algorithm::ES256,
             SigningAlg::Ed25519 => Algorithm::EdDSA,
         },
+        limits: Limits::default(),
     }
 }
 

@@ -7,9 +7,9 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use std::fmt;
+use std::time::Duration;
 use stint_core::decision::DenyReason;
 use stint_core::form::{self, FormParams};
-use stint_core::ids::validate_name;
 use stint_core::policy::{Policy, Workload};
 
 /// The largest request body accepted.
@@ -17,8 +17,13 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// The longest `Authorization` header accepted.
 const MAX_AUTHORIZATION_LEN: usize = 1024;
 
-/// Read an `application/x-www-form-urlencoded` body of at most 64 KiB.
-pub(crate) async fn read_form(headers: &HeaderMap, body: Body) -> Result<FormParams, OAuthError> {
+/// Read an `application/x-www-form-urlencoded` body of at most 64 KiB,
+/// sent within `timeout`.
+pub(crate) async fn read_form(
+    headers: &HeaderMap,
+    body: Body,
+    timeout: Duration,
+) -> Result<FormParams, OAuthError> {
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -47,9 +52,16 @@ pub(crate) async fn read_form(headers: &HeaderMap, body: Body) -> Result<FormPar
     if declared.is_some_and(|len| len > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let bytes = Limited::new(body, MAX_BODY)
-        .collect()
+    let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect())
         .await
+        .map_err(|_| {
+            OAuthError::invalid_request(
+                DenyReason::MalformedRequest,
+                "the request body was not sent in time",
+            )
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+        })?;
+    let bytes = collected
         .map_err(|error| {
             if error.downcast_ref::<LengthLimitError>().is_some() {
                 too_large()
@@ -81,11 +93,13 @@ impl fmt::Debug for ClientCredentials {
 }
 
 impl ClientCredentials {
-    /// The client id, if it is well-formed enough to write to an audit log.
-    pub(crate) fn loggable_id(&self) -> Option<String> {
-        validate_name(&self.client_id)
-            .ok()
-            .map(|()| self.client_id.clone())
+    /// The client id, if the policy knows it. An unknown "id" is not
+    /// written anywhere: it is too often a secret pasted into the wrong
+    /// field.
+    pub(crate) fn loggable_id(&self, policy: &Policy) -> Option<String> {
+        policy
+            .knows_client(&self.client_id)
+            .then(|| self.client_id.clone())
     }
 
     /// Authenticate against the policy. The failure message is the same

@@ -39,7 +39,7 @@ async fn introspect_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<IntrospectionResponse, OAuthError> {
-    let form = read_form(headers, body).await?;
+    let form = read_form(headers, body, state.body_timeout).await?;
     let credentials = credentials(headers, Some(&form))?;
     credentials.authenticate(&state.policy.load())?;
     let token = form.get("token").ok_or_else(|| {

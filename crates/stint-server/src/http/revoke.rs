@@ -77,10 +77,10 @@ async fn revoke(
     body: Body,
     entry: &mut AuditEntry,
 ) -> Result<Revoked, OAuthError> {
-    let form = read_form(headers, body).await?;
+    let form = read_form(headers, body, state.body_timeout).await?;
     let credentials = credentials(headers, Some(&form))?;
-    entry.client_id = credentials.loggable_id();
     let policy = state.policy.load();
+    entry.client_id = credentials.loggable_id(&policy);
     let workload = credentials.authenticate(&policy)?;
     entry.sub = Some(workload.name().to_owned());
     let token = form.get("token").ok_or_else(|| {
@@ -177,8 +177,8 @@ async fn revoke_job_inner(
     entry: &mut AuditEntry,
 ) -> Result<JobRevocationResponse, OAuthError> {
     let credentials = credentials(headers, None)?;
-    entry.client_id = credentials.loggable_id();
     let policy = state.policy.load();
+    entry.client_id = credentials.loggable_id(&policy);
     let workload = credentials.authenticate(&policy)?;
     entry.sub = Some(workload.name().to_owned());
     let Path(job) = job.map_err(|_| {

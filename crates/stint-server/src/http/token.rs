@@ -63,10 +63,10 @@ async fn mint(
     body: Body,
     entry: &mut AuditEntry,
 ) -> Result<TokenResponse, OAuthError> {
-    let form = read_form(headers, body).await?;
+    let form = read_form(headers, body, state.body_timeout).await?;
     let credentials = credentials(headers, Some(&form))?;
-    entry.client_id = credentials.loggable_id();
     let policy = state.policy.load();
+    entry.client_id = credentials.loggable_id(&policy);
     let workload = credentials.authenticate(&policy)?;
     entry.sub = Some(workload.name().to_owned());
 
