@@ -16,6 +16,7 @@
 //! 4. [`claims::AccessTokenClaims::from_grant`] and
 //!    [`jose::SigningKey::sign_jwt`] turn the grant into a token.
 
+pub mod access_token;
 pub mod audit;
 pub mod claims;
 pub mod clock;

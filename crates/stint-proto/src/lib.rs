@@ -14,7 +14,10 @@ pub mod oauth;
 
 pub use jwk::{Jwk, JwkKey, JwkSet};
 pub use metadata::AuthorizationServerMetadata;
-pub use oauth::{DevClient, ErrorCode, ErrorResponse, IntrospectionResponse, TokenResponse};
+pub use oauth::{
+    DevClient, ErrorCode, ErrorResponse, IntrospectionResponse, JobRevocationResponse,
+    TokenResponse,
+};
 
 /// The token endpoint's path.
 pub const TOKEN_PATH: &str = "/oauth2/token";

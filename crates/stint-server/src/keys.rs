@@ -11,7 +11,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ring::rand::SecureRandom;
 use std::sync::Arc;
-use stint_core::jose::{Algorithm, JoseError, KeySet, SigningKey, UnverifiedJws};
+use stint_core::access_token::{self, Expectations, TokenError};
+use stint_core::claims::AccessTokenClaims;
+use stint_core::jose::{Algorithm, KeySet, SigningKey};
 use stint_core::ttl::MAX_TOKEN_TTL;
 use stint_proto::JwkSet;
 use stint_store::{Store, StoredKey};
@@ -123,10 +125,15 @@ impl KeyRing {
         self.signing.load_full()
     }
 
-    /// Verify a token's signature with the published key its `kid` names,
-    /// and return its payload.
-    pub fn verify(&self, jws: UnverifiedJws<'_>) -> Result<Vec<u8>, JoseError> {
-        jws.verified_payload(&self.published.load().verify)
+    /// Check an access token against the published keys (see
+    /// [`stint_core::access_token::verify`]).
+    pub fn verify_access_token(
+        &self,
+        token: &str,
+        expect: &Expectations<'_>,
+        now: i64,
+    ) -> Result<AccessTokenClaims, TokenError> {
+        access_token::verify(token, &self.published.load().verify, expect, now)
     }
 
     /// The JWK set document, pre-serialized.

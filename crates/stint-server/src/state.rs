@@ -12,13 +12,13 @@ use chrono::{DateTime, Utc};
 use ring::rand::SystemRandom;
 use std::sync::Arc;
 use stint_core::Clock;
+use stint_core::access_token::{Expectations, TokenError};
 use stint_core::audit::{AuditEntry, Decision, EventKind};
 use stint_core::claims::AccessTokenClaims;
 use stint_core::decision::DenyReason;
-use stint_core::jose::{JoseError, MAX_TOKEN_LEN, UnverifiedJws};
+use stint_core::jose::MAX_TOKEN_LEN;
 use stint_core::policy::{MAX_POLICY_LEN, Policy, PolicyError, PolicyErrors};
 use stint_core::revocation::RevocationSet;
-use stint_proto::ACCESS_TOKEN_TYP;
 use stint_store::Store;
 
 pub(crate) struct AppState {
@@ -92,32 +92,20 @@ impl AppState {
                 "the token is longer than {MAX_TOKEN_LEN} bytes"
             )));
         }
-        let jws = match UnverifiedJws::parse(token) {
-            Ok(jws) => jws,
-            Err(error @ (JoseError::Malformed(_) | JoseError::TooLong)) => {
-                return Err(malformed(error.to_string()));
-            }
+        let expect = Expectations {
+            issuer: &self.issuer,
+            audience: None,
+            leeway_secs: 0,
+        };
+        let claims = match self
+            .keys
+            .verify_access_token(token, &expect, now.timestamp())
+        {
+            Ok(claims) => claims,
+            Err(TokenError::Malformed(why)) => return Err(malformed(why)),
+            Err(TokenError::Expired) => return Ok(TokenState::Expired),
             Err(_) => return Ok(TokenState::Unknown),
         };
-        let typ_ok = jws.header().typ.as_deref().is_some_and(|typ| {
-            typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
-                || typ.eq_ignore_ascii_case("application/at+jwt")
-        });
-        if !typ_ok {
-            return Ok(TokenState::Unknown);
-        }
-        let Ok(payload) = self.keys.verify(jws) else {
-            return Ok(TokenState::Unknown);
-        };
-        let Ok(claims) = serde_json::from_slice::<AccessTokenClaims>(&payload) else {
-            return Ok(TokenState::Unknown);
-        };
-        if claims.iss != self.issuer || claims.nbf > now.timestamp() {
-            return Ok(TokenState::Unknown);
-        }
-        if claims.exp <= now.timestamp() {
-            return Ok(TokenState::Expired);
-        }
         if self.revocations.is_revoked(&claims, now) {
             return Ok(TokenState::Revoked(claims));
         }

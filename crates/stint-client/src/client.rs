@@ -1,0 +1,606 @@
+//! The broker client: discovery, client authentication, and the OAuth
+//! calls everything else is built on.
+
+use crate::error::Error;
+use crate::step::{Job, StepRequest};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stint_proto::{
+    AuthorizationServerMetadata, DevClient, IntrospectionResponse, JobRevocationResponse,
+    METADATA_PATH,
+};
+use tokio::task::JoinSet;
+
+/// The largest response body the SDK reads from a broker.
+pub const MAX_RESPONSE_LEN: usize = 1024 * 1024;
+
+/// How long to wait for a connection, and for a whole answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Retries of a revocation on connection errors and 5xx: the delays between
+/// attempts (about 6 s in all, then the error is returned).
+const REVOKE_BACKOFF: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(4),
+];
+
+/// Client credentials: a client id and its secret. The secret is never
+/// printed, not even by `Debug`.
+#[derive(Clone)]
+pub struct Credentials {
+    client_id: String,
+    client_secret: String,
+}
+
+impl Credentials {
+    /// Credentials from an id and a secret.
+    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+        }
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub(crate) fn basic(&self) -> String {
+        // RFC 6749 section 2.3.1: form-urlencode both before Basic.
+        let raw = format!(
+            "{}:{}",
+            form_encode(&self.client_id),
+            form_encode(&self.client_secret)
+        );
+        format!("Basic {}", STANDARD.encode(raw))
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How to build a [`Client`] or a [`Verifier`](crate::Verifier): the issuer
+/// URL and the TLS trust.
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    pub(crate) issuer: String,
+    ca_pem: Vec<Vec<u8>>,
+    built_in_roots: bool,
+}
+
+impl Connection {
+    pub(crate) fn new(issuer: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into().trim_end_matches('/').to_owned(),
+            ca_pem: Vec::new(),
+            built_in_roots: true,
+        }
+    }
+
+    pub(crate) fn add_ca_pem(&mut self, pem: Vec<u8>) {
+        self.ca_pem.push(pem);
+    }
+
+    pub(crate) fn add_ca_file(&mut self, path: &Path) -> Result<(), Error> {
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::Config(format!("cannot read the CA file {}: {e}", path.display()))
+        })?;
+        self.add_ca_pem(pem);
+        Ok(())
+    }
+
+    pub(crate) fn only_custom_roots(&mut self) {
+        self.built_in_roots = false;
+    }
+
+    pub(crate) fn http_client(&self) -> Result<reqwest::Client, Error> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .https_only(!self.issuer.starts_with("http://"))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_built_in_root_certs(self.built_in_roots);
+        for pem in &self.ca_pem {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Config(format!("the CA bundle is not PEM: {e}")))?;
+            if certificates.is_empty() {
+                return Err(Error::Config(
+                    "the CA bundle holds no certificate".to_owned(),
+                ));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        builder
+            .build()
+            .map_err(|e| Error::Config(format!("cannot set up HTTPS: {e}")))
+    }
+
+    /// Fetch the broker's RFC 8414 metadata and check that it is the
+    /// broker's own (its `issuer` is the one asked, section 3.3).
+    pub(crate) async fn discover(
+        &self,
+        http: &reqwest::Client,
+    ) -> Result<AuthorizationServerMetadata, Error> {
+        if !(self.issuer.starts_with("https://") || self.issuer.starts_with("http://")) {
+            return Err(Error::Config(format!(
+                "the issuer {:?} is not an https:// URL",
+                self.issuer
+            )));
+        }
+        let url = format!("{}{METADATA_PATH}", self.issuer);
+        let response = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| Error::unreachable(&url, &e))?;
+        let metadata: AuthorizationServerMetadata = read_json(&url, response).await?;
+        if metadata.issuer != self.issuer {
+            return Err(Error::protocol(
+                &url,
+                format!(
+                    "the metadata names issuer {:?}, not {:?}",
+                    metadata.issuer, self.issuer
+                ),
+            ));
+        }
+        Ok(metadata)
+    }
+}
+
+/// Build a [`Client`].
+#[derive(Debug)]
+pub struct ClientBuilder {
+    connection: Connection,
+    credentials: Option<Credentials>,
+    error: Option<Error>,
+}
+
+impl ClientBuilder {
+    /// Authenticate as this client (`client_secret_basic`).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Trust the CA certificates in this PEM bundle, besides the built-in
+    /// web roots.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.connection.add_ca_pem(pem.into());
+        self
+    }
+
+    /// Trust the CA certificates in this PEM file.
+    pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        if let Err(error) = self.connection.add_ca_file(path.as_ref()) {
+            self.error.get_or_insert(error);
+        }
+        self
+    }
+
+    /// Trust only the CA certificates given with [`Self::ca_pem`] or
+    /// [`Self::ca_file`], not the built-in web roots.
+    pub fn only_custom_roots(mut self) -> Self {
+        self.connection.only_custom_roots();
+        self
+    }
+
+    /// Discover the broker and return a client for it.
+    pub async fn build(self) -> Result<Client, Error> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let credentials = self.credentials.ok_or_else(|| {
+            Error::Config("client credentials are required (ClientBuilder::credentials)".into())
+        })?;
+        let http = self.connection.http_client()?;
+        let metadata = self.connection.discover(&http).await?;
+        let revocation_endpoint = metadata.revocation_endpoint.clone();
+        let introspection_endpoint = metadata.introspection_endpoint.clone();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                issuer: self.connection.issuer,
+                token_endpoint: metadata.token_endpoint,
+                revocation_endpoint,
+                introspection_endpoint,
+                credentials,
+                pending: Mutex::new(JoinSet::new()),
+            }),
+        })
+    }
+}
+
+/// A connection to a broker, authenticated as one client. Cheap to clone;
+/// clones share the connection pool and the revocations in flight.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    http: reqwest::Client,
+    issuer: String,
+    token_endpoint: String,
+    revocation_endpoint: String,
+    introspection_endpoint: String,
+    credentials: Credentials,
+    /// Revocations started by dropped [`StepToken`](crate::StepToken)s.
+    pending: Mutex<JoinSet<()>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("issuer", &self.inner.issuer)
+            .field("client_id", &self.inner.credentials.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Start building a client for the broker at `issuer` (for example
+    /// `https://stint.example.com`).
+    pub fn builder(issuer: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            connection: Connection::new(issuer),
+            credentials: None,
+            error: None,
+        }
+    }
+
+    /// A client from a `dev-client.json` file, as `stintd --dev` writes it.
+    pub async fn from_dev_client_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let dev: DevClient = serde_json::from_slice(&text).map_err(|e| {
+            Error::Config(format!(
+                "{} is not a credentials file: {}",
+                path.display(),
+                e.classify_name()
+            ))
+        })?;
+        Self::builder(dev.issuer)
+            .credentials(Credentials::new(dev.client_id, dev.client_secret))
+            .build()
+            .await
+    }
+
+    /// The broker's issuer URL.
+    pub fn issuer(&self) -> &str {
+        &self.inner.issuer
+    }
+
+    /// The client id this client authenticates as.
+    pub fn client_id(&self) -> &str {
+        &self.inner.credentials.client_id
+    }
+
+    /// Ask for a token for `step` (a step name, or `workflow/step`).
+    pub fn step(&self, step: impl Into<String>) -> StepRequest {
+        StepRequest::new(self.clone(), step.into())
+    }
+
+    /// A handle on job `id`, to mint its steps' tokens and to revoke them
+    /// all at once with [`Job::complete`].
+    pub fn job(&self, id: impl Into<String>) -> Job {
+        Job::new(self.clone(), id.into())
+    }
+
+    /// Ask the broker whether `token` is active (RFC 7662).
+    pub async fn introspect(&self, token: &str) -> Result<IntrospectionResponse, Error> {
+        let url = &self.inner.introspection_endpoint;
+        let response = self.post_form(url, &[("token", token)]).await?;
+        read_json(url, response).await
+    }
+
+    /// Revoke `token` (RFC 7009), retrying on connection errors and 5xx.
+    /// Returns once the broker acknowledged: from then on the token is
+    /// inactive.
+    pub async fn revoke(&self, token: &str) -> Result<(), Error> {
+        let url = &self.inner.revocation_endpoint;
+        retrying(url, || async {
+            let response = self.post_form(url, &[("token", token)]).await?;
+            read_empty(url, response).await
+        })
+        .await
+    }
+
+    /// Revoke every token of job `job` of this client's workload, and
+    /// refuse new ones for it, retrying on connection errors and 5xx.
+    pub async fn revoke_job(&self, job: &str) -> Result<JobRevocationResponse, Error> {
+        let url = format!(
+            "{}/v1/jobs/{}/revoke",
+            self.inner.issuer,
+            path_segment_encode(job)
+        );
+        retrying(&url, || async {
+            let response = self
+                .inner
+                .http
+                .post(&url)
+                .header(
+                    reqwest::header::AUTHORIZATION,
+                    self.inner.credentials.basic(),
+                )
+                .send()
+                .await
+                .map_err(|e| Error::unreachable(&url, &e))?;
+            read_json(&url, response).await
+        })
+        .await
+    }
+
+    /// Wait for the revocations that dropped [`StepToken`](crate::StepToken)s
+    /// started in the background. Call it before the process exits.
+    pub async fn flush(&self) {
+        let mut pending = match self.inner.pending.lock() {
+            Ok(mut guard) => std::mem::take(&mut *guard),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        while pending.join_next().await.is_some() {}
+    }
+
+    /// Start revoking `token` in the background (see
+    /// [`StepToken`](crate::StepToken)'s drop).
+    pub(crate) fn revoke_in_background(&self, token: String) {
+        let client = self.clone();
+        let revoke = async move {
+            if let Err(error) = client.revoke(&token).await {
+                tracing::warn!(%error, "a dropped step token could not be revoked; it stays valid until it expires");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let mut pending = match self.inner.pending.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                // Forget the ones that are done.
+                while pending.try_join_next().is_some() {}
+                pending.spawn_on(revoke, &runtime);
+            }
+            Err(_) => {
+                // Dropped outside any runtime: revoke on a thread of its own.
+                let spawned = std::thread::Builder::new()
+                    .name("stint-revoke".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(runtime) => runtime.block_on(revoke),
+                            Err(error) => {
+                                tracing::warn!(%error, "no runtime to revoke a dropped step token");
+                            }
+                        }
+                    });
+                if let Err(error) = spawned {
+                    tracing::warn!(%error, "no thread to revoke a dropped step token");
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn request_token(
+        &self,
+        form: &[(&str, &str)],
+    ) -> Result<stint_proto::TokenResponse, Error> {
+        let url = &self.inner.token_endpoint;
+        let response = self.post_form(url, form).await?;
+        read_json(url, response).await
+    }
+
+    async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<reqwest::Response, Error> {
+        let body = form
+            .iter()
+            .map(|(name, value)| format!("{}={}", form_encode(name), form_encode(value)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.inner
+            .http
+            .post(url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                self.inner.credentials.basic(),
+            )
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::unreachable(url, &e))
+    }
+}
+
+/// Run `attempt` until it succeeds, fails for good, or the backoff runs out.
+async fn retrying<T, F, Fut>(url: &str, mut attempt: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut delays = REVOKE_BACKOFF.iter();
+    loop {
+        match attempt().await {
+            Err(error) if error.is_unavailable() => match delays.next() {
+                Some(delay) => {
+                    tracing::debug!(%url, %error, ?delay, "retrying");
+                    tokio::time::sleep(*delay).await;
+                }
+                None => return Err(error),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// Read at most [`MAX_RESPONSE_LEN`] bytes of `response`'s body.
+pub(crate) async fn read_body(
+    url: &str,
+    mut response: reqwest::Response,
+) -> Result<Vec<u8>, Error> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_RESPONSE_LEN as u64)
+    {
+        return Err(Error::protocol(url, "the answer is too large"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Error::unreachable(url, &e))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_LEN {
+            return Err(Error::protocol(url, "the answer is too large"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A 2xx answer's JSON body, or the OAuth error it carries.
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<T, Error> {
+    let status = response.status();
+    let body = read_body(url, response).await?;
+    if !status.is_success() {
+        return Err(oauth_error(url, status, &body));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        Error::protocol(
+            url,
+            format!(
+                "the answer is not the expected JSON ({})",
+                e.classify_name()
+            ),
+        )
+    })
+}
+
+async fn read_empty(url: &str, response: reqwest::Response) -> Result<(), Error> {
+    let status = response.status();
+    let body = read_body(url, response).await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(oauth_error(url, status, &body))
+    }
+}
+
+fn oauth_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
+    #[derive(serde::Deserialize)]
+    struct AnyError {
+        error: String,
+        #[serde(default)]
+        error_description: Option<String>,
+    }
+    // Not stint_proto::ErrorResponse: a newer broker may send codes this
+    // SDK does not know, and they must still reach the caller.
+    match serde_json::from_slice::<AnyError>(body) {
+        Ok(error) => Error::OAuth {
+            status: status.as_u16(),
+            code: error.error,
+            description: error.error_description,
+        },
+        Err(_) if status.is_server_error() => Error::OAuth {
+            status: status.as_u16(),
+            code: "server_error".to_owned(),
+            description: Some(format!("HTTP {status} without an OAuth error body")),
+        },
+        Err(_) => Error::protocol(url, format!("HTTP {status} without an OAuth error body")),
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    /// Say what kind of JSON problem it was without quoting the input (which
+    /// may hold a secret).
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "missing or mistyped fields",
+            serde_json::error::Category::Eof => "truncated",
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one name or value.
+pub(crate) fn form_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(char::from(byte));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// Percent-encoding of one URL path segment.
+fn path_segment_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(byte));
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_print_the_secret() {
+        let credentials = Credentials::new("job", "s3cret-value");
+        assert!(!format!("{credentials:?}").contains("s3cret-value"));
+    }
+
+    #[test]
+    fn form_encoding_is_reversible_by_the_broker() {
+        let encoded = form_encode("read:demo/a b+c%");
+        assert_eq!(encoded, "read%3Ademo%2Fa+b%2Bc%25");
+        let parsed =
+            stint_core::form::FormParams::parse(format!("x={encoded}").as_bytes()).unwrap();
+        assert_eq!(parsed.get("x"), Some("read:demo/a b+c%"));
+    }
+}

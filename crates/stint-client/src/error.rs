@@ -1,0 +1,108 @@
+//! The SDK's one error type.
+
+pub use stint_core::access_token::TokenError;
+use thiserror::Error;
+
+/// Everything that can go wrong talking to a broker or checking a token.
+///
+/// [`Error::is_denial`] and [`Error::is_unavailable`] sort errors the way a
+/// job should react: a denial will not go away by retrying; an unavailable
+/// broker might.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker answered with an OAuth error (RFC 6749 section 5.2).
+    #[error("the broker refused ({status} {code}){}", describe(.description.as_deref()))]
+    OAuth {
+        /// The HTTP status.
+        status: u16,
+        /// The `error` code, e.g. `invalid_scope` (kept as text: a newer
+        /// broker may send codes this SDK does not know).
+        code: String,
+        /// The `error_description`: what the broker says was wrong.
+        description: Option<String>,
+    },
+    /// The broker could not be reached, or did not answer in time.
+    #[error("cannot reach the broker at {url}: {reason}")]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// What failed (connection refused, timeout, TLS, ...).
+        reason: String,
+    },
+    /// The broker answered something that is not what the protocol says.
+    #[error("unexpected answer from the broker at {url}: {reason}")]
+    Protocol {
+        /// The URL asked.
+        url: String,
+        /// What was wrong with the answer.
+        reason: String,
+    },
+    /// The SDK was configured with something unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A token was refused by the [`Verifier`](crate::Verifier).
+    #[error("token rejected: {0}")]
+    InvalidToken(#[from] TokenError),
+    /// The token verifies offline, but the broker says it is no longer
+    /// active (revoked, or its job completed).
+    #[error("token rejected: the broker says it is not active (revoked or completed)")]
+    Inactive,
+}
+
+fn describe(description: Option<&str>) -> String {
+    description.map(|d| format!(": {d}")).unwrap_or_default()
+}
+
+impl Error {
+    /// The broker refused, and asking again will not help: a policy or
+    /// credential problem, or a rejected token.
+    pub fn is_denial(&self) -> bool {
+        match self {
+            Self::OAuth { status, .. } => *status < 500,
+            Self::InvalidToken(_) | Self::Inactive => true,
+            _ => false,
+        }
+    }
+
+    /// The broker is down, unreachable or temporarily unable to decide
+    /// (503 `temporarily_unavailable`): asking later may work.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::OAuth { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The broker's OAuth `error` code, if it sent one.
+    pub fn oauth_code(&self) -> Option<&str> {
+        match self {
+            Self::OAuth { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn unreachable(url: &str, error: &reqwest::Error) -> Self {
+        // reqwest's Display stops at the outermost layer; the cause (refused,
+        // timed out, certificate unknown) is further down the chain.
+        let mut reason = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            reason.push_str(": ");
+            reason.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Self::Unreachable {
+            url: url.to_owned(),
+            reason,
+        }
+    }
+
+    pub(crate) fn protocol(url: &str, reason: impl Into<String>) -> Self {
+        Self::Protocol {
+            url: url.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}

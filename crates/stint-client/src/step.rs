@@ -1,0 +1,230 @@
+//! One token per step: [`StepRequest`], the [`StepToken`] guard, and the
+//! [`Job`] handle.
+
+use crate::client::Client;
+use crate::error::Error;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// A token request for one step, built up and then sent with
+/// [`Self::request`].
+#[derive(Debug)]
+#[must_use = "a StepRequest does nothing until .request() is awaited"]
+pub struct StepRequest {
+    client: Client,
+    step: String,
+    job: Option<String>,
+    scopes: Vec<String>,
+    audience: Option<String>,
+    ttl: Option<Duration>,
+}
+
+impl StepRequest {
+    pub(crate) fn new(client: Client, step: String) -> Self {
+        Self {
+            client,
+            step,
+            job: None,
+            scopes: Vec::new(),
+            audience: None,
+            ttl: None,
+        }
+    }
+
+    /// The job this step belongs to. Without one, the broker makes up a job
+    /// id for this token alone.
+    pub fn job(mut self, job: impl Into<String>) -> Self {
+        self.job = Some(job.into());
+        self
+    }
+
+    /// Ask for one scope, e.g. `deploy:k8s/staging/web`. Call it once per
+    /// scope; the token gets all of them or the request is refused.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scopes.push(scope.into());
+        self
+    }
+
+    /// Ask for several scopes.
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes.extend(scopes.into_iter().map(Into::into));
+        self
+    }
+
+    /// The system the token is for: its `aud`.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// How long the token should live, rounded down to whole seconds. The
+    /// broker caps it at the step's maximum; without it, the step's default
+    /// applies.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Send the request. The returned guard revokes the token when the step
+    /// ends: see [`StepToken`].
+    pub async fn request(self) -> Result<StepToken, Error> {
+        let scope = self.scopes.join(" ");
+        let ttl = self.ttl.map(|ttl| ttl.as_secs().to_string());
+        if ttl.as_deref() == Some("0") {
+            return Err(Error::Config("the TTL must be at least one second".into()));
+        }
+        let mut form = vec![
+            ("grant_type", stint_proto::GRANT_CLIENT_CREDENTIALS),
+            ("step", self.step.as_str()),
+        ];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        if let Some(job) = &self.job {
+            form.push(("job", job));
+        }
+        if let Some(audience) = &self.audience {
+            form.push(("audience", audience));
+        }
+        if let Some(ttl) = &ttl {
+            form.push(("ttl", ttl));
+        }
+        let requested_at = SystemTime::now();
+        let response = self.client.request_token(&form).await?;
+        Ok(StepToken {
+            expires_at: requested_at + Duration::from_secs(response.expires_in),
+            client: self.client,
+            token: Some(response.access_token),
+            scope: response.scope,
+            job: response.job,
+            step: response.step,
+        })
+    }
+}
+
+/// A token for one step, revoked when the step ends.
+///
+/// # What is guaranteed
+///
+/// - [`finish`](Self::finish) revokes the token and returns only once the
+///   broker acknowledged, retrying with backoff (about 6 s in all) on
+///   connection errors and 5xx answers. After `Ok(())` the token is inactive
+///   everywhere the broker is asked.
+/// - A guard dropped without `finish` (the step returned early, failed with
+///   `?`, or panicked and unwound) starts the same revocation in the
+///   background the moment it drops: as a task on the current Tokio runtime,
+///   or, if there is none, on a thread of its own. [`Client::flush`] waits
+///   for those background revocations; call it before the process exits.
+/// - What cannot be guaranteed: a process that exits (or is killed, or
+///   aborts on panic with `panic = "abort"`) before a background revocation
+///   is acknowledged leaves the token valid until its `exp`. That is why
+///   tokens live minutes: expiry is the backstop, revocation the norm.
+///
+/// The token text is never printed by `Debug`.
+#[must_use = "a StepToken is revoked when dropped; keep it for the step's duration"]
+pub struct StepToken {
+    client: Client,
+    /// `None` once revocation has started.
+    token: Option<String>,
+    expires_at: SystemTime,
+    scope: String,
+    job: String,
+    step: String,
+}
+
+impl StepToken {
+    /// The access token, to send as `Authorization: Bearer ...`.
+    pub fn token(&self) -> &str {
+        self.token.as_deref().unwrap_or_default()
+    }
+
+    /// When the token expires (computed from `expires_in` when it was
+    /// requested).
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+
+    /// The granted scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split(' ').filter(|s| !s.is_empty())
+    }
+
+    /// The job the token belongs to (the broker's choice if none was given).
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// The step.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+
+    /// The step is done: revoke the token and wait for the broker's
+    /// acknowledgement.
+    pub async fn finish(mut self) -> Result<(), Error> {
+        match self.token.take() {
+            Some(token) => self.client.revoke(&token).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for StepToken {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            tracing::debug!(
+                job = %self.job,
+                step = %self.step,
+                "step token dropped without finish(): revoking it in the background"
+            );
+            self.client.revoke_in_background(token);
+        }
+    }
+}
+
+impl fmt::Debug for StepToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepToken")
+            .field("job", &self.job)
+            .field("step", &self.step)
+            .field("scope", &self.scope)
+            .field("expires_at", &self.expires_at)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A job: mint its steps' tokens with [`Job::step`], and revoke every one of
+/// them with [`Job::complete`].
+#[derive(Debug, Clone)]
+pub struct Job {
+    client: Client,
+    id: String,
+}
+
+impl Job {
+    pub(crate) fn new(client: Client, id: String) -> Self {
+        Self { client, id }
+    }
+
+    /// The job id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A token request for `step` of this job.
+    pub fn step(&self, step: impl Into<String>) -> StepRequest {
+        self.client.step(step).job(self.id.clone())
+    }
+
+    /// The job is done: revoke every token it was given and refuse new ones
+    /// (`POST /v1/jobs/{job}/revoke`). Returns once the broker
+    /// acknowledged, retrying on connection errors and 5xx.
+    pub async fn complete(self) -> Result<(), Error> {
+        self.client.revoke_job(&self.id).await.map(|_| ())
+    }
+}
