@@ -96,6 +96,7 @@ impl StepRequest {
         let requested_at = SystemTime::now();
         let response = self.client.request_token(&form).await?;
         Ok(StepToken {
+            expires_in: response.expires_in,
             expires_at: requested_at + Duration::from_secs(response.expires_in),
             client: self.client,
             token: Some(response.access_token),
@@ -130,6 +131,7 @@ pub struct StepToken {
     client: Client,
     /// `None` once revocation has started.
     token: Option<String>,
+    expires_in: u64,
     expires_at: SystemTime,
     scope: String,
     job: String,
@@ -148,6 +150,11 @@ impl StepToken {
         self.expires_at
     }
 
+    /// The lifetime the broker granted, in seconds (`expires_in`).
+    pub fn expires_in(&self) -> u64 {
+        self.expires_in
+    }
+
     /// The granted scopes.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.scope.split(' ').filter(|s| !s.is_empty())
@@ -161,6 +168,14 @@ impl StepToken {
     /// The step.
     pub fn step(&self) -> &str {
         &self.step
+    }
+
+    /// Give up the guard and keep the token: it is no longer revoked when
+    /// this value drops. Revoke it yourself with [`Client::revoke`], or let
+    /// it expire. For handing a token to something that outlives this
+    /// process, like `stint token` printing it.
+    pub fn detach(mut self) -> String {
+        self.token.take().unwrap_or_default()
     }
 
     /// The step is done: revoke the token and wait for the broker's

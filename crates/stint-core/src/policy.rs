@@ -224,6 +224,27 @@ impl Policy {
             .collect()
     }
 
+    /// One warning per workflow past its review date on `today`, saying
+    /// what the broker does about it: what `stintd check-policy` and
+    /// `stint policy check` print.
+    pub fn review_warnings(&self, today: NaiveDate) -> Vec<String> {
+        let consequence = if self.enforce_review {
+            "enforce_review = true, so the broker will refuse its steps until review_by is moved forward"
+        } else {
+            "the broker will warn and report it in stint_policy_workflow_review_overdue"
+        };
+        self.overdue_workflows(today)
+            .into_iter()
+            .map(|workflow| {
+                format!(
+                    "workflow {:?} is past its review date ({}): {consequence}",
+                    workflow.name(),
+                    workflow.review_by()
+                )
+            })
+            .collect()
+    }
+
     /// Whether some workload has this client id.
     pub fn knows_client(&self, client_id: &str) -> bool {
         self.by_client_id.contains_key(client_id)

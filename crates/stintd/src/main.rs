@@ -187,18 +187,8 @@ fn check_policy(file: &std::path::Path) -> anyhow::Result<()> {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let policy = Policy::parse(&file.display().to_string(), &text)
         .map_err(|errors| anyhow::anyhow!("{errors}"))?;
-    let today = chrono_today();
-    for workflow in policy.overdue_workflows(today) {
-        let consequence = if policy.enforce_review() {
-            "enforce_review = true, so the broker will refuse its steps until review_by is moved forward"
-        } else {
-            "the broker will warn and report it in stint_policy_workflow_review_overdue"
-        };
-        eprintln!(
-            "warning: workflow {:?} is past its review date ({}): {consequence}",
-            workflow.name(),
-            workflow.review_by()
-        );
+    for warning in policy.review_warnings(chrono_today()) {
+        eprintln!("warning: {warning}");
     }
     println!(
         "{}: ok ({} workloads, {} workflows)",

@@ -1,0 +1,133 @@
+//! `stint exec`: a token that lives exactly as long as a command.
+//!
+//! The token goes to the child in one environment variable. `SIGINT` and
+//! `SIGTERM` sent to `stint` are passed on to the child, and `stint` itself
+//! does not die of them: it waits for the child to exit, revokes the token
+//! (waiting for the broker's acknowledgement, with retries), and only then
+//! exits, with the child's status. So the token is revoked whether the
+//! command succeeds, fails, is killed by a signal, or `stint` is asked to
+//! stop. What no program can survive, `SIGKILL` of `stint` itself, leaves the
+//! token to expire at its `exp`.
+
+use crate::{EXIT_FAILURE, EXIT_UNAVAILABLE, Failure};
+use rustix::process::{Pid, Signal, kill_process};
+use std::os::unix::process::ExitStatusExt as _;
+use stint_client::StepToken;
+use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
+
+/// The signals `stint exec` catches and forwards.
+pub(crate) struct Signals {
+    interrupt: SignalStream,
+    terminate: SignalStream,
+}
+
+impl Signals {
+    /// Catch `SIGINT` and `SIGTERM` from now on: call it before minting,
+    /// so that no moment exists where a token is out and a signal would
+    /// kill `stint` without revoking it.
+    pub(crate) fn catch() -> Result<Self, Failure> {
+        let failed =
+            |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("cannot catch signals: {e}"));
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).map_err(failed)?,
+            terminate: signal(SignalKind::terminate()).map_err(failed)?,
+        })
+    }
+}
+
+/// Run `command` with the token in `env_var`; revoke; return the exit code.
+pub(crate) async fn run(
+    step: StepToken,
+    mut signals: Signals,
+    env_var: &str,
+    command: &[String],
+) -> Result<u8, Failure> {
+    if env_var.is_empty() || env_var.contains(['=', '\0']) {
+        let error = format!("{env_var:?} is not an environment variable name");
+        return Err(revoke_then_fail(step, Failure::new(2, error)).await);
+    }
+    let Some((program, args)) = command.split_first() else {
+        return Err(revoke_then_fail(step, Failure::new(2, "no command given")).await);
+    };
+    // A signal that came while the token was being minted: do not start.
+    tokio::select! {
+        biased;
+        _ = signals.interrupt.recv() => return stop_before_start(step, 2).await,
+        _ = signals.terminate.recv() => return stop_before_start(step, 15).await,
+        () = std::future::ready(()) => {}
+    }
+    let spawned = tokio::process::Command::new(program)
+        .args(args)
+        .env(env_var, step.token())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            // As shells do: 127 for a missing command, 126 otherwise.
+            let code = if error.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let failure = Failure::new(code, format!("cannot run {program:?}: {error}"));
+            return Err(revoke_then_fail(step, failure).await);
+        }
+    };
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw);
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = signals.interrupt.recv() => forward(pid, Signal::INT),
+            _ = signals.terminate.recv() => forward(pid, Signal::TERM),
+        }
+    };
+    let code = match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => u8::try_from(code).unwrap_or(EXIT_FAILURE),
+            (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(EXIT_FAILURE),
+            (None, None) => EXIT_FAILURE,
+        },
+        Err(error) => {
+            eprintln!("stint: lost track of the command: {error}");
+            EXIT_FAILURE
+        }
+    };
+    match step.finish().await {
+        Ok(()) => Ok(code),
+        Err(error) => {
+            eprintln!(
+                "stint: the step's token could not be revoked ({error}); it stays valid until it expires"
+            );
+            // A step that succeeded but left its token alive has not
+            // succeeded; a failed step keeps its own status.
+            Ok(if code == 0 { EXIT_UNAVAILABLE } else { code })
+        }
+    }
+}
+
+fn forward(pid: Option<Pid>, signal: Signal) {
+    if let Some(pid) = pid {
+        // The child may have just exited; then there is nothing to do.
+        let _ = kill_process(pid, signal);
+    }
+}
+
+async fn stop_before_start(step: StepToken, signal: u8) -> Result<u8, Failure> {
+    let failure = Failure::new(
+        128 + signal,
+        "stopped by a signal before the command started",
+    );
+    Err(revoke_then_fail(step, failure).await)
+}
+
+async fn revoke_then_fail(step: StepToken, failure: Failure) -> Failure {
+    if let Err(error) = step.finish().await {
+        eprintln!(
+            "stint: the token could not be revoked ({error}); it stays valid until it expires"
+        );
+    }
+    failure
+}

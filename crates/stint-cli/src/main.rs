@@ -1,0 +1,512 @@
+//! `stint`: Stint from the shell. Mint a token for a step, run a command
+//! with one (`stint exec`), revoke, introspect, verify offline, and check
+//! policy files and audit logs.
+//!
+//! Exit codes: 0 success; 1 failure (bad file, bad configuration,
+//! unexpected answer); 2 usage error; 3 denied (the broker refused, or a
+//! token was rejected); 4 the broker is unavailable. `stint exec` exits with
+//! its child's status (128 + N if the child was killed by signal N).
+
+mod exec;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use stint_client::{Client, Credentials, Error, Verifier};
+use stint_core::ttl::Ttl;
+use stint_proto::DevClient;
+
+/// Exit code: a failure that is neither a denial nor unavailability.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code: the broker refused, or a token was rejected.
+const EXIT_DENIED: u8 = 3;
+/// Exit code: the broker could not be reached or is temporarily unavailable.
+const EXIT_UNAVAILABLE: u8 = 4;
+
+/// Stint from the shell: short-lived, step-scoped tokens.
+#[derive(Debug, Parser)]
+#[command(name = "stint", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const AFTER_HELP: &str = "\
+The broker and credentials come from the environment:
+  STINT_URL            the broker's issuer URL, e.g. https://stint.example.com
+  STINT_CLIENT_ID      the client id
+  STINT_CLIENT_SECRET  the client secret (never a flag: flags show in `ps`)
+  STINT_CA_FILE        a PEM CA bundle to trust besides the system's roots
+or from --credentials FILE (the dev-client.json shape: issuer, client_id,
+client_secret).
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 denied or rejected, 4 broker
+unavailable; `stint exec` exits with its command's status.";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mint a token for one step and print it.
+    Token {
+        #[command(flatten)]
+        request: TokenArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Print the whole token response as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command with a token for one step in its environment, and
+    /// revoke the token when the command exits, however it exits.
+    Exec {
+        #[command(flatten)]
+        request: TokenArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The environment variable that carries the token.
+        #[arg(long, default_value = "STINT_TOKEN")]
+        env_var: String,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Revoke a token, or every token of a job.
+    Revoke {
+        /// The token.
+        #[arg(required_unless_present = "job", conflicts_with = "job")]
+        token: Option<String>,
+        /// Revoke every token of this job instead (and refuse new ones).
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the broker whether a token is active (RFC 7662).
+    Introspect {
+        /// The token.
+        token: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Print the broker's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a token offline with the broker's published keys.
+    Verify {
+        /// The token.
+        token: String,
+        /// Require this audience (without it, any audience is accepted).
+        #[arg(long)]
+        audience: Option<String>,
+        /// The broker's issuer URL.
+        #[arg(long, env = "STINT_URL")]
+        url: Option<String>,
+        /// A PEM CA bundle to trust.
+        #[arg(long, env = "STINT_CA_FILE")]
+        ca_file: Option<PathBuf>,
+        /// Print the claims as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file exactly as the broker does at load.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk an audit log's hash chain; name the first broken record.
+    Verify {
+        /// The audit log.
+        file: PathBuf,
+    },
+}
+
+/// What to ask for.
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The step (`step` or `workflow/step`).
+    #[arg(long)]
+    step: String,
+    /// A scope to ask for; repeat for several.
+    #[arg(long = "scope", required = true, num_args = 1..)]
+    scopes: Vec<String>,
+    /// The job the step belongs to.
+    #[arg(long, env = "STINT_JOB")]
+    job: Option<String>,
+    /// The system the token is for (its `aud`).
+    #[arg(long)]
+    audience: Option<String>,
+    /// The token's lifetime: `90s`, `5m`, `1h` (capped at the step's maximum).
+    #[arg(long, value_parser = parse_ttl)]
+    ttl: Option<Duration>,
+}
+
+/// Where the broker is and who we are.
+#[derive(Debug, Args)]
+struct BrokerArgs {
+    /// The broker's issuer URL.
+    #[arg(long, env = "STINT_URL")]
+    url: Option<String>,
+    /// The client id.
+    #[arg(long, env = "STINT_CLIENT_ID")]
+    client_id: Option<String>,
+    /// Credentials file (dev-client.json shape); its issuer is used unless
+    /// --url or STINT_URL is set.
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// A PEM CA bundle to trust besides the system's roots.
+    #[arg(long, env = "STINT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    Ttl::parse_policy(text)
+        .map(|ttl| Duration::from_secs(u64::from(ttl.as_secs())))
+        .map_err(|e| e.to_string())
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        let code = if error.is_denial() {
+            EXIT_DENIED
+        } else if error.is_unavailable() {
+            EXIT_UNAVAILABLE
+        } else {
+            EXIT_FAILURE
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("stint: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("stint: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<u8, Failure> {
+    match command {
+        Command::Token {
+            request,
+            broker,
+            json,
+        } => {
+            let client = connect(&broker).await?;
+            let step = request_token(&client, &request).await?;
+            let output = TokenOutput {
+                token_type: "Bearer",
+                expires_in: step.expires_in(),
+                scope: step.scopes().collect::<Vec<_>>().join(" "),
+                job: step.job().to_owned(),
+                step: step.step().to_owned(),
+                // The caller owns the token now: it is not revoked on exit.
+                access_token: step.detach(),
+            };
+            if json {
+                print_json(&output)?;
+            } else {
+                println!("{}", output.access_token);
+            }
+            Ok(0)
+        }
+        Command::Exec {
+            request,
+            broker,
+            env_var,
+            command,
+        } => {
+            let signals = exec::Signals::catch()?;
+            let client = connect(&broker).await?;
+            let step = request_token(&client, &request).await?;
+            exec::run(step, signals, &env_var, &command).await
+        }
+        Command::Revoke {
+            token,
+            job,
+            broker,
+            json,
+        } => {
+            let client = connect(&broker).await?;
+            match (token, job) {
+                (_, Some(job)) => {
+                    let response = client.revoke_job(&job).await?;
+                    if json {
+                        print_json(&response)?;
+                    } else {
+                        println!(
+                            "job {} revoked at {}: its tokens are inactive and no new ones are issued",
+                            response.job, response.revoked_at
+                        );
+                    }
+                }
+                (Some(token), None) => {
+                    client.revoke(&token).await?;
+                    if json {
+                        print_json(&serde_json::json!({ "revoked": true }))?;
+                    } else {
+                        println!("revoked (or already inactive)");
+                    }
+                }
+                (None, None) => return Err(Failure::new(2, "give a token or --job")),
+            }
+            Ok(0)
+        }
+        Command::Introspect {
+            token,
+            broker,
+            json,
+        } => {
+            let client = connect(&broker).await?;
+            let answer = client.introspect(&token).await?;
+            if json {
+                print_json(&answer)?;
+            } else if answer.active {
+                println!("active");
+                let fields = [
+                    ("sub", &answer.sub),
+                    ("client_id", &answer.client_id),
+                    ("aud", &answer.aud),
+                    ("scope", &answer.scope),
+                    ("job", &answer.job),
+                    ("step", &answer.step),
+                    ("workflow", &answer.workflow),
+                    ("jti", &answer.jti),
+                ];
+                for (name, value) in fields {
+                    if let Some(value) = value {
+                        println!("  {name}: {value}");
+                    }
+                }
+                if let Some(exp) = answer.exp {
+                    println!("  exp: {exp} ({})", describe_expiry(exp));
+                }
+            } else {
+                println!("inactive (unknown, expired, revoked or not from this broker)");
+            }
+            Ok(0)
+        }
+        Command::Verify {
+            token,
+            audience,
+            url,
+            ca_file,
+            json,
+        } => {
+            let url = url.ok_or_else(|| {
+                Failure::new(
+                    2,
+                    "the broker's URL is needed for its keys: set STINT_URL or --url",
+                )
+            })?;
+            let mut builder = Verifier::builder(url);
+            builder = match audience {
+                Some(audience) => builder.audience(audience),
+                None => builder.any_audience(),
+            };
+            if let Some(ca) = ca_file {
+                builder = builder.ca_file(ca);
+            }
+            let verifier = builder.build().await?;
+            let verified = verifier.verify(&token).await?;
+            if json {
+                print_json(verified.claims())?;
+            } else {
+                let claims = verified.claims();
+                println!("valid (signature, issuer, audience and lifetime checked offline)");
+                println!("  sub: {}", claims.sub);
+                println!("  aud: {}", claims.aud);
+                println!("  scope: {}", claims.scope);
+                println!("  job: {}  step: {}", claims.job, claims.step);
+                println!("  exp: {} ({})", claims.exp, describe_expiry(claims.exp));
+                println!("  (offline: a revocation is only visible to `stint introspect`)");
+            }
+            Ok(0)
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => check_policy(&file),
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => verify_audit(&file),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct TokenOutput {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: String,
+    job: String,
+    step: String,
+}
+
+async fn request_token(
+    client: &Client,
+    request: &TokenArgs,
+) -> Result<stint_client::StepToken, Failure> {
+    let mut builder = client.step(&request.step).scopes(&request.scopes);
+    if let Some(job) = &request.job {
+        builder = builder.job(job);
+    }
+    if let Some(audience) = &request.audience {
+        builder = builder.audience(audience);
+    }
+    if let Some(ttl) = request.ttl {
+        builder = builder.ttl(ttl);
+    }
+    Ok(builder.request().await?)
+}
+
+/// Build a client from the flags, the environment and the credentials file.
+async fn connect(args: &BrokerArgs) -> Result<Client, Failure> {
+    let file = match &args.credentials {
+        Some(path) => Some(read_credentials(path)?),
+        None => None,
+    };
+    let url = args
+        .url
+        .clone()
+        .or_else(|| file.as_ref().map(|f| f.issuer.clone()))
+        .ok_or_else(|| Failure::new(2, "no broker: set STINT_URL, --url or --credentials"))?;
+    let secret_from_env = std::env::var("STINT_CLIENT_SECRET").ok();
+    let credentials = match (&args.client_id, secret_from_env, file) {
+        (Some(id), Some(secret), _) => Credentials::new(id.clone(), secret),
+        (None, _, Some(file)) => Credentials::new(file.client_id, file.client_secret),
+        (Some(_), None, Some(file)) => Credentials::new(file.client_id, file.client_secret),
+        _ => {
+            return Err(Failure::new(
+                2,
+                "no credentials: set STINT_CLIENT_ID and STINT_CLIENT_SECRET, or give --credentials FILE",
+            ));
+        }
+    };
+    let mut builder = Client::builder(url).credentials(credentials);
+    if let Some(ca) = &args.ca_file {
+        builder = builder.ca_file(ca);
+    }
+    Ok(builder.build().await?)
+}
+
+fn read_credentials(path: &Path) -> Result<DevClient, Failure> {
+    let text = std::fs::read(path)
+        .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_slice(&text).map_err(|_| {
+        Failure::new(
+            EXIT_FAILURE,
+            format!(
+                "{} is not a credentials file (JSON with issuer, client_id and client_secret)",
+                path.display()
+            ),
+        )
+    })
+}
+
+fn check_policy(file: &Path) -> Result<u8, Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot read {}: {e}", file.display())))?;
+    let policy = stint_core::policy::Policy::parse(&file.display().to_string(), &text)
+        .map_err(|errors| Failure::new(EXIT_FAILURE, errors.to_string()))?;
+    for warning in policy.review_warnings(today()) {
+        eprintln!("warning: {warning}");
+    }
+    println!(
+        "{}: ok ({} workloads, {} workflows)",
+        file.display(),
+        policy.workloads().count(),
+        policy.workflows().count()
+    );
+    Ok(0)
+}
+
+fn verify_audit(file: &Path) -> Result<u8, Failure> {
+    let log = std::fs::File::open(file)
+        .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot read {}: {e}", file.display())))?;
+    let summary = stint_core::audit::verify(std::io::BufReader::new(log)).map_err(|error| {
+        Failure::new(
+            EXIT_FAILURE,
+            format!("{}: chain broken: {error}", file.display()),
+        )
+    })?;
+    println!(
+        "{}: {} records, chain intact, head {}",
+        file.display(),
+        summary.records,
+        summary.head
+    );
+    Ok(0)
+}
+
+fn today() -> stint_core::chrono::NaiveDate {
+    use stint_core::Clock as _;
+    stint_core::SystemClock.now().date_naive()
+}
+
+fn describe_expiry(exp: i64) -> String {
+    use stint_core::Clock as _;
+    let left = exp - stint_core::SystemClock.now().timestamp();
+    if left > 0 {
+        format!("in {left} s")
+    } else {
+        format!("{} s ago", -left)
+    }
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot print JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! The `stint` binary against a real broker on loopback: every command,
+//! the exit codes, and `stint exec` revoking its token on each way out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+use tokio::process::Command;
+
+struct Broker {
+    server: Option<stint_server::RunningServer>,
+    dir: tempfile::TempDir,
+    credentials: PathBuf,
+}
+
+impl Broker {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            stint_server::Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        let server = stint_server::start(config).await.unwrap();
+        let credentials = server.dev_client_path().unwrap().to_owned();
+        Self {
+            server: Some(server),
+            dir,
+            credentials,
+        }
+    }
+
+    fn issuer(&self) -> String {
+        self.server.as_ref().unwrap().issuer().to_owned()
+    }
+
+    /// `stint ARGS...` with only the credentials file for configuration.
+    fn stint(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stint"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        let Some((subcommand, rest)) = args.split_first() else {
+            return command;
+        };
+        command.arg(subcommand);
+        if matches!(*subcommand, "token" | "exec" | "revoke" | "introspect") {
+            // Before the arguments: anything after `exec ... --` is the
+            // command's.
+            command.arg("--credentials").arg(&self.credentials);
+        }
+        command.args(rest);
+        command
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.stint(args).output().await.unwrap()
+    }
+
+    async fn is_active(&self, token: &str) -> bool {
+        let output = self.run(&["introspect", "--json", token]).await;
+        assert_success(&output, "introspect");
+        let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+        answer["active"] == true
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what}: {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+fn assert_exit(output: &Output, code: i32, what: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{what}\nstdout: {}\nstderr: {}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+/// Wait for the child to write its token to `path`.
+async fn token_written_to(path: &Path) -> String {
+    for _ in 0..500 {
+        if let Ok(token) = std::fs::read_to_string(path)
+            && token.ends_with('\n')
+        {
+            return token.trim().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the command never wrote its token to {}", path.display());
+}
+
+const READ: [&str; 6] = [
+    "--step",
+    "read",
+    "--scope",
+    "read:demo/a",
+    "--audience",
+    "demo-api",
+];
+
+fn exec_args<'a>(extra: &[&'a str], script: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["exec"];
+    args.extend_from_slice(&READ);
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_introspect_verify_and_revoke() {
+    let broker = Broker::start().await;
+    let mut args = vec!["token"];
+    args.extend_from_slice(&READ);
+    args.extend_from_slice(&["--job", "j-1", "--ttl", "2m", "--json"]);
+    let output = broker.run(&args).await;
+    assert_success(&output, "token --json");
+    let response: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(response["token_type"], "Bearer");
+    assert_eq!(response["expires_in"], 120);
+    assert_eq!(response["scope"], "read:demo/a");
+    assert_eq!(response["job"], "j-1");
+    let token = response["access_token"].as_str().unwrap().to_owned();
+    assert!(
+        broker.is_active(&token).await,
+        "`stint token` hands the token over: it is not revoked when stint exits"
+    );
+
+    let output = broker.run(&["introspect", &token]).await;
+    assert_success(&output, "introspect");
+    assert!(
+        text(&output.stdout).starts_with("active\n"),
+        "{}",
+        text(&output.stdout)
+    );
+    assert!(text(&output.stdout).contains("job: j-1"));
+
+    let issuer = broker.issuer();
+    let output = broker
+        .run(&["verify", "--url", &issuer, "--audience", "demo-api", &token])
+        .await;
+    assert_success(&output, "verify");
+    assert!(text(&output.stdout).starts_with("valid"));
+    let output = broker
+        .run(&[
+            "verify",
+            "--url",
+            &issuer,
+            "--audience",
+            "other-api",
+            &token,
+        ])
+        .await;
+    assert_exit(&output, 3, "verify for another audience is a rejection");
+    assert!(
+        text(&output.stderr).contains("another audience"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let output = broker.run(&["revoke", &token]).await;
+    assert_success(&output, "revoke");
+    assert!(!broker.is_active(&token).await);
+    let output = broker.run(&["introspect", &token]).await;
+    assert!(text(&output.stdout).starts_with("inactive"));
+
+    // A job: two tokens, one revocation.
+    let mut first = vec!["token"];
+    first.extend_from_slice(&READ);
+    first.extend_from_slice(&["--job", "j-2"]);
+    let a = text(&broker.run(&first).await.stdout).trim().to_owned();
+    let b = text(&broker.run(&first).await.stdout).trim().to_owned();
+    let output = broker.run(&["revoke", "--job", "j-2", "--json"]).await;
+    assert_success(&output, "revoke --job");
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["job"], "j-2");
+    assert!(!broker.is_active(&a).await && !broker.is_active(&b).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_revokes_when_the_command_succeeds_fails_or_is_killed() {
+    let broker = Broker::start().await;
+    let out = broker.file("token");
+    let out_arg = out.display().to_string();
+
+    // Success: exit 0, and the command saw the token.
+    let script = format!("echo \"$STINT_TOKEN\" > {out_arg}");
+    let output = broker.run(&exec_args(&[], &script)).await;
+    assert_success(&output, "exec success");
+    let token = token_written_to(&out).await;
+    assert!(token.starts_with("ey"), "{token}");
+    assert!(!broker.is_active(&token).await, "revoked after success");
+
+    // Failure: the command's status comes back.
+    std::fs::remove_file(&out).unwrap();
+    let script = format!("echo \"$STINT_TOKEN\" > {out_arg}; exit 7");
+    let output = broker.run(&exec_args(&[], &script)).await;
+    assert_exit(&output, 7, "exec failure");
+    let token = token_written_to(&out).await;
+    assert!(!broker.is_active(&token).await, "revoked after failure");
+
+    // Killed by a signal: 128 + 9.
+    std::fs::remove_file(&out).unwrap();
+    let script = format!("echo \"$STINT_TOKEN\" > {out_arg}; kill -9 $$");
+    let output = broker.run(&exec_args(&[], &script)).await;
+    assert_exit(&output, 137, "exec killed");
+    let token = token_written_to(&out).await;
+    assert!(!broker.is_active(&token).await, "revoked after the kill");
+
+    // Another variable name.
+    std::fs::remove_file(&out).unwrap();
+    let script = format!("test -z \"$STINT_TOKEN\" && echo \"$DEPLOY_TOKEN\" > {out_arg}");
+    let output = broker
+        .run(&exec_args(&["--env-var", "DEPLOY_TOKEN"], &script))
+        .await;
+    assert_success(&output, "exec --env-var");
+    let token = token_written_to(&out).await;
+    assert!(!broker.is_active(&token).await);
+
+    // A command that does not exist: 127, and the token still revoked.
+    let mut args = vec!["exec"];
+    args.extend_from_slice(&READ);
+    args.extend_from_slice(&["--", "/nonexistent/cmd"]);
+    let output = broker.run(&args).await;
+    assert_exit(&output, 127, "exec of a missing command");
+    let log = std::fs::read_to_string(broker.dir.path().join("data").join("audit.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "token_revoked", "{last}");
+}
+
+/// `stint` itself asked to stop: the signal goes to the command, `stint`
+/// waits for it, revokes, and exits with its status.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_forwards_sigterm_and_sigint_then_revokes() {
+    let broker = Broker::start().await;
+    for (signal, name) in [
+        (rustix::process::Signal::TERM, "TERM"),
+        (rustix::process::Signal::INT, "INT"),
+    ] {
+        let out = broker.file(&format!("token-{name}"));
+        let script = format!(
+            "trap 'exit 42' {name}; echo \"$STINT_TOKEN\" > {}; while :; do sleep 0.05; done",
+            out.display()
+        );
+        let mut child = broker.stint(&exec_args(&[], &script)).spawn().unwrap();
+        let token = token_written_to(&out).await;
+        assert!(
+            broker.is_active(&token).await,
+            "active while the command runs"
+        );
+        let pid =
+            rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("stint exits after the command does")
+            .unwrap();
+        assert_eq!(
+            status.code(),
+            Some(42),
+            "SIG{name}: the command's own status"
+        );
+        assert!(!broker.is_active(&token).await, "SIG{name}: revoked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_codes_tell_usage_denial_and_unavailability_apart() {
+    let broker = Broker::start().await;
+    // Usage: no --step.
+    let output = broker.run(&["token", "--scope", "read:demo/a"]).await;
+    assert_exit(&output, 2, "usage");
+    // Denied: a scope the step does not allow.
+    let output = broker
+        .run(&["token", "--step", "read", "--scope", "write:demo/a"])
+        .await;
+    assert_exit(&output, 3, "denied");
+    assert!(
+        text(&output.stderr).contains("invalid_scope"),
+        "{}",
+        text(&output.stderr)
+    );
+    // Unavailable: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let output = Command::new(env!("CARGO_BIN_EXE_stint"))
+        .env_clear()
+        .env("STINT_URL", &url)
+        .env("STINT_CLIENT_ID", "demo-job")
+        .env("STINT_CLIENT_SECRET", "irrelevant-secret-value")
+        .args(["token", "--step", "read", "--scope", "read:demo/a"])
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 4, "unavailable");
+    assert!(!text(&output.stderr).contains("irrelevant-secret-value"));
+    // No credentials at all.
+    let output = Command::new(env!("CARGO_BIN_EXE_stint"))
+        .env_clear()
+        .env("STINT_URL", &url)
+        .args(["token", "--step", "read", "--scope", "read:demo/a"])
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 2, "no credentials");
+    assert!(text(&output.stderr).contains("STINT_CLIENT_SECRET"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_check_and_audit_verify() {
+    let broker = Broker::start().await;
+    let good = broker.file("good.toml");
+    std::fs::write(
+        &good,
+        "[workloads.w]\nsecret_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nworkflows = [\"f\"]\n\n[workflows.f]\nreview_by = 2020-01-01\n\n[workflows.f.steps.s]\nscopes = [\"read:x/**\"]\n",
+    )
+    .unwrap();
+    let output = broker
+        .run(&["policy", "check", good.to_str().unwrap()])
+        .await;
+    assert_success(&output, "policy check");
+    assert!(text(&output.stdout).contains("ok (1 workloads, 1 workflows)"));
+    assert!(
+        text(&output.stderr).contains("past its review date"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let bad = broker.file("bad.toml");
+    std::fs::write(
+        &bad,
+        "[workflows.f]\nreview_by = 2099-01-01\n[workflows.f.steps.s]\nscopes = [\"read:*\"]\n",
+    )
+    .unwrap();
+    let output = broker
+        .run(&["policy", "check", bad.to_str().unwrap()])
+        .await;
+    assert_exit(&output, 1, "invalid policy");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("bad.toml:4"), "file and line: {stderr}");
+
+    // Make a few records, then verify and tamper.
+    let mut args = vec!["token"];
+    args.extend_from_slice(&READ);
+    assert_success(&broker.run(&args).await, "token");
+    let log = broker.dir.path().join("data").join("audit.jsonl");
+    let output = broker
+        .run(&["audit", "verify", log.to_str().unwrap()])
+        .await;
+    assert_success(&output, "audit verify");
+    assert!(text(&output.stdout).contains("chain intact"));
+    let original = std::fs::read_to_string(&log).unwrap();
+    let tampered = original.replacen("\"decision\":\"allow\"", "\"decision\":\"deny\"", 1);
+    assert_ne!(tampered, original);
+    let copy = broker.file("tampered.jsonl");
+    std::fs::write(&copy, tampered).unwrap();
+    let output = broker
+        .run(&["audit", "verify", copy.to_str().unwrap()])
+        .await;
+    assert_exit(&output, 1, "tampered log");
+    assert!(
+        text(&output.stderr).contains("chain broken: line"),
+        "{}",
+        text(&output.stderr)
+    );
+}
