@@ -112,6 +112,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -121,6 +126,19 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Replace the broker's signing key (needs a client with the admin
+    /// capability). The old key stays published until its tokens expire.
+    Rotate {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Print the broker's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -371,6 +389,24 @@ async fn run(command: Command) -> Result<u8, Failure> {
                 println!("  job: {}  step: {}", claims.job, claims.step);
                 println!("  exp: {} ({})", claims.exp, describe_expiry(claims.exp));
                 println!("  (offline: a revocation is only visible to `stint introspect`)");
+            }
+            Ok(0)
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { broker, json },
+        } => {
+            let client = connect(&broker).await?;
+            let rotation = client.rotate_keys().await?;
+            if json {
+                print_json(&rotation)?;
+            } else {
+                println!(
+                    "new signing key {} ({}); {} stays published until {}",
+                    rotation.kid,
+                    rotation.alg,
+                    rotation.retired_kid,
+                    rotation.retired_key_published_until
+                );
             }
             Ok(0)
         }

@@ -380,3 +380,49 @@ async fn policy_check_and_audit_verify() {
         text(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_rotate_needs_an_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_secret = "a-test-admin-secret-0123456789abcdef";
+    let policy = format!(
+        "[workloads.key-admin]\nsecret_sha256 = \"{}\"\ncapabilities = [\"admin\"]\n\n\
+         [workloads.job]\nsecret_sha256 = \"{}\"\nworkflows = [\"f\"]\n\n\
+         [workflows.f]\nreview_by = 2099-01-01\n\n[workflows.f.steps.s]\nscopes = [\"read:x/**\"]\n",
+        stint_core::secret::hash_hex(admin_secret),
+        stint_core::secret::hash_hex("a-test-job-secret-0123456789abcdef"),
+    );
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let mut config =
+        stint_server::Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    config.policy = stint_server::PolicySource::File(path);
+    let server = stint_server::start(config).await.unwrap();
+    let rotate = |id: &str, secret: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stint"));
+        command
+            .env_clear()
+            .env("STINT_URL", server.issuer())
+            .env("STINT_CLIENT_ID", id)
+            .env("STINT_CLIENT_SECRET", secret)
+            .args(["keys", "rotate", "--json"]);
+        command
+    };
+    let output = rotate("job", "a-test-job-secret-0123456789abcdef")
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 3, "a workload without the admin capability");
+    assert!(
+        text(&output.stderr).contains("admin capability"),
+        "{}",
+        text(&output.stderr)
+    );
+    let before = server.published_kids();
+    let output = rotate("key-admin", admin_secret).output().await.unwrap();
+    assert_success(&output, "keys rotate");
+    let rotation: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rotation["retired_kid"], before[0]);
+    assert_eq!(server.published_kids().len(), 2);
+    server.shutdown().await;
+}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stint_proto::{
     AuthorizationServerMetadata, DevClient, IntrospectionResponse, JobRevocationResponse,
-    METADATA_PATH,
+    KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH,
 };
 use tokio::task::JoinSet;
 
@@ -348,6 +348,25 @@ impl Client {
             read_json(&url, response).await
         })
         .await
+    }
+
+    /// Rotate the broker's signing key (`POST /v1/admin/keys/rotate`); the
+    /// client's workload needs the `admin` capability. Not retried: a
+    /// second rotation is not what a retry should do.
+    pub async fn rotate_keys(&self) -> Result<KeyRotationResponse, Error> {
+        let url = format!("{}{KEY_ROTATION_PATH}", self.inner.issuer);
+        let response = self
+            .inner
+            .http
+            .post(&url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                self.inner.credentials.basic(),
+            )
+            .send()
+            .await
+            .map_err(|e| Error::unreachable(&url, &e))?;
+        read_json(&url, response).await
     }
 
     /// Wait for the revocations that dropped [`StepToken`](crate::StepToken)s

@@ -44,6 +44,10 @@ pub enum EventKind {
     /// The audit log was written again after a failed write (recorded by
     /// the readiness check, which probes the log only while it is failing).
     AuditResumed,
+    /// A new signing key replaced the old one (`POST /v1/admin/keys/rotate`).
+    KeysRotated,
+    /// A key rotation request was refused.
+    KeyRotationDenied,
 }
 
 /// Allowed or denied.

@@ -53,6 +53,8 @@ pub enum DenyReason {
     JobRevoked,
     /// The token does not belong to the client asking to revoke it.
     NotTokensOwner,
+    /// An administrative call by a workload without the admin capability.
+    NotAdmin,
     /// The decision could not be recorded or made durable: refused.
     Unavailable,
     /// An internal failure (signing, randomness): refused.
@@ -81,6 +83,7 @@ impl DenyReason {
             Self::ReviewOverdue => "review_overdue",
             Self::JobRevoked => "job_revoked",
             Self::NotTokensOwner => "not_tokens_owner",
+            Self::NotAdmin => "not_admin",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
         }

@@ -38,6 +38,8 @@ use toml::Spanned;
 pub const MAX_POLICY_LEN: usize = 1024 * 1024;
 /// The most scope patterns one step may allow.
 pub const MAX_PATTERNS_PER_STEP: usize = 64;
+/// The capability that allows administrative calls (signing key rotation).
+pub const CAPABILITY_ADMIN: &str = "admin";
 
 /// A validated policy.
 #[derive(Debug, Clone)]
@@ -56,6 +58,7 @@ pub struct Workload {
     client_id: String,
     secret_sha256: [u8; 32],
     workflows: Vec<String>,
+    admin: bool,
 }
 
 /// A named sequence of steps.
@@ -99,6 +102,10 @@ impl Workload {
     /// The workflows it may run.
     pub fn workflows(&self) -> &[String] {
         &self.workflows
+    }
+    /// Whether it has the `admin` capability: it may rotate the signing keys.
+    pub fn is_admin(&self) -> bool {
+        self.admin
     }
 }
 
@@ -322,7 +329,10 @@ struct RawPolicy {
 struct RawWorkload {
     client_id: Option<Spanned<String>>,
     secret_sha256: Spanned<String>,
-    workflows: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    workflows: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    capabilities: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     #[allow(dead_code)] // documentation for humans; accepted, not used
     description: Option<String>,
@@ -426,15 +436,40 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
             &format!("{key}.secret_sha256"),
             errors,
         );
+        let mut admin = false;
+        for (i, capability) in raw_workload
+            .capabilities
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            match capability.get_ref().as_str() {
+                CAPABILITY_ADMIN if !admin => admin = true,
+                CAPABILITY_ADMIN => errors.push(
+                    capability.span(),
+                    &format!("{key}.capabilities[{i}]"),
+                    "capability \"admin\" is listed twice".into(),
+                ),
+                other => errors.push(
+                    capability.span(),
+                    &format!("{key}.capabilities[{i}]"),
+                    format!("unknown capability {other:?} (the only one is \"admin\")"),
+                ),
+            }
+        }
         let mut workload_flows = Vec::new();
-        if raw_workload.workflows.get_ref().is_empty() {
+        let (flows_span, flows) = match raw_workload.workflows {
+            Some(flows) => (flows.span(), flows.into_inner()),
+            None => (span.clone(), Vec::new()),
+        };
+        if flows.is_empty() && !admin {
             errors.push(
-                raw_workload.workflows.span(),
+                flows_span,
                 &format!("{key}.workflows"),
-                "a workload must run at least one workflow".into(),
+                "a workload must run at least one workflow (or have the admin capability)".into(),
             );
         }
-        for (i, flow) in raw_workload.workflows.into_inner().into_iter().enumerate() {
+        for (i, flow) in flows.into_iter().enumerate() {
             let flow_key = format!("{key}.workflows[{i}]");
             if !workflows.contains_key(flow.get_ref()) {
                 errors.push(
@@ -459,6 +494,7 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
                 client_id,
                 secret_sha256,
                 workflows: workload_flows,
+                admin,
             },
         );
     }

@@ -16,7 +16,7 @@ pub use jwk::{Jwk, JwkKey, JwkSet};
 pub use metadata::AuthorizationServerMetadata;
 pub use oauth::{
     DevClient, ErrorCode, ErrorResponse, IntrospectionResponse, JobRevocationResponse,
-    TokenResponse,
+    KeyRotationResponse, TokenResponse,
 };
 
 /// The token endpoint's path.
@@ -32,6 +32,9 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 /// The OpenID-style discovery path; it serves the same document as
 /// [`METADATA_PATH`], for clients that only know this one.
 pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
+
+/// Signing key rotation, for workloads with the `admin` capability.
+pub const KEY_ROTATION_PATH: &str = "/v1/admin/keys/rotate";
 
 /// The `typ` header of every access token Stint mints (RFC 9068 section 2.1).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";

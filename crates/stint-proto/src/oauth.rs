@@ -149,6 +149,20 @@ pub struct JobRevocationResponse {
     pub revoked_at: String,
 }
 
+/// The body of `POST /v1/admin/keys/rotate`'s success response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotationResponse {
+    /// The new signing key's id: it is published and signs from now on.
+    pub kid: String,
+    /// Its algorithm.
+    pub alg: String,
+    /// The key it replaced: still published (so its tokens keep verifying)
+    /// until `retired_key_published_until`, then removed.
+    pub retired_kid: String,
+    /// When the retired key leaves the JWKS, RFC 3339.
+    pub retired_key_published_until: String,
+}
+
 /// The `dev-client.json` file that `stintd --dev` writes: everything a
 /// client needs to ask the dev broker for a token.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

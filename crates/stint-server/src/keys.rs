@@ -1,10 +1,15 @@
 //! Signing keys: created on first start, kept in the store, published as a
 //! JWK set.
 //!
-//! One key signs at a time. A key that stops signing (because the broker was
-//! restarted with another `--signing-alg`) is retired: it stays in the JWK
-//! set, and keeps verifying at introspection, until every token it could
-//! have signed has expired.
+//! One key signs at a time. A key that stops signing (rotated by an admin,
+//! or because the broker was restarted with another `--signing-alg`) is
+//! retired: it stays in the JWK set, and keeps verifying at introspection,
+//! until every token it could have signed has expired, and is then removed
+//! from the JWK set and deleted from the store ([`KeyRing::prune`]).
+//!
+//! A rotation publishes the new key before it signs anything: the JWK set
+//! with both keys is swapped in first, the signer second. A verifier that
+//! meets the new `kid` and fetches the JWK set therefore always finds it.
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -23,6 +28,56 @@ use stint_store::{Store, StoredKey};
 struct Published {
     verify: KeySet,
     jwks: Bytes,
+    kids: Vec<String>,
+}
+
+fn publish(ring: &[RingKey]) -> Result<Published, String> {
+    let mut jwks = JwkSet::default();
+    let mut verify = KeySet::new();
+    let mut kids = Vec::with_capacity(ring.len());
+    for held in ring {
+        jwks.keys.push(held.key.public_jwk().clone());
+        verify.insert(held.key.verifying_key());
+        kids.push(held.key.kid().to_owned());
+    }
+    let jwks = serde_json::to_vec(&jwks).map_err(|e| e.to_string())?;
+    Ok(Published {
+        verify,
+        jwks: Bytes::from(jwks),
+        kids,
+    })
+}
+
+/// How long past `retired_at + MAX_TOKEN_TTL` a retired key stays
+/// published: a mint that loaded the old key just before a rotation signs
+/// a moment after it.
+const RETIREMENT_MARGIN_SECS: i64 = 60;
+
+/// A key the ring still publishes.
+#[derive(Debug)]
+struct RingKey {
+    key: Arc<SigningKey>,
+    retired_at: Option<i64>,
+}
+
+/// Whether a key retired at `retired_at` (if at all) is still published at
+/// `now`.
+fn still_published(retired_at: Option<i64>, now: i64) -> bool {
+    retired_at
+        .is_none_or(|at| at + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS > now)
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The new signing key.
+    pub kid: String,
+    /// Its algorithm.
+    pub alg: Algorithm,
+    /// The key it replaced.
+    pub retired_kid: String,
+    /// When the replaced key leaves the JWK set (seconds since the epoch).
+    pub retired_until: i64,
 }
 
 /// The current signing key and the published verification keys.
@@ -30,6 +85,8 @@ struct Published {
 pub struct KeyRing {
     signing: ArcSwap<SigningKey>,
     published: ArcSwap<Published>,
+    /// Every published key; rotations and pruning change it under this lock.
+    ring: tokio::sync::Mutex<Vec<RingKey>>,
 }
 
 impl KeyRing {
@@ -93,31 +150,109 @@ impl KeyRing {
             }
         }
 
-        let mut signing_key = None;
-        let mut jwks = JwkSet::default();
-        let mut verify = KeySet::new();
+        let now = now.timestamp();
+        let mut ring = Vec::with_capacity(loaded.len());
         for (stored, signing) in loaded {
-            let active = stored.kid == active_kid;
-            let still_verifying = stored
-                .retired_at
-                .is_some_and(|at| at + i64::from(MAX_TOKEN_TTL.as_secs()) > now.timestamp());
-            if active || still_verifying {
-                jwks.keys.push(signing.public_jwk().clone());
-                verify.insert(signing.verifying_key());
-            }
-            if active {
-                signing_key = Some(signing);
+            if stored.kid == active_kid || still_published(stored.retired_at, now) {
+                ring.push(RingKey {
+                    key: Arc::new(signing),
+                    retired_at: stored.retired_at,
+                });
+            } else if let Err(error) = store.delete_signing_key(&stored.kid).await {
+                tracing::warn!(kid = %stored.kid, %error, "could not delete an expired signing key");
             }
         }
-        let signing_key = signing_key.ok_or("no active signing key")?;
-        let jwks = serde_json::to_vec(&jwks).map_err(|e| e.to_string())?;
+        let signing_key = ring
+            .iter()
+            .find(|k| k.key.kid() == active_kid)
+            .map(|k| Arc::clone(&k.key))
+            .ok_or("no active signing key")?;
+        let published = publish(&ring)?;
         Ok(Self {
-            signing: ArcSwap::from_pointee(signing_key),
-            published: ArcSwap::from_pointee(Published {
-                verify,
-                jwks: Bytes::from(jwks),
-            }),
+            signing: ArcSwap::new(signing_key),
+            published: ArcSwap::from_pointee(published),
+            ring: tokio::sync::Mutex::new(ring),
         })
+    }
+
+    /// Replace the signing key with a new one of the same algorithm. The new
+    /// key is stored, then published, then signs; the old one is retired and
+    /// stays published until its last token has expired.
+    pub async fn rotate(
+        &self,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+        rng: &(dyn SecureRandom + Sync),
+    ) -> Result<Rotation, String> {
+        let mut ring = self.ring.lock().await;
+        let current = self.signing.load_full();
+        let alg = current.alg();
+        let (next, pkcs8) = SigningKey::generate(alg, rng).map_err(|e| e.to_string())?;
+        let now = now.timestamp();
+        store
+            .insert_signing_key(&StoredKey {
+                kid: next.kid().to_owned(),
+                alg: alg.as_str().to_owned(),
+                pkcs8,
+                created_at: now,
+                retired_at: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        store
+            .retire_signing_key(current.kid(), now)
+            .await
+            .map_err(|e| e.to_string())?;
+        for held in ring.iter_mut() {
+            if held.key.kid() == current.kid() {
+                held.retired_at = Some(now);
+            }
+        }
+        let next = Arc::new(next);
+        ring.push(RingKey {
+            key: Arc::clone(&next),
+            retired_at: None,
+        });
+        // Published first, signing second.
+        self.published.store(Arc::new(publish(&ring)?));
+        self.signing.store(Arc::clone(&next));
+        tracing::info!(kid = next.kid(), retired = current.kid(), %alg, "rotated the signing key");
+        Ok(Rotation {
+            kid: next.kid().to_owned(),
+            alg,
+            retired_kid: current.kid().to_owned(),
+            retired_until: now + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS,
+        })
+    }
+
+    /// Remove retired keys whose tokens have all expired from the JWK set
+    /// and the store. Returns how many were removed.
+    pub async fn prune(&self, store: &dyn Store, now: DateTime<Utc>) -> usize {
+        let mut ring = self.ring.lock().await;
+        let now = now.timestamp();
+        let before = ring.len();
+        let mut expired = Vec::new();
+        ring.retain(|held| {
+            let keep = still_published(held.retired_at, now);
+            if !keep {
+                expired.push(held.key.kid().to_owned());
+            }
+            keep
+        });
+        if expired.is_empty() {
+            return 0;
+        }
+        match publish(&ring) {
+            Ok(published) => self.published.store(Arc::new(published)),
+            Err(error) => tracing::error!(%error, "could not republish the keys"),
+        }
+        for kid in &expired {
+            tracing::info!(%kid, "a retired signing key's tokens have all expired: unpublished");
+            if let Err(error) = store.delete_signing_key(kid).await {
+                tracing::warn!(%kid, %error, "could not delete an expired signing key");
+            }
+        }
+        before - ring.len()
     }
 
     /// The key that signs new tokens.
@@ -134,6 +269,14 @@ impl KeyRing {
         now: i64,
     ) -> Result<AccessTokenClaims, TokenError> {
         access_token::verify(token, &self.published.load().verify, expect, now)
+    }
+
+    /// The key ids in the JWK set.
+    pub fn published_kids(&self) -> Vec<String> {
+        let published = self.published.load();
+        let mut kids: Vec<String> = published.kids.clone();
+        kids.sort();
+        kids
     }
 
     /// The JWK set document, pre-serialized.
@@ -172,7 +315,12 @@ mod tests {
         let jwks: JwkSet = serde_json::from_slice(&ed.jwks_json()).unwrap();
         assert_eq!(jwks.keys.len(), 2, "the retired ES256 key stays published");
 
-        let later = at(3_000 + i64::from(MAX_TOKEN_TTL.as_secs()));
+        let still = at(3_000 + i64::from(MAX_TOKEN_TTL.as_secs()));
+        let ed_still = KeyRing::load_or_create(&store, Algorithm::EdDSA, still, &rng)
+            .await
+            .unwrap();
+        assert_eq!(ed_still.published_kids().len(), 2, "within the margin");
+        let later = at(3_000 + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS);
         let ed_later = KeyRing::load_or_create(&store, Algorithm::EdDSA, later, &rng)
             .await
             .unwrap();
@@ -183,5 +331,10 @@ mod tests {
             "once its tokens have expired, the retired key is gone"
         );
         assert_eq!(jwks.keys[0].kid.as_deref(), Some(ed.signing_key().kid()));
+        assert_eq!(
+            store.signing_keys().await.unwrap().len(),
+            1,
+            "and deleted from the store"
+        );
     }
 }

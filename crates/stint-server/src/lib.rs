@@ -94,10 +94,16 @@ impl RunningServer {
     }
 
     /// Drop revocations whose tokens would have expired anyway, from memory
-    /// and from the store, as the background task does every minute.
-    /// Returns how many entries left memory.
+    /// and from the store, and unpublish retired signing keys whose tokens
+    /// have all expired, as the background task does every minute. Returns
+    /// how many revocation entries left memory.
     pub async fn purge_expired(&self) -> usize {
         purge(&self.state).await
+    }
+
+    /// The key ids the JWK set publishes now.
+    pub fn published_kids(&self) -> Vec<String> {
+        self.state.keys.published_kids()
     }
 
     /// A few lines for a person starting the broker by hand.
@@ -367,6 +373,7 @@ async fn purge(state: &AppState) -> usize {
     if dropped > 0 {
         tracing::debug!(dropped, "dropped expired revocations from memory");
     }
+    state.keys.prune(state.store.as_ref(), now).await;
     dropped
 }
 

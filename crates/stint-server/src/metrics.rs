@@ -58,6 +58,7 @@ pub struct Metrics {
     audit_failures: Counter,
     audit_batch: Histogram,
     shed: Counter,
+    key_rotations: Counter,
 }
 
 impl Metrics {
@@ -135,6 +136,12 @@ impl Metrics {
             "Requests refused with 503 because too many were in flight",
             shed.clone(),
         );
+        let key_rotations = Counter::default();
+        registry.register(
+            "signing_key_rotations",
+            "Signing key rotations",
+            key_rotations.clone(),
+        );
         Self {
             registry,
             minted,
@@ -149,7 +156,12 @@ impl Metrics {
             audit_failures,
             audit_batch,
             shed,
+            key_rotations,
         }
+    }
+
+    pub(crate) fn key_rotated(&self) {
+        self.key_rotations.inc();
     }
 
     pub(crate) fn shed(&self) {

@@ -162,4 +162,20 @@ async fn signing_keys_round_trip(store: &dyn Store) {
         ],
         "keys come back oldest first, retirement recorded once"
     );
+    store
+        .delete_signing_key("kid-new")
+        .await
+        .expect("deleting an active key is a no-op");
+    store
+        .delete_signing_key("kid-old")
+        .await
+        .expect("delete a retired key");
+    let kids: Vec<String> = store
+        .signing_keys()
+        .await
+        .expect("load keys")
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["kid-new"], "only the retired key is gone");
 }

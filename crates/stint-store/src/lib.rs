@@ -108,6 +108,9 @@ pub trait Store: Send + Sync + 'static {
     /// until its last token has expired.
     async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError>;
 
+    /// Forget a retired key whose tokens have all expired.
+    async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError>;
+
     /// Whether the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;
 }

@@ -240,6 +240,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+        let kid = kid.to_owned();
+        self.run("delete signing key", move |c| {
+            c.execute(
+                "DELETE FROM signing_keys WHERE kid = ?1 AND retired_at IS NOT NULL",
+                params![kid],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         self.run("health check", |c| {
             c.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))

@@ -10,6 +10,7 @@
 //! queueing without bound: with the 64 KiB body cap, this bounds what
 //! clients can make the broker buffer (64 MiB at the default 1024).
 
+mod admin;
 mod client_auth;
 mod discovery;
 mod introspect;
@@ -48,7 +49,7 @@ const METRICS: &str = "/metrics";
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
-const ROUTES: [&str; 10] = [
+const ROUTES: [&str; 11] = [
     proto::METADATA_PATH,
     proto::OPENID_CONFIGURATION_PATH,
     proto::JWKS_PATH,
@@ -56,6 +57,7 @@ const ROUTES: [&str; 10] = [
     proto::REVOCATION_PATH,
     proto::INTROSPECTION_PATH,
     JOB_REVOKE_ROUTE,
+    proto::KEY_ROTATION_PATH,
     HEALTHZ,
     READYZ,
     METRICS,
@@ -70,6 +72,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(proto::REVOCATION_PATH, post(revoke::revoke_token))
         .route(proto::INTROSPECTION_PATH, post(introspect::introspect))
         .route(JOB_REVOKE_ROUTE, post(revoke::revoke_job))
+        .route(proto::KEY_ROTATION_PATH, post(admin::rotate_keys))
         .route(HEALTHZ, get(ops::healthz))
         .route(READYZ, get(ops::readyz))
         .route(METRICS, get(ops::metrics))
