@@ -61,6 +61,8 @@
 //! `error_description` when it refused, and distinct variants for an
 //! unreachable broker and each reason a token is rejected ([`TokenError`]).
 
+#![deny(missing_docs)]
+
 mod client;
 mod error;
 mod step;
