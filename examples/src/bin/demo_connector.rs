@@ -112,8 +112,9 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn describe(step: &str, token: &StepToken) {
+    let label = format!("[{step}]");
     println!(
-        "[{step}] token minted for {} (expires in {} s)",
+        "{label:<7} token minted for {} (expires in {} s)",
         token.scopes().collect::<Vec<_>>().join(" "),
         token.expires_in()
     );
