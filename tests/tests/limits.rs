@@ -79,6 +79,29 @@ async fn a_connection_that_sends_nothing_is_closed() {
     );
 }
 
+/// An HTTP/2 client (prior knowledge) that sends the preface and its
+/// settings, then nothing: hyper has no timer for that, the broker does.
+#[tokio::test]
+async fn an_http2_connection_that_never_sends_a_request_is_closed() {
+    let broker = broker_with(short_limits()).await;
+    let mut stream = TcpStream::connect(broker.server().local_addr())
+        .await
+        .unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS frame: length 0, type 4, flags 0, stream 0.
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&hello).await.unwrap();
+    let (received, took) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        !received.is_empty(),
+        "the server spoke HTTP/2 (its SETTINGS) before closing"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
     // hyper's own header timeout would also end an idle HTTP/1 connection;
@@ -174,7 +197,15 @@ async fn requests_beyond_the_in_flight_cap_get_503() {
     holder.write_all(request.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let response = healthz(&broker).await;
+    let introspect = || {
+        broker
+            .http
+            .post(broker.url(INTROSPECTION_PATH))
+            .basic_auth("demo-job", Some(test_secret("demo-job")))
+            .form(&[("token", "x.y.z")])
+            .send()
+    };
+    let response = introspect().await.unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(
         response
@@ -185,11 +216,24 @@ async fn requests_beyond_the_in_flight_cap_get_503() {
     );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    // Health, discovery and keys are never shed.
+    assert_eq!(healthz(&broker).await.status(), 200);
+    let jwks = broker
+        .http
+        .get(broker.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200);
 
     // Once the holder's body times out, the permit is back.
     let (received, _) = read_until_closed(&mut holder, Duration::from_secs(10)).await;
     assert!(received.starts_with(b"HTTP/1.1 408"));
-    assert_eq!(healthz(&broker).await.status(), 200);
+    assert_eq!(
+        introspect().await.unwrap().status(),
+        400,
+        "handled again: a malformed token, not a shed request"
+    );
     assert!(
         broker
             .metrics()

@@ -149,6 +149,25 @@ async fn a_step_that_fails_returns_early_or_panics_still_revokes() {
     assert_revoked_soon(&broker, &outside, "the thread-dropped token revoked").await;
 }
 
+/// A `finish` whose future is dropped before it completes (a timeout, a
+/// `select!`) still revokes: the guard goes with the token.
+#[tokio::test]
+async fn a_cancelled_finish_still_revokes() {
+    let broker = TestBroker::start().await;
+    let client = client_for(&broker).await;
+    let step = read_token(&client, "read:demo/c").await;
+    let token = step.token().to_owned();
+    // Poll `finish` once, then drop it.
+    let cancelled = tokio::select! {
+        biased;
+        _ = step.finish() => false,
+        () = std::future::ready(()) => true,
+    };
+    assert!(cancelled, "the finish was cut short");
+    client.flush().await;
+    assert!(!is_active(&broker, &token).await);
+}
+
 #[tokio::test]
 async fn completing_a_job_revokes_all_its_tokens() {
     let broker = TestBroker::start().await;
@@ -232,6 +251,14 @@ async fn wrong_credentials_and_an_unreachable_broker_are_told_apart() {
         .unwrap_err();
     assert!(error.is_unavailable(), "{error}");
     assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
+
+    // Plain HTTP is for a loopback dev broker only.
+    let error = Client::builder("http://stint.example.com")
+        .credentials(Credentials::new("a", "b"))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Config(_)), "{error:?}");
 }
 
 /// A broker stand-in whose revocation endpoint fails twice with 503 before

@@ -1,13 +1,16 @@
 //! `stint exec`: a token that lives exactly as long as a command.
 //!
-//! The token goes to the child in one environment variable. `SIGINT` and
-//! `SIGTERM` sent to `stint` are passed on to the child, and `stint` itself
-//! does not die of them: it waits for the child to exit, revokes the token
-//! (waiting for the broker's acknowledgement, with retries), and only then
-//! exits, with the child's status. So the token is revoked whether the
-//! command succeeds, fails, is killed by a signal, or `stint` is asked to
-//! stop. What no program can survive, `SIGKILL` of `stint` itself, leaves the
-//! token to expire at its `exp`.
+//! The token goes to the child in one environment variable; the workload's
+//! client secret does not (`STINT_CLIENT_SECRET` is removed from the child's
+//! environment, and `stint` makes itself non-dumpable so that the child,
+//! running as the same user, cannot read it from `/proc`). `SIGINT`,
+//! `SIGTERM`, `SIGHUP` and `SIGQUIT` sent to `stint` are passed on to the
+//! child, and `stint` itself does not die of them: it waits for the child to
+//! exit, revokes the token (waiting for the broker's acknowledgement, with
+//! retries), and only then exits, with the child's status. So the token is
+//! revoked whether the command succeeds, fails, is killed by a signal, or
+//! `stint` is asked to stop. What no program can survive, `SIGKILL` of
+//! `stint` itself, leaves the token to expire at its `exp`.
 
 use crate::{EXIT_FAILURE, EXIT_UNAVAILABLE, Failure};
 use rustix::process::{Pid, Signal, kill_process};
@@ -19,6 +22,8 @@ use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
 pub(crate) struct Signals {
     interrupt: SignalStream,
     terminate: SignalStream,
+    hangup: SignalStream,
+    quit: SignalStream,
 }
 
 impl Signals {
@@ -26,13 +31,36 @@ impl Signals {
     /// so that no moment exists where a token is out and a signal would
     /// kill `stint` without revoking it.
     pub(crate) fn catch() -> Result<Self, Failure> {
+        // The secret is in this process's environment; a child running as
+        // the same user could otherwise read /proc/<stint>/environ.
+        if let Err(error) =
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        {
+            eprintln!("stint: warning: could not make the process non-dumpable: {error}");
+        }
         let failed =
             |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("cannot catch signals: {e}"));
         Ok(Self {
             interrupt: signal(SignalKind::interrupt()).map_err(failed)?,
             terminate: signal(SignalKind::terminate()).map_err(failed)?,
+            hangup: signal(SignalKind::hangup()).map_err(failed)?,
+            quit: signal(SignalKind::quit()).map_err(failed)?,
         })
     }
+}
+
+/// Check what can be checked before a token is minted.
+pub(crate) fn check_command(env_var: &str, command: &[String]) -> Result<(), Failure> {
+    if env_var.is_empty() || env_var.contains(['=', '\0']) {
+        return Err(Failure::new(
+            2,
+            format!("{env_var:?} is not an environment variable name"),
+        ));
+    }
+    if command.is_empty() {
+        return Err(Failure::new(2, "no command given"));
+    }
+    Ok(())
 }
 
 /// Run `command` with the token in `env_var`; revoke; return the exit code.
@@ -42,10 +70,6 @@ pub(crate) async fn run(
     env_var: &str,
     command: &[String],
 ) -> Result<u8, Failure> {
-    if env_var.is_empty() || env_var.contains(['=', '\0']) {
-        let error = format!("{env_var:?} is not an environment variable name");
-        return Err(revoke_then_fail(step, Failure::new(2, error)).await);
-    }
     let Some((program, args)) = command.split_first() else {
         return Err(revoke_then_fail(step, Failure::new(2, "no command given")).await);
     };
@@ -54,10 +78,13 @@ pub(crate) async fn run(
         biased;
         _ = signals.interrupt.recv() => return stop_before_start(step, 2).await,
         _ = signals.terminate.recv() => return stop_before_start(step, 15).await,
+        _ = signals.hangup.recv() => return stop_before_start(step, 1).await,
+        _ = signals.quit.recv() => return stop_before_start(step, 3).await,
         () = std::future::ready(()) => {}
     }
     let spawned = tokio::process::Command::new(program)
         .args(args)
+        .env_remove("STINT_CLIENT_SECRET")
         .env(env_var, step.token())
         .spawn();
     let mut child = match spawned {
@@ -82,6 +109,8 @@ pub(crate) async fn run(
             status = child.wait() => break status,
             _ = signals.interrupt.recv() => forward(pid, Signal::INT),
             _ = signals.terminate.recv() => forward(pid, Signal::TERM),
+            _ = signals.hangup.recv() => forward(pid, Signal::HUP),
+            _ = signals.quit.recv() => forward(pid, Signal::QUIT),
         }
     };
     let code = match status {

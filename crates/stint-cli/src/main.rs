@@ -285,6 +285,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
             env_var,
             command,
         } => {
+            exec::check_command(&env_var, &command)?;
             let signals = exec::Signals::catch()?;
             let client = connect(&broker).await?;
             let step = request_token(&client, &request).await?;
@@ -461,7 +462,18 @@ async fn connect(args: &BrokerArgs) -> Result<Client, Failure> {
     let credentials = match (&args.client_id, secret_from_env, file) {
         (Some(id), Some(secret), _) => Credentials::new(id.clone(), secret),
         (None, _, Some(file)) => Credentials::new(file.client_id, file.client_secret),
-        (Some(_), None, Some(file)) => Credentials::new(file.client_id, file.client_secret),
+        (Some(id), None, Some(file)) if *id == file.client_id => {
+            Credentials::new(file.client_id, file.client_secret)
+        }
+        (Some(id), None, Some(file)) => {
+            return Err(Failure::new(
+                2,
+                format!(
+                    "the client id {id:?} is not the credentials file's ({:?}), and STINT_CLIENT_SECRET is not set",
+                    file.client_id
+                ),
+            ));
+        }
         _ => {
             return Err(Failure::new(
                 2,

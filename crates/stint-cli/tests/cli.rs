@@ -222,6 +222,22 @@ async fn exec_revokes_when_the_command_succeeds_fails_or_is_killed() {
     let token = token_written_to(&out).await;
     assert!(!broker.is_active(&token).await, "revoked after the kill");
 
+    // The workload's secret stays with stint: the command gets the token
+    // and nothing that could mint another.
+    std::fs::remove_file(&out).unwrap();
+    let script = format!(
+        "test -z \"$STINT_CLIENT_SECRET\" && test -n \"$STINT_TOKEN\" && echo \"$STINT_TOKEN\" > {out_arg}"
+    );
+    let output = broker
+        .stint(&exec_args(&[], &script))
+        .env("STINT_CLIENT_SECRET", "the-workloads-long-lived-secret")
+        .output()
+        .await
+        .unwrap();
+    assert_success(&output, "exec without the secret in the child");
+    let token = token_written_to(&out).await;
+    assert!(!broker.is_active(&token).await);
+
     // Another variable name.
     std::fs::remove_file(&out).unwrap();
     let script = format!("test -z \"$STINT_TOKEN\" && echo \"$DEPLOY_TOKEN\" > {out_arg}");
@@ -246,11 +262,12 @@ async fn exec_revokes_when_the_command_succeeds_fails_or_is_killed() {
 /// `stint` itself asked to stop: the signal goes to the command, `stint`
 /// waits for it, revokes, and exits with its status.
 #[tokio::test(flavor = "multi_thread")]
-async fn exec_forwards_sigterm_and_sigint_then_revokes() {
+async fn exec_forwards_signals_then_revokes() {
     let broker = Broker::start().await;
     for (signal, name) in [
         (rustix::process::Signal::TERM, "TERM"),
         (rustix::process::Signal::INT, "INT"),
+        (rustix::process::Signal::HUP, "HUP"),
     ] {
         let out = broker.file(&format!("token-{name}"));
         let script = format!(

@@ -21,10 +21,11 @@ pub const MAX_RESPONSE_LEN: usize = 1024 * 1024;
 
 /// How long to wait for a connection, and for a whole answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Retries of a revocation on connection errors and 5xx: the delays between
-/// attempts (about 6 s in all, then the error is returned).
+/// Retries of a revocation on connection errors, 408, 429 and 5xx: the
+/// delays between attempts (about 6 s in all; with every attempt timing
+/// out, about a minute), then the error is returned.
 const REVOKE_BACKOFF: [Duration; 5] = [
     Duration::from_millis(100),
     Duration::from_millis(250),
@@ -85,6 +86,28 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// Check the issuer URL: `https://`, or `http://` on a loopback host
+    /// only (a dev broker), never with a path, query or fragment.
+    fn check_issuer(&self) -> Result<(), Error> {
+        let bad = |why: &str| Error::Config(format!("the issuer {:?} {why}", self.issuer));
+        let (rest, plain) = if let Some(rest) = self.issuer.strip_prefix("https://") {
+            (rest, false)
+        } else if let Some(rest) = self.issuer.strip_prefix("http://") {
+            (rest, true)
+        } else {
+            return Err(bad("is not an https:// URL"));
+        };
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(bad("must be an origin (scheme, host, optional port)"));
+        }
+        if plain && !is_loopback_authority(rest) {
+            return Err(bad(
+                "is plain http:// to a host that is not loopback: the client secret would cross the network in clear; use https://",
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn new(issuer: impl Into<String>) -> Self {
         Self {
             issuer: issuer.into().trim_end_matches('/').to_owned(),
@@ -140,12 +163,7 @@ impl Connection {
         &self,
         http: &reqwest::Client,
     ) -> Result<AuthorizationServerMetadata, Error> {
-        if !(self.issuer.starts_with("https://") || self.issuer.starts_with("http://")) {
-            return Err(Error::Config(format!(
-                "the issuer {:?} is not an https:// URL",
-                self.issuer
-            )));
-        }
+        self.check_issuer()?;
         let url = format!("{}{METADATA_PATH}", self.issuer);
         let response = http
             .get(&url)
@@ -160,6 +178,21 @@ impl Connection {
                     "the metadata names issuer {:?}, not {:?}",
                     metadata.issuer, self.issuer
                 ),
+            ));
+        }
+        // Stint serves every endpoint at its own origin. One elsewhere is
+        // not Stint's, and would be sent the client's secret.
+        let origin = format!("{}/", self.issuer);
+        let endpoints = [
+            &metadata.token_endpoint,
+            &metadata.revocation_endpoint,
+            &metadata.introspection_endpoint,
+            &metadata.jwks_uri,
+        ];
+        if let Some(foreign) = endpoints.iter().find(|e| !e.starts_with(&origin)) {
+            return Err(Error::protocol(
+                &url,
+                format!("the endpoint {foreign:?} is not on the issuer's origin"),
             ));
         }
         Ok(metadata)
@@ -457,6 +490,19 @@ impl Client {
     }
 }
 
+/// Whether `authority` (`host[:port]`) names this machine.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Run `attempt` until it succeeds, fails for good, or the backoff runs out.
 async fn retrying<T, F, Fut>(url: &str, mut attempt: F) -> Result<T, Error>
 where
@@ -607,6 +653,22 @@ fn path_segment_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback_and_only_origins() {
+        let ok = |issuer: &str| Connection::new(issuer).check_issuer().is_ok();
+        assert!(ok("https://stint.example.com"));
+        assert!(ok("https://stint.example.com:8443"));
+        assert!(ok("http://127.0.0.1:8780"));
+        assert!(ok("http://[::1]:8780"));
+        assert!(ok("http://localhost:8780"));
+        assert!(!ok("http://stint.example.com"));
+        assert!(!ok("http://10.0.0.1:8780"));
+        assert!(!ok("http://127.0.0.1.evil.example:80"));
+        assert!(!ok("https://stint.example.com/tenant"));
+        assert!(!ok("https://user@stint.example.com"));
+        assert!(!ok("ftp://stint.example.com"));
+    }
 
     #[test]
     fn credentials_never_print_the_secret() {

@@ -50,6 +50,12 @@ pub enum Error {
     Inactive,
 }
 
+/// 408 (the request was not sent in time) and 429 (too many requests) say
+/// nothing about whether the request would be granted.
+fn is_transient(status: u16) -> bool {
+    matches!(status, 408 | 429)
+}
+
 fn describe(description: Option<&str>) -> String {
     description.map(|d| format!(": {d}")).unwrap_or_default()
 }
@@ -59,18 +65,18 @@ impl Error {
     /// credential problem, or a rejected token.
     pub fn is_denial(&self) -> bool {
         match self {
-            Self::OAuth { status, .. } => *status < 500,
+            Self::OAuth { status, .. } => *status < 500 && !is_transient(*status),
             Self::InvalidToken(_) | Self::Inactive => true,
             _ => false,
         }
     }
 
-    /// The broker is down, unreachable or temporarily unable to decide
-    /// (503 `temporarily_unavailable`): asking later may work.
+    /// The broker is down, unreachable, slow, rate-limiting or temporarily
+    /// unable to decide (408, 429, 5xx): asking later may work.
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Unreachable { .. } => true,
-            Self::OAuth { status, .. } => *status >= 500,
+            Self::OAuth { status, .. } => *status >= 500 || is_transient(*status),
             _ => false,
         }
     }

@@ -72,6 +72,6 @@ pub use client::{Client, ClientBuilder, Credentials, MAX_RESPONSE_LEN};
 pub use error::{Error, TokenError};
 pub use step::{Job, StepRequest, StepToken};
 pub use verifier::{
-    DEFAULT_INTROSPECTION_CACHE, DEFAULT_LEEWAY, DEFAULT_MIN_REFRESH_INTERVAL, VerifiedToken,
-    Verifier, VerifierBuilder,
+    DEFAULT_INTROSPECTION_CACHE, DEFAULT_LEEWAY, DEFAULT_MAX_KEY_AGE, DEFAULT_MIN_REFRESH_INTERVAL,
+    VerifiedToken, Verifier, VerifierBuilder,
 };

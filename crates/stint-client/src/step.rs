@@ -112,14 +112,17 @@ impl StepRequest {
 /// # What is guaranteed
 ///
 /// - [`finish`](Self::finish) revokes the token and returns only once the
-///   broker acknowledged, retrying with backoff (about 6 s in all) on
-///   connection errors and 5xx answers. After `Ok(())` the token is inactive
-///   everywhere the broker is asked.
+///   broker acknowledged, retrying with backoff (about 6 s of waiting in
+///   all, each attempt with a 10 s timeout) on connection errors, 408, 429
+///   and 5xx answers. After `Ok(())` the token is inactive everywhere the
+///   broker is asked. If `finish` fails, or its future is dropped before it
+///   completes, the guard revokes in the background as below.
 /// - A guard dropped without `finish` (the step returned early, failed with
 ///   `?`, or panicked and unwound) starts the same revocation in the
 ///   background the moment it drops: as a task on the current Tokio runtime,
 ///   or, if there is none, on a thread of its own. [`Client::flush`] waits
-///   for those background revocations; call it before the process exits.
+///   for the tasks (not for such threads); call it before the process
+///   exits.
 /// - What cannot be guaranteed: a process that exits (or is killed, or
 ///   aborts on panic with `panic = "abort"`) before a background revocation
 ///   is acknowledged leaves the token valid until its `exp`. That is why
@@ -179,12 +182,18 @@ impl StepToken {
     }
 
     /// The step is done: revoke the token and wait for the broker's
-    /// acknowledgement.
+    /// acknowledgement. If this future is dropped before it completes (a
+    /// `select!`, a timeout), or the revocation fails after its retries, the
+    /// guard still drops with the token and revokes it in the background.
     pub async fn finish(mut self) -> Result<(), Error> {
-        match self.token.take() {
-            Some(token) => self.client.revoke(&token).await,
-            None => Ok(()),
+        let Some(token) = self.token.as_deref() else {
+            return Ok(());
+        };
+        let result = self.client.revoke(token).await;
+        if result.is_ok() {
+            self.token = None;
         }
+        result
     }
 }
 

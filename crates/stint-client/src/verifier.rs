@@ -19,6 +19,10 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// naming an unknown key (so a flood of forged `kid`s cannot make the
 /// verifier hammer the broker).
 pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// The default age after which the key set is fetched again, so that keys
+/// the broker has stopped publishing (a retired or compromised key) stop
+/// being trusted here too.
+pub const DEFAULT_MAX_KEY_AGE: Duration = Duration::from_secs(300);
 /// The default time an introspection answer is reused.
 pub const DEFAULT_INTROSPECTION_CACHE: Duration = Duration::from_secs(5);
 /// The most introspection answers kept.
@@ -32,6 +36,7 @@ pub struct VerifierBuilder {
     any_audience: bool,
     leeway: Duration,
     min_refresh_interval: Duration,
+    max_key_age: Duration,
     introspection: Option<(Credentials, Duration)>,
     error: Option<Error>,
 }
@@ -62,6 +67,16 @@ impl VerifierBuilder {
     /// `kid` (default 10 s).
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         self.min_refresh_interval = interval;
+        self
+    }
+
+    /// Fetch the key set again once it is this old (default 5 minutes), on
+    /// the next verification, so that keys the broker no longer publishes
+    /// stop verifying here. If that fetch fails, the keys held are kept (and
+    /// the failure logged): the broker being down does not stop
+    /// verification.
+    pub fn max_key_age(mut self, age: Duration) -> Self {
+        self.max_key_age = age;
         self
     }
 
@@ -121,7 +136,9 @@ impl VerifierBuilder {
             audience: self.audience,
             leeway_secs: i64::try_from(self.leeway.as_secs()).unwrap_or(MAX_LEEWAY_SECS),
             min_refresh_interval: self.min_refresh_interval,
+            max_key_age: self.max_key_age,
             keys: RwLock::new(Arc::new(KeySet::new())),
+            fetched: Mutex::new(None),
             last_refresh: tokio::sync::Mutex::new(None),
             introspection: self.introspection,
             answers: Mutex::new(HashMap::new()),
@@ -141,7 +158,9 @@ impl VerifierBuilder {
 /// issuer, the audience, and `exp`/`nbf` within a small leeway. An unknown
 /// `kid` makes it fetch the JWKS again (at most once per
 /// [`VerifierBuilder::min_refresh_interval`]), which is how it picks up a
-/// rotated key. Cheap to clone.
+/// rotated key; and the set is fetched again once it is older than
+/// [`VerifierBuilder::max_key_age`], which is how a key the broker stopped
+/// publishing stops verifying. Cheap to clone.
 #[derive(Clone)]
 pub struct Verifier {
     inner: Arc<Inner>,
@@ -155,7 +174,10 @@ struct Inner {
     audience: Option<String>,
     leeway_secs: i64,
     min_refresh_interval: Duration,
+    max_key_age: Duration,
     keys: RwLock<Arc<KeySet>>,
+    /// When the keys held were fetched.
+    fetched: Mutex<Option<Instant>>,
     /// When the keys were last fetched; held while fetching.
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
     introspection: Option<(Credentials, Duration)>,
@@ -182,6 +204,7 @@ impl Verifier {
             any_audience: false,
             leeway: DEFAULT_LEEWAY,
             min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+            max_key_age: DEFAULT_MAX_KEY_AGE,
             introspection: None,
             error: None,
         }
@@ -192,9 +215,13 @@ impl Verifier {
         &self.inner.issuer
     }
 
-    /// Verify `token` offline. Fetches the keys again only if the token
-    /// names a key not seen yet (rate-limited).
+    /// Verify `token` offline. Fetches the keys again if they are older than
+    /// the maximum key age, or if the token names a key not seen yet (both
+    /// rate-limited).
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, Error> {
+        if self.keys_are_old() {
+            self.refresh_old_keys().await;
+        }
         match self.verify_with_cached_keys(token) {
             Err(Error::InvalidToken(TokenError::UnknownKey)) => {
                 let Some(kid) = access_token::key_id(token) else {
@@ -263,6 +290,29 @@ impl Verifier {
         Ok(())
     }
 
+    fn keys_are_old(&self) -> bool {
+        let fetched = match self.inner.fetched.lock() {
+            Ok(fetched) => *fetched,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        fetched.is_none_or(|at| at.elapsed() >= self.inner.max_key_age)
+    }
+
+    /// Fetch the keys again because they are old, unless another task just
+    /// did or the rate limit says no. A failure keeps the keys held.
+    async fn refresh_old_keys(&self) {
+        let mut last = self.inner.last_refresh.lock().await;
+        if !self.keys_are_old()
+            || last.is_some_and(|at| at.elapsed() < self.inner.min_refresh_interval)
+        {
+            return;
+        }
+        *last = Some(Instant::now());
+        if let Err(error) = self.fetch_keys().await {
+            tracing::warn!(%error, "could not refresh the broker's keys; keeping the ones held");
+        }
+    }
+
     /// Refresh for an unknown `kid`, unless another task just did or the
     /// rate limit says no. Returns whether `kid` is now known.
     async fn refresh_for(&self, kid: &str) -> Result<bool, Error> {
@@ -310,6 +360,10 @@ impl Verifier {
         match self.inner.keys.write() {
             Ok(mut held) => *held = keys,
             Err(poisoned) => *poisoned.into_inner() = keys,
+        }
+        match self.inner.fetched.lock() {
+            Ok(mut fetched) => *fetched = Some(Instant::now()),
+            Err(poisoned) => *poisoned.into_inner() = Some(Instant::now()),
         }
         Ok(())
     }

@@ -5,12 +5,14 @@
 //! its `alg` (never `none`, never an HMAC, and always the algorithm pinned to
 //! the key its `kid` names), `typ: at+jwt` (RFC 9068 section 4), the
 //! signature, the claims' shape, `iss`, `aud` (when the caller names one),
-//! `nbf` and `exp` with a leeway. Every failure is its own [`TokenError`]
+//! a lifetime no longer than [`MAX_TOKEN_TTL`], and `iat`, `nbf` and `exp`
+//! with a leeway. Every failure is its own [`TokenError`]
 //! variant, so a caller can tell a tampered token from an expired one.
 
 use crate::claims::AccessTokenClaims;
 use crate::jose::{JoseError, KeySet, UnverifiedJws};
 use crate::scope::{Scope, ScopePattern};
+use crate::ttl::MAX_TOKEN_TTL;
 use stint_proto::ACCESS_TOKEN_TYP;
 use thiserror::Error;
 
@@ -69,9 +71,13 @@ pub enum TokenError {
     /// `exp` has passed.
     #[error("the token has expired")]
     Expired,
-    /// `nbf` is in the future.
+    /// `nbf` or `iat` is in the future.
     #[error("the token is not valid yet")]
     NotYetValid,
+    /// `exp` is more than [`MAX_TOKEN_TTL`] after `iat`: no broker mints
+    /// such a token, so its key must be in the wrong hands.
+    #[error("the token's lifetime is longer than any token Stint issues")]
+    BadLifetime,
 }
 
 impl From<JoseError> for TokenError {
@@ -131,8 +137,11 @@ pub fn verify(
     {
         return Err(TokenError::WrongAudience);
     }
+    if claims.exp.saturating_sub(claims.iat) > i64::from(MAX_TOKEN_TTL.as_secs()) {
+        return Err(TokenError::BadLifetime);
+    }
     let leeway = expect.leeway_secs.clamp(0, MAX_LEEWAY_SECS);
-    if claims.nbf > now.saturating_add(leeway) {
+    if claims.nbf.max(claims.iat) > now.saturating_add(leeway) {
         return Err(TokenError::NotYetValid);
     }
     if claims.exp <= now.saturating_sub(leeway) {
@@ -144,7 +153,8 @@ pub fn verify(
 /// Whether a token that carries `granted` scopes allows `action` on
 /// `resource`: the broker's matcher, with each granted scope as a pattern.
 /// Tokens carry concrete scopes, so this is an exact match on a well-formed
-/// scope; a malformed request is never allowed.
+/// scope: a granted "scope" with a wildcard matches nothing, and neither
+/// does a malformed request (an `action` with a `:` in it, say).
 pub fn allows<'a>(
     granted: impl IntoIterator<Item = &'a str>,
     action: &str,
@@ -153,9 +163,13 @@ pub fn allows<'a>(
     let Ok(wanted) = Scope::parse(&format!("{action}:{resource}")) else {
         return false;
     };
-    granted
-        .into_iter()
-        .any(|granted| ScopePattern::parse(granted).is_ok_and(|pattern| pattern.matches(&wanted)))
+    if wanted.action() != action || wanted.resource() != resource {
+        return false;
+    }
+    granted.into_iter().any(|granted| {
+        ScopePattern::parse(granted)
+            .is_ok_and(|pattern| pattern.is_concrete() && pattern.matches(&wanted))
+    })
 }
 
 #[cfg(test)]
@@ -309,5 +323,32 @@ mod tests {
         assert!(!allows(granted, "read", "demo/*"));
         assert!(!allows(granted, "read", "demo/../a"));
         assert!(!allows(granted, "read", ""));
+        // The action/resource split cannot be moved.
+        assert!(!allows(["read:demo:x"], "read:demo", "x"));
+        // A wildcard in a token's scope is not a wildcard.
+        assert!(!allows(["read:demo/*"], "read", "demo/a"));
+    }
+
+    #[test]
+    fn a_lifetime_longer_than_any_broker_issues_is_refused() {
+        let (key, keys) = setup();
+        let now = 1_800_000_000;
+        let mut long = claims(now);
+        long.exp = now + i64::from(MAX_TOKEN_TTL.as_secs()) + 1;
+        assert_eq!(
+            verify(&sign(&key, "at+jwt", &long), &keys, &expect(None), now),
+            Err(TokenError::BadLifetime)
+        );
+        let mut issued_later = claims(now + 600);
+        issued_later.nbf = now;
+        assert_eq!(
+            verify(
+                &sign(&key, "at+jwt", &issued_later),
+                &keys,
+                &expect(None),
+                now
+            ),
+            Err(TokenError::NotYetValid)
+        );
     }
 }

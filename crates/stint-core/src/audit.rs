@@ -409,8 +409,9 @@ mod tests {
     #[test]
     fn a_long_detail_is_cut_and_an_oversized_entry_refused() {
         let mut e = entry(0);
-        // Multi-byte characters, so the cut must find a char boundary.
-        e.detail = Some("é".repeat(MAX_DETAIL_LEN));
+        // Three-byte characters: 16384 is not a character boundary, so the
+        // cut must step back to one.
+        e.detail = Some("€".repeat(MAX_DETAIL_LEN));
         let encoded = e.encode().unwrap();
         let mut chain = Chain::genesis();
         let mut out = Vec::new();
@@ -418,7 +419,10 @@ mod tests {
         let record: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let detail = record["detail"].as_str().unwrap();
         assert!(detail.len() < MAX_DETAIL_LEN + 64, "{}", detail.len());
-        assert!(detail.ends_with(&format!("[... {} more bytes cut]", MAX_DETAIL_LEN)));
+        let kept = MAX_DETAIL_LEN - MAX_DETAIL_LEN % 3;
+        let cut = 3 * MAX_DETAIL_LEN - kept;
+        assert!(detail.starts_with(&"€".repeat(kept / 3)));
+        assert!(detail.ends_with(&format!("€ [... {cut} more bytes cut]")));
         assert_eq!(verify(&out[..]).unwrap().records, 1);
 
         let mut huge = entry(1);

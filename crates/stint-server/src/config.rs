@@ -55,7 +55,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
+            max_connections: 4096,
             max_in_flight: 1024,
             max_streams_per_connection: 32,
         }

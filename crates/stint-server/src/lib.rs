@@ -67,6 +67,8 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve_task: JoinHandle<()>,
     purge_task: JoinHandle<()>,
+    /// `Limits::max_in_flight`: shutdown takes every permit back.
+    max_in_flight: usize,
     /// Held (an exclusive `flock`) for as long as the broker runs.
     _lock: std::fs::File,
 }
@@ -131,13 +133,26 @@ impl RunningServer {
         text
     }
 
-    /// Stop accepting, let in-flight requests finish, and stop.
+    /// Stop accepting, let in-flight requests finish, and stop. Decisions
+    /// whose clients already hung up are waited for too (up to the drain
+    /// time), and then no new decision can start, so nothing is decided
+    /// after this returns and the data directory's lock is released.
     pub async fn shutdown(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         self.purge_task.abort();
+        let _ = (&mut self.purge_task).await;
         let _ = (&mut self.serve_task).await;
+        let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        let all = Arc::clone(&self.state.in_flight).acquire_many_owned(permits);
+        if tokio::time::timeout(serve::DRAIN_TIMEOUT, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some decisions did not finish within the drain timeout");
+        }
+        self.state.in_flight.close();
     }
 }
 
@@ -322,6 +337,7 @@ pub async fn start_with_clock(
         shutdown: Some(shutdown_tx),
         serve_task,
         purge_task,
+        max_in_flight: config.limits.max_in_flight,
         _lock: lock,
     })
 }

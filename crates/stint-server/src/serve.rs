@@ -13,8 +13,9 @@
 //! - A connection with no request in flight and none started for
 //!   `Limits::idle_timeout` is closed, HTTP/1 keep-alive and HTTP/2 alike (HTTP/2
 //!   pings do not count as activity; they only find dead peers sooner).
-//! - HTTP/2 allows `Limits::max_streams_per_connection` concurrent requests per connection, and
-//!   bodies are read with a deadline (`Limits::body_timeout`), and the
+//! - HTTP/2 allows `Limits::max_streams_per_connection` concurrent requests
+//!   per connection, with 64 KiB stream and 128 KiB connection windows; bodies
+//!   are read with a deadline (`Limits::body_timeout`), and the
 //!   router caps the requests in flight across all connections
 //!   (`Limits::max_in_flight`).
 //! - At most `Limits::max_connections` connections are served at once; beyond that
@@ -42,10 +43,14 @@ use tower::ServiceExt as _;
 
 /// The largest header block accepted, either protocol.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// HTTP/2 flow-control windows: what a peer may send before a handler reads
+/// it, per stream and per connection (hyper's defaults are 1 MiB each).
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 128 * 1024;
 /// How often an HTTP/2 peer is pinged, and how long it has to answer.
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// How long in-flight requests get to finish at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -66,6 +71,8 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams_per_connection)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .keep_alive_interval(H2_KEEPALIVE)
         .keep_alive_timeout(H2_KEEPALIVE);
     let graceful = GracefulShutdown::new();

@@ -1,14 +1,15 @@
 //! The HTTP surface: routes, the per-request context, and the middleware
 //! that stamps every response with a request id and times it.
 //!
-//! The middleware also runs each request's handler in a task of its own.
+//! The middleware also runs each decision (every POST) in a task of its own.
 //! A handler that has started a decision (a store write, an audit record)
 //! finishes it even if the client goes away or its connection is closed:
 //! a revocation is never durable but unaudited because a client hung up.
 //! And it caps the requests in flight across every connection at
 //! `Limits::max_in_flight`, answering 503 beyond that rather than
-//! queueing without bound: with the 64 KiB body cap, this bounds what
-//! clients can make the broker buffer (64 MiB at the default 1024).
+//! queueing without bound: with the 64 KiB body cap, this bounds the bodies
+//! handlers hold (64 MiB at the default 1024). GET routes (discovery, keys,
+//! health, metrics) are never shed.
 
 mod admin;
 mod client_auth;
@@ -99,29 +100,12 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
         request_id: request_id.clone(),
         client_addr,
     });
-    let mut response = match Arc::clone(&state.in_flight).try_acquire_owned() {
-        Ok(permit) => {
-            let handler = tokio::spawn(async move {
-                let response = next.run(request).await;
-                drop(permit);
-                response
-            });
-            handler.await.unwrap_or_else(|error| {
-                tracing::error!(%error, "request handler failed");
-                OAuthError::new(
-                    proto::ErrorCode::ServerError,
-                    DenyReason::Internal,
-                    "the request could not be handled",
-                )
-                .with_status(http::StatusCode::INTERNAL_SERVER_ERROR)
-                .into_response()
-            })
-        }
-        Err(_) => {
-            state.metrics.shed();
-            OAuthError::unavailable("the broker is at its limit of requests in flight")
-                .into_response()
-        }
+    let mut response = if request.method() == Method::POST {
+        decide(&state, request, next).await
+    } else {
+        // Discovery, keys, health and metrics: cheap, bodiless, and needed
+        // most when the broker is busy, so never shed.
+        next.run(request).await
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
@@ -133,6 +117,31 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// Run a decision (every POST route) on its own task, within the cap on
+/// requests in flight.
+async fn decide(state: &AppState, request: Request, next: Next) -> Response {
+    let Ok(permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        state.metrics.shed();
+        return OAuthError::unavailable("the broker is at its limit of requests in flight")
+            .into_response();
+    };
+    let handler = tokio::spawn(async move {
+        let response = next.run(request).await;
+        drop(permit);
+        response
+    });
+    handler.await.unwrap_or_else(|error| {
+        tracing::error!(%error, "request handler failed");
+        OAuthError::new(
+            proto::ErrorCode::ServerError,
+            DenyReason::Internal,
+            "the request could not be handled",
+        )
+        .with_status(http::StatusCode::INTERNAL_SERVER_ERROR)
+        .into_response()
+    })
 }
 
 fn route_label(matched: Option<&MatchedPath>) -> &'static str {
