@@ -31,6 +31,11 @@ pub enum Algorithm {
     ES256,
     /// Ed25519 (RFC 8037).
     EdDSA,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 section 3.3), 2048 to 8192
+    /// bit keys. Verification only: accepted from federated identity
+    /// providers (GitHub Actions, GitLab, Kubernetes sign RS256); Stint never
+    /// signs with it.
+    RS256,
 }
 
 impl Algorithm {
@@ -39,6 +44,7 @@ impl Algorithm {
         match self {
             Self::ES256 => "ES256",
             Self::EdDSA => "EdDSA",
+            Self::RS256 => "RS256",
         }
     }
 
@@ -47,6 +53,7 @@ impl Algorithm {
         match name {
             "ES256" => Some(Self::ES256),
             "EdDSA" => Some(Self::EdDSA),
+            "RS256" => Some(Self::RS256),
             _ => None,
         }
     }
@@ -124,6 +131,7 @@ impl SigningKey {
                 EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, rng)
             }
             Algorithm::EdDSA => Ed25519KeyPair::generate_pkcs8(rng),
+            Algorithm::RS256 => return Err(not_a_signing_algorithm()),
         }
         .map_err(|_| JoseError::Key("key generation failed".into()))?;
         let key = Self::from_pkcs8(alg, pkcs8.as_ref(), rng)?;
@@ -145,6 +153,7 @@ impl SigningKey {
                 Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
                     .map_err(|e| JoseError::Key(e.to_string()))?,
             ),
+            Algorithm::RS256 => return Err(not_a_signing_algorithm()),
         };
         Ok(Self::with_inner(alg, inner))
     }
@@ -216,7 +225,7 @@ impl SigningKey {
         VerifyingKey {
             alg: self.alg,
             kid: self.kid.clone(),
-            public,
+            public: PublicKey::Raw(public),
         }
     }
 
@@ -274,8 +283,24 @@ impl SigningKey {
 pub struct VerifyingKey {
     alg: Algorithm,
     kid: String,
+    public: PublicKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PublicKey {
     /// P-256: the uncompressed point; Ed25519: the 32-byte key.
-    public: Vec<u8>,
+    Raw(Vec<u8>),
+    /// RSA: modulus and exponent, big-endian.
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+}
+
+/// The smallest RSA modulus accepted, in bytes (2048 bits).
+const MIN_RSA_MODULUS_LEN: usize = 256;
+/// The largest, in bytes (8192 bits).
+const MAX_RSA_MODULUS_LEN: usize = 1024;
+
+fn not_a_signing_algorithm() -> JoseError {
+    JoseError::Key("Stint verifies RS256 but never signs with it".into())
 }
 
 impl VerifyingKey {
@@ -295,9 +320,30 @@ impl VerifyingKey {
                 point.push(0x04);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                (Algorithm::ES256, point)
+                (Algorithm::ES256, PublicKey::Raw(point))
             }
-            JwkKey::Okp { crv, x } if crv == "Ed25519" => (Algorithm::EdDSA, decode_fixed(x, 32)?),
+            JwkKey::Okp { crv, x } if crv == "Ed25519" => {
+                (Algorithm::EdDSA, PublicKey::Raw(decode_fixed(x, 32)?))
+            }
+            JwkKey::Rsa { n, e } => {
+                let decode = |b64: &str| {
+                    URL_SAFE_NO_PAD
+                        .decode(b64)
+                        .map_err(|_| JoseError::BadJwk("a key parameter is not base64url"))
+                };
+                let n = decode(n)?;
+                let e = decode(e)?;
+                let significant = n.iter().skip_while(|b| **b == 0).count();
+                if !(MIN_RSA_MODULUS_LEN..=MAX_RSA_MODULUS_LEN).contains(&significant) {
+                    return Err(JoseError::BadJwk(
+                        "an RSA modulus must be 2048 to 8192 bits",
+                    ));
+                }
+                if e.is_empty() || e.len() > 4 {
+                    return Err(JoseError::BadJwk("an RSA exponent must be 1 to 4 bytes"));
+                }
+                (Algorithm::RS256, PublicKey::Rsa { n, e })
+            }
             _ => return Err(JoseError::BadJwk("unsupported key type or curve")),
         };
         if jwk
@@ -326,13 +372,27 @@ impl VerifyingKey {
         if alg != self.alg {
             return Err(JoseError::AlgorithmMismatch);
         }
-        let verification: &dyn signature::VerificationAlgorithm = match self.alg {
-            Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-            Algorithm::EdDSA => &signature::ED25519,
+        let message = jws.signing_input.as_bytes();
+        let verified = match (&self.public, self.alg) {
+            (PublicKey::Raw(public), Algorithm::ES256) => {
+                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, public)
+                    .verify(message, &jws.signature)
+            }
+            (PublicKey::Raw(public), Algorithm::EdDSA) => {
+                UnparsedPublicKey::new(&signature::ED25519, public).verify(message, &jws.signature)
+            }
+            (PublicKey::Rsa { n, e }, Algorithm::RS256) => {
+                signature::RsaPublicKeyComponents { n, e }.verify(
+                    &signature::RSA_PKCS1_2048_8192_SHA256,
+                    message,
+                    &jws.signature,
+                )
+            }
+            // A key's material always agrees with its algorithm (from_jwk
+            // and SigningKey build them together); anything else fails.
+            _ => return Err(JoseError::BadSignature),
         };
-        UnparsedPublicKey::new(verification, &self.public)
-            .verify(jws.signing_input.as_bytes(), &jws.signature)
-            .map_err(|_| JoseError::BadSignature)
+        verified.map_err(|_| JoseError::BadSignature)
     }
 }
 
@@ -510,6 +570,90 @@ mod tests {
     const ED_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
     const ED_THUMBPRINT: &str = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k";
     const ED_JWS: &str = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+
+    /// Sign `header.payload` with the test RSA key (testdata/README.md);
+    /// returns the token and the key's JWK.
+    fn rs256_token(header: &str, payload: &str) -> (String, Jwk) {
+        let pair = ring::rsa::KeyPair::from_der(include_bytes!("../testdata/rsa2048.der")).unwrap();
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let mut signature = vec![0; pair.public().modulus_len()];
+        pair.sign(
+            &signature::RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            input.as_bytes(),
+            &mut signature,
+        )
+        .unwrap();
+        let components = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+        let jwk = Jwk {
+            key: JwkKey::Rsa {
+                n: URL_SAFE_NO_PAD.encode(&components.n),
+                e: URL_SAFE_NO_PAD.encode(&components.e),
+            },
+            kid: Some("rsa-1".into()),
+            alg: Some("RS256".into()),
+            key_use: Some("sig".into()),
+        };
+        (
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(&signature)),
+            jwk,
+        )
+    }
+
+    #[test]
+    fn rs256_from_a_federated_issuer_verifies_with_its_alg_pinned() {
+        let (token, jwk) = rs256_token(r#"{"alg":"RS256","kid":"rsa-1"}"#, r#"{"sub":"x"}"#);
+        let key = VerifyingKey::from_jwk(&jwk).unwrap();
+        assert_eq!(key.alg(), Algorithm::RS256);
+        let mut keys = KeySet::new();
+        keys.insert(key);
+        let jws = UnverifiedJws::parse(&token).unwrap();
+        assert_eq!(jws.verified_payload(&keys).unwrap(), br#"{"sub":"x"}"#);
+
+        // The same signature under another header is another message.
+        let (forged, _) = rs256_token(r#"{"alg":"RS256","kid":"rsa-1"}"#, r#"{"sub":"y"}"#);
+        let spliced = format!(
+            "{}.{}",
+            token.rsplit_once('.').unwrap().0,
+            forged.rsplit_once('.').unwrap().1
+        );
+        assert_eq!(
+            keys.verify(&UnverifiedJws::parse(&spliced).unwrap()),
+            Err(JoseError::BadSignature)
+        );
+        // An ES256 header naming the RSA key: the key's algorithm decides.
+        let (es, _) = rs256_token(r#"{"alg":"ES256","kid":"rsa-1"}"#, r#"{"sub":"x"}"#);
+        assert_eq!(
+            keys.verify(&UnverifiedJws::parse(&es).unwrap()),
+            Err(JoseError::AlgorithmMismatch)
+        );
+        // Stint never signs RS256.
+        assert!(SigningKey::generate(Algorithm::RS256, &SystemRandom::new()).is_err());
+    }
+
+    #[test]
+    fn small_or_mislabelled_rsa_keys_are_refused() {
+        let (_, jwk) = rs256_token(r#"{"alg":"RS256"}"#, "{}");
+        let mut small = jwk.clone();
+        small.key = JwkKey::Rsa {
+            n: URL_SAFE_NO_PAD.encode([0xC5u8; 128]),
+            e: "AQAB".into(),
+        };
+        assert!(matches!(
+            VerifyingKey::from_jwk(&small),
+            Err(JoseError::BadJwk(_))
+        ));
+        let mut mislabelled = jwk;
+        mislabelled.alg = Some("PS256".into());
+        assert!(matches!(
+            VerifyingKey::from_jwk(&mislabelled),
+            Err(JoseError::BadJwk(_))
+        ));
+    }
 
     fn rfc8037_key() -> SigningKey {
         let seed = URL_SAFE_NO_PAD.decode(ED_D).unwrap();

@@ -22,6 +22,7 @@ pub mod claims;
 pub mod clock;
 pub mod decision;
 pub mod form;
+pub mod glob;
 pub mod ids;
 pub mod jose;
 pub mod policy;
