@@ -21,6 +21,7 @@ pub mod audit;
 pub mod claims;
 pub mod clock;
 pub mod decision;
+pub mod federation;
 pub mod form;
 pub mod glob;
 pub mod ids;

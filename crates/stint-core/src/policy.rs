@@ -23,7 +23,12 @@
 //! file, line, column and key. Nothing about a policy is checked later: a
 //! `Policy` value is valid by construction.
 
+use crate::federation::{
+    Binding, ClaimPath, DEFAULT_MAX_TOKEN_AGE, MAX_MATCHERS_PER_BINDING, Preset, TrustedIssuer,
+};
+use crate::glob::Glob;
 use crate::ids::{self, validate_audience, validate_name};
+use crate::jose::Algorithm;
 use crate::scope::ScopePattern;
 use crate::secret;
 use crate::ttl::{DEFAULT_MAX_TTL, DEFAULT_TTL, Ttl};
@@ -47,6 +52,7 @@ pub struct Policy {
     enforce_review: bool,
     workloads: BTreeMap<String, Workload>,
     by_client_id: HashMap<String, String>,
+    issuers: BTreeMap<String, TrustedIssuer>,
     workflows: BTreeMap<String, Workflow>,
     digest: String,
 }
@@ -56,9 +62,12 @@ pub struct Policy {
 pub struct Workload {
     name: String,
     client_id: String,
-    secret_sha256: [u8; 32],
+    /// `None` for a workload that only authenticates with federated
+    /// identities.
+    secret_sha256: Option<[u8; 32]>,
     workflows: Vec<String>,
     admin: bool,
+    bindings: Vec<Binding>,
 }
 
 /// A named sequence of steps.
@@ -106,6 +115,10 @@ impl Workload {
     /// Whether it has the `admin` capability: it may rotate the signing keys.
     pub fn is_admin(&self) -> bool {
         self.admin
+    }
+    /// Its bindings to federated identities.
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
     }
 }
 
@@ -252,6 +265,34 @@ impl Policy {
             .collect()
     }
 
+    /// The trusted issuer whose URL is exactly `iss`.
+    pub fn trusted_issuer(&self, iss: &str) -> Option<&TrustedIssuer> {
+        self.issuers.values().find(|issuer| issuer.url() == iss)
+    }
+
+    /// All trusted issuers.
+    pub fn trusted_issuers(&self) -> impl Iterator<Item = &TrustedIssuer> {
+        self.issuers.values()
+    }
+
+    /// The workloads with a binding to `issuer` (a policy name) that the
+    /// verified `claims` satisfy. More than one is a policy problem the
+    /// caller must refuse, not resolve.
+    pub fn workloads_for_identity(
+        &self,
+        issuer: &str,
+        claims: &serde_json::Value,
+    ) -> Vec<&Workload> {
+        self.workloads
+            .values()
+            .filter(|w| {
+                w.bindings
+                    .iter()
+                    .any(|b| b.issuer() == issuer && b.matches(claims))
+            })
+            .collect()
+    }
+
     /// Whether some workload has this client id.
     pub fn knows_client(&self, client_id: &str) -> bool {
         self.by_client_id.contains_key(client_id)
@@ -266,7 +307,9 @@ impl Policy {
             .by_client_id
             .get(client_id)
             .and_then(|name| self.workloads.get(name));
-        let expected = workload.map_or(&NO_SUCH_HASH, |w| &w.secret_sha256);
+        let expected = workload
+            .and_then(|w| w.secret_sha256.as_ref())
+            .unwrap_or(&NO_SUCH_HASH);
         let secret_ok = secret::verify(client_secret, expected);
         workload.filter(|_| secret_ok)
     }
@@ -322,13 +365,43 @@ struct RawPolicy {
     workloads: BTreeMap<String, Spanned<RawWorkload>>,
     #[serde(default)]
     workflows: BTreeMap<String, Spanned<RawWorkflow>>,
+    #[serde(default)]
+    issuers: BTreeMap<String, Spanned<RawIssuer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    url: Spanned<String>,
+    #[serde(default)]
+    preset: Option<Spanned<String>>,
+    audiences: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    algorithms: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    max_token_age: Option<Spanned<String>>,
+    #[serde(default)]
+    job_claims: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    #[allow(dead_code)] // documentation for humans; accepted, not used
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBinding {
+    issuer: Spanned<String>,
+    claims: Spanned<BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorkload {
     client_id: Option<Spanned<String>>,
-    secret_sha256: Spanned<String>,
+    #[serde(default)]
+    secret_sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    federated: Option<Vec<Spanned<RawBinding>>>,
     #[serde(default)]
     workflows: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
@@ -363,6 +436,7 @@ struct RawStep {
 }
 
 fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
+    let issuers = build_issuers(raw.issuers, errors);
     let mut workflows = BTreeMap::new();
     for (name, spanned) in raw.workflows {
         let span = spanned.span();
@@ -431,11 +505,29 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
                 format!("client id {client_id:?} is already used by workload {other:?}"),
             );
         }
-        let secret_sha256 = parse_sha256(
-            &raw_workload.secret_sha256,
-            &format!("{key}.secret_sha256"),
-            errors,
-        );
+        let secret_sha256 = raw_workload
+            .secret_sha256
+            .as_ref()
+            .map(|secret| parse_sha256(secret, &format!("{key}.secret_sha256"), errors));
+        let mut bindings = Vec::new();
+        for (i, raw_binding) in raw_workload
+            .federated
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let binding_key = format!("{key}.federated[{i}]");
+            if let Some(binding) = build_binding(raw_binding, &issuers, &binding_key, errors) {
+                bindings.push(binding);
+            }
+        }
+        if secret_sha256.is_none() && bindings.is_empty() {
+            errors.push(
+                span.clone(),
+                &key,
+                "a workload needs a secret_sha256, a [[federated]] binding, or both".into(),
+            );
+        }
         let mut admin = false;
         for (i, capability) in raw_workload
             .capabilities
@@ -495,6 +587,7 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
                 secret_sha256,
                 workflows: workload_flows,
                 admin,
+                bindings,
             },
         );
     }
@@ -503,9 +596,212 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
         enforce_review: raw.enforce_review,
         workloads,
         by_client_id,
+        issuers,
         workflows,
         digest: String::new(),
     }
+}
+
+fn build_issuers(
+    raw: BTreeMap<String, Spanned<RawIssuer>>,
+    errors: &mut Errors<'_>,
+) -> BTreeMap<String, TrustedIssuer> {
+    let mut issuers = BTreeMap::new();
+    let mut urls: HashMap<String, String> = HashMap::new();
+    for (name, spanned) in raw {
+        let span = spanned.span();
+        let key = format!("issuers.{name}");
+        if let Err(e) = validate_name(&name) {
+            errors.push(span.clone(), &key, format!("invalid issuer name: {e}"));
+        }
+        let raw = spanned.into_inner();
+        let url = raw.url.get_ref().clone();
+        if let Err(why) = validate_issuer_url(&url) {
+            errors.push(raw.url.span(), &format!("{key}.url"), why.into());
+        }
+        if let Some(other) = urls.insert(url.clone(), name.clone()) {
+            errors.push(
+                raw.url.span(),
+                &format!("{key}.url"),
+                format!("issuer {other:?} has the same url"),
+            );
+        }
+        let preset = raw.preset.as_ref().and_then(|preset| {
+            let found = Preset::from_name(preset.get_ref());
+            if found.is_none() {
+                errors.push(
+                    preset.span(),
+                    &format!("{key}.preset"),
+                    format!(
+                        "unknown preset {:?} (known: github-actions, gitlab-ci, kubernetes)",
+                        preset.get_ref()
+                    ),
+                );
+            }
+            found
+        });
+        let mut audiences = Vec::new();
+        if raw.audiences.get_ref().is_empty() {
+            errors.push(
+                raw.audiences.span(),
+                &format!("{key}.audiences"),
+                "name at least one audience: the value the platform puts in its tokens' aud for this broker".into(),
+            );
+        }
+        for (i, audience) in raw.audiences.into_inner().into_iter().enumerate() {
+            if let Err(e) = validate_audience(audience.get_ref()) {
+                errors.push(
+                    audience.span(),
+                    &format!("{key}.audiences[{i}]"),
+                    format!("invalid audience: {e}"),
+                );
+            }
+            audiences.push(audience.into_inner());
+        }
+        let algorithms = match raw.algorithms {
+            None => preset.map_or_else(
+                || vec![Algorithm::RS256, Algorithm::ES256],
+                Preset::algorithms,
+            ),
+            Some(names) => {
+                let mut algorithms = Vec::new();
+                for (i, name) in names.into_iter().enumerate() {
+                    match Algorithm::from_name(name.get_ref()) {
+                        Some(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                        Some(_) => errors.push(
+                            name.span(),
+                            &format!("{key}.algorithms[{i}]"),
+                            "listed twice".into(),
+                        ),
+                        None => errors.push(
+                            name.span(),
+                            &format!("{key}.algorithms[{i}]"),
+                            format!(
+                                "unsupported algorithm {:?} (RS256, ES256 and EdDSA are)",
+                                name.get_ref()
+                            ),
+                        ),
+                    }
+                }
+                algorithms
+            }
+        };
+        let max_token_age = match &raw.max_token_age {
+            None => DEFAULT_MAX_TOKEN_AGE,
+            Some(text) => match Ttl::parse_policy(text.get_ref()) {
+                Ok(ttl) => std::time::Duration::from_secs(u64::from(ttl.as_secs())),
+                Err(e) => {
+                    errors.push(text.span(), &format!("{key}.max_token_age"), format!("{e}"));
+                    DEFAULT_MAX_TOKEN_AGE
+                }
+            },
+        };
+        let job_claims = match raw.job_claims {
+            None => preset.map(Preset::job_claims).unwrap_or_default(),
+            Some(paths) => paths
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, path)| match ClaimPath::parse(path.get_ref()) {
+                    Ok(path) => Some(path),
+                    Err(why) => {
+                        errors.push(path.span(), &format!("{key}.job_claims[{i}]"), why.into());
+                        None
+                    }
+                })
+                .collect(),
+        };
+        issuers.insert(
+            name.clone(),
+            TrustedIssuer {
+                name,
+                url,
+                audiences,
+                algorithms,
+                max_token_age,
+                job_claims,
+                preset,
+            },
+        );
+    }
+    issuers
+}
+
+/// An OIDC issuer URL: `https`, a host, no query or fragment (a path is
+/// allowed: some platforms have one).
+fn validate_issuer_url(url: &str) -> Result<(), &'static str> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Err("an issuer url must start with https://");
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("an issuer url must name a host");
+    }
+    if rest.contains(['?', '#', '@']) || !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("an issuer url has no query, fragment, user or spaces");
+    }
+    if url.len() > 256 {
+        return Err("an issuer url is at most 256 characters");
+    }
+    Ok(())
+}
+
+fn build_binding(
+    raw: Spanned<RawBinding>,
+    issuers: &BTreeMap<String, TrustedIssuer>,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> Option<Binding> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let issuer = raw.issuer.get_ref().clone();
+    let mut ok = true;
+    if !issuers.contains_key(&issuer) {
+        errors.push(
+            raw.issuer.span(),
+            &format!("{key}.issuer"),
+            format!("no issuer is named {issuer:?} under [issuers]"),
+        );
+        ok = false;
+    }
+    let claims_span = raw.claims.span();
+    let claims = raw.claims.into_inner();
+    if claims.is_empty() || claims.len() > MAX_MATCHERS_PER_BINDING {
+        errors.push(
+            claims_span.clone(),
+            &format!("{key}.claims"),
+            format!("a binding has 1 to {MAX_MATCHERS_PER_BINDING} claim matchers"),
+        );
+        ok = false;
+    }
+    let mut matchers = Vec::with_capacity(claims.len());
+    for (path, pattern) in claims {
+        let claim_key = format!("{key}.claims.{path}");
+        let parsed_path = ClaimPath::parse(&path);
+        let glob = Glob::parse(pattern.get_ref());
+        match (parsed_path, glob) {
+            (Ok(path), Ok(glob)) => matchers.push((path, glob)),
+            (Err(why), _) => {
+                errors.push(pattern.span(), &claim_key, why.into());
+                ok = false;
+            }
+            (_, Err(e)) => {
+                errors.push(
+                    pattern.span(),
+                    &claim_key,
+                    format!("invalid pattern: it {e}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    if !matchers.is_empty() && matchers.iter().all(|(_, glob)| !glob.is_exact()) {
+        errors.push(
+            span,
+            key,
+            "every matcher has a '*': pin at least one claim to an exact value (the repository, the namespace...), so the binding names one identity, not a family".into(),
+        );
+        ok = false;
+    }
+    ok.then_some(Binding { issuer, matchers })
 }
 
 fn build_step(
@@ -889,6 +1185,117 @@ scopes = ["write:other/*"]
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    fn federated() -> String {
+        format!(
+            r#"{}
+[issuers.github]
+url = "https://token.actions.githubusercontent.com"
+preset = "github-actions"
+audiences = ["https://stint.example.com"]
+
+[issuers.cluster]
+url = "https://kubernetes.default.svc.cluster.local"
+preset = "kubernetes"
+audiences = ["stint"]
+max_token_age = "5m"
+
+[workloads.web-deployer]
+workflows = ["demo"]
+
+[[workloads.web-deployer.federated]]
+issuer = "github"
+claims = {{ repository = "acme/web", ref = "refs/heads/main", sub = "repo:acme/web:*" }}
+
+[workloads.cluster-job]
+workflows = ["demo"]
+secret_sha256 = "{HASH}"
+
+[[workloads.cluster-job.federated]]
+issuer = "cluster"
+claims = {{ "kubernetes.io/namespace" = "ci", sub = "system:serviceaccount:ci:*" }}
+"#,
+            good()
+        )
+    }
+
+    #[test]
+    fn federated_workloads_bind_to_trusted_issuers() {
+        let policy = Policy::parse("p.toml", &federated()).unwrap();
+        let github = policy
+            .trusted_issuer("https://token.actions.githubusercontent.com")
+            .unwrap();
+        assert_eq!(github.name(), "github");
+        assert_eq!(github.algorithms(), [Algorithm::RS256]);
+        assert_eq!(github.max_token_age(), DEFAULT_MAX_TOKEN_AGE);
+        assert_eq!(
+            github
+                .job_claims()
+                .iter()
+                .map(ClaimPath::as_str)
+                .collect::<Vec<_>>(),
+            ["run_id", "run_attempt"]
+        );
+        assert!(policy.trusted_issuer("https://evil.example").is_none());
+        let claims = serde_json::json!({
+            "sub": "repo:acme/web:ref:refs/heads/main",
+            "repository": "acme/web",
+            "ref": "refs/heads/main",
+        });
+        let bound = policy.workloads_for_identity("github", &claims);
+        assert_eq!(bound.len(), 1);
+        assert_eq!(bound[0].name(), "web-deployer");
+        assert!(policy.workloads_for_identity("cluster", &claims).is_empty());
+        // A federated-only workload has no secret to authenticate with.
+        assert!(policy.authenticate("web-deployer", "").is_none());
+        assert!(policy.authenticate("cluster-job", "abc").is_some());
+    }
+
+    #[test]
+    fn federation_mistakes_are_reported() {
+        let text = federated()
+            .replace(r#"preset = "kubernetes""#, r#"preset = "kubernetes-ish""#)
+            .replace(
+                r#"url = "https://token.actions.githubusercontent.com""#,
+                r#"url = "http://token.actions.githubusercontent.com""#,
+            )
+            .replace(
+                r#"issuer = "cluster""#,
+                r#"issuer = "clusterr""#,
+            )
+            .replace(
+                r#"claims = { repository = "acme/web", ref = "refs/heads/main", sub = "repo:acme/web:*" }"#,
+                r#"claims = { sub = "repo:acme/*" }"#,
+            );
+        let errors = errors_of(&text).join("\n");
+        assert!(
+            errors.contains("issuers.cluster.preset: unknown preset \"kubernetes-ish\""),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("issuers.github.url: an issuer url must start with https://"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains(
+                "workloads.cluster-job.federated[0].issuer: no issuer is named \"clusterr\""
+            ),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("workloads.web-deployer.federated[0]: every matcher has a '*'"),
+            "{errors}"
+        );
+
+        let orphan = good().replace(
+            &format!(
+                "[workloads.second]\nclient_id = \"second-client\"\nsecret_sha256 = \"{HASH}\"\n"
+            ),
+            "[workloads.second]\nclient_id = \"second-client\"\n",
+        );
+        let errors = errors_of(&orphan).join("\n");
+        assert!(errors.contains("workloads.second: a workload needs a secret_sha256, a [[federated]] binding, or both"), "{errors}");
     }
 
     #[test]
