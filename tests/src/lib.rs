@@ -27,6 +27,8 @@ use stint_core::{Clock, ManualClock, secret};
 use stint_proto::{DevClient, JwkSet};
 use stint_server::{Config, PolicySource, RunningServer};
 
+pub mod idp;
+
 pub use reqwest;
 pub use serde_json::{Value, json};
 
@@ -83,6 +85,7 @@ pub struct BrokerOptions {
     pub policy: Option<String>,
     pub signing_alg: stint_core::jose::Algorithm,
     pub limits: stint_server::Limits,
+    pub federation_ca: Option<PathBuf>,
 }
 
 impl Default for BrokerOptions {
@@ -91,6 +94,7 @@ impl Default for BrokerOptions {
             policy: Some(policy_with("")),
             signing_alg: stint_core::jose::Algorithm::ES256,
             limits: stint_server::Limits::default(),
+            federation_ca: None,
         }
     }
 }
@@ -120,6 +124,7 @@ impl TestBroker {
         let mut config = Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
         config.signing_alg = options.signing_alg;
         config.limits = options.limits;
+        config.federation_ca = options.federation_ca;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }

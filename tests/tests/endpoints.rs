@@ -47,7 +47,10 @@ async fn metadata_is_served_at_both_well_known_paths_and_names_the_jwks() {
     );
     assert_eq!(
         metadata["grant_types_supported"],
-        json!(["client_credentials"])
+        json!([
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
     );
     assert_eq!(
         metadata["token_endpoint_auth_methods_supported"],

@@ -103,6 +103,12 @@ pub struct AuditEntry {
     /// Human-readable detail: the denial's description, a policy error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For a federated identity: the trusted issuer's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated_iss: Option<String>,
+    /// For a federated identity: the token's `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated_sub: Option<String>,
 }
 
 impl AuditEntry {
@@ -126,6 +132,8 @@ impl AuditEntry {
             exp: None,
             policy_sha256: None,
             detail: None,
+            federated_iss: None,
+            federated_sub: None,
         }
     }
 }

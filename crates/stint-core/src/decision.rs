@@ -55,6 +55,15 @@ pub enum DenyReason {
     NotTokensOwner,
     /// An administrative call by a workload without the admin capability.
     NotAdmin,
+    /// A subject token from an issuer the policy does not trust.
+    UntrustedIssuer,
+    /// A subject token that is malformed, badly signed, expired, too old or
+    /// for another audience.
+    InvalidSubjectToken,
+    /// A valid subject token that no workload is bound to (or several are).
+    UnboundIdentity,
+    /// A `job` parameter that contradicts the job the identity names.
+    JobContradictsIdentity,
     /// The decision could not be recorded or made durable: refused.
     Unavailable,
     /// An internal failure (signing, randomness): refused.
@@ -84,6 +93,10 @@ impl DenyReason {
             Self::JobRevoked => "job_revoked",
             Self::NotTokensOwner => "not_tokens_owner",
             Self::NotAdmin => "not_admin",
+            Self::UntrustedIssuer => "untrusted_issuer",
+            Self::InvalidSubjectToken => "invalid_subject_token",
+            Self::UnboundIdentity => "unbound_identity",
+            Self::JobContradictsIdentity => "job_contradicts_identity",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
         }

@@ -519,6 +519,13 @@ impl<'a> UnverifiedJws<'a> {
         Ok(self.payload)
     }
 
+    /// The payload bytes, NOT verified. Only for choosing which keys to
+    /// verify with (a federated token's `iss`): nothing read here may be
+    /// trusted or acted on until [`Self::verified_payload`] succeeds.
+    pub fn unverified_payload(&self) -> &[u8] {
+        &self.payload
+    }
+
     /// Verify with one key and return the payload bytes.
     pub fn verified_payload_with(self, key: &VerifyingKey) -> Result<Vec<u8>, JoseError> {
         key.verify(&self)?;

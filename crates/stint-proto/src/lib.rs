@@ -41,3 +41,12 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
 /// The `grant_type` of the client credentials grant (RFC 6749 section 4.4).
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+
+/// The RFC 8693 token exchange grant type.
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 token type: an OpenID Connect ID token.
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// RFC 8693 token type: a JWT.
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// RFC 8693 token type: an OAuth access token (what Stint issues).
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";

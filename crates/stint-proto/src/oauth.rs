@@ -82,6 +82,10 @@ pub struct TokenResponse {
     pub job: String,
     /// The workflow step the token was minted for.
     pub step: String,
+    /// For a token exchange (RFC 8693): the type of the token issued, always
+    /// an access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<String>,
 }
 
 /// An RFC 7662 introspection response.

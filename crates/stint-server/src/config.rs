@@ -81,6 +81,9 @@ pub struct Config {
     pub signing_alg: Algorithm,
     /// Timeouts and caps on what clients may hold.
     pub limits: Limits,
+    /// Extra CA certificates (PEM) to trust when fetching trusted OIDC
+    /// issuers' keys, besides the web roots.
+    pub federation_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -95,6 +98,7 @@ impl Config {
             dev: true,
             signing_alg: Algorithm::ES256,
             limits: Limits::default(),
+            federation_ca: None,
         }
     }
 
@@ -194,6 +198,9 @@ pub enum ConfigError {
         "--issuer is required when listening on {0}: give the URL clients use to reach the broker, e.g. --issuer https://stint.example.com:8443"
     )]
     IssuerRequired(SocketAddr),
+    /// The federation CA file is unusable.
+    #[error("--federation-ca-file: {0}")]
+    FederationCa(String),
     /// A timeout or cap of zero, which would refuse everything.
     #[error("every connection limit (timeouts, connection and request caps) must be above zero")]
     ZeroLimit,

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod config;
 mod dev;
 pub mod error;
+pub mod federation;
 mod http;
 pub mod keys;
 pub mod metrics;
@@ -306,6 +307,8 @@ pub async fn start_with_clock(
         _ => None,
     };
 
+    let issuer_keys = federation::IssuerKeys::new(config.federation_ca.as_deref())
+        .map_err(|message| StartError::Config(ConfigError::FederationCa(message)))?;
     let state = Arc::new(AppState {
         issuer,
         policy: ArcSwap::from_pointee(policy),
@@ -319,6 +322,7 @@ pub async fn start_with_clock(
         rng,
         metadata,
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
+        issuer_keys,
         body_timeout: config.limits.body_timeout,
     });
 
@@ -456,7 +460,10 @@ fn metadata_document(issuer: &str, alg: &str) -> Result<Bytes, StartError> {
         jwks_uri: format!("{issuer}{}", proto::JWKS_PATH),
         revocation_endpoint: format!("{issuer}{}", proto::REVOCATION_PATH),
         introspection_endpoint: format!("{issuer}{}", proto::INTROSPECTION_PATH),
-        grant_types_supported: vec![proto::GRANT_CLIENT_CREDENTIALS.to_owned()],
+        grant_types_supported: vec![
+            proto::GRANT_CLIENT_CREDENTIALS.to_owned(),
+            proto::GRANT_TOKEN_EXCHANGE.to_owned(),
+        ],
         response_types_supported: Vec::new(),
         token_endpoint_auth_methods_supported: client_auth.clone(),
         revocation_endpoint_auth_methods_supported: client_auth.clone(),

@@ -35,6 +35,8 @@ pub(crate) struct AppState {
     pub(crate) metadata: Bytes,
     /// Permits for requests in flight (`Limits::max_in_flight`).
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Keys of the trusted OIDC issuers.
+    pub(crate) issuer_keys: crate::federation::IssuerKeys,
     /// `Limits::body_timeout`.
     pub(crate) body_timeout: std::time::Duration,
 }

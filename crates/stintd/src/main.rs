@@ -52,6 +52,11 @@ struct Cli {
     #[arg(long, env = "STINTD_SIGNING_ALG", value_enum, default_value_t = SigningAlg::Es256)]
     signing_alg: SigningAlg,
 
+    /// Extra CA certificates (PEM) to trust when fetching the keys of the
+    /// policy's trusted OIDC issuers, besides the web roots.
+    #[arg(long, env = "STINTD_FEDERATION_CA_FILE")]
+    federation_ca_file: Option<PathBuf>,
+
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
     log: String,
@@ -164,6 +169,7 @@ fn config_from(cli: &Cli) -> Config {
             SigningAlg::Ed25519 => Algorithm::EdDSA,
         },
         limits: Limits::default(),
+        federation_ca: cli.federation_ca_file.clone(),
     }
 }
 

@@ -14,6 +14,7 @@
 mod admin;
 mod client_auth;
 mod discovery;
+mod exchange;
 mod introspect;
 mod ops;
 mod revoke;

@@ -1,7 +1,9 @@
-//! The token endpoint: `client_credentials` with step-scoped parameters.
+//! The token endpoint: `client_credentials` and RFC 8693 token exchange,
+//! with step-scoped parameters.
 
 use super::RequestContext;
 use super::client_auth::{credentials, read_form};
+use super::exchange;
 use crate::error::OAuthError;
 use crate::state::AppState;
 use axum::Extension;
@@ -17,7 +19,11 @@ use std::sync::Arc;
 use stint_core::audit::{AuditEntry, Decision, EventKind};
 use stint_core::claims::{AccessTokenClaims, new_jti};
 use stint_core::decision::{DecisionContext, DenyReason, StepRequest, decide};
-use stint_proto::{ACCESS_TOKEN_TYP, ErrorCode, GRANT_CLIENT_CREDENTIALS, TokenResponse};
+use stint_core::ids::validate_job_id;
+use stint_proto::{
+    ACCESS_TOKEN_TYP, ErrorCode, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE,
+    TOKEN_TYPE_ACCESS_TOKEN, TokenResponse,
+};
 
 pub(crate) async fn token(
     State(state): State<Arc<AppState>>,
@@ -64,19 +70,32 @@ async fn mint(
     entry: &mut AuditEntry,
 ) -> Result<TokenResponse, OAuthError> {
     let form = read_form(headers, body, state.body_timeout).await?;
-    let credentials = credentials(headers, Some(&form))?;
     let policy = state.policy.load();
-    entry.client_id = credentials.loggable_id(&policy);
-    let workload = credentials.authenticate(&policy)?;
-    entry.sub = Some(workload.name().to_owned());
-
-    match form.get("grant_type") {
-        Some(GRANT_CLIENT_CREDENTIALS) => {}
+    let (workload, identity_job, exchange) = match form.get("grant_type") {
+        Some(GRANT_CLIENT_CREDENTIALS) => {
+            let credentials = credentials(headers, Some(&form))?;
+            entry.client_id = credentials.loggable_id(&policy);
+            (credentials.authenticate(&policy)?, None, false)
+        }
+        Some(GRANT_TOKEN_EXCHANGE) => {
+            if headers.contains_key(header::AUTHORIZATION)
+                || form.get("client_id").is_some()
+                || form.get("client_secret").is_some()
+            {
+                return Err(OAuthError::invalid_request(
+                    DenyReason::MalformedRequest,
+                    "a token exchange authenticates with its subject_token alone: send no client credentials",
+                ));
+            }
+            let identity = exchange::authenticate(state, &policy, &form, entry).await?;
+            entry.client_id = Some(identity.workload.client_id().to_owned());
+            (identity.workload, identity.job, true)
+        }
         Some(_) => {
             return Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
                 DenyReason::UnsupportedGrantType,
-                "only grant_type=client_credentials is supported",
+                "grant_type must be client_credentials or urn:ietf:params:oauth:grant-type:token-exchange",
             ));
         }
         None => {
@@ -85,9 +104,27 @@ async fn mint(
                 "the grant_type parameter is required",
             ));
         }
-    }
+    };
+    entry.sub = Some(workload.name().to_owned());
 
-    let request = StepRequest::from_params(&form)?;
+    let mut request = StepRequest::from_params(&form)?;
+    if let Some(job) = identity_job {
+        validate_job_id(&job).map_err(|e| {
+            OAuthError::new(
+                ErrorCode::InvalidGrant,
+                DenyReason::InvalidSubjectToken,
+                format!("the job the subject token names is not a valid job id: it {e}"),
+            )
+        })?;
+        if request.job.as_ref().is_some_and(|asked| *asked != job) {
+            entry.job.clone_from(&request.job);
+            return Err(OAuthError::invalid_request(
+                DenyReason::JobContradictsIdentity,
+                format!("the job parameter contradicts the job the subject token names ({job})"),
+            ));
+        }
+        request.job = Some(job);
+    }
     entry.step = Some(request.step.clone());
     entry.scopes = request
         .scopes
@@ -125,6 +162,7 @@ async fn mint(
         scope: claims.scope,
         job: claims.job,
         step: claims.step,
+        issued_token_type: exchange.then(|| TOKEN_TYPE_ACCESS_TOKEN.to_owned()),
     })
 }
 

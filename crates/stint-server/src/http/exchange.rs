@@ -1,0 +1,193 @@
+//! RFC 8693 token exchange: a job proves who it is with the ID token its
+//! platform gave it (GitHub Actions, GitLab CI, a Kubernetes service
+//! account), instead of a client secret.
+//!
+//! In order, stopping at the first failure: the parameters; the token's
+//! shape; its `iss` looked up among the policy's trusted issuers (before any
+//! network call: an untrusted issuer is never fetched); its `alg` among the
+//! issuer's; the issuer's keys (cached, fetched on demand); the signature;
+//! `exp`, `nbf` and `iat` (with the issuer's maximum token age); `aud`; then
+//! the workload whose bindings the claims satisfy (exactly one), and the job
+//! the claims name, if the issuer has job claims.
+
+use crate::error::OAuthError;
+use crate::state::AppState;
+use serde_json::Value;
+use stint_core::audit::AuditEntry;
+use stint_core::decision::DenyReason;
+use stint_core::form::FormParams;
+use stint_core::jose::{JoseError, MAX_TOKEN_LEN, UnverifiedJws};
+use stint_core::policy::{Policy, Workload};
+use stint_proto::{ErrorCode, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
+
+/// Clock leeway on a subject token's `exp`, `nbf` and `iat`.
+const LEEWAY_SECS: i64 = 30;
+
+/// Who the subject token proves the caller is.
+pub(crate) struct Identity<'p> {
+    pub(crate) workload: &'p Workload,
+    /// The job id the token's claims name, if the issuer has job claims.
+    pub(crate) job: Option<String>,
+}
+
+fn invalid_grant(reason: DenyReason, description: impl Into<String>) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidGrant, reason, description)
+}
+
+fn invalid_token(description: impl Into<String>) -> OAuthError {
+    invalid_grant(DenyReason::InvalidSubjectToken, description)
+}
+
+/// Authenticate a token exchange request by its subject token.
+pub(crate) async fn authenticate<'p>(
+    state: &AppState,
+    policy: &'p Policy,
+    form: &FormParams,
+    entry: &mut AuditEntry,
+) -> Result<Identity<'p>, OAuthError> {
+    let subject_token = form.get("subject_token").ok_or_else(|| {
+        OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "the subject_token parameter is required",
+        )
+    })?;
+    match form.get("subject_token_type") {
+        Some(TOKEN_TYPE_ID_TOKEN | TOKEN_TYPE_JWT) => {}
+        Some(_) => {
+            return Err(OAuthError::invalid_request(
+                DenyReason::MalformedRequest,
+                "subject_token_type must be urn:ietf:params:oauth:token-type:id_token or urn:ietf:params:oauth:token-type:jwt",
+            ));
+        }
+        None => {
+            return Err(OAuthError::invalid_request(
+                DenyReason::MalformedRequest,
+                "the subject_token_type parameter is required",
+            ));
+        }
+    }
+    if form
+        .get("requested_token_type")
+        .is_some_and(|t| t != TOKEN_TYPE_ACCESS_TOKEN)
+    {
+        return Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "Stint issues only access tokens (requested_token_type urn:ietf:params:oauth:token-type:access_token)",
+        ));
+    }
+    if form.get("actor_token").is_some() {
+        return Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "delegation (actor_token) is not supported",
+        ));
+    }
+    if subject_token.len() > MAX_TOKEN_LEN {
+        return Err(invalid_token(format!(
+            "the subject token is longer than {MAX_TOKEN_LEN} bytes"
+        )));
+    }
+    let jws = UnverifiedJws::parse(subject_token)
+        .map_err(|e| invalid_token(format!("the subject token is not a JWT: {e}")))?;
+
+    // Which issuer? Read from the unverified payload only to choose keys;
+    // an issuer the policy does not list is refused here, without a fetch.
+    let iss = serde_json::from_slice::<Value>(jws.unverified_payload())
+        .ok()
+        .and_then(|claims| claims.get("iss").and_then(Value::as_str).map(str::to_owned))
+        .ok_or_else(|| invalid_token("the subject token has no iss claim"))?;
+    let Some(issuer) = policy.trusted_issuer(&iss) else {
+        // Recorded (bounded) for the audit trail; never fetched.
+        entry.federated_iss = Some(iss.chars().take(256).collect());
+        return Err(invalid_grant(
+            DenyReason::UntrustedIssuer,
+            "the subject token's issuer is not trusted",
+        ));
+    };
+    entry.federated_iss = Some(issuer.url().to_owned());
+    let alg = jws
+        .algorithm()
+        .map_err(|e| invalid_token(format!("the subject token is refused: {e}")))?;
+    if !issuer.algorithms().contains(&alg) {
+        return Err(invalid_token(format!(
+            "the subject token's algorithm {alg} is not accepted from this issuer"
+        )));
+    }
+    let keys = state
+        .issuer_keys
+        .keys_for(issuer, jws.header().kid.as_deref())
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "subject token not verifiable");
+            OAuthError::unavailable("the identity provider's keys could not be fetched")
+        })?;
+    let payload = jws.verified_payload(&keys).map_err(|e| match e {
+        JoseError::UnknownKey => {
+            invalid_token("the subject token is signed by a key its issuer does not publish")
+        }
+        other => invalid_token(format!("the subject token is refused: {other}")),
+    })?;
+    let claims: Value = serde_json::from_slice(&payload)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| invalid_token("the subject token's claims are not a JSON object"))?;
+    entry.federated_sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .map(|sub| sub.chars().take(256).collect());
+
+    let now = state.clock.now().timestamp();
+    let number = |name: &str| claims.get(name).and_then(Value::as_i64);
+    let exp = number("exp").ok_or_else(|| invalid_token("the subject token has no exp"))?;
+    if exp <= now - LEEWAY_SECS {
+        return Err(invalid_token("the subject token has expired"));
+    }
+    if number("nbf").is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+        return Err(invalid_token("the subject token is not valid yet"));
+    }
+    let iat = number("iat").ok_or_else(|| invalid_token("the subject token has no iat"))?;
+    if iat > now + LEEWAY_SECS {
+        return Err(invalid_token("the subject token was issued in the future"));
+    }
+    let max_age = i64::try_from(issuer.max_token_age().as_secs()).unwrap_or(i64::MAX);
+    if now - iat > max_age + LEEWAY_SECS {
+        return Err(invalid_token(format!(
+            "the subject token is older than this issuer's max_token_age ({max_age} s)"
+        )));
+    }
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => issuer.audiences().contains(aud),
+        Some(Value::Array(auds)) => auds
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|aud| issuer.audiences().iter().any(|a| a == aud)),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(invalid_token(
+            "the subject token is for another audience than this broker",
+        ));
+    }
+
+    let bound = policy.workloads_for_identity(issuer.name(), &claims);
+    let workload = match bound.as_slice() {
+        [workload] => *workload,
+        [] => {
+            return Err(invalid_grant(
+                DenyReason::UnboundIdentity,
+                "no workload is bound to this identity",
+            ));
+        }
+        _ => {
+            tracing::error!(
+                issuer = issuer.name(),
+                "an identity matches several workloads' bindings: refusing; make the bindings exclusive"
+            );
+            return Err(invalid_grant(
+                DenyReason::UnboundIdentity,
+                "this identity matches several workloads",
+            ));
+        }
+    };
+    let job = issuer.job_from_claims(&claims).map_err(invalid_token)?;
+    Ok(Identity { workload, job })
+}

@@ -1,0 +1,270 @@
+//! RFC 8693 token exchange with ID tokens from a test identity provider
+//! (HTTPS on loopback, shaped like GitHub Actions and Kubernetes).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+use stint_proto::{GRANT_TOKEN_EXCHANGE, TOKEN_PATH, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN};
+use stint_tests::idp::TestIdp;
+use stint_tests::{BrokerOptions, TestBroker, decode_jwt, policy_with};
+
+const AUDIENCE: &str = "stint-test";
+
+fn federated_policy(idp: &TestIdp) -> String {
+    policy_with(&format!(
+        r#"
+[issuers.github]
+url = "{issuer}"
+preset = "github-actions"
+audiences = ["{AUDIENCE}"]
+
+[issuers.cluster]
+url = "{cluster}"
+preset = "kubernetes"
+audiences = ["{AUDIENCE}"]
+
+[workloads.web-deployer]
+workflows = ["demo"]
+
+[[workloads.web-deployer.federated]]
+issuer = "github"
+claims = {{ repository = "acme/web", ref = "refs/heads/main" }}
+
+[workloads.cluster-job]
+workflows = ["demo"]
+
+[[workloads.cluster-job.federated]]
+issuer = "cluster"
+claims = {{ "kubernetes.io/namespace" = "ci", sub = "system:serviceaccount:ci:*" }}
+"#,
+        issuer = idp.issuer,
+        cluster = idp.kubernetes_issuer(),
+    ))
+}
+
+async fn broker_for(idp: &TestIdp) -> TestBroker {
+    TestBroker::start_with(BrokerOptions {
+        policy: Some(federated_policy(idp)),
+        federation_ca: Some(idp.ca_file.clone()),
+        ..BrokerOptions::default()
+    })
+    .await
+}
+
+/// POST a token exchange with no client authentication.
+async fn exchange(
+    broker: &TestBroker,
+    subject_token: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut form = vec![
+        ("grant_type", GRANT_TOKEN_EXCHANGE),
+        ("subject_token", subject_token),
+        ("subject_token_type", TOKEN_TYPE_ID_TOKEN),
+        ("step", "read"),
+        ("scope", "read:demo/a"),
+        ("audience", "demo-api"),
+    ];
+    form.extend_from_slice(extra);
+    let response = broker
+        .http
+        .post(broker.url(TOKEN_PATH))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn assert_refused(reply: &(u16, Value), status: u16, error: &str, what: &str) {
+    assert_eq!(reply.0, status, "{what}: {}", reply.1);
+    assert_eq!(reply.1["error"], error, "{what}: {}", reply.1);
+}
+
+#[tokio::test]
+async fn a_github_actions_token_is_exchanged_for_a_step_token() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let id_token = idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", AUDIENCE));
+    let (status, body) = exchange(&broker, &id_token, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["issued_token_type"], TOKEN_TYPE_ACCESS_TOKEN);
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "read:demo/a");
+    assert_eq!(
+        body["job"], "9876543210-1",
+        "the job is the run and its attempt"
+    );
+    let (_, claims) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], "web-deployer");
+    assert_eq!(claims["job"], "9876543210-1");
+
+    let records = broker.audit_records();
+    let minted = records.last().unwrap();
+    assert_eq!(minted["event"], "token_minted");
+    assert_eq!(minted["federated_iss"], idp.issuer.as_str());
+    assert_eq!(minted["federated_sub"], "repo:acme/web:ref:refs/heads/main");
+
+    // Naming the same job is fine; another is refused.
+    let (status, _) = exchange(&broker, &id_token, &[("job", "9876543210-1")]).await;
+    assert_eq!(status, 200);
+    let reply = exchange(&broker, &id_token, &[("job", "some-other-job")]).await;
+    assert_refused(&reply, 400, "invalid_request", "a contradicting job");
+    assert_eq!(
+        broker.audit_records().last().unwrap()["reason"],
+        "job_contradicts_identity"
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_issuer_is_refused_without_any_fetch() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let mut claims = idp.github_claims("acme/web", "refs/heads/main", AUDIENCE);
+    claims["iss"] = json!("https://token.evil.example");
+    let reply = exchange(&broker, &idp.rs256_token(&claims), &[]).await;
+    assert_refused(&reply, 400, "invalid_grant", "untrusted issuer");
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), 0, "nothing was fetched");
+    let record = broker.audit_records().last().unwrap().clone();
+    assert_eq!(record["reason"], "untrusted_issuer");
+    assert_eq!(record["federated_iss"], "https://token.evil.example");
+}
+
+#[tokio::test]
+async fn bad_subject_tokens_are_refused() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let good = idp.github_claims("acme/web", "refs/heads/main", AUDIENCE);
+
+    let reply = exchange(
+        &broker,
+        &idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", "someone-else")),
+        &[],
+    )
+    .await;
+    assert_refused(&reply, 400, "invalid_grant", "wrong audience");
+
+    let mut expired = good.clone();
+    expired["exp"] = json!(chrono::Utc::now().timestamp() - 120);
+    let reply = exchange(&broker, &idp.rs256_token(&expired), &[]).await;
+    assert_refused(&reply, 400, "invalid_grant", "expired");
+    assert!(
+        reply.1["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+
+    let mut old = good.clone();
+    old["iat"] = json!(chrono::Utc::now().timestamp() - 3600);
+    let reply = exchange(&broker, &idp.rs256_token(&old), &[]).await;
+    assert_refused(&reply, 400, "invalid_grant", "older than max_token_age");
+
+    // Signed by a key the issuer does not publish.
+    let stranger = TestIdp::start().await;
+    let mut claims = good.clone();
+    claims["iss"] = json!(idp.issuer);
+    let reply = exchange(&broker, &stranger.es256_token(&claims), &[]).await;
+    assert_refused(&reply, 400, "invalid_grant", "unknown key");
+
+    // alg none.
+    let none = format!(
+        "{}.{}.",
+        base64_url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64_url(&serde_json::to_vec(&good).unwrap())
+    );
+    let reply = exchange(&broker, &none, &[]).await;
+    assert_refused(&reply, 400, "invalid_grant", "alg none");
+
+    // ES256 from an issuer whose preset allows RS256 only.
+    let reply = exchange(&broker, &idp.es256_token(&good), &[]).await;
+    assert_refused(
+        &reply,
+        400,
+        "invalid_grant",
+        "an algorithm the issuer may not use",
+    );
+
+    // A valid token for an identity no workload is bound to.
+    let reply = exchange(
+        &broker,
+        &idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/dev", AUDIENCE)),
+        &[],
+    )
+    .await;
+    assert_refused(&reply, 400, "invalid_grant", "claim mismatch");
+    assert_eq!(
+        broker.audit_records().last().unwrap()["reason"],
+        "unbound_identity"
+    );
+
+    // Client credentials are not mixed in.
+    let response = broker
+        .http
+        .post(broker.url(TOKEN_PATH))
+        .basic_auth("demo-job", Some(stint_tests::test_secret("demo-job")))
+        .form(&[
+            ("grant_type", GRANT_TOKEN_EXCHANGE),
+            ("subject_token", idp.rs256_token(&good).as_str()),
+            ("subject_token_type", TOKEN_TYPE_ID_TOKEN),
+            ("step", "read"),
+            ("scope", "read:demo/a"),
+            ("audience", "demo-api"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn a_kubernetes_token_binds_by_nested_claims() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let claims = idp.kubernetes_claims("ci", "deployer", AUDIENCE);
+    // The kubernetes preset accepts ES256 as well as RS256.
+    let (status, body) = exchange(&broker, &idp.es256_token(&claims), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, token) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(token["sub"], "cluster-job");
+    assert_eq!(
+        token["job"], "a1b2c3d4-0000-4000-8000-000000000001",
+        "the pod"
+    );
+    let other = idp.kubernetes_claims("prod", "deployer", AUDIENCE);
+    let reply = exchange(&broker, &idp.rs256_token(&other), &[]).await;
+    assert_refused(&reply, 400, "invalid_grant", "another namespace");
+}
+
+#[tokio::test]
+async fn an_issuer_that_is_down_is_temporarily_unavailable_but_cached_keys_still_work() {
+    let idp = TestIdp::start().await;
+    let warm = broker_for(&idp).await;
+    let id_token = idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", AUDIENCE));
+    assert_eq!(exchange(&warm, &id_token, &[]).await.0, 200);
+    let fetched = idp.fetches.load(Ordering::SeqCst);
+    assert!(fetched >= 2, "discovery and JWKS were fetched");
+
+    idp.down.store(true, Ordering::SeqCst);
+    let (status, body) = exchange(&warm, &id_token, &[]).await;
+    assert_eq!(
+        status, 200,
+        "cached keys are used while the issuer is down: {body}"
+    );
+
+    let cold = broker_for(&idp).await;
+    let reply = exchange(&cold, &id_token, &[]).await;
+    assert_refused(
+        &reply,
+        503,
+        "temporarily_unavailable",
+        "no keys, issuer down",
+    );
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
