@@ -118,6 +118,119 @@ async fn a_github_actions_token_is_exchanged_for_a_step_token() {
     );
 }
 
+/// A federated job has no client secret: it revokes its step tokens, and
+/// completes its job, by presenting its platform ID token as a bearer.
+#[tokio::test]
+async fn a_federated_job_revokes_with_its_id_token() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let id_token = idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", AUDIENCE));
+    let mint = || async {
+        let (status, body) = exchange(&broker, &id_token, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    };
+    let first = mint().await;
+    let response = broker
+        .http
+        .post(broker.url(stint_proto::REVOCATION_PATH))
+        .bearer_auth(&id_token)
+        .form(&[("token", first.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(broker.introspect(&first).await["active"], false);
+    let record = broker.audit_records().last().unwrap().clone();
+    assert_eq!(record["event"], "token_revoked");
+    assert_eq!(record["sub"], "web-deployer");
+    assert_eq!(record["federated_sub"], "repo:acme/web:ref:refs/heads/main");
+
+    let second = mint().await;
+    let response = broker
+        .http
+        .post(broker.url("/v1/jobs/9876543210-1/revoke"))
+        .bearer_auth(&id_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(broker.introspect(&second).await["active"], false);
+    let reply = exchange(&broker, &id_token, &[]).await;
+    assert_refused(
+        &reply,
+        400,
+        "invalid_grant",
+        "the completed job mints no more",
+    );
+
+    // Someone else's ID token is no authority over these tokens.
+    let other = idp.rs256_token(&idp.kubernetes_claims("ci", "deployer", AUDIENCE));
+    let response = broker
+        .http
+        .post(broker.url(stint_proto::REVOCATION_PATH))
+        .bearer_auth(&other)
+        .form(&[("token", first.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "not the token's owner");
+    // A bearer that is not a valid ID token is a failed authentication.
+    let response = broker
+        .http
+        .post(broker.url(stint_proto::REVOCATION_PATH))
+        .bearer_auth("not-a-token")
+        .form(&[("token", first.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+}
+
+/// The SDK with a subject token instead of a secret: mint, finish, complete.
+#[tokio::test]
+async fn the_sdk_works_with_an_id_token_and_no_secret() {
+    use stint_client::{Client, SubjectToken};
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("id-token");
+    std::fs::write(
+        &file,
+        idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", AUDIENCE)),
+    )
+    .unwrap();
+    let client = Client::builder(broker.issuer())
+        .subject_token(SubjectToken::File(file))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(client.client_id(), None);
+    let step = client
+        .step("read")
+        .scope("read:demo/a")
+        .audience("demo-api")
+        .request()
+        .await
+        .unwrap();
+    assert_eq!(step.job(), "9876543210-1");
+    let token = step.token().to_owned();
+    step.finish().await.unwrap();
+    assert_eq!(broker.introspect(&token).await["active"], false);
+    let other = client
+        .step("read")
+        .scope("read:demo/b")
+        .audience("demo-api")
+        .request()
+        .await
+        .unwrap();
+    let other_token = other.token().to_owned();
+    client.job("9876543210-1").complete().await.unwrap();
+    assert_eq!(broker.introspect(&other_token).await["active"], false);
+    other.finish().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_untrusted_issuer_is_refused_without_any_fetch() {
     let idp = TestIdp::start().await;

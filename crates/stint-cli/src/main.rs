@@ -39,6 +39,8 @@ The broker and credentials come from the environment:
   STINT_CLIENT_ID      the client id
   STINT_CLIENT_SECRET  the client secret (never a flag: flags show in `ps`)
   STINT_CA_FILE        a PEM CA bundle to trust besides the system's roots
+  STINT_SUBJECT_TOKEN_FILE  the platform's ID token (GitHub Actions, GitLab
+                       CI, Kubernetes) to authenticate with instead of a secret
 or from --credentials FILE (the dev-client.json shape: issuer, client_id,
 client_secret).
 
@@ -196,6 +198,11 @@ struct BrokerArgs {
     /// A PEM CA bundle to trust besides the system's roots.
     #[arg(long, env = "STINT_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// Authenticate with the platform's ID token in this file (RFC 8693
+    /// token exchange) instead of a client secret: a CI job or pod bound to
+    /// a workload by the policy needs no secret at all.
+    #[arg(long, env = "STINT_SUBJECT_TOKEN_FILE")]
+    subject_token_file: Option<PathBuf>,
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -449,6 +456,20 @@ async fn request_token(
 
 /// Build a client from the flags, the environment and the credentials file.
 async fn connect(args: &BrokerArgs) -> Result<Client, Failure> {
+    if let Some(subject) = &args.subject_token_file {
+        let url = args.url.clone().ok_or_else(|| {
+            Failure::new(
+                2,
+                "no broker: set STINT_URL or --url (with --subject-token-file)",
+            )
+        })?;
+        let mut builder =
+            Client::builder(url).subject_token(stint_client::SubjectToken::File(subject.clone()));
+        if let Some(ca) = &args.ca_file {
+            builder = builder.ca_file(ca);
+        }
+        return Ok(builder.build().await?);
+    }
     let file = match &args.credentials {
         Some(path) => Some(read_credentials(path)?),
         None => None,

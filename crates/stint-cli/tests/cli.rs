@@ -443,3 +443,51 @@ async fn keys_rotate_needs_an_admin() {
     assert_eq!(server.published_kids().len(), 2);
     server.shutdown().await;
 }
+
+/// A CI job with no secret at all: `stint exec --subject-token-file` mints
+/// through token exchange, and revokes with the same ID token.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_with_a_platform_id_token_and_no_secret() {
+    use stint_tests::idp::TestIdp;
+    let idp = TestIdp::start().await;
+    let policy = stint_tests::policy_with(&format!(
+        "\n[issuers.github]\nurl = \"{}\"\npreset = \"github-actions\"\naudiences = [\"stint-test\"]\n\n\
+         [workloads.web-deployer]\nworkflows = [\"demo\"]\n\n\
+         [[workloads.web-deployer.federated]]\nissuer = \"github\"\n\
+         claims = {{ repository = \"acme/web\", ref = \"refs/heads/main\" }}\n",
+        idp.issuer
+    ));
+    let broker = stint_tests::TestBroker::start_with(stint_tests::BrokerOptions {
+        policy: Some(policy),
+        federation_ca: Some(idp.ca_file.clone()),
+        ..stint_tests::BrokerOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let id_token_file = dir.path().join("id-token");
+    std::fs::write(
+        &id_token_file,
+        idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", "stint-test")),
+    )
+    .unwrap();
+    let out = dir.path().join("token");
+    let script = format!("echo \"$STINT_TOKEN\" > {}", out.display());
+    let output = Command::new(env!("CARGO_BIN_EXE_stint"))
+        .env_clear()
+        .env("STINT_URL", broker.issuer())
+        .env("STINT_SUBJECT_TOKEN_FILE", &id_token_file)
+        .args(exec_args(&[], &script))
+        .output()
+        .await
+        .unwrap();
+    assert_success(&output, "exec with a subject token");
+    let token = token_written_to(&out).await;
+    assert_eq!(
+        broker.introspect(&token).await["active"],
+        false,
+        "revoked on exit, with the ID token as the credential"
+    );
+    let (_, claims) = stint_tests::decode_jwt(&token);
+    assert_eq!(claims["sub"], "web-deployer");
+    assert_eq!(claims["job"], "9876543210-1");
+}

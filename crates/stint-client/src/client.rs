@@ -11,8 +11,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stint_proto::{
-    AuthorizationServerMetadata, DevClient, IntrospectionResponse, JobRevocationResponse,
-    KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH,
+    AuthorizationServerMetadata, DevClient, GRANT_TOKEN_EXCHANGE, IntrospectionResponse,
+    JobRevocationResponse, KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH,
+    TOKEN_TYPE_ID_TOKEN,
 };
 use tokio::task::JoinSet;
 
@@ -73,6 +74,69 @@ impl fmt::Debug for Credentials {
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
             .finish()
+    }
+}
+
+/// Where a federated job's platform ID token comes from.
+#[derive(Clone)]
+pub enum SubjectToken {
+    /// The token itself.
+    Value(String),
+    /// A file holding it, read at each use (Kubernetes rotates projected
+    /// service account tokens in place; a CI step may refresh its own).
+    File(std::path::PathBuf),
+}
+
+impl fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Value(_) => f.write_str("SubjectToken::Value(<redacted>)"),
+            Self::File(path) => write!(f, "SubjectToken::File({})", path.display()),
+        }
+    }
+}
+
+impl SubjectToken {
+    fn read(&self) -> Result<String, Error> {
+        match self {
+            Self::Value(token) => Ok(token.clone()),
+            Self::File(path) => {
+                let unreadable = |e: std::io::Error| {
+                    Error::Config(format!(
+                        "cannot read the subject token {}: {e}",
+                        path.display()
+                    ))
+                };
+                let metadata = std::fs::metadata(path).map_err(unreadable)?;
+                if metadata.len() > 64 * 1024 {
+                    return Err(Error::Config(format!(
+                        "the subject token file {} is over 64 KiB",
+                        path.display()
+                    )));
+                }
+                let text = std::fs::read_to_string(path).map_err(unreadable)?;
+                Ok(text.trim().to_owned())
+            }
+        }
+    }
+}
+
+/// How a client proves who it is.
+#[derive(Debug, Clone)]
+enum Auth {
+    /// A client id and secret (HTTP Basic).
+    Secret(Credentials),
+    /// A platform ID token: token exchange to mint, `Authorization: Bearer`
+    /// to revoke.
+    Federated(SubjectToken),
+}
+
+impl Auth {
+    fn authorization(&self) -> Result<String, Error> {
+        match self {
+            Self::Secret(credentials) => Ok(credentials.basic()),
+            Self::Federated(token) => Ok(format!("Bearer {}", token.read()?)),
+        }
     }
 }
 
@@ -203,14 +267,23 @@ impl Connection {
 #[derive(Debug)]
 pub struct ClientBuilder {
     connection: Connection,
-    credentials: Option<Credentials>,
+    auth: Option<Auth>,
     error: Option<Error>,
 }
 
 impl ClientBuilder {
     /// Authenticate as this client (`client_secret_basic`).
     pub fn credentials(mut self, credentials: Credentials) -> Self {
-        self.credentials = Some(credentials);
+        self.auth = Some(Auth::Secret(credentials));
+        self
+    }
+
+    /// Authenticate with the platform's ID token instead of a secret (a job
+    /// on GitHub Actions, GitLab CI or Kubernetes whose workload the policy
+    /// binds to that identity): tokens are minted by RFC 8693 token
+    /// exchange, and revoked with the ID token as a bearer credential.
+    pub fn subject_token(mut self, token: SubjectToken) -> Self {
+        self.auth = Some(Auth::Federated(token));
         self
     }
 
@@ -241,8 +314,10 @@ impl ClientBuilder {
         if let Some(error) = self.error {
             return Err(error);
         }
-        let credentials = self.credentials.ok_or_else(|| {
-            Error::Config("client credentials are required (ClientBuilder::credentials)".into())
+        let auth = self.auth.ok_or_else(|| {
+            Error::Config(
+                "credentials are required (ClientBuilder::credentials or ::subject_token)".into(),
+            )
         })?;
         let http = self.connection.http_client()?;
         let metadata = self.connection.discover(&http).await?;
@@ -255,7 +330,7 @@ impl ClientBuilder {
                 token_endpoint: metadata.token_endpoint,
                 revocation_endpoint,
                 introspection_endpoint,
-                credentials,
+                auth,
                 pending: Mutex::new(JoinSet::new()),
             }),
         })
@@ -275,7 +350,7 @@ pub(crate) struct Inner {
     token_endpoint: String,
     revocation_endpoint: String,
     introspection_endpoint: String,
-    credentials: Credentials,
+    auth: Auth,
     /// Revocations started by dropped [`StepToken`](crate::StepToken)s.
     pending: Mutex<JoinSet<()>>,
 }
@@ -284,7 +359,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("issuer", &self.inner.issuer)
-            .field("client_id", &self.inner.credentials.client_id)
+            .field("client_id", &self.client_id())
             .finish_non_exhaustive()
     }
 }
@@ -295,7 +370,7 @@ impl Client {
     pub fn builder(issuer: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             connection: Connection::new(issuer),
-            credentials: None,
+            auth: None,
             error: None,
         }
     }
@@ -323,9 +398,13 @@ impl Client {
         &self.inner.issuer
     }
 
-    /// The client id this client authenticates as.
-    pub fn client_id(&self) -> &str {
-        &self.inner.credentials.client_id
+    /// The client id this client authenticates as; `None` for a client
+    /// that authenticates with a platform ID token.
+    pub fn client_id(&self) -> Option<&str> {
+        match &self.inner.auth {
+            Auth::Secret(credentials) => Some(&credentials.client_id),
+            Auth::Federated(_) => None,
+        }
     }
 
     /// Ask for a token for `step` (a step name, or `workflow/step`).
@@ -373,7 +452,7 @@ impl Client {
                 .post(&url)
                 .header(
                     reqwest::header::AUTHORIZATION,
-                    self.inner.credentials.basic(),
+                    self.inner.auth.authorization()?,
                 )
                 .send()
                 .await
@@ -394,7 +473,7 @@ impl Client {
             .post(&url)
             .header(
                 reqwest::header::AUTHORIZATION,
-                self.inner.credentials.basic(),
+                self.inner.auth.authorization()?,
             )
             .send()
             .await
@@ -458,7 +537,23 @@ impl Client {
         form: &[(&str, &str)],
     ) -> Result<stint_proto::TokenResponse, Error> {
         let url = &self.inner.token_endpoint;
-        let response = self.post_form(url, form).await?;
+        let response = match &self.inner.auth {
+            Auth::Secret(_) => self.post_form(url, form).await?,
+            Auth::Federated(subject) => {
+                // RFC 8693: the subject token is the credential; no client
+                // authentication.
+                let subject = subject.read()?;
+                let mut exchange: Vec<(&str, &str)> = form
+                    .iter()
+                    .filter(|(name, _)| *name != "grant_type")
+                    .copied()
+                    .collect();
+                exchange.push(("grant_type", GRANT_TOKEN_EXCHANGE));
+                exchange.push(("subject_token", &subject));
+                exchange.push(("subject_token_type", TOKEN_TYPE_ID_TOKEN));
+                self.send_form(url, &exchange, None).await?
+            }
+        };
         read_json(url, response).await
     }
 
@@ -467,22 +562,29 @@ impl Client {
         url: &str,
         form: &[(&str, &str)],
     ) -> Result<reqwest::Response, Error> {
+        let authorization = self.inner.auth.authorization()?;
+        self.send_form(url, form, Some(authorization)).await
+    }
+
+    async fn send_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        authorization: Option<String>,
+    ) -> Result<reqwest::Response, Error> {
         let body = form
             .iter()
             .map(|(name, value)| format!("{}={}", form_encode(name), form_encode(value)))
             .collect::<Vec<_>>()
             .join("&");
-        self.inner
-            .http
-            .post(url)
-            .header(
-                reqwest::header::AUTHORIZATION,
-                self.inner.credentials.basic(),
-            )
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
+        let mut request = self.inner.http.post(url).header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
+        if let Some(authorization) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
+        }
+        request
             .body(body)
             .send()
             .await

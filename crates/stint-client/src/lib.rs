@@ -68,7 +68,7 @@ mod error;
 mod step;
 mod verifier;
 
-pub use client::{Client, ClientBuilder, Credentials, MAX_RESPONSE_LEN};
+pub use client::{Client, ClientBuilder, Credentials, MAX_RESPONSE_LEN, SubjectToken};
 pub use error::{Error, TokenError};
 pub use step::{Job, StepRequest, StepToken};
 pub use verifier::{

@@ -111,6 +111,17 @@ impl ClientCredentials {
     }
 }
 
+/// The token of an `Authorization: Bearer` header, if that is the scheme:
+/// a federated workload's platform ID token.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
 /// Find the client's credentials: HTTP Basic (`client_secret_basic`) or, if
 /// `form` is given, `client_id` and `client_secret` in the body
 /// (`client_secret_post`). Using both is an error (RFC 6749 section 2.3).

@@ -81,6 +81,18 @@ pub(crate) async fn authenticate<'p>(
             "delegation (actor_token) is not supported",
         ));
     }
+    identify(state, policy, subject_token, entry).await
+}
+
+/// Verify a platform ID token and find the workload bound to it: the heart
+/// of the exchange, also how a federated workload authenticates to revoke
+/// (`Authorization: Bearer ID_TOKEN`).
+pub(crate) async fn identify<'p>(
+    state: &AppState,
+    policy: &'p Policy,
+    subject_token: &str,
+    entry: &mut AuditEntry,
+) -> Result<Identity<'p>, OAuthError> {
     if subject_token.len() > MAX_TOKEN_LEN {
         return Err(invalid_token(format!(
             "the subject token is longer than {MAX_TOKEN_LEN} bytes"

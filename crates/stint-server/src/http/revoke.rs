@@ -1,7 +1,8 @@
 //! Revocation: one token (RFC 7009) or every token of a job.
 
 use super::RequestContext;
-use super::client_auth::{credentials, read_form};
+use super::client_auth::{bearer, credentials, read_form};
+use super::exchange;
 use crate::error::OAuthError;
 use crate::state::{AppState, TokenState};
 use axum::body::Body;
@@ -13,7 +14,9 @@ use http::{HeaderMap, StatusCode};
 use std::sync::Arc;
 use stint_core::audit::{AuditEntry, Decision, EventKind};
 use stint_core::decision::DenyReason;
+use stint_core::form::FormParams;
 use stint_core::ids::validate_job_id;
+use stint_core::policy::{Policy, Workload};
 use stint_core::revocation::{JobRevocation, TokenRevocation};
 use stint_proto::ErrorCode;
 use stint_proto::oauth::JobRevocationResponse;
@@ -78,10 +81,8 @@ async fn revoke(
     entry: &mut AuditEntry,
 ) -> Result<Revoked, OAuthError> {
     let form = read_form(headers, body, state.body_timeout).await?;
-    let credentials = credentials(headers, Some(&form))?;
     let policy = state.policy.load();
-    entry.client_id = credentials.loggable_id(&policy);
-    let workload = credentials.authenticate(&policy)?;
+    let workload = caller(state, &policy, headers, Some(&form), entry).await?;
     entry.sub = Some(workload.name().to_owned());
     let token = form.get("token").ok_or_else(|| {
         OAuthError::invalid_request(
@@ -131,6 +132,38 @@ async fn revoke(
     Ok(Revoked::Now)
 }
 
+/// Who is asking: a workload authenticated by its client credentials
+/// (HTTP Basic, or in the form body when `form` is given), or a federated
+/// workload by its platform's ID token (`Authorization: Bearer`), verified
+/// exactly as a token exchange verifies it.
+async fn caller<'p>(
+    state: &AppState,
+    policy: &'p Policy,
+    headers: &HeaderMap,
+    form: Option<&FormParams>,
+    entry: &mut AuditEntry,
+) -> Result<&'p Workload, OAuthError> {
+    if let Some(id_token) = bearer(headers) {
+        let identity = exchange::identify(state, policy, id_token, entry)
+            .await
+            .map_err(|error| {
+                if error.code == ErrorCode::TemporarilyUnavailable {
+                    error
+                } else {
+                    OAuthError::invalid_client(format!(
+                        "the bearer ID token was not accepted: {}",
+                        error.description
+                    ))
+                }
+            })?;
+        entry.client_id = Some(identity.workload.client_id().to_owned());
+        return Ok(identity.workload);
+    }
+    let credentials = credentials(headers, form)?;
+    entry.client_id = credentials.loggable_id(policy);
+    credentials.authenticate(policy)
+}
+
 pub(crate) async fn revoke_job(
     State(state): State<Arc<AppState>>,
     Extension(context): Extension<RequestContext>,
@@ -176,10 +209,8 @@ async fn revoke_job_inner(
     headers: &HeaderMap,
     entry: &mut AuditEntry,
 ) -> Result<JobRevocationResponse, OAuthError> {
-    let credentials = credentials(headers, None)?;
     let policy = state.policy.load();
-    entry.client_id = credentials.loggable_id(&policy);
-    let workload = credentials.authenticate(&policy)?;
+    let workload = caller(state, &policy, headers, None, entry).await?;
     entry.sub = Some(workload.name().to_owned());
     let Path(job) = job.map_err(|_| {
         OAuthError::invalid_request(DenyReason::MalformedJob, "the job id is malformed")
