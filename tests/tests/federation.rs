@@ -351,6 +351,53 @@ async fn a_kubernetes_token_binds_by_nested_claims() {
     assert_refused(&reply, 400, "invalid_grant", "another namespace");
 }
 
+/// Concurrent first requests wait for the one fetch of the issuer's keys
+/// instead of being turned away by its rate limit.
+#[tokio::test]
+async fn concurrent_first_exchanges_share_one_fetch() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let id_token = idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", AUDIENCE));
+    let replies = futures_join_all(
+        (0..8)
+            .map(|_| exchange(&broker, &id_token, &[]))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    for (status, body) in replies {
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        idp.fetches.load(Ordering::SeqCst),
+        2,
+        "one discovery document and one JWK set"
+    );
+}
+
+/// Await every future (in this task: they interleave at their awaits).
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
 #[tokio::test]
 async fn an_issuer_that_is_down_is_temporarily_unavailable_but_cached_keys_still_work() {
     let idp = TestIdp::start().await;

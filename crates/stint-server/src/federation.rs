@@ -60,6 +60,9 @@ pub struct IssuerKeys {
     cache: tokio::sync::Mutex<HashMap<String, Cached>>,
     /// When each issuer was last fetched (or tried).
     attempts: tokio::sync::Mutex<HashMap<String, Instant>>,
+    /// Held while fetching: requests that need keys being fetched wait for
+    /// that fetch instead of being refused by the rate limit.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for IssuerKeys {
@@ -97,6 +100,7 @@ impl IssuerKeys {
             http,
             cache: tokio::sync::Mutex::new(HashMap::new()),
             attempts: tokio::sync::Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -108,12 +112,20 @@ impl IssuerKeys {
         issuer: &TrustedIssuer,
         kid: Option<&str>,
     ) -> Result<Arc<KeySet>, FetchError> {
+        let usable = |cached: &Option<(Arc<KeySet>, Instant)>| {
+            cached.as_ref().and_then(|(keys, fetched)| {
+                let has_kid = kid.is_some_and(|kid| keys.get(kid).is_some());
+                (has_kid && fetched.elapsed() < MAX_KEY_AGE).then(|| Arc::clone(keys))
+            })
+        };
+        if let Some(keys) = usable(&self.cached(issuer.url()).await) {
+            return Ok(keys);
+        }
+        // One fetch at a time; whoever waited looks at the cache again.
+        let _fetching = self.fetching.lock().await;
         let cached = self.cached(issuer.url()).await;
-        if let Some((keys, fetched)) = &cached {
-            let has_kid = kid.is_some_and(|kid| keys.get(kid).is_some());
-            if has_kid && fetched.elapsed() < MAX_KEY_AGE {
-                return Ok(Arc::clone(keys));
-            }
+        if let Some(keys) = usable(&cached) {
+            return Ok(keys);
         }
         // Fetch, unless this issuer was fetched (or tried) just now.
         let may_fetch = {
