@@ -324,6 +324,16 @@ pub struct TestCa {
     pub ca_pem: String,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A client certificate made by [`TestCa::client_certificate`].
+pub struct ClientCertificate {
+    /// Certificate and key, PEM, concatenated (what `reqwest::Identity`
+    /// takes).
+    pub identity_pem: String,
+    /// The certificate's DER.
+    pub der: Vec<u8>,
 }
 
 impl TestCa {
@@ -356,7 +366,45 @@ impl TestCa {
             ca_pem: ca_cert.pem(),
             cert_path,
             key_path,
+            issuer,
         }
+    }
+
+    /// A client certificate from this CA with a URI SAN and/or a DNS SAN.
+    pub fn client_certificate(&self, uri: Option<&str>, dns: Option<&str>) -> ClientCertificate {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "stint test client");
+        if let Some(uri) = uri {
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().unwrap()));
+        }
+        if let Some(dns) = dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(dns.try_into().unwrap()));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        ClientCertificate {
+            identity_pem: format!("{}{}", certificate.pem(), key.serialize_pem()),
+            der: certificate.der().to_vec(),
+        }
+    }
+
+    /// An HTTP client that trusts only this CA and presents `certificate`.
+    pub fn client_with(&self, certificate: &ClientCertificate) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(certificate.identity_pem.as_bytes()).unwrap())
+            .build()
+            .unwrap()
     }
 
     /// An HTTP client that trusts only this CA.

@@ -237,9 +237,44 @@ impl Verifier {
         }
     }
 
+    /// Verify `token` presented over a TLS connection authenticated with the
+    /// client certificate `certificate_der`: as [`Self::verify`], and a
+    /// certificate-bound token (`cnf`, RFC 8705) must be bound to exactly
+    /// this certificate.
+    pub async fn verify_with_certificate(
+        &self,
+        token: &str,
+        certificate_der: &[u8],
+    ) -> Result<VerifiedToken, Error> {
+        let verified = match self.verify(token).await {
+            Err(Error::InvalidToken(TokenError::CertificateBound)) => {
+                self.verify_unbound_check_skipped(token)?
+            }
+            other => other?,
+        };
+        if let Some(bound) = &verified.claims.cnf {
+            let presented = stint_core::claims::confirmation_for_certificate(certificate_der);
+            if presented != *bound {
+                return Err(TokenError::CertificateMismatch.into());
+            }
+        }
+        Ok(verified)
+    }
+
     /// Verify `token` with the keys already fetched, without any network
-    /// call: what [`Self::verify`] does when the key is known.
+    /// call: what [`Self::verify`] does when the key is known. A
+    /// certificate-bound token is refused here
+    /// ([`TokenError::CertificateBound`]): use
+    /// [`Self::verify_with_certificate`].
     pub fn verify_with_cached_keys(&self, token: &str) -> Result<VerifiedToken, Error> {
+        let verified = self.verify_unbound_check_skipped(token)?;
+        if verified.claims.cnf.is_some() {
+            return Err(TokenError::CertificateBound.into());
+        }
+        Ok(verified)
+    }
+
+    fn verify_unbound_check_skipped(&self, token: &str) -> Result<VerifiedToken, Error> {
         let keys = match self.inner.keys.read() {
             Ok(keys) => Arc::clone(&keys),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),

@@ -78,6 +78,15 @@ pub enum TokenError {
     /// such a token, so its key must be in the wrong hands.
     #[error("the token's lifetime is longer than any token Stint issues")]
     BadLifetime,
+    /// The token is bound to a TLS client certificate (`cnf`), and was not
+    /// checked against the certificate it was presented with.
+    #[error(
+        "the token is bound to a client certificate; verify it with the presenting certificate"
+    )]
+    CertificateBound,
+    /// The token is bound to another certificate than the one presenting it.
+    #[error("the token is bound to another client certificate")]
+    CertificateMismatch,
 }
 
 impl From<JoseError> for TokenError {
@@ -196,6 +205,7 @@ mod tests {
             job: "j".into(),
             step: "s".into(),
             workflow: "wf".into(),
+            cnf: None,
         }
     }
 

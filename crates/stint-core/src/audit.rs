@@ -109,6 +109,10 @@ pub struct AuditEntry {
     /// For a federated identity: the token's `sub`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federated_sub: Option<String>,
+    /// For TLS client certificate authentication: the certificate's
+    /// identity (the SAN the workload is bound to) and its SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
 }
 
 impl AuditEntry {
@@ -134,6 +138,7 @@ impl AuditEntry {
             detail: None,
             federated_iss: None,
             federated_sub: None,
+            client_certificate: None,
         }
     }
 }

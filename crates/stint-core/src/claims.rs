@@ -33,6 +33,22 @@ pub struct AccessTokenClaims {
     pub step: String,
     /// The workflow the step belongs to.
     pub workflow: String,
+    /// Confirmation (RFC 8705 section 3.1): the token is bound to the TLS
+    /// client certificate it was minted through, and only valid presented
+    /// over a connection authenticated with that certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+pub use stint_proto::Confirmation;
+
+/// The confirmation that binds a token to a certificate (DER): its
+/// base64url SHA-256 thumbprint (RFC 8705 section 3.1).
+pub fn confirmation_for_certificate(der: &[u8]) -> Confirmation {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    Confirmation {
+        x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()),
+    }
 }
 
 impl AccessTokenClaims {
@@ -57,6 +73,7 @@ impl AccessTokenClaims {
             job: grant.job().to_owned(),
             step: grant.step().to_owned(),
             workflow: grant.workflow().to_owned(),
+            cnf: None,
         }
     }
 

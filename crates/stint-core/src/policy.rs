@@ -68,6 +68,26 @@ pub struct Workload {
     workflows: Vec<String>,
     admin: bool,
     bindings: Vec<Binding>,
+    certificate: Option<CertificateIdentity>,
+}
+
+/// The TLS client certificate identity a workload is bound to (RFC 8705
+/// `tls_client_auth`): a subject alternative name, matched exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateIdentity {
+    /// A URI SAN, e.g. a SPIFFE ID `spiffe://example.org/ns/ci/sa/deployer`.
+    Uri(String),
+    /// A DNS SAN, e.g. `deployer.ci.example.org`.
+    Dns(String),
+}
+
+impl std::fmt::Display for CertificateIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uri(uri) => write!(f, "URI:{uri}"),
+            Self::Dns(dns) => write!(f, "DNS:{dns}"),
+        }
+    }
 }
 
 /// A named sequence of steps.
@@ -119,6 +139,10 @@ impl Workload {
     /// Its bindings to federated identities.
     pub fn bindings(&self) -> &[Binding] {
         &self.bindings
+    }
+    /// The TLS client certificate identity it may authenticate with.
+    pub fn certificate(&self) -> Option<&CertificateIdentity> {
+        self.certificate.as_ref()
     }
 }
 
@@ -293,6 +317,21 @@ impl Policy {
             .collect()
     }
 
+    /// The workload with `client_id` whose certificate binding is one of
+    /// `sans` (the presented certificate's subject alternative names).
+    pub fn workload_for_certificate(
+        &self,
+        client_id: &str,
+        sans: &[CertificateIdentity],
+    ) -> Option<&Workload> {
+        let workload = self
+            .by_client_id
+            .get(client_id)
+            .and_then(|name| self.workloads.get(name))?;
+        let bound = workload.certificate.as_ref()?;
+        sans.contains(bound).then_some(workload)
+    }
+
     /// Whether some workload has this client id.
     pub fn knows_client(&self, client_id: &str) -> bool {
         self.by_client_id.contains_key(client_id)
@@ -389,6 +428,15 @@ struct RawIssuer {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCertificate {
+    #[serde(default)]
+    uri: Option<String>,
+    #[serde(default)]
+    dns: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawBinding {
     issuer: Spanned<String>,
     claims: Spanned<BTreeMap<String, Spanned<String>>>,
@@ -402,6 +450,8 @@ struct RawWorkload {
     secret_sha256: Option<Spanned<String>>,
     #[serde(default)]
     federated: Option<Vec<Spanned<RawBinding>>>,
+    #[serde(default)]
+    certificate: Option<Spanned<RawCertificate>>,
     #[serde(default)]
     workflows: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
@@ -521,11 +571,60 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
                 bindings.push(binding);
             }
         }
-        if secret_sha256.is_none() && bindings.is_empty() {
+        let certificate = raw_workload.certificate.and_then(|raw| {
+            let cert_span = raw.span();
+            let cert_key = format!("{key}.certificate");
+            match raw.into_inner() {
+                RawCertificate {
+                    uri: Some(uri),
+                    dns: None,
+                } if uri.contains(':')
+                    && uri.len() <= 2048
+                    && uri.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
+                    Some(CertificateIdentity::Uri(uri))
+                }
+                RawCertificate {
+                    uri: None,
+                    dns: Some(dns),
+                } if !dns.is_empty()
+                    && dns.len() <= 253
+                    && dns
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
+                {
+                    Some(CertificateIdentity::Dns(dns.to_ascii_lowercase()))
+                }
+                RawCertificate {
+                    uri: Some(_),
+                    dns: Some(_),
+                }
+                | RawCertificate {
+                    uri: None,
+                    dns: None,
+                } => {
+                    errors.push(
+                        cert_span,
+                        &cert_key,
+                        "give exactly one of uri or dns".into(),
+                    );
+                    None
+                }
+                _ => {
+                    errors.push(
+                        cert_span,
+                        &cert_key,
+                        "a uri SAN must be an absolute URI, a dns SAN a host name".into(),
+                    );
+                    None
+                }
+            }
+        });
+        if secret_sha256.is_none() && bindings.is_empty() && certificate.is_none() {
             errors.push(
                 span.clone(),
                 &key,
-                "a workload needs a secret_sha256, a [[federated]] binding, or both".into(),
+                "a workload needs a secret_sha256, a [[federated]] binding or a certificate (any combination)".into(),
             );
         }
         let mut admin = false;
@@ -588,6 +687,7 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
                 workflows: workload_flows,
                 admin,
                 bindings,
+                certificate,
             },
         );
     }
@@ -1295,7 +1395,7 @@ claims = {{ "kubernetes.io/namespace" = "ci", sub = "system:serviceaccount:ci:*"
             "[workloads.second]\nclient_id = \"second-client\"\n",
         );
         let errors = errors_of(&orphan).join("\n");
-        assert!(errors.contains("workloads.second: a workload needs a secret_sha256, a [[federated]] binding, or both"), "{errors}");
+        assert!(errors.contains("workloads.second: a workload needs a secret_sha256, a [[federated]] binding or a certificate"), "{errors}");
     }
 
     #[test]

@@ -171,6 +171,7 @@ mod tests {
             job: job.into(),
             step: "s".into(),
             workflow: "w".into(),
+            cnf: None,
         }
     }
 

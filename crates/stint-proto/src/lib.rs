@@ -15,8 +15,8 @@ pub mod oauth;
 pub use jwk::{Jwk, JwkKey, JwkSet};
 pub use metadata::AuthorizationServerMetadata;
 pub use oauth::{
-    DevClient, ErrorCode, ErrorResponse, IntrospectionResponse, JobRevocationResponse,
-    KeyRotationResponse, TokenResponse,
+    Confirmation, DevClient, ErrorCode, ErrorResponse, IntrospectionResponse,
+    JobRevocationResponse, KeyRotationResponse, TokenResponse,
 };
 
 /// The token endpoint's path.

@@ -28,4 +28,8 @@ pub struct AuthorizationServerMetadata {
     pub introspection_endpoint_auth_methods_supported: Vec<String>,
     /// Algorithms the access tokens may be signed with.
     pub access_token_signing_alg_values_supported: Vec<String>,
+    /// Whether tokens minted through a TLS client certificate are bound to
+    /// it (RFC 8705 section 3.3); present when client certificates are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_certificate_bound_access_tokens: Option<bool>,
 }

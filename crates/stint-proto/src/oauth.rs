@@ -135,6 +135,9 @@ pub struct IntrospectionResponse {
     /// The workflow of that step (Stint extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// The certificate the token is bound to, if it is (RFC 8705).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
 }
 
 impl IntrospectionResponse {
@@ -142,6 +145,15 @@ impl IntrospectionResponse {
     pub fn inactive() -> Self {
         Self::default()
     }
+}
+
+/// The `cnf` (confirmation) member of a certificate-bound token and of its
+/// introspection (RFC 8705 section 3.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The base64url SHA-256 of the client certificate's DER.
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
 }
 
 /// The body of `POST /v1/jobs/{job}/revoke`'s success response.

@@ -62,6 +62,16 @@ impl Default for Limits {
     }
 }
 
+/// TLS client certificates (RFC 8705 `tls_client_auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificates {
+    /// The CA bundle (PEM) client certificates must chain to.
+    pub ca: PathBuf,
+    /// Refuse connections without a certificate (else they are accepted, and
+    /// only `tls_client_auth` needs one).
+    pub required: bool,
+}
+
 /// Everything `stintd` needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -84,6 +94,8 @@ pub struct Config {
     /// Extra CA certificates (PEM) to trust when fetching trusted OIDC
     /// issuers' keys, besides the web roots.
     pub federation_ca: Option<PathBuf>,
+    /// TLS client certificates, if accepted.
+    pub client_certificates: Option<ClientCertificates>,
 }
 
 impl Config {
@@ -99,6 +111,7 @@ impl Config {
             signing_alg: Algorithm::ES256,
             limits: Limits::default(),
             federation_ca: None,
+            client_certificates: None,
         }
     }
 
@@ -121,6 +134,9 @@ impl Config {
                 return Err(ConfigError::IssuerRequired(self.listen));
             }
             None => {}
+        }
+        if self.client_certificates.is_some() && self.tls.is_none() {
+            return Err(ConfigError::ClientCertificatesWithoutTls);
         }
         let limits = &self.limits;
         let durations = [
@@ -198,6 +214,9 @@ pub enum ConfigError {
         "--issuer is required when listening on {0}: give the URL clients use to reach the broker, e.g. --issuer https://stint.example.com:8443"
     )]
     IssuerRequired(SocketAddr),
+    /// Client certificates asked for on a plain-HTTP listener.
+    #[error("--client-ca-file needs TLS: give --tls-cert and --tls-key")]
+    ClientCertificatesWithoutTls,
     /// The federation CA file is unusable.
     #[error("--federation-ca-file: {0}")]
     FederationCa(String),

@@ -23,7 +23,7 @@ mod serve;
 mod state;
 pub mod tls;
 
-pub use config::{Config, ConfigError, Limits, PolicySource, TlsFiles};
+pub use config::{ClientCertificates, Config, ConfigError, Limits, PolicySource, TlsFiles};
 pub use dev::{DEMO_CLIENT_ID, DEV_CLIENT_FILE};
 pub use error::StartError;
 
@@ -265,7 +265,14 @@ pub async fn start_with_clock(
     );
 
     let tls = match &config.tls {
-        Some(files) => Some(tls::acceptor(&files.cert, &files.key).map_err(StartError::Tls)?),
+        Some(files) => Some(
+            tls::acceptor_with_clients(
+                &files.cert,
+                &files.key,
+                config.client_certificates.as_ref(),
+            )
+            .map_err(StartError::Tls)?,
+        ),
         None => None,
     };
     let listener = TcpListener::bind(config.listen)
@@ -285,7 +292,11 @@ pub async fn start_with_clock(
             if tls.is_some() { "https" } else { "http" }
         ),
     };
-    let metadata = metadata_document(&issuer, config.signing_alg.as_str())?;
+    let metadata = metadata_document(
+        &issuer,
+        config.signing_alg.as_str(),
+        config.client_certificates.is_some(),
+    )?;
 
     let dev_client = match demo_secret {
         Some(client_secret) if config.dev => {
@@ -449,11 +460,18 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
     }
 }
 
-fn metadata_document(issuer: &str, alg: &str) -> Result<Bytes, StartError> {
+fn metadata_document(issuer: &str, alg: &str, client_certs: bool) -> Result<Bytes, StartError> {
     let client_auth = vec![
         "client_secret_basic".to_owned(),
         "client_secret_post".to_owned(),
     ];
+    let token_auth = {
+        let mut methods = client_auth.clone();
+        if client_certs {
+            methods.push("tls_client_auth".to_owned());
+        }
+        methods
+    };
     let document = AuthorizationServerMetadata {
         issuer: issuer.to_owned(),
         token_endpoint: format!("{issuer}{}", proto::TOKEN_PATH),
@@ -465,10 +483,11 @@ fn metadata_document(issuer: &str, alg: &str) -> Result<Bytes, StartError> {
             proto::GRANT_TOKEN_EXCHANGE.to_owned(),
         ],
         response_types_supported: Vec::new(),
-        token_endpoint_auth_methods_supported: client_auth.clone(),
+        token_endpoint_auth_methods_supported: token_auth,
         revocation_endpoint_auth_methods_supported: client_auth.clone(),
         introspection_endpoint_auth_methods_supported: client_auth,
         access_token_signing_alg_values_supported: vec![alg.to_owned()],
+        tls_client_certificate_bound_access_tokens: client_certs.then_some(true),
     };
     serde_json::to_vec(&document)
         .map(Bytes::from)

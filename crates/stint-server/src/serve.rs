@@ -99,18 +99,25 @@ pub(crate) async fn serve(
         let activity = Arc::new(Activity::new(limits));
         let router = router.clone();
         let tracker = Arc::clone(&activity);
-        let service = TowerToHyperService::new(tower::service_fn(
-            move |mut request: http::Request<Incoming>| {
-                let request_guard = tracker.begin();
-                request.extensions_mut().insert(ConnectInfo(peer));
-                let response = router.clone().oneshot(request);
-                async move {
-                    let response = response.await;
-                    drop(request_guard);
-                    response
-                }
-            },
-        ));
+        // The service for this connection, given the client certificate its
+        // TLS handshake verified, if any.
+        let service = move |certificate: Option<PeerCertificate>| {
+            TowerToHyperService::new(tower::service_fn(
+                move |mut request: http::Request<Incoming>| {
+                    let request_guard = tracker.begin();
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    if let Some(certificate) = &certificate {
+                        request.extensions_mut().insert(certificate.clone());
+                    }
+                    let response = router.clone().oneshot(request);
+                    async move {
+                        let response = response.await;
+                        drop(request_guard);
+                        response
+                    }
+                },
+            ))
+        };
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -118,7 +125,7 @@ pub(crate) async fn serve(
             let _slot = slot;
             let result = match tls {
                 None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection = builder.serve_connection(TokioIo::new(stream), service(None));
                     tokio::select! {
                         result = watcher.watch(connection.into_owned()) => result,
                         () = activity.expired() => return,
@@ -141,7 +148,14 @@ pub(crate) async fn serve(
                             return;
                         }
                     };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|leaf| PeerCertificate(Arc::from(leaf.as_ref())));
+                    let connection =
+                        builder.serve_connection(TokioIo::new(stream), service(certificate));
                     tokio::select! {
                         result = watcher.watch(connection.into_owned()) => result,
                         () = activity.expired() => return,
@@ -161,6 +175,11 @@ pub(crate) async fn serve(
         tracing::warn!("some connections did not finish within the drain timeout");
     }
 }
+
+/// The TLS client certificate (DER) the connection's handshake verified
+/// against the configured client CA, as a request extension.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerCertificate(pub(crate) Arc<[u8]>);
 
 /// What a connection is doing, for the first-request and idle deadlines.
 ///

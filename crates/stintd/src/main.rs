@@ -52,6 +52,17 @@ struct Cli {
     #[arg(long, env = "STINTD_SIGNING_ALG", value_enum, default_value_t = SigningAlg::Es256)]
     signing_alg: SigningAlg,
 
+    /// Accept TLS client certificates chaining to this CA bundle (PEM):
+    /// workloads bound to a certificate SAN authenticate with
+    /// tls_client_auth (RFC 8705), and their tokens are certificate-bound.
+    #[arg(long, env = "STINTD_CLIENT_CA_FILE", requires = "tls_cert")]
+    client_ca_file: Option<PathBuf>,
+
+    /// With --client-ca-file: refuse TLS connections without a client
+    /// certificate.
+    #[arg(long, env = "STINTD_REQUIRE_CLIENT_CERT", requires = "client_ca_file")]
+    require_client_cert: bool,
+
     /// Extra CA certificates (PEM) to trust when fetching the keys of the
     /// policy's trusted OIDC issuers, besides the web roots.
     #[arg(long, env = "STINTD_FEDERATION_CA_FILE")]
@@ -170,6 +181,12 @@ fn config_from(cli: &Cli) -> Config {
         },
         limits: Limits::default(),
         federation_ca: cli.federation_ca_file.clone(),
+        client_certificates: cli.client_ca_file.clone().map(|ca| {
+            stint_server::ClientCertificates {
+                ca,
+                required: cli.require_client_cert,
+            }
+        }),
     }
 }
 

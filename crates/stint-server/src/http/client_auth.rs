@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 use stint_core::decision::DenyReason;
 use stint_core::form::{self, FormParams};
-use stint_core::policy::{Policy, Workload};
+use stint_core::policy::{CertificateIdentity, Policy, Workload};
 
 /// The largest request body accepted.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -109,6 +109,63 @@ impl ClientCredentials {
             .authenticate(&self.client_id, &self.secret)
             .ok_or_else(|| OAuthError::invalid_client("client authentication failed"))
     }
+}
+
+/// RFC 8705 `tls_client_auth`: a request with a verified client certificate,
+/// a `client_id` in the form and no other credentials authenticates as the
+/// workload with that client id whose certificate binding is one of the
+/// certificate's SANs. `None` when the request is not that kind.
+pub(crate) fn certificate_client<'p>(
+    policy: &'p Policy,
+    headers: &HeaderMap,
+    form: &FormParams,
+    certificate: Option<&crate::serve::PeerCertificate>,
+    entry: &mut stint_core::audit::AuditEntry,
+) -> Option<Result<&'p Workload, OAuthError>> {
+    let certificate = certificate?;
+    let client_id = form.get("client_id")?;
+    if headers.contains_key(header::AUTHORIZATION) || form.get("client_secret").is_some() {
+        return None;
+    }
+    let sans = certificate_identities(&certificate.0);
+    entry.client_id = policy.knows_client(client_id).then(|| client_id.to_owned());
+    entry.client_certificate = Some(
+        sans.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(512)
+            .collect(),
+    );
+    Some(
+        policy
+            .workload_for_certificate(client_id, &sans)
+            .ok_or_else(|| {
+                OAuthError::invalid_client("the client certificate is not bound to this client id")
+            }),
+    )
+}
+
+/// A certificate's URI and DNS subject alternative names.
+pub(crate) fn certificate_identities(der: &[u8]) -> Vec<CertificateIdentity> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(names)) = certificate.subject_alternative_name() else {
+        return Vec::new();
+    };
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(CertificateIdentity::Uri((*uri).to_owned())),
+            GeneralName::DNSName(dns) => Some(CertificateIdentity::Dns(dns.to_ascii_lowercase())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The token of an `Authorization: Bearer` header, if that is the scheme:

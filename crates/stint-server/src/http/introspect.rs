@@ -66,5 +66,6 @@ async fn introspect_inner(
         job: Some(claims.job),
         step: Some(claims.step),
         workflow: Some(claims.workflow),
+        cnf: claims.cnf,
     })
 }

@@ -2,9 +2,10 @@
 //! with step-scoped parameters.
 
 use super::RequestContext;
-use super::client_auth::{credentials, read_form};
+use super::client_auth::{certificate_client, credentials, read_form};
 use super::exchange;
 use crate::error::OAuthError;
+use crate::serve::PeerCertificate;
 use crate::state::AppState;
 use axum::Extension;
 use axum::Json;
@@ -17,7 +18,7 @@ use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderValue, header};
 use std::sync::Arc;
 use stint_core::audit::{AuditEntry, Decision, EventKind};
-use stint_core::claims::{AccessTokenClaims, new_jti};
+use stint_core::claims::{AccessTokenClaims, confirmation_for_certificate, new_jti};
 use stint_core::decision::{DecisionContext, DenyReason, StepRequest, decide};
 use stint_core::ids::validate_job_id;
 use stint_proto::{
@@ -28,12 +29,22 @@ use stint_proto::{
 pub(crate) async fn token(
     State(state): State<Arc<AppState>>,
     Extension(context): Extension<RequestContext>,
+    certificate: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let now = state.clock.now();
     let mut entry = state.audit_entry(now, EventKind::TokenDenied, Decision::Deny, Some(&context));
-    let outcome = mint(&state, now, &headers, body, &mut entry).await;
+    let certificate = certificate.map(|Extension(c)| c);
+    let outcome = mint(
+        &state,
+        now,
+        &headers,
+        certificate.as_ref(),
+        body,
+        &mut entry,
+    )
+    .await;
     if let Err(error) = &outcome {
         entry.reason = Some(error.reason.as_str().to_owned());
         entry.detail = Some(error.description.clone());
@@ -66,16 +77,27 @@ async fn mint(
     state: &AppState,
     now: DateTime<Utc>,
     headers: &HeaderMap,
+    certificate: Option<&PeerCertificate>,
     body: Body,
     entry: &mut AuditEntry,
 ) -> Result<TokenResponse, OAuthError> {
     let form = read_form(headers, body, state.body_timeout).await?;
     let policy = state.policy.load();
+    let mut bound_to = None;
     let (workload, identity_job, exchange) = match form.get("grant_type") {
         Some(GRANT_CLIENT_CREDENTIALS) => {
-            let credentials = credentials(headers, Some(&form))?;
-            entry.client_id = credentials.loggable_id(&policy);
-            (credentials.authenticate(&policy)?, None, false)
+            match certificate_client(&policy, headers, &form, certificate, entry) {
+                Some(workload) => {
+                    // Certificate-bound (RFC 8705 section 3).
+                    bound_to = certificate.map(|c| confirmation_for_certificate(&c.0));
+                    (workload?, None, false)
+                }
+                None => {
+                    let credentials = credentials(headers, Some(&form))?;
+                    entry.client_id = credentials.loggable_id(&policy);
+                    (credentials.authenticate(&policy)?, None, false)
+                }
+            }
         }
         Some(GRANT_TOKEN_EXCHANGE) => {
             if headers.contains_key(header::AUTHORIZATION)
@@ -146,7 +168,8 @@ async fn mint(
     entry.workflow = Some(grant.workflow().to_owned());
 
     let jti = new_jti(&state.rng).map_err(|_| internal("could not generate a token id"))?;
-    let claims = AccessTokenClaims::from_grant(&grant, &state.issuer, jti);
+    let mut claims = AccessTokenClaims::from_grant(&grant, &state.issuer, jti);
+    claims.cnf = bound_to;
     let access_token = state
         .keys
         .signing_key()

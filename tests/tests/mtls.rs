@@ -1,0 +1,216 @@
+//! TLS client certificates (RFC 8705): `tls_client_auth` against a workload
+//! bound to a SPIFFE ID or a DNS name, certificate-bound tokens, and the
+//! ways it must fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use stint_client::{Error, TokenError, Verifier};
+use stint_proto::{INTROSPECTION_PATH, TOKEN_PATH};
+use stint_server::{ClientCertificates, Config, PolicySource, RunningServer, TlsFiles};
+use stint_tests::{TestCa, decode_jwt, policy_with};
+
+const SPIFFE_ID: &str = "spiffe://example.org/ns/ci/sa/deployer";
+
+struct Broker {
+    server: RunningServer,
+    ca: TestCa,
+    _dir: tempfile::TempDir,
+}
+
+async fn broker(required: bool) -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let ca_file = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        policy_with(&format!(
+            "\n[workloads.spiffe-job]\nworkflows = [\"demo\"]\ncertificate = {{ uri = \"{SPIFFE_ID}\" }}\n\n\
+             [workloads.host-job]\nworkflows = [\"demo\"]\ncertificate = {{ dns = \"runner-7.ci.example.org\" }}\n"
+        )),
+    )
+    .unwrap();
+    let mut config = Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    config.policy = PolicySource::File(policy);
+    config.tls = Some(TlsFiles {
+        cert: ca.cert_path.clone(),
+        key: ca.key_path.clone(),
+    });
+    config.client_certificates = Some(ClientCertificates {
+        ca: ca_file,
+        required,
+    });
+    let server = stint_server::start(config).await.unwrap();
+    Broker {
+        server,
+        ca,
+        _dir: dir,
+    }
+}
+
+async fn mint(
+    broker: &Broker,
+    http: &reqwest::Client,
+    client_id: &str,
+) -> Result<(u16, Value), reqwest::Error> {
+    let response = http
+        .post(format!("{}{TOKEN_PATH}", broker.server.issuer()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("step", "read"),
+            ("scope", "read:demo/a"),
+            ("audience", "demo-api"),
+        ])
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+#[tokio::test]
+async fn a_bound_certificate_authenticates_and_binds_the_token() {
+    let broker = broker(false).await;
+    let metadata: Value = broker
+        .ca
+        .client()
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            broker.server.issuer()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["tls_client_certificate_bound_access_tokens"], true);
+    assert!(
+        metadata["token_endpoint_auth_methods_supported"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "tls_client_auth")
+    );
+    let certificate = broker.ca.client_certificate(Some(SPIFFE_ID), None);
+    let http = broker.ca.client_with(&certificate);
+    let (status, body) = mint(&broker, &http, "spiffe-job").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let (_, claims) = decode_jwt(&token);
+    assert_eq!(claims["sub"], "spiffe-job");
+    let thumbprint = stint_core::claims::confirmation_for_certificate(&certificate.der).x5t_s256;
+    assert_eq!(claims["cnf"]["x5t#S256"], thumbprint.as_str());
+
+    // Introspection reports the binding.
+    let answer: Value = broker
+        .ca
+        .client()
+        .post(format!("{}{INTROSPECTION_PATH}", broker.server.issuer()))
+        .basic_auth("demo-job", Some(stint_tests::test_secret("demo-job")))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["active"], true);
+    assert_eq!(answer["cnf"]["x5t#S256"], thumbprint.as_str());
+
+    // The SDK's verifier: only with the same certificate.
+    let verifier = Verifier::builder(broker.server.issuer())
+        .audience("demo-api")
+        .ca_pem(broker.ca.ca_pem.as_bytes())
+        .build()
+        .await
+        .unwrap();
+    verifier
+        .verify_with_certificate(&token, &certificate.der)
+        .await
+        .unwrap();
+    let other = broker.ca.client_certificate(Some(SPIFFE_ID), None);
+    match verifier.verify_with_certificate(&token, &other.der).await {
+        Err(Error::InvalidToken(TokenError::CertificateMismatch)) => {}
+        other => panic!("another certificate presented the token: {other:?}"),
+    }
+    match verifier.verify(&token).await {
+        Err(Error::InvalidToken(TokenError::CertificateBound)) => {}
+        other => panic!("a bound token verified without its certificate: {other:?}"),
+    }
+
+    // A DNS SAN binding works the same way; the audit names the identity.
+    let host = broker
+        .ca
+        .client_certificate(None, Some("runner-7.ci.example.org"));
+    let (status, body) = mint(&broker, &broker.ca.client_with(&host), "host-job")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let log = std::fs::read_to_string(
+        broker
+            ._dir
+            .path()
+            .join("data")
+            .join(stint_server::AUDIT_FILE),
+    )
+    .unwrap();
+    let last: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["client_certificate"], "DNS:runner-7.ci.example.org");
+    assert_eq!(last["sub"], "host-job");
+}
+
+#[tokio::test]
+async fn a_certificate_not_bound_to_the_client_is_refused() {
+    let broker = broker(false).await;
+    let stranger = broker
+        .ca
+        .client_certificate(Some("spiffe://example.org/ns/ci/sa/someone-else"), None);
+    let (status, body) = mint(&broker, &broker.ca.client_with(&stranger), "spiffe-job")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    // The right certificate for another client id is no better.
+    let right = broker.ca.client_certificate(Some(SPIFFE_ID), None);
+    let (status, _) = mint(&broker, &broker.ca.client_with(&right), "host-job")
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_or_none_where_required_is_refused_at_the_handshake() {
+    let broker = broker(true).await;
+    let elsewhere_dir = tempfile::tempdir().unwrap();
+    let elsewhere = TestCa::new(elsewhere_dir.path());
+    let foreign = elsewhere.client_certificate(Some(SPIFFE_ID), None);
+    // Trust the broker's CA for the server, present a foreign client cert.
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(broker.ca.ca_pem.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(foreign.identity_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    assert!(
+        mint(&broker, &http, "spiffe-job").await.is_err(),
+        "the handshake must fail for a certificate from another CA"
+    );
+    assert!(
+        mint(&broker, &broker.ca.client(), "spiffe-job")
+            .await
+            .is_err(),
+        "no certificate where one is required"
+    );
+    // With the right certificate, the same broker serves.
+    let good = broker.ca.client_certificate(Some(SPIFFE_ID), None);
+    let (status, _) = mint(&broker, &broker.ca.client_with(&good), "spiffe-job")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}
