@@ -80,6 +80,10 @@ impl TestIdp {
             "issuer": format!("{issuer}/k8s"),
             "jwks_uri": format!("{issuer}/jwks"),
         });
+        let gitlab_discovery = json!({
+            "issuer": format!("{issuer}/gitlab"),
+            "jwks_uri": format!("{issuer}/jwks"),
+        });
         let serve = |body: Value, fetches: Arc<AtomicUsize>, down: Arc<AtomicBool>| {
             move || {
                 let (body, fetches, down) = (body.clone(), fetches.clone(), down.clone());
@@ -104,6 +108,10 @@ impl TestIdp {
             .route(
                 "/k8s/.well-known/openid-configuration",
                 get(serve(cluster_discovery, fetches.clone(), down.clone())),
+            )
+            .route(
+                "/gitlab/.well-known/openid-configuration",
+                get(serve(gitlab_discovery, fetches.clone(), down.clone())),
             )
             .route(
                 "/jwks",
@@ -191,6 +199,34 @@ impl TestIdp {
             "nbf": now,
             "exp": now + 300,
             "jti": "6d3bd3f1-6f84-4cc5-9e49-1f2d1b0e9a01",
+        })
+    }
+
+    /// The third issuer it serves, standing for a GitLab instance.
+    pub fn gitlab_issuer(&self) -> String {
+        format!("{}/gitlab", self.issuer)
+    }
+
+    /// Claims shaped like a GitLab CI ID token (`id_tokens:`) for `project`
+    /// on branch `branch`, from [`Self::gitlab_issuer`].
+    pub fn gitlab_claims(&self, project: &str, branch: &str, audience: &str) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({
+            "iss": self.gitlab_issuer(),
+            "aud": audience,
+            "sub": format!("project_path:{project}:ref_type:branch:ref:{branch}"),
+            "project_path": project,
+            "namespace_path": project.split('/').next().unwrap(),
+            "ref": branch,
+            "ref_type": "branch",
+            "ref_protected": "true",
+            "pipeline_id": "1234567",
+            "pipeline_source": "push",
+            "job_id": "7654321",
+            "user_login": "alice",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
         })
     }
 

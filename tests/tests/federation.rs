@@ -24,6 +24,18 @@ url = "{cluster}"
 preset = "kubernetes"
 audiences = ["{AUDIENCE}"]
 
+[issuers.gitlab]
+url = "{gitlab}"
+preset = "gitlab-ci"
+audiences = ["{AUDIENCE}"]
+
+[workloads.gitlab-deployer]
+workflows = ["demo"]
+
+[[workloads.gitlab-deployer.federated]]
+issuer = "gitlab"
+claims = {{ project_path = "acme/api", ref = "main", ref_protected = "true" }}
+
 [workloads.web-deployer]
 workflows = ["demo"]
 
@@ -40,6 +52,7 @@ claims = {{ "kubernetes.io/namespace" = "ci", sub = "system:serviceaccount:ci:*"
 "#,
         issuer = idp.issuer,
         cluster = idp.kubernetes_issuer(),
+        gitlab = idp.gitlab_issuer(),
     ))
 }
 
@@ -330,6 +343,22 @@ async fn bad_subject_tokens_are_refused() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn a_gitlab_ci_token_is_exchanged_with_its_job_id() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let claims = idp.gitlab_claims("acme/api", "main", AUDIENCE);
+    let (status, body) = exchange(&broker, &idp.rs256_token(&claims), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["job"], "7654321", "the GitLab CI job");
+    let (_, token) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(token["sub"], "gitlab-deployer");
+    let mut unprotected = claims;
+    unprotected["ref_protected"] = json!("false");
+    let reply = exchange(&broker, &idp.rs256_token(&unprotected), &[]).await;
+    assert_refused(&reply, 400, "invalid_grant", "an unprotected branch");
 }
 
 #[tokio::test]

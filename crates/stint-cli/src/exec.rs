@@ -1,8 +1,8 @@
 //! `stint exec`: a token that lives exactly as long as a command.
 //!
 //! The token goes to the child in one environment variable; the workload's
-//! client secret does not (`STINT_CLIENT_SECRET` is removed from the child's
-//! environment, and `stint` makes itself non-dumpable so that the child,
+//! client secret or platform ID token does not (`STINT_CLIENT_SECRET` and
+//! `STINT_SUBJECT_TOKEN` are removed from the child's environment, and `stint` makes itself non-dumpable so that the child,
 //! running as the same user, cannot read it from `/proc`). `SIGINT`,
 //! `SIGTERM`, `SIGHUP` and `SIGQUIT` sent to `stint` are passed on to the
 //! child, and `stint` itself does not die of them: it waits for the child to
@@ -85,6 +85,7 @@ pub(crate) async fn run(
     let spawned = tokio::process::Command::new(program)
         .args(args)
         .env_remove("STINT_CLIENT_SECRET")
+        .env_remove("STINT_SUBJECT_TOKEN")
         .env(env_var, step.token())
         .spawn();
     let mut child = match spawned {

@@ -41,6 +41,7 @@ The broker and credentials come from the environment:
   STINT_CA_FILE        a PEM CA bundle to trust besides the system's roots
   STINT_SUBJECT_TOKEN_FILE  the platform's ID token (GitHub Actions, GitLab
                        CI, Kubernetes) to authenticate with instead of a secret
+  STINT_SUBJECT_TOKEN  the same token, as the variable's value
 or from --credentials FILE (the dev-client.json shape: issuer, client_id,
 client_secret).
 
@@ -204,6 +205,10 @@ struct BrokerArgs {
     #[arg(long, env = "STINT_SUBJECT_TOKEN_FILE")]
     subject_token_file: Option<PathBuf>,
 }
+
+/// The platform ID token itself, from the environment (GitLab's
+/// `id_tokens:` puts it in a variable): `STINT_SUBJECT_TOKEN`.
+const SUBJECT_TOKEN_VAR: &str = "STINT_SUBJECT_TOKEN";
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ttl::parse_policy(text)
@@ -456,15 +461,21 @@ async fn request_token(
 
 /// Build a client from the flags, the environment and the credentials file.
 async fn connect(args: &BrokerArgs) -> Result<Client, Failure> {
-    if let Some(subject) = &args.subject_token_file {
+    let subject = match (&args.subject_token_file, std::env::var(SUBJECT_TOKEN_VAR)) {
+        (Some(file), _) => Some(stint_client::SubjectToken::File(file.clone())),
+        (None, Ok(token)) if !token.trim().is_empty() => {
+            Some(stint_client::SubjectToken::Value(token.trim().to_owned()))
+        }
+        _ => None,
+    };
+    if let Some(subject) = subject {
         let url = args.url.clone().ok_or_else(|| {
             Failure::new(
                 2,
-                "no broker: set STINT_URL or --url (with --subject-token-file)",
+                "no broker: set STINT_URL or --url (with a subject token)",
             )
         })?;
-        let mut builder =
-            Client::builder(url).subject_token(stint_client::SubjectToken::File(subject.clone()));
+        let mut builder = Client::builder(url).subject_token(subject);
         if let Some(ca) = &args.ca_file {
             builder = builder.ca_file(ca);
         }

@@ -490,4 +490,26 @@ async fn exec_with_a_platform_id_token_and_no_secret() {
     let (_, claims) = stint_tests::decode_jwt(&token);
     assert_eq!(claims["sub"], "web-deployer");
     assert_eq!(claims["job"], "9876543210-1");
+
+    // The token itself in STINT_SUBJECT_TOKEN (GitLab's id_tokens style);
+    // the command never sees it.
+    std::fs::remove_file(&out).unwrap();
+    let script = format!(
+        "test -z \"$STINT_SUBJECT_TOKEN\" && echo \"$STINT_TOKEN\" > {}",
+        out.display()
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_stint"))
+        .env_clear()
+        .env("STINT_URL", broker.issuer())
+        .env(
+            "STINT_SUBJECT_TOKEN",
+            std::fs::read_to_string(&id_token_file).unwrap(),
+        )
+        .args(exec_args(&[], &script))
+        .output()
+        .await
+        .unwrap();
+    assert_success(&output, "exec with STINT_SUBJECT_TOKEN");
+    let token = token_written_to(&out).await;
+    assert_eq!(broker.introspect(&token).await["active"], false);
 }
