@@ -159,6 +159,20 @@ async fn a_federated_job_revokes_with_its_id_token() {
     assert_eq!(record["sub"], "web-deployer");
     assert_eq!(record["federated_sub"], "repo:acme/web:ref:refs/heads/main");
 
+    // The step token itself is authority enough to revoke it (it outlives
+    // the platform's ID token), and only for its own job.
+    let third = mint().await;
+    let response = broker
+        .http
+        .post(broker.url(stint_proto::REVOCATION_PATH))
+        .bearer_auth(&third)
+        .form(&[("token", third.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(broker.introspect(&third).await["active"], false);
+
     let second = mint().await;
     let response = broker
         .http
@@ -175,6 +189,20 @@ async fn a_federated_job_revokes_with_its_id_token() {
         400,
         "invalid_grant",
         "the completed job mints no more",
+    );
+
+    // An ID token naming job 9876543210-1 cannot complete another job.
+    let response = broker
+        .http
+        .post(broker.url("/v1/jobs/9876543211-1/revoke"))
+        .bearer_auth(&id_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "another job");
+    assert_eq!(
+        broker.audit_records().last().unwrap()["reason"],
+        "not_tokens_owner"
     );
 
     // Someone else's ID token is no authority over these tokens.
@@ -288,12 +316,20 @@ async fn bad_subject_tokens_are_refused() {
     let reply = exchange(&broker, &idp.rs256_token(&old), &[]).await;
     assert_refused(&reply, 400, "invalid_grant", "older than max_token_age");
 
-    // Signed by a key the issuer does not publish.
+    // Signed by a key the issuer does not publish (an ES256 key of another
+    // IdP, for the Kubernetes issuer, which accepts ES256).
     let stranger = TestIdp::start().await;
-    let mut claims = good.clone();
-    claims["iss"] = json!(idp.issuer);
+    let claims = idp.kubernetes_claims("ci", "deployer", AUDIENCE);
     let reply = exchange(&broker, &stranger.es256_token(&claims), &[]).await;
     assert_refused(&reply, 400, "invalid_grant", "unknown key");
+    assert!(
+        reply.1["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("a key its issuer does not publish"),
+        "{}",
+        reply.1
+    );
 
     // alg none.
     let none = format!(

@@ -86,6 +86,7 @@ pub(crate) async fn run(
         .args(args)
         .env_remove("STINT_CLIENT_SECRET")
         .env_remove("STINT_SUBJECT_TOKEN")
+        .env_remove("STINT_SUBJECT_TOKEN_FILE")
         .env(env_var, step.token())
         .spawn();
     let mut child = match spawned {

@@ -431,7 +431,15 @@ impl Client {
     pub async fn revoke(&self, token: &str) -> Result<(), Error> {
         let url = &self.inner.revocation_endpoint;
         retrying(url, || async {
-            let response = self.post_form(url, &[("token", token)]).await?;
+            let authorization = match &self.inner.auth {
+                Auth::Secret(credentials) => credentials.basic(),
+                // A federated client revokes a step token with the token
+                // itself: it outlives the platform ID token that minted it.
+                Auth::Federated(_) => format!("Bearer {token}"),
+            };
+            let response = self
+                .send_form(url, &[("token", token)], Some(authorization))
+                .await?;
             read_empty(url, response).await
         })
         .await

@@ -109,8 +109,9 @@ pub struct AuditEntry {
     /// For a federated identity: the token's `sub`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federated_sub: Option<String>,
-    /// For TLS client certificate authentication: the certificate's
-    /// identity (the SAN the workload is bound to) and its SHA-256.
+    /// For TLS client certificate authentication: the presented
+    /// certificate's URI and DNS SANs (`URI:...`, `DNS:...`, space
+    /// separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
 }

@@ -895,13 +895,73 @@ fn build_binding(
     }
     if !matchers.is_empty() && matchers.iter().all(|(_, glob)| !glob.is_exact()) {
         errors.push(
-            span,
+            span.clone(),
             key,
             "every matcher has a '*': pin at least one claim to an exact value (the repository, the namespace...), so the binding names one identity, not a family".into(),
         );
         ok = false;
     }
+    if let Some(preset) = issuers.get(&issuer).and_then(TrustedIssuer::preset)
+        && !matchers.is_empty()
+        && !names_a_tenant(preset, &matchers)
+    {
+        let what = match preset {
+            Preset::GithubActions => {
+                "pin the repository: an exact repository, repository_id, repository_owner or repository_owner_id, or a sub of the form repo:ORG/REPO:... without '*' in ORG/REPO"
+            }
+            Preset::GitlabCi => {
+                "pin the project: an exact project_path, project_id, namespace_path or namespace_id, or a sub of the form project_path:GROUP/PROJECT:... without '*' in GROUP/PROJECT"
+            }
+            Preset::Kubernetes => {
+                "pin the namespace: an exact kubernetes.io/namespace, or a sub of the form system:serviceaccount:NAMESPACE:... without '*' in NAMESPACE"
+            }
+        };
+        errors.push(
+            span,
+            key,
+            format!(
+                "on a shared issuer, anyone's token can match a binding that names no repository or project: {what}"
+            ),
+        );
+        ok = false;
+    }
     ok.then_some(Binding { issuer, matchers })
+}
+
+/// Whether a binding to a preset's (shared, multi-tenant) issuer pins the
+/// tenant: the repository, project or namespace.
+fn names_a_tenant(preset: Preset, matchers: &[(ClaimPath, Glob)]) -> bool {
+    let (claims, sub_prefix): (&[&str], &str) = match preset {
+        Preset::GithubActions => (
+            &[
+                "repository",
+                "repository_id",
+                "repository_owner",
+                "repository_owner_id",
+            ],
+            "repo:",
+        ),
+        Preset::GitlabCi => (
+            &[
+                "project_path",
+                "project_id",
+                "namespace_path",
+                "namespace_id",
+            ],
+            "project_path:",
+        ),
+        Preset::Kubernetes => (&["kubernetes.io/namespace"], "system:serviceaccount:"),
+    };
+    matchers.iter().any(|(path, glob)| {
+        (claims.contains(&path.as_str()) && glob.is_exact())
+            || (path.as_str() == "sub"
+                && glob
+                    .as_str()
+                    .strip_prefix(sub_prefix)
+                    .and_then(|rest| rest.split(':').next())
+                    .is_some_and(|tenant| !tenant.is_empty() && !tenant.contains('*'))
+                && glob.as_str().matches(':').count() > sub_prefix.matches(':').count())
+    })
 }
 
 fn build_step(
@@ -1386,6 +1446,33 @@ claims = {{ "kubernetes.io/namespace" = "ci", sub = "system:serviceaccount:ci:*"
         assert!(
             errors.contains("workloads.web-deployer.federated[0]: every matcher has a '*'"),
             "{errors}"
+        );
+
+        // A binding to a shared issuer that names no repository.
+        let loose = federated().replace(
+            r#"claims = { repository = "acme/web", ref = "refs/heads/main", sub = "repo:acme/web:*" }"#,
+            r#"claims = { workflow = "deploy", environment = "production" }"#,
+        );
+        let errors = errors_of(&loose).join("\n");
+        assert!(
+            errors.contains("workloads.web-deployer.federated[0]: on a shared issuer"),
+            "{errors}"
+        );
+        let by_sub = federated().replace(
+            r#"claims = { repository = "acme/web", ref = "refs/heads/main", sub = "repo:acme/web:*" }"#,
+            r#"claims = { environment = "production", sub = "repo:acme/web:environment:production" }"#,
+        );
+        assert!(
+            Policy::parse("p.toml", &by_sub).is_ok(),
+            "sub pins the repository"
+        );
+        let wild_sub = federated().replace(
+            r#"claims = { repository = "acme/web", ref = "refs/heads/main", sub = "repo:acme/web:*" }"#,
+            r#"claims = { environment = "production", sub = "repo:acme/*:environment:production" }"#,
+        );
+        assert!(
+            Policy::parse("p.toml", &wild_sub).is_err(),
+            "a '*' in ORG/REPO"
         );
 
         let orphan = good().replace(

@@ -60,9 +60,10 @@ pub struct IssuerKeys {
     cache: tokio::sync::Mutex<HashMap<String, Cached>>,
     /// When each issuer was last fetched (or tried).
     attempts: tokio::sync::Mutex<HashMap<String, Instant>>,
-    /// Held while fetching: requests that need keys being fetched wait for
-    /// that fetch instead of being refused by the rate limit.
-    fetching: tokio::sync::Mutex<()>,
+    /// One lock per issuer, held while fetching it: requests that need keys
+    /// being fetched wait for that fetch instead of being refused by the
+    /// rate limit, and a slow issuer holds up only its own requests.
+    fetching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for IssuerKeys {
@@ -100,7 +101,7 @@ impl IssuerKeys {
             http,
             cache: tokio::sync::Mutex::new(HashMap::new()),
             attempts: tokio::sync::Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -122,7 +123,14 @@ impl IssuerKeys {
             return Ok(keys);
         }
         // One fetch at a time; whoever waited looks at the cache again.
-        let _fetching = self.fetching.lock().await;
+        let lock = {
+            let mut locks = match self.fetching.lock() {
+                Ok(locks) => locks,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            Arc::clone(locks.entry(issuer.url().to_owned()).or_default())
+        };
+        let _fetching = lock.lock().await;
         let cached = self.cached(issuer.url()).await;
         if let Some(keys) = usable(&cached) {
             return Ok(keys);

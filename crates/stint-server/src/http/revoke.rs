@@ -82,7 +82,7 @@ async fn revoke(
 ) -> Result<Revoked, OAuthError> {
     let form = read_form(headers, body, state.body_timeout).await?;
     let policy = state.policy.load();
-    let workload = caller(state, &policy, headers, Some(&form), entry).await?;
+    let Caller { workload, only_job } = caller(state, &policy, headers, Some(&form), entry).await?;
     entry.sub = Some(workload.name().to_owned());
     let token = form.get("token").ok_or_else(|| {
         OAuthError::invalid_request(
@@ -104,6 +104,9 @@ async fn revoke(
     entry.aud = Some(claims.aud.clone());
     entry.exp = Some(claims.exp);
     entry.scopes = claims.scopes().map(str::to_owned).collect();
+    if only_job.as_ref().is_some_and(|job| *job != claims.job) {
+        return Err(not_this_job());
+    }
     if claims.client_id != workload.client_id() || claims.sub != workload.name() {
         return Err(OAuthError::new(
             ErrorCode::UnauthorizedClient,
@@ -132,9 +135,19 @@ async fn revoke(
     Ok(Revoked::Now)
 }
 
+/// Who is asking, and which job (if only one) they speak for.
+struct Caller<'p> {
+    workload: &'p Workload,
+    /// A bearer credential tied to one job (a step token, or an ID token
+    /// whose claims name the job) speaks for that job only.
+    only_job: Option<String>,
+}
+
 /// Who is asking: a workload authenticated by its client credentials
-/// (HTTP Basic, or in the form body when `form` is given), or a federated
-/// workload by its platform's ID token (`Authorization: Bearer`), verified
+/// (HTTP Basic, or in the form body when `form` is given); or, as
+/// `Authorization: Bearer`, one of the broker's own active access tokens
+/// (a federated job revokes with the step token itself, which outlives its
+/// platform ID token) or a federated workload's platform ID token, verified
 /// exactly as a token exchange verifies it.
 async fn caller<'p>(
     state: &AppState,
@@ -142,8 +155,27 @@ async fn caller<'p>(
     headers: &HeaderMap,
     form: Option<&FormParams>,
     entry: &mut AuditEntry,
-) -> Result<&'p Workload, OAuthError> {
-    if let Some(id_token) = bearer(headers) {
+) -> Result<Caller<'p>, OAuthError> {
+    if let Some(presented) = bearer(headers) {
+        // A genuine, unexpired token of ours (revoked already or not:
+        // revoking again, or completing its job, changes nothing for the
+        // worse).
+        if let Ok(TokenState::Active(claims) | TokenState::Revoked(claims)) =
+            state.check_token(presented, state.clock.now())
+        {
+            let workload = policy
+                .workload(&claims.sub)
+                .filter(|w| w.client_id() == claims.client_id)
+                .ok_or_else(|| {
+                    OAuthError::invalid_client("the bearer token's workload is not in the policy")
+                })?;
+            entry.client_id = Some(workload.client_id().to_owned());
+            return Ok(Caller {
+                workload,
+                only_job: Some(claims.job),
+            });
+        }
+        let id_token = presented;
         let identity = exchange::identify(state, policy, id_token, entry)
             .await
             .map_err(|error| {
@@ -157,11 +189,25 @@ async fn caller<'p>(
                 }
             })?;
         entry.client_id = Some(identity.workload.client_id().to_owned());
-        return Ok(identity.workload);
+        return Ok(Caller {
+            workload: identity.workload,
+            only_job: identity.job,
+        });
     }
     let credentials = credentials(headers, form)?;
     entry.client_id = credentials.loggable_id(policy);
-    credentials.authenticate(policy)
+    Ok(Caller {
+        workload: credentials.authenticate(policy)?,
+        only_job: None,
+    })
+}
+
+fn not_this_job() -> OAuthError {
+    OAuthError::new(
+        ErrorCode::UnauthorizedClient,
+        DenyReason::NotTokensOwner,
+        "this bearer credential speaks for another job",
+    )
 }
 
 pub(crate) async fn revoke_job(
@@ -210,7 +256,7 @@ async fn revoke_job_inner(
     entry: &mut AuditEntry,
 ) -> Result<JobRevocationResponse, OAuthError> {
     let policy = state.policy.load();
-    let workload = caller(state, &policy, headers, None, entry).await?;
+    let Caller { workload, only_job } = caller(state, &policy, headers, None, entry).await?;
     entry.sub = Some(workload.name().to_owned());
     let Path(job) = job.map_err(|_| {
         OAuthError::invalid_request(DenyReason::MalformedJob, "the job id is malformed")
@@ -222,6 +268,9 @@ async fn revoke_job_inner(
         )
     })?;
     entry.job = Some(job.clone());
+    if only_job.as_ref().is_some_and(|only| *only != job) {
+        return Err(not_this_job());
+    }
     let now = state.clock.now();
     // Jobs are keyed by workload: a workload can only ever revoke (and be
     // blocked from minting for) its own jobs.
