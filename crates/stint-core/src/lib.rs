@@ -17,6 +17,7 @@
 //!    [`jose::SigningKey::sign_jwt`] turn the grant into a token.
 
 pub mod access_token;
+pub mod approval;
 pub mod audit;
 pub mod claims;
 pub mod clock;

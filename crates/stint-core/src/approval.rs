@@ -1,0 +1,467 @@
+//! Operator-approved temporary elevation: the rules, without I/O.
+//!
+//! A step may declare an elevation: scopes beyond its standing grant that
+//! operators (people) can approve for one job's step, for a bounded time.
+//! A request for such scopes becomes an [`ApprovalRequest`]; operators
+//! approve or deny it; once enough distinct operators approved, the job's
+//! step may mint tokens carrying the approved scopes, within the approval's
+//! window. This module enforces every rule the broker promises:
+//!
+//! - only an operator in one of the elevation's approver groups may decide;
+//! - nobody approves a request made by a workload they own;
+//! - the same operator never counts twice;
+//! - a deny is final;
+//! - a request expires after its waiting time, an approval after its
+//!   duration (the shortest any approver granted, never more than the
+//!   elevation's maximum);
+//! - only the requesting job's step mints under an approval, and only the
+//!   approved scopes;
+//! - a revoked approval is over.
+//!
+//! Times are seconds since the epoch; the caller supplies `now`.
+
+use crate::scope::Scope;
+use std::collections::BTreeSet;
+use thiserror::Error;
+
+/// What a step's elevation allows operators to grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elevation {
+    /// The groups whose members may approve.
+    pub approver_groups: BTreeSet<String>,
+    /// How many distinct operators must approve.
+    pub quorum: usize,
+    /// The longest an approval may last, in seconds.
+    pub max_duration: i64,
+    /// How long a request waits for its quorum before it expires, seconds.
+    pub max_wait: i64,
+    /// Whether a request must give a reason.
+    pub reason_required: bool,
+}
+
+/// A person who may approve, as the policy declares them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// Their name (the identity they authenticate as).
+    pub name: String,
+    /// Their groups.
+    pub groups: BTreeSet<String>,
+    /// The workloads they own: they never approve those workloads' requests.
+    pub owns: BTreeSet<String>,
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for approvals until `expires_at`.
+    Pending,
+    /// Approved: the step may mint until `until`.
+    Approved {
+        /// The end of the window.
+        until: i64,
+    },
+    /// Denied, for good.
+    Denied {
+        /// Who denied.
+        by: String,
+        /// Why.
+        comment: String,
+    },
+    /// Revoked after approval.
+    Revoked {
+        /// Who revoked.
+        by: String,
+    },
+}
+
+/// One operator's approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// Who.
+    pub operator: String,
+    /// When.
+    pub at: i64,
+    /// The duration they granted, seconds (at most what was asked).
+    pub duration: i64,
+    /// What they said.
+    pub comment: Option<String>,
+}
+
+/// A request for elevated scopes, with everything an operator needs to
+/// decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRequest {
+    /// Its id.
+    pub id: String,
+    /// The workload that asked.
+    pub workload: String,
+    /// The job.
+    pub job: String,
+    /// The step (`workflow/step`).
+    pub step: String,
+    /// The elevated scopes asked for.
+    pub scopes: Vec<Scope>,
+    /// Why, in the requester's words.
+    pub reason: Option<String>,
+    /// The duration asked, seconds.
+    pub duration_asked: i64,
+    /// When it was made.
+    pub requested_at: i64,
+    /// When it expires unless approved.
+    pub expires_at: i64,
+    /// The elevation's rules, as they were when the request was made.
+    pub elevation: Elevation,
+    /// Approvals so far, one per operator.
+    pub approvals: Vec<Approval>,
+    /// Where it stands.
+    pub state: State,
+}
+
+/// Why a decision was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ApprovalError {
+    /// The request is not pending (decided, revoked or expired).
+    #[error("the request is no longer pending")]
+    NotPending,
+    /// The request waited too long.
+    #[error("the request has expired")]
+    Expired,
+    /// The operator is in none of the approver groups.
+    #[error("this operator is not in an approver group for this elevation")]
+    NotAnApprover,
+    /// The operator owns the requesting workload.
+    #[error("an operator does not approve a request of a workload they own")]
+    OwnWorkload,
+    /// The operator already approved.
+    #[error("this operator has already approved this request")]
+    AlreadyApproved,
+    /// A deny needs a comment.
+    #[error("a denial needs a comment")]
+    CommentRequired,
+    /// Nothing to revoke.
+    #[error("only an approved request can be revoked")]
+    NotApproved,
+    /// The request itself is not acceptable.
+    #[error("{0}")]
+    BadRequest(&'static str),
+}
+
+impl ApprovalRequest {
+    /// A new pending request. `duration_asked` is capped at the elevation's
+    /// maximum; a missing reason is refused if the elevation requires one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        workload: String,
+        job: String,
+        step: String,
+        scopes: Vec<Scope>,
+        reason: Option<String>,
+        duration_asked: i64,
+        elevation: Elevation,
+        now: i64,
+    ) -> Result<Self, ApprovalError> {
+        if scopes.is_empty() {
+            return Err(ApprovalError::BadRequest(
+                "an elevation request names scopes",
+            ));
+        }
+        if elevation.reason_required && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(ApprovalError::BadRequest(
+                "this elevation requires a reason",
+            ));
+        }
+        if duration_asked <= 0 {
+            return Err(ApprovalError::BadRequest("the duration must be positive"));
+        }
+        Ok(Self {
+            id,
+            workload,
+            job,
+            step,
+            scopes,
+            reason,
+            duration_asked: duration_asked.min(elevation.max_duration),
+            requested_at: now,
+            expires_at: now.saturating_add(elevation.max_wait),
+            elevation,
+            approvals: Vec::new(),
+            state: State::Pending,
+        })
+    }
+
+    fn check_pending(&self, now: i64) -> Result<(), ApprovalError> {
+        if self.state != State::Pending {
+            return Err(ApprovalError::NotPending);
+        }
+        if now >= self.expires_at {
+            return Err(ApprovalError::Expired);
+        }
+        Ok(())
+    }
+
+    fn check_operator(&self, operator: &Operator) -> Result<(), ApprovalError> {
+        if operator.groups.is_disjoint(&self.elevation.approver_groups) {
+            return Err(ApprovalError::NotAnApprover);
+        }
+        // Nobody approves their own request: the requesting workload's
+        // owners, and an operator whose identity is the requester.
+        if operator.owns.contains(&self.workload) || operator.name == self.workload {
+            return Err(ApprovalError::OwnWorkload);
+        }
+        Ok(())
+    }
+
+    /// `operator` approves, granting at most `duration` seconds (`None`:
+    /// what was asked). Returns the new state: still pending until the
+    /// quorum of distinct operators is reached, then approved until now
+    /// plus the shortest duration any approver granted.
+    pub fn approve(
+        &mut self,
+        operator: &Operator,
+        duration: Option<i64>,
+        comment: Option<String>,
+        now: i64,
+    ) -> Result<&State, ApprovalError> {
+        self.check_pending(now)?;
+        self.check_operator(operator)?;
+        if self.approvals.iter().any(|a| a.operator == operator.name) {
+            return Err(ApprovalError::AlreadyApproved);
+        }
+        let duration = duration
+            .unwrap_or(self.duration_asked)
+            .clamp(1, self.duration_asked);
+        self.approvals.push(Approval {
+            operator: operator.name.clone(),
+            at: now,
+            duration,
+            comment,
+        });
+        if self.approvals.len() >= self.elevation.quorum.max(1) {
+            let shortest = self
+                .approvals
+                .iter()
+                .map(|a| a.duration)
+                .min()
+                .unwrap_or(duration);
+            self.state = State::Approved {
+                until: now.saturating_add(shortest),
+            };
+        }
+        Ok(&self.state)
+    }
+
+    /// `operator` denies: final, whatever approvals came before.
+    pub fn deny(
+        &mut self,
+        operator: &Operator,
+        comment: &str,
+        now: i64,
+    ) -> Result<(), ApprovalError> {
+        self.check_pending(now)?;
+        self.check_operator(operator)?;
+        if comment.trim().is_empty() {
+            return Err(ApprovalError::CommentRequired);
+        }
+        self.state = State::Denied {
+            by: operator.name.clone(),
+            comment: comment.to_owned(),
+        };
+        Ok(())
+    }
+
+    /// Revoke an approved request: tokens minted under it stop being
+    /// valid (the broker revokes them), and no more are minted.
+    pub fn revoke(&mut self, by: &str) -> Result<(), ApprovalError> {
+        match self.state {
+            State::Approved { .. } => {
+                self.state = State::Revoked { by: by.to_owned() };
+                Ok(())
+            }
+            _ => Err(ApprovalError::NotApproved),
+        }
+    }
+
+    /// Whether the request is waiting and still may be decided.
+    pub fn is_pending(&self, now: i64) -> bool {
+        self.check_pending(now).is_ok()
+    }
+
+    /// The end of the approved window, if the request is approved and the
+    /// window is open at `now`.
+    pub fn open_until(&self, now: i64) -> Option<i64> {
+        match self.state {
+            State::Approved { until } if now < until => Some(until),
+            _ => None,
+        }
+    }
+
+    /// Whether a token for `job`'s `step` with `scopes` may be minted under
+    /// this approval at `now`: the same job and step, every scope one that
+    /// was approved, inside the window. Returns the window's end, which the
+    /// token's `exp` must not pass.
+    pub fn covers(&self, job: &str, step: &str, scopes: &[Scope], now: i64) -> Option<i64> {
+        let until = self.open_until(now)?;
+        let same_step = self.job == job && self.step == step;
+        let approved = scopes.iter().all(|s| self.scopes.contains(s));
+        (same_step && approved).then_some(until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elevation(quorum: usize) -> Elevation {
+        Elevation {
+            approver_groups: ["sre".to_owned()].into(),
+            quorum,
+            max_duration: 1800,
+            max_wait: 600,
+            reason_required: true,
+        }
+    }
+
+    fn operator(name: &str, owns: &[&str]) -> Operator {
+        Operator {
+            name: name.into(),
+            groups: ["sre".to_owned()].into(),
+            owns: owns.iter().map(|w| (*w).to_owned()).collect(),
+        }
+    }
+
+    fn request(quorum: usize) -> ApprovalRequest {
+        ApprovalRequest::new(
+            "apr-1".into(),
+            "deployer".into(),
+            "job-7".into(),
+            "deploy/prod".into(),
+            vec![Scope::parse("deploy:k8s/prod/web").unwrap()],
+            Some("hotfix for INC-42".into()),
+            3600,
+            elevation(quorum),
+            1_000,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_quorum_of_two_distinct_operators_approves() {
+        let mut r = request(2);
+        assert_eq!(r.duration_asked, 1800, "capped at the maximum");
+        let alice = operator("alice", &[]);
+        assert_eq!(r.approve(&alice, None, None, 1_010), Ok(&State::Pending));
+        assert_eq!(
+            r.approve(&alice, None, None, 1_020),
+            Err(ApprovalError::AlreadyApproved),
+            "the same operator never counts twice"
+        );
+        let bob = operator("bob", &[]);
+        // Bob shortens it: the shortest grant wins.
+        assert_eq!(
+            r.approve(&bob, Some(900), Some("ok".into()), 1_030),
+            Ok(&State::Approved { until: 1_930 })
+        );
+        let scope = [Scope::parse("deploy:k8s/prod/web").unwrap()];
+        assert_eq!(r.covers("job-7", "deploy/prod", &scope, 1_100), Some(1_930));
+        assert_eq!(
+            r.covers("job-8", "deploy/prod", &scope, 1_100),
+            None,
+            "another job"
+        );
+        assert_eq!(
+            r.covers("job-7", "deploy/stage", &scope, 1_100),
+            None,
+            "another step"
+        );
+        let more = [Scope::parse("deploy:k8s/prod/db").unwrap()];
+        assert_eq!(
+            r.covers("job-7", "deploy/prod", &more, 1_100),
+            None,
+            "unapproved scope"
+        );
+        assert_eq!(
+            r.covers("job-7", "deploy/prod", &scope, 1_930),
+            None,
+            "window over"
+        );
+    }
+
+    #[test]
+    fn owners_and_outsiders_cannot_approve() {
+        let mut r = request(1);
+        assert_eq!(
+            r.approve(&operator("carol", &["deployer"]), None, None, 1_010),
+            Err(ApprovalError::OwnWorkload)
+        );
+        assert_eq!(
+            r.approve(&operator("deployer", &[]), None, None, 1_010),
+            Err(ApprovalError::OwnWorkload),
+            "the requester approving itself"
+        );
+        let outsider = Operator {
+            groups: ["finance".to_owned()].into(),
+            ..operator("dave", &[])
+        };
+        assert_eq!(
+            r.approve(&outsider, None, None, 1_010),
+            Err(ApprovalError::NotAnApprover)
+        );
+        assert!(r.is_pending(1_010));
+    }
+
+    #[test]
+    fn a_deny_is_final_and_requests_expire() {
+        let mut r = request(2);
+        r.approve(&operator("alice", &[]), None, None, 1_010)
+            .unwrap();
+        assert_eq!(
+            r.deny(&operator("bob", &[]), "  ", 1_020),
+            Err(ApprovalError::CommentRequired)
+        );
+        r.deny(&operator("bob", &[]), "not during the freeze", 1_020)
+            .unwrap();
+        assert_eq!(
+            r.approve(&operator("erin", &[]), None, None, 1_030),
+            Err(ApprovalError::NotPending)
+        );
+        let mut late = request(1);
+        assert_eq!(
+            late.approve(&operator("alice", &[]), None, None, 1_600),
+            Err(ApprovalError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_revoked_approval_covers_nothing() {
+        let mut r = request(1);
+        r.approve(&operator("alice", &[]), None, None, 1_010)
+            .unwrap();
+        let scope = [Scope::parse("deploy:k8s/prod/web").unwrap()];
+        assert!(r.covers("job-7", "deploy/prod", &scope, 1_020).is_some());
+        r.revoke("alice").unwrap();
+        assert_eq!(r.covers("job-7", "deploy/prod", &scope, 1_020), None);
+        assert_eq!(r.revoke("alice"), Err(ApprovalError::NotApproved));
+    }
+
+    #[test]
+    fn a_reason_is_required_when_the_elevation_says_so() {
+        let made = ApprovalRequest::new(
+            "apr-2".into(),
+            "deployer".into(),
+            "job-7".into(),
+            "deploy/prod".into(),
+            vec![Scope::parse("deploy:k8s/prod/web").unwrap()],
+            None,
+            600,
+            elevation(1),
+            1_000,
+        );
+        assert_eq!(
+            made,
+            Err(ApprovalError::BadRequest(
+                "this elevation requires a reason"
+            ))
+        );
+    }
+}
