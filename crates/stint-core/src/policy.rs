@@ -23,6 +23,7 @@
 //! file, line, column and key. Nothing about a policy is checked later: a
 //! `Policy` value is valid by construction.
 
+use crate::approval::Elevation;
 use crate::federation::{
     Binding, ClaimPath, DEFAULT_MAX_TOKEN_AGE, MAX_MATCHERS_PER_BINDING, Preset, TrustedIssuer,
 };
@@ -107,7 +108,31 @@ pub struct Step {
     default_ttl: Ttl,
     max_ttl: Ttl,
     audiences: Vec<String>,
+    elevation: Option<StepElevation>,
 }
+
+/// What operators may grant a step beyond its standing scopes.
+#[derive(Debug, Clone)]
+pub struct StepElevation {
+    scopes: Vec<ScopePattern>,
+    rules: Elevation,
+}
+
+impl StepElevation {
+    /// The extra scope patterns.
+    pub fn scopes(&self) -> &[ScopePattern] {
+        &self.scopes
+    }
+    /// Who approves, how many, for how long.
+    pub fn rules(&self) -> &Elevation {
+        &self.rules
+    }
+}
+
+/// The longest an approval or a request's wait may be, in seconds.
+pub const MAX_ELEVATION_SECS: i64 = 24 * 3600;
+/// The largest quorum.
+pub const MAX_QUORUM: usize = 10;
 
 impl fmt::Debug for Workload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -193,6 +218,10 @@ impl Step {
     /// The audiences a token for this step may name; empty means any.
     pub fn audiences(&self) -> &[String] {
         &self.audiences
+    }
+    /// What operators may grant beyond the standing scopes, if anything.
+    pub fn elevation(&self) -> Option<&StepElevation> {
+        self.elevation.as_ref()
     }
 }
 
@@ -481,8 +510,27 @@ struct RawStep {
     #[serde(default)]
     audiences: Vec<Spanned<String>>,
     #[serde(default)]
+    elevation: Option<Spanned<RawElevation>>,
+    #[serde(default)]
     #[allow(dead_code)] // documentation for humans; accepted, not used
     description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawElevation {
+    scopes: Spanned<Vec<Spanned<String>>>,
+    approver_groups: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "one")]
+    quorum: usize,
+    max_duration: Spanned<String>,
+    max_wait: Spanned<String>,
+    #[serde(default)]
+    reason_required: bool,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
@@ -1059,7 +1107,115 @@ fn build_step(
         default_ttl: default_ttl.unwrap_or(DEFAULT_TTL),
         max_ttl: max_ttl.unwrap_or(DEFAULT_MAX_TTL),
         audiences,
+        elevation: raw
+            .elevation
+            .and_then(|raw| build_elevation(raw, &format!("{key}.elevation"), errors)),
     }
+}
+
+fn build_elevation(
+    raw: Spanned<RawElevation>,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> Option<StepElevation> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let mut ok = true;
+    let mut scopes = Vec::new();
+    if raw.scopes.get_ref().is_empty() {
+        errors.push(
+            raw.scopes.span(),
+            &format!("{key}.scopes"),
+            "name at least one scope pattern".into(),
+        );
+        ok = false;
+    }
+    for (i, pattern) in raw.scopes.into_inner().into_iter().enumerate() {
+        match ScopePattern::parse(pattern.get_ref()) {
+            Ok(parsed) => scopes.push(parsed),
+            Err(e) => {
+                errors.push(
+                    pattern.span(),
+                    &format!("{key}.scopes[{i}]"),
+                    format!("invalid scope pattern: {e}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    let mut approver_groups = std::collections::BTreeSet::new();
+    if raw.approver_groups.get_ref().is_empty() {
+        errors.push(
+            raw.approver_groups.span(),
+            &format!("{key}.approver_groups"),
+            "name at least one approver group".into(),
+        );
+        ok = false;
+    }
+    for (i, group) in raw.approver_groups.into_inner().into_iter().enumerate() {
+        if let Err(e) = validate_name(group.get_ref()) {
+            errors.push(
+                group.span(),
+                &format!("{key}.approver_groups[{i}]"),
+                format!("invalid group name: {e}"),
+            );
+            ok = false;
+        }
+        approver_groups.insert(group.into_inner());
+    }
+    if !(1..=MAX_QUORUM).contains(&raw.quorum) {
+        errors.push(
+            span.clone(),
+            &format!("{key}.quorum"),
+            format!("the quorum is 1 to {MAX_QUORUM}"),
+        );
+        ok = false;
+    }
+    let mut seconds = |text: &Spanned<String>, name: &str| -> i64 {
+        match parse_duration_secs(text.get_ref()) {
+            Some(secs) if (1..=MAX_ELEVATION_SECS).contains(&secs) => secs,
+            _ => {
+                errors.push(
+                    text.span(),
+                    &format!("{key}.{name}"),
+                    "a duration like \"30m\" or \"2h\", at most 24h".into(),
+                );
+                ok = false;
+                0
+            }
+        }
+    };
+    let max_duration = seconds(&raw.max_duration, "max_duration");
+    let max_wait = seconds(&raw.max_wait, "max_wait");
+    ok.then_some(StepElevation {
+        scopes,
+        rules: Elevation {
+            approver_groups,
+            quorum: raw.quorum,
+            max_duration,
+            max_wait,
+            reason_required: raw.reason_required,
+        },
+    })
+}
+
+/// `90s`, `30m`, `2h` or a bare number of seconds.
+fn parse_duration_secs(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let multiplier = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    if digits.is_empty() || digits.len() > 6 {
+        return None;
+    }
+    digits.parse::<i64>().ok().map(|n| n * multiplier)
 }
 
 fn parse_review_by(
@@ -1483,6 +1639,51 @@ claims = {{ "kubernetes.io/namespace" = "ci", sub = "system:serviceaccount:ci:*"
         );
         let errors = errors_of(&orphan).join("\n");
         assert!(errors.contains("workloads.second: a workload needs a secret_sha256, a [[federated]] binding or a certificate"), "{errors}");
+    }
+
+    #[test]
+    fn a_step_may_declare_an_elevation() {
+        let text = good().replace(
+            r#"audiences = ["https://demo.example"]"#,
+            "audiences = [\"https://demo.example\"]\n\n[workflows.demo.steps.write.elevation]\nscopes = [\"admin:demo/**\"]\napprover_groups = [\"sre\"]\nquorum = 2\nmax_duration = \"30m\"\nmax_wait = \"15m\"\nreason_required = true\n",
+        );
+        let policy = Policy::parse("p.toml", &text).unwrap();
+        let step = policy.workflow("demo").unwrap().step("write").unwrap();
+        let elevation = step.elevation().unwrap();
+        assert_eq!(elevation.scopes().len(), 1);
+        assert_eq!(elevation.rules().quorum, 2);
+        assert_eq!(elevation.rules().max_duration, 1800);
+        assert_eq!(elevation.rules().max_wait, 900);
+        assert!(elevation.rules().reason_required);
+        assert!(
+            policy
+                .workflow("demo")
+                .unwrap()
+                .step("read")
+                .unwrap()
+                .elevation()
+                .is_none()
+        );
+
+        let bad = text
+            .replace("quorum = 2", "quorum = 0")
+            .replace(r#"max_wait = "15m""#, r#"max_wait = "2d""#)
+            .replace(r#"approver_groups = ["sre"]"#, "approver_groups = []");
+        let errors = errors_of(&bad).join("\n");
+        assert!(
+            errors.contains("workflows.demo.steps.write.elevation.quorum: the quorum is 1 to 10"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("workflows.demo.steps.write.elevation.max_wait"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains(
+                "workflows.demo.steps.write.elevation.approver_groups: name at least one"
+            ),
+            "{errors}"
+        );
     }
 
     #[test]
