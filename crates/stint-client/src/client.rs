@@ -454,17 +454,7 @@ impl Client {
             path_segment_encode(job)
         );
         retrying(&url, || async {
-            let response = self
-                .inner
-                .http
-                .post(&url)
-                .header(
-                    reqwest::header::AUTHORIZATION,
-                    self.inner.auth.authorization()?,
-                )
-                .send()
-                .await
-                .map_err(|e| Error::unreachable(&url, &e))?;
+            let response = self.post_authorized(&url).await?;
             read_json(&url, response).await
         })
         .await
@@ -475,18 +465,22 @@ impl Client {
     /// second rotation is not what a retry should do.
     pub async fn rotate_keys(&self) -> Result<KeyRotationResponse, Error> {
         let url = format!("{}{KEY_ROTATION_PATH}", self.inner.issuer);
-        let response = self
-            .inner
+        let response = self.post_authorized(&url).await?;
+        read_json(&url, response).await
+    }
+
+    /// A bodiless POST with this client's credentials.
+    async fn post_authorized(&self, url: &str) -> Result<reqwest::Response, Error> {
+        self.inner
             .http
-            .post(&url)
+            .post(url)
             .header(
                 reqwest::header::AUTHORIZATION,
                 self.inner.auth.authorization()?,
             )
             .send()
             .await
-            .map_err(|e| Error::unreachable(&url, &e))?;
-        read_json(&url, response).await
+            .map_err(|e| Error::unreachable(url, &e))
     }
 
     /// Wait for the revocations that dropped [`StepToken`](crate::StepToken)s

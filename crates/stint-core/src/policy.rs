@@ -1172,8 +1172,8 @@ fn build_elevation(
         ok = false;
     }
     let mut seconds = |text: &Spanned<String>, name: &str| -> i64 {
-        match parse_duration_secs(text.get_ref()) {
-            Some(secs) if (1..=MAX_ELEVATION_SECS).contains(&secs) => secs,
+        match crate::ttl::parse_duration_secs(text.get_ref()).map(i64::try_from) {
+            Ok(Ok(secs)) if secs <= MAX_ELEVATION_SECS => secs,
             _ => {
                 errors.push(
                     text.span(),
@@ -1197,25 +1197,6 @@ fn build_elevation(
             reason_required: raw.reason_required,
         },
     })
-}
-
-/// `90s`, `30m`, `2h` or a bare number of seconds.
-fn parse_duration_secs(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((at, _)) => text.split_at(at),
-        None => (text, ""),
-    };
-    let multiplier = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return None,
-    };
-    if digits.is_empty() || digits.len() > 6 {
-        return None;
-    }
-    digits.parse::<i64>().ok().map(|n| n * multiplier)
 }
 
 fn parse_review_by(

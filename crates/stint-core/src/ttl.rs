@@ -15,6 +15,32 @@ pub const DEFAULT_MAX_TTL: Ttl = Ttl(15 * 60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ttl(u32);
 
+/// Parse a policy duration: a whole number followed by `s`, `m` or `h`
+/// (`90s`, `5m`, `1h`), or a bare number of seconds; at least one second.
+/// Callers apply their own upper bound.
+pub fn parse_duration_secs(text: &str) -> Result<u64, TtlError> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let multiplier: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(TtlError::Syntax),
+    };
+    if digits.is_empty() || digits.len() > 9 {
+        return Err(TtlError::Syntax);
+    }
+    let value: u64 = digits.parse().map_err(|_| TtlError::Syntax)?;
+    let seconds = value.saturating_mul(multiplier);
+    if seconds == 0 {
+        return Err(TtlError::Zero);
+    }
+    Ok(seconds)
+}
+
 impl Ttl {
     /// A lifetime of `seconds`; `None` for zero or more than
     /// [`MAX_TOKEN_TTL`].
@@ -30,29 +56,10 @@ impl Ttl {
         self.0
     }
 
-    /// Parse a policy duration: a whole number followed by `s`, `m` or `h`
-    /// (`90s`, `5m`, `1h`), or a bare number of seconds.
+    /// Parse a policy duration (see [`parse_duration_secs`]) of at most
+    /// [`MAX_TOKEN_TTL`].
     pub fn parse_policy(text: &str) -> Result<Self, TtlError> {
-        let text = text.trim();
-        let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-            Some((at, _)) => text.split_at(at),
-            None => (text, ""),
-        };
-        let multiplier: u64 = match unit {
-            "" | "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            _ => return Err(TtlError::Syntax),
-        };
-        if digits.is_empty() || digits.len() > 9 {
-            return Err(TtlError::Syntax);
-        }
-        let value: u64 = digits.parse().map_err(|_| TtlError::Syntax)?;
-        let seconds = value.saturating_mul(multiplier);
-        if seconds == 0 {
-            return Err(TtlError::Zero);
-        }
-        Self::from_secs(seconds).ok_or(TtlError::TooLong)
+        Self::from_secs(parse_duration_secs(text)?).ok_or(TtlError::TooLong)
     }
 
     /// The lifetime a token gets: the request's `ttl` if given, else the
