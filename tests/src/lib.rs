@@ -86,6 +86,9 @@ pub struct BrokerOptions {
     pub signing_alg: stint_core::jose::Algorithm,
     pub limits: stint_server::Limits,
     pub federation_ca: Option<PathBuf>,
+    /// The approval polling interval (1 s in tests).
+    pub approval_interval: Duration,
+    pub webhook: Option<stint_server::WebhookTarget>,
 }
 
 impl Default for BrokerOptions {
@@ -95,6 +98,8 @@ impl Default for BrokerOptions {
             signing_alg: stint_core::jose::Algorithm::ES256,
             limits: stint_server::Limits::default(),
             federation_ca: None,
+            approval_interval: Duration::from_secs(1),
+            webhook: None,
         }
     }
 }
@@ -125,6 +130,8 @@ impl TestBroker {
         config.signing_alg = options.signing_alg;
         config.limits = options.limits;
         config.federation_ca = options.federation_ca;
+        config.approval_interval = options.approval_interval;
+        config.webhook = options.webhook;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }

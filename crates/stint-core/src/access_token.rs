@@ -206,6 +206,7 @@ mod tests {
             step: "s".into(),
             workflow: "wf".into(),
             cnf: None,
+            elev: None,
         }
     }
 

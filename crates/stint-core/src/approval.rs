@@ -21,11 +21,19 @@
 //! Times are seconds since the epoch; the caller supplies `now`.
 
 use crate::scope::Scope;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use thiserror::Error;
 
+/// How long a request stays on record (in memory, in the store, listed by
+/// `/v1/approvals`) after it is over: a day, so that operators can still
+/// see what was decided.
+pub const RETENTION_SECS: i64 = 24 * 3600;
+/// The longest reason or comment kept, in bytes.
+pub const MAX_TEXT_LEN: usize = 1024;
+
 /// What a step's elevation allows operators to grant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Elevation {
     /// The groups whose members may approve.
     pub approver_groups: BTreeSet<String>,
@@ -51,7 +59,8 @@ pub struct Operator {
 }
 
 /// Where a request stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     /// Waiting for approvals until `expires_at`.
     Pending,
@@ -67,15 +76,39 @@ pub enum State {
         /// Why.
         comment: String,
     },
-    /// Revoked after approval.
+    /// Revoked after approval: every token minted under it is revoked.
     Revoked {
         /// Who revoked.
         by: String,
+        /// Why, if they said.
+        comment: Option<String>,
+    },
+    /// Nobody decided before the waiting time ran out.
+    Expired,
+    /// Over before its time: the job completed (its tokens are revoked
+    /// with the job).
+    Ended {
+        /// Why.
+        reason: String,
     },
 }
 
+impl State {
+    /// The state's name, as the API and the audit log show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved { .. } => "approved",
+            Self::Denied { .. } => "denied",
+            Self::Revoked { .. } => "revoked",
+            Self::Expired => "expired",
+            Self::Ended { .. } => "ended",
+        }
+    }
+}
+
 /// One operator's approval.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     /// Who.
     pub operator: String,
@@ -89,17 +122,21 @@ pub struct Approval {
 
 /// A request for elevated scopes, with everything an operator needs to
 /// decide.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRequest {
     /// Its id.
     pub id: String,
     /// The workload that asked.
     pub workload: String,
+    /// The connector (client id) it asked through.
+    pub client_id: String,
     /// The job.
     pub job: String,
     /// The step (`workflow/step`).
     pub step: String,
-    /// The elevated scopes asked for.
+    /// The audience the tokens are for.
+    pub audience: String,
+    /// The elevated scopes asked for: the only ones an approval covers.
     pub scopes: Vec<Scope>,
     /// Why, in the requester's words.
     pub reason: Option<String>,
@@ -114,7 +151,23 @@ pub struct ApprovalRequest {
     /// Approvals so far, one per operator.
     pub approvals: Vec<Approval>,
     /// Where it stands.
+    #[serde(flatten)]
     pub state: State,
+}
+
+/// Who asked, for what: the context of a new request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    /// The workload.
+    pub workload: String,
+    /// The connector (client id).
+    pub client_id: String,
+    /// The job.
+    pub job: String,
+    /// The step (`workflow/step`).
+    pub step: String,
+    /// The audience.
+    pub audience: String,
 }
 
 /// Why a decision was refused.
@@ -139,7 +192,7 @@ pub enum ApprovalError {
     #[error("a denial needs a comment")]
     CommentRequired,
     /// Nothing to revoke.
-    #[error("only an approved request can be revoked")]
+    #[error("only a pending or approved request can be revoked")]
     NotApproved,
     /// The request itself is not acceptable.
     #[error("{0}")]
@@ -147,26 +200,31 @@ pub enum ApprovalError {
 }
 
 impl ApprovalRequest {
-    /// A new pending request. `duration_asked` is capped at the elevation's
-    /// maximum; a missing reason is refused if the elevation requires one.
-    #[allow(clippy::too_many_arguments)]
+    /// A new pending request. `duration_asked` (`None`: the maximum) is
+    /// capped at the elevation's maximum; a missing reason is refused if the
+    /// elevation requires one.
     pub fn new(
         id: String,
-        workload: String,
-        job: String,
-        step: String,
+        requester: Requester,
         scopes: Vec<Scope>,
         reason: Option<String>,
-        duration_asked: i64,
+        duration_asked: Option<i64>,
         elevation: Elevation,
         now: i64,
     ) -> Result<Self, ApprovalError> {
+        let reason = reason.filter(|r| !r.trim().is_empty());
+        if reason.as_ref().is_some_and(|r| r.len() > MAX_TEXT_LEN) {
+            return Err(ApprovalError::BadRequest(
+                "the reason is longer than 1024 bytes",
+            ));
+        }
+        let duration_asked = duration_asked.unwrap_or(elevation.max_duration);
         if scopes.is_empty() {
             return Err(ApprovalError::BadRequest(
                 "an elevation request names scopes",
             ));
         }
-        if elevation.reason_required && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        if elevation.reason_required && reason.is_none() {
             return Err(ApprovalError::BadRequest(
                 "this elevation requires a reason",
             ));
@@ -174,11 +232,20 @@ impl ApprovalRequest {
         if duration_asked <= 0 {
             return Err(ApprovalError::BadRequest("the duration must be positive"));
         }
+        let Requester {
+            workload,
+            client_id,
+            job,
+            step,
+            audience,
+        } = requester;
         Ok(Self {
             id,
             workload,
+            client_id,
             job,
             step,
+            audience,
             scopes,
             reason,
             duration_asked: duration_asked.min(elevation.max_duration),
@@ -225,6 +292,7 @@ impl ApprovalRequest {
     ) -> Result<&State, ApprovalError> {
         self.check_pending(now)?;
         self.check_operator(operator)?;
+        check_text(comment.as_deref())?;
         if self.approvals.iter().any(|a| a.operator == operator.name) {
             return Err(ApprovalError::AlreadyApproved);
         }
@@ -263,6 +331,7 @@ impl ApprovalRequest {
         if comment.trim().is_empty() {
             return Err(ApprovalError::CommentRequired);
         }
+        check_text(Some(comment))?;
         self.state = State::Denied {
             by: operator.name.clone(),
             comment: comment.to_owned(),
@@ -271,15 +340,75 @@ impl ApprovalRequest {
     }
 
     /// Revoke an approved request: tokens minted under it stop being
-    /// valid (the broker revokes them), and no more are minted.
-    pub fn revoke(&mut self, by: &str) -> Result<(), ApprovalError> {
+    /// valid (the broker revokes them), and no more are minted. A request
+    /// still pending can be revoked too (withdrawn before its quorum).
+    pub fn revoke(&mut self, by: &str, comment: Option<String>) -> Result<(), ApprovalError> {
+        check_text(comment.as_deref())?;
         match self.state {
-            State::Approved { .. } => {
-                self.state = State::Revoked { by: by.to_owned() };
+            State::Approved { .. } | State::Pending => {
+                self.state = State::Revoked {
+                    by: by.to_owned(),
+                    comment,
+                };
                 Ok(())
             }
             _ => Err(ApprovalError::NotApproved),
         }
+    }
+
+    /// Move a request whose time is up to its final state: a pending one
+    /// past its waiting time becomes [`State::Expired`], an approved one
+    /// past its window [`State::Ended`]. Returns whether it changed.
+    pub fn expire(&mut self, now: i64) -> bool {
+        match self.state {
+            State::Pending if now >= self.expires_at => {
+                self.state = State::Expired;
+                true
+            }
+            State::Approved { until } if now >= until => {
+                self.state = State::Ended {
+                    reason: "the approval's window closed".into(),
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// End a pending or approved request early (its job completed).
+    /// Returns whether it changed.
+    pub fn end(&mut self, reason: &str) -> bool {
+        match self.state {
+            State::Pending | State::Approved { .. } => {
+                self.state = State::Ended {
+                    reason: reason.to_owned(),
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the request is over for good (nothing can change it).
+    pub fn is_final(&self) -> bool {
+        !matches!(self.state, State::Pending | State::Approved { .. })
+    }
+
+    /// Until when the request must be kept: a day past its waiting time
+    /// or its window, whichever is later. A revoked approval's entry must
+    /// outlive every token minted under it, which the window bounds.
+    pub fn keep_until(&self) -> i64 {
+        let window = self
+            .requested_at
+            .saturating_add(self.elevation.max_wait)
+            .saturating_add(self.elevation.max_duration);
+        self.expires_at.max(window).saturating_add(RETENTION_SECS)
+    }
+
+    /// The latest any token minted under this request can expire: the end
+    /// of the longest window it could have had.
+    pub fn latest_token_expiry(&self) -> i64 {
+        self.expires_at.saturating_add(self.elevation.max_duration)
     }
 
     /// Whether the request is waiting and still may be decided.
@@ -308,6 +437,13 @@ impl ApprovalRequest {
     }
 }
 
+fn check_text(text: Option<&str>) -> Result<(), ApprovalError> {
+    if text.is_some_and(|t| t.len() > MAX_TEXT_LEN) {
+        return Err(ApprovalError::BadRequest("a comment is at most 1024 bytes"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,15 +466,23 @@ mod tests {
         }
     }
 
+    fn requester() -> Requester {
+        Requester {
+            workload: "deployer".into(),
+            client_id: "deployer".into(),
+            job: "job-7".into(),
+            step: "deploy/prod".into(),
+            audience: "https://k8s.example".into(),
+        }
+    }
+
     fn request(quorum: usize) -> ApprovalRequest {
         ApprovalRequest::new(
             "apr-1".into(),
-            "deployer".into(),
-            "job-7".into(),
-            "deploy/prod".into(),
+            requester(),
             vec![Scope::parse("deploy:k8s/prod/web").unwrap()],
             Some("hotfix for INC-42".into()),
-            3600,
+            Some(3600),
             elevation(quorum),
             1_000,
         )
@@ -439,21 +583,58 @@ mod tests {
             .unwrap();
         let scope = [Scope::parse("deploy:k8s/prod/web").unwrap()];
         assert!(r.covers("job-7", "deploy/prod", &scope, 1_020).is_some());
-        r.revoke("alice").unwrap();
+        r.revoke("alice", Some("done".into())).unwrap();
         assert_eq!(r.covers("job-7", "deploy/prod", &scope, 1_020), None);
-        assert_eq!(r.revoke("alice"), Err(ApprovalError::NotApproved));
+        assert_eq!(r.revoke("alice", None), Err(ApprovalError::NotApproved));
+        assert!(r.is_final());
+    }
+
+    #[test]
+    fn time_moves_requests_to_their_final_state() {
+        let mut waiting = request(1);
+        assert!(!waiting.expire(1_599), "still within max_wait");
+        assert!(waiting.expire(1_600));
+        assert_eq!(waiting.state, State::Expired);
+        assert!(!waiting.expire(1_700), "only once");
+
+        let mut approved = request(1);
+        approved
+            .approve(&operator("alice", &[]), Some(60), None, 1_010)
+            .unwrap();
+        assert!(!approved.expire(1_069));
+        assert!(approved.expire(1_070));
+        assert_eq!(approved.state.name(), "ended");
+        assert!(approved.keep_until() >= approved.latest_token_expiry());
+
+        let mut job_done = request(1);
+        assert!(job_done.end("the job completed"));
+        assert!(!job_done.end("again"));
+        assert!(job_done.is_final());
+    }
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        let mut r = request(2);
+        r.approve(&operator("alice", &[]), Some(600), Some("ok".into()), 1_010)
+            .unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""state":"pending""#), "{json}");
+        let back: ApprovalRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        r.deny(&operator("bob", &[]), "no", 1_020).unwrap();
+        let back: ApprovalRequest =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.state, r.state);
     }
 
     #[test]
     fn a_reason_is_required_when_the_elevation_says_so() {
         let made = ApprovalRequest::new(
             "apr-2".into(),
-            "deployer".into(),
-            "job-7".into(),
-            "deploy/prod".into(),
+            requester(),
             vec![Scope::parse("deploy:k8s/prod/web").unwrap()],
-            None,
-            600,
+            Some("   ".into()),
+            Some(600),
             elevation(1),
             1_000,
         );

@@ -48,6 +48,20 @@ pub enum EventKind {
     KeysRotated,
     /// A key rotation request was refused.
     KeyRotationDenied,
+    /// A job asked for elevated scopes: an approval request was made.
+    ApprovalRequested,
+    /// An operator approved (`detail` says whether the quorum is reached).
+    ApprovalGranted,
+    /// An operator denied a request, for good.
+    ApprovalDenied,
+    /// A request expired unapproved, or an approval's window closed.
+    ApprovalExpired,
+    /// An operator revoked an approval (and every token minted under it).
+    ApprovalRevoked,
+    /// A request or approval ended with its job.
+    ApprovalEnded,
+    /// An approvals call was refused (not an operator, or the rules).
+    ApprovalRefused,
 }
 
 /// Allowed or denied.
@@ -114,6 +128,21 @@ pub struct AuditEntry {
     /// separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
+    /// The approval request an event is about, or a token was minted under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// The operator who acted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// The operator's comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// The requester's reason for an elevation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
+    /// A duration asked or granted, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<i64>,
 }
 
 impl AuditEntry {
@@ -140,6 +169,11 @@ impl AuditEntry {
             federated_iss: None,
             federated_sub: None,
             client_certificate: None,
+            approval_id: None,
+            operator: None,
+            comment: None,
+            justification: None,
+            duration: None,
         }
     }
 }

@@ -38,6 +38,10 @@ pub struct AccessTokenClaims {
     /// over a connection authenticated with that certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// The operator approval its elevated scopes were granted under: the
+    /// token is revoked with the approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elev: Option<String>,
 }
 
 pub use stint_proto::Confirmation;
@@ -74,6 +78,7 @@ impl AccessTokenClaims {
             step: grant.step().to_owned(),
             workflow: grant.workflow().to_owned(),
             cnf: None,
+            elev: grant.approval().map(str::to_owned),
         }
     }
 

@@ -4,6 +4,7 @@
 //! signed for something the policy allowed. Every check fails closed: when in
 //! doubt, the answer is a denial with a reason.
 
+use crate::approval::{ApprovalRequest, Elevation, Requester};
 use crate::form::FormParams;
 use crate::ids::{validate_audience, validate_job_id};
 use crate::policy::{Policy, StepLookup, Workload, validate_step_ref};
@@ -64,6 +65,18 @@ pub enum DenyReason {
     UnboundIdentity,
     /// A `job` parameter that contradicts the job the identity names.
     JobContradictsIdentity,
+    /// Elevated scopes asked for, and no approval covers them yet: an
+    /// approval request is pending.
+    ApprovalPending,
+    /// Polled faster than the approval request's interval.
+    SlowDown,
+    /// The approval request was denied or revoked.
+    ApprovalDenied,
+    /// The approval request expired or ended.
+    ApprovalExpired,
+    /// An approval call by someone who is not an operator, or an operator
+    /// call the rules refuse.
+    NotOperator,
     /// The decision could not be recorded or made durable: refused.
     Unavailable,
     /// An internal failure (signing, randomness): refused.
@@ -97,6 +110,11 @@ impl DenyReason {
             Self::InvalidSubjectToken => "invalid_subject_token",
             Self::UnboundIdentity => "unbound_identity",
             Self::JobContradictsIdentity => "job_contradicts_identity",
+            Self::ApprovalPending => "approval_pending",
+            Self::SlowDown => "slow_down",
+            Self::ApprovalDenied => "approval_denied",
+            Self::ApprovalExpired => "approval_expired",
+            Self::NotOperator => "not_operator",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
         }
@@ -256,9 +274,14 @@ pub struct Grant {
     job: String,
     ttl: Ttl,
     issued_at: DateTime<Utc>,
+    approval: Option<String>,
 }
 
 impl Grant {
+    /// The approval the grant's elevated scopes were minted under (`elev`).
+    pub fn approval(&self) -> Option<&str> {
+        self.approval.as_deref()
+    }
     /// The workload (`sub`).
     pub fn workload(&self) -> &str {
         &self.workload
@@ -301,6 +324,85 @@ impl Grant {
     }
 }
 
+/// What the policy says about a request it does not refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the step's standing grant: mint.
+    Granted(Grant),
+    /// Some scopes are covered only by the step's elevation: mint only
+    /// under an approval that covers them ([`ElevationNeeded::grant_under`]).
+    NeedsApproval(ElevationNeeded),
+}
+
+/// A request that needs an operator-approved elevation. It holds the grant
+/// it would be, which only [`ElevationNeeded::grant_under`] releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElevationNeeded {
+    grant: Grant,
+    elevated: Vec<Scope>,
+    rules: Elevation,
+}
+
+impl ElevationNeeded {
+    /// The scopes beyond the step's standing grant.
+    pub fn elevated_scopes(&self) -> &[Scope] {
+        &self.elevated
+    }
+    /// Who approves, how many, for how long.
+    pub fn rules(&self) -> &Elevation {
+        &self.rules
+    }
+    /// Who is asking, for what: the context an approval request records.
+    pub fn requester(&self) -> Requester {
+        Requester {
+            workload: self.grant.workload.clone(),
+            client_id: self.grant.client_id.clone(),
+            job: self.grant.job.clone(),
+            step: self.step_ref(),
+            audience: self.grant.audience.clone(),
+        }
+    }
+    /// `workflow/step`.
+    pub fn step_ref(&self) -> String {
+        format!("{}/{}", self.grant.workflow, self.grant.step)
+    }
+    /// The job.
+    pub fn job(&self) -> &str {
+        &self.grant.job
+    }
+    /// The grant, if `approval` covers it at the time of the decision: the
+    /// same workload, job and step, every elevated scope approved, inside
+    /// the window. The lifetime is cut so that the token expires with the
+    /// window.
+    pub fn grant_under(self, approval: &ApprovalRequest) -> Result<Grant, Denial> {
+        let now = self.grant.issued_at.timestamp();
+        let refused = |why: &str| {
+            Denial::new(
+                ErrorCode::AccessDenied,
+                DenyReason::ApprovalDenied,
+                format!(
+                    "approval {} does not cover this request: {why}",
+                    approval.id
+                ),
+            )
+        };
+        if approval.workload != self.grant.workload {
+            return Err(refused("it was made for another workload"));
+        }
+        let until = approval
+            .covers(&self.grant.job, &self.step_ref(), &self.elevated, now)
+            .ok_or_else(|| refused("another job, step or scope, or its window is closed"))?;
+        let left = u64::try_from(until - now).unwrap_or(0);
+        let ttl = Ttl::from_secs(left.min(u64::from(self.grant.ttl.as_secs())))
+            .ok_or_else(|| refused("its window is closed"))?;
+        Ok(Grant {
+            ttl,
+            approval: Some(approval.id.clone()),
+            ..self.grant
+        })
+    }
+}
+
 /// Everything a decision depends on besides the request.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionContext<'a> {
@@ -319,7 +421,7 @@ pub fn decide(
     workload: &Workload,
     request: &StepRequest,
     new_job: impl FnOnce() -> String,
-) -> Result<Grant, Denial> {
+) -> Result<Verdict, Denial> {
     use DenyReason as R;
     use ErrorCode as E;
     let (workflow, step) = context
@@ -355,7 +457,19 @@ pub fn decide(
         ));
     }
 
-    if let Some(refused) = request.scopes.iter().find(|s| !covered(step.scopes(), s)) {
+    // Scopes beyond the standing grant must each be covered by the step's
+    // elevation; they then need an approval.
+    let elevated: Vec<Scope> = request
+        .scopes
+        .iter()
+        .filter(|s| !covered(step.scopes(), s))
+        .cloned()
+        .collect();
+    let elevation = step.elevation();
+    if let Some(refused) = elevated
+        .iter()
+        .find(|s| elevation.is_none_or(|e| !covered(e.scopes(), s)))
+    {
         return Err(Denial::new(
             E::InvalidScope,
             R::ScopeNotAllowed,
@@ -404,7 +518,7 @@ pub fn decide(
         ));
     }
 
-    Ok(Grant {
+    let grant = Grant {
         workload: workload.name().to_owned(),
         client_id: workload.client_id().to_owned(),
         workflow: workflow.name().to_owned(),
@@ -414,6 +528,15 @@ pub fn decide(
         job,
         ttl: Ttl::effective(request.ttl, step.default_ttl(), step.max_ttl()),
         issued_at: context.now,
+        approval: None,
+    };
+    Ok(match elevation {
+        Some(elevation) if !elevated.is_empty() => Verdict::NeedsApproval(ElevationNeeded {
+            grant,
+            elevated,
+            rules: elevation.rules().clone(),
+        }),
+        _ => Verdict::Granted(grant),
     })
 }
 
@@ -458,6 +581,13 @@ audiences = ["https://k8s.example"]
         StepRequest::from_params(&FormParams::parse(body.as_bytes()).unwrap())
     }
 
+    fn granted(verdict: Verdict) -> Grant {
+        match verdict {
+            Verdict::Granted(grant) => grant,
+            Verdict::NeedsApproval(needed) => panic!("unexpected elevation: {needed:?}"),
+        }
+    }
+
     fn run(policy: &Policy, body: &str) -> Result<Grant, Denial> {
         let revocations = RevocationSet::new();
         let workload = policy.workload("w").unwrap();
@@ -472,6 +602,7 @@ audiences = ["https://k8s.example"]
             &request,
             || "job-new".into(),
         )
+        .map(granted)
     }
 
     #[test]
@@ -650,6 +781,114 @@ audiences = ["https://k8s.example"]
         assert!(decide(ctx, workload, &req, String::new).is_ok());
     }
 
+    #[test]
+    fn scopes_beyond_the_standing_grant_need_an_approval_that_covers_them() {
+        use crate::approval::{ApprovalRequest, Operator};
+        let text = format!(
+            r#"
+[workloads.w]
+secret_sha256 = "{HASH}"
+workflows = ["demo"]
+[workflows.demo]
+review_by = 2027-01-01
+[workflows.demo.steps.deploy]
+scopes = ["deploy:k8s/staging/web"]
+audiences = ["https://k8s.example"]
+[workflows.demo.steps.deploy.elevation]
+scopes = ["deploy:k8s/prod/*"]
+approver_groups = ["sre"]
+max_duration = "10m"
+max_wait = "5m"
+[operators.alice]
+groups = ["sre"]
+key_sha256 = "{HASH}"
+"#
+        );
+        let p = Policy::parse("p.toml", &text).unwrap();
+        let revocations = RevocationSet::new();
+        let workload = p.workload("w").unwrap();
+        let ask_at = |at: DateTime<Utc>, body: &str| {
+            let ctx = DecisionContext {
+                policy: &p,
+                revocations: &revocations,
+                now: at,
+            };
+            decide(ctx, workload, &request(body).unwrap(), || "j".into())
+        };
+        let ask = |body: &str| ask_at(now(), body);
+
+        // Standing scopes alone: granted as before.
+        assert!(matches!(
+            ask("step=deploy&scope=deploy:k8s/staging/web"),
+            Ok(Verdict::Granted(_))
+        ));
+        // Neither standing nor elevation: refused outright.
+        assert_eq!(
+            ask("step=deploy&scope=deploy:k8s/dev/web")
+                .unwrap_err()
+                .reason,
+            DenyReason::ScopeNotAllowed
+        );
+        // Elevated: only the extra scope needs approving.
+        let Ok(Verdict::NeedsApproval(needed)) =
+            ask("step=deploy&scope=deploy:k8s/staging/web deploy:k8s/prod/web&job=j1&ttl=900")
+        else {
+            panic!("expected an elevation");
+        };
+        assert_eq!(needed.elevated_scopes().len(), 1);
+        assert_eq!(needed.step_ref(), "demo/deploy");
+        let mut approval = ApprovalRequest::new(
+            "apr-x".into(),
+            needed.requester(),
+            needed.elevated_scopes().to_vec(),
+            None,
+            Some(120),
+            needed.rules().clone(),
+            now().timestamp(),
+        )
+        .unwrap();
+        assert_eq!(
+            needed.clone().grant_under(&approval).unwrap_err().reason,
+            DenyReason::ApprovalDenied,
+            "pending covers nothing"
+        );
+        let alice = Operator {
+            name: "alice".into(),
+            groups: ["sre".to_owned()].into(),
+            owns: Default::default(),
+        };
+        approval
+            .approve(&alice, None, None, now().timestamp())
+            .unwrap();
+        let elevated =
+            "step=deploy&scope=deploy:k8s/staging/web deploy:k8s/prod/web&job=j1&ttl=900";
+        let at = |secs: i64| match ask_at(now() + TimeDelta::seconds(secs), elevated) {
+            Ok(Verdict::NeedsApproval(needed)) => needed,
+            other => panic!("expected an elevation, got {other:?}"),
+        };
+        let grant = at(30).grant_under(&approval).unwrap();
+        assert_eq!(grant.approval(), Some("apr-x"));
+        assert_eq!(
+            grant.scopes().len(),
+            2,
+            "standing and elevated scopes together"
+        );
+        assert_eq!(
+            grant.expires_at(),
+            now() + TimeDelta::seconds(120),
+            "the token expires with the approval's window, not after its 900 s ttl"
+        );
+        assert!(
+            at(120).grant_under(&approval).is_err(),
+            "the window is closed"
+        );
+        let other_job = match ask("step=deploy&scope=deploy:k8s/prod/web&job=j2") {
+            Ok(Verdict::NeedsApproval(needed)) => needed,
+            other => panic!("expected an elevation, got {other:?}"),
+        };
+        assert!(other_job.grant_under(&approval).is_err(), "another job");
+    }
+
     // --- Property: a grant never exceeds its step's allowance or TTL. ----
 
     fn segment() -> impl Strategy<Value = String> {
@@ -734,5 +973,6 @@ audiences = ["https://k8s.example"]
             &request,
             || "j".into(),
         )
+        .map(granted)
     }
 }

@@ -32,6 +32,7 @@ pub mod revocation;
 pub mod scope;
 pub mod secret;
 pub mod ttl;
+pub mod webhook;
 
 pub use chrono;
 pub use clock::{Clock, ManualClock, SystemClock};

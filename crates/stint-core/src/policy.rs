@@ -23,7 +23,7 @@
 //! file, line, column and key. Nothing about a policy is checked later: a
 //! `Policy` value is valid by construction.
 
-use crate::approval::Elevation;
+use crate::approval::{Elevation, Operator};
 use crate::federation::{
     Binding, ClaimPath, DEFAULT_MAX_TOKEN_AGE, MAX_MATCHERS_PER_BINDING, Preset, TrustedIssuer,
 };
@@ -35,7 +35,7 @@ use crate::secret;
 use crate::ttl::{DEFAULT_MAX_TTL, DEFAULT_TTL, Ttl};
 use chrono::NaiveDate;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::Range;
 use toml::Spanned;
@@ -55,7 +55,72 @@ pub struct Policy {
     by_client_id: HashMap<String, String>,
     issuers: BTreeMap<String, TrustedIssuer>,
     workflows: BTreeMap<String, Workflow>,
+    operators: BTreeMap<String, PolicyOperator>,
     digest: String,
+}
+
+/// A person who may approve elevations: `[operators.NAME]`.
+#[derive(Clone)]
+pub struct PolicyOperator {
+    name: String,
+    groups: BTreeSet<String>,
+    owns: BTreeSet<String>,
+    key_sha256: Option<[u8; 32]>,
+    oidc: Option<OperatorOidc>,
+}
+
+/// How an operator signs in with an OIDC ID token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorOidc {
+    /// The trusted issuer (a name under `[issuers]`).
+    pub issuer: String,
+    /// The ID token's `sub`.
+    pub subject: String,
+    /// A claim (a list of strings) whose values are groups the operator is
+    /// in, besides those the policy lists.
+    pub groups_claim: Option<String>,
+}
+
+impl fmt::Debug for PolicyOperator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyOperator")
+            .field("name", &self.name)
+            .field("groups", &self.groups)
+            .field("owns", &self.owns)
+            .field("key_sha256", &self.key_sha256.map(|_| "<set>"))
+            .field("oidc", &self.oidc)
+            .finish()
+    }
+}
+
+impl PolicyOperator {
+    /// The operator's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The groups the policy puts them in.
+    pub fn groups(&self) -> &BTreeSet<String> {
+        &self.groups
+    }
+    /// The workloads they own (whose requests they never approve).
+    pub fn owns(&self) -> &BTreeSet<String> {
+        &self.owns
+    }
+    /// Their OIDC sign-in, if any.
+    pub fn oidc(&self) -> Option<&OperatorOidc> {
+        self.oidc.as_ref()
+    }
+    /// The operator as the approval rules see them, with `extra_groups`
+    /// (from their ID token's groups claim) added to the policy's.
+    pub fn as_approver(&self, extra_groups: impl IntoIterator<Item = String>) -> Operator {
+        let mut groups = self.groups.clone();
+        groups.extend(extra_groups);
+        Operator {
+            name: self.name.clone(),
+            groups,
+            owns: self.owns.clone(),
+        }
+    }
 }
 
 /// A non-human identity that asks for tokens.
@@ -318,6 +383,39 @@ impl Policy {
             .collect()
     }
 
+    /// The operator named `name`.
+    pub fn operator(&self, name: &str) -> Option<&PolicyOperator> {
+        self.operators.get(name)
+    }
+
+    /// All operators.
+    pub fn operators(&self) -> impl Iterator<Item = &PolicyOperator> {
+        self.operators.values()
+    }
+
+    /// The operator whose key this is. Every operator's hash is compared,
+    /// in constant time, whatever matches: timing tells nothing.
+    pub fn operator_by_key(&self, presented: &str) -> Option<&PolicyOperator> {
+        let mut found = None;
+        for operator in self.operators.values() {
+            if let Some(expected) = &operator.key_sha256
+                && secret::verify(presented, expected)
+            {
+                found = Some(operator);
+            }
+        }
+        found
+    }
+
+    /// The operator who signs in as `subject` at `issuer` (a policy name).
+    pub fn operator_for_identity(&self, issuer: &str, subject: &str) -> Option<&PolicyOperator> {
+        self.operators.values().find(|o| {
+            o.oidc
+                .as_ref()
+                .is_some_and(|oidc| oidc.issuer == issuer && oidc.subject == subject)
+        })
+    }
+
     /// The trusted issuer whose URL is exactly `iss`.
     pub fn trusted_issuer(&self, iss: &str) -> Option<&TrustedIssuer> {
         self.issuers.values().find(|issuer| issuer.url() == iss)
@@ -435,6 +533,33 @@ struct RawPolicy {
     workflows: BTreeMap<String, Spanned<RawWorkflow>>,
     #[serde(default)]
     issuers: BTreeMap<String, Spanned<RawIssuer>>,
+    #[serde(default)]
+    operators: BTreeMap<String, Spanned<RawOperator>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperator {
+    #[serde(default)]
+    groups: Vec<Spanned<String>>,
+    #[serde(default)]
+    owns: Vec<Spanned<String>>,
+    #[serde(default)]
+    key_sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    oidc: Option<Spanned<RawOperatorOidc>>,
+    #[serde(default)]
+    #[allow(dead_code)] // documentation for humans; accepted, not used
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperatorOidc {
+    issuer: Spanned<String>,
+    subject: Spanned<String>,
+    #[serde(default)]
+    groups_claim: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -740,13 +865,187 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
         );
     }
 
+    let operators = build_operators(raw.operators, &workloads, &issuers, errors);
+    check_quorums(&workflows, &workloads, &operators, errors);
     Policy {
         enforce_review: raw.enforce_review,
         workloads,
         by_client_id,
         issuers,
         workflows,
+        operators,
         digest: String::new(),
+    }
+}
+
+fn build_operators(
+    raw: BTreeMap<String, Spanned<RawOperator>>,
+    workloads: &BTreeMap<String, Workload>,
+    issuers: &BTreeMap<String, TrustedIssuer>,
+    errors: &mut Errors<'_>,
+) -> BTreeMap<String, PolicyOperator> {
+    let mut operators = BTreeMap::new();
+    let mut identities: HashMap<(String, String), String> = HashMap::new();
+    for (name, spanned) in raw {
+        let span = spanned.span();
+        let key = format!("operators.{name}");
+        if let Err(e) = validate_name(&name) {
+            errors.push(span.clone(), &key, format!("invalid operator name: {e}"));
+        }
+        if workloads.contains_key(&name) {
+            errors.push(
+                span.clone(),
+                &key,
+                format!("{name:?} is also a workload: operators are people, name them apart"),
+            );
+        }
+        let raw = spanned.into_inner();
+        let mut groups = BTreeSet::new();
+        for (i, group) in raw.groups.into_iter().enumerate() {
+            if let Err(e) = validate_name(group.get_ref()) {
+                errors.push(
+                    group.span(),
+                    &format!("{key}.groups[{i}]"),
+                    format!("invalid group name: {e}"),
+                );
+            }
+            groups.insert(group.into_inner());
+        }
+        let mut owns = BTreeSet::new();
+        for (i, workload) in raw.owns.into_iter().enumerate() {
+            if !workloads.contains_key(workload.get_ref()) {
+                errors.push(
+                    workload.span(),
+                    &format!("{key}.owns[{i}]"),
+                    format!("no workload is named {:?}", workload.get_ref()),
+                );
+            }
+            owns.insert(workload.into_inner());
+        }
+        let key_sha256 = raw
+            .key_sha256
+            .as_ref()
+            .map(|hash| parse_sha256(hash, &format!("{key}.key_sha256"), errors));
+        let oidc = raw.oidc.map(|oidc| {
+            let oidc = oidc.into_inner();
+            let oidc_key = format!("{key}.oidc");
+            if !issuers.contains_key(oidc.issuer.get_ref()) {
+                errors.push(
+                    oidc.issuer.span(),
+                    &format!("{oidc_key}.issuer"),
+                    format!(
+                        "no issuer is named {:?} under [issuers]",
+                        oidc.issuer.get_ref()
+                    ),
+                );
+            }
+            let subject = oidc.subject.get_ref();
+            if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
+                errors.push(
+                    oidc.subject.span(),
+                    &format!("{oidc_key}.subject"),
+                    "the ID token's sub: 1 to 256 characters, no control characters".into(),
+                );
+            }
+            let groups_claim = oidc.groups_claim.map(|claim| {
+                let ok = !claim.get_ref().is_empty()
+                    && claim.get_ref().len() <= 128
+                    && claim.get_ref().bytes().all(|b| b.is_ascii_graphic());
+                if !ok {
+                    errors.push(
+                        claim.span(),
+                        &format!("{oidc_key}.groups_claim"),
+                        "a claim name: 1 to 128 printable characters, no spaces".into(),
+                    );
+                }
+                claim.into_inner()
+            });
+            let identity = (oidc.issuer.get_ref().clone(), subject.clone());
+            if let Some(other) = identities.insert(identity, name.clone()) {
+                errors.push(
+                    oidc.subject.span(),
+                    &format!("{oidc_key}.subject"),
+                    format!("operator {other:?} already signs in as this subject"),
+                );
+            }
+            OperatorOidc {
+                issuer: oidc.issuer.into_inner(),
+                subject: oidc.subject.into_inner(),
+                groups_claim,
+            }
+        });
+        if key_sha256.is_none() && oidc.is_none() {
+            errors.push(
+                span.clone(),
+                &key,
+                "an operator signs in with a key_sha256 (from `stintd new-operator`) or an oidc identity (or both)".into(),
+            );
+        }
+        if groups.is_empty() && oidc.as_ref().is_none_or(|o| o.groups_claim.is_none()) {
+            errors.push(
+                span,
+                &format!("{key}.groups"),
+                "an operator needs groups, from the policy or from an oidc groups_claim".into(),
+            );
+        }
+        operators.insert(
+            name.clone(),
+            PolicyOperator {
+                name,
+                groups,
+                owns,
+                key_sha256,
+                oidc,
+            },
+        );
+    }
+    operators
+}
+
+/// Every elevation must be approvable: for each workload that runs its
+/// workflow, enough operators who do not own that workload are in its
+/// approver groups (or may be, through a groups claim).
+fn check_quorums(
+    workflows: &BTreeMap<String, Workflow>,
+    workloads: &BTreeMap<String, Workload>,
+    operators: &BTreeMap<String, PolicyOperator>,
+    errors: &mut Errors<'_>,
+) {
+    for workflow in workflows.values() {
+        for step in workflow.steps.values() {
+            let Some(elevation) = &step.elevation else {
+                continue;
+            };
+            let rules = &elevation.rules;
+            for workload in workloads
+                .values()
+                .filter(|w| w.workflows.contains(&workflow.name))
+            {
+                let eligible = operators
+                    .values()
+                    .filter(|o| !o.owns.contains(&workload.name))
+                    .filter(|o| {
+                        !o.groups.is_disjoint(&rules.approver_groups)
+                            || o.oidc
+                                .as_ref()
+                                .is_some_and(|oidc| oidc.groups_claim.is_some())
+                    })
+                    .count();
+                if eligible < rules.quorum {
+                    errors.push(
+                        0..0,
+                        &format!(
+                            "workflows.{}.steps.{}.elevation.quorum",
+                            workflow.name, step.name
+                        ),
+                        format!(
+                            "a quorum of {} can never be met for workload {:?}: only {eligible} operator(s) who do not own it are in the approver groups",
+                            rules.quorum, workload.name
+                        ),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -1628,7 +1927,26 @@ claims = {{ "kubernetes.io/namespace" = "ci", sub = "system:serviceaccount:ci:*"
             r#"audiences = ["https://demo.example"]"#,
             "audiences = [\"https://demo.example\"]\n\n[workflows.demo.steps.write.elevation]\nscopes = [\"admin:demo/**\"]\napprover_groups = [\"sre\"]\nquorum = 2\nmax_duration = \"30m\"\nmax_wait = \"15m\"\nreason_required = true\n",
         );
+        let short = errors_of(&text).join("\n");
+        assert!(
+            short.contains("workflows.demo.steps.write.elevation.quorum: a quorum of 2 can never be met for workload \"demo-job\": only 0 operator(s)"),
+            "{short}"
+        );
+        let operators = format!(
+            "\n[operators.alice]\ngroups = [\"sre\"]\nkey_sha256 = \"{HASH}\"\n\n[operators.bob]\ngroups = [\"sre\"]\nowns = [\"demo-job\"]\nkey_sha256 = \"{HASH}\"\n"
+        );
+        let owner_only = errors_of(&format!("{text}{operators}")).join("\n");
+        assert!(
+            owner_only.contains("only 1 operator(s) who do not own it"),
+            "an owner does not count towards the quorum: {owner_only}"
+        );
+        let text = format!(
+            "{text}{}\n[operators.carol]\ngroups = [\"sre\", \"dba\"]\nkey_sha256 = \"{HASH}\"\n",
+            operators.replace("owns = [\"demo-job\"]\n", "owns = [\"second\"]\n")
+        );
         let policy = Policy::parse("p.toml", &text).unwrap();
+        assert_eq!(policy.operators().count(), 3);
+        assert!(policy.operator("bob").unwrap().owns().contains("second"));
         let step = policy.workflow("demo").unwrap().step("write").unwrap();
         let elevation = step.elevation().unwrap();
         assert_eq!(elevation.scopes().len(), 1);
@@ -1664,6 +1982,52 @@ claims = {{ "kubernetes.io/namespace" = "ci", sub = "system:serviceaccount:ci:*"
                 "workflows.demo.steps.write.elevation.approver_groups: name at least one"
             ),
             "{errors}"
+        );
+    }
+
+    #[test]
+    fn operators_sign_in_with_a_key_or_an_oidc_identity() {
+        let base = good();
+        let bad = format!(
+            "{base}\n[operators.demo-job]\ngroups = [\"sre\"]\nkey_sha256 = \"{HASH}\"\n\n[operators.nobody]\ngroups = [\"sre\"]\n\n[operators.loner]\nkey_sha256 = \"{HASH}\"\nowns = [\"ghost\"]\n\n[operators.sso]\ngroups = [\"sre\"]\noidc = {{ issuer = \"corp\", subject = \"u1\" }}\n"
+        );
+        let errors = errors_of(&bad).join("\n");
+        for expected in [
+            "operators.demo-job: \"demo-job\" is also a workload",
+            "operators.nobody: an operator signs in with a key_sha256",
+            "operators.loner.groups: an operator needs groups",
+            "operators.loner.owns[0]: no workload is named \"ghost\"",
+            "operators.sso.oidc.issuer: no issuer is named \"corp\"",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
+
+        let good = format!(
+            "{base}\n[issuers.corp]\nurl = \"https://login.example.com\"\naudiences = [\"stint\"]\n\n[operators.alice]\ngroups = [\"sre\"]\nkey_sha256 = \"{}\"\n\n[operators.sso]\noidc = {{ issuer = \"corp\", subject = \"u1\", groups_claim = \"groups\" }}\n",
+            secret::hash_hex("stint_alice")
+        );
+        let policy = Policy::parse("p.toml", &good).unwrap();
+        assert_eq!(
+            policy.operator_by_key("stint_alice").unwrap().name(),
+            "alice"
+        );
+        assert!(policy.operator_by_key("stint_mallory").is_none());
+        assert_eq!(
+            policy.operator_for_identity("corp", "u1").unwrap().name(),
+            "sso"
+        );
+        assert!(policy.operator_for_identity("corp", "u2").is_none());
+        let approver = policy
+            .operator("sso")
+            .unwrap()
+            .as_approver(["sre".to_owned()]);
+        assert!(approver.groups.contains("sre"));
+        assert!(
+            !format!("{:?}", policy.operator("alice").unwrap())
+                .contains(&secret::hash_hex("stint_alice"))
         );
     }
 

@@ -72,6 +72,9 @@ pub struct RevocationSet {
     tokens: DashMap<u128, i64>,
     /// `"{sub}/{job}"` to the entry's `until`. `/` is in neither alphabet.
     jobs: DashMap<String, i64>,
+    /// Revoked approvals (`elev`) to the latest expiry of a token minted
+    /// under them.
+    approvals: DashMap<String, i64>,
 }
 
 impl RevocationSet {
@@ -94,14 +97,25 @@ impl RevocationSet {
             .insert(job_key(&revocation.sub, &revocation.job), revocation.until);
     }
 
-    /// Whether the token these claims describe has been revoked, by `jti`
-    /// or through its job. Fails closed: a `jti` that cannot be read counts
-    /// as revoked.
+    /// Record a revoked approval: every token minted under it (`elev`) is
+    /// revoked. `until` is the latest such a token can expire.
+    pub fn insert_approval(&self, approval: &str, until: i64) {
+        self.approvals.insert(approval.to_owned(), until);
+    }
+
+    /// Whether the token these claims describe has been revoked, by `jti`,
+    /// through its job or through the approval it was minted under. Fails
+    /// closed: a `jti` that cannot be read counts as revoked.
     pub fn is_revoked(&self, claims: &AccessTokenClaims, now: DateTime<Utc>) -> bool {
         let Some(key) = claims.jti_key() else {
             return true;
         };
-        self.tokens.contains_key(&key) || self.is_job_revoked(&claims.sub, &claims.job, now)
+        self.tokens.contains_key(&key)
+            || self.is_job_revoked(&claims.sub, &claims.job, now)
+            || claims
+                .elev
+                .as_ref()
+                .is_some_and(|approval| self.approvals.contains_key(approval))
     }
 
     /// Whether `job` of workload `sub` has been revoked and the entry is
@@ -119,12 +133,13 @@ impl RevocationSet {
         let before = self.len();
         self.tokens.retain(|_, exp| *exp > now);
         self.jobs.retain(|_, until| *until > now);
+        self.approvals.retain(|_, until| *until > now);
         before.saturating_sub(self.len())
     }
 
     /// How many entries the set holds.
     pub fn len(&self) -> usize {
-        self.tokens.len() + self.jobs.len()
+        self.tokens.len() + self.jobs.len() + self.approvals.len()
     }
 
     /// Whether the set is empty.
@@ -172,7 +187,31 @@ mod tests {
             step: "s".into(),
             workflow: "w".into(),
             cnf: None,
+            elev: None,
         }
+    }
+
+    #[test]
+    fn a_revoked_approval_revokes_the_tokens_minted_under_it() {
+        let set = RevocationSet::new();
+        let rng = SystemRandom::new();
+        let elevated = AccessTokenClaims {
+            elev: Some("apr-1".into()),
+            ..claims("w", "j", new_jti(&rng).unwrap(), 1_200)
+        };
+        let other = AccessTokenClaims {
+            elev: Some("apr-2".into()),
+            ..claims("w", "j", new_jti(&rng).unwrap(), 1_200)
+        };
+        let plain = claims("w", "j", new_jti(&rng).unwrap(), 1_200);
+        set.insert_approval("apr-1", 1_200);
+        assert!(set.is_revoked(&elevated, at(1_001)));
+        assert!(!set.is_revoked(&other, at(1_001)));
+        assert!(
+            !set.is_revoked(&plain, at(1_001)),
+            "the job's other tokens stay"
+        );
+        assert_eq!(set.purge(at(1_200 + PURGE_GRACE_SECS)), 1);
     }
 
     #[test]

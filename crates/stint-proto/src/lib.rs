@@ -7,11 +7,15 @@
 //! RFC 7517 (JWK sets).
 #![warn(missing_docs)]
 
+pub mod approvals;
 pub mod jobs;
 pub mod jwk;
 pub mod metadata;
 pub mod oauth;
 
+pub use approvals::{
+    APPROVALS_PATH, ApprovalList, ApprovalView, ApprovalVote, ApproveBody, DecisionBody,
+};
 pub use jwk::{Jwk, JwkKey, JwkSet};
 pub use metadata::AuthorizationServerMetadata;
 pub use oauth::{

@@ -28,6 +28,18 @@ pub enum ErrorCode {
     TemporarilyUnavailable,
     /// The server hit an unexpected condition.
     ServerError,
+    /// An approval is still pending: poll again after the interval
+    /// (RFC 8628 section 3.5).
+    AuthorizationPending,
+    /// Polling too fast: add 5 seconds to the interval (RFC 8628).
+    SlowDown,
+    /// The approval was denied or revoked (RFC 8628).
+    AccessDenied,
+    /// The approval request expired or ended (RFC 8628).
+    ExpiredToken,
+    /// The bearer credential is missing, malformed or not accepted
+    /// (RFC 6750 section 3.1).
+    InvalidToken,
 }
 
 impl ErrorCode {
@@ -44,6 +56,11 @@ impl ErrorCode {
             Self::InvalidTarget => "invalid_target",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::ServerError => "server_error",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::SlowDown => "slow_down",
+            Self::AccessDenied => "access_denied",
+            Self::ExpiredToken => "expired_token",
+            Self::InvalidToken => "invalid_token",
         }
     }
 }
@@ -62,6 +79,39 @@ pub struct ErrorResponse {
     /// A human-readable explanation; never contains a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_description: Option<String>,
+    /// With `authorization_pending` and `slow_down`: the approval request
+    /// to poll for (send it back as the `approval_id` parameter), as
+    /// RFC 8628's `device_code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// The seconds to wait between polls (RFC 8628 `interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u64>,
+    /// Seconds until the request expires unless approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    /// The job the request is for (send it back as `job` when the broker
+    /// chose it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The request in full: who must approve, who has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::approvals::ApprovalView>,
+}
+
+impl ErrorResponse {
+    /// An error with its description and nothing else.
+    pub fn new(error: ErrorCode, description: impl Into<String>) -> Self {
+        Self {
+            error,
+            error_description: Some(description.into()),
+            approval_id: None,
+            interval: None,
+            expires_in: None,
+            job: None,
+            approval: None,
+        }
+    }
 }
 
 /// A successful token response (RFC 6749 section 5.1).
@@ -138,6 +188,10 @@ pub struct IntrospectionResponse {
     /// The certificate the token is bound to, if it is (RFC 8705).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// The operator approval the token's elevated scopes were granted
+    /// under (Stint extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elev: Option<String>,
 }
 
 impl IntrospectionResponse {
@@ -221,6 +275,11 @@ mod tests {
             ErrorCode::InvalidTarget,
             ErrorCode::TemporarilyUnavailable,
             ErrorCode::ServerError,
+            ErrorCode::AuthorizationPending,
+            ErrorCode::SlowDown,
+            ErrorCode::AccessDenied,
+            ErrorCode::ExpiredToken,
+            ErrorCode::InvalidToken,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

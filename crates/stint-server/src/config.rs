@@ -96,6 +96,20 @@ pub struct Config {
     pub federation_ca: Option<PathBuf>,
     /// TLS client certificates, if accepted.
     pub client_certificates: Option<ClientCertificates>,
+    /// How often a job waiting for an approval may poll (RFC 8628
+    /// `interval`).
+    pub approval_interval: Duration,
+    /// Where approval requests and decisions are announced, if anywhere.
+    pub webhook: Option<WebhookTarget>,
+}
+
+/// The webhook that receives approval events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// `https://` (or `http://` to loopback).
+    pub url: String,
+    /// A file holding the HMAC secret (at least 32 bytes).
+    pub secret_file: PathBuf,
 }
 
 impl Config {
@@ -112,6 +126,8 @@ impl Config {
             limits: Limits::default(),
             federation_ca: None,
             client_certificates: None,
+            approval_interval: Duration::from_secs(5),
+            webhook: None,
         }
     }
 
@@ -137,6 +153,9 @@ impl Config {
         }
         if self.client_certificates.is_some() && self.tls.is_none() {
             return Err(ConfigError::ClientCertificatesWithoutTls);
+        }
+        if !(1..=60).contains(&self.approval_interval.as_secs()) {
+            return Err(ConfigError::BadApprovalInterval);
         }
         let limits = &self.limits;
         let durations = [
@@ -220,6 +239,9 @@ pub enum ConfigError {
     /// The federation CA file is unusable.
     #[error("--federation-ca-file: {0}")]
     FederationCa(String),
+    /// An approval polling interval out of range.
+    #[error("the approval polling interval must be 1 to 60 seconds")]
+    BadApprovalInterval,
     /// A timeout or cap of zero, which would refuse everything.
     #[error("every connection limit (timeouts, connection and request caps) must be above zero")]
     ZeroLimit,

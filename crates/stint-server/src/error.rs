@@ -44,6 +44,9 @@ pub enum StartError {
     /// TLS material could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The approval webhook is misconfigured.
+    #[error("approval webhook: {0}")]
+    Webhook(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
@@ -65,12 +68,22 @@ pub struct OAuthError {
     pub(crate) description: String,
     /// The reason label for metrics and audit.
     pub(crate) reason: DenyReason,
+    /// For `authorization_pending` and friends: the approval request.
+    pub(crate) pending: Option<Box<Pending>>,
+}
+
+/// The approval members of a token error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) interval: u64,
+    pub(crate) expires_in: u64,
+    pub(crate) view: stint_proto::ApprovalView,
 }
 
 impl OAuthError {
     pub(crate) fn new(code: ErrorCode, reason: DenyReason, description: impl Into<String>) -> Self {
         let status = match code {
-            ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidClient | ErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
             ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
@@ -80,7 +93,13 @@ impl OAuthError {
             code,
             description: description.into(),
             reason,
+            pending: None,
         }
+    }
+
+    pub(crate) fn with_pending(mut self, pending: Pending) -> Self {
+        self.pending = Some(Box::new(pending));
+        self
     }
 
     pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
@@ -118,14 +137,23 @@ impl From<Denial> for OAuthError {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let body = ErrorResponse {
-            error: self.code,
-            error_description: Some(self.description),
-        };
+        let mut body = ErrorResponse::new(self.code, self.description);
+        if let Some(pending) = self.pending {
+            body.approval_id = Some(pending.view.id.clone());
+            body.job = Some(pending.view.job.clone());
+            body.interval = Some(pending.interval);
+            body.expires_in = Some(pending.expires_in);
+            body.approval = Some(pending.view);
+        }
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.code == ErrorCode::InvalidToken {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"stint\", error=\"invalid_token\""),
+            );
+        } else if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"stint\", charset=\"UTF-8\""),

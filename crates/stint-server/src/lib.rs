@@ -11,6 +11,7 @@
 //! the listener accepts its first connection (so a revoked token is never
 //! briefly active after a restart).
 
+mod approvals;
 pub mod audit;
 pub mod config;
 mod dev;
@@ -22,8 +23,11 @@ pub mod metrics;
 mod serve;
 mod state;
 pub mod tls;
+pub mod webhook;
 
-pub use config::{ClientCertificates, Config, ConfigError, Limits, PolicySource, TlsFiles};
+pub use config::{
+    ClientCertificates, Config, ConfigError, Limits, PolicySource, TlsFiles, WebhookTarget,
+};
 pub use dev::{DEMO_CLIENT_ID, DEV_CLIENT_FILE};
 pub use error::StartError;
 
@@ -58,6 +62,9 @@ pub const AUDIT_FILE: &str = "audit.jsonl";
 pub const LOCK_FILE: &str = "stintd.lock";
 /// How often expired revocations are dropped from memory and the store.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often approval requests whose time is up are moved to their final
+/// state (and audited, and announced).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A broker that is serving.
 pub struct RunningServer {
@@ -318,6 +325,32 @@ pub async fn start_with_clock(
         _ => None,
     };
 
+    let webhook = match &config.webhook {
+        Some(target) => {
+            let loaded = webhook::WebhookConfig::load(&target.url, &target.secret_file)
+                .map_err(|e| StartError::Webhook(e.to_string()))?;
+            let extra_ca = match &config.federation_ca {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    StartError::Webhook(format!("cannot read {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+            Some(webhook::Webhook::start(loaded, extra_ca).map_err(StartError::Webhook)?)
+        }
+        None => None,
+    };
+    let loaded_approvals = store.approvals(now.timestamp()).await?;
+    tracing::info!(
+        approvals = loaded_approvals.len(),
+        "approval requests loaded"
+    );
+    let approvals = approvals::Approvals::new(
+        loaded_approvals,
+        config.approval_interval,
+        webhook,
+        &revocations,
+    );
+
     let issuer_keys = federation::IssuerKeys::new(config.federation_ca.as_deref())
         .map_err(|message| StartError::Config(ConfigError::FederationCa(message)))?;
     let state = Arc::new(AppState {
@@ -335,6 +368,7 @@ pub async fn start_with_clock(
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
         issuer_keys,
         body_timeout: config.limits.body_timeout,
+        approvals,
     });
 
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
@@ -386,11 +420,19 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&RunningServer)) -> Resul
 }
 
 async fn purge_loop(state: Arc<AppState>) {
-    let mut interval = tokio::time::interval(PURGE_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut purge_tick = tokio::time::interval(PURGE_INTERVAL);
+    purge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
+    sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
-        purge(&state).await;
+        tokio::select! {
+            _ = purge_tick.tick() => {
+                purge(&state).await;
+            }
+            _ = sweep_tick.tick() => {
+                state.approvals.sweep(&state, state.clock.now()).await;
+            }
+        }
     }
 }
 

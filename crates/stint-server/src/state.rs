@@ -39,6 +39,8 @@ pub(crate) struct AppState {
     pub(crate) issuer_keys: crate::federation::IssuerKeys,
     /// `Limits::body_timeout`.
     pub(crate) body_timeout: std::time::Duration,
+    /// Elevation requests and approvals.
+    pub(crate) approvals: crate::approvals::Approvals,
 }
 
 /// What a presented token turned out to be.

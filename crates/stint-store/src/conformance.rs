@@ -16,6 +16,58 @@ pub async fn run(store: &dyn Store) {
     job_revocations_round_trip(store).await;
     purge_drops_only_what_expired(store).await;
     signing_keys_round_trip(store).await;
+    approvals_round_trip(store).await;
+}
+
+async fn approvals_round_trip(store: &dyn Store) {
+    use stint_core::approval::{ApprovalRequest, Elevation, Operator, Requester};
+    use stint_core::scope::Scope;
+    let elevation = Elevation {
+        approver_groups: ["sre".to_owned()].into(),
+        quorum: 1,
+        max_duration: 600,
+        max_wait: 300,
+        reason_required: false,
+    };
+    let mut request = ApprovalRequest::new(
+        "apr-1".into(),
+        Requester {
+            workload: "w".into(),
+            client_id: "w".into(),
+            job: "j".into(),
+            step: "flow/step".into(),
+            audience: "https://a.example".into(),
+        },
+        vec![Scope::parse("deploy:prod/web").expect("scope")],
+        Some("hotfix".into()),
+        None,
+        elevation,
+        10_000,
+    )
+    .expect("a request");
+    store.save_approval(&request).await.expect("save pending");
+    let alice = Operator {
+        name: "alice".into(),
+        groups: ["sre".to_owned()].into(),
+        owns: Default::default(),
+    };
+    request
+        .approve(&alice, None, Some("ok".into()), 10_010)
+        .expect("approve");
+    store.save_approval(&request).await.expect("save approved");
+    assert_eq!(
+        store.approvals(10_020).await.expect("load approvals"),
+        [request.clone()],
+        "the latest state of a request replaces the earlier one"
+    );
+    let gone = request.keep_until();
+    assert_eq!(
+        store.approvals(gone).await.expect("load approvals"),
+        [],
+        "not returned past keep_until"
+    );
+    assert!(store.purge_expired(gone).await.expect("purge") >= 1);
+    store.save_approval(&request).await.expect("save again");
 }
 
 fn token(n: u8, expires_at: i64) -> TokenRevocation {

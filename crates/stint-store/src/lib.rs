@@ -18,6 +18,7 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use std::fmt;
+use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, TokenRevocation};
 use thiserror::Error;
 
@@ -95,7 +96,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every revocation still in force at `now` (seconds since the epoch).
     async fn live_revocations(&self, now: i64) -> Result<LiveRevocations, StoreError>;
 
-    /// Delete revocations that no longer matter at `now`. Returns how many.
+    /// Delete revocations (and approval requests) that no longer matter at
+    /// `now`. Returns how many.
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
 
     /// All signing keys, oldest first.
@@ -110,6 +112,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forget a retired key whose tokens have all expired.
     async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError>;
+
+    /// Record an approval request as it now stands (inserted, or replacing
+    /// the previous state of the same id). Kept until its
+    /// [`ApprovalRequest::keep_until`].
+    async fn save_approval(&self, approval: &ApprovalRequest) -> Result<(), StoreError>;
+
+    /// Every approval request still kept at `now`, oldest first.
+    async fn approvals(&self, now: i64) -> Result<Vec<ApprovalRequest>, StoreError>;
 
     /// Whether the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;

@@ -16,10 +16,11 @@ use std::fs::{OpenOptions, Permissions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, TokenRevocation};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revoked_tokens (
@@ -45,6 +46,13 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     created_at INTEGER NOT NULL,
     retired_at INTEGER
 ) STRICT;
+CREATE TABLE IF NOT EXISTS approvals (
+    id           TEXT    PRIMARY KEY NOT NULL,
+    requested_at INTEGER NOT NULL,
+    keep_until   INTEGER NOT NULL,
+    body         TEXT    NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS approvals_keep_until ON approvals (keep_until);
 ";
 
 /// The SQLite store.
@@ -191,8 +199,9 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let tokens = tx.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?1", [now])?;
             let jobs = tx.execute("DELETE FROM revoked_jobs WHERE until <= ?1", [now])?;
+            let approvals = tx.execute("DELETE FROM approvals WHERE keep_until <= ?1", [now])?;
             tx.commit()?;
-            Ok((tokens + jobs) as u64)
+            Ok((tokens + jobs + approvals) as u64)
         })
         .await
     }
@@ -250,6 +259,46 @@ impl Store for SqliteStore {
             .map(drop)
         })
         .await
+    }
+
+    async fn save_approval(&self, approval: &ApprovalRequest) -> Result<(), StoreError> {
+        let body = serde_json::to_string(approval).map_err(|e| StoreError::Backend {
+            operation: "save approval",
+            message: e.to_string(),
+        })?;
+        let (id, requested_at, keep_until) = (
+            approval.id.clone(),
+            approval.requested_at,
+            approval.keep_until(),
+        );
+        self.run("save approval", move |c| {
+            c.execute(
+                "INSERT INTO approvals (id, requested_at, keep_until, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET keep_until = excluded.keep_until, body = excluded.body",
+                params![id, requested_at, keep_until, body],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn approvals(&self, now: i64) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let bodies = self
+            .run("load approvals", move |c| {
+                let mut statement = c.prepare(
+                    "SELECT body FROM approvals WHERE keep_until > ?1 ORDER BY requested_at, id",
+                )?;
+                let rows = statement.query_map([now], |row| row.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await?;
+        bodies
+            .iter()
+            .map(|body| {
+                serde_json::from_str(body)
+                    .map_err(|e| StoreError::Corrupt(format!("an approval row: {e}")))
+            })
+            .collect()
     }
 
     async fn check(&self) -> Result<(), StoreError> {

@@ -68,6 +68,27 @@ struct Cli {
     #[arg(long, env = "STINTD_FEDERATION_CA_FILE")]
     federation_ca_file: Option<PathBuf>,
 
+    /// Announce approval requests and decisions to this URL (JSON with a
+    /// Slack-compatible `text`, signed in the stint-signature header).
+    #[arg(
+        long,
+        env = "STINTD_APPROVAL_WEBHOOK_URL",
+        requires = "approval_webhook_secret_file"
+    )]
+    approval_webhook_url: Option<String>,
+
+    /// The webhook's HMAC secret: a file of at least 32 bytes.
+    #[arg(
+        long,
+        env = "STINTD_APPROVAL_WEBHOOK_SECRET_FILE",
+        requires = "approval_webhook_url"
+    )]
+    approval_webhook_secret_file: Option<PathBuf>,
+
+    /// How often a job waiting for an approval may poll, in seconds (1-60).
+    #[arg(long, env = "STINTD_APPROVAL_INTERVAL", default_value_t = 5)]
+    approval_interval: u64,
+
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
     log: String,
@@ -86,6 +107,13 @@ enum Command {
     /// the workload) and the policy lines with its SHA-256.
     NewClient {
         /// The workload's name.
+        name: String,
+    },
+    /// Make a key for an operator (a person who approves elevations):
+    /// prints the key (give it to them) and the policy lines with its
+    /// SHA-256.
+    NewOperator {
+        /// The operator's name.
         name: String,
     },
     /// Validate a policy file, as the broker does at load, and exit.
@@ -112,6 +140,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::NewClient { ref name }) => return report(new_client(name)),
+        Some(Command::NewOperator { ref name }) => return report(new_operator(name)),
         Some(Command::CheckPolicy { ref file }) => return report(check_policy(file)),
         Some(Command::VerifyAudit { ref file }) => return report(verify_audit(file)),
         None => {}
@@ -187,6 +216,14 @@ fn config_from(cli: &Cli) -> Config {
                 required: cli.require_client_cert,
             }
         }),
+        approval_interval: std::time::Duration::from_secs(cli.approval_interval),
+        webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
+            (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
+                url: url.clone(),
+                secret_file: secret_file.clone(),
+            }),
+            _ => None,
+        },
     }
 }
 
@@ -201,6 +238,21 @@ fn new_client(name: &str) -> anyhow::Result<()> {
     println!("{secret}");
     eprintln!(
         "\nAdd to the policy:\n\n[workloads.{name}]\nsecret_sha256 = \"{hash}\"\nworkflows = [\"WORKFLOW\"]  # the workflows it may run\n"
+    );
+    Ok(())
+}
+
+fn new_operator(name: &str) -> anyhow::Result<()> {
+    stint_core::ids::validate_name(name).map_err(|e| anyhow::anyhow!("the operator name {e}"))?;
+    let key = stint_core::secret::generate(&ring::rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    let hash = stint_core::secret::hash_hex(&key);
+    eprintln!(
+        "Give this key to operator {name:?} (it is shown once; the broker keeps only its hash).\nThey use it as STINT_OPERATOR_KEY with `stint approvals`, `stint approve`, `stint deny`:"
+    );
+    println!("{key}");
+    eprintln!(
+        "\nAdd to the policy:\n\n[operators.{name}]\nkey_sha256 = \"{hash}\"\ngroups = [\"GROUP\"]      # the approver groups they are in\nowns = []                # workloads whose requests they must not approve\n"
     );
     Ok(())
 }

@@ -24,18 +24,53 @@ pub(crate) async fn read_form(
     body: Body,
     timeout: Duration,
 ) -> Result<FormParams, OAuthError> {
-    let is_form = headers
+    let bytes = read_body(headers, body, timeout, "application/x-www-form-urlencoded").await?;
+    FormParams::parse(&bytes)
+        .map_err(|e| OAuthError::invalid_request(DenyReason::MalformedRequest, e.to_string()))
+}
+
+/// Read an `application/json` body of at most 64 KiB, sent within
+/// `timeout`, as a `T` (an empty body is `T::default()`).
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: Body,
+    timeout: Duration,
+) -> Result<T, OAuthError> {
+    if !headers.contains_key(header::CONTENT_TYPE)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() == b"0")
+    {
+        return Ok(T::default());
+    }
+    let bytes = read_body(headers, body, timeout, "application/json").await?;
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            format!("the JSON body is not acceptable: {e}"),
+        )
+    })
+}
+
+/// Read a body of media type `mime`, at most 64 KiB, within `timeout`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    timeout: Duration,
+    mime: &str,
+) -> Result<bytes::Bytes, OAuthError> {
+    let is_expected = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| {
-            mime.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !is_form {
+        .is_some_and(|sent| sent.trim().eq_ignore_ascii_case(mime));
+    if !is_expected {
         return Err(OAuthError::invalid_request(
             DenyReason::MalformedRequest,
-            "the request body must be application/x-www-form-urlencoded",
+            format!("the request body must be {mime}"),
         ));
     }
     let too_large = || {
@@ -61,7 +96,7 @@ pub(crate) async fn read_form(
             )
             .with_status(StatusCode::REQUEST_TIMEOUT)
         })?;
-    let bytes = collected
+    Ok(collected
         .map_err(|error| {
             if error.downcast_ref::<LengthLimitError>().is_some() {
                 too_large()
@@ -72,9 +107,7 @@ pub(crate) async fn read_form(
                 )
             }
         })?
-        .to_bytes();
-    FormParams::parse(&bytes)
-        .map_err(|e| OAuthError::invalid_request(DenyReason::MalformedRequest, e.to_string()))
+        .to_bytes())
 }
 
 /// Credentials as presented; the secret is never printed.

@@ -15,6 +15,7 @@ use crate::state::AppState;
 use serde_json::Value;
 use stint_core::audit::AuditEntry;
 use stint_core::decision::DenyReason;
+use stint_core::federation::TrustedIssuer;
 use stint_core::form::FormParams;
 use stint_core::jose::{JoseError, MAX_TOKEN_LEN, UnverifiedJws};
 use stint_core::policy::{Policy, Workload};
@@ -93,6 +94,40 @@ pub(crate) async fn identify<'p>(
     subject_token: &str,
     entry: &mut AuditEntry,
 ) -> Result<Identity<'p>, OAuthError> {
+    let (issuer, claims) = verify_id_token(state, policy, subject_token, entry).await?;
+    let bound = policy.workloads_for_identity(issuer.name(), &claims);
+    let workload = match bound.as_slice() {
+        [workload] => *workload,
+        [] => {
+            return Err(invalid_grant(
+                DenyReason::UnboundIdentity,
+                "no workload is bound to this identity",
+            ));
+        }
+        _ => {
+            tracing::error!(
+                issuer = issuer.name(),
+                "an identity matches several workloads' bindings: refusing; make the bindings exclusive"
+            );
+            return Err(invalid_grant(
+                DenyReason::UnboundIdentity,
+                "this identity matches several workloads",
+            ));
+        }
+    };
+    let job = issuer.job_from_claims(&claims).map_err(invalid_token)?;
+    Ok(Identity { workload, job })
+}
+
+/// Verify an ID token from one of the policy's trusted issuers: its issuer,
+/// algorithm, signature, times and audience. Returns the issuer and the
+/// verified claims (a JSON object). Also how operators sign in.
+pub(crate) async fn verify_id_token<'p>(
+    state: &AppState,
+    policy: &'p Policy,
+    subject_token: &str,
+    entry: &mut AuditEntry,
+) -> Result<(&'p TrustedIssuer, Value), OAuthError> {
     if subject_token.len() > MAX_TOKEN_LEN {
         return Err(invalid_token(format!(
             "the subject token is longer than {MAX_TOKEN_LEN} bytes"
@@ -180,26 +215,5 @@ pub(crate) async fn identify<'p>(
         ));
     }
 
-    let bound = policy.workloads_for_identity(issuer.name(), &claims);
-    let workload = match bound.as_slice() {
-        [workload] => *workload,
-        [] => {
-            return Err(invalid_grant(
-                DenyReason::UnboundIdentity,
-                "no workload is bound to this identity",
-            ));
-        }
-        _ => {
-            tracing::error!(
-                issuer = issuer.name(),
-                "an identity matches several workloads' bindings: refusing; make the bindings exclusive"
-            );
-            return Err(invalid_grant(
-                DenyReason::UnboundIdentity,
-                "this identity matches several workloads",
-            ));
-        }
-    };
-    let job = issuer.job_from_claims(&claims).map_err(invalid_token)?;
-    Ok(Identity { workload, job })
+    Ok((issuer, claims))
 }

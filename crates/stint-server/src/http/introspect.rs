@@ -67,5 +67,6 @@ async fn introspect_inner(
         step: Some(claims.step),
         workflow: Some(claims.workflow),
         cnf: claims.cnf,
+        elev: claims.elev,
     })
 }

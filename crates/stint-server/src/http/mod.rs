@@ -12,6 +12,7 @@
 //! health, metrics) are never shed.
 
 mod admin;
+mod approvals;
 mod client_auth;
 mod discovery;
 mod exchange;
@@ -45,13 +46,17 @@ pub(crate) struct RequestContext {
 }
 
 const JOB_REVOKE_ROUTE: &str = "/v1/jobs/{job}/revoke";
+const APPROVAL_ROUTE: &str = "/v1/approvals/{id}";
+const APPROVE_ROUTE: &str = "/v1/approvals/{id}/approve";
+const DENY_ROUTE: &str = "/v1/approvals/{id}/deny";
+const APPROVAL_REVOKE_ROUTE: &str = "/v1/approvals/{id}/revoke";
 const HEALTHZ: &str = "/healthz";
 const READYZ: &str = "/readyz";
 const METRICS: &str = "/metrics";
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 16] = [
     proto::METADATA_PATH,
     proto::OPENID_CONFIGURATION_PATH,
     proto::JWKS_PATH,
@@ -60,6 +65,11 @@ const ROUTES: [&str; 11] = [
     proto::INTROSPECTION_PATH,
     JOB_REVOKE_ROUTE,
     proto::KEY_ROTATION_PATH,
+    proto::APPROVALS_PATH,
+    APPROVAL_ROUTE,
+    APPROVE_ROUTE,
+    DENY_ROUTE,
+    APPROVAL_REVOKE_ROUTE,
     HEALTHZ,
     READYZ,
     METRICS,
@@ -75,6 +85,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(proto::INTROSPECTION_PATH, post(introspect::introspect))
         .route(JOB_REVOKE_ROUTE, post(revoke::revoke_job))
         .route(proto::KEY_ROTATION_PATH, post(admin::rotate_keys))
+        .route(proto::APPROVALS_PATH, get(approvals::list))
+        .route(APPROVAL_ROUTE, get(approvals::show))
+        .route(APPROVE_ROUTE, post(approvals::approve))
+        .route(DENY_ROUTE, post(approvals::deny))
+        .route(APPROVAL_REVOKE_ROUTE, post(approvals::revoke))
         .route(HEALTHZ, get(ops::healthz))
         .route(READYZ, get(ops::readyz))
         .route(METRICS, get(ops::metrics))

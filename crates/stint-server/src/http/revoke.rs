@@ -224,6 +224,7 @@ pub(crate) async fn revoke_job(
         Some(&context),
     );
     let outcome = revoke_job_inner(&state, job, &headers, &mut entry).await;
+    let sub = entry.sub.clone();
     match &outcome {
         Ok(_) => {
             entry.event = EventKind::JobRevoked;
@@ -240,6 +241,14 @@ pub(crate) async fn revoke_job(
     match outcome {
         Ok(response) => {
             state.metrics.revoked("job");
+            // The job's approvals end with it (its tokens, elevated or
+            // not, are already revoked with the job).
+            if let Some(workload) = &sub {
+                state
+                    .approvals
+                    .end_job(&state, workload, &response.job)
+                    .await;
+            }
             Json(response).into_response()
         }
         Err(error) => {

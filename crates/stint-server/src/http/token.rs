@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderValue, header};
 use std::sync::Arc;
 use stint_core::audit::{AuditEntry, Decision, EventKind};
 use stint_core::claims::{AccessTokenClaims, confirmation_for_certificate, new_jti};
-use stint_core::decision::{DecisionContext, DenyReason, StepRequest, decide};
+use stint_core::decision::{DecisionContext, DenyReason, StepRequest, Verdict, decide};
 use stint_core::ids::validate_job_id;
 use stint_proto::{
     ACCESS_TOKEN_TYP, ErrorCode, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE,
@@ -42,9 +42,24 @@ pub(crate) async fn token(
         &headers,
         certificate.as_ref(),
         body,
+        &context,
         &mut entry,
     )
     .await;
+    let outcome = match outcome {
+        Err(error)
+            if matches!(
+                error.reason,
+                DenyReason::ApprovalPending | DenyReason::SlowDown
+            ) =>
+        {
+            // Not a decision: the request was audited when it was made, and
+            // polls that find it still pending add nothing to the record.
+            state.metrics.denied(error.reason.as_str());
+            return error.into_response();
+        }
+        other => other,
+    };
     if let Err(error) = &outcome {
         entry.reason = Some(error.reason.as_str().to_owned());
         entry.detail = Some(error.description.clone());
@@ -79,6 +94,7 @@ async fn mint(
     headers: &HeaderMap,
     certificate: Option<&PeerCertificate>,
     body: Body,
+    request_context: &RequestContext,
     entry: &mut AuditEntry,
 ) -> Result<TokenResponse, OAuthError> {
     let form = read_form(headers, body, state.body_timeout).await?;
@@ -161,7 +177,19 @@ async fn mint(
         revocations: &state.revocations,
         now,
     };
-    let grant = decide(context, workload, &request, || new_job_id(state))?;
+    let grant = match decide(context, workload, &request, || new_job_id(state))? {
+        Verdict::Granted(grant) => grant,
+        Verdict::NeedsApproval(needed) => {
+            entry.job = Some(needed.job().to_owned());
+            entry.step = Some(needed.step_ref());
+            let grant = state
+                .approvals
+                .elevate(state, needed, &form, request_context, now)
+                .await?;
+            entry.approval_id = grant.approval().map(str::to_owned);
+            grant
+        }
+    };
     entry.job = Some(grant.job().to_owned());
     entry.aud = Some(grant.audience().to_owned());
     entry.step = Some(grant.step().to_owned());

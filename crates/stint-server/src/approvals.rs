@@ -1,0 +1,680 @@
+//! Operator-approved elevation at the broker: the approval requests in
+//! force, their persistence, audit and notifications.
+//!
+//! The rules are [`stint_core::approval`]'s; this module keeps the
+//! requests (in memory, written through to the store before any answer),
+//! answers the token endpoint's polls, applies operators' decisions, and
+//! moves requests whose time is up to their final state.
+//!
+//! Order of effects, chosen so that every failure fails closed:
+//! - a new request and an approval are audited, then stored, then take
+//!   effect: if either write fails, nothing was granted;
+//! - a denial, a revocation, an expiry and a job's end are stored (and a
+//!   revocation put in the revocation set) before they are audited: if the
+//!   audit fails, the privilege is already gone.
+//!
+//! One mutex guards every request. Approvals are rare, human-paced events;
+//! polls are at most one per request per interval.
+
+use crate::audit::timestamp;
+use crate::error::{OAuthError, Pending};
+use crate::http::RequestContext;
+use crate::state::AppState;
+use crate::webhook::Webhook;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use ring::rand::SecureRandom as _;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use stint_core::approval::{ApprovalError, ApprovalRequest, Operator, State};
+use stint_core::audit::{AuditEntry, Decision, EventKind};
+use stint_core::decision::{DenyReason, ElevationNeeded, Grant};
+use stint_core::form::FormParams;
+use stint_proto::{ApprovalView, ApprovalVote, ErrorCode};
+use tokio::sync::Mutex;
+
+/// Requests not yet final, per workload: a compromised connector cannot
+/// flood operators.
+pub(crate) const MAX_OPEN_PER_WORKLOAD: usize = 16;
+/// Requests kept in memory in all, final ones included.
+pub(crate) const MAX_REQUESTS: usize = 10_000;
+/// The slowest polling interval `slow_down` raises a request's to.
+const MAX_INTERVAL_SECS: u64 = 60;
+/// Slack for clients whose timers fire a little early.
+const POLL_TOLERANCE: Duration = Duration::from_millis(250);
+
+struct Tracked {
+    request: ApprovalRequest,
+    /// The polling interval this request's job must keep, seconds.
+    interval: u64,
+    last_poll: Option<Instant>,
+}
+
+/// The approval requests in force.
+pub(crate) struct Approvals {
+    requests: Mutex<HashMap<String, Tracked>>,
+    interval: u64,
+    webhook: Option<Webhook>,
+}
+
+/// Why an operator's call was refused.
+#[derive(Debug)]
+pub(crate) enum ActionError {
+    /// No request with that id (or it is no longer kept).
+    NotFound,
+    /// The rules refused it.
+    Rules(ApprovalError),
+    /// The decision could not be recorded: nothing changed.
+    Unavailable(&'static str),
+}
+
+impl Approvals {
+    /// Requests loaded from the store at start-up. Revoked approvals go
+    /// back into the revocation set before the broker serves.
+    pub(crate) fn new(
+        loaded: Vec<ApprovalRequest>,
+        interval: Duration,
+        webhook: Option<Webhook>,
+        revocations: &stint_core::revocation::RevocationSet,
+    ) -> Self {
+        let interval = interval.as_secs().max(1);
+        let requests = loaded
+            .into_iter()
+            .map(|request| {
+                if matches!(request.state, State::Revoked { .. }) {
+                    revocations.insert_approval(&request.id, request.latest_token_expiry());
+                }
+                (
+                    request.id.clone(),
+                    Tracked {
+                        request,
+                        interval,
+                        last_poll: None,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            requests: Mutex::new(requests),
+            interval,
+            webhook,
+        }
+    }
+
+    /// A token request whose scopes need an approval: mint under the
+    /// approval that covers it, or answer where its request stands (making
+    /// the request on the first call).
+    pub(crate) async fn elevate(
+        &self,
+        state: &AppState,
+        needed: ElevationNeeded,
+        form: &FormParams,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, OAuthError> {
+        let requester = needed.requester();
+        let mut requests = self.requests.lock().await;
+        let found = match form.get("approval_id") {
+            Some(id) => match requests.get(id) {
+                Some(tracked)
+                    if tracked.request.workload == requester.workload
+                        && tracked.request.job == requester.job
+                        && tracked.request.step == requester.step =>
+                {
+                    Some(id.to_owned())
+                }
+                _ => {
+                    return Err(OAuthError::new(
+                        ErrorCode::InvalidGrant,
+                        DenyReason::ApprovalDenied,
+                        "no approval request with this approval_id is open for this job's step",
+                    ));
+                }
+            },
+            // The same job asking again without the id: its open request,
+            // if one covers these scopes, rather than a new one.
+            None => requests
+                .values()
+                .filter(|t| {
+                    !t.request.is_final()
+                        && t.request.workload == requester.workload
+                        && t.request.job == requester.job
+                        && t.request.step == requester.step
+                        && needed
+                            .elevated_scopes()
+                            .iter()
+                            .all(|s| t.request.scopes.contains(s))
+                })
+                .max_by_key(|t| t.request.requested_at)
+                .map(|t| t.request.id.clone()),
+        };
+        let Some(id) = found else {
+            let tracked = self
+                .create(state, &mut requests, &needed, form, context, now)
+                .await?;
+            return Err(pending(tracked, now, "approval requested"));
+        };
+        let Some(tracked) = requests.get_mut(&id) else {
+            return Err(OAuthError::unavailable("the approval request vanished"));
+        };
+        let at = now.timestamp();
+        match tracked.request.state {
+            State::Pending if at < tracked.request.expires_at => {
+                let early = tracked.last_poll.is_some_and(|last| {
+                    last.elapsed() + POLL_TOLERANCE < Duration::from_secs(tracked.interval)
+                });
+                tracked.last_poll = Some(Instant::now());
+                if early {
+                    tracked.interval = (tracked.interval + 5).min(MAX_INTERVAL_SECS);
+                    let mut error = pending(tracked, now, "polling too fast");
+                    error.code = ErrorCode::SlowDown;
+                    error.reason = DenyReason::SlowDown;
+                    return Err(error);
+                }
+                Err(pending(tracked, now, "waiting for operators"))
+            }
+            State::Approved { until } if at < until => {
+                needed.grant_under(&tracked.request).map_err(|denial| {
+                    OAuthError::new(ErrorCode::AccessDenied, denial.reason, denial.description)
+                })
+            }
+            State::Denied { .. } | State::Revoked { .. } => Err(OAuthError::new(
+                ErrorCode::AccessDenied,
+                DenyReason::ApprovalDenied,
+                format!(
+                    "approval request {id} was {}: the elevated scopes will not be granted",
+                    tracked.request.state.name()
+                ),
+            )
+            .with_pending(view_pending(tracked, now))),
+            _ => Err(OAuthError::new(
+                ErrorCode::ExpiredToken,
+                DenyReason::ApprovalExpired,
+                format!("approval request {id} has expired or ended; ask again to make a new one"),
+            )
+            .with_pending(view_pending(tracked, now))),
+        }
+    }
+
+    async fn create<'m>(
+        &self,
+        state: &AppState,
+        requests: &'m mut HashMap<String, Tracked>,
+        needed: &ElevationNeeded,
+        form: &FormParams,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<&'m mut Tracked, OAuthError> {
+        let requester = needed.requester();
+        let open = requests
+            .values()
+            .filter(|t| !t.request.is_final() && t.request.workload == requester.workload)
+            .count();
+        if open >= MAX_OPEN_PER_WORKLOAD || requests.len() >= MAX_REQUESTS {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                DenyReason::ApprovalPending,
+                format!(
+                    "this workload already has {open} approval requests open; complete its jobs or wait for them to be decided"
+                ),
+            )
+            .with_status(http::StatusCode::TOO_MANY_REQUESTS));
+        }
+        let duration = match form.get("duration") {
+            Some(text) => Some(
+                stint_core::ttl::parse_duration_secs(text)
+                    .ok()
+                    .and_then(|secs| i64::try_from(secs).ok())
+                    .ok_or_else(|| {
+                        OAuthError::invalid_request(
+                            DenyReason::MalformedRequest,
+                            "the duration parameter must be a duration like \"15m\"",
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        let id = new_id(state)?;
+        let request = ApprovalRequest::new(
+            id.clone(),
+            requester,
+            needed.elevated_scopes().to_vec(),
+            form.get("reason").map(str::to_owned),
+            duration,
+            needed.rules().clone(),
+            now.timestamp(),
+        )
+        .map_err(|e| OAuthError::invalid_request(DenyReason::MalformedRequest, e.to_string()))?;
+
+        // Audited, then stored, then in force.
+        let mut entry = self.entry(
+            state,
+            now,
+            EventKind::ApprovalRequested,
+            Decision::Allow,
+            &request,
+        );
+        entry.request_id = Some(context.request_id.clone());
+        entry.client_addr = context.client_addr.map(|a| a.to_string());
+        entry.duration = Some(request.duration_asked);
+        state.record(entry).await?;
+        state.store.save_approval(&request).await.map_err(|error| {
+            tracing::error!(%error, "approval request not stored");
+            OAuthError::unavailable("the approval request could not be stored")
+        })?;
+        tracing::info!(
+            approval = %request.id,
+            workload = %request.workload,
+            job = %request.job,
+            step = %request.step,
+            "approval requested"
+        );
+        self.notify("approval.requested", &request, None);
+        let tracked = requests.entry(id).or_insert(Tracked {
+            request,
+            interval: self.interval,
+            last_poll: Some(Instant::now()),
+        });
+        Ok(tracked)
+    }
+
+    /// Every request kept, newest first; only pending ones if asked.
+    pub(crate) async fn list(&self, pending_only: bool, now: DateTime<Utc>) -> Vec<ApprovalView> {
+        let requests = self.requests.lock().await;
+        let mut views: Vec<ApprovalView> = requests
+            .values()
+            .filter(|t| !pending_only || t.request.is_pending(now.timestamp()))
+            .map(|t| view(&t.request, now))
+            .collect();
+        views.sort_by(|a, b| b.requested_at.cmp(&a.requested_at).then(a.id.cmp(&b.id)));
+        views
+    }
+
+    /// One request.
+    pub(crate) async fn show(&self, id: &str, now: DateTime<Utc>) -> Option<ApprovalView> {
+        let requests = self.requests.lock().await;
+        requests.get(id).map(|t| view(&t.request, now))
+    }
+
+    /// An operator's decision on request `id`.
+    pub(crate) async fn act(
+        &self,
+        state: &AppState,
+        id: &str,
+        operator: &Operator,
+        action: Action,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<ApprovalView, ActionError> {
+        let mut requests = self.requests.lock().await;
+        let tracked = requests.get_mut(id).ok_or(ActionError::NotFound)?;
+        let at = now.timestamp();
+        let mut next = tracked.request.clone();
+        let (event, detail, duration, comment) = match &action {
+            Action::Approve { duration, comment } => {
+                let before = next.approvals.len();
+                next.approve(operator, *duration, comment.clone(), at)
+                    .map_err(ActionError::Rules)?;
+                let granted = next.approvals.get(before).map(|a| a.duration);
+                let detail = match next.state {
+                    State::Approved { until } => format!(
+                        "quorum reached ({} of {}): approved until {}",
+                        next.approvals.len(),
+                        next.elevation.quorum,
+                        rfc3339(until)
+                    ),
+                    _ => format!(
+                        "{} of {} approvals",
+                        next.approvals.len(),
+                        next.elevation.quorum
+                    ),
+                };
+                (EventKind::ApprovalGranted, detail, granted, comment.clone())
+            }
+            Action::Deny { comment } => {
+                next.deny(operator, comment, at)
+                    .map_err(ActionError::Rules)?;
+                (
+                    EventKind::ApprovalDenied,
+                    "denied".to_owned(),
+                    None,
+                    Some(comment.clone()),
+                )
+            }
+            Action::Revoke { comment } => {
+                if operator.groups.is_disjoint(&next.elevation.approver_groups) {
+                    return Err(ActionError::Rules(ApprovalError::NotAnApprover));
+                }
+                next.revoke(&operator.name, comment.clone())
+                    .map_err(ActionError::Rules)?;
+                (
+                    EventKind::ApprovalRevoked,
+                    "revoked: every token minted under it is revoked".to_owned(),
+                    None,
+                    comment.clone(),
+                )
+            }
+        };
+        let mut entry = self.entry(state, now, event, Decision::Allow, &next);
+        entry.operator = Some(operator.name.clone());
+        entry.comment = comment;
+        entry.duration = duration;
+        entry.detail = Some(detail);
+        entry.request_id = Some(context.request_id.clone());
+        entry.client_addr = context.client_addr.map(|a| a.to_string());
+        let store = |error: stint_store::StoreError| {
+            tracing::error!(%error, approval = %id, "approval decision not stored");
+            ActionError::Unavailable("the decision could not be stored")
+        };
+        let audit = |_| ActionError::Unavailable("the decision could not be recorded");
+        if matches!(action, Action::Approve { .. }) {
+            // Granting: audited, then stored, then in force.
+            state.record(entry).await.map_err(audit)?;
+            state.store.save_approval(&next).await.map_err(store)?;
+        } else {
+            // Taking away: stored (and revoked) first, then audited.
+            state.store.save_approval(&next).await.map_err(store)?;
+            if matches!(next.state, State::Revoked { .. }) {
+                state
+                    .revocations
+                    .insert_approval(&next.id, next.latest_token_expiry());
+            }
+            tracked.request = next.clone();
+            state.record(entry).await.map_err(audit)?;
+        }
+        tracked.request = next;
+        let request = &tracked.request;
+        tracing::info!(
+            approval = %request.id,
+            operator = %operator.name,
+            state = request.state.name(),
+            "approval decision"
+        );
+        let kind = match (&action, &request.state) {
+            (Action::Approve { .. }, State::Approved { .. }) => Some("approval.approved"),
+            (Action::Approve { .. }, _) => None,
+            (Action::Deny { .. }, _) => Some("approval.denied"),
+            (Action::Revoke { .. }, _) => Some("approval.revoked"),
+        };
+        if let Some(kind) = kind {
+            self.notify(kind, request, Some(&operator.name));
+        }
+        Ok(view(request, now))
+    }
+
+    /// Move requests whose time is up to their final state, and forget
+    /// those kept long enough. Returns how many changed state.
+    pub(crate) async fn sweep(&self, state: &AppState, now: DateTime<Utc>) -> usize {
+        let at = now.timestamp();
+        let mut requests = self.requests.lock().await;
+        requests.retain(|_, t| t.request.keep_until() > at);
+        let mut changed = 0;
+        for tracked in requests.values_mut() {
+            let mut next = tracked.request.clone();
+            if !next.expire(at) {
+                continue;
+            }
+            let detail = match next.state {
+                State::Expired => "nobody decided before the request's waiting time ran out",
+                _ => "the approval's window closed",
+            };
+            if self
+                .finish(
+                    state,
+                    tracked,
+                    next,
+                    now,
+                    EventKind::ApprovalExpired,
+                    detail,
+                )
+                .await
+            {
+                changed += 1;
+            }
+        }
+        changed
+    }
+
+    /// The job completed: its requests and approvals end with it.
+    pub(crate) async fn end_job(&self, state: &AppState, workload: &str, job: &str) {
+        let now = state.clock.now();
+        let mut requests = self.requests.lock().await;
+        for tracked in requests.values_mut() {
+            if tracked.request.workload != workload || tracked.request.job != job {
+                continue;
+            }
+            let mut next = tracked.request.clone();
+            if next.end("the job completed") {
+                self.finish(
+                    state,
+                    tracked,
+                    next,
+                    now,
+                    EventKind::ApprovalEnded,
+                    "the job completed",
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Store, adopt and audit a final state reached without an operator.
+    /// Returns whether it was stored; if not, the old state stays and the
+    /// next sweep tries again (a request past its time is refused anyway).
+    async fn finish(
+        &self,
+        state: &AppState,
+        tracked: &mut Tracked,
+        next: ApprovalRequest,
+        now: DateTime<Utc>,
+        event: EventKind,
+        detail: &str,
+    ) -> bool {
+        if let Err(error) = state.store.save_approval(&next).await {
+            tracing::error!(%error, approval = %next.id, "approval state not stored; will retry");
+            return false;
+        }
+        tracked.request = next;
+        let request = &tracked.request;
+        let mut entry = self.entry(state, now, event, Decision::Allow, request);
+        entry.detail = Some(detail.to_owned());
+        if let Err(error) = state.audit.record(entry).await {
+            tracing::error!(%error, approval = %request.id, "approval state change not audited");
+        }
+        tracing::info!(approval = %request.id, state = request.state.name(), "{detail}");
+        let kind = match request.state {
+            State::Expired => "approval.expired",
+            _ => "approval.ended",
+        };
+        self.notify(kind, request, None);
+        true
+    }
+
+    fn entry(
+        &self,
+        state: &AppState,
+        now: DateTime<Utc>,
+        event: EventKind,
+        decision: Decision,
+        request: &ApprovalRequest,
+    ) -> AuditEntry {
+        let mut entry = AuditEntry::new(timestamp(now), event, decision);
+        entry.approval_id = Some(request.id.clone());
+        entry.sub = Some(request.workload.clone());
+        entry.client_id = Some(request.client_id.clone());
+        entry.job = Some(request.job.clone());
+        entry.step = Some(request.step.clone());
+        entry.aud = Some(request.audience.clone());
+        entry.scopes = request
+            .scopes
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        entry.justification.clone_from(&request.reason);
+        entry.policy_sha256 = Some(state.policy.load().digest().to_owned());
+        entry
+    }
+
+    fn notify(&self, kind: &str, request: &ApprovalRequest, operator: Option<&str>) {
+        let Some(webhook) = &self.webhook else {
+            return;
+        };
+        let scopes = request
+            .scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let by = operator.map(|o| format!(" by {o}")).unwrap_or_default();
+        let text = match kind {
+            "approval.requested" => format!(
+                "Stint: {} (job {}, step {}) asks for `{scopes}`{}. {} approval(s) from {} needed: `stint approve {}`",
+                request.workload,
+                request.job,
+                request.step,
+                request
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(" because \"{r}\""))
+                    .unwrap_or_default(),
+                request.elevation.quorum,
+                request
+                    .elevation
+                    .approver_groups
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                request.id
+            ),
+            _ => format!(
+                "Stint: approval request {} ({} job {}, `{scopes}`) is {}{by}",
+                request.id,
+                request.workload,
+                request.job,
+                request.state.name()
+            ),
+        };
+        let data = serde_json::to_value(view(request, Utc::now())).unwrap_or_default();
+        webhook.send(kind, text, data);
+    }
+}
+
+/// What an operator does.
+pub(crate) enum Action {
+    Approve {
+        duration: Option<i64>,
+        comment: Option<String>,
+    },
+    Deny {
+        comment: String,
+    },
+    Revoke {
+        comment: Option<String>,
+    },
+}
+
+fn new_id(state: &AppState) -> Result<String, OAuthError> {
+    let mut bytes = [0u8; 12];
+    state.rng.fill(&mut bytes).map_err(|_| {
+        OAuthError::new(
+            ErrorCode::ServerError,
+            DenyReason::Internal,
+            "could not generate an approval id",
+        )
+    })?;
+    Ok(format!("apr-{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+fn view_pending(tracked: &Tracked, now: DateTime<Utc>) -> Pending {
+    Pending {
+        interval: tracked.interval,
+        expires_in: u64::try_from(tracked.request.expires_at - now.timestamp()).unwrap_or(0),
+        view: view(&tracked.request, now),
+    }
+}
+
+fn pending(tracked: &Tracked, now: DateTime<Utc>, what: &str) -> OAuthError {
+    let request = &tracked.request;
+    OAuthError::new(
+        ErrorCode::AuthorizationPending,
+        DenyReason::ApprovalPending,
+        format!(
+            "{what}: approval request {} needs {} more approval(s) from an operator in {}; poll again in {} s",
+            request.id,
+            request
+                .elevation
+                .quorum
+                .saturating_sub(request.approvals.len()),
+            request
+                .elevation
+                .approver_groups
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            tracked.interval
+        ),
+    )
+    .with_pending(view_pending(tracked, now))
+}
+
+/// The API's view of a request.
+pub(crate) fn view(request: &ApprovalRequest, now: DateTime<Utc>) -> ApprovalView {
+    let mut state = request.state.name().to_owned();
+    // A request past its time reads as what the next sweep will make it.
+    let mut shown = request.clone();
+    if shown.expire(now.timestamp()) {
+        state = shown.state.name().to_owned();
+    }
+    let (decided_by, comment) = match &request.state {
+        State::Denied { by, comment } => (Some(by.clone()), Some(comment.clone())),
+        State::Revoked { by, comment } => (Some(by.clone()), comment.clone()),
+        State::Ended { reason } => (None, Some(reason.clone())),
+        _ => (None, None),
+    };
+    ApprovalView {
+        id: request.id.clone(),
+        state,
+        workload: request.workload.clone(),
+        client_id: request.client_id.clone(),
+        job: request.job.clone(),
+        step: request.step.clone(),
+        audience: request.audience.clone(),
+        scopes: request
+            .scopes
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+        reason: request.reason.clone(),
+        duration_asked: request.duration_asked,
+        max_duration: request.elevation.max_duration,
+        requested_at: request.requested_at,
+        expires_at: request.expires_at,
+        approver_groups: request.elevation.approver_groups.iter().cloned().collect(),
+        approvals_required: request.elevation.quorum,
+        approvals: request
+            .approvals
+            .iter()
+            .map(|a| ApprovalVote {
+                operator: a.operator.clone(),
+                at: a.at,
+                duration: a.duration,
+                comment: a.comment.clone(),
+            })
+            .collect(),
+        approved_until: match request.state {
+            State::Approved { until } => Some(until),
+            _ => None,
+        },
+        decided_by,
+        comment,
+    }
+}
+
+fn rfc3339(secs: i64) -> String {
+    DateTime::from_timestamp(secs, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}

@@ -1,0 +1,330 @@
+//! `/v1/approvals`: operators list, inspect, approve, deny and revoke
+//! elevation requests.
+//!
+//! Every call authenticates an operator with `Authorization: Bearer`: an
+//! operator key (from `stintd new-operator`, its SHA-256 in the policy) or
+//! an OIDC ID token from a trusted issuer whose `sub` an operator is bound
+//! to. Refused decisions are audited; reads are not.
+
+use super::RequestContext;
+use super::client_auth::read_json;
+use super::exchange::verify_id_token;
+use crate::approvals::{Action, ActionError};
+use crate::audit::timestamp;
+use crate::error::OAuthError;
+use crate::state::AppState;
+use axum::Extension;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use serde_json::Value;
+use std::sync::Arc;
+use stint_core::approval::{ApprovalError, Operator};
+use stint_core::audit::{AuditEntry, Decision, EventKind};
+use stint_core::decision::DenyReason;
+use stint_core::form::FormParams;
+use stint_core::jose::MAX_TOKEN_LEN;
+use stint_proto::{ApprovalList, ApproveBody, DecisionBody, ErrorCode};
+
+/// The most groups read from an ID token's groups claim.
+const MAX_CLAIM_GROUPS: usize = 256;
+/// The longest approval id accepted in a path.
+const MAX_ID_LEN: usize = 64;
+
+fn not_operator(description: &str) -> OAuthError {
+    OAuthError::new(
+        ErrorCode::InvalidToken,
+        DenyReason::NotOperator,
+        description,
+    )
+}
+
+/// Who is calling: an operator of the policy in force, with their groups.
+async fn operator(
+    state: &AppState,
+    headers: &HeaderMap,
+    entry: &mut AuditEntry,
+) -> Result<Operator, OAuthError> {
+    let credential = headers
+        .get(header::AUTHORIZATION)
+        .filter(|v| v.len() <= MAX_TOKEN_LEN + 16)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            not_operator(
+                "authenticate as an operator: Authorization: Bearer OPERATOR_KEY or ID_TOKEN",
+            )
+        })?;
+    let policy = state.policy.load();
+    if credential.bytes().filter(|b| *b == b'.').count() == 2 {
+        let (issuer, claims) = verify_id_token(state, &policy, credential, entry)
+            .await
+            .map_err(|error| {
+                if error.code == ErrorCode::TemporarilyUnavailable {
+                    error
+                } else {
+                    not_operator(&format!("the ID token is refused: {}", error.description))
+                }
+            })?;
+        let subject = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+        let found = policy
+            .operator_for_identity(issuer.name(), subject)
+            .ok_or_else(|| not_operator("no operator signs in with this identity"))?;
+        let extra = found
+            .oidc()
+            .and_then(|oidc| oidc.groups_claim.as_deref())
+            .and_then(|claim| claims.get(claim))
+            .and_then(Value::as_array)
+            .map(|groups| {
+                groups
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter(|g| stint_core::ids::validate_name(g).is_ok())
+                    .take(MAX_CLAIM_GROUPS)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Ok(found.as_approver(extra))
+    } else {
+        policy
+            .operator_by_key(credential)
+            .map(|o| o.as_approver([]))
+            .ok_or_else(|| not_operator("the operator key is not recognised"))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), OAuthError> {
+    let ok = id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(not_found()) }
+}
+
+fn not_found() -> OAuthError {
+    OAuthError::invalid_request(DenyReason::MalformedRequest, "no such approval request")
+        .with_status(StatusCode::NOT_FOUND)
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// `GET /v1/approvals[?state=pending]`.
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let now = state.clock.now();
+    let mut scratch = AuditEntry::new(timestamp(now), EventKind::ApprovalRefused, Decision::Deny);
+    if let Err(error) = operator(&state, &headers, &mut scratch).await {
+        return error.into_response();
+    }
+    let query = match FormParams::parse(query.unwrap_or_default().as_bytes()) {
+        Ok(query) => query,
+        Err(e) => {
+            return OAuthError::invalid_request(DenyReason::MalformedRequest, e.to_string())
+                .into_response();
+        }
+    };
+    let pending_only = match query.get("state") {
+        None => false,
+        Some("pending") => true,
+        Some(_) => {
+            return OAuthError::invalid_request(
+                DenyReason::MalformedRequest,
+                "the only state filter is state=pending",
+            )
+            .into_response();
+        }
+    };
+    let approvals = state.approvals.list(pending_only, now).await;
+    no_store(Json(ApprovalList { approvals }).into_response())
+}
+
+/// `GET /v1/approvals/{id}`.
+pub(crate) async fn show(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let now = state.clock.now();
+    let mut scratch = AuditEntry::new(timestamp(now), EventKind::ApprovalRefused, Decision::Deny);
+    if let Err(error) = operator(&state, &headers, &mut scratch).await {
+        return error.into_response();
+    }
+    if let Err(error) = check_id(&id) {
+        return error.into_response();
+    }
+    match state.approvals.show(&id, now).await {
+        Some(view) => no_store(Json(view).into_response()),
+        None => not_found().into_response(),
+    }
+}
+
+/// `POST /v1/approvals/{id}/approve`.
+pub(crate) async fn approve(
+    State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    decide(&state, &context, &headers, &id, body, Verb::Approve).await
+}
+
+/// `POST /v1/approvals/{id}/deny`.
+pub(crate) async fn deny(
+    State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    decide(&state, &context, &headers, &id, body, Verb::Deny).await
+}
+
+/// `POST /v1/approvals/{id}/revoke`.
+pub(crate) async fn revoke(
+    State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    decide(&state, &context, &headers, &id, body, Verb::Revoke).await
+}
+
+#[derive(Clone, Copy)]
+enum Verb {
+    Approve,
+    Deny,
+    Revoke,
+}
+
+async fn decide(
+    state: &AppState,
+    context: &RequestContext,
+    headers: &HeaderMap,
+    id: &str,
+    body: Body,
+    verb: Verb,
+) -> Response {
+    let now = state.clock.now();
+    let mut entry = state.audit_entry(
+        now,
+        EventKind::ApprovalRefused,
+        Decision::Deny,
+        Some(context),
+    );
+    if check_id(id).is_ok() {
+        entry.approval_id = Some(id.to_owned());
+    }
+    match act(state, context, headers, id, body, verb, &mut entry).await {
+        Ok(response) => response,
+        Err(error) => {
+            entry.reason = Some(error.reason.as_str().to_owned());
+            entry.detail = Some(error.description.clone());
+            if let Err(unavailable) = state.record(entry).await {
+                return unavailable.into_response();
+            }
+            error.into_response()
+        }
+    }
+}
+
+async fn act(
+    state: &AppState,
+    context: &RequestContext,
+    headers: &HeaderMap,
+    id: &str,
+    body: Body,
+    verb: Verb,
+    entry: &mut AuditEntry,
+) -> Result<Response, OAuthError> {
+    let operator = operator(state, headers, entry).await?;
+    entry.operator = Some(operator.name.clone());
+    check_id(id)?;
+    let action = match verb {
+        Verb::Approve => {
+            let body: ApproveBody = read_json(headers, body, state.body_timeout).await?;
+            let duration = match body.duration.as_deref() {
+                Some(text) => Some(
+                    stint_core::ttl::parse_duration_secs(text)
+                        .ok()
+                        .and_then(|secs| i64::try_from(secs).ok())
+                        .ok_or_else(|| {
+                            OAuthError::invalid_request(
+                                DenyReason::MalformedRequest,
+                                "duration must be a duration like \"15m\"",
+                            )
+                        })?,
+                ),
+                None => None,
+            };
+            entry.comment.clone_from(&body.comment);
+            Action::Approve {
+                duration,
+                comment: body.comment,
+            }
+        }
+        Verb::Deny => {
+            let body: DecisionBody = read_json(headers, body, state.body_timeout).await?;
+            entry.comment.clone_from(&body.comment);
+            Action::Deny {
+                comment: body.comment.unwrap_or_default(),
+            }
+        }
+        Verb::Revoke => {
+            let body: DecisionBody = read_json(headers, body, state.body_timeout).await?;
+            entry.comment.clone_from(&body.comment);
+            Action::Revoke {
+                comment: body.comment,
+            }
+        }
+    };
+    let now = state.clock.now();
+    match state
+        .approvals
+        .act(state, id, &operator, action, context, now)
+        .await
+    {
+        Ok(view) => Ok(no_store(Json(view).into_response())),
+        Err(ActionError::NotFound) => Err(not_found()),
+        Err(ActionError::Unavailable(what)) => Err(OAuthError::unavailable(what)),
+        Err(ActionError::Rules(rule)) => {
+            let status = match rule {
+                ApprovalError::NotPending | ApprovalError::Expired | ApprovalError::NotApproved => {
+                    StatusCode::CONFLICT
+                }
+                ApprovalError::CommentRequired | ApprovalError::BadRequest(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                ApprovalError::NotAnApprover
+                | ApprovalError::OwnWorkload
+                | ApprovalError::AlreadyApproved => StatusCode::FORBIDDEN,
+            };
+            let code = if status == StatusCode::FORBIDDEN {
+                ErrorCode::AccessDenied
+            } else {
+                ErrorCode::InvalidRequest
+            };
+            Err(
+                OAuthError::new(code, DenyReason::NotOperator, rule.to_string())
+                    .with_status(status),
+            )
+        }
+    }
+}
