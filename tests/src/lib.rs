@@ -78,6 +78,8 @@ pub struct TestBroker {
     pub client_id: String,
     pub client_secret: String,
     pub policy_path: Option<PathBuf>,
+    /// What it was started with, for [`TestBroker::restart`].
+    pub config: Config,
 }
 
 /// How to start a [`TestBroker`].
@@ -136,9 +138,10 @@ impl TestBroker {
             config.policy = PolicySource::File(path.clone());
         }
         let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
-        let server = stint_server::start_with_clock(config, clock.clone() as Arc<dyn Clock>)
-            .await
-            .expect("the broker starts");
+        let server =
+            stint_server::start_with_clock(config.clone(), clock.clone() as Arc<dyn Clock>)
+                .await
+                .expect("the broker starts");
         let (client_id, client_secret) = match server.dev_client_path() {
             Some(path) => {
                 let dev: DevClient = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
@@ -154,7 +157,21 @@ impl TestBroker {
             client_id,
             client_secret,
             policy_path,
+            config,
         }
+    }
+
+    /// Stop the broker and start it again on the same data directory,
+    /// configuration and clock (on a new port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let server = stint_server::start_with_clock(
+            self.config.clone(),
+            self.clock.clone() as Arc<dyn Clock>,
+        )
+        .await
+        .expect("the broker restarts");
+        self.server = Some(server);
     }
 
     pub fn server(&self) -> &RunningServer {

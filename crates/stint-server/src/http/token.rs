@@ -182,6 +182,15 @@ async fn mint(
         Verdict::NeedsApproval(needed) => {
             entry.job = Some(needed.job().to_owned());
             entry.step = Some(needed.step_ref());
+            entry.approval_id = form
+                .get("approval_id")
+                .filter(|id| {
+                    id.len() <= 64
+                        && id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+                .map(str::to_owned);
             let grant = state
                 .approvals
                 .elevate(state, needed, &form, request_context, now)

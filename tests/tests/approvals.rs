@@ -1,0 +1,712 @@
+//! Operator-approved elevation through the real broker: approval requests
+//! at the token endpoint, operators deciding under /v1/approvals, tokens
+//! minted under an approval, its expiry and revocation, and the webhook.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stint_core::secret;
+use stint_proto::{APPROVALS_PATH, TOKEN_PATH};
+use stint_tests::idp::TestIdp;
+use stint_tests::{BrokerOptions, TestBroker, decode_jwt, eventually, policy_with};
+
+const STANDING: &str = "deploy:demo/staging";
+const ELEVATED: &str = "deploy:demo/prod/web";
+
+fn operator_key(name: &str) -> String {
+    format!("stint_operator_{name}")
+}
+
+/// The demo policy plus a deploy step whose production scopes need two
+/// approvals from `sre`; carol is in `sre` but owns `demo-job`; dave is in
+/// `finance`.
+fn elevation_policy(extra: &str) -> String {
+    let key = |name: &str| secret::hash_hex(&operator_key(name));
+    policy_with(&format!(
+        r#"
+[workflows.demo.steps.deploy]
+scopes = ["{STANDING}"]
+
+[workflows.demo.steps.deploy.elevation]
+scopes = ["deploy:demo/prod/*"]
+approver_groups = ["sre"]
+quorum = 2
+max_duration = "30m"
+max_wait = "10m"
+reason_required = true
+
+[operators.alice]
+groups = ["sre"]
+key_sha256 = "{alice}"
+
+[operators.bob]
+groups = ["sre"]
+key_sha256 = "{bob}"
+
+[operators.carol]
+groups = ["sre"]
+owns = ["demo-job"]
+key_sha256 = "{carol}"
+
+[operators.dave]
+groups = ["finance"]
+key_sha256 = "{dave}"
+{extra}
+"#,
+        alice = key("alice"),
+        bob = key("bob"),
+        carol = key("carol"),
+        dave = key("dave"),
+    ))
+}
+
+async fn broker() -> TestBroker {
+    TestBroker::start_with(BrokerOptions {
+        policy: Some(elevation_policy("")),
+        ..BrokerOptions::default()
+    })
+    .await
+}
+
+/// Ask for the deploy step with the elevated scope for `job`.
+async fn ask(broker: &TestBroker, job: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+    ask_for(broker, &format!("{STANDING} {ELEVATED}"), job, extra).await
+}
+
+/// Ask for the deploy step with `scope` for `job`.
+async fn ask_for(
+    broker: &TestBroker,
+    scope: &str,
+    job: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        ("step", "deploy"),
+        ("scope", scope),
+        ("audience", "demo-api"),
+        ("job", job),
+        ("reason", "hotfix for INC-42"),
+    ];
+    form.extend_from_slice(extra);
+    let response = broker.post_form(TOKEN_PATH, &form).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Poll as a well-behaved client does: wait the interval, then ask again.
+async fn poll(broker: &TestBroker, job: &str, id: &str) -> (u16, Value) {
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    ask(broker, job, &[("approval_id", id)]).await
+}
+
+/// Call the approvals API as operator `name`.
+async fn operator(
+    broker: &TestBroker,
+    name: &str,
+    verb: &str,
+    id: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = broker
+        .http
+        .post(broker.url(&format!("{APPROVALS_PATH}/{id}/{verb}")))
+        .bearer_auth(operator_key(name))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn show(broker: &TestBroker, id: &str) -> Value {
+    let response = broker
+        .http
+        .get(broker.url(&format!("{APPROVALS_PATH}/{id}")))
+        .bearer_auth(operator_key("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Make a request and return its id, checking the pending answer's shape.
+async fn request(broker: &TestBroker, job: &str) -> String {
+    let (status, body) = ask(broker, job, &[]).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "authorization_pending", "{body}");
+    assert_eq!(body["interval"], 1);
+    assert_eq!(body["job"], job);
+    assert!(body["expires_in"].as_u64().unwrap() > 590, "{body}");
+    assert_eq!(
+        body["approval"]["scopes"],
+        json!([ELEVATED]),
+        "only the elevated scope"
+    );
+    body["approval_id"].as_str().unwrap().to_owned()
+}
+
+async fn approve_by_two(broker: &TestBroker, id: &str, duration: &str) {
+    let (status, body) = operator(broker, "alice", "approve", id, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = operator(
+        broker,
+        "bob",
+        "approve",
+        id,
+        json!({ "duration": duration, "comment": "go" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "approved", "{body}");
+}
+
+fn events<'a>(records: &'a [Value], id: &str) -> Vec<&'a str> {
+    records
+        .iter()
+        .filter(|r| r["approval_id"] == id)
+        .map(|r| r["event"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_quorum_of_two_distinct_operators_grants_a_windowed_elev_token() {
+    let broker = broker().await;
+    let id = request(&broker, "job-quorum").await;
+
+    // Asking again without the id finds the same request, not a new one.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (status, body) = ask(&broker, "job-quorum", &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{body}"
+    );
+    assert_eq!(body["approval_id"], id.as_str());
+
+    // Operators see it with its full context.
+    let listed: Value = broker
+        .http
+        .get(broker.url(&format!("{APPROVALS_PATH}?state=pending")))
+        .bearer_auth(operator_key("bob"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let request = &listed["approvals"][0];
+    assert_eq!(request["id"], id.as_str());
+    assert_eq!(request["workload"], "demo-job");
+    assert_eq!(request["client_id"], "demo-job");
+    assert_eq!(request["job"], "job-quorum");
+    assert_eq!(request["step"], "demo/deploy");
+    assert_eq!(request["reason"], "hotfix for INC-42");
+    assert_eq!(request["duration_asked"], 1800);
+    assert_eq!(request["approvals_required"], 2);
+
+    // The owner of the workload and an operator outside the approver
+    // groups are refused; nothing is counted.
+    let (status, body) = operator(&broker, "carol", "approve", &id, json!({})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("own"),
+        "{body}"
+    );
+    let (status, _) = operator(&broker, "dave", "approve", &id, json!({})).await;
+    assert_eq!(status, 403);
+
+    // The same operator approving twice counts once.
+    let (status, body) = operator(&broker, "alice", "approve", &id, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "pending");
+    let (status, body) = operator(&broker, "alice", "approve", &id, json!({})).await;
+    assert_eq!(status, 403, "{body}");
+    let shown = show(&broker, &id).await;
+    assert_eq!(shown["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["approvals"][0]["operator"], "alice");
+    let (status, body) = poll(&broker, "job-quorum", &id).await;
+    assert_eq!(
+        body["error"], "authorization_pending",
+        "one approval of two: {body}"
+    );
+    assert_eq!(status, 400);
+
+    // Bob makes the quorum, granting less than was asked.
+    let (status, body) = operator(
+        &broker,
+        "bob",
+        "approve",
+        &id,
+        json!({ "duration": "10m", "comment": "INC-42 is real" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "approved");
+    let until = body["approved_until"].as_i64().unwrap();
+
+    // The job's next poll gets its token: standing and elevated scopes,
+    // an elev claim, and an exp within the window.
+    let (status, body) = poll(&broker, "job-quorum", &id).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, claims) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["elev"], id.as_str());
+    assert_eq!(claims["scope"], format!("{ELEVATED} {STANDING}"), "sorted");
+    assert!(claims["exp"].as_i64().unwrap() <= until);
+    let introspection = broker
+        .introspect(body["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(introspection["active"], true);
+    assert_eq!(introspection["elev"], id.as_str());
+
+    // Only the requesting job's step, and only the approved scopes.
+    let (status, body) = ask(&broker, "job-other", &[("approval_id", &id)]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let (status, body) = ask_for(
+        &broker,
+        "deploy:demo/prod/db",
+        "job-quorum",
+        &[("approval_id", &id)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("access_denied")),
+        "a scope that was not approved: {body}"
+    );
+    let (status, body) = ask_for(&broker, "deploy:demo/prod/db", "job-quorum", &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "without the id, another scope is another request: {body}"
+    );
+    assert_ne!(body["approval_id"], id.as_str());
+
+    // Every step is on the record, with who and why.
+    let records = broker.audit_records();
+    assert_eq!(
+        events(&records, &id),
+        [
+            "approval_requested",
+            "approval_refused",
+            "approval_refused",
+            "approval_granted",
+            "approval_refused",
+            "approval_granted",
+            "token_minted",
+            "token_denied",
+            "token_denied",
+        ]
+    );
+    let requested = records
+        .iter()
+        .find(|r| r["event"] == "approval_requested")
+        .unwrap();
+    assert_eq!(requested["justification"], "hotfix for INC-42");
+    assert_eq!(requested["sub"], "demo-job");
+    assert_eq!(requested["scopes"], json!([ELEVATED]));
+    let quorum = records
+        .iter()
+        .filter(|r| r["event"] == "approval_granted")
+        .nth(1)
+        .unwrap();
+    assert_eq!(quorum["operator"], "bob");
+    assert_eq!(quorum["comment"], "INC-42 is real");
+    assert_eq!(quorum["duration"], 600);
+    let refused_owner = records
+        .iter()
+        .find(|r| r["event"] == "approval_refused" && r["operator"] == "carol")
+        .unwrap();
+    assert!(refused_owner["detail"].as_str().unwrap().contains("own"));
+}
+
+#[tokio::test]
+async fn polling_faster_than_the_interval_slows_the_job_down() {
+    let broker = broker().await;
+    let id = request(&broker, "job-eager").await;
+    let (status, body) = ask(&broker, "job-eager", &[("approval_id", &id)]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("slow_down")),
+        "{body}"
+    );
+    assert_eq!(body["interval"], 6, "RFC 8628: five seconds more");
+    // Still too fast for the new interval: slower again.
+    let (_, body) = poll(&broker, "job-eager", &id).await;
+    assert_eq!(body["error"], "slow_down", "{body}");
+    assert_eq!(body["interval"], 11);
+    // Polls are not decisions: nothing but the request is on the record.
+    assert_eq!(events(&broker.audit_records(), &id), ["approval_requested"]);
+}
+
+#[tokio::test]
+async fn operators_must_authenticate() {
+    let broker = broker().await;
+    let id = request(&broker, "job-auth").await;
+    let url = broker.url(&format!("{APPROVALS_PATH}/{id}/approve"));
+    let anonymous = broker
+        .http
+        .post(&url)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(
+        anonymous.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let wrong = broker
+        .http
+        .post(&url)
+        .bearer_auth("stint_not_an_operator_key")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    // A workload's own secret is not an operator key.
+    let workload = broker
+        .http
+        .post(&url)
+        .bearer_auth(stint_tests::test_secret("demo-job"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(workload.status(), 401);
+    let list = broker
+        .http
+        .get(broker.url(APPROVALS_PATH))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 401);
+    assert!(
+        show(&broker, &id).await["approvals"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_denial_is_final() {
+    let broker = broker().await;
+    let id = request(&broker, "job-deny").await;
+    let (status, _) = operator(&broker, "alice", "approve", &id, json!({})).await;
+    assert_eq!(status, 200);
+    let (status, body) = operator(&broker, "bob", "deny", &id, json!({})).await;
+    assert_eq!(status, 400, "a denial needs a comment: {body}");
+    let (status, body) = operator(
+        &broker,
+        "bob",
+        "deny",
+        &id,
+        json!({ "comment": "change freeze" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "denied");
+    assert_eq!(body["decided_by"], "bob");
+    assert_eq!(body["comment"], "change freeze");
+
+    let (status, body) = poll(&broker, "job-deny", &id).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("access_denied")),
+        "{body}"
+    );
+    let (status, body) = operator(&broker, "alice", "approve", &id, json!({})).await;
+    assert_eq!(status, 409, "nothing approves a denied request: {body}");
+
+    let records = broker.audit_records();
+    let denial = records
+        .iter()
+        .find(|r| r["event"] == "approval_denied")
+        .unwrap();
+    assert_eq!(denial["operator"], "bob");
+    assert_eq!(denial["comment"], "change freeze");
+    assert_eq!(denial["job"], "job-deny");
+}
+
+#[tokio::test]
+async fn a_request_nobody_decides_expires() {
+    let broker = broker().await;
+    let id = request(&broker, "job-wait").await;
+    broker.clock.advance(chrono::TimeDelta::seconds(601));
+    eventually(Duration::from_secs(10), "the request expires", || async {
+        events(&broker.audit_records(), &id)
+            .contains(&"approval_expired")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(show(&broker, &id).await["state"], "expired");
+    let (status, body) = poll(&broker, "job-wait", &id).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("expired_token")),
+        "{body}"
+    );
+    let (status, _) = operator(&broker, "alice", "approve", &id, json!({})).await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn an_approval_that_expires_ends_its_tokens_with_its_window() {
+    let broker = broker().await;
+    let id = request(&broker, "job-window").await;
+    approve_by_two(&broker, &id, "2m").await;
+    let (status, body) = poll(&broker, "job-window", &id).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert!(body["expires_in"].as_u64().unwrap() <= 120, "{body}");
+    assert_eq!(broker.introspect(&token).await["active"], true);
+
+    broker.clock.advance(chrono::TimeDelta::seconds(121));
+    assert_eq!(
+        broker.introspect(&token).await,
+        json!({ "active": false }),
+        "the token stops being active at the window's end"
+    );
+    let (status, body) = poll(&broker, "job-window", &id).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("expired_token")),
+        "{body}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the window's end is audited",
+        || async {
+            events(&broker.audit_records(), &id)
+                .contains(&"approval_expired")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn revoking_an_approval_revokes_its_tokens_at_once_and_for_good() {
+    let mut broker = broker().await;
+    let id = request(&broker, "job-revoke").await;
+    approve_by_two(&broker, &id, "20m").await;
+    let (status, body) = poll(&broker, "job-revoke", &id).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    // A plain token of the same job, minted without the elevation.
+    let plain = broker
+        .mint("deploy", STANDING, &[("job", "job-revoke")])
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(broker.introspect(&token).await["active"], true);
+
+    let (status, body) = operator(
+        &broker,
+        "carol",
+        "revoke",
+        &id,
+        json!({ "comment": "owners may stop their own elevation" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "revoked");
+    assert_eq!(broker.introspect(&token).await, json!({ "active": false }));
+    assert_eq!(
+        broker.introspect(&plain).await["active"],
+        true,
+        "the job's standing tokens are not the approval's"
+    );
+    let (status, body) = poll(&broker, "job-revoke", &id).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("access_denied")),
+        "{body}"
+    );
+    let (status, _) = operator(&broker, "dave", "revoke", &id, json!({})).await;
+    assert_eq!(status, 403, "outside the approver groups");
+
+    // The revocation survives a restart.
+    broker.restart().await;
+    assert_eq!(broker.introspect(&token).await, json!({ "active": false }));
+    assert_eq!(show(&broker, &id).await["state"], "revoked");
+}
+
+#[tokio::test]
+async fn completing_the_job_ends_its_approval() {
+    let broker = broker().await;
+    let id = request(&broker, "job-done").await;
+    approve_by_two(&broker, &id, "20m").await;
+    let (status, body) = poll(&broker, "job-done", &id).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let response = broker.post_form("/v1/jobs/job-done/revoke", &[]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(broker.introspect(&token).await, json!({ "active": false }));
+    let shown = show(&broker, &id).await;
+    assert_eq!(shown["state"], "ended");
+    assert_eq!(shown["comment"], "the job completed");
+    assert!(events(&broker.audit_records(), &id).contains(&"approval_ended"));
+}
+
+#[tokio::test]
+async fn operators_sign_in_with_an_id_token_and_groups_from_a_claim() {
+    let idp = TestIdp::start().await;
+    let policy = elevation_policy(&format!(
+        r#"
+[issuers.corp]
+url = "{issuer}"
+audiences = ["stint-operators"]
+
+[operators.erin]
+oidc = {{ issuer = "corp", subject = "erin@example.com", groups_claim = "groups" }}
+"#,
+        issuer = idp.issuer
+    ));
+    let broker = TestBroker::start_with(BrokerOptions {
+        policy: Some(policy),
+        federation_ca: Some(idp.ca_file.clone()),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let id = request(&broker, "job-oidc").await;
+    let now = chrono::Utc::now().timestamp();
+    let id_token = |sub: &str, groups: Value| {
+        idp.es256_token(&json!({
+            "iss": idp.issuer,
+            "sub": sub,
+            "aud": "stint-operators",
+            "iat": now,
+            "exp": now + 300,
+            "groups": groups,
+        }))
+    };
+    let url = broker.url(&format!("{APPROVALS_PATH}/{id}/approve"));
+    let call = |token: String| {
+        let http = broker.http.clone();
+        let url = url.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        call(id_token("erin@example.com", json!(["finance"]))).await,
+        403,
+        "signed in, but the claim puts erin in no approver group"
+    );
+    assert_eq!(
+        call(id_token("mallory@example.com", json!(["sre"]))).await,
+        401
+    );
+    assert_eq!(
+        call(id_token("erin@example.com", json!(["sre"]))).await,
+        200
+    );
+    let shown = show(&broker, &id).await;
+    assert_eq!(shown["approvals"][0]["operator"], "erin");
+}
+
+#[tokio::test]
+async fn the_webhook_receives_signed_events() {
+    let received: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let receiver = {
+        let received = Arc::clone(&received);
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let received = Arc::clone(&received);
+                    async move {
+                        let signature = headers
+                            .get(stint_core::webhook::SIGNATURE_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        received.lock().unwrap().push((signature, body.to_vec()));
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let secret = "a-webhook-secret-of-at-least-32-bytes!!";
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook.secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let broker = TestBroker::start_with(BrokerOptions {
+        policy: Some(elevation_policy("")),
+        webhook: Some(stint_server::WebhookTarget {
+            url: format!("http://{addr}/hook"),
+            secret_file,
+        }),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let id = request(&broker, "job-hook").await;
+    let (status, _) = operator(&broker, "alice", "deny", &id, json!({ "comment": "no" })).await;
+    assert_eq!(status, 200);
+
+    let events = eventually(Duration::from_secs(10), "two webhook events", || async {
+        let received = received.lock().unwrap().clone();
+        (received.len() >= 2).then_some(received)
+    })
+    .await;
+    let now = chrono::Utc::now().timestamp();
+    let mut kinds = Vec::new();
+    for (signature, body) in &events {
+        stint_core::webhook::verify(secret.as_bytes(), signature, body, now, 300)
+            .expect("the event is signed with the shared secret");
+        assert!(
+            stint_core::webhook::verify(
+                b"another-secret-of-at-least-32-bytes!!",
+                signature,
+                body,
+                now,
+                300
+            )
+            .is_err()
+        );
+        let event: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(event["data"]["id"], id.as_str());
+        assert!(event["text"].as_str().unwrap().contains(&id), "{event}");
+        kinds.push(event["type"].as_str().unwrap().to_owned());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["approval.denied", "approval.requested"]);
+    let requested: Value = serde_json::from_slice(
+        &events
+            .iter()
+            .find(|(_, body)| String::from_utf8_lossy(body).contains("approval.requested"))
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    let text = requested["text"].as_str().unwrap();
+    assert!(text.contains("stint approve"), "{text}");
+    assert!(text.contains("hotfix for INC-42"), "{text}");
+    server.abort();
+}
