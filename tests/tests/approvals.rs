@@ -628,7 +628,8 @@ oidc = {{ issuer = "corp", subject = "erin@example.com", groups_claim = "groups"
 
 #[tokio::test]
 async fn the_webhook_receives_signed_events() {
-    let received: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    type Deliveries = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Deliveries = Arc::default();
     let receiver = {
         let received = Arc::clone(&received);
         axum::Router::new().route(
@@ -709,4 +710,141 @@ async fn the_webhook_receives_signed_events() {
     assert!(text.contains("stint approve"), "{text}");
     assert!(text.contains("hotfix for INC-42"), "{text}");
     server.abort();
+}
+
+#[tokio::test]
+async fn the_sdk_waits_for_the_quorum_and_operators_decide_through_it() {
+    use stint_client::{Client, Credentials, Error, SubjectToken};
+    let broker = broker().await;
+    let job_client = Client::builder(broker.issuer())
+        .credentials(Credentials::new(
+            "demo-job",
+            stint_tests::test_secret("demo-job"),
+        ))
+        .build()
+        .await
+        .unwrap();
+    let as_operator = |name: &str| {
+        Client::builder(broker.issuer())
+            .operator(SubjectToken::Value(operator_key(name)))
+            .build()
+    };
+    let alice = as_operator("alice").await.unwrap();
+    let bob = as_operator("bob").await.unwrap();
+
+    let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    let step = {
+        let seen = Arc::clone(&seen);
+        job_client
+            .step("deploy")
+            .job("job-sdk")
+            .scopes([STANDING, ELEVATED])
+            .audience("demo-api")
+            .reason("hotfix for INC-42")
+            .elevation_duration(Duration::from_secs(900))
+            .on_approval_pending(move |pending| {
+                let approvals = pending.approval.as_ref().map_or(0, |a| a.approvals.len());
+                seen.lock()
+                    .unwrap()
+                    .push((pending.approval_id.clone(), approvals));
+            })
+            .request()
+    };
+    let step = tokio::spawn(step);
+    let id = eventually(
+        Duration::from_secs(10),
+        "the request is pending",
+        || async {
+            alice
+                .approvals(true)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|a| a.job == "job-sdk")
+                .map(|a| a.id)
+        },
+    )
+    .await;
+    assert_eq!(alice.approval(&id).await.unwrap().duration_asked, 900);
+    let first = alice.approve(&id, None, Some("ok")).await.unwrap();
+    assert_eq!(first.state, "pending");
+    // Let the waiting step see the first approval before the quorum.
+    eventually(
+        Duration::from_secs(10),
+        "the step sees one approval",
+        || async {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|(_, n)| *n == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let second = bob
+        .approve(&id, Some(Duration::from_secs(300)), None)
+        .await
+        .unwrap();
+    assert_eq!(second.state, "approved");
+    let token = step.await.unwrap().expect("the token, once approved");
+    assert!(token.expires_in() <= 300, "within the window bob granted");
+    let (_, claims) = decode_jwt(token.token());
+    assert_eq!(claims["elev"], id.as_str());
+    token.finish().await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(id.clone(), 0), (id.clone(), 1)],
+        "told once when the request was made, once when alice approved"
+    );
+
+    // Not waiting: the pending request comes back as an error.
+    let pending = job_client
+        .step("deploy")
+        .job("job-sdk-2")
+        .scopes([ELEVATED])
+        .audience("demo-api")
+        .reason("data repair")
+        .wait_for_approval(false)
+        .request()
+        .await
+        .unwrap_err();
+    let Error::ApprovalPending(pending) = pending else {
+        panic!("expected a pending approval, got {pending:?}");
+    };
+    assert_eq!(pending.job, "job-sdk-2");
+    // Denied while the job waits: a clear denial, not a hang.
+    let (told, mut waiting_now) = tokio::sync::mpsc::unbounded_channel();
+    let waiting = tokio::spawn(
+        job_client
+            .step("deploy")
+            .job("job-sdk-2")
+            .scopes([ELEVATED])
+            .audience("demo-api")
+            .reason("data repair")
+            .on_approval_pending(move |pending| {
+                let _ = told.send(pending.approval_id.clone());
+            })
+            .request(),
+    );
+    let waiting_on = tokio::time::timeout(Duration::from_secs(10), waiting_now.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        waiting_on, pending.approval_id,
+        "the same request, not a new one"
+    );
+    bob.deny(&pending.approval_id, "use the runbook")
+        .await
+        .unwrap();
+    let denied = waiting.await.unwrap().unwrap_err();
+    assert_eq!(denied.oauth_code(), Some("access_denied"), "{denied}");
+    assert!(denied.is_denial());
+    assert!(denied.to_string().contains("use the runbook"), "{denied}");
+
+    // An operator's client cannot mint.
+    assert!(matches!(
+        alice.step("read").scope("read:demo/a").request().await,
+        Err(Error::Config(_))
+    ));
 }

@@ -87,6 +87,7 @@ pub(crate) async fn run(
         .env_remove("STINT_CLIENT_SECRET")
         .env_remove("STINT_SUBJECT_TOKEN")
         .env_remove("STINT_SUBJECT_TOKEN_FILE")
+        .env_remove("STINT_OPERATOR_KEY")
         .env(env_var, step.token())
         .spawn();
     let mut child = match spawned {

@@ -4,8 +4,9 @@
 //!
 //! Exit codes: 0 success; 1 failure (bad file, bad configuration,
 //! unexpected answer); 2 usage error; 3 denied (the broker refused, or a
-//! token was rejected); 4 the broker is unavailable. `stint exec` exits with
-//! its child's status (128 + N if the child was killed by signal N).
+//! token was rejected); 4 the broker is unavailable; 5 an approval is
+//! pending (`--no-wait`). `stint exec` exits with its child's status
+//! (128 + N if the child was killed by signal N).
 
 mod exec;
 
@@ -24,6 +25,8 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_DENIED: u8 = 3;
 /// Exit code: the broker could not be reached or is temporarily unavailable.
 const EXIT_UNAVAILABLE: u8 = 4;
+/// Exit code: an approval is pending (`--no-wait`, or the wait ran out).
+const EXIT_PENDING: u8 = 5;
 
 /// Stint from the shell: short-lived, step-scoped tokens.
 #[derive(Debug, Parser)]
@@ -43,10 +46,13 @@ The broker and credentials come from the environment:
                        CI, Kubernetes) to authenticate with instead of a secret
   STINT_SUBJECT_TOKEN  the same token, as the variable's value
 or from --credentials FILE (the dev-client.json shape: issuer, client_id,
-client_secret).
+client_secret). Operators (approvals, approve, deny) authenticate with
+  STINT_OPERATOR_KEY   an operator key from `stintd new-operator`, or
+  STINT_OPERATOR_TOKEN_FILE  an OIDC ID token the policy binds to an operator.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 denied or rejected, 4 broker
-unavailable; `stint exec` exits with its command's status.";
+unavailable, 5 approval pending (--no-wait); `stint exec` exits with its
+command's status.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -115,6 +121,50 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Elevation requests: list them (all kept, or --pending), show one,
+    /// or revoke an approval. For operators.
+    Approvals {
+        #[command(subcommand)]
+        command: Option<ApprovalsCommand>,
+        /// Only the requests still waiting for a decision.
+        #[arg(long)]
+        pending: bool,
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// Print the broker's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve an elevation request (an operator; the request is approved
+    /// once its quorum of distinct operators has).
+    Approve {
+        /// The request id (apr-...).
+        id: String,
+        /// Grant less than was asked: `15m`, `1h`.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// Print the broker's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny an elevation request, for good.
+    Deny {
+        /// The request id (apr-...).
+        id: String,
+        /// Why (required; recorded in the audit log).
+        #[arg(long, required = true)]
+        comment: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// Print the broker's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Signing keys.
     Keys {
         #[command(subcommand)]
@@ -131,6 +181,51 @@ enum Command {
         command: AuditCommand,
     },
 }
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// One request in full: context, approvals so far, state.
+    Show {
+        /// The request id (apr-...).
+        id: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// Print the broker's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an approval: every token minted under it is revoked at once.
+    Revoke {
+        /// The request id (apr-...).
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// Print the broker's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the broker is, and which operator is acting.
+#[derive(Debug, Args)]
+struct OperatorArgs {
+    /// The broker's issuer URL.
+    #[arg(long, env = "STINT_URL")]
+    url: Option<String>,
+    /// A PEM CA bundle to trust besides the system's roots.
+    #[arg(long, env = "STINT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Sign in with the OIDC ID token in this file instead of
+    /// STINT_OPERATOR_KEY.
+    #[arg(long, env = "STINT_OPERATOR_TOKEN_FILE")]
+    operator_token_file: Option<PathBuf>,
+}
+
+/// The operator key, from the environment only (flags show in `ps`).
+const OPERATOR_KEY_VAR: &str = "STINT_OPERATOR_KEY";
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
@@ -181,6 +276,17 @@ struct TokenArgs {
     /// The token's lifetime: `90s`, `5m`, `1h` (capped at the step's maximum).
     #[arg(long, value_parser = parse_ttl)]
     ttl: Option<Duration>,
+    /// Why the step needs its scopes: shown to operators when some need
+    /// their approval.
+    #[arg(long, env = "STINT_REASON")]
+    reason: Option<String>,
+    /// How long an elevation should last, if one is needed: `15m`, `1h`.
+    #[arg(long, value_parser = parse_duration)]
+    elevation_duration: Option<Duration>,
+    /// If some scopes need an operator's approval, do not wait for it:
+    /// print the request and exit 5.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 /// Where the broker is and who we are.
@@ -210,6 +316,12 @@ struct BrokerArgs {
 /// `id_tokens:` puts it in a variable): `STINT_SUBJECT_TOKEN`.
 const SUBJECT_TOKEN_VAR: &str = "STINT_SUBJECT_TOKEN";
 
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    stint_core::ttl::parse_duration_secs(text)
+        .map(Duration::from_secs)
+        .map_err(|e| e.to_string())
+}
+
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ttl::parse_policy(text)
         .map(|ttl| Duration::from_secs(u64::from(ttl.as_secs())))
@@ -234,7 +346,9 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
-        let code = if error.is_denial() {
+        let code = if matches!(error, Error::ApprovalPending(_)) {
+            EXIT_PENDING
+        } else if error.is_denial() {
             EXIT_DENIED
         } else if error.is_unavailable() {
             EXIT_UNAVAILABLE
@@ -405,6 +519,66 @@ async fn run(command: Command) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Command::Approvals {
+            command,
+            pending,
+            operator,
+            json,
+        } => match command {
+            None => {
+                let client = connect_operator(&operator).await?;
+                let approvals = client.approvals(pending).await?;
+                if json {
+                    print_json(&approvals)?;
+                } else if approvals.is_empty() {
+                    println!(
+                        "no {}approval requests",
+                        if pending { "pending " } else { "" }
+                    );
+                } else {
+                    for approval in &approvals {
+                        println!("{}", summarize(approval));
+                    }
+                }
+                Ok(0)
+            }
+            Some(ApprovalsCommand::Show { id, operator, json }) => {
+                let client = connect_operator(&operator).await?;
+                let approval = client.approval(&id).await?;
+                print_approval(&approval, json)
+            }
+            Some(ApprovalsCommand::Revoke {
+                id,
+                comment,
+                operator,
+                json,
+            }) => {
+                let client = connect_operator(&operator).await?;
+                let approval = client.revoke_approval(&id, comment.as_deref()).await?;
+                print_approval(&approval, json)
+            }
+        },
+        Command::Approve {
+            id,
+            duration,
+            comment,
+            operator,
+            json,
+        } => {
+            let client = connect_operator(&operator).await?;
+            let approval = client.approve(&id, duration, comment.as_deref()).await?;
+            print_approval(&approval, json)
+        }
+        Command::Deny {
+            id,
+            comment,
+            operator,
+            json,
+        } => {
+            let client = connect_operator(&operator).await?;
+            let approval = client.deny(&id, &comment).await?;
+            print_approval(&approval, json)
+        }
         Command::Keys {
             command: KeysCommand::Rotate { broker, json },
         } => {
@@ -456,7 +630,59 @@ async fn request_token(
     if let Some(ttl) = request.ttl {
         builder = builder.ttl(ttl);
     }
+    if let Some(reason) = &request.reason {
+        builder = builder.reason(reason);
+    }
+    if let Some(duration) = request.elevation_duration {
+        builder = builder.elevation_duration(duration);
+    }
+    let wait = !request.no_wait;
+    builder = builder
+        .wait_for_approval(wait)
+        .on_approval_pending(move |pending| {
+            eprintln!("stint: {}", describe_pending(pending, wait))
+        });
     Ok(builder.request().await?)
+}
+
+/// What a person watching a job wait should read: the request, and what
+/// the operators must do.
+fn describe_pending(pending: &stint_client::PendingApproval, waiting: bool) -> String {
+    let Some(approval) = &pending.approval else {
+        return pending.description.clone();
+    };
+    let approved_by = approval
+        .approvals
+        .iter()
+        .map(|a| a.operator.as_str())
+        .collect::<Vec<_>>();
+    let mut text = if approved_by.is_empty() {
+        format!(
+            "approval {id} requested for job {job}, step {step}: {scopes}\n  \
+             needs {n} approval(s) from an operator in {groups}: `stint approve {id}` (or `stint deny {id} --comment ...`)",
+            id = approval.id,
+            job = approval.job,
+            step = approval.step,
+            scopes = approval.scopes.join(" "),
+            n = approval.approvals_required,
+            groups = approval.approver_groups.join(", "),
+        )
+    } else {
+        format!(
+            "approval {}: {} of {} approvals ({})",
+            approval.id,
+            approved_by.len(),
+            approval.approvals_required,
+            approved_by.join(", ")
+        )
+    };
+    if waiting {
+        text.push_str(&format!(
+            "\n  waiting (polling every {} s; the request expires in {} s)",
+            pending.interval, pending.expires_in
+        ));
+    }
+    text
 }
 
 /// Build a client from the flags, the environment and the credentials file.
@@ -518,6 +744,109 @@ async fn connect(args: &BrokerArgs) -> Result<Client, Failure> {
         builder = builder.ca_file(ca);
     }
     Ok(builder.build().await?)
+}
+
+/// Build an operator client from the flags and the environment.
+async fn connect_operator(args: &OperatorArgs) -> Result<Client, Failure> {
+    let url = args
+        .url
+        .clone()
+        .ok_or_else(|| Failure::new(2, "no broker: set STINT_URL or --url"))?;
+    let credential = match (&args.operator_token_file, std::env::var(OPERATOR_KEY_VAR)) {
+        (Some(file), _) => stint_client::SubjectToken::File(file.clone()),
+        (None, Ok(key)) if !key.trim().is_empty() => {
+            stint_client::SubjectToken::Value(key.trim().to_owned())
+        }
+        _ => {
+            return Err(Failure::new(
+                2,
+                "no operator credentials: set STINT_OPERATOR_KEY, or STINT_OPERATOR_TOKEN_FILE / --operator-token-file",
+            ));
+        }
+    };
+    let mut builder = Client::builder(url).operator(credential);
+    if let Some(ca) = &args.ca_file {
+        builder = builder.ca_file(ca);
+    }
+    Ok(builder.build().await?)
+}
+
+/// One line per request, for `stint approvals`.
+fn summarize(approval: &stint_client::ApprovalView) -> String {
+    format!(
+        "{id}  {state:<8}  {workload}  job {job}  step {step}  {scopes}  {got}/{needed} approvals  {when}",
+        id = approval.id,
+        state = approval.state,
+        workload = approval.workload,
+        job = approval.job,
+        step = approval.step,
+        scopes = approval.scopes.join(" "),
+        got = approval.approvals.len(),
+        needed = approval.approvals_required,
+        when = match approval.state.as_str() {
+            "pending" => format!("expires {}", describe_expiry(approval.expires_at)),
+            "approved" => approval
+                .approved_until
+                .map(|until| format!("until {}", describe_expiry(until)))
+                .unwrap_or_default(),
+            _ => String::new(),
+        },
+    )
+}
+
+fn print_approval(approval: &stint_client::ApprovalView, json: bool) -> Result<u8, Failure> {
+    if json {
+        print_json(approval)?;
+        return Ok(0);
+    }
+    println!("{}  {}", approval.id, approval.state);
+    println!(
+        "  workload: {} (client {})",
+        approval.workload, approval.client_id
+    );
+    println!("  job: {}  step: {}", approval.job, approval.step);
+    println!("  audience: {}", approval.audience);
+    println!("  scopes: {}", approval.scopes.join(" "));
+    if let Some(reason) = &approval.reason {
+        println!("  reason: {reason}");
+    }
+    println!(
+        "  duration asked: {} s (at most {} s)",
+        approval.duration_asked, approval.max_duration
+    );
+    println!(
+        "  approvals: {} of {} from {}",
+        approval.approvals.len(),
+        approval.approvals_required,
+        approval.approver_groups.join(", ")
+    );
+    for vote in &approval.approvals {
+        println!(
+            "    {} granted {} s{}",
+            vote.operator,
+            vote.duration,
+            vote.comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default()
+        );
+    }
+    match approval.state.as_str() {
+        "pending" => println!("  expires: {}", describe_expiry(approval.expires_at)),
+        "approved" => {
+            if let Some(until) = approval.approved_until {
+                println!("  approved until: {until} ({})", describe_expiry(until));
+            }
+        }
+        _ => {}
+    }
+    if let Some(by) = &approval.decided_by {
+        println!("  decided by: {by}");
+    }
+    if let Some(comment) = &approval.comment {
+        println!("  comment: {comment}");
+    }
+    Ok(0)
 }
 
 fn read_credentials(path: &Path) -> Result<DevClient, Failure> {

@@ -513,3 +513,165 @@ async fn exec_with_a_platform_id_token_and_no_secret() {
     let token = token_written_to(&out).await;
     assert_eq!(broker.introspect(&token).await["active"], false);
 }
+
+/// A policy whose deploy step's production scope needs one approval from
+/// `sre` (alice), and an operator key for her.
+fn elevation_broker_options() -> stint_tests::BrokerOptions {
+    let alice = stint_core::secret::hash_hex("stint_operator_alice");
+    let policy = stint_tests::policy_with(&format!(
+        "\n[workflows.demo.steps.deploy]\nscopes = [\"deploy:demo/staging\"]\n\n\
+         [workflows.demo.steps.deploy.elevation]\nscopes = [\"deploy:demo/prod/*\"]\n\
+         approver_groups = [\"sre\"]\nmax_duration = \"30m\"\nmax_wait = \"10m\"\n\n\
+         [operators.alice]\ngroups = [\"sre\"]\nkey_sha256 = \"{alice}\"\n"
+    ));
+    stint_tests::BrokerOptions {
+        policy: Some(policy),
+        ..stint_tests::BrokerOptions::default()
+    }
+}
+
+/// `stint ARGS...` as workload demo-job.
+fn stint_as_job(broker: &stint_tests::TestBroker, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stint"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("STINT_URL", broker.issuer())
+        .env("STINT_CLIENT_ID", "demo-job")
+        .env("STINT_CLIENT_SECRET", stint_tests::test_secret("demo-job"))
+        .args(args);
+    command
+}
+
+/// `stint ARGS...` as operator alice.
+async fn stint_as_alice(broker: &stint_tests::TestBroker, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stint"))
+        .env_clear()
+        .env("STINT_URL", broker.issuer())
+        .env("STINT_OPERATOR_KEY", "stint_operator_alice")
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Wait for the pending request of `job`, as an operator lists it.
+async fn pending_request_of(broker: &stint_tests::TestBroker, job: &str) -> String {
+    for _ in 0..250 {
+        let output = stint_as_alice(broker, &["approvals", "--pending", "--json"]).await;
+        assert_success(&output, "approvals --pending");
+        let list: Value = serde_json::from_slice(&output.stdout).unwrap();
+        if let Some(found) = list.as_array().unwrap().iter().find(|a| a["job"] == job) {
+            return found["id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    panic!("no pending approval request for {job}");
+}
+
+fn deploy_exec<'a>(job: &'a str, extra: &[&'a str], script: &'a str) -> Vec<&'a str> {
+    let mut args = vec![
+        "exec",
+        "--step",
+        "deploy",
+        "--scope",
+        "deploy:demo/staging",
+        "--scope",
+        "deploy:demo/prod/web",
+        "--audience",
+        "demo-api",
+        "--job",
+        job,
+        "--reason",
+        "hotfix for INC-42",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    args
+}
+
+#[tokio::test]
+async fn exec_waits_for_an_operator_and_approvals_commands_decide() {
+    let broker = stint_tests::TestBroker::start_with(elevation_broker_options()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("token");
+    let script = format!("echo \"$STINT_TOKEN\" > {}", out.display());
+
+    // A waiting exec, approved from another shell.
+    let waiting = stint_as_job(&broker, &deploy_exec("job-cli", &[], &script))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = pending_request_of(&broker, "job-cli").await;
+    let shown = stint_as_alice(&broker, &["approvals", "show", &id]).await;
+    assert_success(&shown, "approvals show");
+    let shown = text(&shown.stdout);
+    assert!(shown.contains("pending"), "{shown}");
+    assert!(shown.contains("reason: hotfix for INC-42"), "{shown}");
+    assert!(shown.contains("scopes: deploy:demo/prod/web"), "{shown}");
+    let approved = stint_as_alice(
+        &broker,
+        &["approve", &id, "--duration", "10m", "--comment", "go"],
+    )
+    .await;
+    assert_success(&approved, "approve");
+    assert!(text(&approved.stdout).contains("approved"));
+    let output = waiting.wait_with_output().await.unwrap();
+    assert_success(&output, "exec after the approval");
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("stint approve {id}")),
+        "exec says what the operators must do: {stderr}"
+    );
+    let token = token_written_to(&out).await;
+    let (_, claims) = stint_tests::decode_jwt(&token);
+    assert_eq!(claims["elev"], id.as_str());
+    assert_eq!(
+        broker.introspect(&token).await["active"],
+        false,
+        "revoked on exit"
+    );
+    let revoked = stint_as_alice(&broker, &["approvals", "revoke", &id, "--comment", "done"]).await;
+    assert_success(&revoked, "approvals revoke");
+    assert!(text(&revoked.stdout).contains("revoked"));
+
+    // --no-wait: the request is made, and stint says so and exits 5.
+    let output = stint_as_job(&broker, &deploy_exec("job-cli-2", &["--no-wait"], "true"))
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 5, "exec --no-wait");
+    assert!(text(&output.stderr).contains("stint approve apr-"));
+
+    // A denial ends the wait with exit 3 and the operator's reason.
+    let waiting = stint_as_job(&broker, &deploy_exec("job-cli-3", &[], "true"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = pending_request_of(&broker, "job-cli-3").await;
+    let denied = stint_as_alice(&broker, &["deny", &id, "--comment", "change freeze"]).await;
+    assert_success(&denied, "deny");
+    let output = waiting.wait_with_output().await.unwrap();
+    assert_exit(&output, 3, "exec after a denial");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("denied"), "{stderr}");
+    assert!(stderr.contains("change freeze"), "{stderr}");
+
+    // Listing without --pending shows every request kept.
+    let all = stint_as_alice(&broker, &["approvals"]).await;
+    assert_success(&all, "approvals");
+    let all = text(&all.stdout);
+    assert_eq!(all.lines().count(), 3, "{all}");
+    assert!(all.contains("revoked") && all.contains("denied") && all.contains("pending"));
+    // Without operator credentials: a usage error, not a crash.
+    let output = Command::new(env!("CARGO_BIN_EXE_stint"))
+        .env_clear()
+        .env("STINT_URL", broker.issuer())
+        .args(["approvals"])
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 2, "no operator credentials");
+}

@@ -1,7 +1,7 @@
 //! The broker client: discovery, client authentication, and the OAuth
 //! calls everything else is built on.
 
-use crate::error::Error;
+use crate::error::{Error, PendingApproval};
 use crate::step::{Job, StepRequest};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -11,9 +11,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stint_proto::{
-    AuthorizationServerMetadata, DevClient, GRANT_TOKEN_EXCHANGE, IntrospectionResponse,
-    JobRevocationResponse, KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH,
-    TOKEN_TYPE_ID_TOKEN,
+    APPROVALS_PATH, ApprovalList, ApprovalView, ApproveBody, AuthorizationServerMetadata,
+    DecisionBody, DevClient, GRANT_TOKEN_EXCHANGE, IntrospectionResponse, JobRevocationResponse,
+    KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH, TOKEN_TYPE_ID_TOKEN,
 };
 use tokio::task::JoinSet;
 
@@ -129,13 +129,18 @@ enum Auth {
     /// A platform ID token: token exchange to mint, `Authorization: Bearer`
     /// to revoke.
     Federated(SubjectToken),
+    /// An operator: an operator key or an OIDC ID token, as a bearer
+    /// credential for `/v1/approvals`.
+    Operator(SubjectToken),
 }
 
 impl Auth {
     fn authorization(&self) -> Result<String, Error> {
         match self {
             Self::Secret(credentials) => Ok(credentials.basic()),
-            Self::Federated(token) => Ok(format!("Bearer {}", token.read()?)),
+            Self::Federated(token) | Self::Operator(token) => {
+                Ok(format!("Bearer {}", token.read()?))
+            }
         }
     }
 }
@@ -287,6 +292,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Act as an operator (a person who approves elevations), with an
+    /// operator key from `stintd new-operator` or an OIDC ID token whose
+    /// identity the policy binds to an operator: for
+    /// [`Client::approvals`], [`Client::approve`], [`Client::deny`] and
+    /// [`Client::revoke_approval`]. Such a client cannot mint.
+    pub fn operator(mut self, credential: SubjectToken) -> Self {
+        self.auth = Some(Auth::Operator(credential));
+        self
+    }
+
     /// Trust the CA certificates in this PEM bundle, besides the built-in
     /// web roots.
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -316,7 +331,8 @@ impl ClientBuilder {
         }
         let auth = self.auth.ok_or_else(|| {
             Error::Config(
-                "credentials are required (ClientBuilder::credentials or ::subject_token)".into(),
+                "credentials are required (ClientBuilder::credentials, ::subject_token or ::operator)"
+                    .into(),
             )
         })?;
         let http = self.connection.http_client()?;
@@ -403,7 +419,7 @@ impl Client {
     pub fn client_id(&self) -> Option<&str> {
         match &self.inner.auth {
             Auth::Secret(credentials) => Some(&credentials.client_id),
-            Auth::Federated(_) => None,
+            Auth::Federated(_) | Auth::Operator(_) => None,
         }
     }
 
@@ -435,7 +451,7 @@ impl Client {
                 Auth::Secret(credentials) => credentials.basic(),
                 // A federated client revokes a step token with the token
                 // itself: it outlives the platform ID token that minted it.
-                Auth::Federated(_) => format!("Bearer {token}"),
+                Auth::Federated(_) | Auth::Operator(_) => format!("Bearer {token}"),
             };
             let response = self
                 .send_form(url, &[("token", token)], Some(authorization))
@@ -466,6 +482,112 @@ impl Client {
     pub async fn rotate_keys(&self) -> Result<KeyRotationResponse, Error> {
         let url = format!("{}{KEY_ROTATION_PATH}", self.inner.issuer);
         let response = self.post_authorized(&url).await?;
+        read_json(&url, response).await
+    }
+
+    /// The approval requests the broker keeps, newest first; only the
+    /// pending ones if `pending_only`. Needs an [operator](ClientBuilder::operator).
+    pub async fn approvals(&self, pending_only: bool) -> Result<Vec<ApprovalView>, Error> {
+        let mut url = format!("{}{APPROVALS_PATH}", self.inner.issuer);
+        if pending_only {
+            url.push_str("?state=pending");
+        }
+        let response = self
+            .inner
+            .http
+            .get(&url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                self.inner.auth.authorization()?,
+            )
+            .send()
+            .await
+            .map_err(|e| Error::unreachable(&url, &e))?;
+        let list: ApprovalList = read_json(&url, response).await?;
+        Ok(list.approvals)
+    }
+
+    /// One approval request, with who has approved it so far.
+    pub async fn approval(&self, id: &str) -> Result<ApprovalView, Error> {
+        let url = self.approval_url(id, "");
+        let response = self
+            .inner
+            .http
+            .get(&url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                self.inner.auth.authorization()?,
+            )
+            .send()
+            .await
+            .map_err(|e| Error::unreachable(&url, &e))?;
+        read_json(&url, response).await
+    }
+
+    /// Approve request `id`, granting at most `duration` (`None`: what was
+    /// asked). Returns the request as it now stands: still `pending` until
+    /// its quorum of distinct operators is reached.
+    pub async fn approve(
+        &self,
+        id: &str,
+        duration: Option<Duration>,
+        comment: Option<&str>,
+    ) -> Result<ApprovalView, Error> {
+        let body = ApproveBody {
+            duration: duration.map(|d| format!("{}s", d.as_secs())),
+            comment: comment.map(str::to_owned),
+        };
+        self.post_approval(id, "/approve", &body).await
+    }
+
+    /// Deny request `id`, for good; the comment is required.
+    pub async fn deny(&self, id: &str, comment: &str) -> Result<ApprovalView, Error> {
+        let body = DecisionBody {
+            comment: Some(comment.to_owned()),
+        };
+        self.post_approval(id, "/deny", &body).await
+    }
+
+    /// Revoke request `id`'s approval: every token minted under it is
+    /// revoked at once, and no more are minted.
+    pub async fn revoke_approval(
+        &self,
+        id: &str,
+        comment: Option<&str>,
+    ) -> Result<ApprovalView, Error> {
+        let body = DecisionBody {
+            comment: comment.map(str::to_owned),
+        };
+        self.post_approval(id, "/revoke", &body).await
+    }
+
+    fn approval_url(&self, id: &str, verb: &str) -> String {
+        format!(
+            "{}{APPROVALS_PATH}/{}{verb}",
+            self.inner.issuer,
+            path_segment_encode(id)
+        )
+    }
+
+    async fn post_approval<T: serde::Serialize>(
+        &self,
+        id: &str,
+        verb: &str,
+        body: &T,
+    ) -> Result<ApprovalView, Error> {
+        let url = self.approval_url(id, verb);
+        let response = self
+            .inner
+            .http
+            .post(&url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                self.inner.auth.authorization()?,
+            )
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| Error::unreachable(&url, &e))?;
         read_json(&url, response).await
     }
 
@@ -540,6 +662,11 @@ impl Client {
     ) -> Result<stint_proto::TokenResponse, Error> {
         let url = &self.inner.token_endpoint;
         let response = match &self.inner.auth {
+            Auth::Operator(_) => {
+                return Err(Error::Config(
+                    "an operator client approves; it does not mint tokens".into(),
+                ));
+            }
             Auth::Secret(_) => self.post_form(url, form).await?,
             Auth::Federated(subject) => {
                 // RFC 8693: the subject token is the credential; no client
@@ -690,10 +817,40 @@ fn oauth_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
         error: String,
         #[serde(default)]
         error_description: Option<String>,
+        #[serde(default)]
+        approval_id: Option<String>,
+        #[serde(default)]
+        job: Option<String>,
+        #[serde(default)]
+        interval: Option<u64>,
+        #[serde(default)]
+        expires_in: Option<u64>,
+        #[serde(default)]
+        approval: Option<ApprovalView>,
     }
     // Not stint_proto::ErrorResponse: a newer broker may send codes this
     // SDK does not know, and they must still reach the caller.
     match serde_json::from_slice::<AnyError>(body) {
+        Ok(AnyError {
+            error,
+            error_description,
+            approval_id: Some(approval_id),
+            job: Some(job),
+            interval,
+            expires_in,
+            approval,
+        }) if error == "authorization_pending" || error == "slow_down" => {
+            Error::ApprovalPending(Box::new(PendingApproval {
+                approval_id,
+                job,
+                // RFC 8628 section 3.5: 5 s when the broker names none.
+                interval: interval.unwrap_or(5).clamp(1, 300),
+                expires_in: expires_in.unwrap_or(0),
+                description: error_description.unwrap_or_default(),
+                approval,
+                slow_down: error == "slow_down",
+            }))
+        }
         Ok(error) => Error::OAuth {
             status: status.as_u16(),
             code: error.error,

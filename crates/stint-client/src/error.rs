@@ -48,6 +48,35 @@ pub enum Error {
     /// active (revoked, or its job completed).
     #[error("token rejected: the broker says it is not active (revoked or completed)")]
     Inactive,
+    /// The step asked for scopes that need an operator's approval, and it
+    /// has not come (yet): the request is pending. Returned only when the
+    /// step was told not to wait ([`StepRequest::wait_for_approval`]), or
+    /// when the wait ran out. A denial or an expiry is [`Error::OAuth`]
+    /// with `access_denied` or `expired_token`.
+    ///
+    /// [`StepRequest::wait_for_approval`]: crate::StepRequest::wait_for_approval
+    #[error("approval {} is pending: {}", .0.approval_id, .0.description)]
+    ApprovalPending(Box<PendingApproval>),
+}
+
+/// An approval request the broker is waiting on operators for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PendingApproval {
+    /// The request id: what operators approve (`stint approve ID`).
+    pub approval_id: String,
+    /// The job it is for (the broker's choice if the step named none).
+    pub job: String,
+    /// Seconds to wait before asking again.
+    pub interval: u64,
+    /// Seconds until the request expires unless approved.
+    pub expires_in: u64,
+    /// The broker's words: who must approve, how many more.
+    pub description: String,
+    /// The request in full, if the broker sent it.
+    pub approval: Option<stint_proto::ApprovalView>,
+    /// Whether the broker said `slow_down`.
+    pub slow_down: bool,
 }
 
 /// 408 (the request was not sent in time) and 429 (too many requests) say

@@ -69,8 +69,9 @@ mod step;
 mod verifier;
 
 pub use client::{Client, ClientBuilder, Credentials, MAX_RESPONSE_LEN, SubjectToken};
-pub use error::{Error, TokenError};
+pub use error::{Error, PendingApproval, TokenError};
 pub use step::{Job, StepRequest, StepToken};
+pub use stint_proto::ApprovalView;
 pub use verifier::{
     DEFAULT_INTROSPECTION_CACHE, DEFAULT_LEEWAY, DEFAULT_MAX_KEY_AGE, DEFAULT_MIN_REFRESH_INTERVAL,
     VerifiedToken, Verifier, VerifierBuilder,

@@ -2,13 +2,16 @@
 //! [`Job`] handle.
 
 use crate::client::Client;
-use crate::error::Error;
+use crate::error::{Error, PendingApproval};
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What [`StepRequest::on_approval_pending`] is called with.
+type PendingCallback = Arc<dyn Fn(&PendingApproval) + Send + Sync>;
 
 /// A token request for one step, built up and then sent with
 /// [`Self::request`].
-#[derive(Debug)]
 #[must_use = "a StepRequest does nothing until .request() is awaited"]
 pub struct StepRequest {
     client: Client,
@@ -17,6 +20,25 @@ pub struct StepRequest {
     scopes: Vec<String>,
     audience: Option<String>,
     ttl: Option<Duration>,
+    reason: Option<String>,
+    elevation_duration: Option<Duration>,
+    wait: bool,
+    on_pending: Option<PendingCallback>,
+}
+
+impl fmt::Debug for StepRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepRequest")
+            .field("step", &self.step)
+            .field("job", &self.job)
+            .field("scopes", &self.scopes)
+            .field("audience", &self.audience)
+            .field("ttl", &self.ttl)
+            .field("reason", &self.reason)
+            .field("elevation_duration", &self.elevation_duration)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StepRequest {
@@ -28,7 +50,47 @@ impl StepRequest {
             scopes: Vec::new(),
             audience: None,
             ttl: None,
+            reason: None,
+            elevation_duration: None,
+            wait: true,
+            on_pending: None,
         }
+    }
+
+    /// Why the step needs what it asks for: shown to operators when some
+    /// scopes need their approval (some elevations require it).
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// How long an elevation should last, if one is needed (the broker caps
+    /// it at the elevation's maximum; operators may grant less).
+    pub fn elevation_duration(mut self, duration: Duration) -> Self {
+        self.elevation_duration = Some(duration);
+        self
+    }
+
+    /// Whether to wait when some scopes need an operator's approval
+    /// (default: yes). Waiting polls at the broker's interval, slowing
+    /// down when told to, until the approval comes ([`Self::request`]
+    /// returns the token), is denied (`access_denied`) or expires
+    /// (`expired_token`). Without waiting, the first answer is returned as
+    /// [`Error::ApprovalPending`].
+    pub fn wait_for_approval(mut self, wait: bool) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Called when an approval request is made, and again whenever it
+    /// changes (another operator approved) while waiting: say what the
+    /// operators must do. Without it, the SDK logs it (`tracing`, info).
+    pub fn on_approval_pending(
+        mut self,
+        callback: impl Fn(&PendingApproval) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_pending = Some(Arc::new(callback));
+        self
     }
 
     /// The job this step belongs to. Without one, the broker makes up a job
@@ -70,31 +132,86 @@ impl StepRequest {
     }
 
     /// Send the request. The returned guard revokes the token when the step
-    /// ends: see [`StepToken`].
+    /// ends: see [`StepToken`]. If some scopes need an operator's approval,
+    /// this waits for it (see [`Self::wait_for_approval`]).
     pub async fn request(self) -> Result<StepToken, Error> {
         let scope = self.scopes.join(" ");
         let ttl = self.ttl.map(|ttl| ttl.as_secs().to_string());
         if ttl.as_deref() == Some("0") {
             return Err(Error::Config("the TTL must be at least one second".into()));
         }
-        let mut form = vec![
-            ("grant_type", stint_proto::GRANT_CLIENT_CREDENTIALS),
-            ("step", self.step.as_str()),
-        ];
-        if !scope.is_empty() {
-            form.push(("scope", &scope));
+        let duration = self.elevation_duration.map(|d| format!("{}s", d.as_secs()));
+        if duration.as_deref() == Some("0s") {
+            return Err(Error::Config(
+                "the elevation duration must be at least one second".into(),
+            ));
         }
-        if let Some(job) = &self.job {
-            form.push(("job", job));
-        }
-        if let Some(audience) = &self.audience {
-            form.push(("audience", audience));
-        }
-        if let Some(ttl) = &ttl {
-            form.push(("ttl", ttl));
-        }
-        let requested_at = SystemTime::now();
-        let response = self.client.request_token(&form).await?;
+        let mut job = self.job.clone();
+        let mut approval_id: Option<String> = None;
+        let mut last_seen: Option<(String, usize)> = None;
+        let mut deadline: Option<Instant> = None;
+        let mut requested_at;
+        let response = loop {
+            let mut form = vec![
+                ("grant_type", stint_proto::GRANT_CLIENT_CREDENTIALS),
+                ("step", self.step.as_str()),
+            ];
+            if !scope.is_empty() {
+                form.push(("scope", &scope));
+            }
+            if let Some(job) = &job {
+                form.push(("job", job));
+            }
+            if let Some(audience) = &self.audience {
+                form.push(("audience", audience));
+            }
+            if let Some(ttl) = &ttl {
+                form.push(("ttl", ttl));
+            }
+            if let Some(reason) = &self.reason {
+                form.push(("reason", reason));
+            }
+            if let Some(duration) = &duration {
+                form.push(("duration", duration));
+            }
+            if let Some(id) = &approval_id {
+                form.push(("approval_id", id));
+            }
+            requested_at = SystemTime::now();
+            let pending = match self.client.request_token(&form).await {
+                Ok(response) => break response,
+                Err(Error::ApprovalPending(pending)) => pending,
+                Err(other) => return Err(other),
+            };
+            let approvals = pending.approval.as_ref().map_or(0, |a| a.approvals.len());
+            if last_seen.as_ref() != Some(&(pending.approval_id.clone(), approvals)) {
+                last_seen = Some((pending.approval_id.clone(), approvals));
+                match &self.on_pending {
+                    Some(callback) => callback(&pending),
+                    None => tracing::info!(
+                        approval = %pending.approval_id,
+                        job = %pending.job,
+                        "{}",
+                        pending.description
+                    ),
+                }
+            }
+            if !self.wait {
+                return Err(Error::ApprovalPending(pending));
+            }
+            // The broker answers expired_token once the wait is over; this
+            // deadline only guards against a broker that never does.
+            let limit = *deadline.get_or_insert_with(|| {
+                Instant::now() + Duration::from_secs(pending.expires_in.saturating_add(60))
+            });
+            let interval = Duration::from_secs(pending.interval);
+            if Instant::now() + interval > limit {
+                return Err(Error::ApprovalPending(pending));
+            }
+            job = Some(pending.job.clone());
+            approval_id = Some(pending.approval_id.clone());
+            tokio::time::sleep(interval).await;
+        };
         Ok(StepToken {
             expires_in: response.expires_in,
             expires_at: requested_at + Duration::from_secs(response.expires_in),

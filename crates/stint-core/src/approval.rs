@@ -218,6 +218,14 @@ impl ApprovalRequest {
                 "the reason is longer than 1024 bytes",
             ));
         }
+        if reason
+            .as_ref()
+            .is_some_and(|r| r.chars().any(char::is_control))
+        {
+            return Err(ApprovalError::BadRequest(
+                "the reason must be one line of text, without control characters",
+            ));
+        }
         let duration_asked = duration_asked.unwrap_or(elevation.max_duration);
         if scopes.is_empty() {
             return Err(ApprovalError::BadRequest(
@@ -441,6 +449,11 @@ fn check_text(text: Option<&str>) -> Result<(), ApprovalError> {
     if text.is_some_and(|t| t.len() > MAX_TEXT_LEN) {
         return Err(ApprovalError::BadRequest("a comment is at most 1024 bytes"));
     }
+    if text.is_some_and(|t| t.chars().any(char::is_control)) {
+        return Err(ApprovalError::BadRequest(
+            "a comment must be one line of text, without control characters",
+        ));
+    }
     Ok(())
 }
 
@@ -625,6 +638,34 @@ mod tests {
         let back: ApprovalRequest =
             serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back.state, r.state);
+    }
+
+    #[test]
+    fn reasons_and_comments_are_bounded_single_lines() {
+        let ask = |reason: &str| {
+            ApprovalRequest::new(
+                "apr-3".into(),
+                requester(),
+                vec![Scope::parse("deploy:k8s/prod/web").unwrap()],
+                Some(reason.into()),
+                None,
+                elevation(1),
+                1_000,
+            )
+        };
+        assert!(ask("hotfix").is_ok());
+        assert!(ask("line one\n<!channel> line two").is_err());
+        assert!(ask(&"x".repeat(MAX_TEXT_LEN + 1)).is_err());
+        let mut r = request(1);
+        assert!(matches!(
+            r.deny(&operator("alice", &[]), "no\r\nforged: yes", 1_010),
+            Err(ApprovalError::BadRequest(_))
+        ));
+        assert!(
+            r.approve(&operator("alice", &[]), None, Some("x".repeat(2000)), 1_010)
+                .is_err()
+        );
+        assert!(r.is_pending(1_010), "refused input changes nothing");
     }
 
     #[test]

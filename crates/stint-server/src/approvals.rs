@@ -179,12 +179,27 @@ impl Approvals {
                     OAuthError::new(ErrorCode::AccessDenied, denial.reason, denial.description)
                 })
             }
-            State::Denied { .. } | State::Revoked { .. } => Err(OAuthError::new(
+            State::Denied {
+                ref by,
+                ref comment,
+            } => Err(OAuthError::new(
+                ErrorCode::AccessDenied,
+                DenyReason::ApprovalDenied,
+                format!("approval request {id} was denied by {by}: {comment}"),
+            )
+            .with_pending(view_pending(tracked, now))),
+            State::Revoked {
+                ref by,
+                ref comment,
+            } => Err(OAuthError::new(
                 ErrorCode::AccessDenied,
                 DenyReason::ApprovalDenied,
                 format!(
-                    "approval request {id} was {}: the elevated scopes will not be granted",
-                    tracked.request.state.name()
+                    "approval request {id} was revoked by {by}{}",
+                    comment
+                        .as_deref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
                 ),
             )
             .with_pending(view_pending(tracked, now))),
@@ -270,7 +285,7 @@ impl Approvals {
             step = %request.step,
             "approval requested"
         );
-        self.notify("approval.requested", &request, None);
+        self.notify("approval.requested", &request, None, now);
         let tracked = requests.entry(id).or_insert(Tracked {
             request,
             interval: self.interval,
@@ -398,7 +413,7 @@ impl Approvals {
             (Action::Revoke { .. }, _) => Some("approval.revoked"),
         };
         if let Some(kind) = kind {
-            self.notify(kind, request, Some(&operator.name));
+            self.notify(kind, request, Some(&operator.name), now);
         }
         Ok(view(request, now))
     }
@@ -487,7 +502,7 @@ impl Approvals {
             State::Expired => "approval.expired",
             _ => "approval.ended",
         };
-        self.notify(kind, request, None);
+        self.notify(kind, request, None, now);
         true
     }
 
@@ -516,7 +531,13 @@ impl Approvals {
         entry
     }
 
-    fn notify(&self, kind: &str, request: &ApprovalRequest, operator: Option<&str>) {
+    fn notify(
+        &self,
+        kind: &str,
+        request: &ApprovalRequest,
+        operator: Option<&str>,
+        now: DateTime<Utc>,
+    ) {
         let Some(webhook) = &self.webhook else {
             return;
         };
@@ -536,7 +557,7 @@ impl Approvals {
                 request
                     .reason
                     .as_deref()
-                    .map(|r| format!(" because \"{r}\""))
+                    .map(|r| format!(" because \"{}\"", slack_escape(r)))
                     .unwrap_or_default(),
                 request.elevation.quorum,
                 request
@@ -556,7 +577,7 @@ impl Approvals {
                 request.state.name()
             ),
         };
-        let data = serde_json::to_value(view(request, Utc::now())).unwrap_or_default();
+        let data = serde_json::to_value(view(request, now)).unwrap_or_default();
         webhook.send(kind, text, data);
     }
 }
@@ -671,6 +692,15 @@ pub(crate) fn view(request: &ApprovalRequest, now: DateTime<Utc>) -> ApprovalVie
         decided_by,
         comment,
     }
+}
+
+/// The requester's words in a Slack-style `text`: `<`, `>` and `&` are
+/// markup there (`<!channel>` pings everyone, `<url|label>` disguises a
+/// link), so they are escaped as Slack documents.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn rfc3339(secs: i64) -> String {
