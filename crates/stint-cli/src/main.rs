@@ -467,6 +467,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
                     ("job", &answer.job),
                     ("step", &answer.step),
                     ("workflow", &answer.workflow),
+                    ("elev", &answer.elev),
                     ("jti", &answer.jti),
                 ];
                 for (name, value) in fields {
@@ -514,6 +515,9 @@ async fn run(command: Command) -> Result<u8, Failure> {
                 println!("  aud: {}", claims.aud);
                 println!("  scope: {}", claims.scope);
                 println!("  job: {}  step: {}", claims.job, claims.step);
+                if let Some(approval) = &claims.elev {
+                    println!("  elev: {approval} (elevated scopes approved by operators)");
+                }
                 println!("  exp: {} ({})", claims.exp, describe_expiry(claims.exp));
                 println!("  (offline: a revocation is only visible to `stint introspect`)");
             }
