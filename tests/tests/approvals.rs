@@ -225,7 +225,7 @@ async fn a_quorum_of_two_distinct_operators_grants_a_windowed_elev_token() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "pending");
     let (status, body) = operator(&broker, "alice", "approve", &id, json!({})).await;
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(status, 409, "{body}");
     let shown = show(&broker, &id).await;
     assert_eq!(shown["approvals"].as_array().unwrap().len(), 1);
     assert_eq!(shown["approvals"][0]["operator"], "alice");
@@ -572,9 +572,15 @@ url = "{issuer}"
 audiences = ["stint-operators"]
 
 [operators.erin]
-oidc = {{ issuer = "corp", subject = "erin@example.com", groups_claim = "groups" }}
+groups = ["sre"]
+key_sha256 = "{erin_key}"
+oidc = {{ issuer = "corp", subject = "erin@example.com" }}
+
+[operators.frank]
+oidc = {{ issuer = "corp", subject = "frank@example.com", groups_claim = "groups" }}
 "#,
-        issuer = idp.issuer
+        issuer = idp.issuer,
+        erin_key = secret::hash_hex(&operator_key("erin")),
     ));
     let broker = TestBroker::start_with(BrokerOptions {
         policy: Some(policy),
@@ -609,21 +615,38 @@ oidc = {{ issuer = "corp", subject = "erin@example.com", groups_claim = "groups"
                 .as_u16()
         }
     };
+    // Erin: groups from the policy, signing in with an ID token.
+    assert_eq!(call(id_token("erin@example.com", json!([]))).await, 200);
+    let shown = show(&broker, &id).await;
+    assert_eq!(shown["approvals"][0]["operator"], "erin");
+    // The same person with her key is the same operator: counted once.
+    let (status, body) = operator(&broker, "erin", "approve", &id, json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("already approved"),
+        "{body}"
+    );
+    // Frank: groups from his ID token's claim only.
     assert_eq!(
-        call(id_token("erin@example.com", json!(["finance"]))).await,
+        call(id_token("frank@example.com", json!(["finance"]))).await,
         403,
-        "signed in, but the claim puts erin in no approver group"
+        "signed in, but the claim puts frank in no approver group"
     );
     assert_eq!(
         call(id_token("mallory@example.com", json!(["sre"]))).await,
-        401
+        401,
+        "nobody the policy names"
     );
     assert_eq!(
-        call(id_token("erin@example.com", json!(["sre"]))).await,
+        call(id_token("frank@example.com", json!(["sre"]))).await,
         200
     );
     let shown = show(&broker, &id).await;
-    assert_eq!(shown["approvals"][0]["operator"], "erin");
+    assert_eq!(shown["state"], "approved");
+    assert_eq!(shown["approvals"][1]["operator"], "frank");
 }
 
 #[tokio::test]
@@ -847,4 +870,138 @@ async fn the_sdk_waits_for_the_quorum_and_operators_decide_through_it() {
         alice.step("read").scope("read:demo/a").request().await,
         Err(Error::Config(_))
     ));
+}
+
+#[tokio::test]
+async fn an_approval_binds_the_audience_too() {
+    let broker = broker().await;
+    let id = request(&broker, "job-aud").await;
+    approve_by_two(&broker, &id, "10m").await;
+    // The step lists no audiences, so any is allowed; the approval is for
+    // the one that was asked (demo-api), not for another.
+    let scope = format!("{STANDING} {ELEVATED}");
+    let response = broker
+        .post_form(
+            TOKEN_PATH,
+            &[
+                ("grant_type", "client_credentials"),
+                ("step", "deploy"),
+                ("scope", &scope),
+                ("audience", "https://argo.example"),
+                ("job", "job-aud"),
+                ("reason", "same job, other system"),
+                ("approval_id", &id),
+            ],
+        )
+        .await;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let (status, body) = poll(&broker, "job-aud", &id).await;
+    assert_eq!(status, 200, "the approved audience still works: {body}");
+    let (_, claims) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["aud"], "demo-api");
+}
+
+#[tokio::test]
+async fn a_workload_cannot_flood_operators() {
+    let broker = broker().await;
+    for n in 0..16 {
+        request(&broker, &format!("job-open-{n}")).await;
+    }
+    let (status, body) = ask(&broker, "job-open-16", &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    assert!(body.get("approval_id").is_none());
+    let records = broker.audit_records();
+    let refused = records.last().unwrap();
+    assert_eq!(refused["reason"], "too_many_approval_requests", "{refused}");
+    assert_eq!(refused["job"], "job-open-16");
+
+    // Ending requests by completing their jobs does not make room without
+    // bound: what the broker keeps per workload is capped too.
+    for n in 0..16 {
+        let response = broker
+            .post_form(&format!("/v1/jobs/job-open-{n}/revoke"), &[])
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    for n in 16..64 {
+        let job = format!("job-open-{n}");
+        request(&broker, &job).await;
+        let response = broker
+            .post_form(&format!("/v1/jobs/{job}/revoke"), &[])
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let (status, body) = ask(&broker, "job-open-64", &[]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("64 approval requests in the last day"),
+        "{body}"
+    );
+    // Another workload is not affected.
+    let scope = format!("{STANDING} {ELEVATED}");
+    let secret = stint_tests::test_secret("other-job");
+    let other = broker
+        .post_form_as(
+            ("other-job", &secret),
+            TOKEN_PATH,
+            &[
+                ("grant_type", "client_credentials"),
+                ("step", "deploy"),
+                ("scope", &scope),
+                ("audience", "demo-api"),
+                ("job", "job-x"),
+                ("reason", "its own"),
+            ],
+        )
+        .await;
+    let body: Value = other.json().await.unwrap();
+    assert_eq!(body["error"], "authorization_pending", "{body}");
+}
+
+#[tokio::test]
+async fn votes_count_only_while_their_operator_may_approve() {
+    let broker = broker().await;
+    let id = request(&broker, "job-reload").await;
+    let (status, _) = operator(&broker, "alice", "approve", &id, json!({})).await;
+    assert_eq!(status, 200);
+    // The policy changes: alice now owns demo-job (carol no longer does,
+    // so the quorum can still be met).
+    let policy = elevation_policy("")
+        .replace("owns = [\"demo-job\"]\n", "")
+        .replace(
+            "[operators.alice]\ngroups = [\"sre\"]\n",
+            "[operators.alice]\ngroups = [\"sre\"]\nowns = [\"demo-job\"]\n",
+        );
+    assert!(
+        policy.contains("[operators.alice]\ngroups = [\"sre\"]\nowns = [\"demo-job\"]\n"),
+        "{policy}"
+    );
+    std::fs::write(broker.policy_path.as_ref().unwrap(), policy).unwrap();
+    broker.server().reload_policy().await.unwrap();
+    let (status, body) = operator(&broker, "bob", "approve", &id, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["state"], "pending",
+        "alice's earlier vote no longer counts: {body}"
+    );
+    assert_eq!(body["approvals"].as_array().unwrap().len(), 1);
+    let (status, body) = operator(&broker, "carol", "approve", &id, json!({})).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("approved")),
+        "{body}"
+    );
 }

@@ -7,6 +7,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+/// The longest a step waits for an approval, whatever the broker says
+/// (no elevation's `max_wait` is longer than a day).
+const MAX_WAIT_SECS: u64 = 24 * 3600;
+
 /// What [`StepRequest::on_approval_pending`] is called with.
 type PendingCallback = Arc<dyn Fn(&PendingApproval) + Send + Sync>;
 
@@ -150,6 +154,7 @@ impl StepRequest {
         let mut approval_id: Option<String> = None;
         let mut last_seen: Option<(String, usize)> = None;
         let mut deadline: Option<Instant> = None;
+        let mut retry_after = Duration::from_secs(5);
         let mut requested_at;
         let response = loop {
             let mut form = vec![
@@ -181,8 +186,20 @@ impl StepRequest {
             let pending = match self.client.request_token(&form).await {
                 Ok(response) => break response,
                 Err(Error::ApprovalPending(pending)) => pending,
+                // Once waiting, a broker that is briefly unreachable or
+                // busy is waited out too, until the deadline.
+                Err(error)
+                    if error.is_unavailable()
+                        && approval_id.is_some()
+                        && deadline.is_some_and(|limit| Instant::now() + retry_after < limit) =>
+                {
+                    tracing::debug!(%error, "broker unavailable while waiting for an approval; retrying");
+                    tokio::time::sleep(retry_after).await;
+                    continue;
+                }
                 Err(other) => return Err(other),
             };
+            retry_after = Duration::from_secs(pending.interval);
             let approvals = pending.approval.as_ref().map_or(0, |a| a.approvals.len());
             if last_seen.as_ref() != Some(&(pending.approval_id.clone(), approvals)) {
                 last_seen = Some((pending.approval_id.clone(), approvals));
@@ -202,7 +219,9 @@ impl StepRequest {
             // The broker answers expired_token once the wait is over; this
             // deadline only guards against a broker that never does.
             let limit = *deadline.get_or_insert_with(|| {
-                Instant::now() + Duration::from_secs(pending.expires_in.saturating_add(60))
+                // At most a day and a minute: no elevation waits longer.
+                let wait = pending.expires_in.min(MAX_WAIT_SECS).saturating_add(60);
+                Instant::now() + Duration::from_secs(wait)
             });
             let interval = Duration::from_secs(pending.interval);
             if Instant::now() + interval > limit {

@@ -218,10 +218,7 @@ impl ApprovalRequest {
                 "the reason is longer than 1024 bytes",
             ));
         }
-        if reason
-            .as_ref()
-            .is_some_and(|r| r.chars().any(char::is_control))
-        {
+        if reason.as_deref().is_some_and(has_hidden_characters) {
             return Err(ApprovalError::BadRequest(
                 "the reason must be one line of text, without control characters",
             ));
@@ -433,23 +430,45 @@ impl ApprovalRequest {
         }
     }
 
-    /// Whether a token for `job`'s `step` with `scopes` may be minted under
-    /// this approval at `now`: the same job and step, every scope one that
-    /// was approved, inside the window. Returns the window's end, which the
-    /// token's `exp` must not pass.
-    pub fn covers(&self, job: &str, step: &str, scopes: &[Scope], now: i64) -> Option<i64> {
+    /// Whether a token for `who` (workload, client, job, step, audience)
+    /// with elevated `scopes` may be minted under this approval at `now`:
+    /// exactly the requester's workload, client, job, step and audience,
+    /// every scope one that was approved, inside the window. Returns the
+    /// window's end, which the token's `exp` must not pass.
+    pub fn covers(&self, who: &Requester, scopes: &[Scope], now: i64) -> Option<i64> {
         let until = self.open_until(now)?;
-        let same_step = self.job == job && self.step == step;
         let approved = scopes.iter().all(|s| self.scopes.contains(s));
-        (same_step && approved).then_some(until)
+        (self.is_for(who) && approved).then_some(until)
     }
+
+    /// Whether `who` is the one this request was made for (same workload,
+    /// client, job, step and audience), whatever its state.
+    pub fn is_for(&self, who: &Requester) -> bool {
+        self.workload == who.workload
+            && self.client_id == who.client_id
+            && self.job == who.job
+            && self.step == who.step
+            && self.audience == who.audience
+    }
+}
+
+/// Control characters (a forged second line) and the invisible formatting
+/// ones (bidirectional overrides, zero-width characters) that make text
+/// read differently from what it is.
+fn has_hidden_characters(text: &str) -> bool {
+    text.chars().any(|c| {
+        c.is_control()
+            || matches!(c,
+                '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    })
 }
 
 fn check_text(text: Option<&str>) -> Result<(), ApprovalError> {
     if text.is_some_and(|t| t.len() > MAX_TEXT_LEN) {
         return Err(ApprovalError::BadRequest("a comment is at most 1024 bytes"));
     }
-    if text.is_some_and(|t| t.chars().any(char::is_control)) {
+    if text.is_some_and(has_hidden_characters) {
         return Err(ApprovalError::BadRequest(
             "a comment must be one line of text, without control characters",
         ));
@@ -520,28 +539,34 @@ mod tests {
             Ok(&State::Approved { until: 1_930 })
         );
         let scope = [Scope::parse("deploy:k8s/prod/web").unwrap()];
-        assert_eq!(r.covers("job-7", "deploy/prod", &scope, 1_100), Some(1_930));
-        assert_eq!(
-            r.covers("job-8", "deploy/prod", &scope, 1_100),
-            None,
-            "another job"
-        );
-        assert_eq!(
-            r.covers("job-7", "deploy/stage", &scope, 1_100),
-            None,
-            "another step"
-        );
+        let me = requester();
+        assert_eq!(r.covers(&me, &scope, 1_100), Some(1_930));
+        let other = |change: fn(&mut Requester)| {
+            let mut who = requester();
+            change(&mut who);
+            who
+        };
+        for (who, what) in [
+            (other(|w| w.job = "job-8".into()), "another job"),
+            (other(|w| w.step = "deploy/stage".into()), "another step"),
+            (
+                other(|w| w.audience = "https://argo.example".into()),
+                "another audience",
+            ),
+            (
+                other(|w| w.workload = "intruder".into()),
+                "another workload",
+            ),
+            (
+                other(|w| w.client_id = "other-client".into()),
+                "another client",
+            ),
+        ] {
+            assert_eq!(r.covers(&who, &scope, 1_100), None, "{what}");
+        }
         let more = [Scope::parse("deploy:k8s/prod/db").unwrap()];
-        assert_eq!(
-            r.covers("job-7", "deploy/prod", &more, 1_100),
-            None,
-            "unapproved scope"
-        );
-        assert_eq!(
-            r.covers("job-7", "deploy/prod", &scope, 1_930),
-            None,
-            "window over"
-        );
+        assert_eq!(r.covers(&me, &more, 1_100), None, "unapproved scope");
+        assert_eq!(r.covers(&me, &scope, 1_930), None, "window over");
     }
 
     #[test]
@@ -595,9 +620,9 @@ mod tests {
         r.approve(&operator("alice", &[]), None, None, 1_010)
             .unwrap();
         let scope = [Scope::parse("deploy:k8s/prod/web").unwrap()];
-        assert!(r.covers("job-7", "deploy/prod", &scope, 1_020).is_some());
+        assert!(r.covers(&requester(), &scope, 1_020).is_some());
         r.revoke("alice", Some("done".into())).unwrap();
-        assert_eq!(r.covers("job-7", "deploy/prod", &scope, 1_020), None);
+        assert_eq!(r.covers(&requester(), &scope, 1_020), None);
         assert_eq!(r.revoke("alice", None), Err(ApprovalError::NotApproved));
         assert!(r.is_final());
     }
@@ -655,6 +680,10 @@ mod tests {
         };
         assert!(ask("hotfix").is_ok());
         assert!(ask("line one\n<!channel> line two").is_err());
+        assert!(
+            ask("deploy \u{202E}dorp\u{202C} only").is_err(),
+            "a bidi override"
+        );
         assert!(ask(&"x".repeat(MAX_TEXT_LEN + 1)).is_err());
         let mut r = request(1);
         assert!(matches!(

@@ -70,13 +70,19 @@ pub enum DenyReason {
     ApprovalPending,
     /// Polled faster than the approval request's interval.
     SlowDown,
-    /// The approval request was denied or revoked.
+    /// The approval request was denied or revoked, does not cover the
+    /// request (another job, step, audience or scope), or the named
+    /// `approval_id` was not made for this job's step.
     ApprovalDenied,
     /// The approval request expired or ended.
     ApprovalExpired,
-    /// An approval call by someone who is not an operator, or an operator
-    /// call the rules refuse.
+    /// An approval call by someone who is not an operator.
     NotOperator,
+    /// An operator's call the approval rules refuse (not an approver, an
+    /// owner, already approved, no longer pending).
+    ApprovalRule,
+    /// A workload with too many approval requests open or kept.
+    TooManyApprovalRequests,
     /// The decision could not be recorded or made durable: refused.
     Unavailable,
     /// An internal failure (signing, randomness): refused.
@@ -115,6 +121,8 @@ impl DenyReason {
             Self::ApprovalDenied => "approval_denied",
             Self::ApprovalExpired => "approval_expired",
             Self::NotOperator => "not_operator",
+            Self::ApprovalRule => "approval_rule",
+            Self::TooManyApprovalRequests => "too_many_approval_requests",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
         }
@@ -371,8 +379,8 @@ impl ElevationNeeded {
         &self.grant.job
     }
     /// The grant, if `approval` covers it at the time of the decision: the
-    /// same workload, job and step, every elevated scope approved, inside
-    /// the window. The lifetime is cut so that the token expires with the
+    /// same workload, client, job, step and audience, every elevated scope
+    /// approved, inside the window. The lifetime is cut so that the token expires with the
     /// window.
     pub fn grant_under(self, approval: &ApprovalRequest) -> Result<Grant, Denial> {
         let now = self.grant.issued_at.timestamp();
@@ -386,12 +394,13 @@ impl ElevationNeeded {
                 ),
             )
         };
-        if approval.workload != self.grant.workload {
-            return Err(refused("it was made for another workload"));
-        }
         let until = approval
-            .covers(&self.grant.job, &self.step_ref(), &self.elevated, now)
-            .ok_or_else(|| refused("another job, step or scope, or its window is closed"))?;
+            .covers(&self.requester(), &self.elevated, now)
+            .ok_or_else(|| {
+                refused(
+                    "it is for another workload, job, step, audience or scopes, or its window is closed",
+                )
+            })?;
         let left = u64::try_from(until - now).unwrap_or(0);
         let ttl = Ttl::from_secs(left.min(u64::from(self.grant.ttl.as_secs())))
             .ok_or_else(|| refused("its window is closed"))?;

@@ -929,15 +929,35 @@ fn build_operators(
         let oidc = raw.oidc.map(|oidc| {
             let oidc = oidc.into_inner();
             let oidc_key = format!("{key}.oidc");
-            if !issuers.contains_key(oidc.issuer.get_ref()) {
-                errors.push(
+            match issuers.get(oidc.issuer.get_ref()) {
+                None => errors.push(
                     oidc.issuer.span(),
                     &format!("{oidc_key}.issuer"),
                     format!(
                         "no issuer is named {:?} under [issuers]",
                         oidc.issuer.get_ref()
                     ),
-                );
+                ),
+                // An issuer whose tokens name jobs could let a job sign in
+                // as a person: operators need an issuer of their own.
+                Some(issuer)
+                    if issuer.preset().is_some()
+                        || workloads.values().any(|w| {
+                            w.bindings
+                                .iter()
+                                .any(|b| b.issuer() == oidc.issuer.get_ref())
+                        }) =>
+                {
+                    errors.push(
+                        oidc.issuer.span(),
+                        &format!("{oidc_key}.issuer"),
+                        format!(
+                            "issuer {:?} identifies workloads (a CI preset or a workload's [[federated]] binding): operators sign in through an issuer of their own, such as the company's IdP",
+                            oidc.issuer.get_ref()
+                        ),
+                    );
+                }
+                Some(_) => {}
             }
             let subject = oidc.subject.get_ref();
             if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
@@ -2010,6 +2030,14 @@ claims = {{ "kubernetes.io/namespace" = "ci", sub = "system:serviceaccount:ci:*"
             secret::hash_hex("stint_alice")
         );
         let policy = Policy::parse("p.toml", &good).unwrap();
+        let shared = format!(
+            "{good}\n[workloads.ci]\nworkflows = [\"demo\"]\n\n[[workloads.ci.federated]]\nissuer = \"corp\"\nclaims = {{ sub = \"u1\" }}\n"
+        );
+        let errors = errors_of(&shared).join("\n");
+        assert!(
+            errors.contains("operators.sso.oidc.issuer: issuer \"corp\" identifies workloads"),
+            "a workload's issuer does not sign in operators: {errors}"
+        );
         assert_eq!(
             policy.operator_by_key("stint_alice").unwrap().name(),
             "alice"

@@ -13,8 +13,10 @@
 //!   revocation put in the revocation set) before they are audited: if the
 //!   audit fails, the privilege is already gone.
 //!
-//! One mutex guards every request. Approvals are rare, human-paced events;
-//! polls are at most one per request per interval.
+//! One mutex guards every request; it is held across the writes of one
+//! request's change (so two decisions on a request cannot interleave), and
+//! the sweep takes it per request. Approvals are rare, human-paced events,
+//! and requests are capped per workload.
 
 use crate::audit::timestamp;
 use crate::error::{OAuthError, Pending};
@@ -34,11 +36,16 @@ use stint_core::form::FormParams;
 use stint_proto::{ApprovalView, ApprovalVote, ErrorCode};
 use tokio::sync::Mutex;
 
-/// Requests not yet final, per workload: a compromised connector cannot
-/// flood operators.
+/// Requests not yet final, per workload.
 pub(crate) const MAX_OPEN_PER_WORKLOAD: usize = 16;
 /// Requests kept in memory in all, final ones included.
 pub(crate) const MAX_REQUESTS: usize = 10_000;
+/// Requests kept per workload, final ones included (they are kept a day):
+/// with [`MAX_OPEN_PER_WORKLOAD`], what one workload can make operators
+/// read and the webhook carry, and its share of [`MAX_REQUESTS`].
+pub(crate) const MAX_KEPT_PER_WORKLOAD: usize = 64;
+/// Why a request ended with its job.
+const JOB_COMPLETED: &str = "the job completed";
 /// The slowest polling interval `slow_down` raises a request's to.
 const MAX_INTERVAL_SECS: u64 = 60;
 /// Slack for clients whose timers fire a little early.
@@ -117,18 +124,12 @@ impl Approvals {
         let mut requests = self.requests.lock().await;
         let found = match form.get("approval_id") {
             Some(id) => match requests.get(id) {
-                Some(tracked)
-                    if tracked.request.workload == requester.workload
-                        && tracked.request.job == requester.job
-                        && tracked.request.step == requester.step =>
-                {
-                    Some(id.to_owned())
-                }
+                Some(tracked) if tracked.request.is_for(&requester) => Some(id.to_owned()),
                 _ => {
                     return Err(OAuthError::new(
                         ErrorCode::InvalidGrant,
                         DenyReason::ApprovalDenied,
-                        "no approval request with this approval_id is open for this job's step",
+                        "no approval request with this approval_id was made for this job's step and audience",
                     ));
                 }
             },
@@ -138,9 +139,7 @@ impl Approvals {
                 .values()
                 .filter(|t| {
                     !t.request.is_final()
-                        && t.request.workload == requester.workload
-                        && t.request.job == requester.job
-                        && t.request.step == requester.step
+                        && t.request.is_for(&requester)
                         && needed
                             .elevated_scopes()
                             .iter()
@@ -222,19 +221,32 @@ impl Approvals {
         now: DateTime<Utc>,
     ) -> Result<&'m mut Tracked, OAuthError> {
         let requester = needed.requester();
-        let open = requests
+        let (mut open, mut kept) = (0, 0);
+        for t in requests
             .values()
-            .filter(|t| !t.request.is_final() && t.request.workload == requester.workload)
-            .count();
-        if open >= MAX_OPEN_PER_WORKLOAD || requests.len() >= MAX_REQUESTS {
-            return Err(OAuthError::new(
+            .filter(|t| t.request.workload == requester.workload)
+        {
+            kept += 1;
+            if !t.request.is_final() {
+                open += 1;
+            }
+        }
+        let refuse = |why: String| {
+            Err(OAuthError::new(
                 ErrorCode::InvalidRequest,
-                DenyReason::ApprovalPending,
-                format!(
-                    "this workload already has {open} approval requests open; complete its jobs or wait for them to be decided"
-                ),
-            )
-            .with_status(http::StatusCode::TOO_MANY_REQUESTS));
+                DenyReason::TooManyApprovalRequests,
+                why,
+            ))
+        };
+        if open >= MAX_OPEN_PER_WORKLOAD {
+            return refuse(format!(
+                "this workload already has {open} approval requests open; let operators decide them, or complete their jobs"
+            ));
+        }
+        if kept >= MAX_KEPT_PER_WORKLOAD || requests.len() >= MAX_REQUESTS {
+            return refuse(format!(
+                "this workload made {kept} approval requests in the last day, the most the broker keeps; ask an operator"
+            ));
         }
         let duration = match form.get("duration") {
             Some(text) => Some(
@@ -328,11 +340,22 @@ impl Approvals {
         let mut next = tracked.request.clone();
         let (event, detail, duration, comment) = match &action {
             Action::Approve { duration, comment } => {
+                // Earlier votes count only if their operator is still one,
+                // and still does not own the workload (the policy may have
+                // changed since they voted).
+                let policy = state.policy.load();
+                let votes = next.approvals.len();
+                next.approvals.retain(|a| {
+                    policy
+                        .operator(&a.operator)
+                        .is_some_and(|o| !o.owns().contains(&next.workload))
+                });
+                let dropped = votes - next.approvals.len();
                 let before = next.approvals.len();
                 next.approve(operator, *duration, comment.clone(), at)
                     .map_err(ActionError::Rules)?;
                 let granted = next.approvals.get(before).map(|a| a.duration);
-                let detail = match next.state {
+                let mut detail = match next.state {
                     State::Approved { until } => format!(
                         "quorum reached ({} of {}): approved until {}",
                         next.approvals.len(),
@@ -345,6 +368,11 @@ impl Approvals {
                         next.elevation.quorum
                     ),
                 };
+                if dropped > 0 {
+                    detail.push_str(&format!(
+                        "; {dropped} earlier vote(s) no longer count (the operator left the policy or now owns the workload)"
+                    ));
+                }
                 (EventKind::ApprovalGranted, detail, granted, comment.clone())
             }
             Action::Deny { comment } => {
@@ -418,60 +446,90 @@ impl Approvals {
         Ok(view(request, now))
     }
 
-    /// Move requests whose time is up to their final state, and forget
-    /// those kept long enough. Returns how many changed state.
+    /// Move requests whose time is up to their final state, end those
+    /// whose job was revoked (in case ending them with the job failed),
+    /// and forget those kept long enough. Returns how many changed state.
+    ///
+    /// The lock is taken once to find the candidates, then once per
+    /// candidate around its own writes, so polls and operators interleave
+    /// with a long sweep.
     pub(crate) async fn sweep(&self, state: &AppState, now: DateTime<Utc>) -> usize {
         let at = now.timestamp();
-        let mut requests = self.requests.lock().await;
-        requests.retain(|_, t| t.request.keep_until() > at);
+        let candidates: Vec<String> = {
+            let mut requests = self.requests.lock().await;
+            requests.retain(|_, t| t.request.keep_until() > at);
+            requests
+                .values()
+                .filter(|t| {
+                    t.request.clone().expire(at)
+                        || (!t.request.is_final() && job_revoked(state, &t.request, now))
+                })
+                .map(|t| t.request.id.clone())
+                .collect()
+        };
         let mut changed = 0;
-        for tracked in requests.values_mut() {
-            let mut next = tracked.request.clone();
-            if !next.expire(at) {
+        for id in candidates {
+            let mut requests = self.requests.lock().await;
+            let Some(tracked) = requests.get_mut(&id) else {
                 continue;
-            }
-            let detail = match next.state {
-                State::Expired => "nobody decided before the request's waiting time ran out",
-                _ => "the approval's window closed",
             };
-            if self
-                .finish(
-                    state,
-                    tracked,
-                    next,
-                    now,
-                    EventKind::ApprovalExpired,
-                    detail,
-                )
-                .await
-            {
+            let mut next = tracked.request.clone();
+            let (event, detail) = if next.expire(at) {
+                match next.state {
+                    State::Expired => (
+                        EventKind::ApprovalExpired,
+                        "nobody decided before the request's waiting time ran out",
+                    ),
+                    _ => (EventKind::ApprovalExpired, "the approval's window closed"),
+                }
+            } else if job_revoked(state, &next, now) && next.end(JOB_COMPLETED) {
+                (EventKind::ApprovalEnded, JOB_COMPLETED)
+            } else {
+                continue;
+            };
+            if self.finish(state, tracked, next, now, event, detail).await {
                 changed += 1;
             }
         }
         changed
     }
 
-    /// The job completed: its requests and approvals end with it.
-    pub(crate) async fn end_job(&self, state: &AppState, workload: &str, job: &str) {
+    /// The job completed: its requests and approvals end with it. Returns
+    /// whether every change was stored (if not, the caller answers 503 and
+    /// the sweep ends them anyway while the job's revocation is in force).
+    pub(crate) async fn end_job(&self, state: &AppState, workload: &str, job: &str) -> bool {
         let now = state.clock.now();
-        let mut requests = self.requests.lock().await;
-        for tracked in requests.values_mut() {
-            if tracked.request.workload != workload || tracked.request.job != job {
+        let ids: Vec<String> = {
+            let requests = self.requests.lock().await;
+            requests
+                .values()
+                .filter(|t| {
+                    !t.request.is_final() && t.request.workload == workload && t.request.job == job
+                })
+                .map(|t| t.request.id.clone())
+                .collect()
+        };
+        let mut all_stored = true;
+        for id in ids {
+            let mut requests = self.requests.lock().await;
+            let Some(tracked) = requests.get_mut(&id) else {
                 continue;
-            }
+            };
             let mut next = tracked.request.clone();
-            if next.end("the job completed") {
-                self.finish(
-                    state,
-                    tracked,
-                    next,
-                    now,
-                    EventKind::ApprovalEnded,
-                    "the job completed",
-                )
-                .await;
+            if next.end(JOB_COMPLETED) {
+                all_stored &= self
+                    .finish(
+                        state,
+                        tracked,
+                        next,
+                        now,
+                        EventKind::ApprovalEnded,
+                        JOB_COMPLETED,
+                    )
+                    .await;
             }
         }
+        all_stored
     }
 
     /// Store, adopt and audit a final state reached without an operator.
@@ -594,6 +652,12 @@ pub(crate) enum Action {
     Revoke {
         comment: Option<String>,
     },
+}
+
+fn job_revoked(state: &AppState, request: &ApprovalRequest, now: DateTime<Utc>) -> bool {
+    state
+        .revocations
+        .is_job_revoked(&request.workload, &request.job, now)
 }
 
 fn new_id(state: &AppState) -> Result<String, OAuthError> {

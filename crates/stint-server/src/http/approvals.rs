@@ -306,15 +306,14 @@ async fn act(
         Err(ActionError::Unavailable(what)) => Err(OAuthError::unavailable(what)),
         Err(ActionError::Rules(rule)) => {
             let status = match rule {
-                ApprovalError::NotPending | ApprovalError::Expired | ApprovalError::NotApproved => {
-                    StatusCode::CONFLICT
-                }
+                ApprovalError::NotPending
+                | ApprovalError::Expired
+                | ApprovalError::NotApproved
+                | ApprovalError::AlreadyApproved => StatusCode::CONFLICT,
                 ApprovalError::CommentRequired | ApprovalError::BadRequest(_) => {
                     StatusCode::BAD_REQUEST
                 }
-                ApprovalError::NotAnApprover
-                | ApprovalError::OwnWorkload
-                | ApprovalError::AlreadyApproved => StatusCode::FORBIDDEN,
+                ApprovalError::NotAnApprover | ApprovalError::OwnWorkload => StatusCode::FORBIDDEN,
             };
             let code = if status == StatusCode::FORBIDDEN {
                 ErrorCode::AccessDenied
@@ -322,7 +321,7 @@ async fn act(
                 ErrorCode::InvalidRequest
             };
             Err(
-                OAuthError::new(code, DenyReason::NotOperator, rule.to_string())
+                OAuthError::new(code, DenyReason::ApprovalRule, rule.to_string())
                     .with_status(status),
             )
         }
