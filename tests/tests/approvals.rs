@@ -1005,3 +1005,97 @@ async fn votes_count_only_while_their_operator_may_approve() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn the_approvals_api_refuses_bad_input() {
+    let broker = broker().await;
+    let id = request(&broker, "job-input").await;
+    let post = |path: String, body: Vec<u8>, content_type: &'static str| {
+        let http = broker.http.clone();
+        let url = broker.url(&path);
+        async move {
+            let response = http
+                .post(url)
+                .bearer_auth(operator_key("alice"))
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    };
+    let json = "application/json";
+    let approve = format!("{APPROVALS_PATH}/{id}/approve");
+    assert_eq!(
+        post(
+            format!("{APPROVALS_PATH}/{id}/explode"),
+            b"{}".to_vec(),
+            json
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        post(approve.clone(), b"{not json".to_vec(), json).await,
+        400
+    );
+    assert_eq!(
+        post(
+            approve.clone(),
+            br#"{"duration":"15m","grant":"everything"}"#.to_vec(),
+            json
+        )
+        .await,
+        400,
+        "unknown fields are refused"
+    );
+    assert_eq!(
+        post(approve.clone(), br#"{"duration":"forever"}"#.to_vec(), json).await,
+        400
+    );
+    assert_eq!(
+        post(approve.clone(), b"{}".to_vec(), "text/plain").await,
+        400
+    );
+    assert_eq!(
+        post(approve.clone(), vec![b' '; 100 * 1024], json).await,
+        413,
+        "bodies are capped at 64 KiB"
+    );
+    let long = "a".repeat(65);
+    assert_eq!(
+        post(
+            format!("{APPROVALS_PATH}/{long}/approve"),
+            b"{}".to_vec(),
+            json
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        post(
+            format!("{APPROVALS_PATH}/apr-nope/approve"),
+            b"{}".to_vec(),
+            json
+        )
+        .await,
+        404
+    );
+    // Nothing of that counted as an approval.
+    assert!(
+        show(&broker, &id).await["approvals"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (status, body) = operator(
+        &broker,
+        "alice",
+        "approve",
+        &id,
+        json!({ "comment": "fine" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -705,11 +705,11 @@ async fn connect(args: &BrokerArgs) -> Result<Client, Failure> {
                 "no broker: set STINT_URL or --url (with a subject token)",
             )
         })?;
-        let mut builder = Client::builder(url).subject_token(subject);
-        if let Some(ca) = &args.ca_file {
-            builder = builder.ca_file(ca);
-        }
-        return Ok(builder.build().await?);
+        return build(
+            Client::builder(url).subject_token(subject),
+            args.ca_file.as_deref(),
+        )
+        .await;
     }
     let file = match &args.credentials {
         Some(path) => Some(read_credentials(path)?),
@@ -743,11 +743,11 @@ async fn connect(args: &BrokerArgs) -> Result<Client, Failure> {
             ));
         }
     };
-    let mut builder = Client::builder(url).credentials(credentials);
-    if let Some(ca) = &args.ca_file {
-        builder = builder.ca_file(ca);
-    }
-    Ok(builder.build().await?)
+    build(
+        Client::builder(url).credentials(credentials),
+        args.ca_file.as_deref(),
+    )
+    .await
 }
 
 /// Build an operator client from the flags and the environment.
@@ -768,8 +768,19 @@ async fn connect_operator(args: &OperatorArgs) -> Result<Client, Failure> {
             ));
         }
     };
-    let mut builder = Client::builder(url).operator(credential);
-    if let Some(ca) = &args.ca_file {
+    build(
+        Client::builder(url).operator(credential),
+        args.ca_file.as_deref(),
+    )
+    .await
+}
+
+/// Trust `ca_file` too, and connect.
+async fn build(
+    mut builder: stint_client::ClientBuilder,
+    ca_file: Option<&Path>,
+) -> Result<Client, Failure> {
+    if let Some(ca) = ca_file {
         builder = builder.ca_file(ca);
     }
     Ok(builder.build().await?)

@@ -492,36 +492,13 @@ impl Client {
         if pending_only {
             url.push_str("?state=pending");
         }
-        let response = self
-            .inner
-            .http
-            .get(&url)
-            .header(
-                reqwest::header::AUTHORIZATION,
-                self.inner.auth.authorization()?,
-            )
-            .send()
-            .await
-            .map_err(|e| Error::unreachable(&url, &e))?;
-        let list: ApprovalList = read_json(&url, response).await?;
+        let list: ApprovalList = self.get_authorized(&url).await?;
         Ok(list.approvals)
     }
 
     /// One approval request, with who has approved it so far.
     pub async fn approval(&self, id: &str) -> Result<ApprovalView, Error> {
-        let url = self.approval_url(id, "");
-        let response = self
-            .inner
-            .http
-            .get(&url)
-            .header(
-                reqwest::header::AUTHORIZATION,
-                self.inner.auth.authorization()?,
-            )
-            .send()
-            .await
-            .map_err(|e| Error::unreachable(&url, &e))?;
-        read_json(&url, response).await
+        self.get_authorized(&self.approval_url(id, "")).await
     }
 
     /// Approve request `id`, granting at most `duration` (`None`: what was
@@ -559,6 +536,22 @@ impl Client {
             comment: comment.map(str::to_owned),
         };
         self.post_approval(id, "/revoke", &body).await
+    }
+
+    /// A GET with this client's credentials, read as JSON.
+    async fn get_authorized<T: DeserializeOwned>(&self, url: &str) -> Result<T, Error> {
+        let response = self
+            .inner
+            .http
+            .get(url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                self.inner.auth.authorization()?,
+            )
+            .send()
+            .await
+            .map_err(|e| Error::unreachable(url, &e))?;
+        read_json(url, response).await
     }
 
     fn approval_url(&self, id: &str, verb: &str) -> String {

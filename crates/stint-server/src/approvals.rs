@@ -248,20 +248,7 @@ impl Approvals {
                 "this workload made {kept} approval requests in the last day, the most the broker keeps; ask an operator"
             ));
         }
-        let duration = match form.get("duration") {
-            Some(text) => Some(
-                stint_core::ttl::parse_duration_secs(text)
-                    .ok()
-                    .and_then(|secs| i64::try_from(secs).ok())
-                    .ok_or_else(|| {
-                        OAuthError::invalid_request(
-                            DenyReason::MalformedRequest,
-                            "the duration parameter must be a duration like \"15m\"",
-                        )
-                    })?,
-            ),
-            None => None,
-        };
+        let duration = form.get("duration").map(duration_param).transpose()?;
         let id = new_id(state)?;
         let request = ApprovalRequest::new(
             id.clone(),
@@ -618,13 +605,7 @@ impl Approvals {
                     .map(|r| format!(" because \"{}\"", slack_escape(r)))
                     .unwrap_or_default(),
                 request.elevation.quorum,
-                request
-                    .elevation
-                    .approver_groups
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                groups(request),
                 request.id
             ),
             _ => format!(
@@ -692,13 +673,7 @@ fn pending(tracked: &Tracked, now: DateTime<Utc>, what: &str) -> OAuthError {
                 .elevation
                 .quorum
                 .saturating_sub(request.approvals.len()),
-            request
-                .elevation
-                .approver_groups
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
+            groups(request),
             tracked.interval
         ),
     )
@@ -756,6 +731,30 @@ pub(crate) fn view(request: &ApprovalRequest, now: DateTime<Utc>) -> ApprovalVie
         decided_by,
         comment,
     }
+}
+
+/// The approver groups, for people: `sre, dba`.
+fn groups(request: &ApprovalRequest) -> String {
+    let names: Vec<&str> = request
+        .elevation
+        .approver_groups
+        .iter()
+        .map(String::as_str)
+        .collect();
+    names.join(", ")
+}
+
+/// A duration parameter (`"15m"`, `"900"`) in seconds.
+pub(crate) fn duration_param(text: &str) -> Result<i64, OAuthError> {
+    stint_core::ttl::parse_duration_secs(text)
+        .ok()
+        .and_then(|secs| i64::try_from(secs).ok())
+        .ok_or_else(|| {
+            OAuthError::invalid_request(
+                DenyReason::MalformedRequest,
+                "a duration must look like \"15m\", \"1h\" or \"900\" (seconds)",
+            )
+        })
 }
 
 /// The requester's words in a Slack-style `text`: `<`, `>` and `&` are

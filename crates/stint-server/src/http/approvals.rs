@@ -9,7 +9,7 @@
 use super::RequestContext;
 use super::client_auth::read_json;
 use super::exchange::verify_id_token;
-use crate::approvals::{Action, ActionError};
+use crate::approvals::{Action, ActionError, duration_param};
 use crate::audit::timestamp;
 use crate::error::OAuthError;
 use crate::state::AppState;
@@ -174,37 +174,21 @@ pub(crate) async fn show(
     }
 }
 
-/// `POST /v1/approvals/{id}/approve`.
-pub(crate) async fn approve(
+/// `POST /v1/approvals/{id}/{approve,deny,revoke}`.
+pub(crate) async fn decide_route(
     State(state): State<Arc<AppState>>,
     Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, verb)): Path<(String, String)>,
     body: Body,
 ) -> Response {
-    decide(&state, &context, &headers, &id, body, Verb::Approve).await
-}
-
-/// `POST /v1/approvals/{id}/deny`.
-pub(crate) async fn deny(
-    State(state): State<Arc<AppState>>,
-    Extension(context): Extension<RequestContext>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Body,
-) -> Response {
-    decide(&state, &context, &headers, &id, body, Verb::Deny).await
-}
-
-/// `POST /v1/approvals/{id}/revoke`.
-pub(crate) async fn revoke(
-    State(state): State<Arc<AppState>>,
-    Extension(context): Extension<RequestContext>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Body,
-) -> Response {
-    decide(&state, &context, &headers, &id, body, Verb::Revoke).await
+    let verb = match verb.as_str() {
+        "approve" => Verb::Approve,
+        "deny" => Verb::Deny,
+        "revoke" => Verb::Revoke,
+        _ => return not_found().into_response(),
+    };
+    decide(&state, &context, &headers, &id, body, verb).await
 }
 
 #[derive(Clone, Copy)]
@@ -260,20 +244,7 @@ async fn act(
     let action = match verb {
         Verb::Approve => {
             let body: ApproveBody = read_json(headers, body, state.body_timeout).await?;
-            let duration = match body.duration.as_deref() {
-                Some(text) => Some(
-                    stint_core::ttl::parse_duration_secs(text)
-                        .ok()
-                        .and_then(|secs| i64::try_from(secs).ok())
-                        .ok_or_else(|| {
-                            OAuthError::invalid_request(
-                                DenyReason::MalformedRequest,
-                                "duration must be a duration like \"15m\"",
-                            )
-                        })?,
-                ),
-                None => None,
-            };
+            let duration = body.duration.as_deref().map(duration_param).transpose()?;
             entry.comment.clone_from(&body.comment);
             Action::Approve {
                 duration,

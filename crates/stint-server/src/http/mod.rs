@@ -47,16 +47,14 @@ pub(crate) struct RequestContext {
 
 const JOB_REVOKE_ROUTE: &str = "/v1/jobs/{job}/revoke";
 const APPROVAL_ROUTE: &str = "/v1/approvals/{id}";
-const APPROVE_ROUTE: &str = "/v1/approvals/{id}/approve";
-const DENY_ROUTE: &str = "/v1/approvals/{id}/deny";
-const APPROVAL_REVOKE_ROUTE: &str = "/v1/approvals/{id}/revoke";
+const APPROVAL_DECISION_ROUTE: &str = "/v1/approvals/{id}/{decision}";
 const HEALTHZ: &str = "/healthz";
 const READYZ: &str = "/readyz";
 const METRICS: &str = "/metrics";
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
-const ROUTES: [&str; 16] = [
+const ROUTES: [&str; 14] = [
     proto::METADATA_PATH,
     proto::OPENID_CONFIGURATION_PATH,
     proto::JWKS_PATH,
@@ -67,9 +65,7 @@ const ROUTES: [&str; 16] = [
     proto::KEY_ROTATION_PATH,
     proto::APPROVALS_PATH,
     APPROVAL_ROUTE,
-    APPROVE_ROUTE,
-    DENY_ROUTE,
-    APPROVAL_REVOKE_ROUTE,
+    APPROVAL_DECISION_ROUTE,
     HEALTHZ,
     READYZ,
     METRICS,
@@ -87,9 +83,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(proto::KEY_ROTATION_PATH, post(admin::rotate_keys))
         .route(proto::APPROVALS_PATH, get(approvals::list))
         .route(APPROVAL_ROUTE, get(approvals::show))
-        .route(APPROVE_ROUTE, post(approvals::approve))
-        .route(DENY_ROUTE, post(approvals::deny))
-        .route(APPROVAL_REVOKE_ROUTE, post(approvals::revoke))
+        .route(APPROVAL_DECISION_ROUTE, post(approvals::decide_route))
         .route(HEALTHZ, get(ops::healthz))
         .route(READYZ, get(ops::readyz))
         .route(METRICS, get(ops::metrics))
