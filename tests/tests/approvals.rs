@@ -1099,3 +1099,43 @@ async fn the_approvals_api_refuses_bad_input() {
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn a_waiting_sdk_step_gives_up_when_its_request_expires() {
+    use stint_client::{Client, Credentials};
+    let broker = broker().await;
+    let client = Client::builder(broker.issuer())
+        .credentials(Credentials::new(
+            "demo-job",
+            stint_tests::test_secret("demo-job"),
+        ))
+        .build()
+        .await
+        .unwrap();
+    let (told, mut waiting_now) = tokio::sync::mpsc::unbounded_channel();
+    let waiting = tokio::spawn(
+        client
+            .step("deploy")
+            .job("job-sdk-late")
+            .scopes([ELEVATED])
+            .audience("demo-api")
+            .reason("nobody is around")
+            .on_approval_pending(move |pending| {
+                let _ = told.send(pending.approval_id.clone());
+            })
+            .request(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), waiting_now.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    broker.clock.advance(chrono::TimeDelta::seconds(601));
+    let error = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the wait ends with the request")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.oauth_code(), Some("expired_token"), "{error}");
+    assert!(error.is_denial());
+    assert!(error.to_string().contains("expired"), "{error}");
+}
