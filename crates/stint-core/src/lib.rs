@@ -31,6 +31,7 @@ pub mod policy;
 pub mod revocation;
 pub mod scope;
 pub mod secret;
+pub mod status_list;
 pub mod ttl;
 pub mod webhook;
 
