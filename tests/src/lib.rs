@@ -28,6 +28,7 @@ use stint_proto::{DevClient, JwkSet};
 use stint_server::{Config, PolicySource, RunningServer};
 
 pub mod idp;
+pub mod sse;
 
 pub use reqwest;
 pub use serde_json::{Value, json};
@@ -90,6 +91,8 @@ pub struct BrokerOptions {
     pub federation_ca: Option<PathBuf>,
     /// The approval polling interval (1 s in tests).
     pub approval_interval: Duration,
+    /// The revocation feed's keep-alive (15 s, as in production).
+    pub feed_keepalive: Duration,
     pub webhook: Option<stint_server::WebhookTarget>,
 }
 
@@ -102,6 +105,7 @@ impl Default for BrokerOptions {
             federation_ca: None,
             approval_interval: Duration::from_secs(1),
             webhook: None,
+            feed_keepalive: Duration::from_secs(15),
         }
     }
 }
@@ -134,6 +138,7 @@ impl TestBroker {
         config.federation_ca = options.federation_ca;
         config.approval_interval = options.approval_interval;
         config.webhook = options.webhook;
+        config.feed_keepalive = options.feed_keepalive;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }

@@ -13,6 +13,8 @@
 
 use crate::claims::AccessTokenClaims;
 use crate::ttl::MAX_TOKEN_TTL;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 
@@ -63,6 +65,17 @@ impl JobRevocation {
             until: revoked_at + i64::from(MAX_TOKEN_TTL.as_secs()) + 1,
         }
     }
+}
+
+/// What [`RevocationSet::entries`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationEntries {
+    /// Revoked tokens: `jti` and `exp`.
+    pub tokens: Vec<(String, i64)>,
+    /// Revoked jobs: workload, job, and until when the entry matters.
+    pub jobs: Vec<(String, String, i64)>,
+    /// Revoked approvals: id, and until when the entry matters.
+    pub approvals: Vec<(String, i64)>,
 }
 
 /// Revoked-but-unexpired tokens and jobs, answered from memory.
@@ -137,6 +150,39 @@ impl RevocationSet {
         before.saturating_sub(self.len())
     }
 
+    /// Every entry still in force at `now`, for a snapshot: revoked tokens
+    /// (`jti`, `exp`), jobs (workload, job, until) and approvals (id,
+    /// until).
+    pub fn entries(&self, now: DateTime<Utc>) -> RevocationEntries {
+        let now = now.timestamp();
+        let tokens = self
+            .tokens
+            .iter()
+            .filter(|e| *e.value() > now)
+            .map(|e| (URL_SAFE_NO_PAD.encode(e.key().to_be_bytes()), *e.value()))
+            .collect();
+        let jobs = self
+            .jobs
+            .iter()
+            .filter(|e| *e.value() > now)
+            .filter_map(|e| {
+                let (sub, job) = e.key().split_once('/')?;
+                Some((sub.to_owned(), job.to_owned(), *e.value()))
+            })
+            .collect();
+        let approvals = self
+            .approvals
+            .iter()
+            .filter(|e| *e.value() > now)
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        RevocationEntries {
+            tokens,
+            jobs,
+            approvals,
+        }
+    }
+
     /// How many entries the set holds.
     pub fn len(&self) -> usize {
         self.tokens.len() + self.jobs.len() + self.approvals.len()
@@ -205,6 +251,8 @@ mod tests {
         };
         let plain = claims("w", "j", new_jti(&rng).unwrap(), 1_200);
         set.insert_approval("apr-1", 1_200);
+        let entries = set.entries(at(1_001));
+        assert_eq!(entries.approvals, [("apr-1".to_owned(), 1_200)]);
         assert!(set.is_revoked(&elevated, at(1_001)));
         assert!(!set.is_revoked(&other, at(1_001)));
         assert!(
@@ -249,6 +297,28 @@ mod tests {
         ));
         assert!(!set.is_revoked(&claims("w", "j2", new_jti(&rng).unwrap(), 1_200), at(1_001)));
         let until = 1_000 + i64::from(MAX_TOKEN_TTL.as_secs()) + 1;
+        assert_eq!(
+            set.entries(at(1_001)).jobs,
+            [("w".to_owned(), "j".to_owned(), until)]
+        );
+        let tokens = RevocationSet::new();
+        let jti = new_jti(&rng).unwrap();
+        tokens.insert_token(&TokenRevocation {
+            jti: jti.clone(),
+            sub: "w".into(),
+            job: "j".into(),
+            expires_at: 1_500,
+            revoked_at: 1_000,
+        });
+        assert_eq!(
+            tokens.entries(at(1_001)).tokens,
+            [(jti, 1_500)],
+            "the jti reads back"
+        );
+        assert!(
+            tokens.entries(at(1_500)).tokens.is_empty(),
+            "expired entries are left out"
+        );
         assert!(set.is_job_revoked("w", "j", at(until - 1)));
         assert!(!set.is_job_revoked("w", "j", at(until)));
         assert_eq!(set.purge(at(until)), 0, "kept for the grace period");

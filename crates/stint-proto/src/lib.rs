@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod jwk;
 pub mod metadata;
 pub mod oauth;
+pub mod revocations;
 
 pub use approvals::{
     APPROVALS_PATH, ApprovalList, ApprovalView, ApprovalVote, ApproveBody, DecisionBody,
@@ -21,6 +22,10 @@ pub use metadata::AuthorizationServerMetadata;
 pub use oauth::{
     Confirmation, DevClient, ErrorCode, ErrorResponse, IntrospectionResponse,
     JobRevocationResponse, KeyRotationResponse, TokenResponse,
+};
+pub use revocations::{
+    FeedPosition, REVOCATION_SNAPSHOT_PATH, REVOCATION_STREAM_PATH, RevocationEvent,
+    RevocationSnapshot,
 };
 
 /// The token endpoint's path.

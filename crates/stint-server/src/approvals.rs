@@ -409,6 +409,10 @@ impl Approvals {
                 state
                     .revocations
                     .insert_approval(&next.id, next.latest_token_expiry());
+                state.feed.publish(stint_proto::RevocationEvent {
+                    approval: Some(next.id.clone()),
+                    ..crate::http::feed_event("approval", next.latest_token_expiry())
+                });
             }
             tracked.request = next.clone();
             state.record(entry).await.map_err(audit)?;

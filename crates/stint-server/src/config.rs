@@ -101,6 +101,8 @@ pub struct Config {
     pub approval_interval: Duration,
     /// Where approval requests and decisions are announced, if anywhere.
     pub webhook: Option<WebhookTarget>,
+    /// How often a quiet revocation feed stream sends a keep-alive comment.
+    pub feed_keepalive: Duration,
 }
 
 /// The webhook that receives approval events.
@@ -128,6 +130,7 @@ impl Config {
             client_certificates: None,
             approval_interval: Duration::from_secs(5),
             webhook: None,
+            feed_keepalive: Duration::from_secs(15),
         }
     }
 
@@ -156,6 +159,11 @@ impl Config {
         }
         if !(1..=60).contains(&self.approval_interval.as_secs()) {
             return Err(ConfigError::BadApprovalInterval);
+        }
+        if self.feed_keepalive < Duration::from_millis(100)
+            || self.feed_keepalive > Duration::from_secs(300)
+        {
+            return Err(ConfigError::BadFeedKeepalive);
         }
         let limits = &self.limits;
         let durations = [
@@ -242,6 +250,9 @@ pub enum ConfigError {
     /// An approval polling interval out of range.
     #[error("the approval polling interval must be 1 to 60 seconds")]
     BadApprovalInterval,
+    /// A feed keep-alive interval out of range.
+    #[error("the revocation feed keep-alive must be 100 ms to 5 minutes")]
+    BadFeedKeepalive,
     /// A timeout or cap of zero, which would refuse everything.
     #[error("every connection limit (timeouts, connection and request caps) must be above zero")]
     ZeroLimit,

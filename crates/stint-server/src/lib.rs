@@ -17,6 +17,7 @@ pub mod config;
 mod dev;
 pub mod error;
 pub mod federation;
+mod feed;
 mod http;
 pub mod keys;
 pub mod metrics;
@@ -75,6 +76,8 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve_task: JoinHandle<()>,
     purge_task: JoinHandle<()>,
+    /// Set at shutdown: revocation feed streams end.
+    closing: tokio::sync::watch::Sender<bool>,
     /// `Limits::max_in_flight`: shutdown takes every permit back.
     max_in_flight: usize,
     /// Held (an exclusive `flock`) for as long as the broker runs.
@@ -149,6 +152,9 @@ impl RunningServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+        // Long-lived feed streams end now, so the drain does not wait on
+        // them.
+        let _ = self.closing.send(true);
         self.purge_task.abort();
         let _ = (&mut self.purge_task).await;
         let _ = (&mut self.serve_task).await;
@@ -339,6 +345,9 @@ pub async fn start_with_clock(
         }
         None => None,
     };
+    let feed = feed::Feed::new(&rng)
+        .map_err(|_| StartError::Keys("the system random number generator failed".into()))?;
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let loaded_approvals = store.approvals(now.timestamp()).await?;
     tracing::info!(
         approvals = loaded_approvals.len(),
@@ -369,6 +378,9 @@ pub async fn start_with_clock(
         issuer_keys,
         body_timeout: config.limits.body_timeout,
         approvals,
+        feed,
+        feed_keepalive: config.feed_keepalive,
+        closing: closing_rx,
     });
 
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
@@ -386,6 +398,7 @@ pub async fn start_with_clock(
         shutdown: Some(shutdown_tx),
         serve_task,
         purge_task,
+        closing: closing_tx,
         max_in_flight: config.limits.max_in_flight,
         _lock: lock,
     })

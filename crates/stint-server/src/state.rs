@@ -41,6 +41,12 @@ pub(crate) struct AppState {
     pub(crate) body_timeout: std::time::Duration,
     /// Elevation requests and approvals.
     pub(crate) approvals: crate::approvals::Approvals,
+    /// The revocation feed.
+    pub(crate) feed: crate::feed::Feed,
+    /// How often a quiet feed stream sends a keep-alive.
+    pub(crate) feed_keepalive: std::time::Duration,
+    /// Becomes `true` when the broker shuts down: feed streams end.
+    pub(crate) closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What a presented token turned out to be.

@@ -89,6 +89,12 @@ struct Cli {
     #[arg(long, env = "STINTD_APPROVAL_INTERVAL", default_value_t = 5)]
     approval_interval: u64,
 
+    /// How often a quiet revocation feed stream sends a keep-alive, in
+    /// seconds (1-300): verifiers notice a dead connection after about
+    /// twice this.
+    #[arg(long, env = "STINTD_FEED_KEEPALIVE", default_value_t = 15)]
+    feed_keepalive: u64,
+
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
     log: String,
@@ -217,6 +223,7 @@ fn config_from(cli: &Cli) -> Config {
             }
         }),
         approval_interval: std::time::Duration::from_secs(cli.approval_interval),
+        feed_keepalive: std::time::Duration::from_secs(cli.feed_keepalive),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
                 url: url.clone(),

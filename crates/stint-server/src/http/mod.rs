@@ -16,10 +16,13 @@ mod approvals;
 mod client_auth;
 mod discovery;
 mod exchange;
+mod feed;
 mod introspect;
 mod ops;
 mod revoke;
 mod token;
+
+pub(crate) use revoke::feed_event;
 
 use crate::error::OAuthError;
 use crate::state::AppState;
@@ -54,7 +57,7 @@ const METRICS: &str = "/metrics";
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
-const ROUTES: [&str; 14] = [
+const ROUTES: [&str; 16] = [
     proto::METADATA_PATH,
     proto::OPENID_CONFIGURATION_PATH,
     proto::JWKS_PATH,
@@ -66,6 +69,8 @@ const ROUTES: [&str; 14] = [
     proto::APPROVALS_PATH,
     APPROVAL_ROUTE,
     APPROVAL_DECISION_ROUTE,
+    proto::REVOCATION_STREAM_PATH,
+    proto::REVOCATION_SNAPSHOT_PATH,
     HEALTHZ,
     READYZ,
     METRICS,
@@ -84,6 +89,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(proto::APPROVALS_PATH, get(approvals::list))
         .route(APPROVAL_ROUTE, get(approvals::show))
         .route(APPROVAL_DECISION_ROUTE, post(approvals::decide_route))
+        .route(proto::REVOCATION_STREAM_PATH, get(feed::stream))
+        .route(proto::REVOCATION_SNAPSHOT_PATH, get(feed::snapshot))
         .route(HEALTHZ, get(ops::healthz))
         .route(READYZ, get(ops::readyz))
         .route(METRICS, get(ops::metrics))

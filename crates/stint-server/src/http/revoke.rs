@@ -18,8 +18,8 @@ use stint_core::form::FormParams;
 use stint_core::ids::validate_job_id;
 use stint_core::policy::{Policy, Workload};
 use stint_core::revocation::{JobRevocation, TokenRevocation};
-use stint_proto::ErrorCode;
 use stint_proto::oauth::JobRevocationResponse;
+use stint_proto::{ErrorCode, RevocationEvent};
 
 /// What a valid revocation request did.
 enum Revoked {
@@ -132,6 +132,10 @@ async fn revoke(
             tracing::error!(%error, "revocation not durable");
             OAuthError::unavailable("the revocation could not be made durable")
         })?;
+    state.feed.publish(RevocationEvent {
+        jti: Some(revocation.jti),
+        ..feed_event("token", revocation.expires_at)
+    });
     Ok(Revoked::Now)
 }
 
@@ -200,6 +204,19 @@ async fn caller<'p>(
         workload: credentials.authenticate(policy)?,
         only_job: None,
     })
+}
+
+/// A feed event of `kind` in force until `until`, its subject to fill in.
+pub(crate) fn feed_event(kind: &str, until: i64) -> RevocationEvent {
+    RevocationEvent {
+        seq: 0,
+        kind: kind.to_owned(),
+        jti: None,
+        sub: None,
+        job: None,
+        approval: None,
+        until,
+    }
 }
 
 fn not_this_job() -> OAuthError {
@@ -289,6 +306,11 @@ async fn revoke_job_inner(
         tracing::error!(%error, "job revocation not durable");
         OAuthError::unavailable("the revocation could not be made durable")
     })?;
+    state.feed.publish(RevocationEvent {
+        sub: Some(revocation.sub.clone()),
+        job: Some(revocation.job.clone()),
+        ..feed_event("job", revocation.until)
+    });
     Ok(JobRevocationResponse {
         job,
         revoked_at: crate::audit::timestamp(now),

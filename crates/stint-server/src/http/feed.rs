@@ -1,0 +1,238 @@
+//! `GET /v1/revocations/stream` (server-sent events) and
+//! `GET /v1/revocations/snapshot`, for any authenticated client (resource
+//! servers are clients).
+//!
+//! The stream sends `ready` (the feed position), then what the client
+//! missed since its `Last-Event-ID`, then each revocation as it is
+//! published, with a keep-alive comment in every quiet interval. When the
+//! client's position is unknown here (another epoch: the broker restarted;
+//! too far behind; too slow to keep up) it sends `resync` and closes: load
+//! the snapshot, then reconnect from the snapshot's position.
+
+use super::client_auth::credentials;
+use crate::error::OAuthError;
+use crate::feed::{Published, Start};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use http::{HeaderMap, HeaderValue, header};
+use std::convert::Infallible;
+use std::sync::Arc;
+use stint_core::decision::DenyReason;
+use stint_proto::revocations::{EVENT_READY, EVENT_RESYNC, EVENT_REVOCATION};
+use stint_proto::{REVOCATION_SNAPSHOT_PATH, RevocationEvent, RevocationSnapshot};
+use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::RecvError;
+
+/// The longest `Last-Event-ID` read.
+const MAX_EVENT_ID_LEN: usize = 64;
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), OAuthError> {
+    let policy = state.policy.load();
+    credentials(headers, None)?.authenticate(&policy)?;
+    Ok(())
+}
+
+/// `GET /v1/revocations/stream`.
+pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(error) = authenticate(&state, &headers) {
+        return error.into_response();
+    }
+    let last_event_id = headers
+        .get("last-event-id")
+        .filter(|v| v.len() <= MAX_EVENT_ID_LEN)
+        .and_then(|v| v.to_str().ok());
+    if headers.contains_key("last-event-id") && last_event_id.is_none() {
+        return OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "Last-Event-ID must be EPOCH.SEQ as the stream sent it",
+        )
+        .into_response();
+    }
+    let subscription = state.feed.subscribe(last_event_id);
+    let ready = Event::default()
+        .event(EVENT_READY)
+        .id(state.feed.event_id(subscription.position.seq))
+        .json_data(&subscription.position)
+        .unwrap_or_default();
+    let (first, backlog, resync) = match subscription.start {
+        Start::From(backlog) => (ready, backlog, false),
+        Start::Resync => (resync_event(), Vec::new(), true),
+    };
+    let closing = state.closing.clone();
+    let feed_state = Arc::clone(&state);
+    let start = Phase::Start {
+        first,
+        resync,
+        backlog: backlog.into_iter(),
+        live: subscription.live,
+    };
+    let events = stream::unfold(start, move |phase| {
+        let state = Arc::clone(&feed_state);
+        let mut closing = closing.clone();
+        async move {
+            match phase {
+                Phase::Start {
+                    first,
+                    resync,
+                    backlog,
+                    live,
+                } => {
+                    let next = if resync {
+                        Phase::Done
+                    } else {
+                        Phase::Streaming {
+                            backlog,
+                            live,
+                            last: 0,
+                        }
+                    };
+                    Some((Ok::<_, Infallible>(first), next))
+                }
+                Phase::Streaming {
+                    mut backlog,
+                    live,
+                    last,
+                } => match backlog.next() {
+                    Some(published) => Some((
+                        Ok(revocation(&state, &published)),
+                        Phase::Streaming {
+                            backlog,
+                            live,
+                            last: published.seq,
+                        },
+                    )),
+                    None => next_live(&state, live, last, &mut closing).await,
+                },
+                Phase::Done => None,
+            }
+        }
+    });
+    let mut response = Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(state.feed_keepalive)
+                .text("keep-alive"),
+        )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Proxies that buffer responses (nginx) would hold events back.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+enum Phase {
+    /// `ready` (or `resync`) first.
+    Start {
+        first: Event,
+        resync: bool,
+        backlog: std::vec::IntoIter<Published>,
+        live: Receiver<Published>,
+    },
+    /// The backlog, then live events; `last` is the last seq sent.
+    Streaming {
+        backlog: std::vec::IntoIter<Published>,
+        live: Receiver<Published>,
+        last: u64,
+    },
+    Done,
+}
+
+async fn next_live(
+    state: &AppState,
+    mut live: Receiver<Published>,
+    mut last: u64,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<(Result<Event, Infallible>, Phase)> {
+    loop {
+        if *closing.borrow() {
+            return None;
+        }
+        tokio::select! {
+            received = live.recv() => match received {
+                // Already sent from the backlog.
+                Ok(published) if published.seq <= last => {}
+                Ok(published) => {
+                    last = published.seq;
+                    let next = Phase::Streaming { backlog: Vec::new().into_iter(), live, last };
+                    return Some((Ok(revocation(state, &published)), next));
+                }
+                Err(RecvError::Lagged(_)) => return Some((Ok(resync_event()), Phase::Done)),
+                Err(RecvError::Closed) => return None,
+            },
+            _ = closing.changed() => return None,
+        }
+    }
+}
+
+fn revocation(state: &AppState, published: &Published) -> Event {
+    Event::default()
+        .event(EVENT_REVOCATION)
+        .id(state.feed.event_id(published.seq))
+        .data(&*published.json)
+}
+
+fn resync_event() -> Event {
+    Event::default()
+        .event(EVENT_RESYNC)
+        .data(format!("{{\"snapshot\":\"{REVOCATION_SNAPSHOT_PATH}\"}}"))
+}
+
+/// `GET /v1/revocations/snapshot`.
+pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(error) = authenticate(&state, &headers) {
+        return error.into_response();
+    }
+    // The position first: every event up to it is already in the set (a
+    // revocation enters the set before it is published), so a client that
+    // continues from it misses nothing (and may see a few twice).
+    let position = state.feed.position();
+    let seq = position.seq;
+    let entries = state.revocations.entries(state.clock.now());
+    let mut revocations =
+        Vec::with_capacity(entries.tokens.len() + entries.jobs.len() + entries.approvals.len());
+    let blank = |kind: &str, until: i64| RevocationEvent {
+        seq,
+        kind: kind.to_owned(),
+        jti: None,
+        sub: None,
+        job: None,
+        approval: None,
+        until,
+    };
+    for (jti, exp) in entries.tokens {
+        revocations.push(RevocationEvent {
+            jti: Some(jti),
+            ..blank("token", exp)
+        });
+    }
+    for (sub, job, until) in entries.jobs {
+        revocations.push(RevocationEvent {
+            sub: Some(sub),
+            job: Some(job),
+            ..blank("job", until)
+        });
+    }
+    for (approval, until) in entries.approvals {
+        revocations.push(RevocationEvent {
+            approval: Some(approval),
+            ..blank("approval", until)
+        });
+    }
+    let mut response = Json(RevocationSnapshot {
+        position,
+        revocations,
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

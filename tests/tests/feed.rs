@@ -1,0 +1,229 @@
+//! The revocation feed: server-sent events with sequence numbers,
+//! reconnection with Last-Event-ID, resynchronisation, keep-alives, the
+//! snapshot, and a broker restarting under connected clients.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use stint_proto::{
+    REVOCATION_PATH, REVOCATION_SNAPSHOT_PATH, REVOCATION_STREAM_PATH, RevocationEvent,
+    RevocationSnapshot,
+};
+use stint_tests::sse::{SseEvent, SseStream};
+use stint_tests::{BrokerOptions, TestBroker};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn open(broker: &TestBroker, last_event_id: Option<&str>) -> SseStream {
+    let response = SseStream::open(
+        &broker.http,
+        &broker.url(REVOCATION_STREAM_PATH),
+        (&broker.client_id, &broker.client_secret),
+        last_event_id,
+    )
+    .await;
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "an SSE stream"
+    );
+    SseStream::new(response)
+}
+
+async fn revoke_new_token(broker: &TestBroker, job: &str) -> String {
+    let minted = broker.mint("read", "read:demo/a", &[("job", job)]).await;
+    let token = minted["access_token"].as_str().unwrap().to_owned();
+    let response = broker
+        .post_form(REVOCATION_PATH, &[("token", &token)])
+        .await;
+    assert_eq!(response.status(), 200);
+    let (_, claims) = stint_tests::decode_jwt(&token);
+    claims["jti"].as_str().unwrap().to_owned()
+}
+
+fn revocation(event: &SseEvent) -> RevocationEvent {
+    assert_eq!(event.event, "revocation", "{event:?}");
+    serde_json::from_str(&event.data).unwrap()
+}
+
+#[tokio::test]
+async fn subscribers_get_every_revocation_in_order() {
+    let broker = TestBroker::start().await;
+    let mut stream = open(&broker, None).await;
+    let ready = stream.next_event(WAIT).await.unwrap();
+    assert_eq!(ready.event, "ready");
+    let position: Value = serde_json::from_str(&ready.data).unwrap();
+    assert_eq!(position["seq"], 0);
+    let epoch = position["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(ready.id.as_deref(), Some(format!("{epoch}.0").as_str()));
+
+    let jti = revoke_new_token(&broker, "job-feed").await;
+    let event = stream.next_event(WAIT).await.unwrap();
+    let token = revocation(&event);
+    assert_eq!((token.seq, token.kind.as_str()), (1, "token"));
+    assert_eq!(token.jti.as_deref(), Some(jti.as_str()));
+    assert_eq!(event.id.as_deref(), Some(format!("{epoch}.1").as_str()));
+
+    let response = broker.post_form("/v1/jobs/job-feed/revoke", &[]).await;
+    assert_eq!(response.status(), 200);
+    let job = revocation(&stream.next_event(WAIT).await.unwrap());
+    assert_eq!((job.seq, job.kind.as_str()), (2, "job"));
+    assert_eq!(job.sub.as_deref(), Some("demo-job"));
+    assert_eq!(job.job.as_deref(), Some("job-feed"));
+}
+
+#[tokio::test]
+async fn a_client_that_reconnects_gets_what_it_missed() {
+    let broker = TestBroker::start().await;
+    let mut stream = open(&broker, None).await;
+    stream.next_event(WAIT).await.unwrap();
+    revoke_new_token(&broker, "job-a").await;
+    let first = stream.next_event(WAIT).await.unwrap();
+    let last_id = first.id.clone().unwrap();
+    drop(stream);
+
+    let missed_b = revoke_new_token(&broker, "job-b").await;
+    let missed_c = revoke_new_token(&broker, "job-c").await;
+    let mut stream = open(&broker, Some(&last_id)).await;
+    let ready = stream.next_event(WAIT).await.unwrap();
+    assert_eq!(ready.event, "ready");
+    let b = revocation(&stream.next_event(WAIT).await.unwrap());
+    let c = revocation(&stream.next_event(WAIT).await.unwrap());
+    assert_eq!((b.seq, b.jti.unwrap()), (2, missed_b));
+    assert_eq!((c.seq, c.jti.unwrap()), (3, missed_c));
+    // Then live, without a gap or a repeat.
+    let live_d = revoke_new_token(&broker, "job-d").await;
+    let d = revocation(&stream.next_event(WAIT).await.unwrap());
+    assert_eq!((d.seq, d.jti.unwrap()), (4, live_d));
+}
+
+#[tokio::test]
+async fn an_unknown_position_gets_a_resync_and_the_snapshot_catches_up() {
+    let broker = TestBroker::start().await;
+    let revoked = revoke_new_token(&broker, "job-s").await;
+    let response = broker.post_form("/v1/jobs/job-t/revoke", &[]).await;
+    assert_eq!(response.status(), 200);
+
+    let mut stream = open(&broker, Some("another-epoch.7")).await;
+    let resync = stream.next_event(WAIT).await.unwrap();
+    assert_eq!(resync.event, "resync", "{resync:?}");
+    assert!(resync.data.contains(REVOCATION_SNAPSHOT_PATH));
+    assert_eq!(
+        stream.next(WAIT).await,
+        None,
+        "the broker closes the stream"
+    );
+
+    let snapshot: RevocationSnapshot = broker
+        .http
+        .get(broker.url(REVOCATION_SNAPSHOT_PATH))
+        .basic_auth(&broker.client_id, Some(&broker.client_secret))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.position.seq, 2);
+    assert!(
+        snapshot
+            .revocations
+            .iter()
+            .any(|r| r.kind == "token" && r.jti.as_deref() == Some(revoked.as_str()))
+    );
+    assert!(
+        snapshot
+            .revocations
+            .iter()
+            .any(|r| r.kind == "job" && r.job.as_deref() == Some("job-t"))
+    );
+    // Continuing from the snapshot's position: nothing to resync.
+    let position = format!("{}.{}", snapshot.position.epoch, snapshot.position.seq);
+    let mut stream = open(&broker, Some(&position)).await;
+    assert_eq!(stream.next_event(WAIT).await.unwrap().event, "ready");
+    let next = revoke_new_token(&broker, "job-u").await;
+    assert_eq!(
+        revocation(&stream.next_event(WAIT).await.unwrap()).jti,
+        Some(next)
+    );
+}
+
+#[tokio::test]
+async fn quiet_streams_carry_keep_alives() {
+    let broker = TestBroker::start_with(BrokerOptions {
+        feed_keepalive: Duration::from_millis(200),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let mut stream = open(&broker, None).await;
+    assert_eq!(stream.next_event(WAIT).await.unwrap().event, "ready");
+    let started = Instant::now();
+    let comment = stream.next(WAIT).await.unwrap();
+    assert_eq!(comment.event, ":", "a comment, not an event: {comment:?}");
+    assert_eq!(comment.data, "keep-alive");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_feed_needs_client_credentials() {
+    let broker = TestBroker::start().await;
+    for path in [REVOCATION_STREAM_PATH, REVOCATION_SNAPSHOT_PATH] {
+        let anonymous = broker.http.get(broker.url(path)).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401, "{path}");
+        let wrong = broker
+            .http
+            .get(broker.url(path))
+            .basic_auth(&broker.client_id, Some("stint_wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+    }
+    let long_id = "x".repeat(65);
+    let response = SseStream::open(
+        &broker.http,
+        &broker.url(REVOCATION_STREAM_PATH),
+        (&broker.client_id, &broker.client_secret),
+        Some(&long_id),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn a_restarting_broker_ends_streams_and_its_clients_resync() {
+    let mut broker = TestBroker::start().await;
+    let mut stream = open(&broker, None).await;
+    stream.next_event(WAIT).await.unwrap();
+    revoke_new_token(&broker, "job-r").await;
+    let last_id = stream.next_event(WAIT).await.unwrap().id.unwrap();
+
+    let stopping = Instant::now();
+    broker.restart().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "a connected stream does not hold the shutdown"
+    );
+    assert_eq!(stream.next(WAIT).await, None, "the old stream ended");
+
+    // The new broker has a new epoch: the old position means resync, and
+    // the snapshot still has the revocation (it is durable).
+    let mut stream = open(&broker, Some(&last_id)).await;
+    assert_eq!(stream.next_event(WAIT).await.unwrap().event, "resync");
+    let snapshot: RevocationSnapshot = broker
+        .http
+        .get(broker.url(REVOCATION_SNAPSHOT_PATH))
+        .basic_auth(&broker.client_id, Some(&broker.client_secret))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.revocations.len(), 1);
+    assert_ne!(
+        Some(snapshot.position.epoch.as_str()),
+        last_id.split('.').next()
+    );
+}
