@@ -167,8 +167,9 @@ impl TestBroker {
     }
 
     /// Stop the broker and start it again on the same data directory,
-    /// configuration and clock (on a new port).
+    /// configuration, clock and address (so the issuer stays the same).
     pub async fn restart(&mut self) {
+        self.config.listen = self.server().local_addr();
         self.stop().await;
         let server = stint_server::start_with_clock(
             self.config.clone(),

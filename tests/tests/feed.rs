@@ -227,3 +227,104 @@ async fn a_restarting_broker_ends_streams_and_its_clients_resync() {
         last_id.split('.').next()
     );
 }
+
+mod verifier {
+    use super::*;
+    use stint_client::{Credentials, Error, Verifier};
+
+    async fn subscribed(broker: &TestBroker, fail_open: bool) -> Verifier {
+        Verifier::builder(broker.issuer())
+            .audience("demo-api")
+            .revocation_feed(
+                Credentials::new(&broker.client_id, &broker.client_secret),
+                Duration::from_secs(1),
+            )
+            .revocation_fail_open(fail_open)
+            .build()
+            .await
+            .unwrap()
+    }
+
+    async fn token(broker: &TestBroker, job: &str) -> String {
+        broker.mint("read", "read:demo/a", &[("job", job)]).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn revoked_soon(verifier: &Verifier, token: &str, what: &str) -> Duration {
+        let started = Instant::now();
+        loop {
+            match verifier.verify(token).await {
+                Err(Error::Revoked) => return started.elapsed(),
+                Ok(_) if started.elapsed() < WAIT => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => panic!("{what}: expected Revoked, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscribed_verifier_rejects_revoked_tokens_and_fails_closed_when_cut_off() {
+        let mut broker = TestBroker::start_with(BrokerOptions {
+            feed_keepalive: Duration::from_millis(200),
+            ..BrokerOptions::default()
+        })
+        .await;
+        // Revoked before the verifier starts: known from the snapshot.
+        let early = token(&broker, "job-early").await;
+        let response = broker
+            .post_form(REVOCATION_PATH, &[("token", &early)])
+            .await;
+        assert_eq!(response.status(), 200);
+
+        let verifier = subscribed(&broker, false).await;
+        let lenient = subscribed(&broker, true).await;
+        assert!(matches!(verifier.verify(&early).await, Err(Error::Revoked)));
+
+        let a = token(&broker, "job-a").await;
+        let b = token(&broker, "job-b").await;
+        verifier.verify(&a).await.unwrap();
+        verifier.verify(&b).await.unwrap();
+        let response = broker.post_form(REVOCATION_PATH, &[("token", &a)]).await;
+        assert_eq!(response.status(), 200);
+        let took = revoked_soon(&verifier, &a, "a revoked token").await;
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        let response = broker.post_form("/v1/jobs/job-b/revoke", &[]).await;
+        assert_eq!(response.status(), 200);
+        revoked_soon(&verifier, &b, "a token of a revoked job").await;
+
+        // The broker restarts under the verifier: it resynchronises, keeps
+        // what it knew, and hears of revocations made after.
+        broker.restart().await;
+        let c = token(&broker, "job-c").await;
+        let response = broker.post_form(REVOCATION_PATH, &[("token", &c)]).await;
+        assert_eq!(response.status(), 200);
+        revoked_soon(&verifier, &c, "revoked after a restart").await;
+        assert!(matches!(verifier.verify(&a).await, Err(Error::Revoked)));
+
+        // Cut off: after the staleness bound, nothing passes (fail closed),
+        // unless the verifier was built to fail open.
+        let d = token(&broker, "job-d").await;
+        verifier.verify(&d).await.unwrap();
+        broker.stop().await;
+        let stale = stint_tests::eventually(WAIT, "the verifier goes stale", || async {
+            match verifier.verify_with_cached_keys(&d) {
+                Err(Error::RevocationStateStale { silent }) => Some(silent),
+                _ => None,
+            }
+        })
+        .await;
+        assert!(stale > Duration::from_secs(1));
+        let error = verifier.verify_with_cached_keys(&d).unwrap_err();
+        assert!(error.is_unavailable() && !error.is_denial(), "{error}");
+        lenient
+            .verify_with_cached_keys(&d)
+            .expect("fail-open accepts, and logs it");
+        assert!(
+            matches!(lenient.verify_with_cached_keys(&a), Err(Error::Revoked)),
+            "fail-open still refuses what it knows is revoked"
+        );
+    }
+}

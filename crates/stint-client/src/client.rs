@@ -202,13 +202,25 @@ impl Connection {
     }
 
     pub(crate) fn http_client(&self) -> Result<reqwest::Client, Error> {
+        self.http_client_with(Some(REQUEST_TIMEOUT))
+    }
+
+    /// A client for long-lived streams: no limit on a whole response (the
+    /// reader watches for silence instead), the same TLS trust.
+    pub(crate) fn stream_client(&self) -> Result<reqwest::Client, Error> {
+        self.http_client_with(None)
+    }
+
+    fn http_client_with(&self, timeout: Option<Duration>) -> Result<reqwest::Client, Error> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .https_only(!self.issuer.starts_with("http://"))
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .tls_built_in_root_certs(self.built_in_roots);
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
         for pem in &self.ca_pem {
             let certificates = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| Error::Config(format!("the CA bundle is not PEM: {e}")))?;

@@ -48,6 +48,19 @@ pub enum Error {
     /// active (revoked, or its job completed).
     #[error("token rejected: the broker says it is not active (revoked or completed)")]
     Inactive,
+    /// The token verifies, but the revocation feed says it is revoked (by
+    /// itself, its job, or the approval it was minted under).
+    #[error("token rejected: it has been revoked")]
+    Revoked,
+    /// The verifier follows the broker's revocations and has heard nothing
+    /// from the broker (no event, no keep-alive, no snapshot) for longer
+    /// than its bound: it cannot tell whether the token is revoked, so it
+    /// refuses it.
+    #[error("token rejected: revocation state stale (nothing heard from the broker for {} ms)", .silent.as_millis())]
+    RevocationStateStale {
+        /// How long the broker has been silent.
+        silent: std::time::Duration,
+    },
     /// The step asked for scopes that need an operator's approval, and it
     /// has not come (yet): the request is pending. Returned only when the
     /// step was told not to wait ([`StepRequest::wait_for_approval`]), or
@@ -95,7 +108,7 @@ impl Error {
     pub fn is_denial(&self) -> bool {
         match self {
             Self::OAuth { status, .. } => *status < 500 && !is_transient(*status),
-            Self::InvalidToken(_) | Self::Inactive => true,
+            Self::InvalidToken(_) | Self::Inactive | Self::Revoked => true,
             _ => false,
         }
     }
@@ -104,7 +117,7 @@ impl Error {
     /// unable to decide (408, 429, 5xx): asking later may work.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Unreachable { .. } => true,
+            Self::Unreachable { .. } | Self::RevocationStateStale { .. } => true,
             Self::OAuth { status, .. } => *status >= 500 || is_transient(*status),
             _ => false,
         }

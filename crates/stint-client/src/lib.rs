@@ -65,6 +65,7 @@
 
 mod client;
 mod error;
+mod revocations;
 mod step;
 mod verifier;
 

@@ -3,6 +3,7 @@
 
 use crate::client::{Connection, Credentials, form_encode, read_json};
 use crate::error::Error;
+use crate::revocations::RevocationView;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -38,6 +39,8 @@ pub struct VerifierBuilder {
     min_refresh_interval: Duration,
     max_key_age: Duration,
     introspection: Option<(Credentials, Duration)>,
+    revocation_feed: Option<(Credentials, Duration)>,
+    fail_open: bool,
     error: Option<Error>,
 }
 
@@ -90,6 +93,27 @@ impl VerifierBuilder {
         self
     }
 
+    /// Follow the broker's revocations (`/v1/revocations/stream`,
+    /// authenticated as `credentials`): tokens are refused as
+    /// [`Error::Revoked`] the moment the broker publishes their revocation
+    /// (by token, job or approval). If nothing at all is heard from the
+    /// broker for `max_staleness` (it sends a keep-alive every 15 s by
+    /// default; 45 s is a good bound), tokens are refused as
+    /// [`Error::RevocationStateStale`]: fail closed.
+    pub fn revocation_feed(mut self, credentials: Credentials, max_staleness: Duration) -> Self {
+        self.revocation_feed = Some((credentials, max_staleness));
+        self
+    }
+
+    /// With [`Self::revocation_feed`]: accept tokens anyway when the
+    /// revocation state is stale (logged as an error on every such
+    /// verification). A revoked token is then accepted while the broker is
+    /// unreachable; choose it only where availability matters more.
+    pub fn revocation_fail_open(mut self, fail_open: bool) -> Self {
+        self.fail_open = fail_open;
+        self
+    }
+
     /// Trust the CA certificates in this PEM bundle, besides the built-in
     /// web roots.
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -128,6 +152,27 @@ impl VerifierBuilder {
         }
         let http = self.connection.http_client()?;
         let metadata = self.connection.discover(&http).await?;
+        let revocations = match self.revocation_feed {
+            Some((credentials, max_staleness)) => {
+                if max_staleness < Duration::from_millis(100) {
+                    return Err(Error::Config(
+                        "the revocation staleness bound must be at least 100 ms".into(),
+                    ));
+                }
+                Some(
+                    RevocationView::start(
+                        http.clone(),
+                        self.connection.stream_client()?,
+                        self.connection.issuer.clone(),
+                        credentials,
+                        max_staleness,
+                        self.fail_open,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
         let inner = Inner {
             http,
             issuer: self.connection.issuer,
@@ -142,6 +187,7 @@ impl VerifierBuilder {
             last_refresh: tokio::sync::Mutex::new(None),
             introspection: self.introspection,
             answers: Mutex::new(HashMap::new()),
+            revocations,
         };
         let verifier = Verifier {
             inner: Arc::new(inner),
@@ -183,6 +229,8 @@ struct Inner {
     introspection: Option<(Credentials, Duration)>,
     /// `jti` to (active, when asked).
     answers: Mutex<HashMap<String, (bool, Instant)>>,
+    /// The broker's revocations, if followed.
+    revocations: Option<RevocationView>,
 }
 
 impl fmt::Debug for Verifier {
@@ -206,6 +254,8 @@ impl Verifier {
             min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
             max_key_age: DEFAULT_MAX_KEY_AGE,
             introspection: None,
+            revocation_feed: None,
+            fail_open: false,
             error: None,
         }
     }
@@ -285,6 +335,9 @@ impl Verifier {
             leeway_secs: self.inner.leeway_secs,
         };
         let claims = access_token::verify(token, &keys, &expect, unix_now())?;
+        if let Some(revocations) = &self.inner.revocations {
+            revocations.check(&claims)?;
+        }
         Ok(VerifiedToken { claims })
     }
 
