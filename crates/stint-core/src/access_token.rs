@@ -207,6 +207,7 @@ mod tests {
             workflow: "wf".into(),
             cnf: None,
             elev: None,
+            status: None,
         }
     }
 

@@ -42,6 +42,10 @@ pub struct AccessTokenClaims {
     /// token is revoked with the approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elev: Option<String>,
+    /// Where the token's status is published (draft-ietf-oauth-status-list):
+    /// verifiers that poll the status list read its revocation there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::status_list::StatusClaim>,
 }
 
 pub use stint_proto::Confirmation;
@@ -79,6 +83,7 @@ impl AccessTokenClaims {
             workflow: grant.workflow().to_owned(),
             cnf: None,
             elev: grant.approval().map(str::to_owned),
+            status: None,
         }
     }
 

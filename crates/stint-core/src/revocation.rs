@@ -234,6 +234,7 @@ mod tests {
             workflow: "w".into(),
             cnf: None,
             elev: None,
+            status: None,
         }
     }
 

@@ -409,6 +409,7 @@ impl Approvals {
                 state
                     .revocations
                     .insert_approval(&next.id, next.latest_token_expiry());
+                state.status_lists.revoke_approval(&next.id);
                 state.feed.publish(stint_proto::RevocationEvent {
                     approval: Some(next.id.clone()),
                     ..crate::http::feed_event("approval", next.latest_token_expiry())

@@ -44,6 +44,9 @@ pub enum StartError {
     /// TLS material could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The status lists could not be set up.
+    #[error("status lists: {0}")]
+    StatusLists(String),
     /// The approval webhook is misconfigured.
     #[error("approval webhook: {0}")]
     Webhook(String),

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod metrics;
 mod serve;
 mod state;
+mod status;
 pub mod tls;
 pub mod webhook;
 
@@ -360,6 +361,10 @@ pub async fn start_with_clock(
         &revocations,
     );
 
+    let status_lists = status::StatusLists::start(&issuer, store.as_ref(), &rng, now.timestamp())
+        .await
+        .map_err(StartError::StatusLists)?;
+
     let issuer_keys = federation::IssuerKeys::new(config.federation_ca.as_deref())
         .map_err(|message| StartError::Config(ConfigError::FederationCa(message)))?;
     let state = Arc::new(AppState {
@@ -379,6 +384,7 @@ pub async fn start_with_clock(
         body_timeout: config.limits.body_timeout,
         approvals,
         feed,
+        status_lists,
         feed_keepalive: config.feed_keepalive,
         closing: closing_rx,
     });
@@ -460,6 +466,7 @@ async fn purge(state: &AppState) -> usize {
         tracing::debug!(dropped, "dropped expired revocations from memory");
     }
     state.keys.prune(state.store.as_ref(), now).await;
+    state.status_lists.purge(now.timestamp());
     dropped
 }
 

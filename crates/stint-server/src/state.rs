@@ -43,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) approvals: crate::approvals::Approvals,
     /// The revocation feed.
     pub(crate) feed: crate::feed::Feed,
+    /// Token Status Lists.
+    pub(crate) status_lists: crate::status::StatusLists,
     /// How often a quiet feed stream sends a keep-alive.
     pub(crate) feed_keepalive: std::time::Duration,
     /// Becomes `true` when the broker shuts down: feed streams end.

@@ -17,6 +17,33 @@ pub async fn run(store: &dyn Store) {
     purge_drops_only_what_expired(store).await;
     signing_keys_round_trip(store).await;
     approvals_round_trip(store).await;
+    status_lists_round_trip(store).await;
+}
+
+async fn status_lists_round_trip(store: &dyn Store) {
+    store
+        .insert_status_list("list-a", 1_000, 9_000)
+        .await
+        .expect("insert a list");
+    store
+        .insert_status_list("list-b", 2_000, 10_000)
+        .await
+        .expect("insert another");
+    store
+        .insert_status_list("list-a", 5_000, 99_000)
+        .await
+        .expect("inserting again is a no-op");
+    assert_eq!(
+        store.status_lists(3_000).await.expect("load lists"),
+        [("list-a".to_owned(), 1_000), ("list-b".to_owned(), 2_000)]
+    );
+    assert_eq!(
+        store.status_lists(9_000).await.expect("load lists"),
+        [("list-b".to_owned(), 2_000)],
+        "a list is not returned once every token it could serve has expired"
+    );
+    store.purge_expired(10_000).await.expect("purge");
+    assert!(store.status_lists(0).await.expect("load lists").is_empty());
 }
 
 async fn approvals_round_trip(store: &dyn Store) {

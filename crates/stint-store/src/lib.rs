@@ -121,6 +121,19 @@ pub trait Store: Send + Sync + 'static {
     /// Every approval request still kept at `now`, oldest first.
     async fn approvals(&self, now: i64) -> Result<Vec<ApprovalRequest>, StoreError>;
 
+    /// Record a status list the broker started (its tokens point at it),
+    /// kept until `expires_at`, when every token that can point at it has
+    /// expired.
+    async fn insert_status_list(
+        &self,
+        id: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The status lists still kept at `now`: id and creation time.
+    async fn status_lists(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+
     /// Whether the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;
 }

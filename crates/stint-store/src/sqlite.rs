@@ -20,7 +20,7 @@ use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, TokenRevocation};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revoked_tokens (
@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS approvals (
     body         TEXT    NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS approvals_keep_until ON approvals (keep_until);
+CREATE TABLE IF NOT EXISTS status_lists (
+    id         TEXT    PRIMARY KEY NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
 ";
 
 /// The SQLite store.
@@ -200,8 +205,9 @@ impl Store for SqliteStore {
             let tokens = tx.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?1", [now])?;
             let jobs = tx.execute("DELETE FROM revoked_jobs WHERE until <= ?1", [now])?;
             let approvals = tx.execute("DELETE FROM approvals WHERE keep_until <= ?1", [now])?;
+            let lists = tx.execute("DELETE FROM status_lists WHERE expires_at <= ?1", [now])?;
             tx.commit()?;
-            Ok((tokens + jobs + approvals) as u64)
+            Ok((tokens + jobs + approvals + lists) as u64)
         })
         .await
     }
@@ -299,6 +305,35 @@ impl Store for SqliteStore {
                     .map_err(|e| StoreError::Corrupt(format!("an approval row: {e}")))
             })
             .collect()
+    }
+
+    async fn insert_status_list(
+        &self,
+        id: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.run("insert status list", move |c| {
+            c.execute(
+                "INSERT INTO status_lists (id, created_at, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO NOTHING",
+                params![id, created_at, expires_at],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn status_lists(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.run("load status lists", move |c| {
+            let mut statement = c.prepare(
+                "SELECT id, created_at FROM status_lists WHERE expires_at > ?1 ORDER BY created_at, id",
+            )?;
+            let rows = statement.query_map([now], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn check(&self) -> Result<(), StoreError> {

@@ -20,6 +20,7 @@ mod feed;
 mod introspect;
 mod ops;
 mod revoke;
+mod status;
 mod token;
 
 pub(crate) use revoke::feed_event;
@@ -51,13 +52,14 @@ pub(crate) struct RequestContext {
 const JOB_REVOKE_ROUTE: &str = "/v1/jobs/{job}/revoke";
 const APPROVAL_ROUTE: &str = "/v1/approvals/{id}";
 const APPROVAL_DECISION_ROUTE: &str = "/v1/approvals/{id}/{decision}";
+const STATUS_LIST_ROUTE: &str = "/v1/status/{list}";
 const HEALTHZ: &str = "/healthz";
 const READYZ: &str = "/readyz";
 const METRICS: &str = "/metrics";
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
-const ROUTES: [&str; 16] = [
+const ROUTES: [&str; 17] = [
     proto::METADATA_PATH,
     proto::OPENID_CONFIGURATION_PATH,
     proto::JWKS_PATH,
@@ -71,6 +73,7 @@ const ROUTES: [&str; 16] = [
     APPROVAL_DECISION_ROUTE,
     proto::REVOCATION_STREAM_PATH,
     proto::REVOCATION_SNAPSHOT_PATH,
+    STATUS_LIST_ROUTE,
     HEALTHZ,
     READYZ,
     METRICS,
@@ -91,6 +94,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(APPROVAL_DECISION_ROUTE, post(approvals::decide_route))
         .route(proto::REVOCATION_STREAM_PATH, get(feed::stream))
         .route(proto::REVOCATION_SNAPSHOT_PATH, get(feed::snapshot))
+        .route(STATUS_LIST_ROUTE, get(status::status_list))
         .route(HEALTHZ, get(ops::healthz))
         .route(READYZ, get(ops::readyz))
         .route(METRICS, get(ops::metrics))

@@ -114,6 +114,7 @@ async fn revoke(
             "the token was not issued to this client",
         ));
     }
+    state.status_lists.revoke_token(&claims);
     let revocation = TokenRevocation {
         jti: claims.jti,
         sub: claims.sub,
@@ -302,6 +303,9 @@ async fn revoke_job_inner(
     // blocked from minting for) its own jobs.
     let revocation = JobRevocation::new(workload.name(), &job, now);
     state.revocations.insert_job(&revocation);
+    state
+        .status_lists
+        .revoke_job(&revocation.sub, &revocation.job);
     state.store.revoke_job(&revocation).await.map_err(|error| {
         tracing::error!(%error, "job revocation not durable");
         OAuthError::unavailable("the revocation could not be made durable")

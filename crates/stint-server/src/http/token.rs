@@ -207,6 +207,12 @@ async fn mint(
     let jti = new_jti(&state.rng).map_err(|_| internal("could not generate a token id"))?;
     let mut claims = AccessTokenClaims::from_grant(&grant, &state.issuer, jti);
     claims.cnf = bound_to;
+    claims.status = Some(
+        state
+            .status_lists
+            .allocate(&claims, state.store.as_ref(), &state.rng, now.timestamp())
+            .await?,
+    );
     let access_token = state
         .keys
         .signing_key()
