@@ -110,6 +110,8 @@ pub(crate) struct StatusLists {
     issuer: String,
     hasher: RandomState,
     lists: RwLock<Vec<Arc<List>>>,
+    /// The list new tokens go to (the newest of this run).
+    current: arc_swap::ArcSwapOption<List>,
     /// Held while a new list is started (a store write).
     rotation: tokio::sync::Mutex<()>,
 }
@@ -132,6 +134,7 @@ impl StatusLists {
             issuer: issuer.to_owned(),
             hasher: RandomState::new(),
             lists: RwLock::new(lists),
+            current: arc_swap::ArcSwapOption::empty(),
             rotation: tokio::sync::Mutex::new(()),
         };
         this.start_list(store, rng, now).await?;
@@ -165,6 +168,7 @@ impl StatusLists {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(Arc::clone(&list));
+        self.current.store(Some(Arc::clone(&list)));
         tracing::info!(list = %list.id, "status list started");
         Ok(list)
     }
@@ -194,7 +198,7 @@ impl StatusLists {
                 .map_or(0, |approval| self.approval_key(approval)),
         };
         for _ in 0..2 {
-            let newest = self.lists().into_iter().rev().find(|l| !l.orphaned);
+            let newest = self.current.load_full();
             if let Some(list) = newest.filter(|l| now < l.created_at + LIST_ROTATION_SECS) {
                 let mut contents = list.contents();
                 if contents.entries.len() < LIST_CAPACITY {
@@ -210,15 +214,10 @@ impl StatusLists {
             }
             let _rotating = self.rotation.lock().await;
             // Another mint may have started one meanwhile.
-            let fresh = self
-                .lists()
-                .into_iter()
-                .rev()
-                .find(|l| !l.orphaned)
-                .filter(|l| {
-                    now < l.created_at + LIST_ROTATION_SECS
-                        && l.contents().entries.len() < LIST_CAPACITY
-                });
+            let fresh = self.current.load_full().filter(|l| {
+                now < l.created_at + LIST_ROTATION_SECS
+                    && l.contents().entries.len() < LIST_CAPACITY
+            });
             if fresh.is_none() {
                 self.start_list(store, rng, now).await.map_err(|error| {
                     tracing::error!(%error, "could not start a status list");
