@@ -37,6 +37,8 @@ struct Known {
     tokens: HashMap<String, i64>,
     jobs: HashMap<(String, String), i64>,
     approvals: HashMap<String, i64>,
+    /// Stopped workloads: tokens issued up to the first value are revoked.
+    workloads: HashMap<String, (i64, i64)>,
     position: Option<FeedPosition>,
     heard: Option<Instant>,
 }
@@ -59,6 +61,11 @@ impl Known {
                     self.approvals.insert(approval, event.until);
                 }
             }
+            "workload" => {
+                if let (Some(sub), Some(before)) = (event.sub, event.issued_before) {
+                    self.workloads.insert(sub, (before, event.until));
+                }
+            }
             // A kind this SDK does not know: a newer broker. It cannot be
             // applied, so say so; a verifier must not think it is current.
             other => tracing::warn!(kind = other, "unknown revocation kind in the feed"),
@@ -69,6 +76,7 @@ impl Known {
         self.tokens.retain(|_, until| *until > now);
         self.jobs.retain(|_, until| *until > now);
         self.approvals.retain(|_, until| *until > now);
+        self.workloads.retain(|_, (_, until)| *until > now);
     }
 }
 
@@ -159,7 +167,11 @@ impl RevocationView {
             || claims
                 .elev
                 .as_ref()
-                .is_some_and(|approval| known.approvals.contains_key(approval));
+                .is_some_and(|approval| known.approvals.contains_key(approval))
+            || known
+                .workloads
+                .get(&claims.sub)
+                .is_some_and(|(before, _)| claims.iat <= *before);
         if revoked { Err(Error::Revoked) } else { Ok(()) }
     }
 }
@@ -362,6 +374,7 @@ mod tests {
             sub: Some("w".into()),
             job: Some("j".into()),
             approval: None,
+            issued_before: None,
             until: 100,
         });
         assert!(known.jobs.contains_key(&("w".to_owned(), "j".to_owned())));

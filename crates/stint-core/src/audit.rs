@@ -62,6 +62,13 @@ pub enum EventKind {
     ApprovalEnded,
     /// An approvals call was refused (not an operator, or the rules).
     ApprovalRefused,
+    /// An operator stopped a workload: its tokens are revoked, it mints
+    /// nothing until enabled.
+    WorkloadStopped,
+    /// An operator enabled a stopped workload again.
+    WorkloadEnabled,
+    /// A stop or enable call was refused.
+    WorkloadStopRefused,
 }
 
 /// Allowed or denied.

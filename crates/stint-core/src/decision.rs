@@ -83,6 +83,8 @@ pub enum DenyReason {
     ApprovalRule,
     /// A workload with too many approval requests open or kept.
     TooManyApprovalRequests,
+    /// The workload was stopped by an operator (emergency stop).
+    WorkloadStopped,
     /// The decision could not be recorded or made durable: refused.
     Unavailable,
     /// An internal failure (signing, randomness): refused.
@@ -123,6 +125,7 @@ impl DenyReason {
             Self::NotOperator => "not_operator",
             Self::ApprovalRule => "approval_rule",
             Self::TooManyApprovalRequests => "too_many_approval_requests",
+            Self::WorkloadStopped => "workload_stopped",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
         }

@@ -76,6 +76,9 @@ pub struct RevocationEntries {
     pub jobs: Vec<(String, String, i64)>,
     /// Revoked approvals: id, and until when the entry matters.
     pub approvals: Vec<(String, i64)>,
+    /// Stopped workloads: name, tokens issued up to this time are revoked,
+    /// and until when the entry matters.
+    pub workloads: Vec<(String, i64, i64)>,
 }
 
 /// Revoked-but-unexpired tokens and jobs, answered from memory.
@@ -88,6 +91,32 @@ pub struct RevocationSet {
     /// Revoked approvals (`elev`) to the latest expiry of a token minted
     /// under them.
     approvals: DashMap<String, i64>,
+    /// Stopped workloads: every token issued at or before the first value
+    /// is revoked; the entry matters until the second.
+    workloads: DashMap<String, (i64, i64)>,
+}
+
+/// A workload's emergency stop, as stored: every token it was issued up to
+/// `stopped_at` is revoked, and it mints nothing until an operator enables
+/// it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadStop {
+    /// The workload.
+    pub workload: String,
+    /// When it was stopped, seconds since the epoch.
+    pub stopped_at: i64,
+    /// Who stopped it (an operator).
+    pub stopped_by: String,
+    /// When it was enabled again, if it was.
+    pub enabled_at: Option<i64>,
+}
+
+impl WorkloadStop {
+    /// Until when the revocation of its tokens matters: no token issued
+    /// before the stop lives longer.
+    pub fn until(&self) -> i64 {
+        self.stopped_at + i64::from(MAX_TOKEN_TTL.as_secs()) + 1
+    }
 }
 
 impl RevocationSet {
@@ -116,9 +145,17 @@ impl RevocationSet {
         self.approvals.insert(approval.to_owned(), until);
     }
 
+    /// Record a workload's emergency stop: every token issued to it up to
+    /// `stopped_at` is revoked.
+    pub fn insert_workload(&self, stop: &WorkloadStop) {
+        self.workloads
+            .insert(stop.workload.clone(), (stop.stopped_at, stop.until()));
+    }
+
     /// Whether the token these claims describe has been revoked, by `jti`,
-    /// through its job or through the approval it was minted under. Fails
-    /// closed: a `jti` that cannot be read counts as revoked.
+    /// through its job, through the approval it was minted under, or by
+    /// its workload's emergency stop. Fails closed: a `jti` that cannot be
+    /// read counts as revoked.
     pub fn is_revoked(&self, claims: &AccessTokenClaims, now: DateTime<Utc>) -> bool {
         let Some(key) = claims.jti_key() else {
             return true;
@@ -129,6 +166,10 @@ impl RevocationSet {
                 .elev
                 .as_ref()
                 .is_some_and(|approval| self.approvals.contains_key(approval))
+            || self
+                .workloads
+                .get(&claims.sub)
+                .is_some_and(|entry| claims.iat <= entry.0)
     }
 
     /// Whether `job` of workload `sub` has been revoked and the entry is
@@ -147,6 +188,7 @@ impl RevocationSet {
         self.tokens.retain(|_, exp| *exp > now);
         self.jobs.retain(|_, until| *until > now);
         self.approvals.retain(|_, until| *until > now);
+        self.workloads.retain(|_, (_, until)| *until > now);
         before.saturating_sub(self.len())
     }
 
@@ -176,16 +218,23 @@ impl RevocationSet {
             .filter(|e| *e.value() > now)
             .map(|e| (e.key().clone(), *e.value()))
             .collect();
+        let workloads = self
+            .workloads
+            .iter()
+            .filter(|e| e.value().1 > now)
+            .map(|e| (e.key().clone(), e.value().0, e.value().1))
+            .collect();
         RevocationEntries {
             tokens,
             jobs,
             approvals,
+            workloads,
         }
     }
 
     /// How many entries the set holds.
     pub fn len(&self) -> usize {
-        self.tokens.len() + self.jobs.len() + self.approvals.len()
+        self.tokens.len() + self.jobs.len() + self.approvals.len() + self.workloads.len()
     }
 
     /// Whether the set is empty.
@@ -251,6 +300,26 @@ mod tests {
             ..claims("w", "j", new_jti(&rng).unwrap(), 1_200)
         };
         let plain = claims("w", "j", new_jti(&rng).unwrap(), 1_200);
+        let stopped = RevocationSet::new();
+        stopped.insert_workload(&WorkloadStop {
+            workload: "w".into(),
+            stopped_at: 950,
+            stopped_by: "alice".into(),
+            enabled_at: None,
+        });
+        assert!(
+            stopped.is_revoked(&plain, at(1_001)),
+            "issued at 900, before the stop"
+        );
+        let after = AccessTokenClaims {
+            iat: 960,
+            ..claims("w", "j", new_jti(&rng).unwrap(), 1_260)
+        };
+        assert!(
+            !stopped.is_revoked(&after, at(1_001)),
+            "issued after the stop"
+        );
+        assert!(!stopped.is_revoked(&claims("v", "j", new_jti(&rng).unwrap(), 1_200), at(1_001)));
         set.insert_approval("apr-1", 1_200);
         let entries = set.entries(at(1_001));
         assert_eq!(entries.approvals, [("apr-1".to_owned(), 1_200)]);

@@ -19,13 +19,14 @@ pub const EVENT_READY: &str = "ready";
 pub const EVENT_RESYNC: &str = "resync";
 
 /// One revocation, as the feed and the snapshot carry it. Exactly one of
-/// the kinds' fields is set: `jti` (a token), `sub` and `job` (a job), or
-/// `approval` (every token minted under an approval).
+/// the kinds' fields is set: `jti` (a token), `sub` and `job` (a job),
+/// `approval` (every token minted under an approval), or `sub` and
+/// `issued_before` (a workload's emergency stop).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationEvent {
     /// Its position in the feed (the SSE `id` is `EPOCH.SEQ`).
     pub seq: u64,
-    /// `token`, `job` or `approval`.
+    /// `token`, `job`, `approval` or `workload`.
     pub kind: String,
     /// The revoked token's `jti`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,6 +40,10 @@ pub struct RevocationEvent {
     /// The revoked approval (tokens with this `elev`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// For a stopped workload (`sub`): every token it was issued at or
+    /// before this time (`iat`) is revoked, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_before: Option<i64>,
     /// Until when the entry matters (no token it covers lives longer),
     /// seconds since the epoch.
     pub until: i64,

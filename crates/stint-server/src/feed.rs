@@ -178,6 +178,7 @@ mod tests {
             sub: None,
             job: None,
             approval: None,
+            issued_before: None,
             until: 2_000,
         }
     }

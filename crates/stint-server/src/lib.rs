@@ -272,6 +272,14 @@ pub async fn start_with_clock(
     for job in &live.jobs {
         revocations.insert_job(job);
     }
+    let mut stopped = std::collections::HashSet::new();
+    for stop in store.workload_stops(now.timestamp()).await? {
+        revocations.insert_workload(&stop);
+        if stop.enabled_at.is_none() {
+            tracing::warn!(workload = %stop.workload, by = %stop.stopped_by, "workload is stopped: it mints nothing until an operator enables it");
+            stopped.insert(stop.workload);
+        }
+    }
     tracing::info!(
         tokens = live.tokens.len(),
         jobs = live.jobs.len(),
@@ -385,6 +393,7 @@ pub async fn start_with_clock(
         approvals,
         feed,
         status_lists,
+        stopped: std::sync::RwLock::new(stopped),
         feed_keepalive: config.feed_keepalive,
         closing: closing_rx,
     });

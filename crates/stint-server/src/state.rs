@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub(crate) feed: crate::feed::Feed,
     /// Token Status Lists.
     pub(crate) status_lists: crate::status::StatusLists,
+    /// Workloads an operator stopped: they mint nothing until enabled.
+    pub(crate) stopped: std::sync::RwLock<std::collections::HashSet<String>>,
     /// How often a quiet feed stream sends a keep-alive.
     pub(crate) feed_keepalive: std::time::Duration,
     /// Becomes `true` when the broker shuts down: feed streams end.
@@ -79,6 +81,14 @@ impl AppState {
             entry.client_addr = context.client_addr.map(|a| a.to_string());
         }
         entry
+    }
+
+    /// Whether an operator stopped `workload`.
+    pub(crate) fn is_stopped(&self, workload: &str) -> bool {
+        self.stopped
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(workload)
     }
 
     /// Record `entry`; on failure the caller must refuse (fail closed).

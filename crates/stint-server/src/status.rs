@@ -47,6 +47,7 @@ const LIST_LIFETIME_SECS: i64 = 300;
 struct Entry {
     job: u64,
     approval: u64,
+    workload: u64,
 }
 
 struct Contents {
@@ -177,6 +178,10 @@ impl StatusLists {
         self.hasher.hash_one((sub, job))
     }
 
+    fn workload_key(&self, workload: &str) -> u64 {
+        self.hasher.hash_one(("workload", workload))
+    }
+
     fn approval_key(&self, approval: &str) -> u64 {
         self.hasher.hash_one(("elev", approval))
     }
@@ -196,6 +201,7 @@ impl StatusLists {
                 .elev
                 .as_deref()
                 .map_or(0, |approval| self.approval_key(approval)),
+            workload: self.workload_key(&claims.sub),
         };
         for _ in 0..2 {
             let newest = self.current.load_full();
@@ -256,6 +262,12 @@ impl StatusLists {
     pub(crate) fn revoke_approval(&self, approval: &str) {
         let key = self.approval_key(approval);
         self.revoke_matching(|entry| entry.approval == key);
+    }
+
+    /// A workload was stopped: set the status of each of its tokens.
+    pub(crate) fn revoke_workload(&self, workload: &str) {
+        let key = self.workload_key(workload);
+        self.revoke_matching(|entry| entry.workload == key);
     }
 
     fn revoke_matching(&self, matches: impl Fn(&Entry) -> bool) {

@@ -18,6 +18,43 @@ pub async fn run(store: &dyn Store) {
     signing_keys_round_trip(store).await;
     approvals_round_trip(store).await;
     status_lists_round_trip(store).await;
+    workload_stops_round_trip(store).await;
+}
+
+async fn workload_stops_round_trip(store: &dyn Store) {
+    use stint_core::revocation::WorkloadStop;
+    let stop = WorkloadStop {
+        workload: "w".into(),
+        stopped_at: 1_000,
+        stopped_by: "alice".into(),
+        enabled_at: None,
+    };
+    store.stop_workload(&stop).await.expect("stop");
+    assert_eq!(
+        store.workload_stops(1_000_000).await.expect("load"),
+        std::slice::from_ref(&stop),
+        "kept while stopped"
+    );
+    store.enable_workload("w", 1_500).await.expect("enable");
+    let enabled = WorkloadStop {
+        enabled_at: Some(1_500),
+        ..stop.clone()
+    };
+    assert_eq!(
+        store.workload_stops(2_000).await.expect("load"),
+        [enabled],
+        "enabled, tokens still revoked"
+    );
+    assert!(
+        store
+            .workload_stops(stop.until())
+            .await
+            .expect("load")
+            .is_empty(),
+        "enabled and every revoked token expired"
+    );
+    store.purge_expired(stop.until()).await.expect("purge");
+    store.stop_workload(&stop).await.expect("stop again");
 }
 
 async fn status_lists_round_trip(store: &dyn Store) {

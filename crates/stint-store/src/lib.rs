@@ -19,7 +19,7 @@ pub use sqlite::SqliteStore;
 use async_trait::async_trait;
 use std::fmt;
 use stint_core::approval::ApprovalRequest;
-use stint_core::revocation::{JobRevocation, TokenRevocation};
+use stint_core::revocation::{JobRevocation, TokenRevocation, WorkloadStop};
 use thiserror::Error;
 
 /// A store failure. Messages name the operation, never a key or token.
@@ -133,6 +133,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The status lists still kept at `now`: id and creation time.
     async fn status_lists(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Record a workload's emergency stop (replacing an earlier one).
+    async fn stop_workload(&self, stop: &WorkloadStop) -> Result<(), StoreError>;
+
+    /// Record that a stopped workload may mint again (its earlier tokens
+    /// stay revoked).
+    async fn enable_workload(&self, workload: &str, at: i64) -> Result<(), StoreError>;
+
+    /// The stops that still matter at `now`: not enabled again, or whose
+    /// revoked tokens could still be alive.
+    async fn workload_stops(&self, now: i64) -> Result<Vec<WorkloadStop>, StoreError>;
 
     /// Whether the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;

@@ -17,10 +17,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stint_core::approval::ApprovalRequest;
-use stint_core::revocation::{JobRevocation, TokenRevocation};
+use stint_core::revocation::{JobRevocation, TokenRevocation, WorkloadStop};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revoked_tokens (
@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS approvals (
     body         TEXT    NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS approvals_keep_until ON approvals (keep_until);
+CREATE TABLE IF NOT EXISTS workload_stops (
+    workload   TEXT    PRIMARY KEY NOT NULL,
+    stopped_at INTEGER NOT NULL,
+    stopped_by TEXT    NOT NULL,
+    until      INTEGER NOT NULL,
+    enabled_at INTEGER
+) STRICT;
 CREATE TABLE IF NOT EXISTS status_lists (
     id         TEXT    PRIMARY KEY NOT NULL,
     created_at INTEGER NOT NULL,
@@ -206,8 +213,12 @@ impl Store for SqliteStore {
             let jobs = tx.execute("DELETE FROM revoked_jobs WHERE until <= ?1", [now])?;
             let approvals = tx.execute("DELETE FROM approvals WHERE keep_until <= ?1", [now])?;
             let lists = tx.execute("DELETE FROM status_lists WHERE expires_at <= ?1", [now])?;
+            let stops = tx.execute(
+                "DELETE FROM workload_stops WHERE enabled_at IS NOT NULL AND until <= ?1",
+                [now],
+            )?;
             tx.commit()?;
-            Ok((tokens + jobs + approvals + lists) as u64)
+            Ok((tokens + jobs + approvals + lists + stops) as u64)
         })
         .await
     }
@@ -331,6 +342,53 @@ impl Store for SqliteStore {
                 "SELECT id, created_at FROM status_lists WHERE expires_at > ?1 ORDER BY created_at, id",
             )?;
             let rows = statement.query_map([now], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn stop_workload(&self, stop: &WorkloadStop) -> Result<(), StoreError> {
+        let stop = stop.clone();
+        let until = stop.until();
+        self.run("stop workload", move |c| {
+            c.execute(
+                "INSERT INTO workload_stops (workload, stopped_at, stopped_by, until, enabled_at)
+                 VALUES (?1, ?2, ?3, ?4, NULL)
+                 ON CONFLICT (workload) DO UPDATE SET stopped_at = excluded.stopped_at,
+                   stopped_by = excluded.stopped_by, until = excluded.until, enabled_at = NULL",
+                params![stop.workload, stop.stopped_at, stop.stopped_by, until],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn enable_workload(&self, workload: &str, at: i64) -> Result<(), StoreError> {
+        let workload = workload.to_owned();
+        self.run("enable workload", move |c| {
+            c.execute(
+                "UPDATE workload_stops SET enabled_at = ?2 WHERE workload = ?1 AND enabled_at IS NULL",
+                params![workload, at],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn workload_stops(&self, now: i64) -> Result<Vec<WorkloadStop>, StoreError> {
+        self.run("load workload stops", move |c| {
+            let mut statement = c.prepare(
+                "SELECT workload, stopped_at, stopped_by, enabled_at FROM workload_stops
+                 WHERE enabled_at IS NULL OR until > ?1 ORDER BY workload",
+            )?;
+            let rows = statement.query_map([now], |row| {
+                Ok(WorkloadStop {
+                    workload: row.get(0)?,
+                    stopped_at: row.get(1)?,
+                    stopped_by: row.get(2)?,
+                    enabled_at: row.get(3)?,
+                })
+            })?;
             rows.collect()
         })
         .await

@@ -42,7 +42,7 @@ fn not_operator(description: &str) -> OAuthError {
 }
 
 /// Who is calling: an operator of the policy in force, with their groups.
-async fn operator(
+pub(crate) async fn operator(
     state: &AppState,
     headers: &HeaderMap,
     entry: &mut AuditEntry,

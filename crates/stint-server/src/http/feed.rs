@@ -205,6 +205,7 @@ pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: Header
         sub: None,
         job: None,
         approval: None,
+        issued_before: None,
         until,
     };
     for (jti, exp) in entries.tokens {
@@ -224,6 +225,13 @@ pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: Header
         revocations.push(RevocationEvent {
             approval: Some(approval),
             ..blank("approval", until)
+        });
+    }
+    for (sub, issued_before, until) in entries.workloads {
+        revocations.push(RevocationEvent {
+            sub: Some(sub),
+            issued_before: Some(issued_before),
+            ..blank("workload", until)
         });
     }
     let mut response = Json(RevocationSnapshot {

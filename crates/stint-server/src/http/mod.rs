@@ -22,6 +22,7 @@ mod ops;
 mod revoke;
 mod status;
 mod token;
+mod workloads;
 
 pub(crate) use revoke::feed_event;
 
@@ -53,13 +54,15 @@ const JOB_REVOKE_ROUTE: &str = "/v1/jobs/{job}/revoke";
 const APPROVAL_ROUTE: &str = "/v1/approvals/{id}";
 const APPROVAL_DECISION_ROUTE: &str = "/v1/approvals/{id}/{decision}";
 const STATUS_LIST_ROUTE: &str = "/v1/status/{list}";
+const WORKLOAD_STOP_ROUTE: &str = "/v1/workloads/{name}/stop";
+const WORKLOAD_ENABLE_ROUTE: &str = "/v1/workloads/{name}/enable";
 const HEALTHZ: &str = "/healthz";
 const READYZ: &str = "/readyz";
 const METRICS: &str = "/metrics";
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
-const ROUTES: [&str; 17] = [
+const ROUTES: [&str; 19] = [
     proto::METADATA_PATH,
     proto::OPENID_CONFIGURATION_PATH,
     proto::JWKS_PATH,
@@ -74,6 +77,8 @@ const ROUTES: [&str; 17] = [
     proto::REVOCATION_STREAM_PATH,
     proto::REVOCATION_SNAPSHOT_PATH,
     STATUS_LIST_ROUTE,
+    WORKLOAD_STOP_ROUTE,
+    WORKLOAD_ENABLE_ROUTE,
     HEALTHZ,
     READYZ,
     METRICS,
@@ -95,6 +100,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(proto::REVOCATION_STREAM_PATH, get(feed::stream))
         .route(proto::REVOCATION_SNAPSHOT_PATH, get(feed::snapshot))
         .route(STATUS_LIST_ROUTE, get(status::status_list))
+        .route(WORKLOAD_STOP_ROUTE, post(workloads::stop))
+        .route(WORKLOAD_ENABLE_ROUTE, post(workloads::enable))
         .route(HEALTHZ, get(ops::healthz))
         .route(READYZ, get(ops::readyz))
         .route(METRICS, get(ops::metrics))

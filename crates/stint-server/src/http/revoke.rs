@@ -216,6 +216,7 @@ pub(crate) fn feed_event(kind: &str, until: i64) -> RevocationEvent {
         sub: None,
         job: None,
         approval: None,
+        issued_before: None,
         until,
     }
 }

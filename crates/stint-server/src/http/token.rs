@@ -144,6 +144,13 @@ async fn mint(
         }
     };
     entry.sub = Some(workload.name().to_owned());
+    if state.is_stopped(workload.name()) {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            DenyReason::WorkloadStopped,
+            "this workload was stopped by an operator: it gets no tokens until an operator enables it again",
+        ));
+    }
 
     let mut request = StepRequest::from_params(&form)?;
     if let Some(job) = identity_job {
