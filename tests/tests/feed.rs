@@ -56,7 +56,10 @@ async fn subscribers_get_every_revocation_in_order() {
     let position: Value = serde_json::from_str(&ready.data).unwrap();
     assert_eq!(position["seq"], 0);
     let epoch = position["epoch"].as_str().unwrap().to_owned();
-    assert_eq!(ready.id.as_deref(), Some(format!("{epoch}.0").as_str()));
+    assert_eq!(
+        ready.id, None,
+        "ready carries no id: resuming is from events"
+    );
 
     let jti = revoke_new_token(&broker, "job-feed").await;
     let event = stream.next_event(WAIT).await.unwrap();
@@ -163,6 +166,31 @@ async fn quiet_streams_carry_keep_alives() {
     assert_eq!(comment.event, ":", "a comment, not an event: {comment:?}");
     assert_eq!(comment.data, "keep-alive");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_stream_outlives_the_idle_timeout() {
+    let broker = TestBroker::start_with(BrokerOptions {
+        feed_keepalive: Duration::from_millis(200),
+        limits: stint_server::Limits {
+            idle_timeout: Duration::from_millis(500),
+            ..stint_server::Limits::default()
+        },
+        ..BrokerOptions::default()
+    })
+    .await;
+    let mut stream = open(&broker, None).await;
+    assert_eq!(stream.next_event(WAIT).await.unwrap().event, "ready");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1_500) {
+        let comment = stream.next(WAIT).await;
+        assert!(comment.is_some(), "the stream was cut while in use");
+    }
+    let jti = revoke_new_token(&broker, "job-long").await;
+    assert_eq!(
+        revocation(&stream.next_event(WAIT).await.unwrap()).jti,
+        Some(jti)
+    );
 }
 
 #[tokio::test]

@@ -761,13 +761,19 @@ where
 }
 
 /// Read at most [`MAX_RESPONSE_LEN`] bytes of `response`'s body.
-pub(crate) async fn read_body(
+pub(crate) async fn read_body(url: &str, response: reqwest::Response) -> Result<Vec<u8>, Error> {
+    read_body_up_to(url, response, MAX_RESPONSE_LEN).await
+}
+
+/// Read at most `limit` bytes of `response`'s body.
+async fn read_body_up_to(
     url: &str,
     mut response: reqwest::Response,
+    limit: usize,
 ) -> Result<Vec<u8>, Error> {
     if response
         .content_length()
-        .is_some_and(|len| len > MAX_RESPONSE_LEN as u64)
+        .is_some_and(|len| len > limit as u64)
     {
         return Err(Error::protocol(url, "the answer is too large"));
     }
@@ -777,7 +783,7 @@ pub(crate) async fn read_body(
         .await
         .map_err(|e| Error::unreachable(url, &e))?
     {
-        if body.len() + chunk.len() > MAX_RESPONSE_LEN {
+        if body.len() + chunk.len() > limit {
             return Err(Error::protocol(url, "the answer is too large"));
         }
         body.extend_from_slice(&chunk);
@@ -790,8 +796,17 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     url: &str,
     response: reqwest::Response,
 ) -> Result<T, Error> {
+    read_json_up_to(url, response, MAX_RESPONSE_LEN).await
+}
+
+/// As [`read_json`], with a body of at most `limit` bytes.
+pub(crate) async fn read_json_up_to<T: DeserializeOwned>(
+    url: &str,
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<T, Error> {
     let status = response.status();
-    let body = read_body(url, response).await?;
+    let body = read_body_up_to(url, response, limit).await?;
     if !status.is_success() {
         return Err(oauth_error(url, status, &body));
     }

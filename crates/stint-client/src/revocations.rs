@@ -9,7 +9,7 @@
 //! counts as a sign of life; [`RevocationView::check`] fails closed when
 //! there has been none for longer than the configured bound.
 
-use crate::client::{Credentials, read_body, read_json};
+use crate::client::{Credentials, read_body, read_json_up_to};
 use crate::error::Error;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -24,6 +24,10 @@ use stint_proto::{
 /// The longest single SSE event read (a revocation event is a few hundred
 /// bytes).
 const MAX_EVENT_LEN: usize = 64 * 1024;
+/// How often a long-lived stream's entries are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// The largest snapshot read (a million entries are about 100 MB of JSON).
+const MAX_SNAPSHOT_LEN: usize = 256 * 1024 * 1024;
 /// Reconnection delays after a failure, then the last one repeats.
 const BACKOFF: [Duration; 4] = [
     Duration::from_millis(100),
@@ -41,6 +45,9 @@ struct Known {
     workloads: HashMap<String, (i64, i64)>,
     position: Option<FeedPosition>,
     heard: Option<Instant>,
+    /// The feed sent a kind of revocation this SDK cannot apply: the view
+    /// is not current, whatever else arrives.
+    incompatible: bool,
 }
 
 impl Known {
@@ -67,12 +74,21 @@ impl Known {
                 }
             }
             // A kind this SDK does not know: a newer broker. It cannot be
-            // applied, so say so; a verifier must not think it is current.
-            other => tracing::warn!(kind = other, "unknown revocation kind in the feed"),
+            // applied, so the view is not current: fail closed.
+            other => {
+                tracing::error!(
+                    kind = other,
+                    "unknown revocation kind in the feed: upgrade the SDK; refusing tokens until then"
+                );
+                self.incompatible = true;
+            }
         }
     }
 
+    /// Drop entries whose tokens can no longer pass verification even
+    /// with the largest clock leeway a verifier allows.
     fn purge(&mut self, now: i64) {
+        let now = now - stint_core::access_token::MAX_LEEWAY_SECS;
         self.tokens.retain(|_, until| *until > now);
         self.jobs.retain(|_, until| *until > now);
         self.approvals.retain(|_, until| *until > now);
@@ -149,7 +165,11 @@ impl RevocationView {
     /// verifier was built to fail open.
     pub(crate) fn check(&self, claims: &AccessTokenClaims) -> Result<(), Error> {
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        let silent = known.heard.map_or(Duration::MAX, |at| at.elapsed());
+        let silent = if known.incompatible {
+            Duration::MAX
+        } else {
+            known.heard.map_or(Duration::MAX, |at| at.elapsed())
+        };
         if silent > self.max_staleness {
             if self.fail_open {
                 tracing::error!(
@@ -157,7 +177,9 @@ impl RevocationView {
                     "revocation state is stale and this verifier FAILS OPEN: accepting a token that may be revoked"
                 );
             } else {
-                return Err(Error::RevocationStateStale { silent });
+                return Err(Error::RevocationStateStale {
+                    silent: silent.min(Duration::from_secs(u64::from(u32::MAX))),
+                });
             }
         }
         let revoked = known.tokens.contains_key(&claims.jti)
@@ -186,7 +208,8 @@ impl Feed {
             .send()
             .await
             .map_err(|e| Error::unreachable(&url, &e))?;
-        let snapshot: RevocationSnapshot = read_json(&url, response).await?;
+        let snapshot: RevocationSnapshot =
+            read_json_up_to(&url, response, MAX_SNAPSHOT_LEN).await?;
         let mut fresh = Known::default();
         for event in snapshot.revocations {
             fresh.apply(event);
@@ -233,6 +256,7 @@ impl Feed {
             ));
         }
         let mut buffer: Vec<u8> = Vec::new();
+        let mut last_purge = Instant::now();
         loop {
             // Silence longer than the staleness bound: the connection is as
             // good as dead (the broker sends keep-alives well within it).
@@ -248,7 +272,15 @@ impl Feed {
                 let block = String::from_utf8_lossy(&block);
                 let (event, data) = parse_block(&block);
                 let mut known = known.write().unwrap_or_else(|p| p.into_inner());
-                known.heard = Some(Instant::now());
+                // A resync says nothing about what is revoked: not a sign
+                // of life (a verifier stuck resyncing must go stale).
+                if event.as_deref() != Some(EVENT_RESYNC) {
+                    known.heard = Some(Instant::now());
+                }
+                if last_purge.elapsed() >= PURGE_EVERY {
+                    known.purge(unix_now());
+                    last_purge = Instant::now();
+                }
                 match event.as_deref() {
                     Some(EVENT_REVOCATION) => {
                         let event: RevocationEvent = serde_json::from_str(&data)

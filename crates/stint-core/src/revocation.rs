@@ -79,6 +79,8 @@ pub struct RevocationEntries {
     /// Stopped workloads: name, tokens issued up to this time are revoked,
     /// and until when the entry matters.
     pub workloads: Vec<(String, i64, i64)>,
+    /// Revoked steps: workload, job, step, and until when the entry matters.
+    pub steps: Vec<(String, String, String, i64)>,
 }
 
 /// Revoked-but-unexpired tokens and jobs, answered from memory.
@@ -94,6 +96,38 @@ pub struct RevocationSet {
     /// Stopped workloads: every token issued at or before the first value
     /// is revoked; the entry matters until the second.
     workloads: DashMap<String, (i64, i64)>,
+    /// `"{sub}/{job}/{step}"` to the entry's `until`.
+    steps: DashMap<String, i64>,
+}
+
+/// A revoked step of a job, as stored: every token of that step of the job
+/// is revoked, and no new one is minted for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRevocation {
+    /// The workload.
+    pub sub: String,
+    /// The job.
+    pub job: String,
+    /// The step's name (a token's `step` claim).
+    pub step: String,
+    /// When, seconds since the epoch.
+    pub revoked_at: i64,
+    /// When the entry may be dropped.
+    pub until: i64,
+}
+
+impl StepRevocation {
+    /// A revocation of `step` of `job` of workload `sub`, effective at `now`.
+    pub fn new(sub: &str, job: &str, step: &str, now: DateTime<Utc>) -> Self {
+        let revoked_at = now.timestamp();
+        Self {
+            sub: sub.to_owned(),
+            job: job.to_owned(),
+            step: step.to_owned(),
+            revoked_at,
+            until: revoked_at + i64::from(MAX_TOKEN_TTL.as_secs()) + 1,
+        }
+    }
 }
 
 /// A workload's emergency stop, as stored: every token it was issued up to
@@ -145,6 +179,22 @@ impl RevocationSet {
         self.approvals.insert(approval.to_owned(), until);
     }
 
+    /// Record a revoked step of a job.
+    pub fn insert_step(&self, revocation: &StepRevocation) {
+        self.steps.insert(
+            step_key(&revocation.sub, &revocation.job, &revocation.step),
+            revocation.until,
+        );
+    }
+
+    /// Whether `step` of `job` of workload `sub` has been revoked and the
+    /// entry is still in force.
+    pub fn is_step_revoked(&self, sub: &str, job: &str, step: &str, now: DateTime<Utc>) -> bool {
+        self.steps
+            .get(&step_key(sub, job, step))
+            .is_some_and(|until| *until > now.timestamp())
+    }
+
     /// Record a workload's emergency stop: every token issued to it up to
     /// `stopped_at` is revoked.
     pub fn insert_workload(&self, stop: &WorkloadStop) {
@@ -170,6 +220,7 @@ impl RevocationSet {
                 .workloads
                 .get(&claims.sub)
                 .is_some_and(|entry| claims.iat <= entry.0)
+            || self.is_step_revoked(&claims.sub, &claims.job, &claims.step, now)
     }
 
     /// Whether `job` of workload `sub` has been revoked and the entry is
@@ -189,6 +240,7 @@ impl RevocationSet {
         self.jobs.retain(|_, until| *until > now);
         self.approvals.retain(|_, until| *until > now);
         self.workloads.retain(|_, (_, until)| *until > now);
+        self.steps.retain(|_, until| *until > now);
         before.saturating_sub(self.len())
     }
 
@@ -224,17 +276,32 @@ impl RevocationSet {
             .filter(|e| e.value().1 > now)
             .map(|e| (e.key().clone(), e.value().0, e.value().1))
             .collect();
+        let steps = self
+            .steps
+            .iter()
+            .filter(|e| *e.value() > now)
+            .filter_map(|e| {
+                let mut parts = e.key().splitn(3, '/');
+                let (sub, job, step) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((sub.to_owned(), job.to_owned(), step.to_owned(), *e.value()))
+            })
+            .collect();
         RevocationEntries {
             tokens,
             jobs,
             approvals,
             workloads,
+            steps,
         }
     }
 
     /// How many entries the set holds.
     pub fn len(&self) -> usize {
-        self.tokens.len() + self.jobs.len() + self.approvals.len() + self.workloads.len()
+        self.tokens.len()
+            + self.jobs.len()
+            + self.approvals.len()
+            + self.workloads.len()
+            + self.steps.len()
     }
 
     /// Whether the set is empty.
@@ -247,6 +314,10 @@ impl RevocationSet {
 /// epoch) may be dropped, from memory and from the store.
 pub fn purge_cutoff(now: DateTime<Utc>) -> i64 {
     now.timestamp().saturating_sub(PURGE_GRACE_SECS)
+}
+
+fn step_key(sub: &str, job: &str, step: &str) -> String {
+    format!("{sub}/{job}/{step}")
 }
 
 fn job_key(sub: &str, job: &str) -> String {
@@ -320,6 +391,15 @@ mod tests {
             "issued after the stop"
         );
         assert!(!stopped.is_revoked(&claims("v", "j", new_jti(&rng).unwrap(), 1_200), at(1_001)));
+        let steps = RevocationSet::new();
+        steps.insert_step(&StepRevocation::new("w", "j", "s", at(1_000)));
+        assert!(steps.is_revoked(&plain, at(1_001)), "the token's step");
+        let other_step = AccessTokenClaims {
+            step: "t".into(),
+            ..claims("w", "j", new_jti(&rng).unwrap(), 1_200)
+        };
+        assert!(!steps.is_revoked(&other_step, at(1_001)));
+        assert_eq!(steps.entries(at(1_001)).steps.len(), 1);
         set.insert_approval("apr-1", 1_200);
         let entries = set.entries(at(1_001));
         assert_eq!(entries.approvals, [("apr-1".to_owned(), 1_200)]);

@@ -22,6 +22,8 @@ use tokio::sync::broadcast;
 
 /// Events kept for reconnecting clients.
 pub(crate) const BACKLOG: usize = 65_536;
+/// Feed streams open at once; more are answered 503.
+pub(crate) const MAX_SUBSCRIBERS: usize = 2048;
 /// Events a connected client may fall behind by before it must resync.
 const CHANNEL: usize = 8_192;
 

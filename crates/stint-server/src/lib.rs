@@ -394,6 +394,7 @@ pub async fn start_with_clock(
         feed,
         status_lists,
         stopped: std::sync::RwLock::new(stopped),
+        feed_slots: Arc::new(tokio::sync::Semaphore::new(feed::MAX_SUBSCRIBERS)),
         feed_keepalive: config.feed_keepalive,
         closing: closing_rx,
     });

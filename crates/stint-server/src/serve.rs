@@ -111,9 +111,17 @@ pub(crate) async fn serve(
                     }
                     let response = router.clone().oneshot(request);
                     async move {
-                        let response = response.await;
-                        drop(request_guard);
-                        response
+                        // The request stays in flight until its body is
+                        // sent: a long response (the revocation feed's
+                        // stream) is not an idle connection.
+                        response.await.map(|response| {
+                            response.map(|body| {
+                                axum::body::Body::new(GuardedBody {
+                                    inner: body,
+                                    _guard: request_guard,
+                                })
+                            })
+                        })
                     }
                 },
             ))
@@ -250,6 +258,32 @@ impl Activity {
 }
 
 struct RequestGuard(Arc<Activity>);
+
+/// A response body that holds its request's guard until it is done.
+struct GuardedBody {
+    inner: axum::body::Body,
+    _guard: RequestGuard,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {

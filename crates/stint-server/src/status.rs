@@ -244,7 +244,9 @@ impl StatusLists {
             .find(|l| l.uri == reference.uri && !l.orphaned)
         {
             let mut contents = list.contents();
+            // Only a change bumps the version (and costs a new signed list).
             if (reference.idx as usize) < contents.entries.len()
+                && contents.bits.get(reference.idx) != Ok(INVALID)
                 && contents.bits.set(reference.idx, INVALID).is_ok()
             {
                 contents.version += 1;
@@ -279,6 +281,7 @@ impl StatusLists {
                 .enumerate()
                 .filter(|(_, entry)| matches(entry))
                 .map(|(idx, _)| idx as u64)
+                .filter(|idx| contents.bits.get(*idx) != Ok(INVALID))
                 .collect();
             for idx in &hits {
                 let _ = contents.bits.set(*idx, INVALID);

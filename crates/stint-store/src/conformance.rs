@@ -19,6 +19,36 @@ pub async fn run(store: &dyn Store) {
     approvals_round_trip(store).await;
     status_lists_round_trip(store).await;
     workload_stops_round_trip(store).await;
+    step_revocations_round_trip(store).await;
+}
+
+async fn step_revocations_round_trip(store: &dyn Store) {
+    use stint_core::revocation::StepRevocation;
+    let revocation = StepRevocation {
+        sub: "w".into(),
+        job: "j".into(),
+        step: "deploy".into(),
+        revoked_at: 1_000,
+        until: 4_601,
+    };
+    store.revoke_step(&revocation).await.expect("revoke step");
+    store
+        .revoke_step(&revocation)
+        .await
+        .expect("again: a no-op");
+    assert_eq!(
+        store.live_revocations(2_000).await.expect("load").steps,
+        std::slice::from_ref(&revocation)
+    );
+    assert!(
+        store
+            .live_revocations(4_601)
+            .await
+            .expect("load")
+            .steps
+            .is_empty()
+    );
+    store.purge_expired(4_601).await.expect("purge");
 }
 
 async fn workload_stops_round_trip(store: &dyn Store) {

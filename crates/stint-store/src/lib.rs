@@ -19,7 +19,7 @@ pub use sqlite::SqliteStore;
 use async_trait::async_trait;
 use std::fmt;
 use stint_core::approval::ApprovalRequest;
-use stint_core::revocation::{JobRevocation, TokenRevocation, WorkloadStop};
+use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
 use thiserror::Error;
 
 /// A store failure. Messages name the operation, never a key or token.
@@ -80,6 +80,8 @@ pub struct LiveRevocations {
     pub tokens: Vec<TokenRevocation>,
     /// Revoked jobs whose entry is still in force.
     pub jobs: Vec<JobRevocation>,
+    /// Revoked steps whose entry is still in force.
+    pub steps: Vec<StepRevocation>,
 }
 
 /// A durable store. Every write returns only once it is durable: after
@@ -92,6 +94,10 @@ pub trait Store: Send + Sync + 'static {
     /// Record a revoked job. Revoking it again keeps the first `revoked_at`
     /// and the later `until`.
     async fn revoke_job(&self, revocation: &JobRevocation) -> Result<(), StoreError>;
+
+    /// Record a revoked step of a job. Revoking it again keeps the later
+    /// `until`.
+    async fn revoke_step(&self, revocation: &StepRevocation) -> Result<(), StoreError>;
 
     /// Every revocation still in force at `now` (seconds since the epoch).
     async fn live_revocations(&self, now: i64) -> Result<LiveRevocations, StoreError>;

@@ -17,10 +17,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stint_core::approval::ApprovalRequest;
-use stint_core::revocation::{JobRevocation, TokenRevocation, WorkloadStop};
+use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revoked_tokens (
@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS approvals (
     body         TEXT    NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS approvals_keep_until ON approvals (keep_until);
+CREATE TABLE IF NOT EXISTS revoked_steps (
+    sub        TEXT    NOT NULL,
+    job        TEXT    NOT NULL,
+    step       TEXT    NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    until      INTEGER NOT NULL,
+    PRIMARY KEY (sub, job, step)
+) STRICT;
 CREATE TABLE IF NOT EXISTS workload_stops (
     workload   TEXT    PRIMARY KEY NOT NULL,
     stopped_at INTEGER NOT NULL,
@@ -173,6 +181,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revoke_step(&self, revocation: &StepRevocation) -> Result<(), StoreError> {
+        let r = revocation.clone();
+        self.run("revoke step", move |c| {
+            c.execute(
+                "INSERT INTO revoked_steps (sub, job, step, revoked_at, until) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (sub, job, step) DO UPDATE SET until = max(until, excluded.until)",
+                params![r.sub, r.job, r.step, r.revoked_at, r.until],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
     async fn live_revocations(&self, now: i64) -> Result<LiveRevocations, StoreError> {
         self.run("load revocations", move |c| {
             let mut live = LiveRevocations::default();
@@ -201,6 +222,20 @@ impl Store for SqliteStore {
             })? {
                 live.jobs.push(row?);
             }
+            let mut steps = c.prepare(
+                "SELECT sub, job, step, revoked_at, until FROM revoked_steps WHERE until > ?1",
+            )?;
+            for row in steps.query_map([now], |row| {
+                Ok(StepRevocation {
+                    sub: row.get(0)?,
+                    job: row.get(1)?,
+                    step: row.get(2)?,
+                    revoked_at: row.get(3)?,
+                    until: row.get(4)?,
+                })
+            })? {
+                live.steps.push(row?);
+            }
             Ok(live)
         })
         .await
@@ -210,7 +245,8 @@ impl Store for SqliteStore {
         self.run("purge revocations", move |c| {
             let tx = c.transaction()?;
             let tokens = tx.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?1", [now])?;
-            let jobs = tx.execute("DELETE FROM revoked_jobs WHERE until <= ?1", [now])?;
+            let jobs = tx.execute("DELETE FROM revoked_jobs WHERE until <= ?1", [now])?
+                + tx.execute("DELETE FROM revoked_steps WHERE until <= ?1", [now])?;
             let approvals = tx.execute("DELETE FROM approvals WHERE keep_until <= ?1", [now])?;
             let lists = tx.execute("DELETE FROM status_lists WHERE expires_at <= ?1", [now])?;
             let stops = tx.execute(

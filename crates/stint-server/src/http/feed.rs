@@ -52,10 +52,15 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMa
         )
         .into_response();
     }
+    let Ok(slot) = Arc::clone(&state.feed_slots).try_acquire_owned() else {
+        return OAuthError::unavailable("the broker holds as many feed streams as it serves")
+            .into_response();
+    };
     let subscription = state.feed.subscribe(last_event_id);
+    // No `id` on `ready`: a client that drops during the backlog must
+    // resume from the last event it got, not from the head.
     let ready = Event::default()
         .event(EVENT_READY)
-        .id(state.feed.event_id(subscription.position.seq))
         .json_data(&subscription.position)
         .unwrap_or_default();
     let (first, backlog, resync) = match subscription.start {
@@ -70,7 +75,10 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMa
         backlog: backlog.into_iter(),
         live: subscription.live,
     };
+    let slot = Arc::new(slot);
     let events = stream::unfold(start, move |phase| {
+        // The slot is held for as long as the stream lives.
+        let _slot = Arc::clone(&slot);
         let state = Arc::clone(&feed_state);
         let mut closing = closing.clone();
         async move {

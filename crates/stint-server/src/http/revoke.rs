@@ -125,6 +125,12 @@ async fn revoke(
     // Memory first: the token is dead from this instant, even if the store
     // write below fails (then the client is told to retry).
     state.revocations.insert_token(&revocation);
+    // Published with the memory insert: whatever the broker enforces, its
+    // subscribers learn, even if the store write below fails.
+    state.feed.publish(RevocationEvent {
+        jti: Some(revocation.jti.clone()),
+        ..feed_event("token", revocation.expires_at)
+    });
     state
         .store
         .revoke_token(&revocation)
@@ -133,10 +139,6 @@ async fn revoke(
             tracing::error!(%error, "revocation not durable");
             OAuthError::unavailable("the revocation could not be made durable")
         })?;
-    state.feed.publish(RevocationEvent {
-        jti: Some(revocation.jti),
-        ..feed_event("token", revocation.expires_at)
-    });
     Ok(Revoked::Now)
 }
 
@@ -307,15 +309,15 @@ async fn revoke_job_inner(
     state
         .status_lists
         .revoke_job(&revocation.sub, &revocation.job);
-    state.store.revoke_job(&revocation).await.map_err(|error| {
-        tracing::error!(%error, "job revocation not durable");
-        OAuthError::unavailable("the revocation could not be made durable")
-    })?;
     state.feed.publish(RevocationEvent {
         sub: Some(revocation.sub.clone()),
         job: Some(revocation.job.clone()),
         ..feed_event("job", revocation.until)
     });
+    state.store.revoke_job(&revocation).await.map_err(|error| {
+        tracing::error!(%error, "job revocation not durable");
+        OAuthError::unavailable("the revocation could not be made durable")
+    })?;
     Ok(JobRevocationResponse {
         job,
         revoked_at: crate::audit::timestamp(now),

@@ -220,6 +220,18 @@ async fn mint(
             .allocate(&claims, state.store.as_ref(), &state.rng, now.timestamp())
             .await?,
     );
+    // A job, approval or workload revoked between the decision and the
+    // index's allocation: its status-list sweep may have missed this index
+    // (revocations enter the set before the sweep, so one side sees the
+    // other). The token is dead anyway: mark it and refuse.
+    if state.revocations.is_revoked(&claims, now) {
+        state.status_lists.revoke_token(&claims);
+        return Err(OAuthError::new(
+            ErrorCode::InvalidGrant,
+            DenyReason::JobRevoked,
+            "the job, its approval or its workload was revoked while this token was being minted",
+        ));
+    }
     let access_token = state
         .keys
         .signing_key()

@@ -139,15 +139,15 @@ async fn decide(
             .insert(stop.workload.clone());
         state.revocations.insert_workload(&stop);
         state.status_lists.revoke_workload(&stop.workload);
-        state.store.stop_workload(&stop).await.map_err(|error| {
-            tracing::error!(%error, "workload stop not durable");
-            OAuthError::unavailable("the stop could not be made durable")
-        })?;
         state.feed.publish(RevocationEvent {
             sub: Some(stop.workload.clone()),
             issued_before: Some(stop.stopped_at),
             ..feed_event("workload", stop.until())
         });
+        state.store.stop_workload(&stop).await.map_err(|error| {
+            tracing::error!(%error, "workload stop not durable");
+            OAuthError::unavailable("the stop could not be made durable")
+        })?;
         tracing::warn!(workload = %stop.workload, operator = %operator.name, "workload stopped");
         entry.detail = Some(
             "every token issued to the workload is revoked; it mints nothing until enabled".into(),
