@@ -150,3 +150,91 @@ async fn after_a_restart_the_earlier_lists_fail_closed() {
         Ok(VALID)
     );
 }
+
+#[tokio::test]
+async fn revoking_a_step_reaches_introspection_the_list_and_verifiers() {
+    use std::time::Duration;
+    use stint_client::{Credentials, Error, Verifier};
+    let mut broker = TestBroker::start().await;
+    let read = broker
+        .mint("read", "read:demo/a", &[("job", "job-steps")])
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let write = broker
+        .mint("write", "write:demo/a", &[("job", "job-steps")])
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let verifier = Verifier::builder(broker.issuer())
+        .audience("demo-api")
+        .revocation_feed(
+            Credentials::new(&broker.client_id, &broker.client_secret),
+            Duration::from_secs(30),
+        )
+        .build()
+        .await
+        .unwrap();
+    let response = broker
+        .post_form("/v1/jobs/job-steps/steps/read/revoke", &[])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(broker.introspect(&read).await["active"], false);
+    assert_eq!(
+        broker.introspect(&write).await["active"],
+        true,
+        "another step"
+    );
+    let (_, read_claims) = decode_jwt(&read);
+    let (_, write_claims) = decode_jwt(&write);
+    let uri = read_claims["status"]["status_list"]["uri"]
+        .as_str()
+        .unwrap();
+    let list = list_of(&fetch(&broker, uri, None).await.claims);
+    assert_eq!(
+        list.get(
+            read_claims["status"]["status_list"]["idx"]
+                .as_u64()
+                .unwrap()
+        ),
+        Ok(INVALID)
+    );
+    assert_eq!(
+        list.get(
+            write_claims["status"]["status_list"]["idx"]
+                .as_u64()
+                .unwrap()
+        ),
+        Ok(VALID)
+    );
+    stint_tests::eventually(
+        Duration::from_secs(10),
+        "the verifier hears of it",
+        || async { matches!(verifier.verify(&read).await, Err(Error::Revoked)).then_some(()) },
+    )
+    .await;
+    verifier.verify(&write).await.unwrap();
+    // The revoked step mints no more for this job; the other step does.
+    let again = broker
+        .post_form(
+            stint_proto::TOKEN_PATH,
+            &[
+                ("grant_type", "client_credentials"),
+                ("step", "read"),
+                ("scope", "read:demo/a"),
+                ("audience", "demo-api"),
+                ("job", "job-steps"),
+            ],
+        )
+        .await;
+    assert_eq!(again.status(), 400);
+    broker
+        .mint("write", "write:demo/b", &[("job", "job-steps")])
+        .await;
+    // Durable.
+    broker.restart().await;
+    assert_eq!(broker.introspect(&read).await["active"], false);
+    assert_eq!(broker.introspect(&write).await["active"], true);
+}

@@ -40,6 +40,7 @@ const BACKOFF: [Duration; 4] = [
 struct Known {
     tokens: HashMap<String, i64>,
     jobs: HashMap<(String, String), i64>,
+    steps: HashMap<(String, String, String), i64>,
     approvals: HashMap<String, i64>,
     /// Stopped workloads: tokens issued up to the first value are revoked.
     workloads: HashMap<String, (i64, i64)>,
@@ -61,6 +62,11 @@ impl Known {
             "job" => {
                 if let (Some(sub), Some(job)) = (event.sub, event.job) {
                     self.jobs.insert((sub, job), event.until);
+                }
+            }
+            "step" => {
+                if let (Some(sub), Some(job), Some(step)) = (event.sub, event.job, event.step) {
+                    self.steps.insert((sub, job, step), event.until);
                 }
             }
             "approval" => {
@@ -91,6 +97,7 @@ impl Known {
         let now = now - stint_core::access_token::MAX_LEEWAY_SECS;
         self.tokens.retain(|_, until| *until > now);
         self.jobs.retain(|_, until| *until > now);
+        self.steps.retain(|_, until| *until > now);
         self.approvals.retain(|_, until| *until > now);
         self.workloads.retain(|_, (_, until)| *until > now);
     }
@@ -193,7 +200,12 @@ impl RevocationView {
             || known
                 .workloads
                 .get(&claims.sub)
-                .is_some_and(|(before, _)| claims.iat <= *before);
+                .is_some_and(|(before, _)| claims.iat <= *before)
+            || known.steps.contains_key(&(
+                claims.sub.clone(),
+                claims.job.clone(),
+                claims.step.clone(),
+            ));
         if revoked { Err(Error::Revoked) } else { Ok(()) }
     }
 }
@@ -405,12 +417,31 @@ mod tests {
             jti: None,
             sub: Some("w".into()),
             job: Some("j".into()),
+            step: None,
             approval: None,
             issued_before: None,
             until: 100,
         });
         assert!(known.jobs.contains_key(&("w".to_owned(), "j".to_owned())));
-        known.purge(100);
+        known.purge(399);
+        assert!(
+            !known.jobs.is_empty(),
+            "kept while a lenient verifier could still accept"
+        );
+        known.purge(100 + stint_core::access_token::MAX_LEEWAY_SECS);
         assert!(known.jobs.is_empty());
+        assert!(!known.incompatible);
+        known.apply(RevocationEvent {
+            seq: 2,
+            kind: "tenant".into(),
+            jti: None,
+            sub: None,
+            job: None,
+            step: None,
+            approval: None,
+            issued_before: None,
+            until: 100,
+        });
+        assert!(known.incompatible, "a kind it cannot apply: not current");
     }
 }

@@ -37,6 +37,8 @@ pub enum EventKind {
     JobRevoked,
     /// A job revocation request was refused.
     JobRevocationDenied,
+    /// Every token of one step of a job was revoked.
+    StepRevoked,
     /// A policy was loaded (at start or on reload).
     PolicyLoaded,
     /// A policy reload was refused; the previous policy stays in force.

@@ -26,7 +26,7 @@ pub const EVENT_RESYNC: &str = "resync";
 pub struct RevocationEvent {
     /// Its position in the feed (the SSE `id` is `EPOCH.SEQ`).
     pub seq: u64,
-    /// `token`, `job`, `approval` or `workload`.
+    /// `token`, `job`, `step`, `approval` or `workload`.
     pub kind: String,
     /// The revoked token's `jti`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,9 +34,12 @@ pub struct RevocationEvent {
     /// The workload whose job was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
-    /// The revoked job.
+    /// The revoked job (with `step`: only that step of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// The revoked step of `job` (a token's `step` claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// The revoked approval (tokens with this `elev`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,

@@ -179,6 +179,7 @@ mod tests {
             jti: Some(jti.into()),
             sub: None,
             job: None,
+            step: None,
             approval: None,
             issued_before: None,
             until: 2_000,

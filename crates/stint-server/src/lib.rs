@@ -272,6 +272,9 @@ pub async fn start_with_clock(
     for job in &live.jobs {
         revocations.insert_job(job);
     }
+    for step in &live.steps {
+        revocations.insert_step(step);
+    }
     let mut stopped = std::collections::HashSet::new();
     for stop in store.workload_stops(now.timestamp()).await? {
         revocations.insert_workload(&stop);

@@ -46,6 +46,7 @@ const LIST_LIFETIME_SECS: i64 = 300;
 #[derive(Clone, Copy)]
 struct Entry {
     job: u64,
+    step: u64,
     approval: u64,
     workload: u64,
 }
@@ -178,6 +179,10 @@ impl StatusLists {
         self.hasher.hash_one((sub, job))
     }
 
+    fn step_key(&self, sub: &str, job: &str, step: &str) -> u64 {
+        self.hasher.hash_one(("step", sub, job, step))
+    }
+
     fn workload_key(&self, workload: &str) -> u64 {
         self.hasher.hash_one(("workload", workload))
     }
@@ -202,6 +207,7 @@ impl StatusLists {
                 .as_deref()
                 .map_or(0, |approval| self.approval_key(approval)),
             workload: self.workload_key(&claims.sub),
+            step: self.step_key(&claims.sub, &claims.job, &claims.step),
         };
         for _ in 0..2 {
             let newest = self.current.load_full();
@@ -264,6 +270,12 @@ impl StatusLists {
     pub(crate) fn revoke_approval(&self, approval: &str) {
         let key = self.approval_key(approval);
         self.revoke_matching(|entry| entry.approval == key);
+    }
+
+    /// A step of a job was revoked: set the status of each of its tokens.
+    pub(crate) fn revoke_step(&self, sub: &str, job: &str, step: &str) {
+        let key = self.step_key(sub, job, step);
+        self.revoke_matching(|entry| entry.step == key);
     }
 
     /// A workload was stopped: set the status of each of its tokens.

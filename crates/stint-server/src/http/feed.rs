@@ -212,6 +212,7 @@ pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: Header
         jti: None,
         sub: None,
         job: None,
+        step: None,
         approval: None,
         issued_before: None,
         until,
@@ -233,6 +234,14 @@ pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: Header
         revocations.push(RevocationEvent {
             approval: Some(approval),
             ..blank("approval", until)
+        });
+    }
+    for (sub, job, step, until) in entries.steps {
+        revocations.push(RevocationEvent {
+            sub: Some(sub),
+            job: Some(job),
+            step: Some(step),
+            ..blank("step", until)
         });
     }
     for (sub, issued_before, until) in entries.workloads {

@@ -51,6 +51,7 @@ pub(crate) struct RequestContext {
 }
 
 const JOB_REVOKE_ROUTE: &str = "/v1/jobs/{job}/revoke";
+const STEP_REVOKE_ROUTE: &str = "/v1/jobs/{job}/steps/{step}/revoke";
 const APPROVAL_ROUTE: &str = "/v1/approvals/{id}";
 const APPROVAL_DECISION_ROUTE: &str = "/v1/approvals/{id}/{decision}";
 const STATUS_LIST_ROUTE: &str = "/v1/status/{list}";
@@ -62,7 +63,7 @@ const METRICS: &str = "/metrics";
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
-const ROUTES: [&str; 19] = [
+const ROUTES: [&str; 20] = [
     proto::METADATA_PATH,
     proto::OPENID_CONFIGURATION_PATH,
     proto::JWKS_PATH,
@@ -70,6 +71,7 @@ const ROUTES: [&str; 19] = [
     proto::REVOCATION_PATH,
     proto::INTROSPECTION_PATH,
     JOB_REVOKE_ROUTE,
+    STEP_REVOKE_ROUTE,
     proto::KEY_ROTATION_PATH,
     proto::APPROVALS_PATH,
     APPROVAL_ROUTE,
@@ -93,6 +95,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(proto::REVOCATION_PATH, post(revoke::revoke_token))
         .route(proto::INTROSPECTION_PATH, post(introspect::introspect))
         .route(JOB_REVOKE_ROUTE, post(revoke::revoke_job))
+        .route(STEP_REVOKE_ROUTE, post(revoke::revoke_step))
         .route(proto::KEY_ROTATION_PATH, post(admin::rotate_keys))
         .route(proto::APPROVALS_PATH, get(approvals::list))
         .route(APPROVAL_ROUTE, get(approvals::show))

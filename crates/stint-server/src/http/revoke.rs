@@ -17,7 +17,7 @@ use stint_core::decision::DenyReason;
 use stint_core::form::FormParams;
 use stint_core::ids::validate_job_id;
 use stint_core::policy::{Policy, Workload};
-use stint_core::revocation::{JobRevocation, TokenRevocation};
+use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation};
 use stint_proto::oauth::JobRevocationResponse;
 use stint_proto::{ErrorCode, RevocationEvent};
 
@@ -217,6 +217,7 @@ pub(crate) fn feed_event(kind: &str, until: i64) -> RevocationEvent {
         jti: None,
         sub: None,
         job: None,
+        step: None,
         approval: None,
         issued_before: None,
         until,
@@ -263,12 +264,19 @@ pub(crate) async fn revoke_job(
         Ok(response) => {
             state.metrics.revoked("job");
             // The job's approvals end with it (its tokens, elevated or
-            // not, are already revoked with the job).
-            if let Some(workload) = &sub {
-                state
+            // not, are already revoked with the job). If that cannot be
+            // stored, say so: the revocation stands, a retry is harmless,
+            // and the sweep ends them while the job's revocation lasts.
+            if let Some(workload) = &sub
+                && !state
                     .approvals
                     .end_job(&state, workload, &response.job)
-                    .await;
+                    .await
+            {
+                return OAuthError::unavailable(
+                    "the job is revoked, but ending its approvals could not be stored",
+                )
+                .into_response();
             }
             Json(response).into_response()
         }
@@ -277,6 +285,103 @@ pub(crate) async fn revoke_job(
             error.into_response()
         }
     }
+}
+
+/// `POST /v1/jobs/{job}/steps/{step}/revoke`: every token of one step of
+/// one of the caller's jobs, and no new one for it.
+pub(crate) async fn revoke_step(
+    State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let now = state.clock.now();
+    let mut entry = state.audit_entry(
+        now,
+        EventKind::JobRevocationDenied,
+        Decision::Deny,
+        Some(&context),
+    );
+    let outcome = revoke_step_inner(&state, path, &headers, &mut entry).await;
+    match &outcome {
+        Ok(_) => {
+            entry.event = EventKind::StepRevoked;
+            entry.decision = Decision::Allow;
+        }
+        Err(error) => {
+            entry.reason = Some(error.reason.as_str().to_owned());
+            entry.detail = Some(error.description.clone());
+        }
+    }
+    if let Err(unavailable) = state.record(entry).await {
+        return unavailable.into_response();
+    }
+    match outcome {
+        Ok(response) => {
+            state.metrics.revoked("step");
+            Json(response).into_response()
+        }
+        Err(error) => {
+            state.metrics.revocation_denied(error.reason.as_str());
+            error.into_response()
+        }
+    }
+}
+
+async fn revoke_step_inner(
+    state: &AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: &HeaderMap,
+    entry: &mut AuditEntry,
+) -> Result<serde_json::Value, OAuthError> {
+    let policy = state.policy.load();
+    let Caller { workload, only_job } = caller(state, &policy, headers, None, entry).await?;
+    entry.sub = Some(workload.name().to_owned());
+    let Path((job, step)) = path.map_err(|_| {
+        OAuthError::invalid_request(DenyReason::MalformedJob, "the job id or step is malformed")
+    })?;
+    validate_job_id(&job).map_err(|e| {
+        OAuthError::invalid_request(
+            DenyReason::MalformedJob,
+            format!("the job id is malformed: it {e}"),
+        )
+    })?;
+    stint_core::ids::validate_name(&step).map_err(|e| {
+        OAuthError::invalid_request(
+            DenyReason::MalformedStep,
+            format!("the step is malformed: it {e}"),
+        )
+    })?;
+    entry.job = Some(job.clone());
+    entry.step = Some(step.clone());
+    if only_job.as_ref().is_some_and(|only| *only != job) {
+        return Err(not_this_job());
+    }
+    let now = state.clock.now();
+    let revocation = StepRevocation::new(workload.name(), &job, &step, now);
+    state.revocations.insert_step(&revocation);
+    state
+        .status_lists
+        .revoke_step(&revocation.sub, &revocation.job, &revocation.step);
+    state.feed.publish(RevocationEvent {
+        sub: Some(revocation.sub.clone()),
+        job: Some(revocation.job.clone()),
+        step: Some(revocation.step.clone()),
+        ..feed_event("step", revocation.until)
+    });
+    state
+        .store
+        .revoke_step(&revocation)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "step revocation not durable");
+            OAuthError::unavailable("the revocation could not be made durable")
+        })?;
+    Ok(serde_json::json!({
+        "job": job,
+        "step": step,
+        "revoked_at": crate::audit::timestamp(now),
+    }))
 }
 
 async fn revoke_job_inner(

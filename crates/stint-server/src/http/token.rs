@@ -207,6 +207,20 @@ async fn mint(
         }
     };
     entry.job = Some(grant.job().to_owned());
+    if state
+        .revocations
+        .is_step_revoked(grant.workload(), grant.job(), grant.step(), now)
+    {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidGrant,
+            DenyReason::JobRevoked,
+            format!(
+                "step {:?} of job {:?} has been revoked; it cannot mint new tokens",
+                grant.step(),
+                grant.job()
+            ),
+        ));
+    }
     entry.aud = Some(grant.audience().to_owned());
     entry.step = Some(grant.step().to_owned());
     entry.workflow = Some(grant.workflow().to_owned());
