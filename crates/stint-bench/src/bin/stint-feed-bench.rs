@@ -137,15 +137,7 @@ async fn run(args: &Args, memory: Memory) -> Result<()> {
         });
     }
     let stdout = child.stdout.take().context("no stdout")?;
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut lines = child_lines(stdout);
     let ready = tokio::time::timeout(Duration::from_secs(60), lines.recv())
         .await
         .context("the verifier child did not get ready")?;
@@ -234,6 +226,20 @@ async fn run(args: &Args, memory: Memory) -> Result<()> {
         memory.status_list_len as f64 / 1024.0
     );
     Ok(())
+}
+
+/// A child's stdout, a line at a time, read on a thread of its own.
+fn child_lines(stdout: std::process::ChildStdout) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 fn ms(d: Duration) -> f64 {
@@ -328,15 +334,7 @@ async fn fanout(
         .spawn()
         .context("cannot start the subscribers child")?;
     let stdout = child.stdout.take().context("no stdout")?;
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut lines = child_lines(stdout);
     let ready = tokio::time::timeout(Duration::from_secs(120), lines.recv())
         .await
         .context("the subscribers never connected")?;

@@ -247,19 +247,10 @@ pub(crate) async fn revoke_job(
     );
     let outcome = revoke_job_inner(&state, job, &headers, &mut entry).await;
     let sub = entry.sub.clone();
-    match &outcome {
-        Ok(_) => {
-            entry.event = EventKind::JobRevoked;
-            entry.decision = Decision::Allow;
-        }
-        Err(error) => {
-            entry.reason = Some(error.reason.as_str().to_owned());
-            entry.detail = Some(error.description.clone());
-        }
-    }
-    if let Err(unavailable) = state.record(entry).await {
-        return unavailable.into_response();
-    }
+    let outcome = match record(&state, entry, outcome, EventKind::JobRevoked).await {
+        Ok(outcome) => outcome,
+        Err(response) => return response,
+    };
     match outcome {
         Ok(response) => {
             state.metrics.revoked("job");
@@ -287,6 +278,31 @@ pub(crate) async fn revoke_job(
     }
 }
 
+/// Audit a job or step revocation's outcome (`allowed` if it happened);
+/// an audit failure is the answer (503).
+async fn record<T>(
+    state: &AppState,
+    mut entry: AuditEntry,
+    outcome: Result<T, OAuthError>,
+    allowed: EventKind,
+) -> Result<Result<T, OAuthError>, Response> {
+    match &outcome {
+        Ok(_) => {
+            entry.event = allowed;
+            entry.decision = Decision::Allow;
+        }
+        Err(error) => {
+            entry.reason = Some(error.reason.as_str().to_owned());
+            entry.detail = Some(error.description.clone());
+        }
+    }
+    state
+        .record(entry)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(outcome)
+}
+
 /// `POST /v1/jobs/{job}/steps/{step}/revoke`: every token of one step of
 /// one of the caller's jobs, and no new one for it.
 pub(crate) async fn revoke_step(
@@ -303,28 +319,16 @@ pub(crate) async fn revoke_step(
         Some(&context),
     );
     let outcome = revoke_step_inner(&state, path, &headers, &mut entry).await;
-    match &outcome {
-        Ok(_) => {
-            entry.event = EventKind::StepRevoked;
-            entry.decision = Decision::Allow;
-        }
-        Err(error) => {
-            entry.reason = Some(error.reason.as_str().to_owned());
-            entry.detail = Some(error.description.clone());
-        }
-    }
-    if let Err(unavailable) = state.record(entry).await {
-        return unavailable.into_response();
-    }
-    match outcome {
-        Ok(response) => {
+    match record(&state, entry, outcome, EventKind::StepRevoked).await {
+        Ok(Ok(response)) => {
             state.metrics.revoked("step");
             Json(response).into_response()
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             state.metrics.revocation_denied(error.reason.as_str());
             error.into_response()
         }
+        Err(response) => response,
     }
 }
 
