@@ -88,6 +88,9 @@ enum Command {
         /// Revoke every token of this job instead (and refuse new ones).
         #[arg(long)]
         job: Option<String>,
+        /// With --job: only this step of the job.
+        #[arg(long, requires = "job")]
+        step: Option<String>,
         #[command(flatten)]
         broker: BrokerArgs,
         /// Print the result as JSON.
@@ -165,6 +168,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The emergency stop (operators): `stint workloads stop NAME` revokes
+    /// every token of the workload and refuses it new ones until `stint
+    /// workloads enable NAME`.
+    Workloads {
+        #[command(subcommand)]
+        command: WorkloadsCommand,
+    },
     /// Signing keys.
     Keys {
         #[command(subcommand)]
@@ -226,6 +236,30 @@ struct OperatorArgs {
 
 /// The operator key, from the environment only (flags show in `ps`).
 const OPERATOR_KEY_VAR: &str = "STINT_OPERATOR_KEY";
+
+#[derive(Debug, Subcommand)]
+enum WorkloadsCommand {
+    /// Revoke every token of the workload and refuse it new ones.
+    Stop {
+        /// The workload.
+        name: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Let a stopped workload mint again (its earlier tokens stay revoked).
+    Enable {
+        /// The workload.
+        name: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+}
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
@@ -420,10 +454,22 @@ async fn run(command: Command) -> Result<u8, Failure> {
         Command::Revoke {
             token,
             job,
+            step,
             broker,
             json,
         } => {
             let client = connect(&broker).await?;
+            if let (Some(job), Some(step)) = (&job, &step) {
+                let response = client.revoke_step(job, step).await?;
+                if json {
+                    print_json(&response)?;
+                } else {
+                    println!(
+                        "step {step} of job {job} revoked: its tokens are inactive and no new ones are issued"
+                    );
+                }
+                return Ok(0);
+            }
             match (token, job) {
                 (_, Some(job)) => {
                     let response = client.revoke_job(&job).await?;
@@ -582,6 +628,33 @@ async fn run(command: Command) -> Result<u8, Failure> {
             let client = connect_operator(&operator).await?;
             let approval = client.deny(&id, &comment).await?;
             print_approval(&approval, json)
+        }
+        Command::Workloads { command } => {
+            let (name, comment, operator, stopping) = match command {
+                WorkloadsCommand::Stop {
+                    name,
+                    comment,
+                    operator,
+                } => (name, comment, operator, true),
+                WorkloadsCommand::Enable {
+                    name,
+                    comment,
+                    operator,
+                } => (name, comment, operator, false),
+            };
+            let client = connect_operator(&operator).await?;
+            if stopping {
+                client.stop_workload(&name, comment.as_deref()).await?;
+                println!(
+                    "workload {name} stopped: every token it held is revoked, and it gets no new one until `stint workloads enable {name}`"
+                );
+            } else {
+                client.enable_workload(&name, comment.as_deref()).await?;
+                println!(
+                    "workload {name} enabled: it may mint again (its earlier tokens stay revoked)"
+                );
+            }
+            Ok(0)
         }
         Command::Keys {
             command: KeysCommand::Rotate { broker, json },

@@ -675,3 +675,63 @@ async fn exec_waits_for_an_operator_and_approvals_commands_decide() {
         .unwrap();
     assert_exit(&output, 2, "no operator credentials");
 }
+
+#[tokio::test]
+async fn workloads_stop_and_enable_and_step_revocation() {
+    let broker = stint_tests::TestBroker::start_with(elevation_broker_options()).await;
+    let read = [
+        "token",
+        "--step",
+        "read",
+        "--scope",
+        "read:demo/a",
+        "--audience",
+        "demo-api",
+        "--job",
+        "job-w",
+    ];
+    let output = stint_as_job(&broker, &read).output().await.unwrap();
+    assert_success(&output, "token before the stop");
+    let held = text(&output.stdout).trim().to_owned();
+
+    // One step of the job.
+    let output = stint_as_job(&broker, &["revoke", "--job", "job-w", "--step", "read"])
+        .output()
+        .await
+        .unwrap();
+    assert_success(&output, "revoke --step");
+    assert!(text(&output.stdout).contains("step read of job job-w revoked"));
+    assert_eq!(broker.introspect(&held).await["active"], false);
+
+    // The emergency stop.
+    let stopped = stint_as_alice(
+        &broker,
+        &["workloads", "stop", "demo-job", "--comment", "leak"],
+    )
+    .await;
+    assert_success(&stopped, "workloads stop");
+    let read_other_job = [
+        "token",
+        "--step",
+        "read",
+        "--scope",
+        "read:demo/a",
+        "--audience",
+        "demo-api",
+    ];
+    let output = stint_as_job(&broker, &read_other_job)
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 3, "a stopped workload is denied");
+    let enabled = stint_as_alice(&broker, &["workloads", "enable", "demo-job"]).await;
+    assert_success(&enabled, "workloads enable");
+    broker
+        .clock
+        .advance(stint_core::chrono::TimeDelta::seconds(1));
+    let output = stint_as_job(&broker, &read_other_job)
+        .output()
+        .await
+        .unwrap();
+    assert_success(&output, "token after enable");
+}

@@ -580,11 +580,74 @@ impl Client {
         verb: &str,
         body: &T,
     ) -> Result<ApprovalView, Error> {
-        let url = self.approval_url(id, verb);
+        self.post_json(&self.approval_url(id, verb), body).await
+    }
+
+    /// Revoke every token of one step of job `job` of this client's
+    /// workload, and refuse new ones for that step, retrying on connection
+    /// errors and 5xx.
+    pub async fn revoke_step(&self, job: &str, step: &str) -> Result<serde_json::Value, Error> {
+        let url = format!(
+            "{}/v1/jobs/{}/steps/{}/revoke",
+            self.inner.issuer,
+            path_segment_encode(job),
+            path_segment_encode(step)
+        );
+        retrying(&url, || async {
+            let response = self.post_authorized(&url).await?;
+            read_json(&url, response).await
+        })
+        .await
+    }
+
+    /// The emergency stop (an [operator](ClientBuilder::operator)): revoke
+    /// every token of `workload` and refuse it new ones until
+    /// [`Self::enable_workload`]. Returns the broker's answer.
+    pub async fn stop_workload(
+        &self,
+        workload: &str,
+        comment: Option<&str>,
+    ) -> Result<serde_json::Value, Error> {
+        self.workload_call(workload, "stop", comment).await
+    }
+
+    /// Let a stopped `workload` mint again (an operator). What it held
+    /// before the stop stays revoked.
+    pub async fn enable_workload(
+        &self,
+        workload: &str,
+        comment: Option<&str>,
+    ) -> Result<serde_json::Value, Error> {
+        self.workload_call(workload, "enable", comment).await
+    }
+
+    async fn workload_call(
+        &self,
+        workload: &str,
+        verb: &str,
+        comment: Option<&str>,
+    ) -> Result<serde_json::Value, Error> {
+        let url = format!(
+            "{}/v1/workloads/{}/{verb}",
+            self.inner.issuer,
+            path_segment_encode(workload)
+        );
+        let body = DecisionBody {
+            comment: comment.map(str::to_owned),
+        };
+        self.post_json(&url, &body).await
+    }
+
+    /// A JSON POST with this client's credentials, read as JSON.
+    async fn post_json<T: serde::Serialize, R: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &T,
+    ) -> Result<R, Error> {
         let response = self
             .inner
             .http
-            .post(&url)
+            .post(url)
             .header(
                 reqwest::header::AUTHORIZATION,
                 self.inner.auth.authorization()?,
@@ -592,8 +655,8 @@ impl Client {
             .json(body)
             .send()
             .await
-            .map_err(|e| Error::unreachable(&url, &e))?;
-        read_json(&url, response).await
+            .map_err(|e| Error::unreachable(url, &e))?;
+        read_json(url, response).await
     }
 
     /// A bodiless POST with this client's credentials.
