@@ -365,17 +365,24 @@ impl ApprovalRequest {
     /// past its waiting time becomes [`State::Expired`], an approved one
     /// past its window [`State::Ended`]. Returns whether it changed.
     pub fn expire(&mut self, now: i64) -> bool {
+        if !self.is_due(now) {
+            return false;
+        }
+        self.state = match self.state {
+            State::Pending => State::Expired,
+            _ => State::Ended {
+                reason: "the approval's window closed".into(),
+            },
+        };
+        true
+    }
+
+    /// Whether [`Self::expire`] would change the request at `now`: pending
+    /// past its waiting time, or approved past its window.
+    pub fn is_due(&self, now: i64) -> bool {
         match self.state {
-            State::Pending if now >= self.expires_at => {
-                self.state = State::Expired;
-                true
-            }
-            State::Approved { until } if now >= until => {
-                self.state = State::Ended {
-                    reason: "the approval's window closed".into(),
-                };
-                true
-            }
+            State::Pending => now >= self.expires_at,
+            State::Approved { until } => now >= until,
             _ => false,
         }
     }

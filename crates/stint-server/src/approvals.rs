@@ -453,7 +453,7 @@ impl Approvals {
             requests
                 .values()
                 .filter(|t| {
-                    t.request.clone().expire(at)
+                    t.request.is_due(at)
                         || (!t.request.is_final() && job_revoked(state, &t.request, now))
                 })
                 .map(|t| t.request.id.clone())

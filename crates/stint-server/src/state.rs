@@ -102,6 +102,31 @@ impl AppState {
         })
     }
 
+    /// Audit a decision's outcome: `allowed` if it happened, else the
+    /// refusal's reason and description. An audit failure is the answer
+    /// (503); otherwise the outcome is handed back.
+    pub(crate) async fn record_outcome<T>(
+        &self,
+        mut entry: AuditEntry,
+        outcome: Result<T, OAuthError>,
+        allowed: EventKind,
+    ) -> Result<Result<T, OAuthError>, axum::response::Response> {
+        match &outcome {
+            Ok(_) => {
+                entry.event = allowed;
+                entry.decision = Decision::Allow;
+            }
+            Err(error) => {
+                entry.reason = Some(error.reason.as_str().to_owned());
+                entry.detail = Some(error.description.clone());
+            }
+        }
+        self.record(entry)
+            .await
+            .map_err(axum::response::IntoResponse::into_response)?;
+        Ok(outcome)
+    }
+
     /// Classify a presented token. Errors only for input that is not a
     /// token at all (too long, not a compact JWS): everything else that is
     /// wrong with it makes it [`TokenState::Unknown`].

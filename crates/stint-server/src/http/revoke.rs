@@ -247,7 +247,10 @@ pub(crate) async fn revoke_job(
     );
     let outcome = revoke_job_inner(&state, job, &headers, &mut entry).await;
     let sub = entry.sub.clone();
-    let outcome = match record(&state, entry, outcome, EventKind::JobRevoked).await {
+    let outcome = match state
+        .record_outcome(entry, outcome, EventKind::JobRevoked)
+        .await
+    {
         Ok(outcome) => outcome,
         Err(response) => return response,
     };
@@ -278,31 +281,6 @@ pub(crate) async fn revoke_job(
     }
 }
 
-/// Audit a job or step revocation's outcome (`allowed` if it happened);
-/// an audit failure is the answer (503).
-async fn record<T>(
-    state: &AppState,
-    mut entry: AuditEntry,
-    outcome: Result<T, OAuthError>,
-    allowed: EventKind,
-) -> Result<Result<T, OAuthError>, Response> {
-    match &outcome {
-        Ok(_) => {
-            entry.event = allowed;
-            entry.decision = Decision::Allow;
-        }
-        Err(error) => {
-            entry.reason = Some(error.reason.as_str().to_owned());
-            entry.detail = Some(error.description.clone());
-        }
-    }
-    state
-        .record(entry)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    Ok(outcome)
-}
-
 /// `POST /v1/jobs/{job}/steps/{step}/revoke`: every token of one step of
 /// one of the caller's jobs, and no new one for it.
 pub(crate) async fn revoke_step(
@@ -319,7 +297,10 @@ pub(crate) async fn revoke_step(
         Some(&context),
     );
     let outcome = revoke_step_inner(&state, path, &headers, &mut entry).await;
-    match record(&state, entry, outcome, EventKind::StepRevoked).await {
+    match state
+        .record_outcome(entry, outcome, EventKind::StepRevoked)
+        .await
+    {
         Ok(Ok(response)) => {
             state.metrics.revoked("step");
             Json(response).into_response()

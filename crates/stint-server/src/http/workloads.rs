@@ -67,28 +67,17 @@ async fn act(
         Some(context),
     );
     let outcome = decide(state, headers, name, body, stopping, &mut entry).await;
-    match &outcome {
-        Ok(_) => {
-            entry.event = if stopping {
-                EventKind::WorkloadStopped
-            } else {
-                EventKind::WorkloadEnabled
-            };
-            entry.decision = Decision::Allow;
-        }
-        Err(error) => {
-            entry.reason = Some(error.reason.as_str().to_owned());
-            entry.detail = Some(error.description.clone());
-        }
-    }
+    let allowed = if stopping {
+        EventKind::WorkloadStopped
+    } else {
+        EventKind::WorkloadEnabled
+    };
     // A stop is in force (memory and store) before it is audited: if the
     // audit fails, the workload is stopped anyway and the caller is told.
-    if let Err(unavailable) = state.record(entry).await {
-        return unavailable.into_response();
-    }
-    match outcome {
-        Ok(answer) => Json(answer).into_response(),
-        Err(error) => error.into_response(),
+    match state.record_outcome(entry, outcome, allowed).await {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(error)) => error.into_response(),
+        Err(response) => response,
     }
 }
 
