@@ -132,19 +132,57 @@ async fn revoked_tokens_read_back_as_invalid_in_the_signed_list() {
 }
 
 #[tokio::test]
-async fn after_a_restart_the_earlier_lists_fail_closed() {
+async fn the_earlier_runs_lists_survive_a_restart_and_take_later_revocations() {
     let mut broker = TestBroker::start().await;
-    let (_, old_uri, old_idx) = minted(&broker, "job-r1").await;
+    let (token, old_uri, revoked_idx) = minted(&broker, "job-r1").await;
+    let (_, _, kept_idx) = minted(&broker, "job-r1").await;
+    let (_, _, job_idx) = minted(&broker, "job-r3").await;
+    let (_, _, other_idx) = minted(&broker, "job-r4").await;
+    let response = broker
+        .post_form(REVOCATION_PATH, &[("token", &token)])
+        .await;
+    assert_eq!(response.status(), 200);
+
     broker.restart().await;
-    let old = fetch(&broker, &old_uri, None).await;
-    assert_eq!(old.status, 200, "the earlier list is still served");
+    let old = list_of(&fetch(&broker, &old_uri, None).await.claims);
     assert_eq!(
-        list_of(&old.claims).get(old_idx),
+        old.get(revoked_idx),
         Ok(INVALID),
-        "which index a job's tokens had is not kept across a restart: fail closed"
+        "a revocation before the restart"
     );
+    assert_eq!(
+        old.get(kept_idx),
+        Ok(VALID),
+        "a live token of the earlier run stays valid"
+    );
+    assert_eq!(old.get(job_idx), Ok(VALID));
+    assert_eq!(
+        old.get(other_idx + 1),
+        Ok(INVALID),
+        "an index the earlier run never handed out is not VALID"
+    );
+
+    // A revocation after the restart reaches the earlier run's tokens.
+    let response = broker.post_form("/v1/jobs/job-r3/revoke", &[]).await;
+    assert_eq!(response.status(), 200);
+    let old = list_of(&fetch(&broker, &old_uri, None).await.claims);
+    assert_eq!(old.get(job_idx), Ok(INVALID));
+    assert_eq!(old.get(other_idx), Ok(VALID));
+
     let (_, new_uri, new_idx) = minted(&broker, "job-r2").await;
     assert_ne!(new_uri, old_uri, "a new run starts a new list");
+    assert_eq!(
+        list_of(&fetch(&broker, &new_uri, None).await.claims).get(new_idx),
+        Ok(VALID)
+    );
+
+    // And a second restart keeps both runs' lists.
+    broker.restart().await;
+    let old = list_of(&fetch(&broker, &old_uri, None).await.claims);
+    assert_eq!(
+        (old.get(revoked_idx), old.get(kept_idx), old.get(job_idx)),
+        (Ok(INVALID), Ok(VALID), Ok(INVALID))
+    );
     assert_eq!(
         list_of(&fetch(&broker, &new_uri, None).await.claims).get(new_idx),
         Ok(VALID)

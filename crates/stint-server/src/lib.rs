@@ -168,6 +168,12 @@ impl RunningServer {
             tracing::warn!("some decisions did not finish within the drain timeout");
         }
         self.state.in_flight.close();
+        // Every index handed out is in the store: after a clean stop, no
+        // token's status reads INVALID for want of its entry.
+        self.state
+            .status_lists
+            .flush(self.state.store.as_ref())
+            .await;
     }
 }
 
@@ -372,9 +378,15 @@ pub async fn start_with_clock(
         &revocations,
     );
 
-    let status_lists = status::StatusLists::start(&issuer, store.as_ref(), &rng, now.timestamp())
-        .await
-        .map_err(StartError::StatusLists)?;
+    let status_lists = status::StatusLists::start(
+        &issuer,
+        store.as_ref(),
+        &rng,
+        now.timestamp(),
+        &revocations.entries(now),
+    )
+    .await
+    .map_err(StartError::StatusLists)?;
 
     let issuer_keys = federation::IssuerKeys::new(config.federation_ca.as_deref())
         .map_err(|message| StartError::Config(ConfigError::FederationCa(message)))?;
@@ -463,6 +475,7 @@ async fn purge_loop(state: Arc<AppState>) {
             }
             _ = sweep_tick.tick() => {
                 state.approvals.sweep(&state, state.clock.now()).await;
+                state.status_lists.flush(state.store.as_ref()).await;
             }
         }
     }

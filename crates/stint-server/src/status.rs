@@ -5,32 +5,36 @@
 //! A list serves the tokens minted during one hour (or its first
 //! [`LIST_CAPACITY`] tokens), then a new one starts; indexes are never
 //! reused, and a list is dropped only once every token pointing at it has
-//! expired. For each index the broker keeps two keyed hashes (of the
-//! token's workload and job, and of its approval), so that revoking a job or
-//! an approval sets the status of each of its tokens.
+//! expired. For each index the broker keeps keyed hashes of the token's
+//! `jti`, workload, job, step and approval, and its `iat`, so that revoking
+//! a job, a step, an approval or a workload sets the status of each of its
+//! tokens. The key is the list's own, random.
 //!
-//! Lists live in memory. Their ids are stored when they start, so that
-//! after a restart the lists of the earlier run are still recognised: they
-//! are served with every status INVALID (which index a job's tokens had is
-//! not kept across a restart, so fail closed), until their tokens have all
-//! expired.
+//! Lists are kept across restarts: a list's id and key are stored before
+//! any token points at it, and its entries are written to the store every
+//! second (and at shutdown). At start-up the statuses are computed again
+//! from the entries and the revocations in force. Indexes whose entries had
+//! not been written when the broker stopped (a crash, at most a second of
+//! mints) read INVALID: fail closed. So do lists stored before entries were
+//! (schema 5).
 
 use crate::error::OAuthError;
 use crate::keys::KeyRing;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use ring::hmac;
 use ring::rand::SecureRandom;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use stint_core::claims::AccessTokenClaims;
+use stint_core::revocation::RevocationEntries;
 use stint_core::status_list::{
     INVALID, STATUS_LIST_TYP, StatusClaim, StatusList, StatusListClaim, StatusListTokenClaims,
     StatusReference,
 };
 use stint_core::ttl::MAX_TOKEN_TTL;
-use stint_store::Store;
+use stint_store::{Store, StoredStatusList};
 
 /// The path prefix of status lists.
 pub(crate) const STATUS_PATH: &str = "/v1/status";
@@ -43,17 +47,178 @@ pub(crate) const LIST_TTL_SECS: u64 = 60;
 /// A status list token's lifetime (`exp - iat`), seconds.
 const LIST_LIFETIME_SECS: i64 = 300;
 
-#[derive(Clone, Copy)]
+/// Entries written to the store in one go, at most.
+const FLUSH_CHUNK: usize = 65_536;
+/// The length of a list's key.
+const KEY_LEN: usize = 32;
+
+/// What the broker knows of the token at one index: keyed hashes (see
+/// [`ListKey`]) and its `iat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
+    jti: u64,
+    workload: u64,
     job: u64,
     step: u64,
+    /// 0 for a token minted without an approval (no hash is 0).
     approval: u64,
-    workload: u64,
+    iat: i64,
+}
+
+impl Entry {
+    /// Its stored form: six little-endian 64-bit words.
+    const LEN: usize = 48;
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        for word in [self.jti, self.workload, self.job, self.step, self.approval] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out.extend_from_slice(&self.iat.to_le_bytes());
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let word = |i: usize| -> Option<[u8; 8]> { bytes.get(i * 8..i * 8 + 8)?.try_into().ok() };
+        Some(Self {
+            jti: u64::from_le_bytes(word(0)?),
+            workload: u64::from_le_bytes(word(1)?),
+            job: u64::from_le_bytes(word(2)?),
+            step: u64::from_le_bytes(word(3)?),
+            approval: u64::from_le_bytes(word(4)?),
+            iat: i64::from_le_bytes(word(5)?),
+        })
+    }
+}
+
+/// A list's key: HMAC-SHA256, truncated to 64 bits, over a kind tag and
+/// the length-prefixed names. Keyed, so that nobody can choose a job name
+/// whose hash is another workload's job (and revoke its tokens' statuses).
+struct ListKey {
+    key: hmac::Key,
+    bytes: [u8; KEY_LEN],
+}
+
+impl ListKey {
+    fn generate(rng: &(dyn SecureRandom + Sync)) -> Result<Self, String> {
+        let mut bytes = [0u8; KEY_LEN];
+        rng.fill(&mut bytes)
+            .map_err(|_| "no randomness".to_owned())?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+            bytes,
+        }
+    }
+
+    fn hash(&self, kind: &[u8], names: &[&str]) -> u64 {
+        let mut context = hmac::Context::with_key(&self.key);
+        context.update(kind);
+        for name in names {
+            context.update(&(name.len() as u64).to_le_bytes());
+            context.update(name.as_bytes());
+        }
+        let tag = context.sign();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&tag.as_ref()[..8]);
+        // 0 means "no approval" in an entry.
+        u64::from_le_bytes(first).max(1)
+    }
+
+    fn jti(&self, jti: &str) -> u64 {
+        self.hash(b"jti", &[jti])
+    }
+
+    fn workload(&self, workload: &str) -> u64 {
+        self.hash(b"workload", &[workload])
+    }
+
+    fn job(&self, sub: &str, job: &str) -> u64 {
+        self.hash(b"job", &[sub, job])
+    }
+
+    fn step(&self, sub: &str, job: &str, step: &str) -> u64 {
+        self.hash(b"step", &[sub, job, step])
+    }
+
+    fn approval(&self, approval: &str) -> u64 {
+        self.hash(b"elev", &[approval])
+    }
+
+    fn entry(&self, claims: &AccessTokenClaims) -> Entry {
+        Entry {
+            jti: self.jti(&claims.jti),
+            workload: self.workload(&claims.sub),
+            job: self.job(&claims.sub, &claims.job),
+            step: self.step(&claims.sub, &claims.job, &claims.step),
+            approval: claims
+                .elev
+                .as_deref()
+                .map_or(0, |approval| self.approval(approval)),
+            iat: claims.iat,
+        }
+    }
+}
+
+/// The revocations in force, hashed with one list's key.
+struct Revoked {
+    jtis: HashSet<u64>,
+    jobs: HashSet<u64>,
+    steps: HashSet<u64>,
+    approvals: HashSet<u64>,
+    /// Stopped workloads: tokens issued up to the value are revoked.
+    workloads: HashMap<u64, i64>,
+}
+
+impl Revoked {
+    fn new(key: &ListKey, revocations: &RevocationEntries) -> Self {
+        Self {
+            jtis: revocations
+                .tokens
+                .iter()
+                .map(|(jti, _)| key.jti(jti))
+                .collect(),
+            jobs: revocations
+                .jobs
+                .iter()
+                .map(|(sub, job, _)| key.job(sub, job))
+                .collect(),
+            steps: revocations
+                .steps
+                .iter()
+                .map(|(sub, job, step, _)| key.step(sub, job, step))
+                .collect(),
+            approvals: revocations
+                .approvals
+                .iter()
+                .map(|(approval, _)| key.approval(approval))
+                .collect(),
+            workloads: revocations
+                .workloads
+                .iter()
+                .map(|(workload, before, _)| (key.workload(workload), *before))
+                .collect(),
+        }
+    }
+
+    fn covers(&self, entry: &Entry) -> bool {
+        self.jtis.contains(&entry.jti)
+            || self.jobs.contains(&entry.job)
+            || self.steps.contains(&entry.step)
+            || (entry.approval != 0 && self.approvals.contains(&entry.approval))
+            || self
+                .workloads
+                .get(&entry.workload)
+                .is_some_and(|before| entry.iat <= *before)
+    }
 }
 
 struct Contents {
     bits: StatusList,
     entries: Vec<Entry>,
+    /// How many entries are in the store.
+    flushed: usize,
     version: u64,
 }
 
@@ -71,30 +236,102 @@ pub(crate) struct List {
     created_at: i64,
     contents: Mutex<Contents>,
     cached: Mutex<Option<Cached>>,
-    /// From an earlier run: every status INVALID, no entries.
-    orphaned: bool,
+    /// `None` for a list whose entries are unknown (stored before entries
+    /// were): every status INVALID.
+    key: Option<ListKey>,
 }
 
 impl List {
-    fn new(issuer: &str, id: String, created_at: i64, orphaned: bool) -> Result<Self, String> {
-        let mut bits = StatusList::new(1, LIST_CAPACITY).map_err(|e| e.to_string())?;
-        if orphaned {
-            for idx in 0..LIST_CAPACITY as u64 {
-                bits.set(idx, INVALID).map_err(|e| e.to_string())?;
-            }
-        }
-        Ok(Self {
+    fn new(issuer: &str, id: String, created_at: i64, key: ListKey) -> Result<Self, String> {
+        let bits = StatusList::new(1, LIST_CAPACITY).map_err(|e| e.to_string())?;
+        Ok(Self::with(
+            issuer,
+            id,
+            created_at,
+            Some(key),
+            bits,
+            Vec::new(),
+        ))
+    }
+
+    fn with(
+        issuer: &str,
+        id: String,
+        created_at: i64,
+        key: Option<ListKey>,
+        bits: StatusList,
+        entries: Vec<Entry>,
+    ) -> Self {
+        Self {
             uri: format!("{issuer}{STATUS_PATH}/{id}"),
             id,
             created_at,
             contents: Mutex::new(Contents {
                 bits,
-                entries: Vec::new(),
+                flushed: entries.len(),
+                entries,
                 version: 0,
             }),
             cached: Mutex::new(None),
-            orphaned,
-        })
+            key,
+        }
+    }
+
+    /// A list of an earlier run, from the store: its entries read back,
+    /// their statuses computed from the revocations in force. Every index
+    /// past the entries read back (or of a list without a key) is INVALID.
+    fn restore(
+        issuer: &str,
+        stored: StoredStatusList,
+        revocations: &RevocationEntries,
+    ) -> Result<Self, String> {
+        let key = stored
+            .key
+            .as_deref()
+            .and_then(|bytes| <[u8; KEY_LEN]>::try_from(bytes).ok())
+            .map(ListKey::from_bytes);
+        let mut entries = Vec::new();
+        if key.is_some() {
+            for (first, chunk) in &stored.chunks {
+                // Whole entries, without a gap: anything after a gap or a
+                // torn chunk is unknown. Chunks may overlap (a cancelled
+                // write that landed): the overlap is the same entries.
+                let Some(known) = (entries.len() as u64).checked_sub(*first) else {
+                    break;
+                };
+                if chunk.len() % Entry::LEN != 0 {
+                    break;
+                }
+                let room = LIST_CAPACITY - entries.len();
+                entries.extend(
+                    chunk
+                        .chunks_exact(Entry::LEN)
+                        .skip(usize::try_from(known).unwrap_or(usize::MAX))
+                        .take(room)
+                        .filter_map(Entry::decode),
+                );
+            }
+        }
+        let mut bits = StatusList::new(1, LIST_CAPACITY).map_err(|e| e.to_string())?;
+        for idx in entries.len()..LIST_CAPACITY {
+            bits.set(idx as u64, INVALID).map_err(|e| e.to_string())?;
+        }
+        if let Some(key) = &key {
+            let revoked = Revoked::new(key, revocations);
+            for (idx, entry) in entries.iter().enumerate() {
+                if revoked.covers(entry) {
+                    bits.set(idx as u64, INVALID).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(Self::with(
+            issuer,
+            stored.id,
+            stored.created_at,
+            key,
+            bits,
+            entries,
+        ))
     }
 
     fn contents(&self) -> std::sync::MutexGuard<'_, Contents> {
@@ -110,34 +347,43 @@ impl List {
 /// Every list the broker serves.
 pub(crate) struct StatusLists {
     issuer: String,
-    hasher: RandomState,
     lists: RwLock<Vec<Arc<List>>>,
     /// The list new tokens go to (the newest of this run).
     current: arc_swap::ArcSwapOption<List>,
     /// Held while a new list is started (a store write).
     rotation: tokio::sync::Mutex<()>,
+    /// Held while entries are written to the store.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl StatusLists {
-    /// The lists at start-up: those of earlier runs (orphaned, see the
-    /// module docs) and a new one for this run.
+    /// The lists at start-up: those of earlier runs, restored from the
+    /// store with the statuses `revocations` (those in force) give them,
+    /// and a new one for this run.
     pub(crate) async fn start(
         issuer: &str,
         store: &dyn Store,
         rng: &(dyn SecureRandom + Sync),
         now: i64,
+        revocations: &RevocationEntries,
     ) -> Result<Self, String> {
         let mut lists = Vec::new();
         let earlier = store.status_lists(now).await.map_err(|e| e.to_string())?;
-        for (id, created_at) in earlier {
-            lists.push(Arc::new(List::new(issuer, id, created_at, true)?));
+        for stored in earlier {
+            let list = List::restore(issuer, stored, revocations)?;
+            tracing::info!(
+                list = %list.id,
+                tokens = list.contents().entries.len(),
+                "status list restored"
+            );
+            lists.push(Arc::new(list));
         }
         let this = Self {
             issuer: issuer.to_owned(),
-            hasher: RandomState::new(),
             lists: RwLock::new(lists),
             current: arc_swap::ArcSwapOption::empty(),
             rotation: tokio::sync::Mutex::new(()),
+            flushing: tokio::sync::Mutex::new(()),
         };
         this.start_list(store, rng, now).await?;
         Ok(this)
@@ -155,15 +401,17 @@ impl StatusLists {
     ) -> Result<Arc<List>, String> {
         let mut id = [0u8; 12];
         rng.fill(&mut id).map_err(|_| "no randomness".to_owned())?;
+        let key = ListKey::generate(rng)?;
+        let key_bytes = key.bytes;
         let list = Arc::new(List::new(
             &self.issuer,
             URL_SAFE_NO_PAD.encode(id),
             now,
-            false,
+            key,
         )?);
         // Stored before any token points at it.
         store
-            .insert_status_list(&list.id, list.created_at, list.expires_at())
+            .insert_status_list(&list.id, list.created_at, list.expires_at(), &key_bytes)
             .await
             .map_err(|e| e.to_string())?;
         self.lists
@@ -175,22 +423,6 @@ impl StatusLists {
         Ok(list)
     }
 
-    fn job_key(&self, sub: &str, job: &str) -> u64 {
-        self.hasher.hash_one((sub, job))
-    }
-
-    fn step_key(&self, sub: &str, job: &str, step: &str) -> u64 {
-        self.hasher.hash_one(("step", sub, job, step))
-    }
-
-    fn workload_key(&self, workload: &str) -> u64 {
-        self.hasher.hash_one(("workload", workload))
-    }
-
-    fn approval_key(&self, approval: &str) -> u64 {
-        self.hasher.hash_one(("elev", approval))
-    }
-
     /// Give a new token its index: in the newest list if it is young and
     /// not full, else in a new one.
     pub(crate) async fn allocate(
@@ -200,18 +432,16 @@ impl StatusLists {
         rng: &(dyn SecureRandom + Sync),
         now: i64,
     ) -> Result<StatusClaim, OAuthError> {
-        let entry = Entry {
-            job: self.job_key(&claims.sub, &claims.job),
-            approval: claims
-                .elev
-                .as_deref()
-                .map_or(0, |approval| self.approval_key(approval)),
-            workload: self.workload_key(&claims.sub),
-            step: self.step_key(&claims.sub, &claims.job, &claims.step),
-        };
         for _ in 0..2 {
             let newest = self.current.load_full();
-            if let Some(list) = newest.filter(|l| now < l.created_at + LIST_ROTATION_SECS) {
+            // The hashes are computed before the list's lock is taken.
+            if let Some((list, entry)) = newest
+                .filter(|l| now < l.created_at + LIST_ROTATION_SECS)
+                .and_then(|l| {
+                    let entry = l.key.as_ref()?.entry(claims);
+                    Some((l, entry))
+                })
+            {
                 let mut contents = list.contents();
                 if contents.entries.len() < LIST_CAPACITY {
                     let idx = contents.entries.len() as u64;
@@ -247,7 +477,7 @@ impl StatusLists {
         if let Some(list) = self
             .lists()
             .into_iter()
-            .find(|l| l.uri == reference.uri && !l.orphaned)
+            .find(|l| l.uri == reference.uri && l.key.is_some())
         {
             let mut contents = list.contents();
             // Only a change bumps the version (and costs a new signed list).
@@ -262,30 +492,43 @@ impl StatusLists {
 
     /// A job was revoked: set the status of each of its tokens.
     pub(crate) fn revoke_job(&self, sub: &str, job: &str) {
-        let key = self.job_key(sub, job);
-        self.revoke_matching(|entry| entry.job == key);
+        self.revoke_matching(|key| {
+            let job = key.job(sub, job);
+            move |entry: &Entry| entry.job == job
+        });
     }
 
     /// An approval was revoked: set the status of each token minted under it.
     pub(crate) fn revoke_approval(&self, approval: &str) {
-        let key = self.approval_key(approval);
-        self.revoke_matching(|entry| entry.approval == key);
+        self.revoke_matching(|key| {
+            let approval = key.approval(approval);
+            move |entry: &Entry| entry.approval == approval
+        });
     }
 
     /// A step of a job was revoked: set the status of each of its tokens.
     pub(crate) fn revoke_step(&self, sub: &str, job: &str, step: &str) {
-        let key = self.step_key(sub, job, step);
-        self.revoke_matching(|entry| entry.step == key);
+        self.revoke_matching(|key| {
+            let step = key.step(sub, job, step);
+            move |entry: &Entry| entry.step == step
+        });
     }
 
-    /// A workload was stopped: set the status of each of its tokens.
-    pub(crate) fn revoke_workload(&self, workload: &str) {
-        let key = self.workload_key(workload);
-        self.revoke_matching(|entry| entry.workload == key);
+    /// A workload was stopped at `before`: set the status of each of its
+    /// tokens issued until then.
+    pub(crate) fn revoke_workload(&self, workload: &str, before: i64) {
+        self.revoke_matching(|key| {
+            let workload = key.workload(workload);
+            move |entry: &Entry| entry.workload == workload && entry.iat <= before
+        });
     }
 
-    fn revoke_matching(&self, matches: impl Fn(&Entry) -> bool) {
-        for list in self.lists().into_iter().filter(|l| !l.orphaned) {
+    /// Set the status of every entry that `matcher` (given each list's key)
+    /// matches.
+    fn revoke_matching<M: Fn(&Entry) -> bool>(&self, matcher: impl Fn(&ListKey) -> M) {
+        for list in self.lists() {
+            let Some(key) = &list.key else { continue };
+            let matches = matcher(key);
             let mut contents = list.contents();
             let hits: Vec<u64> = contents
                 .entries
@@ -300,6 +543,37 @@ impl StatusLists {
             }
             if !hits.is_empty() {
                 contents.version += 1;
+            }
+        }
+    }
+
+    /// Write the entries not yet in the store. One flush at a time; on a
+    /// store failure the rest waits for the next call.
+    pub(crate) async fn flush(&self, store: &dyn Store) {
+        let _one = self.flushing.lock().await;
+        for list in self.lists().into_iter().filter(|l| l.key.is_some()) {
+            loop {
+                let (first, chunk) = {
+                    let contents = list.contents();
+                    let first = contents.flushed;
+                    let end = contents.entries.len().min(first + FLUSH_CHUNK);
+                    if end == first {
+                        break;
+                    }
+                    let mut chunk = Vec::with_capacity((end - first) * Entry::LEN);
+                    for entry in &contents.entries[first..end] {
+                        entry.encode(&mut chunk);
+                    }
+                    (first, chunk)
+                };
+                if let Err(error) = store
+                    .append_status_entries(&list.id, first as u64, &chunk)
+                    .await
+                {
+                    tracing::warn!(%error, list = %list.id, "could not store status list entries; retrying");
+                    return;
+                }
+                list.contents().flushed = first + chunk.len() / Entry::LEN;
             }
         }
     }
@@ -359,5 +633,143 @@ impl StatusLists {
             etag: etag.clone(),
         });
         Some(Ok((token, etag)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use ring::rand::SystemRandom;
+    use stint_core::status_list::VALID;
+    use stint_store::SqliteStore;
+
+    const ISSUER: &str = "https://stint.test";
+    const NOW: i64 = 1_800_000_000;
+
+    fn claims(n: u32, job: &str, elev: Option<&str>) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: ISSUER.into(),
+            sub: "deployer".into(),
+            aud: "svc".into(),
+            client_id: "deployer".into(),
+            exp: NOW + 300,
+            iat: NOW - 10 + i64::from(n),
+            nbf: NOW,
+            jti: format!("jti-{n}"),
+            scope: "read:x".into(),
+            job: job.into(),
+            step: format!("step-{n}"),
+            workflow: "wf".into(),
+            cnf: None,
+            elev: elev.map(str::to_owned),
+            status: None,
+        }
+    }
+
+    async fn mint(
+        lists: &StatusLists,
+        store: &dyn Store,
+        n: u32,
+        job: &str,
+        elev: Option<&str>,
+    ) -> (AccessTokenClaims, u64) {
+        let rng = SystemRandom::new();
+        let mut claims = claims(n, job, elev);
+        let status = lists.allocate(&claims, store, &rng, NOW).await.unwrap();
+        let idx = status.status_list.idx;
+        claims.status = Some(status);
+        (claims, idx)
+    }
+
+    fn statuses(lists: &StatusLists, uri: &str, idxs: &[u64]) -> Vec<u8> {
+        let list = lists.lists().into_iter().find(|l| l.uri == uri).unwrap();
+        let contents = list.contents();
+        idxs.iter()
+            .map(|i| contents.bits.get(*i).unwrap())
+            .collect()
+    }
+
+    fn uri(claims: &AccessTokenClaims) -> String {
+        claims.status.as_ref().unwrap().status_list.uri.clone()
+    }
+
+    #[tokio::test]
+    async fn restored_lists_recompute_statuses_and_fail_closed_past_what_was_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let rng = SystemRandom::new();
+        let none = RevocationEntries::default();
+        let lists = StatusLists::start(ISSUER, &store, &rng, NOW, &none)
+            .await
+            .unwrap();
+        let (t0, i0) = mint(&lists, &store, 0, "job-a", None).await;
+        let (_, i1) = mint(&lists, &store, 1, "job-a", Some("apr-1")).await;
+        let (_, i2) = mint(&lists, &store, 2, "job-b", None).await;
+        let (_, i3) = mint(&lists, &store, 3, "job-c", None).await;
+        lists.flush(&store).await;
+        // Minted after the last flush, then the broker "crashes".
+        let (_, i4) = mint(&lists, &store, 4, "job-d", None).await;
+        let first_list = uri(&t0);
+        drop(lists);
+
+        // What the store says is revoked when the broker starts again.
+        let revocations = RevocationEntries {
+            tokens: vec![("jti-0".into(), NOW + 300)],
+            approvals: vec![("apr-1".into(), NOW + 300)],
+            // Tokens of this workload issued up to NOW - 9 (jti-0, jti-1).
+            workloads: vec![("deployer".into(), NOW - 9, NOW + 600)],
+            jobs: vec![("deployer".into(), "job-c".into(), NOW + 600)],
+            steps: Vec::new(),
+        };
+        let lists = StatusLists::start(ISSUER, &store, &rng, NOW, &revocations)
+            .await
+            .unwrap();
+        assert_eq!(
+            statuses(&lists, &first_list, &[i0, i1, i2, i3, i4]),
+            [INVALID, INVALID, VALID, INVALID, INVALID],
+            "jti, approval/workload, live, job, and an index never stored"
+        );
+        // Later revocations reach the restored list; the rest stays.
+        lists.revoke_step("deployer", "job-b", "step-2");
+        assert_eq!(statuses(&lists, &first_list, &[i2]), [INVALID]);
+        // New tokens go to a new list.
+        let (t5, _) = mint(&lists, &store, 5, "job-e", None).await;
+        assert_ne!(uri(&t5), first_list);
+    }
+
+    #[tokio::test]
+    async fn a_workload_stop_covers_only_tokens_issued_until_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let rng = SystemRandom::new();
+        let lists = StatusLists::start(ISSUER, &store, &rng, NOW, &RevocationEntries::default())
+            .await
+            .unwrap();
+        let (t0, i0) = mint(&lists, &store, 0, "job-a", None).await;
+        let (_, i1) = mint(&lists, &store, 5, "job-a", None).await;
+        lists.revoke_workload("deployer", NOW - 10);
+        lists.revoke_workload("someone-else", NOW + 100);
+        assert_eq!(statuses(&lists, &uri(&t0), &[i0, i1]), [INVALID, VALID]);
+    }
+
+    #[test]
+    fn entries_round_trip_and_keys_separate_kinds() {
+        let key = ListKey::from_bytes([3; KEY_LEN]);
+        let entry = key.entry(&claims(7, "job", Some("apr")));
+        let mut bytes = Vec::new();
+        entry.encode(&mut bytes);
+        assert_eq!(bytes.len(), Entry::LEN);
+        assert_eq!(Entry::decode(&bytes), Some(entry));
+        assert_eq!(Entry::decode(&bytes[..40]), None);
+        // The same names under different kinds, or split differently, hash
+        // apart; another key gives other hashes.
+        assert_ne!(key.job("a", "bc"), key.job("ab", "c"));
+        assert_ne!(key.workload("x"), key.approval("x"));
+        assert_ne!(
+            key.job("a", "b"),
+            ListKey::from_bytes([4; KEY_LEN]).job("a", "b")
+        );
+        assert_eq!(key.entry(&claims(7, "job", None)).approval, 0);
     }
 }

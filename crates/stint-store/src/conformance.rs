@@ -89,28 +89,76 @@ async fn workload_stops_round_trip(store: &dyn Store) {
 
 async fn status_lists_round_trip(store: &dyn Store) {
     store
-        .insert_status_list("list-a", 1_000, 9_000)
+        .insert_status_list("list-a", 1_000, 9_000, &[7; 32])
         .await
         .expect("insert a list");
     store
-        .insert_status_list("list-b", 2_000, 10_000)
+        .insert_status_list("list-b", 2_000, 10_000, &[8; 32])
         .await
         .expect("insert another");
     store
-        .insert_status_list("list-a", 5_000, 99_000)
+        .insert_status_list("list-a", 5_000, 99_000, &[9; 32])
         .await
         .expect("inserting again is a no-op");
+    store
+        .append_status_entries("list-a", 2, b"cd")
+        .await
+        .expect("append entries");
+    store
+        .append_status_entries("list-a", 0, b"ab")
+        .await
+        .expect("append entries");
+    store
+        .append_status_entries("list-a", 2, b"c")
+        .await
+        .expect("a shorter write at the same index is ignored");
+    store
+        .append_status_entries("list-a", 0, b"a")
+        .await
+        .expect("a shorter write at the same index is ignored");
+    let lists = store.status_lists(3_000).await.expect("load lists");
+    let summary: Vec<_> = lists
+        .iter()
+        .map(|l| (l.id.as_str(), l.created_at, l.key.clone()))
+        .collect();
     assert_eq!(
-        store.status_lists(3_000).await.expect("load lists"),
-        [("list-a".to_owned(), 1_000), ("list-b".to_owned(), 2_000)]
+        summary,
+        [
+            ("list-a", 1_000, Some(vec![7; 32])),
+            ("list-b", 2_000, Some(vec![8; 32]))
+        ]
     );
     assert_eq!(
-        store.status_lists(9_000).await.expect("load lists"),
-        [("list-b".to_owned(), 2_000)],
+        lists[0].chunks,
+        [(0, b"ab".to_vec()), (2, b"cd".to_vec())],
+        "entries come back in index order"
+    );
+    store
+        .append_status_entries("list-a", 2, b"cdef")
+        .await
+        .expect("a longer write at the same index replaces it");
+    assert_eq!(
+        store.status_lists(3_000).await.expect("load lists")[0].chunks,
+        [(0, b"ab".to_vec()), (2, b"cdef".to_vec())]
+    );
+    assert!(lists[1].chunks.is_empty());
+    let ids = |lists: Vec<crate::StoredStatusList>| -> Vec<String> {
+        lists.into_iter().map(|l| l.id).collect()
+    };
+    assert_eq!(
+        ids(store.status_lists(9_000).await.expect("load lists")),
+        ["list-b"],
         "a list is not returned once every token it could serve has expired"
     );
     store.purge_expired(10_000).await.expect("purge");
     assert!(store.status_lists(0).await.expect("load lists").is_empty());
+    // A list inserted again under a purged id starts without entries.
+    store
+        .insert_status_list("list-a", 20_000, 30_000, &[1; 32])
+        .await
+        .expect("insert");
+    let lists = store.status_lists(20_000).await.expect("load lists");
+    assert!(lists[0].chunks.is_empty(), "purging dropped the entries");
 }
 
 async fn approvals_round_trip(store: &dyn Store) {

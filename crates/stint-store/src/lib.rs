@@ -84,6 +84,31 @@ pub struct LiveRevocations {
     pub steps: Vec<StepRevocation>,
 }
 
+/// A status list as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredStatusList {
+    /// The list id (the last segment of its URI).
+    pub id: String,
+    /// When the list started, seconds since the epoch.
+    pub created_at: i64,
+    /// The key of its entries' hashes; `None` for a list stored before
+    /// entries were (schema 5), whose entries are unknown.
+    pub key: Option<Vec<u8>>,
+    /// Its entries, as written: (first index, bytes), by index.
+    pub chunks: Vec<(u64, Vec<u8>)>,
+}
+
+impl fmt::Debug for StoredStatusList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredStatusList")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("chunks", &self.chunks.len())
+            .finish()
+    }
+}
+
 /// A durable store. Every write returns only once it is durable: after
 /// `Ok`, the write survives a crash of the process and of the machine.
 #[async_trait]
@@ -128,17 +153,31 @@ pub trait Store: Send + Sync + 'static {
     async fn approvals(&self, now: i64) -> Result<Vec<ApprovalRequest>, StoreError>;
 
     /// Record a status list the broker started (its tokens point at it),
-    /// kept until `expires_at`, when every token that can point at it has
-    /// expired.
+    /// with the key of its entries' hashes, kept until `expires_at`, when
+    /// every token that can point at it has expired. Inserting a list id
+    /// again changes nothing.
     async fn insert_status_list(
         &self,
         id: &str,
         created_at: i64,
         expires_at: i64,
+        key: &[u8],
     ) -> Result<(), StoreError>;
 
-    /// The status lists still kept at `now`: id and creation time.
-    async fn status_lists(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Record the entries of list `id` from index `first` on (opaque to the
+    /// store). Writing the same `first` again keeps the longer of the two
+    /// (a write that was cancelled may have landed, and is then written
+    /// again with what followed it).
+    async fn append_status_entries(
+        &self,
+        id: &str,
+        first: u64,
+        entries: &[u8],
+    ) -> Result<(), StoreError>;
+
+    /// The status lists still kept at `now`, oldest first, with their
+    /// entries.
+    async fn status_lists(&self, now: i64) -> Result<Vec<StoredStatusList>, StoreError>;
 
     /// Record a workload's emergency stop (replacing an earlier one).
     async fn stop_workload(&self, stop: &WorkloadStop) -> Result<(), StoreError>;

@@ -9,7 +9,7 @@
 //! one mutex. Writes are revocations and key changes, which are rare next to
 //! mints, and reads happen only at start-up: the hot path never comes here.
 
-use crate::{LiveRevocations, Store, StoreError, StoredKey};
+use crate::{LiveRevocations, Store, StoreError, StoredKey, StoredStatusList};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fs::{OpenOptions, Permissions};
@@ -20,7 +20,7 @@ use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revoked_tokens (
@@ -71,7 +71,14 @@ CREATE TABLE IF NOT EXISTS workload_stops (
 CREATE TABLE IF NOT EXISTS status_lists (
     id         TEXT    PRIMARY KEY NOT NULL,
     created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
+    expires_at INTEGER NOT NULL,
+    key        BLOB
+) STRICT;
+CREATE TABLE IF NOT EXISTS status_entries (
+    list    TEXT    NOT NULL,
+    first   INTEGER NOT NULL,
+    entries BLOB    NOT NULL,
+    PRIMARY KEY (list, first)
 ) STRICT;
 ";
 
@@ -118,9 +125,16 @@ impl SqliteStore {
                 "the database has schema version {version}, newer than this stintd understands ({SCHEMA_VERSION}); upgrade stintd"
             )));
         }
+        // Schema 6 gave status lists a key: an older table gains the
+        // column (its lists keep NULL: their entries were never stored).
+        let migrate = if (3..6).contains(&version) {
+            "ALTER TABLE status_lists ADD COLUMN key BLOB;"
+        } else {
+            ""
+        };
         connection
             .execute_batch(&format!(
-                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {SCHEMA} {migrate} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))
             .map_err(|e| open_error(e.to_string()))?;
         Ok(Self {
@@ -248,6 +262,11 @@ impl Store for SqliteStore {
             let jobs = tx.execute("DELETE FROM revoked_jobs WHERE until <= ?1", [now])?
                 + tx.execute("DELETE FROM revoked_steps WHERE until <= ?1", [now])?;
             let approvals = tx.execute("DELETE FROM approvals WHERE keep_until <= ?1", [now])?;
+            tx.execute(
+                "DELETE FROM status_entries WHERE list IN
+                   (SELECT id FROM status_lists WHERE expires_at <= ?1)",
+                [now],
+            )?;
             let lists = tx.execute("DELETE FROM status_lists WHERE expires_at <= ?1", [now])?;
             let stops = tx.execute(
                 "DELETE FROM workload_stops WHERE enabled_at IS NOT NULL AND until <= ?1",
@@ -359,26 +378,79 @@ impl Store for SqliteStore {
         id: &str,
         created_at: i64,
         expires_at: i64,
+        key: &[u8],
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
+        let key = key.to_vec();
         self.run("insert status list", move |c| {
             c.execute(
-                "INSERT INTO status_lists (id, created_at, expires_at) VALUES (?1, ?2, ?3)
+                "INSERT INTO status_lists (id, created_at, expires_at, key) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (id) DO NOTHING",
-                params![id, created_at, expires_at],
+                params![id, created_at, expires_at, key],
             )
             .map(drop)
         })
         .await
     }
 
-    async fn status_lists(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn append_status_entries(
+        &self,
+        id: &str,
+        first: u64,
+        entries: &[u8],
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        let entries = entries.to_vec();
+        let first = i64::try_from(first).map_err(|_| StoreError::Backend {
+            operation: "append status entries",
+            message: "index out of range".into(),
+        })?;
+        self.run("append status entries", move |c| {
+            c.execute(
+                "INSERT INTO status_entries (list, first, entries) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (list, first) DO UPDATE SET entries = excluded.entries
+                   WHERE length(excluded.entries) > length(status_entries.entries)",
+                params![id, first, entries],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn status_lists(&self, now: i64) -> Result<Vec<StoredStatusList>, StoreError> {
         self.run("load status lists", move |c| {
+            let mut lists: Vec<StoredStatusList> = {
+                let mut statement = c.prepare(
+                    "SELECT id, created_at, key FROM status_lists WHERE expires_at > ?1
+                     ORDER BY created_at, id",
+                )?;
+                let rows = statement.query_map([now], |row| {
+                    Ok(StoredStatusList {
+                        id: row.get(0)?,
+                        created_at: row.get(1)?,
+                        key: row.get(2)?,
+                        chunks: Vec::new(),
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
             let mut statement = c.prepare(
-                "SELECT id, created_at FROM status_lists WHERE expires_at > ?1 ORDER BY created_at, id",
+                "SELECT first, entries FROM status_entries WHERE list = ?1 ORDER BY first",
             )?;
-            let rows = statement.query_map([now], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            rows.collect()
+            for list in &mut lists {
+                let rows = statement.query_map([&list.id], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+                })?;
+                for row in rows {
+                    let (first, entries) = row?;
+                    // A negative index is not something this broker wrote:
+                    // skip it (the list then reads INVALID from there on).
+                    if let Ok(first) = u64::try_from(first) {
+                        list.chunks.push((first, entries));
+                    }
+                }
+            }
+            Ok(lists)
         })
         .await
     }
@@ -482,6 +554,41 @@ mod tests {
         let _store = SqliteStore::open(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_schema_5_database_gains_status_list_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stint.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE status_lists (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL
+                 ) STRICT;
+                 INSERT INTO status_lists VALUES ('old', 100, 10000);
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let lists = store.status_lists(200).await.unwrap();
+        assert_eq!(lists.len(), 1);
+        assert_eq!(lists[0].id, "old");
+        assert_eq!(lists[0].key, None, "its entries were never stored");
+        store
+            .insert_status_list("new", 300, 10000, &[1; 32])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.status_lists(200).await.unwrap()[1].key,
+            Some(vec![1; 32])
+        );
+        drop(store);
+        // Opening again (now at 6) does not migrate twice.
+        SqliteStore::open(&path).unwrap();
     }
 
     #[tokio::test]

@@ -127,7 +127,9 @@ async fn decide(
             .unwrap_or_else(|p| p.into_inner())
             .insert(stop.workload.clone());
         state.revocations.insert_workload(&stop);
-        state.status_lists.revoke_workload(&stop.workload);
+        state
+            .status_lists
+            .revoke_workload(&stop.workload, stop.stopped_at);
         state.feed.publish(RevocationEvent {
             sub: Some(stop.workload.clone()),
             issued_before: Some(stop.stopped_at),
