@@ -93,6 +93,8 @@ pub struct BrokerOptions {
     pub approval_interval: Duration,
     /// The revocation feed's keep-alive (15 s, as in production).
     pub feed_keepalive: Duration,
+    /// Feed streams one client may hold (256, as in production).
+    pub feed_max_streams_per_client: usize,
     pub webhook: Option<stint_server::WebhookTarget>,
 }
 
@@ -106,6 +108,7 @@ impl Default for BrokerOptions {
             approval_interval: Duration::from_secs(1),
             webhook: None,
             feed_keepalive: Duration::from_secs(15),
+            feed_max_streams_per_client: 256,
         }
     }
 }
@@ -139,6 +142,7 @@ impl TestBroker {
         config.approval_interval = options.approval_interval;
         config.webhook = options.webhook;
         config.feed_keepalive = options.feed_keepalive;
+        config.feed_max_streams_per_client = options.feed_max_streams_per_client;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }

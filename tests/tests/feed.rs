@@ -355,4 +355,60 @@ mod verifier {
             "fail-open still refuses what it knows is revoked"
         );
     }
+
+    #[tokio::test]
+    async fn a_verifier_refused_the_stream_follows_the_status_lists() {
+        // The broker lets this client hold no stream: the verifier can load
+        // the snapshot, but must fall back to polling the status lists.
+        let mut broker = TestBroker::start_with(BrokerOptions {
+            feed_max_streams_per_client: 0,
+            ..BrokerOptions::default()
+        })
+        .await;
+        let refused = SseStream::open(
+            &broker.http,
+            &broker.url(REVOCATION_STREAM_PATH),
+            (&broker.client_id, &broker.client_secret),
+            None,
+        )
+        .await;
+        assert_eq!(refused.status(), 429);
+
+        let verifier = subscribed(&broker, false).await;
+        let a = token(&broker, "job-a").await;
+        let b = token(&broker, "job-b").await;
+        verifier.verify(&a).await.unwrap();
+        verifier.verify(&b).await.unwrap();
+        let response = broker.post_form("/v1/jobs/job-a/revoke", &[]).await;
+        assert_eq!(response.status(), 200);
+        let took = revoked_soon(&verifier, &a, "a token whose status list says revoked").await;
+        assert!(took < Duration::from_secs(3), "{took:?}");
+
+        // Well past the staleness bound (1 s) with no stream and no
+        // snapshot since the start: the status list keeps its live token
+        // verifying, because the broker keeps confirming it.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        verifier
+            .verify(&b)
+            .await
+            .expect("vouched for by its status list");
+        assert!(matches!(verifier.verify(&a).await, Err(Error::Revoked)));
+
+        // A token revoked by its jti, then the broker goes away: the list
+        // can no longer be confirmed, and the verifier fails closed.
+        let response = broker.post_form(REVOCATION_PATH, &[("token", &b)]).await;
+        assert_eq!(response.status(), 200);
+        revoked_soon(&verifier, &b, "a revoked token, from its status list").await;
+        let c = token(&broker, "job-c").await;
+        verifier.verify(&c).await.unwrap();
+        broker.stop().await;
+        stint_tests::eventually(WAIT, "the verifier goes stale", || async {
+            matches!(
+                verifier.verify_with_cached_keys(&c),
+                Err(Error::RevocationStateStale { .. })
+            )
+            .then_some(())
+        })
+        .await;
+    }
 }

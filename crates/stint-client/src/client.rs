@@ -829,7 +829,7 @@ pub(crate) async fn read_body(url: &str, response: reqwest::Response) -> Result<
 }
 
 /// Read at most `limit` bytes of `response`'s body.
-async fn read_body_up_to(
+pub(crate) async fn read_body_up_to(
     url: &str,
     mut response: reqwest::Response,
     limit: usize,

@@ -1,20 +1,28 @@
 //! The verifier's view of the broker's revocations: a snapshot, then the
-//! live feed (`/v1/revocations/stream`), kept in memory.
+//! live feed (`/v1/revocations/stream`), kept in memory; and, while the
+//! stream is down, the Token Status Lists of the tokens it verifies.
 //!
 //! A background task holds the stream open, applies each revocation the
 //! moment it arrives, and reconnects with `Last-Event-ID` when the
-//! connection drops (loading the snapshot again when told to resync, and
-//! while the stream cannot be opened: the snapshot is the fallback).
-//! Everything heard from the broker (an event, a keep-alive, a snapshot)
-//! counts as a sign of life; [`RevocationView::check`] fails closed when
-//! there has been none for longer than the configured bound.
+//! connection drops (loading the snapshot again when told to resync).
+//! While the stream cannot be opened it polls the status lists that the
+//! tokens verified point at (signed `statuslist+jwt`, checked with the
+//! verifier's keys). Everything heard from the broker (an event, a
+//! keep-alive, a snapshot) keeps the whole view alive; a status list keeps
+//! its own tokens alive. [`RevocationView::check`] fails closed when a
+//! token has neither for longer than the configured bound.
 
-use crate::client::{Credentials, read_body, read_json_up_to};
+use crate::client::{Credentials, read_body, read_body_up_to, read_json_up_to};
 use crate::error::Error;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use stint_core::claims::AccessTokenClaims;
+use stint_core::jose::KeySet;
+use stint_core::status_list::{
+    MAX_LIST_TOKEN_LEN, STATUS_LIST_MEDIA_TYPE, StatusList, StatusReference, VALID,
+    verify_list_token,
+};
 use stint_proto::revocations::{EVENT_READY, EVENT_RESYNC, EVENT_REVOCATION};
 use stint_proto::{
     FeedPosition, REVOCATION_SNAPSHOT_PATH, REVOCATION_STREAM_PATH, RevocationEvent,
@@ -28,6 +36,11 @@ const MAX_EVENT_LEN: usize = 64 * 1024;
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// The largest snapshot read (a million entries are about 100 MB of JSON).
 const MAX_SNAPSHOT_LEN: usize = 256 * 1024 * 1024;
+/// The most status lists followed (tokens point at one list per broker
+/// hour; the oldest is forgotten first).
+const MAX_LISTS: usize = 64;
+/// Where the broker serves its status lists, under the issuer.
+const STATUS_PATH: &str = "/v1/status/";
 /// Reconnection delays after a failure, then the last one repeats.
 const BACKOFF: [Duration; 4] = [
     Duration::from_millis(100),
@@ -49,6 +62,18 @@ struct Known {
     /// The feed sent a kind of revocation this SDK cannot apply: the view
     /// is not current, whatever else arrives.
     incompatible: bool,
+    /// Status lists fetched while the stream was down, by URI.
+    lists: HashMap<String, FetchedList>,
+}
+
+/// A verified status list, as last fetched.
+struct FetchedList {
+    list: StatusList,
+    /// Its token's `exp`: past it, the list vouches for nothing.
+    exp: i64,
+    etag: Option<String>,
+    /// When the broker last confirmed it (200, or 304 for our ETag).
+    confirmed: Instant,
 }
 
 impl Known {
@@ -106,10 +131,24 @@ impl Known {
 /// What the verifier knows of the broker's revocations, kept current by a
 /// background task. Dropping the last handle stops the task.
 pub(crate) struct RevocationView {
-    known: Arc<RwLock<Known>>,
+    shared: Arc<Shared>,
+    /// `{issuer}/v1/status/`: only lists there are followed.
+    list_prefix: String,
+    leeway_secs: i64,
     max_staleness: Duration,
     fail_open: bool,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the view and its background task share. Locks: `wanted` is never
+/// held while `known` is taken, nor the other way round.
+struct Shared {
+    known: RwLock<Known>,
+    /// The status list URIs of tokens verified, oldest first (at most
+    /// [`MAX_LISTS`]).
+    wanted: RwLock<Vec<String>>,
+    /// Wakes the task when a token names a list not followed yet.
+    wake: tokio::sync::Notify,
 }
 
 impl Drop for RevocationView {
@@ -134,49 +173,95 @@ struct Feed {
     credentials: Credentials,
     /// How long a silent stream is trusted before it is dropped.
     idle: Duration,
+    /// The verifier's keys, which sign status lists too.
+    keys: Arc<RwLock<Arc<KeySet>>>,
+    leeway_secs: i64,
+}
+
+/// How a [`RevocationView`] is set up.
+pub(crate) struct ViewConfig {
+    pub(crate) http: reqwest::Client,
+    pub(crate) stream_http: reqwest::Client,
+    pub(crate) issuer: String,
+    pub(crate) credentials: Credentials,
+    pub(crate) max_staleness: Duration,
+    pub(crate) fail_open: bool,
+    pub(crate) keys: Arc<RwLock<Arc<KeySet>>>,
+    pub(crate) leeway_secs: i64,
 }
 
 impl RevocationView {
     /// Load the snapshot (an error if the broker cannot be asked: a
     /// verifier that must check revocations does not start blind), then
     /// follow the feed in the background.
-    pub(crate) async fn start(
-        http: reqwest::Client,
-        stream_http: reqwest::Client,
-        issuer: String,
-        credentials: Credentials,
-        max_staleness: Duration,
-        fail_open: bool,
-    ) -> Result<Self, Error> {
+    pub(crate) async fn start(config: ViewConfig) -> Result<Self, Error> {
+        let list_prefix = format!("{}{STATUS_PATH}", config.issuer);
         let feed = Feed {
-            http,
-            stream_http,
-            issuer,
-            credentials,
-            idle: max_staleness,
+            http: config.http,
+            stream_http: config.stream_http,
+            issuer: config.issuer,
+            credentials: config.credentials,
+            idle: config.max_staleness,
+            keys: config.keys,
+            leeway_secs: config.leeway_secs,
         };
-        let known = Arc::new(RwLock::new(Known::default()));
-        feed.load_snapshot(&known).await?;
-        let task = tokio::spawn(follow(feed, Arc::clone(&known)));
+        let shared = Arc::new(Shared {
+            known: RwLock::new(Known::default()),
+            wanted: RwLock::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+        });
+        feed.load_snapshot(&shared.known).await?;
+        let task = tokio::spawn(follow(feed, Arc::clone(&shared)));
         Ok(Self {
-            known,
-            max_staleness,
-            fail_open,
+            shared,
+            list_prefix,
+            leeway_secs: config.leeway_secs,
+            max_staleness: config.max_staleness,
+            fail_open: config.fail_open,
             task,
         })
     }
 
     /// Whether these claims are revoked, as far as the broker has said;
-    /// fails closed ([`Error::RevocationStateStale`]) when nothing has been
-    /// heard from the broker for longer than the bound, unless the
-    /// verifier was built to fail open.
+    /// fails closed ([`Error::RevocationStateStale`]) when, for longer than
+    /// the bound, nothing has been heard from the broker and the token's
+    /// status list has not been confirmed either, unless the verifier was
+    /// built to fail open.
     pub(crate) fn check(&self, claims: &AccessTokenClaims) -> Result<(), Error> {
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        let silent = if known.incompatible {
+        let reference = claims
+            .status
+            .as_ref()
+            .map(|status| &status.status_list)
+            .filter(|reference| reference.uri.starts_with(&self.list_prefix));
+        let result = self.decide(claims, reference);
+        if let Some(reference) = reference {
+            self.follow_list(&reference.uri);
+        }
+        result
+    }
+
+    fn decide(
+        &self,
+        claims: &AccessTokenClaims,
+        reference: Option<&StatusReference>,
+    ) -> Result<(), Error> {
+        let known = self.shared.known.read().unwrap_or_else(|p| p.into_inner());
+        let feed_silent = if known.incompatible {
             Duration::MAX
         } else {
             known.heard.map_or(Duration::MAX, |at| at.elapsed())
         };
+        // The token's status list, if fetched and not expired.
+        let now = unix_now();
+        let list = reference.and_then(|reference| {
+            let fetched = known
+                .lists
+                .get(&reference.uri)
+                .filter(|fetched| fetched.exp > now.saturating_sub(self.leeway_secs))?;
+            Some((fetched, reference.idx))
+        });
+        let list_silent = list.map_or(Duration::MAX, |(fetched, _)| fetched.confirmed.elapsed());
+        let silent = feed_silent.min(list_silent);
         if silent > self.max_staleness {
             if self.fail_open {
                 tracing::error!(
@@ -189,7 +274,9 @@ impl RevocationView {
                 });
             }
         }
-        let revoked = known.tokens.contains_key(&claims.jti)
+        // Any status but VALID (or an index outside the list) is a refusal.
+        let revoked = list.is_some_and(|(fetched, idx)| fetched.list.get(idx) != Ok(VALID))
+            || known.tokens.contains_key(&claims.jti)
             || known
                 .jobs
                 .contains_key(&(claims.sub.clone(), claims.job.clone()))
@@ -207,6 +294,31 @@ impl RevocationView {
                 claims.step.clone(),
             ));
         if revoked { Err(Error::Revoked) } else { Ok(()) }
+    }
+
+    /// Follow the status list at `uri` (polled while the stream is down).
+    fn follow_list(&self, uri: &str) {
+        let wanted = &self.shared.wanted;
+        if wanted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|u| u == uri)
+        {
+            return;
+        }
+        {
+            let mut wanted = wanted.write().unwrap_or_else(|p| p.into_inner());
+            if wanted.iter().any(|u| u == uri) {
+                return;
+            }
+            if wanted.len() >= MAX_LISTS {
+                // Its fetched list goes at the next poll.
+                wanted.remove(0);
+            }
+            wanted.push(uri.to_owned());
+        }
+        self.shared.wake.notify_one();
     }
 }
 
@@ -228,7 +340,10 @@ impl Feed {
         }
         fresh.position = Some(snapshot.position);
         fresh.heard = Some(Instant::now());
-        *known.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        let mut known = known.write().unwrap_or_else(|p| p.into_inner());
+        // The status lists are not the snapshot's: they stay.
+        fresh.lists = std::mem::take(&mut known.lists);
+        *known = fresh;
         Ok(())
     }
 
@@ -327,14 +442,129 @@ impl Feed {
     }
 }
 
+impl Feed {
+    /// Fetch every followed status list again (with its ETag), verify it,
+    /// and keep it. Failures are logged; a list not confirmed stops
+    /// vouching for its tokens once the staleness bound passes.
+    async fn poll_lists(&self, shared: &Shared) {
+        let uris = shared
+            .wanted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for uri in &uris {
+            if let Err(error) = self.poll_list(shared, uri).await {
+                tracing::warn!(%error, "could not fetch a status list");
+            }
+        }
+        // Lists no longer followed are dropped.
+        let uris = shared
+            .wanted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        shared
+            .known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .lists
+            .retain(|uri, _| uris.contains(uri));
+    }
+
+    async fn poll_list(&self, shared: &Shared, uri: &str) -> Result<(), Error> {
+        let now = unix_now();
+        let etag = shared
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .lists
+            .get(uri)
+            .filter(|fetched| fetched.exp > now)
+            .and_then(|fetched| fetched.etag.clone());
+        let mut request = self
+            .http
+            .get(uri)
+            .header(reqwest::header::ACCEPT, STATUS_LIST_MEDIA_TYPE);
+        if let Some(etag) = &etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Error::unreachable(uri, &e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED && etag.is_some() {
+            if let Some(fetched) = shared
+                .known
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .lists
+                .get_mut(uri)
+            {
+                fetched.confirmed = Instant::now();
+            }
+            return Ok(());
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            // The broker no longer serves it: its tokens have all expired.
+            shared
+                .wanted
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|u| u != uri);
+            shared
+                .known
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .lists
+                .remove(uri);
+            return Ok(());
+        }
+        if !status.is_success() {
+            return Err(Error::protocol(
+                uri,
+                format!("the status list answered {status}"),
+            ));
+        }
+        let new_etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128)
+            .map(str::to_owned);
+        let body = read_body_up_to(uri, response, MAX_LIST_TOKEN_LEN).await?;
+        let token = std::str::from_utf8(&body)
+            .map_err(|_| Error::protocol(uri, "the status list is not text"))?;
+        let keys = Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()));
+        let verified = verify_list_token(token.trim(), &keys, uri, unix_now(), self.leeway_secs)
+            .map_err(|e| Error::protocol(uri, format!("the status list was refused: {e}")))?;
+        shared
+            .known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .lists
+            .insert(
+                uri.to_owned(),
+                FetchedList {
+                    list: verified.list,
+                    exp: verified.exp,
+                    etag: new_etag,
+                    confirmed: Instant::now(),
+                },
+            );
+        Ok(())
+    }
+}
+
 /// Keep the view current until the verifier is dropped.
-async fn follow(feed: Feed, known: Arc<RwLock<Known>>) {
+async fn follow(feed: Feed, shared: Arc<Shared>) {
+    let known = &shared.known;
     let mut failures = 0usize;
     loop {
-        match feed.stream(&known).await {
+        match feed.stream(known).await {
             Ok(true) => {
                 tracing::info!("the revocation feed asked for a resync: loading the snapshot");
-                if let Err(error) = feed.load_snapshot(&known).await {
+                if let Err(error) = feed.load_snapshot(known).await {
                     tracing::warn!(%error, "could not load the revocation snapshot");
                     failures += 1;
                 } else {
@@ -347,19 +577,24 @@ async fn follow(feed: Feed, known: Arc<RwLock<Known>>) {
                 failures += 1;
             }
             Err(error) => {
-                tracing::warn!(%error, "revocation feed unavailable; polling the snapshot until it is back");
+                tracing::warn!(%error, "revocation feed unavailable; polling the status lists until it is back");
                 failures += 1;
-                // The fallback: the snapshot keeps the view current (and
-                // alive) while the stream cannot be held open.
-                if feed.load_snapshot(&known).await.is_ok() {
-                    tracing::debug!("revocation snapshot loaded");
-                }
+                // The fallback: the status lists of the tokens verified
+                // keep those tokens' state current (and alive) while the
+                // stream cannot be held open.
+                feed.poll_lists(&shared).await;
             }
         }
         let now = unix_now();
         known.write().unwrap_or_else(|p| p.into_inner()).purge(now);
-        let delay = BACKOFF[failures.min(BACKOFF.len()).saturating_sub(1)];
-        tokio::time::sleep(delay).await;
+        // Never so slow that followed status lists go stale between polls.
+        let delay = BACKOFF[failures.min(BACKOFF.len()).saturating_sub(1)].min(feed.idle / 3);
+        // A token naming a list not followed yet cuts the wait short (it
+        // may be refused as stale until its list is fetched).
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.wake.notified() => {}
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::client::{Connection, Credentials, form_encode, read_json};
 use crate::error::Error;
-use crate::revocations::RevocationView;
+use crate::revocations::{RevocationView, ViewConfig};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -152,6 +152,8 @@ impl VerifierBuilder {
         }
         let http = self.connection.http_client()?;
         let metadata = self.connection.discover(&http).await?;
+        let leeway_secs = i64::try_from(self.leeway.as_secs()).unwrap_or(MAX_LEEWAY_SECS);
+        let keys = Arc::new(RwLock::new(Arc::new(KeySet::new())));
         let revocations = match self.revocation_feed {
             Some((credentials, max_staleness)) => {
                 if max_staleness < Duration::from_millis(100) {
@@ -160,14 +162,16 @@ impl VerifierBuilder {
                     ));
                 }
                 Some(
-                    RevocationView::start(
-                        http.clone(),
-                        self.connection.stream_client()?,
-                        self.connection.issuer.clone(),
+                    RevocationView::start(ViewConfig {
+                        http: http.clone(),
+                        stream_http: self.connection.stream_client()?,
+                        issuer: self.connection.issuer.clone(),
                         credentials,
                         max_staleness,
-                        self.fail_open,
-                    )
+                        fail_open: self.fail_open,
+                        keys: Arc::clone(&keys),
+                        leeway_secs,
+                    })
                     .await?,
                 )
             }
@@ -179,10 +183,10 @@ impl VerifierBuilder {
             jwks_uri: metadata.jwks_uri,
             introspection_endpoint: metadata.introspection_endpoint,
             audience: self.audience,
-            leeway_secs: i64::try_from(self.leeway.as_secs()).unwrap_or(MAX_LEEWAY_SECS),
+            leeway_secs,
             min_refresh_interval: self.min_refresh_interval,
             max_key_age: self.max_key_age,
-            keys: RwLock::new(Arc::new(KeySet::new())),
+            keys,
             fetched: Mutex::new(None),
             last_refresh: tokio::sync::Mutex::new(None),
             introspection: self.introspection,
@@ -221,7 +225,8 @@ struct Inner {
     leeway_secs: i64,
     min_refresh_interval: Duration,
     max_key_age: Duration,
-    keys: RwLock<Arc<KeySet>>,
+    /// Shared with the revocation view, which checks status lists with them.
+    keys: Arc<RwLock<Arc<KeySet>>>,
     /// When the keys held were fetched.
     fetched: Mutex<Option<Instant>>,
     /// When the keys were last fetched; held while fetching.

@@ -68,8 +68,9 @@ impl fmt::Display for Algorithm {
 /// What went wrong with a key or a token.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum JoseError {
-    /// The token is over [`MAX_TOKEN_LEN`].
-    #[error("the token is longer than {MAX_TOKEN_LEN} bytes")]
+    /// The token is over [`MAX_TOKEN_LEN`] (or the limit given to
+    /// [`UnverifiedJws::parse_up_to`]).
+    #[error("the token is too long")]
     TooLong,
     /// Not three base64url parts with a JSON object header.
     #[error("the token is not a compact JWS: {0}")]
@@ -466,7 +467,13 @@ impl<'a> UnverifiedJws<'a> {
     /// Parse `token`: at most [`MAX_TOKEN_LEN`] bytes, three base64url parts
     /// without padding, a JSON object header without `crit`.
     pub fn parse(token: &'a str) -> Result<Self, JoseError> {
-        if token.len() > MAX_TOKEN_LEN {
+        Self::parse_up_to(token, MAX_TOKEN_LEN)
+    }
+
+    /// [`Self::parse`], for a kind of JWS that may be longer (a status
+    /// list token): at most `max_len` bytes.
+    pub fn parse_up_to(token: &'a str, max_len: usize) -> Result<Self, JoseError> {
+        if token.len() > max_len {
             return Err(JoseError::TooLong);
         }
         let mut parts = token.split('.');

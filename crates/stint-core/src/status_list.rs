@@ -12,6 +12,7 @@
 //! Decoding is bounded ([`MAX_DECODED_LEN`]): a small, hostile `lst` cannot
 //! inflate into gigabytes.
 
+use crate::jose::{JoseError, KeySet, UnverifiedJws};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use flate2::Compression;
@@ -28,6 +29,10 @@ pub const STATUS_LIST_MEDIA_TYPE: &str = "application/statuslist+jwt";
 /// The largest list a verifier decodes, in bytes after decompression
 /// (16 MiB: 134 million one-bit statuses).
 pub const MAX_DECODED_LEN: usize = 16 * 1024 * 1024;
+
+/// The longest status list token a verifier reads (a list of a million
+/// random one-bit statuses compresses to about 128 KiB).
+pub const MAX_LIST_TOKEN_LEN: usize = 4 * 1024 * 1024;
 
 /// The token is valid.
 pub const VALID: u8 = 0;
@@ -234,6 +239,87 @@ impl StatusListClaim {
     }
 }
 
+/// Why a status list token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ListTokenError {
+    /// Not a JWS, an algorithm that is not accepted, an unknown key, a bad
+    /// signature.
+    #[error(transparent)]
+    Jose(#[from] JoseError),
+    /// `typ` is not `statuslist+jwt`.
+    #[error("the token is not a status list token (typ is not statuslist+jwt)")]
+    WrongType,
+    /// The claims are not a status list token's.
+    #[error("the status list token's claims are malformed")]
+    BadClaims,
+    /// `sub` is not the URI the list was fetched from.
+    #[error("the status list token is for another list")]
+    WrongSubject,
+    /// No `exp`, or it has passed.
+    #[error("the status list token has expired (or has no exp)")]
+    Expired,
+    /// `iat` is in the future.
+    #[error("the status list token was issued in the future")]
+    NotYetValid,
+    /// The list itself.
+    #[error(transparent)]
+    List(#[from] StatusListError),
+}
+
+/// A status list token, verified.
+#[derive(Debug, Clone)]
+pub struct VerifiedStatusList {
+    /// The statuses.
+    pub list: StatusList,
+    /// When it was issued.
+    pub iat: i64,
+    /// When it expires.
+    pub exp: i64,
+    /// How long it may be cached, if said.
+    pub ttl: Option<u64>,
+}
+
+/// Verify the status list token `token`, fetched from `uri`, at `now`
+/// (seconds since the epoch) with `leeway` seconds of clock tolerance:
+/// `typ: statuslist+jwt`, signed by one of `keys` with the algorithm pinned
+/// to that key, `sub` equal to `uri`, `iat` not in the future and `exp`
+/// present and not passed; the list decoded within [`MAX_DECODED_LEN`].
+pub fn verify_list_token(
+    token: &str,
+    keys: &KeySet,
+    uri: &str,
+    now: i64,
+    leeway: i64,
+) -> Result<VerifiedStatusList, ListTokenError> {
+    let jws = UnverifiedJws::parse_up_to(token, MAX_LIST_TOKEN_LEN)?;
+    jws.algorithm()?;
+    let typ = jws.header().typ.as_deref().unwrap_or_default();
+    if !(typ.eq_ignore_ascii_case(STATUS_LIST_TYP)
+        || typ.eq_ignore_ascii_case(STATUS_LIST_MEDIA_TYPE))
+    {
+        return Err(ListTokenError::WrongType);
+    }
+    let payload = jws.verified_payload(keys)?;
+    let claims: StatusListTokenClaims =
+        serde_json::from_slice(&payload).map_err(|_| ListTokenError::BadClaims)?;
+    if claims.sub != uri {
+        return Err(ListTokenError::WrongSubject);
+    }
+    if claims.iat > now.saturating_add(leeway) {
+        return Err(ListTokenError::NotYetValid);
+    }
+    let exp = claims.exp.ok_or(ListTokenError::Expired)?;
+    if exp <= now.saturating_sub(leeway) {
+        return Err(ListTokenError::Expired);
+    }
+    Ok(VerifiedStatusList {
+        list: claims.status_list.list()?,
+        iat: claims.iat,
+        exp,
+        ttl: claims.ttl,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +470,126 @@ mod tests {
             for (idx, value) in expected.iter().enumerate() {
                 prop_assert_eq!(back.get(idx as u64).unwrap(), *value);
             }
+        }
+    }
+
+    mod list_tokens {
+        use super::super::*;
+        use crate::jose::{Algorithm, SigningKey};
+        use ring::rand::SystemRandom;
+
+        const URI: &str = "https://stint.test/v1/status/abc";
+        const NOW: i64 = 1_800_000_000;
+
+        fn key() -> SigningKey {
+            SigningKey::generate(Algorithm::ES256, &SystemRandom::new())
+                .unwrap()
+                .0
+        }
+
+        fn keys_of(key: &SigningKey) -> KeySet {
+            let mut keys = KeySet::new();
+            keys.insert(key.verifying_key());
+            keys
+        }
+
+        fn claims() -> StatusListTokenClaims {
+            let mut list = StatusList::new(1, 16).unwrap();
+            list.set(3, INVALID).unwrap();
+            StatusListTokenClaims {
+                sub: URI.into(),
+                iat: NOW,
+                exp: Some(NOW + 300),
+                ttl: Some(60),
+                status_list: StatusListClaim::of(&list),
+            }
+        }
+
+        fn sign(key: &SigningKey, typ: &str, claims: &StatusListTokenClaims) -> String {
+            key.sign_jwt(typ, claims, &SystemRandom::new()).unwrap()
+        }
+
+        #[test]
+        fn a_signed_list_verifies_and_reads_back() {
+            let key = key();
+            let token = sign(&key, STATUS_LIST_TYP, &claims());
+            let verified = verify_list_token(&token, &keys_of(&key), URI, NOW, 0).unwrap();
+            assert_eq!(verified.list.get(3), Ok(INVALID));
+            assert_eq!(verified.list.get(2), Ok(VALID));
+            assert_eq!(
+                (verified.iat, verified.exp, verified.ttl),
+                (NOW, NOW + 300, Some(60))
+            );
+        }
+
+        #[test]
+        fn every_lie_is_refused() {
+            let key = key();
+            let keys = keys_of(&key);
+            let good = claims();
+            let check = |token: &str| verify_list_token(token, &keys, URI, NOW, 5);
+            assert_eq!(
+                check(&sign(&key, "at+jwt", &good)).unwrap_err(),
+                ListTokenError::WrongType
+            );
+            let other = StatusListTokenClaims {
+                sub: "https://stint.test/v1/status/other".into(),
+                ..good.clone()
+            };
+            assert_eq!(
+                check(&sign(&key, STATUS_LIST_TYP, &other)).unwrap_err(),
+                ListTokenError::WrongSubject
+            );
+            let expired = StatusListTokenClaims {
+                exp: Some(NOW - 6),
+                ..good.clone()
+            };
+            assert_eq!(
+                check(&sign(&key, STATUS_LIST_TYP, &expired)).unwrap_err(),
+                ListTokenError::Expired
+            );
+            let no_exp = StatusListTokenClaims {
+                exp: None,
+                ..good.clone()
+            };
+            assert_eq!(
+                check(&sign(&key, STATUS_LIST_TYP, &no_exp)).unwrap_err(),
+                ListTokenError::Expired
+            );
+            let future = StatusListTokenClaims {
+                iat: NOW + 60,
+                ..good.clone()
+            };
+            assert_eq!(
+                check(&sign(&key, STATUS_LIST_TYP, &future)).unwrap_err(),
+                ListTokenError::NotYetValid
+            );
+            // Signed by a key the verifier does not hold.
+            assert_eq!(
+                check(&sign(&self::key(), STATUS_LIST_TYP, &good)).unwrap_err(),
+                ListTokenError::Jose(JoseError::UnknownKey)
+            );
+            // A tampered payload.
+            let token = sign(&key, STATUS_LIST_TYP, &good);
+            let mut parts: Vec<&str> = token.split('.').collect();
+            let forged = URL_SAFE_NO_PAD.encode(
+                serde_json::to_vec(&StatusListTokenClaims {
+                    status_list: StatusListClaim::of(&StatusList::new(1, 16).unwrap()),
+                    ..good.clone()
+                })
+                .unwrap(),
+            );
+            parts[1] = &forged;
+            assert_eq!(
+                check(&parts.join(".")).unwrap_err(),
+                ListTokenError::Jose(JoseError::BadSignature)
+            );
+            // Too long to read.
+            let huge = "a".repeat(MAX_LIST_TOKEN_LEN + 1);
+            assert_eq!(
+                check(&huge).unwrap_err(),
+                ListTokenError::Jose(JoseError::TooLong)
+            );
         }
     }
 }

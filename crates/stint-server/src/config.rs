@@ -9,6 +9,10 @@ use thiserror::Error;
 /// The loopback port `stintd --dev` listens on by default.
 pub const DEFAULT_DEV_PORT: u16 = 8780;
 
+/// The most feed streams a broker may be told to hold (each is an open
+/// connection and a task).
+pub const MAX_FEED_STREAMS: usize = 65_536;
+
 /// Where the policy comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicySource {
@@ -103,6 +107,11 @@ pub struct Config {
     pub webhook: Option<WebhookTarget>,
     /// How often a quiet revocation feed stream sends a keep-alive comment.
     pub feed_keepalive: Duration,
+    /// The most revocation feed streams open at once (0: none; verifiers
+    /// then poll the status lists).
+    pub feed_max_streams: usize,
+    /// The most feed streams one client may hold open.
+    pub feed_max_streams_per_client: usize,
 }
 
 /// The webhook that receives approval events.
@@ -131,6 +140,8 @@ impl Config {
             approval_interval: Duration::from_secs(5),
             webhook: None,
             feed_keepalive: Duration::from_secs(15),
+            feed_max_streams: 2048,
+            feed_max_streams_per_client: 256,
         }
     }
 
@@ -164,6 +175,9 @@ impl Config {
             || self.feed_keepalive > Duration::from_secs(300)
         {
             return Err(ConfigError::BadFeedKeepalive);
+        }
+        if self.feed_max_streams > MAX_FEED_STREAMS {
+            return Err(ConfigError::TooManyFeedStreams);
         }
         let limits = &self.limits;
         let durations = [
@@ -253,6 +267,9 @@ pub enum ConfigError {
     /// A feed keep-alive interval out of range.
     #[error("the revocation feed keep-alive must be 100 ms to 5 minutes")]
     BadFeedKeepalive,
+    /// More feed streams than the broker will hold.
+    #[error("--feed-max-streams is at most {MAX_FEED_STREAMS}")]
+    TooManyFeedStreams,
     /// A timeout or cap of zero, which would refuse everything.
     #[error("every connection limit (timeouts, connection and request caps) must be above zero")]
     ZeroLimit,

@@ -15,17 +15,69 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SecureRandom;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use stint_proto::{FeedPosition, RevocationEvent};
 use tokio::sync::broadcast;
 
 /// Events kept for reconnecting clients.
 pub(crate) const BACKLOG: usize = 65_536;
-/// Feed streams open at once; more are answered 503.
-pub(crate) const MAX_SUBSCRIBERS: usize = 2048;
 /// Events a connected client may fall behind by before it must resync.
 const CHANNEL: usize = 8_192;
+
+/// How many feed streams each client holds, each at most `per_client`.
+pub(crate) struct ClientStreams {
+    per_client: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One client's open stream: counted until dropped.
+pub(crate) struct ClientStream {
+    streams: Arc<ClientStreams>,
+    client: String,
+}
+
+impl ClientStreams {
+    pub(crate) fn new(per_client: usize) -> Self {
+        Self {
+            per_client,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A stream for `client`, unless it holds as many as it may.
+    pub(crate) fn open(self: &Arc<Self>, client: &str) -> Option<ClientStream> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(client.to_owned()).or_insert(0);
+        if *count >= self.per_client {
+            if *count == 0 {
+                open.remove(client);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(ClientStream {
+            streams: Arc::clone(self),
+            client: client.to_owned(),
+        })
+    }
+
+    pub(crate) fn per_client(&self) -> usize {
+        self.per_client
+    }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
 
 /// One published event, encoded once for every subscriber.
 #[derive(Debug, Clone)]
@@ -170,6 +222,23 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_client_holds_at_most_its_share_of_streams() {
+        let streams = Arc::new(ClientStreams::new(2));
+        let a1 = streams.open("a").unwrap();
+        let _a2 = streams.open("a").unwrap();
+        assert!(streams.open("a").is_none(), "a third for the same client");
+        let _b = streams.open("b").expect("another client is not held back");
+        drop(a1);
+        let _a3 = streams.open("a").expect("a closed stream frees its place");
+        let none = Arc::new(ClientStreams::new(0));
+        assert!(none.open("a").is_none());
+        assert!(
+            none.open.lock().unwrap().is_empty(),
+            "refusals leave nothing behind"
+        );
+    }
     use ring::rand::SystemRandom;
 
     fn event(jti: &str) -> RevocationEvent {

@@ -409,7 +409,8 @@ pub async fn start_with_clock(
         feed,
         status_lists,
         stopped: std::sync::RwLock::new(stopped),
-        feed_slots: Arc::new(tokio::sync::Semaphore::new(feed::MAX_SUBSCRIBERS)),
+        feed_slots: Arc::new(tokio::sync::Semaphore::new(config.feed_max_streams)),
+        feed_clients: Arc::new(feed::ClientStreams::new(config.feed_max_streams_per_client)),
         feed_keepalive: config.feed_keepalive,
         closing: closing_rx,
     });

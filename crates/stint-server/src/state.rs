@@ -47,9 +47,11 @@ pub(crate) struct AppState {
     pub(crate) status_lists: crate::status::StatusLists,
     /// Workloads an operator stopped: they mint nothing until enabled.
     pub(crate) stopped: std::sync::RwLock<std::collections::HashSet<String>>,
-    /// Open feed streams, at most [`crate::feed::MAX_SUBSCRIBERS`]: the rest
-    /// of the connection cap stays for minting.
+    /// Open feed streams, at most `--feed-max-streams`: the rest of the
+    /// connection cap stays for minting.
     pub(crate) feed_slots: Arc<tokio::sync::Semaphore>,
+    /// Open feed streams by client, each at most `per_client`.
+    pub(crate) feed_clients: Arc<crate::feed::ClientStreams>,
     /// How often a quiet feed stream sends a keep-alive.
     pub(crate) feed_keepalive: std::time::Duration,
     /// Becomes `true` when the broker shuts down: feed streams end.

@@ -95,6 +95,19 @@ struct Cli {
     #[arg(long, env = "STINTD_FEED_KEEPALIVE", default_value_t = 15)]
     feed_keepalive: u64,
 
+    /// The most revocation feed streams open at once (503 beyond; 0 turns
+    /// the stream off and verifiers poll the status lists).
+    #[arg(long, env = "STINTD_FEED_MAX_STREAMS", default_value_t = 2048)]
+    feed_max_streams: usize,
+
+    /// The most feed streams one client may hold open (429 beyond).
+    #[arg(
+        long,
+        env = "STINTD_FEED_MAX_STREAMS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    feed_max_streams_per_client: usize,
+
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
     log: String,
@@ -224,6 +237,8 @@ fn config_from(cli: &Cli) -> Config {
         }),
         approval_interval: std::time::Duration::from_secs(cli.approval_interval),
         feed_keepalive: std::time::Duration::from_secs(cli.feed_keepalive),
+        feed_max_streams: cli.feed_max_streams,
+        feed_max_streams_per_client: cli.feed_max_streams_per_client,
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
                 url: url.clone(),

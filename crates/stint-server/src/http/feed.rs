@@ -30,17 +30,21 @@ use tokio::sync::broadcast::error::RecvError;
 /// The longest `Last-Event-ID` read.
 const MAX_EVENT_ID_LEN: usize = 64;
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), OAuthError> {
+/// The authenticated client's workload name.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, OAuthError> {
     let policy = state.policy.load();
-    credentials(headers, None)?.authenticate(&policy)?;
-    Ok(())
+    Ok(credentials(headers, None)?
+        .authenticate(&policy)?
+        .name()
+        .to_owned())
 }
 
 /// `GET /v1/revocations/stream`.
 pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(error) = authenticate(&state, &headers) {
-        return error.into_response();
-    }
+    let client = match authenticate(&state, &headers) {
+        Ok(client) => client,
+        Err(error) => return error.into_response(),
+    };
     let last_event_id = headers
         .get("last-event-id")
         .filter(|v| v.len() <= MAX_EVENT_ID_LEN)
@@ -52,9 +56,19 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMa
         )
         .into_response();
     }
+    let Some(client_slot) = state.feed_clients.open(&client) else {
+        return OAuthError::unavailable(&format!(
+            "this client already holds {} feed streams, as many as one client may; poll the status lists",
+            state.feed_clients.per_client()
+        ))
+        .with_status(http::StatusCode::TOO_MANY_REQUESTS)
+        .into_response();
+    };
     let Ok(slot) = Arc::clone(&state.feed_slots).try_acquire_owned() else {
-        return OAuthError::unavailable("the broker holds as many feed streams as it serves")
-            .into_response();
+        return OAuthError::unavailable(
+            "the broker holds as many feed streams as it serves; poll the status lists",
+        )
+        .into_response();
     };
     let subscription = state.feed.subscribe(last_event_id);
     // No `id` on `ready`: a client that drops during the backlog must
@@ -75,7 +89,7 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMa
         backlog: backlog.into_iter(),
         live: subscription.live,
     };
-    let slot = Arc::new(slot);
+    let slot = Arc::new((slot, client_slot));
     let events = stream::unfold(start, move |phase| {
         // The slot is held for as long as the stream lives.
         let _slot = Arc::clone(&slot);
