@@ -5,10 +5,10 @@
 //! A list serves the tokens minted during one hour (or its first
 //! [`LIST_CAPACITY`] tokens), then a new one starts; indexes are never
 //! reused, and a list is dropped only once every token pointing at it has
-//! expired. For each index the broker keeps keyed hashes of the token's
-//! `jti`, workload, job, step and approval, and its `iat`, so that revoking
-//! a job, a step, an approval or a workload sets the status of each of its
-//! tokens. The key is the list's own, random.
+//! expired. For each index the broker keeps 64 bits of the token's `jti`,
+//! keyed hashes of its workload, job, step and approval, and its `iat`, so
+//! that revoking a job, a step, an approval or a workload sets the status of
+//! each of its tokens. The key is the list's own, random.
 //!
 //! Lists are kept across restarts: a list's id and key are stored before
 //! any token points at it, and its entries are written to the store every
@@ -52,8 +52,8 @@ const FLUSH_CHUNK: usize = 65_536;
 /// The length of a list's key.
 const KEY_LEN: usize = 32;
 
-/// What the broker knows of the token at one index: keyed hashes (see
-/// [`ListKey`]) and its `iat`.
+/// What the broker knows of the token at one index: 64 bits of its `jti`,
+/// keyed hashes (see [`ListKey`]) of its names, and its `iat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     jti: u64,
@@ -126,10 +126,6 @@ impl ListKey {
         u64::from_le_bytes(first).max(1)
     }
 
-    fn jti(&self, jti: &str) -> u64 {
-        self.hash(b"jti", &[jti])
-    }
-
     fn workload(&self, workload: &str) -> u64 {
         self.hash(b"workload", &[workload])
     }
@@ -148,7 +144,8 @@ impl ListKey {
 
     fn entry(&self, claims: &AccessTokenClaims) -> Entry {
         Entry {
-            jti: self.jti(&claims.jti),
+            // Every jti the broker mints is one; 0 matches no revocation.
+            jti: jti_word(&claims.jti).unwrap_or(0),
             workload: self.workload(&claims.sub),
             job: self.job(&claims.sub, &claims.job),
             step: self.step(&claims.sub, &claims.job, &claims.step),
@@ -159,6 +156,12 @@ impl ListKey {
             iat: claims.iat,
         }
     }
+}
+
+/// 64 bits of a token's `jti`: random bits the broker chose, so no key is
+/// needed (and no hash is spent on it per mint).
+fn jti_word(jti: &str) -> Option<u64> {
+    stint_core::claims::jti_key(jti).map(|key| (key ^ (key >> 64)) as u64)
 }
 
 /// The revocations in force, hashed with one list's key.
@@ -177,7 +180,7 @@ impl Revoked {
             jtis: revocations
                 .tokens
                 .iter()
-                .map(|(jti, _)| key.jti(jti))
+                .filter_map(|(jti, _)| jti_word(jti))
                 .collect(),
             jobs: revocations
                 .jobs
@@ -647,6 +650,14 @@ mod tests {
     const ISSUER: &str = "https://stint.test";
     const NOW: i64 = 1_800_000_000;
 
+    /// A well-formed jti, different for each `n`.
+    fn jti(n: u32) -> String {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&n.to_le_bytes());
+        bytes[15] = 0x5a;
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
     fn claims(n: u32, job: &str, elev: Option<&str>) -> AccessTokenClaims {
         AccessTokenClaims {
             iss: ISSUER.into(),
@@ -656,7 +667,7 @@ mod tests {
             exp: NOW + 300,
             iat: NOW - 10 + i64::from(n),
             nbf: NOW,
-            jti: format!("jti-{n}"),
+            jti: jti(n),
             scope: "read:x".into(),
             job: job.into(),
             step: format!("step-{n}"),
@@ -715,7 +726,7 @@ mod tests {
 
         // What the store says is revoked when the broker starts again.
         let revocations = RevocationEntries {
-            tokens: vec![("jti-0".into(), NOW + 300)],
+            tokens: vec![(jti(0), NOW + 300)],
             approvals: vec![("apr-1".into(), NOW + 300)],
             // Tokens of this workload issued up to NOW - 9 (jti-0, jti-1).
             workloads: vec![("deployer".into(), NOW - 9, NOW + 600)],
