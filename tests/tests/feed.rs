@@ -118,16 +118,7 @@ async fn an_unknown_position_gets_a_resync_and_the_snapshot_catches_up() {
         "the broker closes the stream"
     );
 
-    let snapshot: RevocationSnapshot = broker
-        .http
-        .get(broker.url(REVOCATION_SNAPSHOT_PATH))
-        .basic_auth(&broker.client_id, Some(&broker.client_secret))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let snapshot = fetch_snapshot(&broker).await;
     assert_eq!(snapshot.position.seq, 2);
     assert!(
         snapshot
@@ -148,8 +139,31 @@ async fn an_unknown_position_gets_a_resync_and_the_snapshot_catches_up() {
     let next = revoke_new_token(&broker, "job-u").await;
     assert_eq!(
         revocation(&stream.next_event(WAIT).await.unwrap()).jti,
-        Some(next)
+        Some(next.clone())
     );
+    // A snapshot asked for again after a revocation has it (the broker
+    // reuses a snapshot only while nothing new is published).
+    let again = fetch_snapshot(&broker).await;
+    assert_eq!(again.position.seq, 3);
+    assert!(
+        again
+            .revocations
+            .iter()
+            .any(|r| r.jti.as_deref() == Some(next.as_str()))
+    );
+    assert_eq!(again.revocations.len(), snapshot.revocations.len() + 1);
+}
+
+async fn fetch_snapshot(broker: &TestBroker) -> RevocationSnapshot {
+    let response = broker
+        .http
+        .get(broker.url(REVOCATION_SNAPSHOT_PATH))
+        .basic_auth(&broker.client_id, Some(&broker.client_secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    response.json().await.unwrap()
 }
 
 #[tokio::test]

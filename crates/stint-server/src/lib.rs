@@ -410,6 +410,7 @@ pub async fn start_with_clock(
         status_lists,
         stopped: std::sync::RwLock::new(stopped),
         feed_slots: Arc::new(tokio::sync::Semaphore::new(config.feed_max_streams)),
+        snapshot_cache: tokio::sync::Mutex::new(None),
         feed_clients: Arc::new(feed::ClientStreams::new(config.feed_max_streams_per_client)),
         feed_keepalive: config.feed_keepalive,
         closing: closing_rx,

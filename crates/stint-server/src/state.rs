@@ -50,6 +50,9 @@ pub(crate) struct AppState {
     /// Open feed streams, at most `--feed-max-streams`: the rest of the
     /// connection cap stays for minting.
     pub(crate) feed_slots: Arc<tokio::sync::Semaphore>,
+    /// The last revocation snapshot built, reused while nothing new is
+    /// published.
+    pub(crate) snapshot_cache: tokio::sync::Mutex<Option<crate::http::feed::CachedSnapshot>>,
     /// Open feed streams by client, each at most `per_client`.
     pub(crate) feed_clients: Arc<crate::feed::ClientStreams>,
     /// How often a quiet feed stream sends a keep-alive.

@@ -13,7 +13,6 @@ use super::client_auth::credentials;
 use crate::error::OAuthError;
 use crate::feed::{Published, Start};
 use crate::state::AppState;
-use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -212,10 +211,57 @@ pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: Header
     if let Err(error) = authenticate(&state, &headers) {
         return error.into_response();
     }
+    // One build at a time, reused while nothing new is published: a client
+    // asking in a loop costs a copy of the bytes, not a build.
+    let mut cached = state.snapshot_cache.lock().await;
+    let now = state.clock.now().timestamp();
     // The position first: every event up to it is already in the set (a
     // revocation enters the set before it is published), so a client that
     // continues from it misses nothing (and may see a few twice).
     let position = state.feed.position();
+    let body = match cached
+        .as_ref()
+        .filter(|c| c.seq == position.seq && (0..SNAPSHOT_REUSE_SECS).contains(&(now - c.built_at)))
+    {
+        Some(hit) => hit.body.clone(),
+        None => {
+            let seq = position.seq;
+            let body = build_snapshot(&state, position);
+            *cached = Some(CachedSnapshot {
+                seq,
+                built_at: now,
+                body: body.clone(),
+            });
+            body
+        }
+    };
+    drop(cached);
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// How long a built snapshot is reused while no revocation is published
+/// (entries that expire meanwhile are harmless to a reader).
+const SNAPSHOT_REUSE_SECS: i64 = 10;
+
+/// The last snapshot built.
+pub(crate) struct CachedSnapshot {
+    seq: u64,
+    built_at: i64,
+    body: bytes::Bytes,
+}
+
+fn build_snapshot(state: &AppState, position: stint_proto::FeedPosition) -> bytes::Bytes {
     let seq = position.seq;
     let entries = state.revocations.entries(state.clock.now());
     let mut revocations =
@@ -265,13 +311,11 @@ pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: Header
             ..blank("workload", until)
         });
     }
-    let mut response = Json(RevocationSnapshot {
+    // Plain data: serializing cannot fail.
+    serde_json::to_vec(&RevocationSnapshot {
         position,
         revocations,
     })
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    .map(bytes::Bytes::from)
+    .unwrap_or_default()
 }

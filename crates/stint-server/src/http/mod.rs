@@ -16,7 +16,7 @@ mod approvals;
 mod client_auth;
 mod discovery;
 mod exchange;
-mod feed;
+pub(crate) mod feed;
 mod introspect;
 mod ops;
 mod revoke;
