@@ -93,7 +93,10 @@ fn now_ns() -> i128 {
 
 async fn run(args: &Args, memory: Memory) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = stint_server::Config::dev(dir.path().join("data"), "127.0.0.1:0".parse()?);
+    let mut config = stint_server::Config::dev(dir.path().join("data"), "127.0.0.1:0".parse()?);
+    // The fan-out's subscribers all use the dev client; a fleet of real
+    // verifiers would spread over clients (256 streams each by default).
+    config.feed_max_streams_per_client = config.feed_max_streams;
     let server = stint_server::start(config).await?;
     let credentials = server
         .dev_client_path()
