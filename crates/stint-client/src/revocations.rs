@@ -5,22 +5,26 @@
 //! A background task holds the stream open, applies each revocation the
 //! moment it arrives, and reconnects with `Last-Event-ID` when the
 //! connection drops (loading the snapshot again when told to resync).
-//! While the stream cannot be opened it polls the status lists that the
-//! tokens verified point at (signed `statuslist+jwt`, checked with the
-//! verifier's keys). Everything heard from the broker (an event, a
-//! keep-alive, a snapshot) keeps the whole view alive; a status list keeps
-//! its own tokens alive. [`RevocationView::check`] fails closed when a
-//! token has neither for longer than the configured bound.
+//! A second task polls the status lists that the tokens verified point at
+//! (signed `statuslist+jwt`, checked with the verifier's keys) whenever the
+//! feed has been quiet for half the staleness bound: the stream is down,
+//! refused, stuck, or resyncing without success. Everything heard on the
+//! feed (an event, a keep-alive, a snapshot) keeps the whole view alive; a
+//! status list the broker signed recently keeps its own tokens alive.
+//! [`RevocationView::check`] fails closed when a token has neither for
+//! longer than the configured bound.
 
 use crate::client::{Credentials, read_body, read_body_up_to, read_json_up_to};
 use crate::error::Error;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use stint_core::claims::AccessTokenClaims;
+use stint_core::jose::JoseError;
 use stint_core::jose::KeySet;
 use stint_core::status_list::{
-    MAX_LIST_TOKEN_LEN, STATUS_LIST_MEDIA_TYPE, StatusList, StatusReference, VALID,
+    ListTokenError, MAX_LIST_TOKEN_LEN, STATUS_LIST_MEDIA_TYPE, StatusList, StatusReference, VALID,
     verify_list_token,
 };
 use stint_proto::revocations::{EVENT_READY, EVENT_RESYNC, EVENT_REVOCATION};
@@ -39,6 +43,8 @@ const MAX_SNAPSHOT_LEN: usize = 256 * 1024 * 1024;
 /// The most status lists followed (tokens point at one list per broker
 /// hour; the oldest is forgotten first).
 const MAX_LISTS: usize = 64;
+/// A status list's `ttl` when its token does not say.
+const DEFAULT_LIST_TTL: u64 = 60;
 /// Where the broker serves its status lists, under the issuer.
 const STATUS_PATH: &str = "/v1/status/";
 /// Reconnection delays after a failure, then the last one repeats.
@@ -69,11 +75,26 @@ struct Known {
 /// A verified status list, as last fetched.
 struct FetchedList {
     list: StatusList,
+    /// Its token's `iat`.
+    iat: i64,
     /// Its token's `exp`: past it, the list vouches for nothing.
     exp: i64,
+    /// Its token's `ttl` (60 s if absent).
+    ttl: u64,
     etag: Option<String>,
-    /// When the broker last confirmed it (200, or 304 for our ETag).
-    confirmed: Instant,
+    /// When the broker last confirmed it: the start of a fetch answered by
+    /// a recently signed list (200, or 304 for the ETag held).
+    confirmed: Option<Instant>,
+}
+
+impl FetchedList {
+    /// Whether a list signed at `iat` can be the broker's current one at
+    /// `now`: the broker signs its lists again every `ttl / 2` (and at
+    /// once on a change), so an older one is a copy someone kept.
+    fn is_recent(&self, now: i64, leeway: i64) -> bool {
+        let max_age = i64::try_from(self.ttl / 2).unwrap_or(i64::MAX);
+        now.saturating_sub(self.iat) <= max_age.saturating_add(leeway)
+    }
 }
 
 impl Known {
@@ -137,23 +158,28 @@ pub(crate) struct RevocationView {
     leeway_secs: i64,
     max_staleness: Duration,
     fail_open: bool,
-    task: tokio::task::JoinHandle<()>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
-/// What the view and its background task share. Locks: `wanted` is never
+/// What the view and its background tasks share. Locks: `wanted` is never
 /// held while `known` is taken, nor the other way round.
 struct Shared {
     known: RwLock<Known>,
     /// The status list URIs of tokens verified, oldest first (at most
     /// [`MAX_LISTS`]).
     wanted: RwLock<Vec<String>>,
-    /// Wakes the task when a token names a list not followed yet.
+    /// Wakes the list poller when a token names a list not followed yet.
     wake: tokio::sync::Notify,
+    /// A status list was signed by a key the verifier does not hold: it
+    /// should fetch its keys again.
+    keys_wanted: AtomicBool,
 }
 
 impl Drop for RevocationView {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -209,17 +235,33 @@ impl RevocationView {
             known: RwLock::new(Known::default()),
             wanted: RwLock::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
+            keys_wanted: AtomicBool::new(false),
         });
         feed.load_snapshot(&shared.known).await?;
-        let task = tokio::spawn(follow(feed, Arc::clone(&shared)));
+        let feed = Arc::new(feed);
+        let tasks = [
+            tokio::spawn(follow(Arc::clone(&feed), Arc::clone(&shared))),
+            tokio::spawn(poll_lists_while_quiet(feed, Arc::clone(&shared))),
+        ];
         Ok(Self {
             shared,
             list_prefix,
             leeway_secs: config.leeway_secs,
             max_staleness: config.max_staleness,
             fail_open: config.fail_open,
-            task,
+            tasks,
         })
+    }
+
+    /// Whether a status list named a key the verifier does not hold (it
+    /// should fetch its keys again).
+    pub(crate) fn keys_wanted(&self) -> bool {
+        self.shared.keys_wanted.load(Ordering::Relaxed)
+    }
+
+    /// The verifier fetched its keys.
+    pub(crate) fn keys_fetched(&self) {
+        self.shared.keys_wanted.store(false, Ordering::Relaxed);
     }
 
     /// Whether these claims are revoked, as far as the broker has said;
@@ -260,7 +302,9 @@ impl RevocationView {
                 .filter(|fetched| fetched.exp > now.saturating_sub(self.leeway_secs))?;
             Some((fetched, reference.idx))
         });
-        let list_silent = list.map_or(Duration::MAX, |(fetched, _)| fetched.confirmed.elapsed());
+        let list_silent = list
+            .and_then(|(fetched, _)| fetched.confirmed)
+            .map_or(Duration::MAX, |at| at.elapsed());
         let silent = feed_silent.min(list_silent);
         if silent > self.max_staleness {
             if self.fail_open {
@@ -367,10 +411,12 @@ impl Feed {
                 format!("{}.{}", position.epoch, position.seq),
             );
         }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| Error::unreachable(&url, &e))?;
+        // A broker that accepts the connection but never answers is as
+        // good as down.
+        let mut response = match tokio::time::timeout(self.idle, request.send()).await {
+            Err(_) => return Err(Error::protocol(&url, "the feed did not answer")),
+            Ok(sent) => sent.map_err(|e| Error::unreachable(&url, &e))?,
+        };
         if !response.status().is_success() {
             let status = response.status();
             let body = read_body(&url, response).await.unwrap_or_default();
@@ -472,6 +518,9 @@ impl Feed {
     }
 
     async fn poll_list(&self, shared: &Shared, uri: &str) -> Result<(), Error> {
+        // Freshness counts from before the request: a slow answer does not
+        // stretch the bound.
+        let asked = Instant::now();
         let now = unix_now();
         let etag = shared
             .known
@@ -481,10 +530,12 @@ impl Feed {
             .get(uri)
             .filter(|fetched| fetched.exp > now)
             .and_then(|fetched| fetched.etag.clone());
+        // `no-cache`: a cache on the way must ask the broker.
         let mut request = self
             .http
             .get(uri)
-            .header(reqwest::header::ACCEPT, STATUS_LIST_MEDIA_TYPE);
+            .header(reqwest::header::ACCEPT, STATUS_LIST_MEDIA_TYPE)
+            .header(reqwest::header::CACHE_CONTROL, "no-cache");
         if let Some(etag) = &etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
@@ -494,14 +545,17 @@ impl Feed {
             .map_err(|e| Error::unreachable(uri, &e))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_MODIFIED && etag.is_some() {
-            if let Some(fetched) = shared
-                .known
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .lists
-                .get_mut(uri)
-            {
-                fetched.confirmed = Instant::now();
+            let mut known = shared.known.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(fetched) = known.lists.get_mut(uri) {
+                // Only a list the broker could still be serving as is.
+                if fetched.is_recent(unix_now(), self.leeway_secs) {
+                    fetched.confirmed = Some(asked);
+                } else {
+                    return Err(Error::protocol(
+                        uri,
+                        "the status list was confirmed unchanged, but it is older than the broker keeps one: a stale cache?",
+                    ));
+                }
             }
             return Ok(());
         }
@@ -536,28 +590,75 @@ impl Feed {
         let token = std::str::from_utf8(&body)
             .map_err(|_| Error::protocol(uri, "the status list is not text"))?;
         let keys = Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()));
-        let verified = verify_list_token(token.trim(), &keys, uri, unix_now(), self.leeway_secs)
-            .map_err(|e| Error::protocol(uri, format!("the status list was refused: {e}")))?;
+        let now = unix_now();
+        let verified = match verify_list_token(token.trim(), &keys, uri, now, self.leeway_secs) {
+            Ok(verified) => verified,
+            Err(error) => {
+                if error == ListTokenError::Jose(JoseError::UnknownKey) {
+                    // A rotated key: the verifier fetches its keys again
+                    // at its next verification (rate-limited).
+                    shared.keys_wanted.store(true, Ordering::Relaxed);
+                }
+                return Err(Error::protocol(
+                    uri,
+                    format!("the status list was refused: {error}"),
+                ));
+            }
+        };
+        let mut fetched = FetchedList {
+            list: verified.list,
+            iat: verified.iat,
+            exp: verified.exp,
+            ttl: verified.ttl.unwrap_or(DEFAULT_LIST_TTL),
+            etag: new_etag,
+            confirmed: None,
+        };
+        // An old copy still says what was revoked when it was signed, but
+        // does not vouch for now.
+        let recent = fetched.is_recent(now, self.leeway_secs);
+        if recent {
+            fetched.confirmed = Some(asked);
+        }
         shared
             .known
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .lists
-            .insert(
-                uri.to_owned(),
-                FetchedList {
-                    list: verified.list,
-                    exp: verified.exp,
-                    etag: new_etag,
-                    confirmed: Instant::now(),
-                },
-            );
-        Ok(())
+            .insert(uri.to_owned(), fetched);
+        if recent {
+            Ok(())
+        } else {
+            Err(Error::protocol(
+                uri,
+                "the status list is older than the broker keeps one: a stale cache?",
+            ))
+        }
     }
 }
 
-/// Keep the view current until the verifier is dropped.
-async fn follow(feed: Feed, shared: Arc<Shared>) {
+/// Poll the followed status lists whenever the feed has been quiet for half
+/// the staleness bound, every third of it (and at once when a token names
+/// a list not followed yet), until the verifier is dropped.
+async fn poll_lists_while_quiet(feed: Arc<Feed>, shared: Arc<Shared>) {
+    let every = feed.idle / 3;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shared.wake.notified() => {}
+        }
+        let quiet = {
+            let known = shared.known.read().unwrap_or_else(|p| p.into_inner());
+            known.incompatible || known.heard.is_none_or(|at| at.elapsed() >= feed.idle / 2)
+        };
+        if quiet {
+            tracing::debug!("the revocation feed is quiet: polling the status lists");
+            feed.poll_lists(&shared).await;
+        }
+    }
+}
+
+/// Keep the view current from the feed until the verifier is dropped.
+async fn follow(feed: Arc<Feed>, shared: Arc<Shared>) {
     let known = &shared.known;
     let mut failures = 0usize;
     loop {
@@ -577,24 +678,16 @@ async fn follow(feed: Feed, shared: Arc<Shared>) {
                 failures += 1;
             }
             Err(error) => {
-                tracing::warn!(%error, "revocation feed unavailable; polling the status lists until it is back");
+                // The status lists carry the verifier meanwhile (see
+                // `poll_lists_while_quiet`).
+                tracing::warn!(%error, "revocation feed unavailable; retrying");
                 failures += 1;
-                // The fallback: the status lists of the tokens verified
-                // keep those tokens' state current (and alive) while the
-                // stream cannot be held open.
-                feed.poll_lists(&shared).await;
             }
         }
         let now = unix_now();
         known.write().unwrap_or_else(|p| p.into_inner()).purge(now);
-        // Never so slow that followed status lists go stale between polls.
-        let delay = BACKOFF[failures.min(BACKOFF.len()).saturating_sub(1)].min(feed.idle / 3);
-        // A token naming a list not followed yet cuts the wait short (it
-        // may be refused as stale until its list is fetched).
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shared.wake.notified() => {}
-        }
+        let delay = BACKOFF[failures.min(BACKOFF.len()).saturating_sub(1)];
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -632,6 +725,24 @@ fn parse_block(block: &str) -> (Option<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_recently_signed_list_vouches_for_now() {
+        let list = |iat: i64, ttl: u64| FetchedList {
+            list: StatusList::new(1, 8).unwrap(),
+            iat,
+            exp: iat + 300,
+            ttl,
+            etag: None,
+            confirmed: None,
+        };
+        // The broker signs again every ttl / 2 (30 s).
+        assert!(list(1000, 60).is_recent(1030, 0));
+        assert!(!list(1000, 60).is_recent(1031, 0), "a kept copy");
+        assert!(list(1000, 60).is_recent(1040, 10), "within the leeway");
+        assert!(!list(1000, 10).is_recent(1010, 0));
+        assert!(list(1000, u64::MAX).is_recent(i64::MAX, 0));
+    }
 
     #[test]
     fn sse_blocks_parse() {

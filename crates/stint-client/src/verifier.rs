@@ -389,6 +389,12 @@ impl Verifier {
             Err(poisoned) => *poisoned.into_inner(),
         };
         fetched.is_none_or(|at| at.elapsed() >= self.inner.max_key_age)
+            // A status list named a key not held: a rotation.
+            || self
+                .inner
+                .revocations
+                .as_ref()
+                .is_some_and(RevocationView::keys_wanted)
     }
 
     /// Fetch the keys again because they are old, unless another task just
@@ -457,6 +463,9 @@ impl Verifier {
         match self.inner.fetched.lock() {
             Ok(mut fetched) => *fetched = Some(Instant::now()),
             Err(poisoned) => *poisoned.into_inner() = Some(Instant::now()),
+        }
+        if let Some(revocations) = &self.inner.revocations {
+            revocations.keys_fetched();
         }
         Ok(())
     }

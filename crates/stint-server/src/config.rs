@@ -176,7 +176,9 @@ impl Config {
         {
             return Err(ConfigError::BadFeedKeepalive);
         }
-        if self.feed_max_streams > MAX_FEED_STREAMS {
+        if self.feed_max_streams > MAX_FEED_STREAMS
+            || self.feed_max_streams >= self.limits.max_connections
+        {
             return Err(ConfigError::TooManyFeedStreams);
         }
         let limits = &self.limits;
@@ -268,7 +270,9 @@ pub enum ConfigError {
     #[error("the revocation feed keep-alive must be 100 ms to 5 minutes")]
     BadFeedKeepalive,
     /// More feed streams than the broker will hold.
-    #[error("--feed-max-streams is at most {MAX_FEED_STREAMS}")]
+    #[error(
+        "--feed-max-streams must be below the connection cap (so minting keeps room) and at most {MAX_FEED_STREAMS}"
+    )]
     TooManyFeedStreams,
     /// A timeout or cap of zero, which would refuse everything.
     #[error("every connection limit (timeouts, connection and request caps) must be above zero")]

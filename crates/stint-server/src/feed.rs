@@ -222,6 +222,7 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::rand::SystemRandom;
 
     #[test]
     fn each_client_holds_at_most_its_share_of_streams() {
@@ -239,7 +240,6 @@ mod tests {
             "refusals leave nothing behind"
         );
     }
-    use ring::rand::SystemRandom;
 
     fn event(jti: &str) -> RevocationEvent {
         RevocationEvent {

@@ -383,7 +383,10 @@ pub async fn start_with_clock(
         store.as_ref(),
         &rng,
         now.timestamp(),
-        &revocations.entries(now),
+        // Also what expired within the largest verifier leeway: a verifier
+        // still accepts such a token, so its status must stay INVALID.
+        &revocations
+            .entries(now - chrono::Duration::seconds(stint_core::access_token::MAX_LEEWAY_SECS)),
     )
     .await
     .map_err(StartError::StatusLists)?;

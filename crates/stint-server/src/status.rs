@@ -563,12 +563,14 @@ impl StatusLists {
                     if end == first {
                         break;
                     }
-                    let mut chunk = Vec::with_capacity((end - first) * Entry::LEN);
-                    for entry in &contents.entries[first..end] {
-                        entry.encode(&mut chunk);
-                    }
-                    (first, chunk)
+                    (first, contents.entries[first..end].to_vec())
                 };
+                // Encoded outside the lock: mints wait only for the copy.
+                let entries = chunk;
+                let mut chunk = Vec::with_capacity(entries.len() * Entry::LEN);
+                for entry in &entries {
+                    entry.encode(&mut chunk);
+                }
                 if let Err(error) = store
                     .append_status_entries(&list.id, first as u64, &chunk)
                     .await
@@ -705,6 +707,20 @@ mod tests {
         claims.status.as_ref().unwrap().status_list.uri.clone()
     }
 
+    async fn allocate(
+        lists: &StatusLists,
+        store: &dyn Store,
+        mut claims: AccessTokenClaims,
+    ) -> u64 {
+        let status = lists
+            .allocate(&claims, store, &SystemRandom::new(), NOW)
+            .await
+            .unwrap();
+        let idx = status.status_list.idx;
+        claims.status = Some(status);
+        idx
+    }
+
     #[tokio::test]
     async fn restored_lists_recompute_statuses_and_fail_closed_past_what_was_stored() {
         let dir = tempfile::tempdir().unwrap();
@@ -714,39 +730,98 @@ mod tests {
         let lists = StatusLists::start(ISSUER, &store, &rng, NOW, &none)
             .await
             .unwrap();
-        let (t0, i0) = mint(&lists, &store, 0, "job-a", None).await;
-        let (_, i1) = mint(&lists, &store, 1, "job-a", Some("apr-1")).await;
-        let (_, i2) = mint(&lists, &store, 2, "job-b", None).await;
-        let (_, i3) = mint(&lists, &store, 3, "job-c", None).await;
+        // Each token is covered by one kind of revocation at most.
+        let (t0, by_jti) = mint(&lists, &store, 0, "job-a", None).await;
+        let by_approval = allocate(&lists, &store, claims(1, "job-a", Some("apr-1"))).await;
+        let live = allocate(&lists, &store, claims(2, "job-b", None)).await;
+        let by_job = allocate(&lists, &store, claims(3, "job-c", None)).await;
+        let by_step = allocate(&lists, &store, claims(4, "job-d", None)).await;
+        let stopped = AccessTokenClaims {
+            sub: "stopped".into(),
+            ..claims(5, "job-s", None)
+        };
+        let at_stop = allocate(&lists, &store, stopped.clone()).await;
+        let after_stop = allocate(
+            &lists,
+            &store,
+            AccessTokenClaims {
+                iat: stopped.iat + 1,
+                ..claims(6, "job-s", None)
+            },
+        )
+        .await;
+        let after_stop_other = allocate(
+            &lists,
+            &store,
+            AccessTokenClaims {
+                iat: stopped.iat + 1,
+                jti: jti(7),
+                ..stopped.clone()
+            },
+        )
+        .await;
         lists.flush(&store).await;
         // Minted after the last flush, then the broker "crashes".
-        let (_, i4) = mint(&lists, &store, 4, "job-d", None).await;
+        let unflushed = allocate(&lists, &store, claims(8, "job-e", None)).await;
         let first_list = uri(&t0);
         drop(lists);
 
         // What the store says is revoked when the broker starts again.
         let revocations = RevocationEntries {
-            tokens: vec![(jti(0), NOW + 300)],
+            tokens: vec![(jti(0), NOW + 300), ("not-a-jti".into(), NOW + 300)],
             approvals: vec![("apr-1".into(), NOW + 300)],
-            // Tokens of this workload issued up to NOW - 9 (jti-0, jti-1).
-            workloads: vec![("deployer".into(), NOW - 9, NOW + 600)],
+            workloads: vec![("stopped".into(), stopped.iat, NOW + 600)],
             jobs: vec![("deployer".into(), "job-c".into(), NOW + 600)],
-            steps: Vec::new(),
+            steps: vec![(
+                "deployer".into(),
+                "job-d".into(),
+                "step-4".into(),
+                NOW + 600,
+            )],
         };
         let lists = StatusLists::start(ISSUER, &store, &rng, NOW, &revocations)
             .await
             .unwrap();
-        assert_eq!(
-            statuses(&lists, &first_list, &[i0, i1, i2, i3, i4]),
-            [INVALID, INVALID, VALID, INVALID, INVALID],
-            "jti, approval/workload, live, job, and an index never stored"
+        let names = [
+            "by jti",
+            "by approval",
+            "live",
+            "by job",
+            "by step",
+            "issued at the stop",
+            "another workload after the stop",
+            "issued after the stop",
+            "never stored",
+            "never handed out",
+        ];
+        let got = statuses(
+            &lists,
+            &first_list,
+            &[
+                by_jti,
+                by_approval,
+                live,
+                by_job,
+                by_step,
+                at_stop,
+                after_stop,
+                after_stop_other,
+                unflushed,
+                unflushed + 1,
+            ],
         );
+        let want = [
+            INVALID, INVALID, VALID, INVALID, INVALID, INVALID, VALID, VALID, INVALID, INVALID,
+        ];
+        for ((name, got), want) in names.iter().zip(got).zip(want) {
+            assert_eq!(got, want, "{name}");
+        }
         // Later revocations reach the restored list; the rest stays.
         lists.revoke_step("deployer", "job-b", "step-2");
-        assert_eq!(statuses(&lists, &first_list, &[i2]), [INVALID]);
+        assert_eq!(statuses(&lists, &first_list, &[live]), [INVALID]);
         // New tokens go to a new list.
-        let (t5, _) = mint(&lists, &store, 5, "job-e", None).await;
-        assert_ne!(uri(&t5), first_list);
+        let (t9, _) = mint(&lists, &store, 9, "job-f", None).await;
+        assert_ne!(uri(&t9), first_list);
     }
 
     #[tokio::test]

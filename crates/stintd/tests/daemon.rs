@@ -73,6 +73,29 @@ async fn mint(http: &Client, daemon: &Daemon, creds: &(String, String), job: &st
     body["access_token"].as_str().unwrap().to_owned()
 }
 
+/// The status (0 VALID, 1 INVALID) each token's status list gives it.
+async fn status_of(http: &Client, tokens: &[&str]) -> Vec<u8> {
+    let mut statuses = Vec::new();
+    for token in tokens {
+        let (_, claims) = stint_tests::decode_jwt(token);
+        let reference = &claims["status"]["status_list"];
+        let response = http
+            .get(reference["uri"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let (_, list) = stint_tests::decode_jwt(&response.text().await.unwrap());
+        let list = stint_core::status_list::StatusList::decode(
+            u8::try_from(list["status_list"]["bits"].as_u64().unwrap()).unwrap(),
+            list["status_list"]["lst"].as_str().unwrap(),
+        )
+        .unwrap();
+        statuses.push(list.get(reference["idx"].as_u64().unwrap()).unwrap());
+    }
+    statuses
+}
+
 async fn active(http: &Client, daemon: &Daemon, creds: &(String, String), token: &str) -> bool {
     let (status, body) = post(http, daemon, creds, INTROSPECTION_PATH, &[("token", token)]).await;
     assert_eq!(status, 200);
@@ -93,6 +116,9 @@ async fn an_acknowledged_revocation_survives_kill_9_and_restart() {
     let revoked = mint(&http, &daemon, &creds, "job-a").await;
     let in_revoked_job = mint(&http, &daemon, &creds, "job-b").await;
     let untouched = mint(&http, &daemon, &creds, "job-c").await;
+    // Status list entries are written every second: let one write pass
+    // (the crash below skips the write a clean stop makes).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let (status, _) = post(
         &http,
@@ -153,6 +179,11 @@ async fn an_acknowledged_revocation_survives_kill_9_and_restart() {
         (status, body["error"].as_str()),
         (400, Some("invalid_grant"))
     );
+
+    // The status lists of the crashed run survive with the right statuses:
+    // revoked before the crash, INVALID; live, VALID.
+    let statuses = status_of(&http, &[&revoked, &in_revoked_job, &untouched]).await;
+    assert_eq!(statuses, [1, 1, 0], "revoked, in a revoked job, untouched");
 
     // The audit log is intact across the crash.
     let records = stint_tests::audit_records(&data.join("audit.jsonl"));

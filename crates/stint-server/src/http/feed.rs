@@ -263,7 +263,11 @@ pub(crate) struct CachedSnapshot {
 
 fn build_snapshot(state: &AppState, position: stint_proto::FeedPosition) -> bytes::Bytes {
     let seq = position.seq;
-    let entries = state.revocations.entries(state.clock.now());
+    // Also what expired within the largest verifier leeway: verifiers
+    // still accept such tokens (the set keeps them that long).
+    let entries = state.revocations.entries(
+        state.clock.now() - chrono::Duration::seconds(stint_core::access_token::MAX_LEEWAY_SECS),
+    );
     let mut revocations =
         Vec::with_capacity(entries.tokens.len() + entries.jobs.len() + entries.approvals.len());
     let blank = |kind: &str, until: i64| RevocationEvent {

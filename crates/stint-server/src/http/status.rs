@@ -4,7 +4,6 @@
 
 use crate::error::OAuthError;
 use crate::state::AppState;
-use crate::status::LIST_TTL_SECS;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -34,8 +33,11 @@ pub(crate) async fn status_list(
         Some(Err(error)) => return error.into_response(),
         Some(Ok(found)) => found,
     };
-    let cache_control = HeaderValue::from_str(&format!("public, max-age={LIST_TTL_SECS}"))
-        .unwrap_or(HeaderValue::from_static("no-cache"));
+    // Caches may keep it but must ask again each time (a 304 for the same
+    // ETag is cheap): a copy served stale by a proxy would hide a
+    // revocation from a verifier that trusts what it fetched as current.
+    // How long a verifier may rely on a copy is the token's `ttl`.
+    let cache_control = HeaderValue::from_static("public, no-cache");
     let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
