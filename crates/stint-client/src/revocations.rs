@@ -288,56 +288,12 @@ impl RevocationView {
         reference: Option<&StatusReference>,
     ) -> Result<(), Error> {
         let known = self.shared.known.read().unwrap_or_else(|p| p.into_inner());
-        let feed_silent = if known.incompatible {
-            Duration::MAX
-        } else {
-            known.heard.map_or(Duration::MAX, |at| at.elapsed())
+        let rules = Rules {
+            max_staleness: self.max_staleness,
+            fail_open: self.fail_open,
+            leeway_secs: self.leeway_secs,
         };
-        // The token's status list, if fetched and not expired.
-        let now = unix_now();
-        let list = reference.and_then(|reference| {
-            let fetched = known
-                .lists
-                .get(&reference.uri)
-                .filter(|fetched| fetched.exp > now.saturating_sub(self.leeway_secs))?;
-            Some((fetched, reference.idx))
-        });
-        let list_silent = list
-            .and_then(|(fetched, _)| fetched.confirmed)
-            .map_or(Duration::MAX, |at| at.elapsed());
-        let silent = feed_silent.min(list_silent);
-        if silent > self.max_staleness {
-            if self.fail_open {
-                tracing::error!(
-                    silent_ms = silent.as_millis() as u64,
-                    "revocation state is stale and this verifier FAILS OPEN: accepting a token that may be revoked"
-                );
-            } else {
-                return Err(Error::RevocationStateStale {
-                    silent: silent.min(Duration::from_secs(u64::from(u32::MAX))),
-                });
-            }
-        }
-        // Any status but VALID (or an index outside the list) is a refusal.
-        let revoked = list.is_some_and(|(fetched, idx)| fetched.list.get(idx) != Ok(VALID))
-            || known.tokens.contains_key(&claims.jti)
-            || known
-                .jobs
-                .contains_key(&(claims.sub.clone(), claims.job.clone()))
-            || claims
-                .elev
-                .as_ref()
-                .is_some_and(|approval| known.approvals.contains_key(approval))
-            || known
-                .workloads
-                .get(&claims.sub)
-                .is_some_and(|(before, _)| claims.iat <= *before)
-            || known.steps.contains_key(&(
-                claims.sub.clone(),
-                claims.job.clone(),
-                claims.step.clone(),
-            ));
-        if revoked { Err(Error::Revoked) } else { Ok(()) }
+        judge(&known, &rules, claims, reference, unix_now())
     }
 
     /// Follow the status list at `uri` (polled while the stream is down).
@@ -364,6 +320,71 @@ impl RevocationView {
         }
         self.shared.wake.notify_one();
     }
+}
+
+/// How a view judges staleness.
+struct Rules {
+    max_staleness: Duration,
+    fail_open: bool,
+    leeway_secs: i64,
+}
+
+/// Whether `claims` pass, given what is known at `now` (seconds since the
+/// epoch): see [`RevocationView::check`].
+fn judge(
+    known: &Known,
+    rules: &Rules,
+    claims: &AccessTokenClaims,
+    reference: Option<&StatusReference>,
+    now: i64,
+) -> Result<(), Error> {
+    let feed_silent = if known.incompatible {
+        Duration::MAX
+    } else {
+        known.heard.map_or(Duration::MAX, |at| at.elapsed())
+    };
+    // The token's status list, if fetched. What it says is revoked
+    // stays revoked; it vouches for now only if confirmed and not
+    // expired.
+    let list = reference.and_then(|reference| {
+        let fetched = known.lists.get(&reference.uri)?;
+        Some((fetched, reference.idx))
+    });
+    let list_silent = list
+        .filter(|(fetched, _)| fetched.exp > now.saturating_sub(rules.leeway_secs))
+        .and_then(|(fetched, _)| fetched.confirmed)
+        .map_or(Duration::MAX, |at| at.elapsed());
+    let silent = feed_silent.min(list_silent);
+    if silent > rules.max_staleness {
+        if rules.fail_open {
+            tracing::error!(
+                silent_ms = silent.as_millis() as u64,
+                "revocation state is stale and this verifier FAILS OPEN: accepting a token that may be revoked"
+            );
+        } else {
+            return Err(Error::RevocationStateStale {
+                silent: silent.min(Duration::from_secs(u64::from(u32::MAX))),
+            });
+        }
+    }
+    // Any status but VALID (or an index outside the list) is a refusal.
+    let revoked = list.is_some_and(|(fetched, idx)| fetched.list.get(idx) != Ok(VALID))
+        || known.tokens.contains_key(&claims.jti)
+        || known
+            .jobs
+            .contains_key(&(claims.sub.clone(), claims.job.clone()))
+        || claims
+            .elev
+            .as_ref()
+            .is_some_and(|approval| known.approvals.contains_key(approval))
+        || known
+            .workloads
+            .get(&claims.sub)
+            .is_some_and(|(before, _)| claims.iat <= *before)
+        || known
+            .steps
+            .contains_key(&(claims.sub.clone(), claims.job.clone(), claims.step.clone()));
+    if revoked { Err(Error::Revoked) } else { Ok(()) }
 }
 
 impl Feed {
@@ -619,12 +640,22 @@ impl Feed {
         if recent {
             fetched.confirmed = Some(asked);
         }
-        shared
-            .known
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .lists
-            .insert(uri.to_owned(), fetched);
+        {
+            let mut known = shared.known.write().unwrap_or_else(|p| p.into_inner());
+            // Never replace a list with an older one (a cache's copy would
+            // forget later revocations).
+            if known
+                .lists
+                .get(uri)
+                .is_some_and(|held| held.iat > fetched.iat)
+            {
+                return Err(Error::protocol(
+                    uri,
+                    "the status list is older than the one held: a stale cache?",
+                ));
+            }
+            known.lists.insert(uri.to_owned(), fetched);
+        }
         if recent {
             Ok(())
         } else {
@@ -725,6 +756,96 @@ fn parse_block(block: &str) -> (Option<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn claims(idx: u64) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: "https://stint.test".into(),
+            sub: "w".into(),
+            aud: "a".into(),
+            client_id: "w".into(),
+            exp: 2000,
+            iat: 1000,
+            nbf: 1000,
+            jti: "j".into(),
+            scope: "read:x".into(),
+            job: "job".into(),
+            step: "step".into(),
+            workflow: "wf".into(),
+            cnf: None,
+            elev: None,
+            status: Some(stint_core::status_list::StatusClaim {
+                status_list: StatusReference {
+                    idx,
+                    uri: "https://stint.test/v1/status/L".into(),
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn a_status_list_vouches_while_confirmed_and_its_revocations_stay() {
+        let rules = |fail_open| Rules {
+            max_staleness: Duration::from_secs(10),
+            fail_open,
+            leeway_secs: 0,
+        };
+        let mut list = StatusList::new(1, 8).unwrap();
+        list.set(3, stint_core::status_list::INVALID).unwrap();
+        let mut known = Known::default();
+        known.lists.insert(
+            "https://stint.test/v1/status/L".into(),
+            FetchedList {
+                list,
+                iat: 1000,
+                exp: 1300,
+                ttl: 60,
+                etag: None,
+                confirmed: Some(Instant::now()),
+            },
+        );
+        let judge_at = |known: &Known, idx: u64, fail_open: bool, now: i64| {
+            let claims = claims(idx);
+            let reference = claims.status.as_ref().map(|s| &s.status_list);
+            judge(known, &rules(fail_open), &claims, reference, now)
+        };
+        // The feed was never heard: the list alone keeps tokens current.
+        assert!(judge_at(&known, 2, false, 1100).is_ok());
+        assert!(matches!(
+            judge_at(&known, 3, false, 1100),
+            Err(Error::Revoked)
+        ));
+        assert!(
+            matches!(judge_at(&known, 99, false, 1100), Err(Error::Revoked)),
+            "an index outside the list fails closed"
+        );
+        // Past the list's exp it vouches for nothing ...
+        assert!(matches!(
+            judge_at(&known, 2, false, 1300),
+            Err(Error::RevocationStateStale { .. })
+        ));
+        // ... but what it said was revoked stays revoked, even failing open.
+        assert!(matches!(
+            judge_at(&known, 3, true, 1300),
+            Err(Error::Revoked)
+        ));
+        assert!(judge_at(&known, 2, true, 1300).is_ok());
+        // Never confirmed (a cache's stale copy): no vouching either.
+        known
+            .lists
+            .values_mut()
+            .for_each(|fetched| fetched.confirmed = None);
+        assert!(matches!(
+            judge_at(&known, 2, false, 1100),
+            Err(Error::RevocationStateStale { .. })
+        ));
+        // A token whose list is not held has only the feed.
+        let mut other = claims(2);
+        other.status = None;
+        assert!(matches!(
+            judge(&Known::default(), &rules(false), &other, None, 1100),
+            Err(Error::RevocationStateStale { .. })
+        ));
+    }
 
     #[test]
     fn only_a_recently_signed_list_vouches_for_now() {
