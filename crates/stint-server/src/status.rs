@@ -556,7 +556,7 @@ impl StatusLists {
         let _one = self.flushing.lock().await;
         for list in self.lists().into_iter().filter(|l| l.key.is_some()) {
             loop {
-                let (first, chunk) = {
+                let (first, entries) = {
                     let contents = list.contents();
                     let first = contents.flushed;
                     let end = contents.entries.len().min(first + FLUSH_CHUNK);
@@ -566,19 +566,18 @@ impl StatusLists {
                     (first, contents.entries[first..end].to_vec())
                 };
                 // Encoded outside the lock: mints wait only for the copy.
-                let entries = chunk;
-                let mut chunk = Vec::with_capacity(entries.len() * Entry::LEN);
+                let mut bytes = Vec::with_capacity(entries.len() * Entry::LEN);
                 for entry in &entries {
-                    entry.encode(&mut chunk);
+                    entry.encode(&mut bytes);
                 }
                 if let Err(error) = store
-                    .append_status_entries(&list.id, first as u64, &chunk)
+                    .append_status_entries(&list.id, first as u64, &bytes)
                     .await
                 {
                     tracing::warn!(%error, list = %list.id, "could not store status list entries; retrying");
                     return;
                 }
-                list.contents().flushed = first + chunk.len() / Entry::LEN;
+                list.contents().flushed = first + entries.len();
             }
         }
     }
