@@ -406,13 +406,9 @@ impl Approvals {
             // Taking away: stored (and revoked) first, then audited.
             state.store.save_approval(&next).await.map_err(store)?;
             if matches!(next.state, State::Revoked { .. }) {
-                state
-                    .revocations
-                    .insert_approval(&next.id, next.latest_token_expiry());
-                state.status_lists.revoke_approval(&next.id);
-                state.feed.publish(stint_proto::RevocationEvent {
-                    approval: Some(next.id.clone()),
-                    ..crate::http::feed_event("approval", next.latest_token_expiry())
+                state.enforce(crate::state::Revocation::Approval {
+                    id: &next.id,
+                    until: next.latest_token_expiry(),
                 });
             }
             tracked.request = next.clone();

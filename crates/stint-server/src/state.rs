@@ -18,7 +18,10 @@ use stint_core::claims::AccessTokenClaims;
 use stint_core::decision::DenyReason;
 use stint_core::jose::MAX_TOKEN_LEN;
 use stint_core::policy::{MAX_POLICY_LEN, Policy, PolicyError, PolicyErrors};
-use stint_core::revocation::RevocationSet;
+use stint_core::revocation::{
+    JobRevocation, RevocationSet, StepRevocation, TokenRevocation, WorkloadStop,
+};
+use stint_proto::RevocationEvent;
 use stint_store::Store;
 
 pub(crate) struct AppState {
@@ -74,7 +77,82 @@ pub(crate) enum TokenState {
     Unknown,
 }
 
+/// A revocation taking effect in this process (the caller makes it
+/// durable, each kind in its own store call).
+pub(crate) enum Revocation<'a> {
+    /// One token, by `jti` (its claims name its status list entry).
+    Token(&'a TokenRevocation, &'a AccessTokenClaims),
+    Job(&'a JobRevocation),
+    Step(&'a StepRevocation),
+    /// Every token minted under an approval, until the latest can expire.
+    Approval {
+        id: &'a str,
+        until: i64,
+    },
+    /// A workload's emergency stop.
+    Workload(&'a WorkloadStop),
+}
+
 impl AppState {
+    /// Put a revocation in force here, in this order: the revocation set
+    /// (introspection, minting), the status lists, the feed. The set comes
+    /// first so that a mint racing a revocation sees one side or the other
+    /// (see the token handler); the feed comes with it, so that whatever the
+    /// broker enforces its subscribers learn, even if the store write after
+    /// fails.
+    pub(crate) fn enforce(&self, revocation: Revocation<'_>) {
+        use crate::feed::event;
+        let published = match revocation {
+            Revocation::Token(revoked, claims) => {
+                self.revocations.insert_token(revoked);
+                self.status_lists.revoke_token(claims);
+                RevocationEvent {
+                    jti: Some(revoked.jti.clone()),
+                    ..event("token", revoked.expires_at)
+                }
+            }
+            Revocation::Job(job) => {
+                self.revocations.insert_job(job);
+                self.status_lists.revoke_job(&job.sub, &job.job);
+                RevocationEvent {
+                    sub: Some(job.sub.clone()),
+                    job: Some(job.job.clone()),
+                    ..event("job", job.until)
+                }
+            }
+            Revocation::Step(step) => {
+                self.revocations.insert_step(step);
+                self.status_lists
+                    .revoke_step(&step.sub, &step.job, &step.step);
+                RevocationEvent {
+                    sub: Some(step.sub.clone()),
+                    job: Some(step.job.clone()),
+                    step: Some(step.step.clone()),
+                    ..event("step", step.until)
+                }
+            }
+            Revocation::Approval { id, until } => {
+                self.revocations.insert_approval(id, until);
+                self.status_lists.revoke_approval(id);
+                RevocationEvent {
+                    approval: Some(id.to_owned()),
+                    ..event("approval", until)
+                }
+            }
+            Revocation::Workload(stop) => {
+                self.revocations.insert_workload(stop);
+                self.status_lists
+                    .revoke_workload(&stop.workload, stop.stopped_at);
+                RevocationEvent {
+                    sub: Some(stop.workload.clone()),
+                    issued_before: Some(stop.stopped_at),
+                    ..event("workload", stop.until())
+                }
+            }
+        };
+        self.feed.publish(published);
+    }
+
     /// A fresh audit entry for a request.
     pub(crate) fn audit_entry(
         &self,

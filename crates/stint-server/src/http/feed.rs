@@ -272,14 +272,7 @@ fn build_snapshot(state: &AppState, position: stint_proto::FeedPosition) -> byte
         Vec::with_capacity(entries.tokens.len() + entries.jobs.len() + entries.approvals.len());
     let blank = |kind: &str, until: i64| RevocationEvent {
         seq,
-        kind: kind.to_owned(),
-        jti: None,
-        sub: None,
-        job: None,
-        step: None,
-        approval: None,
-        issued_before: None,
-        until,
+        ..crate::feed::event(kind, until)
     };
     for (jti, exp) in entries.tokens {
         revocations.push(RevocationEvent {

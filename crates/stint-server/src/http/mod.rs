@@ -24,8 +24,6 @@ mod status;
 mod token;
 mod workloads;
 
-pub(crate) use revoke::feed_event;
-
 use crate::error::OAuthError;
 use crate::state::AppState;
 use axum::Router;

@@ -4,7 +4,7 @@ use super::RequestContext;
 use super::client_auth::{bearer, credentials, read_form};
 use super::exchange;
 use crate::error::OAuthError;
-use crate::state::{AppState, TokenState};
+use crate::state::{AppState, Revocation, TokenState};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -18,8 +18,8 @@ use stint_core::form::FormParams;
 use stint_core::ids::validate_job_id;
 use stint_core::policy::{Policy, Workload};
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation};
+use stint_proto::ErrorCode;
 use stint_proto::oauth::JobRevocationResponse;
-use stint_proto::{ErrorCode, RevocationEvent};
 
 /// What a valid revocation request did.
 enum Revoked {
@@ -114,23 +114,16 @@ async fn revoke(
             "the token was not issued to this client",
         ));
     }
-    state.status_lists.revoke_token(&claims);
     let revocation = TokenRevocation {
-        jti: claims.jti,
-        sub: claims.sub,
-        job: claims.job,
+        jti: claims.jti.clone(),
+        sub: claims.sub.clone(),
+        job: claims.job.clone(),
         expires_at: claims.exp,
         revoked_at: now.timestamp(),
     };
-    // Memory first: the token is dead from this instant, even if the store
-    // write below fails (then the client is told to retry).
-    state.revocations.insert_token(&revocation);
-    // Published with the memory insert: whatever the broker enforces, its
-    // subscribers learn, even if the store write below fails.
-    state.feed.publish(RevocationEvent {
-        jti: Some(revocation.jti.clone()),
-        ..feed_event("token", revocation.expires_at)
-    });
+    // In force first: the token is dead from this instant, even if the
+    // store write below fails (then the client is told to retry).
+    state.enforce(Revocation::Token(&revocation, &claims));
     state
         .store
         .revoke_token(&revocation)
@@ -207,21 +200,6 @@ async fn caller<'p>(
         workload: credentials.authenticate(policy)?,
         only_job: None,
     })
-}
-
-/// A feed event of `kind` in force until `until`, its subject to fill in.
-pub(crate) fn feed_event(kind: &str, until: i64) -> RevocationEvent {
-    RevocationEvent {
-        seq: 0,
-        kind: kind.to_owned(),
-        jti: None,
-        sub: None,
-        job: None,
-        step: None,
-        approval: None,
-        issued_before: None,
-        until,
-    }
 }
 
 fn not_this_job() -> OAuthError {
@@ -344,16 +322,7 @@ async fn revoke_step_inner(
     }
     let now = state.clock.now();
     let revocation = StepRevocation::new(workload.name(), &job, &step, now);
-    state.revocations.insert_step(&revocation);
-    state
-        .status_lists
-        .revoke_step(&revocation.sub, &revocation.job, &revocation.step);
-    state.feed.publish(RevocationEvent {
-        sub: Some(revocation.sub.clone()),
-        job: Some(revocation.job.clone()),
-        step: Some(revocation.step.clone()),
-        ..feed_event("step", revocation.until)
-    });
+    state.enforce(Revocation::Step(&revocation));
     state
         .store
         .revoke_step(&revocation)
@@ -395,15 +364,7 @@ async fn revoke_job_inner(
     // Jobs are keyed by workload: a workload can only ever revoke (and be
     // blocked from minting for) its own jobs.
     let revocation = JobRevocation::new(workload.name(), &job, now);
-    state.revocations.insert_job(&revocation);
-    state
-        .status_lists
-        .revoke_job(&revocation.sub, &revocation.job);
-    state.feed.publish(RevocationEvent {
-        sub: Some(revocation.sub.clone()),
-        job: Some(revocation.job.clone()),
-        ..feed_event("job", revocation.until)
-    });
+    state.enforce(Revocation::Job(&revocation));
     state.store.revoke_job(&revocation).await.map_err(|error| {
         tracing::error!(%error, "job revocation not durable");
         OAuthError::unavailable("the revocation could not be made durable")

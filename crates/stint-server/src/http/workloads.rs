@@ -7,9 +7,8 @@
 use super::RequestContext;
 use super::approvals::operator;
 use super::client_auth::read_json;
-use super::feed_event;
 use crate::error::OAuthError;
-use crate::state::AppState;
+use crate::state::{AppState, Revocation};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +18,7 @@ use std::sync::Arc;
 use stint_core::audit::{AuditEntry, Decision, EventKind};
 use stint_core::decision::DenyReason;
 use stint_core::revocation::WorkloadStop;
-use stint_proto::{DecisionBody, RevocationEvent};
+use stint_proto::DecisionBody;
 
 /// The answer to a stop or an enable.
 #[derive(Debug, serde::Serialize)]
@@ -126,15 +125,7 @@ async fn decide(
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(stop.workload.clone());
-        state.revocations.insert_workload(&stop);
-        state
-            .status_lists
-            .revoke_workload(&stop.workload, stop.stopped_at);
-        state.feed.publish(RevocationEvent {
-            sub: Some(stop.workload.clone()),
-            issued_before: Some(stop.stopped_at),
-            ..feed_event("workload", stop.until())
-        });
+        state.enforce(Revocation::Workload(&stop));
         state.store.stop_workload(&stop).await.map_err(|error| {
             tracing::error!(%error, "workload stop not durable");
             OAuthError::unavailable("the stop could not be made durable")
