@@ -226,8 +226,15 @@ impl TestBroker {
         self.post_form_as((&client.0, &client.1), path, form).await
     }
 
-    /// Mint a token for `step` with `scope`; panics unless it succeeds.
-    pub async fn mint(&self, step: &str, scope: &str, extra: &[(&str, &str)]) -> Value {
+    /// Ask, as `client`, for a token for `step` with `scope` (audience
+    /// `demo-api`), whatever the answer.
+    pub async fn try_mint_as(
+        &self,
+        client: (&str, &str),
+        step: &str,
+        scope: &str,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut form = vec![
             ("grant_type", "client_credentials"),
             ("step", step),
@@ -235,7 +242,25 @@ impl TestBroker {
             ("audience", "demo-api"),
         ];
         form.extend_from_slice(extra);
-        let response = self.post_form(stint_proto::TOKEN_PATH, &form).await;
+        self.post_form_as(client, stint_proto::TOKEN_PATH, &form)
+            .await
+    }
+
+    /// [`Self::try_mint_as`] as the default client.
+    pub async fn try_mint(
+        &self,
+        step: &str,
+        scope: &str,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let client = (self.client_id.clone(), self.client_secret.clone());
+        self.try_mint_as((&client.0, &client.1), step, scope, extra)
+            .await
+    }
+
+    /// Mint a token for `step` with `scope`; panics unless it succeeds.
+    pub async fn mint(&self, step: &str, scope: &str, extra: &[(&str, &str)]) -> Value {
+        let response = self.try_mint(step, scope, extra).await;
         let status = response.status();
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 200, "mint failed: {body}");

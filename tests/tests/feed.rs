@@ -253,16 +253,7 @@ async fn a_restarting_broker_ends_streams_and_its_clients_resync() {
     // the snapshot still has the revocation (it is durable).
     let mut stream = open(&broker, Some(&last_id)).await;
     assert_eq!(stream.next_event(WAIT).await.unwrap().event, "resync");
-    let snapshot: RevocationSnapshot = broker
-        .http
-        .get(broker.url(REVOCATION_SNAPSHOT_PATH))
-        .basic_auth(&broker.client_id, Some(&broker.client_secret))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let snapshot = fetch_snapshot(&broker).await;
     assert_eq!(snapshot.revocations.len(), 1);
     assert_ne!(
         Some(snapshot.position.epoch.as_str()),

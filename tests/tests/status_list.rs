@@ -254,16 +254,7 @@ async fn revoking_a_step_reaches_introspection_the_list_and_verifiers() {
     verifier.verify(&write).await.unwrap();
     // The revoked step mints no more for this job; the other step does.
     let again = broker
-        .post_form(
-            stint_proto::TOKEN_PATH,
-            &[
-                ("grant_type", "client_credentials"),
-                ("step", "read"),
-                ("scope", "read:demo/a"),
-                ("audience", "demo-api"),
-                ("job", "job-steps"),
-            ],
-        )
+        .try_mint("read", "read:demo/a", &[("job", "job-steps")])
         .await;
     assert_eq!(again.status(), 400);
     broker

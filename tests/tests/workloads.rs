@@ -9,7 +9,6 @@ use std::time::Duration;
 use stint_client::{Credentials, Error, Verifier};
 use stint_core::secret;
 use stint_core::status_list::{INVALID, StatusList, VALID};
-use stint_proto::TOKEN_PATH;
 use stint_tests::{BrokerOptions, TestBroker, decode_jwt, policy_with, test_secret};
 
 const KEY: &str = "stint_operator_olga";
@@ -70,15 +69,11 @@ async fn a_stopped_workload_loses_its_tokens_and_mints_nothing_until_enabled() {
     let first = token(&broker, "job-1").await;
     let second = token(&broker, "job-2").await;
     let other = broker
-        .post_form_as(
+        .try_mint_as(
             ("other-job", &test_secret("other-job")),
-            TOKEN_PATH,
-            &[
-                ("grant_type", "client_credentials"),
-                ("step", "read"),
-                ("scope", "read:demo/a"),
-                ("audience", "demo-api"),
-            ],
+            "read",
+            "read:demo/a",
+            &[],
         )
         .await
         .json::<Value>()
@@ -133,32 +128,12 @@ async fn a_stopped_workload_loses_its_tokens_and_mints_nothing_until_enabled() {
     verifier.verify(&other).await.unwrap();
 
     // No new tokens, across a restart too.
-    let refused = broker
-        .post_form(
-            TOKEN_PATH,
-            &[
-                ("grant_type", "client_credentials"),
-                ("step", "read"),
-                ("scope", "read:demo/a"),
-                ("audience", "demo-api"),
-            ],
-        )
-        .await;
+    let refused = broker.try_mint("read", "read:demo/a", &[]).await;
     assert_eq!(refused.status(), 400);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "unauthorized_client", "{body}");
     broker.restart().await;
-    let refused = broker
-        .post_form(
-            TOKEN_PATH,
-            &[
-                ("grant_type", "client_credentials"),
-                ("step", "read"),
-                ("scope", "read:demo/a"),
-                ("audience", "demo-api"),
-            ],
-        )
-        .await;
+    let refused = broker.try_mint("read", "read:demo/a", &[]).await;
     assert_eq!(refused.status(), 400, "still stopped after a restart");
     assert_eq!(broker.introspect(&first).await, json!({ "active": false }));
 

@@ -880,14 +880,9 @@ mod tests {
         let mut known = Known::default();
         known.apply(RevocationEvent {
             seq: 1,
-            kind: "job".into(),
-            jti: None,
             sub: Some("w".into()),
             job: Some("j".into()),
-            step: None,
-            approval: None,
-            issued_before: None,
-            until: 100,
+            ..RevocationEvent::new("job", 100)
         });
         assert!(known.jobs.contains_key(&("w".to_owned(), "j".to_owned())));
         known.purge(399);
@@ -900,14 +895,7 @@ mod tests {
         assert!(!known.incompatible);
         known.apply(RevocationEvent {
             seq: 2,
-            kind: "tenant".into(),
-            jti: None,
-            sub: None,
-            job: None,
-            step: None,
-            approval: None,
-            issued_before: None,
-            until: 100,
+            ..RevocationEvent::new("tenant", 100)
         });
         assert!(known.incompatible, "a kind it cannot apply: not current");
     }

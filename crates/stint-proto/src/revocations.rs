@@ -52,6 +52,24 @@ pub struct RevocationEvent {
     pub until: i64,
 }
 
+impl RevocationEvent {
+    /// An event of `kind` in force until `until`, its subject to fill in
+    /// (`seq` 0: the broker assigns it when it publishes).
+    pub fn new(kind: &str, until: i64) -> Self {
+        Self {
+            seq: 0,
+            kind: kind.to_owned(),
+            jti: None,
+            sub: None,
+            job: None,
+            step: None,
+            approval: None,
+            issued_before: None,
+            until,
+        }
+    }
+}
+
 /// Where the feed stands: its epoch (a new one at each broker start) and
 /// the last sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,22 +25,6 @@ pub(crate) const BACKLOG: usize = 65_536;
 /// Events a connected client may fall behind by before it must resync.
 const CHANNEL: usize = 8_192;
 
-/// A feed event of `kind` in force until `until`, its subject to fill in
-/// (`seq` is assigned when it is published).
-pub(crate) fn event(kind: &str, until: i64) -> RevocationEvent {
-    RevocationEvent {
-        seq: 0,
-        kind: kind.to_owned(),
-        jti: None,
-        sub: None,
-        job: None,
-        step: None,
-        approval: None,
-        issued_before: None,
-        until,
-    }
-}
-
 /// How many feed streams each client holds, each at most `per_client`.
 pub(crate) struct ClientStreams {
     per_client: usize,
@@ -259,15 +243,8 @@ mod tests {
 
     fn event(jti: &str) -> RevocationEvent {
         RevocationEvent {
-            seq: 0,
-            kind: "token".into(),
             jti: Some(jti.into()),
-            sub: None,
-            job: None,
-            step: None,
-            approval: None,
-            issued_before: None,
-            until: 2_000,
+            ..RevocationEvent::new("token", 2_000)
         }
     }
 

@@ -101,14 +101,13 @@ impl AppState {
     /// broker enforces its subscribers learn, even if the store write after
     /// fails.
     pub(crate) fn enforce(&self, revocation: Revocation<'_>) {
-        use crate::feed::event;
         let published = match revocation {
             Revocation::Token(revoked, claims) => {
                 self.revocations.insert_token(revoked);
                 self.status_lists.revoke_token(claims);
                 RevocationEvent {
                     jti: Some(revoked.jti.clone()),
-                    ..event("token", revoked.expires_at)
+                    ..RevocationEvent::new("token", revoked.expires_at)
                 }
             }
             Revocation::Job(job) => {
@@ -117,7 +116,7 @@ impl AppState {
                 RevocationEvent {
                     sub: Some(job.sub.clone()),
                     job: Some(job.job.clone()),
-                    ..event("job", job.until)
+                    ..RevocationEvent::new("job", job.until)
                 }
             }
             Revocation::Step(step) => {
@@ -128,7 +127,7 @@ impl AppState {
                     sub: Some(step.sub.clone()),
                     job: Some(step.job.clone()),
                     step: Some(step.step.clone()),
-                    ..event("step", step.until)
+                    ..RevocationEvent::new("step", step.until)
                 }
             }
             Revocation::Approval { id, until } => {
@@ -136,7 +135,7 @@ impl AppState {
                 self.status_lists.revoke_approval(id);
                 RevocationEvent {
                     approval: Some(id.to_owned()),
-                    ..event("approval", until)
+                    ..RevocationEvent::new("approval", until)
                 }
             }
             Revocation::Workload(stop) => {
@@ -146,7 +145,7 @@ impl AppState {
                 RevocationEvent {
                     sub: Some(stop.workload.clone()),
                     issued_before: Some(stop.stopped_at),
-                    ..event("workload", stop.until())
+                    ..RevocationEvent::new("workload", stop.until())
                 }
             }
         };

@@ -272,7 +272,7 @@ fn build_snapshot(state: &AppState, position: stint_proto::FeedPosition) -> byte
         Vec::with_capacity(entries.tokens.len() + entries.jobs.len() + entries.approvals.len());
     let blank = |kind: &str, until: i64| RevocationEvent {
         seq,
-        ..crate::feed::event(kind, until)
+        ..RevocationEvent::new(kind, until)
     };
     for (jti, exp) in entries.tokens {
         revocations.push(RevocationEvent {
