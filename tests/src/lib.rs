@@ -96,6 +96,8 @@ pub struct BrokerOptions {
     /// Feed streams one client may hold (256, as in production).
     pub feed_max_streams_per_client: usize,
     pub webhook: Option<stint_server::WebhookTarget>,
+    /// The data directory (a fresh temporary directory's `data` if `None`).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for BrokerOptions {
@@ -109,6 +111,7 @@ impl Default for BrokerOptions {
             webhook: None,
             feed_keepalive: Duration::from_secs(15),
             feed_max_streams_per_client: 256,
+            data_dir: None,
         }
     }
 }
@@ -135,7 +138,11 @@ impl TestBroker {
             std::fs::write(&path, text).unwrap();
             path
         });
-        let mut config = Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
+        let mut config = Config::dev(data_dir, "127.0.0.1:0".parse().unwrap());
         config.signing_alg = options.signing_alg;
         config.limits = options.limits;
         config.federation_ca = options.federation_ca;
@@ -197,7 +204,7 @@ impl TestBroker {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.config.data_dir.clone()
     }
 
     pub fn audit_path(&self) -> PathBuf {
@@ -617,4 +624,63 @@ pub fn unused_loopback_addr() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// A small tmpfs mounted for one test: a real filesystem that fills up.
+/// Mounting needs root (CI runs as root); anywhere else the test fails,
+/// saying so, rather than pass without having run.
+pub struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `bytes` on a new temporary directory.
+    pub fn mount(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).unwrap();
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes},mode=0700"))
+            .arg("tmpfs")
+            .arg(&path)
+            .output()
+            .expect("run mount(8)");
+        assert!(
+            output.status.success(),
+            "this test needs a real full filesystem: it mounts a tmpfs, which needs root (CI runs as root); mount said: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Self { path, _dir: dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fill the filesystem with a file of zeros until a write fails with
+    /// ENOSPC. Returns the file, to delete to make room again.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        loop {
+            match file.write_all(&chunk) {
+                Ok(()) => {}
+                Err(error) if error.raw_os_error() == Some(28) => break,
+                Err(error) => panic!("filling the tmpfs: {error}"),
+            }
+        }
+        // Byte by byte into the last page, too.
+        while file.write_all(&[0]).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }

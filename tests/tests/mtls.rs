@@ -214,3 +214,55 @@ async fn a_certificate_from_another_ca_or_none_where_required_is_refused_at_the_
         .unwrap();
     assert_eq!(status, 200);
 }
+
+/// A certificate-bound token speaks for itself (to revoke itself) only
+/// from the certificate it is bound to: a copy of it, presented without
+/// that certificate or with another one, revokes nothing.
+#[tokio::test]
+async fn a_bound_token_revokes_itself_only_from_its_certificate() {
+    let broker = broker(false).await;
+    let certificate = broker.ca.client_certificate(Some(SPIFFE_ID), None);
+    let holder = broker.ca.client_with(&certificate);
+    let (status, body) = mint(&broker, &holder, "spiffe-job").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let revoke = |http: reqwest::Client| {
+        let url = format!("{}{}", broker.server.issuer(), stint_proto::REVOCATION_PATH);
+        let token = token.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(&token)
+                .form(&[("token", token.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let introspect = || async {
+        let answer: Value = broker
+            .ca
+            .client()
+            .post(format!("{}{INTROSPECTION_PATH}", broker.server.issuer()))
+            .basic_auth("demo-job", Some(stint_tests::test_secret("demo-job")))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["active"] == true
+    };
+    // No certificate, or another workload's certificate: refused.
+    assert_eq!(revoke(broker.ca.client()).await, 403);
+    let other = broker
+        .ca
+        .client_certificate(None, Some("runner-7.ci.example.org"));
+    assert_eq!(revoke(broker.ca.client_with(&other)).await, 403);
+    assert!(introspect().await, "still active");
+    // Its own certificate: revoked.
+    assert_eq!(revoke(holder.clone()).await, 200);
+    assert!(!introspect().await);
+}

@@ -140,6 +140,13 @@ pub fn verify(
     if claims.iss != expect.issuer {
         return Err(TokenError::WrongIssuer);
     }
+    // Every scope the token carries must be one this broker could grant:
+    // a scope with a character that a resource server splits on or decodes
+    // (`read:demo/x,write:prod/db`) is refused as a whole, never read as
+    // several.
+    if crate::scope::parse_scope_list(&claims.scope).is_err() {
+        return Err(TokenError::BadClaims);
+    }
     if expect
         .audience
         .is_some_and(|audience| claims.aud != audience)
@@ -288,6 +295,30 @@ mod tests {
             verify("not a token", &keys, &expect(None), now),
             Err(TokenError::Malformed(_))
         ));
+    }
+
+    /// A signed token whose scope claim holds what this broker never
+    /// grants (a comma a resource server would split on, a `+` form
+    /// decoding would turn into a space, no scope at all) is refused as a
+    /// whole, before anyone reads its scopes.
+    #[test]
+    fn scopes_a_consumer_would_split_are_refused() {
+        let (key, keys) = setup();
+        let now = 1_800_000_000;
+        for scope in [
+            "read:demo/x,write:prod/db",
+            "read:demo/x+write:prod/db",
+            "read:demo/*",
+            "",
+        ] {
+            let mut bad = claims(now);
+            bad.scope = scope.into();
+            assert_eq!(
+                verify(&sign(&key, "at+jwt", &bad), &keys, &expect(None), now),
+                Err(TokenError::BadClaims),
+                "{scope:?}"
+            );
+        }
     }
 
     /// `alg: none` and an HS256 token whose HMAC key is the broker's public

@@ -54,6 +54,13 @@ pub enum DenyReason {
     JobRevoked,
     /// The token does not belong to the client asking to revoke it.
     NotTokensOwner,
+    /// A credential that may not revoke this: a step token revokes only
+    /// itself, while active, and from the certificate it is bound to;
+    /// jobs and steps are revoked with the workload's own credential.
+    NotRevocationAuthority,
+    /// A verify-only workload (it serves audiences, runs no workflow)
+    /// asked for a token.
+    VerifyOnly,
     /// An administrative call by a workload without the admin capability.
     NotAdmin,
     /// A subject token from an issuer the policy does not trust.
@@ -113,6 +120,8 @@ impl DenyReason {
             Self::ReviewOverdue => "review_overdue",
             Self::JobRevoked => "job_revoked",
             Self::NotTokensOwner => "not_tokens_owner",
+            Self::NotRevocationAuthority => "not_revocation_authority",
+            Self::VerifyOnly => "verify_only",
             Self::NotAdmin => "not_admin",
             Self::UntrustedIssuer => "untrusted_issuer",
             Self::InvalidSubjectToken => "invalid_subject_token",

@@ -45,9 +45,18 @@ pub fn validate_name(name: &str) -> Result<(), IdError> {
 }
 
 /// Check a job id: 1 to 128 characters of ASCII letters, digits and
-/// `. _ - : @`. No `/`, so a job id is always one URL path segment.
+/// `. _ - : @`, and not `.` or `..`. No `/`, so a job id is always one URL
+/// path segment; and not a dot-segment, which URL normalisation (RFC 3986
+/// section 5.2.4, done by every HTTP client) would remove from
+/// `/v1/jobs/{job}/revoke`, so that the job could be minted for but never
+/// revoked by name.
 pub fn validate_job_id(job: &str) -> Result<(), IdError> {
     check_len(job, MAX_JOB_ID_LEN)?;
+    if job == "." || job == ".." {
+        return Err(IdError::BadCharacter(
+            "must not be \".\" or \"..\" (URL normalisation removes them from a path)",
+        ));
+    }
     if job
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'))
@@ -112,6 +121,10 @@ mod tests {
         assert!(validate_job_id("a b").is_err());
         assert!(validate_job_id("é").is_err());
         assert!(validate_job_id(&"j".repeat(129)).is_err());
+        assert!(validate_job_id(".").is_err());
+        assert!(validate_job_id("..").is_err());
+        assert!(validate_job_id("...").is_ok(), "not a dot-segment");
+        assert!(validate_job_id(".hidden").is_ok());
     }
 
     #[test]

@@ -15,13 +15,20 @@
 //! scope    = action ":" resource
 //! action   = lower-or-digit *( lower-or-digit / "-" / "_" / "." )
 //! resource = segment *( "/" segment )
-//! segment  = 1*( ALPHA / DIGIT / "-" / "_" / "." / "~" / "@" / "+" / "=" / "," / ":" )
+//! segment  = 1*( ALPHA / DIGIT / "-" / "_" / "." / "~" / "@" / ":" )
 //!            ; but never "." or ".."
 //! pattern  = action ":" literal *( "/" ( segment / "*" ) ) [ "/**" ]
 //! ```
 //!
 //! The first resource segment of a pattern is always literal: a pattern
 //! names the system it is about.
+//!
+//! The segment alphabet is RFC 3986's unreserved characters plus `@` and
+//! `:`: nothing that a common consumer of scopes splits on or decodes. No
+//! space (RFC 6749 scope lists), no `,` (comma-separated scope claims), no
+//! `+` (form decoding turns it into a space), no `%` (percent-decoding), no
+//! `=`, `;` or `&` (parameter lists). So `read:demo/x,write:prod/db` is one
+//! malformed scope here, never a grant that a resource server reads as two.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -360,7 +367,7 @@ fn validate_segment(segment: &str) -> Result<(), ScopeError> {
 }
 
 fn is_segment_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '@' | '+' | '=' | ',' | ':')
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '@' | ':')
 }
 
 #[cfg(test)]
@@ -402,6 +409,12 @@ mod tests {
             ("read:a\"b", ScopeError::BadCharacter('"')),
             ("read:é", ScopeError::BadCharacter('é')),
             ("read:demo/%2e%2e/prod", ScopeError::BadCharacter('%')),
+            // Characters a resource server splits on or decodes.
+            ("read:demo/x,write:prod/db", ScopeError::BadCharacter(',')),
+            ("read:demo/x+write:prod/db", ScopeError::BadCharacter('+')),
+            ("read:demo/a=b", ScopeError::BadCharacter('=')),
+            ("read:demo/a;b", ScopeError::BadCharacter(';')),
+            ("read:demo/a&b", ScopeError::BadCharacter('&')),
             ("read:a/*", ScopeError::WildcardInScope),
             ("read:a/**", ScopeError::WildcardInScope),
         ];
@@ -427,6 +440,8 @@ mod tests {
             ("read:a/web-*", ScopeError::PartialWildcard),
             ("read:a/***", ScopeError::PartialWildcard),
             ("*:a/b", ScopeError::BadAction),
+            ("read:demo/x,write:prod/**", ScopeError::BadCharacter(',')),
+            ("read:demo/x+y/*", ScopeError::BadCharacter('+')),
         ];
         for (text, expected) in cases {
             assert_eq!(ScopePattern::parse(text), Err(expected), "{text:?}");
@@ -561,6 +576,18 @@ mod tests {
             let p = ScopePattern::parse(&a).unwrap();
             prop_assert!(p.matches(&Scope::parse(&a).unwrap()));
             prop_assert_eq!(p.matches(&Scope::parse(&b).unwrap()), a == b);
+        }
+
+        /// Whatever a consumer splits scopes on or decodes never gets
+        /// into a scope or a pattern, however the text is built.
+        #[test]
+        fn nothing_a_consumer_splits_or_decodes_is_accepted(
+            text in "[a-z]{1,4}:[a-zA-Z0-9 ,+%=;&/*._~@:-]{1,24}"
+        ) {
+            let accepted = Scope::parse(&text).is_ok() || ScopePattern::parse(&text).is_ok();
+            if accepted {
+                prop_assert!(!text.contains([' ', ',', '+', '%', '=', ';', '&']), "{}", text);
+            }
         }
 
         #[test]

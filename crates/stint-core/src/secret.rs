@@ -46,6 +46,12 @@ pub fn verify(presented: &str, expected: &[u8; 32]) -> bool {
     bool::from(hash(presented).ct_eq(expected))
 }
 
+/// Whether two byte strings are equal, in time that depends on their
+/// lengths only (for tokens and thumbprints presented by a caller).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -398,21 +398,33 @@ impl Approvals {
             ActionError::Unavailable("the decision could not be stored")
         };
         let audit = |_| ActionError::Unavailable("the decision could not be recorded");
-        if matches!(action, Action::Approve { .. }) {
+        match action {
             // Granting: audited, then stored, then in force.
-            state.record(entry).await.map_err(audit)?;
-            state.store.save_approval(&next).await.map_err(store)?;
-        } else {
-            // Taking away: stored (and revoked) first, then audited.
-            state.store.save_approval(&next).await.map_err(store)?;
-            if matches!(next.state, State::Revoked { .. }) {
+            Action::Approve { .. } => {
+                state.record(entry).await.map_err(audit)?;
+                state.store.save_approval(&next).await.map_err(store)?;
+            }
+            // A revocation: audited, stored, then in force and announced,
+            // or none of those (as AppState::revoke does for the others).
+            Action::Revoke { .. } => {
+                state.record(entry.clone()).await.map_err(audit)?;
+                if let Err(error) = state.store.save_approval(&next).await {
+                    state
+                        .record_not_durable(entry, EventKind::ApprovalRefused)
+                        .await;
+                    return Err(store(error));
+                }
                 state.enforce(crate::state::Revocation::Approval {
                     id: &next.id,
                     until: next.latest_token_expiry(),
                 });
             }
-            tracked.request = next.clone();
-            state.record(entry).await.map_err(audit)?;
+            // Taking away a pending request: stored first, then audited.
+            Action::Deny { .. } => {
+                state.store.save_approval(&next).await.map_err(store)?;
+                tracked.request = next.clone();
+                state.record(entry).await.map_err(audit)?;
+            }
         }
         tracked.request = next;
         let request = &tracked.request;

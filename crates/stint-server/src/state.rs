@@ -24,6 +24,10 @@ use stint_core::revocation::{
 use stint_proto::RevocationEvent;
 use stint_store::Store;
 
+/// The audit reason of a revocation that was recorded but could not be
+/// stored, and so never took effect.
+const NOT_DURABLE: &str = "not_durable";
+
 pub(crate) struct AppState {
     pub(crate) issuer: String,
     pub(crate) policy: ArcSwap<Policy>,
@@ -94,12 +98,76 @@ pub(crate) enum Revocation<'a> {
 }
 
 impl AppState {
+    /// Carry out a revocation the caller has authorized, so that it is
+    /// durable, audited and announced, or none of those:
+    ///
+    /// 1. `entry` (the allowed event) is written to the audit log. If it
+    ///    cannot be, nothing happened: 503, nothing stored, nothing in force.
+    /// 2. The revocation is stored. If it cannot be, a second record (`denied`,
+    ///    reason `not_durable`, the same request id) says the revocation
+    ///    recorded just before did not take effect, and the caller gets 503:
+    ///    nothing is in force or announced, and a retry starts again.
+    /// 3. It is put in force here and announced on the feed
+    ///    ([`Self::enforce`]).
+    ///
+    /// So a verifier never learns of a revocation that the broker forgets
+    /// at its next start, and the audit log never lacks one that is in
+    /// force.
+    pub(crate) async fn revoke(
+        &self,
+        entry: AuditEntry,
+        denied: EventKind,
+        revocation: Revocation<'_>,
+    ) -> Result<(), OAuthError> {
+        self.record(entry.clone()).await?;
+        let stored = match &revocation {
+            Revocation::Token(revoked, _) => self.store.revoke_token(revoked).await,
+            Revocation::Job(job) => self.store.revoke_job(job).await,
+            Revocation::Step(step) => self.store.revoke_step(step).await,
+            Revocation::Workload(stop) => self.store.stop_workload(stop).await,
+            // Stored with its request's state by the approvals module, in
+            // the same order (see `Approvals::decide`).
+            Revocation::Approval { .. } => Ok(()),
+        };
+        if let Err(error) = stored {
+            tracing::error!(%error, "revocation not durable; it is not in force");
+            self.record_not_durable(entry, denied).await;
+            return Err(OAuthError::unavailable(
+                "the revocation could not be made durable, so it is not in force",
+            ));
+        }
+        if let Revocation::Workload(stop) = &revocation {
+            self.stopped
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(stop.workload.clone());
+        }
+        self.enforce(revocation);
+        Ok(())
+    }
+
+    /// Record that the revocation `entry` recorded could not be stored, and
+    /// so is not in force (best effort: the log may be failing too).
+    pub(crate) async fn record_not_durable(&self, mut entry: AuditEntry, denied: EventKind) {
+        entry.event = denied;
+        entry.decision = Decision::Deny;
+        entry.reason = Some(NOT_DURABLE.to_owned());
+        entry.detail = Some(
+            "the revocation recorded just before with this request id could not be stored: it is not in force"
+                .to_owned(),
+        );
+        if let Err(error) = self.audit.record(entry).await {
+            tracing::error!(%error, "could not record that a revocation did not take effect");
+        }
+    }
+
     /// Put a revocation in force here, in this order: the revocation set
     /// (introspection, minting), the status lists, the feed. The set comes
     /// first so that a mint racing a revocation sees one side or the other
     /// (see the token handler); the feed comes with it, so that whatever the
-    /// broker enforces its subscribers learn, even if the store write after
-    /// fails.
+    /// broker enforces its subscribers learn. Called once the revocation is
+    /// audited and durable ([`Self::revoke`]), or at start-up for what the
+    /// store already holds.
     pub(crate) fn enforce(&self, revocation: Revocation<'_>) {
         let published = match revocation {
             Revocation::Token(revoked, claims) => {
@@ -182,6 +250,17 @@ impl AppState {
             tracing::error!(%error, "audit record not written; refusing the request");
             OAuthError::unavailable("the decision could not be recorded in the audit log")
         })
+    }
+
+    /// Audit a refusal; the answer is the refusal, or 503 if it could not
+    /// be recorded.
+    pub(crate) async fn refuse(&self, mut entry: AuditEntry, error: OAuthError) -> OAuthError {
+        entry.reason = Some(error.reason.as_str().to_owned());
+        entry.detail = Some(error.description.clone());
+        match self.record(entry).await {
+            Ok(()) => error,
+            Err(unavailable) => unavailable,
+        }
     }
 
     /// Audit a decision's outcome: `allowed` if it happened, else the

@@ -4,35 +4,41 @@ use super::RequestContext;
 use super::client_auth::{bearer, credentials, read_form};
 use super::exchange;
 use crate::error::OAuthError;
+use crate::serve::PeerCertificate;
 use crate::state::{AppState, Revocation, TokenState};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
 use std::sync::Arc;
 use stint_core::audit::{AuditEntry, Decision, EventKind};
+use stint_core::claims::{AccessTokenClaims, confirmation_for_certificate};
 use stint_core::decision::DenyReason;
 use stint_core::form::FormParams;
 use stint_core::ids::validate_job_id;
 use stint_core::policy::{Policy, Workload};
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation};
+use stint_core::secret::constant_time_eq;
 use stint_proto::ErrorCode;
 use stint_proto::oauth::JobRevocationResponse;
 
-/// What a valid revocation request did.
-enum Revoked {
-    /// The token is now revoked (or already was).
-    Now,
-    /// Nothing to do: the token had expired, or is not one of ours. RFC
-    /// 7009 answers 200 either way.
+/// What a valid revocation request comes to.
+enum Planned {
+    /// Revoke this token (its claims name its status list entry).
+    Token(TokenRevocation, Box<AccessTokenClaims>),
+    /// Nothing to do: the token had expired, was already revoked, is not
+    /// one of ours or is not a token at all. RFC 7009 answers 200 either
+    /// way (section 2.2: "invalid tokens do not cause an error response").
     Nothing(&'static str),
 }
 
 pub(crate) async fn revoke_token(
     State(state): State<Arc<AppState>>,
     Extension(context): Extension<RequestContext>,
+    certificate: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -43,27 +49,33 @@ pub(crate) async fn revoke_token(
         Decision::Deny,
         Some(&context),
     );
-    let outcome = revoke(&state, &headers, body, &mut entry).await;
-    match &outcome {
-        Ok(Revoked::Now) => {
+    let certificate = certificate.map(|Extension(c)| c);
+    let planned = plan(&state, &headers, certificate.as_ref(), body, &mut entry).await;
+    let answer = match planned {
+        Ok(Planned::Token(revocation, claims)) => {
             entry.event = EventKind::TokenRevoked;
             entry.decision = Decision::Allow;
+            state
+                .revoke(
+                    entry,
+                    EventKind::TokenRevocationDenied,
+                    Revocation::Token(&revocation, &claims),
+                )
+                .await
+                .map(|()| "token")
         }
-        Ok(Revoked::Nothing(reason)) => entry.reason = Some((*reason).to_owned()),
-        Err(error) => {
-            entry.reason = Some(error.reason.as_str().to_owned());
-            entry.detail = Some(error.description.clone());
+        Ok(Planned::Nothing(reason)) => {
+            entry.reason = Some(reason.to_owned());
+            state.record(entry).await.map(|()| reason)
         }
-    }
-    if let Err(unavailable) = state.record(entry).await {
-        return unavailable.into_response();
-    }
-    match outcome {
-        Ok(Revoked::Now) => {
+        Err(error) => Err(state.refuse(entry, error).await),
+    };
+    match answer {
+        Ok("token") => {
             state.metrics.revoked("token");
             StatusCode::OK.into_response()
         }
-        Ok(Revoked::Nothing(reason)) => {
+        Ok(reason) => {
             state.metrics.revocation_denied(reason);
             StatusCode::OK.into_response()
         }
@@ -74,16 +86,18 @@ pub(crate) async fn revoke_token(
     }
 }
 
-async fn revoke(
+/// Authorize an RFC 7009 request and say what it comes to. Fills `entry`
+/// with what it learns.
+async fn plan(
     state: &AppState,
     headers: &HeaderMap,
+    certificate: Option<&PeerCertificate>,
     body: Body,
     entry: &mut AuditEntry,
-) -> Result<Revoked, OAuthError> {
+) -> Result<Planned, OAuthError> {
     let form = read_form(headers, body, state.body_timeout).await?;
     let policy = state.policy.load();
-    let Caller { workload, only_job } = caller(state, &policy, headers, Some(&form), entry).await?;
-    entry.sub = Some(workload.name().to_owned());
+    let authority = caller(state, &policy, headers, Some(&form), entry).await?;
     let token = form.get("token").ok_or_else(|| {
         OAuthError::invalid_request(
             DenyReason::MalformedRequest,
@@ -93,27 +107,56 @@ async fn revoke(
     // token_type_hint is optional and only a hint (RFC 7009 section 2.1):
     // Stint has only access tokens, so it is not consulted.
     let now = state.clock.now();
-    let claims = match state.check_token(token, now)? {
-        TokenState::Active(claims) | TokenState::Revoked(claims) => claims,
-        TokenState::Expired => return Ok(Revoked::Nothing("already_expired")),
-        TokenState::Unknown => return Ok(Revoked::Nothing("unknown_token")),
+    let (workload, only_job) = match authority {
+        Authority::Workload { workload, only_job } => (workload, only_job),
+        Authority::StepToken {
+            presented,
+            state: presented_state,
+        } => {
+            // A step token is its own credential for one thing only:
+            // revoking itself.
+            if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+                return Err(not_revocation_authority(
+                    "a step token may revoke only itself; revoke other tokens with the workload's own credential",
+                ));
+            }
+            return match *presented_state {
+                TokenState::Active(claims) => {
+                    note_token(entry, &claims);
+                    check_holder(&claims, certificate)?;
+                    Ok(revocation_of(claims, now))
+                }
+                // Nothing left to do, and nothing this credential may do.
+                TokenState::Revoked(claims) => {
+                    note_token(entry, &claims);
+                    Ok(Planned::Nothing("already_revoked"))
+                }
+                TokenState::Expired | TokenState::Unknown => {
+                    Ok(Planned::Nothing("already_expired"))
+                }
+            };
+        }
     };
-    entry.jti = Some(claims.jti.clone());
-    entry.job = Some(claims.job.clone());
-    entry.step = Some(claims.step.clone());
-    entry.aud = Some(claims.aud.clone());
-    entry.exp = Some(claims.exp);
-    entry.scopes = claims.scopes().map(str::to_owned).collect();
+    entry.sub = Some(workload.name().to_owned());
+    let claims = match state.check_token(token, now) {
+        // Revoking again is harmless (and stored again, idempotently).
+        Ok(TokenState::Active(claims) | TokenState::Revoked(claims)) => claims,
+        Ok(TokenState::Expired) => return Ok(Planned::Nothing("already_expired")),
+        Ok(TokenState::Unknown) => return Ok(Planned::Nothing("unknown_token")),
+        // Too long, or not a compact JWS: not a token of ours either.
+        Err(_) => return Ok(Planned::Nothing("malformed_token")),
+    };
+    note_token(entry, &claims);
     if only_job.as_ref().is_some_and(|job| *job != claims.job) {
         return Err(not_this_job());
     }
     if claims.client_id != workload.client_id() || claims.sub != workload.name() {
-        return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
-            DenyReason::NotTokensOwner,
-            "the token was not issued to this client",
-        ));
+        return Err(not_owner());
     }
+    Ok(revocation_of(claims, now))
+}
+
+fn revocation_of(claims: AccessTokenClaims, now: DateTime<Utc>) -> Planned {
     let revocation = TokenRevocation {
         jti: claims.jti.clone(),
         sub: claims.sub.clone(),
@@ -121,58 +164,105 @@ async fn revoke(
         expires_at: claims.exp,
         revoked_at: now.timestamp(),
     };
-    // In force first: the token is dead from this instant, even if the
-    // store write below fails (then the client is told to retry).
-    state.enforce(Revocation::Token(&revocation, &claims));
-    state
-        .store
-        .revoke_token(&revocation)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "revocation not durable");
-            OAuthError::unavailable("the revocation could not be made durable")
-        })?;
-    Ok(Revoked::Now)
+    Planned::Token(revocation, Box::new(claims))
 }
 
-/// Who is asking, and which job (if only one) they speak for.
-struct Caller<'p> {
-    workload: &'p Workload,
-    /// A bearer credential tied to one job (a step token, or an ID token
-    /// whose claims name the job) speaks for that job only.
-    only_job: Option<String>,
+/// What the audit record says of the token a request names.
+fn note_token(entry: &mut AuditEntry, claims: &AccessTokenClaims) {
+    entry.jti = Some(claims.jti.clone());
+    entry.job = Some(claims.job.clone());
+    entry.step = Some(claims.step.clone());
+    entry.aud = Some(claims.aud.clone());
+    entry.exp = Some(claims.exp);
+    entry.scopes = claims.scopes().map(str::to_owned).collect();
 }
 
-/// Who is asking: a workload authenticated by its client credentials
-/// (HTTP Basic, or in the form body when `form` is given); or, as
-/// `Authorization: Bearer`, one of the broker's own active access tokens
-/// (a federated job revokes with the step token itself, which outlives its
-/// platform ID token) or a federated workload's platform ID token, verified
-/// exactly as a token exchange verifies it.
+/// A certificate-bound token (RFC 8705 `cnf`) speaks for itself only from
+/// the certificate it is bound to: a copy of it, without that
+/// certificate's key, revokes nothing.
+fn check_holder(
+    claims: &AccessTokenClaims,
+    certificate: Option<&PeerCertificate>,
+) -> Result<(), OAuthError> {
+    let Some(bound) = &claims.cnf else {
+        return Ok(());
+    };
+    let presented = certificate.map(|c| confirmation_for_certificate(&c.0));
+    match presented {
+        Some(presented)
+            if constant_time_eq(presented.x5t_s256.as_bytes(), bound.x5t_s256.as_bytes()) =>
+        {
+            Ok(())
+        }
+        _ => Err(not_revocation_authority(
+            "this token is bound to a client certificate: revoke it over a connection with that certificate, or with the workload's own credential",
+        )),
+    }
+}
+
+/// Who is asking to revoke, and with what authority.
+///
+/// Revocation authority comes from the workload's own credential: its
+/// client secret (HTTP Basic, or in the body where a form is read), or a
+/// federated workload's platform ID token (`Authorization: Bearer`,
+/// verified exactly as a token exchange verifies it), which may name the
+/// one job it speaks for. A step token presented as `Authorization:
+/// Bearer` is no workload credential: at `/oauth2/revoke` it may revoke
+/// itself (while active, and from its certificate if it is bound to one),
+/// and nothing else anywhere.
+enum Authority<'p> {
+    /// The workload's own credential.
+    Workload {
+        workload: &'p Workload,
+        /// A platform ID token whose claims name a job speaks for that job
+        /// only.
+        only_job: Option<String>,
+    },
+    /// One of the broker's own access tokens (active, revoked or
+    /// expired), presented as a bearer.
+    StepToken {
+        presented: String,
+        state: Box<TokenState>,
+    },
+}
+
 async fn caller<'p>(
     state: &AppState,
     policy: &'p Policy,
     headers: &HeaderMap,
     form: Option<&FormParams>,
     entry: &mut AuditEntry,
-) -> Result<Caller<'p>, OAuthError> {
+) -> Result<Authority<'p>, OAuthError> {
     if let Some(presented) = bearer(headers) {
-        // A genuine, unexpired token of ours (revoked already or not:
-        // revoking again, or completing its job, changes nothing for the
-        // worse).
-        if let Ok(TokenState::Active(claims) | TokenState::Revoked(claims)) =
-            state.check_token(presented, state.clock.now())
-        {
-            let workload = policy
-                .workload(&claims.sub)
-                .filter(|w| w.client_id() == claims.client_id)
-                .ok_or_else(|| {
-                    OAuthError::invalid_client("the bearer token's workload is not in the policy")
-                })?;
-            entry.client_id = Some(workload.client_id().to_owned());
-            return Ok(Caller {
-                workload,
-                only_job: Some(claims.job),
+        let now = state.clock.now();
+        let token_state = match state.check_token(presented, now) {
+            Ok(
+                token_state
+                @ (TokenState::Active(_) | TokenState::Revoked(_) | TokenState::Expired),
+            ) => Some(token_state),
+            _ => None,
+        };
+        if let Some(token_state) = token_state {
+            let workload = match &token_state {
+                TokenState::Active(claims) | TokenState::Revoked(claims) => Some(
+                    policy
+                        .workload(&claims.sub)
+                        .filter(|w| w.client_id() == claims.client_id)
+                        .ok_or_else(|| {
+                            OAuthError::invalid_client(
+                                "the bearer token's workload is not in the policy",
+                            )
+                        })?,
+                ),
+                TokenState::Expired | TokenState::Unknown => None,
+            };
+            if let Some(workload) = workload {
+                entry.client_id = Some(workload.client_id().to_owned());
+                entry.sub = Some(workload.name().to_owned());
+            }
+            return Ok(Authority::StepToken {
+                presented: presented.to_owned(),
+                state: Box::new(token_state),
             });
         }
         let id_token = presented;
@@ -189,17 +279,51 @@ async fn caller<'p>(
                 }
             })?;
         entry.client_id = Some(identity.workload.client_id().to_owned());
-        return Ok(Caller {
+        return Ok(Authority::Workload {
             workload: identity.workload,
             only_job: identity.job,
         });
     }
     let credentials = credentials(headers, form)?;
     entry.client_id = credentials.loggable_id(policy);
-    Ok(Caller {
+    Ok(Authority::Workload {
         workload: credentials.authenticate(policy)?,
         only_job: None,
     })
+}
+
+/// The workload credential behind a request to revoke a job or a step. A
+/// step token is refused here, whatever its state: it may revoke itself,
+/// never its job or its siblings.
+async fn workload_caller<'p>(
+    state: &AppState,
+    policy: &'p Policy,
+    headers: &HeaderMap,
+    entry: &mut AuditEntry,
+) -> Result<(&'p Workload, Option<String>), OAuthError> {
+    match caller(state, policy, headers, None, entry).await? {
+        Authority::Workload { workload, only_job } => Ok((workload, only_job)),
+        Authority::StepToken { .. } => Err(not_revocation_authority(
+            "a step token cannot revoke a job or a step: authenticate with the workload's own credential (its client secret or platform ID token); a step token may revoke only itself, at /oauth2/revoke",
+        )),
+    }
+}
+
+fn not_revocation_authority(why: &str) -> OAuthError {
+    OAuthError::new(
+        ErrorCode::UnauthorizedClient,
+        DenyReason::NotRevocationAuthority,
+        why,
+    )
+    .with_status(StatusCode::FORBIDDEN)
+}
+
+fn not_owner() -> OAuthError {
+    OAuthError::new(
+        ErrorCode::UnauthorizedClient,
+        DenyReason::NotTokensOwner,
+        "the token was not issued to this client",
+    )
 }
 
 fn not_this_job() -> OAuthError {
@@ -223,14 +347,25 @@ pub(crate) async fn revoke_job(
         Decision::Deny,
         Some(&context),
     );
-    let outcome = revoke_job_inner(&state, job, &headers, &mut entry).await;
+    let planned = plan_job(&state, job, &headers, &mut entry).await;
     let sub = entry.sub.clone();
-    let outcome = match state
-        .record_outcome(entry, outcome, EventKind::JobRevoked)
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(response) => return response,
+    let outcome = match planned {
+        Ok(revocation) => {
+            entry.event = EventKind::JobRevoked;
+            entry.decision = Decision::Allow;
+            state
+                .revoke(
+                    entry,
+                    EventKind::JobRevocationDenied,
+                    Revocation::Job(&revocation),
+                )
+                .await
+                .map(|()| JobRevocationResponse {
+                    job: revocation.job.clone(),
+                    revoked_at: crate::audit::timestamp(now),
+                })
+        }
+        Err(error) => Err(state.refuse(entry, error).await),
     };
     match outcome {
         Ok(response) => {
@@ -274,31 +409,47 @@ pub(crate) async fn revoke_step(
         Decision::Deny,
         Some(&context),
     );
-    let outcome = revoke_step_inner(&state, path, &headers, &mut entry).await;
-    match state
-        .record_outcome(entry, outcome, EventKind::StepRevoked)
-        .await
-    {
-        Ok(Ok(response)) => {
+    let outcome = match plan_step(&state, path, &headers, &mut entry).await {
+        Ok(revocation) => {
+            entry.event = EventKind::StepRevoked;
+            entry.decision = Decision::Allow;
+            state
+                .revoke(
+                    entry,
+                    EventKind::JobRevocationDenied,
+                    Revocation::Step(&revocation),
+                )
+                .await
+                .map(|()| {
+                    serde_json::json!({
+                        "job": revocation.job,
+                        "step": revocation.step,
+                        "revoked_at": crate::audit::timestamp(now),
+                    })
+                })
+        }
+        Err(error) => Err(state.refuse(entry, error).await),
+    };
+    match outcome {
+        Ok(response) => {
             state.metrics.revoked("step");
             Json(response).into_response()
         }
-        Ok(Err(error)) => {
+        Err(error) => {
             state.metrics.revocation_denied(error.reason.as_str());
             error.into_response()
         }
-        Err(response) => response,
     }
 }
 
-async fn revoke_step_inner(
+async fn plan_step(
     state: &AppState,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: &HeaderMap,
     entry: &mut AuditEntry,
-) -> Result<serde_json::Value, OAuthError> {
+) -> Result<StepRevocation, OAuthError> {
     let policy = state.policy.load();
-    let Caller { workload, only_job } = caller(state, &policy, headers, None, entry).await?;
+    let (workload, only_job) = workload_caller(state, &policy, headers, entry).await?;
     entry.sub = Some(workload.name().to_owned());
     let Path((job, step)) = path.map_err(|_| {
         OAuthError::invalid_request(DenyReason::MalformedJob, "the job id or step is malformed")
@@ -320,32 +471,22 @@ async fn revoke_step_inner(
     if only_job.as_ref().is_some_and(|only| *only != job) {
         return Err(not_this_job());
     }
-    let now = state.clock.now();
-    let revocation = StepRevocation::new(workload.name(), &job, &step, now);
-    state.enforce(Revocation::Step(&revocation));
-    state
-        .store
-        .revoke_step(&revocation)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "step revocation not durable");
-            OAuthError::unavailable("the revocation could not be made durable")
-        })?;
-    Ok(serde_json::json!({
-        "job": job,
-        "step": step,
-        "revoked_at": crate::audit::timestamp(now),
-    }))
+    Ok(StepRevocation::new(
+        workload.name(),
+        &job,
+        &step,
+        state.clock.now(),
+    ))
 }
 
-async fn revoke_job_inner(
+async fn plan_job(
     state: &AppState,
     job: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
     entry: &mut AuditEntry,
-) -> Result<JobRevocationResponse, OAuthError> {
+) -> Result<JobRevocation, OAuthError> {
     let policy = state.policy.load();
-    let Caller { workload, only_job } = caller(state, &policy, headers, None, entry).await?;
+    let (workload, only_job) = workload_caller(state, &policy, headers, entry).await?;
     entry.sub = Some(workload.name().to_owned());
     let Path(job) = job.map_err(|_| {
         OAuthError::invalid_request(DenyReason::MalformedJob, "the job id is malformed")
@@ -360,17 +501,7 @@ async fn revoke_job_inner(
     if only_job.as_ref().is_some_and(|only| *only != job) {
         return Err(not_this_job());
     }
-    let now = state.clock.now();
     // Jobs are keyed by workload: a workload can only ever revoke (and be
     // blocked from minting for) its own jobs.
-    let revocation = JobRevocation::new(workload.name(), &job, now);
-    state.enforce(Revocation::Job(&revocation));
-    state.store.revoke_job(&revocation).await.map_err(|error| {
-        tracing::error!(%error, "job revocation not durable");
-        OAuthError::unavailable("the revocation could not be made durable")
-    })?;
-    Ok(JobRevocationResponse {
-        job,
-        revoked_at: crate::audit::timestamp(now),
-    })
+    Ok(JobRevocation::new(workload.name(), &job, state.clock.now()))
 }

@@ -65,29 +65,37 @@ async fn act(
         Decision::Deny,
         Some(context),
     );
-    let outcome = decide(state, headers, name, body, stopping, &mut entry).await;
-    let allowed = if stopping {
-        EventKind::WorkloadStopped
-    } else {
-        EventKind::WorkloadEnabled
+    let outcome = match authorize(state, headers, name, body, &mut entry).await {
+        Ok((workload, operator)) if stopping => {
+            stop_workload(state, entry, workload, operator, now.timestamp()).await
+        }
+        Ok((workload, operator)) => {
+            let enabled = enable_workload(state, workload, &operator, now.timestamp()).await;
+            match state
+                .record_outcome(entry, enabled, EventKind::WorkloadEnabled)
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(response) => return response,
+            }
+        }
+        Err(error) => Err(state.refuse(entry, error).await),
     };
-    // A stop is in force (memory and store) before it is audited: if the
-    // audit fails, the workload is stopped anyway and the caller is told.
-    match state.record_outcome(entry, outcome, allowed).await {
-        Ok(Ok(answer)) => Json(answer).into_response(),
-        Ok(Err(error)) => error.into_response(),
-        Err(response) => response,
+    match outcome {
+        Ok(answer) => Json(answer).into_response(),
+        Err(error) => error.into_response(),
     }
 }
 
-async fn decide(
+/// The operator's call, checked: the workload it names and the operator.
+/// Fills `entry` with them and the comment.
+async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     name: &str,
     body: Body,
-    stopping: bool,
     entry: &mut AuditEntry,
-) -> Result<WorkloadState, OAuthError> {
+) -> Result<(String, String), OAuthError> {
     let operator = operator(state, headers, entry).await?;
     entry.operator = Some(operator.name.clone());
     let policy = state.policy.load();
@@ -110,63 +118,75 @@ async fn decide(
         ));
     }
     entry.comment = body.comment;
-    let at = state.clock.now().timestamp();
-    if stopping {
-        let stop = WorkloadStop {
-            workload: workload.name().to_owned(),
-            stopped_at: at,
-            stopped_by: operator.name.clone(),
-            enabled_at: None,
-        };
-        // Memory first: no token of the workload is accepted, and no new
-        // one minted, from this instant.
-        state
-            .stopped
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(stop.workload.clone());
-        state.enforce(Revocation::Workload(&stop));
-        state.store.stop_workload(&stop).await.map_err(|error| {
-            tracing::error!(%error, "workload stop not durable");
-            OAuthError::unavailable("the stop could not be made durable")
-        })?;
-        tracing::warn!(workload = %stop.workload, operator = %operator.name, "workload stopped");
-        entry.detail = Some(
-            "every token issued to the workload is revoked; it mints nothing until enabled".into(),
-        );
-        Ok(WorkloadState {
-            workload: stop.workload,
-            stopped: true,
-            tokens_revoked_before: Some(stop.stopped_at),
-        })
-    } else {
-        if !state.is_stopped(workload.name()) {
-            return Err(OAuthError::invalid_request(
-                DenyReason::MalformedRequest,
-                "the workload is not stopped",
-            )
-            .with_status(StatusCode::CONFLICT));
-        }
-        // Stored first: a crash right after must not leave it stopped in
-        // the store and running here, nor the reverse.
-        state
-            .store
-            .enable_workload(workload.name(), at)
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "workload enable not durable");
-                OAuthError::unavailable("the change could not be made durable")
-            })?;
-        state
-            .stopped
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(workload.name());
-        tracing::warn!(workload = %workload.name(), operator = %operator.name, "workload enabled again");
-        Ok(WorkloadState {
-            workload: workload.name().to_owned(),
-            stopped: false,
-            tokens_revoked_before: None,
-        })
+    Ok((workload.name().to_owned(), operator.name))
+}
+
+/// A stop is audited, stored, then in force (see [`AppState::revoke`]).
+async fn stop_workload(
+    state: &AppState,
+    mut entry: AuditEntry,
+    workload: String,
+    operator: String,
+    at: i64,
+) -> Result<WorkloadState, OAuthError> {
+    let stop = WorkloadStop {
+        workload,
+        stopped_at: at,
+        stopped_by: operator,
+        enabled_at: None,
+    };
+    entry.event = EventKind::WorkloadStopped;
+    entry.decision = Decision::Allow;
+    entry.detail = Some(
+        "every token issued to the workload is revoked; it mints nothing until enabled".into(),
+    );
+    state
+        .revoke(
+            entry,
+            EventKind::WorkloadStopRefused,
+            Revocation::Workload(&stop),
+        )
+        .await?;
+    tracing::warn!(workload = %stop.workload, operator = %stop.stopped_by, "workload stopped");
+    Ok(WorkloadState {
+        workload: stop.workload,
+        stopped: true,
+        tokens_revoked_before: Some(stop.stopped_at),
+    })
+}
+
+/// An enable is stored, then audited: a crash right after must not leave
+/// the workload stopped in the store and running here, nor the reverse.
+async fn enable_workload(
+    state: &AppState,
+    workload: String,
+    operator: &str,
+    at: i64,
+) -> Result<WorkloadState, OAuthError> {
+    if !state.is_stopped(&workload) {
+        return Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "the workload is not stopped",
+        )
+        .with_status(StatusCode::CONFLICT));
     }
+    state
+        .store
+        .enable_workload(&workload, at)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "workload enable not durable");
+            OAuthError::unavailable("the change could not be made durable")
+        })?;
+    state
+        .stopped
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&workload);
+    tracing::warn!(%workload, %operator, "workload enabled again");
+    Ok(WorkloadState {
+        workload,
+        stopped: false,
+        tokens_revoked_before: None,
+    })
 }
