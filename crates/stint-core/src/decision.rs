@@ -445,6 +445,13 @@ pub fn decide(
 ) -> Result<Verdict, Denial> {
     use DenyReason as R;
     use ErrorCode as E;
+    if workload.workflows().is_empty() {
+        return Err(Denial::new(
+            E::UnauthorizedClient,
+            R::VerifyOnly,
+            "this client runs no workflow (a verify-only or admin workload): it cannot get tokens",
+        ));
+    }
     let (workflow, step) = context
         .policy
         .resolve_step(workload, &request.step)

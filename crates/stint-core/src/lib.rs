@@ -23,6 +23,7 @@ pub mod claims;
 pub mod clock;
 pub mod decision;
 pub mod federation;
+pub mod feed_access;
 pub mod form;
 pub mod glob;
 pub mod ids;

@@ -133,6 +133,8 @@ pub struct Workload {
     secret_sha256: Option<[u8; 32]>,
     workflows: Vec<String>,
     admin: bool,
+    /// The audiences it verifies tokens for, as a resource server.
+    serves: Vec<String>,
     bindings: Vec<Binding>,
     certificate: Option<CertificateIdentity>,
 }
@@ -225,6 +227,24 @@ impl Workload {
     /// Whether it has the `admin` capability: it may rotate the signing keys.
     pub fn is_admin(&self) -> bool {
         self.admin
+    }
+    /// The audiences it serves as a resource server (`serves`): it may
+    /// follow the revocations of tokens for them.
+    pub fn serves(&self) -> &[String] {
+        &self.serves
+    }
+    /// Whether it only verifies: it runs no workflow, so it mints nothing.
+    pub fn is_verify_only(&self) -> bool {
+        self.workflows.is_empty() && !self.serves.is_empty()
+    }
+    /// Whether `other` is this workload as the policy describes it now,
+    /// with the same ways to authenticate: a credential that authenticated
+    /// as `self` still does as `other`.
+    pub fn same_identity(&self, other: &Workload) -> bool {
+        self.name == other.name
+            && self.client_id == other.client_id
+            && self.secret_sha256 == other.secret_sha256
+            && self.certificate == other.certificate
     }
     /// Its bindings to federated identities.
     pub fn bindings(&self) -> &[Binding] {
@@ -611,6 +631,8 @@ struct RawWorkload {
     #[serde(default)]
     capabilities: Option<Vec<Spanned<String>>>,
     #[serde(default)]
+    serves: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
     #[allow(dead_code)] // documentation for humans; accepted, not used
     description: Option<String>,
 }
@@ -821,16 +843,17 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
                 ),
             }
         }
+        let serves = build_serves(raw_workload.serves, &key, errors);
         let mut workload_flows = Vec::new();
         let (flows_span, flows) = match raw_workload.workflows {
             Some(flows) => (flows.span(), flows.into_inner()),
             None => (span.clone(), Vec::new()),
         };
-        if flows.is_empty() && !admin {
+        if flows.is_empty() && !admin && serves.is_empty() {
             errors.push(
                 flows_span,
                 &format!("{key}.workflows"),
-                "a workload must run at least one workflow (or have the admin capability)".into(),
+                "a workload must run at least one workflow (or have the admin capability, or serve audiences as a verify-only workload)".into(),
             );
         }
         for (i, flow) in flows.into_iter().enumerate() {
@@ -859,6 +882,7 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
                 secret_sha256,
                 workflows: workload_flows,
                 admin,
+                serves,
                 bindings,
                 certificate,
             },
@@ -1331,6 +1355,50 @@ fn names_a_tenant(preset: Preset, matchers: &[(ClaimPath, Glob)]) -> bool {
     })
 }
 
+/// The most audiences one workload may serve.
+pub const MAX_SERVED_AUDIENCES: usize = 64;
+
+fn build_serves(
+    raw: Option<Spanned<Vec<Spanned<String>>>>,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> Vec<String> {
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    let key = format!("{key}.serves");
+    if raw.get_ref().is_empty() {
+        errors.push(
+            raw.span(),
+            &key,
+            "serves must name at least one audience (or be left out)".into(),
+        );
+    }
+    if raw.get_ref().len() > MAX_SERVED_AUDIENCES {
+        errors.push(
+            raw.span(),
+            &key,
+            format!("a workload may serve at most {MAX_SERVED_AUDIENCES} audiences"),
+        );
+    }
+    let mut serves: Vec<String> = Vec::new();
+    for (i, audience) in raw.into_inner().into_iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        if let Err(e) = validate_audience(audience.get_ref()) {
+            errors.push(audience.span(), &item_key, format!("invalid audience: {e}"));
+        } else if serves.contains(audience.get_ref()) {
+            errors.push(
+                audience.span(),
+                &item_key,
+                format!("audience {:?} is listed twice", audience.get_ref()),
+            );
+        } else {
+            serves.push(audience.into_inner());
+        }
+    }
+    serves
+}
+
 fn build_step(
     workflow: &str,
     name: &str,
@@ -1792,6 +1860,53 @@ scopes = ["write:other/*"]
         );
         assert!(policy.authenticate("demo-job", "abd").is_none());
         assert!(policy.authenticate("nobody", "abc").is_none());
+    }
+
+    #[test]
+    fn verify_only_workloads_serve_audiences_and_run_no_workflow() {
+        let with = |serves: &str| {
+            format!(
+                "{}\n[workloads.orders-api]\nsecret_sha256 = \"{HASH}\"\n{serves}\n",
+                good()
+            )
+        };
+        let policy =
+            Policy::parse("p.toml", &with("serves = [\"https://orders.example\"]")).unwrap();
+        let orders = policy.workload("orders-api").unwrap();
+        assert!(orders.is_verify_only());
+        assert_eq!(orders.serves(), ["https://orders.example"]);
+        for (serves, message) in [
+            ("", "must run at least one workflow"),
+            ("serves = []", "serves must name at least one audience"),
+            ("serves = [\"a b\"]", "invalid audience"),
+            ("serves = [\"x\", \"x\"]", "is listed twice"),
+        ] {
+            let errors = errors_of(&with(serves));
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains("workloads.orders-api") && e.contains(message)),
+                "{serves:?}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn patterns_with_characters_a_consumer_splits_on_are_refused() {
+        for pattern in [
+            "read:demo/x,write:prod/**",
+            "read:demo/a+b",
+            "read:demo/k=v/*",
+        ] {
+            let text = good().replace("\"read:demo/**\"", &format!("{pattern:?}"));
+            let errors = errors_of(&text);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains("invalid scope pattern") && e.contains("not allowed")),
+                "{pattern}: {errors:?}"
+            );
+        }
     }
 
     fn errors_of(text: &str) -> Vec<String> {

@@ -84,6 +84,9 @@ impl Drop for ClientStream {
 pub(crate) struct Published {
     pub(crate) seq: u64,
     pub(crate) json: Arc<str>,
+    /// The workload the revocation names, if any: who may see it
+    /// ([`stint_core::feed_access`]).
+    pub(crate) sub: Option<Arc<str>>,
 }
 
 struct State {
@@ -156,6 +159,7 @@ impl Feed {
         let published = Published {
             seq: state.seq,
             json,
+            sub: event.sub.as_deref().map(Arc::from),
         };
         if state.backlog.len() == BACKLOG {
             state.backlog.pop_front();

@@ -417,6 +417,7 @@ pub async fn start_with_clock(
         feed_clients: Arc::new(feed::ClientStreams::new(config.feed_max_streams_per_client)),
         feed_keepalive: config.feed_keepalive,
         closing: closing_rx,
+        policy_installed: tokio::sync::watch::channel(0).0,
     });
 
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));

@@ -66,6 +66,8 @@ pub(crate) struct AppState {
     pub(crate) feed_keepalive: std::time::Duration,
     /// Becomes `true` when the broker shuts down: feed streams end.
     pub(crate) closing: tokio::sync::watch::Receiver<bool>,
+    /// Counts policy installs: open feed streams check their reader again.
+    pub(crate) policy_installed: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a presented token turned out to be.
@@ -360,6 +362,7 @@ impl AppState {
                 report_overdue(&policy, now);
                 tracing::info!(sha256 = policy.digest(), "policy loaded");
                 self.policy.store(Arc::new(policy));
+                self.policy_installed.send_modify(|n| *n += 1);
                 self.metrics.policy_load(true);
                 Ok(())
             }

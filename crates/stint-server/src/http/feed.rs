@@ -1,6 +1,10 @@
 //! `GET /v1/revocations/stream` (server-sent events) and
 //! `GET /v1/revocations/snapshot`, for any authenticated client (resource
-//! servers are clients).
+//! servers are clients), each seeing what [`FeedAccess`] lets it see:
+//! revocations by token and approval, and those by job, step and workload
+//! of the workloads it has a reason to know. A stream whose reader the
+//! policy no longer has (removed, or another client id, secret or
+//! certificate) is closed at the reload.
 //!
 //! The stream sends `ready` (the feed position), then what the client
 //! missed since its `Last-Event-ID`, then each revocation as it is
@@ -21,29 +25,58 @@ use http::{HeaderMap, HeaderValue, header};
 use std::convert::Infallible;
 use std::sync::Arc;
 use stint_core::decision::DenyReason;
+use stint_core::feed_access::FeedAccess;
+use stint_core::policy::{Policy, Workload};
 use stint_proto::revocations::{EVENT_READY, EVENT_RESYNC, EVENT_REVOCATION};
-use stint_proto::{REVOCATION_SNAPSHOT_PATH, RevocationEvent, RevocationSnapshot};
+use stint_proto::{REVOCATION_SNAPSHOT_PATH, RevocationEvent};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 
 /// The longest `Last-Event-ID` read.
 const MAX_EVENT_ID_LEN: usize = 64;
 
-/// The authenticated client's workload name.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, OAuthError> {
-    let policy = state.policy.load();
-    Ok(credentials(headers, None)?
-        .authenticate(&policy)?
-        .name()
-        .to_owned())
+/// An authenticated reader: its workload as the policy described it when
+/// it authenticated, and what it may see.
+struct Reader {
+    workload: Workload,
+    access: FeedAccess,
+}
+
+impl Reader {
+    fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Self, OAuthError> {
+        let policy = state.policy.load();
+        let workload = credentials(headers, None)?.authenticate(&policy)?;
+        Ok(Self {
+            access: FeedAccess::for_reader(&policy, workload),
+            workload: workload.clone(),
+        })
+    }
+
+    /// Check the reader against a newly installed policy: `false` if the
+    /// credential it authenticated with no longer stands for it.
+    fn reauthorize(&mut self, policy: &Policy) -> bool {
+        match policy.workload(self.workload.name()) {
+            Some(now) if self.workload.same_identity(now) => {
+                self.access = FeedAccess::for_reader(policy, now);
+                self.workload = now.clone();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn sees(&self, published: &Published) -> bool {
+        self.access.sees(published.sub.as_deref())
+    }
 }
 
 /// `GET /v1/revocations/stream`.
 pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let client = match authenticate(&state, &headers) {
-        Ok(client) => client,
+    let reader = match Reader::authenticate(&state, &headers) {
+        Ok(reader) => reader,
         Err(error) => return error.into_response(),
     };
+    let client = reader.workload.name().to_owned();
     let last_event_id = headers
         .get("last-event-id")
         .filter(|v| v.len() <= MAX_EVENT_ID_LEN)
@@ -86,7 +119,11 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMa
         first,
         resync,
         backlog: backlog.into_iter(),
-        live: subscription.live,
+        live: Live {
+            events: subscription.live,
+            reader,
+            policy: state.policy_installed.subscribe(),
+        },
     };
     let slot = Arc::new((slot, client_slot));
     let events = stream::unfold(start, move |phase| {
@@ -117,17 +154,20 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMa
                     mut backlog,
                     live,
                     last,
-                } => match backlog.next() {
-                    Some(published) => Some((
-                        Ok(revocation(&state, &published)),
-                        Phase::Streaming {
-                            backlog,
-                            live,
-                            last: published.seq,
-                        },
-                    )),
-                    None => next_live(&state, live, last, &mut closing).await,
-                },
+                } => {
+                    let visible = backlog.by_ref().find(|p| live.reader.sees(p));
+                    match visible {
+                        Some(published) => Some((
+                            Ok(revocation(&state, &published)),
+                            Phase::Streaming {
+                                backlog,
+                                live,
+                                last: published.seq,
+                            },
+                        )),
+                        None => next_live(&state, live, last, &mut closing).await,
+                    }
+                }
                 Phase::Done => None,
             }
         }
@@ -155,20 +195,28 @@ enum Phase {
         first: Event,
         resync: bool,
         backlog: std::vec::IntoIter<Published>,
-        live: Receiver<Published>,
+        live: Live,
     },
     /// The backlog, then live events; `last` is the last seq sent.
     Streaming {
         backlog: std::vec::IntoIter<Published>,
-        live: Receiver<Published>,
+        live: Live,
         last: u64,
     },
     Done,
 }
 
+/// A stream's live side: the events, who reads them, and the policy
+/// installs to check the reader against.
+struct Live {
+    events: Receiver<Published>,
+    reader: Reader,
+    policy: tokio::sync::watch::Receiver<u64>,
+}
+
 async fn next_live(
     state: &AppState,
-    mut live: Receiver<Published>,
+    mut live: Live,
     mut last: u64,
     closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<(Result<Event, Infallible>, Phase)> {
@@ -177,17 +225,24 @@ async fn next_live(
             return None;
         }
         tokio::select! {
-            received = live.recv() => match received {
-                // Already sent from the backlog.
-                Ok(published) if published.seq <= last => {}
+            received = live.events.recv() => match received {
+                // Already sent from the backlog, or not this reader's.
+                Ok(published) if published.seq <= last || !live.reader.sees(&published) => {}
                 Ok(published) => {
                     last = published.seq;
+                    let event = revocation(state, &published);
                     let next = Phase::Streaming { backlog: Vec::new().into_iter(), live, last };
-                    return Some((Ok(revocation(state, &published)), next));
+                    return Some((Ok(event), next));
                 }
                 Err(RecvError::Lagged(_)) => return Some((Ok(resync_event()), Phase::Done)),
                 Err(RecvError::Closed) => return None,
             },
+            changed = live.policy.changed() => {
+                if changed.is_err() || !live.reader.reauthorize(&state.policy.load()) {
+                    tracing::info!(client = %live.reader.workload.name(), "feed stream closed: its client is no longer in the policy as it authenticated");
+                    return None;
+                }
+            }
             _ = closing.changed() => return None,
         }
     }
@@ -206,33 +261,34 @@ fn resync_event() -> Event {
         .data(format!("{{\"snapshot\":\"{REVOCATION_SNAPSHOT_PATH}\"}}"))
 }
 
-/// `GET /v1/revocations/snapshot`.
+/// `GET /v1/revocations/snapshot`: what the reader may see of the
+/// revocations in force.
 pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(error) = authenticate(&state, &headers) {
-        return error.into_response();
-    }
+    let reader = match Reader::authenticate(&state, &headers) {
+        Ok(reader) => reader,
+        Err(error) => return error.into_response(),
+    };
     // One build at a time, reused while nothing new is published: a client
-    // asking in a loop costs a copy of the bytes, not a build.
+    // asking in a loop costs a filtered copy of the bytes, not a build.
     let mut cached = state.snapshot_cache.lock().await;
     let now = state.clock.now().timestamp();
     // The position first: every event up to it is already in the set (a
     // revocation enters the set before it is published), so a client that
     // continues from it misses nothing (and may see a few twice).
     let position = state.feed.position();
-    let body = match cached
+    let built = match cached
         .as_ref()
         .filter(|c| c.seq == position.seq && (0..SNAPSHOT_REUSE_SECS).contains(&(now - c.built_at)))
     {
-        Some(hit) => hit.body.clone(),
+        Some(hit) => Arc::clone(&hit.built),
         None => {
-            let seq = position.seq;
-            let body = build_snapshot(&state, position);
+            let built = Arc::new(build_snapshot(&state, position));
             *cached = Some(CachedSnapshot {
-                seq,
+                seq: built.position.seq,
                 built_at: now,
-                body: body.clone(),
+                built: Arc::clone(&built),
             });
-            body
+            built
         }
     };
     drop(cached);
@@ -241,7 +297,7 @@ pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: Header
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body,
+        built.body_for(&reader.access),
     )
         .into_response();
     response
@@ -258,18 +314,63 @@ const SNAPSHOT_REUSE_SECS: i64 = 10;
 pub(crate) struct CachedSnapshot {
     seq: u64,
     built_at: i64,
-    body: bytes::Bytes,
+    built: Arc<BuiltSnapshot>,
 }
 
-fn build_snapshot(state: &AppState, position: stint_proto::FeedPosition) -> bytes::Bytes {
+/// Every revocation in force, each encoded once with the workload it
+/// names, to be filtered for each reader.
+pub(crate) struct BuiltSnapshot {
+    position: stint_proto::FeedPosition,
+    events: Vec<(Option<String>, String)>,
+}
+
+impl BuiltSnapshot {
+    /// The `RevocationSnapshot` JSON of what `access` may see.
+    fn body_for(&self, access: &FeedAccess) -> bytes::Bytes {
+        // `RevocationSnapshot` flattens the position into the object:
+        // `{"epoch":..,"seq":..` then the revocations. Plain data:
+        // serializing cannot fail.
+        let position = serde_json::to_string(&self.position).unwrap_or_default();
+        let mut body = String::with_capacity(
+            64 + self
+                .events
+                .iter()
+                .map(|(_, json)| json.len() + 1)
+                .sum::<usize>(),
+        );
+        body.push_str(position.strip_suffix('}').unwrap_or("{"));
+        body.push_str(",\"revocations\":[");
+        let mut first = true;
+        for (_, json) in self
+            .events
+            .iter()
+            .filter(|(sub, _)| access.sees(sub.as_deref()))
+        {
+            if !first {
+                body.push(',');
+            }
+            first = false;
+            body.push_str(json);
+        }
+        body.push_str("]}");
+        bytes::Bytes::from(body)
+    }
+}
+
+fn build_snapshot(state: &AppState, position: stint_proto::FeedPosition) -> BuiltSnapshot {
     let seq = position.seq;
     // Also what expired within the largest verifier leeway: verifiers
     // still accept such tokens (the set keeps them that long).
     let entries = state.revocations.entries(
         state.clock.now() - chrono::Duration::seconds(stint_core::access_token::MAX_LEEWAY_SECS),
     );
-    let mut revocations =
-        Vec::with_capacity(entries.tokens.len() + entries.jobs.len() + entries.approvals.len());
+    let mut revocations = Vec::with_capacity(
+        entries.tokens.len()
+            + entries.jobs.len()
+            + entries.approvals.len()
+            + entries.steps.len()
+            + entries.workloads.len(),
+    );
     let blank = |kind: &str, until: i64| RevocationEvent {
         seq,
         ..RevocationEvent::new(kind, until)
@@ -308,11 +409,13 @@ fn build_snapshot(state: &AppState, position: stint_proto::FeedPosition) -> byte
             ..blank("workload", until)
         });
     }
-    // Plain data: serializing cannot fail.
-    serde_json::to_vec(&RevocationSnapshot {
-        position,
-        revocations,
-    })
-    .map(bytes::Bytes::from)
-    .unwrap_or_default()
+    let events = revocations
+        .into_iter()
+        .map(|event| {
+            // Plain data: serializing cannot fail.
+            let json = serde_json::to_string(&event).unwrap_or_default();
+            (event.sub, json)
+        })
+        .collect();
+    BuiltSnapshot { position, events }
 }
