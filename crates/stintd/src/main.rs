@@ -118,7 +118,7 @@ struct Cli {
 }
 
 const AFTER_HELP: &str = "Every option can also be set through the environment variable shown.\n\
-Examples:\n  stintd --dev\n  stintd --policy /etc/stint/policy.toml --tls-cert cert.pem --tls-key key.pem --listen 0.0.0.0:8443";
+Examples:\n  stintd --dev\n  stintd --policy /etc/stint/policy.toml --tls-cert cert.pem --tls-key key.pem --listen 0.0.0.0:8443 --issuer https://stint.example.com:8443";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -322,6 +322,30 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
         Err(error) => {
             eprintln!("stintd: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example `stintd --help` shows is a configuration the broker
+    /// accepts.
+    #[test]
+    fn the_help_examples_are_valid_configurations() {
+        let examples: Vec<&str> = AFTER_HELP
+            .lines()
+            .skip_while(|line| !line.starts_with("Examples:"))
+            .skip(1)
+            .map(str::trim)
+            .filter(|line| line.starts_with("stintd"))
+            .collect();
+        assert!(examples.len() >= 2, "{AFTER_HELP}");
+        for example in examples {
+            let cli = Cli::try_parse_from(example.split_whitespace())
+                .unwrap_or_else(|e| panic!("{example}: {e}"));
+            assert_eq!(config_from(&cli).validate(), Ok(()), "{example}");
         }
     }
 }
