@@ -89,6 +89,8 @@ pub enum DenyReason {
     Unavailable,
     /// An internal failure (signing, randomness): refused.
     Internal,
+    /// The client or its source sent more requests than its rate limit.
+    RateLimited,
 }
 
 impl DenyReason {
@@ -128,6 +130,7 @@ impl DenyReason {
             Self::WorkloadStopped => "workload_stopped",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
