@@ -101,33 +101,38 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            first_byte_timeout: Duration::from_secs(3),
-            handshake_timeout: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-            reserved_connections: 256,
-            max_connections_per_source: 256,
-            max_in_flight: 1024,
-            max_revocations_in_flight: 256,
-            max_in_flight_per_client: 64,
-            max_unauthenticated_in_flight_per_source: 16,
-            token_rate_per_client: Rate {
-                per_second: 100,
-                burst: 200,
-            },
-            token_rate_per_source: Rate {
-                per_second: 200,
-                burst: 400,
-            },
-            max_tracked_sources: 65_536,
-            audit_aggregation_interval: Duration::from_secs(1),
-            audit_aggregation_sources: 1024,
-            max_streams_per_connection: 32,
-        }
+        Self::DEFAULT
     }
+}
+
+impl Limits {
+    /// The defaults, as a constant (so that `stintd --help` shows them).
+    pub const DEFAULT: Self = Self {
+        first_byte_timeout: Duration::from_secs(3),
+        handshake_timeout: Duration::from_secs(10),
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 4096,
+        reserved_connections: 256,
+        max_connections_per_source: 256,
+        max_in_flight: 1024,
+        max_revocations_in_flight: 256,
+        max_in_flight_per_client: 64,
+        max_unauthenticated_in_flight_per_source: 16,
+        token_rate_per_client: Rate {
+            per_second: 100,
+            burst: 200,
+        },
+        token_rate_per_source: Rate {
+            per_second: 200,
+            burst: 400,
+        },
+        max_tracked_sources: 65_536,
+        audit_aggregation_interval: Duration::from_secs(1),
+        audit_aggregation_sources: 1024,
+        max_streams_per_connection: 32,
+    };
 }
 
 /// TLS client certificates (RFC 8705 `tls_client_auth`).

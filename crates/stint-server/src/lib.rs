@@ -166,9 +166,11 @@ impl RunningServer {
         let all = Arc::clone(&self.state.in_flight).acquire_many_owned(permits);
         let revocations = Arc::clone(&self.state.limits.revocations)
             .acquire_many_owned(u32::try_from(self.max_revocations_in_flight).unwrap_or(u32::MAX));
-        if tokio::time::timeout(serve::DRAIN_TIMEOUT, async { tokio::join!(all, revocations) })
-            .await
-            .is_err()
+        if tokio::time::timeout(serve::DRAIN_TIMEOUT, async {
+            tokio::join!(all, revocations)
+        })
+        .await
+        .is_err()
         {
             tracing::warn!("some decisions did not finish within the drain timeout");
         }

@@ -69,7 +69,9 @@ impl fmt::Display for Source {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A rate limit per key: GCRA (the generic cell rate algorithm, as the
@@ -591,7 +593,9 @@ impl RequestLimits {
         revocation: bool,
         principal: Principal,
     ) -> Result<InFlightPermits, Shed> {
-        let pool_permit = Arc::clone(pool).try_acquire_owned().map_err(|_| Shed::Pool)?;
+        let pool_permit = Arc::clone(pool)
+            .try_acquire_owned()
+            .map_err(|_| Shed::Pool)?;
         match principal {
             Principal::Client(client) => {
                 let client = self.per_client.try_acquire(client).ok_or(Shed::Share)?;
@@ -716,10 +720,7 @@ mod tests {
         for _ in 0..12 {
             held.push(connections.admit(source(1)).unwrap());
         }
-        assert_eq!(
-            connections.admit(source(1)).err(),
-            Some(Refusal::PerSource)
-        );
+        assert_eq!(connections.admit(source(1)).err(), Some(Refusal::PerSource));
         for _ in 0..12 {
             held.push(connections.admit(source(2)).unwrap());
         }

@@ -8,8 +8,8 @@
 //! read, so a request that does not authenticate costs no body read.
 
 use super::client_auth::{certificate_client, credentials, read_form};
-use super::{LoggedClient, RequestContext};
 use super::exchange;
+use super::{LoggedClient, RequestContext};
 use crate::error::OAuthError;
 use crate::limits::{Source, retry_after_secs};
 use crate::serve::PeerCertificate;
