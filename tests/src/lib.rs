@@ -96,6 +96,9 @@ pub struct BrokerOptions {
     /// Feed streams one client may hold (256, as in production).
     pub feed_max_streams_per_client: usize,
     pub webhook: Option<stint_server::WebhookTarget>,
+    /// Feed streams in all (2048, as in production); tests with a small
+    /// connection cap lower it.
+    pub feed_max_streams: usize,
 }
 
 impl Default for BrokerOptions {
@@ -109,6 +112,7 @@ impl Default for BrokerOptions {
             webhook: None,
             feed_keepalive: Duration::from_secs(15),
             feed_max_streams_per_client: 256,
+            feed_max_streams: 2048,
         }
     }
 }
@@ -143,6 +147,7 @@ impl TestBroker {
         config.webhook = options.webhook;
         config.feed_keepalive = options.feed_keepalive;
         config.feed_max_streams_per_client = options.feed_max_streams_per_client;
+        config.feed_max_streams = options.feed_max_streams;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }
@@ -265,6 +270,22 @@ impl TestBroker {
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 200, "mint failed: {body}");
         body
+    }
+
+    /// [`Self::try_mint`] through `http` (for instance a client bound to
+    /// another source address, see [`client_from`]).
+    pub async fn try_mint_with(&self, http: &reqwest::Client, scope: &str) -> reqwest::Response {
+        http.post(self.url(stint_proto::TOKEN_PATH))
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("step", "read"),
+                ("scope", scope),
+                ("audience", "demo-api"),
+            ])
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Introspect `token` as the default client.
@@ -609,6 +630,29 @@ pub fn run_to_end(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// An HTTP client whose connections come from `source` (on Linux every
+/// 127.0.0.0/8 address is on `lo`, so tests can play several sources), that
+/// opens a new connection for every request: each request also shows that
+/// a new connection from that source is accepted. Every request has 10 s.
+pub fn client_from(source: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A TCP connection to `addr` from `source` (see [`client_from`]).
+pub async fn connect_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
 }
 
 /// An address nothing listens on (bound, then released).

@@ -78,6 +78,8 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve_task: JoinHandle<()>,
     purge_task: JoinHandle<()>,
+    /// Writes counted refusals; ends at shutdown, once its last write is.
+    refusals_task: JoinHandle<()>,
     /// Set at shutdown: revocation feed streams end.
     closing: tokio::sync::watch::Sender<bool>,
     /// `Limits::max_in_flight`: shutdown takes every permit back.
@@ -177,6 +179,7 @@ impl RunningServer {
         self.state.in_flight.close();
         self.state.limits.revocations.close();
         // Refusals counted since the last interval are written now.
+        let _ = (&mut self.refusals_task).await;
         limits::record_counted(
             &self.state.limits.refusals,
             &self.state.audit,
@@ -436,6 +439,7 @@ pub async fn start_with_clock(
     });
 
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
+    let refusals_task = tokio::spawn(refusals_loop(Arc::clone(&state)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = http::router(Arc::clone(&state));
     let serve_task = tokio::spawn(serve::serve(
@@ -457,6 +461,7 @@ pub async fn start_with_clock(
         shutdown: Some(shutdown_tx),
         serve_task,
         purge_task,
+        refusals_task,
         closing: closing_tx,
         max_in_flight: config.limits.max_in_flight,
         max_revocations_in_flight: config.limits.max_revocations_in_flight,
@@ -497,14 +502,8 @@ async fn purge_loop(state: Arc<AppState>) {
     purge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
     sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut refusals_tick = tokio::time::interval(state.limits.aggregation_interval);
-    refusals_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = refusals_tick.tick() => {
-                let time = audit::timestamp(state.clock.now());
-                limits::record_counted(&state.limits.refusals, &state.audit, &time).await;
-            }
             _ = purge_tick.tick() => {
                 purge(&state).await;
             }
@@ -512,6 +511,24 @@ async fn purge_loop(state: Arc<AppState>) {
                 state.approvals.sweep(&state, state.clock.now()).await;
                 state.status_lists.flush(state.store.as_ref()).await;
             }
+        }
+    }
+}
+
+/// Write the refusals counted in each interval, until the broker shuts
+/// down (which writes the last ones itself). Never aborted: a write it has
+/// started finishes, so no count is lost.
+async fn refusals_loop(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(state.limits.aggregation_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = state.closing.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let time = audit::timestamp(state.clock.now());
+                limits::record_counted(&state.limits.refusals, &state.audit, &time).await;
+            }
+            _ = async { closing.wait_for(|closing| *closing).await.is_ok() } => return,
         }
     }
 }
