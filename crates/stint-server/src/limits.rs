@@ -345,6 +345,11 @@ struct Counted {
     count: u64,
     /// The `time` of the first refusal counted since the last record.
     since: Option<String>,
+    /// The last drain found nothing counted: the next one that does not
+    /// either forgets the kind. (So a kind is remembered for at least a
+    /// whole interval after its last refusal, however close to a drain
+    /// its first came.)
+    quiet: bool,
 }
 
 /// Audits repeated refusals of one kind from one source as counted records.
@@ -356,6 +361,8 @@ struct Counted {
 /// after it are counted, and every `interval` each count that grew becomes
 /// one record with `count` set. A kind that saw no refusal for a whole
 /// interval is forgotten, so its next refusal is recorded in full again.
+/// At most two records per interval per kind and source, then, however
+/// many refusals.
 pub(crate) struct RefusalAggregator {
     capacity: usize,
     windows: Mutex<HashMap<RefusalKey, Counted>>,
@@ -395,6 +402,7 @@ impl RefusalAggregator {
             let counted = windows.entry(key).or_insert(Counted {
                 count: 0,
                 since: None,
+                quiet: false,
             });
             counted.count += 1;
             counted.since.get_or_insert(entry.time);
@@ -412,6 +420,7 @@ impl RefusalAggregator {
                     Counted {
                         count: 0,
                         since: None,
+                        quiet: false,
                     },
                 );
                 Some(entry)
@@ -426,8 +435,11 @@ impl RefusalAggregator {
         let mut drained = Vec::new();
         windows.retain(|key, counted| {
             if counted.count == 0 {
-                return false;
+                let forget = counted.quiet;
+                counted.quiet = true;
+                return !forget;
             }
+            counted.quiet = false;
             drained.push(CountedRefusals {
                 key: key.clone(),
                 count: counted.count,
@@ -447,6 +459,7 @@ impl RefusalAggregator {
             let counted = windows.entry(refusals.key).or_insert(Counted {
                 count: 0,
                 since: None,
+                quiet: false,
             });
             counted.count += refusals.count;
             // The older time: the restored refusals came first.
@@ -791,7 +804,10 @@ mod tests {
         let again = aggregator.drain();
         assert_eq!(again[0].count, 100);
         assert_eq!(again[0].since.as_deref(), Some("t1"));
-        // Quiet for an interval: forgotten, and the next one is in full.
+        // Quiet for a whole interval: forgotten, and the next one is in
+        // full.
+        assert!(aggregator.drain().is_empty());
+        assert_eq!(aggregator.tracked(), 1);
         assert!(aggregator.drain().is_empty());
         assert_eq!(aggregator.tracked(), 0);
         assert!(aggregator.admit(refusal("192.0.2.1:1", "t5")).is_some());
