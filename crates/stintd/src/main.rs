@@ -459,6 +459,16 @@ fn chrono_today() -> stint_core::chrono::NaiveDate {
     stint_core::SystemClock.now().date_naive()
 }
 
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("stintd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,15 +498,5 @@ mod tests {
             cli.limits.limits().first_byte_timeout,
             Duration::from_secs(2)
         );
-    }
-}
-
-fn report(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("stintd: {error:#}");
-            ExitCode::FAILURE
-        }
     }
 }
