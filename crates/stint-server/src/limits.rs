@@ -341,7 +341,14 @@ struct RefusalKey {
     client_id: Option<String>,
 }
 
+/// Refusals of one kind from one source recorded in full in each
+/// interval before the rest are counted: a few guesses keep their own
+/// records (request ids, details); a flood does not.
+pub(crate) const FULL_RECORDS_PER_INTERVAL: u32 = 8;
+
 struct Counted {
+    /// Recorded in full in this interval.
+    full: u32,
     count: u64,
     /// The `time` of the first refusal counted since the last record.
     since: Option<String>,
@@ -356,12 +363,13 @@ struct Counted {
 ///
 /// Only refusals of requests that did not authenticate (no workload, no
 /// operator in the record) and rate-limit refusals qualify: a flood of
-/// those would otherwise cost one record each. The first such refusal of a
-/// kind from a source is recorded in full, as any decision is; the ones
-/// after it are counted, and every `interval` each count that grew becomes
-/// one record with `count` set. A kind that saw no refusal for a whole
+/// those would otherwise cost one record each. The first
+/// [`FULL_RECORDS_PER_INTERVAL`] such refusals of a kind from a source in
+/// an interval are recorded in full, as any decision is; the ones after
+/// them are counted, and every `interval` each count that grew becomes one
+/// record with `count` set. A kind that saw no refusal for a whole
 /// interval is forgotten, so its next refusal is recorded in full again.
-/// At most two records per interval per kind and source, then, however
+/// At most nine records per interval per kind and source, then, however
 /// many refusals.
 pub(crate) struct RefusalAggregator {
     capacity: usize,
@@ -400,6 +408,7 @@ impl RefusalAggregator {
             // first refusal too: the bucket stands for many sources.
             key.source = Source::Untracked;
             let counted = windows.entry(key).or_insert(Counted {
+                full: 0,
                 count: 0,
                 since: None,
                 quiet: false,
@@ -409,6 +418,11 @@ impl RefusalAggregator {
             return None;
         }
         match windows.get_mut(&key) {
+            Some(counted) if counted.full < FULL_RECORDS_PER_INTERVAL => {
+                counted.full += 1;
+                counted.quiet = false;
+                Some(entry)
+            }
             Some(counted) => {
                 counted.count += 1;
                 counted.since.get_or_insert(entry.time);
@@ -418,6 +432,7 @@ impl RefusalAggregator {
                 windows.insert(
                     key,
                     Counted {
+                        full: 1,
                         count: 0,
                         since: None,
                         quiet: false,
@@ -434,9 +449,10 @@ impl RefusalAggregator {
         let mut windows = lock(&self.windows);
         let mut drained = Vec::new();
         windows.retain(|key, counted| {
+            let recorded = std::mem::take(&mut counted.full);
             if counted.count == 0 {
-                let forget = counted.quiet;
-                counted.quiet = true;
+                let forget = counted.quiet && recorded == 0;
+                counted.quiet = recorded == 0;
                 return !forget;
             }
             counted.quiet = false;
@@ -457,6 +473,7 @@ impl RefusalAggregator {
         let mut windows = lock(&self.windows);
         for refusals in unwritten {
             let counted = windows.entry(refusals.key).or_insert(Counted {
+                full: 0,
                 count: 0,
                 since: None,
                 quiet: false,
@@ -771,8 +788,10 @@ mod tests {
     #[test]
     fn repeated_refusals_become_one_counted_record() {
         let aggregator = RefusalAggregator::new(8);
-        let first = aggregator.admit(refusal("192.0.2.1:1000", "t0"));
-        assert!(first.is_some(), "the first refusal is recorded in full");
+        for port in 0..FULL_RECORDS_PER_INTERVAL {
+            let first = aggregator.admit(refusal(&format!("192.0.2.1:{port}"), "t0"));
+            assert!(first.is_some(), "the first refusals are recorded in full");
+        }
         for port in 1001..1101 {
             assert!(
                 aggregator
@@ -804,8 +823,13 @@ mod tests {
         let again = aggregator.drain();
         assert_eq!(again[0].count, 100);
         assert_eq!(again[0].since.as_deref(), Some("t1"));
-        // Quiet for a whole interval: forgotten, and the next one is in
-        // full.
+        // A new interval: the first ones in full again, then counted.
+        for _ in 0..FULL_RECORDS_PER_INTERVAL {
+            assert!(aggregator.admit(refusal("192.0.2.1:1", "t4")).is_some());
+        }
+        assert!(aggregator.admit(refusal("192.0.2.1:1", "t4")).is_none());
+        assert_eq!(aggregator.drain()[0].count, 1);
+        // Quiet for a whole interval: forgotten.
         assert!(aggregator.drain().is_empty());
         assert_eq!(aggregator.tracked(), 1);
         assert!(aggregator.drain().is_empty());

@@ -131,6 +131,9 @@ async fn mint(
         let credentials = credentials(headers, None)?;
         entry.client_id = credentials.loggable_id(&policy);
         let workload = credentials.authenticate(&policy)?;
+        // Authenticated: its refusals from here on are its own, recorded
+        // one by one.
+        entry.sub = Some(workload.name().to_owned());
         check_client_rate(state, workload)?;
         Some(workload)
     } else {
