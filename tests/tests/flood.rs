@@ -296,6 +296,15 @@ fn assert_audit_bounded(flood: &str, records: &[Value], kinds: usize, requests: 
     );
 }
 
+/// The honest client alone, for the figures the floods are compared with.
+#[tokio::test]
+async fn no_flood_for_reference() {
+    let _serial = SERIAL.lock().await;
+    let broker = broker_with(flood_limits()).await;
+    let honest = honest_client(&broker).await;
+    honest.assert_unharmed("none (reference)");
+}
+
 #[tokio::test]
 async fn silent_connections_from_one_source() {
     let _serial = SERIAL.lock().await;
