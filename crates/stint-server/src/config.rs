@@ -447,6 +447,47 @@ mod tests {
     }
 
     #[test]
+    fn limits_that_contradict_each_other_are_refused() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let bad = [
+            Limits {
+                first_byte_timeout: Duration::from_secs(11),
+                ..Limits::default()
+            },
+            Limits {
+                reserved_connections: 4096,
+                ..Limits::default()
+            },
+            Limits {
+                max_connections_per_source: 4097,
+                ..Limits::default()
+            },
+            Limits {
+                audit_aggregation_interval: Duration::from_secs(61),
+                ..Limits::default()
+            },
+        ];
+        for limits in bad {
+            assert!(
+                matches!(limits.validate(), Err(ConfigError::BadLimit(_))),
+                "{limits:?}"
+            );
+        }
+        let zero_rate = Limits {
+            token_rate_per_client: Rate {
+                per_second: 0,
+                burst: 1,
+            },
+            ..Limits::default()
+        };
+        assert_eq!(zero_rate.validate(), Err(ConfigError::ZeroLimit));
+        // The feed may not take the reserve.
+        let mut config = Config::dev("d".into(), addr("127.0.0.1:0"));
+        config.limits.max_connections = 2100;
+        assert_eq!(config.validate(), Err(ConfigError::TooManyFeedStreams));
+    }
+
+    #[test]
     fn issuers() {
         assert!(validate_issuer("https://stint.example.com", true).is_ok());
         assert!(validate_issuer("https://stint.example.com/tenant", true).is_err());
