@@ -98,6 +98,9 @@ pub struct BrokerOptions {
     pub webhook: Option<stint_server::WebhookTarget>,
     /// The data directory (a fresh temporary directory's `data` if `None`).
     pub data_dir: Option<PathBuf>,
+    /// Feed streams in all (2048, as in production); tests with a small
+    /// connection cap lower it.
+    pub feed_max_streams: usize,
 }
 
 impl Default for BrokerOptions {
@@ -112,6 +115,7 @@ impl Default for BrokerOptions {
             feed_keepalive: Duration::from_secs(15),
             feed_max_streams_per_client: 256,
             data_dir: None,
+            feed_max_streams: 2048,
         }
     }
 }
@@ -150,6 +154,7 @@ impl TestBroker {
         config.webhook = options.webhook;
         config.feed_keepalive = options.feed_keepalive;
         config.feed_max_streams_per_client = options.feed_max_streams_per_client;
+        config.feed_max_streams = options.feed_max_streams;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }
@@ -272,6 +277,22 @@ impl TestBroker {
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 200, "mint failed: {body}");
         body
+    }
+
+    /// [`Self::try_mint`] through `http` (for instance a client bound to
+    /// another source address, see [`client_from`]).
+    pub async fn try_mint_with(&self, http: &reqwest::Client, scope: &str) -> reqwest::Response {
+        http.post(self.url(stint_proto::TOKEN_PATH))
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("step", "read"),
+                ("scope", scope),
+                ("audience", "demo-api"),
+            ])
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Introspect `token` as the default client.
@@ -616,6 +637,29 @@ pub fn run_to_end(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// An HTTP client whose connections come from `source` (on Linux every
+/// 127.0.0.0/8 address is on `lo`, so tests can play several sources), that
+/// opens a new connection for every request: each request also shows that
+/// a new connection from that source is accepted. Every request has 10 s.
+pub fn client_from(source: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A TCP connection to `addr` from `source` (see [`client_from`]).
+pub async fn connect_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
 }
 
 /// An address nothing listens on (bound, then released).

@@ -1,21 +1,26 @@
 //! What a client can make the broker hold, and for how long: connections
 //! that say nothing, idle keep-alive connections, slow bodies, too many
-//! requests at once, a client that hangs up mid-decision, and a second
-//! broker on the same data directory.
+//! requests at once (in all, per client, and revocations apart), token
+//! requests past the rate limits, repeated bad credentials in the audit
+//! log, a client that hangs up mid-decision, and a second broker on the
+//! same data directory. (Floods, with an honest client beside them, are in
+//! flood.rs.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 use stint_proto::{INTROSPECTION_PATH, REVOCATION_PATH, TOKEN_PATH};
-use stint_server::Limits;
-use stint_tests::{BrokerOptions, TestBroker, basic, test_secret};
+use stint_server::{Limits, Rate};
+use stint_tests::{BrokerOptions, TestBroker, basic, client_from, test_secret};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// Short limits, so that the tests wait seconds, not minutes.
 fn short_limits() -> Limits {
     Limits {
+        first_byte_timeout: Duration::from_secs(1),
         header_timeout: Duration::from_secs(1),
         body_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
@@ -318,4 +323,333 @@ async fn a_second_broker_on_the_same_data_directory_is_refused() {
     // The first one is untouched.
     let minted = broker.mint("read", "read:demo/x", &[]).await;
     assert!(minted["access_token"].is_string(), "{minted}");
+}
+
+/// A connection that sends nothing is closed after the first-byte timeout,
+/// well before the header timeout a connection that has started talking
+/// gets.
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_first_byte_timeout() {
+    let broker = broker_with(Limits {
+        first_byte_timeout: Duration::from_secs(1),
+        header_timeout: Duration::from_secs(8),
+        ..short_limits()
+    })
+    .await;
+    let addr = broker.server().local_addr();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let (received, took) = read_until_closed(&mut silent, Duration::from_secs(4)).await;
+    assert!(received.is_empty(), "{received:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
+    // One byte, and the connection has the header timeout for the rest.
+    let mut talking = TcpStream::connect(addr).await.unwrap();
+    talking.write_all(b"G").await.unwrap();
+    let mut buffer = [0u8; 16];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), talking.read(&mut buffer))
+            .await
+            .is_err(),
+        "a connection that has sent a byte waits for its headers"
+    );
+}
+
+/// Slow-body request bytes: headers promising 100 bytes of form, and less.
+fn slow_body(path: &str, addr: std::net::SocketAddr, authorization: Option<&str>) -> String {
+    let authorization = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type="
+    )
+}
+
+#[tokio::test]
+async fn basic_credentials_are_checked_before_the_body_is_read() {
+    let broker = broker_with(Limits {
+        body_timeout: Duration::from_secs(5),
+        ..short_limits()
+    })
+    .await;
+    let addr = broker.server().local_addr();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let wrong = basic("demo-job", "not-the-secret");
+    stream
+        .write_all(slow_body(TOKEN_PATH, addr, Some(&wrong)).as_bytes())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer))
+        .await
+        .expect("an answer before the body timeout")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buffer[..n]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.contains("\"error\":\"invalid_client\""), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // With the right credentials the body is waited for (and times out).
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let right = basic("demo-job", &test_secret("demo-job"));
+    stream
+        .write_all(slow_body(TOKEN_PATH, addr, Some(&right)).as_bytes())
+        .await
+        .unwrap();
+    let (received, took) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        received.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(took >= Duration::from_secs(4), "{took:?}");
+}
+
+/// Open `count` slow-body requests as `client` (held until dropped).
+async fn hold_requests(
+    broker: &TestBroker,
+    path: &str,
+    authorization: Option<&str>,
+    count: usize,
+) -> Vec<TcpStream> {
+    let addr = broker.server().local_addr();
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(slow_body(path, addr, authorization).as_bytes())
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    // They are in flight once the broker answers the next one with the
+    // cap's refusal (the callers check that); their own answers come only
+    // at the body timeout.
+    held
+}
+
+#[tokio::test]
+async fn revocation_has_its_own_capacity_that_minting_cannot_take() {
+    let broker = broker_with(Limits {
+        max_in_flight: 4,
+        max_in_flight_per_client: 4,
+        body_timeout: Duration::from_secs(5),
+        ..short_limits()
+    })
+    .await;
+    let token = broker.mint("read", "read:demo/x", &[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another workload holds every request slot with authenticated mints
+    // whose bodies never come.
+    let other = basic("other-job", &test_secret("other-job"));
+    let _held = hold_requests(&broker, TOKEN_PATH, Some(&other), 4).await;
+    stint_tests::eventually(Duration::from_secs(5), "minting to be full", || async {
+        (broker.try_mint("read", "read:demo/y", &[]).await.status() == 503).then_some(())
+    })
+    .await;
+    // Revocation still answers.
+    let revoked = broker
+        .post_form(REVOCATION_PATH, &[("token", &token)])
+        .await;
+    assert_eq!(revoked.status(), 200);
+    let job = broker
+        .http
+        .post(broker.url("/v1/jobs/job-1/revoke"))
+        .basic_auth(&broker.client_id, Some(&broker.client_secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job.status(), 200);
+    // And it worked (introspection shares minting's capacity: it waits
+    // for the held requests to go).
+    drop(_held);
+    stint_tests::eventually(Duration::from_secs(10), "introspection", || async {
+        let response = broker
+            .post_form(INTROSPECTION_PATH, &[("token", &token)])
+            .await;
+        if response.status() != 200 {
+            return None;
+        }
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["active"], false, "{body}");
+        Some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_holds_at_most_its_share_of_requests_in_flight() {
+    let broker = broker_with(Limits {
+        max_in_flight_per_client: 2,
+        body_timeout: Duration::from_secs(5),
+        ..short_limits()
+    })
+    .await;
+    let other = ("other-job", test_secret("other-job"));
+    let _held = hold_requests(&broker, TOKEN_PATH, Some(&basic(other.0, &other.1)), 2).await;
+    let response = stint_tests::eventually(Duration::from_secs(5), "the client's cap", || async {
+        let response = broker
+            .try_mint_as((other.0, &other.1), "read", "read:demo/x", &[])
+            .await;
+        (response.status() == 429).then_some(response)
+    })
+    .await;
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "1"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("in flight"),
+        "{body}"
+    );
+    // Another client is not held back.
+    let minted = broker.mint("read", "read:demo/x", &[]).await;
+    assert!(minted["access_token"].is_string());
+}
+
+#[tokio::test]
+async fn token_requests_past_a_clients_rate_get_429_with_retry_after() {
+    let mut broker = broker_with(Limits {
+        token_rate_per_client: Rate {
+            per_second: 1,
+            burst: 2,
+        },
+        ..short_limits()
+    })
+    .await;
+    for _ in 0..2 {
+        broker.mint("read", "read:demo/x", &[]).await;
+    }
+    let refused = broker.try_mint("read", "read:demo/x", &[]).await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(refused.headers()["cache-control"], "no-store");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit"),
+        "{body}"
+    );
+    // Another client has its own budget.
+    let other = ("other-job", test_secret("other-job"));
+    let response = broker
+        .try_mint_as((other.0, &other.1), "read", "read:demo/x", &[])
+        .await;
+    assert_eq!(response.status(), 200);
+    broker.stop().await;
+    let records = broker.audit_records();
+    let limited: Vec<_> = records
+        .iter()
+        .filter(|r| r["reason"] == "rate_limited")
+        .collect();
+    assert_eq!(limited.len(), 1, "{limited:?}");
+    assert_eq!(limited[0]["client_id"], "demo-job");
+    assert_eq!(limited[0]["event"], "token_denied");
+}
+
+#[tokio::test]
+async fn token_requests_past_a_sources_rate_get_429_whoever_asks() {
+    let broker = broker_with(Limits {
+        token_rate_per_source: Rate {
+            per_second: 1,
+            burst: 3,
+        },
+        ..short_limits()
+    })
+    .await;
+    let busy = client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    for _ in 0..3 {
+        assert_eq!(
+            broker.try_mint_with(&busy, "read:demo/x").await.status(),
+            200
+        );
+    }
+    let refused = broker.try_mint_with(&busy, "read:demo/x").await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Unauthenticated guesses from that source count too.
+    let guess = busy
+        .post(broker.url(TOKEN_PATH))
+        .basic_auth("demo-job", Some("guess"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guess.status(), 429);
+    // Another source is not held back.
+    let calm = client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+    assert_eq!(
+        broker.try_mint_with(&calm, "read:demo/x").await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn repeated_bad_credentials_from_one_source_are_audited_as_a_count() {
+    let mut broker = broker_with(short_limits()).await;
+    let before = broker.audit_records().len();
+    for n in 0..50 {
+        let response = broker
+            .try_mint_as(
+                ("demo-job", &format!("wrong-{n}")),
+                "read",
+                "read:demo/x",
+                &[],
+            )
+            .await;
+        assert_eq!(response.status(), 401);
+    }
+    broker.mint("read", "read:demo/x", &[]).await;
+    broker.stop().await;
+    let records = broker.audit_records();
+    let new = &records[before..];
+    let denied: Vec<_> = new
+        .iter()
+        .filter(|r| r["event"] == "token_denied")
+        .collect();
+    // The first eight of each interval in full (with their request ids),
+    // then counted records for the rest: a handful, not fifty.
+    let (full, counted): (Vec<&Value>, Vec<&Value>) =
+        denied.iter().copied().partition(|r| r["count"].is_null());
+    assert!(full.len() >= 8 && denied.len() <= 24, "{denied:#?}");
+    assert!(!counted.is_empty(), "{denied:#?}");
+    for record in &full[..8] {
+        assert!(record["request_id"].is_string());
+        assert_eq!(record["reason"], "invalid_client");
+    }
+    let total: u64 = counted.iter().map(|r| r["count"].as_u64().unwrap()).sum();
+    assert_eq!(
+        total as usize + full.len(),
+        50,
+        "every refusal is in the log, in full or counted: {denied:#?}"
+    );
+    for record in &counted {
+        assert_eq!(record["client_addr"], "127.0.0.1");
+        assert_eq!(record["client_id"], "demo-job");
+        assert_eq!(record["decision"], "deny");
+    }
+    // The honest mint after them is recorded in full, as every decision
+    // of an authenticated client is.
+    assert!(new.iter().any(|r| r["event"] == "token_minted"));
 }

@@ -1,6 +1,9 @@
 //! The broker under test: the real `stint-server` library, started in this
-//! process exactly as `stintd --dev` starts it (demo policy, ES256, plain
-//! HTTP on loopback, the durable audit log in the data directory).
+//! process as `stintd --dev` starts it (demo policy, ES256, plain HTTP on
+//! loopback, the durable audit log in the data directory), with the
+//! per-client and per-source limits lifted: the benchmark is one client on
+//! one address asking as fast as it can, and measures the broker, not its
+//! rate limiter.
 
 use crate::load::{self, RequestTemplate};
 use anyhow::{Context as _, Result, bail};
@@ -12,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use stint_proto::DevClient;
-use stint_server::{Config, RunningServer};
+use stint_server::{Config, Rate, RunningServer};
 use tokio::time::Instant;
 
 /// The mint request's form body: the demo workflow's `read` step.
@@ -32,7 +35,15 @@ impl Broker {
     /// Start the broker in dev mode with its data in `data_dir`.
     pub(crate) async fn start(data_dir: &Path) -> Result<Self> {
         let listen = "127.0.0.1:0".parse()?;
-        let server = stint_server::start(Config::dev(data_dir.to_path_buf(), listen))
+        let mut config = Config::dev(data_dir.to_path_buf(), listen);
+        let unlimited = Rate {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        };
+        config.limits.token_rate_per_client = unlimited;
+        config.limits.token_rate_per_source = unlimited;
+        config.limits.max_in_flight_per_client = config.limits.max_in_flight;
+        let server = stint_server::start(config)
             .await
             .context("starting the broker")?;
         let client = read_dev_client(&server)?;

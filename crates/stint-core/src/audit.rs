@@ -22,7 +22,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const MAX_RECORD_LEN: usize = 1024 * 1024;
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A token was minted.
@@ -152,6 +152,11 @@ pub struct AuditEntry {
     /// A duration asked or granted, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<i64>,
+    /// For a counted record: how many refusals of this kind from this
+    /// source (`client_addr`) it stands for, after the last one recorded
+    /// in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl AuditEntry {
@@ -183,6 +188,7 @@ impl AuditEntry {
             comment: None,
             justification: None,
             duration: None,
+            count: None,
         }
     }
 }

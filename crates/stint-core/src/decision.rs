@@ -96,6 +96,8 @@ pub enum DenyReason {
     Unavailable,
     /// An internal failure (signing, randomness): refused.
     Internal,
+    /// The client or its source sent more requests than its rate limit.
+    RateLimited,
 }
 
 impl DenyReason {
@@ -137,6 +139,7 @@ impl DenyReason {
             Self::WorkloadStopped => "workload_stopped",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

@@ -31,10 +31,26 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// A sustained rate with a burst: a client may send `burst` requests at
+/// once, then `per_second` a second (GCRA, the token bucket's exact
+/// equivalent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests a second, sustained.
+    pub per_second: u32,
+    /// Requests at once after a quiet spell.
+    pub burst: u32,
+}
+
 /// How long clients may take and how much they may hold. The defaults suit
-/// a broker facing automation jobs; tests shorten them.
+/// a broker facing automation jobs; tests shorten them. Each one's flag,
+/// and why it is what it is, is in docs/threat-model.md ("Denial of
+/// service").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Time from the connection to its first byte (a TLS ClientHello, or
+    /// the first byte of a request).
+    pub first_byte_timeout: Duration,
     /// Time to finish a TLS handshake.
     pub handshake_timeout: Duration,
     /// Time from the connection to its first request, and to receive an
@@ -46,24 +62,77 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
-    /// Requests handled at once across every connection; more get 503.
+    /// Of `max_connections`, the last ones, kept for health, discovery,
+    /// keys and revocation: a connection accepted while fewer than these
+    /// are free is served for those routes only.
+    pub reserved_connections: usize,
+    /// Connections one source (an IPv4 address, an IPv6 /64) may hold.
+    pub max_connections_per_source: usize,
+    /// Requests handled at once across every connection, revocations
+    /// aside; more get 503.
     pub max_in_flight: usize,
+    /// Revocation requests handled at once (their own capacity, which
+    /// minting cannot take); more get 503.
+    pub max_revocations_in_flight: usize,
+    /// Requests one authenticated client (HTTP Basic) may have in flight;
+    /// more get 429.
+    pub max_in_flight_per_client: usize,
+    /// Requests in flight from one source that an `Authorization` header
+    /// does not authenticate (credentials in the body, bearer tokens, or
+    /// none); more get 429.
+    pub max_unauthenticated_in_flight_per_source: usize,
+    /// Token requests one authenticated client may make.
+    pub token_rate_per_client: Rate,
+    /// Token requests one source may make, authenticated or not.
+    pub token_rate_per_source: Rate,
+    /// Sources (and clients) the rate limiters track at once; past that,
+    /// new ones share one budget.
+    pub max_tracked_sources: usize,
+    /// Repeated refusals of unauthenticated requests from one source are
+    /// audited as one counted record per this interval (the first in
+    /// full).
+    pub audit_aggregation_interval: Duration,
+    /// Sources whose refusals are counted apart at once; past that, new
+    /// ones are counted together.
+    pub audit_aggregation_sources: usize,
     /// Concurrent requests on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            handshake_timeout: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-            max_in_flight: 1024,
-            max_streams_per_connection: 32,
-        }
+        Self::DEFAULT
     }
+}
+
+impl Limits {
+    /// The defaults, as a constant (so that `stintd --help` shows them).
+    pub const DEFAULT: Self = Self {
+        first_byte_timeout: Duration::from_secs(3),
+        handshake_timeout: Duration::from_secs(10),
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 4096,
+        reserved_connections: 256,
+        max_connections_per_source: 256,
+        max_in_flight: 1024,
+        max_revocations_in_flight: 256,
+        max_in_flight_per_client: 64,
+        max_unauthenticated_in_flight_per_source: 16,
+        token_rate_per_client: Rate {
+            per_second: 100,
+            burst: 200,
+        },
+        token_rate_per_source: Rate {
+            per_second: 200,
+            burst: 400,
+        },
+        max_tracked_sources: 65_536,
+        audit_aggregation_interval: Duration::from_secs(1),
+        audit_aggregation_sources: 1024,
+        max_streams_per_connection: 32,
+    };
 }
 
 /// TLS client certificates (RFC 8705 `tls_client_auth`).
@@ -177,23 +246,66 @@ impl Config {
             return Err(ConfigError::BadFeedKeepalive);
         }
         if self.feed_max_streams > MAX_FEED_STREAMS
-            || self.feed_max_streams >= self.limits.max_connections
+            || self.feed_max_streams
+                >= self
+                    .limits
+                    .max_connections
+                    .saturating_sub(self.limits.reserved_connections)
         {
             return Err(ConfigError::TooManyFeedStreams);
         }
-        let limits = &self.limits;
+        self.limits.validate()
+    }
+}
+
+impl Limits {
+    /// Check the limits on their own. Errors name the flag to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let durations = [
-            limits.handshake_timeout,
-            limits.header_timeout,
-            limits.body_timeout,
-            limits.idle_timeout,
+            self.first_byte_timeout,
+            self.handshake_timeout,
+            self.header_timeout,
+            self.body_timeout,
+            self.idle_timeout,
+            self.audit_aggregation_interval,
         ];
+        let counts = [
+            self.max_connections,
+            self.max_connections_per_source,
+            self.max_in_flight,
+            self.max_revocations_in_flight,
+            self.max_in_flight_per_client,
+            self.max_unauthenticated_in_flight_per_source,
+            self.max_tracked_sources,
+            self.audit_aggregation_sources,
+        ];
+        let rates = [self.token_rate_per_client, self.token_rate_per_source];
         if durations.iter().any(Duration::is_zero)
-            || limits.max_connections == 0
-            || limits.max_in_flight == 0
-            || limits.max_streams_per_connection == 0
+            || counts.contains(&0)
+            || self.max_streams_per_connection == 0
+            || rates.iter().any(|r| r.per_second == 0 || r.burst == 0)
         {
             return Err(ConfigError::ZeroLimit);
+        }
+        if self.first_byte_timeout > self.header_timeout {
+            return Err(ConfigError::BadLimit(
+                "--first-byte-timeout must not be longer than --header-timeout",
+            ));
+        }
+        if self.reserved_connections >= self.max_connections {
+            return Err(ConfigError::BadLimit(
+                "--reserved-connections must be below --max-connections",
+            ));
+        }
+        if self.max_connections_per_source > self.max_connections {
+            return Err(ConfigError::BadLimit(
+                "--max-connections-per-source must not exceed --max-connections",
+            ));
+        }
+        if self.audit_aggregation_interval > Duration::from_secs(60) {
+            return Err(ConfigError::BadLimit(
+                "--audit-aggregation-interval must be at most 60 seconds",
+            ));
         }
         Ok(())
     }
@@ -271,12 +383,17 @@ pub enum ConfigError {
     BadFeedKeepalive,
     /// More feed streams than the broker will hold.
     #[error(
-        "--feed-max-streams must be below the connection cap (so minting keeps room) and at most {MAX_FEED_STREAMS}"
+        "--feed-max-streams must be below the connections outside the reserve (--max-connections minus --reserved-connections, so minting keeps room) and at most {MAX_FEED_STREAMS}"
     )]
     TooManyFeedStreams,
-    /// A timeout or cap of zero, which would refuse everything.
-    #[error("every connection limit (timeouts, connection and request caps) must be above zero")]
+    /// A timeout, cap or rate of zero, which would refuse everything.
+    #[error(
+        "every limit (timeouts, connection and request caps, rates and bursts) must be above zero"
+    )]
     ZeroLimit,
+    /// Limits that contradict each other.
+    #[error("{0}")]
+    BadLimit(&'static str),
     /// A malformed `--issuer`.
     #[error("--issuer {issuer:?} {why}")]
     BadIssuer {
@@ -327,6 +444,47 @@ mod tests {
         config.limits = Limits::default();
         config.limits.max_in_flight = 0;
         assert_eq!(config.validate(), Err(ConfigError::ZeroLimit));
+    }
+
+    #[test]
+    fn limits_that_contradict_each_other_are_refused() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let bad = [
+            Limits {
+                first_byte_timeout: Duration::from_secs(11),
+                ..Limits::default()
+            },
+            Limits {
+                reserved_connections: 4096,
+                ..Limits::default()
+            },
+            Limits {
+                max_connections_per_source: 4097,
+                ..Limits::default()
+            },
+            Limits {
+                audit_aggregation_interval: Duration::from_secs(61),
+                ..Limits::default()
+            },
+        ];
+        for limits in bad {
+            assert!(
+                matches!(limits.validate(), Err(ConfigError::BadLimit(_))),
+                "{limits:?}"
+            );
+        }
+        let zero_rate = Limits {
+            token_rate_per_client: Rate {
+                per_second: 0,
+                burst: 1,
+            },
+            ..Limits::default()
+        };
+        assert_eq!(zero_rate.validate(), Err(ConfigError::ZeroLimit));
+        // The feed may not take the reserve.
+        let mut config = Config::dev("d".into(), addr("127.0.0.1:0"));
+        config.limits.max_connections = 2100;
+        assert_eq!(config.validate(), Err(ConfigError::TooManyFeedStreams));
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct OAuthError {
     pub(crate) reason: DenyReason,
     /// For `authorization_pending` and friends: the approval request.
     pub(crate) pending: Option<Box<Pending>>,
+    /// Seconds for `Retry-After` (a 503 without it says 1).
+    pub(crate) retry_after: Option<u64>,
 }
 
 /// The approval members of a token error response.
@@ -97,7 +99,13 @@ impl OAuthError {
             description: description.into(),
             reason,
             pending: None,
+            retry_after: None,
         }
+    }
+
+    pub(crate) fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub(crate) fn with_pending(mut self, pending: Pending) -> Self {
@@ -162,7 +170,9 @@ impl IntoResponse for OAuthError {
                 HeaderValue::from_static("Basic realm=\"stint\", charset=\"UTF-8\""),
             );
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        } else if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

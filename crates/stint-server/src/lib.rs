@@ -20,6 +20,7 @@ pub mod federation;
 mod feed;
 mod http;
 pub mod keys;
+mod limits;
 pub mod metrics;
 mod serve;
 mod state;
@@ -28,7 +29,7 @@ pub mod tls;
 pub mod webhook;
 
 pub use config::{
-    ClientCertificates, Config, ConfigError, Limits, PolicySource, TlsFiles, WebhookTarget,
+    ClientCertificates, Config, ConfigError, Limits, PolicySource, Rate, TlsFiles, WebhookTarget,
 };
 pub use dev::{DEMO_CLIENT_ID, DEV_CLIENT_FILE};
 pub use error::StartError;
@@ -77,10 +78,14 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve_task: JoinHandle<()>,
     purge_task: JoinHandle<()>,
+    /// Writes counted refusals; ends at shutdown, once its last write is.
+    refusals_task: JoinHandle<()>,
     /// Set at shutdown: revocation feed streams end.
     closing: tokio::sync::watch::Sender<bool>,
     /// `Limits::max_in_flight`: shutdown takes every permit back.
     max_in_flight: usize,
+    /// `Limits::max_revocations_in_flight`, likewise.
+    max_revocations_in_flight: usize,
     /// Held (an exclusive `flock`) for as long as the broker runs.
     _lock: std::fs::File,
 }
@@ -161,13 +166,26 @@ impl RunningServer {
         let _ = (&mut self.serve_task).await;
         let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
         let all = Arc::clone(&self.state.in_flight).acquire_many_owned(permits);
-        if tokio::time::timeout(serve::DRAIN_TIMEOUT, all)
-            .await
-            .is_err()
+        let revocations = Arc::clone(&self.state.limits.revocations)
+            .acquire_many_owned(u32::try_from(self.max_revocations_in_flight).unwrap_or(u32::MAX));
+        if tokio::time::timeout(serve::DRAIN_TIMEOUT, async {
+            tokio::join!(all, revocations)
+        })
+        .await
+        .is_err()
         {
             tracing::warn!("some decisions did not finish within the drain timeout");
         }
         self.state.in_flight.close();
+        self.state.limits.revocations.close();
+        // Refusals counted since the last interval are written now.
+        let _ = (&mut self.refusals_task).await;
+        limits::record_counted(
+            &self.state.limits.refusals,
+            &self.state.audit,
+            &audit::timestamp(self.state.clock.now()),
+        )
+        .await;
         // Every index handed out is in the store: after a clean stop, no
         // token's status reads INVALID for want of its entry.
         self.state
@@ -418,14 +436,23 @@ pub async fn start_with_clock(
         feed_keepalive: config.feed_keepalive,
         closing: closing_rx,
         policy_installed: tokio::sync::watch::channel(0).0,
+        limits: limits::RequestLimits::new(&config.limits, std::time::Instant::now()),
     });
 
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
+    let refusals_task = tokio::spawn(refusals_loop(Arc::clone(&state)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = http::router(Arc::clone(&state));
-    let serve_task = tokio::spawn(serve::serve(listener, tls, router, config.limits, async {
-        let _ = shutdown_rx.await;
-    }));
+    let serve_task = tokio::spawn(serve::serve(
+        listener,
+        tls,
+        router,
+        config.limits,
+        Arc::clone(&state.metrics),
+        async {
+            let _ = shutdown_rx.await;
+        },
+    ));
     tracing::info!(%local_addr, issuer = %state.issuer, "stintd is serving");
     Ok(RunningServer {
         local_addr,
@@ -435,8 +462,10 @@ pub async fn start_with_clock(
         shutdown: Some(shutdown_tx),
         serve_task,
         purge_task,
+        refusals_task,
         closing: closing_tx,
         max_in_flight: config.limits.max_in_flight,
+        max_revocations_in_flight: config.limits.max_revocations_in_flight,
         _lock: lock,
     })
 }
@@ -483,6 +512,24 @@ async fn purge_loop(state: Arc<AppState>) {
                 state.approvals.sweep(&state, state.clock.now()).await;
                 state.status_lists.flush(state.store.as_ref()).await;
             }
+        }
+    }
+}
+
+/// Write the refusals counted in each interval, until the broker shuts
+/// down (which writes the last ones itself). Never aborted: a write it has
+/// started finishes, so no count is lost.
+async fn refusals_loop(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(state.limits.aggregation_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = state.closing.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let time = audit::timestamp(state.clock.now());
+                limits::record_counted(&state.limits.refusals, &state.audit, &time).await;
+            }
+            _ = async { closing.wait_for(|closing| *closing).await.is_ok() } => return,
         }
     }
 }

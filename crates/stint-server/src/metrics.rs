@@ -59,6 +59,14 @@ pub struct Metrics {
     audit_batch: Histogram,
     shed: Counter,
     key_rotations: Counter,
+    limited: Family<LimitLabel, Counter>,
+    connections_refused: Family<LimitLabel, Counter>,
+    refusals_counted: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
 }
 
 impl Metrics {
@@ -142,6 +150,24 @@ impl Metrics {
             "Signing key rotations",
             key_rotations.clone(),
         );
+        let limited = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "requests_limited",
+            "Requests refused by a per-client or per-source limit (429) or the connection reserve (503), by limit",
+            limited.clone(),
+        );
+        let connections_refused = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on accept, by the limit they hit",
+            connections_refused.clone(),
+        );
+        let refusals_counted = Counter::default();
+        registry.register(
+            "audit_refusals_counted",
+            "Refusals of unauthenticated requests audited in a counted record instead of one each",
+            refusals_counted.clone(),
+        );
         Self {
             registry,
             minted,
@@ -157,7 +183,24 @@ impl Metrics {
             audit_batch,
             shed,
             key_rotations,
+            limited,
+            connections_refused,
+            refusals_counted,
         }
+    }
+
+    pub(crate) fn limited(&self, limit: &'static str) {
+        self.limited.get_or_create(&LimitLabel { limit }).inc();
+    }
+
+    pub(crate) fn connection_refused(&self, limit: &'static str) {
+        self.connections_refused
+            .get_or_create(&LimitLabel { limit })
+            .inc();
+    }
+
+    pub(crate) fn refusal_counted(&self) {
+        self.refusals_counted.inc();
     }
 
     pub(crate) fn key_rotated(&self) {

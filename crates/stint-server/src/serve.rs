@@ -3,6 +3,18 @@
 //! Every connection is bounded in time and in what it can make the broker
 //! hold:
 //!
+//! - At most `Limits::max_connections` connections are served at once, at
+//!   most `Limits::max_connections_per_source` from one source (an IPv4
+//!   address, an IPv6 /64); beyond that new ones are closed on accept. The
+//!   last `Limits::reserved_connections` are a reserve: a connection
+//!   accepted while only those are free is served for health, discovery,
+//!   keys and revocation only (the router answers 503 to the rest), is
+//!   closed after `Limits::first_byte_timeout` without a request in
+//!   flight, and one source holds at most a sixteenth of the reserve. So a
+//!   flood of connections from one source, silent or not, takes its share
+//!   and no more, and one from many sources still leaves room to revoke.
+//! - A connection that sends nothing within `Limits::first_byte_timeout`
+//!   is closed, before any TLS or HTTP state is made for it.
 //! - TLS handshakes run in each connection's own task with a deadline
 //!   (`Limits::handshake_timeout`), so a slow or silent client never holds up
 //!   `accept`.
@@ -16,15 +28,14 @@
 //! - HTTP/2 allows `Limits::max_streams_per_connection` concurrent requests
 //!   per connection, with 64 KiB stream and 128 KiB connection windows; bodies
 //!   are read with a deadline (`Limits::body_timeout`), and the
-//!   router caps the requests in flight across all connections
-//!   (`Limits::max_in_flight`).
-//! - At most `Limits::max_connections` connections are served at once; beyond that
-//!   new ones are closed immediately.
+//!   router caps the requests in flight (see `crate::http`).
 //!
 //! On shutdown the listener closes, in-flight requests finish (up to
 //! [`DRAIN_TIMEOUT`]), and idle connections are closed.
 
 use crate::config::Limits;
+use crate::limits::{Admission, Connections, Source};
+use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -36,8 +47,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
@@ -57,6 +67,7 @@ pub(crate) async fn serve(
     tls: Option<TlsAcceptor>,
     router: Router,
     limits: Limits,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -76,7 +87,7 @@ pub(crate) async fn serve(
         .keep_alive_interval(H2_KEEPALIVE)
         .keep_alive_timeout(H2_KEEPALIVE);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = Arc::new(Connections::new(&limits));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -91,12 +102,18 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing new connection");
-            continue;
+        let slot = match connections.admit(Source::of(peer.ip())) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // Counted, not logged one by one: a flood would flood the log.
+                metrics.connection_refused(refusal.as_str());
+                tracing::debug!(%peer, limit = refusal.as_str(), "closing a new connection");
+                continue;
+            }
         };
+        let admission = slot.admission();
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new(limits));
+        let activity = Arc::new(Activity::new(limits, admission));
         let router = router.clone();
         let tracker = Arc::clone(&activity);
         // The service for this connection, given the client certificate its
@@ -106,6 +123,7 @@ pub(crate) async fn serve(
                 move |mut request: http::Request<Incoming>| {
                     let request_guard = tracker.begin();
                     request.extensions_mut().insert(ConnectInfo(peer));
+                    request.extensions_mut().insert(admission);
                     if let Some(certificate) = &certificate {
                         request.extensions_mut().insert(certificate.clone());
                     }
@@ -131,6 +149,10 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            if !first_byte(&stream, limits.first_byte_timeout).await {
+                tracing::debug!(%peer, "no first byte in time; closing");
+                return;
+            }
             let result = match tls {
                 None => {
                     let connection = builder.serve_connection(TokioIo::new(stream), service(None));
@@ -184,6 +206,16 @@ pub(crate) async fn serve(
     }
 }
 
+/// Whether the peer sent something (rather than nothing, or end of stream)
+/// within `timeout`.
+async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, stream.peek(&mut byte)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
 /// The TLS client certificate (DER) the connection's handshake verified
 /// against the configured client CA, as a request extension.
 #[derive(Debug, Clone)]
@@ -195,6 +227,9 @@ pub(crate) struct PeerCertificate(pub(crate) Arc<[u8]>);
 /// of header bytes that never completes a request keeps nothing open.
 struct Activity {
     limits: Limits,
+    /// How long the connection may be idle between requests: the idle
+    /// timeout, or for a reserved connection the first-byte timeout.
+    idle: Duration,
     opened: Instant,
     /// Milliseconds after `opened` of the last request's start or end.
     last: AtomicU64,
@@ -203,9 +238,13 @@ struct Activity {
 }
 
 impl Activity {
-    fn new(limits: Limits) -> Self {
+    fn new(limits: Limits, admission: Admission) -> Self {
         Self {
             limits,
+            idle: match admission {
+                Admission::General => limits.idle_timeout,
+                Admission::Reserved => limits.first_byte_timeout,
+            },
             opened: Instant::now(),
             last: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -236,7 +275,7 @@ impl Activity {
             return None;
         }
         let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        Some(self.opened + last + self.limits.idle_timeout)
+        Some(self.opened + last + self.idle)
     }
 
     /// Resolves once the connection has been idle past its deadline.
@@ -247,7 +286,7 @@ impl Activity {
     async fn expired(&self) {
         loop {
             let now = Instant::now();
-            let recheck = now + self.limits.idle_timeout;
+            let recheck = now + self.idle;
             match self.deadline() {
                 Some(deadline) if now >= deadline => return,
                 Some(deadline) => tokio::time::sleep_until(deadline.min(recheck).into()).await,

@@ -68,6 +68,8 @@ pub(crate) struct AppState {
     pub(crate) closing: tokio::sync::watch::Receiver<bool>,
     /// Counts policy installs: open feed streams check their reader again.
     pub(crate) policy_installed: tokio::sync::watch::Sender<u64>,
+    /// Per-client and per-source limits, and the refusal aggregator.
+    pub(crate) limits: crate::limits::RequestLimits,
 }
 
 /// What a presented token turned out to be.
@@ -247,7 +249,13 @@ impl AppState {
     }
 
     /// Record `entry`; on failure the caller must refuse (fail closed).
+    /// Repeated refusals of unauthenticated requests from one source are
+    /// counted instead, and written as one record per interval.
     pub(crate) async fn record(&self, entry: AuditEntry) -> Result<(), OAuthError> {
+        let Some(entry) = self.limits.refusals.admit(entry) else {
+            self.metrics.refusal_counted();
+            return Ok(());
+        };
         self.audit.record(entry).await.map_err(|error| {
             tracing::error!(%error, "audit record not written; refusing the request");
             OAuthError::unavailable("the decision could not be recorded in the audit log")

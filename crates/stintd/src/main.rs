@@ -1,14 +1,16 @@
 //! `stintd`: parse arguments, set up logging, run the broker library.
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use stint_core::jose::Algorithm;
 use stint_core::policy::Policy;
 use stint_server::config::DEFAULT_DEV_PORT;
-use stint_server::{Config, Limits, PolicySource, StartError, TlsFiles};
+use stint_server::{Config, Limits, PolicySource, Rate, StartError, TlsFiles};
 use tracing_subscriber::EnvFilter;
 
 /// Stint: short-lived, step-scoped tokens for automation.
@@ -112,9 +114,147 @@ struct Cli {
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
     log: String,
 
-    /// Log as JSON lines instead of text.
+    /// Log as JSON lines instead of text. Text is in colour on a terminal
+    /// unless NO_COLOR is set (to anything but the empty string).
     #[arg(long, env = "STINTD_LOG_JSON")]
     log_json: bool,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What clients may take and for how long (docs/threat-model.md, "Denial
+/// of service", says why each default is what it is). A source is an IPv4
+/// address or an IPv6 /64.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+struct LimitArgs {
+    /// Seconds from a connection to its first byte.
+    #[arg(long, env = "STINTD_FIRST_BYTE_TIMEOUT", default_value_t = DEFAULT.first_byte_timeout.as_secs())]
+    first_byte_timeout: u64,
+
+    /// Seconds to finish a TLS handshake.
+    #[arg(long, env = "STINTD_HANDSHAKE_TIMEOUT", default_value_t = DEFAULT.handshake_timeout.as_secs())]
+    handshake_timeout: u64,
+
+    /// Seconds from a connection to its first request, and for an HTTP/1
+    /// request's headers.
+    #[arg(long, env = "STINTD_HEADER_TIMEOUT", default_value_t = DEFAULT.header_timeout.as_secs())]
+    header_timeout: u64,
+
+    /// Seconds to receive a request body (408 beyond).
+    #[arg(long, env = "STINTD_BODY_TIMEOUT", default_value_t = DEFAULT.body_timeout.as_secs())]
+    body_timeout: u64,
+
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, env = "STINTD_IDLE_TIMEOUT", default_value_t = DEFAULT.idle_timeout.as_secs())]
+    idle_timeout: u64,
+
+    /// Connections served at once (more are closed on accept).
+    #[arg(long, env = "STINTD_MAX_CONNECTIONS", default_value_t = DEFAULT.max_connections)]
+    max_connections: usize,
+
+    /// Of those, the last ones kept for health, discovery, keys, status
+    /// lists and revocation.
+    #[arg(long, env = "STINTD_RESERVED_CONNECTIONS", default_value_t = DEFAULT.reserved_connections)]
+    reserved_connections: usize,
+
+    /// Connections one source may hold.
+    #[arg(long, env = "STINTD_MAX_CONNECTIONS_PER_SOURCE", default_value_t = DEFAULT.max_connections_per_source)]
+    max_connections_per_source: usize,
+
+    /// Requests in flight at once, revocations aside (503 beyond).
+    #[arg(long, env = "STINTD_MAX_IN_FLIGHT", default_value_t = DEFAULT.max_in_flight)]
+    max_in_flight: usize,
+
+    /// Revocation requests in flight at once: their own capacity (503
+    /// beyond).
+    #[arg(long, env = "STINTD_MAX_REVOCATIONS_IN_FLIGHT", default_value_t = DEFAULT.max_revocations_in_flight)]
+    max_revocations_in_flight: usize,
+
+    /// Requests in flight for one client authenticated by HTTP Basic (429
+    /// beyond).
+    #[arg(long, env = "STINTD_MAX_IN_FLIGHT_PER_CLIENT", default_value_t = DEFAULT.max_in_flight_per_client)]
+    max_in_flight_per_client: usize,
+
+    /// Requests in flight from one source without an Authorization header
+    /// that authenticates (429 beyond).
+    #[arg(long, env = "STINTD_MAX_UNAUTHENTICATED_IN_FLIGHT_PER_SOURCE", default_value_t = DEFAULT.max_unauthenticated_in_flight_per_source)]
+    max_unauthenticated_in_flight_per_source: usize,
+
+    /// Token requests a second one client may make, sustained (429 beyond).
+    #[arg(long, env = "STINTD_TOKEN_RATE_PER_CLIENT", default_value_t = DEFAULT.token_rate_per_client.per_second)]
+    token_rate_per_client: u32,
+
+    /// Token requests one client may make at once after a quiet spell.
+    #[arg(long, env = "STINTD_TOKEN_BURST_PER_CLIENT", default_value_t = DEFAULT.token_rate_per_client.burst)]
+    token_burst_per_client: u32,
+
+    /// Token requests a second one source may make, sustained (429 beyond).
+    #[arg(long, env = "STINTD_TOKEN_RATE_PER_SOURCE", default_value_t = DEFAULT.token_rate_per_source.per_second)]
+    token_rate_per_source: u32,
+
+    /// Token requests one source may make at once after a quiet spell.
+    #[arg(long, env = "STINTD_TOKEN_BURST_PER_SOURCE", default_value_t = DEFAULT.token_rate_per_source.burst)]
+    token_burst_per_source: u32,
+
+    /// Sources (and clients) the rate limiters track apart; new ones past
+    /// that share one budget.
+    #[arg(long, env = "STINTD_MAX_TRACKED_SOURCES", default_value_t = DEFAULT.max_tracked_sources)]
+    max_tracked_sources: usize,
+
+    /// Seconds over which repeated refusals of unauthenticated requests
+    /// from one source are audited as one counted record (1-60).
+    #[arg(long, env = "STINTD_AUDIT_AGGREGATION_INTERVAL", default_value_t = DEFAULT.audit_aggregation_interval.as_secs())]
+    audit_aggregation_interval: u64,
+
+    /// Sources whose refusals are counted apart; past that, together.
+    #[arg(long, env = "STINTD_AUDIT_AGGREGATION_SOURCES", default_value_t = DEFAULT.audit_aggregation_sources)]
+    audit_aggregation_sources: usize,
+
+    /// Concurrent requests on one HTTP/2 connection.
+    #[arg(long, env = "STINTD_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT.max_streams_per_connection)]
+    max_streams_per_connection: u32,
+}
+
+/// The library's defaults, which the flags show and start from.
+const DEFAULT: Limits = Limits::DEFAULT;
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            first_byte_timeout: Duration::from_secs(self.first_byte_timeout),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            header_timeout: Duration::from_secs(self.header_timeout),
+            body_timeout: Duration::from_secs(self.body_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            max_connections: self.max_connections,
+            reserved_connections: self.reserved_connections,
+            max_connections_per_source: self.max_connections_per_source,
+            max_in_flight: self.max_in_flight,
+            max_revocations_in_flight: self.max_revocations_in_flight,
+            max_in_flight_per_client: self.max_in_flight_per_client,
+            max_unauthenticated_in_flight_per_source: self.max_unauthenticated_in_flight_per_source,
+            token_rate_per_client: Rate {
+                per_second: self.token_rate_per_client,
+                burst: self.token_burst_per_client,
+            },
+            token_rate_per_source: Rate {
+                per_second: self.token_rate_per_source,
+                burst: self.token_burst_per_source,
+            },
+            max_tracked_sources: self.max_tracked_sources,
+            audit_aggregation_interval: Duration::from_secs(self.audit_aggregation_interval),
+            audit_aggregation_sources: self.audit_aggregation_sources,
+            max_streams_per_connection: self.max_streams_per_connection,
+        }
+    }
+}
+
+/// Whether log text is coloured: on a terminal, unless `NO_COLOR` is set to
+/// something other than the empty string (<https://no-color.org>).
+fn log_in_color(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 const AFTER_HELP: &str = "Every option can also be set through the environment variable shown.\n\
@@ -167,7 +307,10 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(log_in_color(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     if cli.log_json {
         subscriber.json().init();
@@ -227,7 +370,7 @@ fn config_from(cli: &Cli) -> Config {
             SigningAlg::Es256 => Algorithm::ES256,
             SigningAlg::Ed25519 => Algorithm::EdDSA,
         },
-        limits: Limits::default(),
+        limits: cli.limits.limits(),
         federation_ca: cli.federation_ca_file.clone(),
         client_certificates: cli.client_ca_file.clone().map(|ca| {
             stint_server::ClientCertificates {
@@ -347,5 +490,32 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{example}: {e}"));
             assert_eq!(config_from(&cli).validate(), Ok(()), "{example}");
         }
+    }
+
+    #[test]
+    fn no_color_turns_colour_off_unless_empty() {
+        assert!(log_in_color(true, None));
+        assert!(!log_in_color(true, Some(OsStr::new("1"))));
+        assert!(!log_in_color(true, Some(OsStr::new("false"))));
+        assert!(log_in_color(true, Some(OsStr::new(""))));
+        assert!(!log_in_color(false, None));
+    }
+
+    #[test]
+    fn the_limit_flags_default_to_the_library_defaults() {
+        let cli = Cli::parse_from(["stintd"]);
+        assert_eq!(cli.limits.limits(), Limits::default());
+        let cli = Cli::parse_from([
+            "stintd",
+            "--token-rate-per-client",
+            "7",
+            "--first-byte-timeout",
+            "2",
+        ]);
+        assert_eq!(cli.limits.limits().token_rate_per_client.per_second, 7);
+        assert_eq!(
+            cli.limits.limits().first_byte_timeout,
+            Duration::from_secs(2)
+        );
     }
 }

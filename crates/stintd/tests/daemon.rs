@@ -367,6 +367,16 @@ async fn minting_fails_closed_when_the_audit_log_cannot_be_written() {
                 data.to_str().unwrap(),
                 "--listen",
                 "127.0.0.1:0",
+                // It mints as fast as it can until the disk is "full":
+                // not the rate limits' test.
+                "--token-rate-per-client",
+                "1000000",
+                "--token-burst-per-client",
+                "1000000",
+                "--token-rate-per-source",
+                "1000000",
+                "--token-burst-per-source",
+                "1000000",
             ]),
     );
     let http = Client::new();

@@ -212,6 +212,20 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
+/// The client id an `Authorization: Basic` header authenticates, if it
+/// does. For accounting (whose share of the requests in flight a request
+/// takes) and the request log: handlers authenticate for themselves.
+pub(crate) fn header_client(headers: &HeaderMap, policy: &Policy) -> Option<String> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let credentials = parse_basic(value.as_bytes()).ok()?;
+    let workload = credentials.authenticate(policy).ok()?;
+    Some(workload.client_id().to_owned())
+}
+
 /// Find the client's credentials: HTTP Basic (`client_secret_basic`) or, if
 /// `form` is given, `client_id` and `client_secret` in the body
 /// (`client_secret_post`). Using both is an error (RFC 6749 section 2.3).

@@ -1,15 +1,26 @@
 //! The HTTP surface: routes, the per-request context, and the middleware
-//! that stamps every response with a request id and times it.
+//! that stamps every response with a request id, times it and logs it (one
+//! `info` line per request, target `stint::request`: method, route, status,
+//! latency, request id, peer and the client id once known; never a
+//! credential, a token or a path parameter).
 //!
 //! The middleware also runs each decision (every POST) in a task of its own.
 //! A handler that has started a decision (a store write, an audit record)
 //! finishes it even if the client goes away or its connection is closed:
 //! a revocation is never durable but unaudited because a client hung up.
-//! And it caps the requests in flight across every connection at
-//! `Limits::max_in_flight`, answering 503 beyond that rather than
-//! queueing without bound: with the 64 KiB body cap, this bounds the bodies
-//! handlers hold (64 MiB at the default 1024). GET routes (discovery, keys,
-//! health, metrics) are never shed.
+//! And it bounds the requests in flight rather than queueing them: at most
+//! `Limits::max_in_flight` (503 beyond), revocations apart with their own
+//! `Limits::max_revocations_in_flight` that minting cannot take; within
+//! each, a client that an `Authorization: Basic` header authenticates
+//! holds at most `Limits::max_in_flight_per_client`, and requests that no
+//! header authenticates (credentials in the body, bearer tokens, none) at
+//! most half of the pool together and
+//! `Limits::max_unauthenticated_in_flight_per_source` per source (429
+//! beyond either). With the 64 KiB body cap this bounds the bodies
+//! handlers hold. GET routes (discovery, keys, health, metrics) are never
+//! shed; on a connection admitted into the connection reserve (see
+//! `crate::serve`), only health, discovery, keys, status lists and
+//! revocation are served.
 
 mod admin;
 mod approvals;
@@ -25,6 +36,7 @@ mod token;
 mod workloads;
 
 use crate::error::OAuthError;
+use crate::limits::{Admission, Principal, Shed, Source};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -58,6 +70,32 @@ const WORKLOAD_ENABLE_ROUTE: &str = "/v1/workloads/{name}/enable";
 const HEALTHZ: &str = "/healthz";
 const READYZ: &str = "/readyz";
 const METRICS: &str = "/metrics";
+
+/// The routes that revoke: their own in-flight capacity, and served on a
+/// reserved connection. (An approval's revocation shares its route with
+/// the other decisions and is told apart by its last path segment.)
+const REVOCATION_ROUTES: [&str; 4] = [
+    proto::REVOCATION_PATH,
+    JOB_REVOKE_ROUTE,
+    STEP_REVOKE_ROUTE,
+    WORKLOAD_STOP_ROUTE,
+];
+
+/// What a connection admitted into the reserve is served besides
+/// revocation: cheap reads that health checks and verifiers need.
+const RESERVED_ROUTES: [&str; 6] = [
+    proto::METADATA_PATH,
+    proto::OPENID_CONFIGURATION_PATH,
+    proto::JWKS_PATH,
+    STATUS_LIST_ROUTE,
+    HEALTHZ,
+    READYZ,
+];
+
+/// The client a handler authenticated, as a response extension, for the
+/// request log line (a client id the policy knows, never a credential).
+#[derive(Debug, Clone)]
+pub(crate) struct LoggedClient(pub(crate) String);
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
@@ -125,12 +163,33 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
         .map(|info| info.0);
     let route = route_label(request.extensions().get::<MatchedPath>());
     let method = method_label(request.method());
+    let revocation = REVOCATION_ROUTES.contains(&route)
+        || (route == APPROVAL_DECISION_ROUTE && request.uri().path().ends_with("/revoke"));
+    let reserved_only = request.extensions().get::<Admission>() == Some(&Admission::Reserved);
+    // For accounting and the log only: the handler authenticates again.
+    let header_client = if request.headers().contains_key(http::header::AUTHORIZATION) {
+        client_auth::header_client(request.headers(), &state.policy.load())
+    } else {
+        None
+    };
     request.extensions_mut().insert(RequestContext {
         request_id: request_id.clone(),
         client_addr,
     });
-    let mut response = if request.method() == Method::POST {
-        decide(&state, request, next).await
+    let mut response = if reserved_only && !revocation && !RESERVED_ROUTES.contains(&route) {
+        state.metrics.limited("reserved_connection");
+        OAuthError::unavailable(
+            "the broker is at its connection limit, and this connection is served for health, discovery, keys and revocation only",
+        )
+        .into_response()
+    } else if request.method() == Method::POST {
+        let principal = match &header_client {
+            Some(client) => Principal::Client(client.clone()),
+            None => Principal::Unauthenticated(
+                client_addr.map_or(Source::Untracked, |addr| Source::of(addr.ip())),
+            ),
+        };
+        decide(&state, revocation, principal, request, next).await
     } else {
         // Discovery, keys, health and metrics: cheap, bodiless, and needed
         // most when the broker is busy, so never shed.
@@ -139,26 +198,78 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    state.metrics.observe_request(
-        route,
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .observe_request(route, method, status, elapsed.as_secs_f64());
+    let client_id = response
+        .extensions()
+        .get::<LoggedClient>()
+        .map(|logged| logged.0.clone())
+        .or(header_client);
+    tracing::info!(
+        target: "stint::request",
         method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
+        route,
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        request_id = %request_id,
+        peer = client_addr.map(|addr| tracing::field::display(addr.ip())),
+        client_id = client_id.as_deref(),
+        "request"
     );
     response
 }
 
-/// Run a decision (every POST route) on its own task, within the cap on
+/// Run a decision (every POST route) on its own task, within the caps on
 /// requests in flight.
-async fn decide(state: &AppState, request: Request, next: Next) -> Response {
-    let Ok(permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
-        state.metrics.shed();
-        return OAuthError::unavailable("the broker is at its limit of requests in flight")
+async fn decide(
+    state: &AppState,
+    revocation: bool,
+    principal: Principal,
+    request: Request,
+    next: Next,
+) -> Response {
+    let pool = if revocation {
+        &state.limits.revocations
+    } else {
+        &state.in_flight
+    };
+    let unauthenticated = matches!(principal, Principal::Unauthenticated(_));
+    let permits = match state.limits.enter(pool, revocation, principal) {
+        Ok(permits) => permits,
+        Err(Shed::Pool) => {
+            state.metrics.shed();
+            return OAuthError::unavailable("the broker is at its limit of requests in flight")
+                .into_response();
+        }
+        Err(Shed::Share) => {
+            let (limit, who) = if unauthenticated {
+                (
+                    "max_unauthenticated_in_flight_per_source",
+                    "this source has as many requests in flight without an authenticating Authorization header",
+                )
+            } else {
+                (
+                    "max_in_flight_per_client",
+                    "this client has as many requests in flight",
+                )
+            };
+            state.metrics.limited(limit);
+            return OAuthError::new(
+                proto::ErrorCode::TemporarilyUnavailable,
+                DenyReason::RateLimited,
+                format!("{who} as it may; retry when one has finished"),
+            )
+            .with_status(http::StatusCode::TOO_MANY_REQUESTS)
+            .with_retry_after(1)
             .into_response();
+        }
     };
     let handler = tokio::spawn(async move {
         let response = next.run(request).await;
-        drop(permit);
+        drop(permits);
         response
     });
     handler.await.unwrap_or_else(|error| {

@@ -1,10 +1,17 @@
 //! The token endpoint: `client_credentials` and RFC 8693 token exchange,
 //! with step-scoped parameters.
+//!
+//! Before any work, each request counts against its source's rate limit
+//! (`Limits::token_rate_per_source`), and once authenticated against its
+//! client's (`Limits::token_rate_per_client`): beyond either, 429 with
+//! `Retry-After`. HTTP Basic credentials are checked before the body is
+//! read, so a request that does not authenticate costs no body read.
 
-use super::RequestContext;
 use super::client_auth::{certificate_client, credentials, read_form};
 use super::exchange;
+use super::{LoggedClient, RequestContext};
 use crate::error::OAuthError;
+use crate::limits::{Source, retry_after_secs};
 use crate::serve::PeerCertificate;
 use crate::state::AppState;
 use axum::Extension;
@@ -17,10 +24,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderValue, header};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use stint_core::audit::{AuditEntry, Decision, EventKind};
 use stint_core::claims::{AccessTokenClaims, confirmation_for_certificate, new_jti};
 use stint_core::decision::{DecisionContext, DenyReason, StepRequest, Verdict, decide};
 use stint_core::ids::validate_job_id;
+use stint_core::policy::Workload;
 use stint_proto::{
     ACCESS_TOKEN_TYP, ErrorCode, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE,
     TOKEN_TYPE_ACCESS_TOKEN, TokenResponse,
@@ -67,10 +76,19 @@ pub(crate) async fn token(
         entry.event = EventKind::TokenMinted;
         entry.decision = Decision::Allow;
     }
+    let client_id = entry.client_id.clone();
     if let Err(unavailable) = state.record(entry).await {
         state.metrics.denied(unavailable.reason.as_str());
         return unavailable.into_response();
     }
+    let mut response = respond(&state, outcome);
+    if let Some(client_id) = client_id {
+        response.extensions_mut().insert(LoggedClient(client_id));
+    }
+    response
+}
+
+fn respond(state: &AppState, outcome: Result<TokenResponse, OAuthError>) -> Response {
     match outcome {
         Ok(response) => {
             state.metrics.minted();
@@ -97,26 +115,58 @@ async fn mint(
     request_context: &RequestContext,
     entry: &mut AuditEntry,
 ) -> Result<TokenResponse, OAuthError> {
-    let form = read_form(headers, body, state.body_timeout).await?;
+    let source = request_context
+        .client_addr
+        .map_or(Source::Untracked, |addr| Source::of(addr.ip()));
+    state
+        .limits
+        .token_per_source
+        .check(source, Instant::now())
+        .map_err(|wait| rate_limited("this source", wait))?;
     let policy = state.policy.load();
+    // HTTP Basic first: the body is read only for a client that
+    // authenticated, or one whose credentials are in the body (and whose
+    // requests in flight the per-source cap bounds).
+    let header_workload = if headers.contains_key(header::AUTHORIZATION) {
+        let credentials = credentials(headers, None)?;
+        entry.client_id = credentials.loggable_id(&policy);
+        let workload = credentials.authenticate(&policy)?;
+        // Authenticated: its refusals from here on are its own, recorded
+        // one by one.
+        entry.sub = Some(workload.name().to_owned());
+        check_client_rate(state, workload)?;
+        Some(workload)
+    } else {
+        None
+    };
+    let form = read_form(headers, body, state.body_timeout).await?;
     let mut bound_to = None;
     let (workload, identity_job, exchange) = match form.get("grant_type") {
-        Some(GRANT_CLIENT_CREDENTIALS) => {
-            match certificate_client(&policy, headers, &form, certificate, entry) {
+        Some(GRANT_CLIENT_CREDENTIALS) => match header_workload {
+            Some(workload) => {
+                // The rules on mixing methods, now that the body is known.
+                credentials(headers, Some(&form))?;
+                (workload, None, false)
+            }
+            None => match certificate_client(&policy, headers, &form, certificate, entry) {
                 Some(workload) => {
                     // Certificate-bound (RFC 8705 section 3).
                     bound_to = certificate.map(|c| confirmation_for_certificate(&c.0));
-                    (workload?, None, false)
+                    let workload = workload?;
+                    check_client_rate(state, workload)?;
+                    (workload, None, false)
                 }
                 None => {
                     let credentials = credentials(headers, Some(&form))?;
                     entry.client_id = credentials.loggable_id(&policy);
-                    (credentials.authenticate(&policy)?, None, false)
+                    let workload = credentials.authenticate(&policy)?;
+                    check_client_rate(state, workload)?;
+                    (workload, None, false)
                 }
-            }
-        }
+            },
+        },
         Some(GRANT_TOKEN_EXCHANGE) => {
-            if headers.contains_key(header::AUTHORIZATION)
+            if header_workload.is_some()
                 || form.get("client_id").is_some()
                 || form.get("client_secret").is_some()
             {
@@ -127,6 +177,7 @@ async fn mint(
             }
             let identity = exchange::authenticate(state, &policy, &form, entry).await?;
             entry.client_id = Some(identity.workload.client_id().to_owned());
+            check_client_rate(state, identity.workload)?;
             (identity.workload, identity.job, true)
         }
         Some(_) => {
@@ -271,6 +322,27 @@ fn new_job_id(state: &AppState) -> String {
     // after at the jti, so a zero id never reaches a token.
     let _ = ring::rand::SecureRandom::fill(&state.rng, &mut bytes);
     format!("job-{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Count a token request against its client's rate limit.
+fn check_client_rate(state: &AppState, workload: &Workload) -> Result<(), OAuthError> {
+    state
+        .limits
+        .token_per_client
+        .check(workload.client_id().to_owned(), Instant::now())
+        .map_err(|wait| rate_limited("this client", wait))
+}
+
+/// 429, with the OAuth error body and the seconds to wait.
+fn rate_limited(who: &str, wait: Duration) -> OAuthError {
+    let seconds = retry_after_secs(wait);
+    OAuthError::new(
+        ErrorCode::TemporarilyUnavailable,
+        DenyReason::RateLimited,
+        format!("{who} is asking for tokens faster than its rate limit; retry in {seconds} s"),
+    )
+    .with_status(http::StatusCode::TOO_MANY_REQUESTS)
+    .with_retry_after(seconds)
 }
 
 fn internal(what: &str) -> OAuthError {
