@@ -16,8 +16,10 @@ const KEY: &str = "stint_operator_olga";
 async fn broker() -> TestBroker {
     TestBroker::start_with(BrokerOptions {
         policy: Some(policy_with(&format!(
-            "\n[operators.olga]\ngroups = [\"oncall\"]\nkey_sha256 = \"{}\"\n",
-            secret::hash_hex(KEY)
+            "\n[operators.olga]\ngroups = [\"oncall\"]\nkey_sha256 = \"{}\"\n\n\
+             [workloads.demo-api]\nsecret_sha256 = \"{}\"\nserves = [\"demo-api\"]\n",
+            secret::hash_hex(KEY),
+            secret::hash_hex(&test_secret("demo-api")),
         ))),
         ..BrokerOptions::default()
     })
@@ -85,7 +87,9 @@ async fn a_stopped_workload_loses_its_tokens_and_mints_nothing_until_enabled() {
     let verifier = Verifier::builder(broker.issuer())
         .audience("demo-api")
         .revocation_feed(
-            Credentials::new("other-job", test_secret("other-job")),
+            // The resource server's own verify-only workload: it hears of
+            // every workload that may mint for its audience.
+            Credentials::new("demo-api", test_secret("demo-api")),
             Duration::from_secs(30),
         )
         .build()
