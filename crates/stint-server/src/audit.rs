@@ -1,5 +1,6 @@
 //! The audit log writer: JSON Lines, hash-chained, fsynced before any
-//! response that depends on it, group-committed across concurrent requests.
+//! response that depends on it, group-committed across concurrent requests,
+//! its head signed at checkpoints, rotated by size and age.
 //!
 //! Requests hand their record to one writer thread through a bounded
 //! channel and wait. The writer takes everything queued, chains and writes
@@ -12,15 +13,46 @@
 //! is cut back to the last good record, the chain state is restored, and the
 //! next batch tries again, so the broker recovers by itself once the disk
 //! does.
+//!
+//! **The file must stay where it is.** Before and after every batch the
+//! writer checks (one `stat`) that the log's path still names the file it
+//! has open. If the file was moved, deleted or replaced, the batch fails
+//! like a failed write, and so does every batch after it, until the same
+//! file is back at its path or the broker restarts (which starts a new
+//! file): a record that no one reading the path will ever see is not a
+//! record, and an `Ok` from [`AuditLog::record`] always means "fsynced, in
+//! the file at the log's path".
+//!
+//! **Checkpoints.** Once a signer is attached ([`AuditLog::attach_signer`],
+//! the broker's key ring), the writer appends an `audit_checkpoint` record,
+//! the chain head signed with the current signing key, every
+//! [`AuditSettings::checkpoint_interval`] if anything was recorded since the
+//! last one, right after every `keys_rotated` record (signed by the outgoing
+//! key, which still signs then), before it rotates a file, and when asked
+//! ([`AuditLog::checkpoint`], at a clean shutdown).
+//!
+//! **Rotation.** Once the file holds [`AuditSettings::rotate_size`] bytes,
+//! or its first record is [`AuditSettings::rotate_interval`] old, the writer
+//! (between batches) ends it with a checkpoint, gives it its final name
+//! (`audit-YYYYMMDDTHHMMSSZ-SEQ.jsonl`, SEQ its last record's), and
+//! swaps in a new file at the log's path whose first record,
+//! `audit_continued`, names the old file and its head. The swap is a
+//! `rename` over the path, so the path always names a complete log. A
+//! rotation that fails changes nothing and is tried again after the next
+//! checkpoint interval. The broker never deletes a rotated file.
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
+use ring::rand::SystemRandom;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
-use std::sync::Arc;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use stint_core::audit::{AuditEntry, Chain, EncodedEntry, MAX_RECORD_LEN};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use stint_core::audit::{AuditEntry, Chain, EncodedEntry, EventKind, MAX_RECORD_LEN};
+use stint_core::jose::SigningKey;
+use stint_core::{Clock, SystemClock};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,36 +65,183 @@ const LINGER_UNTIL: usize = 32;
 /// How many records may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
 
+/// When the audit log is signed and rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// Start a new file once the current one holds this many bytes (0:
+    /// never; otherwise at least [`MIN_ROTATE_SIZE`]).
+    pub rotate_size: u64,
+    /// Start a new file once the current one's first record is this old
+    /// (zero: never).
+    pub rotate_interval: Duration,
+    /// How often the chain head is signed, if anything was recorded since
+    /// the last checkpoint ([`MIN_CHECKPOINT_INTERVAL`] to
+    /// [`MAX_CHECKPOINT_INTERVAL`]).
+    pub checkpoint_interval: Duration,
+}
+
+/// The default [`AuditSettings::rotate_size`]: 64 MiB.
+pub const DEFAULT_ROTATE_SIZE: u64 = 64 * 1024 * 1024;
+/// The smallest [`AuditSettings::rotate_size`] other than 0.
+pub const MIN_ROTATE_SIZE: u64 = 4096;
+/// The default [`AuditSettings::rotate_interval`]: a day.
+pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// The default [`AuditSettings::checkpoint_interval`]: a minute.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest [`AuditSettings::checkpoint_interval`].
+pub const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest [`AuditSettings::checkpoint_interval`].
+pub const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            rotate_size: DEFAULT_ROTATE_SIZE,
+            rotate_interval: DEFAULT_ROTATE_INTERVAL,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+        }
+    }
+}
+
+impl AuditSettings {
+    /// Whether the settings are in range.
+    pub fn is_valid(&self) -> bool {
+        (self.rotate_size == 0 || self.rotate_size >= MIN_ROTATE_SIZE)
+            && (MIN_CHECKPOINT_INTERVAL..=MAX_CHECKPOINT_INTERVAL)
+                .contains(&self.checkpoint_interval)
+    }
+}
+
 /// Where chained records go. `write_durably` returns only once the bytes are
 /// on stable storage; on error, the sink must not keep a partial write.
 pub trait AuditSink: Send + 'static {
     /// Append `bytes` and make them durable.
     fn write_durably(&mut self, bytes: &[u8]) -> io::Result<()>;
+
+    /// The file being written, for rotation; `None` (the default) for a
+    /// sink that does not rotate.
+    fn current_file(&self) -> Option<CurrentFile> {
+        None
+    }
+
+    /// Give the current file the name `rotated_name` (in the same
+    /// directory) and go on in a new file whose first record is `first`
+    /// (chained, with its newline). On error nothing has changed: the
+    /// current file is still written, under its name.
+    fn rotate(&mut self, rotated_name: &str, first: &[u8]) -> io::Result<()> {
+        let _ = (rotated_name, first);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// What rotation needs to know of the file being written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentFile {
+    /// Its file name (`audit.jsonl`).
+    pub name: String,
+    /// Its length, up to the last durable record.
+    pub len: u64,
+    /// Its first record's time.
+    pub started: Option<DateTime<Utc>>,
 }
 
 /// The audit log file.
 #[derive(Debug)]
 pub struct FileSink {
     file: File,
+    path: PathBuf,
+    /// Device and inode of `file`: the path must keep naming it.
+    identity: (u64, u64),
     /// Length of the file up to the last durable record.
     good_len: u64,
     /// A failed write may have left bytes past `good_len` that could not be
     /// cut off yet: nothing is appended until they are.
     dirty: bool,
+    /// A rotation renamed files but the directory's fsync failed: nothing is
+    /// acknowledged until it succeeds.
+    dir_sync_pending: bool,
+    started: Option<DateTime<Utc>>,
+}
+
+fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
+    (metadata.dev(), metadata.ino())
+}
+
+/// The time of the record at the start of `bytes`, if it has one.
+fn record_time(bytes: &[u8]) -> Option<DateTime<Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Time {
+        time: String,
+    }
+    let line = bytes.split(|b| *b == b'\n').next()?;
+    let time: Time = serde_json::from_slice(line).ok()?;
+    DateTime::parse_from_rfc3339(&time.time)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The first line of `file` (of `len` bytes), read without moving its
+/// cursor; empty if there is none within [`MAX_RECORD_LEN`].
+fn first_line(file: &File, len: u64) -> io::Result<Vec<u8>> {
+    for window in [64 * 1024, MAX_RECORD_LEN as u64 + 1] {
+        let mut bytes = vec![0u8; usize::try_from(window.min(len)).unwrap_or(0)];
+        file.read_exact_at(&mut bytes, 0)?;
+        if let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+            bytes.truncate(end);
+            return Ok(bytes);
+        }
+        if window >= len {
+            break;
+        }
+    }
+    Ok(Vec::new())
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(parent_dir(path))?.sync_all()
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 impl FileSink {
-    fn at(file: File, good_len: u64) -> Self {
-        Self {
+    fn at(file: File, path: &Path, good_len: u64) -> io::Result<Self> {
+        let identity = identity(&file.metadata()?);
+        let first = first_line(&file, good_len)?;
+        Ok(Self {
             file,
+            path: path.to_owned(),
+            identity,
             good_len,
             dirty: false,
-        }
+            dir_sync_pending: false,
+            started: record_time(&first),
+        })
+    }
+
+    /// Where a rotation writes the next file before it takes the path.
+    fn next_path(&self) -> PathBuf {
+        let mut name = self.file_name().to_owned();
+        name.push_str(".next");
+        parent_dir(&self.path).join(name)
+    }
+
+    fn file_name(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("audit.jsonl")
     }
 
     /// Open (or create, mode 0600) the log at `path` and find where the
     /// chain stands. An incomplete final line, left by a crash in the middle
-    /// of a write that was never acknowledged, is cut off.
+    /// of a write that was never acknowledged, is cut off; so are the
+    /// remains of a rotation a crash interrupted (the next file not yet
+    /// swapped in, a second name of the current file).
     pub fn open(path: &Path) -> io::Result<(Self, Chain)> {
         let file = OpenOptions::new()
             .read(true)
@@ -76,7 +255,9 @@ impl FileSink {
         }
         let len = metadata.len();
         if len == 0 {
-            return Ok((Self::at(file, 0), Chain::genesis()));
+            let sink = Self::at(file, path, 0)?;
+            sink.clean_up_rotation();
+            return Ok((sink, Chain::genesis()));
         }
         // Read the tail: enough for the last complete record and its newline.
         let window = len.min(2 * MAX_RECORD_LEN as u64 + 2);
@@ -92,7 +273,9 @@ impl FileSink {
                 );
                 file.set_len(0)?;
                 file.sync_all()?;
-                return Ok((Self::at(file, 0), Chain::genesis()));
+                let sink = Self::at(file, path, 0)?;
+                sink.clean_up_rotation();
+                return Ok((sink, Chain::genesis()));
             }
             return Err(io::Error::other(
                 "the last audit record is longer than the maximum record size",
@@ -121,22 +304,92 @@ impl FileSink {
         let chain = Chain::after(last_line).map_err(|_| {
             io::Error::other("the last audit record is not valid JSON: the log is corrupt; verify it and move it aside")
         })?;
-        Ok((Self::at(file, good_len), chain))
+        let sink = Self::at(file, path, good_len)?;
+        sink.clean_up_rotation();
+        Ok((sink, chain))
     }
+
+    /// Remove what a rotation interrupted by a crash left: the next file,
+    /// never swapped in, and a rotated name that is still the live file's.
+    fn clean_up_rotation(&self) {
+        let next = self.next_path();
+        match std::fs::remove_file(&next) {
+            Ok(()) => tracing::warn!(path = %next.display(), "removed the next audit file of an interrupted rotation (it was never in use)"),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(path = %next.display(), %error, "could not remove the next audit file of an interrupted rotation"),
+        }
+        let stem = rotated_stem(self.file_name());
+        let Ok(entries) = std::fs::read_dir(parent_dir(&self.path)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !(name.starts_with(&format!("{stem}-")) && name.ends_with(".jsonl")) {
+                continue;
+            }
+            let same = std::fs::symlink_metadata(entry.path())
+                .is_ok_and(|metadata| identity(&metadata) == self.identity);
+            if same {
+                tracing::warn!(name, "removed a second name of the live audit file, left by an interrupted rotation");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Fail unless the log's path still names the file being written.
+    fn check_identity(&self) -> io::Result<()> {
+        match std::fs::metadata(&self.path) {
+            Ok(metadata) if identity(&metadata) == self.identity => Ok(()),
+            Ok(_) => Err(io::Error::other(format!(
+                "{} is no longer the file this broker has open (it was moved or replaced): refusing to record into a file no one reading that path sees; put the file back, or restart stintd to start a new log",
+                self.path.display()
+            ))),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                Err(io::Error::other(format!(
+                    "{} was moved or deleted: refusing to record into a file no one reading that path sees; put the file back, or restart stintd to start a new log",
+                    self.path.display()
+                )))
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// `audit` for `audit.jsonl`: rotated files are named `audit-...jsonl`.
+fn rotated_stem(name: &str) -> &str {
+    name.strip_suffix(".jsonl").unwrap_or(name)
+}
+
+/// The name a rotated file gets: `STEM-YYYYMMDDTHHMMSSZ-SEQ.jsonl`.
+fn rotated_name(current: &str, now: DateTime<Utc>, last_seq: u64) -> String {
+    format!(
+        "{}-{}-{last_seq}.jsonl",
+        rotated_stem(current),
+        now.format("%Y%m%dT%H%M%SZ")
+    )
 }
 
 impl AuditSink for FileSink {
     fn write_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.check_identity()?;
         if self.dirty {
             // A record appended after the remains of a failed write would
             // break the chain: cut them first, or write nothing.
             self.file.set_len(self.good_len)?;
             self.dirty = false;
         }
+        if self.dir_sync_pending {
+            sync_dir(&self.path)?;
+            self.dir_sync_pending = false;
+        }
         let result = self
             .file
             .write_all(bytes)
-            .and_then(|()| self.file.sync_data());
+            .and_then(|()| self.file.sync_data())
+            // Moved or deleted while the batch was written: the records may
+            // be in a file no one reads at the path.
+            .and_then(|()| self.check_identity());
         match result {
             Ok(()) => {
                 self.good_len += bytes.len() as u64;
@@ -155,6 +408,71 @@ impl AuditSink for FileSink {
             }
         }
     }
+
+    fn current_file(&self) -> Option<CurrentFile> {
+        Some(CurrentFile {
+            name: self.file_name().to_owned(),
+            len: self.good_len,
+            started: self.started,
+        })
+    }
+
+    fn rotate(&mut self, rotated_name: &str, first: &[u8]) -> io::Result<()> {
+        if rotated_name.is_empty()
+            || rotated_name.contains('/')
+            || rotated_name.starts_with('.')
+            || rotated_name == self.file_name()
+        {
+            return Err(io::Error::other("not a name for a rotated audit file"));
+        }
+        self.check_identity()?;
+        if self.dirty {
+            return Err(io::Error::other(
+                "the audit file has the remains of a failed write",
+            ));
+        }
+        let rotated = parent_dir(&self.path).join(rotated_name);
+        let next_path = self.next_path();
+        // The current file's final name first: from here on it has two, and
+        // the live path still names it.
+        std::fs::hard_link(&self.path, &rotated)?;
+        let swapped = (|| {
+            match std::fs::remove_file(&next_path) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+            let mut next = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&next_path)?;
+            next.write_all(first)?;
+            next.sync_all()?;
+            let next_identity = identity(&next.metadata()?);
+            // The swap: one rename, so the path names one complete log or
+            // the other, never none.
+            std::fs::rename(&next_path, &self.path)?;
+            Ok((next, next_identity))
+        })();
+        let (next, next_identity) = match swapped {
+            Ok(swapped) => swapped,
+            Err(error) => {
+                let _ = std::fs::remove_file(&next_path);
+                let _ = std::fs::remove_file(&rotated);
+                return Err(error);
+            }
+        };
+        if let Err(error) = sync_dir(&self.path) {
+            tracing::warn!(%error, "could not sync the audit directory after a rotation; retrying before the next write");
+            self.dir_sync_pending = true;
+        }
+        self.file = next;
+        self.identity = next_identity;
+        self.good_len = first.len() as u64;
+        self.started = record_time(first);
+        Ok(())
+    }
 }
 
 /// The audit log could not record a decision.
@@ -168,16 +486,33 @@ pub enum AuditError {
     Stopped,
 }
 
-struct Pending {
-    entry: EncodedEntry,
-    done: oneshot::Sender<Result<(), AuditError>>,
+/// Signs the audit log's checkpoints: the broker's key ring.
+pub trait CheckpointSigner: Send + Sync + 'static {
+    /// The key that signs now.
+    fn signing_key(&self) -> Arc<SigningKey>;
+}
+
+enum Job {
+    Record {
+        entry: EncodedEntry,
+        /// A checkpoint follows the record in the same write.
+        seal: bool,
+        done: oneshot::Sender<Result<(), AuditError>>,
+    },
+    /// A checkpoint, if anything was recorded since the last one (`done`:
+    /// someone waits for it; none for the periodic one).
+    Checkpoint {
+        done: Option<oneshot::Sender<Result<(), AuditError>>>,
+    },
 }
 
 /// A handle to the audit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Job>,
     healthy: Arc<AtomicBool>,
+    signer: Arc<OnceLock<Arc<dyn CheckpointSigner>>>,
+    checkpoint_interval: Duration,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -197,29 +532,109 @@ pub trait AuditObserver: Send + Sync + 'static {
 }
 
 impl AuditLog {
-    /// Start the writer thread on `sink`, continuing `chain`.
+    /// Start the writer thread on `sink`, continuing `chain`, with the
+    /// default [`AuditSettings`] and the system clock.
     pub fn start(
         sink: impl AuditSink,
         chain: Chain,
         observer: Arc<dyn AuditObserver>,
     ) -> io::Result<Self> {
-        let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
-        let healthy = Arc::new(AtomicBool::new(true));
-        let writer_healthy = Arc::clone(&healthy);
-        std::thread::Builder::new()
-            .name("stint-audit".into())
-            .spawn(move || write_loop(sink, chain, receiver, &writer_healthy, observer.as_ref()))?;
-        Ok(Self { queue, healthy })
+        Self::start_with(
+            sink,
+            chain,
+            observer,
+            AuditSettings::default(),
+            Arc::new(SystemClock),
+        )
     }
 
-    /// Record `entry` and wait until it is durable.
+    /// Start the writer thread on `sink`, continuing `chain`, rotating and
+    /// signing as `settings` say; `clock` dates checkpoints and rotations.
+    pub fn start_with(
+        sink: impl AuditSink,
+        chain: Chain,
+        observer: Arc<dyn AuditObserver>,
+        settings: AuditSettings,
+        clock: Arc<dyn Clock>,
+    ) -> io::Result<Self> {
+        let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let signer = Arc::new(OnceLock::new());
+        let writer = Writer {
+            sink,
+            opened_at: Some(chain.next_seq()),
+            chain,
+            healthy: Arc::clone(&healthy),
+            observer,
+            signer: Arc::clone(&signer),
+            clock,
+            rng: SystemRandom::new(),
+            settings,
+            unsigned: false,
+            rotation_blocked: false,
+        };
+        std::thread::Builder::new()
+            .name("stint-audit".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok(Self {
+            queue,
+            healthy,
+            signer,
+            checkpoint_interval: settings.checkpoint_interval,
+        })
+    }
+
+    /// Sign checkpoints with `signer` from now on, and every checkpoint
+    /// interval (on the current tokio runtime). Only the first signer
+    /// attached counts.
+    pub fn attach_signer(&self, signer: Arc<dyn CheckpointSigner>) {
+        if self.signer.set(signer).is_err() {
+            tracing::warn!("the audit log already has a checkpoint signer");
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no runtime: audit checkpoints are made only when asked");
+            return;
+        };
+        // A weak handle: the ticker does not keep the writer alive.
+        let queue = self.queue.downgrade();
+        let period = self.checkpoint_interval;
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(queue) = queue.upgrade() else { break };
+                if queue.send(Job::Checkpoint { done: None }).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Record `entry` and wait until it is durable: `Ok` means the record
+    /// is fsynced in the file at the log's path.
     pub async fn record(&self, entry: AuditEntry) -> Result<(), AuditError> {
+        // The outgoing key signs the chain up to its own rotation record, so
+        // that the new key's checkpoints are vouched for by the old one.
+        let seal = entry.event == EventKind::KeysRotated;
         let entry = entry
             .encode()
             .map_err(|error| AuditError::Write(error.to_string()))?;
         let (done, wait) = oneshot::channel();
         self.queue
-            .send(Pending { entry, done })
+            .send(Job::Record { entry, seal, done })
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        wait.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Sign the chain head now (if anything was recorded since the last
+    /// checkpoint and a signer is attached) and wait until it is durable.
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.queue
+            .send(Job::Checkpoint { done: Some(done) })
             .await
             .map_err(|_| AuditError::Stopped)?;
         wait.await.map_err(|_| AuditError::Stopped)?
@@ -239,57 +654,212 @@ impl AuditLog {
     }
 }
 
-fn write_loop(
-    mut sink: impl AuditSink,
-    mut chain: Chain,
-    mut receiver: mpsc::Receiver<Pending>,
-    healthy: &AtomicBool,
-    observer: &dyn AuditObserver,
-) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut previous_batch = 0;
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        drain(&mut receiver, &mut batch);
-        // Commit delay: when decisions are arriving concurrently (the last
-        // batch had company), wait a moment for more before paying for an
-        // fsync, as PostgreSQL's commit_delay does. Alone, never wait.
-        if previous_batch > 1 && batch.len() < LINGER_UNTIL {
-            std::thread::sleep(LINGER);
+/// The writer thread's state.
+struct Writer<S> {
+    sink: S,
+    chain: Chain,
+    healthy: Arc<AtomicBool>,
+    observer: Arc<dyn AuditObserver>,
+    signer: Arc<OnceLock<Arc<dyn CheckpointSigner>>>,
+    clock: Arc<dyn Clock>,
+    rng: SystemRandom,
+    settings: AuditSettings,
+    /// The first `seq` of this run, until its first checkpoint says so.
+    opened_at: Option<u64>,
+    /// Whether anything was recorded since the last checkpoint.
+    unsigned: bool,
+    /// A rotation failed: none is tried until the next checkpoint tick.
+    rotation_blocked: bool,
+}
+
+/// What a failed write restores.
+#[derive(Clone, Copy)]
+struct Saved {
+    chain: Chain,
+    opened_at: Option<u64>,
+    unsigned: bool,
+}
+
+impl<S: AuditSink> Writer<S> {
+    fn save(&self) -> Saved {
+        Saved {
+            chain: self.chain,
+            opened_at: self.opened_at,
+            unsigned: self.unsigned,
+        }
+    }
+
+    fn restore(&mut self, saved: Saved) {
+        self.chain = saved.chain;
+        self.opened_at = saved.opened_at;
+        self.unsigned = saved.unsigned;
+    }
+
+    fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
+        let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+        let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut waiters = Vec::with_capacity(MAX_BATCH);
+        let mut previous_batch = 0;
+        while let Some(first) = receiver.blocking_recv() {
+            batch.push(first);
             drain(&mut receiver, &mut batch);
+            // Commit delay: when decisions are arriving concurrently (the last
+            // batch had company), wait a moment for more before paying for an
+            // fsync, as PostgreSQL's commit_delay does. Alone, never wait.
+            if previous_batch > 1 && batch.len() < LINGER_UNTIL {
+                std::thread::sleep(LINGER);
+                drain(&mut receiver, &mut batch);
+            }
+            previous_batch = batch.len();
+            let saved = self.save();
+            buffer.clear();
+            let mut lines = 0;
+            for job in batch.drain(..) {
+                match job {
+                    Job::Record { entry, seal, done } => {
+                        self.chain.append(&entry, &mut buffer);
+                        self.unsigned = true;
+                        lines += 1;
+                        if seal {
+                            lines += self.append_checkpoint(&mut buffer);
+                        }
+                        waiters.push(done);
+                    }
+                    Job::Checkpoint { done } => {
+                        if self.unsigned {
+                            lines += self.append_checkpoint(&mut buffer);
+                        }
+                        if done.is_none() {
+                            // The periodic tick: a failed rotation may be
+                            // tried again.
+                            self.rotation_blocked = false;
+                        }
+                        waiters.extend(done);
+                    }
+                }
+            }
+            let result = if buffer.is_empty() {
+                Ok(())
+            } else {
+                self.commit(&buffer, lines, saved)
+            };
+            for done in waiters.drain(..) {
+                // A waiter that gave up (its connection closed) is no error.
+                let _ = done.send(result.clone());
+            }
+            if result.is_ok() && lines > 0 {
+                self.rotate_if_due();
+            }
         }
-        previous_batch = batch.len();
-        let before = chain;
-        buffer.clear();
-        for pending in &batch {
-            chain.append(&pending.entry, &mut buffer);
-        }
-        let result = sink
-            .write_durably(&buffer)
+    }
+
+    /// Write `buffer` (`lines` records), or restore `saved` on failure.
+    fn commit(&mut self, buffer: &[u8], lines: usize, saved: Saved) -> Result<(), AuditError> {
+        let result = self
+            .sink
+            .write_durably(buffer)
             .map_err(|error| AuditError::Write(error.to_string()));
         match &result {
             Ok(()) => {
-                healthy.store(true, Ordering::Relaxed);
-                observer.committed(batch.len());
+                self.healthy.store(true, Ordering::Relaxed);
+                self.observer.committed(lines);
             }
             Err(error) => {
-                chain = before;
-                if healthy.swap(false, Ordering::Relaxed) {
+                self.restore(saved);
+                if self.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(%error, "audit log write failed: refusing decisions until it recovers");
                 }
-                observer.failed(batch.len());
+                self.observer.failed(lines);
             }
         }
-        for pending in batch.drain(..) {
-            // A waiter that gave up (its connection closed) is no error.
-            let _ = pending.done.send(result.clone());
+        result
+    }
+
+    /// Append a checkpoint of the chain as it stands; returns the records
+    /// appended (0 without a signer, or if signing failed).
+    fn append_checkpoint(&mut self, buffer: &mut Vec<u8>) -> usize {
+        let Some(signer) = self.signer.get() else {
+            return 0;
+        };
+        let key = signer.signing_key();
+        let time = timestamp(self.clock.now());
+        let entry = self
+            .chain
+            .checkpoint(time, self.opened_at, &key, &self.rng)
+            .map_err(|e| e.to_string())
+            .and_then(|entry| entry.encode().map_err(|e| e.to_string()));
+        match entry {
+            Ok(entry) => {
+                self.chain.append(&entry, buffer);
+                self.opened_at = None;
+                self.unsigned = false;
+                1
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not sign an audit checkpoint");
+                0
+            }
+        }
+    }
+
+    /// Start a new file if the current one is big or old enough.
+    fn rotate_if_due(&mut self) {
+        if self.rotation_blocked {
+            return;
+        }
+        let Some(file) = self.sink.current_file() else {
+            return;
+        };
+        let now = self.clock.now();
+        let big = self.settings.rotate_size > 0 && file.len >= self.settings.rotate_size;
+        let old = !self.settings.rotate_interval.is_zero()
+            && file.started.is_some_and(|started| {
+                (now - started)
+                    .to_std()
+                    .is_ok_and(|age| age >= self.settings.rotate_interval)
+            });
+        if !(big || old) {
+            return;
+        }
+        // The old file ends signed.
+        let saved = self.save();
+        let mut seal = Vec::new();
+        let lines = self.append_checkpoint(&mut seal);
+        if lines > 0 && self.commit(&seal, lines, saved).is_err() {
+            self.rotation_blocked = true;
+            return;
+        }
+        let Some(last_seq) = self.chain.next_seq().checked_sub(1) else {
+            return;
+        };
+        let name = rotated_name(&file.name, now, last_seq);
+        let first = AuditEntry::continuation(timestamp(now), name.clone(), self.chain.head());
+        let mut next = self.chain;
+        let mut bytes = Vec::new();
+        match first.encode() {
+            Ok(first) => next.append(&first, &mut bytes),
+            Err(error) => {
+                tracing::error!(%error, "could not encode an audit continuation record");
+                self.rotation_blocked = true;
+                return;
+            }
+        }
+        match self.sink.rotate(&name, &bytes) {
+            Ok(()) => {
+                self.chain = next;
+                self.unsigned = true;
+                tracing::info!(rotated = %name, records = last_seq + 1, "audit log rotated");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "audit log rotation failed; writing on in the current file and trying again later");
+                self.rotation_blocked = true;
+            }
         }
     }
 }
 
 /// Take whatever else is queued, up to [`MAX_BATCH`].
-fn drain(receiver: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
+fn drain(receiver: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     while batch.len() < MAX_BATCH {
         match receiver.try_recv() {
             Ok(next) => batch.push(next),

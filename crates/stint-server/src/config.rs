@@ -112,6 +112,8 @@ pub struct Config {
     pub feed_max_streams: usize,
     /// The most feed streams one client may hold open.
     pub feed_max_streams_per_client: usize,
+    /// When the audit log is rotated and its head signed.
+    pub audit: crate::audit::AuditSettings,
 }
 
 /// The webhook that receives approval events.
@@ -142,6 +144,7 @@ impl Config {
             feed_keepalive: Duration::from_secs(15),
             feed_max_streams: 2048,
             feed_max_streams_per_client: 256,
+            audit: crate::audit::AuditSettings::default(),
         }
     }
 
@@ -180,6 +183,9 @@ impl Config {
             || self.feed_max_streams >= self.limits.max_connections
         {
             return Err(ConfigError::TooManyFeedStreams);
+        }
+        if !self.audit.is_valid() {
+            return Err(ConfigError::BadAuditSettings);
         }
         let limits = &self.limits;
         let durations = [
@@ -274,6 +280,11 @@ pub enum ConfigError {
         "--feed-max-streams must be below the connection cap (so minting keeps room) and at most {MAX_FEED_STREAMS}"
     )]
     TooManyFeedStreams,
+    /// An audit rotation size or checkpoint interval out of range.
+    #[error(
+        "--audit-rotate-size must be 0 (never) or at least 4 KiB, and --audit-checkpoint-interval 1 s to 1 h"
+    )]
+    BadAuditSettings,
     /// A timeout or cap of zero, which would refuse everything.
     #[error("every connection limit (timeouts, connection and request caps) must be above zero")]
     ZeroLimit,
