@@ -743,12 +743,16 @@ impl<S: AuditSink> Writer<S> {
             } else {
                 self.commit(&buffer, lines, saved)
             };
+            // Before the answers (the records are durable either way): once
+            // a caller has its answer, the writer has finished what its
+            // batch started, so a broker stopped after its last answer
+            // leaves no rotation half done.
+            if result.is_ok() && lines > 0 {
+                self.rotate_if_due();
+            }
             for done in waiters.drain(..) {
                 // A waiter that gave up (its connection closed) is no error.
                 let _ = done.send(result.clone());
-            }
-            if result.is_ok() && lines > 0 {
-                self.rotate_if_due();
             }
         }
     }
@@ -984,5 +988,294 @@ mod tests {
         let written = sink.written.lock().unwrap().clone();
         // The failed records left no gap: the chain verifies with two records.
         assert_eq!(verify(&written[..]).unwrap().records, 2);
+    }
+
+    mod file {
+        use super::*;
+        use stint_core::ManualClock;
+        use stint_core::audit::{Verifier, VerifyReport};
+        use stint_core::jose::{Algorithm, KeySet};
+
+        struct Fixed(Arc<SigningKey>);
+        impl CheckpointSigner for Fixed {
+            fn signing_key(&self) -> Arc<SigningKey> {
+                Arc::clone(&self.0)
+            }
+        }
+
+        fn key() -> Arc<SigningKey> {
+            Arc::new(
+                SigningKey::generate(Algorithm::ES256, &SystemRandom::new())
+                    .unwrap()
+                    .0,
+            )
+        }
+
+        fn settings(rotate_size: u64) -> AuditSettings {
+            AuditSettings {
+                rotate_size,
+                rotate_interval: Duration::ZERO,
+                checkpoint_interval: MAX_CHECKPOINT_INTERVAL,
+            }
+        }
+
+        fn start(path: &Path, settings: AuditSettings, clock: Arc<ManualClock>) -> AuditLog {
+            let (sink, chain) = FileSink::open(path).unwrap();
+            AuditLog::start_with(sink, chain, Arc::new(NoMetrics), settings, clock).unwrap()
+        }
+
+        /// Every audit file in `dir`, rotated ones first (by their first
+        /// record), then the live one, verified as one chain.
+        fn verify_dir(dir: &Path, keys: &[&SigningKey]) -> VerifyReport {
+            let mut trusted = KeySet::new();
+            for key in keys {
+                trusted.insert(key.verifying_key());
+            }
+            let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                .map(|p| {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    let first: serde_json::Value =
+                        serde_json::from_str(text.lines().next().unwrap()).unwrap();
+                    (first["seq"].as_u64().unwrap(), p)
+                })
+                .collect();
+            files.sort();
+            let mut verifier = Verifier::new(trusted);
+            for (_, path) in &files {
+                verifier
+                    .file(std::io::BufReader::new(File::open(path).unwrap()))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+            verifier.report()
+        }
+
+        fn events(path: &Path) -> Vec<String> {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["event"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        }
+
+        #[tokio::test]
+        async fn a_deleted_or_moved_log_fails_closed_until_it_is_back() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let log = start(&path, settings(0), Arc::new(ManualClock::new(chrono::Utc::now())));
+            log.record(entry(0)).await.unwrap();
+
+            let moved = dir.path().join("moved.jsonl");
+            std::fs::rename(&path, &moved).unwrap();
+            let refused = log.record(entry(1)).await;
+            assert!(
+                matches!(&refused, Err(AuditError::Write(m)) if m.contains("was moved or deleted")),
+                "{refused:?}"
+            );
+            assert!(!log.is_healthy());
+            // Nothing was written into the moved file either.
+            assert_eq!(verify(&std::fs::read(&moved).unwrap()[..]).unwrap().records, 1);
+
+            // Another file at the path is not ours to write.
+            std::fs::write(&path, b"").unwrap();
+            assert!(log.record(entry(2)).await.is_err());
+            assert_eq!(std::fs::read(&path).unwrap(), b"");
+
+            // The same file back where it was: the log recovers.
+            std::fs::rename(&moved, &path).unwrap();
+            log.record(entry(3)).await.unwrap();
+            assert!(log.is_healthy());
+            assert_eq!(verify(&std::fs::read(&path).unwrap()[..]).unwrap().records, 2);
+
+            std::fs::remove_file(&path).unwrap();
+            assert!(log.record(entry(4)).await.is_err());
+            assert!(!log.check(|| entry(5)).await, "the readiness probe fails too");
+            assert!(!path.exists(), "a deleted log is not silently recreated");
+        }
+
+        #[tokio::test]
+        async fn checkpoints_sign_the_head_after_a_rotation_record_and_when_asked() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+            let old = key();
+            let log = start(&path, settings(0), clock);
+            log.record(entry(0)).await.unwrap();
+            log.checkpoint().await.unwrap();
+            assert_eq!(events(&path), ["token_minted"], "no signer: no checkpoint");
+
+            let signer = Arc::new(Switch(std::sync::Mutex::new(Arc::clone(&old))));
+            log.attach_signer(signer.clone());
+            log.checkpoint().await.unwrap();
+            log.checkpoint().await.unwrap();
+            assert_eq!(
+                events(&path),
+                ["token_minted", "audit_checkpoint"],
+                "one checkpoint: nothing new to sign the second time"
+            );
+            let new = key();
+            let mut rotated = AuditEntry::new("t".into(), EventKind::KeysRotated, Decision::Allow);
+            rotated.kid = Some(new.kid().to_owned());
+            log.record(rotated).await.unwrap();
+            *signer.0.lock().unwrap() = Arc::clone(&new);
+            log.record(entry(1)).await.unwrap();
+            log.checkpoint().await.unwrap();
+            assert_eq!(
+                events(&path),
+                [
+                    "token_minted",
+                    "audit_checkpoint",
+                    "keys_rotated",
+                    "audit_checkpoint",
+                    "token_minted",
+                    "audit_checkpoint"
+                ]
+            );
+            // Knowing only the old key, every checkpoint verifies: the
+            // rotation record, sealed by the old key, vouches for the new.
+            let report = verify_dir(dir.path(), &[&old]);
+            assert_eq!(report.verified_checkpoints, 3);
+            assert_eq!(report.unsigned, 0);
+            let lines = std::fs::read_to_string(&path).unwrap();
+            let first: serde_json::Value =
+                serde_json::from_str(lines.lines().nth(1).unwrap()).unwrap();
+            assert_eq!(first["checkpoint"]["opened_at"], 0, "the run's first checkpoint");
+            assert_eq!(first["checkpoint"]["kid"], old.kid());
+        }
+
+        struct Switch(std::sync::Mutex<Arc<SigningKey>>);
+        impl CheckpointSigner for Switch {
+            fn signing_key(&self) -> Arc<SigningKey> {
+                Arc::clone(&self.0.lock().unwrap())
+            }
+        }
+
+        #[tokio::test]
+        async fn rotation_by_size_and_age_keeps_one_chain() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+            let key = key();
+            {
+                let log = start(&path, settings(MIN_ROTATE_SIZE), clock.clone());
+                log.attach_signer(Arc::new(Fixed(Arc::clone(&key))));
+                for n in 0..100 {
+                    log.record(entry(n)).await.unwrap();
+                }
+            }
+            let rotated: Vec<PathBuf> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p != &path)
+                .collect();
+            assert!(rotated.len() >= 2, "{rotated:?}");
+            for file in &rotated {
+                let name = file.file_name().unwrap().to_str().unwrap();
+                assert!(name.starts_with("audit-") && name.ends_with(".jsonl"), "{name}");
+                assert_eq!(
+                    events(file).last().map(String::as_str),
+                    Some("audit_checkpoint"),
+                    "a rotated file ends signed"
+                );
+                let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600);
+            }
+            let live = std::fs::read_to_string(&path).unwrap();
+            let first: serde_json::Value =
+                serde_json::from_str(live.lines().next().unwrap()).unwrap();
+            assert_eq!(first["event"], "audit_continued");
+            assert!(
+                rotated
+                    .iter()
+                    .any(|p| p.file_name().unwrap().to_str() == first["previous_file"].as_str()),
+                "names the file before: {first}"
+            );
+            assert_eq!(first["previous_head"], first["prev"]);
+            let report = verify_dir(dir.path(), &[&key]);
+            assert_eq!(report.first_seq, 0);
+            let minted = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| events(&e.unwrap().path()))
+                .flatten()
+                .filter(|e| e == "token_minted")
+                .count();
+            assert_eq!(minted, 100, "every record is in one of the files");
+            assert_eq!(report.verified_checkpoints as usize, rotated.len());
+
+            // Reopened, the log carries on from the live file; a day later
+            // (rotation by age only), its next batch starts a new file.
+            let log = start(
+                &path,
+                AuditSettings {
+                    rotate_size: 0,
+                    rotate_interval: Duration::from_secs(24 * 3600),
+                    checkpoint_interval: MAX_CHECKPOINT_INTERVAL,
+                },
+                clock.clone(),
+            );
+            log.attach_signer(Arc::new(Fixed(Arc::clone(&key))));
+            let mut first_record = entry(100);
+            first_record.time = timestamp(clock.now());
+            log.record(first_record).await.unwrap();
+            let files_before = std::fs::read_dir(dir.path()).unwrap().count();
+            log.record(entry(101)).await.unwrap();
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), files_before);
+            clock.advance(chrono::TimeDelta::hours(25));
+            log.record(entry(102)).await.unwrap();
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), files_before + 1);
+            log.record(entry(103)).await.unwrap();
+            let report = verify_dir(dir.path(), &[&key]);
+            assert_eq!(report.first_seq, 0);
+            assert_eq!(events(&path), ["audit_continued", "token_minted"]);
+        }
+
+        #[tokio::test]
+        async fn a_failed_rotation_changes_nothing() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let (mut sink, mut chain) = FileSink::open(&path).unwrap();
+            let mut out = Vec::new();
+            chain.append(&entry(0).encode().unwrap(), &mut out);
+            sink.write_durably(&out).unwrap();
+            // The rotated name is taken: the link fails, nothing moves.
+            std::fs::write(dir.path().join("audit-taken.jsonl"), b"other\n").unwrap();
+            let mut first = Vec::new();
+            chain.clone().append(&entry(1).encode().unwrap(), &mut first);
+            assert!(sink.rotate("audit-taken.jsonl", &first).is_err());
+            assert!(sink.rotate("../escape.jsonl", &first).is_err());
+            assert_eq!(std::fs::read(dir.path().join("audit-taken.jsonl")).unwrap(), b"other\n");
+            assert!(!dir.path().join("audit.jsonl.next").exists());
+            out.clear();
+            chain.append(&entry(1).encode().unwrap(), &mut out);
+            sink.write_durably(&out).unwrap();
+            assert_eq!(verify(&std::fs::read(&path).unwrap()[..]).unwrap().records, 2);
+        }
+
+        #[tokio::test]
+        async fn an_interrupted_rotation_is_cleaned_up_on_open() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            {
+                let log = start(&path, settings(0), Arc::new(ManualClock::new(chrono::Utc::now())));
+                log.record(entry(0)).await.unwrap();
+            }
+            // A crash after the old file got its second name and the next
+            // file was written, before the swap.
+            let second_name = dir.path().join("audit-20261123T100000Z-0.jsonl");
+            std::fs::hard_link(&path, &second_name).unwrap();
+            std::fs::write(dir.path().join("audit.jsonl.next"), b"{\"seq\":1}\n").unwrap();
+            let other = dir.path().join("audit-20261122T100000Z-0.jsonl");
+            std::fs::write(&other, b"an older rotated file\n").unwrap();
+            let (_sink, chain) = FileSink::open(&path).unwrap();
+            assert_eq!(chain.next_seq(), 1);
+            assert!(!second_name.exists());
+            assert!(!dir.path().join("audit.jsonl.next").exists());
+            assert!(other.exists(), "a real rotated file is never touched");
+        }
     }
 }
