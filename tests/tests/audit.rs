@@ -8,9 +8,9 @@
 use serde_json::{Value, json};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use stint_core::Clock;
-use std::process::Command;
 use stint_core::audit::Verifier;
 use stint_core::secret;
 use stint_proto::{GRANT_TOKEN_EXCHANGE, KEY_ROTATION_PATH, TOKEN_PATH, TOKEN_TYPE_ID_TOKEN};
@@ -193,7 +193,10 @@ async fn a_key_rotation_that_cannot_be_audited_does_not_happen_and_a_retry_rotat
     let rotated = events(&records, "keys_rotated");
     assert_eq!(rotated.len(), 1, "{rotated:?}");
     assert_eq!(rotated[0]["kid"], new_kid.as_str());
-    let at = records.iter().position(|r| r["event"] == "keys_rotated").unwrap();
+    let at = records
+        .iter()
+        .position(|r| r["event"] == "keys_rotated")
+        .unwrap();
     assert_eq!(records[at + 1]["event"], "audit_checkpoint");
     assert_eq!(records[at + 1]["checkpoint"]["kid"], old_kid.as_str());
 

@@ -851,7 +851,9 @@ impl Verifier {
                 .last_checkpoint
                 .map_or(self.report.first_seq, |seq| seq + 1);
             if opened_at > link.seq || (self.last_checkpoint.is_some() && opened_at < from) {
-                return Err(bad("it says its broker run started where it could not have"));
+                return Err(bad(
+                    "it says its broker run started where it could not have",
+                ));
             }
             self.report.adopted += opened_at.saturating_sub(from);
         }
@@ -1150,13 +1152,8 @@ mod tests {
             .filter(|c| {
                 matches!(
                     c,
-                    '\n' | '\r'
-                        | '\u{0b}'
-                        | '\u{0c}'
-                        | '\u{1c}'..='\u{1e}'
-                        | '\u{85}'
-                        | '\u{2028}'
-                        | '\u{2029}'
+                    '\n' | '\r' | '\u{0b}' | '\u{0c}' | '\u{1c}'
+                        ..='\u{1e}' | '\u{85}' | '\u{2028}' | '\u{2029}'
                 )
             })
             .map(|c| format!("U+{:04X}", u32::from(c)))
@@ -1261,7 +1258,12 @@ mod tests {
                 chain.append(&entry(i).encode().unwrap(), &mut out);
             }
             let checkpoint = chain
-                .checkpoint("2026-11-23T10:01:00.000Z".into(), Some(0), key, &SystemRandom::new())
+                .checkpoint(
+                    "2026-11-23T10:01:00.000Z".into(),
+                    Some(0),
+                    key,
+                    &SystemRandom::new(),
+                )
                 .unwrap();
             chain.append(&checkpoint.encode().unwrap(), &mut out);
             for i in 0..after {
@@ -1288,8 +1290,7 @@ mod tests {
                 assert_eq!(r.unsigned, 2, "the two records after it");
                 assert_eq!(r.adopted, 0);
                 // The record names its key, the key's algorithm and the head.
-                let record: serde_json::Value =
-                    serde_json::from_slice(&lines(&log)[3]).unwrap();
+                let record: serde_json::Value = serde_json::from_slice(&lines(&log)[3]).unwrap();
                 assert_eq!(record["event"], "audit_checkpoint");
                 assert_eq!(record["checkpoint"]["kid"], key.kid());
                 assert_eq!(record["checkpoint"]["alg"], alg.as_str());
@@ -1324,10 +1325,8 @@ mod tests {
                 r#"{{"alg":"ES256","typ":"{CHECKPOINT_TYP}","kid":"{}"}}"#,
                 key.kid()
             );
-            let header = base64::Engine::encode(
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                header,
-            );
+            let header =
+                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header);
             parts[0] = &header;
             record["checkpoint"]["jws"] = serde_json::json!(parts.join("."));
             record["checkpoint"]["kid"] = serde_json::json!(key.kid());
@@ -1430,7 +1429,9 @@ mod tests {
             chain.append(&entry(2).encode().unwrap(), &mut out);
             let opened_at = chain.next_seq();
             chain.append(&entry(3).encode().unwrap(), &mut out);
-            let next_run = chain.checkpoint("t".into(), Some(opened_at), &key, &rng).unwrap();
+            let next_run = chain
+                .checkpoint("t".into(), Some(opened_at), &key, &rng)
+                .unwrap();
             chain.append(&next_run.encode().unwrap(), &mut out);
             let r = report(&out, trusting(&[&key])).unwrap();
             assert_eq!((r.adopted, r.unsigned), (2, 0));
@@ -1464,7 +1465,11 @@ mod tests {
             let r = verifier.report();
             assert_eq!((r.files, r.records, r.first_seq), (3, 13, 0));
             assert_eq!(r.head, chain.head());
-            assert_eq!((r.verified_checkpoints, r.unsigned), (2, 4), "the last file: its first record and three more");
+            assert_eq!(
+                (r.verified_checkpoints, r.unsigned),
+                (2, 4),
+                "the last file: its first record and three more"
+            );
 
             // The live file alone verifies from where it picks up.
             let mut alone = Verifier::new(KeySet::new());

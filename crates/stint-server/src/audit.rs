@@ -50,7 +50,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use stint_core::audit::{AuditEntry, Chain, EncodedEntry, EventKind, MAX_RECORD_LEN};
+use stint_core::audit::{
+    AuditEntry, Chain, ChainError, EncodedEntry, EventKind, MAX_RECORD_LEN, Verifier, VerifyReport,
+};
+use stint_core::jose::KeySet;
 use stint_core::jose::SigningKey;
 use stint_core::{Clock, SystemClock};
 use thiserror::Error;
@@ -314,9 +317,13 @@ impl FileSink {
     fn clean_up_rotation(&self) {
         let next = self.next_path();
         match std::fs::remove_file(&next) {
-            Ok(()) => tracing::warn!(path = %next.display(), "removed the next audit file of an interrupted rotation (it was never in use)"),
+            Ok(()) => {
+                tracing::warn!(path = %next.display(), "removed the next audit file of an interrupted rotation (it was never in use)")
+            }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => tracing::warn!(path = %next.display(), %error, "could not remove the next audit file of an interrupted rotation"),
+            Err(error) => {
+                tracing::warn!(path = %next.display(), %error, "could not remove the next audit file of an interrupted rotation")
+            }
         }
         let stem = rotated_stem(self.file_name());
         let Ok(entries) = std::fs::read_dir(parent_dir(&self.path)) else {
@@ -331,7 +338,10 @@ impl FileSink {
             let same = std::fs::symlink_metadata(entry.path())
                 .is_ok_and(|metadata| identity(&metadata) == self.identity);
             if same {
-                tracing::warn!(name, "removed a second name of the live audit file, left by an interrupted rotation");
+                tracing::warn!(
+                    name,
+                    "removed a second name of the live audit file, left by an interrupted rotation"
+                );
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -872,6 +882,121 @@ fn drain(receiver: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     }
 }
 
+/// What [`verify_files`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesReport {
+    /// The files with records, in chain order.
+    pub files: Vec<PathBuf>,
+    /// The chain's findings.
+    pub report: VerifyReport,
+    /// Things worth knowing that do not break the chain (an empty file, a
+    /// file whose predecessor was renamed).
+    pub notes: Vec<String>,
+}
+
+/// A set of audit files that does not verify.
+#[derive(Debug, Error)]
+pub enum VerifyFilesError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// Two files start at the same record.
+    #[error("{first} and {second} both start at record {seq}: give each file of the chain once")]
+    Duplicate {
+        /// One file.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+        /// Where both start.
+        seq: u64,
+    },
+    /// The chain is broken in a file.
+    #[error("{path}: chain broken: {error}")]
+    Broken {
+        /// The file.
+        path: PathBuf,
+        /// The first problem in it.
+        error: ChainError,
+    },
+}
+
+/// Verify audit files as one chain, with checkpoints checked against
+/// `trusted`: the live `audit.jsonl` and any rotated files, in any order
+/// (they are put in order by their first record's `seq`).
+pub fn verify_files(paths: &[PathBuf], trusted: KeySet) -> Result<FilesReport, VerifyFilesError> {
+    #[derive(serde::Deserialize)]
+    struct First {
+        seq: u64,
+        #[serde(default)]
+        previous_file: Option<String>,
+    }
+    let read_error = |path: &Path, error: io::Error| VerifyFilesError::Read {
+        path: path.to_owned(),
+        message: error.to_string(),
+    };
+    let mut notes = Vec::new();
+    let mut ordered: Vec<(u64, Option<String>, PathBuf)> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let file = File::open(path).map_err(|e| read_error(path, e))?;
+        let len = file.metadata().map_err(|e| read_error(path, e))?.len();
+        let line = first_line(&file, len).map_err(|e| read_error(path, e))?;
+        if line.is_empty() && len == 0 {
+            notes.push(format!("{} is empty", path.display()));
+            continue;
+        }
+        // A first line that is not a record: the verifier names the problem.
+        let (seq, previous) = match serde_json::from_slice::<First>(&line) {
+            Ok(first) => (first.seq, first.previous_file),
+            Err(_) => (0, None),
+        };
+        ordered.push((seq, previous, path.clone()));
+    }
+    ordered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+    for pair in ordered.windows(2) {
+        if let [(seq, _, first), (next, _, second)] = pair
+            && seq == next
+        {
+            return Err(VerifyFilesError::Duplicate {
+                first: first.clone(),
+                second: second.clone(),
+                seq: *seq,
+            });
+        }
+    }
+    let mut verifier = Verifier::new(trusted);
+    let mut before: Option<&Path> = None;
+    for (_, previous, path) in &ordered {
+        if let (Some(named), Some(before)) = (previous, before) {
+            let given = before.file_name().and_then(|n| n.to_str());
+            if given != Some(named.as_str()) {
+                notes.push(format!(
+                    "{} continues {named}, given as {} (the hashes link them)",
+                    path.display(),
+                    before.display()
+                ));
+            }
+        }
+        let file = File::open(path).map_err(|e| read_error(path, e))?;
+        verifier
+            .file(io::BufReader::new(file))
+            .map_err(|error| VerifyFilesError::Broken {
+                path: path.clone(),
+                error,
+            })?;
+        before = Some(path);
+    }
+    Ok(FilesReport {
+        files: ordered.into_iter().map(|(_, _, path)| path).collect(),
+        report: verifier.report(),
+        notes,
+    })
+}
+
 /// The audit record time format: RFC 3339, milliseconds, `Z`.
 pub fn timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
     now.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -1067,7 +1192,11 @@ mod tests {
         async fn a_deleted_or_moved_log_fails_closed_until_it_is_back() {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("audit.jsonl");
-            let log = start(&path, settings(0), Arc::new(ManualClock::new(chrono::Utc::now())));
+            let log = start(
+                &path,
+                settings(0),
+                Arc::new(ManualClock::new(chrono::Utc::now())),
+            );
             log.record(entry(0)).await.unwrap();
 
             let moved = dir.path().join("moved.jsonl");
@@ -1079,7 +1208,10 @@ mod tests {
             );
             assert!(!log.is_healthy());
             // Nothing was written into the moved file either.
-            assert_eq!(verify(&std::fs::read(&moved).unwrap()[..]).unwrap().records, 1);
+            assert_eq!(
+                verify(&std::fs::read(&moved).unwrap()[..]).unwrap().records,
+                1
+            );
 
             // Another file at the path is not ours to write.
             std::fs::write(&path, b"").unwrap();
@@ -1090,11 +1222,17 @@ mod tests {
             std::fs::rename(&moved, &path).unwrap();
             log.record(entry(3)).await.unwrap();
             assert!(log.is_healthy());
-            assert_eq!(verify(&std::fs::read(&path).unwrap()[..]).unwrap().records, 2);
+            assert_eq!(
+                verify(&std::fs::read(&path).unwrap()[..]).unwrap().records,
+                2
+            );
 
             std::fs::remove_file(&path).unwrap();
             assert!(log.record(entry(4)).await.is_err());
-            assert!(!log.check(|| entry(5)).await, "the readiness probe fails too");
+            assert!(
+                !log.check(|| entry(5)).await,
+                "the readiness probe fails too"
+            );
             assert!(!path.exists(), "a deleted log is not silently recreated");
         }
 
@@ -1144,7 +1282,10 @@ mod tests {
             let lines = std::fs::read_to_string(&path).unwrap();
             let first: serde_json::Value =
                 serde_json::from_str(lines.lines().nth(1).unwrap()).unwrap();
-            assert_eq!(first["checkpoint"]["opened_at"], 0, "the run's first checkpoint");
+            assert_eq!(
+                first["checkpoint"]["opened_at"], 0,
+                "the run's first checkpoint"
+            );
             assert_eq!(first["checkpoint"]["kid"], old.kid());
         }
 
@@ -1176,7 +1317,10 @@ mod tests {
             assert!(rotated.len() >= 2, "{rotated:?}");
             for file in &rotated {
                 let name = file.file_name().unwrap().to_str().unwrap();
-                assert!(name.starts_with("audit-") && name.ends_with(".jsonl"), "{name}");
+                assert!(
+                    name.starts_with("audit-") && name.ends_with(".jsonl"),
+                    "{name}"
+                );
                 assert_eq!(
                     events(file).last().map(String::as_str),
                     Some("audit_checkpoint"),
@@ -1227,7 +1371,10 @@ mod tests {
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), files_before);
             clock.advance(chrono::TimeDelta::hours(25));
             log.record(entry(102)).await.unwrap();
-            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), files_before + 1);
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                files_before + 1
+            );
             log.record(entry(103)).await.unwrap();
             let report = verify_dir(dir.path(), &[&key]);
             assert_eq!(report.first_seq, 0);
@@ -1245,15 +1392,23 @@ mod tests {
             // The rotated name is taken: the link fails, nothing moves.
             std::fs::write(dir.path().join("audit-taken.jsonl"), b"other\n").unwrap();
             let mut first = Vec::new();
-            chain.clone().append(&entry(1).encode().unwrap(), &mut first);
+            chain
+                .clone()
+                .append(&entry(1).encode().unwrap(), &mut first);
             assert!(sink.rotate("audit-taken.jsonl", &first).is_err());
             assert!(sink.rotate("../escape.jsonl", &first).is_err());
-            assert_eq!(std::fs::read(dir.path().join("audit-taken.jsonl")).unwrap(), b"other\n");
+            assert_eq!(
+                std::fs::read(dir.path().join("audit-taken.jsonl")).unwrap(),
+                b"other\n"
+            );
             assert!(!dir.path().join("audit.jsonl.next").exists());
             out.clear();
             chain.append(&entry(1).encode().unwrap(), &mut out);
             sink.write_durably(&out).unwrap();
-            assert_eq!(verify(&std::fs::read(&path).unwrap()[..]).unwrap().records, 2);
+            assert_eq!(
+                verify(&std::fs::read(&path).unwrap()[..]).unwrap().records,
+                2
+            );
         }
 
         #[tokio::test]
@@ -1261,7 +1416,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("audit.jsonl");
             {
-                let log = start(&path, settings(0), Arc::new(ManualClock::new(chrono::Utc::now())));
+                let log = start(
+                    &path,
+                    settings(0),
+                    Arc::new(ManualClock::new(chrono::Utc::now())),
+                );
                 log.record(entry(0)).await.unwrap();
             }
             // A crash after the old file got its second name and the next

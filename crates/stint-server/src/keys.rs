@@ -256,7 +256,9 @@ impl KeyRing {
         });
         let published = publish(&next_ring).map_err(RotationError::Generate)?;
 
-        audit(rotation.clone()).await.map_err(RotationError::Audit)?;
+        audit(rotation.clone())
+            .await
+            .map_err(RotationError::Audit)?;
         store
             .insert_signing_key(&StoredKey {
                 kid: next.kid().to_owned(),
@@ -344,6 +346,42 @@ impl KeyRing {
     pub fn jwks_json(&self) -> Bytes {
         self.published.load().jwks.clone()
     }
+}
+
+/// The public halves of the signing keys in the store at `store_path`,
+/// read without changing it (a running broker may hold it): what `stintd
+/// verify-audit` checks checkpoints with by default. The store holds the
+/// keys that sign now and those retired within the last hour or so.
+pub fn stored_public_keys(
+    store_path: &std::path::Path,
+) -> Result<Vec<stint_core::jose::VerifyingKey>, String> {
+    let stored =
+        stint_store::SqliteStore::read_signing_keys(store_path).map_err(|e| e.to_string())?;
+    let rng = ring::rand::SystemRandom::new();
+    let mut keys = Vec::with_capacity(stored.len());
+    for key in stored {
+        let alg = Algorithm::from_name(&key.alg)
+            .ok_or_else(|| format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg))?;
+        let signing = SigningKey::from_pkcs8(alg, &key.pkcs8, &rng)
+            .map_err(|e| format!("stored key {} cannot be loaded: {e}", key.kid))?;
+        keys.push(signing.verifying_key());
+    }
+    Ok(keys)
+}
+
+/// The keys of a JWK set document (the broker's `/.well-known/jwks.json`,
+/// saved), for `stintd verify-audit --jwks`. A key without a `kid`, or of
+/// a type Stint does not verify, is an error: a trust anchor should hold
+/// what it is meant to.
+pub fn public_keys_from_jwks(
+    document: &[u8],
+) -> Result<Vec<stint_core::jose::VerifyingKey>, String> {
+    let set: JwkSet =
+        serde_json::from_slice(document).map_err(|e| format!("not a JWK set: {e}"))?;
+    set.keys
+        .iter()
+        .map(|jwk| stint_core::jose::VerifyingKey::from_jwk(jwk).map_err(|e| e.to_string()))
+        .collect()
 }
 
 #[cfg(test)]
