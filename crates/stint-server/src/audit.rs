@@ -1344,8 +1344,7 @@ mod tests {
             assert_eq!(report.first_seq, 0);
             let minted = std::fs::read_dir(dir.path())
                 .unwrap()
-                .map(|e| events(&e.unwrap().path()))
-                .flatten()
+                .flat_map(|e| events(&e.unwrap().path()))
                 .filter(|e| e == "token_minted")
                 .count();
             assert_eq!(minted, 100, "every record is in one of the files");
