@@ -1289,6 +1289,34 @@ mod tests {
             assert_eq!(first["checkpoint"]["kid"], old.kid());
         }
 
+        #[tokio::test]
+        async fn the_head_is_signed_every_interval_when_something_was_recorded() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let log = start(
+                &path,
+                AuditSettings {
+                    checkpoint_interval: MIN_CHECKPOINT_INTERVAL,
+                    ..settings(0)
+                },
+                Arc::new(ManualClock::new(chrono::Utc::now())),
+            );
+            log.attach_signer(Arc::new(Fixed(key())));
+            log.record(entry(0)).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while events(&path).len() < 2 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no periodic checkpoint"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(events(&path), ["token_minted", "audit_checkpoint"]);
+            // Nothing new since: a checkpoint asked for signs nothing.
+            log.checkpoint().await.unwrap();
+            assert_eq!(events(&path).len(), 2);
+        }
+
         struct Switch(std::sync::Mutex<Arc<SigningKey>>);
         impl CheckpointSigner for Switch {
             fn signing_key(&self) -> Arc<SigningKey> {

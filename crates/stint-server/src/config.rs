@@ -282,7 +282,7 @@ pub enum ConfigError {
     TooManyFeedStreams,
     /// An audit rotation size or checkpoint interval out of range.
     #[error(
-        "--audit-rotate-size must be 0 (never) or at least 4 KiB, and --audit-checkpoint-interval 1 s to 1 h"
+        "--audit-rotate-size must be 0 (never) or at least 4K, and --audit-checkpoint-interval 1 to 3600 seconds"
     )]
     BadAuditSettings,
     /// A timeout or cap of zero, which would refuse everything.
