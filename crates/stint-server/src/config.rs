@@ -181,6 +181,8 @@ pub struct Config {
     pub feed_max_streams: usize,
     /// The most feed streams one client may hold open.
     pub feed_max_streams_per_client: usize,
+    /// When the audit log is rotated and its head signed.
+    pub audit: crate::audit::AuditSettings,
 }
 
 /// The webhook that receives approval events.
@@ -211,6 +213,7 @@ impl Config {
             feed_keepalive: Duration::from_secs(15),
             feed_max_streams: 2048,
             feed_max_streams_per_client: 256,
+            audit: crate::audit::AuditSettings::default(),
         }
     }
 
@@ -253,6 +256,9 @@ impl Config {
                     .saturating_sub(self.limits.reserved_connections)
         {
             return Err(ConfigError::TooManyFeedStreams);
+        }
+        if !self.audit.is_valid() {
+            return Err(ConfigError::BadAuditSettings);
         }
         self.limits.validate()
     }
@@ -386,6 +392,11 @@ pub enum ConfigError {
         "--feed-max-streams must be below the connections outside the reserve (--max-connections minus --reserved-connections, so minting keeps room) and at most {MAX_FEED_STREAMS}"
     )]
     TooManyFeedStreams,
+    /// An audit rotation size or checkpoint interval out of range.
+    #[error(
+        "--audit-rotate-size must be 0 (never) or at least 4K, and --audit-checkpoint-interval 1 to 3600 seconds"
+    )]
+    BadAuditSettings,
     /// A timeout, cap or rate of zero, which would refuse everything.
     #[error(
         "every limit (timeouts, connection and request caps, rates and bursts) must be above zero"

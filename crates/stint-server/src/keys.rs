@@ -10,7 +10,13 @@
 //! A rotation publishes the new key before it signs anything: the JWK set
 //! with both keys is swapped in first, the signer second. A verifier that
 //! meets the new `kid` and fetches the JWK set therefore always finds it.
+//!
+//! A rotation is audited before it takes effect ([`KeyRing::rotate`]): the
+//! new key exists only in memory until its `keys_rotated` record is
+//! durable, so an audit log that cannot be written leaves the old key
+//! signing, the store untouched, and a retry rotates once.
 
+use crate::audit::CheckpointSigner;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -80,10 +86,32 @@ pub struct Rotation {
     pub retired_until: i64,
 }
 
+/// Why a rotation did not happen.
+#[derive(Debug)]
+pub enum RotationError<E> {
+    /// No new key could be made; nothing was audited.
+    Generate(String),
+    /// The rotation could not be audited; nothing changed.
+    Audit(E),
+    /// The rotation was audited, but the new key could not be stored;
+    /// nothing changed.
+    Store(String),
+}
+
+/// The key that signs now, for the audit log's checkpoints.
+struct CurrentKey(Arc<ArcSwap<SigningKey>>);
+
+impl CheckpointSigner for CurrentKey {
+    fn signing_key(&self) -> Arc<SigningKey> {
+        self.0.load_full()
+    }
+}
+
 /// The current signing key and the published verification keys.
 #[derive(Debug)]
 pub struct KeyRing {
-    signing: ArcSwap<SigningKey>,
+    /// Shared with the audit log's checkpoint signer ([`KeyRing::checkpoint_signer`]).
+    signing: Arc<ArcSwap<SigningKey>>,
     published: ArcSwap<Published>,
     /// Every published key; rotations and pruning change it under this lock.
     ring: tokio::sync::Mutex<Vec<RingKey>>,
@@ -169,26 +197,68 @@ impl KeyRing {
             .ok_or("no active signing key")?;
         let published = publish(&ring)?;
         Ok(Self {
-            signing: ArcSwap::new(signing_key),
+            signing: Arc::new(ArcSwap::new(signing_key)),
             published: ArcSwap::from_pointee(published),
             ring: tokio::sync::Mutex::new(ring),
         })
     }
 
-    /// Replace the signing key with a new one of the same algorithm. The new
-    /// key is stored, then published, then signs; the old one is retired and
-    /// stays published until its last token has expired.
-    pub async fn rotate(
+    /// Replace the signing key with a new one of the same algorithm, once
+    /// `audit` has recorded the rotation that is about to happen.
+    ///
+    /// The new key is generated and `audit` called with what the rotation
+    /// will do; only if it succeeds is the new key stored, published and
+    /// made to sign, and the old one retired (it stays published until its
+    /// last token has expired). If `audit` fails nothing has changed. If the
+    /// store then refuses the new key, nothing has changed either, but the
+    /// audit log names a rotation that did not happen: the caller records
+    /// that too ([`RotationError::Store`]). Rotations run one at a time.
+    pub async fn rotate<E, F, Fut>(
         &self,
         store: &dyn Store,
         now: DateTime<Utc>,
         rng: &(dyn SecureRandom + Sync),
-    ) -> Result<Rotation, String> {
+        audit: F,
+    ) -> Result<Rotation, RotationError<E>>
+    where
+        F: FnOnce(Rotation) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
         let mut ring = self.ring.lock().await;
         let current = self.signing.load_full();
         let alg = current.alg();
-        let (next, pkcs8) = SigningKey::generate(alg, rng).map_err(|e| e.to_string())?;
+        let (next, pkcs8) =
+            SigningKey::generate(alg, rng).map_err(|e| RotationError::Generate(e.to_string()))?;
         let now = now.timestamp();
+        let rotation = Rotation {
+            kid: next.kid().to_owned(),
+            alg,
+            retired_kid: current.kid().to_owned(),
+            retired_until: now + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS,
+        };
+        let next = Arc::new(next);
+        // The ring and the JWK set as they will be, made before anything
+        // is written, so nothing fails once the new key is stored.
+        let mut next_ring: Vec<RingKey> = ring
+            .iter()
+            .map(|held| RingKey {
+                key: Arc::clone(&held.key),
+                retired_at: if held.key.kid() == current.kid() {
+                    Some(now)
+                } else {
+                    held.retired_at
+                },
+            })
+            .collect();
+        next_ring.push(RingKey {
+            key: Arc::clone(&next),
+            retired_at: None,
+        });
+        let published = publish(&next_ring).map_err(RotationError::Generate)?;
+
+        audit(rotation.clone())
+            .await
+            .map_err(RotationError::Audit)?;
         store
             .insert_signing_key(&StoredKey {
                 kid: next.kid().to_owned(),
@@ -198,31 +268,18 @@ impl KeyRing {
                 retired_at: None,
             })
             .await
-            .map_err(|e| e.to_string())?;
-        store
-            .retire_signing_key(current.kid(), now)
-            .await
-            .map_err(|e| e.to_string())?;
-        for held in ring.iter_mut() {
-            if held.key.kid() == current.kid() {
-                held.retired_at = Some(now);
-            }
+            .map_err(|e| RotationError::Store(e.to_string()))?;
+        // From here the rotation stands: with the new key stored, a restart
+        // signs with it (and retires every other key) whatever happens next.
+        if let Err(error) = store.retire_signing_key(current.kid(), now).await {
+            tracing::warn!(kid = current.kid(), %error, "could not mark the old signing key retired in the store; the next start retires it");
         }
-        let next = Arc::new(next);
-        ring.push(RingKey {
-            key: Arc::clone(&next),
-            retired_at: None,
-        });
+        *ring = next_ring;
         // Published first, signing second.
-        self.published.store(Arc::new(publish(&ring)?));
+        self.published.store(Arc::new(published));
         self.signing.store(Arc::clone(&next));
         tracing::info!(kid = next.kid(), retired = current.kid(), %alg, "rotated the signing key");
-        Ok(Rotation {
-            kid: next.kid().to_owned(),
-            alg,
-            retired_kid: current.kid().to_owned(),
-            retired_until: now + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS,
-        })
+        Ok(rotation)
     }
 
     /// Remove retired keys whose tokens have all expired from the JWK set
@@ -260,6 +317,12 @@ impl KeyRing {
         self.signing.load_full()
     }
 
+    /// A signer for the audit log's checkpoints: whichever key signs
+    /// tokens at the time.
+    pub fn checkpoint_signer(&self) -> Arc<dyn CheckpointSigner> {
+        Arc::new(CurrentKey(Arc::clone(&self.signing)))
+    }
+
     /// Check an access token against the published keys (see
     /// [`stint_core::access_token::verify`]).
     pub fn verify_access_token(
@@ -283,6 +346,42 @@ impl KeyRing {
     pub fn jwks_json(&self) -> Bytes {
         self.published.load().jwks.clone()
     }
+}
+
+/// The public halves of the signing keys in the store at `store_path`,
+/// read without changing it (a running broker may hold it): what `stintd
+/// verify-audit` checks checkpoints with by default. The store holds the
+/// keys that sign now and those retired within the last hour or so.
+pub fn stored_public_keys(
+    store_path: &std::path::Path,
+) -> Result<Vec<stint_core::jose::VerifyingKey>, String> {
+    let stored =
+        stint_store::SqliteStore::read_signing_keys(store_path).map_err(|e| e.to_string())?;
+    let rng = ring::rand::SystemRandom::new();
+    let mut keys = Vec::with_capacity(stored.len());
+    for key in stored {
+        let alg = Algorithm::from_name(&key.alg)
+            .ok_or_else(|| format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg))?;
+        let signing = SigningKey::from_pkcs8(alg, &key.pkcs8, &rng)
+            .map_err(|e| format!("stored key {} cannot be loaded: {e}", key.kid))?;
+        keys.push(signing.verifying_key());
+    }
+    Ok(keys)
+}
+
+/// The keys of a JWK set document (the broker's `/.well-known/jwks.json`,
+/// saved), for `stintd verify-audit --jwks`. A key without a `kid`, or of
+/// a type Stint does not verify, is an error: a trust anchor should hold
+/// what it is meant to.
+pub fn public_keys_from_jwks(
+    document: &[u8],
+) -> Result<Vec<stint_core::jose::VerifyingKey>, String> {
+    let set: JwkSet =
+        serde_json::from_slice(document).map_err(|e| format!("not a JWK set: {e}"))?;
+    set.keys
+        .iter()
+        .map(|jwk| stint_core::jose::VerifyingKey::from_jwk(jwk).map_err(|e| e.to_string()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ mod status;
 pub mod tls;
 pub mod webhook;
 
+pub use audit::AuditSettings;
 pub use config::{
     ClientCertificates, Config, ConfigError, Limits, PolicySource, Rate, TlsFiles, WebhookTarget,
 };
@@ -192,6 +193,10 @@ impl RunningServer {
             .status_lists
             .flush(self.state.store.as_ref())
             .await;
+        // The log ends signed: nothing after a clean stop is unvouched for.
+        if let Err(error) = self.state.audit.checkpoint().await {
+            tracing::error!(%error, "could not write the audit log's shutdown checkpoint");
+        }
     }
 }
 
@@ -218,8 +223,8 @@ pub async fn start_with_clock(
         message,
     };
     let (sink, chain) = FileSink::open(&audit_path).map_err(|e| audit_error(e.to_string()))?;
-    let audit =
-        AuditLog::start(sink, chain, metrics.clone()).map_err(|e| audit_error(e.to_string()))?;
+    let audit = AuditLog::start_with(sink, chain, metrics.clone(), config.audit, clock.clone())
+        .map_err(|e| audit_error(e.to_string()))?;
 
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir.join(STORE_FILE))?);
 
@@ -285,6 +290,8 @@ pub async fn start_with_clock(
     let keys = KeyRing::load_or_create(store.as_ref(), config.signing_alg, now, &rng)
         .await
         .map_err(StartError::Keys)?;
+    // From here the broker's signing key signs the audit log's checkpoints.
+    audit.attach_signer(keys.checkpoint_signer());
 
     let revocations = RevocationSet::new();
     let live = store

@@ -90,6 +90,44 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The signing keys in the database at `path`, read without changing
+    /// anything (a running broker may hold it open): for `stintd
+    /// verify-audit`, which checks the audit log's checkpoints with their
+    /// public halves. A missing database is an error, not a new one.
+    pub fn read_signing_keys(path: &Path) -> Result<Vec<StoredKey>, StoreError> {
+        let open_error = |message: String| StoreError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        let connection = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_error(e.to_string()))?;
+        connection
+            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(|e| open_error(e.to_string()))?;
+        let backend = |e: rusqlite::Error| StoreError::Backend {
+            operation: "read signing keys",
+            message: e.to_string(),
+        };
+        let mut statement = connection
+            .prepare("SELECT kid, alg, pkcs8, created_at, retired_at FROM signing_keys ORDER BY created_at, kid")
+            .map_err(backend)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(StoredKey {
+                    kid: row.get(0)?,
+                    alg: row.get(1)?,
+                    pkcs8: row.get(2)?,
+                    created_at: row.get(3)?,
+                    retired_at: row.get(4)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
     /// Open (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_error = |message: String| StoreError::Open {

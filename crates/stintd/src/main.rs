@@ -110,6 +110,23 @@ struct Cli {
     )]
     feed_max_streams_per_client: usize,
 
+    /// Start a new audit file once audit.jsonl holds this much (bytes, or
+    /// with a K, M or G suffix; 0: never; at least 4K).
+    #[arg(long, env = "STINTD_AUDIT_ROTATE_SIZE", default_value = "64M", value_parser = parse_size)]
+    audit_rotate_size: u64,
+
+    /// Start a new audit file once audit.jsonl's first record is this many
+    /// seconds old (0: never).
+    #[arg(long, env = "STINTD_AUDIT_ROTATE_INTERVAL", default_value_t = 86_400)]
+    audit_rotate_interval: u64,
+
+    /// How often the audit log's head is signed with the signing key, in
+    /// seconds (1-3600), when anything was recorded since the last
+    /// checkpoint. Records after the last checkpoint are vouched for by
+    /// nothing but the hash chain.
+    #[arg(long, env = "STINTD_AUDIT_CHECKPOINT_INTERVAL", default_value_t = 60)]
+    audit_checkpoint_interval: u64,
+
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
     log: String,
@@ -260,6 +277,10 @@ fn log_in_color(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
 const AFTER_HELP: &str = "Every option can also be set through the environment variable shown.\n\
 Examples:\n  stintd --dev\n  stintd --policy /etc/stint/policy.toml --tls-cert cert.pem --tls-key key.pem --listen 0.0.0.0:8443 --issuer https://stint.example.com:8443";
 
+const VERIFY_AUDIT_HELP: &str = "Exit status: 0 if the chain is whole and every checkpoint whose key is known verifies (and --max-unsigned holds), 1 otherwise.\n\
+A checkpoint signed by a key that is not given is reported, not trusted: the records after the last verified checkpoint are what someone able to write the files could have forged, edited or cut.\n\
+Examples:\n  stintd verify-audit /var/lib/stint/audit*.jsonl\n  stintd verify-audit --jwks jwks.json --max-unsigned 0 audit-*.jsonl";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Make a client secret for a workload: prints the secret (give it to
@@ -280,10 +301,29 @@ enum Command {
         /// The policy file.
         file: PathBuf,
     },
-    /// Walk an audit log's hash chain; name the first broken record.
+    /// Walk an audit log's hash chain, rotated files and all, and check its
+    /// signed checkpoints; name the first broken record, and say how many
+    /// records follow the last verified checkpoint.
+    #[command(after_help = VERIFY_AUDIT_HELP)]
     VerifyAudit {
-        /// The audit log (DATA_DIR/audit.jsonl).
-        file: PathBuf,
+        /// The audit files: DATA_DIR/audit.jsonl and any rotated
+        /// DATA_DIR/audit-*.jsonl, in any order (DATA_DIR/audit*.jsonl).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Check checkpoints with the keys in this JWK set (the broker's
+        /// /.well-known/jwks.json, saved where the broker cannot write);
+        /// repeatable. With --jwks, the data directory's store is not read.
+        #[arg(long)]
+        jwks: Vec<PathBuf>,
+        /// Check checkpoints with the keys in this data directory's store
+        /// [default, without --jwks: the directory of the last file, if it
+        /// holds stint.db].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Fail if more than this many records follow the last verified
+        /// checkpoint (0 for the files of a broker that stopped cleanly).
+        #[arg(long)]
+        max_unsigned: Option<u64>,
     },
 }
 
@@ -301,7 +341,12 @@ fn main() -> ExitCode {
         Some(Command::NewClient { ref name }) => return report(new_client(name)),
         Some(Command::NewOperator { ref name }) => return report(new_operator(name)),
         Some(Command::CheckPolicy { ref file }) => return report(check_policy(file)),
-        Some(Command::VerifyAudit { ref file }) => return report(verify_audit(file)),
+        Some(Command::VerifyAudit {
+            ref files,
+            ref jwks,
+            ref data_dir,
+            max_unsigned,
+        }) => return report(verify_audit(files, jwks, data_dir.as_deref(), max_unsigned)),
         None => {}
     }
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -382,6 +427,11 @@ fn config_from(cli: &Cli) -> Config {
         feed_keepalive: std::time::Duration::from_secs(cli.feed_keepalive),
         feed_max_streams: cli.feed_max_streams,
         feed_max_streams_per_client: cli.feed_max_streams_per_client,
+        audit: stint_server::AuditSettings {
+            rotate_size: cli.audit_rotate_size,
+            rotate_interval: std::time::Duration::from_secs(cli.audit_rotate_interval),
+            checkpoint_interval: std::time::Duration::from_secs(cli.audit_checkpoint_interval),
+        },
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
                 url: url.clone(),
@@ -439,18 +489,129 @@ fn check_policy(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verify_audit(file: &std::path::Path) -> anyhow::Result<()> {
-    let log =
-        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let summary = stint_core::audit::verify(std::io::BufReader::new(log))
-        .map_err(|error| anyhow::anyhow!("{}: chain broken: {error}", file.display()))?;
+/// `64M` and the like: bytes, with an optional K, M or G (binary) suffix.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.strip_suffix(['K', 'k', 'M', 'm', 'G', 'g']) {
+        Some(digits) => (digits, text.get(digits.len()..).unwrap_or_default()),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        _ => 0,
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?} is not a size: give bytes, or a number with K, M or G"))
+}
+
+fn verify_audit(
+    files: &[PathBuf],
+    jwks: &[PathBuf],
+    data_dir: Option<&std::path::Path>,
+    max_unsigned: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut trusted = stint_core::jose::KeySet::new();
+    let mut sources = Vec::new();
+    for path in jwks {
+        let document =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let keys = stint_server::keys::public_keys_from_jwks(&document)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        sources.push(format!("{} ({} keys)", path.display(), keys.len()));
+        keys.into_iter().for_each(|key| trusted.insert(key));
+    }
+    let store = match data_dir {
+        Some(dir) => Some(dir.join(stint_server::STORE_FILE)),
+        None if jwks.is_empty() => files
+            .last()
+            .and_then(|file| file.parent())
+            .map(|dir| dir.join(stint_server::STORE_FILE))
+            .filter(|store| store.exists()),
+        None => None,
+    };
+    if let Some(store) = &store {
+        let keys = stint_server::keys::stored_public_keys(store)
+            .map_err(|e| anyhow::anyhow!("cannot read the signing keys: {e}"))?;
+        sources.push(format!("{} ({} keys)", store.display(), keys.len()));
+        keys.into_iter().for_each(|key| trusted.insert(key));
+    }
+
+    let checked = stint_server::audit::verify_files(files, trusted)?;
+    let r = &checked.report;
+    let names = match checked.files.as_slice() {
+        [one] => one.display().to_string(),
+        many => format!(
+            "{} files ({} ... {})",
+            many.len(),
+            many.first()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default(),
+            many.last()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default()
+        ),
+    };
     println!(
-        "{}: {} records, chain intact, head {}",
-        file.display(),
-        summary.records,
-        summary.head
+        "{names}: {} records, chain intact, head {}",
+        r.records, r.head
     );
-    eprintln!("(keep the head hash elsewhere: a cut-off tail is only detectable against it)");
+    if let Some(from) = &r.continues_from {
+        println!(
+            "starts at record {}, continuing {} (not given): the records before it are not checked",
+            r.first_seq, from.file
+        );
+    }
+    for note in &checked.notes {
+        println!("note: {note}");
+    }
+    if sources.is_empty() {
+        println!(
+            "keys: none given (--jwks FILE or --data-dir DIR): no checkpoint signature is checked"
+        );
+    } else {
+        println!("keys: {}", sources.join(", "));
+    }
+    println!(
+        "checkpoints: {} verified, {} signed by keys not given{}",
+        r.verified_checkpoints,
+        r.unverified_checkpoints,
+        if r.unknown_kids.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.unknown_kids.join(", "))
+        }
+    );
+    match r.last_verified_checkpoint {
+        Some(seq) => println!(
+            "last verified checkpoint: record {seq}; {} records follow it, vouched for by nothing but the chain",
+            r.unsigned
+        ),
+        None => println!(
+            "no verified checkpoint: {} records are vouched for by nothing but the chain",
+            r.unsigned
+        ),
+    }
+    if r.adopted > 0 {
+        println!(
+            "{} records were written by a broker run that stopped without signing them (a crash or kill -9, or records added while no broker ran); a later checkpoint covers them",
+            r.adopted
+        );
+    }
+    eprintln!(
+        "(keep the head hash elsewhere: a tail cut back to a checkpoint is only detectable against it)"
+    );
+    if let Some(max) = max_unsigned
+        && r.unsigned > max
+    {
+        anyhow::bail!(
+            "{} records follow the last verified checkpoint, more than --max-unsigned {max}",
+            r.unsigned
+        );
+    }
     Ok(())
 }
 

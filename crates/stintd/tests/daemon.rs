@@ -520,3 +520,229 @@ async fn verify_audit_accepts_an_intact_log_and_names_the_first_broken_record() 
         "{stderr}"
     );
 }
+
+/// SIGTERM, and wait (at most 30 s) for a clean exit.
+fn stop_cleanly(mut daemon: Daemon) {
+    daemon.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}: {}", daemon.stderr());
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stintd did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// DATA_DIR/audit*.jsonl.
+fn audit_files(data: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("audit") && name.ends_with(".jsonl")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn verify_audit(args: &[&str], files: &[PathBuf]) -> (bool, String, String) {
+    let (status, stdout, stderr) = run_to_end(
+        Command::new(STINTD)
+            .arg("verify-audit")
+            .args(args)
+            .args(files),
+        Duration::from_secs(30),
+    );
+    (status.success(), stdout, stderr)
+}
+
+/// Rewrite `path`'s lines from `from` on, as someone who can write the file
+/// and knows the chain's rules would: each `prev` (and a checkpoint's
+/// `head`) recomputed, so the chain is whole again.
+fn rechain(path: &Path, from: usize, edit: impl FnOnce(&mut Value)) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
+    let mut record: Value = serde_json::from_slice(&lines[from]).unwrap();
+    edit(&mut record);
+    lines[from] = serde_json::to_vec(&record).unwrap();
+    for i in from + 1..lines.len() {
+        let mut record: Value = serde_json::from_slice(&lines[i]).unwrap();
+        let head = stint_core::audit::Chain::after(&lines[i - 1])
+            .unwrap()
+            .head();
+        record["prev"] = json!(head);
+        if record.get("checkpoint").is_some() {
+            record["checkpoint"]["head"] = json!(head);
+        }
+        lines[i] = serde_json::to_vec(&record).unwrap();
+    }
+    let mut out = Vec::new();
+    for line in lines {
+        out.extend_from_slice(&line);
+        out.push(b'\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[tokio::test]
+async fn verify_audit_checks_checkpoints_across_rotated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start(
+        Path::new(STINTD),
+        &[
+            "--dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--audit-rotate-size",
+            "4K",
+        ],
+    );
+    let creds = dev_credentials(&data);
+    let http = Client::new();
+    for job in 0..30 {
+        mint(&http, &daemon, &creds, &format!("job-{job}")).await;
+    }
+    let jwks = http
+        .get(daemon.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, &jwks).unwrap();
+    stop_cleanly(daemon);
+
+    let mut files = audit_files(&data);
+    assert!(files.len() >= 3, "{files:?}");
+    files.reverse(); // any order will do
+    let (ok, stdout, stderr) = verify_audit(&[], &files);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&format!("{} files (", files.len())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("chain intact"), "{stdout}");
+    assert!(stdout.contains("stint.db (1 keys)"), "{stdout}");
+    assert!(
+        stdout.contains("0 records follow it"),
+        "a clean stop leaves nothing unsigned: {stdout}"
+    );
+    let verified = |stdout: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("checkpoints: "))
+            .unwrap();
+        line["checkpoints: ".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Every rotated file ends with a checkpoint, and so does the stop.
+    assert!(verified(&stdout) >= files.len() as u64, "{stdout}");
+
+    // The JWK set, kept elsewhere, is a trust anchor of its own.
+    let (ok, stdout, stderr) = verify_audit(&["--jwks", jwks_file.to_str().unwrap()], &files);
+    assert!(ok, "{stderr}");
+    assert!(verified(&stdout) >= files.len() as u64, "{stdout}");
+    assert!(!stdout.contains("stint.db"), "{stdout}");
+    // A key the log was not signed with vouches for nothing.
+    let (other, _) = stint_core::jose::SigningKey::generate(
+        stint_core::jose::Algorithm::ES256,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let other_file = dir.path().join("other.json");
+    std::fs::write(
+        &other_file,
+        serde_json::to_vec(&stint_proto::JwkSet {
+            keys: vec![other.public_jwk().clone()],
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = verify_audit(&["--jwks", other_file.to_str().unwrap()], &files);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("checkpoints: 0 verified"), "{stdout}");
+    assert!(stdout.contains("no verified checkpoint"), "{stdout}");
+
+    // Someone who can write the live file appends a well-chained forgery:
+    // the chain is whole, but nothing signed the new record.
+    let live = data.join("audit.jsonl");
+    let text = std::fs::read_to_string(&live).unwrap();
+    let mut chain =
+        stint_core::audit::Chain::after(text.lines().last().unwrap().as_bytes()).unwrap();
+    let mut forged = stint_core::audit::AuditEntry::new(
+        "2026-11-23T10:00:00.000Z".into(),
+        stint_core::audit::EventKind::TokenMinted,
+        stint_core::audit::Decision::Allow,
+    );
+    forged.sub = Some("demo-job".into());
+    let mut appended = text.into_bytes();
+    chain.append(&forged.encode().unwrap(), &mut appended);
+    std::fs::write(&live, &appended).unwrap();
+    let (ok, stdout, stderr) = verify_audit(&[], &files);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 records follow it"), "{stdout}");
+    let (ok, _, stderr) = verify_audit(&["--max-unsigned", "0"], &files);
+    assert!(!ok);
+    assert!(stderr.contains("more than --max-unsigned 0"), "{stderr}");
+
+    // Edit a record a checkpoint covers and recompute every hash after it:
+    // the chain is whole again, the checkpoint's signature is not.
+    let lines: Vec<Value> = std::fs::read_to_string(&live)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let minted = lines
+        .iter()
+        .position(|r| r["event"] == "token_minted")
+        .unwrap();
+    rechain(&live, minted, |record| {
+        record["scopes"] = json!(["admin:prod/all"])
+    });
+    let (ok, _, stderr) = verify_audit(&[], &files);
+    assert!(!ok);
+    assert!(
+        stderr.contains("audit.jsonl: chain broken: line")
+            && stderr.contains("the checkpoint's signature does not verify"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn verify_audit_reports_records_a_killed_broker_never_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = Client::new();
+    let daemon = dev_daemon(&data);
+    let creds = dev_credentials(&data);
+    mint(&http, &daemon, &creds, "before-crash").await;
+    daemon.kill9();
+    let daemon = dev_daemon(&data);
+    mint(&http, &daemon, &creds, "after-crash").await;
+    stop_cleanly(daemon);
+
+    let (ok, stdout, stderr) = verify_audit(&[], &audit_files(&data));
+    assert!(ok, "{stderr}");
+    // The first run's policy_loaded and its mint were never signed by it.
+    assert!(
+        stdout.contains("2 records were written by a broker run that stopped without signing them"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 records follow it"), "{stdout}");
+}

@@ -3,6 +3,7 @@
 use super::RequestContext;
 use super::client_auth::credentials;
 use crate::error::OAuthError;
+use crate::keys::{Rotation, RotationError};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +16,12 @@ use stint_proto::{ErrorCode, KeyRotationResponse};
 
 /// `POST /v1/admin/keys/rotate`: a new signing key, published before it
 /// signs; the old one stays published until its tokens have expired.
+///
+/// The rotation is audited before it takes effect: if the `keys_rotated`
+/// record cannot be written, the answer is 503 and the old key goes on
+/// signing (a retry rotates once). A refusal is audited as
+/// `key_rotation_denied`, and so is a rotation whose record was written but
+/// whose new key the store then refused (nothing changed).
 pub(crate) async fn rotate_keys(
     State(state): State<Arc<AppState>>,
     Extension(context): Extension<RequestContext>,
@@ -27,41 +34,87 @@ pub(crate) async fn rotate_keys(
         Decision::Deny,
         Some(&context),
     );
-    let outcome = rotate(&state, &headers, &mut entry).await;
-    match &outcome {
-        Ok(rotation) => {
-            entry.event = EventKind::KeysRotated;
-            entry.decision = Decision::Allow;
-            entry.detail = Some(format!(
-                "new signing key {} ({}); retired key {} published until {}",
-                rotation.kid,
-                rotation.alg,
-                rotation.retired_kid,
-                rotation.retired_key_published_until
-            ));
-        }
-        Err(error) => {
-            entry.reason = Some(error.reason.as_str().to_owned());
-            entry.detail = Some(error.description.clone());
-        }
+    if let Err(error) = authorize(&state, &headers, &mut entry) {
+        return refuse(&state, entry, error).await;
     }
-    if let Err(unavailable) = state.record(entry).await {
-        return unavailable.into_response();
-    }
-    match outcome {
+    let rotated = entry.clone();
+    let recorder = Arc::clone(&state);
+    let rotation = state
+        .keys
+        .rotate(
+            state.store.as_ref(),
+            state.clock.now(),
+            &state.rng,
+            |rotation| async move {
+                let mut rotated = rotated;
+                rotated.event = EventKind::KeysRotated;
+                rotated.decision = Decision::Allow;
+                rotated.kid = Some(rotation.kid.clone());
+                rotated.detail = Some(format!(
+                    "new signing key {} ({}); retired key {} published until {}",
+                    rotation.kid,
+                    rotation.alg,
+                    rotation.retired_kid,
+                    published_until(&rotation)
+                ));
+                recorder.record(rotated).await
+            },
+        )
+        .await;
+    match rotation {
         Ok(rotation) => {
             state.metrics.key_rotated();
-            Json(rotation).into_response()
+            Json(KeyRotationResponse {
+                retired_key_published_until: published_until(&rotation),
+                kid: rotation.kid,
+                alg: rotation.alg.as_str().to_owned(),
+                retired_kid: rotation.retired_kid,
+            })
+            .into_response()
         }
-        Err(error) => error.into_response(),
+        // Not recorded, so not done: the old key signs on.
+        Err(RotationError::Audit(unavailable)) => unavailable.into_response(),
+        Err(RotationError::Generate(error)) => {
+            tracing::error!(%error, "no new signing key could be made");
+            let refusal = OAuthError::unavailable("a new signing key could not be made");
+            refuse(&state, entry, refusal).await
+        }
+        Err(RotationError::Store(error)) => {
+            tracing::error!(%error, "signing key rotation failed after it was audited; the old key still signs");
+            let refusal = OAuthError::unavailable("the new signing key could not be stored");
+            entry.detail = Some(format!(
+                "the rotation recorded just before did not happen: {}; the old key still signs",
+                refusal.description
+            ));
+            entry.reason = Some(refusal.reason.as_str().to_owned());
+            match state.record(entry).await {
+                Err(unavailable) => unavailable.into_response(),
+                Ok(()) => refusal.into_response(),
+            }
+        }
     }
 }
 
-async fn rotate(
+/// Audit a refusal, then send it (or 503 if it cannot be audited).
+async fn refuse(state: &AppState, mut entry: AuditEntry, error: OAuthError) -> Response {
+    entry.reason = Some(error.reason.as_str().to_owned());
+    entry.detail = Some(error.description.clone());
+    match state.record(entry).await {
+        Err(unavailable) => unavailable.into_response(),
+        Ok(()) => error.into_response(),
+    }
+}
+
+fn published_until(rotation: &Rotation) -> String {
+    let until = chrono::DateTime::from_timestamp(rotation.retired_until, 0).unwrap_or_default();
+    crate::audit::timestamp(until)
+}
+
+fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     entry: &mut AuditEntry,
-) -> Result<KeyRotationResponse, OAuthError> {
+) -> Result<(), OAuthError> {
     let credentials = credentials(headers, None)?;
     let policy = state.policy.load();
     entry.client_id = credentials.loggable_id(&policy);
@@ -75,19 +128,5 @@ async fn rotate(
         )
         .with_status(StatusCode::FORBIDDEN));
     }
-    let rotation = state
-        .keys
-        .rotate(state.store.as_ref(), state.clock.now(), &state.rng)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "signing key rotation failed");
-            OAuthError::unavailable("the new signing key could not be stored")
-        })?;
-    let until = chrono::DateTime::from_timestamp(rotation.retired_until, 0).unwrap_or_default();
-    Ok(KeyRotationResponse {
-        kid: rotation.kid,
-        alg: rotation.alg.as_str().to_owned(),
-        retired_kid: rotation.retired_kid,
-        retired_key_published_until: crate::audit::timestamp(until),
-    })
+    Ok(())
 }
