@@ -566,7 +566,9 @@ async fn health_readiness_and_metrics() {
         "stint_tokens_minted_total 1",
         "stint_tokens_denied_total{reason=\"scope_not_allowed\"} 1",
         "stint_policy_loads_total{result=\"loaded\"} 1",
-        "stint_policy_workflow_review_overdue{workflow=\"demo\"} 0",
+        // Counted, not named: workflow names only reach an authorized
+        // scraper (tests/tests/metrics.rs).
+        "stint_policy_workflows_review_overdue 0",
         "stint_http_request_duration_seconds_count{route=\"/oauth2/token\",method=\"POST\",status=\"200\"} 1",
         "stint_http_request_duration_seconds_bucket{le=\"0.01\",route=\"/oauth2/token\",method=\"POST\",status=\"400\"}",
         "stint_audit_records_total",

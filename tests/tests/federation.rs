@@ -485,6 +485,36 @@ async fn extreme_times_in_a_subject_token_are_refused_without_wrapping() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Each ID token check is counted by its outcome, and each fetch of an
+/// issuer's keys by its own.
+#[tokio::test]
+async fn id_token_checks_and_key_fetches_are_counted() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let good = idp.github_claims("acme/web", "refs/heads/main", AUDIENCE);
+    let (status, body) = exchange(&broker, &idp.rs256_token(&good), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let mut expired = good.clone();
+    expired["exp"] = json!(chrono::Utc::now().timestamp() - 120);
+    exchange(&broker, &idp.rs256_token(&expired), &[]).await;
+    exchange(&broker, "not-a-jwt", &[]).await;
+    let stranger = TestIdp::start().await;
+    let foreign = stranger.github_claims("acme/web", "refs/heads/main", AUDIENCE);
+    exchange(&broker, &stranger.rs256_token(&foreign), &[]).await;
+
+    let metrics = broker.metrics().await;
+    for expected in [
+        "stint_federation_id_token_verifications_total{outcome=\"verified\"} 1\n",
+        "stint_federation_id_token_verifications_total{outcome=\"invalid\"} 2\n",
+        "stint_federation_id_token_verifications_total{outcome=\"untrusted_issuer\"} 1\n",
+        "stint_federation_id_token_verifications_total{outcome=\"keys_unavailable\"} 0\n",
+        "stint_federation_jwks_fetches_total{outcome=\"fetched\"} 1\n",
+        "stint_federation_jwks_fetches_total{outcome=\"failed\"} 0\n",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in\n{metrics}");
+    }
+}
+
 #[tokio::test]
 async fn a_gitlab_ci_token_is_exchanged_with_its_job_id() {
     let idp = TestIdp::start().await;

@@ -112,6 +112,9 @@ pub struct Config {
     pub feed_max_streams: usize,
     /// The most feed streams one client may hold open.
     pub feed_max_streams_per_client: usize,
+    /// A file holding the bearer token `/metrics` requires; without it
+    /// `/metrics` is open, without the policy's workflow names.
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// The webhook that receives approval events.
@@ -142,6 +145,7 @@ impl Config {
             feed_keepalive: Duration::from_secs(15),
             feed_max_streams: 2048,
             feed_max_streams_per_client: 256,
+            metrics_token_file: None,
         }
     }
 

@@ -35,7 +35,7 @@ pub use error::StartError;
 
 use crate::audit::{AuditLog, FileSink};
 use crate::keys::KeyRing;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ScrapeToken};
 use crate::state::{AppState, read_policy_file, report_overdue};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -192,7 +192,8 @@ pub async fn start_with_clock(
     prepare_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let rng = SystemRandom::new();
-    let metrics = Arc::new(Metrics::new());
+    let scrape_token = config.metrics_token_file.as_deref().map(ScrapeToken::load);
+    let metrics = Arc::new(Metrics::with_scrape_token(scrape_token.transpose()?));
 
     let audit_path = config.data_dir.join(AUDIT_FILE);
     let audit_error = |message: String| StartError::Audit {

@@ -108,6 +108,14 @@ struct Cli {
     )]
     feed_max_streams_per_client: usize,
 
+    /// A file holding a bearer token (32 to 1024 printable characters) that
+    /// /metrics then requires (`Authorization: Bearer`, Prometheus'
+    /// `authorization.credentials_file`). Without it /metrics is open to
+    /// anyone who can reach the listener, and leaves out the policy's
+    /// workflow names.
+    #[arg(long, env = "STINTD_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
+
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
     log: String,
@@ -239,6 +247,7 @@ fn config_from(cli: &Cli) -> Config {
         feed_keepalive: std::time::Duration::from_secs(cli.feed_keepalive),
         feed_max_streams: cli.feed_max_streams,
         feed_max_streams_per_client: cli.feed_max_streams_per_client,
+        metrics_token_file: cli.metrics_token_file.clone(),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
                 url: url.clone(),

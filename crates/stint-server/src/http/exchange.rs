@@ -153,8 +153,25 @@ pub(crate) async fn identify_bearer<'p>(
 
 /// Verify an ID token from one of the policy's trusted issuers: its issuer,
 /// algorithm, signature, times and audience. Returns the issuer and the
-/// verified claims (a JSON object). Also how operators sign in.
+/// verified claims (a JSON object). Also how operators sign in. Each
+/// verification is counted in the metrics by its outcome.
 pub(crate) async fn verify_id_token<'p>(
+    state: &AppState,
+    policy: &'p Policy,
+    subject_token: &str,
+    entry: &mut AuditEntry,
+) -> Result<(&'p TrustedIssuer, Value), OAuthError> {
+    let verified = verify_id_token_unmetered(state, policy, subject_token, entry).await;
+    state.metrics.id_token(match &verified {
+        Ok(_) => "verified",
+        Err(error) if error.code == ErrorCode::TemporarilyUnavailable => "keys_unavailable",
+        Err(error) if error.reason == DenyReason::UntrustedIssuer => "untrusted_issuer",
+        Err(_) => "invalid",
+    });
+    verified
+}
+
+async fn verify_id_token_unmetered<'p>(
     state: &AppState,
     policy: &'p Policy,
     subject_token: &str,
