@@ -485,6 +485,25 @@ async fn extreme_times_in_a_subject_token_are_refused_without_wrapping() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// RFC 8693 section 2.1: a token exchange may repeat `audience` and
+/// `resource`; they must name one target (section 2.2.2).
+#[tokio::test]
+async fn an_exchange_may_repeat_its_audience_when_every_value_agrees() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let id_token = idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", AUDIENCE));
+    // `exchange` already sends audience=demo-api once.
+    let (status, body) = exchange(
+        &broker,
+        &id_token,
+        &[("audience", "demo-api"), ("resource", "demo-api")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let reply = exchange(&broker, &id_token, &[("audience", "other-api")]).await;
+    assert_refused(&reply, 400, "invalid_target", "two audiences");
+}
+
 /// Each ID token check is counted by its outcome, and each fetch of an
 /// issuer's keys by its own.
 #[tokio::test]
