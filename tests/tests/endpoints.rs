@@ -29,12 +29,36 @@ async fn metadata_is_served_at_both_well_known_paths_and_names_the_jwks() {
         }
     };
     let metadata = get(METADATA_PATH).await;
-    assert_eq!(
-        metadata,
-        get(OPENID_CONFIGURATION_PATH).await,
-        "the same document at both paths"
-    );
     let issuer = broker.issuer();
+    // The OpenID Connect document is the RFC 8414 one plus what OpenID
+    // Connect Discovery 1.0 section 3 requires (validated independently in
+    // tests/tests/conformance.rs).
+    let mut openid = get(OPENID_CONFIGURATION_PATH).await;
+    assert_eq!(openid["response_types_supported"], json!(["none"]));
+    assert_eq!(
+        openid["authorization_endpoint"],
+        format!("{issuer}/oauth2/authorize")
+    );
+    assert_eq!(openid["subject_types_supported"], json!(["public"]));
+    assert_eq!(
+        openid["id_token_signing_alg_values_supported"],
+        json!(["ES256"])
+    );
+    let fields = openid.as_object_mut().unwrap();
+    for field in [
+        "authorization_endpoint",
+        "subject_types_supported",
+        "id_token_signing_alg_values_supported",
+    ] {
+        assert!(
+            metadata.get(field).is_none(),
+            "{field} is not in the RFC 8414 document"
+        );
+        fields.remove(field);
+    }
+    fields.insert("response_types_supported".into(), json!([]));
+    assert_eq!(metadata, openid, "the rest is the same document");
+    assert_eq!(metadata["response_types_supported"], json!([]));
     assert_eq!(metadata["issuer"], issuer);
     assert_eq!(metadata["token_endpoint"], format!("{issuer}{TOKEN_PATH}"));
     assert_eq!(
@@ -542,7 +566,9 @@ async fn health_readiness_and_metrics() {
         "stint_tokens_minted_total 1",
         "stint_tokens_denied_total{reason=\"scope_not_allowed\"} 1",
         "stint_policy_loads_total{result=\"loaded\"} 1",
-        "stint_policy_workflow_review_overdue{workflow=\"demo\"} 0",
+        // Counted, not named: workflow names only reach an authorized
+        // scraper (tests/tests/metrics.rs).
+        "stint_policy_workflows_review_overdue 0",
         "stint_http_request_duration_seconds_count{route=\"/oauth2/token\",method=\"POST\",status=\"200\"} 1",
         "stint_http_request_duration_seconds_bucket{le=\"0.01\",route=\"/oauth2/token\",method=\"POST\",status=\"400\"}",
         "stint_audit_records_total",

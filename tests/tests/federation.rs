@@ -229,6 +229,74 @@ async fn a_federated_job_revokes_with_its_id_token() {
     assert!(response.headers().contains_key("www-authenticate"));
 }
 
+/// A federated workload has no client secret: it introspects (RFC 7662)
+/// with its platform ID token as `Authorization: Bearer`, verified exactly
+/// as a token exchange verifies it (what `stint introspect
+/// --subject-token-file` sends).
+#[tokio::test]
+async fn a_federated_workload_introspects_with_its_id_token() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let id_token = idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", AUDIENCE));
+    let (status, body) = exchange(&broker, &id_token, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let step_token = body["access_token"].as_str().unwrap().to_owned();
+    let introspect = |bearer: String, token: String| {
+        let broker = &broker;
+        async move {
+            let response = broker
+                .http
+                .post(broker.url(stint_proto::INTROSPECTION_PATH))
+                .bearer_auth(bearer)
+                .form(&[("token", token.as_str())])
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let challenge = response.headers().contains_key("www-authenticate");
+            (status, challenge, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, _, body) = introspect(id_token.clone(), step_token.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["active"], true, "{body}");
+    assert_eq!(body["sub"], "web-deployer");
+    assert_eq!(body["job"], "9876543210-1");
+    let (status, _, body) = introspect(id_token.clone(), "not-a-token".into()).await;
+    assert_eq!((status, body), (200, json!({"active": false})));
+
+    // Refused as authentication: an ID token for another audience, one from
+    // an issuer the policy does not trust, an expired one, one bound to no
+    // workload, junk, and the broker's own step token (a bearer access
+    // token is not a client credential here).
+    let mut expired = idp.github_claims("acme/web", "refs/heads/main", AUDIENCE);
+    expired["exp"] = json!(chrono::Utc::now().timestamp() - 120);
+    let stranger = TestIdp::start().await;
+    for (bearer, what) in [
+        (
+            idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", "elsewhere")),
+            "another audience",
+        ),
+        (
+            stranger.rs256_token(&stranger.github_claims("acme/web", "refs/heads/main", AUDIENCE)),
+            "an untrusted issuer",
+        ),
+        (idp.rs256_token(&expired), "expired"),
+        (
+            idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/dev", AUDIENCE)),
+            "bound to no workload",
+        ),
+        ("not-a-token".to_owned(), "junk"),
+        (step_token.clone(), "a step token"),
+    ] {
+        let (status, challenge, body) = introspect(bearer, step_token.clone()).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(body["error"], "invalid_client", "{what}: {body}");
+        assert!(challenge, "{what}: a 401 carries WWW-Authenticate");
+    }
+}
+
 /// The SDK with a subject token instead of a secret: mint, finish, complete.
 #[tokio::test]
 async fn the_sdk_works_with_an_id_token_and_no_secret() {
@@ -379,6 +447,91 @@ async fn bad_subject_tokens_are_refused() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+}
+
+/// Times at the ends of the i64 range are refused, and no `now - iat`
+/// (or `now + leeway`) arithmetic wraps: an `iat` of `i64::MIN` once
+/// wrapped to a negative age and passed the max_token_age check in a
+/// release build (and panicked the handler in a debug one).
+#[tokio::test]
+async fn extreme_times_in_a_subject_token_are_refused_without_wrapping() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let good = idp.github_claims("acme/web", "refs/heads/main", AUDIENCE);
+    let cases = [
+        ("iat", json!(i64::MIN), "older than"),
+        ("iat", json!(i64::MIN + 1), "older than"),
+        ("iat", json!(i64::MAX), "issued in the future"),
+        ("exp", json!(i64::MIN), "expired"),
+        ("nbf", json!(i64::MAX), "not valid yet"),
+        ("iat", json!(1.5e300), "no iat"),
+        ("exp", json!(u64::MAX), "no exp"),
+        ("nbf", json!(1.5e300), "nbf claim is not"),
+    ];
+    for (claim, value, expected) in cases {
+        let mut claims = good.clone();
+        claims[claim] = value.clone();
+        let reply = exchange(&broker, &idp.rs256_token(&claims), &[]).await;
+        let what = format!("{claim} = {value}");
+        assert_refused(&reply, 400, "invalid_grant", &what);
+        let description = reply.1["error_description"].as_str().unwrap();
+        assert!(description.contains(expected), "{what}: {description}");
+    }
+    // Far-future expiry and an nbf long past are fine on their own.
+    let mut claims = good.clone();
+    claims["exp"] = json!(i64::MAX);
+    claims["nbf"] = json!(i64::MIN);
+    let (status, body) = exchange(&broker, &idp.rs256_token(&claims), &[]).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// RFC 8693 section 2.1: a token exchange may repeat `audience` and
+/// `resource`; they must name one target (section 2.2.2).
+#[tokio::test]
+async fn an_exchange_may_repeat_its_audience_when_every_value_agrees() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let id_token = idp.rs256_token(&idp.github_claims("acme/web", "refs/heads/main", AUDIENCE));
+    // `exchange` already sends audience=demo-api once.
+    let (status, body) = exchange(
+        &broker,
+        &id_token,
+        &[("audience", "demo-api"), ("resource", "demo-api")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let reply = exchange(&broker, &id_token, &[("audience", "other-api")]).await;
+    assert_refused(&reply, 400, "invalid_target", "two audiences");
+}
+
+/// Each ID token check is counted by its outcome, and each fetch of an
+/// issuer's keys by its own.
+#[tokio::test]
+async fn id_token_checks_and_key_fetches_are_counted() {
+    let idp = TestIdp::start().await;
+    let broker = broker_for(&idp).await;
+    let good = idp.github_claims("acme/web", "refs/heads/main", AUDIENCE);
+    let (status, body) = exchange(&broker, &idp.rs256_token(&good), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let mut expired = good.clone();
+    expired["exp"] = json!(chrono::Utc::now().timestamp() - 120);
+    exchange(&broker, &idp.rs256_token(&expired), &[]).await;
+    exchange(&broker, "not-a-jwt", &[]).await;
+    let stranger = TestIdp::start().await;
+    let foreign = stranger.github_claims("acme/web", "refs/heads/main", AUDIENCE);
+    exchange(&broker, &stranger.rs256_token(&foreign), &[]).await;
+
+    let metrics = broker.metrics().await;
+    for expected in [
+        "stint_federation_id_token_verifications_total{outcome=\"verified\"} 1\n",
+        "stint_federation_id_token_verifications_total{outcome=\"invalid\"} 2\n",
+        "stint_federation_id_token_verifications_total{outcome=\"untrusted_issuer\"} 1\n",
+        "stint_federation_id_token_verifications_total{outcome=\"keys_unavailable\"} 0\n",
+        "stint_federation_jwks_fetches_total{outcome=\"fetched\"} 1\n",
+        "stint_federation_jwks_fetches_total{outcome=\"failed\"} 0\n",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

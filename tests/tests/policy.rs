@@ -139,7 +139,7 @@ async fn an_overdue_review_is_reported_and_enforced_when_asked() {
     );
     let metrics = broker.metrics().await;
     assert!(
-        metrics.contains("stint_policy_workflow_review_overdue{workflow=\"demo\"} 1"),
+        metrics.contains("stint_policy_workflows_review_overdue 1\n"),
         "{metrics}"
     );
 

@@ -221,25 +221,30 @@ impl StepRequest {
             Denial::new(E::InvalidScope, R::MalformedScope, description)
         })?;
 
-        let audience = match (params.get("audience"), params.get("resource")) {
-            (Some(a), Some(r)) if a != r => {
-                return Err(Denial::new(
-                    E::InvalidTarget,
-                    R::MalformedAudience,
-                    "audience and resource differ; a token has one audience",
-                ));
-            }
-            (Some(a), _) | (None, Some(a)) => {
-                validate_audience(a).map_err(|e| {
+        // RFC 8693 section 2.1 allows several `audience` and `resource`
+        // values; a Stint token has exactly one audience, so they must all
+        // name the same target, else the request is `invalid_target`
+        // (section 2.2.2).
+        let mut targets = params.all("audience").chain(params.all("resource"));
+        let audience = match targets.next() {
+            Some(first) => {
+                if targets.any(|other| other != first) {
+                    return Err(Denial::new(
+                        E::InvalidTarget,
+                        R::MalformedAudience,
+                        "the audience and resource parameters name more than one target; a token has one audience",
+                    ));
+                }
+                validate_audience(first).map_err(|e| {
                     Denial::new(
                         E::InvalidTarget,
                         R::MalformedAudience,
                         format!("the audience is malformed: it {e}"),
                     )
                 })?;
-                Some(a.to_owned())
+                Some(first.to_owned())
             }
-            (None, None) => None,
+            None => None,
         };
 
         let job = match params.get("job") {
@@ -674,6 +679,13 @@ audiences = ["https://k8s.example"]
         )
         .unwrap();
         assert_eq!(grant.audience(), "https://k8s.example");
+        // Repeated, all naming the one target (RFC 8693 section 2.1).
+        let grant = run(
+            &p,
+            "step=read&scope=read:demo/x&audience=api&resource=api&audience=api",
+        )
+        .unwrap();
+        assert_eq!(grant.audience(), "api");
     }
 
     fn denied(p: &Policy, body: &str) -> (ErrorCode, DenyReason, String) {
@@ -726,6 +738,16 @@ audiences = ["https://k8s.example"]
             ),
             (
                 "step=read&scope=read:demo/x&audience=a&resource=b",
+                E::InvalidTarget,
+                R::MalformedAudience,
+            ),
+            (
+                "step=read&scope=read:demo/x&audience=a&audience=b",
+                E::InvalidTarget,
+                R::MalformedAudience,
+            ),
+            (
+                "step=read&scope=read:demo/x&resource=a&audience=a&resource=b",
                 E::InvalidTarget,
                 R::MalformedAudience,
             ),

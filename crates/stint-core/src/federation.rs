@@ -14,6 +14,7 @@ use crate::jose::Algorithm;
 use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
+use thiserror::Error;
 
 /// The most claim matchers one binding may have.
 pub const MAX_MATCHERS_PER_BINDING: usize = 16;
@@ -22,6 +23,71 @@ pub const MAX_MATCHERS_PER_BINDING: usize = 16;
 pub const MAX_CLAIM_VALUE_LEN: usize = 1024;
 /// The default maximum age of an ID token (`now - iat`).
 pub const DEFAULT_MAX_TOKEN_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// Why an ID token's `exp`, `nbf` or `iat` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TokenTimeError {
+    /// `exp` is past (beyond the leeway).
+    #[error("has expired")]
+    Expired,
+    /// `nbf` is still ahead (beyond the leeway).
+    #[error("is not valid yet")]
+    NotYetValid,
+    /// `iat` is ahead (beyond the leeway).
+    #[error("was issued in the future")]
+    IssuedInTheFuture,
+    /// `now - iat` is over the issuer's maximum token age (plus leeway).
+    #[error("is older than this issuer's max_token_age ({max_age_secs} s)")]
+    TooOld {
+        /// The issuer's maximum age, in seconds.
+        max_age_secs: u64,
+    },
+}
+
+/// The times an ID token claims, in seconds since the epoch, as read from
+/// its (verified, but still the platform's word) payload: any `i64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTimes {
+    /// `exp`.
+    pub exp: i64,
+    /// `nbf`, if present.
+    pub nbf: Option<i64>,
+    /// `iat`.
+    pub iat: i64,
+}
+
+impl TokenTimes {
+    /// Whether the token may be used at `now`: not expired, valid already,
+    /// not issued in the future, and at most `max_age` old, each with
+    /// `leeway_secs` of clock skew allowed. The claims come from outside:
+    /// the arithmetic is done in `i128`, so no value of any claim, of `now`
+    /// or of the limits can wrap or overflow (an `iat` of `i64::MIN` is
+    /// very old, not negative-aged).
+    pub fn check(
+        &self,
+        now: i64,
+        max_age: Duration,
+        leeway_secs: u32,
+    ) -> Result<(), TokenTimeError> {
+        let now = i128::from(now);
+        let leeway = i128::from(leeway_secs);
+        if i128::from(self.exp) <= now - leeway {
+            return Err(TokenTimeError::Expired);
+        }
+        if self.nbf.is_some_and(|nbf| i128::from(nbf) > now + leeway) {
+            return Err(TokenTimeError::NotYetValid);
+        }
+        let iat = i128::from(self.iat);
+        if iat > now + leeway {
+            return Err(TokenTimeError::IssuedInTheFuture);
+        }
+        let max_age_secs = max_age.as_secs();
+        if now - iat > i128::from(max_age_secs) + leeway {
+            return Err(TokenTimeError::TooOld { max_age_secs });
+        }
+        Ok(())
+    }
+}
 
 /// A platform whose ID tokens Stint knows the shape of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +410,47 @@ mod tests {
             )
             .matches(&k8s)
         );
+    }
+
+    #[test]
+    fn token_times_never_wrap() {
+        let now = 1_795_000_000;
+        let age = Duration::from_secs(600);
+        let at = |exp, nbf, iat| TokenTimes { exp, nbf, iat }.check(now, age, 30);
+        assert_eq!(at(now + 300, Some(now), now), Ok(()));
+        assert_eq!(at(now + 300, None, now - 630), Ok(()), "at the limit");
+        assert_eq!(
+            at(now + 300, None, now - 631),
+            Err(TokenTimeError::TooOld { max_age_secs: 600 })
+        );
+        // The ends of the range: before the fix, `now - i64::MIN` wrapped
+        // to a negative age and was accepted (in release builds).
+        for iat in [i64::MIN, i64::MIN + 1, -now] {
+            assert_eq!(
+                at(i64::MAX, None, iat),
+                Err(TokenTimeError::TooOld { max_age_secs: 600 }),
+                "iat {iat}"
+            );
+        }
+        assert_eq!(
+            at(i64::MAX, None, i64::MAX),
+            Err(TokenTimeError::IssuedInTheFuture)
+        );
+        assert_eq!(at(i64::MIN, None, now), Err(TokenTimeError::Expired));
+        assert_eq!(at(now - 30, None, now), Err(TokenTimeError::Expired));
+        assert_eq!(
+            at(now + 300, Some(i64::MAX), now),
+            Err(TokenTimeError::NotYetValid)
+        );
+        assert_eq!(at(i64::MAX, Some(i64::MIN), now), Ok(()));
+        // Extreme clocks and limits too.
+        let times = TokenTimes {
+            exp: i64::MAX,
+            nbf: None,
+            iat: i64::MIN,
+        };
+        assert_eq!(times.check(i64::MIN, Duration::MAX, u32::MAX), Ok(()));
+        assert!(times.check(i64::MAX, Duration::ZERO, 0).is_err());
     }
 
     #[test]

@@ -3,13 +3,20 @@
 //! Stricter than the WHATWG algorithm on purpose: invalid UTF-8 and broken
 //! percent escapes are errors rather than replacement characters, and a
 //! repeated parameter is an error (RFC 6749 section 3.2: "Request and
-//! response parameters MUST NOT be included more than once"). A parameter
-//! with an empty value counts as absent (RFC 6749 section 3.1).
+//! response parameters MUST NOT be included more than once"), except the
+//! two that RFC 8693 section 2.1 lets a token exchange repeat, `audience`
+//! and `resource` ([`REPEATABLE`]; read them with [`FormParams::all`]). A
+//! parameter with an empty value counts as absent (RFC 6749 section 3.1).
 
 use thiserror::Error;
 
 /// The most parameters one request may carry.
 pub const MAX_PARAMS: usize = 64;
+
+/// The parameters that may appear more than once: RFC 8693 section 2.1
+/// allows several `audience` and `resource` values. Every other repeated
+/// parameter is refused.
+pub const REPEATABLE: [&str; 2] = ["audience", "resource"];
 
 /// Why a form body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -20,7 +27,7 @@ pub enum FormError {
     /// Decoded bytes that are not UTF-8.
     #[error("the form body is not valid UTF-8")]
     InvalidUtf8,
-    /// A parameter given twice.
+    /// A parameter given twice that may not be (any but [`REPEATABLE`]).
     #[error("parameter {0:?} is repeated")]
     Duplicate(String),
     /// More than [`MAX_PARAMS`] parameters.
@@ -28,7 +35,7 @@ pub enum FormError {
     TooManyParameters,
 }
 
-/// Decoded form parameters, each name at most once.
+/// Decoded form parameters, each name at most once except [`REPEATABLE`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FormParams {
     pairs: Vec<(String, String)>,
@@ -48,7 +55,7 @@ impl FormParams {
             };
             let name = decode(name)?;
             let value = decode(value)?;
-            if pairs.iter().any(|(n, _)| *n == name) {
+            if !REPEATABLE.contains(&name.as_str()) && pairs.iter().any(|(n, _)| *n == name) {
                 return Err(FormError::Duplicate(name.chars().take(32).collect()));
             }
             pairs.push((name, value));
@@ -56,13 +63,24 @@ impl FormParams {
         Ok(Self { pairs })
     }
 
-    /// The value of `name`, or `None` if absent or empty.
+    /// The value of `name`, or `None` if absent or empty. For a
+    /// [`REPEATABLE`] parameter this is only its first occurrence: read
+    /// those with [`FormParams::all`].
     pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
+    }
+
+    /// Every non-empty value of `name`, in the order sent (at most
+    /// [`MAX_PARAMS`]).
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether `name` was sent at all, even empty.
@@ -148,11 +166,26 @@ mod tests {
         assert_eq!(FormParams::parse(b"a=%4"), Err(FormError::BadPercentEscape));
         assert_eq!(FormParams::parse(b"a=%ff"), Err(FormError::InvalidUtf8));
         assert_eq!(FormParams::parse(b"a=\xc3"), Err(FormError::InvalidUtf8));
+        // Repeating a repeatable name does not make others repeatable.
+        assert_eq!(
+            FormParams::parse(b"audience=a&audience=b&step=x&step=y"),
+            Err(FormError::Duplicate("step".into()))
+        );
         let many: Vec<String> = (0..=MAX_PARAMS).map(|i| format!("p{i}=v")).collect();
         assert_eq!(
             FormParams::parse(many.join("&").as_bytes()),
             Err(FormError::TooManyParameters)
         );
+    }
+
+    #[test]
+    fn audience_and_resource_may_repeat() {
+        let form =
+            FormParams::parse(b"audience=a&resource=r&audience=&aud%69ence=b&resource=r").unwrap();
+        assert_eq!(form.all("audience").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(form.all("resource").collect::<Vec<_>>(), ["r", "r"]);
+        assert_eq!(form.all("step").count(), 0);
+        assert_eq!(form.get("audience"), Some("a"));
     }
 
     proptest! {

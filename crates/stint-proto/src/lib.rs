@@ -41,6 +41,9 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 /// The OpenID-style discovery path; it serves the same document as
 /// [`METADATA_PATH`], for clients that only know this one.
 pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
+/// The authorization endpoint named in the OpenID Connect discovery
+/// document: it refuses every request (`unsupported_response_type`).
+pub const AUTHORIZATION_PATH: &str = "/oauth2/authorize";
 
 /// Signing key rotation, for workloads with the `admin` capability.
 pub const KEY_ROTATION_PATH: &str = "/v1/admin/keys/rotate";

@@ -2,8 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The document served at `/.well-known/oauth-authorization-server` (and,
-/// identical, at `/.well-known/openid-configuration`).
+/// The document served at `/.well-known/oauth-authorization-server`, and,
+/// with the fields OpenID Connect Discovery 1.0 section 3 requires as well
+/// (`authorization_endpoint`, `subject_types_supported`,
+/// `id_token_signing_alg_values_supported`, a non-empty
+/// `response_types_supported`), at `/.well-known/openid-configuration`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthorizationServerMetadata {
     /// The issuer identifier; every token's `iss`.
@@ -18,8 +21,22 @@ pub struct AuthorizationServerMetadata {
     pub introspection_endpoint: String,
     /// Supported grant types.
     pub grant_types_supported: Vec<String>,
-    /// Stint has no authorization endpoint, so this is empty.
+    /// Stint issues nothing at an authorization endpoint: empty in the RFC
+    /// 8414 document, `["none"]` in the OpenID Connect one (which must not
+    /// be empty).
     pub response_types_supported: Vec<String>,
+    /// OpenID Connect only: an endpoint that refuses every request with
+    /// `unsupported_response_type` (Stint has no interactive sign-in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_endpoint: Option<String>,
+    /// OpenID Connect only: `["public"]`, a token's `sub` (the workload)
+    /// is the same for every audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_types_supported: Option<Vec<String>>,
+    /// OpenID Connect only: the algorithm every JWT the broker signs uses
+    /// (the same as `access_token_signing_alg_values_supported`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token_signing_alg_values_supported: Option<Vec<String>>,
     /// Client authentication methods at the token endpoint.
     pub token_endpoint_auth_methods_supported: Vec<String>,
     /// Client authentication methods at the revocation endpoint.

@@ -40,6 +40,9 @@ pub enum ErrorCode {
     /// The bearer credential is missing, malformed or not accepted
     /// (RFC 6750 section 3.1).
     InvalidToken,
+    /// The authorization endpoint issues nothing of that response type
+    /// (RFC 6749 section 4.1.2.1): Stint has no interactive authorization.
+    UnsupportedResponseType,
 }
 
 impl ErrorCode {
@@ -61,6 +64,7 @@ impl ErrorCode {
             Self::AccessDenied => "access_denied",
             Self::ExpiredToken => "expired_token",
             Self::InvalidToken => "invalid_token",
+            Self::UnsupportedResponseType => "unsupported_response_type",
         }
     }
 }

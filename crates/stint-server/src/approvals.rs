@@ -285,6 +285,7 @@ impl Approvals {
             "approval requested"
         );
         self.notify("approval.requested", &request, None, now);
+        state.metrics.approval_event("approval.requested");
         let tracked = requests.entry(id).or_insert(Tracked {
             request,
             interval: self.interval,
@@ -441,6 +442,7 @@ impl Approvals {
             (Action::Revoke { .. }, _) => Some("approval.revoked"),
         };
         if let Some(kind) = kind {
+            state.metrics.approval_event(kind);
             self.notify(kind, request, Some(&operator.name), now);
         }
         Ok(view(request, now))
@@ -561,6 +563,7 @@ impl Approvals {
             _ => "approval.ended",
         };
         self.notify(kind, request, None, now);
+        state.metrics.approval_event(kind);
         true
     }
 
@@ -587,6 +590,11 @@ impl Approvals {
         entry.justification.clone_from(&request.reason);
         entry.policy_sha256 = Some(state.policy.load().digest().to_owned());
         entry
+    }
+
+    /// The webhook's delivery counts, if there is a webhook (for metrics).
+    pub(crate) fn webhook_counts(&self) -> Option<crate::webhook::DeliveryCounts> {
+        self.webhook.as_ref().map(Webhook::counts)
     }
 
     fn notify(

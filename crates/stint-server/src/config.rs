@@ -183,6 +183,9 @@ pub struct Config {
     pub feed_max_streams_per_client: usize,
     /// When the audit log is rotated and its head signed.
     pub audit: crate::audit::AuditSettings,
+    /// A file holding the bearer token `/metrics` requires; without it
+    /// `/metrics` is open, without the policy's workflow names.
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// The webhook that receives approval events.
@@ -214,6 +217,7 @@ impl Config {
             feed_max_streams: 2048,
             feed_max_streams_per_client: 256,
             audit: crate::audit::AuditSettings::default(),
+            metrics_token_file: None,
         }
     }
 

@@ -50,6 +50,9 @@ pub enum StartError {
     /// The approval webhook is misconfigured.
     #[error("approval webhook: {0}")]
     Webhook(String),
+    /// The metrics scrape token cannot be used.
+    #[error("{0}")]
+    MetricsToken(#[from] crate::metrics::ScrapeTokenError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(String),

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use stint_core::federation::TrustedIssuer;
 use stint_core::jose::{KeySet, VerifyingKey};
@@ -64,6 +65,10 @@ pub struct IssuerKeys {
     /// being fetched wait for that fetch instead of being refused by the
     /// rate limit, and a slow issuer holds up only its own requests.
     fetching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Fetches that succeeded, for metrics.
+    fetched: AtomicU64,
+    /// Fetches that failed, for metrics.
+    fetch_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for IssuerKeys {
@@ -102,7 +107,17 @@ impl IssuerKeys {
             cache: tokio::sync::Mutex::new(HashMap::new()),
             attempts: tokio::sync::Mutex::new(HashMap::new()),
             fetching: std::sync::Mutex::new(HashMap::new()),
+            fetched: AtomicU64::new(0),
+            fetch_failures: AtomicU64::new(0),
         })
+    }
+
+    /// How many fetches succeeded and failed since the broker started.
+    pub(crate) fn fetch_counts(&self) -> (u64, u64) {
+        (
+            self.fetched.load(Ordering::Relaxed),
+            self.fetch_failures.load(Ordering::Relaxed),
+        )
     }
 
     /// Keys of `issuer` that should include `kid`. The returned set may
@@ -147,7 +162,13 @@ impl IssuerKeys {
             !recent
         };
         if may_fetch {
-            match self.fetch(issuer).await {
+            let fetched = self.fetch(issuer).await;
+            let counter = match &fetched {
+                Ok(_) => &self.fetched,
+                Err(_) => &self.fetch_failures,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            match fetched {
                 Ok(keys) => {
                     let keys = Arc::new(keys);
                     self.cache.lock().await.insert(

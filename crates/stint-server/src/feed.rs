@@ -144,6 +144,11 @@ impl Feed {
         }
     }
 
+    /// Streams subscribed now (for metrics).
+    pub(crate) fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
     /// Publish a revocation (its `seq` is assigned here).
     pub(crate) fn publish(&self, mut event: RevocationEvent) {
         let mut state = self.state();

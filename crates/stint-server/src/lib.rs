@@ -37,7 +37,7 @@ pub use error::StartError;
 
 use crate::audit::{AuditLog, FileSink};
 use crate::keys::KeyRing;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ScrapeToken};
 use crate::state::{AppState, read_policy_file, report_overdue};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -215,7 +215,8 @@ pub async fn start_with_clock(
     prepare_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let rng = SystemRandom::new();
-    let metrics = Arc::new(Metrics::new());
+    let scrape_token = config.metrics_token_file.as_deref().map(ScrapeToken::load);
+    let metrics = Arc::new(Metrics::with_scrape_token(scrape_token.transpose()?));
 
     let audit_path = config.data_dir.join(AUDIT_FILE);
     let audit_error = |message: String| StartError::Audit {
@@ -608,7 +609,27 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
     }
 }
 
-fn metadata_document(issuer: &str, alg: &str, client_certs: bool) -> Result<Bytes, StartError> {
+/// The two discovery documents, serialized once at start.
+#[derive(Debug, Clone)]
+pub(crate) struct Discovery {
+    /// RFC 8414, at `/.well-known/oauth-authorization-server`.
+    pub(crate) oauth: Bytes,
+    /// OpenID Connect Discovery 1.0, at `/.well-known/openid-configuration`:
+    /// the RFC 8414 document plus the fields section 3 requires.
+    pub(crate) openid: Bytes,
+}
+
+/// The discovery documents. Stint is not an interactive OpenID Provider and
+/// issues no ID tokens; it serves `openid-configuration` because relying
+/// parties that trust it as an issuer (cloud workload identity federation,
+/// JWT auth backends) discover its keys there, with parsers that insist on
+/// the fields OpenID Connect Discovery marks REQUIRED. What it says there
+/// is what holds: `response_types_supported` is `["none"]` (the
+/// authorization endpoint issues nothing), that endpoint refuses every
+/// request, `sub` is `public`, and the one algorithm listed is the one the
+/// broker signs with. The specification also wants RS256 listed; Stint
+/// never signs RS256, so it does not claim to (see docs/http-api.md).
+fn metadata_document(issuer: &str, alg: &str, client_certs: bool) -> Result<Discovery, StartError> {
     let client_auth = vec![
         "client_secret_basic".to_owned(),
         "client_secret_post".to_owned(),
@@ -631,13 +652,29 @@ fn metadata_document(issuer: &str, alg: &str, client_certs: bool) -> Result<Byte
             proto::GRANT_TOKEN_EXCHANGE.to_owned(),
         ],
         response_types_supported: Vec::new(),
+        authorization_endpoint: None,
+        subject_types_supported: None,
+        id_token_signing_alg_values_supported: None,
         token_endpoint_auth_methods_supported: token_auth,
         revocation_endpoint_auth_methods_supported: client_auth.clone(),
         introspection_endpoint_auth_methods_supported: client_auth,
         access_token_signing_alg_values_supported: vec![alg.to_owned()],
         tls_client_certificate_bound_access_tokens: client_certs.then_some(true),
     };
-    serde_json::to_vec(&document)
-        .map(Bytes::from)
-        .map_err(|e| StartError::Keys(format!("cannot serialize the metadata document: {e}")))
+    let openid = AuthorizationServerMetadata {
+        response_types_supported: vec!["none".to_owned()],
+        authorization_endpoint: Some(format!("{issuer}{}", proto::AUTHORIZATION_PATH)),
+        subject_types_supported: Some(vec!["public".to_owned()]),
+        id_token_signing_alg_values_supported: Some(vec![alg.to_owned()]),
+        ..document.clone()
+    };
+    let serialize = |document: &AuthorizationServerMetadata| {
+        serde_json::to_vec(document)
+            .map(Bytes::from)
+            .map_err(|e| StartError::Keys(format!("cannot serialize the metadata document: {e}")))
+    };
+    Ok(Discovery {
+        oauth: serialize(&document)?,
+        openid: serialize(&openid)?,
+    })
 }

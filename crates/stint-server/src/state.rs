@@ -7,7 +7,6 @@ use crate::http::RequestContext;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ring::rand::SystemRandom;
 use std::sync::Arc;
@@ -39,7 +38,7 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rng: SystemRandom,
-    pub(crate) metadata: Bytes,
+    pub(crate) metadata: crate::Discovery,
     /// Permits for requests in flight (`Limits::max_in_flight`).
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     /// Keys of the trusted OIDC issuers.

@@ -236,9 +236,8 @@ impl fmt::Debug for Webhook {
     }
 }
 
-/// How many events met which end, since [`Webhook::start`].
-// Read by the tests for now; a natural source for metrics later.
-#[cfg_attr(not(test), allow(dead_code))]
+/// How many events met which end, since [`Webhook::start`] (read by the
+/// metrics at each scrape).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct DeliveryCounts {
     /// Accepted by the receiver (2xx).
@@ -247,6 +246,8 @@ pub(crate) struct DeliveryCounts {
     pub(crate) failed: u64,
     /// Never queued: the queue was full or delivery had stopped.
     pub(crate) dropped: u64,
+    /// Attempts that failed and were tried again.
+    pub(crate) retries: u64,
 }
 
 #[derive(Debug, Default)]
@@ -254,6 +255,7 @@ struct Counters {
     delivered: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    retries: AtomicU64,
 }
 
 /// One event on the queue: its body is final, its signature is not (each
@@ -426,12 +428,12 @@ impl Webhook {
     }
 
     /// How many events were delivered, failed or dropped so far.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn counts(&self) -> DeliveryCounts {
         DeliveryCounts {
             delivered: self.counters.delivered.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
             dropped: self.counters.dropped.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
         }
     }
 
@@ -483,6 +485,7 @@ impl Deliverer {
                     return;
                 }
                 Outcome::Retry(reason) if attempt < self.retry.max_attempts => {
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(event_id = %event.id, kind = %event.kind, attempt, %reason, "webhook delivery failed; will retry");
                 }
                 Outcome::Retry(reason) => {
@@ -630,7 +633,8 @@ mod tests {
             DeliveryCounts {
                 delivered: 1,
                 failed: 0,
-                dropped: 0
+                dropped: 0,
+                retries: 2,
             }
         );
 

@@ -126,6 +126,13 @@ struct Cli {
     /// nothing but the hash chain.
     #[arg(long, env = "STINTD_AUDIT_CHECKPOINT_INTERVAL", default_value_t = 60)]
     audit_checkpoint_interval: u64,
+    /// A file holding a bearer token (32 to 1024 printable characters) that
+    /// /metrics then requires (`Authorization: Bearer`, Prometheus'
+    /// `authorization.credentials_file`). Without it /metrics is open to
+    /// anyone who can reach the listener, and leaves out the policy's
+    /// workflow names.
+    #[arg(long, env = "STINTD_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
 
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
@@ -432,6 +439,7 @@ fn config_from(cli: &Cli) -> Config {
             rotate_interval: std::time::Duration::from_secs(cli.audit_rotate_interval),
             checkpoint_interval: std::time::Duration::from_secs(cli.audit_checkpoint_interval),
         },
+        metrics_token_file: cli.metrics_token_file.clone(),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
                 url: url.clone(),

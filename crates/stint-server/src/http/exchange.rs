@@ -15,14 +15,14 @@ use crate::state::AppState;
 use serde_json::Value;
 use stint_core::audit::AuditEntry;
 use stint_core::decision::DenyReason;
-use stint_core::federation::TrustedIssuer;
+use stint_core::federation::{TokenTimes, TrustedIssuer};
 use stint_core::form::FormParams;
 use stint_core::jose::{JoseError, MAX_TOKEN_LEN, UnverifiedJws};
 use stint_core::policy::{Policy, Workload};
 use stint_proto::{ErrorCode, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
 
 /// Clock leeway on a subject token's `exp`, `nbf` and `iat`.
-const LEEWAY_SECS: i64 = 30;
+const LEEWAY_SECS: u32 = 30;
 
 /// Who the subject token proves the caller is.
 pub(crate) struct Identity<'p> {
@@ -119,10 +119,59 @@ pub(crate) async fn identify<'p>(
     Ok(Identity { workload, job })
 }
 
+/// Authenticate a federated workload that presents its platform ID token as
+/// `Authorization: Bearer` (where a workload with a secret would use HTTP
+/// Basic), verified exactly as [`identify`] verifies a subject token. A
+/// refusal is `invalid_client` (the credential is the client's), except that
+/// an issuer whose keys cannot be fetched stays `temporarily_unavailable`.
+pub(crate) async fn identify_bearer<'p>(
+    state: &AppState,
+    policy: &'p Policy,
+    id_token: &str,
+) -> Result<Identity<'p>, OAuthError> {
+    // Not audited (the caller's request is not a decision), so what
+    // `identify` records along the way is dropped.
+    let mut scratch = state.audit_entry(
+        state.clock.now(),
+        stint_core::audit::EventKind::TokenDenied,
+        stint_core::audit::Decision::Deny,
+        None,
+    );
+    identify(state, policy, id_token, &mut scratch)
+        .await
+        .map_err(|error| {
+            if error.code == ErrorCode::TemporarilyUnavailable {
+                error
+            } else {
+                OAuthError::invalid_client(format!(
+                    "the bearer ID token was not accepted: {}",
+                    error.description
+                ))
+            }
+        })
+}
+
 /// Verify an ID token from one of the policy's trusted issuers: its issuer,
 /// algorithm, signature, times and audience. Returns the issuer and the
-/// verified claims (a JSON object). Also how operators sign in.
+/// verified claims (a JSON object). Also how operators sign in. Each
+/// verification is counted in the metrics by its outcome.
 pub(crate) async fn verify_id_token<'p>(
+    state: &AppState,
+    policy: &'p Policy,
+    subject_token: &str,
+    entry: &mut AuditEntry,
+) -> Result<(&'p TrustedIssuer, Value), OAuthError> {
+    let verified = verify_id_token_unmetered(state, policy, subject_token, entry).await;
+    state.metrics.id_token(match &verified {
+        Ok(_) => "verified",
+        Err(error) if error.code == ErrorCode::TemporarilyUnavailable => "keys_unavailable",
+        Err(error) if error.reason == DenyReason::UntrustedIssuer => "untrusted_issuer",
+        Err(_) => "invalid",
+    });
+    verified
+}
+
+async fn verify_id_token_unmetered<'p>(
     state: &AppState,
     policy: &'p Policy,
     subject_token: &str,
@@ -182,25 +231,28 @@ pub(crate) async fn verify_id_token<'p>(
         .and_then(Value::as_str)
         .map(|sub| sub.chars().take(256).collect());
 
-    let now = state.clock.now().timestamp();
     let number = |name: &str| claims.get(name).and_then(Value::as_i64);
-    let exp = number("exp").ok_or_else(|| invalid_token("the subject token has no exp"))?;
-    if exp <= now - LEEWAY_SECS {
-        return Err(invalid_token("the subject token has expired"));
-    }
-    if number("nbf").is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
-        return Err(invalid_token("the subject token is not valid yet"));
-    }
-    let iat = number("iat").ok_or_else(|| invalid_token("the subject token has no iat"))?;
-    if iat > now + LEEWAY_SECS {
-        return Err(invalid_token("the subject token was issued in the future"));
-    }
-    let max_age = i64::try_from(issuer.max_token_age().as_secs()).unwrap_or(i64::MAX);
-    if now - iat > max_age + LEEWAY_SECS {
-        return Err(invalid_token(format!(
-            "the subject token is older than this issuer's max_token_age ({max_age} s)"
-        )));
-    }
+    let times = TokenTimes {
+        exp: number("exp").ok_or_else(|| {
+            invalid_token("the subject token has no exp claim that is a whole number of seconds")
+        })?,
+        nbf: match claims.get("nbf") {
+            None => None,
+            Some(_) => Some(number("nbf").ok_or_else(|| {
+                invalid_token("the subject token's nbf claim is not a whole number of seconds")
+            })?),
+        },
+        iat: number("iat").ok_or_else(|| {
+            invalid_token("the subject token has no iat claim that is a whole number of seconds")
+        })?,
+    };
+    times
+        .check(
+            state.clock.now().timestamp(),
+            issuer.max_token_age(),
+            LEEWAY_SECS,
+        )
+        .map_err(|e| invalid_token(format!("the subject token {e}")))?;
     let audience_ok = match claims.get("aud") {
         Some(Value::String(aud)) => issuer.audiences().contains(aud),
         Some(Value::Array(auds)) => auds

@@ -89,6 +89,7 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMa
         .into_response();
     }
     let Some(client_slot) = state.feed_clients.open(&client) else {
+        state.metrics.feed_refused("client_limit");
         return OAuthError::unavailable(&format!(
             "this client already holds {} feed streams, as many as one client may; poll the status lists",
             state.feed_clients.per_client()
@@ -97,6 +98,7 @@ pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMa
         .into_response();
     };
     let Ok(slot) = Arc::clone(&state.feed_slots).try_acquire_owned() else {
+        state.metrics.feed_refused("broker_limit");
         return OAuthError::unavailable(
             "the broker holds as many feed streams as it serves; poll the status lists",
         )

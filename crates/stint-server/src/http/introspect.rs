@@ -1,6 +1,7 @@
 //! RFC 7662 token introspection, for authenticated clients.
 
-use super::client_auth::{credentials, read_form};
+use super::client_auth::{bearer, credentials, read_form};
+use super::exchange;
 use crate::error::OAuthError;
 use crate::state::{AppState, TokenState};
 use axum::Json;
@@ -14,9 +15,13 @@ use stint_proto::IntrospectionResponse;
 
 /// Introspection is a read, not a decision: it is not audited, and it keeps
 /// answering when the audit log cannot be written. Any authenticated client
-/// may introspect any token (resource servers are clients too); the answer
-/// for anything that is not an active token of this broker is exactly
-/// `{"active": false}`.
+/// may introspect any token (resource servers are clients too): by its
+/// client credentials, or, for a federated workload that has none, by
+/// `Authorization: Bearer` with its platform ID token, verified exactly as
+/// a token exchange verifies it. The answer for anything that is not an
+/// active token of this broker (expired, revoked, badly signed, malformed,
+/// oversized, not a JWT) is exactly `{"active": false}` (RFC 7662 section
+/// 2.2); only a request without a `token` is an error.
 pub(crate) async fn introspect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -40,15 +45,24 @@ async fn introspect_inner(
     body: Body,
 ) -> Result<IntrospectionResponse, OAuthError> {
     let form = read_form(headers, body, state.body_timeout).await?;
-    let credentials = credentials(headers, Some(&form))?;
-    credentials.authenticate(&state.policy.load())?;
+    let policy = state.policy.load();
+    match bearer(headers) {
+        Some(id_token) => {
+            exchange::identify_bearer(state, &policy, id_token).await?;
+        }
+        None => {
+            credentials(headers, Some(&form))?.authenticate(&policy)?;
+        }
+    }
     let token = form.get("token").ok_or_else(|| {
         OAuthError::invalid_request(
             DenyReason::MalformedRequest,
             "the token parameter is required",
         )
     })?;
-    let TokenState::Active(claims) = state.check_token(token, state.clock.now())? else {
+    // Whatever is not an active token of ours, including what cannot even
+    // be parsed as one, is inactive: the caller learns nothing more.
+    let Ok(TokenState::Active(claims)) = state.check_token(token, state.clock.now()) else {
         return Ok(IntrospectionResponse::inactive());
     };
     Ok(IntrospectionResponse {

@@ -99,9 +99,10 @@ pub(crate) struct LoggedClient(pub(crate) String);
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
-const ROUTES: [&str; 20] = [
+const ROUTES: [&str; 21] = [
     proto::METADATA_PATH,
     proto::OPENID_CONFIGURATION_PATH,
+    proto::AUTHORIZATION_PATH,
     proto::JWKS_PATH,
     proto::TOKEN_PATH,
     proto::REVOCATION_PATH,
@@ -125,7 +126,14 @@ const ROUTES: [&str; 20] = [
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(proto::METADATA_PATH, get(discovery::metadata))
-        .route(proto::OPENID_CONFIGURATION_PATH, get(discovery::metadata))
+        .route(
+            proto::OPENID_CONFIGURATION_PATH,
+            get(discovery::openid_configuration),
+        )
+        .route(
+            proto::AUTHORIZATION_PATH,
+            get(discovery::authorize).post(discovery::authorize),
+        )
         .route(proto::JWKS_PATH, get(discovery::jwks))
         .route(proto::TOKEN_PATH, post(token::token))
         .route(proto::REVOCATION_PATH, post(revoke::revoke_token))

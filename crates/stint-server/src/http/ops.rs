@@ -1,10 +1,11 @@
 //! Health, readiness and metrics.
 
+use crate::metrics::{Access, Format, Scrape};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
 use std::sync::Arc;
 use stint_core::audit::{Decision, EventKind};
@@ -42,18 +43,55 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let now = state.clock.now();
-    let text = state.metrics.render(
-        &state.policy.load(),
-        now.date_naive(),
-        state.revocations.len(),
+/// `GET /metrics`, in the format the scraper's `Accept` asks for. Open to
+/// any scraper unless `--metrics-token-file` is set (then only to one that
+/// presents the token as `Authorization: Bearer`); the policy's workflow
+/// names are only in an authorized scrape.
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let access = state.metrics.authorize(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
     );
+    if access == Access::Refused {
+        let mut response = (
+            StatusCode::UNAUTHORIZED,
+            "the metrics need the scrape token: Authorization: Bearer TOKEN (--metrics-token-file)\n",
+        )
+            .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"stint-metrics\""),
+        );
+        return response;
+    }
+    let format = Format::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
+    let now = state.clock.now();
+    let policy = state.policy.load();
+    let scrape = Scrape {
+        policy: &policy,
+        today: now.date_naive(),
+        revocations: state.revocations.len(),
+        approvals_pending: state.approvals.list(true, now).await.len(),
+        feed_streams: state.feed.subscribers(),
+        feed_events: state.feed.position().seq,
+        webhook: state.approvals.webhook_counts(),
+        jwks_fetches: state.issuer_keys.fetch_counts(),
+        names: access == Access::Full,
+    };
+    let text = state.metrics.render(&scrape, format);
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
         text,
     )
         .into_response()
