@@ -532,9 +532,20 @@ async fn a_custom_ca_is_trusted_and_nothing_else() {
         .build()
         .await
         .unwrap_err();
+    // A configuration error, not an outage: a retry will not help.
     assert!(
-        matches!(untrusted, Error::Unreachable { .. }),
+        matches!(untrusted, Error::UntrustedCertificate { .. }),
         "{untrusted:?}"
+    );
+    assert!(!untrusted.is_unavailable() && !untrusted.is_denial());
+    let untrusted_keys = Verifier::builder(&issuer)
+        .audience("demo-api")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(untrusted_keys, Error::UntrustedCertificate { .. }),
+        "{untrusted_keys:?}"
     );
 
     let ca_file = dir.path().join("ca.pem");
