@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use stint_proto::{
     APPROVALS_PATH, ApprovalList, ApprovalView, ApproveBody, AuthorizationServerMetadata,
     DecisionBody, DevClient, GRANT_TOKEN_EXCHANGE, IntrospectionResponse, JobRevocationResponse,
-    KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH, TOKEN_TYPE_ID_TOKEN,
+    KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH, StepRevocationResponse,
+    TOKEN_TYPE_ID_TOKEN, WorkloadState,
 };
 use tokio::task::JoinHandle;
 
@@ -625,7 +626,11 @@ impl Client {
     /// Revoke every token of one step of job `job` of this client's
     /// workload, and refuse new ones for that step, retrying on connection
     /// errors and 5xx.
-    pub async fn revoke_step(&self, job: &str, step: &str) -> Result<serde_json::Value, Error> {
+    pub async fn revoke_step(
+        &self,
+        job: &str,
+        step: &str,
+    ) -> Result<StepRevocationResponse, Error> {
         let url = format!(
             "{}/v1/jobs/{}/steps/{}/revoke",
             self.inner.issuer,
@@ -646,7 +651,7 @@ impl Client {
         &self,
         workload: &str,
         comment: Option<&str>,
-    ) -> Result<serde_json::Value, Error> {
+    ) -> Result<WorkloadState, Error> {
         self.workload_call(workload, "stop", comment).await
     }
 
@@ -656,7 +661,7 @@ impl Client {
         &self,
         workload: &str,
         comment: Option<&str>,
-    ) -> Result<serde_json::Value, Error> {
+    ) -> Result<WorkloadState, Error> {
         self.workload_call(workload, "enable", comment).await
     }
 
@@ -665,7 +670,7 @@ impl Client {
         workload: &str,
         verb: &str,
         comment: Option<&str>,
-    ) -> Result<serde_json::Value, Error> {
+    ) -> Result<WorkloadState, Error> {
         let url = format!(
             "{}/v1/workloads/{}/{verb}",
             self.inner.issuer,

@@ -84,7 +84,7 @@ pub use stint_core::claims::AccessTokenClaims;
 pub use stint_core::status_list::{StatusClaim, StatusReference};
 pub use stint_proto::{
     ApprovalView, ApprovalVote, Confirmation, IntrospectionResponse, JobRevocationResponse,
-    KeyRotationResponse,
+    KeyRotationResponse, StepRevocationResponse, WorkloadState,
 };
 pub use verifier::{
     DEFAULT_INTROSPECTION_CACHE, DEFAULT_LEEWAY, DEFAULT_MAX_KEY_AGE, DEFAULT_MIN_REFRESH_INTERVAL,
