@@ -486,7 +486,10 @@ impl Client {
         Job::new(self.clone(), id.into())
     }
 
-    /// Ask the broker whether `token` is active (RFC 7662).
+    /// Ask the broker whether `token` is active (RFC 7662), authenticated
+    /// as this client: HTTP Basic with a secret; a federated client
+    /// ([`ClientBuilder::subject_token`]) sends its platform ID token as
+    /// `Authorization: Bearer`, read again at each call.
     pub async fn introspect(&self, token: &str) -> Result<IntrospectionResponse, Error> {
         let url = &self.inner.introspection_endpoint;
         let response = self.post_form(url, &[("token", token)]).await?;
