@@ -514,8 +514,7 @@ mod tests {
     fn warnings_while(f: impl FnOnce()) -> Vec<String> {
         let warnings = Warnings::default();
         tracing::subscriber::with_default(warnings.clone(), f);
-        let logged = warnings.0.lock().unwrap().clone();
-        logged
+        warnings.0.lock().unwrap().clone()
     }
 
     #[test]
