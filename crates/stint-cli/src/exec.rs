@@ -12,7 +12,7 @@
 //! `stint` is asked to stop. What no program can survive, `SIGKILL` of
 //! `stint` itself, leaves the token to expire at its `exp`.
 
-use crate::{EXIT_FAILURE, EXIT_UNAVAILABLE, Failure};
+use crate::{EXIT_FAILURE, EXIT_UNAVAILABLE, Failure, output};
 use rustix::process::{Pid, Signal, kill_process};
 use std::os::unix::process::ExitStatusExt as _;
 use stint_client::StepToken;
@@ -36,7 +36,9 @@ impl Signals {
         if let Err(error) =
             rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         {
-            eprintln!("stint: warning: could not make the process non-dumpable: {error}");
+            output::stderr_line(format_args!(
+                "stint: warning: could not make the process non-dumpable: {error}"
+            ));
         }
         let failed =
             |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("cannot catch signals: {e}"));
@@ -123,16 +125,16 @@ pub(crate) async fn run(
             (None, None) => EXIT_FAILURE,
         },
         Err(error) => {
-            eprintln!("stint: lost track of the command: {error}");
+            output::stderr_line(format_args!("stint: lost track of the command: {error}"));
             EXIT_FAILURE
         }
     };
     match step.finish().await {
         Ok(()) => Ok(code),
         Err(error) => {
-            eprintln!(
+            output::stderr_line(format_args!(
                 "stint: the step's token could not be revoked ({error}); it stays valid until it expires"
-            );
+            ));
             // A step that succeeded but left its token alive has not
             // succeeded; a failed step keeps its own status.
             Ok(if code == 0 { EXIT_UNAVAILABLE } else { code })
@@ -157,9 +159,9 @@ async fn stop_before_start(step: StepToken, signal: u8) -> Result<u8, Failure> {
 
 async fn revoke_then_fail(step: StepToken, failure: Failure) -> Failure {
     if let Err(error) = step.finish().await {
-        eprintln!(
+        output::stderr_line(format_args!(
             "stint: the token could not be revoked ({error}); it stays valid until it expires"
-        );
+        ));
     }
     failure
 }

@@ -2,13 +2,17 @@
 //! with one (`stint exec`), revoke, introspect, verify offline, and check
 //! policy files and audit logs.
 //!
-//! Exit codes: 0 success; 1 failure (bad file, bad configuration,
-//! unexpected answer); 2 usage error; 3 denied (the broker refused, or a
-//! token was rejected); 4 the broker is unavailable; 5 an approval is
-//! pending (`--no-wait`). `stint exec` exits with its child's status
-//! (128 + N if the child was killed by signal N).
+//! Exit codes: 0 success; 1 failure (bad file, bad configuration such as
+//! a broker certificate no trusted CA issued, unexpected answer); 2 usage
+//! error; 3 denied (the broker refused, a token was rejected, or `stint
+//! introspect` found it inactive); 4 the broker is unavailable (worth a
+//! retry); 5 an approval is pending (`--no-wait`); 141 standard output
+//! was closed before everything was written (see `output`). `stint exec`
+//! exits with its child's status (128 + N if the child was killed by
+//! signal N).
 
 mod exec;
+mod output;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -50,9 +54,12 @@ client_secret). Operators (approvals, approve, deny) authenticate with
   STINT_OPERATOR_KEY   an operator key from `stintd new-operator`, or
   STINT_OPERATOR_TOKEN_FILE  an OIDC ID token the policy binds to an operator.
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 denied or rejected, 4 broker
-unavailable, 5 approval pending (--no-wait); `stint exec` exits with its
-command's status.";
+Exit codes: 0 ok, 1 failure (including configuration: a broker
+certificate that no trusted CA issued needs --ca-file), 2 usage, 3 denied
+or rejected (and `stint introspect`: the token is not active), 4 broker
+unavailable (a retry may help), 5 approval pending (--no-wait), 141 the
+output was closed early (`| head`; said nothing, as a tool SIGPIPE ends);
+`stint exec` exits with its command's status.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -97,7 +104,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Ask the broker whether a token is active (RFC 7662).
+    /// Ask the broker whether a token is active (RFC 7662). Exits 0 if it
+    /// is, 3 if it is not (unknown, expired, revoked, or not this
+    /// broker's), so that `if stint introspect "$T"` reads right; with
+    /// --subject-token-file, a federated workload asks with its platform
+    /// ID token.
     Introspect {
         /// The token.
         token: String,
@@ -376,10 +387,25 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// Standard output was closed before everything was written: exit as a
+    /// tool that `SIGPIPE` ended, and say nothing (see [`output`]).
+    fn closed_pipe() -> Self {
+        Self::new(output::EXIT_CLOSED_PIPE, String::new())
+    }
 }
 
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
+        if let Error::UntrustedCertificate { url, reason } = &error {
+            // Configuration, not unavailability: a retry will not help.
+            return Self::new(
+                EXIT_FAILURE,
+                format!(
+                    "the broker's certificate is not trusted ({reason}, at {url}): give --ca-file FILE (or STINT_CA_FILE) with the CA that issued it, or use the name the certificate is for"
+                ),
+            );
+        }
         let code = if matches!(error, Error::ApprovalPending(_)) {
             EXIT_PENDING
         } else if error.is_denial() {
@@ -394,27 +420,50 @@ impl From<Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error (on standard error), or --help or --version (on
+        // standard output, which may be a closed pipe).
+        Err(error) => {
+            let printed = error.print();
+            let code = u8::try_from(error.exit_code()).unwrap_or(EXIT_FAILURE);
+            return match printed {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && !error.use_stderr() => {
+                    ExitCode::from(output::EXIT_CLOSED_PIPE)
+                }
+                _ => ExitCode::from(code),
+            };
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("stint: cannot start the async runtime: {error}");
+            output::stderr_line(format_args!(
+                "stint: cannot start the async runtime: {error}"
+            ));
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let mut out = output::Stdout::default();
+    let result = runtime.block_on(run(cli.command, &mut out));
+    // What a command printed goes out even if it failed afterwards; its
+    // failure, if any, is what the exit status says.
+    let written = out.flush();
+    match result.and_then(|code| written.map(|()| code)) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("stint: {}", failure.message);
+            if !failure.message.is_empty() {
+                output::stderr_line(format_args!("stint: {}", failure.message));
+            }
             ExitCode::from(failure.code)
         }
     }
 }
 
-async fn run(command: Command) -> Result<u8, Failure> {
+async fn run(command: Command, out: &mut output::Stdout) -> Result<u8, Failure> {
     match command {
         Command::Token {
             request,
@@ -429,14 +478,24 @@ async fn run(command: Command) -> Result<u8, Failure> {
                 scope: step.scopes().collect::<Vec<_>>().join(" "),
                 job: step.job().to_owned(),
                 step: step.step().to_owned(),
-                // The caller owns the token now: it is not revoked on exit.
-                access_token: step.detach(),
+                access_token: step.token().to_owned(),
             };
             if json {
-                print_json(&output)?;
+                out.json(&output)?;
             } else {
-                println!("{}", output.access_token);
+                out.line(&output.access_token);
             }
+            if let Err(failure) = out.flush() {
+                // No one received the token: it must not outlive stint.
+                if let Err(error) = step.finish().await {
+                    output::stderr_line(format_args!(
+                        "stint: the token could not be written, nor revoked ({error}); it stays valid until it expires"
+                    ));
+                }
+                return Err(failure);
+            }
+            // The caller owns the token now: it is not revoked on exit.
+            let _handed_over = step.detach();
             Ok(0)
         }
         Command::Exec {
@@ -462,11 +521,11 @@ async fn run(command: Command) -> Result<u8, Failure> {
             if let (Some(job), Some(step)) = (&job, &step) {
                 let response = client.revoke_step(job, step).await?;
                 if json {
-                    print_json(&response)?;
+                    out.json(&response)?;
                 } else {
-                    println!(
+                    out.line(format_args!(
                         "step {step} of job {job} revoked: its tokens are inactive and no new ones are issued"
-                    );
+                    ));
                 }
                 return Ok(0);
             }
@@ -474,20 +533,20 @@ async fn run(command: Command) -> Result<u8, Failure> {
                 (_, Some(job)) => {
                     let response = client.revoke_job(&job).await?;
                     if json {
-                        print_json(&response)?;
+                        out.json(&response)?;
                     } else {
-                        println!(
+                        out.line(format_args!(
                             "job {} revoked at {}: its tokens are inactive and no new ones are issued",
                             response.job, response.revoked_at
-                        );
+                        ));
                     }
                 }
                 (Some(token), None) => {
                     client.revoke(&token).await?;
                     if json {
-                        print_json(&serde_json::json!({ "revoked": true }))?;
+                        out.json(&serde_json::json!({ "revoked": true }))?;
                     } else {
-                        println!("revoked (or already inactive)");
+                        out.line(format_args!("revoked (or already inactive)"));
                     }
                 }
                 (None, None) => return Err(Failure::new(2, "give a token or --job")),
@@ -502,9 +561,9 @@ async fn run(command: Command) -> Result<u8, Failure> {
             let client = connect(&broker).await?;
             let answer = client.introspect(&token).await?;
             if json {
-                print_json(&answer)?;
+                out.json(&answer)?;
             } else if answer.active {
-                println!("active");
+                out.line(format_args!("active"));
                 let fields = [
                     ("sub", &answer.sub),
                     ("client_id", &answer.client_id),
@@ -518,16 +577,19 @@ async fn run(command: Command) -> Result<u8, Failure> {
                 ];
                 for (name, value) in fields {
                     if let Some(value) = value {
-                        println!("  {name}: {value}");
+                        out.line(format_args!("  {name}: {value}"));
                     }
                 }
                 if let Some(exp) = answer.exp {
-                    println!("  exp: {exp} ({})", describe_expiry(exp));
+                    out.line(format_args!("  exp: {exp} ({})", describe_expiry(exp)));
                 }
             } else {
-                println!("inactive (unknown, expired, revoked or not from this broker)");
+                out.line(format_args!(
+                    "inactive (unknown, expired, revoked or not from this broker)"
+                ));
             }
-            Ok(0)
+            // The status is the answer: `if stint introspect "$T"; then`.
+            Ok(if answer.active { 0 } else { EXIT_DENIED })
         }
         Command::Verify {
             token,
@@ -553,19 +615,29 @@ async fn run(command: Command) -> Result<u8, Failure> {
             let verifier = builder.build().await?;
             let verified = verifier.verify(&token).await?;
             if json {
-                print_json(verified.claims())?;
+                out.json(verified.claims())?;
             } else {
                 let claims = verified.claims();
-                println!("valid (signature, issuer, audience and lifetime checked offline)");
-                println!("  sub: {}", claims.sub);
-                println!("  aud: {}", claims.aud);
-                println!("  scope: {}", claims.scope);
-                println!("  job: {}  step: {}", claims.job, claims.step);
+                out.line(format_args!(
+                    "valid (signature, issuer, audience and lifetime checked offline)"
+                ));
+                out.line(format_args!("  sub: {}", claims.sub));
+                out.line(format_args!("  aud: {}", claims.aud));
+                out.line(format_args!("  scope: {}", claims.scope));
+                out.line(format_args!("  job: {}  step: {}", claims.job, claims.step));
                 if let Some(approval) = &claims.elev {
-                    println!("  elev: {approval} (elevated scopes approved by operators)");
+                    out.line(format_args!(
+                        "  elev: {approval} (elevated scopes approved by operators)"
+                    ));
                 }
-                println!("  exp: {} ({})", claims.exp, describe_expiry(claims.exp));
-                println!("  (offline: a revocation is only visible to `stint introspect`)");
+                out.line(format_args!(
+                    "  exp: {} ({})",
+                    claims.exp,
+                    describe_expiry(claims.exp)
+                ));
+                out.line(format_args!(
+                    "  (offline: a revocation is only visible to `stint introspect`)"
+                ));
             }
             Ok(0)
         }
@@ -579,15 +651,15 @@ async fn run(command: Command) -> Result<u8, Failure> {
                 let client = connect_operator(&operator).await?;
                 let approvals = client.approvals(pending).await?;
                 if json {
-                    print_json(&approvals)?;
+                    out.json(&approvals)?;
                 } else if approvals.is_empty() {
-                    println!(
+                    out.line(format_args!(
                         "no {}approval requests",
                         if pending { "pending " } else { "" }
-                    );
+                    ));
                 } else {
                     for approval in &approvals {
-                        println!("{}", summarize(approval));
+                        out.line(format_args!("{}", summarize(approval)));
                     }
                 }
                 Ok(0)
@@ -595,7 +667,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
             Some(ApprovalsCommand::Show { id, operator, json }) => {
                 let client = connect_operator(&operator).await?;
                 let approval = client.approval(&id).await?;
-                print_approval(&approval, json)
+                print_approval(out, &approval, json)
             }
             Some(ApprovalsCommand::Revoke {
                 id,
@@ -605,7 +677,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
             }) => {
                 let client = connect_operator(&operator).await?;
                 let approval = client.revoke_approval(&id, comment.as_deref()).await?;
-                print_approval(&approval, json)
+                print_approval(out, &approval, json)
             }
         },
         Command::Approve {
@@ -617,7 +689,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
         } => {
             let client = connect_operator(&operator).await?;
             let approval = client.approve(&id, duration, comment.as_deref()).await?;
-            print_approval(&approval, json)
+            print_approval(out, &approval, json)
         }
         Command::Deny {
             id,
@@ -627,7 +699,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
         } => {
             let client = connect_operator(&operator).await?;
             let approval = client.deny(&id, &comment).await?;
-            print_approval(&approval, json)
+            print_approval(out, &approval, json)
         }
         Command::Workloads { command } => {
             let (name, comment, operator, stopping) = match command {
@@ -645,14 +717,14 @@ async fn run(command: Command) -> Result<u8, Failure> {
             let client = connect_operator(&operator).await?;
             if stopping {
                 client.stop_workload(&name, comment.as_deref()).await?;
-                println!(
+                out.line(format_args!(
                     "workload {name} stopped: every token it held is revoked, and it gets no new one until `stint workloads enable {name}`"
-                );
+                ));
             } else {
                 client.enable_workload(&name, comment.as_deref()).await?;
-                println!(
+                out.line(format_args!(
                     "workload {name} enabled: it may mint again (its earlier tokens stay revoked)"
-                );
+                ));
             }
             Ok(0)
         }
@@ -662,24 +734,24 @@ async fn run(command: Command) -> Result<u8, Failure> {
             let client = connect(&broker).await?;
             let rotation = client.rotate_keys().await?;
             if json {
-                print_json(&rotation)?;
+                out.json(&rotation)?;
             } else {
-                println!(
+                out.line(format_args!(
                     "new signing key {} ({}); {} stays published until {}",
                     rotation.kid,
                     rotation.alg,
                     rotation.retired_kid,
                     rotation.retired_key_published_until
-                );
+                ));
             }
             Ok(0)
         }
         Command::Policy {
             command: PolicyCommand::Check { file },
-        } => check_policy(&file),
+        } => check_policy(out, &file),
         Command::Audit {
             command: AuditCommand::Verify { file },
-        } => verify_audit(&file),
+        } => verify_audit(out, &file),
     }
 }
 
@@ -717,7 +789,7 @@ async fn request_token(
     builder = builder
         .wait_for_approval(wait)
         .on_approval_pending(move |pending| {
-            eprintln!("stint: {}", describe_pending(pending, wait))
+            output::stderr_line(format_args!("stint: {}", describe_pending(pending, wait)))
         });
     Ok(builder.request().await?)
 }
@@ -882,34 +954,41 @@ fn summarize(approval: &stint_client::ApprovalView) -> String {
     )
 }
 
-fn print_approval(approval: &stint_client::ApprovalView, json: bool) -> Result<u8, Failure> {
+fn print_approval(
+    out: &mut output::Stdout,
+    approval: &stint_client::ApprovalView,
+    json: bool,
+) -> Result<u8, Failure> {
     if json {
-        print_json(approval)?;
+        out.json(approval)?;
         return Ok(0);
     }
-    println!("{}  {}", approval.id, approval.state);
-    println!(
+    out.line(format_args!("{}  {}", approval.id, approval.state));
+    out.line(format_args!(
         "  workload: {} (client {})",
         approval.workload, approval.client_id
-    );
-    println!("  job: {}  step: {}", approval.job, approval.step);
-    println!("  audience: {}", approval.audience);
-    println!("  scopes: {}", approval.scopes.join(" "));
+    ));
+    out.line(format_args!(
+        "  job: {}  step: {}",
+        approval.job, approval.step
+    ));
+    out.line(format_args!("  audience: {}", approval.audience));
+    out.line(format_args!("  scopes: {}", approval.scopes.join(" ")));
     if let Some(reason) = &approval.reason {
-        println!("  reason: {reason}");
+        out.line(format_args!("  reason: {reason}"));
     }
-    println!(
+    out.line(format_args!(
         "  duration asked: {} s (at most {} s)",
         approval.duration_asked, approval.max_duration
-    );
-    println!(
+    ));
+    out.line(format_args!(
         "  approvals: {} of {} from {}",
         approval.approvals.len(),
         approval.approvals_required,
         approval.approver_groups.join(", ")
-    );
+    ));
     for vote in &approval.approvals {
-        println!(
+        out.line(format_args!(
             "    {} granted {} s{}",
             vote.operator,
             vote.duration,
@@ -917,22 +996,28 @@ fn print_approval(approval: &stint_client::ApprovalView, json: bool) -> Result<u
                 .as_deref()
                 .map(|c| format!(": {c}"))
                 .unwrap_or_default()
-        );
+        ));
     }
     match approval.state.as_str() {
-        "pending" => println!("  expires: {}", describe_expiry(approval.expires_at)),
+        "pending" => out.line(format_args!(
+            "  expires: {}",
+            describe_expiry(approval.expires_at)
+        )),
         "approved" => {
             if let Some(until) = approval.approved_until {
-                println!("  approved until: {until} ({})", describe_expiry(until));
+                out.line(format_args!(
+                    "  approved until: {until} ({})",
+                    describe_expiry(until)
+                ));
             }
         }
         _ => {}
     }
     if let Some(by) = &approval.decided_by {
-        println!("  decided by: {by}");
+        out.line(format_args!("  decided by: {by}"));
     }
     if let Some(comment) = &approval.comment {
-        println!("  comment: {comment}");
+        out.line(format_args!("  comment: {comment}"));
     }
     Ok(0)
 }
@@ -951,24 +1036,24 @@ fn read_credentials(path: &Path) -> Result<DevClient, Failure> {
     })
 }
 
-fn check_policy(file: &Path) -> Result<u8, Failure> {
+fn check_policy(out: &mut output::Stdout, file: &Path) -> Result<u8, Failure> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot read {}: {e}", file.display())))?;
     let policy = stint_core::policy::Policy::parse(&file.display().to_string(), &text)
         .map_err(|errors| Failure::new(EXIT_FAILURE, errors.to_string()))?;
     for warning in policy.review_warnings(today()) {
-        eprintln!("warning: {warning}");
+        output::stderr_line(format_args!("warning: {warning}"));
     }
-    println!(
+    out.line(format_args!(
         "{}: ok ({} workloads, {} workflows)",
         file.display(),
         policy.workloads().count(),
         policy.workflows().count()
-    );
+    ));
     Ok(0)
 }
 
-fn verify_audit(file: &Path) -> Result<u8, Failure> {
+fn verify_audit(out: &mut output::Stdout, file: &Path) -> Result<u8, Failure> {
     let log = std::fs::File::open(file)
         .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot read {}: {e}", file.display())))?;
     let summary = stint_core::audit::verify(std::io::BufReader::new(log)).map_err(|error| {
@@ -977,12 +1062,12 @@ fn verify_audit(file: &Path) -> Result<u8, Failure> {
             format!("{}: chain broken: {error}", file.display()),
         )
     })?;
-    println!(
+    out.line(format_args!(
         "{}: {} records, chain intact, head {}",
         file.display(),
         summary.records,
         summary.head
-    );
+    ));
     Ok(0)
 }
 
@@ -999,11 +1084,4 @@ fn describe_expiry(exp: i64) -> String {
     } else {
         format!("{} s ago", -left)
     }
-}
-
-fn print_json(value: &impl Serialize) -> Result<(), Failure> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot print JSON: {e}")))?;
-    println!("{text}");
-    Ok(())
 }

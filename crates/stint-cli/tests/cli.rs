@@ -56,11 +56,18 @@ impl Broker {
         self.stint(args).output().await.unwrap()
     }
 
+    /// `stint introspect --json`: its answer, which its status must agree
+    /// with (0 active, 3 not).
     async fn is_active(&self, token: &str) -> bool {
         let output = self.run(&["introspect", "--json", token]).await;
-        assert_success(&output, "introspect");
         let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
-        answer["active"] == true
+        let active = answer["active"] == true;
+        assert_exit(
+            &output,
+            if active { 0 } else { 3 },
+            "introspect: the status says active or not",
+        );
+        active
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -178,6 +185,7 @@ async fn token_introspect_verify_and_revoke() {
     assert!(!broker.is_active(&token).await);
     let output = broker.run(&["introspect", &token]).await;
     assert!(text(&output.stdout).starts_with("inactive"));
+    assert_exit(&output, 3, "introspect of a revoked token");
 
     // A job: two tokens, one revocation.
     let mut first = vec!["token"];
@@ -734,4 +742,194 @@ async fn workloads_stop_and_enable_and_step_revocation() {
         .await
         .unwrap();
     assert_success(&output, "token after enable");
+}
+
+/// Standard output (or error) to a pipe whose reader has already gone, as
+/// `stint ... | true` leaves it by the time `stint` writes.
+fn closed_pipe() -> std::process::Stdio {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer.into()
+}
+
+/// Run `command` with its standard output closed (tokio's `output()` would
+/// replace it with a pipe of its own).
+async fn run_into_closed_stdout(mut command: Command) -> Output {
+    command
+        .stdout(closed_pipe())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap()
+}
+
+/// Run `command` with its standard error closed.
+async fn run_into_closed_stderr(mut command: Command) -> Output {
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(closed_pipe())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap()
+}
+
+/// `stint ... | head`: a reader that went away is no error and no panic;
+/// `stint` exits quietly with 141, as a tool that SIGPIPE ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_standard_output_ends_stint_quietly() {
+    let broker = Broker::start().await;
+    let mut args = vec!["token"];
+    args.extend_from_slice(&READ);
+    let token = text(&broker.run(&args).await.stdout).trim().to_owned();
+    let issuer = broker.issuer();
+    let policy = broker.file("policy.toml");
+    std::fs::write(
+        &policy,
+        "[workloads.w]\nsecret_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nworkflows = [\"f\"]\n\n[workflows.f]\nreview_by = 2099-01-01\n\n[workflows.f.steps.s]\nscopes = [\"read:x/**\"]\n",
+    )
+    .unwrap();
+    let policy = policy.display().to_string();
+    let commands: [&[&str]; 6] = [
+        &["verify", "--url", &issuer, "--audience", "demo-api", &token],
+        &["verify", "--url", &issuer, "--json", &token],
+        &["introspect", &token],
+        &["introspect", "--json", &token],
+        &["policy", "check", &policy],
+        &["--help"],
+    ];
+    for args in commands {
+        let output = run_into_closed_stdout(broker.stint(args)).await;
+        assert_exit(&output, 141, &format!("stint {args:?} | true"));
+        assert!(
+            output.stderr.is_empty(),
+            "stint {args:?} | true says nothing: {}",
+            text(&output.stderr)
+        );
+    }
+    // The token was still introspected (and is still active): the answer,
+    // not the action, is what was lost.
+    assert!(broker.is_active(&token).await);
+}
+
+/// `stint token | true`: no one received the token, so it is revoked
+/// rather than left valid until it expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_no_one_received_is_revoked() {
+    let broker = Broker::start().await;
+    let mut args = vec!["token"];
+    args.extend_from_slice(&READ);
+    args.extend_from_slice(&["--job", "j-pipe"]);
+    let output = run_into_closed_stdout(broker.stint(&args)).await;
+    assert_exit(&output, 141, "stint token | true");
+    assert!(output.stderr.is_empty(), "{}", text(&output.stderr));
+    let log = std::fs::read_to_string(broker.dir.path().join("data").join("audit.jsonl")).unwrap();
+    let records: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let minted = records
+        .iter()
+        .find(|r| r["event"] == "token_minted" && r["job"] == "j-pipe")
+        .expect("the token was minted");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "token_revoked" && r["jti"] == minted["jti"]),
+        "the token no one received is revoked: {log}"
+    );
+}
+
+/// A closed standard error does not turn a failure into a panic: the
+/// status still says what happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_standard_error_keeps_the_exit_status() {
+    let broker = Broker::start().await;
+    let output = run_into_closed_stderr(broker.stint(&[
+        "token",
+        "--step",
+        "read",
+        "--scope",
+        "write:demo/a",
+    ]))
+    .await;
+    assert_exit(&output, 3, "denied, with nowhere to say so");
+    let output = run_into_closed_stderr(broker.stint(&["token", "--scope", "read:demo/a"])).await;
+    assert_exit(&output, 2, "a usage error, with nowhere to say so");
+}
+
+/// A broker whose certificate no trusted CA issued is a configuration
+/// error (exit 1, with the remedy), not an unavailable broker (4, which
+/// invites a retry).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_broker_certificate_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = stint_tests::TestCa::new(dir.path());
+    let mut config =
+        stint_server::Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    config.tls = Some(stint_server::TlsFiles {
+        cert: ca.cert_path.clone(),
+        key: ca.key_path.clone(),
+    });
+    let server = stint_server::start(config).await.unwrap();
+    let credentials = server.dev_client_path().unwrap().to_owned();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let stint = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stint"));
+        command.env_clear().args(args);
+        command
+    };
+    let credentials = credentials.to_str().unwrap();
+    let mint = [
+        "token",
+        "--credentials",
+        credentials,
+        "--step",
+        "read",
+        "--scope",
+        "read:demo/a",
+        "--audience",
+        "demo-api",
+    ];
+    let output = stint(&mint).output().await.unwrap();
+    assert_exit(
+        &output,
+        1,
+        "token from a broker with an untrusted certificate",
+    );
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("certificate is not trusted"), "{stderr}");
+    assert!(stderr.contains("--ca-file"), "{stderr}");
+
+    // With its CA, the same broker works; verify and introspect say the same.
+    let output = stint(&mint)
+        .env("STINT_CA_FILE", &ca_file)
+        .output()
+        .await
+        .unwrap();
+    assert_success(&output, "token with --ca-file");
+    let token = text(&output.stdout).trim().to_owned();
+    let output = stint(&["introspect", "--credentials", credentials, &token])
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 1, "introspect without the CA");
+    assert!(text(&output.stderr).contains("--ca-file"));
+    let output = stint(&["verify", "--url", server.issuer(), &token])
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 1, "verify without the CA");
+    assert!(text(&output.stderr).contains("--ca-file"));
+    let output = stint(&["introspect", "--credentials", credentials, &token])
+        .env("STINT_CA_FILE", &ca_file)
+        .output()
+        .await
+        .unwrap();
+    assert_success(&output, "introspect with the CA");
+    server.shutdown().await;
 }

@@ -9,13 +9,14 @@ use serde::de::DeserializeOwned;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use stint_proto::{
     APPROVALS_PATH, ApprovalList, ApprovalView, ApproveBody, AuthorizationServerMetadata,
     DecisionBody, DevClient, GRANT_TOKEN_EXCHANGE, IntrospectionResponse, JobRevocationResponse,
-    KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH, TOKEN_TYPE_ID_TOKEN,
+    KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH, StepRevocationResponse,
+    TOKEN_TYPE_ID_TOKEN, WorkloadState,
 };
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
 /// The largest response body the SDK reads from a broker.
 pub const MAX_RESPONSE_LEN: usize = 1024 * 1024;
@@ -34,6 +35,15 @@ const REVOKE_BACKOFF: [Duration; 5] = [
     Duration::from_secs(1),
     Duration::from_secs(4),
 ];
+
+/// The longest the revocations of dropped [`StepToken`](crate::StepToken)s
+/// wait for a broker that does not answer at the end of a runtime (its
+/// shutdown: `main` returned), or when dropped outside any runtime, retries
+/// included, in all: the revocations in flight are sent at once and share
+/// this deadline, and once a broker has let it pass, the ones that follow
+/// in the same shutdown do not wait. A broker that answers at all answers
+/// in milliseconds; one that does not cannot keep the process from exiting.
+pub const EXIT_REVOCATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Client credentials: a client id and its secret. The secret is never
 /// printed, not even by `Debug`.
@@ -354,12 +364,14 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                issuer: self.connection.issuer,
+                issuer: self.connection.issuer.clone(),
+                connection: self.connection,
                 token_endpoint: metadata.token_endpoint,
                 revocation_endpoint,
                 introspection_endpoint,
                 auth,
-                pending: Mutex::new(JoinSet::new()),
+                pending: Mutex::new(Vec::new()),
+                in_flight: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -375,12 +387,19 @@ pub struct Client {
 pub(crate) struct Inner {
     http: reqwest::Client,
     issuer: String,
+    /// The TLS trust `http` was built with, for a client of its own when
+    /// this one's runtime is gone (see [`Client::revoke_blocking`]).
+    connection: Connection,
     token_endpoint: String,
     revocation_endpoint: String,
     introspection_endpoint: String,
     auth: Auth,
     /// Revocations started by dropped [`StepToken`](crate::StepToken)s.
-    pending: Mutex<JoinSet<()>>,
+    /// Handles, not a `JoinSet`: dropping one (a cancelled `flush`) does
+    /// not abort its revocation.
+    pending: Mutex<Vec<JoinHandle<()>>>,
+    /// The tokens of those revocations not done yet.
+    in_flight: Mutex<Vec<String>>,
 }
 
 impl fmt::Debug for Client {
@@ -400,6 +419,27 @@ impl Client {
             connection: Connection::new(issuer),
             auth: None,
             error: None,
+        }
+    }
+
+    /// A client that was never connected, for unit tests that do not talk
+    /// to a broker.
+    #[cfg(test)]
+    pub(crate) fn offline_for_tests() -> Self {
+        let issuer = "http://127.0.0.1:9".to_owned();
+        let connection = Connection::new(issuer.clone());
+        Self {
+            inner: Arc::new(Inner {
+                http: reqwest::Client::new(),
+                token_endpoint: format!("{issuer}/oauth2/token"),
+                revocation_endpoint: format!("{issuer}/oauth2/revoke"),
+                introspection_endpoint: format!("{issuer}/oauth2/introspect"),
+                issuer,
+                connection,
+                auth: Auth::Secret(Credentials::new("unit", "test")),
+                pending: Mutex::new(Vec::new()),
+                in_flight: Mutex::new(Vec::new()),
+            }),
         }
     }
 
@@ -446,7 +486,10 @@ impl Client {
         Job::new(self.clone(), id.into())
     }
 
-    /// Ask the broker whether `token` is active (RFC 7662).
+    /// Ask the broker whether `token` is active (RFC 7662), authenticated
+    /// as this client: HTTP Basic with a secret; a federated client
+    /// ([`ClientBuilder::subject_token`]) sends its platform ID token as
+    /// `Authorization: Bearer`, read again at each call.
     pub async fn introspect(&self, token: &str) -> Result<IntrospectionResponse, Error> {
         let url = &self.inner.introspection_endpoint;
         let response = self.post_form(url, &[("token", token)]).await?;
@@ -586,7 +629,11 @@ impl Client {
     /// Revoke every token of one step of job `job` of this client's
     /// workload, and refuse new ones for that step, retrying on connection
     /// errors and 5xx.
-    pub async fn revoke_step(&self, job: &str, step: &str) -> Result<serde_json::Value, Error> {
+    pub async fn revoke_step(
+        &self,
+        job: &str,
+        step: &str,
+    ) -> Result<StepRevocationResponse, Error> {
         let url = format!(
             "{}/v1/jobs/{}/steps/{}/revoke",
             self.inner.issuer,
@@ -607,7 +654,7 @@ impl Client {
         &self,
         workload: &str,
         comment: Option<&str>,
-    ) -> Result<serde_json::Value, Error> {
+    ) -> Result<WorkloadState, Error> {
         self.workload_call(workload, "stop", comment).await
     }
 
@@ -617,7 +664,7 @@ impl Client {
         &self,
         workload: &str,
         comment: Option<&str>,
-    ) -> Result<serde_json::Value, Error> {
+    ) -> Result<WorkloadState, Error> {
         self.workload_call(workload, "enable", comment).await
     }
 
@@ -626,7 +673,7 @@ impl Client {
         workload: &str,
         verb: &str,
         comment: Option<&str>,
-    ) -> Result<serde_json::Value, Error> {
+    ) -> Result<WorkloadState, Error> {
         let url = format!(
             "{}/v1/workloads/{}/{verb}",
             self.inner.issuer,
@@ -674,54 +721,140 @@ impl Client {
     }
 
     /// Wait for the revocations that dropped [`StepToken`](crate::StepToken)s
-    /// started in the background. Call it before the process exits.
+    /// started in the background, for a program that keeps running and
+    /// wants them acknowledged now. A program that ends need not call it:
+    /// the end of its runtime waits for them (see
+    /// [`StepToken`](crate::StepToken#what-is-guaranteed)). Dropping this
+    /// future leaves them running.
     pub async fn flush(&self) {
-        let mut pending = match self.inner.pending.lock() {
-            Ok(mut guard) => std::mem::take(&mut *guard),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
-        while pending.join_next().await.is_some() {}
+        let pending = std::mem::take(&mut *lock(&self.inner.pending));
+        for revocation in pending {
+            // A revocation task does not panic; if it did, there is nothing
+            // left to wait for.
+            let _ = revocation.await;
+        }
     }
 
-    /// Start revoking `token` in the background (see
-    /// [`StepToken`](crate::StepToken)'s drop).
+    /// Revoke `token`, which a [`StepToken`](crate::StepToken) dropped
+    /// without `finish` held.
+    ///
+    /// Inside a Tokio runtime, as a task on it (the drop does not block).
+    /// If the runtime shuts down before the task is done (`main` returned,
+    /// the runtime was dropped), the shutdown drops the task, and the
+    /// task's drop finishes the revocations this client still has in
+    /// flight, synchronously: the runtime's end waits for the broker's
+    /// answer (see [`Client::revoke_blocking`]). Outside any runtime,
+    /// synchronously at once.
     pub(crate) fn revoke_in_background(&self, token: String) {
-        let client = self.clone();
-        let revoke = async move {
-            if let Err(error) = client.revoke(&token).await {
-                tracing::warn!(%error, "a dropped step token could not be revoked; it stays valid until it expires");
-            }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.revoke_blocking(vec![token]);
+            return;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let mut pending = match self.inner.pending.lock() {
-                    Ok(guard) => guard,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                // Forget the ones that are done.
-                while pending.try_join_next().is_some() {}
-                pending.spawn_on(revoke, &runtime);
+        lock(&self.inner.in_flight).push(token.clone());
+        let revocation = BackgroundRevocation {
+            client: self.clone(),
+            token,
+            done: false,
+        };
+        // On a runtime already shutting down, the task is dropped at once,
+        // and its drop revokes.
+        let task = runtime.spawn(revocation.run());
+        let mut pending = lock(&self.inner.pending);
+        pending.retain(|revocation| !revocation.is_finished());
+        pending.push(task);
+    }
+
+    /// Revoke `tokens` and wait for the broker's answers, without the
+    /// caller's runtime (it may be shutting down, and its connections with
+    /// it): on a thread of its own, with a runtime and connections of its
+    /// own, all at once, until the shared deadline ([`exit_deadline`]).
+    fn revoke_blocking(&self, tokens: Vec<String>) {
+        let count = tokens.len();
+        let deadline = exit_deadline(Instant::now());
+        if deadline <= Instant::now() {
+            exit_deadline_kept(false, Instant::now());
+            tracing::warn!(
+                count,
+                "the broker did not answer in time: dropped step tokens not revoked; they stay valid until they expire"
+            );
+            return;
+        }
+        let client = self.clone();
+        let (done, outcome) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("stint-revoke".into())
+            .spawn(move || {
+                // The receiver may have stopped waiting.
+                let _ = done.send(client.revoke_on_own_runtime(tokens, deadline));
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, count, "no thread to revoke dropped step tokens; they stay valid until they expire");
+            return;
+        }
+        // The thread keeps the deadline itself; this is a backstop.
+        let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        match outcome.recv_timeout(wait) {
+            Ok(Ok(())) => {
+                exit_deadline_kept(true, Instant::now());
+                tracing::debug!(count, "dropped step tokens revoked");
+            }
+            Ok(Err(error)) => {
+                exit_deadline_kept(!error.is_unavailable(), Instant::now());
+                tracing::warn!(%error, count, "dropped step tokens could not all be revoked; those not revoked stay valid until they expire");
             }
             Err(_) => {
-                // Dropped outside any runtime: revoke on a thread of its own.
-                let spawned = std::thread::Builder::new()
-                    .name("stint-revoke".into())
-                    .spawn(move || {
-                        match tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                        {
-                            Ok(runtime) => runtime.block_on(revoke),
-                            Err(error) => {
-                                tracing::warn!(%error, "no runtime to revoke a dropped step token");
-                            }
-                        }
-                    });
-                if let Err(error) = spawned {
-                    tracing::warn!(%error, "no thread to revoke a dropped step token");
-                }
+                exit_deadline_kept(false, Instant::now());
+                tracing::warn!(
+                    count,
+                    "dropped step tokens were not revoked in time; they stay valid until they expire"
+                );
             }
         }
+    }
+
+    /// [`Self::revoke`] each of `tokens` at once, on a new current-thread
+    /// runtime with new connections, until `deadline`. The first error,
+    /// if any revocation failed or was cut short.
+    fn revoke_on_own_runtime(&self, tokens: Vec<String>, deadline: Instant) -> Result<(), Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start a runtime to revoke: {e}")))?;
+        runtime.block_on(async {
+            let client = Client {
+                inner: Arc::new(Inner {
+                    http: self.inner.connection.http_client()?,
+                    issuer: self.inner.issuer.clone(),
+                    connection: self.inner.connection.clone(),
+                    token_endpoint: self.inner.token_endpoint.clone(),
+                    revocation_endpoint: self.inner.revocation_endpoint.clone(),
+                    introspection_endpoint: self.inner.introspection_endpoint.clone(),
+                    auth: self.inner.auth.clone(),
+                    pending: Mutex::new(Vec::new()),
+                    in_flight: Mutex::new(Vec::new()),
+                }),
+            };
+            let mut revocations = tokio::task::JoinSet::new();
+            for token in tokens {
+                let client = client.clone();
+                revocations.spawn(async move { client.revoke(&token).await });
+            }
+            let mut first_error = None;
+            let all = async {
+                while let Some(outcome) = revocations.join_next().await {
+                    if let Ok(Err(error)) = outcome {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            };
+            if tokio::time::timeout_at(deadline.into(), all).await.is_err() {
+                first_error.get_or_insert(Error::Unreachable {
+                    url: self.inner.revocation_endpoint.clone(),
+                    reason: "no acknowledgement before the deadline".to_owned(),
+                });
+            }
+            first_error.map_or(Ok(()), Err)
+        })
     }
 
     pub(crate) async fn request_token(
@@ -787,6 +920,121 @@ impl Client {
             .await
             .map_err(|e| Error::unreachable(url, &e))
     }
+}
+
+/// A revocation a dropped [`StepToken`](crate::StepToken) started, as a
+/// task. Dropped before it is done (its runtime is shutting down), it
+/// finishes synchronously every revocation its client still has in flight.
+struct BackgroundRevocation {
+    client: Client,
+    token: String,
+    /// The broker answered, or the retries ran out.
+    done: bool,
+}
+
+impl BackgroundRevocation {
+    async fn run(mut self) {
+        let result = self.client.revoke(&self.token).await;
+        self.done = true;
+        lock(&self.client.inner.in_flight).retain(|token| *token != self.token);
+        if let Err(error) = result {
+            tracing::warn!(%error, "a dropped step token could not be revoked; it stays valid until it expires");
+        }
+    }
+}
+
+impl Drop for BackgroundRevocation {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // A shutdown drops the client's revocation tasks one after another:
+        // the first to drop revokes them all at once, the others find their
+        // token gone. (Revoking again a token the broker already revoked,
+        // an answer sent but not read, is harmless: RFC 7009 answers 200.)
+        let tokens = {
+            let mut in_flight = lock(&self.client.inner.in_flight);
+            if !in_flight.contains(&self.token) {
+                return;
+            }
+            std::mem::take(&mut *in_flight)
+        };
+        self.client.revoke_blocking(tokens);
+    }
+}
+
+/// Two synchronous revocations closer than this belong to one burst (the
+/// drops of a runtime's shutdown come one right after another).
+const BURST_GAP: Duration = Duration::from_secs(1);
+
+/// The time the synchronous revocations (at a runtime's end, or dropped
+/// outside one) may still take.
+#[derive(Debug, Clone, Copy)]
+struct ExitBudget {
+    deadline: Instant,
+    /// When a revocation last missed the deadline: the broker is not
+    /// answering.
+    missed_at: Option<Instant>,
+}
+
+static EXIT_BUDGET: Mutex<Option<ExitBudget>> = Mutex::new(None);
+
+impl ExitBudget {
+    /// When a synchronous revocation starting `now` must be done by.
+    ///
+    /// A shutdown drops its guards one after another, each waiting for its
+    /// revocation, so a fresh [`EXIT_REVOCATION_TIMEOUT`] for each would
+    /// hold an exit up that long for every guard when the broker is down.
+    /// Instead the revocations share a deadline: one still ahead is reused;
+    /// once one was missed, the revocations that follow in the same burst
+    /// (within [`BURST_GAP`]) do not wait at all; a burst that was
+    /// answered, or an isolated drop later on, starts a fresh one.
+    fn deadline(budget: &mut Option<Self>, now: Instant) -> Instant {
+        match *budget {
+            Some(Self { deadline, .. }) if now < deadline => deadline,
+            Some(Self {
+                deadline,
+                missed_at: Some(missed),
+            }) if now < missed + BURST_GAP => deadline,
+            _ => {
+                let deadline = now + EXIT_REVOCATION_TIMEOUT;
+                *budget = Some(Self {
+                    deadline,
+                    missed_at: None,
+                });
+                deadline
+            }
+        }
+    }
+
+    /// Record how a synchronous revocation ended at `now`: answered (the
+    /// next one gets a fresh deadline), or not (the deadline passed, the
+    /// broker is unreachable).
+    fn ended(budget: &mut Option<Self>, answered: bool, now: Instant) {
+        if answered {
+            *budget = None;
+        } else if let Some(budget) = budget.as_mut() {
+            budget.missed_at = Some(now);
+        }
+    }
+}
+
+/// [`ExitBudget::deadline`] of the process's budget.
+fn exit_deadline(now: Instant) -> Instant {
+    ExitBudget::deadline(&mut lock(&EXIT_BUDGET), now)
+}
+
+/// [`ExitBudget::ended`] of the process's budget.
+fn exit_deadline_kept(answered: bool, now: Instant) {
+    ExitBudget::ended(&mut lock(&EXIT_BUDGET), answered, now);
+}
+
+/// Lock `mutex`, also if a thread panicked holding it (what it guards stays
+/// consistent: a list pushed to and taken whole).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Whether `authority` (`host[:port]`) names this machine.
@@ -1012,6 +1260,38 @@ mod tests {
         assert!(!ok("https://stint.example.com/tenant"));
         assert!(!ok("https://user@stint.example.com"));
         assert!(!ok("ftp://stint.example.com"));
+    }
+
+    #[test]
+    fn revocations_at_exit_share_one_deadline() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut budget = None;
+        // A burst shares the first deadline while it is ahead.
+        let first = ExitBudget::deadline(&mut budget, at(0));
+        assert_eq!(first, at(0) + EXIT_REVOCATION_TIMEOUT);
+        assert_eq!(ExitBudget::deadline(&mut budget, at(10)), first);
+        // The broker let it pass: the rest of the burst does not wait.
+        let missed = first + Duration::from_millis(1);
+        ExitBudget::ended(&mut budget, false, missed);
+        for later in [1, 5, 900] {
+            let now = missed + Duration::from_millis(later);
+            assert!(ExitBudget::deadline(&mut budget, now) <= now);
+            ExitBudget::ended(&mut budget, false, now);
+        }
+        // An isolated drop after the burst gets a fresh deadline.
+        let quiet = missed + Duration::from_millis(900) + BURST_GAP;
+        assert_eq!(
+            ExitBudget::deadline(&mut budget, quiet),
+            quiet + EXIT_REVOCATION_TIMEOUT
+        );
+        // An answer gives the next one a fresh deadline.
+        ExitBudget::ended(&mut budget, true, quiet);
+        let next = quiet + Duration::from_millis(1);
+        assert_eq!(
+            ExitBudget::deadline(&mut budget, next),
+            next + EXIT_REVOCATION_TIMEOUT
+        );
     }
 
     #[test]

@@ -30,7 +30,29 @@ pub enum Error {
         /// What failed (connection refused, timeout, TLS, ...).
         reason: String,
     },
-    /// The broker answered something that is not what the protocol says.
+    /// The broker's TLS certificate is not one this client trusts: issued
+    /// by a CA it does not trust, expired, or for another name. A
+    /// configuration problem that retrying will not fix (neither
+    /// [`Error::is_unavailable`] nor [`Error::is_denial`]): trust the CA
+    /// that issued it ([`ClientBuilder::ca_file`] or
+    /// [`ClientBuilder::ca_pem`], the same on the
+    /// [`VerifierBuilder`](crate::VerifierBuilder)), or connect by the name
+    /// the certificate is for.
+    ///
+    /// [`ClientBuilder::ca_file`]: crate::ClientBuilder::ca_file
+    /// [`ClientBuilder::ca_pem`]: crate::ClientBuilder::ca_pem
+    #[error(
+        "the broker's certificate at {url} is not trusted ({reason}): trust the CA that issued it (ca_file or ca_pem), or connect by the name it is for"
+    )]
+    UntrustedCertificate {
+        /// The URL asked.
+        url: String,
+        /// What the TLS library found wrong with the certificate.
+        reason: String,
+    },
+    /// The broker answered something that is not what the protocol says
+    /// (including a TLS handshake that cannot succeed: no TLS at that
+    /// address, no protocol version in common).
     #[error("unexpected answer from the broker at {url}: {reason}")]
     Protocol {
         /// The URL asked.
@@ -131,6 +153,10 @@ impl Error {
         }
     }
 
+    /// A request that got no HTTP answer, classified by why: the broker is
+    /// unreachable (refused, timed out, reset: a retry may help), or TLS
+    /// failed in a way a retry will not fix ([`Error::UntrustedCertificate`],
+    /// or [`Error::Protocol`] for a handshake that cannot succeed).
     pub(crate) fn unreachable(url: &str, error: &reqwest::Error) -> Self {
         // reqwest's Display stops at the outermost layer; the cause (refused,
         // timed out, certificate unknown) is further down the chain.
@@ -141,9 +167,14 @@ impl Error {
             reason.push_str(&cause.to_string());
             source = cause.source();
         }
-        Self::Unreachable {
-            url: url.to_owned(),
-            reason,
+        let url = url.to_owned();
+        match find_tls_error(error).and_then(classify_tls) {
+            Some(TlsFailure::Certificate(why)) => Self::UntrustedCertificate { url, reason: why },
+            Some(TlsFailure::Handshake(why)) => Self::Protocol {
+                url,
+                reason: format!("the TLS handshake cannot succeed: {why}"),
+            },
+            None => Self::Unreachable { url, reason },
         }
     }
 
@@ -152,5 +183,96 @@ impl Error {
             url: url.to_owned(),
             reason: reason.into(),
         }
+    }
+}
+
+/// How a TLS failure should be reported.
+#[derive(Debug, PartialEq, Eq)]
+enum TlsFailure {
+    /// The peer's certificate is not trusted: configuration.
+    Certificate(String),
+    /// The handshake cannot succeed with this peer: configuration.
+    Handshake(String),
+}
+
+/// The rustls error somewhere in `error`'s chain of causes.
+fn find_tls_error<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = match cause.downcast_ref::<std::io::Error>() {
+            // io::Error's source() skips the error it wraps (and tokio-rustls
+            // wraps its rustls::Error in one): look at that error itself.
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => cause.source(),
+            },
+            None => cause.source(),
+        };
+    }
+    None
+}
+
+/// Which TLS errors are the configuration's fault; `None` for the ones a
+/// retry may get past (a corrupted or cut connection).
+fn classify_tls(error: &rustls::Error) -> Option<TlsFailure> {
+    use rustls::Error as E;
+    match error {
+        E::InvalidCertificate(_) | E::NoCertificatesPresented | E::UnsupportedNameType => {
+            Some(TlsFailure::Certificate(error.to_string()))
+        }
+        E::InvalidMessage(_) => Some(TlsFailure::Handshake(format!(
+            "{error} (is the broker serving HTTPS at that address?)"
+        ))),
+        E::PeerIncompatible(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. }
+        | E::AlertReceived(_) => Some(TlsFailure::Handshake(error.to_string())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_error_is_found_inside_an_io_error() {
+        // As tokio-rustls reports a failed handshake to hyper.
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls.clone());
+        assert_eq!(find_tls_error(&io), Some(&tls));
+        assert!(matches!(
+            classify_tls(&tls),
+            Some(TlsFailure::Certificate(_))
+        ));
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(find_tls_error(&plain), None);
+    }
+
+    #[test]
+    fn only_configuration_failures_are_not_worth_a_retry() {
+        let certificate = |e| classify_tls(&rustls::Error::InvalidCertificate(e));
+        for error in [
+            rustls::CertificateError::UnknownIssuer,
+            rustls::CertificateError::Expired,
+            rustls::CertificateError::NotValidForName,
+            rustls::CertificateError::BadSignature,
+        ] {
+            assert!(matches!(
+                certificate(error),
+                Some(TlsFailure::Certificate(_))
+            ));
+        }
+        assert!(matches!(
+            classify_tls(&rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            )),
+            Some(TlsFailure::Handshake(_))
+        ));
+        // A connection corrupted or cut on the way may work next time.
+        assert_eq!(classify_tls(&rustls::Error::DecryptError), None);
     }
 }

@@ -4,8 +4,12 @@
 //! step needs, uses it, and revokes it when the step ends. The
 //! [`StepToken`] guard makes the last part automatic: [`StepToken::finish`]
 //! revokes and waits for the broker's acknowledgement, and a guard dropped
-//! on an early return, an error or a panic revokes in the background. A
-//! [`Job`] revokes every token of a job at once when it completes.
+//! on an early return, an error or a panic revokes in the background; a
+//! program that returns from `main` at once still has its tokens revoked
+//! before it exits, as the end of its Tokio runtime waits for those
+//! revocations (bounded by [`EXIT_REVOCATION_TIMEOUT`]; what exactly holds
+//! is on [`StepToken`]). A [`Job`] revokes every token of a job at once
+//! when it completes (dropping one does not: see [`Job`]).
 //!
 //! The services those tokens are for check them offline with a
 //! [`Verifier`]: the broker's keys, fetched once and refreshed when a token
@@ -69,10 +73,19 @@ mod revocations;
 mod step;
 mod verifier;
 
-pub use client::{Client, ClientBuilder, Credentials, MAX_RESPONSE_LEN, SubjectToken};
+pub use client::{
+    Client, ClientBuilder, Credentials, EXIT_REVOCATION_TIMEOUT, MAX_RESPONSE_LEN, SubjectToken,
+};
 pub use error::{Error, PendingApproval, TokenError};
 pub use step::{Job, StepRequest, StepToken};
-pub use stint_proto::ApprovalView;
+// What the SDK's functions return (and the types of their public fields),
+// so that no user has to depend on stint-proto or stint-core to name them.
+pub use stint_core::claims::AccessTokenClaims;
+pub use stint_core::status_list::{StatusClaim, StatusReference};
+pub use stint_proto::{
+    ApprovalView, ApprovalVote, Confirmation, IntrospectionResponse, JobRevocationResponse,
+    KeyRotationResponse, StepRevocationResponse, WorkloadState,
+};
 pub use verifier::{
     DEFAULT_INTROSPECTION_CACHE, DEFAULT_LEEWAY, DEFAULT_MAX_KEY_AGE, DEFAULT_MIN_REFRESH_INTERVAL,
     VerifiedToken, Verifier, VerifierBuilder,

@@ -5,6 +5,7 @@ use crate::client::Client;
 use crate::error::{Error, PendingApproval};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The longest a step waits for an approval, whatever the broker says
@@ -28,6 +29,8 @@ pub struct StepRequest {
     elevation_duration: Option<Duration>,
     wait: bool,
     on_pending: Option<PendingCallback>,
+    /// The [`Job`] handle this request came from, told when it mints.
+    job_handle: Option<Arc<JobState>>,
 }
 
 impl fmt::Debug for StepRequest {
@@ -58,6 +61,7 @@ impl StepRequest {
             elevation_duration: None,
             wait: true,
             on_pending: None,
+            job_handle: None,
         }
     }
 
@@ -231,6 +235,9 @@ impl StepRequest {
             approval_id = Some(pending.approval_id.clone());
             tokio::time::sleep(interval).await;
         };
+        if let Some(job) = &self.job_handle {
+            job.minted.store(true, Ordering::Relaxed);
+        }
         Ok(StepToken {
             expires_in: response.expires_in,
             expires_at: requested_at + Duration::from_secs(response.expires_in),
@@ -252,17 +259,39 @@ impl StepRequest {
 ///   all, each attempt with a 10 s timeout) on connection errors, 408, 429
 ///   and 5xx answers. After `Ok(())` the token is inactive everywhere the
 ///   broker is asked. If `finish` fails, or its future is dropped before it
-///   completes, the guard revokes in the background as below.
+///   completes, the guard revokes it as below.
 /// - A guard dropped without `finish` (the step returned early, failed with
-///   `?`, or panicked and unwound) starts the same revocation in the
-///   background the moment it drops: as a task on the current Tokio runtime,
-///   or, if there is none, on a thread of its own. [`Client::flush`] waits
-///   for the tasks (not for such threads); call it before the process
-///   exits.
-/// - What cannot be guaranteed: a process that exits (or is killed, or
-///   aborts on panic with `panic = "abort"`) before a background revocation
-///   is acknowledged leaves the token valid until its `exp`. That is why
-///   tokens live minutes: expiry is the backstop, revocation the norm.
+///   `?`, or panicked and unwound) revokes the token the moment it drops:
+///   - inside a Tokio runtime, as a task on that runtime, so the drop does
+///     not block. If the runtime ends before the task is done (`main`
+///     returned: `#[tokio::main]` drops its runtime; `#[tokio::test]`
+///     ends; a `Runtime` is dropped), the end of the runtime waits for the
+///     revocation: the shutdown drops the task, and the task's drop sends
+///     the revocations still in flight again on a thread of their own and
+///     waits for the broker's answer. Guards still held by tasks when the
+///     runtime ends are dropped by the shutdown and revoked the same way.
+///     So a program that returns from `main` needs no
+///     [`Client::flush`]; a program that keeps running calls it to know
+///     the background revocations are done;
+///   - outside any runtime, synchronously: the drop returns once the
+///     broker answered.
+///
+///   The waiting at a runtime's end or outside one is bounded by
+///   [`EXIT_REVOCATION_TIMEOUT`](crate::EXIT_REVOCATION_TIMEOUT) (5 s) in
+///   all, not per token: the revocations in flight are sent at once, and
+///   once a broker has let that deadline pass, the ones that follow in the
+///   same shutdown are not waited for.
+/// - What cannot be guaranteed, because no destructor runs or no runtime
+///   ends: [`std::process::exit`], an abort (`panic = "abort"`, a panic
+///   while panicking), a signal that ends the process without unwinding
+///   (`SIGKILL`, and `SIGTERM` or `SIGINT` unless the program handles them
+///   and returns from `main`), a runtime that is never dropped (in a
+///   `static`, or leaked), `Runtime::shutdown_background` (and
+///   `shutdown_timeout` shorter than the revocation), a guard in a thread
+///   still running when the process exits, or leaked (`mem::forget`), and
+///   a broker that does not answer in time. Then the token stays valid
+///   until its `exp`: that is why tokens live minutes; expiry is the
+///   backstop, revocation the norm.
 ///
 /// The token text is never printed by `Debug`.
 #[must_use = "a StepToken is revoked when dropped; keep it for the step's duration"]
@@ -360,15 +389,59 @@ impl fmt::Debug for StepToken {
 
 /// A job: mint its steps' tokens with [`Job::step`], and revoke every one of
 /// them with [`Job::complete`].
+///
+/// # Dropping a job
+///
+/// A `Job` is a handle, not a guard: dropping it revokes nothing, and its
+/// clones are the same job. Completing a job is final (the broker refuses
+/// it new tokens for an hour), so it is never done implicitly: not on an
+/// early return, not on a temporary (`client.job(id).step(..)`), not in one
+/// of the several processes a job's steps may run in. What a dropped job
+/// leaves alive is what its steps did not revoke themselves: each
+/// [`StepToken`] is a guard that revokes its own token, so that is only
+/// tokens [detached](StepToken::detach) from their guards; and the job
+/// stays open, so more tokens may be minted for it.
+///
+/// It is not silent: when the last handle of a job through which a token
+/// was minted drops without [`complete`](Self::complete) or
+/// [`leave_open`](Self::leave_open), the SDK logs a warning (`tracing`,
+/// target `stint_client`) naming the job.
 #[derive(Debug, Clone)]
 pub struct Job {
     client: Client,
     id: String,
+    state: Arc<JobState>,
+}
+
+/// What the handles of one [`Job`] share.
+#[derive(Debug)]
+struct JobState {
+    id: String,
+    /// A token was minted through one of the handles.
+    minted: AtomicBool,
+    /// [`Job::complete`] or [`Job::leave_open`] was called.
+    settled: AtomicBool,
+}
+
+impl Drop for JobState {
+    fn drop(&mut self) {
+        if *self.minted.get_mut() && !*self.settled.get_mut() {
+            tracing::warn!(
+                job = %self.id,
+                "job dropped without complete() or leave_open(): it stays open (its step tokens are revoked by their own guards, but detached ones stay valid until they expire, and new tokens may still be minted for it)"
+            );
+        }
+    }
 }
 
 impl Job {
     pub(crate) fn new(client: Client, id: String) -> Self {
-        Self { client, id }
+        let state = Arc::new(JobState {
+            id: id.clone(),
+            minted: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
+        });
+        Self { client, id, state }
     }
 
     /// The job id.
@@ -378,13 +451,99 @@ impl Job {
 
     /// A token request for `step` of this job.
     pub fn step(&self, step: impl Into<String>) -> StepRequest {
-        self.client.step(step).job(self.id.clone())
+        let mut request = self.client.step(step).job(self.id.clone());
+        request.job_handle = Some(Arc::clone(&self.state));
+        request
     }
 
     /// The job is done: revoke every token it was given and refuse new ones
     /// (`POST /v1/jobs/{job}/revoke`). Returns once the broker
     /// acknowledged, retrying on connection errors and 5xx.
     pub async fn complete(self) -> Result<(), Error> {
+        // Whatever the outcome, the caller has been told it.
+        self.state.settled.store(true, Ordering::Relaxed);
         self.client.revoke_job(&self.id).await.map(|_| ())
+    }
+
+    /// This process is done with the job, but the job is not (another
+    /// process runs its next steps, or completes it): leave it open, and do
+    /// not warn when the handle drops.
+    pub fn leave_open(self) {
+        self.state.settled.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata, Subscriber};
+
+    /// The warnings logged while it is the subscriber, as text.
+    #[derive(Default, Clone)]
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+
+    struct Text(String);
+
+    impl Visit for Text {
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl Subscriber for Warnings {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            *metadata.level() <= Level::WARN
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            self.0.lock().unwrap().push(text.0);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    fn warnings_while(f: impl FnOnce()) -> Vec<String> {
+        let warnings = Warnings::default();
+        tracing::subscriber::with_default(warnings.clone(), f);
+        warnings.0.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn a_job_that_minted_warns_when_its_last_handle_drops_unsettled() {
+        let client = Client::offline_for_tests();
+        let minted = |id: &str| {
+            let job = client.job(id);
+            job.state.minted.store(true, Ordering::Relaxed);
+            job
+        };
+        let logged = warnings_while(|| {
+            let job = minted("build-7");
+            let clone = job.clone();
+            drop(job);
+            assert!(
+                !clone.state.settled.load(Ordering::Relaxed),
+                "a clone keeps it"
+            );
+            drop(clone);
+        });
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].contains("build-7"), "{logged:?}");
+        assert!(logged[0].contains("complete()"), "{logged:?}");
+
+        // Left open on purpose, or never used to mint: nothing to say.
+        let logged = warnings_while(|| {
+            minted("build-8").leave_open();
+            drop(client.job("build-9"));
+        });
+        assert!(logged.is_empty(), "{logged:?}");
     }
 }

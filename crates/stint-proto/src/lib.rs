@@ -13,10 +13,12 @@ pub mod jwk;
 pub mod metadata;
 pub mod oauth;
 pub mod revocations;
+pub mod workloads;
 
 pub use approvals::{
     APPROVALS_PATH, ApprovalList, ApprovalView, ApprovalVote, ApproveBody, DecisionBody,
 };
+pub use jobs::StepRevocationResponse;
 pub use jwk::{Jwk, JwkKey, JwkSet};
 pub use metadata::AuthorizationServerMetadata;
 pub use oauth::{
@@ -27,6 +29,7 @@ pub use revocations::{
     FeedPosition, REVOCATION_SNAPSHOT_PATH, REVOCATION_STREAM_PATH, RevocationEvent,
     RevocationSnapshot,
 };
+pub use workloads::WorkloadState;
 
 /// The token endpoint's path.
 pub const TOKEN_PATH: &str = "/oauth2/token";
