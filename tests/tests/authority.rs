@@ -241,3 +241,27 @@ async fn the_token_endpoint_path_is_unaffected() {
     .await;
     assert_eq!(status, 401, "{body}");
 }
+
+/// Credentials in the Authorization header are checked before the body is
+/// read: a bad one gets its 401 at once, not after the body timeout.
+#[tokio::test]
+async fn revocation_checks_the_authorization_header_before_the_body() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let broker = TestBroker::start().await;
+    let addr = broker.server().local_addr();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {REVOCATION_PATH} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
+        stint_tests::basic("demo-job", "wrong secret")
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // No body is ever sent; the answer comes well before the 10 s body timeout.
+    let mut answer = vec![0u8; 512];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer before the body timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}

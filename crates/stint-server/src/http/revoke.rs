@@ -95,9 +95,25 @@ async fn plan(
     body: Body,
     entry: &mut AuditEntry,
 ) -> Result<Planned, OAuthError> {
-    let form = read_form(headers, body, state.body_timeout).await?;
     let policy = state.policy.load();
-    let authority = caller(state, &policy, headers, Some(&form), entry).await?;
+    // A credential in the Authorization header is checked before the body
+    // is read: a request that does not authenticate costs no body read.
+    let authority = if headers.contains_key(http::header::AUTHORIZATION) {
+        Some(caller(state, &policy, headers, None, entry).await?)
+    } else {
+        None
+    };
+    let form = read_form(headers, body, state.body_timeout).await?;
+    let authority = match authority {
+        Some(authority) => {
+            if bearer(headers).is_none() {
+                // The rules on mixing Basic with credentials in the body.
+                credentials(headers, Some(&form))?;
+            }
+            authority
+        }
+        None => caller(state, &policy, headers, Some(&form), entry).await?,
+    };
     let token = form.get("token").ok_or_else(|| {
         OAuthError::invalid_request(
             DenyReason::MalformedRequest,
