@@ -231,3 +231,48 @@ async fn a_stream_whose_client_a_reload_removed_is_closed() {
     .await;
     assert_eq!(response.status(), 401);
 }
+
+/// A reader that names the audience it verifies (the SDK's verifier does)
+/// is refused unless it hears of every revocation that can touch a token
+/// for it: it then falls back to the status lists instead of missing
+/// revocations without knowing.
+#[tokio::test]
+async fn a_reader_naming_its_audience_must_hear_every_revocation_for_it() {
+    let broker = start().await;
+    let status = |path: String, who: &'static str| {
+        let broker = &broker;
+        async move {
+            let (id, secret) = client(who);
+            broker
+                .http
+                .get(broker.url(&path))
+                .basic_auth(id, Some(secret))
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for path in [REVOCATION_SNAPSHOT_PATH, REVOCATION_STREAM_PATH] {
+        let with = |aud: &str| format!("{path}?audience={aud}");
+        assert_eq!(status(with("orders"), "orders-api").await, 200, "{path}");
+        assert_eq!(status(with("registry"), "orders-api").await, 403, "{path}");
+        // demo-job and other-job may mint for any audience: builder, which
+        // sees only itself, does not cover its own audience either.
+        assert_eq!(status(with("registry"), "builder").await, 403, "{path}");
+        assert_eq!(status(with("registry"), "ops").await, 200, "{path}");
+        assert_eq!(status(path.to_owned(), "builder").await, 200, "{path}");
+        assert_eq!(
+            status(format!("{path}?other=1"), "ops").await,
+            400,
+            "{path}"
+        );
+        assert_eq!(
+            status(format!("{path}?audience=a&audience=a"), "ops").await,
+            400,
+            "{path}"
+        );
+    }
+}

@@ -47,6 +47,18 @@ impl FeedAccess {
         Self::Workloads(visible)
     }
 
+    /// Whether this access shows every revocation that can touch a token
+    /// for `audience`: those of every workload that may mint for it. A
+    /// verifier of that audience that follows the feed with less would
+    /// miss revocations without knowing it.
+    pub fn covers_audience(&self, policy: &Policy, audience: &str) -> bool {
+        let audiences = [audience.to_owned()];
+        policy
+            .workloads()
+            .filter(|w| mints_for_any(policy, w, &audiences))
+            .all(|w| self.sees(Some(w.name())))
+    }
+
     /// Whether a revocation naming workload `sub` (or none) may be shown.
     pub fn sees(&self, sub: Option<&str>) -> bool {
         match (self, sub) {
@@ -151,6 +163,17 @@ scopes = ["read:x/y"]
         let registry = access("registry");
         assert!(registry.sees(Some("builder")));
         assert!(!registry.sees(Some("deployer")));
+    }
+
+    #[test]
+    fn coverage_of_an_audience_is_every_workload_that_may_mint_for_it() {
+        let policy = policy();
+        assert!(access("orders-api").covers_audience(&policy, "https://orders.example"));
+        assert!(!access("orders-api").covers_audience(&policy, "https://registry.example"));
+        assert!(access("registry").covers_audience(&policy, "https://registry.example"));
+        // A job sees only itself: not enough for any audience others mint for.
+        assert!(!access("builder").covers_audience(&policy, "https://registry.example"));
+        assert!(access("ops").covers_audience(&policy, "https://registry.example"));
     }
 
     #[test]

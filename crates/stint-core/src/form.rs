@@ -87,6 +87,12 @@ impl FormParams {
     pub fn contains(&self, name: &str) -> bool {
         self.pairs.iter().any(|(n, _)| n == name)
     }
+
+    /// The name of every parameter sent, in order (a repeated one as often
+    /// as it was sent).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.pairs.iter().map(|(n, _)| n.as_str())
+    }
 }
 
 /// Decode one `application/x-www-form-urlencoded` component (`+` is a

@@ -17,7 +17,7 @@ use super::client_auth::credentials;
 use crate::error::OAuthError;
 use crate::feed::{Published, Start};
 use crate::state::AppState;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
@@ -26,6 +26,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use stint_core::decision::DenyReason;
 use stint_core::feed_access::FeedAccess;
+use stint_core::form::FormParams;
 use stint_core::policy::{Policy, Workload};
 use stint_proto::revocations::{EVENT_READY, EVENT_RESYNC, EVENT_REVOCATION};
 use stint_proto::{REVOCATION_SNAPSHOT_PATH, RevocationEvent};
@@ -36,30 +37,71 @@ use tokio::sync::broadcast::error::RecvError;
 const MAX_EVENT_ID_LEN: usize = 64;
 
 /// An authenticated reader: its workload as the policy described it when
-/// it authenticated, and what it may see.
+/// it authenticated, what it may see, and the audience it verifies tokens
+/// for, if it named one (`?audience=`).
 struct Reader {
     workload: Workload,
     access: FeedAccess,
+    audience: Option<String>,
 }
 
 impl Reader {
-    fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Self, OAuthError> {
+    /// Authenticate the reader. A reader that names the audience it
+    /// verifies must see every revocation that can touch a token for it,
+    /// else it is refused (403) rather than left to miss revocations
+    /// without knowing: the SDK's verifier names its audience, and falls
+    /// back to the status lists when refused.
+    fn authenticate(
+        state: &AppState,
+        headers: &HeaderMap,
+        query: &FeedQuery,
+    ) -> Result<Self, OAuthError> {
         let policy = state.policy.load();
         let workload = credentials(headers, None)?.authenticate(&policy)?;
-        Ok(Self {
+        if let Some(audience) = &query.audience {
+            stint_core::ids::validate_audience(audience).map_err(|e| {
+                OAuthError::invalid_request(
+                    DenyReason::MalformedAudience,
+                    format!("the audience is malformed: it {e}"),
+                )
+            })?;
+        }
+        let reader = Self {
             access: FeedAccess::for_reader(&policy, workload),
             workload: workload.clone(),
-        })
+            audience: query.audience.clone(),
+        };
+        if let Some(audience) = &reader.audience
+            && !reader.covers(&policy)
+        {
+            return Err(OAuthError::new(
+                stint_proto::ErrorCode::UnauthorizedClient,
+                DenyReason::AudienceNotAllowed,
+                format!(
+                    "this client would not hear of every revocation for audience {audience:?}: give its workload serves = [{audience:?}] in the policy, or verify with the status lists"
+                ),
+            )
+            .with_status(http::StatusCode::FORBIDDEN));
+        }
+        Ok(reader)
+    }
+
+    /// Whether the reader sees all it needs for the audience it named.
+    fn covers(&self, policy: &Policy) -> bool {
+        self.audience
+            .as_deref()
+            .is_none_or(|audience| self.access.covers_audience(policy, audience))
     }
 
     /// Check the reader against a newly installed policy: `false` if the
-    /// credential it authenticated with no longer stands for it.
+    /// credential it authenticated with no longer stands for it, or it no
+    /// longer sees all it needs for its audience.
     fn reauthorize(&mut self, policy: &Policy) -> bool {
         match policy.workload(self.workload.name()) {
             Some(now) if self.workload.same_identity(now) => {
                 self.access = FeedAccess::for_reader(policy, now);
                 self.workload = now.clone();
-                true
+                self.covers(policy)
             }
             _ => false,
         }
@@ -70,9 +112,36 @@ impl Reader {
     }
 }
 
+/// The query both feed endpoints take: `audience`, the audience the
+/// reader verifies tokens for, at most once.
+pub(crate) struct FeedQuery {
+    audience: Option<String>,
+}
+
+fn feed_query(query: Option<String>) -> Result<FeedQuery, OAuthError> {
+    let malformed = || {
+        OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "the only query parameter is audience, once",
+        )
+    };
+    let params =
+        FormParams::parse(query.unwrap_or_default().as_bytes()).map_err(|_| malformed())?;
+    if params.names().any(|name| name != "audience") || params.names().count() > 1 {
+        return Err(malformed());
+    }
+    Ok(FeedQuery {
+        audience: params.get("audience").map(str::to_owned),
+    })
+}
+
 /// `GET /v1/revocations/stream`.
-pub(crate) async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let reader = match Reader::authenticate(&state, &headers) {
+pub(crate) async fn stream(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let reader = match feed_query(query).and_then(|q| Reader::authenticate(&state, &headers, &q)) {
         Ok(reader) => reader,
         Err(error) => return error.into_response(),
     };
@@ -265,8 +334,12 @@ fn resync_event() -> Event {
 
 /// `GET /v1/revocations/snapshot`: what the reader may see of the
 /// revocations in force.
-pub(crate) async fn snapshot(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let reader = match Reader::authenticate(&state, &headers) {
+pub(crate) async fn snapshot(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let reader = match feed_query(query).and_then(|q| Reader::authenticate(&state, &headers, &q)) {
         Ok(reader) => reader,
         Err(error) => return error.into_response(),
     };
