@@ -65,6 +65,9 @@
 
 mod client;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod revocations;
 mod step;
 mod verifier;

@@ -73,14 +73,14 @@ struct Known {
 }
 
 /// A verified status list, as last fetched.
-struct FetchedList {
-    list: StatusList,
+pub(crate) struct FetchedList {
+    pub(crate) list: StatusList,
     /// Its token's `iat`.
-    iat: i64,
+    pub(crate) iat: i64,
     /// Its token's `exp`: past it, the list vouches for nothing.
-    exp: i64,
+    pub(crate) exp: i64,
     /// Its token's `ttl` (60 s if absent).
-    ttl: u64,
+    pub(crate) ttl: u64,
     etag: Option<String>,
     /// When the broker last confirmed it: the start of a fetch answered by
     /// a recently signed list (200, or 304 for the ETag held).
@@ -91,7 +91,7 @@ impl FetchedList {
     /// Whether a list signed at `iat` can be the broker's current one at
     /// `now`: the broker signs its lists again every `ttl / 2` (and at
     /// once on a change), so an older one is a copy someone kept.
-    fn is_recent(&self, now: i64, leeway: i64) -> bool {
+    pub(crate) fn is_recent(&self, now: i64, leeway: i64) -> bool {
         let max_age = i64::try_from(self.ttl / 2).unwrap_or(i64::MAX);
         now.saturating_sub(self.iat) <= max_age.saturating_add(leeway)
     }
@@ -604,12 +604,10 @@ impl Feed {
             .filter(|v| v.len() <= 128)
             .map(str::to_owned);
         let body = read_body_up_to(uri, response, MAX_LIST_TOKEN_LEN).await?;
-        let token = std::str::from_utf8(&body)
-            .map_err(|_| Error::protocol(uri, "the status list is not text"))?;
         let keys = Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()));
         let now = unix_now();
-        let verified = match verify_list_token(token.trim(), &keys, uri, now, self.leeway_secs) {
-            Ok(verified) => verified,
+        let mut fetched = match read_list(&body, &keys, uri, now, self.leeway_secs) {
+            Ok(fetched) => fetched,
             Err(error) => {
                 if error == ListTokenError::Jose(JoseError::UnknownKey) {
                     // A rotated key: the verifier fetches its keys again
@@ -622,14 +620,7 @@ impl Feed {
                 ));
             }
         };
-        let mut fetched = FetchedList {
-            list: verified.list,
-            iat: verified.iat,
-            exp: verified.exp,
-            ttl: verified.ttl.unwrap_or(DEFAULT_LIST_TTL),
-            etag: new_etag,
-            confirmed: None,
-        };
+        fetched.etag = new_etag;
         // An old copy still says what was revoked when it was signed, but
         // does not vouch for now.
         let recent = fetched.is_recent(now, self.leeway_secs);
@@ -661,6 +652,28 @@ impl Feed {
             ))
         }
     }
+}
+
+/// The list in a status list response's `body` (a `statuslist+jwt`,
+/// verified for `uri` with `keys` at `now`), not yet confirmed.
+pub(crate) fn read_list(
+    body: &[u8],
+    keys: &KeySet,
+    uri: &str,
+    now: i64,
+    leeway_secs: i64,
+) -> Result<FetchedList, ListTokenError> {
+    let token = std::str::from_utf8(body)
+        .map_err(|_| JoseError::Malformed("the status list token is not text"))?;
+    let verified = verify_list_token(token.trim(), keys, uri, now, leeway_secs)?;
+    Ok(FetchedList {
+        list: verified.list,
+        iat: verified.iat,
+        exp: verified.exp,
+        ttl: verified.ttl.unwrap_or(DEFAULT_LIST_TTL),
+        etag: None,
+        confirmed: None,
+    })
 }
 
 /// Poll the followed status lists whenever the feed has been quiet for half
