@@ -236,11 +236,17 @@ async fn main() {
 
     // --- jws: the genuine tokens, a minted one, and refused shapes.
     for (i, (alg, header, payload)) in stint_fuzz::genuine_jws().iter().enumerate() {
-        corpus.put(
-            "jws",
-            &format!("genuine-{i}"),
-            keys.sign(*alg, header.as_bytes(), payload.as_bytes()),
-        );
+        let signed = keys.sign(*alg, header.as_bytes(), payload.as_bytes());
+        // The seeds reach the signature checks: each verifies, by its kid
+        // (or, without one, by its key).
+        let jws = stint_core::jose::UnverifiedJws::parse(&signed).unwrap();
+        let verified = if jws.header().kid.is_some() {
+            jws.verified_payload(&keys.set)
+        } else {
+            jws.verified_payload_with(&keys.ed25519.verifying_key())
+        };
+        assert_eq!(verified.unwrap(), payload.as_bytes());
+        corpus.put("jws", &format!("genuine-{i}"), signed);
     }
     corpus.put("jws", "minted", &token);
     let b64 = |s: &str| URL_SAFE_NO_PAD.encode(s);
@@ -297,6 +303,11 @@ async fn main() {
     );
     for (i, (header, claims)) in stint_fuzz::genuine_status_lists().iter().enumerate() {
         let signed = keys.sign(Algorithm::EdDSA, header.as_bytes(), claims.as_bytes());
+        // As the status_list (control 0xd4) and status_list_poll (0x0f)
+        // targets read them: valid at their times.
+        let verify = stint_core::status_list::verify_list_token;
+        verify(&signed, &keys.set, stint_fuzz::LIST_URI, NOW + 200, 40).unwrap();
+        verify(&signed, &keys.set, stint_fuzz::LIST_URI, NOW + 50, 0).unwrap();
         corpus.put(
             "status_list",
             &format!("token-{i}"),
