@@ -1,14 +1,77 @@
-//! Form bodies: parsing never panics, and what parses has no repeated names.
+//! Form bodies: parsing never panics; what the strict parser accepts, the
+//! WHATWG decoder (the url crate's `form_urlencoded`, an independent
+//! implementation) reads the same way; and encoding what was parsed, by an
+//! independent encoder and by the SDK's, parses back to the same pairs.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use stint_core::form::FormParams;
+use stint_core::form::{FormError, FormParams, MAX_PARAMS};
+
+fn has_bad_escape(data: &[u8]) -> bool {
+    data.iter().enumerate().any(|(i, b)| {
+        *b == b'%'
+            && !(data.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && data.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(form) = FormParams::parse(data) {
-        for name in ["grant_type", "scope", "step", "job", "ttl", "token"] {
-            if let Some(value) = form.get(name) {
-                assert!(!value.is_empty(), "empty values count as absent");
-            }
+    let parsed = FormParams::parse(data);
+    let reference: Vec<(String, String)> = form_urlencoded::parse(data)
+        .map(|(n, v)| (n.into_owned(), v.into_owned()))
+        .collect();
+    let form = match parsed {
+        Ok(form) => form,
+        Err(FormError::BadPercentEscape) => {
+            assert!(
+                has_bad_escape(data),
+                "refused an escape that is well formed"
+            );
+            return;
         }
+        Err(FormError::TooManyParameters) => {
+            assert!(reference.len() > MAX_PARAMS);
+            return;
+        }
+        Err(FormError::Duplicate(_) | FormError::InvalidUtf8) => return,
+    };
+    assert!(!has_bad_escape(data), "accepted a malformed escape");
+    assert!(reference.len() <= MAX_PARAMS);
+    for (i, (name, value)) in reference.iter().enumerate() {
+        assert!(
+            reference[..i].iter().all(|(n, _)| n != name),
+            "accepted a repeated name {name:?}"
+        );
+        assert!(form.contains(name), "{name:?} is missing");
+        assert_eq!(
+            form.get(name),
+            Some(value.as_str()).filter(|v| !v.is_empty()),
+            "{name:?} decodes differently"
+        );
+    }
+    let variant = data.len() % 4;
+    let encode = |text: &str| stint_fuzz::form_encode(text, variant & 1 == 0, variant & 2 == 0);
+    for encoded in [
+        reference
+            .iter()
+            .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&"),
+        reference
+            .iter()
+            .map(|(n, v)| {
+                format!(
+                    "{}={}",
+                    stint_client::fuzzing::form_encode(n),
+                    stint_client::fuzzing::form_encode(v)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&"),
+    ] {
+        assert_eq!(
+            FormParams::parse(encoded.as_bytes()).as_ref(),
+            Ok(&form),
+            "{encoded:?} does not parse back to the same pairs"
+        );
     }
 });

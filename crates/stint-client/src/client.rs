@@ -1142,7 +1142,7 @@ async fn read_empty(url: &str, response: reqwest::Response) -> Result<(), Error>
     }
 }
 
-fn oauth_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
+pub(crate) fn oauth_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
     #[derive(serde::Deserialize)]
     struct AnyError {
         error: String,

@@ -69,6 +69,9 @@
 
 mod client;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod revocations;
 mod step;
 mod verifier;

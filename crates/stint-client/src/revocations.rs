@@ -73,14 +73,14 @@ struct Known {
 }
 
 /// A verified status list, as last fetched.
-struct FetchedList {
-    list: StatusList,
+pub(crate) struct FetchedList {
+    pub(crate) list: StatusList,
     /// Its token's `iat`.
-    iat: i64,
+    pub(crate) iat: i64,
     /// Its token's `exp`: past it, the list vouches for nothing.
-    exp: i64,
+    pub(crate) exp: i64,
     /// Its token's `ttl` (60 s if absent).
-    ttl: u64,
+    pub(crate) ttl: u64,
     etag: Option<String>,
     /// When the broker last confirmed it: the start of a fetch answered by
     /// a recently signed list (200, or 304 for the ETag held).
@@ -91,7 +91,7 @@ impl FetchedList {
     /// Whether a list signed at `iat` can be the broker's current one at
     /// `now`: the broker signs its lists again every `ttl / 2` (and at
     /// once on a change), so an older one is a copy someone kept.
-    fn is_recent(&self, now: i64, leeway: i64) -> bool {
+    pub(crate) fn is_recent(&self, now: i64, leeway: i64) -> bool {
         let max_age = i64::try_from(self.ttl / 2).unwrap_or(i64::MAX);
         now.saturating_sub(self.iat) <= max_age.saturating_add(leeway)
     }
@@ -449,7 +449,7 @@ impl Feed {
                 ),
             ));
         }
-        let mut buffer: Vec<u8> = Vec::new();
+        let mut parser = SseParser::new(MAX_EVENT_LEN);
         let mut last_purge = Instant::now();
         loop {
             // Silence longer than the staleness bound: the connection is as
@@ -460,11 +460,10 @@ impl Feed {
                 Ok(Ok(None)) => return Ok(false),
                 Ok(Ok(Some(chunk))) => chunk,
             };
-            buffer.extend_from_slice(&chunk);
-            while let Some(end) = find_blank_line(&buffer) {
-                let block: Vec<u8> = buffer.drain(..end).collect();
-                let block = String::from_utf8_lossy(&block);
-                let (event, data) = parse_block(&block);
+            let blocks = parser.push(&chunk).map_err(|BlockTooLong| {
+                Error::protocol(&url, "an event in the feed is too long")
+            })?;
+            for SseBlock { event, data } in blocks {
                 let mut known = known.write().unwrap_or_else(|p| p.into_inner());
                 // A resync says nothing about what is revoked: not a sign
                 // of life (a verifier stuck resyncing must go stale).
@@ -501,9 +500,6 @@ impl Feed {
                     // life, nothing more.
                     _ => {}
                 }
-            }
-            if buffer.len() > MAX_EVENT_LEN {
-                return Err(Error::protocol(&url, "an event in the feed is too long"));
             }
         }
     }
@@ -608,12 +604,10 @@ impl Feed {
             .filter(|v| v.len() <= 128)
             .map(str::to_owned);
         let body = read_body_up_to(uri, response, MAX_LIST_TOKEN_LEN).await?;
-        let token = std::str::from_utf8(&body)
-            .map_err(|_| Error::protocol(uri, "the status list is not text"))?;
         let keys = Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()));
         let now = unix_now();
-        let verified = match verify_list_token(token.trim(), &keys, uri, now, self.leeway_secs) {
-            Ok(verified) => verified,
+        let mut fetched = match read_list(&body, &keys, uri, now, self.leeway_secs) {
+            Ok(fetched) => fetched,
             Err(error) => {
                 if error == ListTokenError::Jose(JoseError::UnknownKey) {
                     // A rotated key: the verifier fetches its keys again
@@ -626,14 +620,7 @@ impl Feed {
                 ));
             }
         };
-        let mut fetched = FetchedList {
-            list: verified.list,
-            iat: verified.iat,
-            exp: verified.exp,
-            ttl: verified.ttl.unwrap_or(DEFAULT_LIST_TTL),
-            etag: new_etag,
-            confirmed: None,
-        };
+        fetched.etag = new_etag;
         // An old copy still says what was revoked when it was signed, but
         // does not vouch for now.
         let recent = fetched.is_recent(now, self.leeway_secs);
@@ -665,6 +652,28 @@ impl Feed {
             ))
         }
     }
+}
+
+/// The list in a status list response's `body` (a `statuslist+jwt`,
+/// verified for `uri` with `keys` at `now`), not yet confirmed.
+pub(crate) fn read_list(
+    body: &[u8],
+    keys: &KeySet,
+    uri: &str,
+    now: i64,
+    leeway_secs: i64,
+) -> Result<FetchedList, ListTokenError> {
+    let token = std::str::from_utf8(body)
+        .map_err(|_| JoseError::Malformed("the status list token is not text"))?;
+    let verified = verify_list_token(token.trim(), keys, uri, now, leeway_secs)?;
+    Ok(FetchedList {
+        list: verified.list,
+        iat: verified.iat,
+        exp: verified.exp,
+        ttl: verified.ttl.unwrap_or(DEFAULT_LIST_TTL),
+        etag: None,
+        confirmed: None,
+    })
 }
 
 /// Poll the followed status lists whenever the feed has been quiet for half
@@ -728,29 +737,117 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// The end (past the blank line) of the first complete event in `buffer`.
-fn find_blank_line(buffer: &[u8]) -> Option<usize> {
-    buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+/// One block of the event stream: the fields between two blank lines. A
+/// block of comments only (a keep-alive) has no event name and no data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SseBlock {
+    /// The last `event` field, if any.
+    pub(crate) event: Option<String>,
+    /// The `data` fields, joined with `\n`.
+    pub(crate) data: String,
 }
 
-/// The `event` name and the joined `data` lines of one SSE block; a
-/// comment block has no event name.
-fn parse_block(block: &str) -> (Option<String>, String) {
-    let mut event = None;
-    let mut data = Vec::new();
-    for line in block.lines() {
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => event = Some(value.to_owned()),
-            "data" => data.push(value),
-            _ => {}
+/// A block grew past the limit before its blank line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockTooLong;
+
+/// An incremental `text/event-stream` reader, after WHATWG HTML's "event
+/// stream interpretation": a line ends with CRLF, LF or a lone CR (a proxy
+/// may rewrite the broker's LF into either), a blank line ends a block, a
+/// line starting with `:` is a comment, a field's value loses one leading
+/// space, and a leading byte order mark is dropped. Text is UTF-8, decoded
+/// lossily line by line (no line ending byte occurs inside a UTF-8
+/// sequence, so that is the same as decoding the whole stream). Unlike
+/// the standard's dispatch, every block is returned, data or not: for the
+/// feed a keep-alive comment is a sign of life.
+#[derive(Debug)]
+pub(crate) struct SseParser {
+    /// The longest block (its lines and line endings so far) accepted.
+    max_block_len: usize,
+    /// The line being read.
+    line: Vec<u8>,
+    /// The previous byte was a CR: an LF now completes that line ending.
+    after_cr: bool,
+    /// Whether a line has ended yet (only the first may start with a BOM).
+    started: bool,
+    /// The block being read.
+    block: SseBlock,
+    /// Whether it has a `data` field yet.
+    has_data: bool,
+    /// Bytes of the block being read, the current line included.
+    block_len: usize,
+}
+
+impl SseParser {
+    /// A reader that refuses blocks longer than `max_block_len` bytes.
+    pub(crate) fn new(max_block_len: usize) -> Self {
+        Self {
+            max_block_len,
+            line: Vec::new(),
+            after_cr: false,
+            started: false,
+            block: SseBlock::default(),
+            has_data: false,
+            block_len: 0,
         }
     }
-    (event, data.join("\n"))
+
+    /// Read the next bytes of the stream; returns the blocks they complete.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseBlock>, BlockTooLong> {
+        let mut blocks = Vec::new();
+        for &byte in bytes {
+            let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
+            if byte == b'\n' && after_cr {
+                // The LF of a CRLF: the line already ended at the CR.
+                continue;
+            }
+            self.block_len += 1;
+            if self.block_len > self.max_block_len {
+                return Err(BlockTooLong);
+            }
+            if byte == b'\r' || byte == b'\n' {
+                if let Some(block) = self.end_line() {
+                    blocks.push(block);
+                }
+            } else {
+                self.line.push(byte);
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// The current line has ended: apply it, and return the block if it
+    /// was the blank line that ends one.
+    fn end_line(&mut self) -> Option<SseBlock> {
+        let mut line = std::mem::take(&mut self.line);
+        if !std::mem::replace(&mut self.started, true) && line.starts_with(b"\xEF\xBB\xBF") {
+            line.drain(..3);
+        }
+        if line.is_empty() {
+            self.has_data = false;
+            self.block_len = 0;
+            return Some(std::mem::take(&mut self.block));
+        }
+        if line.first() == Some(&b':') {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&line);
+        let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => self.block.event = Some(value.to_owned()),
+            "data" => {
+                if std::mem::replace(&mut self.has_data, true) {
+                    self.block.data.push('\n');
+                }
+                self.block.data.push_str(value);
+            }
+            // `id` and `retry`: the feed's position travels in the events'
+            // data, and reconnection has its own backoff.
+            _ => {}
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -865,14 +962,78 @@ mod tests {
         assert!(list(1000, u64::MAX).is_recent(i64::MAX, 0));
     }
 
+    /// The blocks a stream delivered in these chunks yields, as
+    /// `Feed::stream` reads them.
+    fn blocks_of(chunks: &[&[u8]]) -> Vec<(Option<String>, String)> {
+        let mut parser = SseParser::new(MAX_EVENT_LEN);
+        let mut blocks = Vec::new();
+        for chunk in chunks {
+            blocks.extend(parser.push(chunk).unwrap());
+        }
+        blocks.into_iter().map(|b| (b.event, b.data)).collect()
+    }
+
+    fn block(event: Option<&str>, data: &str) -> (Option<String>, String) {
+        (event.map(str::to_owned), data.to_owned())
+    }
+
     #[test]
-    fn sse_blocks_parse() {
-        let (event, data) = parse_block("event: revocation\nid: e.3\ndata: {\"a\":1}\n\n");
-        assert_eq!(event.as_deref(), Some("revocation"));
-        assert_eq!(data, "{\"a\":1}");
-        assert_eq!(parse_block(": keep-alive\n\n"), (None, String::new()));
-        assert_eq!(find_blank_line(b"data: x\n\nrest"), Some(9));
-        assert_eq!(find_blank_line(b"data: x\n"), None);
+    fn sse_events_end_at_a_blank_line_of_any_line_ending() {
+        // WHATWG HTML, event stream interpretation: a line ends with CRLF,
+        // LF or CR; a proxy may rewrite the broker's LF into either.
+        let expected = vec![
+            block(None, ""),
+            block(Some("ready"), r#"{"epoch":"e","seq":1}"#),
+            block(Some("revocation"), "a\nb"),
+        ];
+        for eol in ["\n", "\r\n", "\r"] {
+            let stream = [
+                ": keep-alive",
+                "",
+                "event: ready",
+                r#"data: {"epoch":"e","seq":1}"#,
+                "",
+                "event: revocation",
+                "id: e.1",
+                "data: a",
+                "data: b",
+                "",
+            ]
+            .map(|line| format!("{line}{eol}"))
+            .concat();
+            assert_eq!(blocks_of(&[stream.as_bytes()]), expected, "{eol:?}");
+            // Cut anywhere, even between the CR and the LF of one line end.
+            for cut in 0..=stream.len() {
+                let (a, b) = stream.as_bytes().split_at(cut);
+                assert_eq!(blocks_of(&[a, b]), expected, "{eol:?} cut at {cut}");
+            }
+            let bytes: Vec<&[u8]> = stream.as_bytes().chunks(1).collect();
+            assert_eq!(blocks_of(&bytes), expected, "{eol:?} byte by byte");
+        }
+        // Mixed line endings in one stream, and a leading byte order mark.
+        assert_eq!(
+            blocks_of(&[b"\xEF\xBB\xBFevent: ready\r\ndata: x\r\rdata: y\n\r\n"]),
+            vec![block(Some("ready"), "x"), block(None, "y")]
+        );
+    }
+
+    #[test]
+    fn an_sse_block_is_bounded_but_a_stream_is_not() {
+        let mut parser = SseParser::new(16);
+        for _ in 0..100 {
+            assert_eq!(parser.push(b"data: 0123456\r\n\r\n").unwrap().len(), 1);
+        }
+        assert_eq!(parser.push(b"data: 0123456789"), Ok(Vec::new()));
+        assert_eq!(parser.push(b"\r"), Err(BlockTooLong));
+        // Lone CRs end the line and then the block.
+        let mut parser = SseParser::new(MAX_EVENT_LEN);
+        assert_eq!(
+            parser.push(b"event: resync\r\r").unwrap(),
+            vec![SseBlock {
+                event: Some("resync".into()),
+                data: String::new()
+            }]
+        );
     }
 
     #[test]

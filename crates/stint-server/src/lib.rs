@@ -18,6 +18,9 @@ mod dev;
 pub mod error;
 pub mod federation;
 mod feed;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod keys;
 mod limits;

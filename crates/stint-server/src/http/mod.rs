@@ -24,9 +24,9 @@
 
 mod admin;
 mod approvals;
-mod client_auth;
+pub(crate) mod client_auth;
 mod discovery;
-mod exchange;
+pub(crate) mod exchange;
 pub(crate) mod feed;
 mod introspect;
 mod ops;
