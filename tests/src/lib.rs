@@ -39,11 +39,14 @@ pub fn test_secret(workload: &str) -> String {
     format!("stint_test_{workload}")
 }
 
-/// A policy with the demo workflow and two workloads, `demo-job` and
-/// `other-job`, plus `extra` TOML appended.
+/// A policy with the demo workflow, two workloads that run it, `demo-job`
+/// and `other-job`, and the verify-only workload `demo-api` (the resource
+/// server of the audience `demo-api`: verifiers follow the feed as it),
+/// plus `extra` TOML appended.
 pub fn policy_with(extra: &str) -> String {
     let demo = secret::hash_hex(&test_secret("demo-job"));
     let other = secret::hash_hex(&test_secret("other-job"));
+    let api = secret::hash_hex(&test_secret("demo-api"));
     format!(
         r#"
 [workloads.demo-job]
@@ -53,6 +56,10 @@ workflows = ["demo"]
 [workloads.other-job]
 secret_sha256 = "{other}"
 workflows = ["demo"]
+
+[workloads.demo-api]
+secret_sha256 = "{api}"
+serves = ["demo-api"]
 
 [workflows.demo]
 review_by = 2099-01-01

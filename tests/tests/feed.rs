@@ -269,7 +269,7 @@ mod verifier {
         Verifier::builder(broker.issuer())
             .audience("demo-api")
             .revocation_feed(
-                Credentials::new(&broker.client_id, &broker.client_secret),
+                Credentials::new("demo-api", stint_tests::test_secret("demo-api")),
                 Duration::from_secs(1),
             )
             .revocation_fail_open(fail_open)

@@ -207,7 +207,7 @@ async fn revoking_a_step_reaches_introspection_the_list_and_verifiers() {
     let verifier = Verifier::builder(broker.issuer())
         .audience("demo-api")
         .revocation_feed(
-            Credentials::new(&broker.client_id, &broker.client_secret),
+            Credentials::new("demo-api", stint_tests::test_secret("demo-api")),
             Duration::from_secs(30),
         )
         .build()

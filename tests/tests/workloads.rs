@@ -16,10 +16,8 @@ const KEY: &str = "stint_operator_olga";
 async fn broker() -> TestBroker {
     TestBroker::start_with(BrokerOptions {
         policy: Some(policy_with(&format!(
-            "\n[operators.olga]\ngroups = [\"oncall\"]\nkey_sha256 = \"{}\"\n\n\
-             [workloads.demo-api]\nsecret_sha256 = \"{}\"\nserves = [\"demo-api\"]\n",
+            "\n[operators.olga]\ngroups = [\"oncall\"]\nkey_sha256 = \"{}\"\n",
             secret::hash_hex(KEY),
-            secret::hash_hex(&test_secret("demo-api")),
         ))),
         ..BrokerOptions::default()
     })

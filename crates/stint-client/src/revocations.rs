@@ -197,6 +197,10 @@ struct Feed {
     stream_http: reqwest::Client,
     issuer: String,
     credentials: Credentials,
+    /// The audience the verifier protects, sent as `?audience=`: the broker
+    /// refuses a reader that would not hear of every revocation for it,
+    /// rather than let it miss some without knowing.
+    audience: Option<String>,
     /// How long a silent stream is trusted before it is dropped.
     idle: Duration,
     /// The verifier's keys, which sign status lists too.
@@ -210,6 +214,7 @@ pub(crate) struct ViewConfig {
     pub(crate) stream_http: reqwest::Client,
     pub(crate) issuer: String,
     pub(crate) credentials: Credentials,
+    pub(crate) audience: Option<String>,
     pub(crate) max_staleness: Duration,
     pub(crate) fail_open: bool,
     pub(crate) keys: Arc<RwLock<Arc<KeySet>>>,
@@ -227,6 +232,7 @@ impl RevocationView {
             stream_http: config.stream_http,
             issuer: config.issuer,
             credentials: config.credentials,
+            audience: config.audience,
             idle: config.max_staleness,
             keys: config.keys,
             leeway_secs: config.leeway_secs,
@@ -388,11 +394,21 @@ fn judge(
 }
 
 impl Feed {
+    /// `?audience=` when the verifier pins one.
+    fn audience_query(&self) -> Vec<(&'static str, &str)> {
+        self.audience
+            .as_deref()
+            .map(|audience| ("audience", audience))
+            .into_iter()
+            .collect()
+    }
+
     async fn load_snapshot(&self, known: &RwLock<Known>) -> Result<(), Error> {
         let url = format!("{}{REVOCATION_SNAPSHOT_PATH}", self.issuer);
         let response = self
             .http
             .get(&url)
+            .query(&self.audience_query())
             .header(reqwest::header::AUTHORIZATION, self.credentials.basic())
             .send()
             .await
@@ -424,6 +440,7 @@ impl Feed {
         let mut request = self
             .stream_http
             .get(&url)
+            .query(&self.audience_query())
             .header(reqwest::header::AUTHORIZATION, self.credentials.basic())
             .header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(position) = &position {

@@ -167,6 +167,7 @@ impl VerifierBuilder {
                         stream_http: self.connection.stream_client()?,
                         issuer: self.connection.issuer.clone(),
                         credentials,
+                        audience: self.audience.clone(),
                         max_staleness,
                         fail_open: self.fail_open,
                         keys: Arc::clone(&keys),

@@ -482,7 +482,7 @@ fn check_policy_validates_like_the_broker() {
         stderr.contains("workflows.demo.steps.read.max_ttl: a token lifetime may be at most 1h"),
         "{stderr}"
     );
-    assert!(stderr.contains("bad.toml:16:11"), "{stderr}");
+    assert!(stderr.contains("bad.toml:20:11"), "{stderr}");
 }
 
 #[tokio::test]
