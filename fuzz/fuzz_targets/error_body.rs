@@ -29,10 +29,13 @@ fuzz_target!(|data: &[u8]| {
                 let sent: Option<String> = serde_json::from_slice::<serde_json::Value>(body)
                     .ok()
                     .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
-                match sent {
-                    Some(sent) => assert_eq!(code, &sent),
-                    None => assert!(status >= 500 && code == "server_error"),
-                }
+                // The broker's code, or for a 5xx the SDK could not read
+                // (a repeated member, say) server_error.
+                let unread = status >= 500 && code == "server_error";
+                assert!(
+                    sent.as_ref() == Some(code) || unread,
+                    "{code:?} for {sent:?}"
+                );
             }
         }
         Error::ApprovalPending(pending) => {
