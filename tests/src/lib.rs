@@ -192,8 +192,14 @@ impl TestBroker {
     /// Stop the broker and start it again on the same data directory,
     /// configuration, clock and address (so the issuer stays the same).
     pub async fn restart(&mut self) {
+        self.restart_after(|| {}).await;
+    }
+
+    /// [`Self::restart`], running `between` while the broker is stopped.
+    pub async fn restart_after(&mut self, between: impl FnOnce()) {
         self.config.listen = self.server().local_addr();
         self.stop().await;
+        between();
         let server = stint_server::start_with_clock(
             self.config.clone(),
             self.clock.clone() as Arc<dyn Clock>,
@@ -717,16 +723,23 @@ impl Tmpfs {
         let filler = self.path.join("filler");
         let mut file = std::fs::File::create(&filler).unwrap();
         let chunk = vec![0u8; 4096];
-        loop {
+        // Bounded: 4 GiB at most, far more than any test mounts.
+        for _ in 0..1_000_000 {
             match file.write_all(&chunk) {
                 Ok(()) => {}
-                Err(error) if error.raw_os_error() == Some(28) => break,
+                Err(error) if error.raw_os_error() == Some(28) => {
+                    // Byte by byte into the last page, too (a page at most).
+                    for _ in 0..4096 {
+                        if file.write_all(&[0]).is_err() {
+                            break;
+                        }
+                    }
+                    return filler;
+                }
                 Err(error) => panic!("filling the tmpfs: {error}"),
             }
         }
-        // Byte by byte into the last page, too.
-        while file.write_all(&[0]).is_ok() {}
-        filler
+        panic!("the tmpfs never filled up")
     }
 }
 

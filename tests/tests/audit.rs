@@ -6,16 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::{Value, json};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
-use stint_core::Clock;
 use stint_core::audit::Verifier;
 use stint_core::secret;
 use stint_proto::{GRANT_TOKEN_EXCHANGE, KEY_ROTATION_PATH, TOKEN_PATH, TOKEN_TYPE_ID_TOKEN};
 use stint_tests::idp::TestIdp;
-use stint_tests::{BrokerOptions, TestBroker, decode_jwt, policy_with, test_secret};
+use stint_tests::{BrokerOptions, TestBroker, Tmpfs, decode_jwt, policy_with, test_secret};
 
 fn admin_policy() -> String {
     policy_with(&format!(
@@ -24,81 +19,18 @@ fn admin_policy() -> String {
     ))
 }
 
-/// A small tmpfs of its own, unmounted when dropped. Mounting needs root
-/// (CI runs the tests as root); anywhere else this fails, loudly, rather
-/// than skip the test.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let uid = Command::new("id").arg("-u").output().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&uid.stdout).trim(),
-            "0",
-            "this test fills a real filesystem: it mounts a tmpfs, which needs root (run the tests as root, as CI does)"
-        );
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount -t tmpfs failed: {status}");
-        Self {
-            dir: dir.to_owned(),
-        }
-    }
-
-    /// Write a file until the filesystem is full; returns its path.
-    fn fill(&self) -> PathBuf {
-        let filler = self.dir.join("filler");
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 4096];
-        for _ in 0..1_000_000 {
-            if let Err(error) = file.write_all(&chunk) {
-                assert_eq!(error.raw_os_error(), Some(28), "{error}"); // ENOSPC
-                return filler;
-            }
-        }
-        panic!("the tmpfs never filled up");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: a broker of the test may still hold a file open.
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
 /// Put the broker's audit log on `fs` (a symlink from the data directory),
 /// so that only the log, not the store, runs out of space.
 async fn audit_log_on(broker: &mut TestBroker, fs: &Tmpfs) {
-    let on_fs = fs.dir.join("audit.jsonl");
+    let on_fs = fs.path().join("audit.jsonl");
     let audit_path = broker.audit_path();
-    stopped(broker, || {
-        std::fs::copy(&audit_path, &on_fs).unwrap();
-        std::fs::remove_file(&audit_path).unwrap();
-        std::os::unix::fs::symlink(&on_fs, &audit_path).unwrap();
-    })
-    .await;
-}
-
-/// Stop the broker cleanly, run `between`, and start it again on the same
-/// address, data directory and clock.
-async fn stopped(broker: &mut TestBroker, between: impl FnOnce()) {
-    broker.config.listen = broker.server().local_addr();
-    broker.stop().await;
-    between();
-    let clock = broker.clock.clone() as Arc<dyn Clock>;
-    broker.server = Some(
-        stint_server::start_with_clock(broker.config.clone(), clock)
-            .await
-            .unwrap(),
-    );
+    broker
+        .restart_after(|| {
+            std::fs::copy(&audit_path, &on_fs).unwrap();
+            std::fs::remove_file(&audit_path).unwrap();
+            std::os::unix::fs::symlink(&on_fs, &audit_path).unwrap();
+        })
+        .await;
 }
 
 async fn rotate(broker: &TestBroker) -> (u16, Value) {
@@ -131,8 +63,7 @@ fn events(records: &[Value], event: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_key_rotation_that_cannot_be_audited_does_not_happen_and_a_retry_rotates_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Tmpfs::mount(&dir.path().join("audit-fs"), "256k");
+    let fs = Tmpfs::mount(256 * 1024);
     let mut broker = TestBroker::start_with(BrokerOptions {
         policy: Some(admin_policy()),
         ..BrokerOptions::default()
@@ -201,7 +132,7 @@ async fn a_key_rotation_that_cannot_be_audited_does_not_happen_and_a_retry_rotat
     assert_eq!(records[at + 1]["checkpoint"]["kid"], old_kid.as_str());
 
     // And it survives a restart: the new key signs, the old is retired.
-    stopped(&mut broker, || {}).await;
+    broker.restart().await;
     assert_eq!(signing_kid(&broker).await, new_kid);
     assert_eq!(broker.keys().await.len(), 2);
 }
@@ -250,7 +181,9 @@ async fn a_clean_stop_leaves_the_log_signed() {
     let kid = signing_kid(&broker).await;
     let audit_path = broker.audit_path();
     let mut log = Vec::new();
-    stopped(&mut broker, || log = std::fs::read(&audit_path).unwrap()).await;
+    broker
+        .restart_after(|| log = std::fs::read(&audit_path).unwrap())
+        .await;
 
     let records: Vec<Value> = log
         .split(|b| *b == b'\n')

@@ -68,9 +68,9 @@ async fn revoke_job(broker: &TestBroker, as_: &str, job: &str) {
     assert_eq!(response.status(), 200);
 }
 
-async fn snapshot_jobs(broker: &TestBroker, as_: &str) -> Vec<String> {
+async fn snapshot(broker: &TestBroker, as_: &str) -> RevocationSnapshot {
     let (id, secret) = client(as_);
-    let snapshot: RevocationSnapshot = broker
+    broker
         .http
         .get(broker.url(REVOCATION_SNAPSHOT_PATH))
         .basic_auth(id, Some(secret))
@@ -79,8 +79,12 @@ async fn snapshot_jobs(broker: &TestBroker, as_: &str) -> Vec<String> {
         .unwrap()
         .json()
         .await
-        .unwrap();
-    let mut jobs: Vec<String> = snapshot
+        .unwrap()
+}
+
+async fn snapshot_jobs(broker: &TestBroker, as_: &str) -> Vec<String> {
+    let mut jobs: Vec<String> = snapshot(broker, as_)
+        .await
         .revocations
         .iter()
         .filter_map(|r| r.job.clone())
@@ -112,19 +116,12 @@ async fn each_reader_sees_the_revocations_it_has_a_reason_to_know() {
     assert_eq!(snapshot_jobs(&broker, "demo-job").await, ["d-1"]);
     assert_eq!(snapshot_jobs(&broker, "builder").await, ["b-1"]);
 
-    let (id, secret) = client("builder");
-    let snapshot: RevocationSnapshot = broker
-        .http
-        .get(broker.url(REVOCATION_SNAPSHOT_PATH))
-        .basic_auth(id, Some(secret))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert!(
-        snapshot.revocations.iter().any(|r| r.jti.is_some()),
+        snapshot(&broker, "builder")
+            .await
+            .revocations
+            .iter()
+            .any(|r| r.jti.is_some()),
         "token revocations name no workload and reach every reader"
     );
 

@@ -70,6 +70,22 @@ async fn mint(
     Ok((status, response.json().await?))
 }
 
+/// Introspect `token` as demo-job.
+async fn introspect(broker: &Broker, token: &str) -> Value {
+    broker
+        .ca
+        .client()
+        .post(format!("{}{INTROSPECTION_PATH}", broker.server.issuer()))
+        .basic_auth("demo-job", Some(stint_tests::test_secret("demo-job")))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_bound_certificate_authenticates_and_binds_the_token() {
     let broker = broker(false).await;
@@ -105,18 +121,7 @@ async fn a_bound_certificate_authenticates_and_binds_the_token() {
     assert_eq!(claims["cnf"]["x5t#S256"], thumbprint.as_str());
 
     // Introspection reports the binding.
-    let answer: Value = broker
-        .ca
-        .client()
-        .post(format!("{}{INTROSPECTION_PATH}", broker.server.issuer()))
-        .basic_auth("demo-job", Some(stint_tests::test_secret("demo-job")))
-        .form(&[("token", token.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = introspect(&broker, &token).await;
     assert_eq!(answer["active"], true);
     assert_eq!(answer["cnf"]["x5t#S256"], thumbprint.as_str());
 
@@ -240,29 +245,15 @@ async fn a_bound_token_revokes_itself_only_from_its_certificate() {
                 .as_u16()
         }
     };
-    let introspect = || async {
-        let answer: Value = broker
-            .ca
-            .client()
-            .post(format!("{}{INTROSPECTION_PATH}", broker.server.issuer()))
-            .basic_auth("demo-job", Some(stint_tests::test_secret("demo-job")))
-            .form(&[("token", token.as_str())])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["active"] == true
-    };
+    let active = || async { introspect(&broker, &token).await["active"] == true };
     // No certificate, or another workload's certificate: refused.
     assert_eq!(revoke(broker.ca.client()).await, 403);
     let other = broker
         .ca
         .client_certificate(None, Some("runner-7.ci.example.org"));
     assert_eq!(revoke(broker.ca.client_with(&other)).await, 403);
-    assert!(introspect().await, "still active");
+    assert!(active().await, "still active");
     // Its own certificate: revoked.
     assert_eq!(revoke(holder.clone()).await, 200);
-    assert!(!introspect().await);
+    assert!(!active().await);
 }
