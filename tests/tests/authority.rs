@@ -265,3 +265,30 @@ async fn revocation_checks_the_authorization_header_before_the_body() {
     let answer = String::from_utf8_lossy(&answer[..read]);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
+
+/// A token that expired a moment ago is still accepted by verifiers with a
+/// clock leeway: revoking it must put it on the feed, not answer "already
+/// expired".
+#[tokio::test]
+async fn a_token_within_the_verifier_leeway_is_still_revoked() {
+    let broker = TestBroker::start().await;
+    let token = token(&broker, "read", "read:demo/a", "lee-1").await;
+    // Five minutes to live, and ten seconds more.
+    broker.clock.advance(chrono::TimeDelta::seconds(310));
+    let response = broker
+        .post_form(REVOCATION_PATH, &[("token", &token)])
+        .await;
+    assert_eq!(response.status(), 200);
+    let record = broker.audit_records().pop().unwrap();
+    assert_eq!(record["event"], "token_revoked", "{record}");
+    // Past the largest leeway, there is nothing left to revoke.
+    broker.clock.advance(chrono::TimeDelta::seconds(600));
+    let response = broker
+        .post_form(REVOCATION_PATH, &[("token", &token)])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        broker.audit_records().pop().unwrap()["reason"],
+        "already_expired"
+    );
+}

@@ -305,6 +305,20 @@ impl AppState {
         token: &str,
         now: DateTime<Utc>,
     ) -> Result<TokenState, OAuthError> {
+        self.check_token_within(token, now, 0)
+    }
+
+    /// [`Self::check_token`], with `leeway_secs` of clock leeway on `exp`
+    /// and `nbf`: revocation takes tokens that verifiers still accept
+    /// (they may allow up to [`MAX_LEEWAY_SECS`]).
+    ///
+    /// [`MAX_LEEWAY_SECS`]: stint_core::access_token::MAX_LEEWAY_SECS
+    pub(crate) fn check_token_within(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+        leeway_secs: i64,
+    ) -> Result<TokenState, OAuthError> {
         let malformed =
             |why: String| OAuthError::invalid_request(DenyReason::MalformedRequest, why);
         if token.len() > MAX_TOKEN_LEN {
@@ -315,7 +329,7 @@ impl AppState {
         let expect = Expectations {
             issuer: &self.issuer,
             audience: None,
-            leeway_secs: 0,
+            leeway_secs,
         };
         let claims = match self
             .keys

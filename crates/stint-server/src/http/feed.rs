@@ -296,6 +296,15 @@ async fn next_live(
             return None;
         }
         tokio::select! {
+            // A policy install first: an event published right after it is
+            // then judged by the reader's new access, not its old one.
+            biased;
+            changed = live.policy.changed() => {
+                if changed.is_err() || !live.reader.reauthorize(&state.policy.load()) {
+                    tracing::info!(client = %live.reader.workload.name(), "feed stream closed: its client is no longer in the policy as it authenticated");
+                    return None;
+                }
+            }
             received = live.events.recv() => match received {
                 // Already sent from the backlog, or not this reader's.
                 Ok(published) if published.seq <= last || !live.reader.sees(&published) => {}
@@ -308,12 +317,6 @@ async fn next_live(
                 Err(RecvError::Lagged(_)) => return Some((Ok(resync_event()), Phase::Done)),
                 Err(RecvError::Closed) => return None,
             },
-            changed = live.policy.changed() => {
-                if changed.is_err() || !live.reader.reauthorize(&state.policy.load()) {
-                    tracing::info!(client = %live.reader.workload.name(), "feed stream closed: its client is no longer in the policy as it authenticated");
-                    return None;
-                }
-            }
             _ = closing.changed() => return None,
         }
     }

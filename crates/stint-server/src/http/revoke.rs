@@ -154,7 +154,10 @@ async fn plan(
         }
     };
     entry.sub = Some(workload.name().to_owned());
-    let claims = match state.check_token(token, now) {
+    // A token expired within the largest verifier leeway is still
+    // accepted by some verifiers: revoke it too.
+    let leeway = stint_core::access_token::MAX_LEEWAY_SECS;
+    let claims = match state.check_token_within(token, now, leeway) {
         // Revoking again is harmless (and stored again, idempotently).
         Ok(TokenState::Active(claims) | TokenState::Revoked(claims)) => claims,
         Ok(TokenState::Expired) => return Ok(Planned::Nothing("already_expired")),
@@ -295,6 +298,9 @@ async fn caller<'p>(
                 }
             })?;
         entry.client_id = Some(identity.workload.client_id().to_owned());
+        // Authenticated: its refusals from here on are its own, recorded
+        // one by one (never counted away with unauthenticated ones).
+        entry.sub = Some(identity.workload.name().to_owned());
         return Ok(Authority::Workload {
             workload: identity.workload,
             only_job: identity.job,
@@ -302,8 +308,10 @@ async fn caller<'p>(
     }
     let credentials = credentials(headers, form)?;
     entry.client_id = credentials.loggable_id(policy);
+    let workload = credentials.authenticate(policy)?;
+    entry.sub = Some(workload.name().to_owned());
     Ok(Authority::Workload {
-        workload: credentials.authenticate(policy)?,
+        workload,
         only_job: None,
     })
 }
