@@ -118,3 +118,51 @@ async fn a_revocation_the_store_refuses_is_not_in_force_and_the_log_says_so() {
     assert_eq!(last_two[1]["reason"], "not_durable");
     assert_eq!(last_two[0]["request_id"], last_two[1]["request_id"]);
 }
+
+/// While a job revocation is being stored (here: held up by a locked
+/// store), the job mints nothing: a token signed in that window would
+/// outlive the revocation's entry and escape it.
+#[tokio::test]
+async fn a_job_mints_nothing_while_its_revocation_is_being_carried_out() {
+    let broker = std::sync::Arc::new(TestBroker::start().await);
+    broker
+        .mint("read", "read:demo/a", &[("job", "race-1")])
+        .await;
+    let db = broker.data_dir().join(stint_server::STORE_FILE);
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let revoking = {
+        let broker = std::sync::Arc::clone(&broker);
+        tokio::spawn(async move { revoke_job(&broker, "race-1").await })
+    };
+    // Audited first: once its record is there, the store write is waiting.
+    eventually(
+        Duration::from_secs(4),
+        "the revocation to be audited",
+        || async {
+            broker
+                .audit_records()
+                .iter()
+                .any(|r| r["event"] == "job_revoked" && r["job"] == "race-1")
+                .then_some(())
+        },
+    )
+    .await;
+    let response = broker
+        .try_mint("read", "read:demo/b", &[("job", "race-1")])
+        .await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    drop(lock);
+    assert_eq!(
+        status, 400,
+        "minted while the job was being revoked: {body}"
+    );
+    assert_eq!(body["error"], "invalid_grant");
+    let (status, body) = revoking.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Another job mints as before.
+    broker
+        .mint("read", "read:demo/a", &[("job", "race-2")])
+        .await;
+}

@@ -257,3 +257,35 @@ async fn a_bound_token_revokes_itself_only_from_its_certificate() {
     assert_eq!(revoke(holder.clone()).await, 200);
     assert!(!active().await);
 }
+
+/// A certificate-bound workload revokes any of its tokens the way it
+/// authenticates (RFC 8705 `tls_client_auth`: its certificate and
+/// `client_id`), not only a token by itself.
+#[tokio::test]
+async fn a_certificate_workload_revokes_its_tokens_with_its_certificate() {
+    let broker = broker(false).await;
+    let certificate = broker.ca.client_certificate(Some(SPIFFE_ID), None);
+    let holder = broker.ca.client_with(&certificate);
+    let (_, body) = mint(&broker, &holder, "spiffe-job").await.unwrap();
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let url = format!("{}{}", broker.server.issuer(), stint_proto::REVOCATION_PATH);
+    let form = [("client_id", "spiffe-job"), ("token", token.as_str())];
+    // Another workload's certificate is not this client's.
+    let other = broker
+        .ca
+        .client_certificate(None, Some("runner-7.ci.example.org"));
+    let status = broker
+        .ca
+        .client_with(&other)
+        .post(&url)
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+    assert_eq!(introspect(&broker, &token).await["active"], true);
+    let status = holder.post(&url).form(&form).send().await.unwrap().status();
+    assert_eq!(status, 200);
+    assert_eq!(introspect(&broker, &token).await["active"], false);
+}

@@ -447,6 +447,7 @@ pub async fn start_with_clock(
         feed_keepalive: config.feed_keepalive,
         closing: closing_rx,
         policy_installed: tokio::sync::watch::channel(0).0,
+        pending: std::sync::Mutex::new(Vec::new()),
         limits: limits::RequestLimits::new(&config.limits, std::time::Instant::now()),
     });
 

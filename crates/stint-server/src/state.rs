@@ -67,6 +67,9 @@ pub(crate) struct AppState {
     pub(crate) closing: tokio::sync::watch::Receiver<bool>,
     /// Counts policy installs: open feed streams check their reader again.
     pub(crate) policy_installed: tokio::sync::watch::Sender<u64>,
+    /// Revocations by job, step and workload being carried out (audited,
+    /// stored): the token endpoint signs nothing they will cover.
+    pub(crate) pending: std::sync::Mutex<Vec<Pending>>,
     /// Per-client and per-source limits, and the refusal aggregator.
     pub(crate) limits: crate::limits::RequestLimits,
 }
@@ -82,6 +85,52 @@ pub(crate) enum TokenState {
     Revoked(AccessTokenClaims),
     /// Not ours, not yet valid, or not an access token.
     Unknown,
+}
+
+/// A revocation by job, step or workload that has begun: from then on no
+/// token it will cover is signed, so that none minted while it is being
+/// audited and stored escapes it (its time is taken after the hold).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Pending {
+    Job {
+        sub: String,
+        job: String,
+    },
+    Step {
+        sub: String,
+        job: String,
+        step: String,
+    },
+    Workload {
+        sub: String,
+    },
+}
+
+impl Pending {
+    fn covers(&self, claims: &AccessTokenClaims) -> bool {
+        match self {
+            Self::Job { sub, job } => *sub == claims.sub && *job == claims.job,
+            Self::Step { sub, job, step } => {
+                *sub == claims.sub && *job == claims.job && *step == claims.step
+            }
+            Self::Workload { sub } => *sub == claims.sub,
+        }
+    }
+}
+
+/// Holds a [`Pending`] revocation until dropped.
+pub(crate) struct PendingHold<'a> {
+    state: &'a AppState,
+    pending: Pending,
+}
+
+impl Drop for PendingHold<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.state.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = pending.iter().position(|p| *p == self.pending) {
+            pending.swap_remove(at);
+        }
+    }
 }
 
 /// A revocation taking effect in this process (the caller makes it
@@ -101,6 +150,26 @@ pub(crate) enum Revocation<'a> {
 }
 
 impl AppState {
+    /// Hold `pending` until the guard drops: the token endpoint refuses to
+    /// sign a token it covers. Take the revocation's time after this.
+    pub(crate) fn hold(&self, pending: Pending) -> PendingHold<'_> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pending.clone());
+        PendingHold {
+            state: self,
+            pending,
+        }
+    }
+
+    /// Whether a revocation that has begun will cover a token with
+    /// `claims` (see [`Self::hold`]).
+    pub(crate) fn is_pending(&self, claims: &AccessTokenClaims) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        !pending.is_empty() && pending.iter().any(|p| p.covers(claims))
+    }
+
     /// Carry out a revocation the caller has authorized, so that it is
     /// durable, audited and announced, or none of those:
     ///

@@ -612,6 +612,29 @@ fn verify_audit(
     eprintln!(
         "(keep the head hash elsewhere: a tail cut back to a checkpoint is only detectable against it)"
     );
+    if !sources.is_empty() {
+        // With keys to check against, a checkpoint no key verifies is a
+        // log re-signed by someone else's key (or a key left out); and
+        // with keys given explicitly, a log with records but no verified
+        // checkpoint at all is vouched for by nothing. Neither passes.
+        if r.unverified_checkpoints > 0 {
+            anyhow::bail!(
+                "{} checkpoints are signed by keys not given: the log may have been rewritten and signed again; give those keys' JWK set with --jwks if they are the broker's",
+                r.unverified_checkpoints
+            );
+        }
+        let explicit = !jwks.is_empty() || data_dir.is_some();
+        if explicit
+            && r.last_verified_checkpoint.is_none()
+            && r.records > 0
+            && max_unsigned.is_none_or(|max| r.unsigned > max)
+        {
+            anyhow::bail!(
+                "no checkpoint verifies with the keys given: nothing vouches for these {} records (--max-unsigned N accepts up to N such records)",
+                r.records
+            );
+        }
+    }
     if let Some(max) = max_unsigned
         && r.unsigned > max
     {

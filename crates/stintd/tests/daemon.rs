@@ -506,6 +506,33 @@ async fn verify_audit_accepts_an_intact_log_and_names_the_first_broken_record() 
         stdout.contains(": 4 records, chain intact, head "),
         "{stdout}"
     );
+    // The broker was killed before it signed anything: asked to check
+    // against its keys, verify-audit says nothing vouches for the records,
+    // unless told how many unsigned records to accept.
+    let data_arg = data.to_str().unwrap();
+    let (status, _, stderr) = run_to_end(
+        Command::new(STINTD).args([
+            "verify-audit",
+            "--data-dir",
+            data_arg,
+            log.to_str().unwrap(),
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("no checkpoint verifies"), "{stderr}");
+    let (status, _, stderr) = run_to_end(
+        Command::new(STINTD).args([
+            "verify-audit",
+            "--data-dir",
+            data_arg,
+            "--max-unsigned",
+            "4",
+            log.to_str().unwrap(),
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
 
     // Rewrite the second mint's job: the record after it no longer links.
     let text = std::fs::read_to_string(&log).unwrap();
@@ -674,10 +701,11 @@ async fn verify_audit_checks_checkpoints_across_rotated_files() {
         .unwrap(),
     )
     .unwrap();
+    // Checkpoints that no key given verifies: a re-signed log, refused.
     let (ok, stdout, stderr) = verify_audit(&["--jwks", other_file.to_str().unwrap()], &files);
-    assert!(ok, "{stderr}");
+    assert!(!ok, "{stdout}");
     assert!(stdout.contains("checkpoints: 0 verified"), "{stdout}");
-    assert!(stdout.contains("no verified checkpoint"), "{stdout}");
+    assert!(stderr.contains("signed by keys not given"), "{stderr}");
 
     // Someone who can write the live file appends a well-chained forgery:
     // the chain is whole, but nothing signed the new record.

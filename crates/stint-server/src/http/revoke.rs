@@ -1,11 +1,11 @@
 //! Revocation: one token (RFC 7009) or every token of a job.
 
 use super::RequestContext;
-use super::client_auth::{bearer, credentials, read_form};
+use super::client_auth::{bearer, certificate_client, credentials, read_form};
 use super::exchange;
 use crate::error::OAuthError;
 use crate::serve::PeerCertificate;
-use crate::state::{AppState, Revocation, TokenState};
+use crate::state::{AppState, Pending, Revocation, TokenState};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -112,7 +112,19 @@ async fn plan(
             }
             authority
         }
-        None => caller(state, &policy, headers, Some(&form), entry).await?,
+        // RFC 8705 `tls_client_auth`: a verified client certificate and a
+        // `client_id` in the body.
+        None => match certificate_client(&policy, headers, &form, certificate, entry) {
+            Some(workload) => {
+                let workload = workload?;
+                entry.sub = Some(workload.name().to_owned());
+                Authority::Workload {
+                    workload,
+                    only_job: None,
+                }
+            }
+            None => caller(state, &policy, headers, Some(&form), entry).await?,
+        },
     };
     let token = form.get("token").ok_or_else(|| {
         OAuthError::invalid_request(
@@ -374,7 +386,15 @@ pub(crate) async fn revoke_job(
     let planned = plan_job(&state, job, &headers, &mut entry).await;
     let sub = entry.sub.clone();
     let outcome = match planned {
-        Ok(revocation) => {
+        Ok(planned) => {
+            let _held = state.hold(Pending::Job {
+                sub: planned.sub.clone(),
+                job: planned.job.clone(),
+            });
+            // Its time is taken after the hold: every token signed before
+            // it is covered, and none is signed after it.
+            let at = state.clock.now();
+            let revocation = JobRevocation::new(&planned.sub, &planned.job, at);
             entry.event = EventKind::JobRevoked;
             entry.decision = Decision::Allow;
             state
@@ -386,7 +406,7 @@ pub(crate) async fn revoke_job(
                 .await
                 .map(|()| JobRevocationResponse {
                     job: revocation.job.clone(),
-                    revoked_at: crate::audit::timestamp(now),
+                    revoked_at: crate::audit::timestamp(at),
                 })
         }
         Err(error) => Err(state.refuse(entry, error).await),
@@ -434,7 +454,15 @@ pub(crate) async fn revoke_step(
         Some(&context),
     );
     let outcome = match plan_step(&state, path, &headers, &mut entry).await {
-        Ok(revocation) => {
+        Ok(planned) => {
+            let _held = state.hold(Pending::Step {
+                sub: planned.sub.clone(),
+                job: planned.job.clone(),
+                step: planned.step.clone(),
+            });
+            // As for a job: the time after the hold.
+            let at = state.clock.now();
+            let revocation = StepRevocation::new(&planned.sub, &planned.job, &planned.step, at);
             entry.event = EventKind::StepRevoked;
             entry.decision = Decision::Allow;
             state
@@ -448,7 +476,7 @@ pub(crate) async fn revoke_step(
                     serde_json::json!({
                         "job": revocation.job,
                         "step": revocation.step,
-                        "revoked_at": crate::audit::timestamp(now),
+                        "revoked_at": crate::audit::timestamp(at),
                     })
                 })
         }

@@ -289,7 +289,8 @@ async fn mint(
     // index's allocation: its status-list sweep may have missed this index
     // (revocations enter the set before the sweep, so one side sees the
     // other). The token is dead anyway: mark it and refuse.
-    if state.revocations.is_revoked(&claims, now) {
+    // And one that has begun (being audited and stored) and will cover it.
+    if state.revocations.is_revoked(&claims, now) || state.is_pending(&claims) {
         state.status_lists.revoke_token(&claims);
         return Err(OAuthError::new(
             ErrorCode::InvalidGrant,

@@ -8,7 +8,7 @@ use super::RequestContext;
 use super::approvals::operator;
 use super::client_auth::read_json;
 use crate::error::OAuthError;
-use crate::state::{AppState, Revocation};
+use crate::state::{AppState, Pending, Revocation};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -67,7 +67,7 @@ async fn act(
     );
     let outcome = match authorize(state, headers, name, body, &mut entry).await {
         Ok((workload, operator)) if stopping => {
-            stop_workload(state, entry, workload, operator, now.timestamp()).await
+            stop_workload(state, entry, workload, operator).await
         }
         Ok((workload, operator)) => {
             let enabled = enable_workload(state, workload, &operator, now.timestamp()).await;
@@ -127,11 +127,15 @@ async fn stop_workload(
     mut entry: AuditEntry,
     workload: String,
     operator: String,
-    at: i64,
 ) -> Result<WorkloadState, OAuthError> {
+    let _held = state.hold(Pending::Workload {
+        sub: workload.clone(),
+    });
+    // The stop's time is taken after the hold: every token signed before
+    // it is covered (issued at or before it), and none is signed after it.
     let stop = WorkloadStop {
         workload,
-        stopped_at: at,
+        stopped_at: state.clock.now().timestamp(),
         stopped_by: operator,
         enabled_at: None,
     };
