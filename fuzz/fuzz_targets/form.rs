@@ -4,7 +4,7 @@
 //! independent encoder and by the SDK's, parses back to the same pairs.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use stint_core::form::{FormError, FormParams, MAX_PARAMS};
+use stint_core::form::{FormError, FormParams, MAX_PARAMS, REPEATABLE};
 
 fn has_bad_escape(data: &[u8]) -> bool {
     data.iter().enumerate().any(|(i, b)| {
@@ -37,16 +37,28 @@ fuzz_target!(|data: &[u8]| {
     assert!(!has_bad_escape(data), "accepted a malformed escape");
     assert!(reference.len() <= MAX_PARAMS);
     for (i, (name, value)) in reference.iter().enumerate() {
+        let repeated = reference[..i].iter().any(|(n, _)| n == name);
         assert!(
-            reference[..i].iter().all(|(n, _)| n != name),
+            !repeated || REPEATABLE.contains(&name.as_str()),
             "accepted a repeated name {name:?}"
         );
         assert!(form.contains(name), "{name:?} is missing");
-        assert_eq!(
-            form.get(name),
-            Some(value.as_str()).filter(|v| !v.is_empty()),
-            "{name:?} decodes differently"
-        );
+        if REPEATABLE.contains(&name.as_str()) {
+            // Every non-empty value, in order (RFC 8693's audience and
+            // resource may repeat).
+            let expected: Vec<&str> = reference
+                .iter()
+                .filter(|(n, v)| n == name && !v.is_empty())
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(form.all(name).collect::<Vec<_>>(), expected, "{name:?}");
+        } else {
+            assert_eq!(
+                form.get(name),
+                Some(value.as_str()).filter(|v| !v.is_empty()),
+                "{name:?} decodes differently"
+            );
+        }
     }
     let variant = data.len() % 4;
     let encode = |text: &str| stint_fuzz::form_encode(text, variant & 1 == 0, variant & 2 == 0);
