@@ -305,48 +305,40 @@ async fn no_flood_for_reference() {
     honest.assert_unharmed("none (reference)");
 }
 
-#[tokio::test]
-async fn silent_connections_from_one_source() {
+/// Silent connections from one source, each held for `hold` (or until the
+/// broker closes it) and opened again, while the honest client works.
+async fn silent_flood(hold: Duration, what: &str) {
     let _serial = SERIAL.lock().await;
     let broker = broker_with(flood_limits()).await;
     let addr = broker.server().local_addr();
     let mut flood = Flood::new();
-    // Connect, say nothing, and connect again once the broker gives up.
     flood.spawn(ATTACKERS, move |_| async move {
         if let Ok(mut stream) = connect_from(ATTACKER, addr).await {
-            until_closed_or_answered(&mut stream, Duration::from_secs(30)).await;
-        }
-    });
-    flood.at_strength(ATTACKERS).await;
-    let honest = honest_client(&broker).await;
-    let connections = flood.stop().await;
-    eprintln!("flood silent: {connections} attacker connections");
-    honest.assert_unharmed("silent connections");
-    assert!(records_from(&broker, ATTACKER).is_empty());
-}
-
-#[tokio::test]
-async fn reconnect_churn_from_one_source() {
-    let _serial = SERIAL.lock().await;
-    let broker = broker_with(flood_limits()).await;
-    let addr = broker.server().local_addr();
-    let mut flood = Flood::new();
-    // Short-lived silent connections, opened again and again: each holds
-    // its slot for 100 ms, far less than any timeout.
-    flood.spawn(ATTACKERS, move |_| async move {
-        if let Ok(mut stream) = connect_from(ATTACKER, addr).await {
-            until_closed_or_answered(&mut stream, Duration::from_millis(100)).await;
+            until_closed_or_answered(&mut stream, hold).await;
         }
     });
     flood.at_strength(ATTACKERS).await;
     let honest = honest_client(&broker).await;
     let connections = flood.stop().await;
     eprintln!(
-        "flood churn: {connections} attacker connections in about {:.0?}",
+        "flood {what}: {connections} attacker connections in about {:.0?}",
         honest.elapsed
     );
-    honest.assert_unharmed("reconnect churn");
+    honest.assert_unharmed(what);
     assert!(records_from(&broker, ATTACKER).is_empty());
+}
+
+#[tokio::test]
+async fn silent_connections_from_one_source() {
+    // Connect, say nothing, and connect again once the broker gives up.
+    silent_flood(Duration::from_secs(30), "silent connections").await;
+}
+
+#[tokio::test]
+async fn reconnect_churn_from_one_source() {
+    // Short-lived silent connections, opened again and again: each holds
+    // its slot for 100 ms, far less than any timeout.
+    silent_flood(Duration::from_millis(100), "reconnect churn").await;
 }
 
 #[tokio::test]
