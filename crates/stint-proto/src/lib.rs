@@ -13,6 +13,7 @@ pub mod jwk;
 pub mod metadata;
 pub mod oauth;
 pub mod revocations;
+pub mod targets;
 pub mod workloads;
 
 pub use approvals::{
@@ -28,6 +29,10 @@ pub use oauth::{
 pub use revocations::{
     FeedPosition, REVOCATION_SNAPSHOT_PATH, REVOCATION_STREAM_PATH, RevocationEvent,
     RevocationSnapshot,
+};
+pub use targets::{
+    PostgresLogin, TARGET_CREDENTIALS_PATH, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_NOT_APPLICABLE,
+    TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
 };
 pub use workloads::WorkloadState;
 
