@@ -113,6 +113,24 @@ pub enum EventKind {
     /// The first record of a file that continues the chain of a rotated
     /// file (`previous_file`, `previous_head`).
     AuditContinued,
+    /// A native credential was made on a target for a step token
+    /// (`target` says which, and with what privileges).
+    TargetCredentialMinted,
+    /// A target-credential exchange was refused; nothing was made upstream
+    /// (or what was begun was destroyed).
+    TargetCredentialDenied,
+    /// A target credential was destroyed upstream (`target.trigger` says
+    /// why: the step token's revocation, its expiry, the job's end...).
+    TargetCredentialRevoked,
+    /// An attempt to destroy a target credential failed; it stays queued
+    /// and is retried (`target.attempts`).
+    TargetRevocationFailed,
+    /// A target credential could not be destroyed after the last attempt:
+    /// an operator must remove it by hand (`target.upstream_id`).
+    TargetCredentialIrrevocable,
+    /// The reconciler removed a credential it found upstream that no live
+    /// step token accounts for.
+    TargetCredentialReconciled,
 }
 
 /// Allowed or denied.
@@ -213,6 +231,55 @@ pub struct AuditEntry {
     /// (also this record's `prev`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_head: Option<String>,
+    /// For target-credential events: the target, the upstream credential,
+    /// its privileges and what became of it. Never its secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetAudit>,
+}
+
+/// What a target-credential record says about the upstream credential.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetAudit {
+    /// The target's name in the policy.
+    pub name: String,
+    /// Its kind, e.g. `postgres`.
+    pub kind: String,
+    /// The upstream server, e.g. `db.internal:5432`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The database (PostgreSQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The credential's id at Stint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// The upstream identifier (for PostgreSQL, the login role's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_id: Option<String>,
+    /// The privileges the planner asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<String>,
+    /// The privileges the credential carries, as scopes (memberships
+    /// expanded, implied schema usage included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effective: Vec<String>,
+    /// When the credential stops working upstream, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// What set off its revocation: `token`, `job`, `step`, `workload`,
+    /// `approval`, `expired`, `credential`, `interrupted_mint`,
+    /// `reconciler`, `failed_mint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// Revocation attempts made so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// `created`, `revoked`, `already_gone`, `failed`, `irrevocable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Sessions cut when it was revoked (PostgreSQL backends terminated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<u32>,
 }
 
 impl AuditEntry {
@@ -249,6 +316,7 @@ impl AuditEntry {
             checkpoint: None,
             previous_file: None,
             previous_head: None,
+            target: None,
         }
     }
 

@@ -20,6 +20,147 @@ pub async fn run(store: &dyn Store) {
     status_lists_round_trip(store).await;
     workload_stops_round_trip(store).await;
     step_revocations_round_trip(store).await;
+    target_credentials_round_trip(store).await;
+}
+
+async fn target_credentials_round_trip(store: &dyn Store) {
+    use stint_core::target_credential::{CredentialState, TargetCredential, Trigger};
+    let credential = TargetCredential {
+        id: "tc-1".into(),
+        jti: "jti-1".into(),
+        sub: "etl".into(),
+        client_id: "etl-connector".into(),
+        job: "job-1".into(),
+        step: "load".into(),
+        approval: None,
+        issued_at: 1_000,
+        expires_at: 1_300,
+        target: "warehouse".into(),
+        kind: "postgres".into(),
+        upstream_id: "stint_aaaaaaaaaaaaaaaaaaaaaaaa".into(),
+        server: "127.0.0.1:5432".into(),
+        database: Some("analytics".into()),
+        effective: vec![
+            "select:warehouse/crm/accounts".into(),
+            "usage:warehouse/crm".into(),
+        ],
+        state: CredentialState::Minting,
+        trigger: None,
+        attempts: 0,
+        next_attempt_at: 0,
+        last_error: None,
+        created_at: 1_000,
+        finished_at: None,
+    };
+    assert!(
+        store
+            .insert_target_credential(&credential)
+            .await
+            .expect("insert target credential"),
+        "a new target credential is recorded"
+    );
+    let again = TargetCredential {
+        id: "tc-2".into(),
+        ..credential.clone()
+    };
+    assert!(
+        !store
+            .insert_target_credential(&again)
+            .await
+            .expect("insert a second for the same token and target"),
+        "one target credential per step token and target"
+    );
+    let other_target = TargetCredential {
+        id: "tc-3".into(),
+        target: "ledger".into(),
+        approval: Some("apr-1".into()),
+        ..credential.clone()
+    };
+    assert!(
+        store
+            .insert_target_credential(&other_target)
+            .await
+            .expect("insert for another target"),
+        "the same token may have a credential for another target"
+    );
+    assert_eq!(
+        store
+            .unfinished_target_credentials()
+            .await
+            .expect("load target credentials"),
+        vec![credential.clone(), other_target.clone()],
+        "target credentials round-trip, oldest first"
+    );
+
+    let mut revoking = credential.clone();
+    revoking.state = CredentialState::Revoking;
+    revoking.trigger = Some(Trigger::Job);
+    revoking.attempts = 2;
+    revoking.next_attempt_at = 1_010;
+    revoking.last_error = Some("could not connect".into());
+    store
+        .update_target_credential(&revoking)
+        .await
+        .expect("update target credential");
+    let mut revoked = other_target.clone();
+    revoked.state = CredentialState::Revoked;
+    revoked.trigger = Some(Trigger::Expired);
+    revoked.finished_at = Some(1_300);
+    store
+        .update_target_credential(&revoked)
+        .await
+        .expect("update target credential");
+    assert_eq!(
+        store
+            .unfinished_target_credentials()
+            .await
+            .expect("load target credentials"),
+        vec![revoking.clone()],
+        "an update replaces the state; revoked credentials are finished"
+    );
+    let missing = TargetCredential {
+        id: "tc-missing".into(),
+        ..credential.clone()
+    };
+    assert!(
+        store.update_target_credential(&missing).await.is_err(),
+        "updating a credential the store does not hold is an error"
+    );
+    assert_eq!(
+        store
+            .purge_target_credentials(1_300)
+            .await
+            .expect("purge target credentials"),
+        0,
+        "purge keeps what finished at or after its time"
+    );
+    assert_eq!(
+        store
+            .purge_target_credentials(1_301)
+            .await
+            .expect("purge target credentials"),
+        1,
+        "purge drops revoked credentials finished before its time"
+    );
+    let mut irrevocable = revoking;
+    irrevocable.state = CredentialState::Irrevocable;
+    irrevocable.finished_at = Some(2_000);
+    store
+        .update_target_credential(&irrevocable)
+        .await
+        .expect("update target credential");
+    store
+        .purge_target_credentials(5_000)
+        .await
+        .expect("purge target credentials");
+    assert_eq!(
+        store
+            .unfinished_target_credentials()
+            .await
+            .expect("load target credentials"),
+        vec![irrevocable],
+        "an irrevocable credential is kept until an operator deals with it"
+    );
 }
 
 async fn step_revocations_round_trip(store: &dyn Store) {

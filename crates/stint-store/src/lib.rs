@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use std::fmt;
 use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
+use stint_core::target_credential::TargetCredential;
 use thiserror::Error;
 
 /// A store failure. Messages name the operation, never a key or token.
@@ -189,6 +190,29 @@ pub trait Store: Send + Sync + 'static {
     /// The stops that still matter at `now`: not enabled again, or whose
     /// revoked tokens could still be alive.
     async fn workload_stops(&self, now: i64) -> Result<Vec<WorkloadStop>, StoreError>;
+
+    /// Record a new target credential (state `minting`, before the upstream
+    /// call). Returns `false`, writing nothing, if its step token already
+    /// has a credential for that target: one exchange per token and target.
+    async fn insert_target_credential(
+        &self,
+        credential: &TargetCredential,
+    ) -> Result<bool, StoreError>;
+
+    /// Replace the stored state of a target credential (by `id`).
+    async fn update_target_credential(
+        &self,
+        credential: &TargetCredential,
+    ) -> Result<(), StoreError>;
+
+    /// The target credentials that may still exist upstream (`minting`,
+    /// `live`, `revoking`) and those given up on (`irrevocable`), oldest
+    /// first: what the revocation queue and the reconciler work from.
+    async fn unfinished_target_credentials(&self) -> Result<Vec<TargetCredential>, StoreError>;
+
+    /// Forget target credentials destroyed before `before` (their story is
+    /// in the audit log). Returns how many.
+    async fn purge_target_credentials(&self, before: i64) -> Result<u64, StoreError>;
 
     /// Whether the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;

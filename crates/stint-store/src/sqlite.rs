@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
+use stint_core::target_credential::TargetCredential;
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revoked_tokens (
@@ -74,6 +75,32 @@ CREATE TABLE IF NOT EXISTS status_lists (
     expires_at INTEGER NOT NULL,
     key        BLOB
 ) STRICT;
+CREATE TABLE IF NOT EXISTS target_credentials (
+    id              TEXT    PRIMARY KEY NOT NULL,
+    jti             TEXT    NOT NULL,
+    sub             TEXT    NOT NULL,
+    client_id       TEXT    NOT NULL,
+    job             TEXT    NOT NULL,
+    step            TEXT    NOT NULL,
+    approval        TEXT,
+    issued_at       INTEGER NOT NULL,
+    expires_at      INTEGER NOT NULL,
+    target          TEXT    NOT NULL,
+    kind            TEXT    NOT NULL,
+    upstream_id     TEXT    NOT NULL,
+    server          TEXT    NOT NULL,
+    database        TEXT,
+    effective       TEXT    NOT NULL,
+    state           TEXT    NOT NULL,
+    trigger         TEXT,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    finished_at     INTEGER,
+    UNIQUE (jti, target)
+) STRICT;
+CREATE INDEX IF NOT EXISTS target_credentials_state ON target_credentials (state);
 CREATE TABLE IF NOT EXISTS status_entries (
     list    TEXT    NOT NULL,
     first   INTEGER NOT NULL,
@@ -536,6 +563,155 @@ impl Store for SqliteStore {
                 })
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn insert_target_credential(
+        &self,
+        credential: &TargetCredential,
+    ) -> Result<bool, StoreError> {
+        let c = credential.clone();
+        self.run("record target credential", move |db| {
+            db.execute(
+                "INSERT INTO target_credentials (id, jti, sub, client_id, job, step, approval,
+                   issued_at, expires_at, target, kind, upstream_id, server, database, effective,
+                   state, trigger, attempts, next_attempt_at, last_error, created_at, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                   ?17, ?18, ?19, ?20, ?21, ?22)
+                 ON CONFLICT (jti, target) DO NOTHING",
+                params![
+                    c.id,
+                    c.jti,
+                    c.sub,
+                    c.client_id,
+                    c.job,
+                    c.step,
+                    c.approval,
+                    c.issued_at,
+                    c.expires_at,
+                    c.target,
+                    c.kind,
+                    c.upstream_id,
+                    c.server,
+                    c.database,
+                    c.effective.join(" "),
+                    c.state.as_str(),
+                    c.trigger.map(|t| t.as_str()),
+                    c.attempts,
+                    c.next_attempt_at,
+                    c.last_error,
+                    c.created_at,
+                    c.finished_at,
+                ],
+            )
+            .map(|inserted| inserted == 1)
+        })
+        .await
+    }
+
+    async fn update_target_credential(
+        &self,
+        credential: &TargetCredential,
+    ) -> Result<(), StoreError> {
+        let c = credential.clone();
+        let updated = self
+            .run("update target credential", move |db| {
+                db.execute(
+                    "UPDATE target_credentials SET upstream_id = ?2, effective = ?3, state = ?4,
+                       trigger = ?5, attempts = ?6, next_attempt_at = ?7, last_error = ?8,
+                       finished_at = ?9
+                     WHERE id = ?1",
+                    params![
+                        c.id,
+                        c.upstream_id,
+                        c.effective.join(" "),
+                        c.state.as_str(),
+                        c.trigger.map(|t| t.as_str()),
+                        c.attempts,
+                        c.next_attempt_at,
+                        c.last_error,
+                        c.finished_at,
+                    ],
+                )
+            })
+            .await?;
+        if updated == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "target credential {} is not in the store",
+                credential.id
+            )))
+        }
+    }
+
+    async fn unfinished_target_credentials(&self) -> Result<Vec<TargetCredential>, StoreError> {
+        let rows = self
+            .run("load target credentials", |db| {
+                let mut statement = db.prepare(
+                    "SELECT id, jti, sub, client_id, job, step, approval, issued_at, expires_at,
+                       target, kind, upstream_id, server, database, effective, state, trigger,
+                       attempts, next_attempt_at, last_error, created_at, finished_at
+                     FROM target_credentials WHERE state <> 'revoked'
+                     ORDER BY created_at, id",
+                )?;
+                let rows = statement.query_map([], |row| {
+                    Ok((
+                        TargetCredential {
+                            id: row.get(0)?,
+                            jti: row.get(1)?,
+                            sub: row.get(2)?,
+                            client_id: row.get(3)?,
+                            job: row.get(4)?,
+                            step: row.get(5)?,
+                            approval: row.get(6)?,
+                            issued_at: row.get(7)?,
+                            expires_at: row.get(8)?,
+                            target: row.get(9)?,
+                            kind: row.get(10)?,
+                            upstream_id: row.get(11)?,
+                            server: row.get(12)?,
+                            database: row.get(13)?,
+                            effective: row
+                                .get::<_, String>(14)?
+                                .split_whitespace()
+                                .map(str::to_owned)
+                                .collect(),
+                            state: stint_core::target_credential::CredentialState::Minting,
+                            trigger: None,
+                            attempts: row.get(17)?,
+                            next_attempt_at: row.get(18)?,
+                            last_error: row.get(19)?,
+                            created_at: row.get(20)?,
+                            finished_at: row.get(21)?,
+                        },
+                        row.get::<_, String>(15)?,
+                        row.get::<_, Option<String>>(16)?,
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(mut credential, state, trigger)| {
+                credential.state = state.parse().map_err(StoreError::Corrupt)?;
+                credential.trigger = trigger
+                    .map(|t| t.parse())
+                    .transpose()
+                    .map_err(StoreError::Corrupt)?;
+                Ok(credential)
+            })
+            .collect()
+    }
+
+    async fn purge_target_credentials(&self, before: i64) -> Result<u64, StoreError> {
+        self.run("purge target credentials", move |db| {
+            db.execute(
+                "DELETE FROM target_credentials WHERE state = 'revoked' AND finished_at < ?1",
+                [before],
+            )
+            .map(|n| n as u64)
         })
         .await
     }
