@@ -98,6 +98,25 @@ pub enum DenyReason {
     Internal,
     /// The client or its source sent more requests than its rate limit.
     RateLimited,
+    /// A target-credential exchange whose subject token is not an active
+    /// step token of this broker (unknown, expired, revoked, or bound to a
+    /// certificate the connection does not present).
+    InactiveSubjectToken,
+    /// A target-credential exchange for a target the policy does not
+    /// declare.
+    UnknownTarget,
+    /// A target-credential exchange for a target the step does not list.
+    TargetNotAllowed,
+    /// The target's planner refused the grant (it would widen it, or a
+    /// scope does not fit the target's grammar).
+    TargetPlanRefused,
+    /// The step token was already exchanged for a credential on this
+    /// target.
+    AlreadyExchanged,
+    /// The target could not be reached, or its admin credential read.
+    TargetUnavailable,
+    /// The target refused to make the credential (its own error).
+    TargetRefused,
 }
 
 impl DenyReason {
@@ -140,6 +159,13 @@ impl DenyReason {
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
             Self::RateLimited => "rate_limited",
+            Self::InactiveSubjectToken => "inactive_subject_token",
+            Self::UnknownTarget => "unknown_target",
+            Self::TargetNotAllowed => "target_not_allowed",
+            Self::TargetPlanRefused => "target_plan_refused",
+            Self::AlreadyExchanged => "already_exchanged",
+            Self::TargetUnavailable => "target_unavailable",
+            Self::TargetRefused => "target_refused",
         }
     }
 }
