@@ -28,6 +28,7 @@ pub mod metrics;
 mod serve;
 mod state;
 mod status;
+mod targets;
 pub mod tls;
 pub mod webhook;
 
@@ -82,6 +83,8 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve_task: JoinHandle<()>,
     purge_task: JoinHandle<()>,
+    /// The target credentials' revocation queue.
+    targets_task: JoinHandle<()>,
     /// Writes counted refusals; ends at shutdown, once its last write is.
     refusals_task: JoinHandle<()>,
     /// Set at shutdown: revocation feed streams end.
@@ -167,6 +170,9 @@ impl RunningServer {
         let _ = self.closing.send(true);
         self.purge_task.abort();
         let _ = (&mut self.purge_task).await;
+        // The queue is durable: what it has not done, the next start does.
+        self.targets_task.abort();
+        let _ = (&mut self.targets_task).await;
         let _ = (&mut self.serve_task).await;
         let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
         let all = Arc::clone(&self.state.in_flight).acquire_many_owned(permits);
@@ -422,6 +428,8 @@ pub async fn start_with_clock(
 
     let issuer_keys = federation::IssuerKeys::new(config.federation_ca.as_deref())
         .map_err(|message| StartError::Config(ConfigError::FederationCa(message)))?;
+    let targets = targets::TargetCredentials::new(&issuer, Arc::new(targets::postgres::connect));
+    targets.install(&policy);
     let state = Arc::new(AppState {
         issuer,
         policy: ArcSwap::from_pointee(policy),
@@ -449,8 +457,17 @@ pub async fn start_with_clock(
         policy_installed: tokio::sync::watch::channel(0).0,
         pending: std::sync::Mutex::new(Vec::new()),
         limits: limits::RequestLimits::new(&config.limits, std::time::Instant::now()),
+        targets,
     });
+    let open_credentials = state.targets.load(&state).await?;
+    if open_credentials > 0 {
+        tracing::info!(
+            credentials = open_credentials,
+            "target credentials loaded: those left unfinished are destroyed first"
+        );
+    }
 
+    let targets_task = tokio::spawn(targets::TargetCredentials::run(Arc::clone(&state)));
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
     let refusals_task = tokio::spawn(refusals_loop(Arc::clone(&state)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -474,6 +491,7 @@ pub async fn start_with_clock(
         shutdown: Some(shutdown_tx),
         serve_task,
         purge_task,
+        targets_task,
         refusals_task,
         closing: closing_tx,
         max_in_flight: config.limits.max_in_flight,

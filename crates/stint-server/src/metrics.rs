@@ -55,6 +55,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabel {
     event: &'static str,
 }
@@ -277,8 +282,29 @@ pub struct Metrics {
     approval_events: Family<EventLabel, Counter>,
     feed_refused: Family<ReasonLabel, Counter>,
     id_tokens: Family<OutcomeLabel, Counter>,
+    target_events: Family<EventLabel, Counter>,
+    /// Open target credentials by state, and the oldest irrevocable one's
+    /// age, as the revocation queue last counted them.
+    target_census: std::sync::Mutex<TargetCensus>,
     scrape_token: Option<ScrapeToken>,
 }
+
+/// Target credentials as the queue last counted them.
+#[derive(Debug, Default, Clone)]
+struct TargetCensus {
+    by_state: Vec<(&'static str, u64)>,
+    irrevocable_oldest_age: i64,
+}
+
+/// The events of target credentials the metrics count.
+const TARGET_EVENTS: [&str; 6] = [
+    "minted",
+    "revoked",
+    "already_gone",
+    "failed",
+    "irrevocable",
+    "reconciled",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabel {
@@ -404,6 +430,15 @@ impl Metrics {
             "Platform ID tokens checked (token exchange, bearer authentication), by outcome (verified, untrusted_issuer, invalid, keys_unavailable)",
             id_tokens.clone(),
         );
+        let target_events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "target_credentials",
+            "Target credentials, by event (minted; revoked or already_gone upstream; failed revocation attempts, retried; irrevocable after the last attempt; reconciled: found upstream with no step token behind it)",
+            target_events.clone(),
+        );
+        for event in TARGET_EVENTS {
+            let _ = target_events.get_or_create(&EventLabel { event });
+        }
         registry.register(
             "build",
             "The broker's version",
@@ -458,8 +493,53 @@ impl Metrics {
             approval_events,
             feed_refused,
             id_tokens,
+            target_events,
+            target_census: std::sync::Mutex::new(TargetCensus::default()),
             scrape_token,
         }
+    }
+
+    /// A target credential event (one of [`TARGET_EVENTS`]; others are
+    /// not counted).
+    pub(crate) fn target_event(&self, _target: &str, event: &str) {
+        if let Some(event) = TARGET_EVENTS.iter().find(|e| **e == event) {
+            self.target_events
+                .get_or_create(&EventLabel { event })
+                .inc();
+        }
+    }
+
+    /// The revocation queue's count: (target, state, count, age of the
+    /// oldest) for each target and state.
+    pub(crate) fn target_census(
+        &self,
+        census: &[(String, stint_core::target_credential::CredentialState, u64, i64)],
+    ) {
+        use stint_core::target_credential::CredentialState;
+        let mut counted = TargetCensus::default();
+        for state in [
+            CredentialState::Minting,
+            CredentialState::Live,
+            CredentialState::Revoking,
+            CredentialState::Irrevocable,
+        ] {
+            let count = census
+                .iter()
+                .filter(|(_, s, _, _)| *s == state)
+                .map(|(_, _, n, _)| n)
+                .sum();
+            counted.by_state.push((state.as_str(), count));
+        }
+        counted.irrevocable_oldest_age = census
+            .iter()
+            .filter(|(_, s, _, _)| *s == CredentialState::Irrevocable)
+            .map(|(_, _, _, age)| *age)
+            .max()
+            .unwrap_or(0);
+        *self
+            .target_census
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = counted;
     }
 
     pub(crate) fn limited(&self, limit: &'static str) {
@@ -673,6 +753,27 @@ impl Metrics {
             "federation_jwks_fetches",
             "Fetches of a trusted issuer's discovery document and keys, by outcome (fetched, failed)",
             fetches,
+        );
+        let census = self
+            .target_census
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let open = Family::<StateLabel, Gauge>::default();
+        for (state, count) in &census.by_state {
+            open.get_or_create(&StateLabel { state })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        scraped.register(
+            "target_credentials_open",
+            "Target credentials that may exist upstream, by state (minting, live, revoking; irrevocable: every attempt to destroy them failed, an operator must)",
+            open,
+        );
+        register_gauge(
+            &mut scraped,
+            "target_credential_irrevocable_oldest_age_seconds",
+            "Age of the oldest target credential that could not be destroyed (0 when there is none)",
+            usize::try_from(census.irrevocable_oldest_age).unwrap_or(0),
         );
         let process = process_registry();
 

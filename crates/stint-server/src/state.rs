@@ -20,6 +20,7 @@ use stint_core::policy::{MAX_POLICY_LEN, Policy, PolicyError, PolicyErrors};
 use stint_core::revocation::{
     JobRevocation, RevocationSet, StepRevocation, TokenRevocation, WorkloadStop,
 };
+use stint_core::target_credential::Cause;
 use stint_proto::RevocationEvent;
 use stint_store::Store;
 
@@ -72,6 +73,8 @@ pub(crate) struct AppState {
     pub(crate) pending: std::sync::Mutex<Vec<Pending>>,
     /// Per-client and per-source limits, and the refusal aggregator.
     pub(crate) limits: crate::limits::RequestLimits,
+    /// Native credentials made on targets, and their revocation queue.
+    pub(crate) targets: crate::targets::TargetCredentials,
 }
 
 /// What a presented token turned out to be.
@@ -241,6 +244,16 @@ impl AppState {
     /// audited and durable ([`Self::revoke`]), or at start-up for what the
     /// store already holds.
     pub(crate) fn enforce(&self, revocation: Revocation<'_>) {
+        let now = self.clock.now().timestamp();
+        match &revocation {
+            Revocation::Token(revoked, _) => self.targets.on_revocation(Cause::Token(revoked), now),
+            Revocation::Job(job) => self.targets.on_revocation(Cause::Job(job), now),
+            Revocation::Step(step) => self.targets.on_revocation(Cause::Step(step), now),
+            Revocation::Approval { id, .. } => {
+                self.targets.on_revocation(Cause::Approval(id), now);
+            }
+            Revocation::Workload(stop) => self.targets.on_revocation(Cause::Workload(stop), now),
+        }
         let published = match revocation {
             Revocation::Token(revoked, claims) => {
                 self.revocations.insert_token(revoked);
@@ -450,6 +463,7 @@ impl AppState {
                     )));
                 }
                 report_overdue(&policy, now);
+                self.targets.install(&policy);
                 tracing::info!(sha256 = policy.digest(), "policy loaded");
                 self.policy.store(Arc::new(policy));
                 self.policy_installed.send_modify(|n| *n += 1);

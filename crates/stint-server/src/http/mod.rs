@@ -32,6 +32,7 @@ mod introspect;
 mod ops;
 mod revoke;
 mod status;
+mod target;
 mod token;
 mod workloads;
 
@@ -42,7 +43,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderValue, Method};
@@ -67,6 +68,7 @@ const APPROVAL_DECISION_ROUTE: &str = "/v1/approvals/{id}/{decision}";
 const STATUS_LIST_ROUTE: &str = "/v1/status/{list}";
 const WORKLOAD_STOP_ROUTE: &str = "/v1/workloads/{name}/stop";
 const WORKLOAD_ENABLE_ROUTE: &str = "/v1/workloads/{name}/enable";
+const TARGET_CREDENTIAL_ROUTE: &str = "/v1/target-credentials/{id}";
 const HEALTHZ: &str = "/healthz";
 const READYZ: &str = "/readyz";
 const METRICS: &str = "/metrics";
@@ -74,8 +76,9 @@ const METRICS: &str = "/metrics";
 /// The routes that revoke: their own in-flight capacity, and served on a
 /// reserved connection. (An approval's revocation shares its route with
 /// the other decisions and is told apart by its last path segment.)
-const REVOCATION_ROUTES: [&str; 4] = [
+const REVOCATION_ROUTES: [&str; 5] = [
     proto::REVOCATION_PATH,
+    TARGET_CREDENTIAL_ROUTE,
     JOB_REVOKE_ROUTE,
     STEP_REVOKE_ROUTE,
     WORKLOAD_STOP_ROUTE,
@@ -99,7 +102,8 @@ pub(crate) struct LoggedClient(pub(crate) String);
 
 /// Every route, so that the latency metric's `route` label is one of a fixed
 /// set of static strings.
-const ROUTES: [&str; 21] = [
+const ROUTES: [&str; 22] = [
+    TARGET_CREDENTIAL_ROUTE,
     proto::METADATA_PATH,
     proto::OPENID_CONFIGURATION_PATH,
     proto::AUTHORIZATION_PATH,
@@ -147,6 +151,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(proto::REVOCATION_STREAM_PATH, get(feed::stream))
         .route(proto::REVOCATION_SNAPSHOT_PATH, get(feed::snapshot))
         .route(STATUS_LIST_ROUTE, get(status::status_list))
+        .route(TARGET_CREDENTIAL_ROUTE, delete(target::revoke_one))
         .route(WORKLOAD_STOP_ROUTE, post(workloads::stop))
         .route(WORKLOAD_ENABLE_ROUTE, post(workloads::enable))
         .route(HEALTHZ, get(ops::healthz))

@@ -9,6 +9,7 @@
 
 use super::client_auth::{certificate_client, credentials, read_form};
 use super::exchange;
+use super::target::{self, IssuedCredential};
 use super::{LoggedClient, RequestContext};
 use crate::error::OAuthError;
 use crate::limits::{Source, retry_after_secs};
@@ -56,6 +57,10 @@ pub(crate) async fn token(
     )
     .await;
     let outcome = match outcome {
+        Ok(Issued::Target(issued)) => {
+            return finish_target(&state, entry, issued, now).await;
+        }
+        Ok(Issued::Token(response)) => Ok(response),
         Err(error)
             if matches!(
                 error.reason,
@@ -67,7 +72,7 @@ pub(crate) async fn token(
             state.metrics.denied(error.reason.as_str());
             return error.into_response();
         }
-        other => other,
+        Err(error) => Err(error),
     };
     if let Err(error) = &outcome {
         entry.reason = Some(error.reason.as_str().to_owned());
@@ -82,6 +87,43 @@ pub(crate) async fn token(
         return unavailable.into_response();
     }
     let mut response = respond(&state, outcome);
+    if let Some(client_id) = client_id {
+        response.extensions_mut().insert(LoggedClient(client_id));
+    }
+    response
+}
+
+/// What the token endpoint hands out.
+enum Issued {
+    /// A Stint access token.
+    Token(TokenResponse),
+    /// A target's native credential (a step token exchanged).
+    Target(IssuedCredential),
+}
+
+/// Audit a target credential's mint and answer with it; if the mint cannot
+/// be recorded, the credential is destroyed and the answer is 503.
+async fn finish_target(
+    state: &AppState,
+    entry: AuditEntry,
+    issued: IssuedCredential,
+    now: DateTime<Utc>,
+) -> Response {
+    let client_id = entry.client_id.clone();
+    let mut entry = entry;
+    entry.decision = Decision::Allow;
+    if let Err(unavailable) = state.record(entry).await {
+        state
+            .targets
+            .abandon(&issued.response.credential_id, now.timestamp());
+        state.metrics.denied(unavailable.reason.as_str());
+        return unavailable.into_response();
+    }
+    state.metrics.target_event(&issued.response.target, "minted");
+    let mut response = Json(issued.response).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     if let Some(client_id) = client_id {
         response.extensions_mut().insert(LoggedClient(client_id));
     }
@@ -114,7 +156,7 @@ async fn mint(
     body: Body,
     request_context: &RequestContext,
     entry: &mut AuditEntry,
-) -> Result<TokenResponse, OAuthError> {
+) -> Result<Issued, OAuthError> {
     let source = request_context
         .client_addr
         .map_or(Source::Untracked, |addr| Source::of(addr.ip()));
@@ -165,6 +207,20 @@ async fn mint(
                 }
             },
         },
+        Some(GRANT_TOKEN_EXCHANGE) if target::is_target_exchange(&form) => {
+            if header_workload.is_some()
+                || form.get("client_id").is_some()
+                || form.get("client_secret").is_some()
+            {
+                return Err(OAuthError::invalid_request(
+                    DenyReason::MalformedRequest,
+                    "a step token is exchanged with the step token alone: send no client credentials",
+                ));
+            }
+            return target::exchange(state, &policy, &form, certificate, now, entry)
+                .await
+                .map(Issued::Target);
+        }
         Some(GRANT_TOKEN_EXCHANGE) => {
             if header_workload.is_some()
                 || form.get("client_id").is_some()
@@ -306,7 +362,7 @@ async fn mint(
     entry.jti = Some(claims.jti.clone());
     entry.exp = Some(claims.exp);
 
-    Ok(TokenResponse {
+    Ok(Issued::Token(TokenResponse {
         access_token,
         token_type: "Bearer".into(),
         expires_in: u64::from(grant.ttl().as_secs()),
@@ -314,7 +370,7 @@ async fn mint(
         job: claims.job,
         step: claims.step,
         issued_token_type: exchange.then(|| TOKEN_TYPE_ACCESS_TOKEN.to_owned()),
-    })
+    }))
 }
 
 fn new_job_id(state: &AppState) -> String {
@@ -327,10 +383,15 @@ fn new_job_id(state: &AppState) -> String {
 
 /// Count a token request against its client's rate limit.
 fn check_client_rate(state: &AppState, workload: &Workload) -> Result<(), OAuthError> {
+    check_client_rate_of(state, workload.client_id())
+}
+
+/// Count a request of client `client_id` against its rate limit.
+pub(crate) fn check_client_rate_of(state: &AppState, client_id: &str) -> Result<(), OAuthError> {
     state
         .limits
         .token_per_client
-        .check(workload.client_id().to_owned(), Instant::now())
+        .check(client_id.to_owned(), Instant::now())
         .map_err(|wait| rate_limited("this client", wait))
 }
 

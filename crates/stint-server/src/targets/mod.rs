@@ -1,0 +1,862 @@
+//! Target credentials: native credentials of the systems steps reach (a
+//! PostgreSQL login), made for one step token and destroyed with it.
+//!
+//! This module is the broker's side, whatever the kind: it records each
+//! credential before the upstream call, hands the secret out once, follows
+//! the step token's revocations and expiry, and destroys the credential
+//! through a durable queue that retries with backoff and jitter. A
+//! reconciler removes what exists upstream and no record accounts for.
+//! Each kind's pure planner lives in `stint_core::target`; each kind's
+//! client (the I/O) in `stint-targets`; [`postgres`] joins the two.
+//!
+//! The order of a mint, and why:
+//!
+//! 1. the credential is planned (pure: nothing is made if it would widen);
+//! 2. it is recorded in the store as `minting` (one per step token and
+//!    target: a second exchange finds the first), so that a broker killed
+//!    from here on destroys it at its next start;
+//! 3. it is made upstream (one transaction);
+//! 4. if its step token was revoked meanwhile, it is queued for destruction
+//!    and refused; otherwise it is `live`, and the caller audits it before
+//!    answering (an audit failure queues it for destruction).
+//!
+//! While a credential is being made it is marked busy, and the queue does
+//! not touch it: destroying a role before its creation commits would leave
+//! the role behind.
+
+pub(crate) mod postgres;
+
+use crate::audit::timestamp;
+use crate::error::OAuthError;
+use crate::state::AppState;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use stint_core::audit::{AuditEntry, Decision, EventKind, TargetAudit};
+use stint_core::claims::AccessTokenClaims;
+use stint_core::decision::DenyReason;
+use stint_core::policy::Policy;
+use stint_core::scope::Scope;
+use stint_core::target_credential::{
+    Backoff, Cause, CredentialState, TargetCredential, Trigger,
+};
+use stint_proto::{ErrorCode, PostgresLogin};
+
+/// How often the reconciler compares what exists upstream with what Stint
+/// knows, besides at start.
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
+/// The longest the queue sleeps between looks (expiries are found by it).
+const QUEUE_TICK: Duration = Duration::from_secs(1);
+/// Upstream revocations in flight at once, over every target.
+const MAX_REVOKING: usize = 16;
+/// How long a destroyed credential's record is kept (its story is in the
+/// audit log).
+const KEEP_FINISHED_SECS: i64 = 24 * 3600;
+
+/// Why an upstream call failed.
+#[derive(Debug, Clone)]
+pub(crate) enum UpstreamFailure {
+    /// Unreachable, timed out, pool exhausted: retry later.
+    Unavailable(String),
+    /// The upstream refused (its own error code and message).
+    Refused { code: String, message: String },
+}
+
+impl std::fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unavailable(why) => f.write_str(why),
+            Self::Refused { code, message } => write!(f, "refused ({code}): {message}"),
+        }
+    }
+}
+
+/// What a kind's planner decided to make (the secret included: it is
+/// handed out once, never stored).
+pub(crate) struct Planned {
+    /// The upstream identifier (PostgreSQL role name).
+    pub(crate) upstream_id: String,
+    /// The secret (PostgreSQL password).
+    pub(crate) secret: String,
+    /// The privileges planned, as the audit shows them.
+    pub(crate) privileges: Vec<String>,
+    /// The privileges the credential carries, as scopes.
+    pub(crate) effective: Vec<String>,
+    /// The kind's request (for PostgreSQL, the statements of one
+    /// transaction; they carry a password verifier, never the password).
+    pub(crate) request: Vec<String>,
+    /// How to use a PostgreSQL login.
+    pub(crate) postgres: Option<PostgresLogin>,
+}
+
+/// What a destruction found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Destroyed {
+    /// Whether the credential still existed ("already gone" is success).
+    pub(crate) existed: bool,
+    /// Sessions cut.
+    pub(crate) terminated: u32,
+}
+
+/// One configured target: its planner and its upstream client.
+#[async_trait]
+pub(crate) trait TargetClient: Send + Sync {
+    /// The kind, e.g. `postgres`.
+    fn kind(&self) -> &'static str;
+    /// The upstream server, `host:port`.
+    fn server(&self) -> String;
+    /// The database, for kinds that have one.
+    fn database(&self) -> Option<String>;
+    /// Plan a credential for `scopes` (the step token's, for this target),
+    /// valid until `expires_at`. Pure but for randomness.
+    fn plan(
+        &self,
+        target: &str,
+        scopes: &[Scope],
+        expires_at: i64,
+        rng: &ring::rand::SystemRandom,
+    ) -> Result<Planned, String>;
+    /// Make it upstream, all or nothing.
+    async fn create(&self, planned: &Planned) -> Result<(), UpstreamFailure>;
+    /// Destroy it upstream. Gone already is success.
+    async fn destroy(&self, upstream_id: &str) -> Result<Destroyed, UpstreamFailure>;
+    /// What exists upstream that Stint made (`None`: this kind cannot
+    /// list).
+    async fn list(&self) -> Result<Option<Vec<String>>, UpstreamFailure>;
+}
+
+/// A target as the broker holds it: usable, or why not.
+#[derive(Clone)]
+enum Slot {
+    Ready(Arc<dyn TargetClient>),
+    /// Declared but unusable (its admin credential could not be read):
+    /// the reason, never a secret.
+    Broken(String),
+}
+
+/// A credential the broker tracks, with whether an upstream call on it is
+/// in flight.
+struct Tracked {
+    credential: TargetCredential,
+    busy: bool,
+}
+
+/// Builds a target's client from its policy entry (a seam for tests).
+pub(crate) type Connector =
+    Arc<dyn Fn(&str, &stint_core::target::Target) -> Result<Arc<dyn TargetClient>, String> + Send + Sync>;
+
+/// The broker's target credentials.
+pub(crate) struct TargetCredentials {
+    /// Targets by name; a target removed from the policy stays here (as
+    /// long as it has credentials to destroy).
+    slots: RwLock<HashMap<String, Slot>>,
+    /// Every credential that is not finished, by id.
+    open: Mutex<HashMap<String, Tracked>>,
+    wake: tokio::sync::Notify,
+    backoff: Backoff,
+    connector: Connector,
+    /// The comment the broker's roles carry: which broker made them.
+    marker: String,
+}
+
+/// A credential made and ready to hand out.
+pub(crate) struct Minted {
+    pub(crate) credential: TargetCredential,
+    pub(crate) secret: String,
+    pub(crate) privileges: Vec<String>,
+    pub(crate) postgres: Option<PostgresLogin>,
+}
+
+fn refused(code: ErrorCode, reason: DenyReason, description: impl Into<String>) -> OAuthError {
+    OAuthError::new(code, reason, description)
+}
+
+impl TargetCredentials {
+    /// An empty set of targets; [`Self::install`] fills it from a policy.
+    pub(crate) fn new(issuer: &str, connector: Connector) -> Self {
+        Self {
+            slots: RwLock::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            backoff: Backoff::default(),
+            connector,
+            marker: format!("{} {issuer}", stint_core::target::ROLE_MARKER),
+        }
+    }
+
+    /// The comment on every role this broker makes.
+    pub(crate) fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    /// Build the clients of the policy's targets. A target whose client
+    /// cannot be built (an unreadable admin password file) is kept as
+    /// unusable, with the reason, which its mints report. Returns those
+    /// reasons, by target.
+    pub(crate) fn install(&self, policy: &Policy) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut built = HashMap::new();
+        for target in policy.targets() {
+            let slot = match (self.connector)(&self.marker, target) {
+                Ok(client) => Slot::Ready(client),
+                Err(why) => {
+                    tracing::error!(target = target.name(), %why, "target is not usable");
+                    problems.push((target.name().to_owned(), why.clone()));
+                    Slot::Broken(why)
+                }
+            };
+            built.insert(target.name().to_owned(), slot);
+        }
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        // A target gone from the policy keeps its client for the
+        // credentials it still has to destroy.
+        let still_needed: HashSet<String> = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|t| t.credential.target.clone())
+            .collect();
+        slots.retain(|name, _| still_needed.contains(name) && !built.contains_key(name));
+        slots.extend(built);
+        problems
+    }
+
+    fn slot(&self, target: &str) -> Option<Slot> {
+        self.slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(target)
+            .cloned()
+    }
+
+    /// Make a credential on `target` for the step token `claims`, with
+    /// `scopes` (the token's, for this target). The caller has checked
+    /// that the token is active and that its step lists the target; it
+    /// audits the result before answering.
+    pub(crate) async fn mint(
+        &self,
+        state: &AppState,
+        claims: &AccessTokenClaims,
+        target: &str,
+        scopes: &[Scope],
+        now: DateTime<Utc>,
+    ) -> Result<Minted, OAuthError> {
+        let client = match self.slot(target) {
+            Some(Slot::Ready(client)) => client,
+            Some(Slot::Broken(why)) => {
+                return Err(refused(
+                    ErrorCode::TemporarilyUnavailable,
+                    DenyReason::TargetUnavailable,
+                    format!("target {target} cannot be used now: {why}"),
+                ));
+            }
+            None => {
+                return Err(refused(
+                    ErrorCode::InvalidTarget,
+                    DenyReason::UnknownTarget,
+                    format!("the policy declares no target named {target}"),
+                ));
+            }
+        };
+        let planned = client
+            .plan(target, scopes, claims.exp, &state.rng)
+            .map_err(|why| refused(ErrorCode::InvalidScope, DenyReason::TargetPlanRefused, why))?;
+        let credential = TargetCredential {
+            id: new_id(state)?,
+            jti: claims.jti.clone(),
+            sub: claims.sub.clone(),
+            client_id: claims.client_id.clone(),
+            job: claims.job.clone(),
+            step: claims.step.clone(),
+            approval: claims.elev.clone(),
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+            target: target.to_owned(),
+            kind: client.kind().to_owned(),
+            upstream_id: planned.upstream_id.clone(),
+            server: client.server(),
+            database: client.database(),
+            effective: planned.effective.clone(),
+            state: CredentialState::Minting,
+            trigger: None,
+            attempts: 0,
+            next_attempt_at: now.timestamp(),
+            last_error: None,
+            created_at: now.timestamp(),
+            finished_at: None,
+        };
+        let inserted = state
+            .store
+            .insert_target_credential(&credential)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "target credential not recorded; refusing");
+                OAuthError::unavailable("the credential could not be recorded before it is made")
+            })?;
+        if !inserted {
+            return Err(refused(
+                ErrorCode::InvalidGrant,
+                DenyReason::AlreadyExchanged,
+                format!(
+                    "this step token was already exchanged for a credential on target {target}: ask for a new step token"
+                ),
+            ));
+        }
+        let id = credential.id.clone();
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.clone(),
+            Tracked {
+                credential,
+                busy: true,
+            },
+        );
+
+        let created = client.create(&planned).await;
+        let now = state.clock.now();
+        let revoked_meanwhile =
+            state.revocations.is_revoked(claims, now) || state.is_pending(claims);
+        let outcome = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(tracked) = open.get_mut(&id) else {
+                return Err(OAuthError::new(
+                    ErrorCode::ServerError,
+                    DenyReason::Internal,
+                    "the credential's record was lost while it was being made",
+                ));
+            };
+            tracked.busy = false;
+            match created {
+                Err(failure) => {
+                    // A timeout may hide a commit: destroy whatever exists.
+                    tracked
+                        .credential
+                        .begin_revocation(Trigger::FailedMint, now.timestamp());
+                    Err(mint_failure(target, &failure))
+                }
+                Ok(()) if revoked_meanwhile
+                    || tracked.credential.state != CredentialState::Minting =>
+                {
+                    tracked
+                        .credential
+                        .begin_revocation(Trigger::Token, now.timestamp());
+                    Err(refused(
+                        ErrorCode::InvalidGrant,
+                        DenyReason::InactiveSubjectToken,
+                        "the step token was revoked while its credential was being made; the credential is being destroyed",
+                    ))
+                }
+                Ok(()) => {
+                    tracked.credential.state = CredentialState::Live;
+                    Ok(tracked.credential.clone())
+                }
+            }
+        };
+        self.wake.notify_one();
+        let credential = outcome?;
+        if let Err(error) = state.store.update_target_credential(&credential).await {
+            // Still `minting` in the store: a restart would destroy it early
+            // (fail safe), but while this broker runs it is tracked here.
+            tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
+        }
+        Ok(Minted {
+            credential,
+            secret: planned.secret,
+            privileges: planned.privileges,
+            postgres: planned.postgres,
+        })
+    }
+
+    /// Destroy a credential that was made but cannot be handed out (its
+    /// mint could not be audited).
+    pub(crate) fn abandon(&self, id: &str, now: i64) {
+        if let Some(tracked) = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(id)
+        {
+            tracked.credential.begin_revocation(Trigger::FailedMint, now);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Queue for destruction every credential `cause` reaches. Called when
+    /// the revocation is in force (audited and durable): the queue makes
+    /// the upstream side durable in turn.
+    pub(crate) fn on_revocation(&self, cause: Cause<'_>, now: i64) {
+        let mut queued = 0usize;
+        for tracked in self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values_mut()
+        {
+            if tracked.credential.covered_by(&cause)
+                && tracked.credential.begin_revocation(cause.trigger(), now)
+            {
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Revoke one credential alone, for the step token `jti` it was made
+    /// from: the credential as queued (or as it already was, if it is on
+    /// its way out or gone), or `None` if no credential with that id was
+    /// made from that token.
+    pub(crate) fn revoke_one(&self, id: &str, jti: &str, now: i64) -> Option<TargetCredential> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let tracked = open.get_mut(id).filter(|t| t.credential.jti == jti)?;
+        tracked.credential.begin_revocation(Trigger::Credential, now);
+        let credential = tracked.credential.clone();
+        drop(open);
+        self.wake.notify_one();
+        Some(credential)
+    }
+
+    /// Counts of open credentials by target and state, and each target's
+    /// oldest irrevocable credential's age: for the metrics.
+    pub(crate) fn census(&self, now: i64) -> Vec<(String, CredentialState, u64, i64)> {
+        let mut counts: HashMap<(String, CredentialState), (u64, i64)> = HashMap::new();
+        for tracked in self.open.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            let c = &tracked.credential;
+            if c.state == CredentialState::Revoked {
+                continue;
+            }
+            let entry = counts.entry((c.target.clone(), c.state)).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(now - c.created_at);
+        }
+        let mut census: Vec<_> = counts
+            .into_iter()
+            .map(|((target, state), (count, age))| (target, state, count, age))
+            .collect();
+        census.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+        census
+    }
+
+    /// Load what the store holds and decide, before the broker serves:
+    /// every `minting` credential (the broker stopped before answering) and
+    /// every `live` one whose step token is revoked or expired is queued
+    /// for destruction. Then the first reconciliation runs in the queue.
+    pub(crate) async fn load(&self, state: &AppState) -> Result<usize, stint_store::StoreError> {
+        let now = state.clock.now();
+        let stored = state.store.unfinished_target_credentials().await?;
+        let count = stored.len();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for mut credential in stored {
+            match credential.state {
+                CredentialState::Minting => {
+                    credential.begin_revocation(Trigger::InterruptedMint, now.timestamp());
+                }
+                CredentialState::Live => {
+                    if let Some(trigger) = revoked_by(state, &credential, now) {
+                        credential.begin_revocation(trigger, now.timestamp());
+                    }
+                }
+                CredentialState::Revoking
+                | CredentialState::Irrevocable
+                | CredentialState::Revoked => {}
+            }
+            open.insert(
+                credential.id.clone(),
+                Tracked {
+                    credential,
+                    busy: false,
+                },
+            );
+        }
+        Ok(count)
+    }
+
+    /// The queue: destroys what is due, finds expiries, reconciles now and
+    /// then; until the broker closes.
+    pub(crate) async fn run(state: Arc<AppState>) {
+        let mut closing = state.closing.clone();
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_REVOKING));
+        let mut next_reconcile = tokio::time::Instant::now();
+        let mut next_purge = tokio::time::Instant::now();
+        loop {
+            let now = state.clock.now().timestamp();
+            let due = state.targets.due(now);
+            for credential in due {
+                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                    return;
+                };
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    state.targets.attempt(&state, credential).await;
+                    drop(permit);
+                });
+            }
+            if tokio::time::Instant::now() >= next_reconcile {
+                let state = Arc::clone(&state);
+                next_reconcile = tokio::time::Instant::now() + RECONCILE_EVERY;
+                tokio::spawn(async move { state.targets.reconcile(&state).await });
+            }
+            if tokio::time::Instant::now() >= next_purge {
+                next_purge = tokio::time::Instant::now() + Duration::from_secs(3600);
+                if let Err(error) = state
+                    .store
+                    .purge_target_credentials(now - KEEP_FINISHED_SECS)
+                    .await
+                {
+                    tracing::warn!(%error, "could not purge finished target credentials");
+                }
+            }
+            state.metrics.target_census(&state.targets.census(now));
+            tokio::select! {
+                _ = state.targets.wake.notified() => {}
+                _ = tokio::time::sleep(QUEUE_TICK) => {}
+                _ = closing.changed() => return,
+            }
+            if *closing.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Credentials whose destruction is due now (marked busy), after
+    /// queueing those whose step token has expired.
+    fn due(&self, now: i64) -> Vec<TargetCredential> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, t| {
+            t.busy
+                || t.credential.state != CredentialState::Revoked
+                || t.credential.expires_at + stint_core::access_token::MAX_LEEWAY_SECS > now
+        });
+        let mut due = Vec::new();
+        for tracked in open.values_mut() {
+            if tracked.busy {
+                continue;
+            }
+            let c = &mut tracked.credential;
+            if c.state == CredentialState::Live && c.expires_at <= now {
+                c.begin_revocation(Trigger::Expired, now);
+            }
+            if c.state == CredentialState::Revoking && c.next_attempt_at <= now {
+                tracked.busy = true;
+                due.push(c.clone());
+            }
+        }
+        due
+    }
+
+    /// One attempt to destroy `credential` upstream, its outcome stored
+    /// and audited.
+    async fn attempt(&self, state: &AppState, mut credential: TargetCredential) {
+        let result = match self.slot(&credential.target) {
+            Some(Slot::Ready(client)) => client.destroy(&credential.upstream_id).await,
+            Some(Slot::Broken(why)) => Err(UpstreamFailure::Unavailable(why)),
+            None => Err(UpstreamFailure::Unavailable(format!(
+                "target {} is no longer configured",
+                credential.target
+            ))),
+        };
+        let now = state.clock.now();
+        credential.attempts = credential.attempts.saturating_add(1);
+        let (event, outcome, terminated) = match &result {
+            Ok(destroyed) => {
+                credential.state = CredentialState::Revoked;
+                credential.finished_at = Some(now.timestamp());
+                credential.last_error = None;
+                let outcome = if destroyed.existed {
+                    "revoked"
+                } else {
+                    "already_gone"
+                };
+                (
+                    EventKind::TargetCredentialRevoked,
+                    outcome,
+                    Some(destroyed.terminated),
+                )
+            }
+            Err(failure) => {
+                credential.last_error = Some(failure.to_string());
+                if self.backoff.exhausted(credential.attempts) {
+                    credential.state = CredentialState::Irrevocable;
+                    credential.finished_at = Some(now.timestamp());
+                    tracing::error!(
+                        target = %credential.target,
+                        role = %credential.upstream_id,
+                        attempts = credential.attempts,
+                        %failure,
+                        "target credential could not be destroyed: remove it by hand"
+                    );
+                    (EventKind::TargetCredentialIrrevocable, "irrevocable", None)
+                } else {
+                    let jitter = random_u32(state);
+                    credential.next_attempt_at =
+                        now.timestamp() + self.backoff.delay(credential.attempts, jitter);
+                    tracing::warn!(
+                        target = %credential.target,
+                        role = %credential.upstream_id,
+                        attempts = credential.attempts,
+                        %failure,
+                        "target credential not destroyed yet; retrying"
+                    );
+                    (EventKind::TargetRevocationFailed, "failed", None)
+                }
+            }
+        };
+        state
+            .metrics
+            .target_event(&credential.target, outcome);
+        if let Err(error) = state.store.update_target_credential(&credential).await {
+            tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
+        }
+        let mut entry = credential_entry(state, now, event, &credential);
+        if let Some(target) = entry.target.as_mut() {
+            target.outcome = Some(outcome.to_owned());
+            target.terminated = terminated;
+        }
+        entry.detail = credential.last_error.clone();
+        if let Err(error) = state.audit.record(entry).await {
+            tracing::error!(%error, "target credential's revocation not audited");
+        }
+        // A revoked credential stays known until its step token expires,
+        // so that revoking it again is answered as done.
+        if let Some(tracked) = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&credential.id)
+        {
+            tracked.credential = credential;
+            tracked.busy = false;
+        }
+    }
+
+    /// Destroy what exists upstream, made by this broker, that no open
+    /// credential accounts for (a broker killed before its record, a record
+    /// lost): for every target that can list.
+    pub(crate) async fn reconcile(&self, state: &AppState) {
+        let slots: Vec<(String, Arc<dyn TargetClient>)> = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(name, slot)| match slot {
+                Slot::Ready(client) => Some((name.clone(), Arc::clone(client))),
+                Slot::Broken(_) => None,
+            })
+            .collect();
+        // Several targets may share a server: each lists the same roles, so
+        // a role is known if any target's credential names it.
+        let mut done = HashSet::new();
+        for (name, client) in slots {
+            let listed = match client.list().await {
+                Ok(Some(listed)) => listed,
+                Ok(None) => continue,
+                Err(failure) => {
+                    tracing::warn!(target = %name, %failure, "reconciler could not list the target's credentials");
+                    continue;
+                }
+            };
+            let known: HashSet<String> = self
+                .open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                // Revoked and irrevocable credentials should not exist: if
+                // one does, it is destroyed (an irrevocable one's record is
+                // then closed).
+                .filter(|t| t.credential.state.is_open())
+                .map(|t| t.credential.upstream_id.clone())
+                .collect();
+            for upstream_id in listed {
+                if known.contains(&upstream_id) || !done.insert(upstream_id.clone()) {
+                    continue;
+                }
+                let result = client.destroy(&upstream_id).await;
+                let now = state.clock.now();
+                if result.is_ok() {
+                    self.close_irrevocable(state, &upstream_id, now.timestamp()).await;
+                }
+                let mut entry = state.audit_entry(
+                    now,
+                    EventKind::TargetCredentialReconciled,
+                    if result.is_ok() {
+                        Decision::Allow
+                    } else {
+                        Decision::Deny
+                    },
+                    None,
+                );
+                let (outcome, terminated) = match &result {
+                    Ok(destroyed) if destroyed.existed => ("revoked", Some(destroyed.terminated)),
+                    Ok(destroyed) => ("already_gone", Some(destroyed.terminated)),
+                    Err(failure) => {
+                        entry.detail = Some(failure.to_string());
+                        ("failed", None)
+                    }
+                };
+                state.metrics.target_event(&name, "reconciled");
+                entry.target = Some(TargetAudit {
+                    name: name.clone(),
+                    kind: client.kind().to_owned(),
+                    server: Some(client.server()),
+                    database: client.database(),
+                    upstream_id: Some(upstream_id.clone()),
+                    trigger: Some(Trigger::Reconciler.as_str().to_owned()),
+                    attempts: Some(1),
+                    outcome: Some(outcome.to_owned()),
+                    terminated,
+                    ..TargetAudit::default()
+                });
+                tracing::warn!(target = %name, role = %upstream_id, outcome, "reconciler found a credential no step token accounts for");
+                if let Err(error) = state.audit.record(entry).await {
+                    tracing::error!(%error, "reconciliation not audited");
+                }
+            }
+        }
+    }
+}
+
+impl TargetCredentials {
+    /// Close the record of an irrevocable credential whose upstream side
+    /// the reconciler has now destroyed.
+    async fn close_irrevocable(&self, state: &AppState, upstream_id: &str, now: i64) {
+        let closed = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.values_mut()
+                .find(|t| {
+                    t.credential.upstream_id == upstream_id
+                        && t.credential.state == CredentialState::Irrevocable
+                })
+                .map(|t| {
+                    t.credential.state = CredentialState::Revoked;
+                    t.credential.finished_at = Some(now);
+                    t.credential.clone()
+                })
+        };
+        if let Some(credential) = closed
+            && let Err(error) = state.store.update_target_credential(&credential).await
+        {
+            tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
+        }
+    }
+}
+
+/// Which stored revocation reaches `credential`'s step token, if any, or
+/// whether it has expired.
+fn revoked_by(state: &AppState, c: &TargetCredential, now: DateTime<Utc>) -> Option<Trigger> {
+    if c.expires_at <= now.timestamp() {
+        return Some(Trigger::Expired);
+    }
+    let claims = AccessTokenClaims {
+        iss: String::new(),
+        sub: c.sub.clone(),
+        aud: String::new(),
+        client_id: c.client_id.clone(),
+        exp: c.expires_at,
+        iat: c.issued_at,
+        nbf: c.issued_at,
+        jti: c.jti.clone(),
+        scope: String::new(),
+        job: c.job.clone(),
+        step: c.step.clone(),
+        workflow: String::new(),
+        cnf: None,
+        elev: c.approval.clone(),
+        status: None,
+    };
+    state
+        .revocations
+        .is_revoked(&claims, now)
+        .then_some(Trigger::Token)
+}
+
+/// The audit record of an event on `credential`.
+pub(crate) fn credential_entry(
+    state: &AppState,
+    now: DateTime<Utc>,
+    event: EventKind,
+    c: &TargetCredential,
+) -> AuditEntry {
+    let decision = match event {
+        EventKind::TargetCredentialMinted
+        | EventKind::TargetCredentialRevoked
+        | EventKind::TargetCredentialReconciled => Decision::Allow,
+        _ => Decision::Deny,
+    };
+    let mut entry = AuditEntry::new(timestamp(now), event, decision);
+    entry.sub = Some(c.sub.clone());
+    entry.client_id = Some(c.client_id.clone());
+    entry.job = Some(c.job.clone());
+    entry.step = Some(c.step.clone());
+    entry.jti = Some(c.jti.clone());
+    entry.exp = Some(c.expires_at);
+    entry.approval_id = c.approval.clone();
+    entry.target = Some(TargetAudit {
+        name: c.target.clone(),
+        kind: c.kind.clone(),
+        server: Some(c.server.clone()),
+        database: c.database.clone(),
+        credential_id: Some(c.id.clone()),
+        upstream_id: Some(c.upstream_id.clone()),
+        planned: Vec::new(),
+        effective: c.effective.clone(),
+        expires_at: Some(c.expires_at),
+        trigger: c.trigger.map(|t| t.as_str().to_owned()),
+        attempts: (c.attempts > 0).then_some(c.attempts),
+        outcome: None,
+        terminated: None,
+    });
+    let _ = state;
+    entry
+}
+
+fn mint_failure(target: &str, failure: &UpstreamFailure) -> OAuthError {
+    match failure {
+        UpstreamFailure::Unavailable(why) => refused(
+            ErrorCode::TemporarilyUnavailable,
+            DenyReason::TargetUnavailable,
+            format!("target {target} is unavailable: {why}; nothing was made, retry later"),
+        ),
+        // Undefined schema, table or sequence: the scope names an object
+        // the target does not have.
+        UpstreamFailure::Refused { code, message } if matches!(code.as_str(), "3F000" | "42P01") => {
+            refused(
+                ErrorCode::InvalidScope,
+                DenyReason::TargetRefused,
+                format!("target {target} has no such object ({code}: {message}); nothing was made"),
+            )
+        }
+        UpstreamFailure::Refused { code, message } => refused(
+            ErrorCode::ServerError,
+            DenyReason::TargetRefused,
+            format!(
+                "target {target} refused to make the credential ({code}: {message}); nothing was made: check the admin's privileges (docs/targets.md)"
+            ),
+        ),
+    }
+}
+
+fn new_id(state: &AppState) -> Result<String, OAuthError> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 12];
+    ring::rand::SecureRandom::fill(&state.rng, &mut bytes).map_err(|_| {
+        OAuthError::new(
+            ErrorCode::ServerError,
+            DenyReason::Internal,
+            "could not generate a credential id",
+        )
+    })?;
+    Ok(format!(
+        "tc-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+fn random_u32(state: &AppState) -> u32 {
+    let mut bytes = [0u8; 4];
+    // Jitter, not secrecy: a failed CSPRNG only makes retries line up.
+    let _ = ring::rand::SecureRandom::fill(&state.rng, &mut bytes);
+    u32::from_le_bytes(bytes)
+}
