@@ -155,7 +155,7 @@ fn build_postgres(
         errors.push(
             literal.span(),
             &format!("{key}.admin_password"),
-            "a password does not belong in the policy: put it in a file and name it with admin_password_file, or in the broker's environment and name the variable with admin_password_env".into(),
+            "a literal password does not belong in the policy: use admin_password_file (a file holding it) or admin_password_env (an environment variable of the broker)".into(),
         );
     }
     let host = match &raw.host {
@@ -566,5 +566,435 @@ pub(crate) fn check_step_pattern(
         && let Err(why) = target.check_pattern(pattern)
     {
         errors.push(span, pattern_key, why.0);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::policy::Policy;
+    use crate::target::TargetKind;
+    use crate::target::postgres::PgTlsMode;
+
+    const HASH: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn good() -> String {
+        format!(
+            r#"
+[workloads.sync]
+secret_sha256 = "{HASH}"
+workflows = ["sync"]
+
+[targets.warehouse]
+kind = "postgres"
+host = "db.internal"
+database = "analytics"
+admin_user = "stint_admin"
+admin_password_file = "/etc/stint/warehouse.password"
+
+[targets.warehouse.roles]
+crm_reader = ["select:warehouse/crm/accounts", "select:warehouse/crm/contacts"]
+
+[workflows.sync]
+review_by = 2027-01-31
+
+[workflows.sync.steps.load]
+scopes = ["select:warehouse/crm/*", "insert:warehouse/staging/*", "read:github/acme/web"]
+targets = ["warehouse"]
+audiences = ["warehouse"]
+"#
+        )
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        Policy::parse("p.toml", text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// The errors of `good()` with `from` replaced by `to`: exactly one,
+    /// with `key` and `needle` in it.
+    fn refused(from: &str, to: &str, key: &str, needle: &str) {
+        let text = good();
+        assert!(text.contains(from), "{from}");
+        let errors = errors_of(&text.replacen(from, to, 1));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].contains(&format!(": {key}: ")) && errors[0].contains(needle),
+            "{key} / {needle}: {errors:#?}"
+        );
+    }
+
+    #[test]
+    fn loads_a_postgres_target_with_defaults() {
+        let policy = Policy::parse("p.toml", &good()).unwrap();
+        let target = policy.target("warehouse").unwrap();
+        assert_eq!(target.name(), "warehouse");
+        assert_eq!(target.kind().as_str(), "postgres");
+        assert_eq!(policy.targets().count(), 1);
+        let TargetKind::Postgres(pg) = target.kind();
+        assert_eq!(pg.host, "db.internal");
+        assert_eq!(pg.port, 5432);
+        assert_eq!(pg.database.as_str(), "analytics");
+        assert_eq!(pg.tls, PgTlsMode::VerifyFull);
+        assert_eq!(pg.tls.as_str(), "verify-full");
+        assert_eq!(
+            (
+                pg.connection_limit,
+                pg.pool_size,
+                pg.connect_timeout_secs,
+                pg.statement_timeout_secs
+            ),
+            (2, 4, 5, 5)
+        );
+        assert!(pg.object_grants);
+        assert_eq!(pg.roles.len(), 1);
+        assert_eq!(pg.roles[0].role.as_str(), "crm_reader");
+        assert_eq!(pg.roles[0].scopes.len(), 2);
+        let workflow = policy.workflow("sync").unwrap();
+        assert_eq!(workflow.step("load").unwrap().targets(), ["warehouse"]);
+        // Every setting given.
+        let full = good().replace(
+            "admin_password_file = \"/etc/stint/warehouse.password\"",
+            "admin_password_env = \"WAREHOUSE_ADMIN_PASSWORD\"\nport = 6432\ntls = \"require\"\nca_file = \"/etc/ca.pem\"\nconnection_limit = 100\npool_size = 32\nconnect_timeout_secs = 60\nstatement_timeout_secs = 300\nobject_grants = false\ndescription = \"the warehouse\"",
+        );
+        let policy = Policy::parse("p.toml", &full).unwrap();
+        let TargetKind::Postgres(pg) = policy.target("warehouse").unwrap().kind();
+        assert_eq!(pg.port, 6432);
+        assert_eq!(pg.tls, PgTlsMode::Require);
+        assert_eq!(
+            pg.admin_password,
+            crate::target::SecretSource::Env("WAREHOUSE_ADMIN_PASSWORD".into())
+        );
+        assert!(!pg.object_grants);
+        assert_eq!(pg.connection_limit, 100);
+    }
+
+    #[test]
+    fn target_names_kinds_and_keys() {
+        let errors = errors_of(&good().replace("[targets.warehouse", "[targets.Warehouse"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("targets.Warehouse: invalid target name")),
+            "{errors:#?}"
+        );
+        let long = format!("w{}", "a".repeat(32));
+        let errors = errors_of(&good().replace("warehouse", &long));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(&format!("targets.{long}: invalid target name"))),
+            "{errors:#?}"
+        );
+        refused(
+            "kind = \"postgres\"\n",
+            "",
+            "targets.warehouse.kind",
+            "known kinds: postgres",
+        );
+        refused(
+            "kind = \"postgres\"",
+            "kind = \"mysql\"",
+            "targets.warehouse.kind",
+            "unknown target kind \"mysql\" (known kinds: postgres)",
+        );
+        refused(
+            "host = \"db.internal\"",
+            "hots = \"db.internal\"",
+            "targets.warehouse.hots",
+            "unknown field",
+        );
+        let many: String = (0..65)
+            .map(|i| format!("[targets.t{i}]\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\nadmin_user = \"u\"\nadmin_password_env = \"P\"\n"))
+            .collect();
+        let errors = errors_of(&format!("{}{many}", good()));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(": targets: a policy may declare at most 64 targets")),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_the_policy() {
+        refused(
+            "admin_password_file = \"/etc/stint/warehouse.password\"",
+            "admin_password = \"hunter2\"\nadmin_password_file = \"/x\"",
+            "targets.warehouse.admin_password",
+            "use admin_password_file (a file holding it) or admin_password_env",
+        );
+        let errors = errors_of(&good().replace(
+            "admin_password_file = \"/etc/stint/warehouse.password\"",
+            "admin_password = \"hunter2\"\nadmin_password_file = \"/x\"",
+        ));
+        assert!(
+            !errors.iter().any(|e| e.contains("hunter2")),
+            "the secret is never echoed"
+        );
+        assert!(
+            errors[0].contains("admin_password_file") && errors[0].contains("admin_password_env")
+        );
+        refused(
+            "admin_password_file = \"/etc/stint/warehouse.password\"",
+            "",
+            "targets.warehouse.admin_password_file",
+            "exactly one",
+        );
+        refused(
+            "admin_password_file = \"/etc/stint/warehouse.password\"",
+            "admin_password_file = \"/x\"\nadmin_password_env = \"X\"",
+            "targets.warehouse.admin_password_file",
+            "exactly one of admin_password_file and admin_password_env",
+        );
+        for bad in ["lower", "1X", "A-B", ""] {
+            refused(
+                "admin_password_file = \"/etc/stint/warehouse.password\"",
+                &format!("admin_password_env = \"{bad}\""),
+                "targets.warehouse.admin_password_env",
+                "[A-Z_][A-Z0-9_]*",
+            );
+        }
+    }
+
+    #[test]
+    fn connection_settings_are_checked() {
+        refused(
+            "host = \"db.internal\"\n",
+            "",
+            "targets.warehouse.host",
+            "host is required",
+        );
+        refused(
+            "host = \"db.internal\"",
+            "host = \"db internal\"",
+            "targets.warehouse.host",
+            "host name",
+        );
+        refused(
+            "database = \"analytics\"\n",
+            "",
+            "targets.warehouse.database",
+            "database is required",
+        );
+        refused(
+            "database = \"analytics\"",
+            "database = \"an alytics\"",
+            "targets.warehouse.database",
+            "postgresql identifier",
+        );
+        refused(
+            "admin_user = \"stint_admin\"",
+            "admin_user = \"a\\\"b\"",
+            "targets.warehouse.admin_user",
+            "postgresql identifier",
+        );
+        refused(
+            "admin_user = \"stint_admin\"\n",
+            "",
+            "targets.warehouse.admin_user",
+            "admin_user is required",
+        );
+        refused(
+            "kind = \"postgres\"",
+            "kind = \"postgres\"\nport = 0",
+            "targets.warehouse.port",
+            "1 to 65535",
+        );
+        refused(
+            "kind = \"postgres\"",
+            "kind = \"postgres\"\nport = 70000",
+            "targets.warehouse.port",
+            "1 to 65535",
+        );
+        refused(
+            "kind = \"postgres\"",
+            "kind = \"postgres\"\ntls = \"prefer\"",
+            "targets.warehouse.tls",
+            "unknown tls mode",
+        );
+        refused(
+            "kind = \"postgres\"",
+            "kind = \"postgres\"\ntls = \"disable\"",
+            "targets.warehouse.tls",
+            "only for a loopback host",
+        );
+        for loopback in ["127.0.0.1", "127.1.2.3", "::1", "localhost"] {
+            let text = good().replace(
+                "host = \"db.internal\"",
+                &format!("host = \"{loopback}\"\ntls = \"disable\""),
+            );
+            assert!(Policy::parse("p.toml", &text).is_ok(), "{loopback}");
+        }
+        refused(
+            "host = \"db.internal\"",
+            "host = \"localhost\"\ntls = \"disable\"\nca_file = \"/ca.pem\"",
+            "targets.warehouse.ca_file",
+            "no use",
+        );
+        for (field, max) in [
+            ("connection_limit", 100),
+            ("pool_size", 32),
+            ("connect_timeout_secs", 60),
+            ("statement_timeout_secs", 300),
+        ] {
+            for bad in [0, max + 1, -1] {
+                refused(
+                    "kind = \"postgres\"",
+                    &format!("kind = \"postgres\"\n{field} = {bad}"),
+                    &format!("targets.warehouse.{field}"),
+                    &format!("{field} is 1 to {max}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn group_roles_are_checked() {
+        let role =
+            "crm_reader = [\"select:warehouse/crm/accounts\", \"select:warehouse/crm/contacts\"]";
+        let with = |line: &str| good().replace(role, line);
+        let one = |line: &str, key: &str, needle: &str| {
+            let errors = errors_of(&with(line));
+            assert_eq!(errors.len(), 1, "{errors:#?}");
+            assert!(
+                errors[0].contains(&format!(": {key}: ")) && errors[0].contains(needle),
+                "{errors:#?}"
+            );
+        };
+        one(
+            "stint_x = [\"select:warehouse/a/b\"]",
+            "targets.warehouse.roles.stint_x",
+            "reserved",
+        );
+        one(
+            "\"a b\" = [\"select:warehouse/a/b\"]",
+            "targets.warehouse.roles.a b",
+            "invalid role name",
+        );
+        one("r = []", "targets.warehouse.roles.r", "at least one scope");
+        one(
+            "r = [\"select:warehouse/a/*\"]",
+            "targets.warehouse.roles.r[0]",
+            "no wildcards",
+        );
+        one(
+            "r = [\"select:other/a/b\"]",
+            "targets.warehouse.roles.r[0]",
+            "not about this target",
+        );
+        one(
+            "r = [\"write:warehouse/a/b\"]",
+            "targets.warehouse.roles.r[0]",
+            "not a postgresql privilege",
+        );
+        one(
+            "r = [\"select:warehouse/a\"]",
+            "targets.warehouse.roles.r[0]",
+            "warehouse/SCHEMA/TABLE",
+        );
+        one(
+            "r = [\"usage:warehouse/a\", \"usage:warehouse/a\"]",
+            "targets.warehouse.roles.r[1]",
+            "listed twice",
+        );
+        let scopes: Vec<String> = (0..65)
+            .map(|i| format!("\"select:warehouse/a/t{i}\""))
+            .collect();
+        one(
+            &format!("r = [{}]", scopes.join(", ")),
+            "targets.warehouse.roles.r",
+            "at most 64 scopes",
+        );
+        let roles: Vec<String> = (0..65)
+            .map(|i| format!("r{i} = [\"usage:warehouse/a\"]"))
+            .collect();
+        one(
+            &roles.join("\n"),
+            "targets.warehouse.roles",
+            "at most 64 roles",
+        );
+        assert!(
+            Policy::parse(
+                "p.toml",
+                &with("\"Mixed.Case@x\" = [\"usage:warehouse/crm/ids\"]")
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn steps_list_the_targets_their_scopes_name() {
+        let step_key = "workflows.sync.steps.load";
+        refused(
+            "targets = [\"warehouse\"]",
+            "targets = [\"warehouse\", \"lake\"]",
+            &format!("{step_key}.targets[1]"),
+            "no target is named \"lake\"",
+        );
+        refused(
+            "targets = [\"warehouse\"]",
+            "targets = [\"warehouse\", \"warehouse\"]",
+            &format!("{step_key}.targets[1]"),
+            "listed twice",
+        );
+        let errors = errors_of(&good().replace("targets = [\"warehouse\"]\n", ""));
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].contains(&format!("{step_key}.scopes[0]: pattern \"select:warehouse/crm/*\" is about target \"warehouse\": add \"warehouse\" to {step_key}.targets")), "{errors:#?}");
+        assert!(
+            errors[1].contains(&format!("{step_key}.scopes[1]")),
+            "{errors:#?}"
+        );
+        refused(
+            "\"insert:warehouse/staging/*\"",
+            "\"write:warehouse/staging/*\"",
+            &format!("{step_key}.scopes[1]"),
+            "not a postgresql privilege",
+        );
+        refused(
+            "\"insert:warehouse/staging/*\"",
+            "\"insert:warehouse/staging\"",
+            &format!("{step_key}.scopes[1]"),
+            "insert takes warehouse/SCHEMA/TABLE",
+        );
+        // Wildcards and a trailing /** are fine in patterns.
+        let text = good().replace(
+            "\"insert:warehouse/staging/*\"",
+            "\"insert:warehouse/**\", \"usage:warehouse/*/*\"",
+        );
+        assert!(Policy::parse("p.toml", &text).is_ok());
+        // A target that failed to build still counts as declared: no second error.
+        let errors = errors_of(&good().replace("kind = \"postgres\"", "kind = \"mysql\""));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+    }
+
+    #[test]
+    fn elevation_scopes_follow_the_same_rules() {
+        let text = format!(
+            "{}\n[workflows.sync.steps.load.elevation]\nscopes = [\"delete:warehouse/staging/*\", \"drop:warehouse/a/b\"]\napprover_groups = [\"dba\"]\nmax_duration = \"30m\"\nmax_wait = \"1h\"\n\n[operators.alice]\ngroups = [\"dba\"]\nkey_sha256 = \"{HASH}\"\n",
+            good()
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].contains(
+                "workflows.sync.steps.load.elevation.scopes[1]: pattern \"drop:warehouse/a/b\""
+            ),
+            "{errors:#?}"
+        );
+        let errors = errors_of(&text.replace("targets = [\"warehouse\"]\n", "").replace(
+            "\"select:warehouse/crm/*\", \"insert:warehouse/staging/*\", ",
+            "",
+        ));
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "elevation.scopes[0]: pattern \"delete:warehouse/staging/*\" is about target"
+            )),
+            "{errors:#?}"
+        );
     }
 }

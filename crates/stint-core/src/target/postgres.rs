@@ -643,7 +643,11 @@ impl PgPlan {
 fn rfc3339(unix: i64) -> Result<String, PlanError> {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .ok_or_else(|| PlanError(format!("{unix} is not a usable expiry time")))
+        .ok_or_else(|| {
+            PlanError(format!(
+                "expiry time {unix} is not a usable expiry time for postgresql"
+            ))
+        })
 }
 
 /// Turn the step token's scopes into a plan, or refuse. Only scopes naming
@@ -860,4 +864,634 @@ pub fn scram_sha256_verifier(password: &str, salt: &[u8; 16], iterations: u32) -
 
 fn printable_prefix(text: &str) -> String {
     text.chars().take(64).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scope(text: &str) -> Scope {
+        Scope::parse(text).unwrap()
+    }
+    fn ident(text: &str) -> PgIdent {
+        PgIdent::parse(text).unwrap()
+    }
+    fn scopes(texts: &[&str]) -> Vec<Scope> {
+        texts.iter().map(|t| scope(t)).collect()
+    }
+
+    fn target(roles: &[(&str, &[&str])], object_grants: bool) -> PostgresTarget {
+        PostgresTarget {
+            host: "127.0.0.1".into(),
+            port: DEFAULT_PORT,
+            database: ident("analytics"),
+            admin_user: ident("stint_admin"),
+            admin_password: SecretSource::Env("PW".into()),
+            tls: PgTlsMode::VerifyFull,
+            ca_file: None,
+            connection_limit: 2,
+            pool_size: 4,
+            connect_timeout_secs: 5,
+            statement_timeout_secs: 5,
+            object_grants,
+            roles: roles
+                .iter()
+                .map(|(role, conferred)| GroupRole {
+                    role: ident(role),
+                    scopes: scopes(conferred),
+                })
+                .collect(),
+        }
+    }
+
+    fn login() -> PgIdent {
+        role_name(&[7; 15])
+    }
+
+    const CRM_READER: (&str, &[&str]) = (
+        "crm_reader",
+        &[
+            "select:warehouse/crm/accounts",
+            "select:warehouse/crm/contacts",
+        ],
+    );
+
+    #[test]
+    fn grammar_reads_tables_schemas_and_sequences() {
+        let grant = |text: &str| PgGrant::from_scope("warehouse", &scope(text));
+        for privilege in TablePrivilege::ALL {
+            assert_eq!(
+                grant(&format!("{}:warehouse/crm/accounts", privilege.action())),
+                Ok(PgGrant::Table {
+                    privilege,
+                    schema: ident("crm"),
+                    table: ident("accounts"),
+                })
+            );
+        }
+        assert_eq!(
+            grant("usage:warehouse/crm"),
+            Ok(PgGrant::SchemaUsage {
+                schema: ident("crm")
+            })
+        );
+        assert_eq!(
+            grant("usage:warehouse/crm/ids"),
+            Ok(PgGrant::SequenceUsage {
+                schema: ident("crm"),
+                sequence: ident("ids"),
+            })
+        );
+        // Case is kept: identifiers are exact.
+        assert_eq!(
+            grant("select:warehouse/CRM/Accounts"),
+            Ok(PgGrant::Table {
+                privilege: TablePrivilege::Select,
+                schema: ident("CRM"),
+                table: ident("Accounts"),
+            })
+        );
+        // Round trip.
+        for text in [
+            "select:warehouse/crm/accounts",
+            "usage:warehouse/crm",
+            "usage:warehouse/crm/ids",
+        ] {
+            assert_eq!(grant(text).unwrap().scope_text("warehouse"), text);
+        }
+    }
+
+    #[test]
+    fn grammar_refuses_everything_else() {
+        let refused = |text: &str, needle: &str| {
+            let PlanError(why) = PgGrant::from_scope("warehouse", &scope(text)).unwrap_err();
+            assert!(why.contains(needle), "{text}: {why}");
+        };
+        refused("read:warehouse/crm/accounts", "not a postgresql privilege");
+        refused(
+            "select:warehouse/crm",
+            "select takes warehouse/SCHEMA/TABLE",
+        );
+        refused("select:warehouse", "select takes warehouse/SCHEMA/TABLE");
+        refused(
+            "select:warehouse/crm/accounts/id",
+            "select takes warehouse/SCHEMA/TABLE",
+        );
+        refused("usage:warehouse", "usage takes");
+        refused("usage:warehouse/a/b/c", "usage takes");
+        refused("select:other/crm/accounts", "not about target");
+        let long = "a".repeat(64);
+        refused(&format!("select:warehouse/crm/{long}"), "longer than 63");
+        assert!(
+            PgGrant::from_scope(
+                "warehouse",
+                &scope(&format!("select:warehouse/crm/{}", &long[1..]))
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn patterns_fit_the_grammar_or_are_refused() {
+        let check = |text: &str| check_pattern("warehouse", &ScopePattern::parse(text).unwrap());
+        for good in [
+            "select:warehouse/crm/accounts",
+            "select:warehouse/crm/*",
+            "select:warehouse/*/*",
+            "select:warehouse/crm/**",
+            "select:warehouse/**",
+            "usage:warehouse/crm",
+            "usage:warehouse/*",
+            "usage:warehouse/crm/*",
+            "usage:warehouse/**",
+            "trigger:warehouse/a.b/c@d:e-f~g",
+        ] {
+            assert_eq!(check(good), Ok(()), "{good}");
+        }
+        for (bad, needle) in [
+            ("write:warehouse/crm/*", "not a postgresql privilege"),
+            ("select:warehouse/*", "select takes"),
+            ("select:warehouse/crm/accounts/**", "select takes"),
+            ("select:warehouse/a/b/c", "select takes"),
+            ("usage:warehouse/a/b/c", "usage takes"),
+            ("usage:warehouse/a/b/**", "usage takes"),
+            ("select:elsewhere/a/b", "not about target"),
+        ] {
+            let PlanError(why) = check(bad).unwrap_err();
+            assert!(why.contains(needle), "{bad}: {why}");
+        }
+        let long = "a".repeat(64);
+        assert!(check(&format!("select:warehouse/{long}/*")).is_err());
+    }
+
+    #[test]
+    fn identifiers_are_checked_and_always_quoted() {
+        assert_eq!(ident("crm").quoted(), "\"crm\"");
+        assert_eq!(ident("Mixed.Case@x:y-z~").quoted(), "\"Mixed.Case@x:y-z~\"");
+        // No '"' can be in a PgIdent; the quoting doubles it all the same.
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(PgIdent("a\"b".into()).quoted(), "\"a\"\"b\"");
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a b",
+            "a\"b",
+            "a;b",
+            "a'b",
+            "é",
+            &"x".repeat(64),
+        ] {
+            assert!(PgIdent::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(PgIdent::parse(&"x".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn literals_double_quotes_and_refuse_nul_and_backslash() {
+        assert_eq!(quote_literal("abc").unwrap(), "'abc'");
+        assert_eq!(quote_literal("it's").unwrap(), "'it''s'");
+        assert_eq!(quote_literal("''").unwrap(), "''''''");
+        assert!(quote_literal("a\0b").is_err());
+        assert!(quote_literal("a\\b").is_err());
+    }
+
+    #[test]
+    fn role_names_are_stint_and_24_base32_characters() {
+        assert_eq!(
+            role_name(&[0; 15]).as_str(),
+            "stint_aaaaaaaaaaaaaaaaaaaaaaaa"
+        );
+        assert_eq!(
+            role_name(&[0xff; 15]).as_str(),
+            "stint_777777777777777777777777"
+        );
+        // RFC 4648 base32, lower case: 15 bytes are 24 characters, no
+        // padding (python3 -c "import base64;
+        // print(base64.b32encode(b'foobarfoobarfoo').decode().lower())").
+        assert_eq!(
+            role_name(b"foobarfoobarfoo").as_str(),
+            "stint_mzxw6ytbojtg633cmfzgm33p"
+        );
+        let name = role_name(&[0x5a; 15]);
+        assert_eq!(name.as_str().len(), 30);
+        assert!(
+            name.as_str()[6..]
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+        );
+        assert_eq!(PgIdent::parse(name.as_str()).unwrap(), name);
+    }
+
+    #[test]
+    fn passwords_are_32_alphanumerics() {
+        let a = password(&[1; 24]);
+        let b = password(&[2; 24]);
+        for p in [&a, &b, &password(&[0xff; 24])] {
+            assert_eq!(p.len(), PASSWORD_LEN);
+            assert!(p.bytes().all(|c| c.is_ascii_alphanumeric()), "{p}");
+        }
+        assert_ne!(a, b);
+        assert_eq!(a, password(&[1; 24]), "deterministic in its input");
+    }
+
+    #[test]
+    fn scram_verifier_matches_rfc_7677() {
+        use base64::engine::general_purpose::STANDARD;
+        let salt: [u8; 16] = STANDARD
+            .decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let verifier = scram_sha256_verifier("pencil", &salt, 4096);
+        // Obtained independently with Python's standard library:
+        // python3 -c "import hashlib,hmac,base64; s=base64.b64decode('W22ZaJ0SNY7soEsUEjb6gQ=='); p=hashlib.pbkdf2_hmac('sha256',b'pencil',s,4096); c=hmac.new(p,b'Client Key','sha256').digest(); print('SCRAM-SHA-256\$4096:'+base64.b64encode(s).decode()+'\$'+base64.b64encode(hashlib.sha256(c).digest()).decode()+':'+base64.b64encode(hmac.new(p,b'Server Key','sha256').digest()).decode())"
+        assert_eq!(
+            verifier,
+            "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+        );
+        // And against RFC 7677 section 3 itself: its exchange's
+        // ServerSignature is HMAC(ServerKey, AuthMessage), and its
+        // ClientProof is ClientKey XOR HMAC(StoredKey, AuthMessage), with
+        // SHA-256(ClientKey) = StoredKey.
+        let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let (stored, server) = verifier
+            .rsplit_once('$')
+            .unwrap()
+            .1
+            .split_once(':')
+            .unwrap();
+        let (stored, server) = (
+            STANDARD.decode(stored).unwrap(),
+            STANDARD.decode(server).unwrap(),
+        );
+        let hmac = |key: &[u8], data: &str| {
+            ring::hmac::sign(
+                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+                data.as_bytes(),
+            )
+        };
+        assert_eq!(
+            STANDARD.encode(hmac(&server, auth_message)),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
+        let proof = STANDARD
+            .decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+            .unwrap();
+        let signature = hmac(&stored, auth_message);
+        let client_key: Vec<u8> = proof
+            .iter()
+            .zip(signature.as_ref())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        assert_eq!(
+            ring::digest::digest(&ring::digest::SHA256, &client_key).as_ref(),
+            stored.as_slice()
+        );
+        // Zero iterations are taken as one, and say so.
+        assert!(scram_sha256_verifier("x", &salt, 0).starts_with("SCRAM-SHA-256$1:"));
+    }
+
+    #[test]
+    fn plans_memberships_when_the_token_carries_all_a_role_confers() {
+        let t = target(&[CRM_READER], true);
+        let granted = scopes(&[
+            "select:warehouse/crm/accounts",
+            "select:warehouse/crm/contacts",
+            "insert:warehouse/staging/rows",
+            "read:github/acme/web",
+        ]);
+        let plan = plan("warehouse", &t, &granted, login(), 1_800_000_000).unwrap();
+        assert_eq!(plan.memberships, [ident("crm_reader")]);
+        assert_eq!(
+            plan.grants,
+            [PgGrant::Table {
+                privilege: TablePrivilege::Insert,
+                schema: ident("staging"),
+                table: ident("rows"),
+            }]
+        );
+        assert_eq!(
+            plan.privileges(),
+            [
+                "member of crm_reader",
+                "USAGE on schema staging",
+                "INSERT on staging.rows"
+            ]
+        );
+        let effective: Vec<String> = plan
+            .effective_scopes("warehouse", &t)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            effective,
+            [
+                "insert:warehouse/staging/rows",
+                "select:warehouse/crm/accounts",
+                "select:warehouse/crm/contacts",
+                "usage:warehouse/staging",
+            ]
+        );
+        let role = login();
+        let r = role.quoted();
+        let statements = plan
+            .create_statements("SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5")
+            .unwrap();
+        assert_eq!(
+            statements,
+            [
+                format!(
+                    "CREATE ROLE {r} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT 2 VALID UNTIL '2027-01-15T08:00:00Z' PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5'"
+                ),
+                format!("COMMENT ON ROLE {r} IS 'stint target credential'"),
+                format!("GRANT CONNECT ON DATABASE \"analytics\" TO {r}"),
+                format!("GRANT \"crm_reader\" TO {r}"),
+                format!("GRANT USAGE ON SCHEMA \"staging\" TO {r}"),
+                format!("GRANT INSERT ON TABLE \"staging\".\"rows\" TO {r}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_role_that_confers_more_than_the_token_is_not_used() {
+        let t = target(&[CRM_READER], true);
+        let granted = scopes(&["select:warehouse/crm/accounts"]);
+        let plan = plan("warehouse", &t, &granted, login(), 1_800_000_000).unwrap();
+        assert!(plan.memberships.is_empty());
+        assert_eq!(
+            plan.privileges(),
+            ["USAGE on schema crm", "SELECT on crm.accounts"]
+        );
+
+        let closed = target(&[CRM_READER], false);
+        let PlanError(why) =
+            super::plan("warehouse", &closed, &granted, login(), 1_800_000_000).unwrap_err();
+        assert!(
+            why.contains("scope select:warehouse/crm/accounts is not covered"),
+            "{why}"
+        );
+        assert!(
+            why.contains("role crm_reader would also confer select:warehouse/crm/contacts, which the step token does not carry"),
+            "{why}"
+        );
+        // Covered by the role: fine without object grants, and no schema
+        // usage is granted directly (the group role has what it needs).
+        let both = scopes(&[
+            "select:warehouse/crm/accounts",
+            "select:warehouse/crm/contacts",
+        ]);
+        let plan = super::plan("warehouse", &closed, &both, login(), 1_800_000_000).unwrap();
+        assert_eq!(plan.privileges(), ["member of crm_reader"]);
+        let PlanError(why) = super::plan(
+            "warehouse",
+            &closed,
+            &scopes(&["usage:warehouse/x"]),
+            login(),
+            1_800_000_000,
+        )
+        .unwrap_err();
+        assert!(why.contains("declare a group role"), "{why}");
+    }
+
+    #[test]
+    fn plan_refusals() {
+        let t = target(&[], true);
+        let refused = |granted: &[&str], role: PgIdent, until: i64, needle: &str| {
+            let PlanError(why) = plan("warehouse", &t, &scopes(granted), role, until).unwrap_err();
+            assert!(why.contains(needle), "{why}");
+            assert!(why.starts_with(|c: char| c.is_ascii_lowercase()), "{why}");
+        };
+        refused(
+            &["read:github/acme/web"],
+            login(),
+            1,
+            "carries no scope for target warehouse",
+        );
+        refused(&[], login(), 1, "carries no scope for target warehouse");
+        refused(
+            &["write:warehouse/a/b"],
+            login(),
+            1,
+            "not a postgresql privilege",
+        );
+        refused(
+            &["select:warehouse/a/b"],
+            ident("crm_reader"),
+            1,
+            "must be named stint_",
+        );
+        refused(
+            &["select:warehouse/a/b"],
+            login(),
+            i64::MAX,
+            "not a usable expiry",
+        );
+        let many: Vec<String> = (0..65)
+            .map(|i| format!("select:warehouse/s/t{i}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        refused(&many, login(), 1, "more than 64");
+        // Duplicates fold.
+        let plan = plan(
+            "warehouse",
+            &t,
+            &scopes(&[
+                "select:warehouse/a/b",
+                "select:warehouse/a/b",
+                "usage:warehouse/a",
+            ]),
+            login(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(plan.privileges(), ["USAGE on schema a", "SELECT on a.b"]);
+    }
+
+    #[test]
+    fn statements_refuse_a_plaintext_password() {
+        let t = target(&[], true);
+        let plan = plan(
+            "warehouse",
+            &t,
+            &scopes(&["select:warehouse/a/b"]),
+            login(),
+            1,
+        )
+        .unwrap();
+        for bad in ["hunter2", "SCRAM-SHA-256$x' OR '1", "SCRAM-SHA-256$\\x", ""] {
+            assert!(plan.create_statements(bad).is_err(), "{bad}");
+        }
+        let verifier = scram_sha256_verifier(&password(&[3; 24]), &[4; 16], SCRAM_ITERATIONS);
+        let statements = plan.create_statements(&verifier).unwrap();
+        assert!(statements[0].contains(&format!("PASSWORD '{verifier}'")));
+        assert!(statements[0].contains("VALID UNTIL '1970-01-01T00:00:01Z'"));
+    }
+
+    // --- Properties ------------------------------------------------------
+
+    /// Identifiers with every character class a careless quoter would trip
+    /// on: '.', '@', ':', '-', '~', upper case, SQL keywords.
+    const IDENTS: &[&str] = &["crm", "a.b", "x@y", "p:q", "s-t", "Upper", "select", "~t"];
+    const ACTIONS: &[&str] = &[
+        "select",
+        "insert",
+        "update",
+        "delete",
+        "truncate",
+        "references",
+        "trigger",
+        "usage",
+    ];
+
+    fn arb_scope() -> impl Strategy<Value = Scope> {
+        (
+            0..ACTIONS.len(),
+            0..IDENTS.len(),
+            0..IDENTS.len(),
+            any::<bool>(),
+        )
+            .prop_map(|(action, schema, object, deep)| {
+                let action = ACTIONS[action];
+                let (schema, object) = (IDENTS[schema], IDENTS[object]);
+                let text = if action == "usage" && !deep {
+                    format!("usage:wh/{schema}")
+                } else {
+                    format!("{action}:wh/{schema}/{object}")
+                };
+                Scope::parse(&text).unwrap()
+            })
+    }
+
+    fn arb_target() -> impl Strategy<Value = PostgresTarget> {
+        (
+            proptest::collection::vec(proptest::collection::vec(arb_scope(), 0..4), 0..5),
+            any::<bool>(),
+        )
+            .prop_map(|(roles, object_grants)| {
+                let mut t = target(&[], object_grants);
+                t.roles = roles
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, scopes)| GroupRole {
+                        role: ident(&format!("group.{i}@x")),
+                        scopes,
+                    })
+                    .collect();
+                t
+            })
+    }
+
+    fn implied(granted: &[Scope]) -> BTreeSet<Scope> {
+        let mut out: BTreeSet<Scope> = granted.iter().cloned().collect();
+        for grant in granted
+            .iter()
+            .filter_map(|s| PgGrant::from_scope("wh", s).ok())
+        {
+            if !matches!(grant, PgGrant::SchemaUsage { .. }) {
+                out.extend(
+                    PgGrant::SchemaUsage {
+                        schema: grant.schema().clone(),
+                    }
+                    .to_scope("wh"),
+                );
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn plans_are_exact_and_never_widen(
+            t in arb_target(),
+            extra in proptest::collection::vec(arb_scope(), 0..8),
+            pick in any::<u8>(),
+            random in any::<[u8; 15]>(),
+        ) {
+            // Some roles' scopes in full, so that memberships happen.
+            let mut granted = extra;
+            for (i, role) in t.roles.iter().enumerate() {
+                if pick & (1 << i) != 0 {
+                    granted.extend(role.scopes.iter().cloned());
+                }
+            }
+            let mut with_other = granted.clone();
+            with_other.push(Scope::parse("select:other/crm/x").unwrap());
+            match plan("wh", &t, &with_other, role_name(&random), 1_900_000_000) {
+                Err(_) => {
+                    // Refused only when there is nothing to plan, or when
+                    // object grants are off.
+                    prop_assert!(granted.is_empty() || !t.object_grants);
+                }
+                Ok(plan) => {
+                    let effective: BTreeSet<Scope> =
+                        plan.effective_scopes("wh", &t).into_iter().collect();
+                    let bound = implied(&granted);
+                    prop_assert!(effective.is_subset(&bound), "{effective:?} exceeds {bound:?}");
+                    for scope in &granted {
+                        prop_assert!(effective.contains(scope), "{scope} not conferred");
+                    }
+                    for group in &plan.memberships {
+                        let role = t.roles.iter().find(|r| &r.role == group).unwrap();
+                        prop_assert!(!role.scopes.is_empty());
+                        prop_assert!(role.scopes.iter().all(|s| granted.contains(s)));
+                    }
+                    // A role the token carries in full is used.
+                    for role in &t.roles {
+                        if !role.scopes.is_empty() && role.scopes.iter().all(|s| granted.contains(s)) {
+                            prop_assert!(plan.memberships.contains(&role.role));
+                        }
+                    }
+                    if !t.object_grants {
+                        prop_assert!(plan.grants.is_empty());
+                    }
+                    prop_assert!(!effective.iter().any(|s| s.as_str().contains("other")));
+                    let statements = plan.create_statements(
+                        &scram_sha256_verifier("pw", &[0; 16], 1),
+                    ).unwrap();
+                    for statement in &statements {
+                        assert_identifiers_quoted(statement);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Outside string literals and double-quoted identifiers, a statement
+    /// has only SQL keywords and numbers: every identifier of the input
+    /// (each has a lowercase letter or punctuation) is quoted.
+    fn assert_identifiers_quoted(statement: &str) {
+        // Literals ('...') carry no identifiers; drop them first.
+        let mut outside = String::new();
+        let mut in_literal = false;
+        for c in statement.chars() {
+            if c == '\'' {
+                in_literal = !in_literal;
+            } else if !in_literal {
+                outside.push(c);
+            }
+        }
+        let mut bare = String::new();
+        let mut in_ident = false;
+        for c in outside.chars() {
+            if c == '"' {
+                in_ident = !in_ident;
+                bare.push(' ');
+            } else if !in_ident {
+                bare.push(c);
+            }
+        }
+        assert!(!in_ident && !in_literal, "{statement}");
+        for word in bare.split([' ', '.']) {
+            assert!(
+                word.is_empty()
+                    || word
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+                "bare word {word:?} in {statement}"
+            );
+        }
+    }
 }
