@@ -674,6 +674,47 @@ audiences = ["warehouse"]
     }
 
     #[test]
+    fn the_example_policy_declares_a_warehouse_target() {
+        let text = include_str!("../../../../deploy/policy.example.toml");
+        let policy =
+            Policy::parse("deploy/policy.example.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        let target = policy.target("warehouse").unwrap();
+        let TargetKind::Postgres(pg) = target.kind();
+        assert_eq!(pg.roles.len(), 1);
+        let (_, load) = policy
+            .resolve_step(policy.workload("nightly-sync").unwrap(), "load")
+            .unwrap();
+        assert_eq!(load.targets(), ["warehouse"]);
+        // A token for the load step, planned into a login.
+        let granted: Vec<crate::scope::Scope> = [
+            "insert:warehouse/crm/accounts",
+            "update:warehouse/crm/accounts",
+            "insert:warehouse/crm/contacts",
+            "update:warehouse/crm/contacts",
+            "select:warehouse/crm/accounts",
+        ]
+        .iter()
+        .map(|s| crate::scope::Scope::parse(s).unwrap())
+        .collect();
+        assert!(
+            granted
+                .iter()
+                .all(|s| crate::scope::covered(load.scopes(), s))
+        );
+        let role = crate::target::postgres::role_name(&[1; 15]);
+        let plan =
+            crate::target::postgres::plan("warehouse", pg, &granted, role, 1_900_000_000).unwrap();
+        assert_eq!(
+            plan.privileges(),
+            [
+                "member of crm_writer",
+                "USAGE on schema crm",
+                "SELECT on crm.accounts"
+            ]
+        );
+    }
+
+    #[test]
     fn target_names_kinds_and_keys() {
         let errors = errors_of(&good().replace("[targets.warehouse", "[targets.Warehouse"));
         assert!(
