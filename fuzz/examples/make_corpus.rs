@@ -213,6 +213,15 @@ async fn main() {
         );
     }
 
+    // --- target_scope: step token scope lists for the fixed postgres target.
+    for (i, (control, list)) in target_scope_seeds().iter().enumerate() {
+        corpus.put(
+            "target_scope",
+            &format!("scopes-{i}"),
+            join_fields(*control, &[list.as_bytes()]),
+        );
+    }
+
     // --- policy: the repository's policies and every policy in the docs.
     corpus.put(
         "policy",
@@ -582,4 +591,16 @@ async fn main() {
     );
 
     println!("corpus written to {}", corpus.root.display());
+}
+
+/// Seeds of `target_scope`: (control byte, scope list).
+fn target_scope_seeds() -> Vec<(u8, &'static str)> {
+    vec![
+        (0, "select:wh/crm/accounts select:wh/crm/contacts"),
+        (0, "select:wh/crm/accounts insert:wh/Stage.1/rows usage:wh/Stage.1 read:github/acme/web"),
+        (1, "select:wh/crm/accounts select:wh/crm/contacts usage:wh/crm/ids"),
+        (1, "select:wh/crm/accounts"),
+        (0, "usage:wh/crm usage:wh/crm/ids trigger:wh/a.b/c@d:e truncate:wh/x/y"),
+        (0, "write:wh/crm/accounts select:wh/crm"),
+    ]
 }

@@ -33,6 +33,7 @@ pub mod revocation;
 pub mod scope;
 pub mod secret;
 pub mod status_list;
+pub mod target;
 pub mod target_credential;
 pub mod ttl;
 pub mod webhook;

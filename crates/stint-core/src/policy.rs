@@ -32,6 +32,8 @@ use crate::ids::{self, validate_audience, validate_name};
 use crate::jose::Algorithm;
 use crate::scope::ScopePattern;
 use crate::secret;
+use crate::target::Target;
+use crate::target::policy_section::{self, DeclaredTargets, RawTarget};
 use crate::ttl::{DEFAULT_MAX_TTL, DEFAULT_TTL, Ttl};
 use chrono::NaiveDate;
 use serde::Deserialize;
@@ -56,6 +58,7 @@ pub struct Policy {
     issuers: BTreeMap<String, TrustedIssuer>,
     workflows: BTreeMap<String, Workflow>,
     operators: BTreeMap<String, PolicyOperator>,
+    targets: BTreeMap<String, Target>,
     digest: String,
 }
 
@@ -175,6 +178,7 @@ pub struct Step {
     default_ttl: Ttl,
     max_ttl: Ttl,
     audiences: Vec<String>,
+    targets: Vec<String>,
     elevation: Option<StepElevation>,
 }
 
@@ -308,6 +312,10 @@ impl Step {
     pub fn elevation(&self) -> Option<&StepElevation> {
         self.elevation.as_ref()
     }
+    /// The declared targets (`[targets.NAME]`) it may reach.
+    pub fn targets(&self) -> &[String] {
+        &self.targets
+    }
 }
 
 impl Policy {
@@ -411,6 +419,16 @@ impl Policy {
     /// All operators.
     pub fn operators(&self) -> impl Iterator<Item = &PolicyOperator> {
         self.operators.values()
+    }
+
+    /// The target named `name` (`[targets.NAME]`).
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.get(name)
+    }
+
+    /// All declared targets, by name.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.values()
     }
 
     /// The operator whose key this is. Every operator's hash is compared,
@@ -555,6 +573,8 @@ struct RawPolicy {
     issuers: BTreeMap<String, Spanned<RawIssuer>>,
     #[serde(default)]
     operators: BTreeMap<String, Spanned<RawOperator>>,
+    #[serde(default)]
+    targets: BTreeMap<String, Spanned<RawTarget>>,
 }
 
 #[derive(Deserialize)]
@@ -659,6 +679,8 @@ struct RawStep {
     #[serde(default)]
     elevation: Option<Spanned<RawElevation>>,
     #[serde(default)]
+    targets: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
     #[allow(dead_code)] // documentation for humans; accepted, not used
     description: Option<String>,
 }
@@ -682,6 +704,7 @@ fn one() -> usize {
 
 fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
     let issuers = build_issuers(raw.issuers, errors);
+    let targets = policy_section::build_targets(raw.targets, errors);
     let mut workflows = BTreeMap::new();
     for (name, spanned) in raw.workflows {
         let span = spanned.span();
@@ -708,7 +731,7 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
                     format!("invalid step name: {e}"),
                 );
             }
-            let step = build_step(&name, &step_name, raw_step, &step_key, errors);
+            let step = build_step(&name, &step_name, raw_step, &step_key, &targets, errors);
             steps.insert(step_name, step);
         }
         workflows.insert(
@@ -898,6 +921,7 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
         issuers,
         workflows,
         operators,
+        targets: targets.into_built(),
         digest: String::new(),
     }
 }
@@ -1404,10 +1428,12 @@ fn build_step(
     name: &str,
     raw: Spanned<RawStep>,
     key: &str,
+    declared: &DeclaredTargets,
     errors: &mut Errors<'_>,
 ) -> Step {
     let step_span = raw.span();
     let raw = raw.into_inner();
+    let targets = policy_section::build_step_targets(raw.targets, declared, key, errors);
     let mut scopes: Vec<ScopePattern> = Vec::new();
     if raw.scopes.get_ref().is_empty() {
         errors.push(
@@ -1433,7 +1459,18 @@ fn build_step(
                     format!("pattern {:?} is listed twice", text.get_ref()),
                 );
             }
-            Ok(pattern) => scopes.push(pattern),
+            Ok(pattern) => {
+                policy_section::check_step_pattern(
+                    &pattern,
+                    text.span(),
+                    &pattern_key,
+                    &targets,
+                    key,
+                    declared,
+                    errors,
+                );
+                scopes.push(pattern);
+            }
             Err(e) => errors.push(
                 text.span(),
                 &pattern_key,
@@ -1494,15 +1531,22 @@ fn build_step(
         default_ttl: default_ttl.unwrap_or(DEFAULT_TTL),
         max_ttl: max_ttl.unwrap_or(DEFAULT_MAX_TTL),
         audiences,
-        elevation: raw
-            .elevation
-            .and_then(|raw| build_elevation(raw, &format!("{key}.elevation"), errors)),
+        elevation: raw.elevation.and_then(|raw| {
+            build_elevation(
+                raw,
+                &format!("{key}.elevation"),
+                (key, &targets, declared),
+                errors,
+            )
+        }),
+        targets,
     }
 }
 
 fn build_elevation(
     raw: Spanned<RawElevation>,
     key: &str,
+    (step_key, step_targets, declared): (&str, &[String], &DeclaredTargets),
     errors: &mut Errors<'_>,
 ) -> Option<StepElevation> {
     let span = raw.span();
@@ -1519,7 +1563,18 @@ fn build_elevation(
     }
     for (i, pattern) in raw.scopes.into_inner().into_iter().enumerate() {
         match ScopePattern::parse(pattern.get_ref()) {
-            Ok(parsed) => scopes.push(parsed),
+            Ok(parsed) => {
+                policy_section::check_step_pattern(
+                    &parsed,
+                    pattern.span(),
+                    &format!("{key}.scopes[{i}]"),
+                    step_targets,
+                    step_key,
+                    declared,
+                    errors,
+                );
+                scopes.push(parsed);
+            }
             Err(e) => {
                 errors.push(
                     pattern.span(),
@@ -1682,14 +1737,14 @@ impl fmt::Display for PolicyErrors {
 
 impl std::error::Error for PolicyErrors {}
 
-struct Errors<'a> {
+pub(crate) struct Errors<'a> {
     source: &'a str,
     text: &'a str,
     list: Vec<PolicyError>,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, span: Range<usize>, key: &str, message: String) {
+    pub(crate) fn push(&mut self, span: Range<usize>, key: &str, message: String) {
         let (line, column) = line_column(self.text, span.start);
         self.list.push(PolicyError {
             file: self.source.to_owned(),
@@ -1698,6 +1753,11 @@ impl Errors<'_> {
             key: key.to_owned(),
             message,
         });
+    }
+
+    /// How many problems are recorded so far.
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
     }
 
     fn finish(mut self) -> PolicyErrors {
