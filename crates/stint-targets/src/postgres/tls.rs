@@ -1,0 +1,242 @@
+//! TLS for admin connections: a small `MakeTlsConnect` over tokio-rustls.
+//!
+//! Why not tokio-postgres-rustls: it brings x509-cert, der and spki only to
+//! compute the `tls-server-end-point` channel binding. This connector is a
+//! few dozen lines over what the tree already has (rustls with ring,
+//! tokio-rustls); it offers no channel binding, so SCRAM runs without it,
+//! which is what libpq does with `channel_binding=prefer` when the server
+//! offers none. The certificate checks are rustls' own (webpki).
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+/// Roots from `ca_pem`, or Mozilla's (webpki-roots) when `None`.
+pub(crate) fn root_store(ca_pem: Option<&[u8]>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match ca_pem {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(pem) => {
+            for certificate in CertificateDer::pem_slice_iter(pem) {
+                let certificate =
+                    certificate.map_err(|error| format!("ca_pem is not valid PEM: {error}"))?;
+                roots
+                    .add(certificate)
+                    .map_err(|error| format!("ca_pem holds an unusable certificate: {error}"))?;
+            }
+            if roots.is_empty() {
+                return Err("ca_pem holds no certificate".to_owned());
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// A rustls client configuration (ring) that verifies the chain against
+/// `roots`, and the host name too when `check_host_name`.
+pub(crate) fn client_config(
+    roots: RootCertStore,
+    check_host_name: bool,
+) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("tls setup: {error}"))?;
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|error| format!("tls setup: {error}"))?;
+    let config = if check_host_name {
+        builder.with_webpki_verifier(webpki).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier(webpki)))
+            .with_no_client_auth()
+    };
+    Ok(config)
+}
+
+/// libpq's `verify-ca`: rustls' own verifier, with only its last check, the
+/// host name, forgiven. rustls checks the chain (signatures, validity,
+/// usage, revocation) before the name, so a `NotValidForName` error means
+/// everything else passed; every other error stands, and the handshake
+/// signatures are verified by rustls as always.
+#[derive(Debug)]
+struct ChainOnlyVerifier(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnlyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Makes a TLS connector for each connection tokio-postgres opens.
+#[derive(Clone)]
+pub(crate) struct MakeRustlsConnect {
+    config: Arc<ClientConfig>,
+}
+
+impl MakeRustlsConnect {
+    pub(crate) fn new(config: ClientConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+        }
+    }
+}
+
+impl<S> MakeTlsConnect<S> for MakeRustlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type TlsConnect = RustlsConnect;
+    type Error = rustls_pki_types::InvalidDnsNameError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, Self::Error> {
+        Ok(RustlsConnect {
+            config: Arc::clone(&self.config),
+            server_name: ServerName::try_from(domain.to_owned())?,
+        })
+    }
+}
+
+/// The connector for one connection.
+pub(crate) struct RustlsConnect {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl<S> TlsConnect<S> for RustlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(self.config);
+        Box::pin(async move {
+            connector
+                .connect(self.server_name, stream)
+                .await
+                .map(RustlsStream)
+        })
+    }
+}
+
+/// A TLS session to the server.
+pub(crate) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_pem_must_hold_a_certificate() {
+        assert!(root_store(Some(b"not pem")).is_err());
+        assert!(root_store(Some(b"")).is_err());
+        assert!(!root_store(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn both_verifiers_build() {
+        let roots = root_store(None).unwrap();
+        assert!(client_config(roots.clone(), true).is_ok());
+        assert!(client_config(roots, false).is_ok());
+    }
+}
