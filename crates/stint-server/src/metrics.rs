@@ -513,7 +513,12 @@ impl Metrics {
     /// oldest) for each target and state.
     pub(crate) fn target_census(
         &self,
-        census: &[(String, stint_core::target_credential::CredentialState, u64, i64)],
+        census: &[(
+            String,
+            stint_core::target_credential::CredentialState,
+            u64,
+            i64,
+        )],
     ) {
         use stint_core::target_credential::CredentialState;
         let mut counted = TargetCensus::default();
@@ -536,10 +541,7 @@ impl Metrics {
             .map(|(_, _, _, age)| *age)
             .max()
             .unwrap_or(0);
-        *self
-            .target_census
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = counted;
+        *self.target_census.lock().unwrap_or_else(|p| p.into_inner()) = counted;
     }
 
     pub(crate) fn limited(&self, limit: &'static str) {

@@ -56,14 +56,19 @@ pub(crate) fn is_target_exchange(form: &FormParams) -> bool {
 /// The target a request names, by `audience=NAME` or
 /// `resource=urn:stint:target:NAME` (repeats allowed if they agree).
 fn target_name(form: &FormParams) -> Result<String, OAuthError> {
-    let mut names = form.all("audience").map(Ok).chain(form.all("resource").map(|r| {
-        r.strip_prefix(TARGET_RESOURCE_PREFIX).ok_or_else(|| {
-            invalid_target(
-                DenyReason::MalformedAudience,
-                format!("resource must be {TARGET_RESOURCE_PREFIX}NAME for a target credential"),
-            )
-        })
-    }));
+    let mut names = form
+        .all("audience")
+        .map(Ok)
+        .chain(form.all("resource").map(|r| {
+            r.strip_prefix(TARGET_RESOURCE_PREFIX).ok_or_else(|| {
+                invalid_target(
+                    DenyReason::MalformedAudience,
+                    format!(
+                        "resource must be {TARGET_RESOURCE_PREFIX}NAME for a target credential"
+                    ),
+                )
+            })
+        }));
     let first = names.next().ok_or_else(|| {
         invalid_target(
             DenyReason::MissingAudience,
@@ -254,7 +259,12 @@ pub(crate) async fn exchange(
         .targets
         .mint(state, &claims, &target, &scopes, now)
         .await?;
-    let mut record = credential_entry(state, now, EventKind::TargetCredentialMinted, &minted.credential);
+    let mut record = credential_entry(
+        state,
+        now,
+        EventKind::TargetCredentialMinted,
+        &minted.credential,
+    );
     if let Some(audit) = record.target.as_mut() {
         audit.planned = minted.privileges.clone();
         audit.outcome = Some("created".to_owned());
@@ -351,22 +361,19 @@ async fn revoke_one_inner(
             "not a target credential id",
         ));
     }
-    let claims = match state.check_token_within(
-        token,
-        now,
-        stint_core::access_token::MAX_LEEWAY_SECS,
-    )? {
-        TokenState::Active(claims) => claims,
-        // Revoked or expired: its credentials are already on their way out.
-        TokenState::Revoked(_) | TokenState::Expired => return Ok(()),
-        TokenState::Unknown => {
-            return Err(OAuthError::new(
-                ErrorCode::InvalidToken,
-                DenyReason::InactiveSubjectToken,
-                "the bearer token is not a step token of this broker",
-            ));
-        }
-    };
+    let claims =
+        match state.check_token_within(token, now, stint_core::access_token::MAX_LEEWAY_SECS)? {
+            TokenState::Active(claims) => claims,
+            // Revoked or expired: its credentials are already on their way out.
+            TokenState::Revoked(_) | TokenState::Expired => return Ok(()),
+            TokenState::Unknown => {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidToken,
+                    DenyReason::InactiveSubjectToken,
+                    "the bearer token is not a step token of this broker",
+                ));
+            }
+        };
     describe(entry, &claims);
     check_holder(&claims, certificate)?;
     let Some(queued) = state.targets.revoke_one(id, &claims.jti, now.timestamp()) else {

@@ -119,7 +119,9 @@ async fn finish_target(
         state.metrics.denied(unavailable.reason.as_str());
         return unavailable.into_response();
     }
-    state.metrics.target_event(&issued.response.target, "minted");
+    state
+        .metrics
+        .target_event(&issued.response.target, "minted");
     let mut response = Json(issued.response).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -39,9 +39,7 @@ use stint_core::claims::AccessTokenClaims;
 use stint_core::decision::DenyReason;
 use stint_core::policy::Policy;
 use stint_core::scope::Scope;
-use stint_core::target_credential::{
-    Backoff, Cause, CredentialState, TargetCredential, Trigger,
-};
+use stint_core::target_credential::{Backoff, Cause, CredentialState, TargetCredential, Trigger};
 use stint_proto::{ErrorCode, PostgresLogin};
 
 /// How often the reconciler compares what exists upstream with what Stint
@@ -144,8 +142,11 @@ struct Tracked {
 }
 
 /// Builds a target's client from its policy entry (a seam for tests).
-pub(crate) type Connector =
-    Arc<dyn Fn(&str, &stint_core::target::Target) -> Result<Arc<dyn TargetClient>, String> + Send + Sync>;
+pub(crate) type Connector = Arc<
+    dyn Fn(&str, &stint_core::target::Target) -> Result<Arc<dyn TargetClient>, String>
+        + Send
+        + Sync,
+>;
 
 /// The broker's target credentials.
 pub(crate) struct TargetCredentials {
@@ -184,11 +185,6 @@ impl TargetCredentials {
             connector,
             marker: format!("{} {issuer}", stint_core::target::ROLE_MARKER),
         }
-    }
-
-    /// The comment on every role this broker makes.
-    pub(crate) fn marker(&self) -> &str {
-        &self.marker
     }
 
     /// Build the clients of the policy's targets. A target whose client
@@ -336,8 +332,9 @@ impl TargetCredentials {
                         .begin_revocation(Trigger::FailedMint, now.timestamp());
                     Err(mint_failure(target, &failure))
                 }
-                Ok(()) if revoked_meanwhile
-                    || tracked.credential.state != CredentialState::Minting =>
+                Ok(())
+                    if revoked_meanwhile
+                        || tracked.credential.state != CredentialState::Minting =>
                 {
                     tracked
                         .credential
@@ -378,7 +375,9 @@ impl TargetCredentials {
             .unwrap_or_else(|p| p.into_inner())
             .get_mut(id)
         {
-            tracked.credential.begin_revocation(Trigger::FailedMint, now);
+            tracked
+                .credential
+                .begin_revocation(Trigger::FailedMint, now);
         }
         self.wake.notify_one();
     }
@@ -412,7 +411,9 @@ impl TargetCredentials {
     pub(crate) fn revoke_one(&self, id: &str, jti: &str, now: i64) -> Option<TargetCredential> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let tracked = open.get_mut(id).filter(|t| t.credential.jti == jti)?;
-        tracked.credential.begin_revocation(Trigger::Credential, now);
+        tracked
+            .credential
+            .begin_revocation(Trigger::Credential, now);
         let credential = tracked.credential.clone();
         drop(open);
         self.wake.notify_one();
@@ -604,9 +605,7 @@ impl TargetCredentials {
                 }
             }
         };
-        state
-            .metrics
-            .target_event(&credential.target, outcome);
+        state.metrics.target_event(&credential.target, outcome);
         if let Err(error) = state.store.update_target_credential(&credential).await {
             tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
         }
@@ -676,7 +675,8 @@ impl TargetCredentials {
                 let result = client.destroy(&upstream_id).await;
                 let now = state.clock.now();
                 if result.is_ok() {
-                    self.close_irrevocable(state, &upstream_id, now.timestamp()).await;
+                    self.close_irrevocable(state, &upstream_id, now.timestamp())
+                        .await;
                 }
                 let mut entry = state.audit_entry(
                     now,
@@ -821,7 +821,9 @@ fn mint_failure(target: &str, failure: &UpstreamFailure) -> OAuthError {
         ),
         // Undefined schema, table or sequence: the scope names an object
         // the target does not have.
-        UpstreamFailure::Refused { code, message } if matches!(code.as_str(), "3F000" | "42P01") => {
+        UpstreamFailure::Refused { code, message }
+            if matches!(code.as_str(), "3F000" | "42P01") =>
+        {
             refused(
                 ErrorCode::InvalidScope,
                 DenyReason::TargetRefused,

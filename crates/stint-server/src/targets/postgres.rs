@@ -62,8 +62,8 @@ pub(crate) fn connect(marker: &str, target: &Target) -> Result<Arc<dyn TargetCli
 }
 
 fn read_bounded(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)
@@ -83,8 +83,9 @@ fn read_secret(source: &SecretSource) -> Result<String, String> {
             String::from_utf8(bytes)
                 .map_err(|_| format!("the admin password file {} is not UTF-8", path.display()))?
         }
-        SecretSource::Env(name) => std::env::var(name)
-            .map_err(|_| format!("the environment variable {name} (its admin password) is not set or not UTF-8"))?,
+        SecretSource::Env(name) => std::env::var(name).map_err(|_| {
+            format!("the environment variable {name} (its admin password) is not set or not UTF-8")
+        })?,
     };
     let secret = text.strip_suffix('\n').unwrap_or(&text);
     let secret = secret.strip_suffix('\r').unwrap_or(secret);
@@ -94,6 +95,26 @@ fn read_secret(source: &SecretSource) -> Result<String, String> {
     Ok(secret.to_owned())
 }
 
+/// The statements with the role's comment naming this broker (the
+/// reconciler's mark), so that two brokers sharing a server never take
+/// each other's logins for their own.
+fn marked(
+    mut statements: Vec<String>,
+    role: &plan::PgIdent,
+    marker: &str,
+) -> Result<Vec<String>, String> {
+    let comment = format!("COMMENT ON ROLE {} IS ", role.quoted());
+    let at = statements
+        .iter()
+        .position(|s| s.starts_with(&comment))
+        .ok_or_else(|| "the planned login has no comment to mark".to_owned())?;
+    statements[at] = format!(
+        "{comment}{}",
+        plan::quote_literal(marker).map_err(|e| e.to_string())?
+    );
+    Ok(statements)
+}
+
 fn failure(error: UpstreamError) -> UpstreamFailure {
     match error {
         UpstreamError::Unavailable(why) => UpstreamFailure::Unavailable(why),
@@ -101,6 +122,7 @@ fn failure(error: UpstreamError) -> UpstreamFailure {
             code: sqlstate,
             message,
         },
+        UpstreamError::Settings(why) => UpstreamFailure::Unavailable(why),
     }
 }
 
@@ -142,9 +164,13 @@ impl TargetClient for PostgresClient {
         let password = plan::password(&random::<24>(rng)?);
         let verifier =
             plan::scram_sha256_verifier(&password, &random::<16>(rng)?, SCRAM_ITERATIONS);
-        let request = planned
-            .create_statements(&verifier, &self.marker)
-            .map_err(|e| e.to_string())?;
+        let request = marked(
+            planned
+                .create_statements(&verifier)
+                .map_err(|e| e.to_string())?,
+            &planned.role,
+            &self.marker,
+        )?;
         Ok(Planned {
             upstream_id: planned.role.as_str().to_owned(),
             secret: password,
@@ -167,7 +193,10 @@ impl TargetClient for PostgresClient {
     }
 
     async fn create(&self, planned: &Planned) -> Result<(), UpstreamFailure> {
-        self.upstream.create(&planned.request).await.map_err(failure)
+        self.upstream
+            .create(&planned.request)
+            .await
+            .map_err(failure)
     }
 
     async fn destroy(&self, upstream_id: &str) -> Result<Destroyed, UpstreamFailure> {
