@@ -307,6 +307,11 @@ pub struct StepToken {
 }
 
 impl StepToken {
+    /// The client the token was minted by.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The access token, to send as `Authorization: Bearer ...`.
     pub fn token(&self) -> &str {
         self.token.as_deref().unwrap_or_default()
@@ -370,7 +375,8 @@ impl Drop for StepToken {
                 step = %self.step,
                 "step token dropped without finish(): revoking it in the background"
             );
-            self.client.revoke_in_background(token);
+            self.client
+                .revoke_in_background(crate::client::Revocation::StepToken(token));
         }
     }
 }
