@@ -428,7 +428,14 @@ impl Client {
     /// to a broker.
     #[cfg(test)]
     pub(crate) fn offline_for_tests() -> Self {
-        let issuer = "http://127.0.0.1:9".to_owned();
+        Self::for_tests_at("http://127.0.0.1:9")
+    }
+
+    /// A client for a test's stand-in broker at `issuer`, without
+    /// discovery.
+    #[cfg(test)]
+    pub(crate) fn for_tests_at(issuer: &str) -> Self {
+        let issuer = issuer.to_owned();
         let connection = Connection::new(issuer.clone());
         Self {
             inner: Arc::new(Inner {

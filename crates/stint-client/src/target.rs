@@ -446,4 +446,148 @@ mod tests {
         no_id.credential_id = String::new();
         assert!(check_response("orders-db", &no_id).is_err());
     }
+
+    /// One request a stand-in broker received.
+    #[derive(Debug, Clone)]
+    struct Received {
+        request_line: String,
+        authorization: Option<String>,
+        body: String,
+    }
+
+    /// A stand-in broker on an ephemeral port: answers each request with
+    /// the next of `answers` (status, JSON body), and records it.
+    async fn stand_in(
+        answers: Vec<(u16, String)>,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<Received>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let (sent, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for (status, body) in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                let (head, length) = loop {
+                    let read = stream.read(&mut buffer).await.unwrap();
+                    request.extend_from_slice(&buffer[..read]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let head = text[..end].to_owned();
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(str::to_owned)
+                            })
+                            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                        if request.len() >= end + 4 + length {
+                            break (head, length);
+                        }
+                    }
+                };
+                let start = request.len() - length;
+                let header = |name: &str| {
+                    head.lines().find_map(|l| {
+                        let (n, v) = l.split_once(": ")?;
+                        n.eq_ignore_ascii_case(name).then(|| v.to_owned())
+                    })
+                };
+                sent.send(Received {
+                    request_line: head.lines().next().unwrap_or_default().to_owned(),
+                    authorization: header("authorization"),
+                    body: String::from_utf8_lossy(&request[start..]).into_owned(),
+                })
+                .unwrap();
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                stream.shutdown().await.unwrap();
+            }
+        });
+        (issuer, received)
+    }
+
+    /// A step token guard for `client`: detach it at the end of the test,
+    /// or its drop revokes it.
+    fn step_token(client: Client) -> StepToken {
+        StepToken::for_tests(client, "step-t0ken-value")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn exchange_then_finish_speak_the_protocol() {
+        let answer = serde_json::to_string(&response(KIND_POSTGRES, "orders-db")).unwrap();
+        let (issuer, mut received) = stand_in(vec![(200, answer), (204, String::new())]).await;
+        let step = step_token(Client::for_tests_at(&issuer));
+        let login = step.target_credential("orders-db").await.unwrap();
+        let exchange = received.recv().await.unwrap();
+        assert_eq!(exchange.request_line, "POST /oauth2/token HTTP/1.1");
+        assert_eq!(exchange.authorization, None, "no client authentication");
+        let form = stint_core::form::FormParams::parse(exchange.body.as_bytes()).unwrap();
+        assert_eq!(
+            form.get("grant_type"),
+            Some(stint_proto::GRANT_TOKEN_EXCHANGE)
+        );
+        assert_eq!(form.get("subject_token"), Some("step-t0ken-value"));
+        assert_eq!(
+            form.get("subject_token_type"),
+            Some(stint_proto::TOKEN_TYPE_ACCESS_TOKEN)
+        );
+        assert_eq!(form.get("audience"), Some("orders-db"));
+        assert_eq!(login.secret(), "pw-s3cret-value");
+
+        login.finish().await.unwrap();
+        let revocation = received.recv().await.unwrap();
+        assert_eq!(
+            revocation.request_line,
+            "DELETE /v1/target-credentials/tc-123 HTTP/1.1"
+        );
+        assert_eq!(
+            revocation.authorization.as_deref(),
+            Some("Bearer step-t0ken-value")
+        );
+        let _ = step.detach();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_dropped_credential_is_revoked_in_the_background() {
+        let answer = serde_json::to_string(&response(KIND_POSTGRES, "orders-db")).unwrap();
+        let (issuer, mut received) = stand_in(vec![(200, answer), (204, String::new())]).await;
+        let client = Client::for_tests_at(&issuer);
+        let step = step_token(client.clone());
+        drop(step.target_credential("orders-db").await.unwrap());
+        client.flush().await;
+        let _exchange = received.recv().await.unwrap();
+        let revocation = received.recv().await.unwrap();
+        assert_eq!(
+            revocation.request_line,
+            "DELETE /v1/target-credentials/tc-123 HTTP/1.1"
+        );
+        assert_eq!(
+            revocation.authorization.as_deref(),
+            Some("Bearer step-t0ken-value")
+        );
+        let _ = step.detach();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_refusal_is_the_brokers_error_and_a_bad_name_sends_nothing() {
+        let refusal = r#"{"error":"invalid_target","error_description":"the step does not list target orders-db"}"#;
+        let (issuer, mut received) = stand_in(vec![(400, refusal.to_owned())]).await;
+        let step = step_token(Client::for_tests_at(&issuer));
+        let error = step.target_credential("Orders").await.unwrap_err();
+        assert!(matches!(error, Error::Config(_)), "{error}");
+        let error = step.target_credential("orders-db").await.unwrap_err();
+        assert_eq!(error.oauth_code(), Some("invalid_target"));
+        assert!(error.is_denial());
+        assert!(error.to_string().contains("does not list"), "{error}");
+        // Only the well-formed name was sent.
+        assert!(received.recv().await.is_some());
+        assert!(received.recv().await.is_none());
+        let _ = step.detach();
+    }
 }
