@@ -11,11 +11,20 @@
 //! revoked whether the command succeeds, fails, is killed by a signal, or
 //! `stint` is asked to stop. What no program can survive, `SIGKILL` of
 //! `stint` itself, leaves the token to expire at its `exp`.
+//!
+//! With `--target NAME`, the step token is exchanged for each target's
+//! native credential before the command starts. A PostgreSQL login goes to
+//! the child's environment only, as libpq reads it (`PGHOST`, `PGPORT`,
+//! `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`; never in its
+//! arguments, never printed), with its id in
+//! `STINT_TARGET_CREDENTIAL_ID_<NAME>`. If an exchange fails, the command
+//! is not run. However the command ends, each credential is revoked, then
+//! the step token (which revokes its credentials too, at the broker).
 
 use crate::{EXIT_FAILURE, EXIT_UNAVAILABLE, Failure, output};
 use rustix::process::{Pid, Signal, kill_process};
 use std::os::unix::process::ExitStatusExt as _;
-use stint_client::StepToken;
+use stint_client::{StepToken, TargetCredential};
 use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
 
 /// The signals `stint exec` catches and forwards.
@@ -51,6 +60,20 @@ impl Signals {
     }
 }
 
+impl Signals {
+    /// The number of a signal caught and not yet handled, if any.
+    async fn pending(&mut self) -> Option<u8> {
+        tokio::select! {
+            biased;
+            _ = self.interrupt.recv() => Some(2),
+            _ = self.terminate.recv() => Some(15),
+            _ = self.hangup.recv() => Some(1),
+            _ = self.quit.recv() => Some(3),
+            () = std::future::ready(()) => None,
+        }
+    }
+}
+
 /// Check what can be checked before a token is minted.
 pub(crate) fn check_command(env_var: &str, command: &[String]) -> Result<(), Failure> {
     if env_var.is_empty() || env_var.contains(['=', '\0']) {
@@ -65,33 +88,187 @@ pub(crate) fn check_command(env_var: &str, command: &[String]) -> Result<(), Fai
     Ok(())
 }
 
-/// Run `command` with the token in `env_var`; revoke; return the exit code.
+/// Check the `--target` names given (each is already a well-formed name):
+/// none twice, as one step token is exchanged once per target.
+pub(crate) fn check_targets(targets: &[String]) -> Result<(), Failure> {
+    for (index, target) in targets.iter().enumerate() {
+        if targets[..index].contains(target) {
+            return Err(Failure::new(2, format!("--target {target} is given twice")));
+        }
+    }
+    Ok(())
+}
+
+/// The prefix of the variable that names a target credential's id.
+const CREDENTIAL_ID_VAR_PREFIX: &str = "STINT_TARGET_CREDENTIAL_ID_";
+
+/// Variables of `stint`'s environment that would make libpq use something
+/// else than the login given (another address, a service file's host):
+/// removed from the command's environment when it gets a PostgreSQL login.
+const CONFLICTING_LIBPQ_VARS: [&str; 2] = ["PGHOSTADDR", "PGSERVICE"];
+
+/// What the command's environment gets from one target credential.
+#[derive(Debug)]
+pub(crate) struct TargetEnv<'a> {
+    /// The target's name.
+    pub(crate) target: &'a str,
+    /// The credential's id (not a secret).
+    pub(crate) credential_id: &'a str,
+    /// Its libpq variables; empty if it is not a PostgreSQL login.
+    pub(crate) libpq: Vec<(&'static str, String)>,
+}
+
+impl<'a> TargetEnv<'a> {
+    fn of(credential: &'a TargetCredential) -> Self {
+        Self {
+            target: credential.target(),
+            credential_id: credential.credential_id(),
+            libpq: credential.libpq_env(),
+        }
+    }
+}
+
+/// `STINT_TARGET_CREDENTIAL_ID_<NAME>` of `target`: uppercased, `-` as `_`.
+pub(crate) fn credential_id_var(target: &str) -> String {
+    let name: String = target
+        .chars()
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_uppercase()
+            }
+        })
+        .collect();
+    format!("{CREDENTIAL_ID_VAR_PREFIX}{name}")
+}
+
+/// The variables the command gets from its target credentials, besides
+/// the token in `token_var`. Two PostgreSQL logins would share the `PG*`
+/// variables, and a token variable among them would be overwritten: both
+/// are usage errors.
+pub(crate) fn child_env(
+    token_var: &str,
+    credentials: &[TargetEnv<'_>],
+) -> Result<Vec<(String, String)>, Failure> {
+    let mut env = Vec::new();
+    let mut postgres: Option<&str> = None;
+    for credential in credentials {
+        if !credential.libpq.is_empty() {
+            if let Some(first) = postgres {
+                return Err(Failure::new(
+                    2,
+                    format!(
+                        "targets {first} and {} are both PostgreSQL logins, and would share the PG* variables: run one `stint exec` per PostgreSQL target",
+                        credential.target
+                    ),
+                ));
+            }
+            postgres = Some(credential.target);
+            env.extend(
+                credential
+                    .libpq
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), value.clone())),
+            );
+        }
+        env.push((
+            credential_id_var(credential.target),
+            credential.credential_id.to_owned(),
+        ));
+    }
+    if let Some((name, _)) = env.iter().find(|(name, _)| name == token_var) {
+        return Err(Failure::new(
+            2,
+            format!("--env-var {name} is also a variable a target credential sets: choose another"),
+        ));
+    }
+    Ok(env)
+}
+
+/// What the step holds while its command runs.
+struct Held {
+    step: StepToken,
+    credentials: Vec<TargetCredential>,
+}
+
+impl Held {
+    /// Revoke each target credential, then the step token (which revokes
+    /// the credentials too, at the broker). The step token's outcome is
+    /// the outcome: a credential that could not be revoked alone is
+    /// revoked with it.
+    async fn release(self) -> Result<(), stint_client::Error> {
+        for credential in self.credentials {
+            let id = credential.credential_id().to_owned();
+            let target = credential.target().to_owned();
+            if let Err(error) = credential.finish().await {
+                output::stderr_line(format_args!(
+                    "stint: the credential {id} for target {target} could not be revoked alone ({error}); revoking the step's token revokes it"
+                ));
+            }
+        }
+        self.step.finish().await
+    }
+}
+
+/// Run `command` with the token in `env_var`, and the credentials of
+/// `targets` exchanged from it; revoke them all; return the exit code.
 pub(crate) async fn run(
     step: StepToken,
     mut signals: Signals,
     env_var: &str,
+    targets: &[String],
     command: &[String],
 ) -> Result<u8, Failure> {
+    let mut held = Held {
+        step,
+        credentials: Vec::with_capacity(targets.len()),
+    };
     let Some((program, args)) = command.split_first() else {
-        return Err(revoke_then_fail(step, Failure::new(2, "no command given")).await);
+        return Err(revoke_then_fail(held, Failure::new(2, "no command given")).await);
     };
     // A signal that came while the token was being minted: do not start.
-    tokio::select! {
-        biased;
-        _ = signals.interrupt.recv() => return stop_before_start(step, 2).await,
-        _ = signals.terminate.recv() => return stop_before_start(step, 15).await,
-        _ = signals.hangup.recv() => return stop_before_start(step, 1).await,
-        _ = signals.quit.recv() => return stop_before_start(step, 3).await,
-        () = std::future::ready(()) => {}
+    if let Some(signal) = signals.pending().await {
+        return stop_before_start(held, signal).await;
     }
-    let spawned = tokio::process::Command::new(program)
+    for target in targets {
+        match held.step.target_credential(target).await {
+            Ok(credential) => held.credentials.push(credential),
+            Err(error) => {
+                let mut failure = Failure::from(error);
+                failure.message = format!("target {target}: {}", failure.message);
+                return Err(revoke_then_fail(held, failure).await);
+            }
+        }
+    }
+    let env = match child_env(
+        env_var,
+        &held
+            .credentials
+            .iter()
+            .map(TargetEnv::of)
+            .collect::<Vec<_>>(),
+    ) {
+        Ok(env) => env,
+        Err(failure) => return Err(revoke_then_fail(held, failure).await),
+    };
+    // A signal that came while the credentials were being exchanged.
+    if let Some(signal) = signals.pending().await {
+        return stop_before_start(held, signal).await;
+    }
+    let mut child = tokio::process::Command::new(program);
+    child
         .args(args)
         .env_remove("STINT_CLIENT_SECRET")
         .env_remove("STINT_SUBJECT_TOKEN")
         .env_remove("STINT_SUBJECT_TOKEN_FILE")
-        .env_remove("STINT_OPERATOR_KEY")
-        .env(env_var, step.token())
-        .spawn();
+        .env_remove("STINT_OPERATOR_KEY");
+    if env.iter().any(|(name, _)| name == "PGPASSWORD") {
+        for name in CONFLICTING_LIBPQ_VARS {
+            child.env_remove(name);
+        }
+    }
+    let spawned = child.envs(env).env(env_var, held.step.token()).spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
@@ -102,7 +279,7 @@ pub(crate) async fn run(
                 126
             };
             let failure = Failure::new(code, format!("cannot run {program:?}: {error}"));
-            return Err(revoke_then_fail(step, failure).await);
+            return Err(revoke_then_fail(held, failure).await);
         }
     };
     let pid = child
@@ -129,7 +306,7 @@ pub(crate) async fn run(
             EXIT_FAILURE
         }
     };
-    match step.finish().await {
+    match held.release().await {
         Ok(()) => Ok(code),
         Err(error) => {
             output::stderr_line(format_args!(
@@ -149,19 +326,124 @@ fn forward(pid: Option<Pid>, signal: Signal) {
     }
 }
 
-async fn stop_before_start(step: StepToken, signal: u8) -> Result<u8, Failure> {
+async fn stop_before_start(held: Held, signal: u8) -> Result<u8, Failure> {
     let failure = Failure::new(
         128 + signal,
         "stopped by a signal before the command started",
     );
-    Err(revoke_then_fail(step, failure).await)
+    Err(revoke_then_fail(held, failure).await)
 }
 
-async fn revoke_then_fail(step: StepToken, failure: Failure) -> Failure {
-    if let Err(error) = step.finish().await {
+async fn revoke_then_fail(held: Held, failure: Failure) -> Failure {
+    if let Err(error) = held.release().await {
         output::stderr_line(format_args!(
             "stint: the token could not be revoked ({error}); it stays valid until it expires"
         ));
     }
     failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(target: &'static str, id: &'static str) -> TargetEnv<'static> {
+        TargetEnv {
+            target,
+            credential_id: id,
+            libpq: vec![
+                ("PGHOST", "db.internal".to_owned()),
+                ("PGPORT", "5432".to_owned()),
+                ("PGDATABASE", "orders".to_owned()),
+                ("PGUSER", "stint_abc".to_owned()),
+                ("PGPASSWORD", "pw-s3cret".to_owned()),
+                ("PGSSLMODE", "verify-full".to_owned()),
+            ],
+        }
+    }
+
+    fn other(target: &'static str, id: &'static str) -> TargetEnv<'static> {
+        TargetEnv {
+            target,
+            credential_id: id,
+            libpq: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_postgres_login_and_its_id_go_to_the_environment() {
+        let env = child_env("STINT_TOKEN", &[login("orders-db", "tc-1")]).unwrap();
+        let names: Vec<_> = env.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "PGHOST",
+                "PGPORT",
+                "PGDATABASE",
+                "PGUSER",
+                "PGPASSWORD",
+                "PGSSLMODE",
+                "STINT_TARGET_CREDENTIAL_ID_ORDERS_DB"
+            ]
+        );
+        assert!(env.contains(&("PGPASSWORD".to_owned(), "pw-s3cret".to_owned())));
+        assert!(env.contains(&(
+            "STINT_TARGET_CREDENTIAL_ID_ORDERS_DB".to_owned(),
+            "tc-1".to_owned()
+        )));
+        assert!(child_env("STINT_TOKEN", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_postgres_login_per_exec() {
+        let failure = child_env(
+            "STINT_TOKEN",
+            &[login("orders-db", "tc-1"), login("users-db", "tc-2")],
+        )
+        .unwrap_err();
+        assert_eq!(failure.code, 2);
+        assert!(failure.message.contains("orders-db"), "{}", failure.message);
+        assert!(failure.message.contains("users-db"), "{}", failure.message);
+        assert!(
+            !failure.message.contains("pw-s3cret"),
+            "{}",
+            failure.message
+        );
+        // Another kind beside it is fine.
+        let env = child_env(
+            "STINT_TOKEN",
+            &[login("orders-db", "tc-1"), other("repo", "tc-2")],
+        )
+        .unwrap();
+        assert_eq!(env.len(), 8);
+        assert!(env.contains(&(
+            "STINT_TARGET_CREDENTIAL_ID_REPO".to_owned(),
+            "tc-2".to_owned()
+        )));
+    }
+
+    #[test]
+    fn the_token_variable_is_not_one_a_credential_sets() {
+        for token_var in ["PGPASSWORD", "STINT_TARGET_CREDENTIAL_ID_ORDERS_DB"] {
+            let failure = child_env(token_var, &[login("orders-db", "tc-1")]).unwrap_err();
+            assert_eq!(failure.code, 2, "{token_var}");
+        }
+    }
+
+    #[test]
+    fn credential_id_variables_are_named_after_the_target() {
+        assert_eq!(
+            credential_id_var("orders-db-2"),
+            "STINT_TARGET_CREDENTIAL_ID_ORDERS_DB_2"
+        );
+    }
+
+    #[test]
+    fn a_target_given_twice_is_a_usage_error() {
+        let targets = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert!(check_targets(&targets(&[])).is_ok());
+        assert!(check_targets(&targets(&["a", "b"])).is_ok());
+        let failure = check_targets(&targets(&["a", "b", "a"])).unwrap_err();
+        assert_eq!(failure.code, 2);
+    }
 }

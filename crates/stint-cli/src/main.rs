@@ -75,6 +75,11 @@ enum Command {
     },
     /// Run a command with a token for one step in its environment, and
     /// revoke the token when the command exits, however it exits.
+    ///
+    /// With --target, the token is first exchanged for each target's
+    /// native credential, given to the command in its environment only
+    /// and revoked when it exits, before the token. If an exchange fails,
+    /// the command is not run.
     Exec {
         #[command(flatten)]
         request: TokenArgs,
@@ -83,6 +88,15 @@ enum Command {
         /// The environment variable that carries the token.
         #[arg(long, default_value = "STINT_TOKEN")]
         env_var: String,
+        /// Exchange the step's token for a native credential of target
+        /// NAME (one the step lists); repeat for several. A PostgreSQL
+        /// login is set in the command's environment as PGHOST, PGPORT,
+        /// PGDATABASE, PGUSER, PGPASSWORD and PGSSLMODE (PGHOSTADDR and
+        /// PGSERVICE removed), so at most one PostgreSQL target per exec;
+        /// every credential's id is in STINT_TARGET_CREDENTIAL_ID_<NAME>
+        /// (uppercased, '-' as '_').
+        #[arg(long = "target", value_name = "NAME", value_parser = parse_target)]
+        targets: Vec<String>,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
@@ -367,6 +381,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
+fn parse_target(text: &str) -> Result<String, String> {
+    stint_client::check_target_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|_| {
+            format!(
+                "a target name is a lowercase letter, then lowercase letters, digits and '-', at most {} bytes",
+                stint_client::MAX_TARGET_NAME_LEN
+            )
+        })
+}
+
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ttl::parse_policy(text)
         .map(|ttl| Duration::from_secs(u64::from(ttl.as_secs())))
@@ -502,13 +527,15 @@ async fn run(command: Command, out: &mut output::Stdout) -> Result<u8, Failure> 
             request,
             broker,
             env_var,
+            targets,
             command,
         } => {
             exec::check_command(&env_var, &command)?;
+            exec::check_targets(&targets)?;
             let signals = exec::Signals::catch()?;
             let client = connect(&broker).await?;
             let step = request_token(&client, &request).await?;
-            exec::run(step, signals, &env_var, &command).await
+            exec::run(step, signals, &env_var, &targets, &command).await
         }
         Command::Revoke {
             token,
@@ -1083,5 +1110,95 @@ fn describe_expiry(exp: i64) -> String {
         format!("in {left} s")
     } else {
         format!("{} s ago", -left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("stint").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn exec_takes_repeated_targets() {
+        let cli = parse(&[
+            "exec",
+            "--step",
+            "migrate",
+            "--scope",
+            "write:db/orders",
+            "--target",
+            "orders-db",
+            "--target",
+            "repo",
+            "--",
+            "psql",
+            "-c",
+            "select 1",
+        ])
+        .unwrap();
+        let Command::Exec {
+            targets, command, ..
+        } = cli.command
+        else {
+            panic!("not exec");
+        };
+        assert_eq!(targets, ["orders-db", "repo"]);
+        assert_eq!(command, ["psql", "-c", "select 1"]);
+
+        let cli = parse(&["exec", "--step", "s", "--scope", "read:x", "--", "true"]).unwrap();
+        let Command::Exec { targets, .. } = cli.command else {
+            panic!("not exec");
+        };
+        assert!(targets.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_target_is_a_usage_error() {
+        for bad in ["Orders", "1db", "orders_db", "urn:stint:target:db", ""] {
+            let error = parse(&[
+                "exec", "--step", "s", "--scope", "read:x", "--target", bad, "--", "true",
+            ])
+            .unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_exec_takes_targets() {
+        assert!(
+            parse(&[
+                "token", "--step", "s", "--scope", "read:x", "--target", "db"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_broker_refusal_keeps_its_code_and_exit_status() {
+        let failure = Failure::from(Error::OAuth {
+            status: 400,
+            code: "invalid_target".to_owned(),
+            description: Some("the step does not list target orders-db".to_owned()),
+        });
+        assert_eq!(failure.code, EXIT_DENIED);
+        assert!(
+            failure.message.contains("invalid_target"),
+            "{}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains("does not list"),
+            "{}",
+            failure.message
+        );
+        let unavailable = Failure::from(Error::OAuth {
+            status: 503,
+            code: "temporarily_unavailable".to_owned(),
+            description: None,
+        });
+        assert_eq!(unavailable.code, EXIT_UNAVAILABLE);
     }
 }

@@ -14,7 +14,8 @@ use stint_proto::{
     APPROVALS_PATH, ApprovalList, ApprovalView, ApproveBody, AuthorizationServerMetadata,
     DecisionBody, DevClient, GRANT_TOKEN_EXCHANGE, IntrospectionResponse, JobRevocationResponse,
     KEY_ROTATION_PATH, KeyRotationResponse, METADATA_PATH, StepRevocationResponse,
-    TOKEN_TYPE_ID_TOKEN, WorkloadState,
+    TARGET_CREDENTIALS_PATH, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN,
+    TargetCredentialResponse, WorkloadState,
 };
 use tokio::task::JoinHandle;
 
@@ -37,7 +38,7 @@ const REVOKE_BACKOFF: [Duration; 5] = [
 ];
 
 /// The longest the revocations of dropped [`StepToken`](crate::StepToken)s
-/// wait for a broker that does not answer at the end of a runtime (its
+/// and [`TargetCredential`](crate::TargetCredential)s wait for a broker that does not answer at the end of a runtime (its
 /// shutdown: `main` returned), or when dropped outside any runtime, retries
 /// included, in all: the revocations in flight are sent at once and share
 /// this deadline, and once a broker has let it pass, the ones that follow
@@ -394,12 +395,13 @@ pub(crate) struct Inner {
     revocation_endpoint: String,
     introspection_endpoint: String,
     auth: Auth,
-    /// Revocations started by dropped [`StepToken`](crate::StepToken)s.
-    /// Handles, not a `JoinSet`: dropping one (a cancelled `flush`) does
-    /// not abort its revocation.
+    /// Revocations started by dropped [`StepToken`](crate::StepToken)s and
+    /// [`TargetCredential`](crate::TargetCredential)s. Handles, not a
+    /// `JoinSet`: dropping one (a cancelled `flush`) does not abort its
+    /// revocation.
     pending: Mutex<Vec<JoinHandle<()>>>,
-    /// The tokens of those revocations not done yet.
-    in_flight: Mutex<Vec<String>>,
+    /// Those revocations not done yet.
+    in_flight: Mutex<Vec<Revocation>>,
 }
 
 impl fmt::Debug for Client {
@@ -426,7 +428,14 @@ impl Client {
     /// to a broker.
     #[cfg(test)]
     pub(crate) fn offline_for_tests() -> Self {
-        let issuer = "http://127.0.0.1:9".to_owned();
+        Self::for_tests_at("http://127.0.0.1:9")
+    }
+
+    /// A client for a test's stand-in broker at `issuer`, without
+    /// discovery.
+    #[cfg(test)]
+    pub(crate) fn for_tests_at(issuer: &str) -> Self {
+        let issuer = issuer.to_owned();
         let connection = Connection::new(issuer.clone());
         Self {
             inner: Arc::new(Inner {
@@ -464,6 +473,11 @@ impl Client {
     /// The broker's issuer URL.
     pub fn issuer(&self) -> &str {
         &self.inner.issuer
+    }
+
+    /// The broker's token endpoint.
+    pub(crate) fn token_endpoint(&self) -> &str {
+        &self.inner.token_endpoint
     }
 
     /// The client id this client authenticates as; `None` for a client
@@ -514,6 +528,74 @@ impl Client {
             read_empty(url, response).await
         })
         .await
+    }
+
+    /// Revoke one target credential alone (`DELETE
+    /// /v1/target-credentials/{credential_id}`), authenticated by
+    /// `step_token`, the step token it was exchanged from, retrying on
+    /// connection errors and 5xx. Returns once the broker acknowledged
+    /// (also when it was already revoked). What
+    /// [`TargetCredential::finish`](crate::TargetCredential::finish) does;
+    /// revoking the step token revokes all its target credentials at once.
+    pub async fn revoke_target_credential(
+        &self,
+        credential_id: &str,
+        step_token: &str,
+    ) -> Result<(), Error> {
+        let url = format!(
+            "{}{TARGET_CREDENTIALS_PATH}/{}",
+            self.inner.issuer,
+            path_segment_encode(credential_id)
+        );
+        retrying(&url, || async {
+            let response = self
+                .inner
+                .http
+                .delete(&url)
+                .header(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {step_token}"),
+                )
+                .send()
+                .await
+                .map_err(|e| Error::unreachable(&url, &e))?;
+            read_empty(&url, response).await
+        })
+        .await
+    }
+
+    /// Exchange `step_token` for the native credential of `target` (RFC
+    /// 8693 at the token endpoint, no client authentication: the step
+    /// token is the credential). Not retried: the broker answers a second
+    /// exchange of the same token and target `invalid_grant`.
+    pub(crate) async fn exchange_for_target(
+        &self,
+        step_token: &str,
+        target: &str,
+    ) -> Result<TargetCredentialResponse, Error> {
+        let url = &self.inner.token_endpoint;
+        let form = [
+            ("grant_type", GRANT_TOKEN_EXCHANGE),
+            ("subject_token", step_token),
+            ("subject_token_type", TOKEN_TYPE_ACCESS_TOKEN),
+            ("audience", target),
+        ];
+        let response = self.send_form(url, &form, None).await?;
+        read_json(url, response).await
+    }
+
+    /// Revoke what a dropped guard held.
+    async fn revoke_one(&self, revocation: &Revocation) -> Result<(), Error> {
+        match revocation {
+            Revocation::StepToken(token) => self.revoke(token).await,
+            Revocation::TargetCredential {
+                credential_id,
+                step_token,
+            } => {
+                self.revoke_target_credential(credential_id, step_token)
+                    .await
+            }
+        }
     }
 
     /// Revoke every token of job `job` of this client's workload, and
@@ -721,7 +803,8 @@ impl Client {
     }
 
     /// Wait for the revocations that dropped [`StepToken`](crate::StepToken)s
-    /// started in the background, for a program that keeps running and
+    /// and [`TargetCredential`](crate::TargetCredential)s started in the
+    /// background, for a program that keeps running and
     /// wants them acknowledged now. A program that ends need not call it:
     /// the end of its runtime waits for them (see
     /// [`StepToken`](crate::StepToken#what-is-guaranteed)). Dropping this
@@ -735,8 +818,9 @@ impl Client {
         }
     }
 
-    /// Revoke `token`, which a [`StepToken`](crate::StepToken) dropped
-    /// without `finish` held.
+    /// Revoke what a guard dropped without `finish` held: a
+    /// [`StepToken`](crate::StepToken)'s token or a
+    /// [`TargetCredential`](crate::TargetCredential).
     ///
     /// Inside a Tokio runtime, as a task on it (the drop does not block).
     /// If the runtime shuts down before the task is done (`main` returned,
@@ -745,15 +829,15 @@ impl Client {
     /// flight, synchronously: the runtime's end waits for the broker's
     /// answer (see [`Client::revoke_blocking`]). Outside any runtime,
     /// synchronously at once.
-    pub(crate) fn revoke_in_background(&self, token: String) {
+    pub(crate) fn revoke_in_background(&self, revocation: Revocation) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.revoke_blocking(vec![token]);
+            self.revoke_blocking(vec![revocation]);
             return;
         };
-        lock(&self.inner.in_flight).push(token.clone());
+        lock(&self.inner.in_flight).push(revocation.clone());
         let revocation = BackgroundRevocation {
             client: self.clone(),
-            token,
+            revocation,
             done: false,
         };
         // On a runtime already shutting down, the task is dropped at once,
@@ -764,18 +848,18 @@ impl Client {
         pending.push(task);
     }
 
-    /// Revoke `tokens` and wait for the broker's answers, without the
+    /// Revoke `revocations` and wait for the broker's answers, without the
     /// caller's runtime (it may be shutting down, and its connections with
     /// it): on a thread of its own, with a runtime and connections of its
     /// own, all at once, until the shared deadline ([`exit_deadline`]).
-    fn revoke_blocking(&self, tokens: Vec<String>) {
-        let count = tokens.len();
+    fn revoke_blocking(&self, revocations: Vec<Revocation>) {
+        let count = revocations.len();
         let deadline = exit_deadline(Instant::now());
         if deadline <= Instant::now() {
             exit_deadline_kept(false, Instant::now());
             tracing::warn!(
                 count,
-                "the broker did not answer in time: dropped step tokens not revoked; they stay valid until they expire"
+                "the broker did not answer in time: dropped step tokens or target credentials not revoked; they stay valid until they expire"
             );
             return;
         }
@@ -785,10 +869,10 @@ impl Client {
             .name("stint-revoke".into())
             .spawn(move || {
                 // The receiver may have stopped waiting.
-                let _ = done.send(client.revoke_on_own_runtime(tokens, deadline));
+                let _ = done.send(client.revoke_on_own_runtime(revocations, deadline));
             });
         if let Err(error) = spawned {
-            tracing::warn!(%error, count, "no thread to revoke dropped step tokens; they stay valid until they expire");
+            tracing::warn!(%error, count, "no thread to revoke dropped step tokens or target credentials; they stay valid until they expire");
             return;
         }
         // The thread keeps the deadline itself; this is a backstop.
@@ -796,26 +880,30 @@ impl Client {
         match outcome.recv_timeout(wait) {
             Ok(Ok(())) => {
                 exit_deadline_kept(true, Instant::now());
-                tracing::debug!(count, "dropped step tokens revoked");
+                tracing::debug!(count, "dropped step tokens and target credentials revoked");
             }
             Ok(Err(error)) => {
                 exit_deadline_kept(!error.is_unavailable(), Instant::now());
-                tracing::warn!(%error, count, "dropped step tokens could not all be revoked; those not revoked stay valid until they expire");
+                tracing::warn!(%error, count, "dropped step tokens or target credentials could not all be revoked; those not revoked stay valid until they expire");
             }
             Err(_) => {
                 exit_deadline_kept(false, Instant::now());
                 tracing::warn!(
                     count,
-                    "dropped step tokens were not revoked in time; they stay valid until they expire"
+                    "dropped step tokens or target credentials were not revoked in time; they stay valid until they expire"
                 );
             }
         }
     }
 
-    /// [`Self::revoke`] each of `tokens` at once, on a new current-thread
-    /// runtime with new connections, until `deadline`. The first error,
-    /// if any revocation failed or was cut short.
-    fn revoke_on_own_runtime(&self, tokens: Vec<String>, deadline: Instant) -> Result<(), Error> {
+    /// Each of `revocations` at once ([`Self::revoke_one`]), on a new
+    /// current-thread runtime with new connections, until `deadline`. The
+    /// first error, if any revocation failed or was cut short.
+    fn revoke_on_own_runtime(
+        &self,
+        revocations: Vec<Revocation>,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -834,14 +922,14 @@ impl Client {
                     in_flight: Mutex::new(Vec::new()),
                 }),
             };
-            let mut revocations = tokio::task::JoinSet::new();
-            for token in tokens {
+            let mut tasks = tokio::task::JoinSet::new();
+            for revocation in revocations {
                 let client = client.clone();
-                revocations.spawn(async move { client.revoke(&token).await });
+                tasks.spawn(async move { client.revoke_one(&revocation).await });
             }
             let mut first_error = None;
             let all = async {
-                while let Some(outcome) = revocations.join_next().await {
+                while let Some(outcome) = tasks.join_next().await {
                     if let Ok(Err(error)) = outcome {
                         first_error.get_or_insert(error);
                     }
@@ -922,23 +1010,53 @@ impl Client {
     }
 }
 
-/// A revocation a dropped [`StepToken`](crate::StepToken) started, as a
-/// task. Dropped before it is done (its runtime is shutting down), it
-/// finishes synchronously every revocation its client still has in flight.
+/// What a guard dropped without `finish` leaves to revoke.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Revocation {
+    /// A step token, at the revocation endpoint (RFC 7009).
+    StepToken(String),
+    /// One target credential, `DELETE /v1/target-credentials/{id}` with the
+    /// step token it was exchanged from as `Authorization: Bearer`.
+    TargetCredential {
+        credential_id: String,
+        step_token: String,
+    },
+}
+
+impl Revocation {
+    /// What was not revoked, for a log line (no secret in it).
+    fn describe(&self) -> String {
+        match self {
+            Self::StepToken(_) => "a dropped step token".to_owned(),
+            Self::TargetCredential { credential_id, .. } => {
+                format!("the dropped target credential {credential_id}")
+            }
+        }
+    }
+}
+
+/// A revocation a dropped guard ([`StepToken`](crate::StepToken),
+/// [`TargetCredential`](crate::TargetCredential)) started, as a task.
+/// Dropped before it is done (its runtime is shutting down), it finishes
+/// synchronously every revocation its client still has in flight.
 struct BackgroundRevocation {
     client: Client,
-    token: String,
+    revocation: Revocation,
     /// The broker answered, or the retries ran out.
     done: bool,
 }
 
 impl BackgroundRevocation {
     async fn run(mut self) {
-        let result = self.client.revoke(&self.token).await;
+        let result = self.client.revoke_one(&self.revocation).await;
         self.done = true;
-        lock(&self.client.inner.in_flight).retain(|token| *token != self.token);
+        lock(&self.client.inner.in_flight).retain(|revocation| *revocation != self.revocation);
         if let Err(error) = result {
-            tracing::warn!(%error, "a dropped step token could not be revoked; it stays valid until it expires");
+            tracing::warn!(
+                %error,
+                "{} could not be revoked; it stays valid until it expires",
+                self.revocation.describe()
+            );
         }
     }
 }
@@ -950,16 +1068,17 @@ impl Drop for BackgroundRevocation {
         }
         // A shutdown drops the client's revocation tasks one after another:
         // the first to drop revokes them all at once, the others find their
-        // token gone. (Revoking again a token the broker already revoked,
-        // an answer sent but not read, is harmless: RFC 7009 answers 200.)
-        let tokens = {
+        // revocation gone. (Revoking again what the broker already revoked,
+        // an answer sent but not read, is harmless: RFC 7009 answers 200,
+        // and a revoked target credential's DELETE 204.)
+        let revocations = {
             let mut in_flight = lock(&self.client.inner.in_flight);
-            if !in_flight.contains(&self.token) {
+            if !in_flight.contains(&self.revocation) {
                 return;
             }
             std::mem::take(&mut *in_flight)
         };
-        self.client.revoke_blocking(tokens);
+        self.client.revoke_blocking(revocations);
     }
 }
 

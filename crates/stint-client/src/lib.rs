@@ -11,6 +11,11 @@
 //! is on [`StepToken`]). A [`Job`] revokes every token of a job at once
 //! when it completes (dropping one does not: see [`Job`]).
 //!
+//! A step that reaches a system Stint makes native credentials for (a
+//! PostgreSQL login today) exchanges its step token for one with
+//! [`StepToken::target_credential`]: a [`TargetCredential`] guard, revoked
+//! the same way (an example is on [`TargetCredential`]).
+//!
 //! The services those tokens are for check them offline with a
 //! [`Verifier`]: the broker's keys, fetched once and refreshed when a token
 //! names a new one, and the broker's own scope matcher behind
@@ -74,6 +79,7 @@ mod error;
 pub mod fuzzing;
 mod revocations;
 mod step;
+mod target;
 mod verifier;
 
 pub use client::{
@@ -81,13 +87,14 @@ pub use client::{
 };
 pub use error::{Error, PendingApproval, TokenError};
 pub use step::{Job, StepRequest, StepToken};
+pub use target::{KIND_POSTGRES, MAX_TARGET_NAME_LEN, TargetCredential, check_target_name};
 // What the SDK's functions return (and the types of their public fields),
 // so that no user has to depend on stint-proto or stint-core to name them.
 pub use stint_core::claims::AccessTokenClaims;
 pub use stint_core::status_list::{StatusClaim, StatusReference};
 pub use stint_proto::{
     ApprovalView, ApprovalVote, Confirmation, IntrospectionResponse, JobRevocationResponse,
-    KeyRotationResponse, StepRevocationResponse, WorkloadState,
+    KeyRotationResponse, PostgresLogin, StepRevocationResponse, WorkloadState,
 };
 pub use verifier::{
     DEFAULT_INTROSPECTION_CACHE, DEFAULT_LEEWAY, DEFAULT_MAX_KEY_AGE, DEFAULT_MIN_REFRESH_INTERVAL,

@@ -307,6 +307,26 @@ pub struct StepToken {
 }
 
 impl StepToken {
+    /// A guard for `token` from `client` (a test's stand-in broker), as
+    /// if minted. Detach it to keep its drop from revoking.
+    #[cfg(test)]
+    pub(crate) fn for_tests(client: Client, token: &str) -> Self {
+        Self {
+            client,
+            token: Some(token.to_owned()),
+            expires_in: 300,
+            expires_at: SystemTime::UNIX_EPOCH,
+            scope: String::new(),
+            job: "job".to_owned(),
+            step: "step".to_owned(),
+        }
+    }
+
+    /// The client the token was minted by.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The access token, to send as `Authorization: Bearer ...`.
     pub fn token(&self) -> &str {
         self.token.as_deref().unwrap_or_default()
@@ -370,7 +390,8 @@ impl Drop for StepToken {
                 step = %self.step,
                 "step token dropped without finish(): revoking it in the background"
             );
-            self.client.revoke_in_background(token);
+            self.client
+                .revoke_in_background(crate::client::Revocation::StepToken(token));
         }
     }
 }

@@ -22,7 +22,9 @@ fn fields(
     approval: stint_client::ApprovalView,
     pending: stint_client::PendingApproval,
     stopped: stint_client::WorkloadState,
+    credential: stint_client::TargetCredential,
 ) {
+    let _: Option<&stint_client::PostgresLogin> = credential.postgres();
     let _: Option<stint_client::Confirmation> = introspection.cnf;
     let _: Option<stint_client::Confirmation> = claims.cnf;
     let status: Option<stint_client::StatusClaim> = claims.status;
