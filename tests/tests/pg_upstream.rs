@@ -3,6 +3,9 @@
 //! with the least-privileged admin ADMIN.md describes; TLS; a server gone;
 //! the pool's bound.
 
+// Test code: a failed expectation should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 use stint_targets::{PostgresUpstream, RevokeReport, TlsMode, UpstreamError};
 use stint_tests::postgres::{MARKER, PgCluster, admin_grants, scram_verifier};
@@ -115,11 +118,9 @@ async fn mint_use_revoke(cluster: &PgCluster, upstream: &PostgresUpstream) {
     // ...so its next statement fails.
     assert!(session.simple_query("SELECT 1").await.is_err());
     // A new login is refused.
-    let login = cluster
-        .connect_as(ROLE, LOGIN_PASSWORD, "app")
-        .await
-        .err()
-        .expect("a revoked role cannot log in");
+    let Err(login) = cluster.connect_as(ROLE, LOGIN_PASSWORD, "app").await else {
+        panic!("a revoked role cannot log in");
+    };
     assert!(
         ["28000", "28P01"].contains(&sqlstate(&login).as_str()),
         "{login}"
@@ -182,14 +183,18 @@ async fn a_non_superuser_admin_revokes_a_role_that_owns_objects() {
     let cluster = PgCluster::start();
     prepare_app(&cluster).await;
     let upstream = least_admin(&cluster).await;
-    upstream.create(&mint_statements(ROLE)).await.unwrap();
     let owner = cluster.superuser_client_in("app").await;
     owner
         .batch_execute(&format!(
-            "CREATE SCHEMA scratch; GRANT USAGE, CREATE ON SCHEMA scratch TO \"{ROLE}\""
+            "CREATE SCHEMA scratch; GRANT USAGE, CREATE ON SCHEMA scratch TO \"{ADMIN}\" WITH GRANT OPTION"
         ))
         .await
         .unwrap();
+    let mut statements = mint_statements(ROLE);
+    statements.push(format!(
+        "GRANT USAGE, CREATE ON SCHEMA \"scratch\" TO \"{ROLE}\""
+    ));
+    upstream.create(&statements).await.unwrap();
     let (session, _ended) = cluster
         .connect_as(ROLE, LOGIN_PASSWORD, "app")
         .await
@@ -201,7 +206,7 @@ async fn a_non_superuser_admin_revokes_a_role_that_owns_objects() {
     drop(session);
 
     // The research behind revoke's GRANT: without the role's privileges,
-    // the least admin cannot reassign what the role owns.
+    // the least admin cannot reassign or drop what the role owns.
     let (admin, _admin_task) = cluster
         .connect_as(ADMIN, ADMIN_PASSWORD, "app")
         .await
@@ -237,6 +242,48 @@ async fn a_non_superuser_admin_revokes_a_role_that_owns_objects() {
         .await
         .unwrap();
     assert_eq!(memberships.get::<_, i64>(0), 0);
+}
+
+/// DROP OWNED by a non-superuser revokes only what that admin granted: a
+/// privilege someone else gave a Stint role keeps it from being dropped
+/// (2BP01, refused: a person must look). The role can no longer log in
+/// meanwhile, and once the stray grant is gone, revoke finishes.
+#[tokio::test]
+async fn a_grant_by_someone_else_blocks_the_drop_but_not_nologin() {
+    let cluster = PgCluster::start();
+    prepare_app(&cluster).await;
+    let upstream = least_admin(&cluster).await;
+    upstream.create(&mint_statements(ROLE)).await.unwrap();
+    let owner = cluster.superuser_client_in("app").await;
+    owner
+        .batch_execute(&format!(
+            "CREATE SCHEMA scratch; GRANT USAGE ON SCHEMA scratch TO \"{ROLE}\""
+        ))
+        .await
+        .unwrap();
+    match upstream.revoke(ROLE).await {
+        Err(UpstreamError::Refused { sqlstate, message }) => {
+            assert_eq!(sqlstate, "2BP01", "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(role_exists(&cluster, ROLE).await);
+    let Err(login) = cluster.connect_as(ROLE, LOGIN_PASSWORD, "app").await else {
+        panic!("a role being revoked cannot log in");
+    };
+    assert_eq!(sqlstate(&login), "28000", "{login}");
+    owner
+        .batch_execute(&format!("REVOKE ALL ON SCHEMA scratch FROM \"{ROLE}\""))
+        .await
+        .unwrap();
+    assert_eq!(
+        upstream.revoke(ROLE).await.unwrap(),
+        RevokeReport {
+            existed: true,
+            terminated: 0
+        }
+    );
+    assert!(!role_exists(&cluster, ROLE).await);
 }
 
 /// PostgreSQL only warns (01007) when a GRANT grants nothing because the
