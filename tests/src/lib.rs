@@ -28,6 +28,7 @@ use stint_proto::{DevClient, JwkSet};
 use stint_server::{Config, PolicySource, RunningServer};
 
 pub mod idp;
+pub mod postgres;
 pub mod sse;
 
 pub use reqwest;
