@@ -359,7 +359,7 @@ impl PgCluster {
 
     /// Create the admin role `name`. A superuser, or, with `superuser`
     /// false, the least a managed server's admin has, as
-    /// `crates/stint-targets/ADMIN.md` documents: CREATEROLE and
+    /// `docs/targets.md` ("The admin role") documents: CREATEROLE and
     /// pg_signal_backend (grant options on databases, schemas and tables
     /// are given per test with [`admin_grants`]).
     pub async fn create_admin(&self, name: &str, password: &str, superuser: bool) {
@@ -380,7 +380,7 @@ impl PgCluster {
     }
 }
 
-/// ADMIN.md's server-wide part: the admin role itself.
+/// docs/targets.md's server-wide part: the admin role itself.
 pub fn admin_role_sql(name: &str, password: &str) -> Vec<String> {
     vec![
         format!(
@@ -390,7 +390,7 @@ pub fn admin_role_sql(name: &str, password: &str) -> Vec<String> {
     ]
 }
 
-/// ADMIN.md's per-database part: what the admin may hand on in `database`,
+/// docs/targets.md's per-database part: what the admin may hand on in `database`,
 /// schema `schema`, `privileges` on `tables` (run as the owner, in that
 /// database).
 pub fn admin_grants(

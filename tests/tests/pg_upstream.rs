@@ -1,6 +1,6 @@
 //! The PostgreSQL upstream against a real PostgreSQL 15 cluster: mint and
 //! revoke as the planner's statements would, with a superuser admin and
-//! with the least-privileged admin ADMIN.md describes; TLS; a server gone;
+//! with the least-privileged admin docs/targets.md describes; TLS; a server gone;
 //! the pool's bound.
 
 // Test code: a failed expectation should fail the test loudly.
@@ -147,7 +147,7 @@ async fn a_superuser_admin_mints_and_revokes() {
     mint_use_revoke(&cluster, &upstream).await;
 }
 
-/// ADMIN.md's admin: CREATEROLE, pg_signal_backend, grant options.
+/// docs/targets.md's admin: CREATEROLE, pg_signal_backend, grant options.
 async fn least_admin(cluster: &PgCluster) -> PostgresUpstream {
     cluster.create_admin(ADMIN, ADMIN_PASSWORD, false).await;
     let owner = cluster.superuser_client_in("app").await;

@@ -11,8 +11,8 @@
 //! `statement_timeout` per statement, never more.
 //!
 //! The privileges the admin role needs, and the script that creates it on a
-//! server where Stint is not superuser, are in `ADMIN.md` beside this
-//! crate's `Cargo.toml`.
+//! server where Stint is not superuser, are in the repository's
+//! `docs/targets.md` ("The admin role").
 
 mod tls;
 
