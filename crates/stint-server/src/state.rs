@@ -244,16 +244,16 @@ impl AppState {
     /// audited and durable ([`Self::revoke`]), or at start-up for what the
     /// store already holds.
     pub(crate) fn enforce(&self, revocation: Revocation<'_>) {
-        let now = self.clock.now().timestamp();
-        match &revocation {
-            Revocation::Token(revoked, _) => self.targets.on_revocation(Cause::Token(revoked), now),
-            Revocation::Job(job) => self.targets.on_revocation(Cause::Job(job), now),
-            Revocation::Step(step) => self.targets.on_revocation(Cause::Step(step), now),
-            Revocation::Approval { id, .. } => {
-                self.targets.on_revocation(Cause::Approval(id), now);
-            }
-            Revocation::Workload(stop) => self.targets.on_revocation(Cause::Workload(stop), now),
-        }
+        // Target credentials are queued after the set has the revocation:
+        // a credential being made either is seen here, or its mint sees the
+        // revocation in the set once it is made (and destroys it).
+        let cause = match &revocation {
+            Revocation::Token(revoked, _) => Cause::Token(revoked),
+            Revocation::Job(job) => Cause::Job(job),
+            Revocation::Step(step) => Cause::Step(step),
+            Revocation::Approval { id, .. } => Cause::Approval(id),
+            Revocation::Workload(stop) => Cause::Workload(stop),
+        };
         let published = match revocation {
             Revocation::Token(revoked, claims) => {
                 self.revocations.insert_token(revoked);
@@ -303,6 +303,8 @@ impl AppState {
             }
         };
         self.feed.publish(published);
+        self.targets
+            .on_revocation(cause, self.clock.now().timestamp());
     }
 
     /// A fresh audit entry for a request.

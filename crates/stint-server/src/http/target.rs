@@ -259,12 +259,7 @@ pub(crate) async fn exchange(
         .targets
         .mint(state, &claims, &target, &scopes, now)
         .await?;
-    let mut record = credential_entry(
-        state,
-        now,
-        EventKind::TargetCredentialMinted,
-        &minted.credential,
-    );
+    let mut record = credential_entry(now, EventKind::TargetCredentialMinted, &minted.credential);
     if let Some(audit) = record.target.as_mut() {
         audit.planned = minted.privileges.clone();
         audit.outcome = Some("created".to_owned());
@@ -384,7 +379,7 @@ async fn revoke_one_inner(
         )
         .with_status(StatusCode::NOT_FOUND));
     };
-    let mut record = credential_entry(state, now, EventKind::TargetCredentialRevoked, &queued);
+    let mut record = credential_entry(now, EventKind::TargetCredentialRevoked, &queued);
     record.request_id.clone_from(&entry.request_id);
     record.client_addr.clone_from(&entry.client_addr);
     if let Some(audit) = record.target.as_mut() {

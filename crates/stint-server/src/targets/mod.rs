@@ -609,7 +609,7 @@ impl TargetCredentials {
         if let Err(error) = state.store.update_target_credential(&credential).await {
             tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
         }
-        let mut entry = credential_entry(state, now, event, &credential);
+        let mut entry = credential_entry(now, event, &credential);
         if let Some(target) = entry.target.as_mut() {
             target.outcome = Some(outcome.to_owned());
             target.terminated = terminated;
@@ -774,7 +774,6 @@ fn revoked_by(state: &AppState, c: &TargetCredential, now: DateTime<Utc>) -> Opt
 
 /// The audit record of an event on `credential`.
 pub(crate) fn credential_entry(
-    state: &AppState,
     now: DateTime<Utc>,
     event: EventKind,
     c: &TargetCredential,
@@ -808,7 +807,6 @@ pub(crate) fn credential_entry(
         outcome: None,
         terminated: None,
     });
-    let _ = state;
     entry
 }
 
