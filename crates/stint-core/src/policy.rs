@@ -17,7 +17,12 @@
 //! default_ttl = "5m"               # optional, default 5m
 //! max_ttl = "15m"                  # optional, default 15m, never above 1h
 //! audiences = ["https://registry.example.com"]   # optional
+//! targets = ["warehouse"]          # optional: declared targets it reaches
 //! ```
+//!
+//! `[targets.NAME]` declares a system Stint makes native credentials for;
+//! its keys and the scope grammar of each kind are in [`crate::target`]
+//! (parsed by `target/policy_section.rs`).
 //!
 //! [`Policy::parse`] validates everything and reports every problem with the
 //! file, line, column and key. Nothing about a policy is checked later: a
