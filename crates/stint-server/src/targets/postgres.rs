@@ -79,6 +79,15 @@ fn read_bounded(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, String> {
 fn read_secret(source: &SecretSource) -> Result<String, String> {
     let text = match source {
         SecretSource::File(path) => {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Ok(metadata) = std::fs::metadata(path)
+                && metadata.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    "a target's admin password file is readable by group or others: chmod 600 it"
+                );
+            }
             let bytes = read_bounded(path, MAX_SECRET_FILE_LEN)?;
             String::from_utf8(bytes)
                 .map_err(|_| format!("the admin password file {} is not UTF-8", path.display()))?
@@ -213,5 +222,69 @@ impl TargetClient for PostgresClient {
             .await
             .map(Some)
             .map_err(failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_role_comment_names_this_broker_quoted() {
+        let role = plan::PgIdent::parse("stint_aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        let statements = vec![
+            "CREATE ROLE \"stint_aaaaaaaaaaaaaaaaaaaaaaaa\" WITH LOGIN".to_owned(),
+            format!(
+                "COMMENT ON ROLE {} IS 'stint target credential'",
+                role.quoted()
+            ),
+            "GRANT CONNECT ON DATABASE \"d\" TO \"stint_aaaaaaaaaaaaaaaaaaaaaaaa\"".to_owned(),
+        ];
+        let marked = marked(
+            statements.clone(),
+            &role,
+            "stint target credential https://it's.example",
+        )
+        .unwrap();
+        assert_eq!(marked[0], statements[0]);
+        assert_eq!(
+            marked[1],
+            "COMMENT ON ROLE \"stint_aaaaaaaaaaaaaaaaaaaaaaaa\" IS 'stint target credential https://it''s.example'"
+        );
+        assert_eq!(marked[2], statements[2]);
+        // A plan without the comment is refused, not sent unmarked.
+        assert!(marked_without_comment(&role).is_err());
+    }
+
+    fn marked_without_comment(role: &plan::PgIdent) -> Result<Vec<String>, String> {
+        marked(vec!["CREATE ROLE x".to_owned()], role, "m")
+    }
+
+    #[test]
+    fn an_admin_password_file_is_one_line_and_never_in_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret-pw\r\n").unwrap();
+        assert_eq!(
+            read_secret(&SecretSource::File(path.clone())).unwrap(),
+            "s3cret-pw"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        let empty = read_secret(&SecretSource::File(path.clone())).unwrap_err();
+        assert!(empty.contains("empty"), "{empty}");
+        std::fs::write(&path, vec![b'x'; 5000]).unwrap();
+        let long = read_secret(&SecretSource::File(path.clone())).unwrap_err();
+        assert!(long.contains("larger than"), "{long}");
+        let missing = read_secret(&SecretSource::File(dir.path().join("missing"))).unwrap_err();
+        assert!(missing.contains("cannot open"), "{missing}");
+        let unset = read_secret(&SecretSource::Env(
+            "STINT_TEST_SURELY_UNSET_VARIABLE".into(),
+        ))
+        .unwrap_err();
+        assert!(
+            unset.contains("STINT_TEST_SURELY_UNSET_VARIABLE"),
+            "{unset}"
+        );
     }
 }
