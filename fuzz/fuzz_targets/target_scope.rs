@@ -81,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(role.scopes.iter().all(|s| mine.contains(s)));
     }
     let verifier = scram_sha256_verifier("pw", &[0; 16], 1);
-    let statements = plan.create_statements(&verifier).expect("a planned login's SQL");
+    let statements = plan.create_statements(&verifier, "stint target credential https://stint.example").expect("a planned login's SQL");
     for statement in &statements {
         // Outside literals and quoted identifiers: only keywords and numbers.
         let mut bare = String::new();

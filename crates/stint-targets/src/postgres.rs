@@ -278,6 +278,9 @@ impl PostgresUpstream {
         let result = async {
             let client = lease.client_mut()?;
             let transaction = inner.bounded("begin", client.transaction()).await?;
+            inner
+                .bounded("the catalog lock", transaction.batch_execute(CATALOG_LOCK))
+                .await?;
             for statement in statements {
                 inner
                     .bounded("a statement", transaction.execute(statement.as_str(), &[]))
@@ -397,11 +400,13 @@ impl Inner {
     /// refusals, except those that say "not now" (see [`is_transient`]).
     fn error(&self, error: &tokio_postgres::Error) -> UpstreamError {
         match error.as_db_error() {
-            Some(db) if is_transient(db.code()) => self.unavailable(format_args!(
-                "the server cannot serve now (sqlstate {}): {}",
-                db.code().code(),
-                db.message()
-            )),
+            Some(db) if is_transient(db.code()) || is_concurrent_update(db) => {
+                self.unavailable(format_args!(
+                    "the server cannot serve now (sqlstate {}): {}",
+                    db.code().code(),
+                    db.message()
+                ))
+            }
             Some(db) => UpstreamError::Refused {
                 sqlstate: db.code().code().to_owned(),
                 message: format!("{}: {}", self.endpoint, db.message()),
@@ -562,6 +567,8 @@ impl Inner {
         // 4. Its objects and grants here, a last sweep of sessions that
         // slipped in before NOLOGIN, and the role itself, all at once.
         let transaction = self.bounded("begin", client.transaction()).await?;
+        self.bounded("the catalog lock", transaction.batch_execute(CATALOG_LOCK))
+            .await?;
         for statement in [
             format!("REASSIGN OWNED BY {quoted} TO CURRENT_USER"),
             format!("DROP OWNED BY {quoted}"),
@@ -636,6 +643,23 @@ fn is_transient(code: &SqlState) -> bool {
         .any(|class| code.starts_with(class))
         || code == SqlState::LOCK_NOT_AVAILABLE.code()
 }
+
+/// PostgreSQL's internal error when two transactions update one catalog
+/// row at once (two GRANTs on one table): the transaction is rolled back
+/// and may simply run again. Stint's own transactions on one database take
+/// [`CATALOG_LOCK`] first, so this comes only from someone else's.
+fn is_concurrent_update(db: &tokio_postgres::error::DbError) -> bool {
+    db.code() == &SqlState::INTERNAL_ERROR && db.message().contains("concurrently updated")
+}
+
+/// The transaction-level advisory lock every Stint transaction that grants
+/// or revokes privileges takes first, on the target's database: GRANT and
+/// DROP OWNED rewrite the ACL in the catalog row of each object they touch,
+/// and PostgreSQL refuses the second of two concurrent updates of one row
+/// ("tuple concurrently updated", XX000) instead of waiting. Held for a
+/// few milliseconds; a waiter is bounded by `statement_timeout`.
+/// (The key is arbitrary, and the same in every Stint.)
+const CATALOG_LOCK: &str = "SELECT pg_advisory_xact_lock(6012741437265293313)";
 
 /// An error and its sources, `: `-separated (tokio-postgres puts the detail,
 /// such as the TLS failure, in the source).

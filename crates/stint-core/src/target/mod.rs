@@ -43,9 +43,16 @@ use std::path::PathBuf;
 /// The prefix of every login role Stint creates. Group roles in a policy
 /// may not use it.
 pub const ROLE_PREFIX: &str = "stint_";
-/// The comment Stint puts on every login role it creates, which is how the
-/// reconciler tells its roles from others.
+/// How the comment Stint puts on every login role it creates begins; the
+/// comment goes on with the broker's issuer ([`role_marker`]).
 pub const ROLE_MARKER: &str = "stint target credential";
+
+/// The comment on every login role the broker `issuer` creates: how its
+/// reconciler tells its own roles from others', including another
+/// broker's on the same server.
+pub fn role_marker(issuer: &str) -> String {
+    format!("{ROLE_MARKER} {issuer}")
+}
 /// The most targets one policy may declare.
 pub const MAX_TARGETS: usize = 64;
 /// The longest target name, in bytes.

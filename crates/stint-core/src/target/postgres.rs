@@ -40,7 +40,7 @@
 //! ([`scram_sha256_verifier`]), so neither the server nor its logs ever see
 //! the plaintext.
 
-use super::{ROLE_MARKER, ROLE_PREFIX, SecretSource, scopes_for};
+use super::{ROLE_PREFIX, SecretSource, scopes_for};
 use crate::scope::{Scope, ScopePattern};
 use base64::Engine as _;
 use std::collections::BTreeSet;
@@ -539,7 +539,8 @@ impl PgPlan {
     /// `CREATE ROLE` (`LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE
     /// NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT n VALID UNTIL
     /// '<RFC 3339 UTC>' PASSWORD '<verifier>'`), `COMMENT ON ROLE ... IS`
-    /// [`ROLE_MARKER`], `GRANT CONNECT ON DATABASE`, `GRANT group TO role`
+    /// `marker` (the broker's [`role_marker`](super::role_marker)), `GRANT
+    /// CONNECT ON DATABASE`, `GRANT group TO role`
     /// for each membership, `GRANT USAGE ON SCHEMA` for every schema a grant
     /// touches, then the other object grants.
     ///
@@ -547,7 +548,11 @@ impl PgPlan {
     /// [`scram_sha256_verifier`] (so the plaintext password never reaches
     /// the server or its logs): anything else is refused. PostgreSQL stores
     /// a password given in that form as it is.
-    pub fn create_statements(&self, password_verifier: &str) -> Result<Vec<String>, PlanError> {
+    pub fn create_statements(
+        &self,
+        password_verifier: &str,
+        marker: &str,
+    ) -> Result<Vec<String>, PlanError> {
         let looks_like_verifier = password_verifier.starts_with("SCRAM-SHA-256$")
             && password_verifier.bytes().all(|b| {
                 b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'$' | b':' | b'-')
@@ -566,7 +571,7 @@ impl PgPlan {
             format!(
                 "CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT {limit} VALID UNTIL {until} PASSWORD {verifier}"
             ),
-            format!("COMMENT ON ROLE {role} IS {}", quote_literal(ROLE_MARKER)?),
+            format!("COMMENT ON ROLE {role} IS {}", quote_literal(marker)?),
             format!(
                 "GRANT CONNECT ON DATABASE {} TO {role}",
                 self.database.quoted()
@@ -1198,7 +1203,10 @@ mod tests {
         let role = login();
         let r = role.quoted();
         let statements = plan
-            .create_statements("SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5")
+            .create_statements(
+                "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5",
+                &super::super::role_marker("https://stint.example"),
+            )
             .unwrap();
         assert_eq!(
             statements,
@@ -1206,7 +1214,7 @@ mod tests {
                 format!(
                     "CREATE ROLE {r} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT 2 VALID UNTIL '2027-01-15T08:00:00Z' PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5'"
                 ),
-                format!("COMMENT ON ROLE {r} IS 'stint target credential'"),
+                format!("COMMENT ON ROLE {r} IS 'stint target credential https://stint.example'"),
                 format!("GRANT CONNECT ON DATABASE \"analytics\" TO {r}"),
                 format!("GRANT \"crm_reader\" TO {r}"),
                 format!("GRANT USAGE ON SCHEMA \"staging\" TO {r}"),
@@ -1322,10 +1330,15 @@ mod tests {
         )
         .unwrap();
         for bad in ["hunter2", "SCRAM-SHA-256$x' OR '1", "SCRAM-SHA-256$\\x", ""] {
-            assert!(plan.create_statements(bad).is_err(), "{bad}");
+            assert!(plan.create_statements(bad, "m").is_err(), "{bad}");
         }
         let verifier = scram_sha256_verifier(&password(&[3; 24]), &[4; 16], SCRAM_ITERATIONS);
-        let statements = plan.create_statements(&verifier).unwrap();
+        let statements = plan.create_statements(&verifier, "it's marked").unwrap();
+        assert!(
+            statements[1].ends_with(" IS 'it''s marked'"),
+            "{}",
+            statements[1]
+        );
         assert!(statements[0].contains(&format!("PASSWORD '{verifier}'")));
         assert!(statements[0].contains("VALID UNTIL '1970-01-01T00:00:01Z'"));
     }
@@ -1450,6 +1463,7 @@ mod tests {
                     prop_assert!(!effective.iter().any(|s| s.as_str().contains("other")));
                     let statements = plan.create_statements(
                         &scram_sha256_verifier("pw", &[0; 16], 1),
+                        "stint target credential https://stint.example",
                     ).unwrap();
                     for statement in &statements {
                         assert_identifiers_quoted(statement);

@@ -237,7 +237,7 @@ pub(crate) async fn exchange(
     let lists_target = policy
         .workflow(&claims.workflow)
         .and_then(|workflow| workflow.step(&claims.step))
-        .is_some_and(|step| step.targets().iter().any(|t| *t == target));
+        .is_some_and(|step| step.targets().contains(&target));
     if !lists_target {
         return Err(invalid_target(
             DenyReason::TargetNotAllowed,

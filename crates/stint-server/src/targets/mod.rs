@@ -183,7 +183,7 @@ impl TargetCredentials {
             wake: tokio::sync::Notify::new(),
             backoff: Backoff::default(),
             connector,
-            marker: format!("{} {issuer}", stint_core::target::ROLE_MARKER),
+            marker: stint_core::target::role_marker(issuer),
         }
     }
 

@@ -104,26 +104,6 @@ fn read_secret(source: &SecretSource) -> Result<String, String> {
     Ok(secret.to_owned())
 }
 
-/// The statements with the role's comment naming this broker (the
-/// reconciler's mark), so that two brokers sharing a server never take
-/// each other's logins for their own.
-fn marked(
-    mut statements: Vec<String>,
-    role: &plan::PgIdent,
-    marker: &str,
-) -> Result<Vec<String>, String> {
-    let comment = format!("COMMENT ON ROLE {} IS ", role.quoted());
-    let at = statements
-        .iter()
-        .position(|s| s.starts_with(&comment))
-        .ok_or_else(|| "the planned login has no comment to mark".to_owned())?;
-    statements[at] = format!(
-        "{comment}{}",
-        plan::quote_literal(marker).map_err(|e| e.to_string())?
-    );
-    Ok(statements)
-}
-
 fn failure(error: UpstreamError) -> UpstreamFailure {
     match error {
         UpstreamError::Unavailable(why) => UpstreamFailure::Unavailable(why),
@@ -173,13 +153,9 @@ impl TargetClient for PostgresClient {
         let password = plan::password(&random::<24>(rng)?);
         let verifier =
             plan::scram_sha256_verifier(&password, &random::<16>(rng)?, SCRAM_ITERATIONS);
-        let request = marked(
-            planned
-                .create_statements(&verifier)
-                .map_err(|e| e.to_string())?,
-            &planned.role,
-            &self.marker,
-        )?;
+        let request = planned
+            .create_statements(&verifier, &self.marker)
+            .map_err(|e| e.to_string())?;
         Ok(Planned {
             upstream_id: planned.role.as_str().to_owned(),
             secret: password,
@@ -229,37 +205,6 @@ impl TargetClient for PostgresClient {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn the_role_comment_names_this_broker_quoted() {
-        let role = plan::PgIdent::parse("stint_aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
-        let statements = vec![
-            "CREATE ROLE \"stint_aaaaaaaaaaaaaaaaaaaaaaaa\" WITH LOGIN".to_owned(),
-            format!(
-                "COMMENT ON ROLE {} IS 'stint target credential'",
-                role.quoted()
-            ),
-            "GRANT CONNECT ON DATABASE \"d\" TO \"stint_aaaaaaaaaaaaaaaaaaaaaaaa\"".to_owned(),
-        ];
-        let marked = marked(
-            statements.clone(),
-            &role,
-            "stint target credential https://it's.example",
-        )
-        .unwrap();
-        assert_eq!(marked[0], statements[0]);
-        assert_eq!(
-            marked[1],
-            "COMMENT ON ROLE \"stint_aaaaaaaaaaaaaaaaaaaaaaaa\" IS 'stint target credential https://it''s.example'"
-        );
-        assert_eq!(marked[2], statements[2]);
-        // A plan without the comment is refused, not sent unmarked.
-        assert!(marked_without_comment(&role).is_err());
-    }
-
-    fn marked_without_comment(role: &plan::PgIdent) -> Result<Vec<String>, String> {
-        marked(vec!["CREATE ROLE x".to_owned()], role, "m")
-    }
 
     #[test]
     fn an_admin_password_file_is_one_line_and_never_in_an_error() {
