@@ -56,6 +56,11 @@ pub const MAX_RECORD_LEN: usize = 1024 * 1024;
 /// The JWS `typ` of a checkpoint signature.
 pub const CHECKPOINT_TYP: &str = "stint-audit-checkpoint+jwt";
 
+/// The audit record time format: RFC 3339, milliseconds, `Z`.
+pub fn timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
+    now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -41,7 +41,7 @@
 //! rotation that fails changes nothing and is tried again after the next
 //! checkpoint interval. The broker never deletes a rotated file.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use ring::rand::SystemRandom;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write as _};
@@ -997,10 +997,7 @@ pub fn verify_files(paths: &[PathBuf], trusted: KeySet) -> Result<FilesReport, V
     })
 }
 
-/// The audit record time format: RFC 3339, milliseconds, `Z`.
-pub fn timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
-    now.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub use stint_core::audit::timestamp;
 
 #[cfg(test)]
 mod tests {

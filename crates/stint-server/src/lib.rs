@@ -428,7 +428,10 @@ pub async fn start_with_clock(
 
     let issuer_keys = federation::IssuerKeys::new(config.federation_ca.as_deref())
         .map_err(|message| StartError::Config(ConfigError::FederationCa(message)))?;
-    let targets = targets::TargetCredentials::new(&issuer, Arc::new(targets::postgres::connect));
+    let targets = Arc::new(stint_targets::queue::TargetCredentials::new(
+        &issuer,
+        Arc::new(stint_targets::clients::connect),
+    ));
     targets.install(&policy);
     let state = Arc::new(AppState {
         issuer,
@@ -459,7 +462,7 @@ pub async fn start_with_clock(
         limits: limits::RequestLimits::new(&config.limits, std::time::Instant::now()),
         targets,
     });
-    let open_credentials = state.targets.load(&state).await?;
+    let open_credentials = state.targets.load(state.as_ref()).await?;
     if open_credentials > 0 {
         tracing::info!(
             credentials = open_credentials,
@@ -467,7 +470,10 @@ pub async fn start_with_clock(
         );
     }
 
-    let targets_task = tokio::spawn(targets::TargetCredentials::run(Arc::clone(&state)));
+    let targets_task = tokio::spawn(Arc::clone(&state.targets).run(
+        Arc::clone(&state) as Arc<dyn stint_targets::queue::Host>,
+        state.closing.clone(),
+    ));
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
     let refusals_task = tokio::spawn(refusals_loop(Arc::clone(&state)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

@@ -74,7 +74,7 @@ pub(crate) struct AppState {
     /// Per-client and per-source limits, and the refusal aggregator.
     pub(crate) limits: crate::limits::RequestLimits,
     /// Native credentials made on targets, and their revocation queue.
-    pub(crate) targets: crate::targets::TargetCredentials,
+    pub(crate) targets: Arc<stint_targets::queue::TargetCredentials>,
 }
 
 /// What a presented token turned out to be.

@@ -15,7 +15,6 @@ use super::RequestContext;
 use crate::error::OAuthError;
 use crate::serve::PeerCertificate;
 use crate::state::{AppState, TokenState};
-use crate::targets::credential_entry;
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +32,7 @@ use stint_proto::{
     ErrorCode, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_NOT_APPLICABLE,
     TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
 };
+use stint_targets::queue::credential_entry;
 
 /// The longest target name.
 const MAX_TARGET_LEN: usize = 32;
@@ -258,7 +258,8 @@ pub(crate) async fn exchange(
     let minted = state
         .targets
         .mint(state, &claims, &target, &scopes, now)
-        .await?;
+        .await
+        .map_err(crate::targets::oauth_error)?;
     let mut record = credential_entry(now, EventKind::TargetCredentialMinted, &minted.credential);
     if let Some(audit) = record.target.as_mut() {
         audit.planned = minted.privileges.clone();

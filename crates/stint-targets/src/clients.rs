@@ -1,6 +1,9 @@
-//! PostgreSQL targets: the core's planner joined to the upstream client.
+//! The targets of a policy as [`TargetClient`]s: each kind's pure planner
+//! (in `stint_core::target`) joined to its upstream client. PostgreSQL
+//! today.
 
-use super::{Destroyed, Planned, TargetClient, UpstreamFailure};
+use crate::postgres::{Password, PostgresSettings, PostgresUpstream, TlsMode, UpstreamError};
+use crate::queue::{Destroyed, Planned, TargetClient, UpstreamFailure};
 use async_trait::async_trait;
 use std::io::Read as _;
 use std::sync::Arc;
@@ -9,9 +12,6 @@ use stint_core::scope::Scope;
 use stint_core::target::postgres::{self as plan, PgTlsMode, PostgresTarget};
 use stint_core::target::{SecretSource, Target, TargetKind};
 use stint_proto::PostgresLogin;
-use stint_targets::postgres::{
-    Password, PostgresSettings, PostgresUpstream, TlsMode, UpstreamError,
-};
 
 /// The longest admin password file read, in bytes.
 const MAX_SECRET_FILE_LEN: u64 = 4096;
@@ -21,7 +21,7 @@ const MAX_CA_FILE_LEN: u64 = 1024 * 1024;
 const SCRAM_ITERATIONS: u32 = 4096;
 
 /// A PostgreSQL target ready to make logins.
-pub(crate) struct PostgresClient {
+pub struct PostgresClient {
     target: PostgresTarget,
     upstream: PostgresUpstream,
     marker: String,
@@ -29,7 +29,7 @@ pub(crate) struct PostgresClient {
 
 /// Build the client of a declared target (reads its admin password and CA
 /// file; connects on first use).
-pub(crate) fn connect(marker: &str, target: &Target) -> Result<Arc<dyn TargetClient>, String> {
+pub fn connect(marker: &str, target: &Target) -> Result<Arc<dyn TargetClient>, String> {
     let TargetKind::Postgres(pg) = target.kind();
     let password = read_secret(&pg.admin_password)?;
     let ca_pem = match &pg.ca_file {

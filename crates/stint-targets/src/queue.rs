@@ -1,13 +1,17 @@
 //! Target credentials: native credentials of the systems steps reach (a
 //! PostgreSQL login), made for one step token and destroyed with it.
 //!
-//! This module is the broker's side, whatever the kind: it records each
+//! This module is the broker's side of them, whatever the kind, as domain
+//! code: it takes plain values and a [`Host`] (the broker's clock, store,
+//! audit log, randomness and revocations), and answers with domain results
+//! ([`MintError`]) that the HTTP layer turns into OAuth errors. It records each
 //! credential before the upstream call, hands the secret out once, follows
 //! the step token's revocations and expiry, and destroys the credential
 //! through a durable queue that retries with backoff and jitter. A
 //! reconciler removes what exists upstream and no record accounts for.
 //! Each kind's pure planner lives in `stint_core::target`; each kind's
-//! client (the I/O) in `stint-targets`; [`postgres`] joins the two.
+//! client (the I/O) in this crate ([`crate::postgres`]), and
+//! [`crate::clients`] joins the two.
 //!
 //! The order of a mint, and why:
 //!
@@ -24,23 +28,18 @@
 //! not touch it: destroying a role before its creation commits would leave
 //! the role behind.
 
-pub(crate) mod postgres;
-
-use crate::audit::timestamp;
-use crate::error::OAuthError;
-use crate::state::AppState;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use stint_core::audit::{AuditEntry, Decision, EventKind, TargetAudit};
+use stint_core::audit::{AuditEntry, Decision, EventKind, TargetAudit, timestamp};
 use stint_core::claims::AccessTokenClaims;
-use stint_core::decision::DenyReason;
 use stint_core::policy::Policy;
 use stint_core::scope::Scope;
 use stint_core::target_credential::{Backoff, Cause, CredentialState, TargetCredential, Trigger};
-use stint_proto::{ErrorCode, PostgresLogin};
+use stint_proto::PostgresLogin;
+use stint_store::Store;
 
 /// How often the reconciler compares what exists upstream with what Stint
 /// knows, besides at start.
@@ -53,9 +52,62 @@ const MAX_REVOKING: usize = 16;
 /// audit log).
 const KEEP_FINISHED_SECS: i64 = 24 * 3600;
 
+/// What the broker lends the queue: its clock, store, audit log,
+/// randomness, revocations and metrics.
+#[async_trait]
+pub trait Host: Send + Sync {
+    /// Now, by the broker's clock.
+    fn now(&self) -> DateTime<Utc>;
+    /// The durable store.
+    fn store(&self) -> &dyn Store;
+    /// The CSPRNG.
+    fn rng(&self) -> &ring::rand::SystemRandom;
+    /// Whether a revocation that reaches this step token is in force, or
+    /// has begun (is being audited and stored).
+    fn is_revoked(&self, claims: &AccessTokenClaims, now: DateTime<Utc>) -> bool;
+    /// Write an audit record; an error means it was not written.
+    async fn audit(&self, entry: AuditEntry) -> Result<(), String>;
+    /// Count an event of a target's credentials (`minted`, `revoked`, ...).
+    fn count(&self, target: &str, event: &str);
+    /// The open credentials, by target and state, with the oldest's age.
+    fn census(&self, census: &[(String, CredentialState, u64, i64)]);
+}
+
+/// Why a credential was not made. Nothing is left upstream: what may have
+/// been begun is queued for destruction.
+#[derive(Debug, Clone)]
+pub enum MintError {
+    /// The policy declares no such target.
+    UnknownTarget(String),
+    /// The target cannot be used now (its admin credential unreadable).
+    TargetBroken {
+        /// The target.
+        target: String,
+        /// Why (never a secret).
+        why: String,
+    },
+    /// The planner refused the grant.
+    PlanRefused(String),
+    /// The step token already has a credential on this target.
+    AlreadyExchanged(String),
+    /// The credential could not be recorded before it is made.
+    NotRecorded,
+    /// The step token was revoked while its credential was being made.
+    RevokedMeanwhile,
+    /// The upstream call failed.
+    Upstream {
+        /// The target.
+        target: String,
+        /// What failed.
+        failure: UpstreamFailure,
+    },
+    /// An internal failure (randomness, a lost record).
+    Internal(&'static str),
+}
+
 /// Why an upstream call failed.
 #[derive(Debug, Clone)]
-pub(crate) enum UpstreamFailure {
+pub enum UpstreamFailure {
     /// Unreachable, timed out, pool exhausted: retry later.
     Unavailable(String),
     /// The upstream refused (its own error code and message).
@@ -73,34 +125,34 @@ impl std::fmt::Display for UpstreamFailure {
 
 /// What a kind's planner decided to make (the secret included: it is
 /// handed out once, never stored).
-pub(crate) struct Planned {
+pub struct Planned {
     /// The upstream identifier (PostgreSQL role name).
-    pub(crate) upstream_id: String,
+    pub upstream_id: String,
     /// The secret (PostgreSQL password).
-    pub(crate) secret: String,
+    pub secret: String,
     /// The privileges planned, as the audit shows them.
-    pub(crate) privileges: Vec<String>,
+    pub privileges: Vec<String>,
     /// The privileges the credential carries, as scopes.
-    pub(crate) effective: Vec<String>,
+    pub effective: Vec<String>,
     /// The kind's request (for PostgreSQL, the statements of one
     /// transaction; they carry a password verifier, never the password).
-    pub(crate) request: Vec<String>,
+    pub request: Vec<String>,
     /// How to use a PostgreSQL login.
-    pub(crate) postgres: Option<PostgresLogin>,
+    pub postgres: Option<PostgresLogin>,
 }
 
 /// What a destruction found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Destroyed {
+pub struct Destroyed {
     /// Whether the credential still existed ("already gone" is success).
-    pub(crate) existed: bool,
+    pub existed: bool,
     /// Sessions cut.
-    pub(crate) terminated: u32,
+    pub terminated: u32,
 }
 
 /// One configured target: its planner and its upstream client.
 #[async_trait]
-pub(crate) trait TargetClient: Send + Sync {
+pub trait TargetClient: Send + Sync {
     /// The kind, e.g. `postgres`.
     fn kind(&self) -> &'static str;
     /// The upstream server, `host:port`.
@@ -142,14 +194,14 @@ struct Tracked {
 }
 
 /// Builds a target's client from its policy entry (a seam for tests).
-pub(crate) type Connector = Arc<
+pub type Connector = Arc<
     dyn Fn(&str, &stint_core::target::Target) -> Result<Arc<dyn TargetClient>, String>
         + Send
         + Sync,
 >;
 
 /// The broker's target credentials.
-pub(crate) struct TargetCredentials {
+pub struct TargetCredentials {
     /// Targets by name; a target removed from the policy stays here (as
     /// long as it has credentials to destroy).
     slots: RwLock<HashMap<String, Slot>>,
@@ -163,20 +215,16 @@ pub(crate) struct TargetCredentials {
 }
 
 /// A credential made and ready to hand out.
-pub(crate) struct Minted {
-    pub(crate) credential: TargetCredential,
-    pub(crate) secret: String,
-    pub(crate) privileges: Vec<String>,
-    pub(crate) postgres: Option<PostgresLogin>,
-}
-
-fn refused(code: ErrorCode, reason: DenyReason, description: impl Into<String>) -> OAuthError {
-    OAuthError::new(code, reason, description)
+pub struct Minted {
+    pub credential: TargetCredential,
+    pub secret: String,
+    pub privileges: Vec<String>,
+    pub postgres: Option<PostgresLogin>,
 }
 
 impl TargetCredentials {
     /// An empty set of targets; [`Self::install`] fills it from a policy.
-    pub(crate) fn new(issuer: &str, connector: Connector) -> Self {
+    pub fn new(issuer: &str, connector: Connector) -> Self {
         Self {
             slots: RwLock::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
@@ -191,7 +239,7 @@ impl TargetCredentials {
     /// cannot be built (an unreadable admin password file) is kept as
     /// unusable, with the reason, which its mints report. Returns those
     /// reasons, by target.
-    pub(crate) fn install(&self, policy: &Policy) -> Vec<(String, String)> {
+    pub fn install(&self, policy: &Policy) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let mut built = HashMap::new();
         for target in policy.targets() {
@@ -232,36 +280,29 @@ impl TargetCredentials {
     /// `scopes` (the token's, for this target). The caller has checked
     /// that the token is active and that its step lists the target; it
     /// audits the result before answering.
-    pub(crate) async fn mint(
+    pub async fn mint(
         &self,
-        state: &AppState,
+        host: &dyn Host,
         claims: &AccessTokenClaims,
         target: &str,
         scopes: &[Scope],
         now: DateTime<Utc>,
-    ) -> Result<Minted, OAuthError> {
+    ) -> Result<Minted, MintError> {
         let client = match self.slot(target) {
             Some(Slot::Ready(client)) => client,
             Some(Slot::Broken(why)) => {
-                return Err(refused(
-                    ErrorCode::TemporarilyUnavailable,
-                    DenyReason::TargetUnavailable,
-                    format!("target {target} cannot be used now: {why}"),
-                ));
+                return Err(MintError::TargetBroken {
+                    target: target.to_owned(),
+                    why,
+                });
             }
-            None => {
-                return Err(refused(
-                    ErrorCode::InvalidTarget,
-                    DenyReason::UnknownTarget,
-                    format!("the policy declares no target named {target}"),
-                ));
-            }
+            None => return Err(MintError::UnknownTarget(target.to_owned())),
         };
         let planned = client
-            .plan(target, scopes, claims.exp, &state.rng)
-            .map_err(|why| refused(ErrorCode::InvalidScope, DenyReason::TargetPlanRefused, why))?;
+            .plan(target, scopes, claims.exp, host.rng())
+            .map_err(MintError::PlanRefused)?;
         let credential = TargetCredential {
-            id: new_id(state)?,
+            id: new_id(host)?,
             jti: claims.jti.clone(),
             sub: claims.sub.clone(),
             client_id: claims.client_id.clone(),
@@ -284,22 +325,16 @@ impl TargetCredentials {
             created_at: now.timestamp(),
             finished_at: None,
         };
-        let inserted = state
-            .store
+        let inserted = host
+            .store()
             .insert_target_credential(&credential)
             .await
             .map_err(|error| {
                 tracing::error!(%error, "target credential not recorded; refusing");
-                OAuthError::unavailable("the credential could not be recorded before it is made")
+                MintError::NotRecorded
             })?;
         if !inserted {
-            return Err(refused(
-                ErrorCode::InvalidGrant,
-                DenyReason::AlreadyExchanged,
-                format!(
-                    "this step token was already exchanged for a credential on target {target}: ask for a new step token"
-                ),
-            ));
+            return Err(MintError::AlreadyExchanged(target.to_owned()));
         }
         let id = credential.id.clone();
         self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
@@ -311,15 +346,15 @@ impl TargetCredentials {
         );
 
         let created = client.create(&planned).await;
-        let now = state.clock.now();
-        let revoked_meanwhile =
-            state.revocations.is_revoked(claims, now) || state.is_pending(claims);
+        let now = host.now();
+        // The revocation set gets a revocation before the queue hears of
+        // it (see `on_revocation`): either the record was seen there, or
+        // the revocation is seen here.
+        let revoked_meanwhile = host.is_revoked(claims, now);
         let outcome = {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let Some(tracked) = open.get_mut(&id) else {
-                return Err(OAuthError::new(
-                    ErrorCode::ServerError,
-                    DenyReason::Internal,
+                return Err(MintError::Internal(
                     "the credential's record was lost while it was being made",
                 ));
             };
@@ -330,7 +365,10 @@ impl TargetCredentials {
                     tracked
                         .credential
                         .begin_revocation(Trigger::FailedMint, now.timestamp());
-                    Err(mint_failure(target, &failure))
+                    Err(MintError::Upstream {
+                        target: target.to_owned(),
+                        failure,
+                    })
                 }
                 Ok(())
                     if revoked_meanwhile
@@ -339,11 +377,7 @@ impl TargetCredentials {
                     tracked
                         .credential
                         .begin_revocation(Trigger::Token, now.timestamp());
-                    Err(refused(
-                        ErrorCode::InvalidGrant,
-                        DenyReason::InactiveSubjectToken,
-                        "the step token was revoked while its credential was being made; the credential is being destroyed",
-                    ))
+                    Err(MintError::RevokedMeanwhile)
                 }
                 Ok(()) => {
                     tracked.credential.state = CredentialState::Live;
@@ -353,7 +387,7 @@ impl TargetCredentials {
         };
         self.wake.notify_one();
         let credential = outcome?;
-        if let Err(error) = state.store.update_target_credential(&credential).await {
+        if let Err(error) = host.store().update_target_credential(&credential).await {
             // Still `minting` in the store: a restart would destroy it early
             // (fail safe), but while this broker runs it is tracked here.
             tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
@@ -368,7 +402,7 @@ impl TargetCredentials {
 
     /// Destroy a credential that was made but cannot be handed out (its
     /// mint could not be audited).
-    pub(crate) fn abandon(&self, id: &str, now: i64) {
+    pub fn abandon(&self, id: &str, now: i64) {
         if let Some(tracked) = self
             .open
             .lock()
@@ -385,7 +419,7 @@ impl TargetCredentials {
     /// Queue for destruction every credential `cause` reaches. Called when
     /// the revocation is in force (audited and durable): the queue makes
     /// the upstream side durable in turn.
-    pub(crate) fn on_revocation(&self, cause: Cause<'_>, now: i64) {
+    pub fn on_revocation(&self, cause: Cause<'_>, now: i64) {
         let mut queued = 0usize;
         for tracked in self
             .open
@@ -408,7 +442,7 @@ impl TargetCredentials {
     /// from: the credential as queued (or as it already was, if it is on
     /// its way out or gone), or `None` if no credential with that id was
     /// made from that token.
-    pub(crate) fn revoke_one(&self, id: &str, jti: &str, now: i64) -> Option<TargetCredential> {
+    pub fn revoke_one(&self, id: &str, jti: &str, now: i64) -> Option<TargetCredential> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let tracked = open.get_mut(id).filter(|t| t.credential.jti == jti)?;
         tracked
@@ -422,7 +456,7 @@ impl TargetCredentials {
 
     /// Counts of open credentials by target and state, and each target's
     /// oldest irrevocable credential's age: for the metrics.
-    pub(crate) fn census(&self, now: i64) -> Vec<(String, CredentialState, u64, i64)> {
+    pub fn census(&self, now: i64) -> Vec<(String, CredentialState, u64, i64)> {
         let mut counts: HashMap<(String, CredentialState), (u64, i64)> = HashMap::new();
         for tracked in self.open.lock().unwrap_or_else(|p| p.into_inner()).values() {
             let c = &tracked.credential;
@@ -445,9 +479,9 @@ impl TargetCredentials {
     /// every `minting` credential (the broker stopped before answering) and
     /// every `live` one whose step token is revoked or expired is queued
     /// for destruction. Then the first reconciliation runs in the queue.
-    pub(crate) async fn load(&self, state: &AppState) -> Result<usize, stint_store::StoreError> {
-        let now = state.clock.now();
-        let stored = state.store.unfinished_target_credentials().await?;
+    pub async fn load(&self, host: &dyn Host) -> Result<usize, stint_store::StoreError> {
+        let now = host.now();
+        let stored = host.store().unfinished_target_credentials().await?;
         let count = stored.len();
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         for mut credential in stored {
@@ -456,7 +490,7 @@ impl TargetCredentials {
                     credential.begin_revocation(Trigger::InterruptedMint, now.timestamp());
                 }
                 CredentialState::Live => {
-                    if let Some(trigger) = revoked_by(state, &credential, now) {
+                    if let Some(trigger) = revoked_by(host, &credential, now) {
                         credential.begin_revocation(trigger, now.timestamp());
                     }
                 }
@@ -477,42 +511,44 @@ impl TargetCredentials {
 
     /// The queue: destroys what is due, finds expiries, reconciles now and
     /// then; until the broker closes.
-    pub(crate) async fn run(state: Arc<AppState>) {
-        let mut closing = state.closing.clone();
+    pub async fn run(
+        self: Arc<Self>,
+        host: Arc<dyn Host>,
+        mut closing: tokio::sync::watch::Receiver<bool>,
+    ) {
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_REVOKING));
         let mut next_reconcile = tokio::time::Instant::now();
         let mut next_purge = tokio::time::Instant::now();
         loop {
-            let now = state.clock.now().timestamp();
-            let due = state.targets.due(now);
-            for credential in due {
+            let now = host.now().timestamp();
+            for credential in self.due(now) {
                 let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                     return;
                 };
-                let state = Arc::clone(&state);
+                let (queue, host) = (Arc::clone(&self), Arc::clone(&host));
                 tokio::spawn(async move {
-                    state.targets.attempt(&state, credential).await;
+                    queue.attempt(host.as_ref(), credential).await;
                     drop(permit);
                 });
             }
             if tokio::time::Instant::now() >= next_reconcile {
-                let state = Arc::clone(&state);
                 next_reconcile = tokio::time::Instant::now() + RECONCILE_EVERY;
-                tokio::spawn(async move { state.targets.reconcile(&state).await });
+                let (queue, host) = (Arc::clone(&self), Arc::clone(&host));
+                tokio::spawn(async move { queue.reconcile(host.as_ref()).await });
             }
             if tokio::time::Instant::now() >= next_purge {
                 next_purge = tokio::time::Instant::now() + Duration::from_secs(3600);
-                if let Err(error) = state
-                    .store
+                if let Err(error) = host
+                    .store()
                     .purge_target_credentials(now - KEEP_FINISHED_SECS)
                     .await
                 {
                     tracing::warn!(%error, "could not purge finished target credentials");
                 }
             }
-            state.metrics.target_census(&state.targets.census(now));
+            host.census(&self.census(now));
             tokio::select! {
-                _ = state.targets.wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(QUEUE_TICK) => {}
                 _ = closing.changed() => return,
             }
@@ -550,7 +586,7 @@ impl TargetCredentials {
 
     /// One attempt to destroy `credential` upstream, its outcome stored
     /// and audited.
-    async fn attempt(&self, state: &AppState, mut credential: TargetCredential) {
+    async fn attempt(&self, host: &dyn Host, mut credential: TargetCredential) {
         let result = match self.slot(&credential.target) {
             Some(Slot::Ready(client)) => client.destroy(&credential.upstream_id).await,
             Some(Slot::Broken(why)) => Err(UpstreamFailure::Unavailable(why)),
@@ -559,7 +595,7 @@ impl TargetCredentials {
                 credential.target
             ))),
         };
-        let now = state.clock.now();
+        let now = host.now();
         credential.attempts = credential.attempts.saturating_add(1);
         let (event, outcome, terminated) = match &result {
             Ok(destroyed) => {
@@ -591,7 +627,7 @@ impl TargetCredentials {
                     );
                     (EventKind::TargetCredentialIrrevocable, "irrevocable", None)
                 } else {
-                    let jitter = random_u32(state);
+                    let jitter = random_u32(host);
                     credential.next_attempt_at =
                         now.timestamp() + self.backoff.delay(credential.attempts, jitter);
                     tracing::warn!(
@@ -605,8 +641,8 @@ impl TargetCredentials {
                 }
             }
         };
-        state.metrics.target_event(&credential.target, outcome);
-        if let Err(error) = state.store.update_target_credential(&credential).await {
+        host.count(&credential.target, outcome);
+        if let Err(error) = host.store().update_target_credential(&credential).await {
             tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
         }
         let mut entry = credential_entry(now, event, &credential);
@@ -615,7 +651,7 @@ impl TargetCredentials {
             target.terminated = terminated;
         }
         entry.detail = credential.last_error.clone();
-        if let Err(error) = state.audit.record(entry).await {
+        if let Err(error) = host.audit(entry).await {
             tracing::error!(%error, "target credential's revocation not audited");
         }
         // A revoked credential stays known until its step token expires,
@@ -634,7 +670,7 @@ impl TargetCredentials {
     /// Destroy what exists upstream, made by this broker, that no open
     /// credential accounts for (a broker killed before its record, a record
     /// lost): for every target that can list.
-    pub(crate) async fn reconcile(&self, state: &AppState) {
+    pub async fn reconcile(&self, host: &dyn Host) {
         let slots: Vec<(String, Arc<dyn TargetClient>)> = self
             .slots
             .read()
@@ -673,20 +709,19 @@ impl TargetCredentials {
                     continue;
                 }
                 let result = client.destroy(&upstream_id).await;
-                let now = state.clock.now();
+                let now = host.now();
                 if result.is_ok() {
-                    self.close_irrevocable(state, &upstream_id, now.timestamp())
+                    self.close_irrevocable(host, &upstream_id, now.timestamp())
                         .await;
                 }
-                let mut entry = state.audit_entry(
-                    now,
+                let mut entry = AuditEntry::new(
+                    timestamp(now),
                     EventKind::TargetCredentialReconciled,
                     if result.is_ok() {
                         Decision::Allow
                     } else {
                         Decision::Deny
                     },
-                    None,
                 );
                 let (outcome, terminated) = match &result {
                     Ok(destroyed) if destroyed.existed => ("revoked", Some(destroyed.terminated)),
@@ -696,7 +731,7 @@ impl TargetCredentials {
                         ("failed", None)
                     }
                 };
-                state.metrics.target_event(&name, "reconciled");
+                host.count(&name, "reconciled");
                 entry.target = Some(TargetAudit {
                     name: name.clone(),
                     kind: client.kind().to_owned(),
@@ -710,7 +745,7 @@ impl TargetCredentials {
                     ..TargetAudit::default()
                 });
                 tracing::warn!(target = %name, role = %upstream_id, outcome, "reconciler found a credential no step token accounts for");
-                if let Err(error) = state.audit.record(entry).await {
+                if let Err(error) = host.audit(entry).await {
                     tracing::error!(%error, "reconciliation not audited");
                 }
             }
@@ -721,7 +756,7 @@ impl TargetCredentials {
 impl TargetCredentials {
     /// Close the record of an irrevocable credential whose upstream side
     /// the reconciler has now destroyed.
-    async fn close_irrevocable(&self, state: &AppState, upstream_id: &str, now: i64) {
+    async fn close_irrevocable(&self, host: &dyn Host, upstream_id: &str, now: i64) {
         let closed = {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             open.values_mut()
@@ -736,7 +771,7 @@ impl TargetCredentials {
                 })
         };
         if let Some(credential) = closed
-            && let Err(error) = state.store.update_target_credential(&credential).await
+            && let Err(error) = host.store().update_target_credential(&credential).await
         {
             tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
         }
@@ -745,7 +780,7 @@ impl TargetCredentials {
 
 /// Which stored revocation reaches `credential`'s step token, if any, or
 /// whether it has expired.
-fn revoked_by(state: &AppState, c: &TargetCredential, now: DateTime<Utc>) -> Option<Trigger> {
+fn revoked_by(host: &dyn Host, c: &TargetCredential, now: DateTime<Utc>) -> Option<Trigger> {
     if c.expires_at <= now.timestamp() {
         return Some(Trigger::Expired);
     }
@@ -766,18 +801,11 @@ fn revoked_by(state: &AppState, c: &TargetCredential, now: DateTime<Utc>) -> Opt
         elev: c.approval.clone(),
         status: None,
     };
-    state
-        .revocations
-        .is_revoked(&claims, now)
-        .then_some(Trigger::Token)
+    host.is_revoked(&claims, now).then_some(Trigger::Token)
 }
 
 /// The audit record of an event on `credential`.
-pub(crate) fn credential_entry(
-    now: DateTime<Utc>,
-    event: EventKind,
-    c: &TargetCredential,
-) -> AuditEntry {
+pub fn credential_entry(now: DateTime<Utc>, event: EventKind, c: &TargetCredential) -> AuditEntry {
     let decision = match event {
         EventKind::TargetCredentialMinted
         | EventKind::TargetCredentialRevoked
@@ -810,53 +838,20 @@ pub(crate) fn credential_entry(
     entry
 }
 
-fn mint_failure(target: &str, failure: &UpstreamFailure) -> OAuthError {
-    match failure {
-        UpstreamFailure::Unavailable(why) => refused(
-            ErrorCode::TemporarilyUnavailable,
-            DenyReason::TargetUnavailable,
-            format!("target {target} is unavailable: {why}; nothing was made, retry later"),
-        ),
-        // Undefined schema, table or sequence: the scope names an object
-        // the target does not have.
-        UpstreamFailure::Refused { code, message }
-            if matches!(code.as_str(), "3F000" | "42P01") =>
-        {
-            refused(
-                ErrorCode::InvalidScope,
-                DenyReason::TargetRefused,
-                format!("target {target} has no such object ({code}: {message}); nothing was made"),
-            )
-        }
-        UpstreamFailure::Refused { code, message } => refused(
-            ErrorCode::ServerError,
-            DenyReason::TargetRefused,
-            format!(
-                "target {target} refused to make the credential ({code}: {message}); nothing was made: check the admin's privileges (docs/targets.md)"
-            ),
-        ),
-    }
-}
-
-fn new_id(state: &AppState) -> Result<String, OAuthError> {
+fn new_id(host: &dyn Host) -> Result<String, MintError> {
     use base64::Engine as _;
     let mut bytes = [0u8; 12];
-    ring::rand::SecureRandom::fill(&state.rng, &mut bytes).map_err(|_| {
-        OAuthError::new(
-            ErrorCode::ServerError,
-            DenyReason::Internal,
-            "could not generate a credential id",
-        )
-    })?;
+    ring::rand::SecureRandom::fill(host.rng(), &mut bytes)
+        .map_err(|_| MintError::Internal("could not generate a credential id"))?;
     Ok(format!(
         "tc-{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     ))
 }
 
-fn random_u32(state: &AppState) -> u32 {
+fn random_u32(host: &dyn Host) -> u32 {
     let mut bytes = [0u8; 4];
     // Jitter, not secrecy: a failed CSPRNG only makes retries line up.
-    let _ = ring::rand::SecureRandom::fill(&state.rng, &mut bytes);
+    let _ = ring::rand::SecureRandom::fill(host.rng(), &mut bytes);
     u32::from_le_bytes(bytes)
 }

@@ -1,0 +1,109 @@
+//! The broker as the host of its target credentials
+//! ([`stint_targets::queue`]): its clock, store, audit log, randomness,
+//! revocations and metrics, and the OAuth errors a refused mint becomes.
+
+use crate::error::OAuthError;
+use crate::state::AppState;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use stint_core::audit::AuditEntry;
+use stint_core::claims::AccessTokenClaims;
+use stint_core::decision::DenyReason;
+use stint_core::target_credential::CredentialState;
+use stint_proto::ErrorCode;
+use stint_store::Store;
+use stint_targets::queue::{Host, MintError, UpstreamFailure};
+
+#[async_trait]
+impl Host for AppState {
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn rng(&self) -> &ring::rand::SystemRandom {
+        &self.rng
+    }
+
+    fn is_revoked(&self, claims: &AccessTokenClaims, now: DateTime<Utc>) -> bool {
+        self.revocations.is_revoked(claims, now) || self.is_pending(claims)
+    }
+
+    async fn audit(&self, entry: AuditEntry) -> Result<(), String> {
+        self.audit.record(entry).await.map_err(|e| e.to_string())
+    }
+
+    fn count(&self, target: &str, event: &str) {
+        self.metrics.target_event(target, event);
+    }
+
+    fn census(&self, census: &[(String, CredentialState, u64, i64)]) {
+        self.metrics.target_census(census);
+    }
+}
+
+/// The OAuth error a refused mint is answered with.
+pub(crate) fn oauth_error(error: MintError) -> OAuthError {
+    let refused = OAuthError::new;
+    match error {
+        MintError::UnknownTarget(target) => refused(
+            ErrorCode::InvalidTarget,
+            DenyReason::UnknownTarget,
+            format!("the policy declares no target named {target}"),
+        ),
+        MintError::TargetBroken { target, why } => refused(
+            ErrorCode::TemporarilyUnavailable,
+            DenyReason::TargetUnavailable,
+            format!("target {target} cannot be used now: {why}"),
+        ),
+        MintError::PlanRefused(why) => {
+            refused(ErrorCode::InvalidScope, DenyReason::TargetPlanRefused, why)
+        }
+        MintError::AlreadyExchanged(target) => refused(
+            ErrorCode::InvalidGrant,
+            DenyReason::AlreadyExchanged,
+            format!(
+                "this step token was already exchanged for a credential on target {target}: ask for a new step token"
+            ),
+        ),
+        MintError::NotRecorded => {
+            OAuthError::unavailable("the credential could not be recorded before it is made")
+        }
+        MintError::RevokedMeanwhile => refused(
+            ErrorCode::InvalidGrant,
+            DenyReason::InactiveSubjectToken,
+            "the step token was revoked while its credential was being made; the credential is being destroyed".to_owned(),
+        ),
+        MintError::Upstream { target, failure } => match failure {
+            UpstreamFailure::Unavailable(why) => refused(
+                ErrorCode::TemporarilyUnavailable,
+                DenyReason::TargetUnavailable,
+                format!("target {target} is unavailable: {why}; nothing was made, retry later"),
+            ),
+            // Undefined schema, table or sequence: the scope names an
+            // object the target does not have.
+            UpstreamFailure::Refused { code, message }
+                if matches!(code.as_str(), "3F000" | "42P01") =>
+            {
+                refused(
+                    ErrorCode::InvalidScope,
+                    DenyReason::TargetRefused,
+                    format!(
+                        "target {target} has no such object ({code}: {message}); nothing was made"
+                    ),
+                )
+            }
+            UpstreamFailure::Refused { code, message } => refused(
+                ErrorCode::ServerError,
+                DenyReason::TargetRefused,
+                format!(
+                    "target {target} refused to make the credential ({code}: {message}); nothing was made: check the admin's privileges (docs/targets.md)"
+                ),
+            ),
+        },
+        MintError::Internal(what) => refused(ErrorCode::ServerError, DenyReason::Internal, what.to_owned()),
+    }
+}
