@@ -112,6 +112,12 @@ const GRACE: Duration = Duration::from_secs(15);
 /// What Stint's upstream waits for terminated sessions (a quarter of its
 /// default 5 s statement timeout), mirrored by the bare revoke.
 const TERMINATE_WAIT_MS: i64 = 1250;
+/// What PostgreSQL says when two transactions update one catalog row at
+/// once (concurrent GRANTs on one table, schema or database): SQLSTATE
+/// XX000, no lock taken, so the second fails instead of waiting.
+const CONFLICT: &str = "tuple concurrently updated";
+/// How often the bare phase retries a statement sequence that hit it.
+const CONFLICT_RETRIES: u32 = 1000;
 /// A login's lifetime (the step's default TTL).
 const LOGIN_TTL_SECS: i64 = 300;
 
@@ -298,14 +304,8 @@ async fn benchmark(cli: &Cli, cluster: &PgCluster) -> Result<Summary> {
         .context("signing in for the final check")?;
     let leftover = wait_for_no_stint_roles(&checker).await?;
     println!(
-        "left over at the end: {} role{} named stint_...{}\n",
-        leftover.len(),
-        if leftover.len() == 1 { "" } else { "s" },
-        if leftover.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", leftover.join(", "))
-        }
+        "roles named stint_... left at the end: {}\n",
+        describe_leftovers(&leftover)
     );
     drop(bare_pool);
     stint.shutdown().await;
@@ -472,31 +472,58 @@ async fn bare_cycle_on(client: &mut tokio_postgres::Client, setup: &BareSetup) -
         .into_iter()
         .map(|statement| statement.replace(ROLE_MARKER, BARE_MARKER))
         .collect();
-    // As stint-targets' `create`: one transaction, statement by statement.
-    let transaction = client.transaction().await.context("begin")?;
-    for statement in &statements {
-        transaction
-            .execute(statement.as_str(), &[])
-            .await
-            .with_context(|| format!("{}...", statement.chars().take(40).collect::<String>()))?;
+    let mut conflicts = 0;
+    while let Err(error) = bare_create(client, &statements).await {
+        if !is_conflict(&error) || conflicts >= CONFLICT_RETRIES {
+            return Err(anyhow::Error::new(error).context("creating the login"));
+        }
+        conflicts += 1;
     }
-    transaction.commit().await.context("commit")?;
     let minted = Instant::now();
 
-    bare_revoke(client, role.as_str()).await?;
+    while let Err(error) = bare_revoke(client, role.as_str()).await {
+        if !is_conflict(&error) || conflicts >= CONFLICT_RETRIES {
+            return Err(anyhow::Error::new(error).context(format!("dropping {}", role.as_str())));
+        }
+        conflicts += 1;
+    }
     let revoked = Instant::now();
     Ok(CycleTimes {
         mint: minted - started,
         revoke: revoked - minted,
         acknowledged: None,
+        conflicts,
         finished: revoked,
     })
+}
+
+/// PostgreSQL's concurrent-update failure ([`CONFLICT`]).
+fn is_conflict(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| db.message() == CONFLICT)
+}
+
+/// As stint-targets' `create`: one transaction, statement by statement
+/// (rolled back when a statement fails).
+async fn bare_create(
+    client: &mut tokio_postgres::Client,
+    statements: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    for statement in statements {
+        transaction.execute(statement.as_str(), &[]).await?;
+    }
+    transaction.commit().await
 }
 
 /// Stint's revocation sequence (stint-targets' `revoke_on`) for an admin
 /// that has the role's privileges (a superuser), so without its `GRANT ..
 /// TO CURRENT_USER` step.
-async fn bare_revoke(client: &mut tokio_postgres::Client, role: &str) -> Result<()> {
+async fn bare_revoke(
+    client: &mut tokio_postgres::Client,
+    role: &str,
+) -> Result<(), tokio_postgres::Error> {
     let quoted = format!("\"{role}\"");
     let found = client
         .query_opt(
@@ -504,36 +531,33 @@ async fn bare_revoke(client: &mut tokio_postgres::Client, role: &str) -> Result<
              FROM pg_catalog.pg_roles WHERE rolname = $1",
             &[&role],
         )
-        .await
-        .context("looking up the role")?;
+        .await?;
     if found.is_none() {
-        bail!("the role {role} vanished before its revocation");
+        // Gone already: what Stint's upstream counts as done.
+        return Ok(());
     }
     client
         .batch_execute(&format!("ALTER ROLE {quoted} NOLOGIN"))
-        .await
-        .context("alter role nologin")?;
+        .await?;
     terminate_sessions(&*client, role).await?;
-    let transaction = client.transaction().await.context("begin")?;
-    for statement in [
-        format!("REASSIGN OWNED BY {quoted} TO CURRENT_USER"),
-        format!("DROP OWNED BY {quoted}"),
-    ] {
-        transaction
-            .batch_execute(&statement)
-            .await
-            .with_context(|| statement.clone())?;
-    }
+    let transaction = client.transaction().await?;
+    transaction
+        .batch_execute(&format!("REASSIGN OWNED BY {quoted} TO CURRENT_USER"))
+        .await?;
+    transaction
+        .batch_execute(&format!("DROP OWNED BY {quoted}"))
+        .await?;
     terminate_sessions(&transaction, role).await?;
     transaction
         .batch_execute(&format!("DROP ROLE IF EXISTS {quoted}"))
-        .await
-        .context("drop role")?;
-    transaction.commit().await.context("commit")?;
-    Ok(())
+        .await?;
+    transaction.commit().await
 }
 
-async fn terminate_sessions(client: &impl tokio_postgres::GenericClient, role: &str) -> Result<()> {
+async fn terminate_sessions(
+    client: &impl tokio_postgres::GenericClient,
+    role: &str,
+) -> Result<(), tokio_postgres::Error> {
     client
         .query_one(
             "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid, $2)) \
@@ -541,33 +565,57 @@ async fn terminate_sessions(client: &impl tokio_postgres::GenericClient, role: &
              WHERE usename = $1 AND pid <> pg_catalog.pg_backend_pid()",
             &[&role, &TERMINATE_WAIT_MS],
         )
-        .await
-        .context("terminating sessions")?;
+        .await?;
     Ok(())
 }
 
-/// The names of the roles named `stint_...` that exist, once none is left
-/// or after [`REVOKE_BOUND`] (destructions may still be queued).
-async fn wait_for_no_stint_roles(client: &tokio_postgres::Client) -> Result<Vec<String>> {
+/// The roles named `stint_...` that exist, with their comments, once none
+/// is left or after [`REVOKE_BOUND`] (destructions may still be queued).
+async fn wait_for_no_stint_roles(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<(String, Option<String>)>> {
     let deadline = Instant::now() + REVOKE_BOUND;
     loop {
         let rows = client
             .query(
-                "SELECT rolname::text FROM pg_catalog.pg_roles \
+                "SELECT rolname::text, pg_catalog.shobj_description(oid, 'pg_authid') \
+                 FROM pg_catalog.pg_roles \
                  WHERE starts_with(rolname::text, 'stint_') ORDER BY 1",
                 &[],
             )
             .await
             .context("listing stint_ roles")?;
-        let names = rows
+        let roles = rows
             .iter()
-            .map(|row| row.try_get::<_, String>(0))
-            .collect::<Result<Vec<_>, _>>()?;
-        if names.is_empty() || Instant::now() >= deadline {
-            return Ok(names);
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+        if roles.is_empty() || Instant::now() >= deadline {
+            return Ok(roles);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// What is left, by who made it, naming a few.
+fn describe_leftovers(roles: &[(String, Option<String>)]) -> String {
+    if roles.is_empty() {
+        return "none".to_owned();
+    }
+    let made_by = |marker: &str| {
+        roles
+            .iter()
+            .filter(|(_, comment)| comment.as_deref() == Some(marker))
+            .count()
+    };
+    let stint = made_by(ROLE_MARKER);
+    let bare = made_by(BARE_MARKER);
+    let names: Vec<&str> = roles.iter().take(5).map(|(name, _)| name.as_str()).collect();
+    format!(
+        "{} ({stint} made by Stint, {bare} by the bare phase, {} other), e.g. {}",
+        roles.len(),
+        roles.len() - stint - bare,
+        names.join(", ")
+    )
 }
 
 /// Watches `pg_roles` for the roles being revoked through Stint: one
@@ -856,6 +904,7 @@ impl StintTarget {
             mint: exchanged - exchange_started,
             revoke: seen_gone.saturating_duration_since(delete_started),
             acknowledged: Some(acknowledged - delete_started),
+            conflicts: 0,
             finished: seen_gone,
         })
     }
@@ -909,6 +958,8 @@ struct CycleTimes {
     revoke: Duration,
     /// Until the broker answered the DELETE (stint only).
     acknowledged: Option<Duration>,
+    /// [`CONFLICT`]s retried (bare only).
+    conflicts: u32,
     /// When the cycle ended.
     finished: Instant,
 }
@@ -919,8 +970,24 @@ struct CycleReport {
     mint: Measurement,
     revoke: Measurement,
     acknowledged: Option<Measurement>,
+    /// [`CONFLICT`]s retried by the cycles counted (bare).
+    conflicts_retried: u64,
+    /// Cycles that failed on a [`CONFLICT`] (stint: the exchange's 500),
+    /// counted over warm-up and window, apart from `errors`.
+    conflicts_failed: u64,
     first_error: Option<String>,
+    first_conflict: Option<String>,
     cpu: Option<CpuUse>,
+}
+
+/// What one job did in one phase.
+struct JobReport<S> {
+    state: Option<S>,
+    times: Vec<CycleTimes>,
+    errors: u64,
+    conflicts: u64,
+    first_error: Option<String>,
+    first_conflict: Option<String>,
 }
 
 /// Run one job per state, each a closed loop of `cycle` until the window
@@ -946,7 +1013,9 @@ where
                 let mut state = Some(state);
                 let mut times = Vec::new();
                 let mut errors = 0u64;
+                let mut conflicts = 0u64;
                 let mut first_error = None;
+                let mut first_conflict = None;
                 while Instant::now() < closes {
                     let Some(current) = state.take() else { break };
                     match tokio::time::timeout_at(give_up, cycle(current)).await {
@@ -960,8 +1029,14 @@ where
                                     }
                                 }
                                 Err(error) => {
-                                    errors += 1;
-                                    first_error.get_or_insert_with(|| format!("{error:#}"));
+                                    let text = format!("{error:#}");
+                                    if text.contains(CONFLICT) {
+                                        conflicts += 1;
+                                        first_conflict.get_or_insert(text);
+                                    } else {
+                                        errors += 1;
+                                        first_error.get_or_insert(text);
+                                    }
                                 }
                             }
                         }
@@ -973,7 +1048,14 @@ where
                         }
                     }
                 }
-                (state, times, errors, first_error)
+                JobReport {
+                    state,
+                    times,
+                    errors,
+                    conflicts,
+                    first_error,
+                    first_conflict,
+                }
             })
         })
         .collect();
@@ -985,15 +1067,19 @@ where
     let mut states = Vec::new();
     let mut times = Vec::new();
     let mut errors = 0;
+    let mut conflicts_failed = 0;
     let mut first_error = None;
+    let mut first_conflict = None;
     for task in tasks {
-        let (state, job_times, job_errors, job_error) =
-            task.await.context("a job's task failed")?;
-        states.extend(state);
-        times.extend(job_times);
-        errors += job_errors;
-        first_error = first_error.or(job_error);
+        let job = task.await.context("a job's task failed")?;
+        states.extend(job.state);
+        times.extend(job.times);
+        errors += job.errors;
+        conflicts_failed += job.conflicts;
+        first_error = first_error.or(job.first_error);
+        first_conflict = first_conflict.or(job.first_conflict);
     }
+    let conflicts_retried = times.iter().map(|t| u64::from(t.conflicts)).sum();
     let mut mint: Vec<Duration> = times.iter().map(|t| t.mint).collect();
     let mut revoke: Vec<Duration> = times.iter().map(|t| t.revoke).collect();
     let mut acknowledged: Vec<Duration> = times.iter().filter_map(|t| t.acknowledged).collect();
@@ -1004,7 +1090,10 @@ where
             acknowledged: (!acknowledged.is_empty()).then(|| {
                 Measurement::from_latencies(&mut acknowledged, errors, window.duration)
             }),
+            conflicts_retried,
+            conflicts_failed,
             first_error,
+            first_conflict,
             cpu,
         },
         states,
@@ -1090,6 +1179,20 @@ impl Round {
                 millis(acknowledged.p99)
             ));
         }
+        lines.push(format!(
+            "  bare retried {} statement sequences that hit PostgreSQL's \"{CONFLICT}\" ({:.2} a cycle)",
+            self.bare.conflicts_retried,
+            ratio(
+                self.bare.conflicts_retried as f64,
+                self.bare.mint.completed as f64
+            )
+        ));
+        lines.push(format!(
+            "  stint: {} exchange{} failed on \"{CONFLICT}\" ({:.1} % of cycles tried; Stint does not retry it)",
+            self.stint.conflicts_failed,
+            if self.stint.conflicts_failed == 1 { "" } else { "s" },
+            self.stint.conflict_percent()
+        ));
         for (name, report) in [("bare", &self.bare), ("stint", &self.stint)] {
             if let Some(cpu) = report.cpu {
                 lines.push(format!(
@@ -1110,6 +1213,7 @@ impl Round {
         for (name, error) in [
             ("bare", &self.bare.first_error),
             ("stint", &self.stint.first_error),
+            ("stint conflict", &self.stint.first_conflict),
             ("mint, no target", &self.mint_without_target.first_error),
             ("mint, idle target", &self.mint_with_idle_target.first_error),
         ] {
@@ -1125,6 +1229,14 @@ impl Round {
             self.target_mint_ratio()
         ));
         lines
+    }
+}
+
+impl CycleReport {
+    /// Cycles that failed on a conflict, in percent of all cycles tried.
+    fn conflict_percent(&self) -> f64 {
+        let tried = self.mint.completed + self.mint.errors + self.conflicts_failed;
+        100.0 * ratio(self.conflicts_failed as f64, tried as f64)
     }
 }
 
@@ -1202,6 +1314,10 @@ struct Summary {
     throughput_ratio: f64,
     target_mint_ratio: f64,
     errors: u64,
+    /// Exchanges that failed on a conflict, over all rounds, and the
+    /// median of the rounds' percentages.
+    stint_conflicts: u64,
+    stint_conflict_percent: f64,
     neighbours_cpus: Option<f64>,
     leftover_roles: usize,
 }
@@ -1223,6 +1339,8 @@ impl Summary {
             throughput_ratio: ratios(Round::throughput_ratio),
             target_mint_ratio: ratios(Round::target_mint_ratio),
             errors: rounds.iter().map(Round::errors).sum(),
+            stint_conflicts: rounds.iter().map(|r| r.stint.conflicts_failed).sum(),
+            stint_conflict_percent: ratios(|r| r.stint.conflict_percent()),
             neighbours_cpus: rounds
                 .iter()
                 .filter_map(Round::neighbours_cpus)
@@ -1253,6 +1371,7 @@ impl Summary {
             && self.throughput_met()
             && self.idle_target_met()
             && self.errors == 0
+            && self.stint_conflicts == 0
             && self.leftover_roles == 0
     }
 
@@ -1311,6 +1430,12 @@ impl Summary {
                 self.errors
             )
         });
+        lines.push(format!(
+            "stint exchanges failed on PostgreSQL's \"{CONFLICT}\": {} over all rounds (median {:.1} % of cycles tried; {})",
+            self.stint_conflicts,
+            self.stint_conflict_percent,
+            verdict(self.stint_conflicts == 0)
+        ));
         lines.push(format!(
             "stint_ roles left upstream: {} ({})",
             self.leftover_roles,
