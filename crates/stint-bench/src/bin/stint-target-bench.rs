@@ -317,7 +317,9 @@ async fn benchmark(cli: &Cli, cluster: &PgCluster) -> Result<Summary> {
 }
 
 fn print_header(cli: &Cli, work: &Path, server_version: &str) {
-    println!("stint-target-bench: PostgreSQL logins through Stint vs the bare statements, on 127.0.0.1");
+    println!(
+        "stint-target-bench: PostgreSQL logins through Stint vs the bare statements, on 127.0.0.1"
+    );
     let cpus = machine::cpu_count().map_or_else(|| "unknown".to_owned(), |n| n.to_string());
     let model = machine::cpu_model().unwrap_or_else(|| "unknown model".to_owned());
     println!(
@@ -452,7 +454,10 @@ async fn bare_cycle(
     (client, result)
 }
 
-async fn bare_cycle_on(client: &mut tokio_postgres::Client, setup: &BareSetup) -> Result<CycleTimes> {
+async fn bare_cycle_on(
+    client: &mut tokio_postgres::Client,
+    setup: &BareSetup,
+) -> Result<CycleTimes> {
     let started = Instant::now();
     let role = planner::role_name(&random::<15>()?);
     let password = planner::password(&random::<24>()?);
@@ -609,7 +614,11 @@ fn describe_leftovers(roles: &[(String, Option<String>)]) -> String {
     };
     let stint = made_by(ROLE_MARKER);
     let bare = made_by(BARE_MARKER);
-    let names: Vec<&str> = roles.iter().take(5).map(|(name, _)| name.as_str()).collect();
+    let names: Vec<&str> = roles
+        .iter()
+        .take(5)
+        .map(|(name, _)| name.as_str())
+        .collect();
     format!(
         "{} ({stint} made by Stint, {bare} by the bare phase, {} other), e.g. {}",
         roles.len(),
@@ -632,9 +641,7 @@ impl RoleWatcher {
             .await
             .context("opening the role watcher's connection")?;
         let statement = client
-            .prepare(
-                "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname::text = ANY($1)",
-            )
+            .prepare("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname::text = ANY($1)")
             .await
             .context("preparing the role watcher's query")?;
         let watcher = Arc::new(Self {
@@ -661,7 +668,11 @@ impl RoleWatcher {
             .remove(role);
     }
 
-    async fn run(self: Arc<Self>, client: tokio_postgres::Client, statement: tokio_postgres::Statement) {
+    async fn run(
+        self: Arc<Self>,
+        client: tokio_postgres::Client,
+        statement: tokio_postgres::Statement,
+    ) {
         let mut ticks = tokio::time::interval(POLL_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1023,7 +1034,8 @@ where
                             state = Some(back);
                             match result {
                                 Ok(cycle_times) => {
-                                    if cycle_times.finished >= opens && cycle_times.finished < closes
+                                    if cycle_times.finished >= opens
+                                        && cycle_times.finished < closes
                                     {
                                         times.push(cycle_times);
                                     }
@@ -1062,7 +1074,9 @@ where
     tokio::time::sleep_until(opens).await;
     let cpu_opening = CpuSample::now();
     tokio::time::sleep_until(closes).await;
-    let cpu = CpuSample::now().zip(cpu_opening).map(|(now, then)| now.since(then));
+    let cpu = CpuSample::now()
+        .zip(cpu_opening)
+        .map(|(now, then)| now.since(then));
 
     let mut states = Vec::new();
     let mut times = Vec::new();
@@ -1087,9 +1101,8 @@ where
         CycleReport {
             mint: Measurement::from_latencies(&mut mint, errors, window.duration),
             revoke: Measurement::from_latencies(&mut revoke, errors, window.duration),
-            acknowledged: (!acknowledged.is_empty()).then(|| {
-                Measurement::from_latencies(&mut acknowledged, errors, window.duration)
-            }),
+            acknowledged: (!acknowledged.is_empty())
+                .then(|| Measurement::from_latencies(&mut acknowledged, errors, window.duration)),
             conflicts_retried,
             conflicts_failed,
             first_error,
@@ -1157,14 +1170,11 @@ impl Round {
     /// The most CPUs other processes used during a mint phase (PostgreSQL
     /// is idle then; during the bare and stint phases it is the point).
     fn neighbours_cpus(&self) -> Option<f64> {
-        [
-            self.mint_without_target.cpu,
-            self.mint_with_idle_target.cpu,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|cpu| average_cpus(cpu.others_seconds, self.window))
-        .reduce(f64::max)
+        [self.mint_without_target.cpu, self.mint_with_idle_target.cpu]
+            .into_iter()
+            .flatten()
+            .map(|cpu| average_cpus(cpu.others_seconds, self.window))
+            .reduce(f64::max)
     }
 
     fn lines(&self) -> Vec<String> {
@@ -1392,9 +1402,17 @@ impl Summary {
                 self.rounds,
                 if self.rounds == 1 { "" } else { "s" }
             ),
-            format!("bare statements (tokio-postgres, superuser): {}", phase(&self.bare)),
-            format!("through Stint (exchange; DELETE to gone):    {}", phase(&self.stint)),
-            format!("TARGET: Stint adds under {TARGET_FACTOR}x over the bare statements (median of the rounds' ratios):"),
+            format!(
+                "bare statements (tokio-postgres, superuser): {}",
+                phase(&self.bare)
+            ),
+            format!(
+                "through Stint (exchange; DELETE to gone):    {}",
+                phase(&self.stint)
+            ),
+            format!(
+                "TARGET: Stint adds under {TARGET_FACTOR}x over the bare statements (median of the rounds' ratios):"
+            ),
             format!(
                 "  mint p50   stint/bare {:.2}   (target < {TARGET_FACTOR:.1}: {})",
                 self.mint_ratio,
@@ -1444,7 +1462,11 @@ impl Summary {
         if let Some(cpus) = self.neighbours_cpus {
             lines.push(format!(
                 "other processes used at most {cpus:.2} CPUs during a mint measurement{}",
-                if cpus > 0.2 { ": the figures are noisy" } else { "" }
+                if cpus > 0.2 {
+                    ": the figures are noisy"
+                } else {
+                    ""
+                }
             ));
         }
         lines
