@@ -926,3 +926,125 @@ async fn concurrent_exchanges_on_one_table_all_succeed() {
     )
     .await;
 }
+
+/// A credential that cannot be destroyed (someone else granted its role a
+/// privilege, which a non-superuser admin's DROP OWNED does not revoke, so
+/// DROP ROLE fails every time) is retried with backoff, then marked
+/// irrevocable: audited, counted with its age. Once the stray grant is
+/// gone, the reconciler destroys it at the next start and closes its
+/// record.
+#[tokio::test]
+async fn a_credential_that_cannot_be_destroyed_becomes_irrevocable_then_is_reconciled() {
+    let mut f = fixture_with(false).await;
+    let token = step_token(&f.broker, "stuck-1", "select:warehouse/crm/accounts").await;
+    let (role, _) = login_of(&exchange(&f.broker, &token).await);
+    let owner = f.cluster.superuser_client_in(DATABASE).await;
+    owner
+        .batch_execute(&format!("GRANT SELECT ON crm.secrets TO \"{role}\""))
+        .await
+        .unwrap();
+    revoke_token(&f.broker, &token).await;
+    // Every attempt fails; the backoff runs on the broker's clock, moved
+    // past the longest delay at each poll.
+    let irrevocable = eventually(
+        Duration::from_secs(120),
+        "the credential to be given up on",
+        || async {
+            f.broker.clock.advance(chrono::TimeDelta::seconds(301));
+            f.broker.audit_records().into_iter().find(|r| {
+                r["event"] == "target_credential_irrevocable" && r["target"]["upstream_id"] == role
+            })
+        },
+    )
+    .await;
+    assert_eq!(irrevocable["decision"], "deny", "{irrevocable}");
+    assert_eq!(irrevocable["target"]["attempts"], 20, "{irrevocable}");
+    assert_eq!(irrevocable["target"]["trigger"], "token", "{irrevocable}");
+    assert!(
+        irrevocable["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("2BP01")),
+        "{irrevocable}"
+    );
+    let failures = f
+        .broker
+        .audit_records()
+        .iter()
+        .filter(|r| r["event"] == "target_revocation_failed" && r["target"]["upstream_id"] == role)
+        .count();
+    assert_eq!(failures, 19);
+    // It cannot log in any more (NOLOGIN was committed first).
+    assert!(role_exists(&f.cluster, &role).await);
+    let login: bool = owner
+        .query_one(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!login);
+    let metrics = eventually(Duration::from_secs(10), "the census", || async {
+        let metrics = f.broker.metrics().await;
+        metrics
+            .contains("stint_target_credentials_open{state=\"irrevocable\"} 1")
+            .then_some(metrics)
+    })
+    .await;
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("stint_target_credential_irrevocable_oldest_age_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(age >= 19.0 * 300.0, "age {age}");
+    assert!(metrics.contains("stint_target_credentials_total{event=\"irrevocable\"} 1"));
+
+    // Someone removes the stray grant; the reconciler (at start) finishes.
+    owner
+        .batch_execute(&format!("REVOKE SELECT ON crm.secrets FROM \"{role}\""))
+        .await
+        .unwrap();
+    f.broker.restart().await;
+    wait_role_gone(&f.cluster, &role, Duration::from_secs(20)).await;
+    wait_record(&f.broker, "target_credential_reconciled", &role).await;
+    let metrics = eventually(Duration::from_secs(10), "the census", || async {
+        let metrics = f.broker.metrics().await;
+        metrics
+            .contains("stint_target_credentials_open{state=\"irrevocable\"} 0")
+            .then_some(metrics)
+    })
+    .await;
+    assert!(metrics.contains("stint_target_credential_irrevocable_oldest_age_seconds 0"));
+}
+
+/// A broker stopped between making a login and answering leaves its record
+/// `minting` (it is stored before the upstream call): the next start
+/// destroys the login, whose secret nobody received.
+#[tokio::test]
+async fn a_mint_interrupted_before_its_answer_is_destroyed_at_the_next_start() {
+    let mut f = fixture().await;
+    let token = step_token(&f.broker, "cut-1", "select:warehouse/crm/accounts").await;
+    let (role, _) = login_of(&exchange(&f.broker, &token).await);
+    let store = f.broker.data_dir().join("stint.db");
+    f.broker
+        .restart_after(|| {
+            // What the store holds when the broker dies after the upstream
+            // call and before it records the credential live.
+            let db = rusqlite::Connection::open(&store).unwrap();
+            let changed = db
+                .execute(
+                    "UPDATE target_credentials SET state = 'minting' WHERE upstream_id = ?1",
+                    [&role],
+                )
+                .unwrap();
+            assert_eq!(changed, 1);
+        })
+        .await;
+    wait_role_gone(&f.cluster, &role, Duration::from_secs(20)).await;
+    let revoked = wait_record(&f.broker, "target_credential_revoked", &role).await;
+    assert_eq!(
+        revoked["target"]["trigger"], "interrupted_mint",
+        "{revoked}"
+    );
+}
