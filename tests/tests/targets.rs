@@ -1048,3 +1048,75 @@ async fn a_mint_interrupted_before_its_answer_is_destroyed_at_the_next_start() {
         "{revoked}"
     );
 }
+
+/// A login that can create objects (here PostgreSQL 14's default: PUBLIC
+/// may CREATE in `public`) must not leave behind a view or a SECURITY
+/// DEFINER function that outlives it with someone else's rights: its
+/// destruction drops what it owns (found by a security review, where the
+/// objects were handed to the admin and then read the admin's tables and
+/// ran SQL as the admin for anyone). And no role it let act as itself
+/// keeps that power.
+#[tokio::test]
+async fn what_a_login_made_dies_with_it_and_gives_no_one_its_rights() {
+    let f = fixture_with(false).await;
+    let owner = f.cluster.superuser_client_in(DATABASE).await;
+    owner
+        .batch_execute(
+            "GRANT CREATE ON SCHEMA public TO PUBLIC;
+             CREATE ROLE accomplice LOGIN PASSWORD 'accomplice-pw';",
+        )
+        .await
+        .unwrap();
+    let token = step_token(&f.broker, "evil-1", "select:warehouse/crm/accounts").await;
+    let (role, password) = login_of(&exchange(&f.broker, &token).await);
+    let (session, _session_ended) = f
+        .cluster
+        .connect_as(&role, &password, DATABASE)
+        .await
+        .unwrap();
+    session
+        .batch_execute(
+            "CREATE VIEW public.leak AS SELECT name FROM crm.accounts;
+             GRANT SELECT ON public.leak TO PUBLIC;
+             CREATE FUNCTION public.esc() RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
+               BEGIN EXECUTE 'CREATE ROLE pwned LOGIN'; RETURN current_user; END $$;",
+        )
+        .await
+        .unwrap();
+    drop(session);
+    // A member of the login could SET ROLE to it from its own session,
+    // which NOLOGIN does not stop. (PostgreSQL 15.18 no longer lets a role
+    // grant membership in itself, so someone else grants it here.)
+    owner
+        .batch_execute(&format!("GRANT \"{role}\" TO accomplice"))
+        .await
+        .unwrap();
+    revoke_token(&f.broker, &token).await;
+    wait_role_gone(&f.cluster, &role, Duration::from_secs(20)).await;
+
+    let left: i64 = owner
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_views WHERE viewname = 'leak')
+                  + (SELECT count(*) FROM pg_proc WHERE proname = 'esc')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the login's view and function are dropped with it");
+    let pwned: i64 = owner
+        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = 'pwned'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pwned, 0);
+    let accomplice_memberships: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM pg_auth_members a JOIN pg_roles m ON m.oid = a.member WHERE m.rolname = 'accomplice'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(accomplice_memberships, 0);
+}

@@ -60,7 +60,7 @@ pub struct PostgresSettings {
     pub host: String,
     pub port: u16,
     /// The target database: where roles get their grants, and where
-    /// `REASSIGN OWNED` / `DROP OWNED` clean up when they are destroyed.
+    /// `DROP OWNED` cleans up when they are destroyed.
     pub database: String,
     pub user: String,
     pub password: Password,
@@ -308,8 +308,9 @@ impl PostgresUpstream {
     }
 
     /// Destroy a login role: `ALTER ROLE .. NOLOGIN` (committed at once);
-    /// terminate the role's sessions; `REASSIGN OWNED BY` it `TO
-    /// CURRENT_USER` and `DROP OWNED BY` it in the target database (first
+    /// revoke it from every other role that is a member of it; terminate
+    /// its sessions; `DROP OWNED BY` it in the target database, dropping
+    /// what it made rather than handing it to the admin (first
     /// granting the admin the role, when it lacks its privileges, as
     /// PostgreSQL requires); `DROP ROLE IF EXISTS`. A role that does not
     /// exist is a success with `existed: false`. `role` must be a name
@@ -545,10 +546,37 @@ impl Inner {
             other => other?,
         }
 
-        // 2. End its sessions.
+        // 2. No one else may act as it: on PostgreSQL 15 a role may grant
+        // membership in itself, and a member could SET ROLE to it from a
+        // session of its own, which NOLOGIN does not stop.
+        let members = self
+            .bounded(
+                "listing the role's members",
+                client.query(
+                    "SELECT m.rolname::text FROM pg_catalog.pg_auth_members a \
+                     JOIN pg_catalog.pg_roles r ON r.oid = a.roleid \
+                     JOIN pg_catalog.pg_roles m ON m.oid = a.member \
+                     WHERE r.rolname = $1 AND m.rolname <> current_user",
+                    &[&role],
+                ),
+            )
+            .await?;
+        for member in members {
+            let member: String = member.try_get(0).map_err(|error| self.error(&error))?;
+            self.bounded(
+                "revoking a membership in the role",
+                client.batch_execute(&format!(
+                    "REVOKE {quoted} FROM {}",
+                    quote_identifier(&member)
+                )),
+            )
+            .await?;
+        }
+
+        // 3. End its sessions.
         let mut terminated = self.terminate_sessions(client, role).await?;
 
-        // 3. REASSIGN OWNED and DROP OWNED need the role's privileges.
+        // 4. DROP OWNED needs the role's privileges.
         if !has_its_privileges {
             match self
                 .bounded(
@@ -564,15 +592,15 @@ impl Inner {
             }
         }
 
-        // 4. Its objects and grants here, a last sweep of sessions that
-        // slipped in before NOLOGIN, and the role itself, all at once.
+        // 5. Its objects and grants here, a last sweep of sessions that
+        // slipped in before NOLOGIN, and the role itself, all at once. What
+        // it owns is dropped, never handed to the admin: a view or a
+        // SECURITY DEFINER function it made would then run with the
+        // admin's rights, for anyone.
         let transaction = self.bounded("begin", client.transaction()).await?;
         self.bounded("the catalog lock", transaction.batch_execute(CATALOG_LOCK))
             .await?;
-        for statement in [
-            format!("REASSIGN OWNED BY {quoted} TO CURRENT_USER"),
-            format!("DROP OWNED BY {quoted}"),
-        ] {
+        for statement in [format!("DROP OWNED BY {quoted}")] {
             match self
                 .bounded("cleaning up", transaction.batch_execute(&statement))
                 .await
@@ -623,6 +651,12 @@ impl Inner {
 /// Take the privilege warnings received so far.
 fn drain(ungranted: &Mutex<Vec<DbError>>) -> Vec<DbError> {
     std::mem::take(&mut *ungranted.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// A double-quoted identifier, any `"` doubled: for role names read from the
+/// server's own catalog.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A role (or other object) that does not exist: the revocation's work is
