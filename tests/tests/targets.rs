@@ -128,12 +128,29 @@ async fn fixture() -> Fixture {
     fixture_with(true).await
 }
 
-/// A step token for `load` with `scope`, in job `job`.
+/// A step token for `load` with `scope`, in job `job`, for the target
+/// `warehouse` (its audience).
 async fn step_token(broker: &TestBroker, job: &str, scope: &str) -> String {
-    broker.mint("load", scope, &[("job", job)]).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    step_token_for(broker, job, scope, "warehouse").await
+}
+
+async fn step_token_for(broker: &TestBroker, job: &str, scope: &str, audience: &str) -> String {
+    let response = broker
+        .post_form(
+            stint_proto::TOKEN_PATH,
+            &[
+                ("grant_type", "client_credentials"),
+                ("step", "load"),
+                ("scope", scope),
+                ("audience", audience),
+                ("job", job),
+            ],
+        )
+        .await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "mint failed: {body}");
+    body["access_token"].as_str().unwrap().to_owned()
 }
 
 /// The exchange, as a job without client credentials sends it.
@@ -480,6 +497,30 @@ async fn bad_exchanges_are_refused_audited_and_make_nothing_upstream() {
         "unknown_target",
     )
     .await;
+    // A step token minted for another audience (an API it was sent to):
+    // whoever holds it there cannot turn it into a login.
+    let for_an_api = step_token_for(
+        &f.broker,
+        "bad-api",
+        "select:warehouse/crm/accounts",
+        "demo-api",
+    )
+    .await;
+    expect_refused(
+        &f,
+        &exchange_form(&for_an_api, &[("audience", "warehouse")]),
+        400,
+        "invalid_target",
+        "target_not_allowed",
+    )
+    .await;
+    let record = denied(&f.broker).pop().unwrap();
+    assert!(
+        record["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not target warehouse")),
+        "{record}"
+    );
     // Declared, on the same server, but the step does not list it (the
     // policy loader refuses a step scope naming an unlisted target, so the
     // token cannot carry one either).

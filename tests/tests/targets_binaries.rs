@@ -156,10 +156,11 @@ fn stint_exec(daemon: &Daemon, sql: &str) -> (std::process::ExitStatus, String, 
                 "load",
                 "--scope",
                 "select:warehouse/crm/accounts",
-                // Without it the mint is refused (invalid_target): the
-                // step lists no audiences, and --target does not imply one.
+                // The step token's audience is the target it is exchanged
+                // at (the step lists no audiences, and --target does not
+                // imply one).
                 "--audience",
-                "demo-api",
+                "warehouse",
                 "--target",
                 "warehouse",
                 "--",
@@ -212,7 +213,7 @@ async fn mint(http: &reqwest::Client, daemon: &Daemon, job: &str) -> String {
             ("grant_type", "client_credentials"),
             ("step", "load"),
             ("scope", "select:warehouse/crm/accounts"),
-            ("audience", "demo-api"),
+            ("audience", "warehouse"),
             ("job", job),
         ])
         .send()

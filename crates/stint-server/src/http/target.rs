@@ -8,7 +8,7 @@
 //! the target's name; the subject token (an active step token of this
 //! broker, from its certificate if it is bound to one); the client's rate
 //! limit; a stopped workload; the target in the policy and in the step's
-//! `targets`; the scopes (the token's for this target, or fewer if `scope`
+//! `targets`, and as the token's audience; the scopes (the token's for this target, or fewer if `scope`
 //! names them); the planner; one credential per token and target.
 
 use super::RequestContext;
@@ -244,6 +244,18 @@ pub(crate) async fn exchange(
             format!(
                 "step {:?} of workflow {:?} does not list target {target}",
                 claims.step, claims.workflow
+            ),
+        ));
+    }
+    // A step token is exchanged only at the target it was minted for: one
+    // sent to an API (another audience) cannot be turned into a login by
+    // that API, or by whoever copies it from its logs.
+    if claims.aud != target {
+        return Err(invalid_target(
+            DenyReason::TargetNotAllowed,
+            format!(
+                "the step token is for audience {:?}, not target {target}: mint the step token with audience={target}",
+                claims.aud
             ),
         ));
     }
