@@ -196,6 +196,33 @@ impl PgCluster {
         self.ca_pem = Some(ca_cert.pem());
     }
 
+    /// Authenticate TCP clients with `method` (`scram-sha-256`, `md5`,
+    /// `password`: pg_hba.conf's methods) from now on.
+    pub async fn use_host_auth(&self, method: &str) {
+        let path = self.data_dir().join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&path).unwrap();
+        let changed: Vec<String> = hba
+            .lines()
+            .map(|line| {
+                if line.starts_with("host") {
+                    let mut fields: Vec<&str> = line.split_whitespace().collect();
+                    if let Some(last) = fields.last_mut() {
+                        *last = method;
+                    }
+                    fields.join(" ")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&path, changed.join("\n") + "\n").unwrap();
+        self.superuser_client()
+            .await
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

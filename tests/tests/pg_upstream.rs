@@ -460,6 +460,48 @@ async fn tls_verify_full_works_and_a_wrong_ca_fails() {
     }
 }
 
+/// Over TLS the admin's SCRAM is bound to the TLS session (channel binding
+/// required): a server that asks for the password in clear, or as MD5 (as
+/// someone in the middle with an acceptable certificate would, to learn
+/// it), is refused before the password is sent.
+#[tokio::test]
+async fn over_tls_the_password_is_never_sent_in_clear_or_md5() {
+    let cluster = PgCluster::start_with_tls();
+    cluster.create_admin(ADMIN, ADMIN_PASSWORD, true).await;
+    let upstream = || {
+        let mut settings = cluster.settings(ADMIN, ADMIN_PASSWORD, "postgres");
+        settings.tls = TlsMode::VerifyFull;
+        settings.ca_pem = Some(cluster.ca_pem().unwrap().as_bytes().to_vec());
+        PostgresUpstream::new(settings).unwrap()
+    };
+    upstream().ping().await.unwrap();
+    // md5 with a SCRAM-stored password is SCRAM: store an MD5 hash for it.
+    cluster
+        .superuser_client()
+        .await
+        .batch_execute(&format!(
+            "SET password_encryption = 'md5'; ALTER ROLE {ADMIN} PASSWORD '{ADMIN_PASSWORD}'"
+        ))
+        .await
+        .unwrap();
+    for method in ["password", "md5"] {
+        cluster.use_host_auth(method).await;
+        let refused = upstream().ping().await;
+        assert!(
+            matches!(&refused, Err(UpstreamError::Unavailable(message)) if message.contains("channel binding")),
+            "{method}: {refused:?}"
+        );
+    }
+    cluster
+        .superuser_client()
+        .await
+        .batch_execute(&format!("ALTER ROLE {ADMIN} PASSWORD '{ADMIN_PASSWORD}'"))
+        .await
+        .unwrap();
+    cluster.use_host_auth("scram-sha-256").await;
+    upstream().ping().await.unwrap();
+}
+
 /// Require checks the chain but not the name (libpq's verify-ca);
 /// VerifyFull checks both.
 #[tokio::test]

@@ -226,19 +226,30 @@ impl TargetCredential {
 
     /// The environment libpq (`psql`, most PostgreSQL drivers) reads a
     /// login from: `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`,
-    /// `PGPASSWORD` (the secret) and `PGSSLMODE`, for a PostgreSQL login;
-    /// empty for another kind. Set them in a child's environment, not in
-    /// this process's (which any child would inherit).
+    /// `PGPASSWORD` (the secret) and `PGSSLMODE`, for a PostgreSQL login,
+    /// and over TLS `PGCHANNELBINDING=require` (the password is then only
+    /// ever proven by SCRAM bound to the TLS session, never sent to a
+    /// server in the middle that asks for it in clear); empty for another
+    /// kind. Set them in a child's environment, not in this process's
+    /// (which any child would inherit). With `verify-ca` or `verify-full`,
+    /// libpq needs the server's roots: `PGSSLROOTCERT`, from the job's own
+    /// environment.
     pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
         match &self.postgres {
-            Some(login) if self.kind == KIND_POSTGRES => vec![
-                ("PGHOST", login.host.clone()),
-                ("PGPORT", login.port.to_string()),
-                ("PGDATABASE", login.database.clone()),
-                ("PGUSER", login.user.clone()),
-                ("PGPASSWORD", self.secret.clone()),
-                ("PGSSLMODE", login.sslmode.clone()),
-            ],
+            Some(login) if self.kind == KIND_POSTGRES => {
+                let mut env = vec![
+                    ("PGHOST", login.host.clone()),
+                    ("PGPORT", login.port.to_string()),
+                    ("PGDATABASE", login.database.clone()),
+                    ("PGUSER", login.user.clone()),
+                    ("PGPASSWORD", self.secret.clone()),
+                    ("PGSSLMODE", login.sslmode.clone()),
+                ];
+                if login.sslmode != "disable" {
+                    env.push(("PGCHANNELBINDING", "require".to_owned()));
+                }
+                env
+            }
             _ => Vec::new(),
         }
     }
@@ -401,7 +412,8 @@ mod tests {
                 "PGDATABASE",
                 "PGUSER",
                 "PGPASSWORD",
-                "PGSSLMODE"
+                "PGSSLMODE",
+                "PGCHANNELBINDING"
             ]
         );
         let value = |name: &str| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
@@ -409,6 +421,19 @@ mod tests {
         assert_eq!(value("PGPORT").as_deref(), Some("5433"));
         assert_eq!(value("PGPASSWORD").as_deref(), Some("pw-s3cret-value"));
         assert_eq!(value("PGSSLMODE").as_deref(), Some("verify-full"));
+        assert_eq!(value("PGCHANNELBINDING").as_deref(), Some("require"));
+        // Without TLS there is nothing to bind to.
+        let mut plain = response(KIND_POSTGRES, "orders-db");
+        if let Some(login) = plain.postgres.as_mut() {
+            login.sslmode = "disable".to_owned();
+        }
+        let plain = credential(plain);
+        assert!(
+            !plain
+                .libpq_env()
+                .iter()
+                .any(|(name, _)| *name == "PGCHANNELBINDING")
+        );
     }
 
     #[test]

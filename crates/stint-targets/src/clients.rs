@@ -104,6 +104,18 @@ fn read_secret(source: &SecretSource) -> Result<String, String> {
     Ok(secret.to_owned())
 }
 
+/// libpq's `sslmode` for the job's own client: at least what the broker
+/// checks. `require` is the broker's chain-only check against the
+/// target's `ca_file`, which is libpq's `verify-ca` (libpq's own `require`
+/// verifies nothing); the job gives libpq the roots (`PGSSLROOTCERT`).
+fn child_sslmode(tls: PgTlsMode) -> &'static str {
+    match tls {
+        PgTlsMode::Disable => "disable",
+        PgTlsMode::Require => "verify-ca",
+        PgTlsMode::VerifyFull => "verify-full",
+    }
+}
+
 fn failure(error: UpstreamError) -> UpstreamFailure {
     match error {
         UpstreamError::Unavailable(why) => UpstreamFailure::Unavailable(why),
@@ -171,7 +183,7 @@ impl TargetClient for PostgresClient {
                 port: self.target.port,
                 database: self.target.database.as_str().to_owned(),
                 user: planned.role.as_str().to_owned(),
-                sslmode: self.target.tls.as_str().to_owned(),
+                sslmode: child_sslmode(self.target.tls).to_owned(),
                 expires_at,
             }),
         })

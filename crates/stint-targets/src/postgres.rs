@@ -247,6 +247,14 @@ impl PostgresUpstream {
                 tokio_postgres::config::SslMode::Require
             } else {
                 tokio_postgres::config::SslMode::Disable
+            })
+            // Over TLS, SCRAM bound to this TLS session, or nothing: a
+            // server (or someone in the middle with a certificate the roots
+            // accept) asking for the password in clear or as MD5 is refused.
+            .channel_binding(if tls.is_some() {
+                tokio_postgres::config::ChannelBinding::Require
+            } else {
+                tokio_postgres::config::ChannelBinding::Disable
             });
         Ok(Self {
             inner: Arc::new(Inner {

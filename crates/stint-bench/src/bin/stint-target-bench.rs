@@ -18,9 +18,10 @@
 //!   LOGIN .. VALID UNTIL .. PASSWORD '<verifier>'`, `COMMENT ON ROLE`,
 //!   `GRANT CONNECT`, `GRANT USAGE ON SCHEMA`, `GRANT SELECT ON
 //!   crm.accounts`), statement by statement. Revoke: Stint's sequence (the
-//!   lookup, `ALTER ROLE .. NOLOGIN`, terminating sessions, then one
-//!   transaction of `REASSIGN OWNED`, `DROP OWNED`, terminating again,
-//!   `DROP ROLE`).
+//!   lookup, `ALTER ROLE .. NOLOGIN`, the role's members listed, terminating
+//!   sessions, then one transaction of `DROP OWNED`, terminating again,
+//!   `DROP ROLE`). Without Stint's catalog lock: PostgreSQL's own conflicts
+//!   between concurrent GRANTs are retried and counted instead.
 //! - **stint**: per cycle, a step token (`client_credentials`), its
 //!   exchange for a login (RFC 8693; timed: "mint"), `DELETE
 //!   /v1/target-credentials/{id}` and then the wait until the role is gone
@@ -472,11 +473,8 @@ async fn bare_cycle_on(
     )
     .map_err(|error| anyhow::anyhow!("planning: {}", error.0))?;
     let statements: Vec<String> = plan
-        .create_statements(&verifier)
-        .map_err(|error| anyhow::anyhow!("planning: {}", error.0))?
-        .into_iter()
-        .map(|statement| statement.replace(ROLE_MARKER, BARE_MARKER))
-        .collect();
+        .create_statements(&verifier, BARE_MARKER)
+        .map_err(|error| anyhow::anyhow!("planning: {}", error.0))?;
     let mut conflicts = 0;
     while let Err(error) = bare_create(client, &statements).await {
         if !is_conflict(&error) || conflicts >= CONFLICT_RETRIES {
@@ -544,11 +542,18 @@ async fn bare_revoke(
     client
         .batch_execute(&format!("ALTER ROLE {quoted} NOLOGIN"))
         .await?;
+    // Stint lists the role's members to revoke them (there are none here).
+    client
+        .query(
+            "SELECT m.rolname::text FROM pg_catalog.pg_auth_members a \
+             JOIN pg_catalog.pg_roles r ON r.oid = a.roleid \
+             JOIN pg_catalog.pg_roles m ON m.oid = a.member \
+             WHERE r.rolname = $1 AND m.rolname <> current_user",
+            &[&role],
+        )
+        .await?;
     terminate_sessions(&*client, role).await?;
     let transaction = client.transaction().await?;
-    transaction
-        .batch_execute(&format!("REASSIGN OWNED BY {quoted} TO CURRENT_USER"))
-        .await?;
     transaction
         .batch_execute(&format!("DROP OWNED BY {quoted}"))
         .await?;

@@ -268,6 +268,16 @@ fn build_postgres(
             format!("tls = \"disable\" is allowed only for a loopback host (127.0.0.0/8, ::1, localhost), not {host:?}: use verify-full"),
         );
     }
+    if tls == PgTlsMode::Require && raw.ca_file.is_none() {
+        // Without its own roots, "require" would accept any certificate any
+        // public CA issued, for any name.
+        let tls_span = raw.tls.as_ref().map_or(span.clone(), Spanned::span);
+        errors.push(
+            tls_span,
+            &format!("{key}.tls"),
+            "tls = \"require\" checks the server's certificate against ca_file only, and needs one: set ca_file, or use verify-full".into(),
+        );
+    }
     let ca_file = raw.ca_file.as_ref().map(|ca| {
         if ca.get_ref().is_empty() || ca.get_ref().contains('\0') {
             errors.push(
@@ -316,7 +326,7 @@ fn build_postgres(
         key,
         errors,
     );
-    let roles = build_roles(name, raw.roles, key, errors);
+    let roles = build_roles(name, raw.roles, admin_user.as_ref(), key, errors);
     if errors.len() != before {
         return None;
     }
@@ -396,6 +406,7 @@ fn is_loopback(host: &str) -> bool {
 fn build_roles(
     target: &str,
     raw: Option<Spanned<RawRoles>>,
+    admin: Option<&PgIdent>,
     key: &str,
     errors: &mut Errors<'_>,
 ) -> Vec<GroupRole> {
@@ -420,6 +431,25 @@ fn build_roles(
                     span.clone(),
                     &role_key,
                     format!("role names starting with {ROLE_PREFIX:?} are reserved for the logins Stint makes: rename the group role"),
+                );
+                None
+            }
+            // A login that joined one of these would hold far more than
+            // any scope says: the admin's grant options, a predefined
+            // role's powers (pg_read_all_data, pg_execute_server_program),
+            // everything PUBLIC has, or the usual superuser's objects.
+            Ok(ident)
+                if admin == Some(&ident)
+                    || ident.as_str().starts_with("pg_")
+                    || ["public", "postgres"].contains(&ident.as_str()) =>
+            {
+                errors.push(
+                    span.clone(),
+                    &role_key,
+                    format!(
+                        "{:?} cannot be a group role: not the admin, a predefined pg_ role, public or postgres; make a NOLOGIN role that holds exactly what its scopes say",
+                        ident.as_str()
+                    ),
                 );
                 None
             }
@@ -877,6 +907,12 @@ audiences = ["warehouse"]
             "targets.warehouse.ca_file",
             "no use",
         );
+        refused(
+            "host = \"db.internal\"",
+            "host = \"db.internal\"\ntls = \"require\"",
+            "targets.warehouse.tls",
+            "needs one",
+        );
         for (field, max) in [
             ("connection_limit", 100),
             ("pool_size", 32),
@@ -918,6 +954,21 @@ audiences = ["warehouse"]
             "invalid role name",
         );
         one("r = []", "targets.warehouse.roles.r", "at least one scope");
+        for reserved in ["pg_read_all_data", "public", "postgres"] {
+            one(
+                &format!("{reserved} = [\"select:warehouse/a/b\"]"),
+                &format!("targets.warehouse.roles.{reserved}"),
+                "cannot be a group role",
+            );
+        }
+        let admin_as_group = good()
+            .replace("admin_user = \"stint_admin\"", "admin_user = \"wh_admin\"")
+            .replace(role, "wh_admin = [\"select:warehouse/a/b\"]");
+        let errors = errors_of(&admin_as_group);
+        assert!(
+            errors.len() == 1 && errors[0].contains("cannot be a group role"),
+            "{errors:#?}"
+        );
         one(
             "r = [\"select:warehouse/a/*\"]",
             "targets.warehouse.roles.r[0]",

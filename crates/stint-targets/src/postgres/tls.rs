@@ -3,9 +3,12 @@
 //! Why not tokio-postgres-rustls: it brings x509-cert, der and spki only to
 //! compute the `tls-server-end-point` channel binding. This connector is a
 //! few dozen lines over what the tree already has (rustls with ring,
-//! tokio-rustls); it offers no channel binding, so SCRAM runs without it,
-//! which is what libpq does with `channel_binding=prefer` when the server
-//! offers none. The certificate checks are rustls' own (webpki).
+//! tokio-rustls, x509-parser). It offers `tls-server-end-point` channel
+//! binding (RFC 5929: a hash of the server's certificate), which the
+//! client requires over TLS: SCRAM-SHA-256-PLUS then proves that the
+//! server that checked the admin's password is the one at the other end
+//! of this TLS session, and a server that asks for the password in clear
+//! (or MD5) is refused. The certificate checks are rustls' own (webpki).
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -218,13 +221,89 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let (_, session) = self.0.get_ref();
+        match session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|certificate| server_end_point(certificate.as_ref()))
+        {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
+}
+
+/// RFC 5929's `tls-server-end-point`: the server certificate hashed with
+/// its signature's hash function, SHA-256 for MD5 and SHA-1 ones; `None`
+/// for a signature without a hash function (Ed25519), for which no binding
+/// is defined (and PostgreSQL offers none).
+pub(crate) fn server_end_point(certificate: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::oid_registry as oids;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let algorithm = &parsed.signature_algorithm.algorithm;
+    let digest = if [
+        oids::OID_PKCS1_SHA384WITHRSA,
+        oids::OID_SIG_ECDSA_WITH_SHA384,
+    ]
+    .contains(algorithm)
+    {
+        &ring::digest::SHA384
+    } else if [
+        oids::OID_PKCS1_SHA512WITHRSA,
+        oids::OID_SIG_ECDSA_WITH_SHA512,
+    ]
+    .contains(algorithm)
+    {
+        &ring::digest::SHA512
+    } else if [
+        oids::OID_PKCS1_SHA256WITHRSA,
+        oids::OID_SIG_ECDSA_WITH_SHA256,
+        oids::OID_PKCS1_SHA1WITHRSA,
+        oids::OID_PKCS1_MD5WITHRSAENC,
+    ]
+    .contains(algorithm)
+    {
+        &ring::digest::SHA256
+    } else {
+        return None;
+    };
+    Some(ring::digest::digest(digest, certificate).as_ref().to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_channel_binding_hashes_the_certificate_with_its_signature_hash() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let p256 = rcgen::CertificateParams::new(vec!["db".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = p256.der().as_ref();
+        assert_eq!(
+            server_end_point(der).unwrap(),
+            ring::digest::digest(&ring::digest::SHA256, der).as_ref()
+        );
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let p384 = rcgen::CertificateParams::new(vec!["db".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = p384.der().as_ref();
+        assert_eq!(
+            server_end_point(der).unwrap(),
+            ring::digest::digest(&ring::digest::SHA384, der).as_ref()
+        );
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let ed25519 = rcgen::CertificateParams::new(vec!["db".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(server_end_point(ed25519.der().as_ref()), None);
+        assert_eq!(server_end_point(b"not a certificate"), None);
+    }
 
     #[test]
     fn ca_pem_must_hold_a_certificate() {
