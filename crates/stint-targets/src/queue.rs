@@ -48,6 +48,8 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 const QUEUE_TICK: Duration = Duration::from_secs(1);
 /// Upstream revocations in flight at once, over every target.
 const MAX_REVOKING: usize = 16;
+/// Upstream revocations in flight at once on one target.
+const MAX_REVOKING_PER_TARGET: usize = 2;
 /// How long a destroyed credential's record is kept (its story is in the
 /// audit log).
 const KEEP_FINISHED_SECS: i64 = 24 * 3600;
@@ -177,6 +179,17 @@ pub trait TargetClient: Send + Sync {
     async fn list(&self) -> Result<Option<Vec<String>>, UpstreamFailure>;
 }
 
+/// Where a credential was made: its target's name, server and database.
+type Endpoint = (String, String, Option<String>);
+
+fn endpoint_of(credential: &TargetCredential) -> Endpoint {
+    (
+        credential.target.clone(),
+        credential.server.clone(),
+        credential.database.clone(),
+    )
+}
+
 /// A target as the broker holds it: usable, or why not.
 #[derive(Clone)]
 enum Slot {
@@ -202,12 +215,17 @@ pub type Connector = Arc<
 
 /// The broker's target credentials.
 pub struct TargetCredentials {
-    /// Targets by name; a target removed from the policy stays here (as
-    /// long as it has credentials to destroy).
+    /// Targets by name, as the policy declares them.
     slots: RwLock<HashMap<String, Slot>>,
+    /// Clients of targets removed from the policy, or since moved to
+    /// another server or database, kept while credentials made through
+    /// them are to be destroyed.
+    retired: Mutex<HashMap<Endpoint, Arc<dyn TargetClient>>>,
     /// Every credential that is not finished, by id.
     open: Mutex<HashMap<String, Tracked>>,
     wake: tokio::sync::Notify,
+    /// Revocations in flight by target.
+    target_limits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     backoff: Backoff,
     connector: Connector,
     /// The comment the broker's roles carry: which broker made them.
@@ -227,8 +245,10 @@ impl TargetCredentials {
     pub fn new(issuer: &str, connector: Connector) -> Self {
         Self {
             slots: RwLock::new(HashMap::new()),
+            retired: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            target_limits: Mutex::new(HashMap::new()),
             backoff: Backoff::default(),
             connector,
             marker: stint_core::target::role_marker(issuer),
@@ -254,18 +274,68 @@ impl TargetCredentials {
             built.insert(target.name().to_owned(), slot);
         }
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-        // A target gone from the policy keeps its client for the
-        // credentials it still has to destroy.
-        let still_needed: HashSet<String> = self
+        // A target gone from the policy, or moved to another server or
+        // database, keeps its old client for the credentials made through
+        // it that it still has to destroy.
+        let still_needed: HashSet<Endpoint> = self
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|t| t.credential.target.clone())
+            .filter(|t| t.credential.state.is_open())
+            .map(|t| endpoint_of(&t.credential))
             .collect();
-        slots.retain(|name, _| still_needed.contains(name) && !built.contains_key(name));
+        let current: HashSet<Endpoint> = built
+            .iter()
+            .filter_map(|(name, slot)| match slot {
+                Slot::Ready(client) => Some((name.clone(), client.server(), client.database())),
+                Slot::Broken(_) => None,
+            })
+            .collect();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, slot) in slots.drain() {
+            if let Slot::Ready(client) = slot {
+                let endpoint = (name, client.server(), client.database());
+                if still_needed.contains(&endpoint) && !current.contains(&endpoint) {
+                    retired.insert(endpoint, client);
+                }
+            }
+        }
+        retired.retain(|endpoint, _| still_needed.contains(endpoint));
         slots.extend(built);
         problems
+    }
+
+    /// The client that reaches the server and database `credential` was
+    /// made on: its target's, or, if the target has moved since, the one it
+    /// had then.
+    fn client_for(
+        &self,
+        credential: &TargetCredential,
+    ) -> Result<Arc<dyn TargetClient>, UpstreamFailure> {
+        let endpoint = endpoint_of(credential);
+        match self.slot(&credential.target) {
+            Some(Slot::Ready(client))
+                if client.server() == endpoint.1 && client.database() == endpoint.2 =>
+            {
+                return Ok(client);
+            }
+            Some(Slot::Broken(why)) => return Err(UpstreamFailure::Unavailable(why)),
+            _ => {}
+        }
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&endpoint)
+            .cloned()
+            .ok_or_else(|| {
+                UpstreamFailure::Unavailable(format!(
+                    "target {} no longer reaches {} (database {}), where this credential was made: restore that target in the policy, or drop the role by hand",
+                    credential.target,
+                    credential.server,
+                    credential.database.as_deref().unwrap_or("-")
+                ))
+            })
     }
 
     fn slot(&self, target: &str) -> Option<Slot> {
@@ -521,14 +591,22 @@ impl TargetCredentials {
         let mut next_purge = tokio::time::Instant::now();
         loop {
             let now = host.now().timestamp();
-            for credential in self.due(now) {
-                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
-                    return;
-                };
+            // Never waits for a permit: what cannot start now (its target,
+            // or all targets, at their limit) stays due, and is looked at
+            // again when an attempt ends (it wakes the queue). So a dead
+            // target's attempts, each bounded by its timeouts, hold up no
+            // other target's.
+            let claimed = self.claim_due(now, |target| {
+                let all = Arc::clone(&limit).try_acquire_owned().ok()?;
+                let one = self.target_limit(target).try_acquire_owned().ok()?;
+                Some((all, one))
+            });
+            for (credential, permits) in claimed {
                 let (queue, host) = (Arc::clone(&self), Arc::clone(&host));
                 tokio::spawn(async move {
                     queue.attempt(host.as_ref(), credential).await;
-                    drop(permit);
+                    drop(permits);
+                    queue.wake.notify_one();
                 });
             }
             if tokio::time::Instant::now() >= next_reconcile {
@@ -558,9 +636,28 @@ impl TargetCredentials {
         }
     }
 
-    /// Credentials whose destruction is due now (marked busy), after
-    /// queueing those whose step token has expired.
-    fn due(&self, now: i64) -> Vec<TargetCredential> {
+    /// The revocations in flight on one target, at most
+    /// [`MAX_REVOKING_PER_TARGET`]: the rest of its admin pool stays for
+    /// mints.
+    fn target_limit(&self, target: &str) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(
+            self.target_limits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(target.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_REVOKING_PER_TARGET))),
+        )
+    }
+
+    /// After queueing those whose step token has expired, the credentials
+    /// whose destruction is due now and may start (`start` gives the
+    /// permits for a credential's target, or `None`): marked busy, with
+    /// their permits.
+    fn claim_due<P>(
+        &self,
+        now: i64,
+        mut start: impl FnMut(&str) -> Option<P>,
+    ) -> Vec<(TargetCredential, P)> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, t| {
             t.busy
@@ -577,8 +674,11 @@ impl TargetCredentials {
                 c.begin_revocation(Trigger::Expired, now);
             }
             if c.state == CredentialState::Revoking && c.next_attempt_at <= now {
+                let Some(permits) = start(&c.target) else {
+                    continue;
+                };
                 tracked.busy = true;
-                due.push(c.clone());
+                due.push((c.clone(), permits));
             }
         }
         due
@@ -587,13 +687,9 @@ impl TargetCredentials {
     /// One attempt to destroy `credential` upstream, its outcome stored
     /// and audited.
     async fn attempt(&self, host: &dyn Host, mut credential: TargetCredential) {
-        let result = match self.slot(&credential.target) {
-            Some(Slot::Ready(client)) => client.destroy(&credential.upstream_id).await,
-            Some(Slot::Broken(why)) => Err(UpstreamFailure::Unavailable(why)),
-            None => Err(UpstreamFailure::Unavailable(format!(
-                "target {} is no longer configured",
-                credential.target
-            ))),
+        let result = match self.client_for(&credential) {
+            Ok(client) => client.destroy(&credential.upstream_id).await,
+            Err(failure) => Err(failure),
         };
         let now = host.now();
         credential.attempts = credential.attempts.saturating_add(1);
@@ -854,4 +950,294 @@ fn random_u32(host: &dyn Host) -> u32 {
     // Jitter, not secrecy: a failed CSPRNG only makes retries line up.
     let _ = ring::rand::SecureRandom::fill(host.rng(), &mut bytes);
     u32::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use stint_core::revocation::WorkloadStop;
+    use stint_core::target::TargetKind;
+
+    /// The broker, as far as the queue cares: an SQLite store in a
+    /// temporary directory, the audit log in memory.
+    struct FakeHost {
+        store: stint_store::SqliteStore,
+        _dir: tempfile::TempDir,
+        rng: ring::rand::SystemRandom,
+        audit: Mutex<Vec<AuditEntry>>,
+    }
+
+    impl FakeHost {
+        fn new() -> Arc<Self> {
+            let dir = tempfile::tempdir().unwrap();
+            let store = stint_store::SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+            Arc::new(Self {
+                store,
+                _dir: dir,
+                rng: ring::rand::SystemRandom::new(),
+                audit: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn events(&self, event: EventKind) -> Vec<AuditEntry> {
+            let audit = self.audit.lock().unwrap();
+            audit.iter().filter(|e| e.event == event).cloned().collect()
+        }
+    }
+
+    #[async_trait]
+    impl Host for FakeHost {
+        fn now(&self) -> DateTime<Utc> {
+            Utc::now()
+        }
+        fn store(&self) -> &dyn Store {
+            &self.store
+        }
+        fn rng(&self) -> &ring::rand::SystemRandom {
+            &self.rng
+        }
+        fn is_revoked(&self, _claims: &AccessTokenClaims, _now: DateTime<Utc>) -> bool {
+            false
+        }
+        async fn audit(&self, entry: AuditEntry) -> Result<(), String> {
+            self.audit.lock().unwrap().push(entry);
+            Ok(())
+        }
+        fn count(&self, _target: &str, _event: &str) {}
+        fn census(&self, _census: &[(String, CredentialState, u64, i64)]) {}
+    }
+
+    /// A target whose destructions never end (`stuck`) or are recorded.
+    struct FakeClient {
+        server: String,
+        stuck: bool,
+        made: AtomicUsize,
+        started: AtomicUsize,
+        destroyed: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl TargetClient for FakeClient {
+        fn kind(&self) -> &'static str {
+            "postgres"
+        }
+        fn server(&self) -> String {
+            self.server.clone()
+        }
+        fn database(&self) -> Option<String> {
+            Some("db".into())
+        }
+        fn plan(
+            &self,
+            _target: &str,
+            scopes: &[Scope],
+            _expires_at: i64,
+            _rng: &ring::rand::SystemRandom,
+        ) -> Result<Planned, String> {
+            let n = self.made.fetch_add(1, Ordering::SeqCst);
+            Ok(Planned {
+                upstream_id: format!("stint_{}_{n}", self.server.replace([':', '.'], "")),
+                secret: "secret".into(),
+                privileges: Vec::new(),
+                effective: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+                request: Vec::new(),
+                postgres: None,
+            })
+        }
+        async fn create(&self, _planned: &Planned) -> Result<(), UpstreamFailure> {
+            Ok(())
+        }
+        async fn destroy(&self, upstream_id: &str) -> Result<Destroyed, UpstreamFailure> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            if self.stuck {
+                std::future::pending::<()>().await;
+            }
+            self.destroyed.lock().unwrap().push(upstream_id.to_owned());
+            Ok(Destroyed {
+                existed: true,
+                terminated: 0,
+            })
+        }
+        async fn list(&self) -> Result<Option<Vec<String>>, UpstreamFailure> {
+            Ok(None)
+        }
+    }
+
+    fn policy(slow_host: &str, fast_host: &str) -> Policy {
+        let target = |name: &str, host: &str| {
+            format!(
+                "[targets.{name}]\nkind = \"postgres\"\nhost = \"{host}\"\ndatabase = \"db\"\nadmin_user = \"admin\"\nadmin_password_env = \"UNUSED\"\n"
+            )
+        };
+        let text = format!(
+            "[workloads.etl]\nsecret_sha256 = \"{}\"\nworkflows = [\"sync\"]\n{}{}[workflows.sync]\nreview_by = 2099-01-01\n[workflows.sync.steps.load]\nscopes = [\"select:slow/s/t\", \"select:fast/s/t\"]\ntargets = [\"slow\", \"fast\"]\n",
+            "0".repeat(64),
+            target("slow", slow_host),
+            target("fast", fast_host),
+        );
+        Policy::parse("p.toml", &text).unwrap()
+    }
+
+    fn claims(jti: &str, iat: i64) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: "https://stint.example".into(),
+            sub: "etl".into(),
+            aud: "slow".into(),
+            client_id: "etl".into(),
+            exp: iat + 3600,
+            iat,
+            nbf: iat,
+            jti: jti.into(),
+            scope: String::new(),
+            job: "job-1".into(),
+            step: "load".into(),
+            workflow: "sync".into(),
+            cnf: None,
+            elev: None,
+            status: None,
+        }
+    }
+
+    /// Clients by server, made once each, so that tests can look at them.
+    type Clients = Arc<Mutex<HashMap<String, Arc<FakeClient>>>>;
+
+    fn queue(clients: &Clients) -> Arc<TargetCredentials> {
+        let clients = Arc::clone(clients);
+        let connector: Connector = Arc::new(move |_marker, target| {
+            let TargetKind::Postgres(pg) = target.kind();
+            let server = format!("{}:{}", pg.host, pg.port);
+            let client = Arc::clone(
+                clients
+                    .lock()
+                    .unwrap()
+                    .entry(server.clone())
+                    .or_insert_with(|| {
+                        Arc::new(FakeClient {
+                            stuck: server.starts_with("stuck"),
+                            server,
+                            made: AtomicUsize::new(0),
+                            started: AtomicUsize::new(0),
+                            destroyed: Mutex::new(Vec::new()),
+                        })
+                    }),
+            );
+            Ok(client as Arc<dyn TargetClient>)
+        });
+        Arc::new(TargetCredentials::new("https://stint.example", connector))
+    }
+
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_target_holds_up_no_other_targets_revocations() {
+        let host = FakeHost::new();
+        let clients: Clients = Arc::default();
+        let queue = queue(&clients);
+        queue.install(&policy("stuck.example", "fast.example"));
+        let now = Utc::now();
+        let scope = |text: &str| vec![Scope::parse(text).unwrap()];
+        // More revocations on the stuck target than run at once anywhere.
+        for n in 0..(MAX_REVOKING + 4) {
+            let claims = claims(&format!("slow-{n}"), now.timestamp() - 10);
+            queue
+                .mint(
+                    host.as_ref(),
+                    &claims,
+                    "slow",
+                    &scope("select:slow/s/t"),
+                    now,
+                )
+                .await
+                .unwrap();
+        }
+        let fast = claims("fast-1", now.timestamp() - 10);
+        queue
+            .mint(host.as_ref(), &fast, "fast", &scope("select:fast/s/t"), now)
+            .await
+            .unwrap();
+        let (_closing_tx, closing) = tokio::sync::watch::channel(false);
+        tokio::spawn(Arc::clone(&queue).run(host.clone() as Arc<dyn Host>, closing));
+        // The stuck target's revocations first: the queue starts them.
+        for n in 0..(MAX_REVOKING + 4) {
+            let token = stint_core::revocation::TokenRevocation {
+                jti: format!("slow-{n}"),
+                sub: "etl".into(),
+                job: "job-1".into(),
+                expires_at: now.timestamp() + 3600,
+                revoked_at: now.timestamp(),
+            };
+            queue.on_revocation(Cause::Token(&token), now.timestamp());
+        }
+        let slow_client = Arc::clone(clients.lock().unwrap().get("stuck.example:5432").unwrap());
+        eventually("the stuck target's destructions to start", || {
+            slow_client.started.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        // Then the other target's.
+        let stop = WorkloadStop {
+            workload: "etl".into(),
+            stopped_at: now.timestamp(),
+            stopped_by: "op".into(),
+            enabled_at: None,
+        };
+        queue.on_revocation(Cause::Workload(&stop), now.timestamp());
+        let fast_client = Arc::clone(clients.lock().unwrap().get("fast.example:5432").unwrap());
+        eventually("the fast target's login to be destroyed", || {
+            fast_client.destroyed.lock().unwrap().len() == 1
+        })
+        .await;
+        assert_eq!(host.events(EventKind::TargetCredentialRevoked).len(), 1);
+        // And the stuck target holds no more than its share.
+        assert_eq!(
+            slow_client.started.load(Ordering::SeqCst),
+            MAX_REVOKING_PER_TARGET
+        );
+    }
+
+    #[tokio::test]
+    async fn a_target_moved_to_another_server_still_destroys_what_it_made_on_the_old_one() {
+        let host = FakeHost::new();
+        let clients: Clients = Arc::default();
+        let queue = queue(&clients);
+        queue.install(&policy("old.example", "fast.example"));
+        let now = Utc::now();
+        let claims = claims("moved-1", now.timestamp() - 10);
+        let minted = queue
+            .mint(
+                host.as_ref(),
+                &claims,
+                "slow",
+                &[Scope::parse("select:slow/s/t").unwrap()],
+                now,
+            )
+            .await
+            .unwrap();
+        // The policy now points the target at another server.
+        queue.install(&policy("new.example", "fast.example"));
+        let (_closing_tx, closing) = tokio::sync::watch::channel(false);
+        tokio::spawn(Arc::clone(&queue).run(host.clone() as Arc<dyn Host>, closing));
+        assert!(
+            queue
+                .revoke_one(&minted.credential.id, "moved-1", now.timestamp())
+                .is_some()
+        );
+        let old = Arc::clone(clients.lock().unwrap().get("old.example:5432").unwrap());
+        eventually("the login to be destroyed on the old server", || {
+            old.destroyed.lock().unwrap().as_slice() == [minted.credential.upstream_id.clone()]
+        })
+        .await;
+        let new = Arc::clone(clients.lock().unwrap().get("new.example:5432").unwrap());
+        assert!(new.destroyed.lock().unwrap().is_empty());
+        // Once nothing made there is left, the old client is let go.
+        queue.install(&policy("new.example", "fast.example"));
+        assert!(queue.retired.lock().unwrap().is_empty());
+    }
 }
