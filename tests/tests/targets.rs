@@ -966,6 +966,15 @@ async fn concurrent_exchanges_on_one_table_all_succeed() {
         || async { stint_roles(&f.cluster).await.is_empty().then_some(()) },
     )
     .await;
+    // Each at its first attempt: destructions and mints do not trip over
+    // each other.
+    let failed: Vec<Value> = f
+        .broker
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["event"] == "target_revocation_failed")
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
 }
 
 /// A credential that cannot be destroyed (someone else granted its role a

@@ -204,6 +204,11 @@ impl TargetClient for PostgresClient {
         })
     }
 
+    /// Half the admin pool: the other half stays for mints.
+    fn max_destroying(&self) -> usize {
+        (self.target.pool_size / 2).max(1)
+    }
+
     async fn list(&self) -> Result<Option<Vec<String>>, UpstreamFailure> {
         self.upstream
             .list_roles(&self.marker)

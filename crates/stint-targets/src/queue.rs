@@ -48,8 +48,9 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 const QUEUE_TICK: Duration = Duration::from_secs(1);
 /// Upstream revocations in flight at once, over every target.
 const MAX_REVOKING: usize = 16;
-/// Upstream revocations in flight at once on one target.
-const MAX_REVOKING_PER_TARGET: usize = 2;
+/// Upstream revocations in flight at once on one target, unless its kind
+/// says otherwise ([`TargetClient::max_destroying`]).
+const DEFAULT_DESTROYING_PER_TARGET: usize = 2;
 /// How long a destroyed credential's record is kept (its story is in the
 /// audit log).
 const KEEP_FINISHED_SECS: i64 = 24 * 3600;
@@ -177,6 +178,11 @@ pub trait TargetClient: Send + Sync {
     /// What exists upstream that Stint made (`None`: this kind cannot
     /// list).
     async fn list(&self) -> Result<Option<Vec<String>>, UpstreamFailure>;
+    /// How many destructions may run at once on this target (the rest of
+    /// its capacity stays for mints).
+    fn max_destroying(&self) -> usize {
+        DEFAULT_DESTROYING_PER_TARGET
+    }
 }
 
 /// Where a credential was made: its target's name, server and database.
@@ -303,6 +309,12 @@ impl TargetCredentials {
         }
         retired.retain(|endpoint, _| still_needed.contains(endpoint));
         slots.extend(built);
+        // Their limits follow the new clients (attempts in flight keep the
+        // permits they hold).
+        self.target_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         problems
     }
 
@@ -636,16 +648,20 @@ impl TargetCredentials {
         }
     }
 
-    /// The revocations in flight on one target, at most
-    /// [`MAX_REVOKING_PER_TARGET`]: the rest of its admin pool stays for
+    /// The revocations in flight on one target, at most its client's
+    /// [`TargetClient::max_destroying`]: the rest of its capacity stays for
     /// mints.
     fn target_limit(&self, target: &str) -> Arc<tokio::sync::Semaphore> {
+        let most = match self.slot(target) {
+            Some(Slot::Ready(client)) => client.max_destroying().max(1),
+            _ => DEFAULT_DESTROYING_PER_TARGET,
+        };
         Arc::clone(
             self.target_limits
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(target.to_owned())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_REVOKING_PER_TARGET))),
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(most))),
         )
     }
 
@@ -1198,7 +1214,7 @@ mod tests {
         // And the stuck target holds no more than its share.
         assert_eq!(
             slow_client.started.load(Ordering::SeqCst),
-            MAX_REVOKING_PER_TARGET
+            DEFAULT_DESTROYING_PER_TARGET
         );
     }
 

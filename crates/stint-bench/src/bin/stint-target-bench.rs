@@ -125,7 +125,11 @@ const LOGIN_TTL_SECS: i64 = 300;
 /// Target credentials (PostgreSQL logins) through Stint vs the bare
 /// statements, and minting with and without a declared target.
 #[derive(Debug, Parser)]
-#[command(name = "stint-target-bench", about, long_about = None)]
+#[command(
+    name = "stint-target-bench",
+    about = "PostgreSQL logins through Stint (exchange, destruction) against the bare statements on the same server, and minting with an idle target",
+    long_about = None
+)]
 struct Cli {
     /// Concurrent jobs for the bare and stint phases (also the bare pool's
     /// connections and the target's pool_size).
