@@ -156,11 +156,8 @@ fn stint_exec(daemon: &Daemon, sql: &str) -> (std::process::ExitStatus, String, 
                 "load",
                 "--scope",
                 "select:warehouse/crm/accounts",
-                // The step token's audience is the target it is exchanged
-                // at (the step lists no audiences, and --target does not
-                // imply one).
-                "--audience",
-                "warehouse",
+                // No --audience: with --target the token is minted for the
+                // target (the step lists no audiences).
                 "--target",
                 "warehouse",
                 "--",

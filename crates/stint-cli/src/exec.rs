@@ -90,13 +90,33 @@ pub(crate) fn check_command(env_var: &str, command: &[String]) -> Result<(), Fai
 
 /// Check the `--target` names given (each is already a well-formed name):
 /// none twice, as one step token is exchanged once per target.
-pub(crate) fn check_targets(targets: &[String]) -> Result<(), Failure> {
+/// The audience the step token is asked for: a step token is exchanged
+/// only at the target it was minted for (its `aud`), so with `--target`
+/// the audience is the target's name, and one `--target` per exec.
+pub(crate) fn check_targets(
+    targets: &[String],
+    audience: Option<&str>,
+) -> Result<Option<String>, Failure> {
     for (index, target) in targets.iter().enumerate() {
         if targets[..index].contains(target) {
             return Err(Failure::new(2, format!("--target {target} is given twice")));
         }
     }
-    Ok(())
+    match (targets, audience) {
+        ([], audience) => Ok(audience.map(str::to_owned)),
+        ([target], None) => Ok(Some(target.clone())),
+        ([target], Some(audience)) if audience == target => Ok(Some(target.clone())),
+        ([target], Some(audience)) => Err(Failure::new(
+            2,
+            format!(
+                "--audience {audience}: a step token is exchanged only at the target it is for; with --target {target} its audience is {target} (leave --audience out)"
+            ),
+        )),
+        _ => Err(Failure::new(
+            2,
+            "one --target per stint exec: a step token is exchanged only at the target it is for (its audience); run one stint exec per target",
+        )),
+    }
 }
 
 /// The prefix of the variable that names a target credential's id.
@@ -441,9 +461,41 @@ mod tests {
     #[test]
     fn a_target_given_twice_is_a_usage_error() {
         let targets = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
-        assert!(check_targets(&targets(&[])).is_ok());
-        assert!(check_targets(&targets(&["a", "b"])).is_ok());
-        let failure = check_targets(&targets(&["a", "b", "a"])).unwrap_err();
+        assert_eq!(check_targets(&targets(&[]), None).unwrap(), None);
+        assert_eq!(
+            check_targets(&targets(&[]), Some("api"))
+                .unwrap()
+                .as_deref(),
+            Some("api")
+        );
+        let failure = check_targets(&targets(&["a", "b", "a"]), None).unwrap_err();
         assert_eq!(failure.code, 2);
+    }
+
+    #[test]
+    fn the_token_of_an_exec_with_a_target_is_for_that_target() {
+        let targets = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            check_targets(&targets(&["db"]), None).unwrap().as_deref(),
+            Some("db")
+        );
+        assert_eq!(
+            check_targets(&targets(&["db"]), Some("db"))
+                .unwrap()
+                .as_deref(),
+            Some("db")
+        );
+        assert_eq!(
+            check_targets(&targets(&["db"]), Some("api"))
+                .unwrap_err()
+                .code,
+            2
+        );
+        assert_eq!(
+            check_targets(&targets(&["db", "repo"]), None)
+                .unwrap_err()
+                .code,
+            2
+        );
     }
 }

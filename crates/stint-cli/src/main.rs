@@ -89,12 +89,13 @@ enum Command {
         #[arg(long, default_value = "STINT_TOKEN")]
         env_var: String,
         /// Exchange the step's token for a native credential of target
-        /// NAME (one the step lists); repeat for several. A PostgreSQL
-        /// login is set in the command's environment as PGHOST, PGPORT,
-        /// PGDATABASE, PGUSER, PGPASSWORD and PGSSLMODE (PGHOSTADDR and
-        /// PGSERVICE removed), so at most one PostgreSQL target per exec;
-        /// every credential's id is in STINT_TARGET_CREDENTIAL_ID_<NAME>
-        /// (uppercased, '-' as '_').
+        /// NAME (one the step lists). The token is minted for NAME (its
+        /// audience), since it is exchanged only at the target it is for:
+        /// one --target per exec. A PostgreSQL login is set in the
+        /// command's environment as PGHOST, PGPORT, PGDATABASE, PGUSER,
+        /// PGPASSWORD, PGSSLMODE and (over TLS) PGCHANNELBINDING
+        /// (PGHOSTADDR and PGSERVICE removed); the credential's id is in
+        /// STINT_TARGET_CREDENTIAL_ID_<NAME> (uppercased, '-' as '_').
         #[arg(long = "target", value_name = "NAME", value_parser = parse_target)]
         targets: Vec<String>,
         /// The command and its arguments.
@@ -531,7 +532,8 @@ async fn run(command: Command, out: &mut output::Stdout) -> Result<u8, Failure> 
             command,
         } => {
             exec::check_command(&env_var, &command)?;
-            exec::check_targets(&targets)?;
+            let mut request = request;
+            request.audience = exec::check_targets(&targets, request.audience.as_deref())?;
             let signals = exec::Signals::catch()?;
             let client = connect(&broker).await?;
             let step = request_token(&client, &request).await?;

@@ -50,8 +50,9 @@ impl StepToken {
     ///
     /// `target` is checked first ([`check_target_name`]): a malformed one
     /// is [`Error::Config`], and nothing is sent. The broker's refusals are
-    /// [`Error::OAuth`]: `invalid_target` (no such target, or the step
-    /// does not list it), `invalid_scope` (the target refused what the
+    /// [`Error::OAuth`]: `invalid_target` (no such target, the step does
+    /// not list it, or this token was not minted for it: request the step
+    /// token with `.audience(target)`), `invalid_scope` (the target refused what the
     /// step's scopes ask), `invalid_grant` (the step token is revoked or
     /// expired, or was already exchanged for this target), and
     /// `temporarily_unavailable` (the target could not be reached; a retry
@@ -100,7 +101,8 @@ impl StepToken {
 /// # async fn step(client: stint_client::Client) -> Result<(), stint_client::Error> {
 /// let step = client
 ///     .step("migrate")
-///     .scope("write:db/orders")
+///     .scope("insert:orders-db/public/orders")
+///     .audience("orders-db") // the target: a step token is exchanged only there
 ///     .request()
 ///     .await?;
 /// let login = step.target_credential("orders-db").await?;
