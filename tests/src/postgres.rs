@@ -367,6 +367,21 @@ impl PgCluster {
         self.superuser_client_in("postgres").await
     }
 
+    /// The roles named `stint_...` on the server, sorted.
+    pub async fn stint_roles(&self) -> Vec<String> {
+        self.superuser_client()
+            .await
+            .query(
+                "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'stint\\_%' ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
     /// Settings for a [`stint_targets::PostgresUpstream`] on this cluster,
     /// without TLS, pool 4, 2 s timeouts.
     pub fn settings(&self, user: &str, password: &str, database: &str) -> PostgresSettings {
@@ -510,4 +525,12 @@ fn run_quiet(command: &mut Command, timeout: Duration) -> Option<std::process::E
             }
         }
     }
+}
+
+/// The SQLSTATE of a client error, or a description of why it has none.
+pub fn sqlstate(error: &tokio_postgres::Error) -> String {
+    error
+        .code()
+        .map(|code| code.code().to_owned())
+        .unwrap_or_else(|| format!("no sqlstate: {error}"))
 }

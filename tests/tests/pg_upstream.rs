@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 use stint_targets::{PostgresUpstream, RevokeReport, TlsMode, UpstreamError};
-use stint_tests::postgres::{MARKER, PgCluster, admin_grants, scram_verifier};
+use stint_tests::postgres::{MARKER, PgCluster, admin_grants, scram_verifier, sqlstate};
 
 const ROLE: &str = "stint_aaaaaaaaaaaaaaaaaaaaaaaa";
 const ROLE_2: &str = "stint_bbbbbbbbbbbbbbbbbbbbbbbb";
@@ -64,13 +64,6 @@ async fn role_exists(cluster: &PgCluster, role: &str) -> bool {
         .await
         .unwrap()
         .is_some()
-}
-
-fn sqlstate(error: &tokio_postgres::Error) -> String {
-    error
-        .code()
-        .map(|code| code.code().to_owned())
-        .unwrap_or_else(|| format!("no sqlstate: {error}"))
 }
 
 /// Mint, use, revoke with a live session, revoke again: the whole life of

@@ -11,7 +11,7 @@
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use stint_core::secret;
-use stint_tests::postgres::PgCluster;
+use stint_tests::postgres::{PgCluster, sqlstate};
 use stint_tests::{BrokerOptions, TestBroker, eventually, policy_with};
 
 const ADMIN: &str = "wh_admin";
@@ -197,23 +197,8 @@ async fn revoke_token(broker: &TestBroker, token: &str) {
     assert_eq!(response.status(), 200);
 }
 
-async fn stint_roles(cluster: &PgCluster) -> Vec<String> {
-    cluster
-        .superuser_client()
-        .await
-        .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'stint\\_%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-}
-
 async fn role_exists(cluster: &PgCluster, role: &str) -> bool {
-    stint_roles(cluster).await.iter().any(|r| r == role)
+    cluster.stint_roles().await.iter().any(|r| r == role)
 }
 
 async fn wait_role_gone(cluster: &PgCluster, role: &str, timeout: Duration) {
@@ -236,13 +221,6 @@ async fn wait_record(broker: &TestBroker, event: &str, upstream_id: &str) -> Val
         },
     )
     .await
-}
-
-fn sqlstate(error: &tokio_postgres::Error) -> String {
-    error
-        .code()
-        .map(|code| code.code().to_owned())
-        .unwrap_or_else(|| format!("no sqlstate: {error}"))
 }
 
 fn login_of(credential: &Value) -> (String, String) {
@@ -396,7 +374,7 @@ async fn revoking_the_job_the_step_or_stopping_the_workload_drops_the_role() {
     wait_role_gone(&f.cluster, &by_stop, Duration::from_secs(20)).await;
     let record = wait_record(broker, "target_credential_revoked", &by_stop).await;
     assert_eq!(record["target"]["trigger"], "workload", "{record}");
-    assert!(stint_roles(&f.cluster).await.is_empty());
+    assert!(f.cluster.stint_roles().await.is_empty());
 }
 
 #[tokio::test]
@@ -466,7 +444,7 @@ async fn expect_refused(
     let record = records.last().unwrap();
     assert_eq!(record["reason"], reason, "{form:?}: {record}");
     assert!(
-        stint_roles(&f.cluster).await.is_empty(),
+        f.cluster.stint_roles().await.is_empty(),
         "{form:?}: a role was made"
     );
 }
@@ -486,7 +464,7 @@ async fn bad_exchanges_are_refused_audited_and_make_nothing_upstream() {
     let f = fixture().await;
     let broker = &f.broker;
     let token = step_token(broker, "bad-1", "select:warehouse/crm/accounts").await;
-    let roles_before = stint_roles(&f.cluster).await;
+    let roles_before = f.cluster.stint_roles().await;
     assert!(roles_before.is_empty());
 
     expect_refused(
@@ -613,7 +591,7 @@ async fn bad_exchanges_are_refused_audited_and_make_nothing_upstream() {
     let records = denied(broker);
     assert_eq!(records.len(), before + 1);
     assert_eq!(records.last().unwrap()["reason"], "already_exchanged");
-    assert_eq!(stint_roles(&f.cluster).await, vec![role.clone()]);
+    assert_eq!(f.cluster.stint_roles().await, vec![role.clone()]);
 
     // Revoked, then expired, step tokens.
     revoke_token(broker, &token).await;
@@ -678,7 +656,7 @@ async fn postgres_down_at_mint_is_a_prompt_503_and_leaves_nothing_behind() {
     )
     .await;
     assert_eq!(closed["target"]["outcome"], "already_gone", "{closed}");
-    assert!(stint_roles(&f.cluster).await.is_empty());
+    assert!(f.cluster.stint_roles().await.is_empty());
 }
 
 #[tokio::test]
@@ -758,7 +736,7 @@ async fn a_restarted_broker_still_revokes_and_reconciles_roles_it_does_not_know(
     // ...and is still revoked with its token.
     revoke_token(&f.broker, &token).await;
     wait_role_gone(&f.cluster, &role, Duration::from_secs(20)).await;
-    assert_eq!(stint_roles(&f.cluster).await, vec![foreign.to_owned()]);
+    assert_eq!(f.cluster.stint_roles().await, vec![foreign.to_owned()]);
 }
 
 #[tokio::test]
@@ -863,7 +841,7 @@ async fn many_mint_and_revoke_cycles_leave_no_role_and_the_acl_unchanged() {
     eventually(
         Duration::from_secs(120),
         "every role of the churn to be dropped",
-        || async { stint_roles(&f.cluster).await.is_empty().then_some(()) },
+        || async { f.cluster.stint_roles().await.is_empty().then_some(()) },
     )
     .await;
     eprintln!(
@@ -963,7 +941,7 @@ async fn concurrent_exchanges_on_one_table_all_succeed() {
     eventually(
         Duration::from_secs(30),
         "every login to be dropped",
-        || async { stint_roles(&f.cluster).await.is_empty().then_some(()) },
+        || async { f.cluster.stint_roles().await.is_empty().then_some(()) },
     )
     .await;
     // Each at its first attempt: destructions and mints do not trip over

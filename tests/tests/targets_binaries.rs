@@ -121,24 +121,9 @@ impl Setup {
     }
 }
 
-async fn stint_roles(cluster: &PgCluster) -> Vec<String> {
-    cluster
-        .superuser_client()
-        .await
-        .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'stint\\_%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-}
-
 async fn wait_no_roles(cluster: &PgCluster, timeout: Duration, what: &str) {
     eventually(timeout, what, || async {
-        stint_roles(cluster).await.is_empty().then_some(())
+        cluster.stint_roles().await.is_empty().then_some(())
     })
     .await;
 }
@@ -273,10 +258,10 @@ async fn a_credential_survives_kill_9_and_a_revocation_interrupted_by_kill_9_is_
     let credential = exchange(&http, &daemon, &token).await;
     let role = credential["postgres"]["user"].as_str().unwrap().to_owned();
     daemon.kill9();
-    assert_eq!(stint_roles(&setup.cluster).await, vec![role.clone()]);
+    assert_eq!(setup.cluster.stint_roles().await, vec![role.clone()]);
     let daemon = setup.start_daemon();
     assert_eq!(
-        stint_roles(&setup.cluster).await,
+        setup.cluster.stint_roles().await,
         vec![role.clone()],
         "a live credential is not destroyed by a restart"
     );
@@ -310,7 +295,7 @@ async fn a_credential_survives_kill_9_and_a_revocation_interrupted_by_kill_9_is_
     .await;
     daemon.kill9();
     setup.cluster.start_again();
-    assert_eq!(stint_roles(&setup.cluster).await, vec![role.clone()]);
+    assert_eq!(setup.cluster.stint_roles().await, vec![role.clone()]);
     let _daemon = setup.start_daemon();
     wait_no_roles(
         &setup.cluster,

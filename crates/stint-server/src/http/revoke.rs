@@ -215,20 +215,29 @@ fn check_holder(
     claims: &AccessTokenClaims,
     certificate: Option<&PeerCertificate>,
 ) -> Result<(), OAuthError> {
-    let Some(bound) = &claims.cnf else {
-        return Ok(());
-    };
-    let presented = certificate.map(|c| confirmation_for_certificate(&c.0));
-    match presented {
-        Some(presented)
-            if constant_time_eq(presented.x5t_s256.as_bytes(), bound.x5t_s256.as_bytes()) =>
-        {
-            Ok(())
-        }
-        _ => Err(not_revocation_authority(
+    if presents_its_certificate(claims, certificate) {
+        Ok(())
+    } else {
+        Err(not_revocation_authority(
             "this token is bound to a client certificate: revoke it over a connection with that certificate, or with the workload's own credential",
-        )),
+        ))
     }
+}
+
+/// Whether a token may be used over this connection: it is bound to no
+/// certificate (RFC 8705 `cnf`), or the connection presents that one.
+pub(crate) fn presents_its_certificate(
+    claims: &AccessTokenClaims,
+    certificate: Option<&PeerCertificate>,
+) -> bool {
+    let Some(bound) = &claims.cnf else {
+        return true;
+    };
+    certificate
+        .map(|c| confirmation_for_certificate(&c.0))
+        .is_some_and(|presented| {
+            constant_time_eq(presented.x5t_s256.as_bytes(), bound.x5t_s256.as_bytes())
+        })
 }
 
 /// Who is asking to revoke, and with what authority.

@@ -22,12 +22,11 @@ use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode, header};
 use std::sync::Arc;
 use stint_core::audit::{AuditEntry, EventKind, TargetAudit};
-use stint_core::claims::{AccessTokenClaims, confirmation_for_certificate};
+use stint_core::claims::AccessTokenClaims;
 use stint_core::decision::DenyReason;
 use stint_core::form::FormParams;
 use stint_core::policy::Policy;
 use stint_core::scope::{Scope, parse_scope_list};
-use stint_core::secret::constant_time_eq;
 use stint_proto::{
     ErrorCode, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_NOT_APPLICABLE,
     TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
@@ -106,20 +105,14 @@ fn check_holder(
     claims: &AccessTokenClaims,
     certificate: Option<&PeerCertificate>,
 ) -> Result<(), OAuthError> {
-    let Some(bound) = &claims.cnf else {
-        return Ok(());
-    };
-    match certificate.map(|c| confirmation_for_certificate(&c.0)) {
-        Some(presented)
-            if constant_time_eq(presented.x5t_s256.as_bytes(), bound.x5t_s256.as_bytes()) =>
-        {
-            Ok(())
-        }
-        _ => Err(OAuthError::new(
+    if super::revoke::presents_its_certificate(claims, certificate) {
+        Ok(())
+    } else {
+        Err(OAuthError::new(
             ErrorCode::InvalidGrant,
             DenyReason::InactiveSubjectToken,
             "the step token is bound to a client certificate: exchange it over a connection with that certificate",
-        )),
+        ))
     }
 }
 
