@@ -36,12 +36,6 @@ use stint_targets::queue::credential_entry;
 /// The longest target name.
 const MAX_TARGET_LEN: usize = 32;
 
-/// A credential made, with what the audit and the caller need if its mint
-/// cannot be recorded.
-pub(crate) struct IssuedCredential {
-    pub(crate) response: TargetCredentialResponse,
-}
-
 fn invalid_target(reason: DenyReason, description: impl Into<String>) -> OAuthError {
     OAuthError::new(ErrorCode::InvalidTarget, reason, description)
 }
@@ -171,7 +165,7 @@ pub(crate) async fn exchange(
     certificate: Option<&PeerCertificate>,
     now: DateTime<Utc>,
     entry: &mut AuditEntry,
-) -> Result<IssuedCredential, OAuthError> {
+) -> Result<TargetCredentialResponse, OAuthError> {
     entry.event = EventKind::TargetCredentialDenied;
     if form.get("actor_token").is_some() {
         return Err(OAuthError::invalid_request(
@@ -274,22 +268,20 @@ pub(crate) async fn exchange(
     entry.event = EventKind::TargetCredentialMinted;
 
     let credential = &minted.credential;
-    Ok(IssuedCredential {
-        response: TargetCredentialResponse {
-            access_token: minted.secret,
-            token_type: TOKEN_TYPE_NOT_APPLICABLE.to_owned(),
-            issued_token_type: TOKEN_TYPE_POSTGRES_LOGIN.to_owned(),
-            expires_in: u64::try_from(credential.expires_at - now.timestamp()).unwrap_or(0),
-            credential_id: credential.id.clone(),
-            target: credential.target.clone(),
-            kind: credential.kind.clone(),
-            scope: scopes
-                .iter()
-                .map(Scope::as_str)
-                .collect::<Vec<_>>()
-                .join(" "),
-            postgres: minted.postgres,
-        },
+    Ok(TargetCredentialResponse {
+        access_token: minted.secret,
+        token_type: TOKEN_TYPE_NOT_APPLICABLE.to_owned(),
+        issued_token_type: TOKEN_TYPE_POSTGRES_LOGIN.to_owned(),
+        expires_in: u64::try_from(credential.expires_at - now.timestamp()).unwrap_or(0),
+        credential_id: credential.id.clone(),
+        target: credential.target.clone(),
+        kind: credential.kind.clone(),
+        scope: scopes
+            .iter()
+            .map(Scope::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        postgres: minted.postgres,
     })
 }
 

@@ -9,7 +9,7 @@
 
 use super::client_auth::{certificate_client, credentials, read_form};
 use super::exchange;
-use super::target::{self, IssuedCredential};
+use super::target;
 use super::{LoggedClient, RequestContext};
 use crate::error::OAuthError;
 use crate::limits::{Source, retry_after_secs};
@@ -33,7 +33,7 @@ use stint_core::ids::validate_job_id;
 use stint_core::policy::Workload;
 use stint_proto::{
     ACCESS_TOKEN_TYP, ErrorCode, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE,
-    TOKEN_TYPE_ACCESS_TOKEN, TokenResponse,
+    TOKEN_TYPE_ACCESS_TOKEN, TargetCredentialResponse, TokenResponse,
 };
 
 pub(crate) async fn token(
@@ -98,7 +98,7 @@ enum Issued {
     /// A Stint access token.
     Token(TokenResponse),
     /// A target's native credential (a step token exchanged).
-    Target(IssuedCredential),
+    Target(TargetCredentialResponse),
 }
 
 /// Audit a target credential's mint and answer with it; if the mint cannot
@@ -106,7 +106,7 @@ enum Issued {
 async fn finish_target(
     state: &AppState,
     entry: AuditEntry,
-    issued: IssuedCredential,
+    issued: TargetCredentialResponse,
     now: DateTime<Utc>,
 ) -> Response {
     let client_id = entry.client_id.clone();
@@ -115,20 +115,23 @@ async fn finish_target(
     if let Err(unavailable) = state.record(entry).await {
         state
             .targets
-            .abandon(&issued.response.credential_id, now.timestamp());
+            .abandon(&issued.credential_id, now.timestamp());
         state.metrics.denied(unavailable.reason.as_str());
         return unavailable.into_response();
     }
-    state
-        .metrics
-        .target_event(&issued.response.target, "minted");
-    let mut response = Json(issued.response).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    state.metrics.target_event(&issued.target, "minted");
+    let mut response = no_store(Json(issued).into_response());
     if let Some(client_id) = client_id {
         response.extensions_mut().insert(LoggedClient(client_id));
     }
+    response
+}
+
+/// A response that carries a secret: never cached (RFC 6749 section 5.1).
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
 }
 
@@ -136,11 +139,7 @@ fn respond(state: &AppState, outcome: Result<TokenResponse, OAuthError>) -> Resp
     match outcome {
         Ok(response) => {
             state.metrics.minted();
-            let mut response = Json(response).into_response();
-            let headers = response.headers_mut();
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-            response
+            no_store(Json(response).into_response())
         }
         Err(error) => {
             state.metrics.denied(error.reason.as_str());
