@@ -367,6 +367,29 @@ impl PgCluster {
         self.superuser_client_in("postgres").await
     }
 
+    /// Create `database` with schema `crm` and two tables: `crm.accounts`
+    /// (one row: 1, 'acme') for a login to read, `crm.secrets` (1, 'hush')
+    /// for it not to. Returns the superuser's connection to it.
+    pub async fn create_crm_database(&self, database: &str) -> tokio_postgres::Client {
+        self.superuser_client()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .unwrap();
+        let owner = self.superuser_client_in(database).await;
+        owner
+            .batch_execute(
+                "CREATE SCHEMA crm;
+                 CREATE TABLE crm.accounts (id int PRIMARY KEY, name text);
+                 INSERT INTO crm.accounts VALUES (1, 'acme');
+                 CREATE TABLE crm.secrets (id int PRIMARY KEY, value text);
+                 INSERT INTO crm.secrets VALUES (1, 'hush');",
+            )
+            .await
+            .unwrap();
+        owner
+    }
+
     /// The roles named `stint_...` on the server, sorted.
     pub async fn stint_roles(&self) -> Vec<String> {
         self.superuser_client()

@@ -20,22 +20,9 @@ const LOGIN_PASSWORD: &str = "login-password-7c1d";
 /// `secrets` (never granted), owned by the superuser.
 async fn prepare_app(cluster: &PgCluster) {
     cluster
-        .superuser_client()
+        .create_crm_database("app")
         .await
-        .batch_execute("CREATE DATABASE app")
-        .await
-        .unwrap();
-    cluster
-        .superuser_client_in("app")
-        .await
-        .batch_execute(
-            "CREATE SCHEMA crm;
-             CREATE TABLE crm.accounts (id int PRIMARY KEY, name text);
-             INSERT INTO crm.accounts VALUES (1, 'acme');
-             CREATE TABLE crm.secrets (id int PRIMARY KEY, value text);
-             INSERT INTO crm.secrets VALUES (1, 'hush');
-             CREATE ROLE crm_readers NOLOGIN;",
-        )
+        .batch_execute("CREATE ROLE crm_readers NOLOGIN;")
         .await
         .unwrap();
 }

@@ -34,23 +34,7 @@ async fn prepare_database(cluster: &PgCluster, superuser_admin: bool) {
     cluster
         .create_admin(ADMIN, ADMIN_PASSWORD, superuser_admin)
         .await;
-    cluster
-        .superuser_client()
-        .await
-        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
-        .await
-        .unwrap();
-    let owner = cluster.superuser_client_in(DATABASE).await;
-    owner
-        .batch_execute(
-            "CREATE SCHEMA crm;
-             CREATE TABLE crm.accounts (id int PRIMARY KEY, name text);
-             INSERT INTO crm.accounts VALUES (1, 'acme');
-             CREATE TABLE crm.secrets (id int PRIMARY KEY, value text);
-             INSERT INTO crm.secrets VALUES (1, 'hush');",
-        )
-        .await
-        .unwrap();
+    let owner = cluster.create_crm_database(DATABASE).await;
     if !superuser_admin {
         for statement in stint_tests::postgres::admin_grants(
             ADMIN,

@@ -46,24 +46,7 @@ struct Setup {
 async fn setup() -> Setup {
     let cluster = PgCluster::start();
     cluster.create_admin(ADMIN, ADMIN_PASSWORD, true).await;
-    cluster
-        .superuser_client()
-        .await
-        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
-        .await
-        .unwrap();
-    cluster
-        .superuser_client_in(DATABASE)
-        .await
-        .batch_execute(
-            "CREATE SCHEMA crm;
-             CREATE TABLE crm.accounts (id int PRIMARY KEY, name text);
-             INSERT INTO crm.accounts VALUES (1, 'acme');
-             CREATE TABLE crm.secrets (id int PRIMARY KEY, value text);
-             INSERT INTO crm.secrets VALUES (1, 'hush');",
-        )
-        .await
-        .unwrap();
+    cluster.create_crm_database(DATABASE).await;
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("warehouse.password");
     std::fs::write(&password_file, ADMIN_PASSWORD).unwrap();

@@ -16,6 +16,25 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
+/// A warm-up or window length from the command line: seconds, fractions
+/// allowed.
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
+}
+
+/// [`parse_seconds`], more than zero (a measured window).
+pub(crate) fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    let seconds = parse_seconds(text)?;
+    if seconds.is_zero() {
+        return Err("must be more than 0 seconds".to_owned());
+    }
+    Ok(seconds)
+}
+
 /// How long after the window closes an unanswered request is abandoned
 /// (and counted as an error), so that the benchmark always stops by itself.
 const GRACE: Duration = Duration::from_secs(10);

@@ -141,11 +141,11 @@ struct Cli {
     mint_connections: u16,
 
     /// Seconds of unrecorded warm-up before each measurement.
-    #[arg(long, default_value = "1", value_parser = parse_seconds)]
+    #[arg(long, default_value = "1", value_parser = load::parse_seconds)]
     warmup: Duration,
 
     /// Seconds each measurement records.
-    #[arg(long, default_value = "3", value_parser = parse_positive_seconds)]
+    #[arg(long, default_value = "3", value_parser = load::parse_positive_seconds)]
     duration: Duration,
 
     /// Rounds (bare, stint, mint without target, mint with target in
@@ -162,22 +162,6 @@ struct Cli {
     /// executable, inside Cargo's target directory].
     #[arg(long, value_name = "DIR")]
     data_in: Option<PathBuf>,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
-}
-
-fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
-    let seconds = parse_seconds(text)?;
-    if seconds.is_zero() {
-        return Err("must be more than 0 seconds".to_owned());
-    }
-    Ok(seconds)
 }
 
 impl Cli {
