@@ -164,6 +164,13 @@ pub(crate) struct Scrape<'a> {
     pub(crate) jwks_fetches: (u64, u64),
     /// Whether the scraper may see the policy's workflow names.
     pub(crate) names: bool,
+    /// Open target credentials: (target, state, count, oldest's age).
+    pub(crate) targets: Vec<(
+        String,
+        stint_core::target_credential::CredentialState,
+        u64,
+        i64,
+    )>,
 }
 
 /// The shortest and longest scrape token accepted, in bytes.
@@ -283,17 +290,7 @@ pub struct Metrics {
     feed_refused: Family<ReasonLabel, Counter>,
     id_tokens: Family<OutcomeLabel, Counter>,
     target_events: Family<EventLabel, Counter>,
-    /// Open target credentials by state, and the oldest irrevocable one's
-    /// age, as the revocation queue last counted them.
-    target_census: std::sync::Mutex<TargetCensus>,
     scrape_token: Option<ScrapeToken>,
-}
-
-/// Target credentials as the queue last counted them.
-#[derive(Debug, Default, Clone)]
-struct TargetCensus {
-    by_state: Vec<(&'static str, u64)>,
-    irrevocable_oldest_age: i64,
 }
 
 /// The events of target credentials the metrics count.
@@ -494,7 +491,6 @@ impl Metrics {
             feed_refused,
             id_tokens,
             target_events,
-            target_census: std::sync::Mutex::new(TargetCensus::default()),
             scrape_token,
         }
     }
@@ -507,41 +503,6 @@ impl Metrics {
                 .get_or_create(&EventLabel { event })
                 .inc();
         }
-    }
-
-    /// The revocation queue's count: (target, state, count, age of the
-    /// oldest) for each target and state.
-    pub(crate) fn target_census(
-        &self,
-        census: &[(
-            String,
-            stint_core::target_credential::CredentialState,
-            u64,
-            i64,
-        )],
-    ) {
-        use stint_core::target_credential::CredentialState;
-        let mut counted = TargetCensus::default();
-        for state in [
-            CredentialState::Minting,
-            CredentialState::Live,
-            CredentialState::Revoking,
-            CredentialState::Irrevocable,
-        ] {
-            let count = census
-                .iter()
-                .filter(|(_, s, _, _)| *s == state)
-                .map(|(_, _, n, _)| n)
-                .sum();
-            counted.by_state.push((state.as_str(), count));
-        }
-        counted.irrevocable_oldest_age = census
-            .iter()
-            .filter(|(_, s, _, _)| *s == CredentialState::Irrevocable)
-            .map(|(_, _, _, age)| *age)
-            .max()
-            .unwrap_or(0);
-        *self.target_census.lock().unwrap_or_else(|p| p.into_inner()) = counted;
     }
 
     pub(crate) fn limited(&self, limit: &'static str) {
@@ -756,16 +717,32 @@ impl Metrics {
             "Fetches of a trusted issuer's discovery document and keys, by outcome (fetched, failed)",
             fetches,
         );
-        let census = self
-            .target_census
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        use stint_core::target_credential::CredentialState;
         let open = Family::<StateLabel, Gauge>::default();
-        for (state, count) in &census.by_state {
-            open.get_or_create(&StateLabel { state })
-                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        for state in [
+            CredentialState::Minting,
+            CredentialState::Live,
+            CredentialState::Revoking,
+            CredentialState::Irrevocable,
+        ] {
+            let count: u64 = scrape
+                .targets
+                .iter()
+                .filter(|(_, s, _, _)| *s == state)
+                .map(|(_, _, n, _)| n)
+                .sum();
+            open.get_or_create(&StateLabel {
+                state: state.as_str(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+        let irrevocable_oldest_age = scrape
+            .targets
+            .iter()
+            .filter(|(_, s, _, _)| *s == CredentialState::Irrevocable)
+            .map(|(_, _, _, age)| *age)
+            .max()
+            .unwrap_or(0);
         scraped.register(
             "target_credentials_open",
             "Target credentials that may exist upstream, by state (minting, live, revoking; irrevocable: every attempt to destroy them failed, an operator must)",
@@ -775,7 +752,7 @@ impl Metrics {
             &mut scraped,
             "target_credential_irrevocable_oldest_age_seconds",
             "Age of the oldest target credential that could not be destroyed (0 when there is none)",
-            usize::try_from(census.irrevocable_oldest_age).unwrap_or(0),
+            usize::try_from(irrevocable_oldest_age).unwrap_or(0),
         );
         let process = process_registry();
 

@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use stint_core::audit::AuditEntry;
 use stint_core::claims::AccessTokenClaims;
 use stint_core::decision::DenyReason;
-use stint_core::target_credential::CredentialState;
 use stint_proto::ErrorCode;
 use stint_store::Store;
 use stint_targets::queue::{Host, MintError, UpstreamFailure};
@@ -38,10 +37,6 @@ impl Host for AppState {
 
     fn count(&self, target: &str, event: &str) {
         self.metrics.target_event(target, event);
-    }
-
-    fn census(&self, census: &[(String, CredentialState, u64, i64)]) {
-        self.metrics.target_census(census);
     }
 }
 

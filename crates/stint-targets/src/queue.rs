@@ -72,8 +72,6 @@ pub trait Host: Send + Sync {
     async fn audit(&self, entry: AuditEntry) -> Result<(), String>;
     /// Count an event of a target's credentials (`minted`, `revoked`, ...).
     fn count(&self, target: &str, event: &str);
-    /// The open credentials, by target and state, with the oldest's age.
-    fn census(&self, census: &[(String, CredentialState, u64, i64)]);
 }
 
 /// Why a credential was not made. Nothing is left upstream: what may have
@@ -636,7 +634,6 @@ impl TargetCredentials {
                     tracing::warn!(%error, "could not purge finished target credentials");
                 }
             }
-            host.census(&self.census(now));
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(QUEUE_TICK) => {}
@@ -1022,7 +1019,6 @@ mod tests {
             Ok(())
         }
         fn count(&self, _target: &str, _event: &str) {}
-        fn census(&self, _census: &[(String, CredentialState, u64, i64)]) {}
     }
 
     /// A target whose destructions never end (`stuck`) or are recorded.

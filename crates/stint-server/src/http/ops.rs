@@ -82,6 +82,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderM
         webhook: state.approvals.webhook_counts(),
         jwks_fetches: state.issuer_keys.fetch_counts(),
         names: access == Access::Full,
+        targets: state.targets.census(now.timestamp()),
     };
     let text = state.metrics.render(&scrape, format);
     (
