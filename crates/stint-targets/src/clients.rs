@@ -30,7 +30,12 @@ pub struct PostgresClient {
 /// Build the client of a declared target (reads its admin password and CA
 /// file; connects on first use).
 pub fn connect(marker: &str, target: &Target) -> Result<Arc<dyn TargetClient>, String> {
-    let TargetKind::Postgres(pg) = target.kind();
+    let pg = match target.kind() {
+        TargetKind::Postgres(pg) => pg,
+        TargetKind::Github(_) | TargetKind::Oidc(_) => {
+            return Err(format!("{} targets are not supported yet", target.kind().as_str()));
+        }
+    };
     let password = read_secret(&pg.admin_password)?;
     let ca_pem = match &pg.ca_file {
         Some(path) => Some(read_bounded(path, MAX_CA_FILE_LEN)?),

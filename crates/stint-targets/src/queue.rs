@@ -1118,7 +1118,9 @@ mod tests {
     fn queue(clients: &Clients) -> Arc<TargetCredentials> {
         let clients = Arc::clone(clients);
         let connector: Connector = Arc::new(move |_marker, target| {
-            let TargetKind::Postgres(pg) = target.kind();
+            let TargetKind::Postgres(pg) = target.kind() else {
+                return Err("not a postgres target".into());
+            };
             let server = format!("{}:{}", pg.host, pg.port);
             let client = Arc::clone(
                 clients

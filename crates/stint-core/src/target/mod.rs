@@ -31,8 +31,12 @@
 //! ```
 //!
 //! A target's scopes name it as their first resource segment; the grammar
-//! of the rest is the kind's ([`postgres`] for PostgreSQL).
+//! of the rest is the kind's ([`postgres`] for PostgreSQL, [`github`] for
+//! GitHub App installation tokens, [`oidc`] for federation tokens that
+//! clouds and secrets managers accept).
 
+pub mod github;
+pub mod oidc;
 pub(crate) mod policy_section;
 pub mod postgres;
 
@@ -58,7 +62,7 @@ pub const MAX_TARGETS: usize = 64;
 /// The longest target name, in bytes.
 pub const MAX_TARGET_NAME_LEN: usize = 32;
 /// The kinds of target Stint knows, as a policy spells them.
-pub const KNOWN_KINDS: &[&str] = &["postgres"];
+pub const KNOWN_KINDS: &[&str] = &["postgres", "github", "oidc"];
 
 /// A declared target: its name (the first resource segment of its scopes)
 /// and what kind of system it is.
@@ -92,6 +96,8 @@ impl Target {
     pub fn check_pattern(&self, pattern: &ScopePattern) -> Result<(), PlanError> {
         match &self.kind {
             TargetKind::Postgres(_) => postgres::check_pattern(&self.name, pattern),
+            TargetKind::Github(_) => github::check_pattern(&self.name, pattern),
+            TargetKind::Oidc(_) => oidc::check_pattern(&self.name, pattern),
         }
     }
 }
@@ -101,13 +107,20 @@ impl Target {
 pub enum TargetKind {
     /// A PostgreSQL server: Stint makes logins.
     Postgres(PostgresTarget),
+    /// A GitHub App's installations: Stint asks for installation tokens.
+    Github(github::GithubTarget),
+    /// A system that trusts Stint as an OIDC issuer: Stint signs
+    /// federation tokens for it.
+    Oidc(oidc::OidcTarget),
 }
 
 impl TargetKind {
-    /// The kind as a policy spells it: `postgres`.
+    /// The kind as a policy spells it: `postgres`, `github` or `oidc`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Postgres(_) => "postgres",
+            Self::Github(_) => "github",
+            Self::Oidc(_) => "oidc",
         }
     }
 }

@@ -8,6 +8,8 @@ use super::postgres::{
     MAX_POOL_SIZE, MAX_ROLES, MAX_SCOPES_PER_ROLE, MAX_STATEMENT_TIMEOUT_SECS, PgGrant, PgIdent,
     PgTlsMode, PostgresTarget,
 };
+use super::github::{self, GithubApp, GithubTarget};
+use super::oidc::{self, OidcTarget};
 use super::{
     KNOWN_KINDS, MAX_TARGETS, ROLE_PREFIX, SecretSource, Target, TargetKind, validate_target_name,
 };
@@ -22,9 +24,8 @@ use toml::Spanned;
 /// `[targets.NAME.roles]`: role name to the scopes it confers.
 type RawRoles = BTreeMap<String, Spanned<Vec<Spanned<String>>>>;
 
-/// One `[targets.NAME]` table as written. Every kind's keys are here
-/// (there is one kind today); keys another kind does not use are refused
-/// by that kind's builder.
+/// One `[targets.NAME]` table as written. Every kind's keys are here;
+/// keys a kind does not use are refused ([`RawTarget::foreign_keys`]).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTarget {
@@ -58,9 +59,29 @@ pub(crate) struct RawTarget {
     #[serde(default)]
     statement_timeout_secs: Option<Spanned<i64>>,
     #[serde(default)]
-    object_grants: Option<bool>,
+    object_grants: Option<Spanned<bool>>,
     #[serde(default)]
     roles: Option<Spanned<RawRoles>>,
+    // kind = "github"
+    #[serde(default)]
+    app_id: Option<Spanned<i64>>,
+    #[serde(default)]
+    client_id: Option<Spanned<String>>,
+    #[serde(default)]
+    private_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    token_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    api_url: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout_secs: Option<Spanned<i64>>,
+    // kind = "oidc"
+    #[serde(default)]
+    audience: Option<Spanned<String>>,
+    #[serde(default)]
+    ttl_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    aws_session_tags: Option<Spanned<bool>>,
     #[serde(default)]
     #[allow(dead_code)] // documentation for humans; accepted, not used
     description: Option<String>,
@@ -115,7 +136,16 @@ pub(crate) fn build_targets(
                 None
             }
             Some(kind) if kind.get_ref() == "postgres" => {
+                raw.refuse_foreign_keys("postgres", &key, errors);
                 build_postgres(&name, raw, span, &key, errors).map(TargetKind::Postgres)
+            }
+            Some(kind) if kind.get_ref() == "github" => {
+                raw.refuse_foreign_keys("github", &key, errors);
+                build_github(raw, span, &key, errors).map(TargetKind::Github)
+            }
+            Some(kind) if kind.get_ref() == "oidc" => {
+                raw.refuse_foreign_keys("oidc", &key, errors);
+                build_oidc(raw, span, &key, errors).map(TargetKind::Oidc)
             }
             Some(kind) => {
                 errors.push(
@@ -141,6 +171,313 @@ pub(crate) fn build_targets(
         }
     }
     declared
+}
+
+/// The keys of each kind (besides `kind` and `description`).
+const POSTGRES_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "database",
+    "admin_user",
+    "admin_password",
+    "admin_password_file",
+    "admin_password_env",
+    "tls",
+    "ca_file",
+    "connection_limit",
+    "pool_size",
+    "connect_timeout_secs",
+    "statement_timeout_secs",
+    "object_grants",
+    "roles",
+];
+const GITHUB_KEYS: &[&str] = &[
+    "app_id",
+    "client_id",
+    "private_key_file",
+    "token_key_file",
+    "api_url",
+    "ca_file",
+    "timeout_secs",
+];
+const OIDC_KEYS: &[&str] = &["audience", "ttl_secs", "aws_session_tags"];
+
+impl RawTarget {
+    /// The keys written, with their spans.
+    fn present(&self) -> Vec<(&'static str, Range<usize>)> {
+        fn at<T>(name: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, Range<usize>)> {
+            v.as_ref().map(|v| (name, v.span()))
+        }
+        [
+            at("host", &self.host),
+            at("port", &self.port),
+            at("database", &self.database),
+            at("admin_user", &self.admin_user),
+            at("admin_password", &self.admin_password),
+            at("admin_password_file", &self.admin_password_file),
+            at("admin_password_env", &self.admin_password_env),
+            at("tls", &self.tls),
+            at("ca_file", &self.ca_file),
+            at("connection_limit", &self.connection_limit),
+            at("pool_size", &self.pool_size),
+            at("connect_timeout_secs", &self.connect_timeout_secs),
+            at("statement_timeout_secs", &self.statement_timeout_secs),
+            at("object_grants", &self.object_grants),
+            at("roles", &self.roles),
+            at("app_id", &self.app_id),
+            at("client_id", &self.client_id),
+            at("private_key_file", &self.private_key_file),
+            at("token_key_file", &self.token_key_file),
+            at("api_url", &self.api_url),
+            at("timeout_secs", &self.timeout_secs),
+            at("audience", &self.audience),
+            at("ttl_secs", &self.ttl_secs),
+            at("aws_session_tags", &self.aws_session_tags),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Refuse the keys written that `kind` does not use (another kind's).
+    fn refuse_foreign_keys(&self, kind: &str, key: &str, errors: &mut Errors<'_>) {
+        let allowed = match kind {
+            "postgres" => POSTGRES_KEYS,
+            "github" => GITHUB_KEYS,
+            _ => OIDC_KEYS,
+        };
+        for (name, span) in self.present() {
+            if !allowed.contains(&name) {
+                errors.push(
+                    span,
+                    &format!("{key}.{name}"),
+                    format!("{name} is not a setting of a {kind} target (its settings: {})", allowed.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+/// A path setting: not empty, no NUL.
+fn path_of(
+    value: &Option<Spanned<String>>,
+    field: &str,
+    what: &str,
+    span: &Range<usize>,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> Option<PathBuf> {
+    let field_key = format!("{key}.{field}");
+    match value {
+        None => {
+            errors.push(span.clone(), &field_key, format!("{field} is required: {what}"));
+            None
+        }
+        Some(text) if text.get_ref().is_empty() || text.get_ref().contains('\0') => {
+            errors.push(text.span(), &field_key, format!("{field} is {what}"));
+            None
+        }
+        Some(text) => Some(PathBuf::from(text.get_ref())),
+    }
+}
+
+fn build_github(
+    raw: RawTarget,
+    span: Range<usize>,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> Option<GithubTarget> {
+    let before = errors.len();
+    let app = match (&raw.app_id, &raw.client_id) {
+        (Some(id), None) => match u64::try_from(*id.get_ref()) {
+            Ok(id) if id > 0 => Some(GithubApp::Id(id)),
+            _ => {
+                errors.push(
+                    id.span(),
+                    &format!("{key}.app_id"),
+                    "app_id is the App's numeric id, a positive integer".into(),
+                );
+                None
+            }
+        },
+        (None, Some(client_id)) => {
+            let text = client_id.get_ref();
+            let ok = !text.is_empty()
+                && text.len() <= 64
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+            if ok {
+                Some(GithubApp::ClientId(text.clone()))
+            } else {
+                errors.push(
+                    client_id.span(),
+                    &format!("{key}.client_id"),
+                    "client_id is the App's client id (Iv1.... or Iv23...): ASCII letters, digits, '.', '_' or '-', at most 64".into(),
+                );
+                None
+            }
+        }
+        (Some(id), Some(_)) => {
+            errors.push(
+                id.span(),
+                &format!("{key}.app_id"),
+                "give exactly one of app_id and client_id".into(),
+            );
+            None
+        }
+        (None, None) => {
+            errors.push(
+                span.clone(),
+                &format!("{key}.app_id"),
+                "the App is required: give app_id (its numeric id) or client_id".into(),
+            );
+            None
+        }
+    };
+    let private_key_file = path_of(
+        &raw.private_key_file,
+        "private_key_file",
+        "the path of the App's private key (PKCS#1 or PKCS#8 RSA PEM)",
+        &span,
+        key,
+        errors,
+    );
+    let token_key_file = path_of(
+        &raw.token_key_file,
+        "token_key_file",
+        "the path of a file of 32 random bytes that seals installation tokens until they are revoked (head -c 32 /dev/urandom > FILE)",
+        &span,
+        key,
+        errors,
+    );
+    let api_url = match &raw.api_url {
+        None => github::DEFAULT_API_URL.to_owned(),
+        Some(url) => {
+            let text = url.get_ref().trim_end_matches('/');
+            match check_api_url(text) {
+                Ok(()) => text.to_owned(),
+                Err(why) => {
+                    errors.push(url.span(), &format!("{key}.api_url"), why);
+                    String::new()
+                }
+            }
+        }
+    };
+    let ca_file = raw.ca_file.as_ref().and_then(|ca| {
+        path_of(
+            &raw.ca_file,
+            "ca_file",
+            "the path of a PEM file of root certificates",
+            &ca.span(),
+            key,
+            errors,
+        )
+    });
+    let timeout_secs = bounded(
+        &raw.timeout_secs,
+        "timeout_secs",
+        github::DEFAULT_TIMEOUT_SECS,
+        github::MAX_TIMEOUT_SECS,
+        key,
+        errors,
+    );
+    if errors.len() != before {
+        return None;
+    }
+    Some(GithubTarget {
+        app: app?,
+        private_key_file: private_key_file?,
+        token_key_file: token_key_file?,
+        api_url,
+        ca_file,
+        timeout_secs,
+    })
+}
+
+/// An API base URL: `https://HOST[:PORT][/PATH]`, no query, fragment or
+/// credentials; `http://` only to a loopback host.
+fn check_api_url(text: &str) -> Result<(), String> {
+    let rest = if let Some(rest) = text.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = text.strip_prefix("http://") {
+        let host = rest.split(['/', ':']).next().unwrap_or("");
+        let host = if rest.starts_with('[') {
+            rest.split(']').next().unwrap_or("").trim_start_matches('[')
+        } else {
+            host
+        };
+        if !is_loopback(host) {
+            return Err("api_url must be https:// (http:// only to a loopback host)".into());
+        }
+        rest
+    } else {
+        return Err("api_url must be https://HOST[/PATH], e.g. https://api.github.com or https://ghe.example.com/api/v3".into());
+    };
+    let ok = !rest.is_empty()
+        && text.len() <= 256
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b':' | b'[' | b']' | b'~'))
+        && !rest.starts_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err("api_url must be https://HOST[:PORT][/PATH] (at most 256 bytes; no query, fragment or user)".into())
+    }
+}
+
+fn build_oidc(
+    raw: RawTarget,
+    span: Range<usize>,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> Option<OidcTarget> {
+    let before = errors.len();
+    let audience = match &raw.audience {
+        None => {
+            errors.push(
+                span.clone(),
+                &format!("{key}.audience"),
+                "audience is required: the aud the accepting system expects (sts.amazonaws.com, api://AzureADTokenExchange, the GCP provider's URL, a Vault role's bound audience)".into(),
+            );
+            None
+        }
+        Some(aud) => match crate::ids::validate_audience(aud.get_ref()) {
+            Ok(()) => Some(aud.get_ref().clone()),
+            Err(e) => {
+                errors.push(aud.span(), &format!("{key}.audience"), format!("invalid audience: {e}"));
+                None
+            }
+        },
+    };
+    let ttl_secs = match &raw.ttl_secs {
+        None => oidc::DEFAULT_TTL_SECS,
+        Some(ttl) => match u64::try_from(*ttl.get_ref()) {
+            Ok(n) if (oidc::MIN_TTL_SECS..=oidc::MAX_TTL_SECS).contains(&n) => n,
+            _ => {
+                errors.push(
+                    ttl.span(),
+                    &format!("{key}.ttl_secs"),
+                    format!(
+                        "ttl_secs is {} to {} (default {})",
+                        oidc::MIN_TTL_SECS,
+                        oidc::MAX_TTL_SECS,
+                        oidc::DEFAULT_TTL_SECS
+                    ),
+                );
+                oidc::DEFAULT_TTL_SECS
+            }
+        },
+    };
+    if errors.len() != before {
+        return None;
+    }
+    Some(OidcTarget {
+        audience: audience?,
+        ttl_secs,
+        aws_session_tags: raw.aws_session_tags.is_some_and(|v| *v.get_ref()),
+    })
 }
 
 fn build_postgres(
@@ -343,7 +680,7 @@ fn build_postgres(
         pool_size: usize::try_from(pool_size).ok()?,
         connect_timeout_secs,
         statement_timeout_secs,
-        object_grants: raw.object_grants.unwrap_or(true),
+        object_grants: raw.object_grants.is_none_or(|v| *v.get_ref()),
         roles,
     })
 }
@@ -665,7 +1002,9 @@ audiences = ["warehouse"]
         assert_eq!(target.name(), "warehouse");
         assert_eq!(target.kind().as_str(), "postgres");
         assert_eq!(policy.targets().count(), 1);
-        let TargetKind::Postgres(pg) = target.kind();
+        let TargetKind::Postgres(pg) = target.kind() else {
+            panic!("not a postgres target")
+        };
         assert_eq!(pg.host, "db.internal");
         assert_eq!(pg.port, 5432);
         assert_eq!(pg.database.as_str(), "analytics");
@@ -692,7 +1031,9 @@ audiences = ["warehouse"]
             "admin_password_env = \"WAREHOUSE_ADMIN_PASSWORD\"\nport = 6432\ntls = \"require\"\nca_file = \"/etc/ca.pem\"\nconnection_limit = 100\npool_size = 32\nconnect_timeout_secs = 60\nstatement_timeout_secs = 300\nobject_grants = false\ndescription = \"the warehouse\"",
         );
         let policy = Policy::parse("p.toml", &full).unwrap();
-        let TargetKind::Postgres(pg) = policy.target("warehouse").unwrap().kind();
+        let TargetKind::Postgres(pg) = policy.target("warehouse").unwrap().kind() else {
+            panic!("not a postgres target")
+        };
         assert_eq!(pg.port, 6432);
         assert_eq!(pg.tls, PgTlsMode::Require);
         assert_eq!(
@@ -709,7 +1050,9 @@ audiences = ["warehouse"]
         let policy =
             Policy::parse("deploy/policy.example.toml", text).unwrap_or_else(|e| panic!("{e}"));
         let target = policy.target("warehouse").unwrap();
-        let TargetKind::Postgres(pg) = target.kind();
+        let TargetKind::Postgres(pg) = target.kind() else {
+            panic!("not a postgres target")
+        };
         assert_eq!(pg.roles.len(), 1);
         let (_, load) = policy
             .resolve_step(policy.workload("nightly-sync").unwrap(), "load")
@@ -771,7 +1114,7 @@ audiences = ["warehouse"]
             "kind = \"postgres\"",
             "kind = \"mysql\"",
             "targets.warehouse.kind",
-            "unknown target kind \"mysql\" (known kinds: postgres)",
+            "unknown target kind \"mysql\" (known kinds: postgres, github, oidc)",
         );
         refused(
             "host = \"db.internal\"",
