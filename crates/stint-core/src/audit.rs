@@ -285,6 +285,18 @@ pub struct TargetAudit {
     /// Sessions cut when it was revoked (PostgreSQL backends terminated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated: Option<u32>,
+    /// What the upstream granted, as it answered (a GitHub installation,
+    /// repositories, permissions and the token's hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<crate::target_credential::UpstreamGrant>,
+    /// Seconds between the step's end (the start of the revocation) and
+    /// the credential's destruction upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure_secs: Option<i64>,
+    /// The upstream's id of a failed request (GitHub's
+    /// `x-github-request-id`), to quote to its support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl AuditEntry {

@@ -117,6 +117,9 @@ pub enum DenyReason {
     TargetUnavailable,
     /// The target refused to make the credential (its own error).
     TargetRefused,
+    /// The target's rate limit is in force (GitHub's 403 or 429): retry
+    /// after the time it gave.
+    TargetRateLimited,
 }
 
 impl DenyReason {
@@ -166,6 +169,7 @@ impl DenyReason {
             Self::AlreadyExchanged => "already_exchanged",
             Self::TargetUnavailable => "target_unavailable",
             Self::TargetRefused => "target_refused",
+            Self::TargetRateLimited => "target_rate_limited",
         }
     }
 }

@@ -224,6 +224,17 @@ pub struct TargetCredential {
     pub created_at: i64,
     /// When it was destroyed or given up on.
     pub finished_at: Option<i64>,
+    /// When its revocation began (the step's end, or its expiry): the
+    /// exposure window of a credential that outlives its step upstream is
+    /// `finished_at` minus this.
+    pub revoke_requested_at: Option<i64>,
+    /// What destroying it needs, sealed (AEAD) by its target's client: a
+    /// GitHub installation token, which only the token itself can revoke.
+    /// Kept only until the credential is revoked or expires.
+    pub sealed: Option<Vec<u8>>,
+    /// What the upstream granted, as it said (a GitHub installation, its
+    /// repositories and permissions, the token's hashes).
+    pub grant: Option<UpstreamGrant>,
 }
 
 impl TargetCredential {
@@ -248,6 +259,13 @@ impl TargetCredential {
                 self.state = CredentialState::Revoking;
                 self.trigger = Some(trigger);
                 self.next_attempt_at = now;
+                // An expired token's step ended when it expired, whenever
+                // the queue noticed.
+                self.revoke_requested_at = Some(if trigger == Trigger::Expired {
+                    now.min(self.expires_at)
+                } else {
+                    now
+                });
                 true
             }
             CredentialState::Revoking | CredentialState::Revoked | CredentialState::Irrevocable => {
@@ -255,6 +273,35 @@ impl TargetCredential {
             }
         }
     }
+}
+
+/// What an upstream granted a credential, as it answered: kept with the
+/// record for the audit of its revocation. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamGrant {
+    /// The GitHub installation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installation: Option<u64>,
+    /// The repositories (`owner/name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
+    /// Permission to level.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub permissions: std::collections::BTreeMap<String, String>,
+    /// The token's SHA-256 in base64, as GitHub's audit log shows it
+    /// (`hashed_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed_token: Option<String>,
+    /// The same hash in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// When the upstream says the credential stops working by itself,
+    /// seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_expires_at: Option<i64>,
+    /// The upstream's id of the request that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// When a failed revocation is tried again: exponential backoff with
@@ -334,6 +381,9 @@ mod tests {
             last_error: None,
             created_at: 100,
             finished_at: None,
+            revoke_requested_at: None,
+            sealed: None,
+            grant: None,
         }
     }
 

@@ -32,7 +32,7 @@ pub use revocations::{
 };
 pub use targets::{
     PostgresLogin, TARGET_CREDENTIALS_PATH, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_NOT_APPLICABLE,
-    TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
+    TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse, GithubToken, TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN,
 };
 pub use workloads::WorkloadState;
 

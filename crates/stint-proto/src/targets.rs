@@ -17,6 +17,33 @@ use std::fmt;
 /// password of the role named in [`PostgresLogin::user`].
 pub const TOKEN_TYPE_POSTGRES_LOGIN: &str = "urn:stint:params:oauth:token-type:postgres-login";
 
+/// The `issued_token_type` of a GitHub installation token.
+pub const TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN: &str =
+    "urn:stint:params:oauth:token-type:github-installation-token";
+
+/// How to use a GitHub installation token: send it as
+/// `Authorization: Bearer TOKEN` to `api_url`, or as the password of user
+/// `x-access-token` to git over HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GithubToken {
+    /// The API's base URL (`https://api.github.com`, or a GitHub Enterprise
+    /// Server's `https://HOST/api/v3`).
+    pub api_url: String,
+    /// The host git reaches over HTTPS (`github.com`, or the server's).
+    pub git_host: String,
+    /// The installation the token is for.
+    pub installation_id: u64,
+    /// The repositories it reaches, `owner/name`.
+    pub repositories: Vec<String>,
+    /// Permission name to level (`contents` -> `write`), as GitHub
+    /// granted them.
+    pub permissions: std::collections::BTreeMap<String, String>,
+    /// When GitHub stops accepting it by itself, seconds since the epoch
+    /// (an hour after it was made). Stint revokes it at the step's end,
+    /// which is sooner.
+    pub github_expires_at: i64,
+}
+
 /// The `resource` form of a target's name: `urn:stint:target:NAME`.
 pub const TARGET_RESOURCE_PREFIX: &str = "urn:stint:target:";
 
@@ -53,6 +80,9 @@ pub struct TargetCredentialResponse {
     /// How to use a PostgreSQL login (kind `postgres`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresLogin>,
+    /// How to use a GitHub installation token (kind `github`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubToken>,
 }
 
 impl fmt::Debug for TargetCredentialResponse {
@@ -67,6 +97,7 @@ impl fmt::Debug for TargetCredentialResponse {
             .field("kind", &self.kind)
             .field("scope", &self.scope)
             .field("postgres", &self.postgres)
+            .field("github", &self.github)
             .finish()
     }
 }

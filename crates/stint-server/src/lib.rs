@@ -247,6 +247,7 @@ pub async fn start_with_clock(
             read_policy_file(path)
                 .await
                 .and_then(|text| Policy::parse(&name, &text))
+                .and_then(|policy| state::check_target_files(policy, &name))
         }
         PolicySource::Demo => {
             let secret =

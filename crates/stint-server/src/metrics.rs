@@ -55,6 +55,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MeteredLabel {
+    metered: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -171,6 +176,8 @@ pub(crate) struct Scrape<'a> {
         u64,
         i64,
     )>,
+    /// Upstream rate-limit budgets left: (target, what is metered, left).
+    pub(crate) rate_limits: Vec<(String, String, i64)>,
 }
 
 /// The shortest and longest scrape token accepted, in bytes.
@@ -753,6 +760,24 @@ impl Metrics {
             "target_credential_irrevocable_oldest_age_seconds",
             "Age of the oldest target credential that could not be destroyed (0 when there is none)",
             usize::try_from(irrevocable_oldest_age).unwrap_or(0),
+        );
+        let budgets = Family::<MeteredLabel, Gauge>::default();
+        let mut lowest: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        for (_, metered, left) in &scrape.rate_limits {
+            let entry = lowest.entry(metered.as_str()).or_insert(*left);
+            *entry = (*entry).min(*left);
+        }
+        for (metered, left) in lowest {
+            budgets
+                .get_or_create(&MeteredLabel {
+                    metered: metered.to_owned(),
+                })
+                .set(left);
+        }
+        scraped.register(
+            "github_rate_limit_remaining",
+            "GitHub's x-ratelimit-remaining at its last answer, by what it meters (app: the App's JWT requests; an installation id: its token requests)",
+            budgets,
         );
         let process = process_registry();
 

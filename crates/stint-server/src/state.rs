@@ -442,7 +442,8 @@ impl AppState {
         let name = path.display().to_string();
         let result = read_policy_file(path)
             .await
-            .and_then(|text| Policy::parse(&name, &text));
+            .and_then(|text| Policy::parse(&name, &text))
+            .and_then(|policy| check_target_files(policy, &name));
         self.install_policy(result).await
     }
 
@@ -523,6 +524,30 @@ pub(crate) async fn read_policy_file(path: &std::path::Path) -> Result<String, P
         .await
         .map_err(|e| fail(format!("cannot read: {e}")))?;
     String::from_utf8(bytes).map_err(|_| fail("the policy is not valid UTF-8".into()))
+}
+
+/// Refuse a policy whose targets' files cannot be used (a GitHub App key
+/// that does not parse), naming the target, the file and the reason.
+pub(crate) fn check_target_files(policy: Policy, file: &str) -> Result<Policy, PolicyErrors> {
+    let errors: Vec<PolicyError> = policy
+        .targets()
+        .filter_map(|target| {
+            stint_targets::clients::check(target)
+                .err()
+                .map(|message| PolicyError {
+                    file: file.to_owned(),
+                    line: 0,
+                    column: 0,
+                    key: format!("targets.{}", target.name()),
+                    message,
+                })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(PolicyErrors(errors))
+    }
 }
 
 fn single_error(message: String) -> PolicyErrors {

@@ -72,11 +72,29 @@ pub(crate) fn oauth_error(error: MintError) -> OAuthError {
             DenyReason::InactiveSubjectToken,
             "the step token was revoked while its credential was being made; the credential is being destroyed".to_owned(),
         ),
-        MintError::Upstream { target, failure } => match failure {
+        MintError::Upstream {
+            target, failure, ..
+        } => match failure {
             UpstreamFailure::Unavailable(why) => refused(
                 ErrorCode::TemporarilyUnavailable,
                 DenyReason::TargetUnavailable,
-                format!("target {target} is unavailable: {why}; nothing was made, retry later"),
+                format!("target {target} is unavailable: {why}; nothing was handed out, retry later"),
+            ),
+            UpstreamFailure::RateLimited {
+                retry_after_secs,
+                message,
+            } => refused(
+                ErrorCode::TemporarilyUnavailable,
+                DenyReason::TargetRateLimited,
+                format!(
+                    "target {target} is rate limited ({message}); nothing was handed out: retry after {retry_after_secs} s"
+                ),
+            )
+            .with_retry_after(retry_after_secs),
+            UpstreamFailure::Permanent(why) => refused(
+                ErrorCode::ServerError,
+                DenyReason::TargetRefused,
+                format!("target {target}: {why}"),
             ),
             // Undefined schema, table or sequence: the scope names an
             // object the target does not have.
@@ -91,6 +109,9 @@ pub(crate) fn oauth_error(error: MintError) -> OAuthError {
                     ),
                 )
             }
+            UpstreamFailure::Refused { code, message } if code.starts_with("github:") => {
+                github_refusal(&target, &code, &message)
+            }
             UpstreamFailure::Refused { code, message } => refused(
                 ErrorCode::ServerError,
                 DenyReason::TargetRefused,
@@ -101,4 +122,38 @@ pub(crate) fn oauth_error(error: MintError) -> OAuthError {
         },
         MintError::Internal(what) => refused(ErrorCode::ServerError, DenyReason::Internal, what.to_owned()),
     }
+}
+
+/// GitHub's refusals, each its own OAuth error.
+fn github_refusal(target: &str, code: &str, message: &str) -> OAuthError {
+    let (error, description) = match code {
+        "github:401" => (
+            ErrorCode::ServerError,
+            format!(
+                "GitHub refused the App's credentials for target {target} (401: {message}): check its app_id or client_id and private_key_file (docs/targets.md)"
+            ),
+        ),
+        "github:404" => (
+            ErrorCode::InvalidTarget,
+            format!("target {target}: {message}"),
+        ),
+        "github:422" => (
+            ErrorCode::InvalidScope,
+            format!(
+                "GitHub refused the repositories or permissions for target {target} (422: {message}): the App's installation must hold every permission and repository the step asks for"
+            ),
+        ),
+        "github:mismatch" => (
+            ErrorCode::ServerError,
+            format!("target {target}: {message}; nothing was handed out"),
+        ),
+        _ => (
+            ErrorCode::ServerError,
+            format!(
+                "GitHub refused the token for target {target} ({}: {message}); nothing was handed out",
+                code.trim_start_matches("github:")
+            ),
+        ),
+    };
+    OAuthError::new(error, DenyReason::TargetRefused, description)
 }

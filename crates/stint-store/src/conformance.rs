@@ -51,6 +51,9 @@ async fn target_credentials_round_trip(store: &dyn Store) {
         last_error: None,
         created_at: 1_000,
         finished_at: None,
+        revoke_requested_at: None,
+        sealed: None,
+        grant: None,
     };
     assert!(
         store
@@ -98,6 +101,18 @@ async fn target_credentials_round_trip(store: &dyn Store) {
     revoking.attempts = 2;
     revoking.next_attempt_at = 1_010;
     revoking.last_error = Some("could not connect".into());
+    revoking.revoke_requested_at = Some(1_005);
+    revoking.sealed = Some(vec![0, 1, 2, 255]);
+    revoking.upstream_id = "hashed-token".into();
+    revoking.grant = Some(stint_core::target_credential::UpstreamGrant {
+        installation: Some(42),
+        repositories: vec!["acme/web".into()],
+        permissions: [("contents".to_owned(), "write".to_owned())].into(),
+        hashed_token: Some("aGFzaA==".into()),
+        token_sha256: Some("00ff".into()),
+        upstream_expires_at: Some(4_600),
+        request_id: Some("ABCD:1234".into()),
+    });
     store
         .update_target_credential(&revoking)
         .await

@@ -21,7 +21,7 @@ use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, Wor
 use stint_core::target_credential::TargetCredential;
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revoked_tokens (
@@ -98,6 +98,9 @@ CREATE TABLE IF NOT EXISTS target_credentials (
     last_error      TEXT,
     created_at      INTEGER NOT NULL,
     finished_at     INTEGER,
+    revoke_requested_at INTEGER,
+    sealed          BLOB,
+    grant_detail    TEXT,
     UNIQUE (jti, target)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS target_credentials_state ON target_credentials (state);
@@ -108,6 +111,15 @@ CREATE TABLE IF NOT EXISTS status_entries (
     PRIMARY KEY (list, first)
 ) STRICT;
 ";
+
+/// A credential's grant as stored: JSON, or NULL.
+fn grant_json(c: &TargetCredential) -> Result<Option<String>, StoreError> {
+    c.grant
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("target credential grant: {e}")))
+}
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
@@ -192,11 +204,19 @@ impl SqliteStore {
         }
         // Schema 6 gave status lists a key: an older table gains the
         // column (its lists keep NULL: their entries were never stored).
-        let migrate = if (3..6).contains(&version) {
-            "ALTER TABLE status_lists ADD COLUMN key BLOB;"
-        } else {
-            ""
-        };
+        let mut migrate = String::new();
+        if (3..6).contains(&version) {
+            migrate.push_str("ALTER TABLE status_lists ADD COLUMN key BLOB;");
+        }
+        // Schema 8 keeps, with a target credential, when its revocation
+        // began, what destroying it needs (sealed) and what was granted.
+        if version == 7 {
+            migrate.push_str(
+                "ALTER TABLE target_credentials ADD COLUMN revoke_requested_at INTEGER;
+                 ALTER TABLE target_credentials ADD COLUMN sealed BLOB;
+                 ALTER TABLE target_credentials ADD COLUMN grant_detail TEXT;",
+            );
+        }
         connection
             .execute_batch(&format!(
                 "BEGIN; {SCHEMA} {migrate} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
@@ -572,13 +592,15 @@ impl Store for SqliteStore {
         credential: &TargetCredential,
     ) -> Result<bool, StoreError> {
         let c = credential.clone();
+        let grant = grant_json(&c)?;
         self.run("record target credential", move |db| {
             db.execute(
                 "INSERT INTO target_credentials (id, jti, sub, client_id, job, step, approval,
                    issued_at, expires_at, target, kind, upstream_id, server, database, effective,
-                   state, trigger, attempts, next_attempt_at, last_error, created_at, finished_at)
+                   state, trigger, attempts, next_attempt_at, last_error, created_at, finished_at,
+                   revoke_requested_at, sealed, grant_detail)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                   ?17, ?18, ?19, ?20, ?21, ?22)
+                   ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
                  ON CONFLICT (jti, target) DO NOTHING",
                 params![
                     c.id,
@@ -603,6 +625,9 @@ impl Store for SqliteStore {
                     c.last_error,
                     c.created_at,
                     c.finished_at,
+                    c.revoke_requested_at,
+                    c.sealed,
+                    grant,
                 ],
             )
             .map(|inserted| inserted == 1)
@@ -615,12 +640,14 @@ impl Store for SqliteStore {
         credential: &TargetCredential,
     ) -> Result<(), StoreError> {
         let c = credential.clone();
+        let grant = grant_json(&c)?;
         let updated = self
             .run("update target credential", move |db| {
                 db.execute(
                     "UPDATE target_credentials SET upstream_id = ?2, effective = ?3, state = ?4,
                        trigger = ?5, attempts = ?6, next_attempt_at = ?7, last_error = ?8,
-                       finished_at = ?9
+                       finished_at = ?9, revoke_requested_at = ?10, sealed = ?11,
+                       grant_detail = ?12
                      WHERE id = ?1",
                     params![
                         c.id,
@@ -632,6 +659,9 @@ impl Store for SqliteStore {
                         c.next_attempt_at,
                         c.last_error,
                         c.finished_at,
+                        c.revoke_requested_at,
+                        c.sealed,
+                        grant,
                     ],
                 )
             })
@@ -652,7 +682,8 @@ impl Store for SqliteStore {
                 let mut statement = db.prepare(
                     "SELECT id, jti, sub, client_id, job, step, approval, issued_at, expires_at,
                        target, kind, upstream_id, server, database, effective, state, trigger,
-                       attempts, next_attempt_at, last_error, created_at, finished_at
+                       attempts, next_attempt_at, last_error, created_at, finished_at,
+                       revoke_requested_at, sealed, grant_detail
                      FROM target_credentials WHERE state <> 'revoked'
                      ORDER BY created_at, id",
                 )?;
@@ -685,17 +716,25 @@ impl Store for SqliteStore {
                             last_error: row.get(19)?,
                             created_at: row.get(20)?,
                             finished_at: row.get(21)?,
+                            revoke_requested_at: row.get(22)?,
+                            sealed: row.get(23)?,
+                            grant: None,
                         },
                         row.get::<_, String>(15)?,
                         row.get::<_, Option<String>>(16)?,
+                        row.get::<_, Option<String>>(24)?,
                     ))
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
         rows.into_iter()
-            .map(|(mut credential, state, trigger)| {
+            .map(|(mut credential, state, trigger, grant)| {
                 credential.state = state.parse().map_err(StoreError::Corrupt)?;
+                credential.grant = grant
+                    .map(|g| serde_json::from_str(&g))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("target credential grant: {e}")))?;
                 credential.trigger = trigger
                     .map(|t| t.parse())
                     .transpose()
@@ -802,6 +841,29 @@ mod tests {
         );
         drop(store);
         // Opening again (now at 6) does not migrate twice.
+        SqliteStore::open(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_schema_7_database_gains_the_target_credential_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stint.db");
+        drop(SqliteStore::open(&path).unwrap());
+        {
+            // A schema 7 database: the table without the three columns.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "ALTER TABLE target_credentials DROP COLUMN grant_detail;
+                 ALTER TABLE target_credentials DROP COLUMN sealed;
+                 ALTER TABLE target_credentials DROP COLUMN revoke_requested_at;
+                 PRAGMA user_version = 7;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        crate::conformance::run(&store).await;
+        drop(store);
+        // Opening again (now at 8) does not migrate twice.
         SqliteStore::open(&path).unwrap();
     }
 

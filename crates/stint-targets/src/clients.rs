@@ -3,7 +3,7 @@
 //! today.
 
 use crate::postgres::{Password, PostgresSettings, PostgresUpstream, TlsMode, UpstreamError};
-use crate::queue::{Destroyed, Planned, TargetClient, UpstreamFailure};
+use crate::queue::{CreateFailure, Created, Destroyed, Planned, TargetClient, UpstreamFailure};
 use async_trait::async_trait;
 use std::io::Read as _;
 use std::sync::Arc;
@@ -27,13 +27,26 @@ pub struct PostgresClient {
     marker: String,
 }
 
+/// Check what a declared target's client will need that can be checked
+/// without reaching it (a GitHub App's key files), so that the policy is
+/// refused at load with the file and the reason.
+pub fn check(target: &Target) -> Result<(), String> {
+    match target.kind() {
+        TargetKind::Github(github) => crate::github::check_files(github),
+        TargetKind::Postgres(_) | TargetKind::Oidc(_) => Ok(()),
+    }
+}
+
 /// Build the client of a declared target (reads its admin password and CA
 /// file; connects on first use).
 pub fn connect(marker: &str, target: &Target) -> Result<Arc<dyn TargetClient>, String> {
     let pg = match target.kind() {
         TargetKind::Postgres(pg) => pg,
-        TargetKind::Github(_) | TargetKind::Oidc(_) => {
-            return Err(format!("{} targets are not supported yet", target.kind().as_str()));
+        TargetKind::Github(github) => return crate::github::connect(github),
+        TargetKind::Oidc(_) => {
+            return Err(
+                "an oidc target has no upstream client: Stint signs its tokens itself".into(),
+            );
         }
     };
     let password = read_secret(&pg.admin_password)?;
@@ -183,6 +196,7 @@ impl TargetClient for PostgresClient {
                 .map(|s| s.as_str().to_owned())
                 .collect(),
             request,
+            github: None,
             postgres: Some(PostgresLogin {
                 host: self.target.host.clone(),
                 port: self.target.port,
@@ -194,14 +208,20 @@ impl TargetClient for PostgresClient {
         })
     }
 
-    async fn create(&self, planned: &Planned) -> Result<(), UpstreamFailure> {
+    async fn create(&self, planned: &Planned) -> Result<Created, CreateFailure> {
         self.upstream
             .create(&planned.request)
             .await
-            .map_err(failure)
+            .map(|()| Created::default())
+            // A timeout may hide a commit: the queue destroys whatever exists.
+            .map_err(|e| CreateFailure::maybe(failure(e)))
     }
 
-    async fn destroy(&self, upstream_id: &str) -> Result<Destroyed, UpstreamFailure> {
+    async fn destroy(
+        &self,
+        upstream_id: &str,
+        _sealed: Option<&[u8]>,
+    ) -> Result<Destroyed, UpstreamFailure> {
         let report = self.upstream.revoke(upstream_id).await.map_err(failure)?;
         Ok(Destroyed {
             existed: report.existed,

@@ -10,6 +10,7 @@
 //! expiry, and the reconciler, as domain code over a [`queue::Host`].
 
 pub mod clients;
+pub mod github;
 pub mod postgres;
 pub mod queue;
 

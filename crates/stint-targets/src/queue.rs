@@ -37,8 +37,10 @@ use stint_core::audit::{AuditEntry, Decision, EventKind, TargetAudit, timestamp}
 use stint_core::claims::AccessTokenClaims;
 use stint_core::policy::Policy;
 use stint_core::scope::Scope;
-use stint_core::target_credential::{Backoff, Cause, CredentialState, TargetCredential, Trigger};
-use stint_proto::PostgresLogin;
+use stint_core::target_credential::{
+    Backoff, Cause, CredentialState, TargetCredential, Trigger, UpstreamGrant,
+};
+use stint_proto::{GithubToken, PostgresLogin};
 use stint_store::Store;
 
 /// How often the reconciler compares what exists upstream with what Stint
@@ -101,6 +103,8 @@ pub enum MintError {
         target: String,
         /// What failed.
         failure: UpstreamFailure,
+        /// The upstream's id of the failed request, if it gave one.
+        request_id: Option<String>,
     },
     /// An internal failure (randomness, a lost record).
     Internal(&'static str),
@@ -113,6 +117,15 @@ pub enum UpstreamFailure {
     Unavailable(String),
     /// The upstream refused (its own error code and message).
     Refused { code: String, message: String },
+    /// The upstream asked Stint to wait (a rate limit): retry no sooner
+    /// than `retry_after_secs` from now.
+    RateLimited {
+        retry_after_secs: u64,
+        message: String,
+    },
+    /// Retrying cannot help (what destroying it needs is gone): the
+    /// credential is irrevocable at once.
+    Permanent(String),
 }
 
 impl std::fmt::Display for UpstreamFailure {
@@ -120,6 +133,11 @@ impl std::fmt::Display for UpstreamFailure {
         match self {
             Self::Unavailable(why) => f.write_str(why),
             Self::Refused { code, message } => write!(f, "refused ({code}): {message}"),
+            Self::RateLimited {
+                retry_after_secs,
+                message,
+            } => write!(f, "rate limited, retry after {retry_after_secs} s: {message}"),
+            Self::Permanent(why) => f.write_str(why),
         }
     }
 }
@@ -140,6 +158,59 @@ pub struct Planned {
     pub request: Vec<String>,
     /// How to use a PostgreSQL login.
     pub postgres: Option<PostgresLogin>,
+    /// What to ask GitHub for.
+    pub github: Option<stint_core::target::github::GithubPlan>,
+}
+
+/// What a creation made, when the upstream made part of it: GitHub makes
+/// the token itself. All `None` for kinds that planned everything
+/// (PostgreSQL).
+#[derive(Default)]
+pub struct Created {
+    /// The secret the upstream made (replaces [`Planned::secret`]).
+    pub secret: Option<String>,
+    /// The upstream's identifier (replaces [`Planned::upstream_id`]).
+    pub upstream_id: Option<String>,
+    /// What destroying it needs, sealed: stored with the record.
+    pub sealed: Option<Vec<u8>>,
+    /// What the upstream granted, as it said.
+    pub grant: Option<UpstreamGrant>,
+    /// How to use a GitHub installation token.
+    pub github: Option<GithubToken>,
+}
+
+/// Whether a failed creation left something upstream.
+#[derive(Debug)]
+pub enum Made {
+    /// Certainly nothing (the upstream refused): nothing to destroy.
+    Nothing,
+    /// Perhaps (a timeout may hide a commit): destroy whatever exists.
+    Maybe,
+    /// Something that could not be destroyed at once, and what destroying
+    /// it needs, sealed.
+    Something(Vec<u8>),
+}
+
+/// Why a creation failed, and what it may have left.
+#[derive(Debug)]
+pub struct CreateFailure {
+    /// What failed.
+    pub failure: UpstreamFailure,
+    /// What it left upstream.
+    pub made: Made,
+    /// The upstream's id of the failed request, if it gave one.
+    pub request_id: Option<String>,
+}
+
+impl CreateFailure {
+    /// A failure that may have left something (a timeout, a lost answer).
+    pub fn maybe(failure: UpstreamFailure) -> Self {
+        Self {
+            failure,
+            made: Made::Maybe,
+            request_id: None,
+        }
+    }
 }
 
 /// What a destruction found.
@@ -170,9 +241,14 @@ pub trait TargetClient: Send + Sync {
         rng: &ring::rand::SystemRandom,
     ) -> Result<Planned, String>;
     /// Make it upstream, all or nothing.
-    async fn create(&self, planned: &Planned) -> Result<(), UpstreamFailure>;
-    /// Destroy it upstream. Gone already is success.
-    async fn destroy(&self, upstream_id: &str) -> Result<Destroyed, UpstreamFailure>;
+    async fn create(&self, planned: &Planned) -> Result<Created, CreateFailure>;
+    /// Destroy it upstream (with what [`Created::sealed`] kept, if this
+    /// kind needs it). Gone already is success.
+    async fn destroy(
+        &self,
+        upstream_id: &str,
+        sealed: Option<&[u8]>,
+    ) -> Result<Destroyed, UpstreamFailure>;
     /// What exists upstream that Stint made (`None`: this kind cannot
     /// list).
     async fn list(&self) -> Result<Option<Vec<String>>, UpstreamFailure>;
@@ -180,6 +256,11 @@ pub trait TargetClient: Send + Sync {
     /// its capacity stays for mints).
     fn max_destroying(&self) -> usize {
         DEFAULT_DESTROYING_PER_TARGET
+    }
+    /// The upstream's rate-limit budget left, by what it meters (a GitHub
+    /// installation): for the metrics.
+    fn rate_limits(&self) -> Vec<(String, i64)> {
+        Vec::new()
     }
 }
 
@@ -242,6 +323,7 @@ pub struct Minted {
     pub secret: String,
     pub privileges: Vec<String>,
     pub postgres: Option<PostgresLogin>,
+    pub github: Option<GithubToken>,
 }
 
 impl TargetCredentials {
@@ -404,6 +486,9 @@ impl TargetCredentials {
             last_error: None,
             created_at: now.timestamp(),
             finished_at: None,
+            revoke_requested_at: None,
+            sealed: None,
+            grant: None,
         };
         let inserted = host
             .store()
@@ -431,7 +516,7 @@ impl TargetCredentials {
         // it (see `on_revocation`): either the record was seen there, or
         // the revocation is seen here.
         let revoked_meanwhile = host.is_revoked(claims, now);
-        let outcome = {
+        let (credential, outcome) = {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let Some(tracked) = open.get_mut(&id) else {
                 return Err(MintError::Internal(
@@ -439,44 +524,73 @@ impl TargetCredentials {
                 ));
             };
             tracked.busy = false;
-            match created {
-                Err(failure) => {
-                    // A timeout may hide a commit: destroy whatever exists.
-                    tracked
-                        .credential
-                        .begin_revocation(Trigger::FailedMint, now.timestamp());
+            let c = &mut tracked.credential;
+            let outcome = match created {
+                Err(CreateFailure {
+                    failure,
+                    made,
+                    request_id,
+                }) => {
+                    match made {
+                        Made::Nothing => {
+                            // Refused: there is nothing to destroy.
+                            c.state = CredentialState::Revoked;
+                            c.trigger = Some(Trigger::FailedMint);
+                            c.finished_at = Some(now.timestamp());
+                        }
+                        Made::Maybe => {
+                            c.begin_revocation(Trigger::FailedMint, now.timestamp());
+                        }
+                        Made::Something(sealed) => {
+                            c.sealed = Some(sealed);
+                            c.begin_revocation(Trigger::FailedMint, now.timestamp());
+                        }
+                    }
+                    c.last_error = Some(failure.to_string());
                     Err(MintError::Upstream {
                         target: target.to_owned(),
                         failure,
+                        request_id,
                     })
                 }
-                Ok(())
-                    if revoked_meanwhile
-                        || tracked.credential.state != CredentialState::Minting =>
-                {
-                    tracked
-                        .credential
-                        .begin_revocation(Trigger::Token, now.timestamp());
-                    Err(MintError::RevokedMeanwhile)
+                Ok(created) => {
+                    if let Some(upstream_id) = created.upstream_id {
+                        c.upstream_id = upstream_id;
+                    }
+                    c.sealed = created.sealed;
+                    c.grant = created.grant;
+                    if revoked_meanwhile || c.state != CredentialState::Minting {
+                        c.begin_revocation(Trigger::Token, now.timestamp());
+                        Err(MintError::RevokedMeanwhile)
+                    } else {
+                        c.state = CredentialState::Live;
+                        Ok((created.secret, created.github))
+                    }
                 }
-                Ok(()) => {
-                    tracked.credential.state = CredentialState::Live;
-                    Ok(tracked.credential.clone())
-                }
-            }
+            };
+            (c.clone(), outcome)
         };
         self.wake.notify_one();
-        let credential = outcome?;
-        if let Err(error) = host.store().update_target_credential(&credential).await {
+        let stored = host.store().update_target_credential(&credential).await;
+        let (secret, github) = outcome?;
+        if let Err(error) = stored {
+            if credential.sealed.is_some() {
+                // Only the stored copy lets a restarted broker destroy it:
+                // without it, it is not handed out.
+                tracing::error!(%error, credential = %credential.id, "target credential's token not stored; destroying it");
+                self.abandon(&credential.id, now.timestamp());
+                return Err(MintError::NotRecorded);
+            }
             // Still `minting` in the store: a restart would destroy it early
             // (fail safe), but while this broker runs it is tracked here.
             tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
         }
         Ok(Minted {
             credential,
-            secret: planned.secret,
+            secret: secret.unwrap_or(planned.secret),
             privileges: planned.privileges,
             postgres: planned.postgres,
+            github,
         })
     }
 
@@ -553,6 +667,26 @@ impl TargetCredentials {
             .collect();
         census.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
         census
+    }
+
+    /// Each target's upstream rate-limit budget left, by what it meters:
+    /// for the metrics.
+    pub fn rate_limits(&self) -> Vec<(String, String, i64)> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let mut limits: Vec<(String, String, i64)> = slots
+            .iter()
+            .filter_map(|(name, slot)| match slot {
+                Slot::Ready(client) => Some((name, client.rate_limits())),
+                Slot::Broken(_) => None,
+            })
+            .flat_map(|(name, limits)| {
+                limits
+                    .into_iter()
+                    .map(move |(what, left)| (name.clone(), what, left))
+            })
+            .collect();
+        limits.sort();
+        limits
     }
 
     /// Load what the store holds and decide, before the broker serves:
@@ -700,9 +834,26 @@ impl TargetCredentials {
     /// One attempt to destroy `credential` upstream, its outcome stored
     /// and audited.
     async fn attempt(&self, host: &dyn Host, mut credential: TargetCredential) {
-        let result = match self.client_for(&credential) {
-            Ok(client) => client.destroy(&credential.upstream_id).await,
-            Err(failure) => Err(failure),
+        let expired_upstream = credential
+            .grant
+            .as_ref()
+            .and_then(|g| g.upstream_expires_at)
+            .is_some_and(|at| at <= host.now().timestamp());
+        let result = if expired_upstream {
+            // It has stopped working by itself: nothing to call.
+            Ok(Destroyed {
+                existed: false,
+                terminated: 0,
+            })
+        } else {
+            match self.client_for(&credential) {
+                Ok(client) => {
+                    client
+                        .destroy(&credential.upstream_id, credential.sealed.as_deref())
+                        .await
+                }
+                Err(failure) => Err(failure),
+            }
         };
         let now = host.now();
         credential.attempts = credential.attempts.saturating_add(1);
@@ -711,7 +862,10 @@ impl TargetCredentials {
                 credential.state = CredentialState::Revoked;
                 credential.finished_at = Some(now.timestamp());
                 credential.last_error = None;
-                let outcome = if destroyed.existed {
+                credential.sealed = None;
+                let outcome = if expired_upstream {
+                    "expired_upstream"
+                } else if destroyed.existed {
                     "revoked"
                 } else {
                     "already_gone"
@@ -724,9 +878,13 @@ impl TargetCredentials {
             }
             Err(failure) => {
                 credential.last_error = Some(failure.to_string());
-                if self.backoff.exhausted(credential.attempts) {
+                if self.backoff.exhausted(credential.attempts)
+                    || matches!(failure, UpstreamFailure::Permanent(_))
+                {
                     credential.state = CredentialState::Irrevocable;
                     credential.finished_at = Some(now.timestamp());
+                    // It cannot be used to destroy anything any more.
+                    credential.sealed = None;
                     tracing::error!(
                         target = %credential.target,
                         role = %credential.upstream_id,
@@ -737,8 +895,15 @@ impl TargetCredentials {
                     (EventKind::TargetCredentialIrrevocable, "irrevocable", None)
                 } else {
                     let jitter = random_u32(host);
-                    credential.next_attempt_at =
-                        now.timestamp() + self.backoff.delay(credential.attempts, jitter);
+                    let mut delay = self.backoff.delay(credential.attempts, jitter);
+                    // Never sooner than the upstream asked.
+                    if let UpstreamFailure::RateLimited {
+                        retry_after_secs, ..
+                    } = failure
+                    {
+                        delay = delay.max(i64::try_from(*retry_after_secs).unwrap_or(i64::MAX / 2));
+                    }
+                    credential.next_attempt_at = now.timestamp().saturating_add(delay);
                     tracing::warn!(
                         target = %credential.target,
                         role = %credential.upstream_id,
@@ -758,6 +923,11 @@ impl TargetCredentials {
         if let Some(target) = entry.target.as_mut() {
             target.outcome = Some(outcome.to_owned());
             target.terminated = terminated;
+            if credential.state == CredentialState::Revoked {
+                target.exposure_secs = credential
+                    .revoke_requested_at
+                    .map(|at| now.timestamp().saturating_sub(at).max(0));
+            }
         }
         entry.detail = credential.last_error.clone();
         if let Err(error) = host.audit(entry).await {
@@ -817,7 +987,7 @@ impl TargetCredentials {
                 if known.contains(&upstream_id) || !done.insert(upstream_id.clone()) {
                     continue;
                 }
-                let result = client.destroy(&upstream_id).await;
+                let result = client.destroy(&upstream_id, None).await;
                 let now = host.now();
                 if result.is_ok() {
                     self.close_irrevocable(host, &upstream_id, now.timestamp())
@@ -943,6 +1113,9 @@ pub fn credential_entry(now: DateTime<Utc>, event: EventKind, c: &TargetCredenti
         attempts: (c.attempts > 0).then_some(c.attempts),
         outcome: None,
         terminated: None,
+        grant: c.grant.clone(),
+        exposure_secs: None,
+        request_id: None,
     });
     entry
 }
@@ -1056,12 +1229,17 @@ mod tests {
                 effective: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
                 request: Vec::new(),
                 postgres: None,
+                github: None,
             })
         }
-        async fn create(&self, _planned: &Planned) -> Result<(), UpstreamFailure> {
-            Ok(())
+        async fn create(&self, _planned: &Planned) -> Result<Created, CreateFailure> {
+            Ok(Created::default())
         }
-        async fn destroy(&self, upstream_id: &str) -> Result<Destroyed, UpstreamFailure> {
+        async fn destroy(
+            &self,
+            upstream_id: &str,
+            _sealed: Option<&[u8]>,
+        ) -> Result<Destroyed, UpstreamFailure> {
             self.started.fetch_add(1, Ordering::SeqCst);
             if self.stuck {
                 std::future::pending::<()>().await;

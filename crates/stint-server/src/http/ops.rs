@@ -83,6 +83,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderM
         jwks_fetches: state.issuer_keys.fetch_counts(),
         names: access == Access::Full,
         targets: state.targets.census(now.timestamp()),
+        rate_limits: state.targets.rate_limits(),
     };
     let text = state.metrics.render(&scrape, format);
     (

@@ -29,9 +29,10 @@ use stint_core::policy::Policy;
 use stint_core::scope::{Scope, parse_scope_list};
 use stint_proto::{
     ErrorCode, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_NOT_APPLICABLE,
-    TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
+    TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN, TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
 };
-use stint_targets::queue::credential_entry;
+use stint_core::target::TargetKind;
+use stint_targets::queue::{MintError, credential_entry};
 
 /// The longest target name.
 const MAX_TARGET_LEN: usize = 32;
@@ -173,16 +174,7 @@ pub(crate) async fn exchange(
             "delegation (actor_token) is not supported",
         ));
     }
-    if let Some(asked) = form.get("requested_token_type")
-        && asked != TOKEN_TYPE_POSTGRES_LOGIN
-    {
-        return Err(OAuthError::invalid_request(
-            DenyReason::MalformedRequest,
-            format!(
-                "a step token is exchanged for a target credential: requested_token_type may only be {TOKEN_TYPE_POSTGRES_LOGIN}"
-            ),
-        ));
-    }
+    let requested = form.get("requested_token_type");
     let subject_token = form.get("subject_token").ok_or_else(|| {
         OAuthError::invalid_request(
             DenyReason::MalformedRequest,
@@ -251,14 +243,25 @@ pub(crate) async fn exchange(
         kind: declared.kind().as_str().to_owned(),
         ..TargetAudit::default()
     });
+    let issued_token_type = issued_token_type(declared.kind(), requested)?;
     let scopes = credential_scopes(&claims, &target, form)?;
     entry.scopes = scopes.iter().map(|s| s.as_str().to_owned()).collect();
 
-    let minted = state
+    let minted = match state
         .targets
         .mint(state, &claims, &target, &scopes, now)
         .await
-        .map_err(crate::targets::oauth_error)?;
+    {
+        Ok(minted) => minted,
+        Err(error) => {
+            if let (MintError::Upstream { request_id, .. }, Some(audit)) =
+                (&error, entry.target.as_mut())
+            {
+                audit.request_id.clone_from(request_id);
+            }
+            return Err(crate::targets::oauth_error(error));
+        }
+    };
     let mut record = credential_entry(now, EventKind::TargetCredentialMinted, &minted.credential);
     if let Some(audit) = record.target.as_mut() {
         audit.planned = minted.privileges.clone();
@@ -271,7 +274,9 @@ pub(crate) async fn exchange(
     Ok(TargetCredentialResponse {
         access_token: minted.secret,
         token_type: TOKEN_TYPE_NOT_APPLICABLE.to_owned(),
-        issued_token_type: TOKEN_TYPE_POSTGRES_LOGIN.to_owned(),
+        issued_token_type: issued_token_type.to_owned(),
+        // Stint revokes it when the step token expires, whatever the
+        // upstream's own lifetime.
         expires_in: u64::try_from(credential.expires_at - now.timestamp()).unwrap_or(0),
         credential_id: credential.id.clone(),
         target: credential.target.clone(),
@@ -282,7 +287,37 @@ pub(crate) async fn exchange(
             .collect::<Vec<_>>()
             .join(" "),
         postgres: minted.postgres,
+        github: minted.github,
     })
+}
+
+/// The `issued_token_type` of a target's credentials, checked against the
+/// `requested_token_type` if the request names one.
+fn issued_token_type(
+    kind: &TargetKind,
+    requested: Option<&str>,
+) -> Result<&'static str, OAuthError> {
+    let issued = match kind {
+        TargetKind::Postgres(_) => TOKEN_TYPE_POSTGRES_LOGIN,
+        TargetKind::Github(_) => TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN,
+        TargetKind::Oidc(_) => {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                DenyReason::TargetUnavailable,
+                "federation tokens are not issued yet",
+            ));
+        }
+    };
+    match requested {
+        Some(asked) if asked != issued => Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            format!(
+                "a {} target issues {issued}: requested_token_type may only be that",
+                kind.as_str()
+            ),
+        )),
+        _ => Ok(issued),
+    }
 }
 
 fn inactive(description: &str) -> OAuthError {
