@@ -20,6 +20,13 @@
 //! `STINT_TARGET_CREDENTIAL_ID_<NAME>`. If an exchange fails, the command
 //! is not run. However the command ends, each credential is revoked, then
 //! the step token (which revokes its credentials too, at the broker).
+//!
+//! A GitHub installation token goes to the child as `GH_TOKEN` and
+//! `GITHUB_TOKEN` (what `gh` and most GitHub tooling read; for GitHub
+//! Enterprise Server also `GH_HOST`, `GH_ENTERPRISE_TOKEN`), and git gets
+//! it over HTTPS from `stint git-credential`, which the child's git
+//! configuration (`GIT_CONFIG_COUNT`, `GIT_CONFIG_KEY_n`, never a file)
+//! names as the only credential helper for the token's host.
 
 use crate::{EXIT_FAILURE, EXIT_UNAVAILABLE, Failure, output};
 use rustix::process::{Pid, Signal, kill_process};
@@ -136,6 +143,11 @@ pub(crate) struct TargetEnv<'a> {
     pub(crate) credential_id: &'a str,
     /// Its libpq variables; empty if it is not a PostgreSQL login.
     pub(crate) libpq: Vec<(&'static str, String)>,
+    /// Its GitHub variables and git's host; empty if it is not a GitHub
+    /// installation token.
+    pub(crate) github: Vec<(&'static str, String)>,
+    /// The host git reaches with it, for a GitHub token.
+    pub(crate) git_host: Option<&'a str>,
 }
 
 impl<'a> TargetEnv<'a> {
@@ -144,6 +156,8 @@ impl<'a> TargetEnv<'a> {
             target: credential.target(),
             credential_id: credential.credential_id(),
             libpq: credential.libpq_env(),
+            github: credential.github_env(),
+            git_host: credential.github().map(|g| g.git_host.as_str()),
         }
     }
 }
@@ -192,6 +206,15 @@ pub(crate) fn child_env(
                     .map(|(name, value)| ((*name).to_owned(), value.clone())),
             );
         }
+        env.extend(
+            credential
+                .github
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.clone())),
+        );
+        if let Some(host) = credential.git_host {
+            env.extend(git_helper_env(host));
+        }
         env.push((
             credential_id_var(credential.target),
             credential.credential_id.to_owned(),
@@ -204,6 +227,82 @@ pub(crate) fn child_env(
         ));
     }
     Ok(env)
+}
+
+/// The variable that tells `stint git-credential` which host its token
+/// is for.
+const GIT_HOST_VAR: &str = "STINT_GIT_HOST";
+/// The most bytes `stint git-credential` reads of git's request.
+const MAX_GIT_REQUEST_LEN: u64 = 64 * 1024;
+
+/// git configuration, through the environment (git 2.31 and later), that
+/// makes `stint git-credential` the only credential helper for `host`:
+/// an empty value first clears the helpers configured elsewhere for it.
+/// Appended after any `GIT_CONFIG_COUNT` entries `stint` itself was given.
+fn git_helper_env(host: &str) -> Vec<(String, String)> {
+    let first: usize = std::env::var("GIT_CONFIG_COUNT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let stint = std::env::current_exe()
+        .ok()
+        .and_then(|path| path.to_str().map(str::to_owned))
+        .unwrap_or_else(|| "stint".to_owned());
+    // The helper runs through the shell: quote the path.
+    let quoted = format!("'{}'", stint.replace('\'', "'\\''"));
+    let key = format!("credential.https://{host}.helper");
+    vec![
+        (format!("GIT_CONFIG_KEY_{first}"), key.clone()),
+        (format!("GIT_CONFIG_VALUE_{first}"), String::new()),
+        (format!("GIT_CONFIG_KEY_{}", first + 1), key),
+        (
+            format!("GIT_CONFIG_VALUE_{}", first + 1),
+            format!("!{quoted} git-credential"),
+        ),
+        ("GIT_CONFIG_COUNT".to_owned(), (first + 2).to_string()),
+        (GIT_HOST_VAR.to_owned(), host.to_owned()),
+    ]
+}
+
+/// `stint git-credential OPERATION`: git's credential helper protocol
+/// (`key=value` lines on standard input). For `get` of `https` on the
+/// token's host, answers `username=x-access-token` and the token; for
+/// anything else, nothing, so git asks no one else with it.
+pub(crate) fn git_credential(operation: &str) -> Result<u8, Failure> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    if operation != "get" {
+        return Ok(0);
+    }
+    let mut protocol = None;
+    let mut host = None;
+    let stdin = std::io::stdin();
+    for line in stdin.lock().take(MAX_GIT_REQUEST_LEN).lines() {
+        let line = line.map_err(|e| Failure::new(EXIT_FAILURE, format!("git's request: {e}")))?;
+        if line.is_empty() {
+            break;
+        }
+        match line.split_once('=') {
+            Some(("protocol", value)) => protocol = Some(value.to_owned()),
+            Some(("host", value)) => host = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    let ours = std::env::var(GIT_HOST_VAR).ok();
+    let token = std::env::var("GH_TOKEN").ok().filter(|t| !t.is_empty());
+    let matches = protocol.as_deref() == Some("https")
+        && host.is_some()
+        && ours.as_deref().is_some_and(|ours| {
+            host.as_deref()
+                .is_some_and(|h| h.eq_ignore_ascii_case(ours))
+        });
+    if let (true, Some(token)) = (matches, token) {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "username={}", stint_client::GIT_USERNAME)
+            .and_then(|()| writeln!(out, "password={token}"))
+            .and_then(|()| out.flush())
+            .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot answer git: {e}")))?;
+    }
+    Ok(0)
 }
 
 /// What the step holds while its command runs.
@@ -379,6 +478,8 @@ mod tests {
                 ("PGPASSWORD", "pw-s3cret".to_owned()),
                 ("PGSSLMODE", "verify-full".to_owned()),
             ],
+            github: Vec::new(),
+            git_host: None,
         }
     }
 
@@ -387,7 +488,56 @@ mod tests {
             target,
             credential_id: id,
             libpq: Vec::new(),
+            github: Vec::new(),
+            git_host: None,
         }
+    }
+
+    #[test]
+    fn a_github_token_goes_to_gh_and_to_git_through_the_helper() {
+        let token = TargetEnv {
+            target: "github",
+            credential_id: "tc-9",
+            libpq: Vec::new(),
+            github: vec![
+                ("GH_TOKEN", "ghs_s3cret".to_owned()),
+                ("GITHUB_TOKEN", "ghs_s3cret".to_owned()),
+            ],
+            git_host: Some("github.com"),
+        };
+        let env = child_env("STINT_TOKEN", &[token]).unwrap();
+        let get = |name: &str| {
+            env.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(get("GH_TOKEN"), "ghs_s3cret");
+        assert_eq!(get("GITHUB_TOKEN"), "ghs_s3cret");
+        assert_eq!(get("STINT_GIT_HOST"), "github.com");
+        let first: usize = std::env::var("GIT_CONFIG_COUNT")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(get("GIT_CONFIG_COUNT"), (first + 2).to_string());
+        assert_eq!(
+            get(&format!("GIT_CONFIG_KEY_{first}")),
+            "credential.https://github.com.helper"
+        );
+        assert_eq!(
+            get(&format!("GIT_CONFIG_VALUE_{first}")),
+            "",
+            "clears other helpers"
+        );
+        let helper = get(&format!("GIT_CONFIG_VALUE_{}", first + 1));
+        assert!(
+            helper.starts_with("!'") && helper.ends_with("' git-credential"),
+            "{helper}"
+        );
+        assert!(
+            !helper.contains("ghs_"),
+            "the token is never in git's configuration"
+        );
     }
 
     #[test]

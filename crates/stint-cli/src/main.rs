@@ -95,12 +95,26 @@ enum Command {
         /// command's environment as PGHOST, PGPORT, PGDATABASE, PGUSER,
         /// PGPASSWORD, PGSSLMODE and (over TLS) PGCHANNELBINDING
         /// (PGHOSTADDR and PGSERVICE removed); the credential's id is in
-        /// STINT_TARGET_CREDENTIAL_ID_<NAME> (uppercased, '-' as '_').
+        /// STINT_TARGET_CREDENTIAL_ID_<NAME> (uppercased, '-' as '_'). A
+        /// GitHub installation token is set as GH_TOKEN and GITHUB_TOKEN
+        /// (and GH_HOST, GH_ENTERPRISE_TOKEN for GitHub Enterprise Server),
+        /// and git over HTTPS to its host gets it through `stint
+        /// git-credential`, set up as the command's credential helper.
         #[arg(long = "target", value_name = "NAME", value_parser = parse_target)]
         targets: Vec<String>,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
+    },
+    /// A git credential helper for `stint exec --target` with a GitHub
+    /// target: answers git's `get` for the token's host with user
+    /// x-access-token and the token (from GH_TOKEN, which `stint exec`
+    /// set), and nothing for any other host. `store` and `erase` do
+    /// nothing: the token is revoked when the command exits.
+    #[command(name = "git-credential", hide = true)]
+    GitCredential {
+        /// get, store or erase (git says which).
+        operation: String,
     },
     /// Revoke a token, or every token of a job.
     Revoke {
@@ -524,6 +538,7 @@ async fn run(command: Command, out: &mut output::Stdout) -> Result<u8, Failure> 
             let _handed_over = step.detach();
             Ok(0)
         }
+        Command::GitCredential { operation } => exec::git_credential(&operation),
         Command::Exec {
             request,
             broker,

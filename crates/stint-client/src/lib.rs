@@ -87,14 +87,18 @@ pub use client::{
 };
 pub use error::{Error, PendingApproval, TokenError};
 pub use step::{Job, StepRequest, StepToken};
-pub use target::{KIND_POSTGRES, MAX_TARGET_NAME_LEN, TargetCredential, check_target_name};
+pub use target::{
+    GIT_USERNAME, KIND_GITHUB, KIND_POSTGRES, MAX_TARGET_NAME_LEN, TargetCredential,
+    check_target_name,
+};
 // What the SDK's functions return (and the types of their public fields),
 // so that no user has to depend on stint-proto or stint-core to name them.
 pub use stint_core::claims::AccessTokenClaims;
 pub use stint_core::status_list::{StatusClaim, StatusReference};
 pub use stint_proto::{
-    ApprovalView, ApprovalVote, Confirmation, IntrospectionResponse, JobRevocationResponse,
-    KeyRotationResponse, PostgresLogin, StepRevocationResponse, WorkloadState,
+    ApprovalView, ApprovalVote, Confirmation, GithubToken, IntrospectionResponse,
+    JobRevocationResponse, KeyRotationResponse, PostgresLogin, StepRevocationResponse,
+    WorkloadState,
 };
 pub use verifier::{
     DEFAULT_INTROSPECTION_CACHE, DEFAULT_LEEWAY, DEFAULT_MAX_KEY_AGE, DEFAULT_MIN_REFRESH_INTERVAL,

@@ -18,13 +18,20 @@ use crate::error::Error;
 use crate::step::StepToken;
 use std::fmt;
 use std::time::{Duration, SystemTime};
-use stint_proto::{PostgresLogin, TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse};
+use stint_proto::{
+    GithubToken, PostgresLogin, TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN, TOKEN_TYPE_POSTGRES_LOGIN,
+    TargetCredentialResponse,
+};
 
 /// The longest target name, in bytes.
 pub const MAX_TARGET_NAME_LEN: usize = 32;
 
 /// The kind of a PostgreSQL login ([`TargetCredential::kind`]).
 pub const KIND_POSTGRES: &str = "postgres";
+/// The kind of a GitHub target: its credential is an installation token.
+pub const KIND_GITHUB: &str = "github";
+/// The user name git sends with an installation token over HTTPS.
+pub const GIT_USERNAME: &str = "x-access-token";
 
 /// Check that `name` can name a target: a lowercase ASCII letter, then
 /// lowercase letters, digits and `-`, at most [`MAX_TARGET_NAME_LEN`]
@@ -133,6 +140,7 @@ pub struct TargetCredential {
     expires_in: u64,
     expires_at: SystemTime,
     postgres: Option<PostgresLogin>,
+    github: Option<GithubToken>,
 }
 
 impl TargetCredential {
@@ -167,6 +175,7 @@ impl TargetCredential {
             scope: response.scope,
             expires_in: response.expires_in,
             postgres: response.postgres,
+            github: response.github,
         })
     }
 
@@ -224,6 +233,44 @@ impl TargetCredential {
     /// database, role and `sslmode`.
     pub fn postgres(&self) -> Option<&PostgresLogin> {
         self.postgres.as_ref()
+    }
+
+    /// How to use a GitHub installation token (kind [`KIND_GITHUB`]): the
+    /// API, git's host, the installation, its repositories and
+    /// permissions.
+    pub fn github(&self) -> Option<&GithubToken> {
+        self.github.as_ref()
+    }
+
+    /// A GitHub installation token as `gh` and most GitHub tooling read
+    /// it: `GH_TOKEN` and `GITHUB_TOKEN`, and for GitHub Enterprise Server
+    /// `GH_HOST`, `GH_ENTERPRISE_TOKEN` and `GITHUB_ENTERPRISE_TOKEN`.
+    /// Empty for other kinds. For git over HTTPS the token is the password
+    /// of user [`GIT_USERNAME`] (`stint exec` sets up a credential helper).
+    pub fn github_env(&self) -> Vec<(&'static str, String)> {
+        match &self.github {
+            Some(github) if self.kind == KIND_GITHUB => {
+                let mut env = vec![
+                    ("GH_TOKEN", self.secret.clone()),
+                    ("GITHUB_TOKEN", self.secret.clone()),
+                ];
+                if github.git_host != "github.com" {
+                    env.push(("GH_HOST", github.git_host.clone()));
+                    env.push(("GH_ENTERPRISE_TOKEN", self.secret.clone()));
+                    env.push(("GITHUB_ENTERPRISE_TOKEN", self.secret.clone()));
+                }
+                env
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The environment a command gets for this credential, whatever its
+    /// kind: [`Self::libpq_env`] or [`Self::github_env`].
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.libpq_env();
+        env.extend(self.github_env());
+        env
     }
 
     /// The environment libpq (`psql`, most PostgreSQL drivers) reads a
@@ -294,6 +341,12 @@ fn check_response(target: &str, response: &TargetCredentialResponse) -> Result<(
     {
         return Err("a postgres credential without its PostgreSQL login".to_owned());
     }
+    if response.kind == KIND_GITHUB
+        && (response.github.is_none()
+            || response.issued_token_type != TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN)
+    {
+        return Err("a github credential without its installation token's details".to_owned());
+    }
     Ok(())
 }
 
@@ -323,6 +376,7 @@ impl fmt::Debug for TargetCredential {
             .field("scope", &self.scope)
             .field("expires_at", &self.expires_at)
             .field("postgres", &self.postgres)
+            .field("github", &self.github)
             .field("secret", &"<redacted>")
             .field("step_token", &"<redacted>")
             .finish()
@@ -351,7 +405,46 @@ mod tests {
                 sslmode: "verify-full".to_owned(),
                 expires_at: 1_900_000_000,
             }),
+            github: (kind == KIND_GITHUB).then(|| GithubToken {
+                api_url: "https://ghe.example.com/api/v3".to_owned(),
+                git_host: "ghe.example.com".to_owned(),
+                installation_id: 42,
+                repositories: vec!["acme/web".to_owned()],
+                permissions: [("contents".to_owned(), "write".to_owned())].into(),
+                github_expires_at: 1_900_000_000,
+            }),
         }
+    }
+
+    #[test]
+    fn a_github_token_becomes_gh_environment() {
+        let mut answer = response(KIND_GITHUB, "github");
+        answer.issued_token_type = TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN.to_owned();
+        let token = credential(answer.clone());
+        let env = token.env();
+        for name in [
+            "GH_TOKEN",
+            "GITHUB_TOKEN",
+            "GH_ENTERPRISE_TOKEN",
+            "GITHUB_ENTERPRISE_TOKEN",
+        ] {
+            assert!(
+                env.contains(&(name, "pw-s3cret-value".to_owned())),
+                "{name}"
+            );
+        }
+        assert!(env.contains(&("GH_HOST", "ghe.example.com".to_owned())));
+        assert!(token.libpq_env().is_empty());
+        assert_eq!(token.github().map(|g| g.installation_id), Some(42));
+        let mut public = answer.clone();
+        if let Some(github) = public.github.as_mut() {
+            github.git_host = "github.com".to_owned();
+        }
+        let env = credential(public).env();
+        assert_eq!(env.len(), 2, "github.com needs no GH_HOST: {env:?}");
+        let mut missing = answer;
+        missing.github = None;
+        assert!(check_response("github", &missing).is_err());
     }
 
     /// A guard that will not be revoked when dropped (no broker here).
@@ -440,11 +533,12 @@ mod tests {
 
     #[test]
     fn another_kind_has_no_libpq_environment() {
-        let mut other = response("github", "repo");
+        let mut other = response("vault", "repo");
         other.issued_token_type = "urn:example:other".to_owned();
         let other = credential(other);
         assert!(other.postgres().is_none());
         assert!(other.libpq_env().is_empty());
+        assert!(other.env().is_empty());
     }
 
     #[test]

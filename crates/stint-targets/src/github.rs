@@ -163,7 +163,11 @@ fn load_app_key(path: &Path) -> Result<RsaKeyPair, String> {
     let key = match &der {
         PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
         PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
-        _ => return Err(refused("it is not an RSA key (GitHub App keys are RSA)".into())),
+        _ => {
+            return Err(refused(
+                "it is not an RSA key (GitHub App keys are RSA)".into(),
+            ));
+        }
     }
     .map_err(|e| refused(format!("ring refuses it as an RSA key ({e})")))?;
     Ok(key)
@@ -308,7 +312,10 @@ impl Answer {
     /// Whether this is a rate-limit answer, and how long to wait.
     fn rate_limited(&self, now: i64) -> Option<u64> {
         let secondary = self.status == 403
-            && self.message().to_ascii_lowercase().contains("secondary rate limit");
+            && self
+                .message()
+                .to_ascii_lowercase()
+                .contains("secondary rate limit");
         let primary = self.status == 403 && self.remaining == Some(0);
         if self.status != 429 && !secondary && !primary {
             return None;
@@ -427,14 +434,23 @@ impl GithubClient {
             request = request.json(body);
         }
         let mut response = request.send().await.map_err(|e| {
-            CallError::NoAnswer(format!("GitHub at {} did not answer: {}", self.target.api_url, without_url(&e)))
+            CallError::NoAnswer(format!(
+                "GitHub at {} did not answer: {}",
+                self.target.api_url,
+                without_url(&e)
+            ))
         })?;
         let header = |name: &str| {
             response
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v.chars().filter(|c| !c.is_control()).take(100).collect::<String>())
+                .map(|v| {
+                    v.chars()
+                        .filter(|c| !c.is_control())
+                        .take(100)
+                        .collect::<String>()
+                })
         };
         let number = |name: &str| header(name).and_then(|v| v.trim().parse::<i64>().ok());
         let status = response.status().as_u16();
@@ -509,8 +525,8 @@ impl GithubClient {
                 .map_err(nothing_made)?;
             match answer.status {
                 200 => {
-                    let found: InstallationAnswer = serde_json::from_slice(&answer.body)
-                        .map_err(|_| {
+                    let found: InstallationAnswer =
+                        serde_json::from_slice(&answer.body).map_err(|_| {
                             nothing(UpstreamFailure::Unavailable(
                                 "GitHub's installation answer is malformed".into(),
                             ))
@@ -719,7 +735,8 @@ impl TargetClient for GithubClient {
         // would grant the whole installation.
         if wanted.repositories.is_empty() || wanted.permissions.is_empty() {
             return Err(nothing(UpstreamFailure::Unavailable(
-                "internal: refusing to ask GitHub for a token without repositories and permissions".into(),
+                "internal: refusing to ask GitHub for a token without repositories and permissions"
+                    .into(),
             )));
         }
         let installation = self.installation(&wanted.owner).await?;
@@ -866,7 +883,10 @@ impl TargetClient for GithubClient {
                 "the request that made this token got no answer, so Stint never had the token and cannot revoke it; GitHub expires it within an hour of its creation".into(),
             ));
         };
-        let opened = self.sealer.unseal(sealed).map_err(UpstreamFailure::Permanent)?;
+        let opened = self
+            .sealer
+            .unseal(sealed)
+            .map_err(UpstreamFailure::Permanent)?;
         let (installation, token) = opened.split_once(':').ok_or_else(|| {
             UpstreamFailure::Permanent("the sealed token is not in a form this stintd knows".into())
         })?;
@@ -910,9 +930,17 @@ mod tests {
         let token = "ghs_16C7e42F292c6912E7710c838347Ae178B4a";
         let sealed = a.seal(token, &rng).unwrap();
         assert!(!sealed.windows(token.len()).any(|w| w == token.as_bytes()));
-        assert_ne!(sealed, a.seal(token, &rng).unwrap(), "a fresh nonce each time");
+        assert_ne!(
+            sealed,
+            a.seal(token, &rng).unwrap(),
+            "a fresh nonce each time"
+        );
         assert_eq!(a.unseal(&sealed).unwrap(), token);
-        assert_eq!(same.unseal(&sealed).unwrap(), token, "hex and raw keys are one");
+        assert_eq!(
+            same.unseal(&sealed).unwrap(),
+            token,
+            "hex and raw keys are one"
+        );
         let moved = other.unseal(&sealed).unwrap_err();
         assert!(moved.contains("another token_key_file"), "{moved}");
         let mut tampered = sealed.clone();
@@ -927,7 +955,12 @@ mod tests {
     #[test]
     fn a_token_key_is_32_bytes_or_64_hex_digits() {
         let dir = tempfile::tempdir().unwrap();
-        for bad in [&b"short"[..], &[1u8; 31], &[1u8; 33], b"zz".repeat(32).as_slice()] {
+        for bad in [
+            &b"short"[..],
+            &[1u8; 31],
+            &[1u8; 33],
+            b"zz".repeat(32).as_slice(),
+        ] {
             let why = sealer(dir.path(), bad).err().unwrap();
             assert!(why.contains("32 random bytes"), "{why}");
             assert!(!why.contains("zz"), "never the key: {why}");
@@ -937,7 +970,10 @@ mod tests {
     #[test]
     fn git_hosts() {
         assert_eq!(git_host("https://api.github.com"), "github.com");
-        assert_eq!(git_host("https://ghe.example.com/api/v3"), "ghe.example.com");
+        assert_eq!(
+            git_host("https://ghe.example.com/api/v3"),
+            "ghe.example.com"
+        );
         assert_eq!(git_host("https://127.0.0.1:8443"), "127.0.0.1:8443");
     }
 
@@ -946,29 +982,52 @@ mod tests {
         let answer = |status, remaining, retry_after, message: &str| Answer {
             status,
             request_id: Some("A:B".into()),
-            body: serde_json::json!({ "message": message }).to_string().into_bytes(),
+            body: serde_json::json!({ "message": message })
+                .to_string()
+                .into_bytes(),
             retry_after,
             remaining,
             reset: Some(1_000 + 120),
         };
-        assert_eq!(answer(429, None, Some(30), "x").rate_limited(1_000), Some(30));
         assert_eq!(
-            answer(403, Some(0), None, "API rate limit exceeded for installation ID 1.")
-                .rate_limited(1_000),
+            answer(429, None, Some(30), "x").rate_limited(1_000),
+            Some(30)
+        );
+        assert_eq!(
+            answer(
+                403,
+                Some(0),
+                None,
+                "API rate limit exceeded for installation ID 1."
+            )
+            .rate_limited(1_000),
             Some(120),
             "x-ratelimit-reset when the budget is spent"
         );
         assert_eq!(
-            answer(403, Some(10), None, "You have exceeded a secondary rate limit.")
-                .rate_limited(1_000),
+            answer(
+                403,
+                Some(10),
+                None,
+                "You have exceeded a secondary rate limit."
+            )
+            .rate_limited(1_000),
             Some(SECONDARY_LIMIT_SECS)
         );
         assert_eq!(
-            answer(403, Some(10), None, "Resource not accessible by integration")
-                .rate_limited(1_000),
+            answer(
+                403,
+                Some(10),
+                None,
+                "Resource not accessible by integration"
+            )
+            .rate_limited(1_000),
             None
         );
-        assert_eq!(answer(429, None, Some(99_999), "x").rate_limited(1_000), Some(MAX_BACKOFF_SECS));
+        assert_eq!(
+            answer(429, None, Some(99_999), "x").rate_limited(1_000),
+            Some(MAX_BACKOFF_SECS)
+        );
         let message = answer(422, None, None, "bad\nthing\u{7}").message();
         assert_eq!(message, "badthing (GitHub request id A:B)");
     }

@@ -136,7 +136,10 @@ impl std::fmt::Display for UpstreamFailure {
             Self::RateLimited {
                 retry_after_secs,
                 message,
-            } => write!(f, "rate limited, retry after {retry_after_secs} s: {message}"),
+            } => write!(
+                f,
+                "rate limited, retry after {retry_after_secs} s: {message}"
+            ),
             Self::Permanent(why) => f.write_str(why),
         }
     }

@@ -2,14 +2,14 @@
 //! step: TOML in, validated [`Target`]s out, every problem reported with
 //! its key through the policy loader's errors.
 
+use super::github::{self, GithubApp, GithubTarget};
+use super::oidc::{self, OidcTarget};
 use super::postgres::{
     DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_CONNECTION_LIMIT, DEFAULT_POOL_SIZE, DEFAULT_PORT,
     DEFAULT_STATEMENT_TIMEOUT_SECS, GroupRole, MAX_CONNECT_TIMEOUT_SECS, MAX_CONNECTION_LIMIT,
     MAX_POOL_SIZE, MAX_ROLES, MAX_SCOPES_PER_ROLE, MAX_STATEMENT_TIMEOUT_SECS, PgGrant, PgIdent,
     PgTlsMode, PostgresTarget,
 };
-use super::github::{self, GithubApp, GithubTarget};
-use super::oidc::{self, OidcTarget};
 use super::{
     KNOWN_KINDS, MAX_TARGETS, ROLE_PREFIX, SecretSource, Target, TargetKind, validate_target_name,
 };
@@ -205,7 +205,10 @@ const OIDC_KEYS: &[&str] = &["audience", "ttl_secs", "aws_session_tags"];
 impl RawTarget {
     /// The keys written, with their spans.
     fn present(&self) -> Vec<(&'static str, Range<usize>)> {
-        fn at<T>(name: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, Range<usize>)> {
+        fn at<T>(
+            name: &'static str,
+            v: &Option<Spanned<T>>,
+        ) -> Option<(&'static str, Range<usize>)> {
             v.as_ref().map(|v| (name, v.span()))
         }
         [
@@ -251,7 +254,10 @@ impl RawTarget {
                 errors.push(
                     span,
                     &format!("{key}.{name}"),
-                    format!("{name} is not a setting of a {kind} target (its settings: {})", allowed.join(", ")),
+                    format!(
+                        "{name} is not a setting of a {kind} target (its settings: {})",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -270,7 +276,11 @@ fn path_of(
     let field_key = format!("{key}.{field}");
     match value {
         None => {
-            errors.push(span.clone(), &field_key, format!("{field} is required: {what}"));
+            errors.push(
+                span.clone(),
+                &field_key,
+                format!("{field} is required: {what}"),
+            );
             None
         }
         Some(text) if text.get_ref().is_empty() || text.get_ref().contains('\0') => {
@@ -416,9 +426,10 @@ fn check_api_url(text: &str) -> Result<(), String> {
     };
     let ok = !rest.is_empty()
         && text.len() <= 256
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b':' | b'[' | b']' | b'~'))
+        && rest.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'.' | b'-' | b'_' | b'/' | b':' | b'[' | b']' | b'~')
+        })
         && !rest.starts_with('/');
     if ok {
         Ok(())
@@ -446,7 +457,11 @@ fn build_oidc(
         Some(aud) => match crate::ids::validate_audience(aud.get_ref()) {
             Ok(()) => Some(aud.get_ref().clone()),
             Err(e) => {
-                errors.push(aud.span(), &format!("{key}.audience"), format!("invalid audience: {e}"));
+                errors.push(
+                    aud.span(),
+                    &format!("{key}.audience"),
+                    format!("invalid audience: {e}"),
+                );
                 None
             }
         },

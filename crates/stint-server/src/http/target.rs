@@ -27,11 +27,12 @@ use stint_core::decision::DenyReason;
 use stint_core::form::FormParams;
 use stint_core::policy::Policy;
 use stint_core::scope::{Scope, parse_scope_list};
-use stint_proto::{
-    ErrorCode, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_NOT_APPLICABLE,
-    TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN, TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
-};
 use stint_core::target::TargetKind;
+use stint_proto::{
+    ErrorCode, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN, TOKEN_TYPE_NOT_APPLICABLE, TOKEN_TYPE_POSTGRES_LOGIN,
+    TargetCredentialResponse,
+};
 use stint_targets::queue::{MintError, credential_entry};
 
 /// The longest target name.

@@ -58,7 +58,7 @@ pub(crate) async fn token(
     .await;
     let outcome = match outcome {
         Ok(Issued::Target(issued)) => {
-            return finish_target(&state, entry, issued, now).await;
+            return finish_target(&state, entry, *issued, now).await;
         }
         Ok(Issued::Token(response)) => Ok(response),
         Err(error)
@@ -98,7 +98,7 @@ enum Issued {
     /// A Stint access token.
     Token(TokenResponse),
     /// A target's native credential (a step token exchanged).
-    Target(TargetCredentialResponse),
+    Target(Box<TargetCredentialResponse>),
 }
 
 /// Audit a target credential's mint and answer with it; if the mint cannot
@@ -220,7 +220,7 @@ async fn mint(
             }
             return target::exchange(state, &policy, &form, certificate, now, entry)
                 .await
-                .map(Issued::Target);
+                .map(|issued| Issued::Target(Box::new(issued)));
         }
         Some(GRANT_TOKEN_EXCHANGE) => {
             if header_workload.is_some()
