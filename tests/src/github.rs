@@ -10,8 +10,11 @@
 //!   `iat` and `exp` integers; `iat` not in the future (GitHub recommends
 //!   setting it 60 s in the past against clock drift, so any past `iat`
 //!   passes); `exp` in the future and "no more than 10 minutes into the
-//!   future" (measured from now, as the page says, not from `iat`: the
-//!   page's own sample sets `iat` now - 60 and `exp` now + 600). The 401
+//!   future" (measured from now, as the page says, not from `iat`: its
+//!   Ruby sample sets `iat` now - 60 and `exp` now + 600, 660 s apart); a
+//!   JWT must come as `Authorization: Bearer` ("if you are passing a JSON
+//!   web token (JWT), you must use `Authorization: Bearer`"), while an
+//!   installation token may also use `token`. The 401
 //!   messages are GitHub's, as its API returns them (and as the client
 //!   libraries' issue trackers quote them): "A JSON web token could not be
 //!   decoded" (malformed, another algorithm, a bad signature, an unknown
@@ -834,7 +837,8 @@ fn credential(headers: &hyper::HeaderMap) -> Credential<'_> {
     let secret = secret.trim();
     if secret.starts_with("ghs_") {
         Credential::Token(secret)
-    } else if secret.matches('.').count() == 2 {
+    } else if secret.matches('.').count() == 2 && scheme.eq_ignore_ascii_case("bearer") {
+        // A JWT only as Bearer.
         Credential::Jwt(secret)
     } else {
         Credential::Malformed

@@ -397,6 +397,14 @@ async fn app_jwts_are_checked_as_github_checks_them() {
     )
     .await
     .refused(401, JWT_UNDECODABLE);
+    // A JWT only as Bearer.
+    let reply = http
+        .get(format!("{}/app", github.api_url))
+        .header("authorization", format!("token {}", github.app_jwt()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
     // And an App JWT where an installation token is needed.
     call(
         &http,
@@ -936,6 +944,80 @@ async fn every_answer_carries_request_ids_and_rate_limits() {
         .await
         .unwrap();
     assert_eq!(reply.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Request heads over 16 KiB.
+    let reply = http
+        .get(format!("{}/app", github.api_url))
+        .bearer_auth(github.app_jwt())
+        .header("x-padding", "a".repeat(20 * 1024))
+        .send()
+        .await;
+    assert!(
+        reply.as_ref().map_or(true, |r| r.status()
+            == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        "{reply:?}"
+    );
+}
+
+/// Stint's planner and the fake agree: the planned body gets exactly the
+/// planned token, which the answer check accepts; the same body without
+/// repositories or permissions gets the whole installation, which it
+/// refuses.
+#[tokio::test]
+async fn the_planners_request_passes_its_own_answer_check_and_omissions_do_not() {
+    use std::collections::BTreeMap;
+    use stint_core::scope::Scope;
+    use stint_core::target::github::plan;
+    let github = fake().await;
+    let http = client(&github);
+    let scopes: Vec<Scope> = [
+        "contents.read:gh/acme/web",
+        "contents.read:gh/acme/api",
+        "issues.read:gh/acme/web",
+        "issues.read:gh/acme/api",
+    ]
+    .iter()
+    .map(|s| Scope::parse(s).unwrap())
+    .collect();
+    let planned = plan("gh", &scopes).unwrap();
+    let check = |reply: &Reply| {
+        let permissions: BTreeMap<String, String> =
+            serde_json::from_value(reply.body["permissions"].clone()).unwrap();
+        let repositories: Vec<String> = reply.body["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect();
+        planned.check_answer(
+            &permissions,
+            reply.body["repository_selection"].as_str().unwrap(),
+            &repositories,
+        )
+    };
+    let body = planned.request_body();
+    let reply = create(&http, &github, Some(&body)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    check(&reply).unwrap();
+    for left_out in ["repositories", "permissions"] {
+        let mut body = body.clone();
+        body.as_object_mut().unwrap().remove(left_out);
+        let reply = create(&http, &github, Some(&body)).await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        let why = check(&reply).unwrap_err();
+        assert!(
+            why.contains("not planned") || why.contains("more than the planned"),
+            "{left_out}: {why}"
+        );
+    }
+    // A plan the installation cannot give is a 422 from GitHub.
+    let wider = plan(
+        "gh",
+        &[Scope::parse("administration.read:gh/acme/web").unwrap()],
+    )
+    .unwrap();
+    create(&http, &github, Some(&wider.request_body()))
+        .await
+        .refused(422, PERMISSIONS_NOT_GRANTED);
 }
 
 #[tokio::test]
