@@ -175,11 +175,11 @@ const READ_WRITE_ADMIN: &[Level] = &[Level::Read, Level::Write, Level::Admin];
 /// ask for, with the levels each allows: the `permissions` object of the
 /// request body of "Create an installation access token for an app"
 /// (`POST /app/installations/{installation_id}/access_tokens`,
-/// <https://docs.github.com/en/rest/apps/apps#create-an-installation-access-token-for-an-app>,
-/// schema `app-permissions` of GitHub's OpenAPI description), and
-/// "Choosing permissions for a GitHub App"
-/// (<https://docs.github.com/en/apps/creating-github-apps/registering-a-github-app/choosing-permissions-for-a-github-app>).
-/// Sorted by name.
+/// <https://docs.github.com/en/rest/apps/apps#create-an-installation-access-token-for-an-app>),
+/// whose schema is `app-permissions` in GitHub's OpenAPI description
+/// (github/rest-api-description): every name with the levels its enum
+/// allows. Sorted by name; a permission GitHub adds later is refused until
+/// it is added here.
 pub const REPOSITORY_PERMISSIONS: &[(&str, &[Level])] = &[
     ("actions", READ),
     ("administration", READ),
@@ -214,6 +214,9 @@ pub const REPOSITORY_PERMISSIONS: &[(&str, &[Level])] = &[
 /// `permissions` object (same sources as [`REPOSITORY_PERMISSIONS`]). None is
 /// limited by a token's repositories, so a Stint scope, which names one
 /// repository, cannot carry them: they are refused with that reason.
+/// `interaction_limits` is among the account permissions in the schema
+/// (though its description says "on a repository"): refused, failing
+/// closed.
 pub const ACCOUNT_PERMISSIONS: &[&str] = &[
     "custom_properties_for_organizations",
     "email_addresses",
