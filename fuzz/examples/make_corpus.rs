@@ -222,6 +222,17 @@ async fn main() {
         );
     }
 
+    // --- github_scope: step token scope lists and policy patterns for a
+    // github target named gh.
+    for (i, fields) in github_scope_seeds().iter().enumerate() {
+        let fields: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+        corpus.put(
+            "github_scope",
+            &format!("scopes-{i}"),
+            join_fields(0, &fields),
+        );
+    }
+
     // --- policy: the repository's policies and every policy in the docs.
     corpus.put(
         "policy",
@@ -593,14 +604,54 @@ async fn main() {
     println!("corpus written to {}", corpus.root.display());
 }
 
+/// Seeds of `github_scope`: the scope list, then patterns.
+fn github_scope_seeds() -> Vec<Vec<&'static str>> {
+    vec![
+        vec![
+            "contents.write:gh/acme/web contents.write:gh/acme/api issues.read:gh/acme/web issues.read:gh/acme/api",
+            "contents.read:gh/acme/*",
+        ],
+        vec![
+            "contents.read:gh/acme/web metadata.read:gh/acme/api contents.read:gh/acme/api",
+            "pull_requests.write:gh/acme/web",
+        ],
+        vec![
+            "contents.write:gh/acme/web issues.read:gh/acme/api",
+            "contents.read:gh/*/web",
+            "contents.read:gh/acme/**",
+        ],
+        vec![
+            "repository_projects.admin:gh/Acme/Web.site workflows.write:gh/Acme/Web.site",
+            "pull-requests.read:gh/acme/*",
+        ],
+        vec![
+            "contents.read:gh/acme/web contents.read:gh/other/web",
+            "members.read:gh/acme/*",
+        ],
+        vec![
+            "pull-requests.read:gh/acme/web organization_administration.read:gh/acme/web",
+            "contents.admin:gh/acme/x",
+        ],
+    ]
+}
+
 /// Seeds of `target_scope`: (control byte, scope list).
 fn target_scope_seeds() -> Vec<(u8, &'static str)> {
     vec![
         (0, "select:wh/crm/accounts select:wh/crm/contacts"),
-        (0, "select:wh/crm/accounts insert:wh/Stage.1/rows usage:wh/Stage.1 read:github/acme/web"),
-        (1, "select:wh/crm/accounts select:wh/crm/contacts usage:wh/crm/ids"),
+        (
+            0,
+            "select:wh/crm/accounts insert:wh/Stage.1/rows usage:wh/Stage.1 read:github/acme/web",
+        ),
+        (
+            1,
+            "select:wh/crm/accounts select:wh/crm/contacts usage:wh/crm/ids",
+        ),
         (1, "select:wh/crm/accounts"),
-        (0, "usage:wh/crm usage:wh/crm/ids trigger:wh/a.b/c@d:e truncate:wh/x/y"),
+        (
+            0,
+            "usage:wh/crm usage:wh/crm/ids trigger:wh/a.b/c@d:e truncate:wh/x/y",
+        ),
         (0, "write:wh/crm/accounts select:wh/crm"),
     ]
 }

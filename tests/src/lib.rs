@@ -27,6 +27,7 @@ use stint_core::{Clock, ManualClock, secret};
 use stint_proto::{DevClient, JwkSet};
 use stint_server::{Config, PolicySource, RunningServer};
 
+pub mod github;
 pub mod idp;
 pub mod postgres;
 pub mod sse;
