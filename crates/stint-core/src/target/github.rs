@@ -1269,23 +1269,3 @@ mod tests {
         }
     }
 }
-
-impl GithubPlan {
-    /// Placeholder until the planner lands.
-    pub fn effective_scopes(&self, _target: &str) -> Vec<String> {
-        Vec::new()
-    }
-    /// Placeholder until the planner lands.
-    pub fn request_body(&self) -> serde_json::Value {
-        serde_json::Value::Null
-    }
-    /// Placeholder until the planner lands.
-    pub fn check_answer(
-        &self,
-        _permissions: &BTreeMap<String, String>,
-        _repository_selection: &str,
-        _repositories: &[String],
-    ) -> Result<(), String> {
-        Err("not implemented".into())
-    }
-}
