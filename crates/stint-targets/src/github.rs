@@ -766,14 +766,9 @@ impl TargetClient for GithubClient {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&wanted.owner.to_ascii_lowercase());
             }
-            let failure = self.failure(&answer);
-            // A gateway's 5xx may hide a token that was made.
-            let failure = if answer.status >= 500 {
-                CreateFailure::maybe(failure)
-            } else {
-                nothing(failure)
-            };
-            return Err(of_request(failure, &answer));
+            // GitHub answered, with an error: it made no token. (Only a
+            // request left without an answer may have made one.)
+            return Err(of_request(nothing(self.failure(&answer)), &answer));
         }
         let granted: TokenAnswer = match serde_json::from_slice(&answer.body) {
             Ok(granted) => granted,
