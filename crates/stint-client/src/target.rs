@@ -351,6 +351,7 @@ mod tests {
                 sslmode: "verify-full".to_owned(),
                 expires_at: 1_900_000_000,
             }),
+            federation: None,
         }
     }
 

@@ -136,6 +136,12 @@ pub enum EventKind {
     /// The reconciler removed a credential it found upstream that no live
     /// step token accounts for.
     TargetCredentialReconciled,
+    /// A federation token was signed for an OIDC target (`target` has its
+    /// `credential_id` (the token's `jti`), `subject`, `audience`,
+    /// `expires_at` and `kid`; `jti` is the step token's). Nothing is
+    /// made upstream and nothing can be revoked there: the token is good
+    /// until its `exp`.
+    FederationTokenIssued,
 }
 
 /// Allowed or denied.
@@ -285,6 +291,15 @@ pub struct TargetAudit {
     /// Sessions cut when it was revoked (PostgreSQL backends terminated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated: Option<u32>,
+    /// A federation token's `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// A federation token's `aud`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The key id a federation token was signed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
 }
 
 impl AuditEntry {

@@ -31,8 +31,8 @@ pub use revocations::{
     RevocationSnapshot,
 };
 pub use targets::{
-    PostgresLogin, TARGET_CREDENTIALS_PATH, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_NOT_APPLICABLE,
-    TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
+    FederationToken, PostgresLogin, TARGET_CREDENTIALS_PATH, TARGET_RESOURCE_PREFIX,
+    TOKEN_TYPE_NOT_APPLICABLE, TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
 };
 pub use workloads::WorkloadState;
 

@@ -33,7 +33,10 @@ pub fn connect(marker: &str, target: &Target) -> Result<Arc<dyn TargetClient>, S
     let pg = match target.kind() {
         TargetKind::Postgres(pg) => pg,
         TargetKind::Github(_) | TargetKind::Oidc(_) => {
-            return Err(format!("{} targets are not supported yet", target.kind().as_str()));
+            return Err(format!(
+                "{} targets are not supported yet",
+                target.kind().as_str()
+            ));
         }
     };
     let password = read_secret(&pg.admin_password)?;

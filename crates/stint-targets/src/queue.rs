@@ -943,6 +943,7 @@ pub fn credential_entry(now: DateTime<Utc>, event: EventKind, c: &TargetCredenti
         attempts: (c.attempts > 0).then_some(c.attempts),
         outcome: None,
         terminated: None,
+        ..TargetAudit::default()
     });
     entry
 }

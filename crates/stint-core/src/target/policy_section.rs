@@ -2,14 +2,14 @@
 //! step: TOML in, validated [`Target`]s out, every problem reported with
 //! its key through the policy loader's errors.
 
+use super::github::{self, GithubApp, GithubTarget};
+use super::oidc::{self, OidcTarget};
 use super::postgres::{
     DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_CONNECTION_LIMIT, DEFAULT_POOL_SIZE, DEFAULT_PORT,
     DEFAULT_STATEMENT_TIMEOUT_SECS, GroupRole, MAX_CONNECT_TIMEOUT_SECS, MAX_CONNECTION_LIMIT,
     MAX_POOL_SIZE, MAX_ROLES, MAX_SCOPES_PER_ROLE, MAX_STATEMENT_TIMEOUT_SECS, PgGrant, PgIdent,
     PgTlsMode, PostgresTarget,
 };
-use super::github::{self, GithubApp, GithubTarget};
-use super::oidc::{self, OidcTarget};
 use super::{
     KNOWN_KINDS, MAX_TARGETS, ROLE_PREFIX, SecretSource, Target, TargetKind, validate_target_name,
 };
@@ -98,6 +98,13 @@ pub(crate) struct DeclaredTargets {
 impl DeclaredTargets {
     pub(crate) fn into_built(self) -> BTreeMap<String, Target> {
         self.built
+    }
+
+    /// Whether `name` is a declared target of kind `oidc` that built.
+    pub(crate) fn is_oidc(&self, name: &str) -> bool {
+        self.built
+            .get(name)
+            .is_some_and(|target| matches!(target.kind(), TargetKind::Oidc(_)))
     }
 }
 
@@ -205,7 +212,10 @@ const OIDC_KEYS: &[&str] = &["audience", "ttl_secs", "aws_session_tags"];
 impl RawTarget {
     /// The keys written, with their spans.
     fn present(&self) -> Vec<(&'static str, Range<usize>)> {
-        fn at<T>(name: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, Range<usize>)> {
+        fn at<T>(
+            name: &'static str,
+            v: &Option<Spanned<T>>,
+        ) -> Option<(&'static str, Range<usize>)> {
             v.as_ref().map(|v| (name, v.span()))
         }
         [
@@ -251,7 +261,10 @@ impl RawTarget {
                 errors.push(
                     span,
                     &format!("{key}.{name}"),
-                    format!("{name} is not a setting of a {kind} target (its settings: {})", allowed.join(", ")),
+                    format!(
+                        "{name} is not a setting of a {kind} target (its settings: {})",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -270,7 +283,11 @@ fn path_of(
     let field_key = format!("{key}.{field}");
     match value {
         None => {
-            errors.push(span.clone(), &field_key, format!("{field} is required: {what}"));
+            errors.push(
+                span.clone(),
+                &field_key,
+                format!("{field} is required: {what}"),
+            );
             None
         }
         Some(text) if text.get_ref().is_empty() || text.get_ref().contains('\0') => {
@@ -416,9 +433,10 @@ fn check_api_url(text: &str) -> Result<(), String> {
     };
     let ok = !rest.is_empty()
         && text.len() <= 256
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b':' | b'[' | b']' | b'~'))
+        && rest.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'.' | b'-' | b'_' | b'/' | b':' | b'[' | b']' | b'~')
+        })
         && !rest.starts_with('/');
     if ok {
         Ok(())
@@ -446,7 +464,11 @@ fn build_oidc(
         Some(aud) => match crate::ids::validate_audience(aud.get_ref()) {
             Ok(()) => Some(aud.get_ref().clone()),
             Err(e) => {
-                errors.push(aud.span(), &format!("{key}.audience"), format!("invalid audience: {e}"));
+                errors.push(
+                    aud.span(),
+                    &format!("{key}.audience"),
+                    format!("invalid audience: {e}"),
+                );
                 None
             }
         },
@@ -1431,5 +1453,61 @@ audiences = ["warehouse"]
             )),
             "{errors:#?}"
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod federation_subject_tests {
+    use crate::policy::Policy;
+
+    const HASH: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn policy(workload: &str, step: &str, targets: &str) -> String {
+        format!(
+            r#"
+[workloads.{workload}]
+secret_sha256 = "{HASH}"
+workflows = ["deploy"]
+
+[targets.aws-prod]
+kind = "oidc"
+audience = "sts.amazonaws.com"
+
+[workflows.deploy]
+review_by = 2099-01-31
+
+[workflows.deploy.steps.{step}]
+scopes = ["read:docs/**"{targets}]
+targets = [{target_list}]
+"#,
+            target_list = if targets.is_empty() {
+                ""
+            } else {
+                "\"aws-prod\""
+            },
+        )
+    }
+
+    #[test]
+    fn a_federation_subject_over_127_bytes_refuses_the_policy_naming_the_step() {
+        let short = policy("deployer", "apply", ", \"federate:aws-prod\"");
+        Policy::parse("p.toml", &short).unwrap();
+
+        let long_name = "a".repeat(64);
+        let long = policy(&long_name, &long_name, ", \"federate:aws-prod\"");
+        let errors = Policy::parse("p.toml", &long).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let message = errors[0].to_string();
+        let subject_len = crate::target::oidc::subject(&long_name, "deploy", &long_name).len();
+        assert!(
+            message.contains(&format!("workflows.deploy.steps.{long_name}"))
+                && message.contains(&format!("{subject_len} bytes"))
+                && message.contains("127"),
+            "{message}"
+        );
+        // The same names with no oidc target listed: no federation subject.
+        let unlisted = policy(&long_name, &long_name, "");
+        Policy::parse("p.toml", &unlisted).unwrap();
     }
 }

@@ -13,6 +13,7 @@
 
 use super::RequestContext;
 use crate::error::OAuthError;
+use crate::federation_token::NO_FEDERATION_KEY;
 use crate::serve::PeerCertificate;
 use crate::state::{AppState, TokenState};
 use axum::Extension;
@@ -27,9 +28,13 @@ use stint_core::decision::DenyReason;
 use stint_core::form::FormParams;
 use stint_core::policy::Policy;
 use stint_core::scope::{Scope, parse_scope_list};
+use stint_core::target::TargetKind;
+use stint_core::target::oidc::{
+    self, FEDERATION_TOKEN_ID_PREFIX, FederationRequest, OidcTarget, is_federation_token_id,
+};
 use stint_proto::{
-    ErrorCode, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_NOT_APPLICABLE,
-    TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
+    ErrorCode, FederationToken, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_NOT_APPLICABLE, TOKEN_TYPE_POSTGRES_LOGIN, TargetCredentialResponse,
 };
 use stint_targets::queue::credential_entry;
 
@@ -173,13 +178,21 @@ pub(crate) async fn exchange(
             "delegation (actor_token) is not supported",
         ));
     }
-    if let Some(asked) = form.get("requested_token_type")
-        && asked != TOKEN_TYPE_POSTGRES_LOGIN
+    let requested_type = form.get("requested_token_type");
+    if let Some(asked) = requested_type
+        && ![
+            TOKEN_TYPE_POSTGRES_LOGIN,
+            stint_proto::TOKEN_TYPE_JWT,
+            stint_proto::TOKEN_TYPE_ID_TOKEN,
+        ]
+        .contains(&asked)
     {
         return Err(OAuthError::invalid_request(
             DenyReason::MalformedRequest,
             format!(
-                "a step token is exchanged for a target credential: requested_token_type may only be {TOKEN_TYPE_POSTGRES_LOGIN}"
+                "a step token is exchanged for a target credential: requested_token_type may only be {TOKEN_TYPE_POSTGRES_LOGIN} (postgres targets), or {} or {} (oidc targets)",
+                stint_proto::TOKEN_TYPE_JWT,
+                stint_proto::TOKEN_TYPE_ID_TOKEN
             ),
         ));
     }
@@ -253,6 +266,35 @@ pub(crate) async fn exchange(
     });
     let scopes = credential_scopes(&claims, &target, form)?;
     entry.scopes = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+    let fits_kind = match (declared.kind(), requested_type) {
+        (_, None) => true,
+        (TargetKind::Oidc(_), Some(asked)) => {
+            asked == stint_proto::TOKEN_TYPE_JWT || asked == stint_proto::TOKEN_TYPE_ID_TOKEN
+        }
+        (_, Some(asked)) => asked == TOKEN_TYPE_POSTGRES_LOGIN,
+    };
+    if !fits_kind {
+        return Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            format!(
+                "target {target} is of kind {}: requested_token_type {} is not what it issues",
+                declared.kind().as_str(),
+                requested_type.unwrap_or_default()
+            ),
+        ));
+    }
+    if let TargetKind::Oidc(oidc) = declared.kind() {
+        return federation_token(
+            state,
+            &claims,
+            &target,
+            oidc,
+            &scopes,
+            requested_type,
+            now,
+            entry,
+        );
+    }
 
     let minted = state
         .targets
@@ -282,6 +324,95 @@ pub(crate) async fn exchange(
             .collect::<Vec<_>>()
             .join(" "),
         postgres: minted.postgres,
+        federation: None,
+    })
+}
+
+/// Sign a federation token for OIDC target `target` from a step token
+/// that passed every check of [`exchange`]. Fills `entry` (a
+/// `federation_token_issued` once signed). Nothing is made upstream, so
+/// nothing is queued: the token is good until its `exp`.
+#[allow(clippy::too_many_arguments)]
+fn federation_token(
+    state: &AppState,
+    claims: &AccessTokenClaims,
+    target: &str,
+    oidc: &OidcTarget,
+    scopes: &[Scope],
+    requested_type: Option<&str>,
+    now: DateTime<Utc>,
+    entry: &mut AuditEntry,
+) -> Result<TargetCredentialResponse, OAuthError> {
+    let Some(key) = state.federation_keys.signing_key() else {
+        return Err(OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            DenyReason::TargetUnavailable,
+            NO_FEDERATION_KEY,
+        ));
+    };
+    let jti = stint_core::claims::new_jti(&state.rng)
+        .map(|random| format!("{FEDERATION_TOKEN_ID_PREFIX}{random}"))
+        .map_err(|_| OAuthError::unavailable("the random number generator failed; retry"))?;
+    let federation = oidc::federation_claims(
+        oidc,
+        &FederationRequest {
+            issuer: &state.issuer,
+            workload: &claims.sub,
+            workflow: &claims.workflow,
+            step: &claims.step,
+            job: &claims.job,
+            step_token_exp: claims.exp,
+            now: now.timestamp(),
+            jti: &jti,
+        },
+    )
+    .map_err(|e| {
+        OAuthError::new(
+            ErrorCode::InvalidGrant,
+            DenyReason::TargetPlanRefused,
+            e.to_string(),
+        )
+    })?;
+    let token = crate::federation_token::sign(key, &federation, &state.rng).map_err(|error| {
+        tracing::error!(%error, "a federation token could not be signed");
+        OAuthError::unavailable("the federation token could not be signed; retry")
+    })?;
+    entry.event = EventKind::FederationTokenIssued;
+    entry.target = Some(TargetAudit {
+        name: target.to_owned(),
+        kind: "oidc".to_owned(),
+        credential_id: Some(federation.jti.clone()),
+        expires_at: Some(federation.exp),
+        subject: Some(federation.sub.clone()),
+        audience: Some(federation.aud.clone()),
+        kid: Some(key.kid().to_owned()),
+        outcome: Some("issued".to_owned()),
+        ..TargetAudit::default()
+    });
+    Ok(TargetCredentialResponse {
+        access_token: token,
+        token_type: TOKEN_TYPE_NOT_APPLICABLE.to_owned(),
+        issued_token_type: match requested_type {
+            Some(stint_proto::TOKEN_TYPE_ID_TOKEN) => stint_proto::TOKEN_TYPE_ID_TOKEN,
+            _ => stint_proto::TOKEN_TYPE_JWT,
+        }
+        .to_owned(),
+        expires_in: u64::try_from(federation.exp - now.timestamp()).unwrap_or(0),
+        credential_id: federation.jti.clone(),
+        target: target.to_owned(),
+        kind: "oidc".to_owned(),
+        scope: scopes
+            .iter()
+            .map(Scope::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        postgres: None,
+        federation: Some(FederationToken {
+            audience: federation.aud,
+            subject: federation.sub,
+            expires_at: federation.exp,
+            kid: key.kid().to_owned(),
+        }),
     })
 }
 
@@ -348,6 +479,12 @@ async fn revoke_one_inner(
                 "authenticate with the step token the credential was made from (Authorization: Bearer)",
             )
         })?;
+    if is_federation_token_id(id) && id.len() <= 64 {
+        return Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "this is a federation token: it cannot be revoked, at Stint or upstream (a cloud session or Vault token made from it lasts its own lifetime); revoke the step token to stop further exchanges",
+        ));
+    }
     if id.len() > 64 || !id.starts_with("tc-") {
         return Err(OAuthError::invalid_request(
             DenyReason::MalformedRequest,
