@@ -413,6 +413,7 @@ mod tests {
                 permissions: [("contents".to_owned(), "write".to_owned())].into(),
                 github_expires_at: 1_900_000_000,
             }),
+            federation: None,
         }
     }
 

@@ -136,6 +136,12 @@ pub enum EventKind {
     /// The reconciler removed a credential it found upstream that no live
     /// step token accounts for.
     TargetCredentialReconciled,
+    /// A federation token was signed for an OIDC target (`target` has its
+    /// `credential_id` (the token's `jti`), `subject`, `audience`,
+    /// `expires_at` and `kid`; `jti` is the step token's). Nothing is
+    /// made upstream and nothing can be revoked there: the token is good
+    /// until its `exp`.
+    FederationTokenIssued,
 }
 
 /// Allowed or denied.
@@ -297,6 +303,15 @@ pub struct TargetAudit {
     /// `x-github-request-id`), to quote to its support.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// A federation token's `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// A federation token's `aud`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The key id a federation token was signed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
 }
 
 impl AuditEntry {

@@ -1,6 +1,9 @@
 //! Compact JWS (RFC 7515) signing and verification, on ring.
 //!
-//! Only what Stint needs: ES256 (P-256, the default) and EdDSA (Ed25519).
+//! Only what Stint needs: ES256 (P-256, the default) and EdDSA (Ed25519)
+//! for its own tokens, and RS256 for federation tokens (what clouds and
+//! secrets managers that trust Stint as an OIDC issuer all accept), with
+//! keys the operator makes (ring cannot generate RSA keys).
 //! Every key carries exactly one algorithm, and a token is checked against
 //! the algorithm of the key its `kid` names: the token's own `alg` header is
 //! compared to it, never trusted to choose. `none`, HMAC algorithms and
@@ -14,7 +17,9 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SecureRandom;
-use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use ring::signature::{
+    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair, UnparsedPublicKey,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -31,10 +36,11 @@ pub enum Algorithm {
     ES256,
     /// Ed25519 (RFC 8037).
     EdDSA,
-    /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 section 3.3), 2048 to 8192
-    /// bit keys. Verification only: accepted from federated identity
-    /// providers (GitHub Actions, GitLab, Kubernetes sign RS256); Stint never
-    /// signs with it.
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 section 3.3). Verified
+    /// with 2048 to 8192 bit keys (federated identity providers: GitHub
+    /// Actions, GitLab, Kubernetes sign RS256); signed with 2048 to 4096
+    /// bit keys loaded from the operator's files
+    /// ([`SigningKey::from_rsa_pem`]), for federation tokens only.
     RS256,
 }
 
@@ -104,7 +110,13 @@ pub enum JoseError {
 enum KeyPairInner {
     Es256(EcdsaKeyPair),
     EdDsa(Ed25519KeyPair),
+    Rs256(RsaKeyPair),
 }
+
+/// The smallest RSA modulus Stint signs with, in bytes (2048 bits).
+const MIN_RSA_SIGNING_MODULUS_LEN: usize = 256;
+/// The largest, in bytes (4096 bits): what every relying party accepts.
+const MAX_RSA_SIGNING_MODULUS_LEN: usize = 512;
 
 /// A private signing key with its algorithm and key id.
 pub struct SigningKey {
@@ -132,7 +144,7 @@ impl SigningKey {
                 EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, rng)
             }
             Algorithm::EdDSA => Ed25519KeyPair::generate_pkcs8(rng),
-            Algorithm::RS256 => return Err(not_a_signing_algorithm()),
+            Algorithm::RS256 => return Err(cannot_generate_rsa()),
         }
         .map_err(|_| JoseError::Key("key generation failed".into()))?;
         let key = Self::from_pkcs8(alg, pkcs8.as_ref(), rng)?;
@@ -154,9 +166,62 @@ impl SigningKey {
                 Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
                     .map_err(|e| JoseError::Key(e.to_string()))?,
             ),
-            Algorithm::RS256 => return Err(not_a_signing_algorithm()),
+            Algorithm::RS256 => KeyPairInner::Rs256(checked_rsa(
+                RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| JoseError::Key(e.to_string()))?,
+            )?),
         };
         Ok(Self::with_inner(alg, inner))
+    }
+
+    /// Load an RS256 key from PEM: `PRIVATE KEY` (PKCS#8) or `RSA PRIVATE
+    /// KEY` (PKCS#1), as `openssl genpkey -algorithm RSA` writes it. The
+    /// first private key in the text is used; 2048 to 4096 bits. Errors
+    /// never quote the key.
+    pub fn from_rsa_pem(pem: &[u8]) -> Result<Self, JoseError> {
+        use rustls_pki_types::PrivateKeyDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+            JoseError::Key(match e {
+                rustls_pki_types::pem::Error::NoItemsFound => {
+                    "no PEM private key found (expected -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)".to_owned()
+                }
+                _ => "the PEM text is malformed".to_owned(),
+            })
+        })?;
+        match der {
+            PrivateKeyDer::Pkcs8(der) => Self::from_rsa_der(der.secret_pkcs8_der()),
+            PrivateKeyDer::Pkcs1(der) => Self::from_rsa_der(der.secret_pkcs1_der()),
+            _ => Err(JoseError::Key(
+                "not an RSA private key (an EC or other key): federation tokens are signed RS256"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Load an RS256 key from DER: PKCS#8, or PKCS#1 `RSAPrivateKey`;
+    /// 2048 to 4096 bits.
+    pub fn from_rsa_der(der: &[u8]) -> Result<Self, JoseError> {
+        let pair = match RsaKeyPair::from_pkcs8(der) {
+            Ok(pair) => pair,
+            Err(pkcs8_error) => RsaKeyPair::from_der(der).map_err(|pkcs1_error| {
+                let size = |e: &ring::error::KeyRejected| {
+                    matches!(e.to_string().as_str(), "TooSmall" | "TooLarge")
+                };
+                if size(&pkcs8_error) || size(&pkcs1_error) {
+                    JoseError::Key(
+                        "an RSA signing key must be 2048 to 4096 bits, this one is not".into(),
+                    )
+                } else {
+                    JoseError::Key(format!(
+                        "not a usable RSA private key (as PKCS#8: {pkcs8_error}; as PKCS#1: {pkcs1_error})"
+                    ))
+                }
+            })?,
+        };
+        Ok(Self::with_inner(
+            Algorithm::RS256,
+            KeyPairInner::Rs256(checked_rsa(pair)?),
+        ))
     }
 
     /// Load an Ed25519 key from its 32-byte seed and public key (the form
@@ -186,6 +251,13 @@ impl SigningKey {
                 crv: "Ed25519".into(),
                 x: URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
             },
+            KeyPairInner::Rs256(pair) => {
+                let (n, e) = rsa_components(pair);
+                JwkKey::Rsa {
+                    n: URL_SAFE_NO_PAD.encode(n),
+                    e: URL_SAFE_NO_PAD.encode(e),
+                }
+            }
         };
         let kid = thumbprint(&key);
         let jwk = Jwk {
@@ -220,13 +292,17 @@ impl SigningKey {
     /// The matching verification key.
     pub fn verifying_key(&self) -> VerifyingKey {
         let public = match &self.inner {
-            KeyPairInner::Es256(pair) => pair.public_key().as_ref().to_vec(),
-            KeyPairInner::EdDsa(pair) => pair.public_key().as_ref().to_vec(),
+            KeyPairInner::Es256(pair) => PublicKey::Raw(pair.public_key().as_ref().to_vec()),
+            KeyPairInner::EdDsa(pair) => PublicKey::Raw(pair.public_key().as_ref().to_vec()),
+            KeyPairInner::Rs256(pair) => {
+                let (n, e) = rsa_components(pair);
+                PublicKey::Rsa { n, e }
+            }
         };
         VerifyingKey {
             alg: self.alg,
             kid: self.kid.clone(),
-            public: PublicKey::Raw(public),
+            public,
         }
     }
 
@@ -248,6 +324,17 @@ impl SigningKey {
                 .as_ref()
                 .to_vec(),
             KeyPairInner::EdDsa(pair) => pair.sign(token.as_bytes()).as_ref().to_vec(),
+            KeyPairInner::Rs256(pair) => {
+                let mut signature = vec![0; pair.public().modulus_len()];
+                pair.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    rng,
+                    token.as_bytes(),
+                    &mut signature,
+                )
+                .map_err(|_| JoseError::Key("signing failed".into()))?;
+                signature
+            }
         };
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut token);
@@ -300,8 +387,34 @@ const MIN_RSA_MODULUS_LEN: usize = 256;
 /// The largest, in bytes (8192 bits).
 const MAX_RSA_MODULUS_LEN: usize = 1024;
 
-fn not_a_signing_algorithm() -> JoseError {
-    JoseError::Key("Stint verifies RS256 but never signs with it".into())
+fn cannot_generate_rsa() -> JoseError {
+    JoseError::Key(
+        "RSA keys cannot be generated here: make one (openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072) and load it with SigningKey::from_rsa_pem".into(),
+    )
+}
+
+/// An RSA key pair of a size Stint signs with: 2048 to 4096 bits.
+fn checked_rsa(pair: RsaKeyPair) -> Result<RsaKeyPair, JoseError> {
+    let len = pair.public().modulus_len();
+    if (MIN_RSA_SIGNING_MODULUS_LEN..=MAX_RSA_SIGNING_MODULUS_LEN).contains(&len) {
+        Ok(pair)
+    } else {
+        Err(JoseError::Key(format!(
+            "an RSA signing key must be 2048 to 4096 bits, this one is {} bits",
+            len * 8
+        )))
+    }
+}
+
+/// An RSA key's modulus and public exponent, big-endian, without leading
+/// zeros (RFC 7518 section 6.3.1).
+fn rsa_components(pair: &RsaKeyPair) -> (Vec<u8>, Vec<u8>) {
+    let components = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+    let strip = |bytes: Vec<u8>| {
+        let zeros = bytes.iter().take_while(|b| **b == 0).count();
+        bytes.get(zeros..).unwrap_or_default().to_vec()
+    };
+    (strip(components.n), strip(components.e))
 }
 
 impl VerifyingKey {
@@ -645,7 +758,7 @@ mod tests {
             keys.verify(&UnverifiedJws::parse(&es).unwrap()),
             Err(JoseError::AlgorithmMismatch)
         );
-        // Stint never signs RS256.
+        // ring cannot make RSA keys: they come from the operator's files.
         assert!(SigningKey::generate(Algorithm::RS256, &SystemRandom::new()).is_err());
     }
 
@@ -666,6 +779,97 @@ mod tests {
         assert!(matches!(
             VerifyingKey::from_jwk(&mislabelled),
             Err(JoseError::BadJwk(_))
+        ));
+    }
+
+    #[test]
+    fn rs256_signing_keys_load_from_pem_and_der_and_round_trip() {
+        let rng = SystemRandom::new();
+        let from_pem = SigningKey::from_rsa_pem(include_bytes!("../testdata/rsa2048.pem")).unwrap();
+        let from_pkcs1 =
+            SigningKey::from_rsa_der(include_bytes!("../testdata/rsa2048.der")).unwrap();
+        // One key, whichever encoding: the kid is the RFC 7638 thumbprint.
+        assert_eq!(from_pem.kid(), from_pkcs1.kid());
+        assert_eq!(from_pem.alg(), Algorithm::RS256);
+        let jwk = from_pem.public_jwk();
+        assert_eq!(jwk.alg.as_deref(), Some("RS256"));
+        assert_eq!(jwk.key_use.as_deref(), Some("sig"));
+        assert_eq!(thumbprint(&jwk.key), from_pem.kid());
+        let JwkKey::Rsa { n, e } = &jwk.key else {
+            panic!("an RSA JWK")
+        };
+        assert_eq!(e, "AQAB");
+        assert_eq!(URL_SAFE_NO_PAD.decode(n).unwrap().len(), 256);
+
+        let token = from_pem
+            .sign_jwt("JWT", &serde_json::json!({"sub": "w"}), &rng)
+            .unwrap();
+        let jws = UnverifiedJws::parse(&token).unwrap();
+        assert_eq!(jws.header().alg, "RS256");
+        assert_eq!(jws.header().typ.as_deref(), Some("JWT"));
+        assert_eq!(jws.header().kid.as_deref(), Some(from_pem.kid()));
+        // Verified by the key rebuilt from the published JWK, and by the
+        // signing key's own verifying half.
+        let published = VerifyingKey::from_jwk(jwk).unwrap();
+        assert_eq!(published, from_pem.verifying_key());
+        assert_eq!(
+            jws.clone().verified_payload_with(&published).unwrap(),
+            br#"{"sub":"w"}"#
+        );
+        // A signature of another payload does not carry over.
+        let other = from_pem
+            .sign_jwt("JWT", &serde_json::json!({"sub": "x"}), &rng)
+            .unwrap();
+        let spliced = format!(
+            "{}.{}",
+            token.rsplit_once('.').unwrap().0,
+            other.rsplit_once('.').unwrap().1
+        );
+        assert_eq!(
+            UnverifiedJws::parse(&spliced)
+                .unwrap()
+                .verified_payload_with(&published),
+            Err(JoseError::BadSignature)
+        );
+        // The PKCS#8 form also loads through from_pkcs8.
+        let pkcs8 = {
+            use rustls_pki_types::PrivateKeyDer;
+            use rustls_pki_types::pem::PemObject as _;
+            let PrivateKeyDer::Pkcs8(der) =
+                PrivateKeyDer::from_pem_slice(include_bytes!("../testdata/rsa2048.pem")).unwrap()
+            else {
+                panic!("a PKCS#8 key")
+            };
+            der.secret_pkcs8_der().to_vec()
+        };
+        let via_pkcs8 = SigningKey::from_pkcs8(Algorithm::RS256, &pkcs8, &rng).unwrap();
+        assert_eq!(via_pkcs8.kid(), from_pem.kid());
+    }
+
+    #[test]
+    fn unusable_rsa_signing_keys_are_refused_with_a_reason() {
+        let small = SigningKey::from_rsa_pem(include_bytes!("../testdata/rsa1024.pem"));
+        assert!(
+            matches!(&small, Err(JoseError::Key(why)) if why.contains("RSA")),
+            "{small:?}"
+        );
+        let none = SigningKey::from_rsa_pem(b"not a key");
+        assert!(
+            matches!(&none, Err(JoseError::Key(why)) if why.contains("no PEM private key")),
+            "{none:?}"
+        );
+        let garbage = SigningKey::from_rsa_der(&[0x30, 0x03, 0x02, 0x01, 0x00]);
+        assert!(matches!(garbage, Err(JoseError::Key(_))));
+        // An EC key in PEM is not an RSA key.
+        let rng = SystemRandom::new();
+        let (_, pkcs8) = SigningKey::generate(Algorithm::ES256, &rng).unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&pkcs8)
+        );
+        assert!(matches!(
+            SigningKey::from_rsa_pem(pem.as_bytes()),
+            Err(JoseError::Key(_))
         ));
     }
 

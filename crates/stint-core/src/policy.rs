@@ -902,6 +902,7 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
                 workload_flows.push(flow.into_inner());
             }
         }
+        check_federation_subjects(&name, &span, &workload_flows, &workflows, &targets, errors);
         workloads.insert(
             name.clone(),
             Workload {
@@ -928,6 +929,36 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
         operators,
         targets: targets.into_built(),
         digest: String::new(),
+    }
+}
+
+/// Every step of `workflows` that lists an OIDC target gives `workload`
+/// a federation token subject: each must fit GCP's limit
+/// ([`crate::target::oidc::MAX_SUBJECT_LEN`]).
+fn check_federation_subjects(
+    workload: &str,
+    span: &Range<usize>,
+    workflows: &[String],
+    built: &BTreeMap<String, Workflow>,
+    targets: &policy_section::DeclaredTargets,
+    errors: &mut Errors<'_>,
+) {
+    for workflow in workflows.iter().filter_map(|name| built.get(name)) {
+        for step in workflow.steps.values() {
+            let federates = step.targets.iter().any(|name| targets.is_oidc(name));
+            if !federates {
+                continue;
+            }
+            if let Err(error) =
+                crate::target::oidc::check_subject(workload, &workflow.name, &step.name)
+            {
+                errors.push(
+                    span.clone(),
+                    &format!("workflows.{}.steps.{}", workflow.name, step.name),
+                    format!("run by workload {workload:?}: {error}"),
+                );
+            }
+        }
     }
 }
 

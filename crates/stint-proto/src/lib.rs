@@ -31,7 +31,7 @@ pub use revocations::{
     RevocationSnapshot,
 };
 pub use targets::{
-    GithubToken, PostgresLogin, TARGET_CREDENTIALS_PATH, TARGET_RESOURCE_PREFIX,
+    FederationToken, GithubToken, PostgresLogin, TARGET_CREDENTIALS_PATH, TARGET_RESOURCE_PREFIX,
     TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN, TOKEN_TYPE_NOT_APPLICABLE, TOKEN_TYPE_POSTGRES_LOGIN,
     TargetCredentialResponse,
 };

@@ -33,10 +33,15 @@ pub struct AuthorizationServerMetadata {
     /// is the same for every audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_types_supported: Option<Vec<String>>,
-    /// OpenID Connect only: the algorithm every JWT the broker signs uses
-    /// (the same as `access_token_signing_alg_values_supported`).
+    /// OpenID Connect only: the algorithms the JWTs the broker signs use:
+    /// its access tokens' (`access_token_signing_alg_values_supported`),
+    /// and `RS256` when a federation key is configured (federation tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token_signing_alg_values_supported: Option<Vec<String>>,
+    /// OpenID Connect only, with a federation key: the claims federation
+    /// tokens carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims_supported: Option<Vec<String>>,
     /// Client authentication methods at the token endpoint.
     pub token_endpoint_auth_methods_supported: Vec<String>,
     /// Client authentication methods at the revocation endpoint.

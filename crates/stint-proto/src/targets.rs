@@ -83,6 +83,10 @@ pub struct TargetCredentialResponse {
     /// How to use a GitHub installation token (kind `github`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github: Option<GithubToken>,
+    /// What a federation token says (kind `oidc`): `access_token` is the
+    /// signed JWT itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationToken>,
 }
 
 impl fmt::Debug for TargetCredentialResponse {
@@ -98,8 +102,25 @@ impl fmt::Debug for TargetCredentialResponse {
             .field("scope", &self.scope)
             .field("postgres", &self.postgres)
             .field("github", &self.github)
+            .field("federation", &self.federation)
             .finish()
     }
+}
+
+/// The public claims of a federation token (kind `oidc`), so that a
+/// caller need not decode the JWT to learn them. None is a secret. Its
+/// `issued_token_type` is [`TOKEN_TYPE_JWT`](crate::TOKEN_TYPE_JWT), or
+/// [`TOKEN_TYPE_ID_TOKEN`](crate::TOKEN_TYPE_ID_TOKEN) when asked for so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationToken {
+    /// Its `aud`: the audience the target expects.
+    pub audience: String,
+    /// Its `sub`: what the trust policy on the other side matches.
+    pub subject: String,
+    /// Its `exp`, in seconds since the epoch.
+    pub expires_at: i64,
+    /// The key it is signed with (RS256), as the JWKS names it.
+    pub kid: String,
 }
 
 /// What libpq needs besides the password (`PGHOST`, `PGPORT`,

@@ -186,6 +186,9 @@ pub struct Config {
     /// A file holding the bearer token `/metrics` requires; without it
     /// `/metrics` is open, without the policy's workflow names.
     pub metrics_token_file: Option<PathBuf>,
+    /// RS256 keys (PEM or DER files) that sign federation tokens for OIDC
+    /// targets: the first signs, all are published in the JWK set.
+    pub federation_keys: Vec<PathBuf>,
 }
 
 /// The webhook that receives approval events.
@@ -218,6 +221,7 @@ impl Config {
             feed_max_streams_per_client: 256,
             audit: crate::audit::AuditSettings::default(),
             metrics_token_file: None,
+            federation_keys: Vec::new(),
         }
     }
 
@@ -385,6 +389,10 @@ pub enum ConfigError {
     /// The federation CA file is unusable.
     #[error("--federation-ca-file: {0}")]
     FederationCa(String),
+    /// A federation key file is unusable (the message names the file and
+    /// the reason, never the key).
+    #[error("{0}")]
+    FederationKey(String),
     /// An approval polling interval out of range.
     #[error("the approval polling interval must be 1 to 60 seconds")]
     BadApprovalInterval,

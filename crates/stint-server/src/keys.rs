@@ -26,7 +26,7 @@ use stint_core::access_token::{self, Expectations, TokenError};
 use stint_core::claims::AccessTokenClaims;
 use stint_core::jose::{Algorithm, KeySet, SigningKey};
 use stint_core::ttl::MAX_TOKEN_TTL;
-use stint_proto::JwkSet;
+use stint_proto::{Jwk, JwkSet};
 use stint_store::{Store, StoredKey};
 
 /// The published side of the keys, swapped as one.
@@ -37,7 +37,10 @@ struct Published {
     kids: Vec<String>,
 }
 
-fn publish(ring: &[RingKey]) -> Result<Published, String> {
+/// The JWK set of `ring`, and after it the federation keys: those are
+/// published for relying parties, never used to verify Stint's own
+/// tokens (they are not in `verify`, nor in `kids`).
+fn publish(ring: &[RingKey], federation: &[Jwk]) -> Result<Published, String> {
     let mut jwks = JwkSet::default();
     let mut verify = KeySet::new();
     let mut kids = Vec::with_capacity(ring.len());
@@ -46,6 +49,7 @@ fn publish(ring: &[RingKey]) -> Result<Published, String> {
         verify.insert(held.key.verifying_key());
         kids.push(held.key.kid().to_owned());
     }
+    jwks.keys.extend(federation.iter().cloned());
     let jwks = serde_json::to_vec(&jwks).map_err(|e| e.to_string())?;
     Ok(Published {
         verify,
@@ -115,6 +119,8 @@ pub struct KeyRing {
     published: ArcSwap<Published>,
     /// Every published key; rotations and pruning change it under this lock.
     ring: tokio::sync::Mutex<Vec<RingKey>>,
+    /// The federation keys' public halves, published after the ring's.
+    federation: Vec<Jwk>,
 }
 
 impl KeyRing {
@@ -195,12 +201,22 @@ impl KeyRing {
             .find(|k| k.key.kid() == active_kid)
             .map(|k| Arc::clone(&k.key))
             .ok_or("no active signing key")?;
-        let published = publish(&ring)?;
+        let published = publish(&ring, &[])?;
         Ok(Self {
             signing: Arc::new(ArcSwap::new(signing_key)),
             published: ArcSwap::from_pointee(published),
             ring: tokio::sync::Mutex::new(ring),
+            federation: Vec::new(),
         })
+    }
+
+    /// Publish `federation` (the federation keys' JWKs) in the JWK set
+    /// too, after the ring's keys, from now and through every rotation.
+    pub fn with_federation_keys(mut self, federation: Vec<Jwk>) -> Result<Self, String> {
+        let published = publish(self.ring.get_mut(), &federation)?;
+        self.published = ArcSwap::from_pointee(published);
+        self.federation = federation;
+        Ok(self)
     }
 
     /// Replace the signing key with a new one of the same algorithm, once
@@ -254,7 +270,7 @@ impl KeyRing {
             key: Arc::clone(&next),
             retired_at: None,
         });
-        let published = publish(&next_ring).map_err(RotationError::Generate)?;
+        let published = publish(&next_ring, &self.federation).map_err(RotationError::Generate)?;
 
         audit(rotation.clone())
             .await
@@ -299,7 +315,7 @@ impl KeyRing {
         if expired.is_empty() {
             return 0;
         }
-        match publish(&ring) {
+        match publish(&ring, &self.federation) {
             Ok(published) => self.published.store(Arc::new(published)),
             Err(error) => tracing::error!(%error, "could not republish the keys"),
         }

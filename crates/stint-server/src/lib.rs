@@ -17,6 +17,7 @@ pub mod config;
 mod dev;
 pub mod error;
 pub mod federation;
+pub mod federation_token;
 mod feed;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -221,6 +222,8 @@ pub async fn start_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, StartError> {
     config.validate()?;
+    let federation_keys = federation_token::FederationKeys::load(&config.federation_keys)
+        .map_err(|e| StartError::Config(ConfigError::FederationKey(e.to_string())))?;
     prepare_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let rng = SystemRandom::new();
@@ -297,9 +300,12 @@ pub async fn start_with_clock(
         "policy loaded"
     );
     report_overdue(&policy, now);
+    federation_token::warn_if_unsigned(&policy, &federation_keys);
 
     let keys = KeyRing::load_or_create(store.as_ref(), config.signing_alg, now, &rng)
         .await
+        .map_err(StartError::Keys)?
+        .with_federation_keys(federation_keys.public_jwks())
         .map_err(StartError::Keys)?;
     // From here the broker's signing key signs the audit log's checkpoints.
     audit.attach_signer(keys.checkpoint_signer());
@@ -363,6 +369,7 @@ pub async fn start_with_clock(
         &issuer,
         config.signing_alg.as_str(),
         config.client_certificates.is_some(),
+        !federation_keys.is_empty(),
     )?;
 
     let dev_client = match demo_secret {
@@ -462,6 +469,7 @@ pub async fn start_with_clock(
         pending: std::sync::Mutex::new(Vec::new()),
         limits: limits::RequestLimits::new(&config.limits, std::time::Instant::now()),
         targets,
+        federation_keys,
     });
     let open_credentials = state.targets.load(state.as_ref()).await?;
     if open_credentials > 0 {
@@ -655,10 +663,17 @@ pub(crate) struct Discovery {
 /// the fields OpenID Connect Discovery marks REQUIRED. What it says there
 /// is what holds: `response_types_supported` is `["none"]` (the
 /// authorization endpoint issues nothing), that endpoint refuses every
-/// request, `sub` is `public`, and the one algorithm listed is the one the
-/// broker signs with. The specification also wants RS256 listed; Stint
-/// never signs RS256, so it does not claim to (see docs/http-api.md).
-fn metadata_document(issuer: &str, alg: &str, client_certs: bool) -> Result<Discovery, StartError> {
+/// request, `sub` is `public`, and the algorithms listed are those the
+/// broker signs with: its access tokens' algorithm, and RS256 when a
+/// federation key is configured (federation tokens, whose claims
+/// `claims_supported` lists). Without a federation key Stint signs no
+/// RS256, so it does not claim to (see docs/http-api.md).
+fn metadata_document(
+    issuer: &str,
+    alg: &str,
+    client_certs: bool,
+    federation: bool,
+) -> Result<Discovery, StartError> {
     let client_auth = vec![
         "client_secret_basic".to_owned(),
         "client_secret_post".to_owned(),
@@ -684,6 +699,7 @@ fn metadata_document(issuer: &str, alg: &str, client_certs: bool) -> Result<Disc
         authorization_endpoint: None,
         subject_types_supported: None,
         id_token_signing_alg_values_supported: None,
+        claims_supported: None,
         token_endpoint_auth_methods_supported: token_auth,
         revocation_endpoint_auth_methods_supported: client_auth.clone(),
         introspection_endpoint_auth_methods_supported: client_auth,
@@ -694,7 +710,23 @@ fn metadata_document(issuer: &str, alg: &str, client_certs: bool) -> Result<Disc
         response_types_supported: vec!["none".to_owned()],
         authorization_endpoint: Some(format!("{issuer}{}", proto::AUTHORIZATION_PATH)),
         subject_types_supported: Some(vec!["public".to_owned()]),
-        id_token_signing_alg_values_supported: Some(vec![alg.to_owned()]),
+        id_token_signing_alg_values_supported: Some({
+            let mut algs = vec![alg.to_owned()];
+            let rs256 = stint_core::jose::Algorithm::RS256.as_str();
+            if federation && alg != rs256 {
+                algs.push(rs256.to_owned());
+            }
+            algs
+        }),
+        claims_supported: federation.then(|| {
+            stint_core::target::oidc::CLAIMS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .chain(std::iter::once(
+                    stint_core::target::oidc::AWS_TAGS_CLAIM.to_owned(),
+                ))
+                .collect()
+        }),
         ..document.clone()
     };
     let serialize = |document: &AuthorizationServerMetadata| {

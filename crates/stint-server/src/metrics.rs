@@ -50,6 +50,11 @@ struct WorkflowLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -297,6 +302,7 @@ pub struct Metrics {
     feed_refused: Family<ReasonLabel, Counter>,
     id_tokens: Family<OutcomeLabel, Counter>,
     target_events: Family<EventLabel, Counter>,
+    federation_tokens: Family<TargetLabel, Counter>,
     scrape_token: Option<ScrapeToken>,
 }
 
@@ -443,6 +449,12 @@ impl Metrics {
         for event in TARGET_EVENTS {
             let _ = target_events.get_or_create(&EventLabel { event });
         }
+        let federation_tokens = Family::<TargetLabel, Counter>::default();
+        registry.register(
+            "federation_tokens_issued",
+            "Federation tokens signed for OIDC targets, by target (the policy's names: at most its 64 targets)",
+            federation_tokens.clone(),
+        );
         registry.register(
             "build",
             "The broker's version",
@@ -498,6 +510,7 @@ impl Metrics {
             feed_refused,
             id_tokens,
             target_events,
+            federation_tokens,
             scrape_token,
         }
     }
@@ -510,6 +523,15 @@ impl Metrics {
                 .get_or_create(&EventLabel { event })
                 .inc();
         }
+    }
+
+    /// A federation token signed for OIDC target `target`.
+    pub(crate) fn federation_token_issued(&self, target: &str) {
+        self.federation_tokens
+            .get_or_create(&TargetLabel {
+                target: target.to_owned(),
+            })
+            .inc();
     }
 
     pub(crate) fn limited(&self, limit: &'static str) {

@@ -75,6 +75,8 @@ pub(crate) struct AppState {
     pub(crate) limits: crate::limits::RequestLimits,
     /// Native credentials made on targets, and their revocation queue.
     pub(crate) targets: Arc<stint_targets::queue::TargetCredentials>,
+    /// The keys that sign federation tokens (none: OIDC targets refuse).
+    pub(crate) federation_keys: crate::federation_token::FederationKeys,
 }
 
 /// What a presented token turned out to be.
@@ -466,6 +468,7 @@ impl AppState {
                     )));
                 }
                 report_overdue(&policy, now);
+                crate::federation_token::warn_if_unsigned(&policy, &self.federation_keys);
                 self.targets.install(&policy);
                 tracing::info!(sha256 = policy.digest(), "policy loaded");
                 self.policy.store(Arc::new(policy));

@@ -351,7 +351,12 @@ impl TargetCredentials {
     pub fn install(&self, policy: &Policy) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let mut built = HashMap::new();
-        for target in policy.targets() {
+        // An oidc target has no upstream to connect to: the broker signs
+        // its federation tokens itself, and nothing is queued for them.
+        for target in policy
+            .targets()
+            .filter(|t| !matches!(t.kind(), stint_core::target::TargetKind::Oidc(_)))
+        {
             let slot = match (self.connector)(&self.marker, target) {
                 Ok(client) => Slot::Ready(client),
                 Err(why) => {
@@ -1119,6 +1124,7 @@ pub fn credential_entry(now: DateTime<Utc>, event: EventKind, c: &TargetCredenti
         grant: c.grant.clone(),
         exposure_secs: None,
         request_id: None,
+        ..TargetAudit::default()
     });
     entry
 }

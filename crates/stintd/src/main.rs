@@ -134,6 +134,22 @@ struct Cli {
     #[arg(long, env = "STINTD_METRICS_TOKEN_FILE")]
     metrics_token_file: Option<PathBuf>,
 
+    /// An RSA private key (PEM: PKCS#8 or PKCS#1; or DER), 2048 to 4096
+    /// bits, that signs federation tokens (RS256) for the policy's oidc
+    /// targets. Repeatable: the first signs, all are published in the JWK
+    /// set (to rotate, add the new key second, wait past the relying
+    /// parties' JWKS cache lifetime, move it first, later drop the old).
+    /// Make one with `openssl genpkey -algorithm RSA -pkeyopt
+    /// rsa_keygen_bits:3072 -out federation.pem`; keep it mode 0600. In
+    /// STINTD_FEDERATION_KEY, separate files with commas.
+    #[arg(
+        long = "federation-key",
+        value_name = "FILE",
+        env = "STINTD_FEDERATION_KEY",
+        value_delimiter = ','
+    )]
+    federation_keys: Vec<PathBuf>,
+
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
     log: String,
@@ -440,6 +456,7 @@ fn config_from(cli: &Cli) -> Config {
             checkpoint_interval: std::time::Duration::from_secs(cli.audit_checkpoint_interval),
         },
         metrics_token_file: cli.metrics_token_file.clone(),
+        federation_keys: cli.federation_keys.clone(),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
                 url: url.clone(),

@@ -99,6 +99,13 @@ impl DeclaredTargets {
     pub(crate) fn into_built(self) -> BTreeMap<String, Target> {
         self.built
     }
+
+    /// Whether `name` is a declared target of kind `oidc` that built.
+    pub(crate) fn is_oidc(&self, name: &str) -> bool {
+        self.built
+            .get(name)
+            .is_some_and(|target| matches!(target.kind(), TargetKind::Oidc(_)))
+    }
 }
 
 pub(crate) fn build_targets(
@@ -1446,5 +1453,61 @@ audiences = ["warehouse"]
             )),
             "{errors:#?}"
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod federation_subject_tests {
+    use crate::policy::Policy;
+
+    const HASH: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn policy(workload: &str, step: &str, targets: &str) -> String {
+        format!(
+            r#"
+[workloads.{workload}]
+secret_sha256 = "{HASH}"
+workflows = ["deploy"]
+
+[targets.aws-prod]
+kind = "oidc"
+audience = "sts.amazonaws.com"
+
+[workflows.deploy]
+review_by = 2099-01-31
+
+[workflows.deploy.steps.{step}]
+scopes = ["read:docs/**"{targets}]
+targets = [{target_list}]
+"#,
+            target_list = if targets.is_empty() {
+                ""
+            } else {
+                "\"aws-prod\""
+            },
+        )
+    }
+
+    #[test]
+    fn a_federation_subject_over_127_bytes_refuses_the_policy_naming_the_step() {
+        let short = policy("deployer", "apply", ", \"federate:aws-prod\"");
+        Policy::parse("p.toml", &short).unwrap();
+
+        let long_name = "a".repeat(64);
+        let long = policy(&long_name, &long_name, ", \"federate:aws-prod\"");
+        let errors = Policy::parse("p.toml", &long).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let message = errors[0].to_string();
+        let subject_len = crate::target::oidc::subject(&long_name, "deploy", &long_name).len();
+        assert!(
+            message.contains(&format!("workflows.deploy.steps.{long_name}"))
+                && message.contains(&format!("{subject_len} bytes"))
+                && message.contains("127"),
+            "{message}"
+        );
+        // The same names with no oidc target listed: no federation subject.
+        let unlisted = policy(&long_name, &long_name, "");
+        Policy::parse("p.toml", &unlisted).unwrap();
     }
 }

@@ -13,6 +13,7 @@
 
 use super::RequestContext;
 use crate::error::OAuthError;
+use crate::federation_token::NO_FEDERATION_KEY;
 use crate::serve::PeerCertificate;
 use crate::state::{AppState, TokenState};
 use axum::Extension;
@@ -28,8 +29,11 @@ use stint_core::form::FormParams;
 use stint_core::policy::Policy;
 use stint_core::scope::{Scope, parse_scope_list};
 use stint_core::target::TargetKind;
+use stint_core::target::oidc::{
+    self, FEDERATION_TOKEN_ID_PREFIX, FederationRequest, OidcTarget, is_federation_token_id,
+};
 use stint_proto::{
-    ErrorCode, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_ACCESS_TOKEN,
+    ErrorCode, FederationToken, TARGET_RESOURCE_PREFIX, TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN, TOKEN_TYPE_NOT_APPLICABLE, TOKEN_TYPE_POSTGRES_LOGIN,
     TargetCredentialResponse,
 };
@@ -175,7 +179,25 @@ pub(crate) async fn exchange(
             "delegation (actor_token) is not supported",
         ));
     }
-    let requested = form.get("requested_token_type");
+    let requested_type = form.get("requested_token_type");
+    let known = [
+        TOKEN_TYPE_POSTGRES_LOGIN,
+        TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN,
+        stint_proto::TOKEN_TYPE_JWT,
+        stint_proto::TOKEN_TYPE_ID_TOKEN,
+    ];
+    if let Some(asked) = requested_type
+        && !known.contains(&asked)
+    {
+        return Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            format!(
+                "a step token is exchanged for a target credential: requested_token_type may only be {TOKEN_TYPE_POSTGRES_LOGIN} (postgres targets), {TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN} (github targets), or {} or {} (oidc targets)",
+                stint_proto::TOKEN_TYPE_JWT,
+                stint_proto::TOKEN_TYPE_ID_TOKEN
+            ),
+        ));
+    }
     let subject_token = form.get("subject_token").ok_or_else(|| {
         OAuthError::invalid_request(
             DenyReason::MalformedRequest,
@@ -244,9 +266,21 @@ pub(crate) async fn exchange(
         kind: declared.kind().as_str().to_owned(),
         ..TargetAudit::default()
     });
-    let issued_token_type = issued_token_type(declared.kind(), requested)?;
+    let issued_token_type = issued_token_type(declared.kind(), requested_type)?;
     let scopes = credential_scopes(&claims, &target, form)?;
     entry.scopes = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+    if let TargetKind::Oidc(oidc) = declared.kind() {
+        return federation_token(
+            state,
+            &claims,
+            &target,
+            oidc,
+            &scopes,
+            requested_type,
+            now,
+            entry,
+        );
+    }
 
     let minted = match state
         .targets
@@ -289,6 +323,96 @@ pub(crate) async fn exchange(
             .join(" "),
         postgres: minted.postgres,
         github: minted.github,
+        federation: None,
+    })
+}
+
+/// Sign a federation token for OIDC target `target` from a step token
+/// that passed every check of [`exchange`]. Fills `entry` (a
+/// `federation_token_issued` once signed). Nothing is made upstream, so
+/// nothing is queued: the token is good until its `exp`.
+#[allow(clippy::too_many_arguments)]
+fn federation_token(
+    state: &AppState,
+    claims: &AccessTokenClaims,
+    target: &str,
+    oidc: &OidcTarget,
+    scopes: &[Scope],
+    requested_type: Option<&str>,
+    now: DateTime<Utc>,
+    entry: &mut AuditEntry,
+) -> Result<TargetCredentialResponse, OAuthError> {
+    let Some(key) = state.federation_keys.signing_key() else {
+        return Err(OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            DenyReason::TargetUnavailable,
+            NO_FEDERATION_KEY,
+        ));
+    };
+    let jti = stint_core::claims::new_jti(&state.rng)
+        .map(|random| format!("{FEDERATION_TOKEN_ID_PREFIX}{random}"))
+        .map_err(|_| OAuthError::unavailable("the random number generator failed; retry"))?;
+    let federation = oidc::federation_claims(
+        oidc,
+        &FederationRequest {
+            issuer: &state.issuer,
+            workload: &claims.sub,
+            workflow: &claims.workflow,
+            step: &claims.step,
+            job: &claims.job,
+            step_token_exp: claims.exp,
+            now: now.timestamp(),
+            jti: &jti,
+        },
+    )
+    .map_err(|e| {
+        OAuthError::new(
+            ErrorCode::InvalidGrant,
+            DenyReason::TargetPlanRefused,
+            e.to_string(),
+        )
+    })?;
+    let token = crate::federation_token::sign(key, &federation, &state.rng).map_err(|error| {
+        tracing::error!(%error, "a federation token could not be signed");
+        OAuthError::unavailable("the federation token could not be signed; retry")
+    })?;
+    entry.event = EventKind::FederationTokenIssued;
+    entry.target = Some(TargetAudit {
+        name: target.to_owned(),
+        kind: "oidc".to_owned(),
+        credential_id: Some(federation.jti.clone()),
+        expires_at: Some(federation.exp),
+        subject: Some(federation.sub.clone()),
+        audience: Some(federation.aud.clone()),
+        kid: Some(key.kid().to_owned()),
+        outcome: Some("issued".to_owned()),
+        ..TargetAudit::default()
+    });
+    Ok(TargetCredentialResponse {
+        access_token: token,
+        token_type: TOKEN_TYPE_NOT_APPLICABLE.to_owned(),
+        issued_token_type: match requested_type {
+            Some(stint_proto::TOKEN_TYPE_ID_TOKEN) => stint_proto::TOKEN_TYPE_ID_TOKEN,
+            _ => stint_proto::TOKEN_TYPE_JWT,
+        }
+        .to_owned(),
+        expires_in: u64::try_from(federation.exp - now.timestamp()).unwrap_or(0),
+        credential_id: federation.jti.clone(),
+        target: target.to_owned(),
+        kind: "oidc".to_owned(),
+        scope: scopes
+            .iter()
+            .map(Scope::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        postgres: None,
+        github: None,
+        federation: Some(FederationToken {
+            audience: federation.aud,
+            subject: federation.sub,
+            expires_at: federation.exp,
+            kid: key.kid().to_owned(),
+        }),
     })
 }
 
@@ -301,13 +425,10 @@ fn issued_token_type(
     let issued = match kind {
         TargetKind::Postgres(_) => TOKEN_TYPE_POSTGRES_LOGIN,
         TargetKind::Github(_) => TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN,
-        TargetKind::Oidc(_) => {
-            return Err(OAuthError::new(
-                ErrorCode::InvalidTarget,
-                DenyReason::TargetUnavailable,
-                "federation tokens are not issued yet",
-            ));
-        }
+        TargetKind::Oidc(_) => match requested {
+            Some(stint_proto::TOKEN_TYPE_ID_TOKEN) => stint_proto::TOKEN_TYPE_ID_TOKEN,
+            _ => stint_proto::TOKEN_TYPE_JWT,
+        },
     };
     match requested {
         Some(asked) if asked != issued => Err(OAuthError::invalid_request(
@@ -384,6 +505,12 @@ async fn revoke_one_inner(
                 "authenticate with the step token the credential was made from (Authorization: Bearer)",
             )
         })?;
+    if is_federation_token_id(id) && id.len() <= 64 {
+        return Err(OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "this is a federation token: it cannot be revoked, at Stint or upstream (a cloud session or Vault token made from it lasts its own lifetime); revoke the step token to stop further exchanges",
+        ));
+    }
     if id.len() > 64 || !id.starts_with("tc-") {
         return Err(OAuthError::invalid_request(
             DenyReason::MalformedRequest,

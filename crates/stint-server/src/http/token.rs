@@ -97,7 +97,8 @@ pub(crate) async fn token(
 enum Issued {
     /// A Stint access token.
     Token(TokenResponse),
-    /// A target's native credential (a step token exchanged).
+    /// A target's native credential (a step token exchanged), boxed: it
+    /// is the larger answer and the rarer.
     Target(Box<TargetCredentialResponse>),
 }
 
@@ -112,14 +113,23 @@ async fn finish_target(
     let client_id = entry.client_id.clone();
     let mut entry = entry;
     entry.decision = Decision::Allow;
+    let federation = issued.federation.is_some();
     if let Err(unavailable) = state.record(entry).await {
-        state
-            .targets
-            .abandon(&issued.credential_id, now.timestamp());
+        // A federation token that was not audited is never handed out;
+        // nothing was made upstream for it, so there is nothing to undo.
+        if !federation {
+            state
+                .targets
+                .abandon(&issued.credential_id, now.timestamp());
+        }
         state.metrics.denied(unavailable.reason.as_str());
         return unavailable.into_response();
     }
-    state.metrics.target_event(&issued.target, "minted");
+    if federation {
+        state.metrics.federation_token_issued(&issued.target);
+    } else {
+        state.metrics.target_event(&issued.target, "minted");
+    }
     let mut response = no_store(Json(issued).into_response());
     if let Some(client_id) = client_id {
         response.extensions_mut().insert(LoggedClient(client_id));
