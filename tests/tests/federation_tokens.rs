@@ -635,3 +635,36 @@ async fn an_unusable_key_file_stops_the_start_naming_the_file() {
         assert!(!error.contains("c2VjcmV0"), "{error}");
     }
 }
+
+#[tokio::test]
+async fn a_step_token_is_never_minted_for_an_oidc_targets_audience() {
+    // A system that trusts Stint as an issuer would take a step token
+    // with its audience for a federation token.
+    let f = start(true, None).await;
+    let (name, audience, _) = TARGETS[0];
+    let response = f
+        .http
+        .post(format!("{}{}", f.base(), stint_proto::TOKEN_PATH))
+        .basic_auth("demo-job", Some(test_secret("demo-job")))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("step", "deploy"),
+            ("scope", &format!("federate:{name}")),
+            ("audience", audience),
+            ("job", "run-aud"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_target", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("audience of oidc target \"{name}\"")),
+        "{body}"
+    );
+}

@@ -1,7 +1,9 @@
 //! GitHub targets through the real binaries, as a new user runs them:
 //! `stintd` with a GitHub target in its policy reaching the fake GitHub
 //! over HTTPS on loopback, `stint exec --target github` giving its command
-//! `GH_TOKEN` and git a credential helper, and `kill -9` of the daemon
+//! the token (as GitHub Enterprise Server's `GH_ENTERPRISE_TOKEN`: the
+//! fake is not github.com) and git a credential helper, and `kill -9` of
+//! the daemon
 //! between a mint and its revocation.
 //!
 //! The binaries are the workspace's `target/debug/stintd` and `stint`
@@ -148,8 +150,8 @@ async fn stint_exec_gives_gh_and_git_a_token_for_one_repository_and_revokes_it_a
     // The command: writes what it got, asks git's credential helpers for
     // the token's host and for another host, then waits to be let go.
     let script = format!(
-        r#"printf '%s' "$GH_TOKEN" > {w}/gh_token
-printf '%s' "$GITHUB_TOKEN" > {w}/github_token
+        r#"printf '%s' "$GH_ENTERPRISE_TOKEN" > {w}/gh_token
+printf '%s|%s|%s' "$GH_HOST" "$GH_TOKEN" "$GITHUB_TOKEN" > {w}/github_token
 printf 'protocol=https\nhost=%s\n\n' "$STINT_GIT_HOST" | git credential fill > {w}/ours 2>&1
 printf 'protocol=https\nhost=elsewhere.example\nusername=nobody\npassword=x\n\n' | git credential fill > {w}/theirs 2>&1
 printf done > {w}/ready
@@ -183,10 +185,18 @@ i=0; while [ ! -e {w}/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done"#,
         .unwrap();
     wait_file(&work.join("ready"), Duration::from_secs(60)).await;
     let token = std::fs::read_to_string(work.join("gh_token")).unwrap();
-    assert!(token.starts_with("ghs_"), "GH_TOKEN: {token}");
+    // The fake's API is not github.com: the token goes to GitHub
+    // Enterprise Server's variables only, never to GH_TOKEN or
+    // GITHUB_TOKEN, which tools send to github.com.
+    assert!(token.starts_with("ghs_"), "GH_ENTERPRISE_TOKEN: {token}");
+    let host = setup
+        .github
+        .api_url
+        .trim_start_matches("https://")
+        .to_owned();
     assert_eq!(
         std::fs::read_to_string(work.join("github_token")).unwrap(),
-        token
+        format!("{host}||")
     );
     let ours = std::fs::read_to_string(work.join("ours")).unwrap();
     assert!(ours.contains("username=x-access-token"), "{ours}");

@@ -22,8 +22,9 @@
 //! the step token (which revokes its credentials too, at the broker).
 //!
 //! A GitHub installation token goes to the child as `GH_TOKEN` and
-//! `GITHUB_TOKEN` (what `gh` and most GitHub tooling read; for GitHub
-//! Enterprise Server also `GH_HOST`, `GH_ENTERPRISE_TOKEN`), and git gets
+//! `GITHUB_TOKEN` for github.com (what `gh` and most GitHub tooling read;
+//! for GitHub Enterprise Server instead only `GH_HOST`,
+//! `GH_ENTERPRISE_TOKEN` and `GITHUB_ENTERPRISE_TOKEN`), and git gets
 //! it over HTTPS from `stint git-credential`, which the child's git
 //! configuration (`GIT_CONFIG_COUNT`, `GIT_CONFIG_KEY_n`, never a file)
 //! names as the only credential helper for the token's host.
@@ -148,6 +149,8 @@ pub(crate) struct TargetEnv<'a> {
     pub(crate) github: Vec<(&'static str, String)>,
     /// The host git reaches with it, for a GitHub token.
     pub(crate) git_host: Option<&'a str>,
+    /// The token git's helper hands out, for a GitHub token.
+    pub(crate) git_token: Option<String>,
 }
 
 impl<'a> TargetEnv<'a> {
@@ -158,6 +161,7 @@ impl<'a> TargetEnv<'a> {
             libpq: credential.libpq_env(),
             github: credential.github_env(),
             git_host: credential.github().map(|g| g.git_host.as_str()),
+            git_token: credential.github().map(|_| credential.secret().to_owned()),
         }
     }
 }
@@ -187,6 +191,7 @@ pub(crate) fn child_env(
 ) -> Result<Vec<(String, String)>, Failure> {
     let mut env = Vec::new();
     let mut postgres: Option<&str> = None;
+    let mut github: Option<&str> = None;
     for credential in credentials {
         if !credential.libpq.is_empty() {
             if let Some(first) = postgres {
@@ -206,14 +211,27 @@ pub(crate) fn child_env(
                     .map(|(name, value)| ((*name).to_owned(), value.clone())),
             );
         }
+        if credential.git_host.is_some() {
+            if let Some(first) = github {
+                return Err(Failure::new(
+                    2,
+                    format!(
+                        "targets {first} and {} are both GitHub tokens, and would share GH_TOKEN and git's helper: run one `stint exec` per GitHub target",
+                        credential.target
+                    ),
+                ));
+            }
+            github = Some(credential.target);
+        }
         env.extend(
             credential
                 .github
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), value.clone())),
         );
-        if let Some(host) = credential.git_host {
+        if let (Some(host), Some(token)) = (credential.git_host, &credential.git_token) {
             env.extend(git_helper_env(host));
+            env.push((GIT_TOKEN_VAR.to_owned(), token.clone()));
         }
         env.push((
             credential_id_var(credential.target),
@@ -232,6 +250,9 @@ pub(crate) fn child_env(
 /// The variable that tells `stint git-credential` which host its token
 /// is for.
 const GIT_HOST_VAR: &str = "STINT_GIT_HOST";
+/// The variable that holds the token `stint git-credential` answers with
+/// (not GH_TOKEN: a GitHub Enterprise Server's token is not in it).
+const GIT_TOKEN_VAR: &str = "STINT_GIT_TOKEN";
 /// The most bytes `stint git-credential` reads of git's request.
 const MAX_GIT_REQUEST_LEN: u64 = 64 * 1024;
 
@@ -288,7 +309,9 @@ pub(crate) fn git_credential(operation: &str) -> Result<u8, Failure> {
         }
     }
     let ours = std::env::var(GIT_HOST_VAR).ok();
-    let token = std::env::var("GH_TOKEN").ok().filter(|t| !t.is_empty());
+    let token = std::env::var(GIT_TOKEN_VAR)
+        .ok()
+        .filter(|t| !t.is_empty() && !t.contains(['\n', '\r', '\0']));
     let matches = protocol.as_deref() == Some("https")
         && host.is_some()
         && ours.as_deref().is_some_and(|ours| {
@@ -480,6 +503,20 @@ mod tests {
             ],
             github: Vec::new(),
             git_host: None,
+            git_token: None,
+        }
+    }
+
+    impl TargetEnv<'static> {
+        fn clone_for_test(&self) -> Self {
+            Self {
+                target: self.target,
+                credential_id: self.credential_id,
+                libpq: self.libpq.clone(),
+                github: self.github.clone(),
+                git_host: self.git_host,
+                git_token: self.git_token.clone(),
+            }
         }
     }
 
@@ -490,6 +527,7 @@ mod tests {
             libpq: Vec::new(),
             github: Vec::new(),
             git_host: None,
+            git_token: None,
         }
     }
 
@@ -504,7 +542,23 @@ mod tests {
                 ("GITHUB_TOKEN", "ghs_s3cret".to_owned()),
             ],
             git_host: Some("github.com"),
+            git_token: Some("ghs_s3cret".to_owned()),
         };
+        let second = TargetEnv {
+            target: "github-two",
+            credential_id: "tc-10",
+            libpq: Vec::new(),
+            github: Vec::new(),
+            git_host: Some("ghe.example.com"),
+            git_token: Some("ghs_other".to_owned()),
+        };
+        let twice = child_env("STINT_TOKEN", &[token.clone_for_test(), second]).unwrap_err();
+        assert!(
+            twice.message.contains("both GitHub tokens"),
+            "{}",
+            twice.message
+        );
+        assert!(!twice.message.contains("ghs_"), "{}", twice.message);
         let env = child_env("STINT_TOKEN", &[token]).unwrap();
         let get = |name: &str| {
             env.iter()
@@ -515,6 +569,7 @@ mod tests {
         assert_eq!(get("GH_TOKEN"), "ghs_s3cret");
         assert_eq!(get("GITHUB_TOKEN"), "ghs_s3cret");
         assert_eq!(get("STINT_GIT_HOST"), "github.com");
+        assert_eq!(get("STINT_GIT_TOKEN"), "ghs_s3cret");
         let first: usize = std::env::var("GIT_CONFIG_COUNT")
             .ok()
             .and_then(|n| n.parse().ok())

@@ -97,7 +97,8 @@ enum Command {
         /// (PGHOSTADDR and PGSERVICE removed); the credential's id is in
         /// STINT_TARGET_CREDENTIAL_ID_<NAME> (uppercased, '-' as '_'). A
         /// GitHub installation token is set as GH_TOKEN and GITHUB_TOKEN
-        /// (and GH_HOST, GH_ENTERPRISE_TOKEN for GitHub Enterprise Server),
+        /// for github.com (GitHub Enterprise Server: only GH_HOST,
+        /// GH_ENTERPRISE_TOKEN and GITHUB_ENTERPRISE_TOKEN),
         /// and git over HTTPS to its host gets it through `stint
         /// git-credential`, set up as the command's credential helper.
         #[arg(long = "target", value_name = "NAME", value_parser = parse_target)]
@@ -108,7 +109,7 @@ enum Command {
     },
     /// A git credential helper for `stint exec --target` with a GitHub
     /// target: answers git's `get` for the token's host with user
-    /// x-access-token and the token (from GH_TOKEN, which `stint exec`
+    /// x-access-token and the token (from STINT_GIT_TOKEN, which `stint exec`
     /// set), and nothing for any other host. `store` and `erase` do
     /// nothing: the token is revoked when the command exits.
     #[command(name = "git-credential", hide = true)]

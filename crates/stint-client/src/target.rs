@@ -243,24 +243,25 @@ impl TargetCredential {
     }
 
     /// A GitHub installation token as `gh` and most GitHub tooling read
-    /// it: `GH_TOKEN` and `GITHUB_TOKEN`, and for GitHub Enterprise Server
-    /// `GH_HOST`, `GH_ENTERPRISE_TOKEN` and `GITHUB_ENTERPRISE_TOKEN`.
+    /// it: `GH_TOKEN` and `GITHUB_TOKEN` for github.com; for GitHub
+    /// Enterprise Server only `GH_HOST`, `GH_ENTERPRISE_TOKEN` and
+    /// `GITHUB_ENTERPRISE_TOKEN` (tools send `GH_TOKEN` to github.com).
     /// Empty for other kinds. For git over HTTPS the token is the password
     /// of user [`GIT_USERNAME`] (`stint exec` sets up a credential helper).
     pub fn github_env(&self) -> Vec<(&'static str, String)> {
         match &self.github {
-            Some(github) if self.kind == KIND_GITHUB => {
-                let mut env = vec![
-                    ("GH_TOKEN", self.secret.clone()),
-                    ("GITHUB_TOKEN", self.secret.clone()),
-                ];
-                if github.git_host != "github.com" {
-                    env.push(("GH_HOST", github.git_host.clone()));
-                    env.push(("GH_ENTERPRISE_TOKEN", self.secret.clone()));
-                    env.push(("GITHUB_ENTERPRISE_TOKEN", self.secret.clone()));
-                }
-                env
-            }
+            // gh and most tools send GH_TOKEN and GITHUB_TOKEN to
+            // github.com: a GitHub Enterprise Server's token goes only in
+            // the variables meant for it.
+            Some(github) if self.kind == KIND_GITHUB && github.git_host == "github.com" => vec![
+                ("GH_TOKEN", self.secret.clone()),
+                ("GITHUB_TOKEN", self.secret.clone()),
+            ],
+            Some(github) if self.kind == KIND_GITHUB => vec![
+                ("GH_HOST", github.git_host.clone()),
+                ("GH_ENTERPRISE_TOKEN", self.secret.clone()),
+                ("GITHUB_ENTERPRISE_TOKEN", self.secret.clone()),
+            ],
             _ => Vec::new(),
         }
     }
@@ -423,12 +424,13 @@ mod tests {
         answer.issued_token_type = TOKEN_TYPE_GITHUB_INSTALLATION_TOKEN.to_owned();
         let token = credential(answer.clone());
         let env = token.env();
-        for name in [
-            "GH_TOKEN",
-            "GITHUB_TOKEN",
-            "GH_ENTERPRISE_TOKEN",
-            "GITHUB_ENTERPRISE_TOKEN",
-        ] {
+        for name in ["GH_TOKEN", "GITHUB_TOKEN"] {
+            assert!(
+                !env.iter().any(|(n, _)| *n == name),
+                "{name} goes to github.com"
+            );
+        }
+        for name in ["GH_ENTERPRISE_TOKEN", "GITHUB_ENTERPRISE_TOKEN"] {
             assert!(
                 env.contains(&(name, "pw-s3cret-value".to_owned())),
                 "{name}"

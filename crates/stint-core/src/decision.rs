@@ -547,6 +547,24 @@ pub fn decide(
         ));
     }
 
+    // A step token never carries the audience of an OIDC target: systems
+    // that trust Stint as an issuer would take it for a federation token,
+    // past the step's `targets` and the federation token's own checks.
+    if let Some(asked) = &request.audience
+        && let Some(target) = context.policy.targets().find(|t| {
+            matches!(t.kind(), crate::target::TargetKind::Oidc(oidc) if &oidc.audience == asked)
+        })
+    {
+        return Err(Denial::new(
+            E::InvalidTarget,
+            R::AudienceNotAllowed,
+            format!(
+                "audience {asked:?} is the audience of oidc target {:?}: ask for a step token with audience={} and exchange it for a federation token",
+                target.name(),
+                target.name()
+            ),
+        ));
+    }
     let audience = match (&request.audience, step.audiences()) {
         (Some(asked), allowed) if allowed.is_empty() || allowed.contains(asked) => asked.clone(),
         (Some(asked), _) => {

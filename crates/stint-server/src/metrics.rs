@@ -307,10 +307,11 @@ pub struct Metrics {
 }
 
 /// The events of target credentials the metrics count.
-const TARGET_EVENTS: [&str; 6] = [
+const TARGET_EVENTS: [&str; 7] = [
     "minted",
     "revoked",
     "already_gone",
+    "expired_upstream",
     "failed",
     "irrevocable",
     "reconciled",

@@ -35,7 +35,14 @@ use stint_core::target_credential::UpstreamGrant;
 use stint_proto::GithubToken;
 
 /// The longest answer body read from GitHub, in bytes.
-const MAX_BODY_LEN: usize = 1024 * 1024;
+/// (A token's answer holds a full repository object for each of up to
+/// 500 repositories, a few KB each.)
+const MAX_BODY_LEN: usize = 8 * 1024 * 1024;
+/// The longest installation token accepted (GitHub's newer tokens are
+/// longer than the classic 40 characters).
+const MAX_TOKEN_LEN: usize = 4096;
+/// Slack on GitHub's `expires_at`, for clocks that disagree.
+const EXPIRY_SLACK_SECS: i64 = 300;
 /// The longest App key file read, in bytes.
 const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 /// How long an installation found for an owner is remembered.
@@ -300,7 +307,7 @@ impl Answer {
             .unwrap_or_else(|| format!("HTTP {}", self.status));
         let mut clean: String = message
             .chars()
-            .filter(|c| !c.is_control())
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
             .take(300)
             .collect();
         if let Some(id) = &self.request_id {
@@ -407,6 +414,15 @@ impl GithubClient {
         let mut closed = self.closed_until.lock().unwrap_or_else(|p| p.into_inner());
         if closed.is_none_or(|at| at < until) {
             *closed = Some(until);
+        }
+    }
+
+    /// A failure after which GitHub may have made a token Stint does not
+    /// hold: it stops working by itself within the hour.
+    fn maybe_made(&self, failure: UpstreamFailure) -> CreateFailure {
+        CreateFailure {
+            expires_by: Some(self.now() + 3600 + EXPIRY_SLACK_SECS),
+            ..CreateFailure::maybe(failure)
         }
     }
 
@@ -635,6 +651,7 @@ fn nothing(failure: UpstreamFailure) -> CreateFailure {
         failure,
         made: Made::Nothing,
         request_id: None,
+        expires_by: None,
     }
 }
 
@@ -754,11 +771,11 @@ impl TargetClient for GithubClient {
             Ok(answer) => answer,
             // No answer: GitHub may have made a token Stint never saw.
             Err(CallError::NoAnswer(why)) => {
-                return Err(CreateFailure::maybe(UpstreamFailure::Unavailable(why)));
+                return Err(self.maybe_made(UpstreamFailure::Unavailable(why)));
             }
             Err(closed) => return Err(nothing_made(closed)),
         };
-        if answer.status != 201 {
+        if !matches!(answer.status, 200 | 201) {
             if answer.status == 404 {
                 // The installation is gone: look it up again next time.
                 self.installations
@@ -773,7 +790,7 @@ impl TargetClient for GithubClient {
         let granted: TokenAnswer = match serde_json::from_slice(&answer.body) {
             Ok(granted) => granted,
             Err(_) => {
-                return Err(CreateFailure::maybe(UpstreamFailure::Unavailable(format!(
+                return Err(self.maybe_made(UpstreamFailure::Unavailable(format!(
                     "GitHub's token answer is malformed (request id {})",
                     answer.request_id.as_deref().unwrap_or("-")
                 ))));
@@ -785,7 +802,7 @@ impl TargetClient for GithubClient {
         let sealed = self
             .sealer
             .seal(&format!("{installation}:{}", granted.token), &self.rng)
-            .map_err(|why| CreateFailure::maybe(UpstreamFailure::Unavailable(why)));
+            .map_err(|why| self.maybe_made(UpstreamFailure::Unavailable(why)));
         let repositories: Vec<String> = granted
             .repositories
             .iter()
@@ -799,10 +816,25 @@ impl TargetClient for GithubClient {
         let expires_at = chrono::DateTime::parse_from_rfc3339(&granted.expires_at)
             .map(|t| t.timestamp())
             .map_err(|_| "GitHub's expires_at is not an RFC 3339 time".to_owned());
+        let now = self.now();
+        let token_ok = !granted.token.is_empty()
+            && granted.token.len() <= MAX_TOKEN_LEN
+            && granted
+                .token
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'=' && b != b':');
         let problem = match (&sealed, checked, &expires_at) {
+            _ if !token_ok => Some(
+                "GitHub's token is not one Stint can hand out (empty, too long, or not visible ASCII)"
+                    .to_owned(),
+            ),
             (Err(_), _, _) => Some("the token could not be sealed".to_owned()),
             (_, Err(why), _) => Some(format!("GitHub granted other than planned: {why}")),
             (_, _, Err(why)) => Some(why.clone()),
+            (_, _, Ok(at)) if *at <= now || *at > now + 3600 + EXPIRY_SLACK_SECS => Some(format!(
+                "GitHub's expires_at is {} s from now, not within the hour a token lives: check the clocks",
+                at - now
+            )),
             _ => None,
         };
         if let Some(problem) = problem {
@@ -822,6 +854,7 @@ impl TargetClient for GithubClient {
                         },
                         made,
                         request_id: answer.request_id.clone(),
+                        expires_by: Some(self.now() + 3600 + EXPIRY_SLACK_SECS),
                     });
                 }
             };
@@ -834,7 +867,7 @@ impl TargetClient for GithubClient {
             ));
         }
         let (Ok(sealed), Ok(expires_at)) = (sealed, expires_at) else {
-            return Err(CreateFailure::maybe(UpstreamFailure::Unavailable(
+            return Err(self.maybe_made(UpstreamFailure::Unavailable(
                 "internal: unchecked answer".into(),
             )));
         };
@@ -878,10 +911,15 @@ impl TargetClient for GithubClient {
                 "the request that made this token got no answer, so Stint never had the token and cannot revoke it; GitHub expires it within an hour of its creation".into(),
             ));
         };
-        let opened = self
-            .sealer
-            .unseal(sealed)
-            .map_err(UpstreamFailure::Permanent)?;
+        let opened = self.sealer.unseal(sealed).map_err(|why| {
+            if why.contains("another token_key_file") {
+                // The key may come back: keep trying (and keep the sealed
+                // copy) until GitHub's hour is over.
+                UpstreamFailure::Unavailable(why)
+            } else {
+                UpstreamFailure::Permanent(why)
+            }
+        })?;
         let (installation, token) = opened.split_once(':').ok_or_else(|| {
             UpstreamFailure::Permanent("the sealed token is not in a form this stintd knows".into())
         })?;

@@ -53,6 +53,9 @@ const MAX_REVOKING: usize = 16;
 /// Upstream revocations in flight at once on one target, unless its kind
 /// says otherwise ([`TargetClient::max_destroying`]).
 const DEFAULT_DESTROYING_PER_TARGET: usize = 2;
+/// How long past the upstream's own expiry a credential is taken to be
+/// gone without asking.
+const EXPIRED_UPSTREAM_SLACK_SECS: i64 = 300;
 /// How long a destroyed credential's record is kept (its story is in the
 /// audit log).
 const KEEP_FINISHED_SECS: i64 = 24 * 3600;
@@ -203,6 +206,10 @@ pub struct CreateFailure {
     pub made: Made,
     /// The upstream's id of the failed request, if it gave one.
     pub request_id: Option<String>,
+    /// If something may have been made, when it stops working upstream by
+    /// itself at the latest (a GitHub token's hour), seconds since the
+    /// epoch: an irrevocable record is closed then.
+    pub expires_by: Option<i64>,
 }
 
 impl CreateFailure {
@@ -212,6 +219,7 @@ impl CreateFailure {
             failure,
             made: Made::Maybe,
             request_id: None,
+            expires_by: None,
         }
     }
 }
@@ -538,7 +546,14 @@ impl TargetCredentials {
                     failure,
                     made,
                     request_id,
+                    expires_by,
                 }) => {
+                    if expires_by.is_some() {
+                        c.grant = Some(UpstreamGrant {
+                            upstream_expires_at: expires_by,
+                            ..UpstreamGrant::default()
+                        });
+                    }
                     match made {
                         Made::Nothing => {
                             // Refused: there is nothing to destroy.
@@ -580,6 +595,12 @@ impl TargetCredentials {
         };
         self.wake.notify_one();
         let stored = host.store().update_target_credential(&credential).await;
+        if let (Err(error), Err(_)) = (&stored, &outcome)
+            && credential.sealed.is_some()
+        {
+            // Only this broker's memory holds what revokes it now.
+            tracing::error!(%error, credential = %credential.id, "a credential to destroy, and its sealed token, could not be stored: a restart before its revocation cannot revoke it");
+        }
         let (secret, github) = outcome?;
         if let Err(error) = stored {
             if credential.sealed.is_some() {
@@ -828,6 +849,18 @@ impl TargetCredentials {
             if c.state == CredentialState::Live && c.expires_at <= now {
                 c.begin_revocation(Trigger::Expired, now);
             }
+            // An irrevocable credential that has stopped working upstream
+            // by itself (a GitHub token after its hour) is closed, through
+            // one more attempt that finds it expired.
+            if c.state == CredentialState::Irrevocable
+                && c.grant
+                    .as_ref()
+                    .and_then(|g| g.upstream_expires_at)
+                    .is_some_and(|at| at + EXPIRED_UPSTREAM_SLACK_SECS <= now)
+            {
+                c.state = CredentialState::Revoking;
+                c.next_attempt_at = now;
+            }
             if c.state == CredentialState::Revoking && c.next_attempt_at <= now {
                 let Some(permits) = start(&c.target) else {
                     continue;
@@ -846,7 +879,9 @@ impl TargetCredentials {
             .grant
             .as_ref()
             .and_then(|g| g.upstream_expires_at)
-            .is_some_and(|at| at <= host.now().timestamp());
+            // With slack for clocks that disagree: a DELETE of a token that
+            // is gone is cheap (GitHub answers 401).
+            .is_some_and(|at| at + EXPIRED_UPSTREAM_SLACK_SECS <= host.now().timestamp());
         let result = if expired_upstream {
             // It has stopped working by itself: nothing to call.
             Ok(Destroyed {

@@ -693,8 +693,19 @@ impl GithubPlan {
     }
 }
 
+/// At most 64 characters of `text` from an answer, visible ASCII only
+/// (others as `?`): it reaches errors, logs and the audit.
 fn printable_prefix(text: &str) -> String {
-    text.chars().take(64).collect()
+    text.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
