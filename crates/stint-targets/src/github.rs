@@ -1001,6 +1001,44 @@ mod tests {
     }
 
     #[test]
+    fn an_app_key_that_does_not_parse_is_refused_with_its_file_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("app.pem");
+        let token_key = dir.path().join("tokens.key");
+        std::fs::write(&token_key, [1u8; 32]).unwrap();
+        let target = |key: &Path| GithubTarget {
+            app: stint_core::target::github::GithubApp::Id(1),
+            private_key_file: key.to_owned(),
+            token_key_file: token_key.clone(),
+            api_url: "https://api.github.com".into(),
+            ca_file: None,
+            timeout_secs: 5,
+        };
+        for (text, needle) in [
+            (&b"not a key"[..], "not a PEM private key"),
+            (
+                &b"-----BEGIN PRIVATE KEY-----
+AAAA
+-----END PRIVATE KEY-----
+"[..],
+                "ring refuses it",
+            ),
+        ] {
+            std::fs::write(&key, text).unwrap();
+            let why = check_files(&target(&key)).unwrap_err();
+            assert!(why.contains(&key.display().to_string()), "{why}");
+            assert!(why.contains(needle), "{why}");
+        }
+        let missing = check_files(&target(&dir.path().join("absent.pem"))).unwrap_err();
+        assert!(missing.contains("cannot open"), "{missing}");
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/github-app.pkcs1.pem"
+        );
+        check_files(&target(Path::new(fixture))).unwrap();
+    }
+
+    #[test]
     fn git_hosts() {
         assert_eq!(git_host("https://api.github.com"), "github.com");
         assert_eq!(
