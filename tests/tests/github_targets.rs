@@ -566,11 +566,18 @@ async fn a_token_request_left_without_an_answer_is_irrevocable_and_visible() {
             .contains("expires it within an hour"),
         "{record}"
     );
-    let metrics = f.broker.metrics().await;
-    assert!(
-        metrics.contains("stint_target_credentials_open{state=\"irrevocable\"} 1"),
-        "{metrics}"
-    );
+    // The queue records the state after the audit record is written.
+    let metrics = eventually(
+        Duration::from_secs(20),
+        "the irrevocable credential in the metrics",
+        || async {
+            let metrics = f.broker.metrics().await;
+            metrics
+                .contains("stint_target_credentials_open{state=\"irrevocable\"} 1")
+                .then_some(metrics)
+        },
+    )
+    .await;
     assert!(
         metrics.contains("stint_github_rate_limit_remaining{metered=\"app\"}"),
         "{metrics}"
