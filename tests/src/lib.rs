@@ -426,6 +426,8 @@ pub struct TestCa {
     pub ca_pem: String,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// The server certificate now in `cert_path`, DER.
+    pub cert_der: Vec<u8>,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -450,26 +452,42 @@ impl TestCa {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
 
+        let cert_path = dir.join("server.pem");
+        let key_path = dir.join("server-key.pem");
+        let mut ca = Self {
+            ca_pem: ca_cert.pem(),
+            cert_path,
+            key_path,
+            cert_der: Vec::new(),
+            issuer,
+        };
+        ca.renew_server_certificate();
+        ca
+    }
+
+    /// Write a new server certificate (and key) for `localhost` and
+    /// 127.0.0.1 over the files, as a renewal does; returns its DER.
+    pub fn renew_server_certificate(&mut self) -> Vec<u8> {
+        use rcgen::{CertificateParams, DnType, KeyPair};
         let leaf_key = KeyPair::generate().unwrap();
         let mut leaf_params =
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         leaf_params
             .distinguished_name
             .push(DnType::CommonName, "localhost");
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-
-        let cert_path = dir.join("server.pem");
-        let key_path = dir.join("server-key.pem");
-        std::fs::write(&cert_path, leaf.pem()).unwrap();
-        std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &self.issuer).unwrap();
+        // The key first, then the certificate, each replaced by a rename:
+        // a reader sees a whole file, never a half-written one.
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        Self {
-            ca_pem: ca_cert.pem(),
-            cert_path,
-            key_path,
-            issuer,
-        }
+        let key_tmp = self.key_path.with_extension("tmp");
+        std::fs::write(&key_tmp, leaf_key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&key_tmp, &self.key_path).unwrap();
+        let cert_tmp = self.cert_path.with_extension("tmp");
+        std::fs::write(&cert_tmp, leaf.pem()).unwrap();
+        std::fs::rename(&cert_tmp, &self.cert_path).unwrap();
+        self.cert_der = leaf.der().to_vec();
+        self.cert_der.clone()
     }
 
     /// A client certificate from this CA with a URI SAN and/or a DNS SAN.
@@ -518,6 +536,43 @@ impl TestCa {
             .build()
             .unwrap()
     }
+}
+
+/// A TLS connection to `addr` that trusts only the CA `ca_pem` (HTTP/1.1 by
+/// ALPN), handshake done. Blocking.
+pub fn tls_connect(
+    ca_pem: &str,
+    addr: SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    stream
+}
+
+/// The certificate a new TLS connection to `addr` is served, DER. Blocking.
+pub fn served_certificate(ca_pem: &str, addr: SocketAddr) -> Vec<u8> {
+    let stream = tls_connect(ca_pem, addr);
+    stream.conn.peer_certificates().unwrap()[0].to_vec()
 }
 
 /// The real `stintd` binary, started with `args`, stopped on drop.

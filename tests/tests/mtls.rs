@@ -1,6 +1,7 @@
 //! TLS client certificates (RFC 8705): `tls_client_auth` against a workload
 //! bound to a SPIFFE ID or a DNS name, certificate-bound tokens, and the
-//! ways it must fail.
+//! ways it must fail; and the server certificate reloaded without a
+//! restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,7 +9,7 @@ use serde_json::Value;
 use stint_client::{Error, TokenError, Verifier};
 use stint_proto::{INTROSPECTION_PATH, TOKEN_PATH};
 use stint_server::{ClientCertificates, Config, PolicySource, RunningServer, TlsFiles};
-use stint_tests::{TestCa, decode_jwt, policy_with};
+use stint_tests::{TestCa, decode_jwt, policy_with, served_certificate, tls_connect};
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/ci/sa/deployer";
 
@@ -288,4 +289,143 @@ async fn a_certificate_workload_revokes_its_tokens_with_its_certificate() {
     let status = holder.post(&url).form(&form).send().await.unwrap().status();
     assert_eq!(status, 200);
     assert_eq!(introspect(&broker, &token).await["active"], false);
+}
+
+/// One HTTP/1.1 request over an open TLS connection; the status code.
+fn get_status(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    path: &str,
+) -> u16 {
+    use std::io::{Read as _, Write as _};
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    stream.flush().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "the connection closed");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    head[9..12].parse().unwrap()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+/// A renewed certificate is served to new connections after a reload while
+/// a connection opened before it goes on working with the old one; files
+/// that do not load are refused and the certificate in force stays.
+#[tokio::test]
+async fn a_renewed_certificate_is_served_after_a_reload_and_open_connections_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = TestCa::new(dir.path());
+    let first = ca.cert_der.clone();
+    let mut config = Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    config.tls = Some(TlsFiles {
+        cert: ca.cert_path.clone(),
+        key: ca.key_path.clone(),
+    });
+    let server = stint_server::start(config).await.unwrap();
+    let addr = server.local_addr();
+
+    let ca_pem = ca.ca_pem.clone();
+    let (served, mut open) = tokio::task::spawn_blocking(move || {
+        let mut open = tls_connect(&ca_pem, addr);
+        assert_eq!(get_status(&mut open, "/healthz"), 200);
+        (served_certificate(&ca_pem, addr), open)
+    })
+    .await
+    .unwrap();
+    assert_eq!(served, first);
+
+    // Renewal: new files, then the reload SIGHUP does.
+    let second = ca.renew_server_certificate();
+    assert_ne!(second, first);
+    // Until the reload, new connections still get the first certificate.
+    let ca_pem = ca.ca_pem.clone();
+    let served = tokio::task::spawn_blocking(move || served_certificate(&ca_pem, addr))
+        .await
+        .unwrap();
+    assert_eq!(served, first);
+    server.reload_tls().unwrap();
+    let ca_pem = ca.ca_pem.clone();
+    let (served, open_peer, status) = tokio::task::spawn_blocking(move || {
+        let served = served_certificate(&ca_pem, addr);
+        let status = get_status(&mut open, "/healthz");
+        let open_peer = open.conn.peer_certificates().unwrap()[0].to_vec();
+        (served, open_peer, status)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        served, second,
+        "a new connection gets the renewed certificate"
+    );
+    assert_eq!(
+        status, 200,
+        "the connection opened before the reload still works"
+    );
+    assert_eq!(open_peer, first);
+
+    // A key that does not parse: refused, the renewed certificate stays.
+    std::fs::write(&ca.key_path, "-----BEGIN PRIVATE KEY-----\nnot a key\n").unwrap();
+    let error = server.reload_tls().unwrap_err();
+    assert!(
+        error.contains(&ca.key_path.display().to_string()),
+        "{error}"
+    );
+    // A certificate that belongs to another key: refused too.
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = TestCa::new(&other_dir);
+    std::fs::copy(&other.key_path, &ca.key_path).unwrap();
+    let error = server.reload_tls().unwrap_err();
+    assert!(error.contains("do not form a usable pair"), "{error}");
+    let ca_pem = ca.ca_pem.clone();
+    let served = tokio::task::spawn_blocking(move || served_certificate(&ca_pem, addr))
+        .await
+        .unwrap();
+    assert_eq!(served, second);
+
+    let metrics = ca
+        .client()
+        .get(format!("{}/metrics", server.issuer()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "stint_tls_certificate_loads_total{result=\"loaded\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "stint_tls_certificate_loads_total{result=\"refused\"}"
+        ),
+        Some(2.0)
+    );
+    let not_after = metric(
+        &metrics,
+        "stint_tls_certificate_not_after_timestamp_seconds",
+    )
+    .unwrap();
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(not_after > now, "{not_after} is not in the future");
+    server.shutdown().await;
 }

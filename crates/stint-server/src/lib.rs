@@ -94,6 +94,8 @@ pub struct RunningServer {
     max_in_flight: usize,
     /// `Limits::max_revocations_in_flight`, likewise.
     max_revocations_in_flight: usize,
+    /// The TLS configuration, if the broker serves TLS.
+    tls: Option<Arc<tls::ReloadableTls>>,
     /// Held (an exclusive `flock`) for as long as the broker runs.
     _lock: std::fs::File,
 }
@@ -118,6 +120,28 @@ impl RunningServer {
     /// (and audited), and the policy in force stays.
     pub async fn reload_policy(&self) -> Result<(), stint_core::policy::PolicyErrors> {
         self.state.reload_policy().await
+    }
+
+    /// Re-read the TLS certificate, key and client CA files, as `SIGHUP`
+    /// does: new connections get them, open ones keep theirs. Files that do
+    /// not load are refused (logged, counted) and the configuration in
+    /// force stays. Without TLS there is nothing to do.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        match tls.reload() {
+            Ok(not_after) => {
+                self.state.metrics.tls_load(Some(not_after));
+                tracing::info!(not_after, "TLS certificate and key loaded");
+                Ok(())
+            }
+            Err(error) => {
+                self.state.metrics.tls_load(None);
+                tracing::error!(%error, "TLS certificate not reloaded: the one in force stays");
+                Err(error)
+            }
+        }
     }
 
     /// Drop revocations whose tokens would have expired anyway, from memory
@@ -338,14 +362,16 @@ pub async fn start_with_clock(
     );
 
     let tls = match &config.tls {
-        Some(files) => Some(
-            tls::acceptor_with_clients(
+        Some(files) => {
+            let (tls, not_after) = tls::ReloadableTls::load(
                 &files.cert,
                 &files.key,
                 config.client_certificates.as_ref(),
             )
-            .map_err(StartError::Tls)?,
-        ),
+            .map_err(StartError::Tls)?;
+            metrics.tls_load(Some(not_after));
+            Some(Arc::new(tls))
+        }
         None => None,
     };
     let listener = TcpListener::bind(config.listen)
@@ -489,7 +515,7 @@ pub async fn start_with_clock(
     let router = http::router(Arc::clone(&state));
     let serve_task = tokio::spawn(serve::serve(
         listener,
-        tls,
+        tls.clone(),
         router,
         config.limits,
         Arc::clone(&state.metrics),
@@ -511,6 +537,7 @@ pub async fn start_with_clock(
         closing: closing_tx,
         max_in_flight: config.limits.max_in_flight,
         max_revocations_in_flight: config.limits.max_revocations_in_flight,
+        tls,
         _lock: lock,
     })
 }
@@ -530,9 +557,11 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&RunningServer)) -> Resul
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading the policy");
-                // Success and failure are both logged, audited and counted there.
+                tracing::info!("SIGHUP: reloading the policy and the TLS files");
+                // Success and failure are both logged (the policy's also
+                // audited) and counted there.
                 let _ = server.reload_policy().await;
+                let _ = server.reload_tls();
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

@@ -288,6 +288,8 @@ pub struct Metrics {
     revocations_denied: Family<ReasonLabel, Counter>,
     latency: Family<RouteLabels, Histogram>,
     policy_reloads: Family<ResultLabel, Counter>,
+    tls_loads: Family<ResultLabel, Counter>,
+    tls_not_after: Gauge,
     review_overdue: Family<WorkflowLabel, Gauge>,
     revocations_in_memory: Gauge,
     audit_records: Counter,
@@ -366,6 +368,18 @@ impl Metrics {
             "policy_loads",
             "Policy loads, by result (loaded, refused)",
             policy_reloads.clone(),
+        );
+        let tls_loads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "tls_certificate_loads",
+            "Loads of the TLS certificate and key (start and SIGHUP), by result (loaded, refused)",
+            tls_loads.clone(),
+        );
+        let tls_not_after = Gauge::default();
+        registry.register(
+            "tls_certificate_not_after_timestamp_seconds",
+            "When the TLS certificate being served expires (its notAfter), seconds since the epoch",
+            tls_not_after.clone(),
         );
         let review_overdue = Family::<WorkflowLabel, Gauge>::default();
         let revocations_in_memory = Gauge::default();
@@ -497,6 +511,8 @@ impl Metrics {
             revocations_denied,
             latency,
             policy_reloads,
+            tls_loads,
+            tls_not_after,
             review_overdue,
             revocations_in_memory,
             audit_records,
@@ -641,6 +657,20 @@ impl Metrics {
         self.policy_reloads
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    /// A load of the TLS certificate and key: `not_after` is the served
+    /// leaf's expiry when it loaded.
+    pub(crate) fn tls_load(&self, not_after: Option<i64>) {
+        let result = if not_after.is_some() {
+            "loaded"
+        } else {
+            "refused"
+        };
+        self.tls_loads.get_or_create(&ResultLabel { result }).inc();
+        if let Some(not_after) = not_after {
+            self.tls_not_after.set(not_after);
+        }
     }
 
     /// Observe one request. The labels are static strings so that the hot

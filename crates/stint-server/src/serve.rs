@@ -48,7 +48,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 /// The largest header block accepted, either protocol.
@@ -64,7 +63,7 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<crate::tls::ReloadableTls>>,
     router: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -146,7 +145,9 @@ pub(crate) async fn serve(
         };
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        // The configuration in force at accept: a reload later changes
+        // new connections only.
+        let tls = tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(async move {
             let _slot = slot;
             if !first_byte(&stream, limits.first_byte_timeout).await {

@@ -1,32 +1,96 @@
 //! TLS server configuration: rustls on ring, TLS 1.3 and 1.2, ALPN h2 and
 //! http/1.1.
+//!
+//! The broker's configuration is a [`ReloadableTls`]: `SIGHUP` reads the
+//! certificate, key and client CA files again, and new connections get the
+//! new ones while open connections keep the configuration they shook hands
+//! with, so a renewal needs no restart and drops nothing. Files that do not
+//! load are refused and the configuration in force stays.
 
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
 /// Load a certificate chain and key (PEM) into an acceptor.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    acceptor_with_clients(cert, key, None)
+    server_config(cert, key, None).map(|loaded| TlsAcceptor::from(Arc::new(loaded.config)))
 }
 
-/// An acceptor that also verifies TLS client certificates against `clients`'
-/// CA (requiring one, or accepting connections without).
-pub fn acceptor_with_clients(
+/// The server's TLS configuration, loaded from its files and loaded again
+/// on [`Self::reload`].
+pub struct ReloadableTls {
+    cert: PathBuf,
+    key: PathBuf,
+    clients: Option<crate::config::ClientCertificates>,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl ReloadableTls {
+    /// Load the files; `Ok` carries the leaf certificate's `notAfter`.
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        clients: Option<&crate::config::ClientCertificates>,
+    ) -> Result<(Self, i64), String> {
+        let loaded = server_config(cert, key, clients)?;
+        Ok((
+            Self {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                clients: clients.cloned(),
+                current: ArcSwap::from_pointee(loaded.config),
+            },
+            loaded.not_after,
+        ))
+    }
+
+    /// Read the files again. On success new connections use them and the
+    /// leaf's `notAfter` is returned; on failure nothing changes.
+    pub fn reload(&self) -> Result<i64, String> {
+        let loaded = server_config(&self.cert, &self.key, self.clients.as_ref())?;
+        self.current.store(Arc::new(loaded.config));
+        Ok(loaded.not_after)
+    }
+
+    /// An acceptor with the configuration in force now.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+}
+
+/// A server configuration and its leaf certificate's expiry.
+struct Loaded {
+    config: ServerConfig,
+    not_after: i64,
+}
+
+/// A server configuration that also verifies TLS client certificates
+/// against `clients`' CA (requiring one, or accepting connections without).
+fn server_config(
     cert: &Path,
     key: &Path,
     clients: Option<&crate::config::ClientCertificates>,
-) -> Result<TlsAcceptor, String> {
+) -> Result<Loaded, String> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
-    if certs.is_empty() {
+    let Some(leaf) = certs.first() else {
         return Err(format!("{} holds no PEM certificate", cert.display()));
-    }
+    };
+    let not_after = match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        Ok((_, leaf)) => leaf.validity().not_after.timestamp(),
+        Err(e) => {
+            return Err(format!(
+                "{}: the first certificate does not parse: {e}",
+                cert.display()
+            ));
+        }
+    };
     if let Ok(metadata) = std::fs::metadata(key)
         && metadata.permissions().mode() & 0o077 != 0
     {
@@ -78,5 +142,5 @@ pub fn acceptor_with_clients(
         .with_single_cert(certs, key_der)
         .map_err(|e| format!("the certificate and key do not form a usable pair: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Loaded { config, not_after })
 }

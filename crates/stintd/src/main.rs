@@ -43,6 +43,8 @@ struct Cli {
     issuer: Option<String>,
 
     /// TLS certificate chain (PEM). Required unless --dev on loopback.
+    /// Re-read with the key (and --client-ca-file) on SIGHUP: renewals
+    /// need no restart.
     #[arg(long, env = "STINTD_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 

@@ -293,6 +293,59 @@ async fn with_tls_it_serves_https_and_only_https() {
     );
 }
 
+/// A certificate renewal is picked up on `SIGHUP`, as `systemctl reload`
+/// sends it: no restart.
+#[tokio::test]
+async fn sighup_serves_a_renewed_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = TestCa::new(dir.path());
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, policy_with("")).unwrap();
+    let daemon = Daemon::start(
+        Path::new(STINTD),
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            ca.cert_path.to_str().unwrap(),
+            "--tls-key",
+            ca.key_path.to_str().unwrap(),
+        ],
+    );
+    let addr: std::net::SocketAddr = daemon
+        .issuer
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first = ca.cert_der.clone();
+    assert_eq!(stint_tests::served_certificate(&ca.ca_pem, addr), first);
+    let second = ca.renew_server_certificate();
+    daemon.signal("HUP");
+    let ca_pem = ca.ca_pem.clone();
+    eventually(Duration::from_secs(10), "the renewed certificate", || {
+        let ca_pem = ca_pem.clone();
+        let second = second.clone();
+        async move {
+            let served =
+                tokio::task::spawn_blocking(move || stint_tests::served_certificate(&ca_pem, addr))
+                    .await
+                    .unwrap();
+            (served == second).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        daemon.stderr().contains("TLS certificate and key loaded"),
+        "{}",
+        daemon.stderr()
+    );
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_policy_and_refuses_an_invalid_one() {
     let dir = tempfile::tempdir().unwrap();
