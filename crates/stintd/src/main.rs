@@ -13,6 +13,8 @@ use stint_server::config::DEFAULT_DEV_PORT;
 use stint_server::{Config, Limits, PolicySource, Rate, StartError, TlsFiles};
 use tracing_subscriber::EnvFilter;
 
+mod core_dumps;
+
 /// Stint: short-lived, step-scoped tokens for automation.
 #[derive(Debug, Parser)]
 #[command(name = "stintd", version, about, after_help = AFTER_HELP)]
@@ -359,6 +361,12 @@ enum SigningAlg {
 }
 
 fn main() -> ExitCode {
+    // First, before any key or secret is read (the subcommands make
+    // secrets too): no core dump, no same-user ptrace.
+    if let Err(error) = core_dumps::forbid() {
+        eprintln!("stintd: {error}; refusing to run, so that no crash dump can hold a key");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::NewClient { ref name }) => return report(new_client(name)),
