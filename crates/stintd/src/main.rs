@@ -13,6 +13,8 @@ use stint_server::config::DEFAULT_DEV_PORT;
 use stint_server::{Config, Limits, PolicySource, Rate, StartError, TlsFiles};
 use tracing_subscriber::EnvFilter;
 
+mod core_dumps;
+
 /// Stint: short-lived, step-scoped tokens for automation.
 #[derive(Debug, Parser)]
 #[command(name = "stintd", version, about, after_help = AFTER_HELP)]
@@ -361,6 +363,12 @@ enum SigningAlg {
 }
 
 fn main() -> ExitCode {
+    // First, before any key or secret is read (the subcommands make
+    // secrets too): no core dump, no same-user ptrace.
+    if let Err(error) = core_dumps::forbid() {
+        eprintln!("stintd: {error}; refusing to run, so that no crash dump can hold a key");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::NewClient { ref name }) => return report(new_client(name)),
@@ -701,6 +709,48 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{example}: {e}"));
             assert_eq!(config_from(&cli).validate(), Ok(()), "{example}");
         }
+    }
+
+    /// deploy/stintd.service's `ExecStart` is a configuration the broker
+    /// accepts.
+    #[test]
+    fn the_systemd_units_command_line_is_a_valid_configuration() {
+        let unit = include_str!("../../../deploy/stintd.service");
+        let (_, exec) = unit.split_once("\nExecStart=").unwrap();
+        let mut command = String::new();
+        for line in exec.lines() {
+            match line.trim().strip_suffix('\\') {
+                Some(continued) => command.push_str(continued),
+                None => {
+                    command.push_str(line.trim());
+                    break;
+                }
+            }
+        }
+        let args = command.split_whitespace().map(|arg| {
+            // The unit names the installed binary; clap wants a name.
+            arg.strip_prefix("/usr/local/bin/").unwrap_or(arg)
+        });
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{command}: {e}"));
+        assert!(cli.policy.is_some() && cli.tls_cert.is_some(), "{command}");
+        assert_eq!(config_from(&cli).validate(), Ok(()), "{command}");
+    }
+
+    /// The policy in deploy/kubernetes' ConfigMap loads, so that the
+    /// manifests applied as they are start a broker.
+    #[test]
+    fn the_kubernetes_configmaps_policy_loads() {
+        let manifest = include_str!("../../../deploy/kubernetes/configmap-policy.yaml");
+        let (_, block) = manifest.split_once("\n  policy.toml: |\n").unwrap();
+        let text: String = block
+            .lines()
+            .take_while(|line| line.is_empty() || line.starts_with("    "))
+            .map(|line| format!("{}\n", line.get(4..).unwrap_or_default()))
+            .collect();
+        assert!(text.contains("[workflows."), "{text}");
+        let policy = Policy::parse("configmap-policy.yaml", &text)
+            .unwrap_or_else(|errors| panic!("{errors}"));
+        assert!(policy.workflows().count() > 0);
     }
 
     #[test]
