@@ -31,6 +31,7 @@ pub mod jose;
 pub mod policy;
 pub mod revocation;
 pub mod scope;
+pub mod seal;
 pub mod secret;
 pub mod status_list;
 pub mod target;

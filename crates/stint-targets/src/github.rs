@@ -22,7 +22,6 @@ use crate::queue::{
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use std::collections::{BTreeMap, HashMap};
@@ -61,8 +60,6 @@ const JWT_BACKDATE_SECS: i64 = 60;
 const JWT_LIFETIME_SECS: i64 = 540;
 /// The REST API version Stint speaks.
 const API_VERSION: &str = "2022-11-28";
-/// The sealed form's version byte.
-const SEAL_VERSION: u8 = 1;
 /// What a sealed token is bound to.
 const SEAL_AAD: &[u8] = b"stint github installation token v1";
 
@@ -190,14 +187,9 @@ fn certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
     Ok(certificates)
 }
 
-/// Seals installation tokens (AES-256-GCM, a random nonce each) under
-/// the target's token key. The sealed form: version, the key's id (the
-/// first four bytes of its SHA-256, so that a changed key file is told
-/// apart from a corrupt record), nonce, ciphertext and tag.
-struct Sealer {
-    key: LessSafeKey,
-    key_id: [u8; 4],
-}
+/// Seals installation tokens under the target's token key
+/// ([`stint_core::seal`]), bound to what they are.
+struct Sealer(stint_core::seal::Sealer);
 
 impl Sealer {
     /// The key: a file of exactly 32 bytes, or of 64 hex digits (and a
@@ -205,69 +197,37 @@ impl Sealer {
     fn from_file(path: &Path) -> Result<Self, String> {
         let what = "the GitHub target's token_key_file";
         let bytes = read_bounded(path, 128, what)?;
-        let text = std::str::from_utf8(&bytes).ok().map(str::trim_end);
-        let key: Vec<u8> = match text.map(hex::decode) {
-            Some(Ok(decoded)) if decoded.len() == 32 => decoded,
-            _ if bytes.len() == 32 => bytes,
-            _ => {
-                return Err(format!(
+        stint_core::seal::Sealer::from_key_file_bytes(&bytes)
+            .map(Self)
+            .ok_or_else(|| {
+                format!(
                     "{what} {} must hold 32 random bytes, or 64 hex digits (head -c 32 /dev/urandom > FILE)",
                     path.display()
-                ));
-            }
-        };
-        let digest = ring::digest::digest(&ring::digest::SHA256, &key);
-        let mut key_id = [0u8; 4];
-        key_id.copy_from_slice(digest.as_ref().get(..4).unwrap_or(&[0; 4]));
-        let key = UnboundKey::new(&AES_256_GCM, &key)
-            .map_err(|_| format!("{what} {} is not an AES-256 key", path.display()))?;
-        Ok(Self {
-            key: LessSafeKey::new(key),
-            key_id,
-        })
+                )
+            })
     }
 
     fn seal(&self, secret: &str, rng: &SystemRandom) -> Result<Vec<u8>, String> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rng.fill(&mut nonce)
-            .map_err(|_| "could not generate a nonce".to_owned())?;
-        let mut in_out = secret.as_bytes().to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(SEAL_AAD),
-                &mut in_out,
-            )
-            .map_err(|_| "could not seal the token".to_owned())?;
-        let mut sealed = Vec::with_capacity(1 + 4 + NONCE_LEN + in_out.len());
-        sealed.push(SEAL_VERSION);
-        sealed.extend_from_slice(&self.key_id);
-        sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(&in_out);
-        Ok(sealed)
+        self.0
+            .seal(secret.as_bytes(), SEAL_AAD, rng)
+            .map_err(|_| "could not seal the token".to_owned())
     }
 
     fn unseal(&self, sealed: &[u8]) -> Result<String, String> {
-        let (version, rest) = sealed.split_first().ok_or("the sealed token is empty")?;
-        if *version != SEAL_VERSION || rest.len() < 4 + NONCE_LEN {
-            return Err("the sealed token is not in a form this stintd knows".into());
-        }
-        let (key_id, rest) = rest.split_at(4);
-        if key_id != self.key_id {
-            return Err(
+        use stint_core::seal::SealError;
+        let plain = self.0.unseal(sealed, SEAL_AAD).map_err(|why| match why {
+            SealError::OtherKey => {
                 "the token was sealed under another token_key_file: restore that key to revoke it"
-                    .into(),
-            );
-        }
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| "the sealed token's nonce is malformed".to_owned())?;
-        let mut in_out = ciphertext.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(SEAL_AAD), &mut in_out)
-            .map_err(|_| "the sealed token does not open under the token_key_file".to_owned())?;
-        String::from_utf8(plain.to_vec()).map_err(|_| "the sealed token is not text".into())
+                    .to_owned()
+            }
+            SealError::DoesNotOpen => {
+                "the sealed token does not open under the token_key_file".to_owned()
+            }
+            SealError::Malformed | SealError::Failed => {
+                "the sealed token is not in a form this stintd knows".to_owned()
+            }
+        })?;
+        String::from_utf8(plain).map_err(|_| "the sealed token is not text".into())
     }
 }
 
@@ -982,7 +942,7 @@ mod tests {
         let bad = a.unseal(&tampered).unwrap_err();
         assert!(bad.contains("does not open"), "{bad}");
         assert!(a.unseal(&[]).is_err());
-        assert!(a.unseal(&[SEAL_VERSION, 1]).is_err());
+        assert!(a.unseal(&[stint_core::seal::SEAL_VERSION, 1]).is_err());
     }
 
     #[test]
