@@ -91,6 +91,12 @@ impl Sealer {
         value.first() == Some(&SEAL_VERSION) && value.len() >= SEAL_OVERHEAD
     }
 
+    /// The id of the key that sealed `value`, in hex, if it has the sealed
+    /// form: says which key file it needs.
+    pub fn sealed_key_id(value: &[u8]) -> Option<String> {
+        Self::looks_sealed(value).then(|| hex::encode(value.get(1..5).unwrap_or_default()))
+    }
+
     /// Seal `plain`, bound to `aad`.
     pub fn seal(
         &self,
@@ -178,6 +184,8 @@ mod tests {
             Err(SealError::Malformed)
         );
         assert!(!Sealer::looks_sealed(&[0x30, 0x81, 0x87]));
+        assert_eq!(Sealer::sealed_key_id(&sealed), Some(key.key_id()));
+        assert_eq!(Sealer::sealed_key_id(secret), None);
     }
 
     #[test]

@@ -189,6 +189,10 @@ pub struct Config {
     /// RS256 keys (PEM or DER files) that sign federation tokens for OIDC
     /// targets: the first signs, all are published in the JWK set.
     pub federation_keys: Vec<PathBuf>,
+    /// The key-encryption key (32 random bytes, or 64 hex digits) that
+    /// seals the signing keys in the store; without it they are stored in
+    /// the clear.
+    pub key_encryption_key_file: Option<PathBuf>,
 }
 
 /// The webhook that receives approval events.
@@ -222,6 +226,7 @@ impl Config {
             audit: crate::audit::AuditSettings::default(),
             metrics_token_file: None,
             federation_keys: Vec::new(),
+            key_encryption_key_file: None,
         }
     }
 

@@ -11,6 +11,15 @@
 //! with both keys is swapped in first, the signer second. A verifier that
 //! meets the new `kid` and fetches the JWK set therefore always finds it.
 //!
+//! With a key-encryption key (`--key-encryption-key-file`), the private
+//! keys are sealed in the store ([`stint_core::seal`], bound to their
+//! `kid`): a backup of the store, or a read of the shared database, holds
+//! no usable signing key. A key stored in the clear before the
+//! key-encryption key was given is not sealed after the fact (the backups
+//! that hold it are already made): it is retired at start, as after an
+//! algorithm change, and a new sealed key signs. A sealed key without its
+//! key-encryption key, or with another, refuses the start.
+//!
 //! A rotation is audited before it takes effect ([`KeyRing::rotate`]): the
 //! new key exists only in memory until its `keys_rotated` record is
 //! durable, so an audit log that cannot be written leaves the old key
@@ -25,6 +34,7 @@ use std::sync::Arc;
 use stint_core::access_token::{self, Expectations, TokenError};
 use stint_core::claims::AccessTokenClaims;
 use stint_core::jose::{Algorithm, KeySet, SigningKey};
+use stint_core::seal::{SealError, Sealer};
 use stint_core::ttl::MAX_TOKEN_TTL;
 use stint_proto::{Jwk, JwkSet};
 use stint_store::{Store, StoredKey};
@@ -77,6 +87,88 @@ fn still_published(retired_at: Option<i64>, now: i64) -> bool {
         .is_none_or(|at| at + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS > now)
 }
 
+/// The largest key-encryption key file read (64 hex digits and a newline
+/// fit many times over).
+const MAX_KEK_FILE: u64 = 128;
+
+/// What a sealed signing key is bound to, besides its `kid`.
+const SIGNING_KEY_AAD: &[u8] = b"stint signing key v1:";
+
+fn signing_key_aad(kid: &str) -> Vec<u8> {
+    [SIGNING_KEY_AAD, kid.as_bytes()].concat()
+}
+
+/// The key-encryption key from its file: 32 random bytes, or 64 hex
+/// digits. Errors name the file, never its contents.
+pub fn read_key_encryption_key(path: &std::path::Path) -> Result<Sealer, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = std::fs::File::open(path).map_err(|e| {
+        format!(
+            "cannot open the key-encryption key file {}: {e}",
+            path.display()
+        )
+    })?;
+    if let Ok(metadata) = file.metadata()
+        && metadata.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the key-encryption key file is readable by group or others; chmod 600 it");
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_KEK_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            format!(
+                "cannot read the key-encryption key file {}: {e}",
+                path.display()
+            )
+        })?;
+    Sealer::from_key_file_bytes(&bytes).ok_or_else(|| {
+        format!(
+            "the key-encryption key file {} must hold 32 random bytes, or 64 hex digits (head -c 32 /dev/urandom > FILE)",
+            path.display()
+        )
+    })
+}
+
+/// A stored key's private half: opened with `kek` if it is sealed. The
+/// flag says whether it was (a clear key is retired when a `kek` is given).
+fn open_stored(key: &StoredKey, kek: Option<&Sealer>) -> Result<(Vec<u8>, bool), String> {
+    let Some(sealed_by) = Sealer::sealed_key_id(&key.pkcs8) else {
+        return Ok((key.pkcs8.clone(), false));
+    };
+    let Some(kek) = kek else {
+        return Err(format!(
+            "stored key {} is sealed under a key-encryption key (id {sealed_by}): start with --key-encryption-key-file",
+            key.kid
+        ));
+    };
+    match kek.unseal(&key.pkcs8, &signing_key_aad(&key.kid)) {
+        Ok(pkcs8) => Ok((pkcs8, true)),
+        Err(SealError::OtherKey) => Err(format!(
+            "stored key {} is sealed under the key-encryption key with id {sealed_by}, not this one ({}): give the key file it was sealed with",
+            key.kid,
+            kek.key_id()
+        )),
+        Err(why) => Err(format!("stored key {} {why}", key.kid)),
+    }
+}
+
+/// A new key's private half as it is stored: sealed if there is a `kek`.
+fn to_store(
+    kid: &str,
+    pkcs8: Vec<u8>,
+    kek: Option<&Sealer>,
+    rng: &dyn SecureRandom,
+) -> Result<Vec<u8>, String> {
+    match kek {
+        None => Ok(pkcs8),
+        Some(kek) => kek
+            .seal(&pkcs8, &signing_key_aad(kid), rng)
+            .map_err(|why| format!("the new signing key {why}")),
+    }
+}
+
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotation {
@@ -121,16 +213,20 @@ pub struct KeyRing {
     ring: tokio::sync::Mutex<Vec<RingKey>>,
     /// The federation keys' public halves, published after the ring's.
     federation: Vec<Jwk>,
+    /// Seals new keys in the store, if given.
+    kek: Option<Arc<Sealer>>,
 }
 
 impl KeyRing {
     /// Load the keys from `store`, creating a key for `alg` if none signs
-    /// with it yet, and retiring any other key that was signing.
+    /// with it yet, and retiring any other key that was signing (and, with
+    /// a key-encryption key, any kept in the clear).
     pub async fn load_or_create(
         store: &dyn Store,
         alg: Algorithm,
         now: DateTime<Utc>,
         rng: &dyn SecureRandom,
+        kek: Option<Arc<Sealer>>,
     ) -> Result<Self, String> {
         let stored = store.signing_keys().await.map_err(|e| e.to_string())?;
         let mut loaded = Vec::with_capacity(stored.len());
@@ -138,28 +234,33 @@ impl KeyRing {
             let key_alg = Algorithm::from_name(&key.alg).ok_or_else(|| {
                 format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg)
             })?;
-            let signing = SigningKey::from_pkcs8(key_alg, &key.pkcs8, rng)
+            let (pkcs8, sealed) = open_stored(&key, kek.as_deref())?;
+            let signing = SigningKey::from_pkcs8(key_alg, &pkcs8, rng)
                 .map_err(|e| format!("stored key {} cannot be loaded: {e}", key.kid))?;
             if signing.kid() != key.kid {
                 return Err(format!("stored key {} does not match its kid", key.kid));
             }
-            loaded.push((key, signing));
+            if kek.is_some() && !sealed && key.retired_at.is_none() {
+                tracing::warn!(kid = %key.kid, "a signing key is stored in the clear: it is retired now, and a sealed key signs");
+            }
+            // A clear key under a key-encryption key may publish, not sign.
+            let may_sign = sealed || kek.is_none();
+            loaded.push((key, signing, may_sign));
         }
-
-        let active_index = loaded
-            .iter()
-            .rposition(|(stored, signing)| stored.retired_at.is_none() && signing.alg() == alg);
+        let active_index = loaded.iter().rposition(|(stored, signing, may_sign)| {
+            *may_sign && stored.retired_at.is_none() && signing.alg() == alg
+        });
         let active_kid = match active_index {
             Some(i) => loaded
                 .get(i)
-                .map(|(stored, _)| stored.kid.clone())
+                .map(|(stored, _, _)| stored.kid.clone())
                 .unwrap_or_default(),
             None => {
                 let (signing, pkcs8) = SigningKey::generate(alg, rng).map_err(|e| e.to_string())?;
                 let stored = StoredKey {
                     kid: signing.kid().to_owned(),
                     alg: alg.as_str().to_owned(),
-                    pkcs8,
+                    pkcs8: to_store(signing.kid(), pkcs8, kek.as_deref(), rng)?,
                     created_at: now.timestamp(),
                     retired_at: None,
                 };
@@ -167,13 +268,13 @@ impl KeyRing {
                     .insert_signing_key(&stored)
                     .await
                     .map_err(|e| e.to_string())?;
-                tracing::info!(kid = signing.kid(), %alg, "created a new signing key");
+                tracing::info!(kid = signing.kid(), %alg, sealed = kek.is_some(), "created a new signing key");
                 let kid = stored.kid.clone();
-                loaded.push((stored, signing));
+                loaded.push((stored, signing, true));
                 kid
             }
         };
-        for (stored, _) in loaded.iter_mut() {
+        for (stored, _, _) in loaded.iter_mut() {
             if stored.kid != active_kid && stored.retired_at.is_none() {
                 store
                     .retire_signing_key(&stored.kid, now.timestamp())
@@ -186,7 +287,7 @@ impl KeyRing {
 
         let now = now.timestamp();
         let mut ring = Vec::with_capacity(loaded.len());
-        for (stored, signing) in loaded {
+        for (stored, signing, _) in loaded {
             if stored.kid == active_kid || still_published(stored.retired_at, now) {
                 ring.push(RingKey {
                     key: Arc::new(signing),
@@ -207,6 +308,7 @@ impl KeyRing {
             published: ArcSwap::from_pointee(published),
             ring: tokio::sync::Mutex::new(ring),
             federation: Vec::new(),
+            kek,
         })
     }
 
@@ -272,6 +374,8 @@ impl KeyRing {
         });
         let published = publish(&next_ring, &self.federation).map_err(RotationError::Generate)?;
 
+        let pkcs8 = to_store(next.kid(), pkcs8, self.kek.as_deref(), rng)
+            .map_err(RotationError::Generate)?;
         audit(rotation.clone())
             .await
             .map_err(RotationError::Audit)?;
@@ -370,6 +474,7 @@ impl KeyRing {
 /// keys that sign now and those retired within the last hour or so.
 pub fn stored_public_keys(
     store_path: &std::path::Path,
+    kek: Option<&Sealer>,
 ) -> Result<Vec<stint_core::jose::VerifyingKey>, String> {
     let stored =
         stint_store::SqliteStore::read_signing_keys(store_path).map_err(|e| e.to_string())?;
@@ -378,7 +483,8 @@ pub fn stored_public_keys(
     for key in stored {
         let alg = Algorithm::from_name(&key.alg)
             .ok_or_else(|| format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg))?;
-        let signing = SigningKey::from_pkcs8(alg, &key.pkcs8, &rng)
+        let (pkcs8, _) = open_stored(&key, kek)?;
+        let signing = SigningKey::from_pkcs8(alg, &pkcs8, &rng)
             .map_err(|e| format!("stored key {} cannot be loaded: {e}", key.kid))?;
         keys.push(signing.verifying_key());
     }
@@ -415,15 +521,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
         let rng = SystemRandom::new();
-        let first = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_000), &rng)
+        let first = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_000), &rng, None)
             .await
             .unwrap();
-        let again = KeyRing::load_or_create(&store, Algorithm::ES256, at(2_000), &rng)
+        let again = KeyRing::load_or_create(&store, Algorithm::ES256, at(2_000), &rng, None)
             .await
             .unwrap();
         assert_eq!(first.signing_key().kid(), again.signing_key().kid());
 
-        let ed = KeyRing::load_or_create(&store, Algorithm::EdDSA, at(3_000), &rng)
+        let ed = KeyRing::load_or_create(&store, Algorithm::EdDSA, at(3_000), &rng, None)
             .await
             .unwrap();
         assert_eq!(ed.signing_key().alg(), Algorithm::EdDSA);
@@ -431,12 +537,12 @@ mod tests {
         assert_eq!(jwks.keys.len(), 2, "the retired ES256 key stays published");
 
         let still = at(3_000 + i64::from(MAX_TOKEN_TTL.as_secs()));
-        let ed_still = KeyRing::load_or_create(&store, Algorithm::EdDSA, still, &rng)
+        let ed_still = KeyRing::load_or_create(&store, Algorithm::EdDSA, still, &rng, None)
             .await
             .unwrap();
         assert_eq!(ed_still.published_kids().len(), 2, "within the margin");
         let later = at(3_000 + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS);
-        let ed_later = KeyRing::load_or_create(&store, Algorithm::EdDSA, later, &rng)
+        let ed_later = KeyRing::load_or_create(&store, Algorithm::EdDSA, later, &rng, None)
             .await
             .unwrap();
         let jwks: JwkSet = serde_json::from_slice(&ed_later.jwks_json()).unwrap();
@@ -451,5 +557,109 @@ mod tests {
             1,
             "and deleted from the store"
         );
+    }
+
+    fn kek(byte: u8) -> Option<Arc<Sealer>> {
+        Some(Arc::new(Sealer::from_key_file_bytes(&[byte; 32]).unwrap()))
+    }
+
+    #[tokio::test]
+    async fn with_a_key_encryption_key_the_store_holds_only_sealed_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let rng = SystemRandom::new();
+        let ring = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_000), &rng, kek(1))
+            .await
+            .unwrap();
+        let kid = ring.signing_key().kid().to_owned();
+        let stored = store.signing_keys().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert!(Sealer::looks_sealed(&stored[0].pkcs8));
+        assert!(
+            SigningKey::from_pkcs8(Algorithm::ES256, &stored[0].pkcs8, &rng).is_err(),
+            "what the store holds is no key"
+        );
+
+        // The same key-encryption key opens it: the same key signs.
+        let again = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_100), &rng, kek(1))
+            .await
+            .unwrap();
+        assert_eq!(again.signing_key().kid(), kid);
+        // Rotations store the new key sealed too.
+        again
+            .rotate(&store, at(1_200), &rng, |_| async { Ok::<(), ()>(()) })
+            .await
+            .unwrap();
+        let stored = store.signing_keys().await.unwrap();
+        assert_eq!(stored.len(), 2);
+        assert!(stored.iter().all(|key| Sealer::looks_sealed(&key.pkcs8)));
+
+        // Without it, or with another, the start fails: no key is made
+        // over the sealed ones.
+        let without = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_300), &rng, None)
+            .await
+            .unwrap_err();
+        assert!(without.contains("--key-encryption-key-file"), "{without}");
+        let other = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_300), &rng, kek(2))
+            .await
+            .unwrap_err();
+        let (ours, theirs) = (kek(1).unwrap().key_id(), kek(2).unwrap().key_id());
+        assert!(other.contains(&ours) && other.contains(&theirs), "{other}");
+        assert_eq!(store.signing_keys().await.unwrap().len(), 2);
+        assert!(stored_public_keys(&dir.path().join("stint.db"), None).is_err());
+        assert_eq!(
+            stored_public_keys(&dir.path().join("stint.db"), kek(1).as_deref())
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sealed_key_is_bound_to_its_kid() {
+        let rng = SystemRandom::new();
+        let kek = kek(1).unwrap();
+        let (signing, pkcs8) = SigningKey::generate(Algorithm::ES256, &rng).unwrap();
+        let sealed = to_store(signing.kid(), pkcs8, Some(&kek), &rng).unwrap();
+        // The same sealed bytes under another row's kid do not open.
+        let moved = StoredKey {
+            kid: "another-kid".into(),
+            alg: "ES256".into(),
+            pkcs8: sealed,
+            created_at: 1,
+            retired_at: None,
+        };
+        let why = open_stored(&moved, Some(&kek)).unwrap_err();
+        assert!(why.contains("does not open"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn giving_a_key_encryption_key_retires_the_key_kept_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let rng = SystemRandom::new();
+        let clear = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_000), &rng, None)
+            .await
+            .unwrap();
+        let clear_kid = clear.signing_key().kid().to_owned();
+        let sealed = KeyRing::load_or_create(&store, Algorithm::ES256, at(2_000), &rng, kek(1))
+            .await
+            .unwrap();
+        assert_ne!(sealed.signing_key().kid(), clear_kid, "a new key signs");
+        assert!(
+            sealed.published_kids().contains(&clear_kid),
+            "the clear key still verifies its tokens"
+        );
+        let stored = store.signing_keys().await.unwrap();
+        let old = stored.iter().find(|key| key.kid == clear_kid).unwrap();
+        assert_eq!(old.retired_at, Some(2_000));
+        // Once its tokens have expired it is gone from the store.
+        let later = at(2_000 + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS);
+        KeyRing::load_or_create(&store, Algorithm::ES256, later, &rng, kek(1))
+            .await
+            .unwrap();
+        let stored = store.signing_keys().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert!(Sealer::looks_sealed(&stored[0].pkcs8));
     }
 }

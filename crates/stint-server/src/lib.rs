@@ -248,6 +248,19 @@ pub async fn start_with_clock(
     config.validate()?;
     let federation_keys = federation_token::FederationKeys::load(&config.federation_keys)
         .map_err(|e| StartError::Config(ConfigError::FederationKey(e.to_string())))?;
+    let kek = match &config.key_encryption_key_file {
+        Some(path) => Some(Arc::new(
+            keys::read_key_encryption_key(path).map_err(StartError::Keys)?,
+        )),
+        None => {
+            if !config.dev {
+                tracing::warn!(
+                    "no --key-encryption-key-file: the signing keys are stored in the clear, and a copy of the store is a copy of them"
+                );
+            }
+            None
+        }
+    };
     prepare_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let rng = SystemRandom::new();
@@ -326,7 +339,7 @@ pub async fn start_with_clock(
     report_overdue(&policy, now);
     federation_token::warn_if_unsigned(&policy, &federation_keys);
 
-    let keys = KeyRing::load_or_create(store.as_ref(), config.signing_alg, now, &rng)
+    let keys = KeyRing::load_or_create(store.as_ref(), config.signing_alg, now, &rng, kek)
         .await
         .map_err(StartError::Keys)?
         .with_federation_keys(federation_keys.public_jwks())

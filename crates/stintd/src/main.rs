@@ -154,6 +154,14 @@ struct Cli {
     )]
     federation_keys: Vec<PathBuf>,
 
+    /// Seal the signing keys in the store with this key-encryption key: a
+    /// file of 32 random bytes (head -c 32 /dev/urandom > FILE; mode 0600),
+    /// kept apart from the store's backups. Giving it for the first time
+    /// retires the key kept in the clear; losing it loses the keys (a new
+    /// one is not made over them: the start fails).
+    #[arg(long, value_name = "FILE", env = "STINTD_KEY_ENCRYPTION_KEY_FILE")]
+    key_encryption_key_file: Option<PathBuf>,
+
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "STINTD_LOG", default_value = "info")]
     log: String,
@@ -351,6 +359,10 @@ enum Command {
         /// checkpoint (0 for the files of a broker that stopped cleanly).
         #[arg(long)]
         max_unsigned: Option<u64>,
+        /// The key-encryption key the store's signing keys are sealed
+        /// with (as the broker's --key-encryption-key-file).
+        #[arg(long, value_name = "FILE", env = "STINTD_KEY_ENCRYPTION_KEY_FILE")]
+        key_encryption_key_file: Option<PathBuf>,
     },
 }
 
@@ -379,7 +391,16 @@ fn main() -> ExitCode {
             ref jwks,
             ref data_dir,
             max_unsigned,
-        }) => return report(verify_audit(files, jwks, data_dir.as_deref(), max_unsigned)),
+            ref key_encryption_key_file,
+        }) => {
+            return report(verify_audit(
+                files,
+                jwks,
+                data_dir.as_deref(),
+                max_unsigned,
+                key_encryption_key_file.as_deref(),
+            ));
+        }
         None => {}
     }
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -467,6 +488,7 @@ fn config_from(cli: &Cli) -> Config {
         },
         metrics_token_file: cli.metrics_token_file.clone(),
         federation_keys: cli.federation_keys.clone(),
+        key_encryption_key_file: cli.key_encryption_key_file.clone(),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
                 url: url.clone(),
@@ -548,6 +570,7 @@ fn verify_audit(
     jwks: &[PathBuf],
     data_dir: Option<&std::path::Path>,
     max_unsigned: Option<u64>,
+    key_encryption_key_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let mut trusted = stint_core::jose::KeySet::new();
     let mut sources = Vec::new();
@@ -569,7 +592,11 @@ fn verify_audit(
         None => None,
     };
     if let Some(store) = &store {
-        let keys = stint_server::keys::stored_public_keys(store)
+        let kek = key_encryption_key_file
+            .map(stint_server::keys::read_key_encryption_key)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let keys = stint_server::keys::stored_public_keys(store, kek.as_ref())
             .map_err(|e| anyhow::anyhow!("cannot read the signing keys: {e}"))?;
         sources.push(format!("{} ({} keys)", store.display(), keys.len()));
         keys.into_iter().for_each(|key| trusted.insert(key));
