@@ -827,3 +827,93 @@ async fn verify_audit_reports_records_a_killed_broker_never_signed() {
     );
     assert!(stdout.contains("0 records follow it"), "{stdout}");
 }
+
+/// `--key-encryption-key-file` through the real binary: the store file
+/// holds no private key in the clear, a restart with the same key signs
+/// with the same key, one without it refuses to start, and verify-audit
+/// reads the sealed keys with it.
+#[tokio::test]
+async fn signing_keys_are_sealed_in_the_store_under_the_key_encryption_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, [0x5au8; 32]).unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let start = |with_kek: bool| {
+        let mut command = Command::new(STINTD);
+        command.args([
+            "--dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        if with_kek {
+            command.env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek);
+        }
+        command
+    };
+    let daemon = Daemon::start_command(&mut start(true));
+    let creds = dev_credentials(&data);
+    let http = Client::new();
+    let token = mint(&http, &daemon, &creds, "sealed").await;
+    let kid = |token: &str| {
+        let (header, _) = stint_tests::decode_jwt(token);
+        header["kid"].as_str().unwrap().to_owned()
+    };
+    let first_kid = kid(&token);
+    stop_cleanly(daemon);
+
+    // No PKCS#8 key in the clear in the store's files; without the key
+    // there is one (so the check can tell).
+    assert!(!holds_clear_p256_key(&data));
+    let clear = dir.path().join("clear");
+    stop_cleanly(dev_daemon(&clear));
+    assert!(holds_clear_p256_key(&clear));
+
+    let daemon = Daemon::start_command(&mut start(true));
+    assert_eq!(kid(&mint(&http, &daemon, &creds, "again").await), first_kid);
+    stop_cleanly(daemon);
+
+    let (status, _, stderr) = run_to_end(&mut start(false), Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(stderr.contains("--key-encryption-key-file"), "{stderr}");
+
+    let files = audit_files(&data);
+    let data_arg = data.to_str().unwrap();
+    let (ok, _, stderr) = verify_audit(&["--data-dir", data_arg], &files);
+    assert!(!ok);
+    assert!(
+        stderr.contains("sealed under a key-encryption key"),
+        "{stderr}"
+    );
+    let kek_arg = kek.to_str().unwrap();
+    let (ok, stdout, stderr) = verify_audit(
+        &["--data-dir", data_arg, "--key-encryption-key-file", kek_arg],
+        &files,
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("stint.db (1 keys)"), "{stdout}");
+}
+
+/// Whether DATA_DIR/stint.db* holds a P-256 private key in the clear (its
+/// PKCS#8 begins with these bytes).
+fn holds_clear_p256_key(data: &Path) -> bool {
+    let prefix: &[u8] = &[0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07];
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("stint.db")
+        })
+        .any(|path| {
+            std::fs::read(path)
+                .unwrap()
+                .windows(prefix.len())
+                .any(|w| w == prefix)
+        })
+}
