@@ -14,12 +14,12 @@
 //! server where Stint is not superuser, are in the repository's
 //! `docs/targets.md` ("The admin role").
 
-mod tls;
-
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use stint_store::pg_tls as tls;
+use stint_store::postgres::error_chain;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -702,22 +702,6 @@ fn is_concurrent_update(db: &tokio_postgres::error::DbError) -> bool {
 /// few milliseconds; a waiter is bounded by `statement_timeout`.
 /// (The key is arbitrary, and the same in every Stint.)
 const CATALOG_LOCK: &str = "SELECT pg_advisory_xact_lock(6012741437265293313)";
-
-/// An error and its sources, `: `-separated (tokio-postgres puts the detail,
-/// such as the TLS failure, in the source).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
 
 /// Drive `connection` on its own task until the client drops (or the
 /// server goes), keeping privilege warnings for `create`.
