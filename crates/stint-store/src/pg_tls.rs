@@ -26,6 +26,24 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
+/// Set `config`'s TLS demands: over TLS (`tls`), TLS or nothing (never a
+/// fall-back to plain text) and SCRAM bound to this TLS session or nothing
+/// (a server, or someone in the middle with a certificate the roots
+/// accept, asking for the password in clear or as MD5 is refused); without
+/// it, plain TCP.
+pub fn require_tls(config: &mut tokio_postgres::Config, tls: bool) {
+    use tokio_postgres::config::{ChannelBinding, SslMode};
+    if tls {
+        config
+            .ssl_mode(SslMode::Require)
+            .channel_binding(ChannelBinding::Require);
+    } else {
+        config
+            .ssl_mode(SslMode::Disable)
+            .channel_binding(ChannelBinding::Disable);
+    }
+}
+
 /// Roots from `ca_pem`, or Mozilla's (webpki-roots) when `None`.
 pub fn root_store(ca_pem: Option<&[u8]>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();

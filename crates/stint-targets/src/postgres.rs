@@ -241,21 +241,8 @@ impl PostgresUpstream {
             .user(&settings.user)
             .password(settings.password.0.as_bytes())
             .application_name("stint")
-            .connect_timeout(settings.connect_timeout)
-            .ssl_mode(if tls.is_some() {
-                // Never fall back to plain text.
-                tokio_postgres::config::SslMode::Require
-            } else {
-                tokio_postgres::config::SslMode::Disable
-            })
-            // Over TLS, SCRAM bound to this TLS session, or nothing: a
-            // server (or someone in the middle with a certificate the roots
-            // accept) asking for the password in clear or as MD5 is refused.
-            .channel_binding(if tls.is_some() {
-                tokio_postgres::config::ChannelBinding::Require
-            } else {
-                tokio_postgres::config::ChannelBinding::Disable
-            });
+            .connect_timeout(settings.connect_timeout);
+        tls::require_tls(&mut config, tls.is_some());
         Ok(Self {
             inner: Arc::new(Inner {
                 config,

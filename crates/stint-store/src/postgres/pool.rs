@@ -10,7 +10,7 @@
 
 use super::settings::{PostgresStoreSettings, PostgresTls, StorePassword};
 use crate::StoreError;
-use crate::pg_tls::{MakeRustlsConnect, client_config, root_store};
+use crate::pg_tls::{MakeRustlsConnect, client_config, require_tls, root_store};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
@@ -72,20 +72,8 @@ impl Pool {
             // The server gives up on a statement when the client would.
             .options(format!(
                 "-c statement_timeout={statement_timeout} -c idle_in_transaction_session_timeout={statement_timeout}"
-            ))
-            .ssl_mode(if tls.is_some() {
-                // Never fall back to plain text.
-                tokio_postgres::config::SslMode::Require
-            } else {
-                tokio_postgres::config::SslMode::Disable
-            })
-            // Over TLS, SCRAM bound to this TLS session, or nothing: a
-            // server asking for the password in clear or as MD5 is refused.
-            .channel_binding(if tls.is_some() {
-                tokio_postgres::config::ChannelBinding::Require
-            } else {
-                tokio_postgres::config::ChannelBinding::Disable
-            });
+            ));
+        require_tls(&mut config, tls.is_some());
         Ok(Self {
             config,
             tls,
