@@ -575,6 +575,23 @@ pub fn served_certificate(ca_pem: &str, addr: SocketAddr) -> Vec<u8> {
     stream.conn.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// A workspace binary (`stintd`, `stint`): `$VAR`, or beside the running
+/// test's own directory (`target/debug/deps/..`). Build it first:
+/// `cargo build -p stintd -p stint-cli`.
+pub fn workspace_binary(name: &str, var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (cargo build -p stintd -p stint-cli) or set {var}",
+        path.display()
+    );
+    path
+}
+
 /// The real `stintd` binary, started with `args`, stopped on drop.
 pub struct Daemon {
     pub child: Child,

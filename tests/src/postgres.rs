@@ -422,6 +422,48 @@ impl PgCluster {
         }
     }
 
+    /// A database `database` for a broker's store and its role `role`,
+    /// with only the privileges docs/operations.md ("PostgreSQL store")
+    /// lists: CONNECT, and USAGE and CREATE on the schema `public` (CREATE
+    /// only for the first migration). Settings for it, plain TCP to
+    /// 127.0.0.1, pool 4, 2 s timeout.
+    pub async fn create_store_database(
+        &self,
+        database: &str,
+        role: &str,
+        password: &str,
+    ) -> stint_store::PostgresStoreSettings {
+        let client = self.superuser_client().await;
+        for statement in [
+            format!("CREATE ROLE \"{role}\" WITH LOGIN PASSWORD '{password}'"),
+            format!("CREATE DATABASE \"{database}\""),
+            format!("REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC"),
+            format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{role}\""),
+        ] {
+            client
+                .batch_execute(&statement)
+                .await
+                .unwrap_or_else(|error| panic!("{statement}: {error}"));
+        }
+        self.superuser_client_in(database)
+            .await
+            .batch_execute(&format!(
+                "GRANT USAGE, CREATE ON SCHEMA public TO \"{role}\""
+            ))
+            .await
+            .unwrap();
+        stint_store::PostgresStoreSettings {
+            host: "127.0.0.1".to_owned(),
+            port: self.port,
+            user: role.to_owned(),
+            password: stint_store::StorePassword::new(password.to_owned()),
+            database: database.to_owned(),
+            tls: stint_store::PostgresTls::Disable,
+            pool_size: 4,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
     /// Create the admin role `name`. A superuser, or, with `superuser`
     /// false, the least a managed server's admin has, as
     /// `docs/targets.md` ("The admin role") documents: CREATEROLE and

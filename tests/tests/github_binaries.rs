@@ -20,21 +20,7 @@ use std::time::{Duration, Instant};
 use stint_tests::github::{FakeGithub, Fault, Route};
 use stint_tests::{Daemon, eventually, policy_with, test_secret};
 
-/// A workspace binary: `$VAR`, or beside this test's own directory
-/// (`target/debug/deps/..`).
-fn binary(name: &str, var: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(var) {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: build it first (cargo build -p stintd -p stint-cli) or set {var}",
-        path.display()
-    );
-    path
-}
+use stint_tests::workspace_binary as binary;
 
 struct Setup {
     github: FakeGithub,

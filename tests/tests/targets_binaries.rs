@@ -21,21 +21,7 @@ const ADMIN: &str = "wh_admin";
 const ADMIN_PASSWORD: &str = "wh-admin-password-9d2e";
 const DATABASE: &str = "analytics";
 
-/// A workspace binary: `$VAR`, or beside this test's own directory
-/// (`target/debug/deps/..`).
-fn binary(name: &str, var: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(var) {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: build it first (cargo build -p stintd -p stint-cli) or set {var}",
-        path.display()
-    );
-    path
-}
+use stint_tests::workspace_binary as binary;
 
 struct Setup {
     cluster: PgCluster,

@@ -22,6 +22,18 @@ pub enum PolicySource {
     Demo,
 }
 
+/// Where the store (revocations, signing keys, approvals, status lists,
+/// target credentials) lives. The audit log is a file in the data
+/// directory either way.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreConfig {
+    /// SQLite, `stint.db` in the data directory (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database.
+    Postgres(stint_store::PostgresStoreSettings),
+}
+
 /// PEM files for the TLS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -150,8 +162,11 @@ pub struct ClientCertificates {
 pub struct Config {
     /// The address to listen on.
     pub listen: SocketAddr,
-    /// Where the store, the audit log and `dev-client.json` live.
+    /// Where the audit log and `dev-client.json` live, and the store
+    /// unless `store` says otherwise.
     pub data_dir: PathBuf,
+    /// The store.
+    pub store: StoreConfig,
     /// The issuer URL; derived from the listener when absent.
     pub issuer: Option<String>,
     /// The policy.
@@ -210,6 +225,7 @@ impl Config {
         Self {
             listen,
             data_dir,
+            store: StoreConfig::Sqlite,
             issuer: None,
             policy: PolicySource::Demo,
             tls: None,
@@ -272,6 +288,11 @@ impl Config {
         }
         if !self.audit.is_valid() {
             return Err(ConfigError::BadAuditSettings);
+        }
+        if let StoreConfig::Postgres(settings) = &self.store {
+            settings
+                .validate()
+                .map_err(|e| ConfigError::Store(e.to_string()))?;
         }
         self.limits.validate()
     }
@@ -414,6 +435,10 @@ pub enum ConfigError {
         "--audit-rotate-size must be 0 (never) or at least 4K, and --audit-checkpoint-interval 1 to 3600 seconds"
     )]
     BadAuditSettings,
+    /// The store's settings are unusable (the message never holds a
+    /// password).
+    #[error("--store: {0}")]
+    Store(String),
     /// A timeout, cap or rate of zero, which would refuse everything.
     #[error(
         "every limit (timeouts, connection and request caps, rates and bursts) must be above zero"

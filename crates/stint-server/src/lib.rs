@@ -35,7 +35,8 @@ pub mod webhook;
 
 pub use audit::AuditSettings;
 pub use config::{
-    ClientCertificates, Config, ConfigError, Limits, PolicySource, Rate, TlsFiles, WebhookTarget,
+    ClientCertificates, Config, ConfigError, Limits, PolicySource, Rate, StoreConfig, TlsFiles,
+    WebhookTarget,
 };
 pub use dev::{DEMO_CLIENT_ID, DEV_CLIENT_FILE};
 pub use error::StartError;
@@ -58,7 +59,7 @@ use stint_core::policy::Policy;
 use stint_core::revocation::RevocationSet;
 use stint_core::{Clock, SystemClock, secret};
 use stint_proto::{self as proto, AuthorizationServerMetadata, DevClient};
-use stint_store::{SqliteStore, Store};
+use stint_store::{PostgresStore, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -81,6 +82,8 @@ pub struct RunningServer {
     state: Arc<AppState>,
     dev_client: Option<PathBuf>,
     data_dir: PathBuf,
+    /// Where the store is, for the banner.
+    store_description: String,
     shutdown: Option<oneshot::Sender<()>>,
     serve_task: JoinHandle<()>,
     purge_task: JoinHandle<()>,
@@ -166,10 +169,12 @@ impl RunningServer {
         };
         let mut text = format!(
             "stintd listening on {issuer}{scheme_note}\n\
-             data directory: {dir} (store {STORE_FILE}, audit log {AUDIT_FILE})\n\
+             data directory: {dir} (audit log {AUDIT_FILE})\n\
+             store: {store}\n\
              metadata: {issuer}{metadata}\n",
             issuer = self.state.issuer,
             dir = self.data_dir.display(),
+            store = self.store_description,
             metadata = proto::METADATA_PATH,
         );
         if let Some(path) = &self.dev_client {
@@ -276,7 +281,18 @@ pub async fn start_with_clock(
     let audit = AuditLog::start_with(sink, chain, metrics.clone(), config.audit, clock.clone())
         .map_err(|e| audit_error(e.to_string()))?;
 
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir.join(STORE_FILE))?);
+    let (store, store_description): (Arc<dyn Store>, String) = match &config.store {
+        StoreConfig::Sqlite => {
+            let path = config.data_dir.join(STORE_FILE);
+            let description = format!("sqlite {}", path.display());
+            (Arc::new(SqliteStore::open(&path)?), description)
+        }
+        StoreConfig::Postgres(settings) => {
+            let store = PostgresStore::open(settings).await?;
+            let description = format!("postgresql {}", store.endpoint());
+            (Arc::new(store), description)
+        }
+    };
 
     // The policy, audited either way.
     let now = clock.now();
@@ -542,6 +558,7 @@ pub async fn start_with_clock(
         state,
         dev_client,
         data_dir: config.data_dir,
+        store_description,
         shutdown: Some(shutdown_tx),
         serve_task,
         purge_task,

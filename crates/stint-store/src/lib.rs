@@ -7,20 +7,31 @@
 //!
 //! Backends implement [`Store`] and must pass the suite in
 //! [`conformance`] (feature `conformance`). The embedded default is
-//! [`SqliteStore`]: one file, no server.
+//! [`SqliteStore`]: one file, no server. [`PostgresStore`] keeps the same
+//! schema in a PostgreSQL database (13 or later).
 
+pub mod pg_tls;
+pub mod postgres;
 mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use postgres::{
+    PostgresStore, PostgresStoreSettings, PostgresTls, StorePassword, StoreUrlError,
+};
 pub use sqlite::SqliteStore;
+
+/// The schema version every backend writes (SQLite's `PRAGMA
+/// user_version`, PostgreSQL's `stint_schema` row), so that the two can
+/// never describe different schemas under one number.
+pub const SCHEMA_VERSION: i64 = 8;
 
 use async_trait::async_trait;
 use std::fmt;
 use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
-use stint_core::target_credential::TargetCredential;
+use stint_core::target_credential::{CredentialState, TargetCredential};
 use thiserror::Error;
 
 /// A store failure. Messages name the operation, never a key or token.
@@ -216,4 +227,111 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;
+}
+
+/// The columns of `target_credentials`, in the order both backends read
+/// and write them (a macro, so that `concat!` can build statements).
+macro_rules! credential_columns {
+    () => {
+        "id, jti, sub, client_id, job, step, approval, issued_at, expires_at, target, kind,
+         upstream_id, server, database, effective, state, trigger, attempts, next_attempt_at,
+         last_error, created_at, finished_at, revoke_requested_at, sealed, grant_detail"
+    };
+}
+pub(crate) use credential_columns;
+
+/// A credential's grant as stored: JSON, or NULL.
+pub(crate) fn grant_json(c: &TargetCredential) -> Result<Option<String>, StoreError> {
+    c.grant
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("target credential grant: {e}")))
+}
+
+/// A backend's row, read by column index: what
+/// [`read_credential`] needs of it.
+pub(crate) trait ReadColumns {
+    type Error;
+    fn text(&self, index: usize) -> Result<String, Self::Error>;
+    fn text_opt(&self, index: usize) -> Result<Option<String>, Self::Error>;
+    fn int(&self, index: usize) -> Result<i64, Self::Error>;
+    fn int_opt(&self, index: usize) -> Result<Option<i64>, Self::Error>;
+    fn bytes_opt(&self, index: usize) -> Result<Option<Vec<u8>>, Self::Error>;
+}
+
+/// A `target_credentials` row ([`credential_columns`]) as read, before
+/// its text columns are parsed (outside the backend's own error type).
+pub(crate) struct CredentialRow {
+    credential: TargetCredential,
+    state: String,
+    trigger: Option<String>,
+    attempts: i64,
+    grant: Option<String>,
+}
+
+pub(crate) fn read_credential<R: ReadColumns>(row: &R) -> Result<CredentialRow, R::Error> {
+    Ok(CredentialRow {
+        credential: TargetCredential {
+            id: row.text(0)?,
+            jti: row.text(1)?,
+            sub: row.text(2)?,
+            client_id: row.text(3)?,
+            job: row.text(4)?,
+            step: row.text(5)?,
+            approval: row.text_opt(6)?,
+            issued_at: row.int(7)?,
+            expires_at: row.int(8)?,
+            target: row.text(9)?,
+            kind: row.text(10)?,
+            upstream_id: row.text(11)?,
+            server: row.text(12)?,
+            database: row.text_opt(13)?,
+            effective: row
+                .text(14)?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            // Parsed in `CredentialRow::finish`.
+            state: CredentialState::Minting,
+            trigger: None,
+            attempts: 0,
+            next_attempt_at: row.int(18)?,
+            last_error: row.text_opt(19)?,
+            created_at: row.int(20)?,
+            finished_at: row.int_opt(21)?,
+            revoke_requested_at: row.int_opt(22)?,
+            sealed: row.bytes_opt(23)?,
+            grant: None,
+        },
+        state: row.text(15)?,
+        trigger: row.text_opt(16)?,
+        attempts: row.int(17)?,
+        grant: row.text_opt(24)?,
+    })
+}
+
+impl CredentialRow {
+    /// The credential, its state, trigger, attempts and grant parsed.
+    pub(crate) fn finish(self) -> Result<TargetCredential, StoreError> {
+        let mut credential = self.credential;
+        credential.state = self.state.parse().map_err(StoreError::Corrupt)?;
+        credential.trigger = self
+            .trigger
+            .map(|t| t.parse())
+            .transpose()
+            .map_err(StoreError::Corrupt)?;
+        credential.attempts = u32::try_from(self.attempts).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "target credential {} has {} attempts",
+                credential.id, self.attempts
+            ))
+        })?;
+        credential.grant = self
+            .grant
+            .map(|g| serde_json::from_str(&g))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("target credential grant: {e}")))?;
+        Ok(credential)
+    }
 }

@@ -9,7 +9,10 @@
 //! one mutex. Writes are revocations and key changes, which are rare next to
 //! mints, and reads happen only at start-up: the hot path never comes here.
 
-use crate::{LiveRevocations, Store, StoreError, StoredKey, StoredStatusList};
+use crate::{
+    LiveRevocations, ReadColumns, SCHEMA_VERSION, Store, StoreError, StoredKey, StoredStatusList,
+    credential_columns, grant_json, read_credential,
+};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fs::{OpenOptions, Permissions};
@@ -19,9 +22,6 @@ use std::sync::{Arc, Mutex};
 use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
 use stint_core::target_credential::TargetCredential;
-
-/// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revoked_tokens (
@@ -112,13 +112,23 @@ CREATE TABLE IF NOT EXISTS status_entries (
 ) STRICT;
 ";
 
-/// A credential's grant as stored: JSON, or NULL.
-fn grant_json(c: &TargetCredential) -> Result<Option<String>, StoreError> {
-    c.grant
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("target credential grant: {e}")))
+impl ReadColumns for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+    fn text(&self, index: usize) -> rusqlite::Result<String> {
+        self.get(index)
+    }
+    fn text_opt(&self, index: usize) -> rusqlite::Result<Option<String>> {
+        self.get(index)
+    }
+    fn int(&self, index: usize) -> rusqlite::Result<i64> {
+        self.get(index)
+    }
+    fn int_opt(&self, index: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(index)
+    }
+    fn bytes_opt(&self, index: usize) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.get(index)
+    }
 }
 
 /// The SQLite store.
@@ -595,13 +605,13 @@ impl Store for SqliteStore {
         let grant = grant_json(&c)?;
         self.run("record target credential", move |db| {
             db.execute(
-                "INSERT INTO target_credentials (id, jti, sub, client_id, job, step, approval,
-                   issued_at, expires_at, target, kind, upstream_id, server, database, effective,
-                   state, trigger, attempts, next_attempt_at, last_error, created_at, finished_at,
-                   revoke_requested_at, sealed, grant_detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                   ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
-                 ON CONFLICT (jti, target) DO NOTHING",
+                concat!(
+                    "INSERT INTO target_credentials (",
+                    credential_columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                       ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
+                     ON CONFLICT (jti, target) DO NOTHING"
+                ),
                 params![
                     c.id,
                     c.jti,
@@ -679,69 +689,16 @@ impl Store for SqliteStore {
     async fn unfinished_target_credentials(&self) -> Result<Vec<TargetCredential>, StoreError> {
         let rows = self
             .run("load target credentials", |db| {
-                let mut statement = db.prepare(
-                    "SELECT id, jti, sub, client_id, job, step, approval, issued_at, expires_at,
-                       target, kind, upstream_id, server, database, effective, state, trigger,
-                       attempts, next_attempt_at, last_error, created_at, finished_at,
-                       revoke_requested_at, sealed, grant_detail
-                     FROM target_credentials WHERE state <> 'revoked'
-                     ORDER BY created_at, id",
-                )?;
-                let rows = statement.query_map([], |row| {
-                    Ok((
-                        TargetCredential {
-                            id: row.get(0)?,
-                            jti: row.get(1)?,
-                            sub: row.get(2)?,
-                            client_id: row.get(3)?,
-                            job: row.get(4)?,
-                            step: row.get(5)?,
-                            approval: row.get(6)?,
-                            issued_at: row.get(7)?,
-                            expires_at: row.get(8)?,
-                            target: row.get(9)?,
-                            kind: row.get(10)?,
-                            upstream_id: row.get(11)?,
-                            server: row.get(12)?,
-                            database: row.get(13)?,
-                            effective: row
-                                .get::<_, String>(14)?
-                                .split_whitespace()
-                                .map(str::to_owned)
-                                .collect(),
-                            state: stint_core::target_credential::CredentialState::Minting,
-                            trigger: None,
-                            attempts: row.get(17)?,
-                            next_attempt_at: row.get(18)?,
-                            last_error: row.get(19)?,
-                            created_at: row.get(20)?,
-                            finished_at: row.get(21)?,
-                            revoke_requested_at: row.get(22)?,
-                            sealed: row.get(23)?,
-                            grant: None,
-                        },
-                        row.get::<_, String>(15)?,
-                        row.get::<_, Option<String>>(16)?,
-                        row.get::<_, Option<String>>(24)?,
-                    ))
-                })?;
+                let mut statement = db.prepare(concat!(
+                    "SELECT ",
+                    credential_columns!(),
+                    " FROM target_credentials WHERE state <> 'revoked' ORDER BY created_at, id"
+                ))?;
+                let rows = statement.query_map([], |row| read_credential(row))?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
-        rows.into_iter()
-            .map(|(mut credential, state, trigger, grant)| {
-                credential.state = state.parse().map_err(StoreError::Corrupt)?;
-                credential.grant = grant
-                    .map(|g| serde_json::from_str(&g))
-                    .transpose()
-                    .map_err(|e| StoreError::Corrupt(format!("target credential grant: {e}")))?;
-                credential.trigger = trigger
-                    .map(|t| t.parse())
-                    .transpose()
-                    .map_err(StoreError::Corrupt)?;
-                Ok(credential)
-            })
-            .collect()
+        rows.into_iter().map(crate::CredentialRow::finish).collect()
     }
 
     async fn purge_target_credentials(&self, before: i64) -> Result<u64, StoreError> {

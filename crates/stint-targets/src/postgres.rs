@@ -14,12 +14,12 @@
 //! server where Stint is not superuser, are in the repository's
 //! `docs/targets.md` ("The admin role").
 
-mod tls;
-
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use stint_store::pg_tls as tls;
+use stint_store::postgres::error_chain;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -241,21 +241,8 @@ impl PostgresUpstream {
             .user(&settings.user)
             .password(settings.password.0.as_bytes())
             .application_name("stint")
-            .connect_timeout(settings.connect_timeout)
-            .ssl_mode(if tls.is_some() {
-                // Never fall back to plain text.
-                tokio_postgres::config::SslMode::Require
-            } else {
-                tokio_postgres::config::SslMode::Disable
-            })
-            // Over TLS, SCRAM bound to this TLS session, or nothing: a
-            // server (or someone in the middle with a certificate the roots
-            // accept) asking for the password in clear or as MD5 is refused.
-            .channel_binding(if tls.is_some() {
-                tokio_postgres::config::ChannelBinding::Require
-            } else {
-                tokio_postgres::config::ChannelBinding::Disable
-            });
+            .connect_timeout(settings.connect_timeout);
+        tls::require_tls(&mut config, tls.is_some());
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -702,22 +689,6 @@ fn is_concurrent_update(db: &tokio_postgres::error::DbError) -> bool {
 /// few milliseconds; a waiter is bounded by `statement_timeout`.
 /// (The key is arbitrary, and the same in every Stint.)
 const CATALOG_LOCK: &str = "SELECT pg_advisory_xact_lock(6012741437265293313)";
-
-/// An error and its sources, `: `-separated (tokio-postgres puts the detail,
-/// such as the TLS failure, in the source).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
 
 /// Drive `connection` on its own task until the client drops (or the
 /// server goes), keeping privilege warnings for `create`.

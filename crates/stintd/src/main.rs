@@ -1,7 +1,8 @@
 //! `stintd`: parse arguments, set up logging, run the broker library.
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use stint_core::jose::Algorithm;
 use stint_core::policy::Policy;
 use stint_server::config::DEFAULT_DEV_PORT;
-use stint_server::{Config, Limits, PolicySource, Rate, StartError, TlsFiles};
+use stint_server::{Config, Limits, PolicySource, Rate, StartError, StoreConfig, TlsFiles};
+use stint_store::{PostgresStoreSettings, PostgresTls, StorePassword};
 use tracing_subscriber::EnvFilter;
 
 mod core_dumps;
@@ -28,9 +30,37 @@ struct Cli {
     #[arg(long, env = "STINTD_DEV")]
     dev: bool,
 
-    /// Where the store, the audit log and the signing keys live.
+    /// Where the audit log lives, and the store (with the signing keys)
+    /// unless --store puts it elsewhere.
     #[arg(long, env = "STINTD_DATA_DIR", default_value = "./stint-data")]
     data_dir: PathBuf,
+
+    /// Where the store lives: `sqlite:` (the default: DATA_DIR/stint.db), or
+    /// a PostgreSQL database,
+    /// postgres://USER@HOST[:PORT]/DATABASE[?sslmode=verify-full&sslrootcert=FILE]
+    /// (sslmode verify-full, the default, or require, which means the same;
+    /// disable only for a loopback host). Without a password: give it in
+    /// --store-password-file or STINTD_STORE_PASSWORD.
+    #[arg(long, env = "STINTD_STORE", value_name = "URL")]
+    store: Option<String>,
+
+    /// A file holding the PostgreSQL store role's password (one line).
+    #[arg(long, env = "STINTD_STORE_PASSWORD_FILE", value_name = "FILE")]
+    store_password_file: Option<PathBuf>,
+
+    /// The CA bundle (PEM) the PostgreSQL store's certificate must chain
+    /// to [default: the URL's sslrootcert, else Mozilla's roots].
+    #[arg(long, env = "STINTD_STORE_CA_FILE", value_name = "FILE")]
+    store_ca_file: Option<PathBuf>,
+
+    /// Connections to the PostgreSQL store open at most.
+    #[arg(long, env = "STINTD_STORE_POOL_SIZE", default_value_t = stint_store::postgres::DEFAULT_POOL_SIZE)]
+    store_pool_size: usize,
+
+    /// Seconds one PostgreSQL store operation may take, connecting
+    /// included, before it fails.
+    #[arg(long, env = "STINTD_STORE_TIMEOUT", default_value_t = stint_store::postgres::DEFAULT_TIMEOUT.as_secs())]
+    store_timeout: u64,
 
     /// The address to listen on [default: 127.0.0.1:8780].
     #[arg(long, env = "STINTD_LISTEN")]
@@ -381,7 +411,12 @@ fn main() -> ExitCode {
         eprintln!("stintd: {error}; refusing to run, so that no crash dump can hold a key");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let store_url_from_env = matches.value_source("store") == Some(ValueSource::EnvVariable);
     match cli.command {
         Some(Command::NewClient { ref name }) => return report(new_client(name)),
         Some(Command::NewOperator { ref name }) => return report(new_operator(name)),
@@ -416,7 +451,15 @@ fn main() -> ExitCode {
     } else {
         subscriber.init();
     }
-    let config = config_from(&cli);
+    let mut config = config_from(&cli);
+    let env_password = std::env::var("STINTD_STORE_PASSWORD").ok();
+    match store_config(&cli, store_url_from_env, env_password) {
+        Ok(store) => config.store = store,
+        Err(error) => {
+            eprintln!("stintd: {error:#}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -461,6 +504,8 @@ fn config_from(cli: &Cli) -> Config {
             .listen
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_DEV_PORT))),
         data_dir: cli.data_dir.clone(),
+        // Set from --store by `store_config`, which reads files.
+        store: StoreConfig::Sqlite,
         issuer: cli.issuer.clone(),
         policy,
         tls,
@@ -497,6 +542,88 @@ fn config_from(cli: &Cli) -> Config {
             _ => None,
         },
     }
+}
+
+/// The store from `--store` and its flags. `url_from_env`: the URL came
+/// from STINTD_STORE, which others on the machine cannot read (a command
+/// line they can), so a password in it is accepted, with a warning.
+/// `env_password`: STINTD_STORE_PASSWORD.
+fn store_config(
+    cli: &Cli,
+    url_from_env: bool,
+    env_password: Option<String>,
+) -> anyhow::Result<StoreConfig> {
+    let url = match cli.store.as_deref().map(str::trim) {
+        None | Some("sqlite" | "sqlite:") => {
+            if cli.store_password_file.is_some() || cli.store_ca_file.is_some() {
+                anyhow::bail!(
+                    "--store-password-file and --store-ca-file are for a PostgreSQL store (--store postgres://...)"
+                );
+            }
+            return Ok(StoreConfig::Sqlite);
+        }
+        Some(url) if stint_store::postgres::is_postgres_url(url) => url,
+        Some(_) => anyhow::bail!(
+            "--store must be sqlite: (the store in --data-dir, the default) or a PostgreSQL URL, postgres://USER@HOST[:PORT]/DATABASE"
+        ),
+    };
+    let mut settings = if url_from_env {
+        PostgresStoreSettings::parse_url(url)?
+    } else {
+        PostgresStoreSettings::parse_url_for_cli(url)?
+    };
+    let url_password = !settings.password.is_empty();
+    let sources = [
+        url_password,
+        cli.store_password_file.is_some(),
+        env_password.is_some(),
+    ];
+    if sources.iter().filter(|given| **given).count() > 1 {
+        anyhow::bail!(
+            "the PostgreSQL store's password is given more than once: give one of --store-password-file, STINTD_STORE_PASSWORD, or a password in STINTD_STORE"
+        );
+    }
+    if let Some(file) = &cli.store_password_file {
+        settings.password = StorePassword::new(read_password_file(file)?);
+    } else if let Some(password) = env_password {
+        settings.password = StorePassword::new(password);
+    } else if url_password {
+        tracing::warn!(
+            "STINTD_STORE holds the store's password; --store-password-file (a file only stintd's user can read) is preferred"
+        );
+    }
+    if let Some(ca_file) = &cli.store_ca_file {
+        match &mut settings.tls {
+            PostgresTls::Require {
+                ca_file: slot @ None,
+            } => *slot = Some(ca_file.clone()),
+            PostgresTls::Require { ca_file: Some(_) } => {
+                anyhow::bail!("--store-ca-file and the URL's sslrootcert both give a CA: give one")
+            }
+            PostgresTls::Disable => {
+                anyhow::bail!("--store-ca-file does not go with sslmode=disable")
+            }
+        }
+    }
+    settings.pool_size = cli.store_pool_size;
+    settings.timeout = Duration::from_secs(cli.store_timeout);
+    settings.validate()?;
+    Ok(StoreConfig::Postgres(settings))
+}
+
+/// A password file's first line (a trailing newline is not part of it).
+fn read_password_file(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read --store-password-file {}", file.display()))?;
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() || password.contains(['\n', '\r']) {
+        anyhow::bail!(
+            "--store-password-file {} must hold the password on one line",
+            file.display()
+        );
+    }
+    Ok(password.to_owned())
 }
 
 fn new_client(name: &str) -> anyhow::Result<()> {
@@ -778,6 +905,78 @@ mod tests {
         let policy = Policy::parse("configmap-policy.yaml", &text)
             .unwrap_or_else(|errors| panic!("{errors}"));
         assert!(policy.workflows().count() > 0);
+    }
+
+    fn store(args: &[&str], from_env: bool, password: Option<&str>) -> anyhow::Result<StoreConfig> {
+        let cli = Cli::try_parse_from(["stintd"].iter().chain(args)).unwrap();
+        store_config(&cli, from_env, password.map(str::to_owned))
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_told_otherwise() {
+        assert_eq!(store(&[], false, None).unwrap(), StoreConfig::Sqlite);
+        assert_eq!(
+            store(&["--store", "sqlite:"], false, None).unwrap(),
+            StoreConfig::Sqlite
+        );
+        assert!(store(&["--store", "/var/lib/x"], false, None).is_err());
+        assert!(store(&["--store-ca-file", "ca.pem"], false, None).is_err());
+    }
+
+    #[test]
+    fn a_postgres_store_takes_its_password_from_one_place_not_the_command_line() {
+        let url = "postgres://stint@db.example.com/stint";
+        let StoreConfig::Postgres(settings) = store(&["--store", url], false, Some("pw")).unwrap()
+        else {
+            panic!("not postgres");
+        };
+        assert_eq!(settings.password, StorePassword::new("pw".into()));
+        assert_eq!(settings.tls, PostgresTls::Require { ca_file: None });
+
+        let with_password = "postgres://stint:hunter22@db.example.com/stint";
+        let error = store(&["--store", with_password], false, None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("password"), "{error}");
+        assert!(!error.contains("hunter22"), "{error}");
+        // From STINTD_STORE it is accepted (with a warning), but not twice.
+        assert!(store(&["--store", with_password], true, None).is_ok());
+        assert!(store(&["--store", with_password], true, Some("pw")).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let file = file.to_str().unwrap();
+        let StoreConfig::Postgres(settings) = store(
+            &[
+                "--store",
+                url,
+                "--store-password-file",
+                file,
+                "--store-ca-file",
+                "/ca.pem",
+            ],
+            false,
+            None,
+        )
+        .unwrap() else {
+            panic!("not postgres");
+        };
+        assert_eq!(settings.password, StorePassword::new("from-file".into()));
+        assert_eq!(
+            settings.tls,
+            PostgresTls::Require {
+                ca_file: Some("/ca.pem".into())
+            }
+        );
+        assert!(
+            store(
+                &["--store", url, "--store-password-file", file],
+                false,
+                Some("pw")
+            )
+            .is_err()
+        );
     }
 
     #[test]

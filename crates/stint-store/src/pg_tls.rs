@@ -1,4 +1,5 @@
-//! TLS for admin connections: a small `MakeTlsConnect` over tokio-rustls.
+//! TLS for PostgreSQL connections (the store's, and stint-targets' admin
+//! connections): a small `MakeTlsConnect` over tokio-rustls.
 //!
 //! Why not tokio-postgres-rustls: it brings x509-cert, der and spki only to
 //! compute the `tls-server-end-point` channel binding. This connector is a
@@ -25,8 +26,26 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
+/// Set `config`'s TLS demands: over TLS (`tls`), TLS or nothing (never a
+/// fall-back to plain text) and SCRAM bound to this TLS session or nothing
+/// (a server, or someone in the middle with a certificate the roots
+/// accept, asking for the password in clear or as MD5 is refused); without
+/// it, plain TCP.
+pub fn require_tls(config: &mut tokio_postgres::Config, tls: bool) {
+    use tokio_postgres::config::{ChannelBinding, SslMode};
+    if tls {
+        config
+            .ssl_mode(SslMode::Require)
+            .channel_binding(ChannelBinding::Require);
+    } else {
+        config
+            .ssl_mode(SslMode::Disable)
+            .channel_binding(ChannelBinding::Disable);
+    }
+}
+
 /// Roots from `ca_pem`, or Mozilla's (webpki-roots) when `None`.
-pub(crate) fn root_store(ca_pem: Option<&[u8]>) -> Result<RootCertStore, String> {
+pub fn root_store(ca_pem: Option<&[u8]>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     match ca_pem {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -48,10 +67,7 @@ pub(crate) fn root_store(ca_pem: Option<&[u8]>) -> Result<RootCertStore, String>
 
 /// A rustls client configuration (ring) that verifies the chain against
 /// `roots`, and the host name too when `check_host_name`.
-pub(crate) fn client_config(
-    roots: RootCertStore,
-    check_host_name: bool,
-) -> Result<ClientConfig, String> {
+pub fn client_config(roots: RootCertStore, check_host_name: bool) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -123,12 +139,12 @@ impl ServerCertVerifier for ChainOnlyVerifier {
 
 /// Makes a TLS connector for each connection tokio-postgres opens.
 #[derive(Clone)]
-pub(crate) struct MakeRustlsConnect {
+pub struct MakeRustlsConnect {
     config: Arc<ClientConfig>,
 }
 
 impl MakeRustlsConnect {
-    pub(crate) fn new(config: ClientConfig) -> Self {
+    pub fn new(config: ClientConfig) -> Self {
         Self {
             config: Arc::new(config),
         }
@@ -152,7 +168,7 @@ where
 }
 
 /// The connector for one connection.
-pub(crate) struct RustlsConnect {
+pub struct RustlsConnect {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
 }
@@ -177,7 +193,7 @@ where
 }
 
 /// A TLS session to the server.
-pub(crate) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
     fn poll_read(
@@ -237,7 +253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
 /// its signature's hash function, SHA-256 for MD5 and SHA-1 ones; `None`
 /// for a signature without a hash function (Ed25519), for which no binding
 /// is defined (and PostgreSQL offers none).
-pub(crate) fn server_end_point(certificate: &[u8]) -> Option<Vec<u8>> {
+pub fn server_end_point(certificate: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::oid_registry as oids;
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
     let algorithm = &parsed.signature_algorithm.algorithm;

@@ -1,0 +1,873 @@
+//! The PostgreSQL backend: the SQLite backend's schema (same tables, same
+//! semantics, same [`SCHEMA_VERSION`]) in a PostgreSQL database, for
+//! brokers that keep their state off the machine they run on.
+//!
+//! Durability: every write is one transaction, committed (with
+//! `synchronous_commit` on, as by default) before the call returns.
+//! Every operation is bounded by the settings' timeout: a server that is
+//! down or hangs gives [`StoreError::Backend`], never a wait without end.
+//!
+//! The schema is applied by the first broker to open an empty database,
+//! under a transaction-level advisory lock, so that brokers starting at
+//! once apply it exactly once; that first open needs `CREATE` on the schema
+//! the tables go in (the first one on the role's `search_path`), later
+//! ones only `SELECT`, `INSERT`, `UPDATE` and `DELETE` on the tables.
+//! Nothing from a caller reaches SQL except as a bind parameter.
+
+mod pool;
+mod settings;
+
+pub use pool::error_chain;
+pub use settings::{
+    DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT, PostgresStoreSettings, PostgresTls,
+    StorePassword, StoreUrlError, is_postgres_url,
+};
+
+use crate::{
+    CredentialRow, LiveRevocations, ReadColumns, SCHEMA_VERSION, Store, StoreError, StoredKey,
+    StoredStatusList, credential_columns, grant_json, read_credential,
+};
+use async_trait::async_trait;
+use pool::{BoxFuture, Pool};
+use stint_core::approval::ApprovalRequest;
+use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
+use stint_core::target_credential::TargetCredential;
+use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
+
+/// The key of the transaction-level advisory lock the schema is applied
+/// under (arbitrary, and the same in every Stint; not the one stint-targets
+/// takes on target databases).
+const SCHEMA_LOCK: i64 = 6_012_741_437_265_293_314;
+
+/// The tables of [`SCHEMA_VERSION`], as sqlite.rs has them.
+const SCHEMA: &str = "
+CREATE TABLE stint_schema (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version    bigint  NOT NULL
+);
+CREATE TABLE revoked_tokens (
+    jti        text    PRIMARY KEY,
+    sub        text    NOT NULL,
+    job        text    NOT NULL,
+    expires_at bigint  NOT NULL,
+    revoked_at bigint  NOT NULL
+);
+CREATE INDEX revoked_tokens_expires_at ON revoked_tokens (expires_at);
+CREATE TABLE revoked_jobs (
+    sub        text    NOT NULL,
+    job        text    NOT NULL,
+    revoked_at bigint  NOT NULL,
+    until      bigint  NOT NULL,
+    PRIMARY KEY (sub, job)
+);
+CREATE INDEX revoked_jobs_until ON revoked_jobs (until);
+CREATE TABLE signing_keys (
+    kid        text    PRIMARY KEY,
+    alg        text    NOT NULL,
+    pkcs8      bytea   NOT NULL,
+    created_at bigint  NOT NULL,
+    retired_at bigint
+);
+CREATE TABLE approvals (
+    id           text    PRIMARY KEY,
+    requested_at bigint  NOT NULL,
+    keep_until   bigint  NOT NULL,
+    body         text    NOT NULL
+);
+CREATE INDEX approvals_keep_until ON approvals (keep_until);
+CREATE TABLE revoked_steps (
+    sub        text    NOT NULL,
+    job        text    NOT NULL,
+    step       text    NOT NULL,
+    revoked_at bigint  NOT NULL,
+    until      bigint  NOT NULL,
+    PRIMARY KEY (sub, job, step)
+);
+CREATE TABLE workload_stops (
+    workload   text    PRIMARY KEY,
+    stopped_at bigint  NOT NULL,
+    stopped_by text    NOT NULL,
+    until      bigint  NOT NULL,
+    enabled_at bigint
+);
+CREATE TABLE status_lists (
+    id         text    PRIMARY KEY,
+    created_at bigint  NOT NULL,
+    expires_at bigint  NOT NULL,
+    key        bytea
+);
+CREATE TABLE target_credentials (
+    id              text    PRIMARY KEY,
+    jti             text    NOT NULL,
+    sub             text    NOT NULL,
+    client_id       text    NOT NULL,
+    job             text    NOT NULL,
+    step            text    NOT NULL,
+    approval        text,
+    issued_at       bigint  NOT NULL,
+    expires_at      bigint  NOT NULL,
+    target          text    NOT NULL,
+    kind            text    NOT NULL,
+    upstream_id     text    NOT NULL,
+    server          text    NOT NULL,
+    database        text,
+    effective       text    NOT NULL,
+    state           text    NOT NULL,
+    trigger         text,
+    attempts        bigint  NOT NULL,
+    next_attempt_at bigint  NOT NULL,
+    last_error      text,
+    created_at      bigint  NOT NULL,
+    finished_at     bigint,
+    revoke_requested_at bigint,
+    sealed          bytea,
+    grant_detail    text,
+    UNIQUE (jti, target)
+);
+CREATE INDEX target_credentials_state ON target_credentials (state);
+CREATE TABLE status_entries (
+    list    text    NOT NULL,
+    first   bigint  NOT NULL,
+    entries bytea   NOT NULL,
+    PRIMARY KEY (list, first)
+);
+";
+
+impl ReadColumns for Row {
+    type Error = tokio_postgres::Error;
+    fn text(&self, index: usize) -> Result<String, Self::Error> {
+        self.try_get(index)
+    }
+    fn text_opt(&self, index: usize) -> Result<Option<String>, Self::Error> {
+        self.try_get(index)
+    }
+    fn int(&self, index: usize) -> Result<i64, Self::Error> {
+        self.try_get(index)
+    }
+    fn int_opt(&self, index: usize) -> Result<Option<i64>, Self::Error> {
+        self.try_get(index)
+    }
+    fn bytes_opt(&self, index: usize) -> Result<Option<Vec<u8>>, Self::Error> {
+        self.try_get(index)
+    }
+}
+
+/// What opening found.
+enum Schema {
+    Applied,
+    Found(Option<i64>),
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`; `Send` and
+/// `Sync`.
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("endpoint", &self.pool.endpoint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connect, and apply the schema to an empty database (once, however
+    /// many brokers open it at the same moment). A database whose schema
+    /// is newer than this broker's is refused.
+    pub async fn open(settings: &PostgresStoreSettings) -> Result<Self, StoreError> {
+        let pool = Pool::new(settings)?;
+        let open_error = |message: String| StoreError::Open {
+            path: settings.endpoint(),
+            message,
+        };
+        let found = pool
+            .run("prepare the schema", |c| {
+                Box::pin(async move {
+                    let tx = c.transaction().await?;
+                    // Held until commit: a second broker waits here, then
+                    // finds the schema in place.
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                        .await?;
+                    let exists: bool = tx
+                        .query_one("SELECT to_regclass('stint_schema') IS NOT NULL", &[])
+                        .await?
+                        .try_get(0)?;
+                    if exists {
+                        let version = tx
+                            .query_opt("SELECT version FROM stint_schema", &[])
+                            .await?
+                            .map(|row| row.try_get::<_, i64>(0))
+                            .transpose()?;
+                        return Ok(Schema::Found(version));
+                    }
+                    tx.batch_execute(SCHEMA).await?;
+                    tx.execute(
+                        "INSERT INTO stint_schema (version) VALUES ($1)",
+                        &[&SCHEMA_VERSION],
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(Schema::Applied)
+                })
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Backend { message, .. } => open_error(message),
+                other => other,
+            })?;
+        match found {
+            Schema::Applied => {
+                tracing::info!(store = %settings.endpoint(), version = SCHEMA_VERSION, "applied the store's schema");
+            }
+            Schema::Found(Some(SCHEMA_VERSION)) => {}
+            Schema::Found(Some(version)) if version > SCHEMA_VERSION => {
+                return Err(open_error(format!(
+                    "the database has schema version {version}, newer than this stintd understands ({SCHEMA_VERSION}); upgrade stintd"
+                )));
+            }
+            Schema::Found(Some(version)) => {
+                return Err(open_error(format!(
+                    "the database has schema version {version}, which no stintd's PostgreSQL store wrote (they start at {SCHEMA_VERSION})"
+                )));
+            }
+            Schema::Found(None) => {
+                return Err(open_error(
+                    "the table stint_schema holds no version: this is not a database a stintd prepared".into(),
+                ));
+            }
+        }
+        Ok(Self { pool })
+    }
+
+    /// `host:port/database as user`.
+    pub fn endpoint(&self) -> &str {
+        self.pool.endpoint()
+    }
+
+    /// `work` in one transaction, committed before this returns.
+    async fn write<T, F>(&self, operation: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, tokio_postgres::Error>>
+            + Send
+            + 'static,
+    {
+        self.pool
+            .run(operation, move |client: &mut Client| {
+                Box::pin(async move {
+                    let tx = client.transaction().await?;
+                    let value = work(&tx).await?;
+                    tx.commit().await?;
+                    Ok(value)
+                })
+            })
+            .await
+    }
+
+    /// `work` in one read-only transaction: one snapshot for all its
+    /// statements.
+    async fn read<T, F>(&self, operation: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, tokio_postgres::Error>>
+            + Send
+            + 'static,
+    {
+        self.pool
+            .run(operation, move |client: &mut Client| {
+                Box::pin(async move {
+                    let tx = client
+                        .build_transaction()
+                        .isolation_level(IsolationLevel::RepeatableRead)
+                        .read_only(true)
+                        .start()
+                        .await?;
+                    let value = work(&tx).await?;
+                    tx.commit().await?;
+                    Ok(value)
+                })
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn revoke_token(&self, revocation: &TokenRevocation) -> Result<(), StoreError> {
+        let r = revocation.clone();
+        self.write("revoke token", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO revoked_tokens (jti, sub, job, expires_at, revoked_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
+                    &[&r.jti, &r.sub, &r.job, &r.expires_at, &r.revoked_at],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn revoke_job(&self, revocation: &JobRevocation) -> Result<(), StoreError> {
+        let r = revocation.clone();
+        self.write("revoke job", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO revoked_jobs (sub, job, revoked_at, until) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (sub, job)
+                       DO UPDATE SET until = GREATEST(revoked_jobs.until, EXCLUDED.until)",
+                    &[&r.sub, &r.job, &r.revoked_at, &r.until],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn revoke_step(&self, revocation: &StepRevocation) -> Result<(), StoreError> {
+        let r = revocation.clone();
+        self.write("revoke step", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO revoked_steps (sub, job, step, revoked_at, until)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (sub, job, step)
+                       DO UPDATE SET until = GREATEST(revoked_steps.until, EXCLUDED.until)",
+                    &[&r.sub, &r.job, &r.step, &r.revoked_at, &r.until],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn live_revocations(&self, now: i64) -> Result<LiveRevocations, StoreError> {
+        self.read("load revocations", move |tx| {
+            Box::pin(async move {
+                let mut live = LiveRevocations::default();
+                for row in tx
+                    .query(
+                        "SELECT jti, sub, job, expires_at, revoked_at FROM revoked_tokens
+                         WHERE expires_at > $1",
+                        &[&now],
+                    )
+                    .await?
+                {
+                    live.tokens.push(TokenRevocation {
+                        jti: row.try_get(0)?,
+                        sub: row.try_get(1)?,
+                        job: row.try_get(2)?,
+                        expires_at: row.try_get(3)?,
+                        revoked_at: row.try_get(4)?,
+                    });
+                }
+                for row in tx
+                    .query(
+                        "SELECT sub, job, revoked_at, until FROM revoked_jobs WHERE until > $1",
+                        &[&now],
+                    )
+                    .await?
+                {
+                    live.jobs.push(JobRevocation {
+                        sub: row.try_get(0)?,
+                        job: row.try_get(1)?,
+                        revoked_at: row.try_get(2)?,
+                        until: row.try_get(3)?,
+                    });
+                }
+                for row in tx
+                    .query(
+                        "SELECT sub, job, step, revoked_at, until FROM revoked_steps
+                         WHERE until > $1",
+                        &[&now],
+                    )
+                    .await?
+                {
+                    live.steps.push(StepRevocation {
+                        sub: row.try_get(0)?,
+                        job: row.try_get(1)?,
+                        step: row.try_get(2)?,
+                        revoked_at: row.try_get(3)?,
+                        until: row.try_get(4)?,
+                    });
+                }
+                Ok(live)
+            })
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        self.write("purge revocations", move |tx| {
+            Box::pin(async move {
+                let tokens = tx
+                    .execute("DELETE FROM revoked_tokens WHERE expires_at <= $1", &[&now])
+                    .await?;
+                let jobs = tx
+                    .execute("DELETE FROM revoked_jobs WHERE until <= $1", &[&now])
+                    .await?
+                    + tx.execute("DELETE FROM revoked_steps WHERE until <= $1", &[&now])
+                        .await?;
+                let approvals = tx
+                    .execute("DELETE FROM approvals WHERE keep_until <= $1", &[&now])
+                    .await?;
+                tx.execute(
+                    "DELETE FROM status_entries WHERE list IN
+                       (SELECT id FROM status_lists WHERE expires_at <= $1)",
+                    &[&now],
+                )
+                .await?;
+                let lists = tx
+                    .execute("DELETE FROM status_lists WHERE expires_at <= $1", &[&now])
+                    .await?;
+                let stops = tx
+                    .execute(
+                        "DELETE FROM workload_stops WHERE enabled_at IS NOT NULL AND until <= $1",
+                        &[&now],
+                    )
+                    .await?;
+                Ok(tokens + jobs + approvals + lists + stops)
+            })
+        })
+        .await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.read("load signing keys", |tx| {
+            Box::pin(async move {
+                tx.query(
+                    "SELECT kid, alg, pkcs8, created_at, retired_at FROM signing_keys
+                     ORDER BY created_at, kid",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(StoredKey {
+                        kid: row.try_get(0)?,
+                        alg: row.try_get(1)?,
+                        pkcs8: row.try_get(2)?,
+                        created_at: row.try_get(3)?,
+                        retired_at: row.try_get(4)?,
+                    })
+                })
+                .collect()
+            })
+        })
+        .await
+    }
+
+    async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.write("insert signing key", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, retired_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &key.kid,
+                        &key.alg,
+                        &key.pkcs8,
+                        &key.created_at,
+                        &key.retired_at,
+                    ],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError> {
+        let kid = kid.to_owned();
+        self.write("retire signing key", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE signing_keys SET retired_at = $2 WHERE kid = $1 AND retired_at IS NULL",
+                    &[&kid, &at],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+        let kid = kid.to_owned();
+        self.write("delete signing key", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "DELETE FROM signing_keys WHERE kid = $1 AND retired_at IS NOT NULL",
+                    &[&kid],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn save_approval(&self, approval: &ApprovalRequest) -> Result<(), StoreError> {
+        let body = serde_json::to_string(approval).map_err(|e| StoreError::Backend {
+            operation: "save approval",
+            message: e.to_string(),
+        })?;
+        let (id, requested_at, keep_until) = (
+            approval.id.clone(),
+            approval.requested_at,
+            approval.keep_until(),
+        );
+        self.write("save approval", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO approvals (id, requested_at, keep_until, body) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (id)
+                       DO UPDATE SET keep_until = EXCLUDED.keep_until, body = EXCLUDED.body",
+                    &[&id, &requested_at, &keep_until, &body],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn approvals(&self, now: i64) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let bodies: Vec<String> = self
+            .read("load approvals", move |tx| {
+                Box::pin(async move {
+                    tx.query(
+                        "SELECT body FROM approvals WHERE keep_until > $1 ORDER BY requested_at, id",
+                        &[&now],
+                    )
+                    .await?
+                    .iter()
+                    .map(|row| row.try_get(0))
+                    .collect()
+                })
+            })
+            .await?;
+        bodies
+            .iter()
+            .map(|body| {
+                serde_json::from_str(body)
+                    .map_err(|e| StoreError::Corrupt(format!("an approval row: {e}")))
+            })
+            .collect()
+    }
+
+    async fn insert_status_list(
+        &self,
+        id: &str,
+        created_at: i64,
+        expires_at: i64,
+        key: &[u8],
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        let key = key.to_vec();
+        self.write("insert status list", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO status_lists (id, created_at, expires_at, key) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&id, &created_at, &expires_at, &key],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn append_status_entries(
+        &self,
+        id: &str,
+        first: u64,
+        entries: &[u8],
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        let entries = entries.to_vec();
+        let first = i64::try_from(first).map_err(|_| StoreError::Backend {
+            operation: "append status entries",
+            message: "index out of range".into(),
+        })?;
+        self.write("append status entries", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO status_entries (list, first, entries) VALUES ($1, $2, $3)
+                     ON CONFLICT (list, first) DO UPDATE SET entries = EXCLUDED.entries
+                       WHERE octet_length(EXCLUDED.entries) > octet_length(status_entries.entries)",
+                    &[&id, &first, &entries],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn status_lists(&self, now: i64) -> Result<Vec<StoredStatusList>, StoreError> {
+        self.read("load status lists", move |tx| {
+            Box::pin(async move {
+                let mut lists = Vec::new();
+                for row in tx
+                    .query(
+                        "SELECT id, created_at, key FROM status_lists WHERE expires_at > $1
+                         ORDER BY created_at, id",
+                        &[&now],
+                    )
+                    .await?
+                {
+                    lists.push(StoredStatusList {
+                        id: row.try_get(0)?,
+                        created_at: row.try_get(1)?,
+                        key: row.try_get(2)?,
+                        chunks: Vec::new(),
+                    });
+                }
+                let statement = tx
+                    .prepare(
+                        "SELECT first, entries FROM status_entries WHERE list = $1 ORDER BY first",
+                    )
+                    .await?;
+                for list in &mut lists {
+                    for row in tx.query(&statement, &[&list.id]).await? {
+                        let first: i64 = row.try_get(0)?;
+                        // A negative index is not something this broker
+                        // wrote: skip it (the list then reads INVALID from
+                        // there on).
+                        if let Ok(first) = u64::try_from(first) {
+                            list.chunks.push((first, row.try_get(1)?));
+                        }
+                    }
+                }
+                Ok(lists)
+            })
+        })
+        .await
+    }
+
+    async fn stop_workload(&self, stop: &WorkloadStop) -> Result<(), StoreError> {
+        let stop = stop.clone();
+        let until = stop.until();
+        self.write("stop workload", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO workload_stops (workload, stopped_at, stopped_by, until, enabled_at)
+                     VALUES ($1, $2, $3, $4, NULL)
+                     ON CONFLICT (workload) DO UPDATE SET stopped_at = EXCLUDED.stopped_at,
+                       stopped_by = EXCLUDED.stopped_by, until = EXCLUDED.until, enabled_at = NULL",
+                    &[&stop.workload, &stop.stopped_at, &stop.stopped_by, &until],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn enable_workload(&self, workload: &str, at: i64) -> Result<(), StoreError> {
+        let workload = workload.to_owned();
+        self.write("enable workload", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE workload_stops SET enabled_at = $2
+                     WHERE workload = $1 AND enabled_at IS NULL",
+                    &[&workload, &at],
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+    }
+
+    async fn workload_stops(&self, now: i64) -> Result<Vec<WorkloadStop>, StoreError> {
+        self.read("load workload stops", move |tx| {
+            Box::pin(async move {
+                tx.query(
+                    "SELECT workload, stopped_at, stopped_by, enabled_at FROM workload_stops
+                     WHERE enabled_at IS NULL OR until > $1 ORDER BY workload",
+                    &[&now],
+                )
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(WorkloadStop {
+                        workload: row.try_get(0)?,
+                        stopped_at: row.try_get(1)?,
+                        stopped_by: row.try_get(2)?,
+                        enabled_at: row.try_get(3)?,
+                    })
+                })
+                .collect()
+            })
+        })
+        .await
+    }
+
+    async fn insert_target_credential(
+        &self,
+        credential: &TargetCredential,
+    ) -> Result<bool, StoreError> {
+        let c = credential.clone();
+        let grant = grant_json(&c)?;
+        self.write("record target credential", move |tx| {
+            Box::pin(async move {
+                let inserted = tx
+                    .execute(
+                        concat!(
+                            "INSERT INTO target_credentials (",
+                            credential_columns!(),
+                            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                               $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
+                             ON CONFLICT (jti, target) DO NOTHING"
+                        ),
+                        &[
+                            &c.id,
+                            &c.jti,
+                            &c.sub,
+                            &c.client_id,
+                            &c.job,
+                            &c.step,
+                            &c.approval,
+                            &c.issued_at,
+                            &c.expires_at,
+                            &c.target,
+                            &c.kind,
+                            &c.upstream_id,
+                            &c.server,
+                            &c.database,
+                            &c.effective.join(" "),
+                            &c.state.as_str(),
+                            &c.trigger.map(|t| t.as_str()),
+                            &i64::from(c.attempts),
+                            &c.next_attempt_at,
+                            &c.last_error,
+                            &c.created_at,
+                            &c.finished_at,
+                            &c.revoke_requested_at,
+                            &c.sealed,
+                            &grant,
+                        ],
+                    )
+                    .await?;
+                Ok(inserted == 1)
+            })
+        })
+        .await
+    }
+
+    async fn update_target_credential(
+        &self,
+        credential: &TargetCredential,
+    ) -> Result<(), StoreError> {
+        let c = credential.clone();
+        let grant = grant_json(&c)?;
+        let updated = self
+            .write("update target credential", move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "UPDATE target_credentials SET upstream_id = $2, effective = $3,
+                           state = $4, trigger = $5, attempts = $6, next_attempt_at = $7,
+                           last_error = $8, finished_at = $9, revoke_requested_at = $10,
+                           sealed = $11, grant_detail = $12
+                         WHERE id = $1",
+                        &[
+                            &c.id,
+                            &c.upstream_id,
+                            &c.effective.join(" "),
+                            &c.state.as_str(),
+                            &c.trigger.map(|t| t.as_str()),
+                            &i64::from(c.attempts),
+                            &c.next_attempt_at,
+                            &c.last_error,
+                            &c.finished_at,
+                            &c.revoke_requested_at,
+                            &c.sealed,
+                            &grant,
+                        ],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        if updated == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "target credential {} is not in the store",
+                credential.id
+            )))
+        }
+    }
+
+    async fn unfinished_target_credentials(&self) -> Result<Vec<TargetCredential>, StoreError> {
+        let rows: Vec<CredentialRow> = self
+            .read("load target credentials", |tx| {
+                Box::pin(async move {
+                    tx.query(
+                        concat!(
+                            "SELECT ",
+                            credential_columns!(),
+                            " FROM target_credentials WHERE state <> 'revoked' ORDER BY created_at, id"
+                        ),
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(read_credential)
+                    .collect()
+                })
+            })
+            .await?;
+        rows.into_iter().map(CredentialRow::finish).collect()
+    }
+
+    async fn purge_target_credentials(&self, before: i64) -> Result<u64, StoreError> {
+        self.write("purge target credentials", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "DELETE FROM target_credentials WHERE state = 'revoked' AND finished_at < $1",
+                    &[&before],
+                )
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let writable: bool = self
+            .pool
+            .run("health check", |c| {
+                Box::pin(async move {
+                    c.query_one(
+                        "SELECT current_setting('transaction_read_only') = 'off'",
+                        &[],
+                    )
+                    .await?
+                    .try_get(0)
+                })
+            })
+            .await?;
+        if writable {
+            Ok(())
+        } else {
+            Err(StoreError::Backend {
+                operation: "health check",
+                message: format!(
+                    "{} is read-only (a standby, or default_transaction_read_only)",
+                    self.endpoint()
+                ),
+            })
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The PostgreSQL store against a real PostgreSQL 15: the conformance
+//! suite over TLS and over plain loopback, two brokers' handles on one
+//! database, a newer schema, a server that stops (or never answers), a
+//! wrong password, and the real `stintd` with `--store postgres://...`.
+//!
+//! The binary tests need `target/debug/stintd` (`cargo build -p stintd`)
+//! or `$STINTD_BIN`.
+
+// Test code: a failed expectation should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use stint_core::revocation::{JobRevocation, TokenRevocation};
+use stint_core::target_credential::{CredentialState, TargetCredential};
+use stint_store::{
+    PostgresStore, PostgresStoreSettings, PostgresTls, Store, StoreError, StorePassword,
+    conformance,
+};
+use stint_tests::postgres::PgCluster;
+use stint_tests::{Daemon, eventually, policy_with, run_to_end, test_secret, workspace_binary};
+
+const ROLE: &str = "stint_store";
+const PASSWORD: &str = "store-pw-7f3a9c2e1b";
+
+fn token(jti: &str) -> TokenRevocation {
+    TokenRevocation {
+        jti: jti.into(),
+        sub: "w".into(),
+        job: "j".into(),
+        expires_at: 2_000,
+        revoked_at: 1_000,
+    }
+}
+
+#[tokio::test]
+async fn passes_the_conformance_suite_over_tls() {
+    let cluster = PgCluster::start_with_tls();
+    let mut settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, cluster.ca_pem().unwrap()).unwrap();
+    // verify-full: the certificate is for localhost and 127.0.0.1.
+    settings.host = "localhost".into();
+    settings.tls = PostgresTls::Require {
+        ca_file: Some(ca_file),
+    };
+    let store = PostgresStore::open(&settings).await.unwrap();
+    conformance::run(&store).await;
+    // The session really is TLS.
+    let ssl: bool = cluster
+        .superuser_client()
+        .await
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.usename = $1",
+            &[&ROLE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the store's connections use TLS");
+}
+
+#[tokio::test]
+async fn a_server_whose_certificate_the_roots_do_not_accept_is_refused() {
+    let cluster = PgCluster::start_with_tls();
+    let mut settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    // Mozilla's roots do not know the test CA.
+    settings.host = "localhost".into();
+    settings.tls = PostgresTls::Require { ca_file: None };
+    let error = PostgresStore::open(&settings).await.unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert!(error.to_string().contains("certificate"), "{error}");
+}
+
+#[tokio::test]
+async fn passes_the_conformance_suite_over_plain_loopback() {
+    let cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let store = PostgresStore::open(&settings).await.unwrap();
+    conformance::run(&store).await;
+}
+
+#[tokio::test]
+async fn after_the_first_migration_the_role_needs_only_its_table_privileges() {
+    let cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    drop(PostgresStore::open(&settings).await.unwrap());
+    cluster
+        .superuser_client_in("stint")
+        .await
+        .batch_execute(&format!("REVOKE CREATE ON SCHEMA public FROM {ROLE}"))
+        .await
+        .unwrap();
+    let store = PostgresStore::open(&settings).await.unwrap();
+    store.check().await.unwrap();
+    store.revoke_token(&token("a")).await.unwrap();
+    assert_eq!(store.live_revocations(0).await.unwrap().tokens.len(), 1);
+}
+
+#[tokio::test]
+async fn two_brokers_share_one_database() {
+    let cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    // Both open an empty database at once: both succeed, the schema is
+    // applied once.
+    let (a, b) = tokio::join!(
+        PostgresStore::open(&settings),
+        PostgresStore::open(&settings)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let versions: Vec<i64> = cluster
+        .superuser_client_in("stint")
+        .await
+        .query("SELECT version FROM stint_schema", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, [stint_store::SCHEMA_VERSION]);
+
+    // A revocation by one is seen by the other.
+    a.revoke_token(&token("shared")).await.unwrap();
+    assert_eq!(
+        b.live_revocations(1_500).await.unwrap().tokens,
+        [token("shared")]
+    );
+
+    // One credential per step token and target, whichever broker asks:
+    // of many racing inserts, exactly one wins.
+    let credential = |id: String| TargetCredential {
+        id,
+        jti: "jti-race".into(),
+        sub: "etl".into(),
+        client_id: "etl".into(),
+        job: "job".into(),
+        step: "load".into(),
+        approval: None,
+        issued_at: 1_000,
+        expires_at: 1_300,
+        target: "warehouse".into(),
+        kind: "postgres".into(),
+        upstream_id: "stint_aaaaaaaaaaaaaaaaaaaaaaaa".into(),
+        server: "127.0.0.1:5432".into(),
+        database: None,
+        effective: vec![],
+        state: CredentialState::Minting,
+        trigger: None,
+        attempts: 0,
+        next_attempt_at: 0,
+        last_error: None,
+        created_at: 1_000,
+        finished_at: None,
+        revoke_requested_at: None,
+        sealed: None,
+        grant: None,
+    };
+    let inserts = (0..8).map(|n| {
+        let store = if n % 2 == 0 { &a } else { &b };
+        let credential = credential(format!("tc-{n}"));
+        async move { store.insert_target_credential(&credential).await.unwrap() }
+    });
+    let won = futures_util::future::join_all(inserts).await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    assert_eq!(b.unfinished_target_credentials().await.unwrap().len(), 1);
+
+    // Racing revocations of one job keep the first revoked_at and the
+    // latest until.
+    let revocations = (0..8).map(|n: i64| {
+        let store = if n % 2 == 0 { &a } else { &b };
+        let revocation = JobRevocation {
+            sub: "w".into(),
+            job: "racing".into(),
+            revoked_at: 1_000,
+            until: 5_000 + n,
+        };
+        async move { store.revoke_job(&revocation).await.unwrap() }
+    });
+    futures_util::future::join_all(revocations).await;
+    assert_eq!(
+        a.live_revocations(1_500).await.unwrap().jobs,
+        [JobRevocation {
+            sub: "w".into(),
+            job: "racing".into(),
+            revoked_at: 1_000,
+            until: 5_007,
+        }]
+    );
+
+    // Racing saves of one approval: one row, no error.
+    let request = stint_core::approval::ApprovalRequest::new(
+        "apr-race".into(),
+        stint_core::approval::Requester {
+            workload: "w".into(),
+            client_id: "w".into(),
+            job: "j".into(),
+            step: "flow/step".into(),
+            audience: "https://a.example".into(),
+        },
+        vec![stint_core::scope::Scope::parse("deploy:prod/web").unwrap()],
+        None,
+        None,
+        stint_core::approval::Elevation {
+            approver_groups: ["sre".to_owned()].into(),
+            quorum: 1,
+            max_duration: 600,
+            max_wait: 300,
+            reason_required: false,
+        },
+        10_000,
+    )
+    .unwrap();
+    let saves = (0..8).map(|n| {
+        let store = if n % 2 == 0 { &a } else { &b };
+        let request = request.clone();
+        async move { store.save_approval(&request).await.unwrap() }
+    });
+    futures_util::future::join_all(saves).await;
+    assert_eq!(a.approvals(10_001).await.unwrap(), [request]);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    drop(PostgresStore::open(&settings).await.unwrap());
+    cluster
+        .superuser_client_in("stint")
+        .await
+        .batch_execute("UPDATE stint_schema SET version = 99")
+        .await
+        .unwrap();
+    let error = PostgresStore::open(&settings)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("schema version 99"), "{error}");
+    assert!(
+        error.contains(&format!("({})", stint_store::SCHEMA_VERSION)),
+        "{error}"
+    );
+    assert!(error.contains("upgrade stintd"), "{error}");
+}
+
+/// `operation` fails with `StoreError::Backend` within `limit`.
+async fn fails_quickly<T: std::fmt::Debug>(
+    limit: Duration,
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> StoreError {
+    let started = Instant::now();
+    let result = tokio::time::timeout(limit * 3, operation)
+        .await
+        .expect("the store operation hung");
+    let error = result.unwrap_err();
+    assert!(
+        started.elapsed() <= limit + Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, StoreError::Backend { .. }), "{error:?}");
+    error
+}
+
+#[tokio::test]
+async fn a_stopped_server_fails_operations_in_time_and_the_pool_reconnects() {
+    let mut cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let store = PostgresStore::open(&settings).await.unwrap();
+    store.revoke_token(&token("before")).await.unwrap();
+
+    cluster.stop();
+    let error = fails_quickly(settings.timeout, store.revoke_token(&token("during"))).await;
+    assert!(!format!("{error} {error:?}").contains(PASSWORD));
+    fails_quickly(settings.timeout, store.check()).await;
+    fails_quickly(settings.timeout, store.live_revocations(0)).await;
+
+    cluster.start_again();
+    eventually(
+        Duration::from_secs(20),
+        "the store to work again",
+        || async { store.check().await.ok() },
+    )
+    .await;
+    store.revoke_token(&token("after")).await.unwrap();
+    let mut jtis: Vec<String> = store
+        .live_revocations(0)
+        .await
+        .unwrap()
+        .tokens
+        .into_iter()
+        .map(|t| t.jti)
+        .collect();
+    jtis.sort();
+    assert_eq!(jtis, ["after", "before"]);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_fails_in_time() {
+    // Accepts connections and says nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            connections.push(connection);
+        }
+    });
+    let settings = PostgresStoreSettings {
+        host: "127.0.0.1".into(),
+        port,
+        user: ROLE.into(),
+        password: StorePassword::new(PASSWORD.into()),
+        database: "stint".into(),
+        tls: PostgresTls::Disable,
+        pool_size: 2,
+        timeout: Duration::from_secs(1),
+    };
+    let started = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(10), PostgresStore::open(&settings))
+        .await
+        .expect("opening hung")
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = error.to_string();
+    assert!(text.contains("did not answer"), "{text}");
+    assert!(!format!("{text} {error:?}").contains(PASSWORD));
+    held.abort();
+}
+
+#[tokio::test]
+async fn the_password_is_in_no_error() {
+    let cluster = PgCluster::start();
+    let mut settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let wrong = "wrong-password-5d8e1c";
+    settings.password = StorePassword::new(wrong.into());
+    assert!(!format!("{settings:?}").contains(wrong));
+    let error = PostgresStore::open(&settings).await.unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains(wrong), "{text}");
+
+    // Nor the right one, in a refusal of the server's.
+    settings.password = StorePassword::new(PASSWORD.into());
+    let store = PostgresStore::open(&settings).await.unwrap();
+    store
+        .insert_signing_key(&stint_store::StoredKey {
+            kid: "k".into(),
+            alg: "ES256".into(),
+            pkcs8: vec![1],
+            created_at: 1,
+            retired_at: None,
+        })
+        .await
+        .unwrap();
+    let error = store
+        .insert_signing_key(&stint_store::StoredKey {
+            kid: "k".into(),
+            alg: "ES256".into(),
+            pkcs8: vec![1],
+            created_at: 1,
+            retired_at: None,
+        })
+        .await
+        .unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert!(text.contains("23505"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+    assert!(!format!("{store:?}").contains(PASSWORD));
+}
+
+// The real binary.
+
+fn stintd() -> std::path::PathBuf {
+    workspace_binary("stintd", "STINTD_BIN")
+}
+
+async fn mint(http: &reqwest::Client, daemon: &Daemon, job: &str) -> String {
+    let body: Value = http
+        .post(daemon.url(stint_proto::TOKEN_PATH))
+        .basic_auth("demo-job", Some(test_secret("demo-job")))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("step", "read"),
+            ("scope", "read:demo/x"),
+            ("audience", "demo-api"),
+            ("job", job),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("mint failed: {body}"))
+        .to_owned()
+}
+
+async fn active(http: &reqwest::Client, daemon: &Daemon, token: &str) -> bool {
+    let body: Value = http
+        .post(daemon.url(stint_proto::INTROSPECTION_PATH))
+        .basic_auth("demo-job", Some(test_secret("demo-job")))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["active"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("introspection: {body}"))
+}
+
+#[tokio::test]
+async fn stintd_keeps_its_revocations_in_postgresql_across_a_restart() {
+    let cluster = PgCluster::start();
+    cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), policy_with("")).unwrap();
+    let password_file = dir.path().join("store.password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let data = dir.path().join("data");
+    let url = format!(
+        "postgres://{ROLE}@127.0.0.1:{}/stint?sslmode=disable",
+        cluster.port()
+    );
+    let listen = stint_tests::unused_loopback_addr().to_string();
+    let start = || {
+        Daemon::start_command(
+            std::process::Command::new(stintd())
+                .args(["--dev", "--listen", &listen, "--store", &url])
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--policy")
+                .arg(dir.path().join("policy.toml"))
+                .env("STINTD_STORE_PASSWORD_FILE", &password_file)
+                .env_remove("STINTD_STORE_PASSWORD"),
+        )
+    };
+    let http = reqwest::Client::new();
+
+    let daemon = start();
+    let token = mint(&http, &daemon, "pg-job").await;
+    assert!(active(&http, &daemon, &token).await);
+    let response = http
+        .post(daemon.url("/v1/jobs/pg-job/revoke"))
+        .basic_auth("demo-job", Some(test_secret("demo-job")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    assert!(!active(&http, &daemon, &token).await);
+    // Nothing of the store is in the data directory.
+    assert!(!data.join(stint_server::STORE_FILE).exists());
+    daemon.kill9();
+
+    let daemon = start();
+    // A new client: the old one's connections went with the old daemon.
+    let http = reqwest::Client::new();
+    assert!(
+        !active(&http, &daemon, &token).await,
+        "the revocation survives a restart"
+    );
+    let jobs: i64 = cluster
+        .superuser_client_in("stint")
+        .await
+        .query_one(
+            "SELECT count(*) FROM revoked_jobs WHERE job = 'pg-job'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(jobs, 1);
+    assert!(!daemon.stderr().contains(PASSWORD));
+}
+
+#[tokio::test]
+async fn stintd_refuses_a_password_on_its_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "cli-visible-pw-4e1d";
+    let (status, stdout, stderr) = run_to_end(
+        std::process::Command::new(stintd())
+            .args([
+                "--dev",
+                "--store",
+                &format!("postgres://stint:{secret}@127.0.0.1:5432/stint?sslmode=disable"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("STINTD_STORE")
+            .env_remove("STINTD_STORE_PASSWORD")
+            .env_remove("STINTD_STORE_PASSWORD_FILE"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("password"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+    assert!(!dir.path().join(stint_server::STORE_FILE).exists());
+}
