@@ -427,6 +427,8 @@ async fn stintd_keeps_its_revocations_in_postgresql_across_a_restart() {
     std::fs::write(dir.path().join("policy.toml"), policy_with("")).unwrap();
     let password_file = dir.path().join("store.password");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, [0x42u8; 32]).unwrap();
     let data = dir.path().join("data");
     let url = format!(
         "postgres://{ROLE}@127.0.0.1:{}/stint?sslmode=disable",
@@ -442,6 +444,7 @@ async fn stintd_keeps_its_revocations_in_postgresql_across_a_restart() {
                 .arg("--policy")
                 .arg(dir.path().join("policy.toml"))
                 .env("STINTD_STORE_PASSWORD_FILE", &password_file)
+                .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
                 .env_remove("STINTD_STORE_PASSWORD"),
         )
     };

@@ -293,6 +293,11 @@ impl Config {
             settings
                 .validate()
                 .map_err(|e| ConfigError::Store(e.to_string()))?;
+            // A shared database is copied, replicated and backed up by
+            // people who should not hold the signing keys.
+            if self.key_encryption_key_file.is_none() {
+                return Err(ConfigError::KeyEncryptionKeyRequired);
+            }
         }
         self.limits.validate()
     }
@@ -401,6 +406,11 @@ pub enum ConfigError {
         "refusing to serve plain HTTP on {0}: without TLS, --dev only listens on a loopback address (127.0.0.1 or [::1]); give --tls-cert and --tls-key to listen elsewhere"
     )]
     PlainHttpNotLoopback(SocketAddr),
+    /// A PostgreSQL store without a key-encryption key.
+    #[error(
+        "a PostgreSQL store needs --key-encryption-key-file: the signing keys are kept there only sealed (head -c 32 /dev/urandom > FILE)"
+    )]
+    KeyEncryptionKeyRequired,
     /// No policy outside dev mode.
     #[error("--policy FILE is required (only --dev has a built-in demo policy)")]
     PolicyRequired,
@@ -463,6 +473,23 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_postgres_store_needs_a_key_encryption_key() {
+        let mut config = Config::dev("d".into(), addr("127.0.0.1:0"));
+        config.store = StoreConfig::Postgres(
+            stint_store::PostgresStoreSettings::parse_url(
+                "postgres://stint@127.0.0.1:5432/stint?sslmode=disable",
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::KeyEncryptionKeyRequired)
+        );
+        config.key_encryption_key_file = Some("kek".into());
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]
