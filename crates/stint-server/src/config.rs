@@ -208,6 +208,11 @@ pub struct Config {
     /// seals the signing keys in the store; without it they are stored in
     /// the clear.
     pub key_encryption_key_file: Option<PathBuf>,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` name the client.
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
+    /// The proxy in front terminates TLS: plain HTTP may be served on any
+    /// address (it needs `trusted_proxies` and an `https` issuer).
+    pub tls_terminated_by_proxy: bool,
 }
 
 /// The webhook that receives approval events.
@@ -243,12 +248,28 @@ impl Config {
             metrics_token_file: None,
             federation_keys: Vec::new(),
             key_encryption_key_file: None,
+            trusted_proxies: crate::forwarded::TrustedProxies::default(),
+            tls_terminated_by_proxy: false,
         }
     }
 
     /// Check the combination of settings. Errors name the flag to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.tls.is_none() {
+        if self.tls_terminated_by_proxy {
+            if self.tls.is_some() {
+                return Err(ConfigError::ProxyTlsAndOwnTls);
+            }
+            if self.trusted_proxies.is_empty() {
+                return Err(ConfigError::TrustedProxiesRequired);
+            }
+            if !self
+                .issuer
+                .as_deref()
+                .is_some_and(|i| i.starts_with("https://"))
+            {
+                return Err(ConfigError::HttpsIssuerBehindProxy);
+            }
+        } else if self.tls.is_none() {
             if !self.dev {
                 return Err(ConfigError::TlsRequired);
             }
@@ -260,7 +281,9 @@ impl Config {
             return Err(ConfigError::PolicyRequired);
         }
         match &self.issuer {
-            Some(issuer) => validate_issuer(issuer, self.tls.is_some())?,
+            Some(issuer) => {
+                validate_issuer(issuer, self.tls.is_some() || self.tls_terminated_by_proxy)?;
+            }
             None if self.listen.ip().is_unspecified() => {
                 return Err(ConfigError::IssuerRequired(self.listen));
             }
@@ -406,6 +429,21 @@ pub enum ConfigError {
         "refusing to serve plain HTTP on {0}: without TLS, --dev only listens on a loopback address (127.0.0.1 or [::1]); give --tls-cert and --tls-key to listen elsewhere"
     )]
     PlainHttpNotLoopback(SocketAddr),
+    /// `--tls-terminated-by-proxy` with the broker's own TLS.
+    #[error(
+        "--tls-terminated-by-proxy says the proxy in front ends TLS, but --tls-cert is given: choose one"
+    )]
+    ProxyTlsAndOwnTls,
+    /// `--tls-terminated-by-proxy` without the proxies' addresses.
+    #[error(
+        "--tls-terminated-by-proxy needs --trusted-proxy ADDRESS[/PREFIX] (the proxies' addresses, whose X-Forwarded-For is believed)"
+    )]
+    TrustedProxiesRequired,
+    /// Behind a TLS-terminating proxy without an `https` issuer.
+    #[error(
+        "--tls-terminated-by-proxy needs --issuer https://... (the URL clients reach through the proxy)"
+    )]
+    HttpsIssuerBehindProxy,
     /// A PostgreSQL store without a key-encryption key.
     #[error(
         "a PostgreSQL store needs --key-encryption-key-file: the signing keys are kept there only sealed (head -c 32 /dev/urandom > FILE)"

@@ -19,6 +19,7 @@ pub mod error;
 pub mod federation;
 pub mod federation_token;
 mod feed;
+pub mod forwarded;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -545,6 +546,7 @@ pub async fn start_with_clock(
     let serve_task = tokio::spawn(serve::serve(
         listener,
         tls.clone(),
+        Arc::new(config.trusted_proxies.clone()),
         router,
         config.limits,
         Arc::clone(&state.metrics),

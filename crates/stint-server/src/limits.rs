@@ -284,17 +284,23 @@ impl Connections {
         }
     }
 
-    pub(crate) fn admit(self: &Arc<Self>, source: Source) -> Result<ConnectionSlot, Refusal> {
+    /// Admit a connection from `source`, held to its share of the
+    /// connections if `per_source` (not for a trusted proxy's).
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        source: Source,
+        per_source: bool,
+    ) -> Result<ConnectionSlot, Refusal> {
         let mut open = lock(&self.open);
         if open.total >= self.max {
             return Err(Refusal::Full);
         }
         let general_full = open.total >= self.general;
         let (all, reserved) = open.by_source.get(&source).copied().unwrap_or((0, 0));
-        if all >= self.per_source {
+        if per_source && all >= self.per_source {
             return Err(Refusal::PerSource);
         }
-        if general_full && reserved >= self.reserve_per_source {
+        if per_source && general_full && reserved >= self.reserve_per_source {
             return Err(Refusal::ReserveShare);
         }
         let admission = if general_full {
@@ -743,36 +749,54 @@ mod tests {
     }
 
     #[test]
+    fn a_trusted_proxy_is_held_to_the_total_only() {
+        let connections = Arc::new(Connections::new(&limits(40, 16, 12)));
+        let proxy = Source::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let held: Vec<_> = (0..40)
+            .map(|_| connections.admit(proxy, false).unwrap())
+            .collect();
+        assert_eq!(connections.admit(proxy, false).err(), Some(Refusal::Full));
+        drop(held);
+        assert!(connections.admit(proxy, true).is_ok());
+    }
+
+    #[test]
     fn connections_per_source_and_the_reserve() {
         let connections = Arc::new(Connections::new(&limits(40, 16, 12)));
         let source = |n: u8| Source::V4(Ipv4Addr::new(10, 0, 0, n));
         let mut held = Vec::new();
         for _ in 0..12 {
-            held.push(connections.admit(source(1)).unwrap());
+            held.push(connections.admit(source(1), true).unwrap());
         }
-        assert_eq!(connections.admit(source(1)).err(), Some(Refusal::PerSource));
+        assert_eq!(
+            connections.admit(source(1), true).err(),
+            Some(Refusal::PerSource)
+        );
         for _ in 0..12 {
-            held.push(connections.admit(source(2)).unwrap());
+            held.push(connections.admit(source(2), true).unwrap());
         }
         // 24 of 40: the general part is full; the reserve is next, one
         // connection a source (16 / 16).
-        let reserved = connections.admit(source(3)).unwrap();
+        let reserved = connections.admit(source(3), true).unwrap();
         assert_eq!(reserved.admission(), Admission::Reserved);
         assert_eq!(
-            connections.admit(source(3)).err(),
+            connections.admit(source(3), true).err(),
             Some(Refusal::ReserveShare)
         );
         for n in 4..19 {
-            held.push(connections.admit(source(n)).unwrap());
+            held.push(connections.admit(source(n), true).unwrap());
         }
-        assert_eq!(connections.admit(source(99)).err(), Some(Refusal::Full));
+        assert_eq!(
+            connections.admit(source(99), true).err(),
+            Some(Refusal::Full)
+        );
         drop(reserved);
-        let again = connections.admit(source(3)).unwrap();
+        let again = connections.admit(source(3), true).unwrap();
         assert_eq!(again.admission(), Admission::Reserved);
         drop(again);
         held.clear();
         assert_eq!(
-            connections.admit(source(1)).unwrap().admission(),
+            connections.admit(source(1), true).unwrap().admission(),
             Admission::General
         );
         assert!(lock(&connections.open).by_source.len() <= 1);

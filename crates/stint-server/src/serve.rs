@@ -64,6 +64,7 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<crate::tls::ReloadableTls>>,
+    proxies: Arc<crate::forwarded::TrustedProxies>,
     router: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -101,7 +102,10 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let slot = match connections.admit(Source::of(peer.ip())) {
+        // A trusted proxy carries many clients: its connections are not
+        // held to one source's share (each request's client is, below).
+        let per_source = !proxies.trusts(peer.ip());
+        let slot = match connections.admit(Source::of(peer.ip()), per_source) {
             Ok(slot) => slot,
             Err(refusal) => {
                 // Counted, not logged one by one: a flood would flood the log.
@@ -114,6 +118,7 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new(limits, admission));
         let router = router.clone();
+        let proxies = Arc::clone(&proxies);
         let tracker = Arc::clone(&activity);
         // The service for this connection, given the client certificate its
         // TLS handshake verified, if any.
@@ -121,12 +126,31 @@ pub(crate) async fn serve(
             TowerToHyperService::new(tower::service_fn(
                 move |mut request: http::Request<Incoming>| {
                     let request_guard = tracker.begin();
-                    request.extensions_mut().insert(ConnectInfo(peer));
+                    // Behind a proxy, the client its headers name.
+                    let client = proxies.client(peer, request.headers());
+                    let refused = client.err().map(|why| {
+                        tracing::debug!(%peer, reason = why.description(), "forwarding headers refused");
+                        crate::error::OAuthError::invalid_request(
+                            stint_core::decision::DenyReason::MalformedRequest,
+                            why.description(),
+                        )
+                    });
+                    request
+                        .extensions_mut()
+                        .insert(ConnectInfo(client.unwrap_or(peer)));
                     request.extensions_mut().insert(admission);
                     if let Some(certificate) = &certificate {
                         request.extensions_mut().insert(certificate.clone());
                     }
-                    let response = router.clone().oneshot(request);
+                    let router = router.clone();
+                    let response = async move {
+                        match refused {
+                            Some(refusal) => {
+                                Ok(axum::response::IntoResponse::into_response(refusal))
+                            }
+                            None => router.oneshot(request).await,
+                        }
+                    };
                     async move {
                         // The request stays in flight until its body is
                         // sent: a long response (the revocation feed's

@@ -74,6 +74,26 @@ struct Cli {
     #[arg(long, env = "STINTD_ISSUER")]
     issuer: Option<String>,
 
+    /// The proxy in front terminates TLS: serve plain HTTP on --listen,
+    /// whatever the address. Needs --trusted-proxy and an https --issuer.
+    /// Keep the port reachable from the proxy only (a NetworkPolicy, a
+    /// firewall): what arrives there is in the clear.
+    #[arg(long, env = "STINTD_TLS_TERMINATED_BY_PROXY")]
+    tls_terminated_by_proxy: bool,
+
+    /// A proxy (ADDRESS or ADDRESS/PREFIX) whose Forwarded or
+    /// X-Forwarded-For header names the client, for the per-source limits,
+    /// the request log and the audit; repeatable (comma-separated in the
+    /// variable). A forwarding header from any other address is refused.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "NETWORK",
+        env = "STINTD_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = stint_server::forwarded::Network::parse
+    )]
+    trusted_proxies: Vec<stint_server::forwarded::Network>,
+
     /// TLS certificate chain (PEM). Required unless --dev on loopback.
     /// Re-read with the key (and --client-ca-file) on SIGHUP: renewals
     /// need no restart.
@@ -533,6 +553,8 @@ fn config_from(cli: &Cli) -> Config {
         },
         metrics_token_file: cli.metrics_token_file.clone(),
         federation_keys: cli.federation_keys.clone(),
+        trusted_proxies: stint_server::forwarded::TrustedProxies::new(cli.trusted_proxies.clone()),
+        tls_terminated_by_proxy: cli.tls_terminated_by_proxy,
         key_encryption_key_file: cli.key_encryption_key_file.clone(),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {

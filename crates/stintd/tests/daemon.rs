@@ -917,3 +917,128 @@ fn holds_clear_p256_key(data: &Path) -> bool {
                 .any(|w| w == prefix)
         })
 }
+
+/// Behind a TLS-terminating proxy: plain HTTP with an https issuer, the
+/// client named by the trusted proxy's X-Forwarded-For (in the audit), a
+/// forwarding header from anyone else refused, and the flag's
+/// preconditions enforced.
+#[tokio::test]
+async fn behind_a_tls_terminating_proxy_the_forwarded_client_is_believed_from_trusted_proxies_only()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, policy_with("")).unwrap();
+    let creds = ("demo-job".to_owned(), test_secret("demo-job"));
+    let start = |data: &str, trusted: &str| {
+        let listen = stint_tests::unused_loopback_addr();
+        let daemon = Daemon::start(
+            Path::new(STINTD),
+            &[
+                "--policy",
+                policy.to_str().unwrap(),
+                "--data-dir",
+                dir.path().join(data).to_str().unwrap(),
+                "--listen",
+                &listen.to_string(),
+                "--issuer",
+                "https://stint.example.com",
+                "--tls-terminated-by-proxy",
+                "--trusted-proxy",
+                trusted,
+            ],
+        );
+        (daemon, format!("http://{listen}"))
+    };
+    let mint_via = |base: String, forwarded: Option<&'static str>| {
+        let creds = creds.clone();
+        async move {
+            let mut request = Client::new()
+                .post(format!("{base}{TOKEN_PATH}"))
+                .basic_auth(&creds.0, Some(&creds.1))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("step", "read"),
+                    ("scope", "read:demo/docs"),
+                    ("audience", "demo-api"),
+                    ("job", "proxied"),
+                ]);
+            if let Some(forwarded) = forwarded {
+                request = request.header("x-forwarded-for", forwarded);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    // This test's connections come from loopback: the trusted proxy.
+    let (daemon, base) = start("trusted", "127.0.0.0/8");
+    let (status, body) = mint_via(base.clone(), Some("198.51.100.1, 203.0.113.7")).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, claims) = stint_tests::decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["iss"], "https://stint.example.com");
+    let (status, body) = mint_via(base, Some("not an address")).await;
+    assert_eq!(status, 400, "{body}");
+    stop_cleanly(daemon);
+    let records = stint_tests::audit_records(&dir.path().join("trusted/audit.jsonl"));
+    let minted = records
+        .iter()
+        .find(|r| r["event"] == "token_minted")
+        .unwrap();
+    assert_eq!(
+        minted["client_addr"], "203.0.113.7:0",
+        "the right-most hop the proxy vouches for"
+    );
+
+    // Another proxy is trusted: loopback's header is refused, its own
+    // address used when it sends none.
+    let (daemon, base) = start("untrusted", "10.0.0.0/8");
+    let (status, body) = mint_via(base.clone(), Some("203.0.113.7")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("trusted proxies"),
+        "{body}"
+    );
+    let (status, _) = mint_via(base, None).await;
+    assert_eq!(status, 200);
+    drop(daemon);
+
+    // The flag's preconditions.
+    for (args, expected) in [
+        (
+            vec![
+                "--tls-terminated-by-proxy",
+                "--issuer",
+                "https://stint.example.com",
+            ],
+            "needs --trusted-proxy",
+        ),
+        (
+            vec!["--tls-terminated-by-proxy", "--trusted-proxy", "10.0.0.0/8"],
+            "needs --issuer https://",
+        ),
+        (
+            vec!["--trusted-proxy", "10.0.0.1/8"],
+            "did you mean 10.0.0.0/8",
+        ),
+    ] {
+        let (status, _, stderr) = run_to_end(
+            Command::new(STINTD)
+                .args([
+                    "--policy",
+                    policy.to_str().unwrap(),
+                    "--listen",
+                    "0.0.0.0:0",
+                ])
+                .args(["--data-dir", dir.path().join("refused").to_str().unwrap()])
+                .args(&args),
+            Duration::from_secs(30),
+        );
+        assert!(!status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
