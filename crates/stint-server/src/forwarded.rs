@@ -1,13 +1,17 @@
 //! Behind a reverse proxy: the client's address from `Forwarded` (RFC 7239)
 //! or `X-Forwarded-For`, believed only from the proxies the operator named.
 //!
-//! A request from a trusted proxy is attributed to the nearest address in
-//! its chain that is not itself a trusted proxy (reading right to left: the
-//! left end is whatever the client chose to send). A request from any other
-//! peer that carries either header is refused: it is either a client trying
-//! to choose its own address, or a proxy the operator forgot to name, and
-//! both should be loud. Every address the per-source limits, the request log
-//! and the audit see is the result.
+//! The operator names the one header the proxies set ([`ForwardedHeader`]):
+//! proxies pass the other through as the client sent it, so reading it
+//! would let a client choose its address. A request from a trusted proxy is
+//! attributed to the nearest address in that header's chain that is not
+//! itself a trusted proxy (reading right to left: the left end is whatever
+//! the client chose to send). A request from any other peer that carries
+//! the header is refused: it is either a client trying to choose its own
+//! address, or a proxy the operator forgot to name, and both should be
+//! loud. With no trusted proxy the headers mean nothing and are ignored.
+//! Every address the per-source limits, the request log and the audit see
+//! is the result.
 
 use http::HeaderMap;
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +44,20 @@ impl Network {
                 .ok()
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {max}"))?,
+        };
+        if prefix == 0 {
+            return Err(format!(
+                "{text:?} trusts every address: any client could then choose its own address"
+            ));
+        }
+        // An IPv4-mapped network is its IPv4 network (addresses are
+        // compared that way).
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (addr, prefix),
+            },
+            _ => (addr, prefix),
         };
         let network = Self { addr, prefix };
         if network.masked(addr) != addr {
@@ -89,17 +107,31 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// The proxies whose forwarding headers are believed.
+/// The header the trusted proxies set (they pass the other through).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, cloud load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded`, RFC 7239.
+    Forwarded,
+}
+
+/// The proxies whose forwarding header is believed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     networks: Vec<Network>,
+    header: ForwardedHeader,
+    /// Serve only connections from these proxies (TLS ends there: what
+    /// arrives from anywhere else is in the clear).
+    exclusive: bool,
 }
 
 /// Why a request's forwarding headers were refused. Safe to show the
 /// client: it names no address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ForwardedError {
-    /// The peer is not a trusted proxy, yet sent a forwarding header.
+    /// The peer is not a trusted proxy, yet sent the forwarding header.
     Untrusted,
     /// A header that does not parse, or too long a chain.
     Malformed,
@@ -109,7 +141,7 @@ impl ForwardedError {
     pub(crate) fn description(self) -> &'static str {
         match self {
             Self::Untrusted => {
-                "Forwarded and X-Forwarded-For are accepted only from the broker's trusted proxies"
+                "a forwarding header (X-Forwarded-For or Forwarded) is accepted only from the broker's trusted proxies"
             }
             Self::Malformed => "the Forwarded or X-Forwarded-For header does not parse",
         }
@@ -117,9 +149,24 @@ impl ForwardedError {
 }
 
 impl TrustedProxies {
-    /// The proxies in `networks`.
-    pub fn new(networks: Vec<Network>) -> Self {
-        Self { networks }
+    /// The proxies in `networks`, which set `header`.
+    pub fn new(networks: Vec<Network>, header: ForwardedHeader) -> Self {
+        Self {
+            networks,
+            header,
+            exclusive: false,
+        }
+    }
+
+    /// These proxies, and connections from no one else.
+    pub(crate) fn exclusive(mut self) -> Self {
+        self.exclusive = true;
+        self
+    }
+
+    /// Whether a connection from `peer` is served at all.
+    pub(crate) fn admits(&self, peer: IpAddr) -> bool {
+        !self.exclusive || self.trusts(peer)
     }
 
     /// Whether no proxy is trusted.
@@ -144,19 +191,23 @@ impl TrustedProxies {
         peer: SocketAddr,
         headers: &HeaderMap,
     ) -> Result<SocketAddr, ForwardedError> {
-        let forwarded: Vec<_> = headers.get_all(http::header::FORWARDED).iter().collect();
-        let x_forwarded: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
-        if forwarded.is_empty() && x_forwarded.is_empty() {
+        if self.networks.is_empty() {
+            return Ok(peer);
+        }
+        let name = match self.header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        };
+        let values: Vec<_> = headers.get_all(name).iter().collect();
+        if values.is_empty() {
             return Ok(peer);
         }
         if !self.trusts(peer.ip()) {
             return Err(ForwardedError::Untrusted);
         }
-        // Forwarded is the standard; when a proxy sends both, it wins.
-        let chain = if forwarded.is_empty() {
-            x_forwarded_chain(&x_forwarded)?
-        } else {
-            forwarded_chain(&forwarded)?
+        let chain = match self.header {
+            ForwardedHeader::XForwardedFor => x_forwarded_chain(&values)?,
+            ForwardedHeader::Forwarded => forwarded_chain(&values)?,
         };
         if chain.len() > MAX_HOPS {
             return Err(ForwardedError::Malformed);
@@ -265,7 +316,14 @@ mod tests {
     use super::*;
 
     fn proxies(list: &[&str]) -> TrustedProxies {
-        TrustedProxies::new(list.iter().map(|n| Network::parse(n).unwrap()).collect())
+        proxies_with(list, ForwardedHeader::XForwardedFor)
+    }
+
+    fn proxies_with(list: &[&str], header: ForwardedHeader) -> TrustedProxies {
+        TrustedProxies::new(
+            list.iter().map(|n| Network::parse(n).unwrap()).collect(),
+            header,
+        )
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -312,7 +370,7 @@ mod tests {
                 .contains(ip("::ffff:10.0.0.1")),
             "a mapped address is its IPv4 address"
         );
-        assert!(Network::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(Network::parse("0.0.0.0/1").unwrap().contains(ip("8.8.8.8")));
         for bad in [
             "10.0.0.1/8",
             "10.0.0.0/33",
@@ -355,6 +413,21 @@ mod tests {
             .unwrap(),
             "198.51.100.4:0".parse().unwrap()
         );
+        // The proxies set X-Forwarded-For: a Forwarded header is the
+        // client's own, passed through, and means nothing.
+        assert_eq!(
+            client(&[
+                ("forwarded", "for=6.6.6.6"),
+                ("x-forwarded-for", "192.0.2.60")
+            ])
+            .unwrap(),
+            "192.0.2.60:0".parse().unwrap()
+        );
+        assert_eq!(client(&[("forwarded", "for=6.6.6.6")]).unwrap(), peer);
+
+        // Proxies that set Forwarded: X-Forwarded-For is the client's.
+        let rfc = proxies_with(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        let client = |pairs: &[(&'static str, &str)]| rfc.client(peer, &headers(pairs));
         assert_eq!(
             client(&[(
                 "forwarded",
@@ -363,7 +436,6 @@ mod tests {
             .unwrap(),
             "[2001:db8::17]:0".parse().unwrap()
         );
-        // Forwarded wins over X-Forwarded-For.
         assert_eq!(
             client(&[
                 ("forwarded", "for=192.0.2.60;proto=https;by=10.0.0.1"),
@@ -372,6 +444,8 @@ mod tests {
             .unwrap(),
             "192.0.2.60:0".parse().unwrap()
         );
+        assert_eq!(client(&[("x-forwarded-for", "6.6.6.6")]).unwrap(), peer);
+        let client = |pairs: &[(&'static str, &str)]| trusted.client(peer, &headers(pairs));
         // Every hop trusted: the left-most.
         assert_eq!(
             client(&[("x-forwarded-for", "10.0.0.7, 10.0.0.8")]).unwrap(),
@@ -384,6 +458,17 @@ mod tests {
     }
 
     #[test]
+    fn behind_a_tls_terminating_proxy_only_the_proxies_connect() {
+        let open = proxies(&["10.0.0.0/8"]);
+        assert!(open.admits(ip("203.0.113.1")));
+        let exclusive = open.exclusive();
+        assert!(exclusive.admits(ip("10.3.3.3")));
+        assert!(exclusive.admits(ip("::ffff:10.3.3.3")));
+        assert!(!exclusive.admits(ip("203.0.113.1")));
+        assert!(!exclusive.admits(ip("127.0.0.1")));
+    }
+
+    #[test]
     fn headers_from_anyone_else_or_that_do_not_parse_are_refused() {
         let trusted = proxies(&["10.0.0.0/8"]);
         let outsider: SocketAddr = "203.0.113.1:5555".parse().unwrap();
@@ -391,29 +476,36 @@ mod tests {
             trusted.client(outsider, &headers(&[("x-forwarded-for", "10.0.0.1")])),
             Err(ForwardedError::Untrusted)
         );
+        let rfc = proxies_with(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
         assert_eq!(
-            trusted.client(outsider, &headers(&[("forwarded", "for=1.2.3.4")])),
+            rfc.client(outsider, &headers(&[("forwarded", "for=1.2.3.4")])),
             Err(ForwardedError::Untrusted)
         );
         assert_eq!(trusted.client(outsider, &HeaderMap::new()), Ok(outsider));
+        // With no trusted proxy the headers mean nothing (a client behind
+        // its own corporate proxy is not refused for them).
         assert_eq!(
             TrustedProxies::default().client(outsider, &headers(&[("x-forwarded-for", "1.2.3.4")])),
-            Err(ForwardedError::Untrusted)
+            Ok(outsider)
         );
         let peer: SocketAddr = PROXY.parse().unwrap();
-        for (name, value) in [
-            ("x-forwarded-for", "not-an-ip"),
-            ("x-forwarded-for", "1.2.3.4,,5.6.7.8"),
-            ("x-forwarded-for", ""),
-            ("forwarded", "for=unknown"),
-            ("forwarded", "for=_hidden"),
-            ("forwarded", "proto=https"),
-            ("forwarded", "for=1.2.3.4;for=5.6.7.8"),
-            ("forwarded", "for=\"[2001:db8::1]"),
-            ("forwarded", "for"),
+        for (header, value) in [
+            (ForwardedHeader::XForwardedFor, "not-an-ip"),
+            (ForwardedHeader::XForwardedFor, "1.2.3.4,,5.6.7.8"),
+            (ForwardedHeader::XForwardedFor, ""),
+            (ForwardedHeader::Forwarded, "for=unknown"),
+            (ForwardedHeader::Forwarded, "for=_hidden"),
+            (ForwardedHeader::Forwarded, "proto=https"),
+            (ForwardedHeader::Forwarded, "for=1.2.3.4;for=5.6.7.8"),
+            (ForwardedHeader::Forwarded, "for=\"[2001:db8::1]"),
+            (ForwardedHeader::Forwarded, "for"),
         ] {
+            let name = match header {
+                ForwardedHeader::XForwardedFor => "x-forwarded-for",
+                ForwardedHeader::Forwarded => "forwarded",
+            };
             assert_eq!(
-                trusted.client(peer, &headers(&[(name, value)])),
+                proxies_with(&["10.0.0.0/8"], header).client(peer, &headers(&[(name, value)])),
                 Err(ForwardedError::Malformed),
                 "{name}: {value}"
             );

@@ -229,8 +229,33 @@ impl KeyRing {
         kek: Option<Arc<Sealer>>,
     ) -> Result<Self, String> {
         let stored = store.signing_keys().await.map_err(|e| e.to_string())?;
+        // With a key-encryption key, a key in the clear is one kept from
+        // before the keys were sealed, published until its tokens expire.
+        // Once the first sealed key is older than that, a clear key can
+        // only have been written into the store since: never trusted.
+        let clear_keys_until = kek.as_ref().and_then(|_| {
+            stored
+                .iter()
+                .filter(|key| Sealer::looks_sealed(&key.pkcs8))
+                .map(|key| key.created_at)
+                .min()
+                .map(|first| first + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS)
+        });
         let mut loaded = Vec::with_capacity(stored.len());
         for key in stored {
+            let clear = !Sealer::looks_sealed(&key.pkcs8);
+            let stale_clear = kek.is_some()
+                && clear
+                && clear_keys_until.is_some_and(|until| now.timestamp() >= until);
+            // A retirement in the future is no retirement this broker wrote.
+            let bad_retirement = key.retired_at.is_some_and(|at| at > now.timestamp() + 60);
+            if stale_clear || bad_retirement {
+                tracing::warn!(kid = %key.kid, stale_clear, bad_retirement, "ignoring and deleting a stored signing key that this broker did not write");
+                if let Err(error) = store.delete_signing_key(&key.kid).await {
+                    tracing::warn!(kid = %key.kid, %error, "could not delete the key");
+                }
+                continue;
+            }
             let key_alg = Algorithm::from_name(&key.alg).ok_or_else(|| {
                 format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg)
             })?;
@@ -661,5 +686,49 @@ mod tests {
         let stored = store.signing_keys().await.unwrap();
         assert_eq!(stored.len(), 1);
         assert!(Sealer::looks_sealed(&stored[0].pkcs8));
+    }
+
+    #[tokio::test]
+    async fn under_a_key_encryption_key_a_clear_key_written_later_is_never_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let rng = SystemRandom::new();
+        let sealed = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_000), &rng, kek(1))
+            .await
+            .unwrap();
+        // Someone who can write the store adds a key in the clear, retired
+        // (so that it would only be published) far in the future.
+        let (forged, pkcs8) = SigningKey::generate(Algorithm::ES256, &rng).unwrap();
+        for retired_at in [Some(10_000_000), Some(5_000)] {
+            store.delete_signing_key(forged.kid()).await.unwrap();
+            store
+                .insert_signing_key(&StoredKey {
+                    kid: forged.kid().to_owned(),
+                    alg: "ES256".into(),
+                    pkcs8: pkcs8.clone(),
+                    created_at: 900,
+                    retired_at,
+                })
+                .await
+                .unwrap();
+            let later = at(5_000);
+            let ring = KeyRing::load_or_create(&store, Algorithm::ES256, later, &rng, kek(1))
+                .await
+                .unwrap();
+            assert_eq!(ring.signing_key().kid(), sealed.signing_key().kid());
+            assert!(
+                !ring.published_kids().contains(&forged.kid().to_owned()),
+                "{retired_at:?}"
+            );
+            assert!(
+                store
+                    .signing_keys()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|key| key.kid != forged.kid()),
+                "and deleted"
+            );
+        }
     }
 }

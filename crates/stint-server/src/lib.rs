@@ -546,7 +546,11 @@ pub async fn start_with_clock(
     let serve_task = tokio::spawn(serve::serve(
         listener,
         tls.clone(),
-        Arc::new(config.trusted_proxies.clone()),
+        Arc::new(if config.tls_terminated_by_proxy {
+            config.trusted_proxies.clone().exclusive()
+        } else {
+            config.trusted_proxies.clone()
+        }),
         router,
         config.limits,
         Arc::clone(&state.metrics),

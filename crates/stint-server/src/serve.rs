@@ -102,6 +102,13 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
+        if !proxies.admits(peer.ip()) {
+            // TLS ends at the proxy: a connection from anywhere else would
+            // carry secrets in the clear. Counted, not logged one by one.
+            metrics.connection_refused("not_a_trusted_proxy");
+            tracing::debug!(%peer, "closing a connection that does not come from a trusted proxy");
+            continue;
+        }
         // A trusted proxy carries many clients: its connections are not
         // held to one source's share (each request's client is, below).
         let per_source = !proxies.trusts(peer.ip());

@@ -94,6 +94,11 @@ struct Cli {
     )]
     trusted_proxies: Vec<stint_server::forwarded::Network>,
 
+    /// The header the trusted proxies set. Only that one is read: proxies
+    /// pass the other through as the client sent it.
+    #[arg(long, env = "STINTD_FORWARDED_HEADER", value_enum, default_value_t = ForwardedHeaderArg::XForwardedFor)]
+    forwarded_header: ForwardedHeaderArg,
+
     /// TLS certificate chain (PEM). Required unless --dev on loopback.
     /// Re-read with the key (and --client-ca-file) on SIGHUP: renewals
     /// need no restart.
@@ -417,6 +422,14 @@ enum Command {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum ForwardedHeaderArg {
+    /// X-Forwarded-For (nginx, HAProxy, cloud load balancers).
+    XForwardedFor,
+    /// Forwarded (RFC 7239).
+    Forwarded,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum SigningAlg {
     /// ECDSA P-256 (ES256).
     Es256,
@@ -553,7 +566,17 @@ fn config_from(cli: &Cli) -> Config {
         },
         metrics_token_file: cli.metrics_token_file.clone(),
         federation_keys: cli.federation_keys.clone(),
-        trusted_proxies: stint_server::forwarded::TrustedProxies::new(cli.trusted_proxies.clone()),
+        trusted_proxies: stint_server::forwarded::TrustedProxies::new(
+            cli.trusted_proxies.clone(),
+            match cli.forwarded_header {
+                ForwardedHeaderArg::XForwardedFor => {
+                    stint_server::forwarded::ForwardedHeader::XForwardedFor
+                }
+                ForwardedHeaderArg::Forwarded => {
+                    stint_server::forwarded::ForwardedHeader::Forwarded
+                }
+            },
+        ),
         tls_terminated_by_proxy: cli.tls_terminated_by_proxy,
         key_encryption_key_file: cli.key_encryption_key_file.clone(),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
@@ -635,8 +658,31 @@ fn store_config(
 
 /// A password file's first line (a trailing newline is not part of it).
 fn read_password_file(file: &std::path::Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(file)
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    /// A password file is one line; anything longer is the wrong file.
+    const MAX_PASSWORD_FILE: u64 = 4096;
+    let opened = std::fs::File::open(file)
         .with_context(|| format!("cannot read --store-password-file {}", file.display()))?;
+    if let Ok(metadata) = opened.metadata()
+        && metadata.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "stintd: warning: --store-password-file {} is readable by group or others; chmod 600 it",
+            file.display()
+        );
+    }
+    let mut text = String::new();
+    opened
+        .take(MAX_PASSWORD_FILE + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read --store-password-file {}", file.display()))?;
+    if text.len() as u64 > MAX_PASSWORD_FILE {
+        anyhow::bail!(
+            "--store-password-file {} is larger than {MAX_PASSWORD_FILE} bytes",
+            file.display()
+        );
+    }
     let password = text.strip_suffix('\n').unwrap_or(&text);
     let password = password.strip_suffix('\r').unwrap_or(password);
     if password.is_empty() || password.contains(['\n', '\r']) {

@@ -990,11 +990,55 @@ async fn behind_a_tls_terminating_proxy_the_forwarded_client_is_believed_from_tr
         "the right-most hop the proxy vouches for"
     );
 
-    // Another proxy is trusted: loopback's header is refused, its own
-    // address used when it sends none.
-    let (daemon, base) = start("untrusted", "10.0.0.0/8");
-    let (status, body) = mint_via(base.clone(), Some("203.0.113.7")).await;
-    assert_eq!(status, 400, "{body}");
+    // Behind a TLS-terminating proxy, only the proxies may connect at all:
+    // anyone else would be sending secrets in the clear.
+    let (daemon, base) = start("exclusive", "10.0.0.0/8");
+    assert!(
+        Client::new()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "a connection from outside the trusted proxies is closed"
+    );
+    drop(daemon);
+
+    // With TLS (here: dev mode on loopback) and another proxy trusted,
+    // loopback is served, but its forwarding header is refused; without
+    // one it is its own client.
+    let listen = stint_tests::unused_loopback_addr();
+    let daemon = Daemon::start(
+        Path::new(STINTD),
+        &[
+            "--dev",
+            "--data-dir",
+            dir.path().join("untrusted").to_str().unwrap(),
+            "--listen",
+            &listen.to_string(),
+            "--trusted-proxy",
+            "10.0.0.0/8",
+        ],
+    );
+    let base = format!("http://{listen}");
+    let dev = dev_credentials(&dir.path().join("untrusted"));
+    let request = |forwarded: Option<&'static str>| {
+        let mut request = Client::new()
+            .post(format!("{base}{TOKEN_PATH}"))
+            .basic_auth(&dev.0, Some(&dev.1))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("step", "read"),
+                ("scope", "read:demo/docs"),
+                ("audience", "demo-api"),
+            ]);
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-for", forwarded);
+        }
+        request.send()
+    };
+    let response = request(Some("203.0.113.7")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "invalid_request");
     assert!(
         body["error_description"]
@@ -1003,8 +1047,7 @@ async fn behind_a_tls_terminating_proxy_the_forwarded_client_is_believed_from_tr
             .contains("trusted proxies"),
         "{body}"
     );
-    let (status, _) = mint_via(base, None).await;
-    assert_eq!(status, 200);
+    assert_eq!(request(None).await.unwrap().status().as_u16(), 200);
     drop(daemon);
 
     // The flag's preconditions.
@@ -1024,6 +1067,10 @@ async fn behind_a_tls_terminating_proxy_the_forwarded_client_is_believed_from_tr
         (
             vec!["--trusted-proxy", "10.0.0.1/8"],
             "did you mean 10.0.0.0/8",
+        ),
+        (
+            vec!["--trusted-proxy", "0.0.0.0/0"],
+            "any client could then choose its own address",
         ),
     ] {
         let (status, _, stderr) = run_to_end(
