@@ -486,6 +486,132 @@ async fn stintd_keeps_its_revocations_in_postgresql_across_a_restart() {
     assert!(!daemon.stderr().contains(PASSWORD));
 }
 
+/// PostgreSQL stopped under a running stintd: within the bound it fails
+/// closed (no mint, the token inactive, the feed stream ended, /readyz
+/// 503), and once PostgreSQL is back it heals by itself with what was
+/// acknowledged before still in force.
+#[tokio::test]
+async fn stintd_fails_closed_while_postgresql_is_down_and_heals_after() {
+    let mut cluster = PgCluster::start();
+    cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("store.password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, [0x42u8; 32]).unwrap();
+    let url = format!(
+        "postgres://{ROLE}@127.0.0.1:{}/stint?sslmode=disable",
+        cluster.port()
+    );
+    let daemon = Daemon::start_command(
+        std::process::Command::new(stintd())
+            .args(["--dev", "--listen", "127.0.0.1:0", "--store", &url])
+            .args(["--store-fail-closed-after", "1", "--store-timeout", "1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("STINTD_STORE_PASSWORD_FILE", &password_file)
+            .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
+            .env_remove("STINTD_STORE_PASSWORD"),
+    );
+    let creds = {
+        let dev: stint_proto::DevClient = serde_json::from_slice(
+            &std::fs::read(dir.path().join("data/dev-client.json")).unwrap(),
+        )
+        .unwrap();
+        (dev.client_id, dev.client_secret)
+    };
+    let http = reqwest::Client::new();
+    let try_mint = |job: &'static str| {
+        http.post(daemon.url(stint_proto::TOKEN_PATH))
+            .basic_auth(&creds.0, Some(&creds.1))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("step", "read"),
+                ("scope", "read:demo/docs"),
+                ("audience", "demo-api"),
+                ("job", job),
+            ])
+            .send()
+    };
+    let is_active = |token: String| {
+        let request = http
+            .post(daemon.url(stint_proto::INTROSPECTION_PATH))
+            .basic_auth(&creds.0, Some(&creds.1))
+            .form(&[("token", token)])
+            .send();
+        async move {
+            let body: Value = request.await.unwrap().json().await.unwrap();
+            body["active"].as_bool().unwrap()
+        }
+    };
+    let minted: Value = try_mint("before").await.unwrap().json().await.unwrap();
+    let token = minted["access_token"].as_str().unwrap().to_owned();
+    let revoked: Value = try_mint("revoked").await.unwrap().json().await.unwrap();
+    let revoked = revoked["access_token"].as_str().unwrap().to_owned();
+    let response = http
+        .post(daemon.url("/v1/jobs/revoked/revoke"))
+        .basic_auth(&creds.0, Some(&creds.1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(is_active(token.clone()).await);
+    let mut stream = stint_tests::sse::SseStream::new(
+        stint_tests::sse::SseStream::open(
+            &http,
+            &daemon.url(stint_proto::REVOCATION_STREAM_PATH),
+            (&creds.0, &creds.1),
+            None,
+        )
+        .await,
+    );
+    assert_eq!(
+        stream
+            .next_event(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .event,
+        "ready"
+    );
+
+    cluster.stop();
+    let stopped = Instant::now();
+    // The feed stream ends (a keep-alive comment may come first).
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while stream.next(Duration::from_secs(10)).await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the feed stream ended");
+    let status = try_mint("during").await.unwrap().status().as_u16();
+    assert_eq!(status, 503);
+    assert!(!is_active(token.clone()).await, "no token is vouched for");
+    let ready = http.get(daemon.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let failed_closed_in = stopped.elapsed();
+    assert!(
+        failed_closed_in < Duration::from_secs(10),
+        "{failed_closed_in:?}"
+    );
+
+    cluster.start_again();
+    eventually(Duration::from_secs(30), "stintd heals", || async {
+        let response = try_mint("after").await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    assert!(is_active(token).await, "active again");
+    assert!(
+        !is_active(revoked).await,
+        "the revocation made before is in force"
+    );
+    assert!(
+        daemon.stderr().contains("failing closed"),
+        "{}",
+        daemon.stderr()
+    );
+    assert!(daemon.stderr().contains("the store answers again"));
+}
+
 #[tokio::test]
 async fn stintd_refuses_a_password_on_its_command_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -191,6 +191,10 @@ pub struct Config {
     pub webhook: Option<WebhookTarget>,
     /// How often a quiet revocation feed stream sends a keep-alive comment.
     pub feed_keepalive: Duration,
+    /// How long the store may fail its checks before the broker fails
+    /// closed: no mint, every token inactive at introspection, feed streams
+    /// ended, `/readyz` 503 (until a check succeeds again).
+    pub store_fail_closed_after: Duration,
     /// The most revocation feed streams open at once (0: none; verifiers
     /// then poll the status lists).
     pub feed_max_streams: usize,
@@ -242,6 +246,7 @@ impl Config {
             approval_interval: Duration::from_secs(5),
             webhook: None,
             feed_keepalive: Duration::from_secs(15),
+            store_fail_closed_after: Duration::from_secs(10),
             feed_max_streams: 2048,
             feed_max_streams_per_client: 256,
             audit: crate::audit::AuditSettings::default(),
@@ -299,6 +304,11 @@ impl Config {
             || self.feed_keepalive > Duration::from_secs(300)
         {
             return Err(ConfigError::BadFeedKeepalive);
+        }
+        if self.store_fail_closed_after < Duration::from_millis(500)
+            || self.store_fail_closed_after > Duration::from_secs(300)
+        {
+            return Err(ConfigError::BadStoreFailClosedAfter);
         }
         if self.feed_max_streams > MAX_FEED_STREAMS
             || self.feed_max_streams
@@ -473,6 +483,9 @@ pub enum ConfigError {
     /// A feed keep-alive interval out of range.
     #[error("the revocation feed keep-alive must be 100 ms to 5 minutes")]
     BadFeedKeepalive,
+    /// A fail-closed bound out of range.
+    #[error("--store-fail-closed-after must be 1 to 300 seconds")]
+    BadStoreFailClosedAfter,
     /// More feed streams than the broker will hold.
     #[error(
         "--feed-max-streams must be below the connections outside the reserve (--max-connections minus --reserved-connections, so minting keeps room) and at most {MAX_FEED_STREAMS}"

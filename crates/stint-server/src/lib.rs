@@ -30,6 +30,7 @@ pub mod metrics;
 mod serve;
 mod state;
 mod status;
+mod store_health;
 mod targets;
 pub mod tls;
 pub mod webhook;
@@ -521,6 +522,7 @@ pub async fn start_with_clock(
         feed_clients: Arc::new(feed::ClientStreams::new(config.feed_max_streams_per_client)),
         feed_keepalive: config.feed_keepalive,
         closing: closing_rx,
+        store_reachable: tokio::sync::watch::channel(true).0,
         policy_installed: tokio::sync::watch::channel(0).0,
         pending: std::sync::Mutex::new(Vec::new()),
         limits: limits::RequestLimits::new(&config.limits, std::time::Instant::now()),
@@ -540,6 +542,11 @@ pub async fn start_with_clock(
         state.closing.clone(),
     ));
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
+    // Ends with the broker (it watches `closing`).
+    tokio::spawn(store_health::run(
+        Arc::clone(&state),
+        config.store_fail_closed_after,
+    ));
     let refusals_task = tokio::spawn(refusals_loop(Arc::clone(&state)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = http::router(Arc::clone(&state));

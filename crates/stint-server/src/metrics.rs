@@ -290,6 +290,7 @@ pub struct Metrics {
     policy_reloads: Family<ResultLabel, Counter>,
     tls_loads: Family<ResultLabel, Counter>,
     tls_not_after: Gauge,
+    store_reachable: Gauge,
     review_overdue: Family<WorkflowLabel, Gauge>,
     revocations_in_memory: Gauge,
     audit_records: Counter,
@@ -374,6 +375,13 @@ impl Metrics {
             "tls_certificate_loads",
             "Loads of the TLS certificate and key (start and SIGHUP), by result (loaded, refused)",
             tls_loads.clone(),
+        );
+        let store_reachable = Gauge::default();
+        store_reachable.set(1);
+        registry.register(
+            "store_reachable",
+            "1 while the store answers within --store-fail-closed-after; 0 while the broker fails closed",
+            store_reachable.clone(),
         );
         let tls_not_after = Gauge::default();
         registry.register(
@@ -513,6 +521,7 @@ impl Metrics {
             policy_reloads,
             tls_loads,
             tls_not_after,
+            store_reachable,
             review_overdue,
             revocations_in_memory,
             audit_records,
@@ -657,6 +666,11 @@ impl Metrics {
         self.policy_reloads
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    /// The store's reachability changed.
+    pub(crate) fn store_reachable(&self, reachable: bool) {
+        self.store_reachable.set(i64::from(reachable));
     }
 
     /// A load of the TLS certificate and key: `not_after` is the served

@@ -77,6 +77,10 @@ pub(crate) struct AppState {
     pub(crate) targets: Arc<stint_targets::queue::TargetCredentials>,
     /// The keys that sign federation tokens (none: OIDC targets refuse).
     pub(crate) federation_keys: crate::federation_token::FederationKeys,
+    /// Whether the store answered its checks within the fail-closed bound
+    /// ([`crate::store_health`]): while not, nothing is minted, no token is
+    /// active at introspection and the feed's streams end.
+    pub(crate) store_reachable: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a presented token turned out to be.
@@ -155,6 +159,11 @@ pub(crate) enum Revocation<'a> {
 }
 
 impl AppState {
+    /// Whether the store answered within the fail-closed bound.
+    pub(crate) fn store_reachable(&self) -> bool {
+        *self.store_reachable.borrow()
+    }
+
     /// Hold `pending` until the guard drops: the token endpoint refuses to
     /// sign a token it covers. Take the revocation's time after this.
     pub(crate) fn hold(&self, pending: Pending) -> PendingHold<'_> {

@@ -156,6 +156,12 @@ struct Cli {
     #[arg(long, env = "STINTD_FEED_KEEPALIVE", default_value_t = 15)]
     feed_keepalive: u64,
 
+    /// Fail closed once the store has not answered for this many seconds
+    /// (1-300): no mint (503), every token inactive at introspection, the
+    /// feed's streams ended, /readyz 503, until it answers again.
+    #[arg(long, env = "STINTD_STORE_FAIL_CLOSED_AFTER", default_value_t = 10)]
+    store_fail_closed_after: u64,
+
     /// The most revocation feed streams open at once (503 beyond; 0 turns
     /// the stream off and verifiers poll the status lists).
     #[arg(long, env = "STINTD_FEED_MAX_STREAMS", default_value_t = 2048)]
@@ -557,6 +563,7 @@ fn config_from(cli: &Cli) -> Config {
         }),
         approval_interval: std::time::Duration::from_secs(cli.approval_interval),
         feed_keepalive: std::time::Duration::from_secs(cli.feed_keepalive),
+        store_fail_closed_after: std::time::Duration::from_secs(cli.store_fail_closed_after),
         feed_max_streams: cli.feed_max_streams,
         feed_max_streams_per_client: cli.feed_max_streams_per_client,
         audit: stint_server::AuditSettings {

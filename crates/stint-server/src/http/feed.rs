@@ -157,6 +157,11 @@ pub(crate) async fn stream(
         )
         .into_response();
     }
+    if !state.store_reachable() {
+        state.metrics.feed_refused("store_unreachable");
+        return OAuthError::unavailable("the broker cannot reach its store; poll the status lists")
+            .into_response();
+    }
     let Some(client_slot) = state.feed_clients.open(&client) else {
         state.metrics.feed_refused("client_limit");
         return OAuthError::unavailable(&format!(
@@ -185,6 +190,7 @@ pub(crate) async fn stream(
         Start::Resync => (resync_event(), Vec::new(), true),
     };
     let closing = state.closing.clone();
+    let reachable = state.store_reachable.subscribe();
     let feed_state = Arc::clone(&state);
     let start = Phase::Start {
         first,
@@ -202,6 +208,7 @@ pub(crate) async fn stream(
         let _slot = Arc::clone(&slot);
         let state = Arc::clone(&feed_state);
         let mut closing = closing.clone();
+        let mut reachable = reachable.clone();
         async move {
             match phase {
                 Phase::Start {
@@ -236,7 +243,7 @@ pub(crate) async fn stream(
                                 last: published.seq,
                             },
                         )),
-                        None => next_live(&state, live, last, &mut closing).await,
+                        None => next_live(&state, live, last, &mut closing, &mut reachable).await,
                     }
                 }
                 Phase::Done => None,
@@ -290,9 +297,16 @@ async fn next_live(
     mut live: Live,
     mut last: u64,
     closing: &mut tokio::sync::watch::Receiver<bool>,
+    reachable: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<(Result<Event, Infallible>, Phase)> {
     loop {
         if *closing.borrow() {
+            return None;
+        }
+        // Out of reach of the store: the stream ends, so that verifiers
+        // fail closed or turn to the status lists.
+        if !*reachable.borrow_and_update() {
+            tracing::warn!("feed stream closed: the store is out of reach");
             return None;
         }
         tokio::select! {
@@ -318,6 +332,7 @@ async fn next_live(
                 Err(RecvError::Closed) => return None,
             },
             _ = closing.changed() => return None,
+            _ = reachable.changed() => {}
         }
     }
 }

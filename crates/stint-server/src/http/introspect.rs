@@ -60,6 +60,11 @@ async fn introspect_inner(
             "the token parameter is required",
         )
     })?;
+    // Out of reach of the store, revocations made elsewhere are unknown
+    // here: no token is vouched for.
+    if !state.store_reachable() {
+        return Ok(IntrospectionResponse::inactive());
+    }
     // Whatever is not an active token of ours, including what cannot even
     // be parsed as one, is inactive: the caller learns nothing more.
     let Ok(TokenState::Active(claims)) = state.check_token(token, state.clock.now()) else {

@@ -30,7 +30,7 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             entry
         })
         .await;
-    let store = state.store.check().await.is_ok();
+    let store = state.store_reachable() && state.store.check().await.is_ok();
     let status = if audit && store {
         StatusCode::OK
     } else {

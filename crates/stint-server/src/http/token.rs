@@ -168,6 +168,11 @@ async fn mint(
     request_context: &RequestContext,
     entry: &mut AuditEntry,
 ) -> Result<Issued, OAuthError> {
+    // Out of reach of the store, a token could be neither revoked durably
+    // nor checked against the other replicas' revocations.
+    if !state.store_reachable() {
+        return Err(OAuthError::unavailable("the broker cannot reach its store"));
+    }
     let source = request_context
         .client_addr
         .map_or(Source::Untracked, |addr| Source::of(addr.ip()));
