@@ -54,7 +54,10 @@ async fn subscribers_get_every_revocation_in_order() {
     let ready = stream.next_event(WAIT).await.unwrap();
     assert_eq!(ready.event, "ready");
     let position: Value = serde_json::from_str(&ready.data).unwrap();
-    assert_eq!(position["seq"], 0);
+    // The sequence is the store's change feed: it counts every change
+    // (the signing key written at start-up too), and the events carry the
+    // revocations among them, in order.
+    let start = position["seq"].as_u64().unwrap();
     let epoch = position["epoch"].as_str().unwrap().to_owned();
     assert_eq!(
         ready.id, None,
@@ -64,14 +67,17 @@ async fn subscribers_get_every_revocation_in_order() {
     let jti = revoke_new_token(&broker, "job-feed").await;
     let event = stream.next_event(WAIT).await.unwrap();
     let token = revocation(&event);
-    assert_eq!((token.seq, token.kind.as_str()), (1, "token"));
+    assert_eq!((token.seq, token.kind.as_str()), (start + 1, "token"));
     assert_eq!(token.jti.as_deref(), Some(jti.as_str()));
-    assert_eq!(event.id.as_deref(), Some(format!("{epoch}.1").as_str()));
+    assert_eq!(
+        event.id.as_deref(),
+        Some(format!("{epoch}.{}", start + 1).as_str())
+    );
 
     let response = broker.post_form("/v1/jobs/job-feed/revoke", &[]).await;
     assert_eq!(response.status(), 200);
     let job = revocation(&stream.next_event(WAIT).await.unwrap());
-    assert_eq!((job.seq, job.kind.as_str()), (2, "job"));
+    assert_eq!((job.seq, job.kind.as_str()), (start + 2, "job"));
     assert_eq!(job.sub.as_deref(), Some("demo-job"));
     assert_eq!(job.job.as_deref(), Some("job-feed"));
 }
@@ -84,6 +90,7 @@ async fn a_client_that_reconnects_gets_what_it_missed() {
     revoke_new_token(&broker, "job-a").await;
     let first = stream.next_event(WAIT).await.unwrap();
     let last_id = first.id.clone().unwrap();
+    let a = revocation(&first).seq;
     drop(stream);
 
     let missed_b = revoke_new_token(&broker, "job-b").await;
@@ -93,17 +100,18 @@ async fn a_client_that_reconnects_gets_what_it_missed() {
     assert_eq!(ready.event, "ready");
     let b = revocation(&stream.next_event(WAIT).await.unwrap());
     let c = revocation(&stream.next_event(WAIT).await.unwrap());
-    assert_eq!((b.seq, b.jti.unwrap()), (2, missed_b));
-    assert_eq!((c.seq, c.jti.unwrap()), (3, missed_c));
+    assert_eq!((b.seq, b.jti.unwrap()), (a + 1, missed_b));
+    assert_eq!((c.seq, c.jti.unwrap()), (a + 2, missed_c));
     // Then live, without a gap or a repeat.
     let live_d = revoke_new_token(&broker, "job-d").await;
     let d = revocation(&stream.next_event(WAIT).await.unwrap());
-    assert_eq!((d.seq, d.jti.unwrap()), (4, live_d));
+    assert_eq!((d.seq, d.jti.unwrap()), (a + 3, live_d));
 }
 
 #[tokio::test]
 async fn an_unknown_position_gets_a_resync_and_the_snapshot_catches_up() {
     let broker = TestBroker::start().await;
+    let start = fetch_snapshot(&broker).await.position.seq;
     let revoked = revoke_new_token(&broker, "job-s").await;
     let response = broker.post_form("/v1/jobs/job-t/revoke", &[]).await;
     assert_eq!(response.status(), 200);
@@ -119,7 +127,7 @@ async fn an_unknown_position_gets_a_resync_and_the_snapshot_catches_up() {
     );
 
     let snapshot = fetch_snapshot(&broker).await;
-    assert_eq!(snapshot.position.seq, 2);
+    assert_eq!(snapshot.position.seq, start + 2);
     assert!(
         snapshot
             .revocations
@@ -144,7 +152,7 @@ async fn an_unknown_position_gets_a_resync_and_the_snapshot_catches_up() {
     // A snapshot asked for again after a revocation has it (the broker
     // reuses a snapshot only while nothing new is published).
     let again = fetch_snapshot(&broker).await;
-    assert_eq!(again.position.seq, 3);
+    assert_eq!(again.position.seq, start + 3);
     assert!(
         again
             .revocations
@@ -234,7 +242,7 @@ async fn the_feed_needs_client_credentials() {
 }
 
 #[tokio::test]
-async fn a_restarting_broker_ends_streams_and_its_clients_resync() {
+async fn a_restarting_broker_ends_streams_and_its_clients_resume() {
     let mut broker = TestBroker::start().await;
     let mut stream = open(&broker, None).await;
     stream.next_event(WAIT).await.unwrap();
@@ -249,16 +257,26 @@ async fn a_restarting_broker_ends_streams_and_its_clients_resync() {
     );
     assert_eq!(stream.next(WAIT).await, None, "the old stream ended");
 
-    // The new broker has a new epoch: the old position means resync, and
-    // the snapshot still has the revocation (it is durable).
+    // The position is the store's: it outlives the process, so the client
+    // resumes where it was, without a resync, and gets what follows.
     let mut stream = open(&broker, Some(&last_id)).await;
-    assert_eq!(stream.next_event(WAIT).await.unwrap().event, "resync");
+    assert_eq!(stream.next_event(WAIT).await.unwrap().event, "ready");
+    let after = revoke_new_token(&broker, "job-r2").await;
+    let event = stream.next_event(WAIT).await.unwrap();
+    assert_eq!(revocation(&event).jti, Some(after));
+    let (epoch, seq) = last_id.split_once('.').unwrap();
+    let (next_epoch, next_seq) = event.id.as_deref().unwrap().split_once('.').unwrap();
+    assert_eq!(next_epoch, epoch, "the same epoch after the restart");
+    assert!(next_seq.parse::<u64>().unwrap() > seq.parse::<u64>().unwrap());
     let snapshot = fetch_snapshot(&broker).await;
-    assert_eq!(snapshot.revocations.len(), 1);
-    assert_ne!(
-        Some(snapshot.position.epoch.as_str()),
-        last_id.split('.').next()
+    assert_eq!(
+        snapshot.revocations.len(),
+        2,
+        "both revocations are durable"
     );
+    // A position from another store's feed is a resync.
+    let mut stream = open(&broker, Some(&format!("x{epoch}.{seq}"))).await;
+    assert_eq!(stream.next_event(WAIT).await.unwrap().event, "resync");
 }
 
 mod verifier {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use stint_core::revocation::{JobRevocation, TokenRevocation};
 use stint_core::target_credential::{CredentialState, TargetCredential};
 use stint_store::{
-    PostgresStore, PostgresStoreSettings, PostgresTls, Store, StoreError, StorePassword,
-    conformance,
+    ApprovalSaved, Change, ChangePosition, PostgresStore, PostgresStoreSettings, PostgresTls,
+    Store, StoreError, StorePassword, conformance,
 };
 use stint_tests::postgres::PgCluster;
 use stint_tests::{Daemon, eventually, policy_with, run_to_end, test_secret, workspace_binary};
@@ -95,7 +95,7 @@ async fn after_the_first_migration_the_role_needs_only_its_table_privileges() {
         .unwrap();
     let store = PostgresStore::open(&settings).await.unwrap();
     store.check().await.unwrap();
-    store.revoke_token(&token("a")).await.unwrap();
+    store.revoke_token(&token("a"), None).await.unwrap();
     assert_eq!(store.live_revocations(0).await.unwrap().tokens.len(), 1);
 }
 
@@ -122,7 +122,7 @@ async fn two_brokers_share_one_database() {
     assert_eq!(versions, [stint_store::SCHEMA_VERSION]);
 
     // A revocation by one is seen by the other.
-    a.revoke_token(&token("shared")).await.unwrap();
+    a.revoke_token(&token("shared"), None).await.unwrap();
     assert_eq!(
         b.live_revocations(1_500).await.unwrap().tokens,
         [token("shared")]
@@ -212,13 +212,195 @@ async fn two_brokers_share_one_database() {
         10_000,
     )
     .unwrap();
+    // Racing creations of one request: exactly one is saved.
     let saves = (0..8).map(|n| {
         let store = if n % 2 == 0 { &a } else { &b };
         let request = request.clone();
-        async move { store.save_approval(&request).await.unwrap() }
+        async move { store.save_approval(&request, 0).await.unwrap() }
     });
-    futures_util::future::join_all(saves).await;
-    assert_eq!(a.approvals(10_001).await.unwrap(), [request]);
+    let outcomes = futures_util::future::join_all(saves).await;
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, ApprovalSaved::Saved { revision: 1, .. }))
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, ApprovalSaved::Saved { .. } | ApprovalSaved::Conflict)),
+        "{outcomes:?}"
+    );
+
+    // Two operators vote at once through the two brokers, each from
+    // revision 1 (as each broker read it): one vote is counted, the other
+    // conflicts, and its broker must read the request again.
+    let vote = |name: &str, at: i64| {
+        let mut next = request.clone();
+        next.approve(
+            &stint_core::approval::Operator {
+                name: name.into(),
+                groups: ["sre".to_owned()].into(),
+                owns: Default::default(),
+            },
+            None,
+            None,
+            at,
+        )
+        .unwrap();
+        next
+    };
+    let (alice, bob) = (vote("alice", 10_010), vote("bob", 10_011));
+    let (x, y) = tokio::join!(a.save_approval(&alice, 1), b.save_approval(&bob, 1));
+    let mut outcomes = [x.unwrap(), y.unwrap()];
+    outcomes.sort_by_key(|o| matches!(o, ApprovalSaved::Conflict));
+    assert!(
+        matches!(
+            outcomes,
+            [
+                ApprovalSaved::Saved { revision: 2, .. },
+                ApprovalSaved::Conflict
+            ]
+        ),
+        "{outcomes:?}"
+    );
+    let stored = b.approval("apr-race").await.unwrap().unwrap();
+    assert_eq!(stored.revision, 2);
+    assert_eq!(stored.request.approvals.len(), 1, "one vote counted");
+    // The same operator, again, through the other broker, from what is
+    // stored now: the vote rows refuse a second vote.
+    let mut again = stored.request.clone();
+    again.approvals[0].at += 5;
+    assert_eq!(
+        a.save_approval(&again, 2).await.unwrap(),
+        ApprovalSaved::AlreadyVoted
+    );
+    let votes: i64 = cluster
+        .superuser_client_in("stint")
+        .await
+        .query_one(
+            "SELECT count(*) FROM approval_votes WHERE approval_id = 'apr-race'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(votes, 1);
+}
+
+#[tokio::test]
+async fn the_change_feed_is_gap_free_across_brokers_and_notifies() {
+    let cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let a = std::sync::Arc::new(PostgresStore::open(&settings).await.unwrap());
+    let b = std::sync::Arc::new(PostgresStore::open(&settings).await.unwrap());
+    let start = b.change_position().await.unwrap();
+
+    // B listens; a write through A wakes it.
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let listener = {
+        let (b, wake) = (std::sync::Arc::clone(&b), std::sync::Arc::clone(&wake));
+        tokio::spawn(async move { b.watch_changes(&wake).await })
+    };
+    // The first wake-up says it listens.
+    tokio::time::timeout(Duration::from_secs(10), wake.notified())
+        .await
+        .expect("listening");
+    a.revoke_token(&token("notified"), None).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wake.notified())
+        .await
+        .expect("a commit through A wakes B's listener");
+
+    // Many writers on both: every sequence number once, none missing, and
+    // each change as its writer described it.
+    let writes = (0..40).map(|n| {
+        let store = if n % 2 == 0 { &a } else { &b };
+        async move {
+            store
+                .revoke_token(&token(&format!("t{n:02}")), None)
+                .await
+                .unwrap()
+        }
+    });
+    let mut seqs = futures_util::future::join_all(writes).await;
+    seqs.sort_unstable();
+    let expected: Vec<u64> = (start.seq + 2..=start.seq + 41).collect();
+    assert_eq!(seqs, expected, "gap-free, each once");
+    let changes = b.changes_since(start.seq, 1_000).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        (start.seq + 1..=start.seq + 41).collect::<Vec<_>>()
+    );
+    let mut jtis: Vec<String> = changes
+        .iter()
+        .filter_map(|c| match &c.change {
+            Change::Token { revocation, .. } => Some(revocation.jti.clone()),
+            _ => None,
+        })
+        .collect();
+    jtis.sort();
+    assert_eq!(jtis.len(), 41);
+    assert_eq!(jtis[0], "notified");
+    assert_eq!(
+        a.change_position().await.unwrap(),
+        ChangePosition {
+            epoch: start.epoch.clone(),
+            seq: start.seq + 41
+        },
+        "both brokers see one position"
+    );
+
+    // A listener whose session is killed returns an error (the caller
+    // listens again and catches up by sequence meanwhile).
+    cluster
+        .superuser_client_in("stint")
+        .await
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE query LIKE 'LISTEN%' OR query = 'SELECT 1'",
+        )
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(15), listener)
+        .await
+        .expect("the listener notices its session ended")
+        .unwrap();
+    assert!(ended.is_err());
+}
+
+#[tokio::test]
+async fn a_schema_8_database_is_migrated_once() {
+    let cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    drop(PostgresStore::open(&settings).await.unwrap());
+    // What schema 8 had: no change feed, no votes, no revisions.
+    cluster
+        .superuser_client_in("stint")
+        .await
+        .batch_execute(
+            "DROP TABLE stint_changes; DROP TABLE stint_change_head; DROP TABLE approval_votes;
+             ALTER TABLE approvals DROP COLUMN revision;
+             UPDATE stint_schema SET version = 8;",
+        )
+        .await
+        .unwrap();
+    let (x, y) = tokio::join!(
+        PostgresStore::open(&settings),
+        PostgresStore::open(&settings)
+    );
+    let (x, _y) = (x.unwrap(), y.unwrap());
+    x.revoke_token(&token("migrated"), None).await.unwrap();
+    assert_eq!(x.change_position().await.unwrap().seq, 1);
+    let version: i64 = cluster
+        .superuser_client_in("stint")
+        .await
+        .query_one("SELECT version FROM stint_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, stint_store::SCHEMA_VERSION);
 }
 
 #[tokio::test]
@@ -268,10 +450,10 @@ async fn a_stopped_server_fails_operations_in_time_and_the_pool_reconnects() {
     let mut cluster = PgCluster::start();
     let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
     let store = PostgresStore::open(&settings).await.unwrap();
-    store.revoke_token(&token("before")).await.unwrap();
+    store.revoke_token(&token("before"), None).await.unwrap();
 
     cluster.stop();
-    let error = fails_quickly(settings.timeout, store.revoke_token(&token("during"))).await;
+    let error = fails_quickly(settings.timeout, store.revoke_token(&token("during"), None)).await;
     assert!(!format!("{error} {error:?}").contains(PASSWORD));
     fails_quickly(settings.timeout, store.check()).await;
     fails_quickly(settings.timeout, store.live_revocations(0)).await;
@@ -283,7 +465,7 @@ async fn a_stopped_server_fails_operations_in_time_and_the_pool_reconnects() {
         || async { store.check().await.ok() },
     )
     .await;
-    store.revoke_token(&token("after")).await.unwrap();
+    store.revoke_token(&token("after"), None).await.unwrap();
     let mut jtis: Vec<String> = store
         .live_revocations(0)
         .await

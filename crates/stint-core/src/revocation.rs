@@ -24,7 +24,7 @@ use dashmap::DashMap;
 pub const PURGE_GRACE_SECS: i64 = 300;
 
 /// A revoked token, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenRevocation {
     /// The token's `jti`.
     pub jti: String,
@@ -39,7 +39,7 @@ pub struct TokenRevocation {
 }
 
 /// A revoked (completed) job, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobRevocation {
     /// The workload that owns the job.
     pub sub: String,
@@ -102,7 +102,7 @@ pub struct RevocationSet {
 
 /// A revoked step of a job, as stored: every token of that step of the job
 /// is revoked, and no new one is minted for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StepRevocation {
     /// The workload.
     pub sub: String,
@@ -133,7 +133,7 @@ impl StepRevocation {
 /// A workload's emergency stop, as stored: every token it was issued up to
 /// `stopped_at` is revoked, and it mints nothing until an operator enables
 /// it again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadStop {
     /// The workload.
     pub workload: String,

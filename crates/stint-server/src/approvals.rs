@@ -17,6 +17,14 @@
 //! request's change (so two decisions on a request cannot interleave), and
 //! the sweep takes it per request. Approvals are rare, human-paced events,
 //! and requests are capped per workload.
+//!
+//! Between brokers sharing a store, every save names the revision it
+//! replaces ([`stint_store::Store::save_approval`]): an operator's decision
+//! starts from the request as stored, and of two brokers deciding at once
+//! (or sweeping the same expired request) only one succeeds; the other
+//! answers that the request changed, or leaves it to the winner. One vote
+//! per operator per request is also a uniqueness constraint in the store.
+//! Other brokers' changes arrive through the change feed ([`Self::adopt`]).
 
 use crate::audit::timestamp;
 use crate::error::{OAuthError, Pending};
@@ -34,6 +42,7 @@ use stint_core::audit::{AuditEntry, Decision, EventKind};
 use stint_core::decision::{DenyReason, ElevationNeeded, Grant};
 use stint_core::form::FormParams;
 use stint_proto::{ApprovalView, ApprovalVote, ErrorCode};
+use stint_store::{ApprovalSaved, Change, StoredApproval};
 use tokio::sync::Mutex;
 
 /// Requests not yet final, per workload.
@@ -46,6 +55,9 @@ pub(crate) const MAX_REQUESTS: usize = 10_000;
 pub(crate) const MAX_KEPT_PER_WORKLOAD: usize = 64;
 /// Why a request ended with its job.
 const JOB_COMPLETED: &str = "the job completed";
+/// The longest `approval_id` looked up in the store (ids are 22
+/// characters; anything much longer is not one).
+const MAX_APPROVAL_ID_LEN: usize = 64;
 /// The slowest polling interval `slow_down` raises a request's to.
 const MAX_INTERVAL_SECS: u64 = 60;
 /// Slack for clients whose timers fire a little early.
@@ -53,6 +65,8 @@ const POLL_TOLERANCE: Duration = Duration::from_millis(250);
 
 struct Tracked {
     request: ApprovalRequest,
+    /// Its revision in the store.
+    revision: u64,
     /// The polling interval this request's job must keep, seconds.
     interval: u64,
     last_poll: Option<Instant>,
@@ -74,13 +88,16 @@ pub(crate) enum ActionError {
     Rules(ApprovalError),
     /// The decision could not be recorded: nothing changed.
     Unavailable(&'static str),
+    /// Another broker changed the request meanwhile: nothing changed here;
+    /// look at it again.
+    Changed,
 }
 
 impl Approvals {
     /// Requests loaded from the store at start-up. Revoked approvals go
     /// back into the revocation set before the broker serves.
     pub(crate) fn new(
-        loaded: Vec<ApprovalRequest>,
+        loaded: Vec<StoredApproval>,
         interval: Duration,
         webhook: Option<Webhook>,
         revocations: &stint_core::revocation::RevocationSet,
@@ -88,7 +105,7 @@ impl Approvals {
         let interval = interval.as_secs().max(1);
         let requests = loaded
             .into_iter()
-            .map(|request| {
+            .map(|StoredApproval { request, revision }| {
                 if matches!(request.state, State::Revoked { .. }) {
                     revocations.insert_approval(&request.id, request.latest_token_expiry());
                 }
@@ -96,6 +113,7 @@ impl Approvals {
                     request.id.clone(),
                     Tracked {
                         request,
+                        revision,
                         interval,
                         last_poll: None,
                     },
@@ -106,6 +124,59 @@ impl Approvals {
             requests: Mutex::new(requests),
             interval,
             webhook,
+        }
+    }
+
+    /// A request as another broker (or this one) stored it, from the change
+    /// feed: kept unless what is here is as new.
+    pub(crate) async fn adopt(&self, request: ApprovalRequest, revision: u64) {
+        let mut requests = self.requests.lock().await;
+        Self::adopt_locked(&mut requests, request, revision, self.interval);
+    }
+
+    fn adopt_locked(
+        requests: &mut HashMap<String, Tracked>,
+        request: ApprovalRequest,
+        revision: u64,
+        interval: u64,
+    ) {
+        match requests.get_mut(&request.id) {
+            Some(tracked) if tracked.revision >= revision => {}
+            Some(tracked) => {
+                tracked.request = request;
+                tracked.revision = revision;
+            }
+            None => {
+                requests.insert(
+                    request.id.clone(),
+                    Tracked {
+                        request,
+                        revision,
+                        interval,
+                        last_poll: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Read request `id` from the store and keep it (it may be newer there
+    /// than here). `None` if the store no longer has it.
+    async fn refresh(
+        &self,
+        state: &AppState,
+        requests: &mut HashMap<String, Tracked>,
+        id: &str,
+    ) -> Result<bool, stint_store::StoreError> {
+        match state.store.approval(id).await? {
+            Some(stored) => {
+                Self::adopt_locked(requests, stored.request, stored.revision, self.interval);
+                Ok(true)
+            }
+            None => {
+                requests.remove(id);
+                Ok(false)
+            }
         }
     }
 
@@ -122,6 +193,18 @@ impl Approvals {
     ) -> Result<Grant, OAuthError> {
         let requester = needed.requester();
         let mut requests = self.requests.lock().await;
+        if let Some(id) = form.get("approval_id") {
+            // Made or decided through another broker moments ago: the
+            // change feed may not have brought it here yet.
+            if !requests.contains_key(id) && id.len() <= MAX_APPROVAL_ID_LEN {
+                self.refresh(state, &mut requests, id)
+                    .await
+                    .map_err(|error| {
+                        tracing::error!(%error, "approval request not readable from the store");
+                        OAuthError::unavailable("the approval request could not be read")
+                    })?;
+            }
+        }
         let found = match form.get("approval_id") {
             Some(id) => match requests.get(id) {
                 Some(tracked) if tracked.request.is_for(&requester) => Some(id.to_owned()),
@@ -273,10 +356,27 @@ impl Approvals {
         entry.client_addr = context.client_addr.map(|a| a.to_string());
         entry.duration = Some(request.duration_asked);
         state.record(entry).await?;
-        state.store.save_approval(&request).await.map_err(|error| {
-            tracing::error!(%error, "approval request not stored");
-            OAuthError::unavailable("the approval request could not be stored")
-        })?;
+        let saved = state
+            .store
+            .save_approval(&request, 0)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "approval request not stored");
+                OAuthError::unavailable("the approval request could not be stored")
+            })?;
+        let ApprovalSaved::Saved { revision, seq } = saved else {
+            tracing::error!(outcome = ?saved, "a new approval request's id is taken");
+            return Err(OAuthError::unavailable(
+                "the approval request could not be stored",
+            ));
+        };
+        state.changes.offer(
+            seq,
+            Change::Approval {
+                request: Box::new(request.clone()),
+                revision,
+            },
+        );
         tracing::info!(
             approval = %request.id,
             workload = %request.workload,
@@ -288,6 +388,7 @@ impl Approvals {
         state.metrics.approval_event("approval.requested");
         let tracked = requests.entry(id).or_insert(Tracked {
             request,
+            revision,
             interval: self.interval,
             last_poll: Some(Instant::now()),
         });
@@ -323,6 +424,18 @@ impl Approvals {
         now: DateTime<Utc>,
     ) -> Result<ApprovalView, ActionError> {
         let mut requests = self.requests.lock().await;
+        // Decided from the request as stored: another broker may have
+        // changed it since the change feed last brought it here.
+        let kept = self
+            .refresh(state, &mut requests, id)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, approval = %id, "approval request not readable from the store");
+                ActionError::Unavailable("the request could not be read")
+            })?;
+        if !kept {
+            return Err(ActionError::NotFound);
+        }
         let tracked = requests.get_mut(id).ok_or(ActionError::NotFound)?;
         let at = now.timestamp();
         let mut next = tracked.request.clone();
@@ -399,35 +512,60 @@ impl Approvals {
             ActionError::Unavailable("the decision could not be stored")
         };
         let audit = |_| ActionError::Unavailable("the decision could not be recorded");
-        match action {
+        let revision = tracked.revision;
+        let saved = match action {
             // Granting: audited, then stored, then in force.
             Action::Approve { .. } => {
-                state.record(entry).await.map_err(audit)?;
-                state.store.save_approval(&next).await.map_err(store)?;
+                state.record(entry.clone()).await.map_err(audit)?;
+                state.store.save_approval(&next, revision).await
             }
             // A revocation: audited, stored, then in force and announced,
             // or none of those (as AppState::revoke does for the others).
             Action::Revoke { .. } => {
                 state.record(entry.clone()).await.map_err(audit)?;
-                if let Err(error) = state.store.save_approval(&next).await {
-                    state
-                        .record_not_durable(entry, EventKind::ApprovalRefused)
-                        .await;
-                    return Err(store(error));
-                }
-                state.enforce(crate::state::Revocation::Approval {
-                    id: &next.id,
-                    until: next.latest_token_expiry(),
-                });
+                state.store.save_approval(&next, revision).await
             }
             // Taking away a pending request: stored first, then audited.
-            Action::Deny { .. } => {
-                state.store.save_approval(&next).await.map_err(store)?;
+            Action::Deny { .. } => state.store.save_approval(&next, revision).await,
+        };
+        let refused = match saved {
+            Ok(ApprovalSaved::Saved { revision, seq }) => {
+                tracked.revision = revision;
                 tracked.request = next.clone();
-                state.record(entry).await.map_err(audit)?;
+                if let Action::Revoke { .. } = action {
+                    // In this broker's set now; announced (here and on every
+                    // broker) when the change feed applies it, moments later.
+                    state
+                        .revocations
+                        .insert_approval(&next.id, next.latest_token_expiry());
+                }
+                state.changes.offer(
+                    seq,
+                    Change::Approval {
+                        request: Box::new(next.clone()),
+                        revision,
+                    },
+                );
+                None
             }
+            Ok(ApprovalSaved::Conflict) => Some(ActionError::Changed),
+            Ok(ApprovalSaved::AlreadyVoted) => {
+                Some(ActionError::Rules(ApprovalError::AlreadyApproved))
+            }
+            Err(error) => Some(store(error)),
+        };
+        if let Some(refused) = refused {
+            // A revocation recorded just before: say it is not in force.
+            if let Action::Revoke { .. } = action {
+                state
+                    .record_not_durable(entry, EventKind::ApprovalRefused)
+                    .await;
+            }
+            return Err(refused);
         }
-        tracked.request = next;
+        if let Action::Deny { .. } = action {
+            state.record(entry).await.map_err(audit)?;
+        }
         let request = &tracked.request;
         tracing::info!(
             approval = %request.id,
@@ -546,9 +684,38 @@ impl Approvals {
         event: EventKind,
         detail: &str,
     ) -> bool {
-        if let Err(error) = state.store.save_approval(&next).await {
-            tracing::error!(%error, approval = %next.id, "approval state not stored; will retry");
-            return false;
+        match state.store.save_approval(&next, tracked.revision).await {
+            Ok(ApprovalSaved::Saved { revision, seq }) => {
+                tracked.revision = revision;
+                state.changes.offer(
+                    seq,
+                    Change::Approval {
+                        request: Box::new(next.clone()),
+                        revision,
+                    },
+                );
+            }
+            // Another broker got there first (its sweep, or an operator):
+            // what it stored stands, and it audits and notifies.
+            Ok(_) => {
+                return match state.store.approval(&next.id).await {
+                    Ok(Some(stored)) => {
+                        let done = stored.request.is_final();
+                        tracked.request = stored.request;
+                        tracked.revision = stored.revision;
+                        done
+                    }
+                    Ok(None) => true,
+                    Err(error) => {
+                        tracing::error!(%error, approval = %next.id, "approval request not readable; will retry");
+                        false
+                    }
+                };
+            }
+            Err(error) => {
+                tracing::error!(%error, approval = %next.id, "approval state not stored; will retry");
+                return false;
+            }
         }
         tracked.request = next;
         let request = &tracked.request;

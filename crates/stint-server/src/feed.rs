@@ -2,19 +2,23 @@
 //! number, for verifiers that stay connected (`GET /v1/revocations/stream`,
 //! server-sent events).
 //!
-//! Sequence numbers belong to an epoch, new at each broker start; an SSE
-//! `id` is `EPOCH.SEQ`. A client that reconnects with `Last-Event-ID` gets
-//! what it missed from the backlog (the last [`BACKLOG`] events), or, if it
-//! is too far behind, from another epoch, or too slow to keep up, a
-//! `resync` event telling it to load the snapshot and reconnect. A comment
-//! every keep-alive interval lets both ends notice a dead connection.
+//! Sequence numbers are the store's change feed's ([`crate::changes`]):
+//! one sequence for every broker sharing the store, in commit order, so a
+//! client that reconnects through a load balancer to another broker
+//! resumes where it was. An SSE `id` is `EPOCH.SEQ`, the epoch the store's.
+//! Revocations are a subsequence of the changes, so ids have gaps. A client
+//! that reconnects with `Last-Event-ID` gets what it missed from the
+//! backlog (the last [`BACKLOG`] events), or, if it is too far behind, from
+//! another epoch, or too slow to keep up, a `resync` event telling it to
+//! load the snapshot and reconnect. A client ahead of this broker (it came
+//! from one that applied more) gets the events after its position as this
+//! broker applies them. A comment every keep-alive interval lets both ends
+//! notice a dead connection.
 //!
-//! A revocation is published after it is durable and before the broker
-//! answers 200, so a subscriber can learn of it no later than the caller.
+//! A revocation is published, here, after it is durable and (within a
+//! bound) before the broker answers 200, so a subscriber can learn of it no
+//! later than the caller.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::rand::SecureRandom;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use stint_proto::{FeedPosition, RevocationEvent};
@@ -90,15 +94,19 @@ pub(crate) struct Published {
 }
 
 struct State {
+    /// The last change applied (published or not).
     seq: u64,
+    /// The backlog holds every revocation after this change.
+    complete_after: u64,
     backlog: VecDeque<Published>,
+    /// Replaced (ending every stream) when the feed restarts.
+    sender: broadcast::Sender<Published>,
 }
 
 /// The feed.
 pub(crate) struct Feed {
     epoch: String,
     state: Mutex<State>,
-    sender: broadcast::Sender<Published>,
 }
 
 /// Where a subscription starts.
@@ -114,22 +122,24 @@ pub(crate) struct Subscription {
     pub(crate) position: FeedPosition,
     pub(crate) start: Start,
     pub(crate) live: broadcast::Receiver<Published>,
+    /// Live events up to this one are not sent: the client has them.
+    pub(crate) after: u64,
 }
 
 impl Feed {
-    /// A feed with a fresh epoch.
-    pub(crate) fn new(rng: &dyn SecureRandom) -> Result<Self, ring::error::Unspecified> {
-        let mut bytes = [0u8; 9];
-        rng.fill(&mut bytes)?;
+    /// A feed of the store's `epoch`, whose revocations up to change
+    /// `seq` are in the snapshot (loaded at start-up).
+    pub(crate) fn new(epoch: String, seq: u64) -> Self {
         let (sender, _) = broadcast::channel(CHANNEL);
-        Ok(Self {
-            epoch: URL_SAFE_NO_PAD.encode(bytes),
+        Self {
+            epoch,
             state: Mutex::new(State {
-                seq: 0,
+                seq,
+                complete_after: seq,
                 backlog: VecDeque::new(),
+                sender,
             }),
-            sender,
-        })
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -146,14 +156,35 @@ impl Feed {
 
     /// Streams subscribed now (for metrics).
     pub(crate) fn subscribers(&self) -> usize {
-        self.sender.receiver_count()
+        self.state().sender.receiver_count()
     }
 
-    /// Publish a revocation (its `seq` is assigned here).
-    pub(crate) fn publish(&self, mut event: RevocationEvent) {
+    /// Change `seq`, applied here, was not a revocation.
+    pub(crate) fn skip(&self, seq: u64) {
         let mut state = self.state();
-        state.seq += 1;
-        event.seq = state.seq;
+        state.seq = state.seq.max(seq);
+    }
+
+    /// Start again after change `seq`: the changes before it are no
+    /// longer known (they were purged from the store while this broker
+    /// could not read them). Every stream ends, and a client that comes
+    /// back from an earlier position is told to resync.
+    pub(crate) fn restart(&self, seq: u64) {
+        let mut state = self.state();
+        state.seq = seq;
+        state.complete_after = seq;
+        state.backlog.clear();
+        state.sender = broadcast::channel(CHANNEL).0;
+    }
+
+    /// Publish revocation `seq` of the change feed (applied in order).
+    pub(crate) fn publish(&self, seq: u64, mut event: RevocationEvent) {
+        let mut state = self.state();
+        if seq <= state.seq {
+            return;
+        }
+        state.seq = seq;
+        event.seq = seq;
         let json: Arc<str> = match serde_json::to_string(&event) {
             Ok(json) => json.into(),
             Err(error) => {
@@ -166,51 +197,52 @@ impl Feed {
             json,
             sub: event.sub.as_deref().map(Arc::from),
         };
-        if state.backlog.len() == BACKLOG {
-            state.backlog.pop_front();
+        if state.backlog.len() == BACKLOG
+            && let Some(dropped) = state.backlog.pop_front()
+        {
+            state.complete_after = dropped.seq;
         }
         state.backlog.push_back(published.clone());
         // Sent under the lock, so that the backlog and the live events a
         // new subscriber gets neither overlap nor leave a gap. No
         // subscriber is not an error.
-        let _ = self.sender.send(published);
+        let _ = state.sender.send(published);
     }
 
     /// Subscribe, continuing after `last_event_id` (`EPOCH.SEQ`) if given.
     pub(crate) fn subscribe(&self, last_event_id: Option<&str>) -> Subscription {
         let state = self.state();
-        let live = self.sender.subscribe();
+        let live = state.sender.subscribe();
         let position = FeedPosition {
             epoch: self.epoch.clone(),
             seq: state.seq,
         };
-        let start = match last_event_id {
-            None => Start::From(Vec::new()),
+        let (start, after) = match last_event_id {
+            None => (Start::From(Vec::new()), state.seq),
             Some(id) => match self.parse_id(id) {
-                Some(last) if last == state.seq => Start::From(Vec::new()),
-                Some(last) if last < state.seq => {
-                    let oldest = state.backlog.front().map_or(state.seq + 1, |p| p.seq);
-                    if last + 1 < oldest {
-                        Start::Resync
-                    } else {
-                        Start::From(
-                            state
-                                .backlog
-                                .iter()
-                                .filter(|p| p.seq > last)
-                                .cloned()
-                                .collect(),
-                        )
-                    }
-                }
-                // Another epoch, a position from the future, or garbage.
-                _ => Start::Resync,
+                Some(last) if last < state.complete_after => (Start::Resync, 0),
+                Some(last) => (
+                    Start::From(
+                        state
+                            .backlog
+                            .iter()
+                            .filter(|p| p.seq > last)
+                            .cloned()
+                            .collect(),
+                    ),
+                    // Ahead of this broker: the events up to `last`, when
+                    // they are applied here, are not sent again.
+                    last.max(state.seq),
+                ),
+                // Another epoch, or garbage.
+                None => (Start::Resync, 0),
             },
         };
         Subscription {
             position,
             start,
             live,
+            after,
         }
     }
 
@@ -231,7 +263,6 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::rand::SystemRandom;
 
     #[test]
     fn each_client_holds_at_most_its_share_of_streams() {
@@ -266,22 +297,34 @@ mod tests {
 
     #[test]
     fn reconnecting_clients_get_what_they_missed_or_a_resync() {
-        let feed = Feed::new(&SystemRandom::new()).unwrap();
-        for n in 0..5 {
-            feed.publish(event(&format!("t{n}")));
+        // Started after change 10; changes 12, 14, ... are revocations.
+        let feed = Feed::new("e1".into(), 10);
+        for n in 1..=5 {
+            feed.publish(10 + 2 * n, event(&format!("t{n}")));
+            feed.skip(11 + 2 * n);
         }
-        assert_eq!(feed.position().seq, 5);
-        let id = feed.event_id(2);
-        assert_eq!(seqs(&feed.subscribe(Some(&id)).start), Some(vec![3, 4, 5]));
+        assert_eq!(feed.position().seq, 21, "the last change applied");
         assert_eq!(
-            seqs(&feed.subscribe(Some(&feed.event_id(5))).start),
-            Some(vec![])
+            seqs(&feed.subscribe(Some(&feed.event_id(15))).start),
+            Some(vec![16, 18, 20]),
+            "what followed, though ids have gaps"
+        );
+        assert_eq!(
+            seqs(&feed.subscribe(Some(&feed.event_id(10))).start),
+            Some(vec![12, 14, 16, 18, 20]),
+            "from the position loaded at start-up"
+        );
+        assert_eq!(
+            seqs(&feed.subscribe(Some(&feed.event_id(9))).start),
+            None,
+            "from before it: unknown here"
         );
         assert_eq!(seqs(&feed.subscribe(None).start), Some(vec![]));
+        let ahead = feed.subscribe(Some(&feed.event_id(30)));
         assert_eq!(
-            seqs(&feed.subscribe(Some(&feed.event_id(6))).start),
-            None,
-            "from the future"
+            (seqs(&ahead.start), ahead.after),
+            (Some(vec![]), 30),
+            "a client ahead of this broker waits for what follows its position"
         );
         assert_eq!(
             seqs(&feed.subscribe(Some("otherepoch.3")).start),
@@ -289,13 +332,14 @@ mod tests {
             "another epoch"
         );
         assert_eq!(seqs(&feed.subscribe(Some("garbage")).start), None);
+        assert_eq!(seqs(&feed.subscribe(Some("e1.")).start), None, "no number");
     }
 
     #[test]
     fn a_client_behind_the_backlog_resyncs() {
-        let feed = Feed::new(&SystemRandom::new()).unwrap();
-        for n in 0..(BACKLOG + 10) {
-            feed.publish(event(&format!("t{n}")));
+        let feed = Feed::new("e1".into(), 0);
+        for n in 1..=(BACKLOG + 10) {
+            feed.publish(n as u64, event(&format!("t{n}")));
         }
         assert_eq!(seqs(&feed.subscribe(Some(&feed.event_id(5))).start), None);
         let oldest_kept = (BACKLOG + 10 - BACKLOG + 1) as u64;
@@ -307,12 +351,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_restart_ends_every_stream_and_resyncs_earlier_positions() {
+        let feed = Feed::new("e1".into(), 0);
+        feed.publish(1, event("a"));
+        let mut before = feed.subscribe(None);
+        feed.restart(100);
+        assert!(
+            matches!(
+                before.live.recv().await,
+                Err(broadcast::error::RecvError::Closed)
+            ),
+            "open streams end"
+        );
+        assert_eq!(seqs(&feed.subscribe(Some(&feed.event_id(1))).start), None);
+        assert_eq!(
+            seqs(&feed.subscribe(Some(&feed.event_id(100))).start),
+            Some(vec![])
+        );
+        feed.publish(100, event("stale"));
+        assert_eq!(
+            feed.position().seq,
+            100,
+            "a change already passed is not published"
+        );
+    }
+
+    #[tokio::test]
     async fn live_events_follow_the_backlog_without_a_gap() {
-        let feed = Feed::new(&SystemRandom::new()).unwrap();
-        feed.publish(event("a"));
+        let feed = Feed::new("e1".into(), 0);
+        feed.publish(1, event("a"));
         let mut subscription = feed.subscribe(Some(&feed.event_id(0)));
         assert_eq!(seqs(&subscription.start), Some(vec![1]));
-        feed.publish(event("b"));
-        assert_eq!(subscription.live.recv().await.unwrap().seq, 2);
+        feed.publish(3, event("b"));
+        assert_eq!(subscription.live.recv().await.unwrap().seq, 3);
     }
 }

@@ -13,6 +13,7 @@
 
 mod approvals;
 pub mod audit;
+mod changes;
 pub mod config;
 mod dev;
 pub mod error;
@@ -365,6 +366,9 @@ pub async fn start_with_clock(
     // From here the broker's signing key signs the audit log's checkpoints.
     audit.attach_signer(keys.checkpoint_signer());
 
+    // The change feed's position before anything is loaded: a change
+    // committed meanwhile is both loaded and applied, never neither.
+    let position = store.change_position().await?;
     let revocations = RevocationSet::new();
     let live = store
         .live_revocations(stint_core::revocation::purge_cutoff(now))
@@ -463,10 +467,10 @@ pub async fn start_with_clock(
         }
         None => None,
     };
-    let feed = feed::Feed::new(&rng)
-        .map_err(|_| StartError::Keys("the system random number generator failed".into()))?;
+    let feed = feed::Feed::new(position.epoch.clone(), position.seq);
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let loaded_approvals = store.approvals(now.timestamp()).await?;
+    let changes = changes::Changes::new(position);
     tracing::info!(
         approvals = loaded_approvals.len(),
         "approval requests loaded"
@@ -528,6 +532,7 @@ pub async fn start_with_clock(
         limits: limits::RequestLimits::new(&config.limits, std::time::Instant::now()),
         targets,
         federation_keys,
+        changes,
     });
     let open_credentials = state.targets.load(state.as_ref()).await?;
     if open_credentials > 0 {
@@ -542,6 +547,8 @@ pub async fn start_with_clock(
         state.closing.clone(),
     ));
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
+    // Ends with the broker (it watches `closing`).
+    tokio::spawn(changes::run(Arc::clone(&state), state.closing.clone()));
     // Ends with the broker (it watches `closing`).
     tokio::spawn(store_health::run(
         Arc::clone(&state),

@@ -20,13 +20,19 @@ use stint_core::policy::{MAX_POLICY_LEN, Policy, PolicyError, PolicyErrors};
 use stint_core::revocation::{
     JobRevocation, RevocationSet, StepRevocation, TokenRevocation, WorkloadStop,
 };
+use stint_core::status_list::StatusReference;
 use stint_core::target_credential::Cause;
 use stint_proto::RevocationEvent;
+use stint_store::Change;
 use stint_store::Store;
 
 /// The audit reason of a revocation that was recorded but could not be
 /// stored, and so never took effect.
 const NOT_DURABLE: &str = "not_durable";
+
+/// How long a revocation's caller waits for the change feed to apply it
+/// here (and so announce it on the feed) before being answered anyway.
+const APPLY_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(crate) struct AppState {
     pub(crate) issuer: String,
@@ -81,6 +87,8 @@ pub(crate) struct AppState {
     /// ([`crate::store_health`]): while not, nothing is minted, no token is
     /// active at introspection and the feed's streams end.
     pub(crate) store_reachable: tokio::sync::watch::Sender<bool>,
+    /// Where this broker stands in the store's change feed.
+    pub(crate) changes: crate::changes::Changes,
 }
 
 /// What a presented token turned out to be.
@@ -142,11 +150,11 @@ impl Drop for PendingHold<'_> {
     }
 }
 
-/// A revocation taking effect in this process (the caller makes it
-/// durable, each kind in its own store call).
+/// A revocation taking effect (made durable by [`AppState::revoke`], each
+/// kind in its own store call, and applied from the change feed).
 pub(crate) enum Revocation<'a> {
-    /// One token, by `jti` (its claims name its status list entry).
-    Token(&'a TokenRevocation, &'a AccessTokenClaims),
+    /// One token, by `jti`, with its status list entry if it has one.
+    Token(&'a TokenRevocation, Option<&'a StatusReference>),
     Job(&'a JobRevocation),
     Step(&'a StepRevocation),
     /// Every token minted under an approval, until the latest can expire.
@@ -193,8 +201,11 @@ impl AppState {
     ///    reason `not_durable`, the same request id) says the revocation
     ///    recorded just before did not take effect, and the caller gets 503:
     ///    nothing is in force or announced, and a retry starts again.
-    /// 3. It is put in force here and announced on the feed
-    ///    ([`Self::enforce`]).
+    /// 3. It is put in this broker's revocation set, then handed to the
+    ///    change feed, which puts it in force on every broker sharing the
+    ///    store and announces it on their feeds ([`Self::enforce`]); the
+    ///    caller's answer waits for this broker's (within a bound: the
+    ///    revocation is durable and in the set here either way).
     ///
     /// So a verifier never learns of a revocation that the broker forgets
     /// at its next start, and the audit log never lacks one that is in
@@ -206,29 +217,71 @@ impl AppState {
         revocation: Revocation<'_>,
     ) -> Result<(), OAuthError> {
         self.record(entry.clone()).await?;
+        // Stored with its request's state by the approvals module, in the
+        // same order (see `Approvals::act`).
+        if let Revocation::Approval { .. } = revocation {
+            return Ok(());
+        }
         let stored = match &revocation {
-            Revocation::Token(revoked, _) => self.store.revoke_token(revoked).await,
-            Revocation::Job(job) => self.store.revoke_job(job).await,
-            Revocation::Step(step) => self.store.revoke_step(step).await,
-            Revocation::Workload(stop) => self.store.stop_workload(stop).await,
-            // Stored with its request's state by the approvals module, in
-            // the same order (see `Approvals::decide`).
-            Revocation::Approval { .. } => Ok(()),
+            Revocation::Token(revoked, status) => {
+                self.store.revoke_token(revoked, *status).await.map(|seq| {
+                    let change = Change::Token {
+                        revocation: (*revoked).clone(),
+                        status: status.cloned(),
+                    };
+                    (seq, change)
+                })
+            }
+            Revocation::Job(job) => self.store.revoke_job(job).await.map(|seq| {
+                let change = Change::Job {
+                    revocation: (*job).clone(),
+                };
+                (seq, change)
+            }),
+            Revocation::Step(step) => self.store.revoke_step(step).await.map(|seq| {
+                let change = Change::Step {
+                    revocation: (*step).clone(),
+                };
+                (seq, change)
+            }),
+            Revocation::Workload(stop) => self.store.stop_workload(stop).await.map(|seq| {
+                let change = Change::WorkloadStopped {
+                    stop: (*stop).clone(),
+                };
+                (seq, change)
+            }),
+            Revocation::Approval { .. } => return Ok(()),
         };
-        if let Err(error) = stored {
-            tracing::error!(%error, "revocation not durable; it is not in force");
-            self.record_not_durable(entry, denied).await;
-            return Err(OAuthError::unavailable(
-                "the revocation could not be made durable, so it is not in force",
-            ));
+        let (seq, change) = match stored {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(%error, "revocation not durable; it is not in force");
+                self.record_not_durable(entry, denied).await;
+                return Err(OAuthError::unavailable(
+                    "the revocation could not be made durable, so it is not in force",
+                ));
+            }
+        };
+        // In force here at once, whatever the change feed does next.
+        match &revocation {
+            Revocation::Token(revoked, _) => self.revocations.insert_token(revoked),
+            Revocation::Job(job) => self.revocations.insert_job(job),
+            Revocation::Step(step) => self.revocations.insert_step(step),
+            Revocation::Workload(stop) => {
+                self.revocations.insert_workload(stop);
+                self.stopped
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(stop.workload.clone());
+            }
+            Revocation::Approval { .. } => {}
         }
-        if let Revocation::Workload(stop) = &revocation {
-            self.stopped
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(stop.workload.clone());
+        if !self.changes.committed(seq, change, APPLY_BOUND).await {
+            tracing::warn!(
+                seq,
+                "a durable revocation is in force here but not yet announced: the change feed is behind (the store is slow or unreachable)"
+            );
         }
-        self.enforce(revocation);
         Ok(())
     }
 
@@ -247,14 +300,14 @@ impl AppState {
         }
     }
 
-    /// Put a revocation in force here, in this order: the revocation set
-    /// (introspection, minting), the status lists, the feed. The set comes
-    /// first so that a mint racing a revocation sees one side or the other
-    /// (see the token handler); the feed comes with it, so that whatever the
-    /// broker enforces its subscribers learn. Called once the revocation is
-    /// audited and durable ([`Self::revoke`]), or at start-up for what the
-    /// store already holds.
-    pub(crate) fn enforce(&self, revocation: Revocation<'_>) {
+    /// Put revocation `seq` of the change feed in force here, in this
+    /// order: the revocation set (introspection, minting), the status
+    /// lists, the feed. The set comes first so that a mint racing a
+    /// revocation sees one side or the other (see the token handler); the
+    /// feed comes with it, so that whatever the broker enforces its
+    /// subscribers learn. Called by the change feed's applier
+    /// ([`crate::changes`]), once per change, in sequence order.
+    pub(crate) fn enforce(&self, seq: u64, revocation: Revocation<'_>) {
         // Target credentials are queued after the set has the revocation:
         // a credential being made either is seen here, or its mint sees the
         // revocation in the set once it is made (and destroys it).
@@ -266,9 +319,11 @@ impl AppState {
             Revocation::Workload(stop) => Cause::Workload(stop),
         };
         let published = match revocation {
-            Revocation::Token(revoked, claims) => {
+            Revocation::Token(revoked, status) => {
                 self.revocations.insert_token(revoked);
-                self.status_lists.revoke_token(claims);
+                if let Some(status) = status {
+                    self.status_lists.revoke_reference(status);
+                }
                 RevocationEvent {
                     jti: Some(revoked.jti.clone()),
                     ..RevocationEvent::new("token", revoked.expires_at)
@@ -313,7 +368,7 @@ impl AppState {
                 }
             }
         };
-        self.feed.publish(published);
+        self.feed.publish(seq, published);
         self.targets
             .on_revocation(cause, self.clock.now().timestamp());
     }

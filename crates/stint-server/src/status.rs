@@ -475,8 +475,23 @@ impl StatusLists {
 
     /// A token was revoked: set its status.
     pub(crate) fn revoke_token(&self, claims: &AccessTokenClaims) {
-        let Some(status) = &claims.status else { return };
-        let reference = &status.status_list;
+        if let Some(status) = &claims.status {
+            self.revoke_reference(&status.status_list);
+        }
+    }
+
+    /// Set the status of every entry the revocations in force cover (after
+    /// changes were missed: see [`crate::changes`]).
+    pub(crate) fn reapply(&self, revocations: &RevocationEntries) {
+        self.revoke_matching(|key| {
+            let revoked = Revoked::new(key, revocations);
+            move |entry: &Entry| revoked.covers(entry)
+        });
+    }
+
+    /// The token at `reference` was revoked: set its status, if this
+    /// broker serves its list.
+    pub(crate) fn revoke_reference(&self, reference: &StatusReference) {
         if let Some(list) = self
             .lists()
             .into_iter()

@@ -6,12 +6,13 @@
 // A test suite: a failed expectation is a failed test, so panicking is the point.
 #![allow(clippy::expect_used, clippy::panic)]
 
-use crate::{Store, StoredKey};
-use stint_core::revocation::{JobRevocation, TokenRevocation};
+use crate::{ApprovalSaved, Change, Store, StoredApproval, StoredKey};
+use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
 
 /// Run every check against `store`, which must be empty.
 pub async fn run(store: &dyn Store) {
     store.check().await.expect("check() on a fresh store");
+    change_feed_is_gap_free_and_in_order(store).await;
     token_revocations_round_trip(store).await;
     job_revocations_round_trip(store).await;
     purge_drops_only_what_expired(store).await;
@@ -21,6 +22,101 @@ pub async fn run(store: &dyn Store) {
     workload_stops_round_trip(store).await;
     step_revocations_round_trip(store).await;
     target_credentials_round_trip(store).await;
+}
+
+async fn change_feed_is_gap_free_and_in_order(store: &dyn Store) {
+    use stint_core::status_list::StatusReference;
+    let start = store.change_position().await.expect("position");
+    assert!(!start.epoch.is_empty(), "the feed has an epoch");
+    let status = StatusReference {
+        idx: 7,
+        uri: "https://stint.example/v1/status/l1".into(),
+    };
+    let revoked = token(90, 9_000);
+    let job = JobRevocation {
+        sub: "w".into(),
+        job: "j90".into(),
+        revoked_at: 1_000,
+        until: 2_000,
+    };
+    let step = StepRevocation {
+        sub: "w".into(),
+        job: "j90".into(),
+        step: "flow/s".into(),
+        revoked_at: 1_000,
+        until: 2_000,
+    };
+    let stop = WorkloadStop {
+        workload: "w90".into(),
+        stopped_at: 1_000,
+        stopped_by: "alice".into(),
+        enabled_at: None,
+    };
+    let mut seqs = vec![
+        store
+            .revoke_token(&revoked, Some(&status))
+            .await
+            .expect("revoke"),
+    ];
+    seqs.push(store.revoke_job(&job).await.expect("revoke job"));
+    seqs.push(store.revoke_step(&step).await.expect("revoke step"));
+    seqs.push(store.stop_workload(&stop).await.expect("stop"));
+    seqs.push(store.enable_workload("w90", 1_100).await.expect("enable"));
+    let expected: Vec<u64> = (start.seq + 1..=start.seq + 5).collect();
+    assert_eq!(seqs, expected, "writes get consecutive sequence numbers");
+    let changes = store
+        .changes_since(start.seq, 100)
+        .await
+        .expect("read changes");
+    assert_eq!(
+        changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        expected,
+        "the feed returns every change, in order"
+    );
+    assert_eq!(
+        changes.into_iter().map(|c| c.change).collect::<Vec<_>>(),
+        [
+            Change::Token {
+                revocation: revoked,
+                status: Some(status)
+            },
+            Change::Job { revocation: job },
+            Change::Step { revocation: step },
+            Change::WorkloadStopped { stop },
+            Change::WorkloadEnabled {
+                workload: "w90".into(),
+                at: 1_100
+            },
+        ],
+        "each change comes back as written"
+    );
+    let limited = store.changes_since(start.seq + 1, 2).await.expect("read");
+    assert_eq!(
+        limited.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [start.seq + 2, start.seq + 3],
+        "after, limit"
+    );
+    assert!(
+        store
+            .changes_since(start.seq + 5, 10)
+            .await
+            .expect("read")
+            .is_empty(),
+        "nothing after the last"
+    );
+    let now = store.change_position().await.expect("position");
+    assert_eq!((now.epoch, now.seq), (start.epoch, start.seq + 5));
+    // Recent changes outlive a purge (they are kept CHANGE_RETENTION_SECS).
+    store.purge_expired(1_000_000).await.expect("purge");
+    assert_eq!(
+        store
+            .changes_since(start.seq, 100)
+            .await
+            .expect("read")
+            .len(),
+        5,
+        "a purge keeps recent changes"
+    );
 }
 
 async fn target_credentials_round_trip(store: &dyn Store) {
@@ -343,7 +439,25 @@ async fn approvals_round_trip(store: &dyn Store) {
         10_000,
     )
     .expect("a request");
-    store.save_approval(&request).await.expect("save pending");
+    assert!(
+        matches!(
+            store
+                .save_approval(&request, 0)
+                .await
+                .expect("save pending"),
+            ApprovalSaved::Saved { revision: 1, .. }
+        ),
+        "a new request is saved at revision 1"
+    );
+    assert_eq!(
+        store
+            .save_approval(&request, 0)
+            .await
+            .expect("save pending again"),
+        ApprovalSaved::Conflict,
+        "a second new request with the same id conflicts"
+    );
+    let pending = request.clone();
     let alice = Operator {
         name: "alice".into(),
         groups: ["sre".to_owned()].into(),
@@ -352,10 +466,54 @@ async fn approvals_round_trip(store: &dyn Store) {
     request
         .approve(&alice, None, Some("ok".into()), 10_010)
         .expect("approve");
-    store.save_approval(&request).await.expect("save approved");
+    let saved = store
+        .save_approval(&request, 1)
+        .await
+        .expect("save approved");
+    let ApprovalSaved::Saved { revision: 2, seq } = saved else {
+        panic!("an approval saved over revision 1 is revision 2, got {saved:?}");
+    };
+    let changes = store
+        .changes_since(seq - 1, 10)
+        .await
+        .expect("read changes");
+    assert_eq!(
+        changes.first().map(|c| &c.change),
+        Some(&Change::Approval {
+            request: Box::new(request.clone()),
+            revision: 2
+        }),
+        "the save is in the change feed with its revision"
+    );
+    assert_eq!(
+        store.save_approval(&pending, 1).await.expect("save stale"),
+        ApprovalSaved::Conflict,
+        "a save over a revision that is no longer the stored one conflicts"
+    );
+    // The same operator's vote again, as another broker would record it
+    // from the request it read at revision 2: refused by the vote rows.
+    let mut twice = request.clone();
+    twice.approvals[0].at += 1;
+    assert_eq!(
+        store.save_approval(&twice, 2).await.expect("vote twice"),
+        ApprovalSaved::AlreadyVoted,
+        "one vote per operator and request"
+    );
+    assert_eq!(
+        store.approval("apr-1").await.expect("load approval"),
+        Some(StoredApproval {
+            request: request.clone(),
+            revision: 2
+        }),
+        "a refused save writes nothing"
+    );
+    assert_eq!(store.approval("apr-none").await.expect("load"), None);
     assert_eq!(
         store.approvals(10_020).await.expect("load approvals"),
-        [request.clone()],
+        [StoredApproval {
+            request: request.clone(),
+            revision: 2
+        }],
         "the latest state of a request replaces the earlier one"
     );
     let gone = request.keep_until();
@@ -365,7 +523,13 @@ async fn approvals_round_trip(store: &dyn Store) {
         "not returned past keep_until"
     );
     assert!(store.purge_expired(gone).await.expect("purge") >= 1);
-    store.save_approval(&request).await.expect("save again");
+    assert!(
+        matches!(
+            store.save_approval(&request, 0).await.expect("save again"),
+            ApprovalSaved::Saved { revision: 1, .. }
+        ),
+        "a purged request, and its votes, are gone"
+    );
 }
 
 fn token(n: u8, expires_at: i64) -> TokenRevocation {
@@ -382,12 +546,15 @@ fn token(n: u8, expires_at: i64) -> TokenRevocation {
 async fn token_revocations_round_trip(store: &dyn Store) {
     let a = token(1, 5_000);
     let b = token(2, 6_000);
-    store.revoke_token(&a).await.expect("revoke a");
-    store.revoke_token(&b).await.expect("revoke b");
+    store.revoke_token(&a, None).await.expect("revoke a");
+    store.revoke_token(&b, None).await.expect("revoke b");
     // Idempotent: a second revocation of the same jti changes nothing.
     let mut again = a.clone();
     again.revoked_at = 4_000;
-    store.revoke_token(&again).await.expect("revoke a again");
+    store
+        .revoke_token(&again, None)
+        .await
+        .expect("revoke a again");
 
     let mut live = store.live_revocations(1_500).await.expect("load").tokens;
     live.sort_by(|x, y| x.jti.cmp(&y.jti));

@@ -25,14 +25,122 @@ pub use sqlite::SqliteStore;
 /// The schema version every backend writes (SQLite's `PRAGMA
 /// user_version`, PostgreSQL's `stint_schema` row), so that the two can
 /// never describe different schemas under one number.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
+
+/// How long the change feed keeps a change, seconds: a replica that was
+/// cut off from the store for longer loads everything again.
+pub const CHANGE_RETENTION_SECS: i64 = 3600;
+
+/// The change feed's notification channel (PostgreSQL `NOTIFY`).
+pub const CHANGE_CHANNEL: &str = "stint_changes";
 
 use async_trait::async_trait;
 use std::fmt;
 use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
+use stint_core::status_list::StatusReference;
 use stint_core::target_credential::{CredentialState, TargetCredential};
 use thiserror::Error;
+
+/// A change to what every broker sharing the store keeps in memory, as
+/// the change feed carries it: each one is recorded in the same
+/// transaction as the write it describes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// A token was revoked; `status` is its status list entry, if it has
+    /// one (the broker that serves that list sets its status).
+    Token {
+        /// The revocation.
+        revocation: TokenRevocation,
+        /// The token's status list entry.
+        status: Option<StatusReference>,
+    },
+    /// A job was revoked.
+    Job {
+        /// The revocation.
+        revocation: JobRevocation,
+    },
+    /// A step of a job was revoked.
+    Step {
+        /// The revocation.
+        revocation: StepRevocation,
+    },
+    /// A workload was stopped.
+    WorkloadStopped {
+        /// The stop.
+        stop: WorkloadStop,
+    },
+    /// A stopped workload may mint again.
+    WorkloadEnabled {
+        /// The workload.
+        workload: String,
+        /// When.
+        at: i64,
+    },
+    /// An approval request was made or changed state.
+    Approval {
+        /// The request as it now stands (boxed: it is much the largest
+        /// change).
+        request: Box<ApprovalRequest>,
+        /// Its revision after this change.
+        revision: u64,
+    },
+    /// The signing keys changed (a key was added, retired or deleted):
+    /// read them again.
+    SigningKeys,
+}
+
+/// A change, with its place in the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    /// Its sequence number: gap-free, in commit order, from 1.
+    pub seq: u64,
+    /// What changed.
+    pub change: Change,
+}
+
+/// Where the change feed stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangePosition {
+    /// Random, chosen when the store was created: sequence numbers of
+    /// another store (or of this one restored from an older backup, once
+    /// an operator starts a new epoch) are not comparable.
+    pub epoch: String,
+    /// The last change's sequence number (0: none yet).
+    pub seq: u64,
+}
+
+/// An approval request as stored, with its revision: every save names
+/// the revision it replaces, so that two brokers deciding on one request
+/// at once cannot both succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredApproval {
+    /// The request.
+    pub request: ApprovalRequest,
+    /// 1 when made, one more at each save.
+    pub revision: u64,
+}
+
+/// What [`Store::save_approval`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalSaved {
+    /// Saved: the request's new revision, and the change's sequence number.
+    Saved {
+        /// The new revision.
+        revision: u64,
+        /// The change feed's sequence number of this save.
+        seq: u64,
+    },
+    /// The stored request is not at the revision the save replaces (another
+    /// broker changed it first): nothing was written. Read it again and
+    /// decide again.
+    Conflict,
+    /// An operator's vote is already recorded for this request (one vote
+    /// per operator per request, however many brokers): nothing was
+    /// written.
+    AlreadyVoted,
+}
 
 /// A store failure. Messages name the operation, never a key or token.
 #[derive(Debug, Error)]
@@ -125,44 +233,60 @@ impl fmt::Debug for StoredStatusList {
 /// `Ok`, the write survives a crash of the process and of the machine.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Record a revoked token. Revoking the same `jti` again is a no-op.
-    async fn revoke_token(&self, revocation: &TokenRevocation) -> Result<(), StoreError>;
+    /// Record a revoked token (and its status list entry, for the change
+    /// feed). Revoking the same `jti` again stores nothing new. Returns the
+    /// change's sequence number, as every write the change feed carries
+    /// does.
+    async fn revoke_token(
+        &self,
+        revocation: &TokenRevocation,
+        status: Option<&StatusReference>,
+    ) -> Result<u64, StoreError>;
 
     /// Record a revoked job. Revoking it again keeps the first `revoked_at`
     /// and the later `until`.
-    async fn revoke_job(&self, revocation: &JobRevocation) -> Result<(), StoreError>;
+    async fn revoke_job(&self, revocation: &JobRevocation) -> Result<u64, StoreError>;
 
     /// Record a revoked step of a job. Revoking it again keeps the later
     /// `until`.
-    async fn revoke_step(&self, revocation: &StepRevocation) -> Result<(), StoreError>;
+    async fn revoke_step(&self, revocation: &StepRevocation) -> Result<u64, StoreError>;
 
     /// Every revocation still in force at `now` (seconds since the epoch).
     async fn live_revocations(&self, now: i64) -> Result<LiveRevocations, StoreError>;
 
     /// Delete revocations (and approval requests) that no longer matter at
-    /// `now`. Returns how many.
+    /// `now`, and changes older than [`CHANGE_RETENTION_SECS`]. Returns how
+    /// many revocations and requests.
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
 
     /// All signing keys, oldest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
     /// Add a signing key.
-    async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+    async fn insert_signing_key(&self, key: &StoredKey) -> Result<u64, StoreError>;
 
     /// Mark a key as retired at `at`; it stops signing but stays published
     /// until its last token has expired.
-    async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError>;
+    async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<u64, StoreError>;
 
     /// Forget a retired key whose tokens have all expired.
-    async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError>;
+    async fn delete_signing_key(&self, kid: &str) -> Result<u64, StoreError>;
 
-    /// Record an approval request as it now stands (inserted, or replacing
-    /// the previous state of the same id). Kept until its
+    /// Record an approval request as it now stands, replacing `revision`
+    /// of it (0: a new request), in one transaction with a row per new
+    /// operator vote (unique per request and operator). Kept until its
     /// [`ApprovalRequest::keep_until`].
-    async fn save_approval(&self, approval: &ApprovalRequest) -> Result<(), StoreError>;
+    async fn save_approval(
+        &self,
+        approval: &ApprovalRequest,
+        revision: u64,
+    ) -> Result<ApprovalSaved, StoreError>;
+
+    /// One approval request, if it is kept.
+    async fn approval(&self, id: &str) -> Result<Option<StoredApproval>, StoreError>;
 
     /// Every approval request still kept at `now`, oldest first.
-    async fn approvals(&self, now: i64) -> Result<Vec<ApprovalRequest>, StoreError>;
+    async fn approvals(&self, now: i64) -> Result<Vec<StoredApproval>, StoreError>;
 
     /// Record a status list the broker started (its tokens point at it),
     /// with the key of its entries' hashes, kept until `expires_at`, when
@@ -192,11 +316,11 @@ pub trait Store: Send + Sync + 'static {
     async fn status_lists(&self, now: i64) -> Result<Vec<StoredStatusList>, StoreError>;
 
     /// Record a workload's emergency stop (replacing an earlier one).
-    async fn stop_workload(&self, stop: &WorkloadStop) -> Result<(), StoreError>;
+    async fn stop_workload(&self, stop: &WorkloadStop) -> Result<u64, StoreError>;
 
     /// Record that a stopped workload may mint again (its earlier tokens
     /// stay revoked).
-    async fn enable_workload(&self, workload: &str, at: i64) -> Result<(), StoreError>;
+    async fn enable_workload(&self, workload: &str, at: i64) -> Result<u64, StoreError>;
 
     /// The stops that still matter at `now`: not enabled again, or whose
     /// revoked tokens could still be alive.
@@ -227,6 +351,44 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// Where the change feed stands.
+    async fn change_position(&self) -> Result<ChangePosition, StoreError>;
+
+    /// The changes after `after`, oldest first, at most `limit`. A first
+    /// change other than `after + 1` means the ones between were purged
+    /// ([`CHANGE_RETENTION_SECS`]).
+    async fn changes_since(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError>;
+
+    /// Wake `wake` whenever another process may have committed changes,
+    /// until the store's notifications fail (then return the error; the
+    /// caller reads by sequence anyway, and calls again). A store whose
+    /// only writer is this process never returns.
+    async fn watch_changes(&self, wake: &tokio::sync::Notify) -> Result<(), StoreError> {
+        let _ = wake;
+        std::future::pending().await
+    }
+}
+
+/// A change's stored form.
+pub(crate) fn change_json(change: &Change) -> Result<String, StoreError> {
+    serde_json::to_string(change).map_err(|e| StoreError::Backend {
+        operation: "record a change",
+        message: e.to_string(),
+    })
+}
+
+/// A change from its stored form.
+pub(crate) fn change_from_json(seq: i64, body: &str) -> Result<ChangeRecord, StoreError> {
+    let seq = u64::try_from(seq)
+        .map_err(|_| StoreError::Corrupt(format!("a change with sequence number {seq}")))?;
+    let change = serde_json::from_str(body)
+        .map_err(|e| StoreError::Corrupt(format!("change {seq}: {e}")))?;
+    Ok(ChangeRecord { seq, change })
 }
 
 /// The columns of `target_credentials`, in the order both backends read

@@ -23,14 +23,18 @@ pub use settings::{
     StorePassword, StoreUrlError, is_postgres_url,
 };
 
+use crate::sqlite::{approval_json, revision_param, stored_approval};
 use crate::{
-    CredentialRow, LiveRevocations, ReadColumns, SCHEMA_VERSION, Store, StoreError, StoredKey,
-    StoredStatusList, credential_columns, grant_json, read_credential,
+    ApprovalSaved, CHANGE_CHANNEL, CHANGE_RETENTION_SECS, Change, ChangePosition, ChangeRecord,
+    CredentialRow, LiveRevocations, ReadColumns, SCHEMA_VERSION, Store, StoreError, StoredApproval,
+    StoredKey, StoredStatusList, change_from_json, change_json, credential_columns, grant_json,
+    read_credential,
 };
 use async_trait::async_trait;
 use pool::{BoxFuture, Pool};
 use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
+use stint_core::status_list::StatusReference;
 use stint_core::target_credential::TargetCredential;
 use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
 
@@ -39,7 +43,7 @@ use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
 /// takes on target databases).
 const SCHEMA_LOCK: i64 = 6_012_741_437_265_293_314;
 
-/// The tables of [`SCHEMA_VERSION`], as sqlite.rs has them.
+/// The tables of schema 8, as sqlite.rs has them; [`MIGRATE_TO_9`] follows.
 const SCHEMA: &str = "
 CREATE TABLE stint_schema (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -133,6 +137,51 @@ CREATE TABLE status_entries (
 );
 ";
 
+/// Schema 9: the change feed (a counter row and the changes, each written
+/// in the transaction of the change it records), approval revisions and
+/// one vote row per operator and request.
+const MIGRATE_TO_9: &str = "
+ALTER TABLE approvals ADD COLUMN revision bigint NOT NULL DEFAULT 1;
+CREATE TABLE approval_votes (
+    approval_id text    NOT NULL,
+    operator    text    NOT NULL,
+    at          bigint  NOT NULL,
+    PRIMARY KEY (approval_id, operator)
+);
+CREATE TABLE stint_change_head (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    epoch      text    NOT NULL,
+    seq        bigint  NOT NULL
+);
+INSERT INTO stint_change_head (epoch, seq) VALUES (replace(gen_random_uuid()::text, '-', ''), 0);
+CREATE TABLE stint_changes (
+    seq  bigint PRIMARY KEY,
+    at   bigint NOT NULL,
+    body text   NOT NULL
+);
+CREATE INDEX stint_changes_at ON stint_changes (at);
+";
+
+/// Record `body` (a change's stored form) as the next change, in the
+/// transaction of the write it describes. The counter row's update holds
+/// its row lock until commit, so changes commit in sequence order and a
+/// rolled-back one leaves no gap; the notification (a wake-up only) is
+/// delivered at commit. Returns the sequence number.
+async fn append_change(tx: &Transaction<'_>, body: &str) -> Result<u64, tokio_postgres::Error> {
+    let seq: i64 = tx
+        .query_one(
+            "WITH head AS (UPDATE stint_change_head SET seq = seq + 1 RETURNING seq),
+                  change AS (INSERT INTO stint_changes (seq, at, body)
+                             SELECT seq, extract(epoch FROM now())::bigint, $1 FROM head
+                             RETURNING seq)
+             SELECT seq, pg_notify($2, seq::text)::text FROM change",
+            &[&body, &CHANGE_CHANNEL],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(u64::try_from(seq).unwrap_or_default())
+}
+
 impl ReadColumns for Row {
     type Error = tokio_postgres::Error;
     fn text(&self, index: usize) -> Result<String, Self::Error> {
@@ -155,6 +204,8 @@ impl ReadColumns for Row {
 /// What opening found.
 enum Schema {
     Applied,
+    /// Migrated from this version to [`SCHEMA_VERSION`].
+    Migrated(i64),
     Found(Option<i64>),
 }
 
@@ -200,9 +251,17 @@ impl PostgresStore {
                             .await?
                             .map(|row| row.try_get::<_, i64>(0))
                             .transpose()?;
-                        return Ok(Schema::Found(version));
+                        if version != Some(8) {
+                            return Ok(Schema::Found(version));
+                        }
+                        tx.batch_execute(MIGRATE_TO_9).await?;
+                        tx.execute("UPDATE stint_schema SET version = $1", &[&SCHEMA_VERSION])
+                            .await?;
+                        tx.commit().await?;
+                        return Ok(Schema::Migrated(8));
                     }
                     tx.batch_execute(SCHEMA).await?;
+                    tx.batch_execute(MIGRATE_TO_9).await?;
                     tx.execute(
                         "INSERT INTO stint_schema (version) VALUES ($1)",
                         &[&SCHEMA_VERSION],
@@ -221,6 +280,9 @@ impl PostgresStore {
             Schema::Applied => {
                 tracing::info!(store = %settings.endpoint(), version = SCHEMA_VERSION, "applied the store's schema");
             }
+            Schema::Migrated(from) => {
+                tracing::info!(store = %settings.endpoint(), from, version = SCHEMA_VERSION, "migrated the store's schema");
+            }
             Schema::Found(Some(SCHEMA_VERSION)) => {}
             Schema::Found(Some(version)) if version > SCHEMA_VERSION => {
                 return Err(open_error(format!(
@@ -229,7 +291,7 @@ impl PostgresStore {
             }
             Schema::Found(Some(version)) => {
                 return Err(open_error(format!(
-                    "the database has schema version {version}, which no stintd's PostgreSQL store wrote (they start at {SCHEMA_VERSION})"
+                    "the database has schema version {version}, which no stintd's PostgreSQL store wrote (they start at 8)"
                 )));
             }
             Schema::Found(None) => {
@@ -295,8 +357,16 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn revoke_token(&self, revocation: &TokenRevocation) -> Result<(), StoreError> {
+    async fn revoke_token(
+        &self,
+        revocation: &TokenRevocation,
+        status: Option<&StatusReference>,
+    ) -> Result<u64, StoreError> {
         let r = revocation.clone();
+        let body = change_json(&Change::Token {
+            revocation: r.clone(),
+            status: status.cloned(),
+        })?;
         self.write("revoke token", move |tx| {
             Box::pin(async move {
                 tx.execute(
@@ -304,15 +374,18 @@ impl Store for PostgresStore {
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
                     &[&r.jti, &r.sub, &r.job, &r.expires_at, &r.revoked_at],
                 )
-                .await
-                .map(drop)
+                .await?;
+                append_change(tx, &body).await
             })
         })
         .await
     }
 
-    async fn revoke_job(&self, revocation: &JobRevocation) -> Result<(), StoreError> {
+    async fn revoke_job(&self, revocation: &JobRevocation) -> Result<u64, StoreError> {
         let r = revocation.clone();
+        let body = change_json(&Change::Job {
+            revocation: r.clone(),
+        })?;
         self.write("revoke job", move |tx| {
             Box::pin(async move {
                 tx.execute(
@@ -321,15 +394,18 @@ impl Store for PostgresStore {
                        DO UPDATE SET until = GREATEST(revoked_jobs.until, EXCLUDED.until)",
                     &[&r.sub, &r.job, &r.revoked_at, &r.until],
                 )
-                .await
-                .map(drop)
+                .await?;
+                append_change(tx, &body).await
             })
         })
         .await
     }
 
-    async fn revoke_step(&self, revocation: &StepRevocation) -> Result<(), StoreError> {
+    async fn revoke_step(&self, revocation: &StepRevocation) -> Result<u64, StoreError> {
         let r = revocation.clone();
+        let body = change_json(&Change::Step {
+            revocation: r.clone(),
+        })?;
         self.write("revoke step", move |tx| {
             Box::pin(async move {
                 tx.execute(
@@ -339,8 +415,8 @@ impl Store for PostgresStore {
                        DO UPDATE SET until = GREATEST(revoked_steps.until, EXCLUDED.until)",
                     &[&r.sub, &r.job, &r.step, &r.revoked_at, &r.until],
                 )
-                .await
-                .map(drop)
+                .await?;
+                append_change(tx, &body).await
             })
         })
         .await
@@ -431,6 +507,17 @@ impl Store for PostgresStore {
                         &[&now],
                     )
                     .await?;
+                tx.execute(
+                    "DELETE FROM approval_votes v WHERE NOT EXISTS
+                       (SELECT 1 FROM approvals a WHERE a.id = v.approval_id)",
+                    &[],
+                )
+                .await?;
+                tx.execute(
+                    "DELETE FROM stint_changes WHERE at < extract(epoch FROM now())::bigint - $1",
+                    &[&CHANGE_RETENTION_SECS],
+                )
+                .await?;
                 Ok(tokens + jobs + approvals + lists + stops)
             })
         })
@@ -462,8 +549,9 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+    async fn insert_signing_key(&self, key: &StoredKey) -> Result<u64, StoreError> {
         let key = key.clone();
+        let body = change_json(&Change::SigningKeys)?;
         self.write("insert signing key", move |tx| {
             Box::pin(async move {
                 tx.execute(
@@ -477,89 +565,174 @@ impl Store for PostgresStore {
                         &key.retired_at,
                     ],
                 )
-                .await
-                .map(drop)
+                .await?;
+                append_change(tx, &body).await
             })
         })
         .await
     }
 
-    async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError> {
+    async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<u64, StoreError> {
         let kid = kid.to_owned();
+        let body = change_json(&Change::SigningKeys)?;
         self.write("retire signing key", move |tx| {
             Box::pin(async move {
                 tx.execute(
                     "UPDATE signing_keys SET retired_at = $2 WHERE kid = $1 AND retired_at IS NULL",
                     &[&kid, &at],
                 )
-                .await
-                .map(drop)
+                .await?;
+                append_change(tx, &body).await
             })
         })
         .await
     }
 
-    async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+    async fn delete_signing_key(&self, kid: &str) -> Result<u64, StoreError> {
         let kid = kid.to_owned();
+        let body = change_json(&Change::SigningKeys)?;
         self.write("delete signing key", move |tx| {
             Box::pin(async move {
                 tx.execute(
                     "DELETE FROM signing_keys WHERE kid = $1 AND retired_at IS NOT NULL",
                     &[&kid],
                 )
-                .await
-                .map(drop)
+                .await?;
+                append_change(tx, &body).await
             })
         })
         .await
     }
 
-    async fn save_approval(&self, approval: &ApprovalRequest) -> Result<(), StoreError> {
-        let body = serde_json::to_string(approval).map_err(|e| StoreError::Backend {
-            operation: "save approval",
-            message: e.to_string(),
+    async fn save_approval(
+        &self,
+        approval: &ApprovalRequest,
+        revision: u64,
+    ) -> Result<ApprovalSaved, StoreError> {
+        let request = approval.clone();
+        let body = approval_json(&request)?;
+        let expected = revision_param(revision)?;
+        let change = change_json(&Change::Approval {
+            request: Box::new(request.clone()),
+            revision: revision + 1,
         })?;
-        let (id, requested_at, keep_until) = (
-            approval.id.clone(),
-            approval.requested_at,
-            approval.keep_until(),
-        );
         self.write("save approval", move |tx| {
             Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO approvals (id, requested_at, keep_until, body) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (id)
-                       DO UPDATE SET keep_until = EXCLUDED.keep_until, body = EXCLUDED.body",
-                    &[&id, &requested_at, &keep_until, &body],
-                )
-                .await
-                .map(drop)
+                // The row lock serializes brokers saving one request: the
+                // second sees the first's revision, and conflicts.
+                let stored: Option<i64> = tx
+                    .query_opt(
+                        "SELECT revision FROM approvals WHERE id = $1 FOR UPDATE",
+                        &[&request.id],
+                    )
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?;
+                match stored {
+                    None if expected == 0 => {}
+                    Some(at) if at == expected => {}
+                    // Nothing written yet: the commit that follows is empty.
+                    _ => return Ok(ApprovalSaved::Conflict),
+                }
+                // One row per operator's vote (the primary key is the
+                // uniqueness constraint): a vote already recorded at another
+                // time is a second vote by that operator.
+                let mut fresh = Vec::new();
+                for vote in &request.approvals {
+                    let at: Option<i64> = tx
+                        .query_opt(
+                            "SELECT at FROM approval_votes WHERE approval_id = $1 AND operator = $2",
+                            &[&request.id, &vote.operator],
+                        )
+                        .await?
+                        .map(|row| row.try_get(0))
+                        .transpose()?;
+                    match at {
+                        None => fresh.push(vote),
+                        Some(at) if at == vote.at => {}
+                        Some(_) => return Ok(ApprovalSaved::AlreadyVoted),
+                    }
+                }
+                let next = expected + 1;
+                if expected == 0 {
+                    // Two brokers creating one request: the row lock above
+                    // has nothing to lock, so the insert decides, and the
+                    // second one (waiting for the first's commit) writes
+                    // nothing and conflicts.
+                    let inserted = tx.execute(
+                        "INSERT INTO approvals (id, requested_at, keep_until, body, revision)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                        &[
+                            &request.id,
+                            &request.requested_at,
+                            &request.keep_until(),
+                            &body,
+                            &next,
+                        ],
+                    )
+                    .await?;
+                    if inserted == 0 {
+                        return Ok(ApprovalSaved::Conflict);
+                    }
+                } else {
+                    tx.execute(
+                        "UPDATE approvals SET keep_until = $2, body = $3, revision = $4
+                         WHERE id = $1",
+                        &[&request.id, &request.keep_until(), &body, &next],
+                    )
+                    .await?;
+                }
+                for vote in fresh {
+                    tx.execute(
+                        "INSERT INTO approval_votes (approval_id, operator, at) VALUES ($1, $2, $3)",
+                        &[&request.id, &vote.operator, &vote.at],
+                    )
+                    .await?;
+                }
+                let seq = append_change(tx, &change).await?;
+                Ok(ApprovalSaved::Saved {
+                    revision: revision + 1,
+                    seq,
+                })
             })
         })
         .await
     }
 
-    async fn approvals(&self, now: i64) -> Result<Vec<ApprovalRequest>, StoreError> {
-        let bodies: Vec<String> = self
+    async fn approval(&self, id: &str) -> Result<Option<StoredApproval>, StoreError> {
+        let id = id.to_owned();
+        let row: Option<(String, i64)> = self
+            .read("load approval", move |tx| {
+                Box::pin(async move {
+                    tx.query_opt("SELECT body, revision FROM approvals WHERE id = $1", &[&id])
+                        .await?
+                        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                        .transpose()
+                })
+            })
+            .await?;
+        row.map(|(body, revision)| stored_approval(&body, revision))
+            .transpose()
+    }
+
+    async fn approvals(&self, now: i64) -> Result<Vec<StoredApproval>, StoreError> {
+        let rows: Vec<(String, i64)> = self
             .read("load approvals", move |tx| {
                 Box::pin(async move {
                     tx.query(
-                        "SELECT body FROM approvals WHERE keep_until > $1 ORDER BY requested_at, id",
+                        "SELECT body, revision FROM approvals WHERE keep_until > $1
+                         ORDER BY requested_at, id",
                         &[&now],
                     )
                     .await?
                     .iter()
-                    .map(|row| row.try_get(0))
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
                     .collect()
                 })
             })
             .await?;
-        bodies
-            .iter()
-            .map(|body| {
-                serde_json::from_str(body)
-                    .map_err(|e| StoreError::Corrupt(format!("an approval row: {e}")))
-            })
+        rows.iter()
+            .map(|(body, revision)| stored_approval(body, *revision))
             .collect()
     }
 
@@ -654,9 +827,10 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn stop_workload(&self, stop: &WorkloadStop) -> Result<(), StoreError> {
+    async fn stop_workload(&self, stop: &WorkloadStop) -> Result<u64, StoreError> {
         let stop = stop.clone();
         let until = stop.until();
+        let body = change_json(&Change::WorkloadStopped { stop: stop.clone() })?;
         self.write("stop workload", move |tx| {
             Box::pin(async move {
                 tx.execute(
@@ -666,15 +840,19 @@ impl Store for PostgresStore {
                        stopped_by = EXCLUDED.stopped_by, until = EXCLUDED.until, enabled_at = NULL",
                     &[&stop.workload, &stop.stopped_at, &stop.stopped_by, &until],
                 )
-                .await
-                .map(drop)
+                .await?;
+                append_change(tx, &body).await
             })
         })
         .await
     }
 
-    async fn enable_workload(&self, workload: &str, at: i64) -> Result<(), StoreError> {
+    async fn enable_workload(&self, workload: &str, at: i64) -> Result<u64, StoreError> {
         let workload = workload.to_owned();
+        let body = change_json(&Change::WorkloadEnabled {
+            workload: workload.clone(),
+            at,
+        })?;
         self.write("enable workload", move |tx| {
             Box::pin(async move {
                 tx.execute(
@@ -682,8 +860,8 @@ impl Store for PostgresStore {
                      WHERE workload = $1 AND enabled_at IS NULL",
                     &[&workload, &at],
                 )
-                .await
-                .map(drop)
+                .await?;
+                append_change(tx, &body).await
             })
         })
         .await
@@ -869,5 +1047,52 @@ impl Store for PostgresStore {
                 ),
             })
         }
+    }
+
+    async fn change_position(&self) -> Result<ChangePosition, StoreError> {
+        let (epoch, seq): (String, i64) = self
+            .read("read the change feed's position", |tx| {
+                Box::pin(async move {
+                    let row = tx
+                        .query_one("SELECT epoch, seq FROM stint_change_head", &[])
+                        .await?;
+                    Ok((row.try_get(0)?, row.try_get(1)?))
+                })
+            })
+            .await?;
+        let seq = u64::try_from(seq)
+            .map_err(|_| StoreError::Corrupt(format!("the change feed is at {seq}")))?;
+        Ok(ChangePosition { epoch, seq })
+    }
+
+    async fn changes_since(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError> {
+        let after = i64::try_from(after)
+            .map_err(|_| StoreError::Corrupt(format!("change {after} is out of range")))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String)> = self
+            .read("read changes", move |tx| {
+                Box::pin(async move {
+                    tx.query(
+                        "SELECT seq, body FROM stint_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        &[&after, &limit],
+                    )
+                    .await?
+                    .iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                    .collect()
+                })
+            })
+            .await?;
+        rows.iter()
+            .map(|(seq, body)| change_from_json(*seq, body))
+            .collect()
+    }
+
+    async fn watch_changes(&self, wake: &tokio::sync::Notify) -> Result<(), StoreError> {
+        self.pool.listen(CHANGE_CHANNEL, wake).await
     }
 }

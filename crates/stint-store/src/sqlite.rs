@@ -10,8 +10,9 @@
 //! mints, and reads happen only at start-up: the hot path never comes here.
 
 use crate::{
-    LiveRevocations, ReadColumns, SCHEMA_VERSION, Store, StoreError, StoredKey, StoredStatusList,
-    credential_columns, grant_json, read_credential,
+    ApprovalSaved, CHANGE_RETENTION_SECS, Change, ChangePosition, ChangeRecord, LiveRevocations,
+    ReadColumns, SCHEMA_VERSION, Store, StoreError, StoredApproval, StoredKey, StoredStatusList,
+    change_from_json, change_json, credential_columns, grant_json, read_credential,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stint_core::approval::ApprovalRequest;
 use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, WorkloadStop};
+use stint_core::status_list::StatusReference;
 use stint_core::target_credential::TargetCredential;
 
 const SCHEMA: &str = "
@@ -51,7 +53,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     id           TEXT    PRIMARY KEY NOT NULL,
     requested_at INTEGER NOT NULL,
     keep_until   INTEGER NOT NULL,
-    body         TEXT    NOT NULL
+    body         TEXT    NOT NULL,
+    revision     INTEGER NOT NULL DEFAULT 1
 ) STRICT;
 CREATE INDEX IF NOT EXISTS approvals_keep_until ON approvals (keep_until);
 CREATE TABLE IF NOT EXISTS revoked_steps (
@@ -110,7 +113,48 @@ CREATE TABLE IF NOT EXISTS status_entries (
     entries BLOB    NOT NULL,
     PRIMARY KEY (list, first)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS approval_votes (
+    approval_id TEXT    NOT NULL,
+    operator    TEXT    NOT NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (approval_id, operator)
+) STRICT;
+CREATE TABLE IF NOT EXISTS stint_change_head (
+    singleton INTEGER PRIMARY KEY NOT NULL CHECK (singleton = 1),
+    epoch     TEXT    NOT NULL,
+    seq       INTEGER NOT NULL
+) STRICT;
+INSERT OR IGNORE INTO stint_change_head (singleton, epoch, seq)
+    VALUES (1, lower(hex(randomblob(12))), 0);
+CREATE TABLE IF NOT EXISTS stint_changes (
+    seq  INTEGER PRIMARY KEY NOT NULL,
+    at   INTEGER NOT NULL,
+    body TEXT    NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS stint_changes_at ON stint_changes (at);
 ";
+
+/// Record `body` (a change's stored form) as the next change, in the
+/// transaction of the write it describes: the counter row and the change
+/// commit, or roll back, with it. Returns its sequence number.
+fn append_change(tx: &rusqlite::Transaction<'_>, body: &str) -> rusqlite::Result<u64> {
+    let seq: i64 = tx.query_row(
+        "UPDATE stint_change_head SET seq = seq + 1 RETURNING seq",
+        [],
+        |row| row.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO stint_changes (seq, at, body) VALUES (?1, unixepoch(), ?2)",
+        params![seq, body],
+    )?;
+    u64::try_from(seq).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, seq))
+}
+
+/// Whether `table` has `column`.
+fn has_column(c: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut statement = c.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
+    statement.exists(params![table, column])
+}
 
 impl ReadColumns for rusqlite::Row<'_> {
     type Error = rusqlite::Error;
@@ -227,6 +271,15 @@ impl SqliteStore {
                  ALTER TABLE target_credentials ADD COLUMN grant_detail TEXT;",
             );
         }
+        // Schema 9 gives approval requests a revision (the change feed and
+        // its tables are new, and created above).
+        let approvals_without_revision = has_column(&connection, "approvals", "body")
+            .and_then(|exists| Ok(exists && !has_column(&connection, "approvals", "revision")?))
+            .map_err(|e| open_error(e.to_string()))?;
+        if approvals_without_revision {
+            migrate
+                .push_str("ALTER TABLE approvals ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;");
+        }
         connection
             .execute_batch(&format!(
                 "BEGIN; {SCHEMA} {migrate} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
@@ -264,41 +317,64 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn revoke_token(&self, revocation: &TokenRevocation) -> Result<(), StoreError> {
+    async fn revoke_token(
+        &self,
+        revocation: &TokenRevocation,
+        status: Option<&StatusReference>,
+    ) -> Result<u64, StoreError> {
         let r = revocation.clone();
+        let body = change_json(&Change::Token {
+            revocation: r.clone(),
+            status: status.cloned(),
+        })?;
         self.run("revoke token", move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO revoked_tokens (jti, sub, job, expires_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (jti) DO NOTHING",
                 params![r.jti, r.sub, r.job, r.expires_at, r.revoked_at],
-            )
-            .map(drop)
+            )?;
+            let seq = append_change(&tx, &body)?;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
 
-    async fn revoke_job(&self, revocation: &JobRevocation) -> Result<(), StoreError> {
+    async fn revoke_job(&self, revocation: &JobRevocation) -> Result<u64, StoreError> {
         let r = revocation.clone();
+        let body = change_json(&Change::Job {
+            revocation: r.clone(),
+        })?;
         self.run("revoke job", move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO revoked_jobs (sub, job, revoked_at, until) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (sub, job) DO UPDATE SET until = max(until, excluded.until)",
                 params![r.sub, r.job, r.revoked_at, r.until],
-            )
-            .map(drop)
+            )?;
+            let seq = append_change(&tx, &body)?;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
 
-    async fn revoke_step(&self, revocation: &StepRevocation) -> Result<(), StoreError> {
+    async fn revoke_step(&self, revocation: &StepRevocation) -> Result<u64, StoreError> {
         let r = revocation.clone();
+        let body = change_json(&Change::Step {
+            revocation: r.clone(),
+        })?;
         self.run("revoke step", move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO revoked_steps (sub, job, step, revoked_at, until) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (sub, job, step) DO UPDATE SET until = max(until, excluded.until)",
                 params![r.sub, r.job, r.step, r.revoked_at, r.until],
-            )
-            .map(drop)
+            )?;
+            let seq = append_change(&tx, &body)?;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
@@ -367,6 +443,14 @@ impl Store for SqliteStore {
                 "DELETE FROM workload_stops WHERE enabled_at IS NOT NULL AND until <= ?1",
                 [now],
             )?;
+            tx.execute(
+                "DELETE FROM approval_votes WHERE approval_id NOT IN (SELECT id FROM approvals)",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM stint_changes WHERE at < unixepoch() - ?1",
+                [CHANGE_RETENTION_SECS],
+            )?;
             tx.commit()?;
             Ok((tokens + jobs + approvals + lists + stops) as u64)
         })
@@ -392,79 +476,156 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+    async fn insert_signing_key(&self, key: &StoredKey) -> Result<u64, StoreError> {
         let key = key.clone();
+        let body = change_json(&Change::SigningKeys)?;
         self.run("insert signing key", move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, retired_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![key.kid, key.alg, key.pkcs8, key.created_at, key.retired_at],
-            )
-            .map(drop)
+            )?;
+            let seq = append_change(&tx, &body)?;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
 
-    async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError> {
+    async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<u64, StoreError> {
         let kid = kid.to_owned();
+        let body = change_json(&Change::SigningKeys)?;
         self.run("retire signing key", move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "UPDATE signing_keys SET retired_at = ?2 WHERE kid = ?1 AND retired_at IS NULL",
                 params![kid, at],
-            )
-            .map(drop)
+            )?;
+            let seq = append_change(&tx, &body)?;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
 
-    async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+    async fn delete_signing_key(&self, kid: &str) -> Result<u64, StoreError> {
         let kid = kid.to_owned();
+        let body = change_json(&Change::SigningKeys)?;
         self.run("delete signing key", move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "DELETE FROM signing_keys WHERE kid = ?1 AND retired_at IS NOT NULL",
                 params![kid],
-            )
-            .map(drop)
+            )?;
+            let seq = append_change(&tx, &body)?;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
 
-    async fn save_approval(&self, approval: &ApprovalRequest) -> Result<(), StoreError> {
-        let body = serde_json::to_string(approval).map_err(|e| StoreError::Backend {
-            operation: "save approval",
-            message: e.to_string(),
+    async fn save_approval(
+        &self,
+        approval: &ApprovalRequest,
+        revision: u64,
+    ) -> Result<ApprovalSaved, StoreError> {
+        let request = approval.clone();
+        let body = approval_json(&request)?;
+        let expected = revision_param(revision)?;
+        let change = change_json(&Change::Approval {
+            request: Box::new(request.clone()),
+            revision: revision + 1,
         })?;
-        let (id, requested_at, keep_until) = (
-            approval.id.clone(),
-            approval.requested_at,
-            approval.keep_until(),
-        );
         self.run("save approval", move |c| {
-            c.execute(
-                "INSERT INTO approvals (id, requested_at, keep_until, body) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET keep_until = excluded.keep_until, body = excluded.body",
-                params![id, requested_at, keep_until, body],
-            )
-            .map(drop)
+            let tx = c.transaction()?;
+            let stored: Option<i64> = tx
+                .query_row(
+                    "SELECT revision FROM approvals WHERE id = ?1",
+                    [&request.id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match stored {
+                None if expected == 0 => {}
+                Some(at) if at == expected => {}
+                _ => return Ok(ApprovalSaved::Conflict),
+            }
+            // One row per operator's vote: a vote already recorded at
+            // another time is a second vote by that operator.
+            let mut fresh = Vec::new();
+            for vote in &request.approvals {
+                let at: Option<i64> = tx
+                    .query_row(
+                        "SELECT at FROM approval_votes WHERE approval_id = ?1 AND operator = ?2",
+                        params![request.id, vote.operator],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                match at {
+                    None => fresh.push(vote),
+                    Some(at) if at == vote.at => {}
+                    Some(_) => return Ok(ApprovalSaved::AlreadyVoted),
+                }
+            }
+            for vote in fresh {
+                tx.execute(
+                    "INSERT INTO approval_votes (approval_id, operator, at) VALUES (?1, ?2, ?3)",
+                    params![request.id, vote.operator, vote.at],
+                )?;
+            }
+            let next = expected + 1;
+            tx.execute(
+                "INSERT INTO approvals (id, requested_at, keep_until, body, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET keep_until = excluded.keep_until,
+                   body = excluded.body, revision = excluded.revision",
+                params![
+                    request.id,
+                    request.requested_at,
+                    request.keep_until(),
+                    body,
+                    next
+                ],
+            )?;
+            let seq = append_change(&tx, &change)?;
+            tx.commit()?;
+            Ok(ApprovalSaved::Saved {
+                revision: revision + 1,
+                seq,
+            })
         })
         .await
     }
 
-    async fn approvals(&self, now: i64) -> Result<Vec<ApprovalRequest>, StoreError> {
-        let bodies = self
-            .run("load approvals", move |c| {
-                let mut statement = c.prepare(
-                    "SELECT body FROM approvals WHERE keep_until > ?1 ORDER BY requested_at, id",
-                )?;
-                let rows = statement.query_map([now], |row| row.get::<_, String>(0))?;
-                rows.collect::<rusqlite::Result<Vec<String>>>()
+    async fn approval(&self, id: &str) -> Result<Option<StoredApproval>, StoreError> {
+        let id = id.to_owned();
+        let row = self
+            .run("load approval", move |c| {
+                c.query_row(
+                    "SELECT body, revision FROM approvals WHERE id = ?1",
+                    [id],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+                )
+                .optional()
             })
             .await?;
-        bodies
-            .iter()
-            .map(|body| {
-                serde_json::from_str(body)
-                    .map_err(|e| StoreError::Corrupt(format!("an approval row: {e}")))
+        row.map(|(body, revision)| stored_approval(&body, revision))
+            .transpose()
+    }
+
+    async fn approvals(&self, now: i64) -> Result<Vec<StoredApproval>, StoreError> {
+        let rows = self
+            .run("load approvals", move |c| {
+                let mut statement = c.prepare(
+                    "SELECT body, revision FROM approvals WHERE keep_until > ?1
+                     ORDER BY requested_at, id",
+                )?;
+                let rows = statement.query_map([now], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.collect::<rusqlite::Result<Vec<(String, i64)>>>()
             })
+            .await?;
+        rows.iter()
+            .map(|(body, revision)| stored_approval(body, *revision))
             .collect()
     }
 
@@ -550,30 +711,41 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn stop_workload(&self, stop: &WorkloadStop) -> Result<(), StoreError> {
+    async fn stop_workload(&self, stop: &WorkloadStop) -> Result<u64, StoreError> {
         let stop = stop.clone();
         let until = stop.until();
+        let body = change_json(&Change::WorkloadStopped { stop: stop.clone() })?;
         self.run("stop workload", move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO workload_stops (workload, stopped_at, stopped_by, until, enabled_at)
                  VALUES (?1, ?2, ?3, ?4, NULL)
                  ON CONFLICT (workload) DO UPDATE SET stopped_at = excluded.stopped_at,
                    stopped_by = excluded.stopped_by, until = excluded.until, enabled_at = NULL",
                 params![stop.workload, stop.stopped_at, stop.stopped_by, until],
-            )
-            .map(drop)
+            )?;
+            let seq = append_change(&tx, &body)?;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
 
-    async fn enable_workload(&self, workload: &str, at: i64) -> Result<(), StoreError> {
+    async fn enable_workload(&self, workload: &str, at: i64) -> Result<u64, StoreError> {
         let workload = workload.to_owned();
+        let body = change_json(&Change::WorkloadEnabled {
+            workload: workload.clone(),
+            at,
+        })?;
         self.run("enable workload", move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "UPDATE workload_stops SET enabled_at = ?2 WHERE workload = ?1 AND enabled_at IS NULL",
                 params![workload, at],
-            )
-            .map(drop)
+            )?;
+            let seq = append_change(&tx, &body)?;
+            tx.commit()?;
+            Ok(seq)
         })
         .await
     }
@@ -720,6 +892,67 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn change_position(&self) -> Result<ChangePosition, StoreError> {
+        let (epoch, seq) = self
+            .run("read the change feed's position", |c| {
+                c.query_row("SELECT epoch, seq FROM stint_change_head", [], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+            })
+            .await?;
+        let seq = u64::try_from(seq)
+            .map_err(|_| StoreError::Corrupt(format!("the change feed is at {seq}")))?;
+        Ok(ChangePosition { epoch, seq })
+    }
+
+    async fn changes_since(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError> {
+        let after = i64::try_from(after)
+            .map_err(|_| StoreError::Corrupt(format!("change {after} is out of range")))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .run("read changes", move |c| {
+                let mut statement = c.prepare(
+                    "SELECT seq, body FROM stint_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = statement
+                    .query_map(params![after, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.collect::<rusqlite::Result<Vec<(i64, String)>>>()
+            })
+            .await?;
+        rows.iter()
+            .map(|(seq, body)| change_from_json(*seq, body))
+            .collect()
+    }
+}
+
+/// An approval request's stored form.
+pub(crate) fn approval_json(request: &ApprovalRequest) -> Result<String, StoreError> {
+    serde_json::to_string(request).map_err(|e| StoreError::Backend {
+        operation: "save approval",
+        message: e.to_string(),
+    })
+}
+
+/// A revision as a column value (0 to `i64::MAX - 1`).
+pub(crate) fn revision_param(revision: u64) -> Result<i64, StoreError> {
+    i64::try_from(revision)
+        .ok()
+        .filter(|r| *r < i64::MAX)
+        .ok_or_else(|| StoreError::Corrupt(format!("approval revision {revision}")))
+}
+
+/// An approval request from its stored form.
+pub(crate) fn stored_approval(body: &str, revision: i64) -> Result<StoredApproval, StoreError> {
+    let request = serde_json::from_str(body)
+        .map_err(|e| StoreError::Corrupt(format!("an approval row: {e}")))?;
+    let revision = u64::try_from(revision)
+        .map_err(|_| StoreError::Corrupt(format!("approval revision {revision}")))?;
+    Ok(StoredApproval { request, revision })
 }
 
 #[cfg(test)]
@@ -746,7 +979,7 @@ mod tests {
         };
         {
             let store = SqliteStore::open(&path).unwrap();
-            store.revoke_token(&revocation).await.unwrap();
+            store.revoke_token(&revocation, None).await.unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(

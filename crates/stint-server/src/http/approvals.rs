@@ -275,6 +275,12 @@ async fn act(
         Ok(view) => Ok(no_store(Json(view).into_response())),
         Err(ActionError::NotFound) => Err(not_found()),
         Err(ActionError::Unavailable(what)) => Err(OAuthError::unavailable(what)),
+        Err(ActionError::Changed) => Err(OAuthError::new(
+            ErrorCode::InvalidRequest,
+            DenyReason::ApprovalRule,
+            "the request changed while this decision was made (through another broker); look at it again",
+        )
+        .with_status(StatusCode::CONFLICT)),
         Err(ActionError::Rules(rule)) => {
             let status = match rule {
                 ApprovalError::NotPending

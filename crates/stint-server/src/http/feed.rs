@@ -185,6 +185,7 @@ pub(crate) async fn stream(
         .event(EVENT_READY)
         .json_data(&subscription.position)
         .unwrap_or_default();
+    let after = subscription.after;
     let (first, backlog, resync) = match subscription.start {
         Start::From(backlog) => (ready, backlog, false),
         Start::Resync => (resync_event(), Vec::new(), true),
@@ -223,7 +224,7 @@ pub(crate) async fn stream(
                         Phase::Streaming {
                             backlog,
                             live,
-                            last: 0,
+                            last: after,
                         }
                     };
                     Some((Ok::<_, Infallible>(first), next))

@@ -59,7 +59,7 @@ pub(crate) async fn revoke_token(
                 .revoke(
                     entry,
                     EventKind::TokenRevocationDenied,
-                    Revocation::Token(&revocation, &claims),
+                    Revocation::Token(&revocation, claims.status.as_ref().map(|s| &s.status_list)),
                 )
                 .await
                 .map(|()| "token")

@@ -174,7 +174,7 @@ async fn enable_workload(
         )
         .with_status(StatusCode::CONFLICT));
     }
-    state
+    let seq = state
         .store
         .enable_workload(&workload, at)
         .await
@@ -187,6 +187,14 @@ async fn enable_workload(
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&workload);
+    // Every other broker enables it when the change feed brings it.
+    state.changes.offer(
+        seq,
+        stint_store::Change::WorkloadEnabled {
+            workload: workload.clone(),
+            at,
+        },
+    );
     tracing::warn!(%workload, %operator, "workload enabled again");
     Ok(WorkloadState {
         workload,

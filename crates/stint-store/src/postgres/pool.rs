@@ -15,8 +15,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::Semaphore;
-use tokio_postgres::{Client, NoTls};
+use tokio::sync::{Notify, Semaphore};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// How often a listening session shows it is alive: one that stops
+/// answering is given up and opened again.
+const LISTEN_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// A boxed, `Send` future borrowing for `'a`.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -143,6 +147,40 @@ impl Pool {
         }
     }
 
+    /// `LISTEN channel` on a session of its own (not one of the pool's),
+    /// waking `wake` at each notification, and once when listening begins
+    /// (what was committed before is read by sequence). Returns, with the
+    /// reason, when the session ends or stops answering its heartbeat.
+    pub(crate) async fn listen(
+        &self,
+        channel: &'static str,
+        wake: &Notify,
+    ) -> Result<(), StoreError> {
+        let operation = "listen for changes";
+        let connect_error = |e: tokio_postgres::Error| {
+            self.backend(
+                operation,
+                format!("cannot connect to {}: {}", self.endpoint, describe(&e)),
+            )
+        };
+        let ended = match &self.tls {
+            None => {
+                let (client, connection) =
+                    self.config.connect(NoTls).await.map_err(connect_error)?;
+                drive_listener(&client, connection, channel, wake, self.timeout).await
+            }
+            Some(tls) => {
+                let (client, connection) = self
+                    .config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(connect_error)?;
+                drive_listener(&client, connection, channel, wake, self.timeout).await
+            }
+        };
+        Err(self.backend(operation, ended))
+    }
+
     fn take_idle(&self) -> Option<Client> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(client) = idle.pop() {
@@ -224,6 +262,60 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Listen on `client`'s session, driving `connection` for notifications,
+/// until either fails. Returns why.
+async fn drive_listener<S, T>(
+    client: &Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    channel: &'static str,
+    wake: &Notify,
+    timeout: Duration,
+) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let driver = async {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return describe(&error),
+                None => return "the server ended the session".to_owned(),
+            }
+        }
+    };
+    tokio::select! {
+        ended = driver => ended,
+        ended = heartbeat(client, channel, wake, timeout) => ended,
+    }
+}
+
+/// `LISTEN`, wake once, then check every [`LISTEN_HEARTBEAT`] that the
+/// session answers. Returns why it stopped.
+async fn heartbeat(
+    client: &Client,
+    channel: &'static str,
+    wake: &Notify,
+    timeout: Duration,
+) -> String {
+    // The channel is one of this crate's constants, never a caller's text.
+    let listen = format!("LISTEN {channel}");
+    match tokio::time::timeout(timeout, client.batch_execute(&listen)).await {
+        Ok(Ok(())) => wake.notify_one(),
+        Ok(Err(error)) => return describe(&error),
+        Err(_) => return format!("LISTEN was not answered within {timeout:?}"),
+    }
+    loop {
+        tokio::time::sleep(LISTEN_HEARTBEAT).await;
+        match tokio::time::timeout(timeout, client.batch_execute("SELECT 1")).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return describe(&error),
+            Err(_) => return format!("the listening session did not answer within {timeout:?}"),
+        }
+    }
 }
 
 /// Drive `connection` on its own task until its client is dropped or the

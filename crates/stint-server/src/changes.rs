@@ -1,0 +1,275 @@
+//! The change feed at the broker: every broker sharing a store applies
+//! every change, in sequence order, to what it keeps in memory (the
+//! revocation set, the status lists, stopped workloads, approval requests)
+//! and publishes the revocations on its own revocation feed under the
+//! change's sequence number. The hot path keeps reading memory.
+//!
+//! Changes arrive three ways, and all three end in the same catch-up read
+//! by sequence ([`Store::changes_since`]), so none is missed and none is
+//! applied twice:
+//! - this broker's own writes hand their change over
+//!   ([`Changes::committed`]); the next one in sequence needs no read;
+//! - the store's notifications ([`Store::watch_changes`], PostgreSQL's
+//!   `NOTIFY`) wake the applier; they are a wake-up only, since a listener
+//!   that was disconnected misses them;
+//! - a poll every [`POLL`] catches whatever the other two missed.
+//!
+//! Applying a change is idempotent (sets, and statuses that are set once):
+//! a write's own broker puts a revocation in its set before the change is
+//! applied, and at start-up the state loaded may already hold changes after
+//! the position read just before it.
+
+use crate::state::{AppState, Revocation};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use stint_store::{Change, ChangePosition, ChangeRecord};
+use tokio::sync::{Notify, watch};
+
+/// How often the applier reads the store for changes, whatever woke it.
+pub(crate) const POLL: Duration = Duration::from_millis(250);
+/// Changes read in one go.
+const BATCH: usize = 512;
+/// Changes of this broker's own waiting to be applied, at most (beyond,
+/// they are read from the store like any other).
+const MAX_OFFERED: usize = 4_096;
+/// How long to wait before listening again after the store's
+/// notifications failed.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+/// Where this broker stands in the change feed.
+pub(crate) struct Changes {
+    /// The last change applied here.
+    applied: watch::Sender<u64>,
+    /// Wakes the applier.
+    wake: Notify,
+    /// Changes this broker committed, by sequence number, not yet applied.
+    offered: Mutex<BTreeMap<u64, Change>>,
+}
+
+impl Changes {
+    /// At `position`: what the store held then is loaded.
+    pub(crate) fn new(position: ChangePosition) -> Self {
+        Self {
+            applied: watch::Sender::new(position.seq),
+            wake: Notify::new(),
+            offered: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The last change applied here.
+    pub(crate) fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// This broker committed `change` as `seq`: have it applied, and wait
+    /// until it is (and so published on the feed), at most `bound`.
+    /// Returns whether it was applied within the bound; if not, it will be
+    /// as soon as the store can be read.
+    pub(crate) async fn committed(&self, seq: u64, change: Change, bound: Duration) -> bool {
+        self.offer(seq, change);
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(bound, applied.wait_for(|at| *at >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Hand over a committed change without waiting for it.
+    pub(crate) fn offer(&self, seq: u64, change: Change) {
+        {
+            let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+            if offered.len() < MAX_OFFERED {
+                offered.insert(seq, change);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The offered change `seq`, if it is here; those before it go.
+    fn take_offered(&self, seq: u64) -> Option<Change> {
+        let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = offered.first_entry() {
+            if *entry.key() >= seq {
+                break;
+            }
+            entry.remove();
+        }
+        offered.remove(&seq)
+    }
+}
+
+/// Apply the change feed until the broker closes.
+pub(crate) async fn run(state: std::sync::Arc<AppState>, mut closing: watch::Receiver<bool>) {
+    let listener = {
+        let state = std::sync::Arc::clone(&state);
+        let mut closing = closing.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    result = state.store.watch_changes(&state.changes.wake) => {
+                        if let Err(error) = result {
+                            tracing::warn!(%error, "store notifications stopped; polling every {POLL:?} until they are back");
+                        }
+                    }
+                    _ = closing.wait_for(|c| *c) => return,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(LISTEN_RETRY) => {}
+                    _ = closing.wait_for(|c| *c) => return,
+                }
+            }
+        }
+    };
+    let listener = tokio::spawn(listener);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = state.changes.wake.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
+            _ = closing.wait_for(|c| *c) => break,
+        }
+        match catch_up(&state).await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("reading the change feed again");
+                }
+                failing = false;
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "cannot read the change feed; retrying");
+                }
+                failing = true;
+            }
+        }
+    }
+    listener.abort();
+}
+
+/// Apply every change after the last applied one.
+async fn catch_up(state: &AppState) -> Result<(), stint_store::StoreError> {
+    loop {
+        let applied = state.changes.applied();
+        let batch = match state.changes.take_offered(applied + 1) {
+            Some(change) => vec![ChangeRecord {
+                seq: applied + 1,
+                change,
+            }],
+            None => state.store.changes_since(applied, BATCH).await?,
+        };
+        let full = batch.len() == BATCH;
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        if first.seq != applied + 1 {
+            // Purged while this broker could not read them.
+            restart(state, first.seq - 1).await?;
+            continue;
+        }
+        for record in batch {
+            apply(state, record).await;
+        }
+        if !full && state.changes.offered_is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+impl Changes {
+    fn offered_is_empty(&self) -> bool {
+        self.offered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+}
+
+/// Apply one change (the next in sequence) and move on past it.
+async fn apply(state: &AppState, record: ChangeRecord) {
+    let ChangeRecord { seq, change } = record;
+    match change {
+        Change::Token { revocation, status } => {
+            state.enforce(seq, Revocation::Token(&revocation, status.as_ref()));
+        }
+        Change::Job { revocation } => state.enforce(seq, Revocation::Job(&revocation)),
+        Change::Step { revocation } => state.enforce(seq, Revocation::Step(&revocation)),
+        Change::WorkloadStopped { stop } => {
+            state
+                .stopped
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(stop.workload.clone());
+            state.enforce(seq, Revocation::Workload(&stop));
+        }
+        Change::WorkloadEnabled { workload, .. } => {
+            state
+                .stopped
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&workload);
+            state.feed.skip(seq);
+        }
+        Change::Approval { request, revision } => {
+            let revoked = matches!(request.state, stint_core::approval::State::Revoked { .. });
+            let (id, until) = (request.id.clone(), request.latest_token_expiry());
+            state.approvals.adopt(*request, revision).await;
+            if revoked {
+                state.enforce(seq, Revocation::Approval { id: &id, until });
+            } else {
+                state.feed.skip(seq);
+            }
+        }
+        // Read by the key ring's rotation, which follows the store.
+        Change::SigningKeys => state.feed.skip(seq),
+    }
+    state.changes.applied.send_replace(seq);
+}
+
+/// The changes before `seq + 1` are gone from the store: load what is in
+/// force again, and start the feed over after `seq` (its streams end; a
+/// client from before is told to resync).
+async fn restart(state: &AppState, seq: u64) -> Result<(), stint_store::StoreError> {
+    tracing::error!(
+        applied = state.changes.applied(),
+        next = seq + 1,
+        "changes this broker had not applied were purged from the store (it could not read it for longer than they are kept): loading everything again"
+    );
+    let now = state.clock.now();
+    let live = state
+        .store
+        .live_revocations(stint_core::revocation::purge_cutoff(now))
+        .await?;
+    let stops = state.store.workload_stops(now.timestamp()).await?;
+    let approvals = state.store.approvals(now.timestamp()).await?;
+    for token in &live.tokens {
+        state.revocations.insert_token(token);
+    }
+    for job in &live.jobs {
+        state.revocations.insert_job(job);
+    }
+    for step in &live.steps {
+        state.revocations.insert_step(step);
+    }
+    {
+        let mut stopped = state.stopped.write().unwrap_or_else(|p| p.into_inner());
+        stopped.clear();
+        for stop in &stops {
+            state.revocations.insert_workload(stop);
+            if stop.enabled_at.is_none() {
+                stopped.insert(stop.workload.clone());
+            }
+        }
+    }
+    for stored in approvals {
+        if let stint_core::approval::State::Revoked { .. } = stored.request.state {
+            state
+                .revocations
+                .insert_approval(&stored.request.id, stored.request.latest_token_expiry());
+        }
+        state.approvals.adopt(stored.request, stored.revision).await;
+    }
+    state.status_lists.reapply(&state.revocations.entries(now));
+    state.feed.restart(seq);
+    state.changes.applied.send_replace(seq);
+    Ok(())
+}
