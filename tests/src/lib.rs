@@ -110,6 +110,9 @@ pub struct BrokerOptions {
     /// Feed streams in all (2048, as in production); tests with a small
     /// connection cap lower it.
     pub feed_max_streams: usize,
+    /// How long a rotated-in key is published before it signs: 0 (at once)
+    /// unless a test stages keys; production's default is 300 s.
+    pub key_publish_lead: Duration,
 }
 
 impl Default for BrokerOptions {
@@ -125,6 +128,7 @@ impl Default for BrokerOptions {
             feed_max_streams_per_client: 256,
             data_dir: None,
             feed_max_streams: 2048,
+            key_publish_lead: Duration::ZERO,
         }
     }
 }
@@ -164,6 +168,7 @@ impl TestBroker {
         config.feed_keepalive = options.feed_keepalive;
         config.feed_max_streams_per_client = options.feed_max_streams_per_client;
         config.feed_max_streams = options.feed_max_streams;
+        config.key_publish_lead = options.key_publish_lead;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 use stint_client::{Client, Credentials, Error, Verifier};
+use stint_core::clock::Clock as _;
 use stint_core::secret;
 use stint_core::ttl::MAX_TOKEN_TTL;
 use stint_tests::{BrokerOptions, TestBroker, decode_jwt, policy_with, test_secret};
@@ -53,6 +54,7 @@ fn kid_of(token: &str) -> String {
 async fn a_rotated_key_is_published_first_and_unpublished_last() {
     let broker = TestBroker::start_with(BrokerOptions {
         policy: Some(admin_policy()),
+        key_publish_lead: Duration::from_secs(300),
         ..BrokerOptions::default()
     })
     .await;
@@ -99,14 +101,49 @@ async fn a_rotated_key_is_published_first_and_unpublished_last() {
     let mut both = vec![old_kid.clone(), rotation.kid.clone()];
     both.sort();
     assert_eq!(published_kids(&broker).await, both, "both keys published");
+    let jwks = broker
+        .http
+        .get(broker.url(stint_proto::JWKS_PATH))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        jwks.headers()["cache-control"],
+        "public, max-age=300",
+        "no verifier caches the set for longer than the new key waits"
+    );
+    let rotated_at = chrono::DateTime::parse_from_rfc3339(&rotation.signs_from).unwrap()
+        - chrono::TimeDelta::seconds(300);
+    assert!((rotated_at.timestamp() - broker.clock.now().timestamp()).abs() <= 1);
 
     // Old tokens still verify, offline from the cached set and at the broker.
     verifier.verify(before.token()).await.unwrap();
     assert_eq!(broker.introspect(before.token()).await["active"], true);
-    // New tokens carry the new key; the verifier finds it by refreshing.
+    // Published, not yet signing: a token minted now still has the old key.
+    let staged = mint().await;
+    assert_eq!(
+        kid_of(staged.token()),
+        old_kid,
+        "the new key waits for the lead"
+    );
+    broker.clock.advance(chrono::TimeDelta::seconds(299));
+    assert_eq!(broker.server().activate_due_keys().await, None);
+    assert_eq!(broker.server().signing_kid(), old_kid);
+    broker.clock.advance(chrono::TimeDelta::seconds(1));
+    assert_eq!(
+        broker.server().activate_due_keys().await,
+        Some(rotation.kid.clone()),
+        "due after the lead"
+    );
+    staged.detach();
+
+    // New tokens carry the new key, which the JWK set has held since the
+    // rotation. (The test's clock is 300 s ahead of the offline verifier's
+    // now, so the signature is checked against the set directly.)
     let after = mint().await;
     assert_eq!(kid_of(after.token()), rotation.kid);
-    verifier.verify(after.token()).await.unwrap();
+    stint_tests::verify_signature(after.token(), &broker.keys().await);
+    assert_eq!(broker.introspect(after.token()).await["active"], true);
 
     let records = broker.audit_records();
     let rotated = records
@@ -151,6 +188,8 @@ async fn a_rotation_is_durable() {
         let mut config =
             stint_server::Config::dev(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
         config.policy = stint_server::PolicySource::File(policy.clone());
+        // Signing at once: the staged case is the test above.
+        config.key_publish_lead = Duration::ZERO;
         config
     };
     let server = stint_server::start(config()).await.unwrap();

@@ -382,6 +382,8 @@ async fn a_schema_8_database_is_migrated_once() {
         .batch_execute(
             "DROP TABLE stint_changes; DROP TABLE stint_change_head; DROP TABLE approval_votes;
              ALTER TABLE approvals DROP COLUMN revision;
+             ALTER TABLE signing_keys DROP COLUMN activated_at;
+             INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES ('k8', 'ES256', '\\x01', 800);
              UPDATE stint_schema SET version = 8;",
         )
         .await
@@ -401,6 +403,14 @@ async fn a_schema_8_database_is_migrated_once() {
         .unwrap()
         .get(0);
     assert_eq!(version, stint_store::SCHEMA_VERSION);
+    let keys = x.signing_keys().await.unwrap();
+    assert_eq!(
+        keys.iter()
+            .map(|k| (k.kid.as_str(), k.activated_at))
+            .collect::<Vec<_>>(),
+        [("k8", Some(800))],
+        "a key of schema 8 signed from its creation"
+    );
 }
 
 #[tokio::test]
@@ -536,6 +546,7 @@ async fn the_password_is_in_no_error() {
             alg: "ES256".into(),
             pkcs8: vec![1],
             created_at: 1,
+            activated_at: Some(1),
             retired_at: None,
         })
         .await
@@ -546,6 +557,7 @@ async fn the_password_is_in_no_error() {
             alg: "ES256".into(),
             pkcs8: vec![1],
             created_at: 1,
+            activated_at: Some(1),
             retired_at: None,
         })
         .await

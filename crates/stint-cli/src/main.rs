@@ -782,9 +782,10 @@ async fn run(command: Command, out: &mut output::Stdout) -> Result<u8, Failure> 
                 out.json(&rotation)?;
             } else {
                 out.line(format_args!(
-                    "new signing key {} ({}); {} stays published until {}",
+                    "new signing key {} ({}), published now, signs from {}; {} stays published until {}",
                     rotation.kid,
                     rotation.alg,
+                    rotation.signs_from,
                     rotation.retired_kid,
                     rotation.retired_key_published_until
                 ));

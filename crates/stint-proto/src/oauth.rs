@@ -226,12 +226,19 @@ pub struct JobRevocationResponse {
 /// The body of `POST /v1/admin/keys/rotate`'s success response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRotationResponse {
-    /// The new signing key's id: it is published and signs from now on.
+    /// The new signing key's id: it is published from now on, and signs
+    /// from `signs_from`.
     pub kid: String,
     /// Its algorithm.
     pub alg: String,
-    /// The key it replaced: still published (so its tokens keep verifying)
-    /// until `retired_key_published_until`, then removed.
+    /// When the new key begins to sign on every broker, RFC 3339: the
+    /// publish lead (`--key-publish-lead`, by default the JWK set's cache
+    /// lifetime) after the rotation, so that verifiers holding a cached JWK
+    /// set have fetched one with the new key by then.
+    pub signs_from: String,
+    /// The key it replaces: it signs until `signs_from`, and stays
+    /// published (so its tokens keep verifying) until
+    /// `retired_key_published_until`, then is removed.
     pub retired_kid: String,
     /// When the retired key leaves the JWKS, RFC 3339.
     pub retired_key_published_until: String,

@@ -219,8 +219,18 @@ async fn apply(state: &AppState, record: ChangeRecord) {
                 state.feed.skip(seq);
             }
         }
-        // Read by the key ring's rotation, which follows the store.
-        Change::SigningKeys => state.feed.skip(seq),
+        // The store holds the keys: load them again (a staged key is
+        // published, an activated one signs, on every broker alike).
+        Change::SigningKeys => {
+            if let Err(error) = state
+                .keys
+                .reload(state.store.as_ref(), state.clock.now(), &state.rng)
+                .await
+            {
+                tracing::error!(%error, "could not load the signing keys after a change; loading again within a minute");
+            }
+            state.feed.skip(seq);
+        }
     }
     state.changes.applied.send_replace(seq);
 }
@@ -269,6 +279,13 @@ async fn restart(state: &AppState, seq: u64) -> Result<(), stint_store::StoreErr
         state.approvals.adopt(stored.request, stored.revision).await;
     }
     state.status_lists.reapply(&state.revocations.entries(now));
+    if let Err(error) = state
+        .keys
+        .reload(state.store.as_ref(), now, &state.rng)
+        .await
+    {
+        tracing::error!(%error, "could not load the signing keys again");
+    }
     state.feed.restart(seq);
     state.changes.applied.send_replace(seq);
     Ok(())

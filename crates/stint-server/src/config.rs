@@ -12,6 +12,8 @@ pub const DEFAULT_DEV_PORT: u16 = 8780;
 /// The most feed streams a broker may be told to hold (each is an open
 /// connection and a task).
 pub const MAX_FEED_STREAMS: usize = 65_536;
+/// The longest [`Config::key_publish_lead`].
+pub const MAX_KEY_PUBLISH_LEAD: Duration = Duration::from_secs(3600);
 
 /// Where the policy comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +179,10 @@ pub struct Config {
     pub dev: bool,
     /// The algorithm new signing keys use.
     pub signing_alg: Algorithm,
+    /// How long a rotated-in signing key is published before it signs (at
+    /// most an hour): verifiers that cached the JWK set before the
+    /// rotation have it by then. The JWK set's `max-age` is never longer.
+    pub key_publish_lead: Duration,
     /// Timeouts and caps on what clients may hold.
     pub limits: Limits,
     /// Extra CA certificates (PEM) to trust when fetching trusted OIDC
@@ -240,6 +246,7 @@ impl Config {
             tls: None,
             dev: true,
             signing_alg: Algorithm::ES256,
+            key_publish_lead: crate::keys::JWKS_MAX_AGE,
             limits: Limits::default(),
             federation_ca: None,
             client_certificates: None,
@@ -304,6 +311,9 @@ impl Config {
             || self.feed_keepalive > Duration::from_secs(300)
         {
             return Err(ConfigError::BadFeedKeepalive);
+        }
+        if self.key_publish_lead > MAX_KEY_PUBLISH_LEAD {
+            return Err(ConfigError::BadKeyPublishLead);
         }
         if self.store_fail_closed_after < Duration::from_millis(500)
             || self.store_fail_closed_after > Duration::from_secs(300)
@@ -486,6 +496,9 @@ pub enum ConfigError {
     /// A fail-closed bound out of range.
     #[error("--store-fail-closed-after must be 1 to 300 seconds")]
     BadStoreFailClosedAfter,
+    /// A publish lead past an hour.
+    #[error("--key-publish-lead must be at most 3600 seconds")]
+    BadKeyPublishLead,
     /// More feed streams than the broker will hold.
     #[error(
         "--feed-max-streams must be below the connections outside the reserve (--max-connections minus --reserved-connections, so minting keeps room) and at most {MAX_FEED_STREAMS}"

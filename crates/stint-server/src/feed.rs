@@ -101,6 +101,9 @@ struct State {
     backlog: VecDeque<Published>,
     /// Replaced (ending every stream) when the feed restarts.
     sender: broadcast::Sender<Published>,
+    /// Events published since the broker started (for metrics: the
+    /// sequence counts every change of the store, not only revocations).
+    published: u64,
 }
 
 /// The feed.
@@ -138,6 +141,7 @@ impl Feed {
                 complete_after: seq,
                 backlog: VecDeque::new(),
                 sender,
+                published: 0,
             }),
         }
     }
@@ -152,6 +156,11 @@ impl Feed {
             epoch: self.epoch.clone(),
             seq: self.state().seq,
         }
+    }
+
+    /// Revocation events published since the broker started.
+    pub(crate) fn published(&self) -> u64 {
+        self.state().published
     }
 
     /// Streams subscribed now (for metrics).
@@ -203,6 +212,7 @@ impl Feed {
             state.complete_after = dropped.seq;
         }
         state.backlog.push_back(published.clone());
+        state.published += 1;
         // Sent under the lock, so that the backlog and the live events a
         // new subscriber gets neither overlap nor leave a gap. No
         // subscriber is not an error.

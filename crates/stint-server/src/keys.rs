@@ -31,6 +31,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ring::rand::SecureRandom;
 use std::sync::Arc;
+use std::time::Duration;
 use stint_core::access_token::{self, Expectations, TokenError};
 use stint_core::claims::AccessTokenClaims;
 use stint_core::jose::{Algorithm, KeySet, SigningKey};
@@ -73,10 +74,12 @@ fn publish(ring: &[RingKey], federation: &[Jwk]) -> Result<Published, String> {
 /// a moment after it.
 const RETIREMENT_MARGIN_SECS: i64 = 60;
 
-/// A key the ring still publishes.
+/// A key the ring publishes.
 #[derive(Debug)]
 struct RingKey {
     key: Arc<SigningKey>,
+    created_at: i64,
+    activated_at: Option<i64>,
     retired_at: Option<i64>,
 }
 
@@ -159,7 +162,7 @@ fn to_store(
     kid: &str,
     pkcs8: Vec<u8>,
     kek: Option<&Sealer>,
-    rng: &dyn SecureRandom,
+    rng: &(dyn SecureRandom + Sync),
 ) -> Result<Vec<u8>, String> {
     match kek {
         None => Ok(pkcs8),
@@ -169,6 +172,104 @@ fn to_store(
     }
 }
 
+/// The stored keys this broker trusts, opened (reusing the keys of `held`
+/// by `kid`). Keys this broker would never have written (a clear key under
+/// a key-encryption key stored after sealing began; a retirement in the
+/// future) are deleted, and so are retired keys whose tokens have all
+/// expired. A key that does not open is an error.
+async fn load_trusted(
+    store: &dyn Store,
+    kek: Option<&Sealer>,
+    now: DateTime<Utc>,
+    rng: &(dyn SecureRandom + Sync),
+    held: &[RingKey],
+) -> Result<Vec<Loaded>, String> {
+    let stored = store.signing_keys().await.map_err(|e| e.to_string())?;
+    // With a key-encryption key, a key in the clear is one kept from
+    // before the keys were sealed, published until its tokens expire.
+    // Once the first sealed key is older than that, a clear key can only
+    // have been written into the store since: never trusted.
+    let clear_keys_until = kek.and_then(|_| {
+        stored
+            .iter()
+            .filter(|key| Sealer::looks_sealed(&key.pkcs8))
+            .map(|key| key.created_at)
+            .min()
+            .map(|first| first + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS)
+    });
+    let now = now.timestamp();
+    let mut loaded = Vec::with_capacity(stored.len());
+    for key in stored {
+        let clear = !Sealer::looks_sealed(&key.pkcs8);
+        let stale_clear =
+            kek.is_some() && clear && clear_keys_until.is_some_and(|until| now >= until);
+        // A retirement in the future is no retirement a broker wrote.
+        let bad_retirement = key.retired_at.is_some_and(|at| at > now + 60);
+        let expired = !still_published(key.retired_at, now);
+        if stale_clear || bad_retirement || expired {
+            if expired {
+                tracing::info!(kid = %key.kid, "a retired signing key's tokens have all expired: unpublished");
+            } else {
+                tracing::warn!(kid = %key.kid, stale_clear, bad_retirement, "ignoring and deleting a stored signing key that no broker wrote");
+            }
+            if let Err(error) = store.delete_signing_key(&key.kid).await {
+                tracing::warn!(kid = %key.kid, %error, "could not delete the key");
+            }
+            continue;
+        }
+        let key_alg = Algorithm::from_name(&key.alg)
+            .ok_or_else(|| format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg))?;
+        let (signing, sealed) = match held.iter().find(|h| h.key.kid() == key.kid) {
+            Some(h) if h.key.alg() == key_alg => (Arc::clone(&h.key), !clear),
+            _ => {
+                let (pkcs8, sealed) = open_stored(&key, kek)?;
+                let signing = SigningKey::from_pkcs8(key_alg, &pkcs8, rng)
+                    .map_err(|e| format!("stored key {} cannot be loaded: {e}", key.kid))?;
+                if signing.kid() != key.kid {
+                    return Err(format!("stored key {} does not match its kid", key.kid));
+                }
+                (Arc::new(signing), sealed)
+            }
+        };
+        if kek.is_some() && !sealed && key.retired_at.is_none() {
+            tracing::warn!(kid = %key.kid, "a signing key is stored in the clear: it may verify, never sign, under a key-encryption key");
+        }
+        loaded.push(Loaded {
+            may_sign: sealed || kek.is_none(),
+            stored: key,
+            key: signing,
+        });
+    }
+    Ok(loaded)
+}
+
+/// The key that signs for `alg`: the latest activated, not retired.
+fn signer(loaded: &[Loaded], alg: Algorithm) -> Option<Arc<SigningKey>> {
+    loaded
+        .iter()
+        .filter(|l| {
+            l.may_sign
+                && l.key.alg() == alg
+                && l.stored.activated_at.is_some()
+                && l.stored.retired_at.is_none()
+        })
+        .max_by_key(|l| (l.stored.activated_at, l.stored.created_at))
+        .map(|l| Arc::clone(&l.key))
+}
+
+/// The published keys: all that were loaded (expired ones are not).
+fn ring_of(loaded: Vec<Loaded>) -> Vec<RingKey> {
+    loaded
+        .into_iter()
+        .map(|l| RingKey {
+            key: l.key,
+            created_at: l.stored.created_at,
+            activated_at: l.stored.activated_at,
+            retired_at: l.stored.retired_at,
+        })
+        .collect()
+}
+
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotation {
@@ -176,8 +277,12 @@ pub struct Rotation {
     pub kid: String,
     /// Its algorithm.
     pub alg: Algorithm,
-    /// The key it replaced.
+    /// The key it replaces.
     pub retired_kid: String,
+    /// When the new key begins to sign, on every broker (seconds since the
+    /// epoch): it is published from now, and signs once every verifier's
+    /// cached JWK set has had time to expire.
+    pub signs_from: i64,
     /// When the replaced key leaves the JWK set (seconds since the epoch).
     pub retired_until: i64,
 }
@@ -203,137 +308,102 @@ impl CheckpointSigner for CurrentKey {
     }
 }
 
+/// The longest a verifier may cache the JWK set (its `Cache-Control`
+/// `max-age`), and the default [`KeyRing`] publish lead.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// A stored key this broker trusts, opened.
+struct Loaded {
+    stored: StoredKey,
+    key: Arc<SigningKey>,
+    /// Sealed, or stored in the clear with no key-encryption key given: a
+    /// clear key under a key-encryption key may publish, never sign.
+    may_sign: bool,
+}
+
 /// The current signing key and the published verification keys.
+///
+/// The store is the truth: every broker on one store loads the same keys
+/// ([`KeyRing::reload`], on every signing-key change of the change feed),
+/// publishes every key that is staged, signing, or retired with tokens
+/// still alive, and signs with the one activated key of its algorithm.
 #[derive(Debug)]
 pub struct KeyRing {
     /// Shared with the audit log's checkpoint signer ([`KeyRing::checkpoint_signer`]).
     signing: Arc<ArcSwap<SigningKey>>,
     published: ArcSwap<Published>,
-    /// Every published key; rotations and pruning change it under this lock.
+    /// Every published key; loads, rotations and activations change it
+    /// under this lock, one at a time.
     ring: tokio::sync::Mutex<Vec<RingKey>>,
     /// The federation keys' public halves, published after the ring's.
     federation: Vec<Jwk>,
     /// Seals new keys in the store, if given.
     kek: Option<Arc<Sealer>>,
+    /// The algorithm this broker signs with.
+    alg: Algorithm,
+    /// How long a new key is published before it signs.
+    lead: i64,
+    /// The JWK set's `Cache-Control`: never longer than the lead.
+    jwks_cache_control: http::HeaderValue,
 }
 
 impl KeyRing {
-    /// Load the keys from `store`, creating a key for `alg` if none signs
-    /// with it yet, and retiring any other key that was signing (and, with
-    /// a key-encryption key, any kept in the clear).
+    /// Load the keys from `store`; if no key of `alg` signs yet, create one
+    /// and make it sign at once (no verifier can have cached a JWK set
+    /// without it that it would need), which retires the key that signed
+    /// until now (after an algorithm change, or one kept in the clear from
+    /// before a key-encryption key was given). A rotation publishes its
+    /// new key `lead` before it signs.
     pub async fn load_or_create(
         store: &dyn Store,
         alg: Algorithm,
+        lead: Duration,
         now: DateTime<Utc>,
-        rng: &dyn SecureRandom,
+        rng: &(dyn SecureRandom + Sync),
         kek: Option<Arc<Sealer>>,
     ) -> Result<Self, String> {
-        let stored = store.signing_keys().await.map_err(|e| e.to_string())?;
-        // With a key-encryption key, a key in the clear is one kept from
-        // before the keys were sealed, published until its tokens expire.
-        // Once the first sealed key is older than that, a clear key can
-        // only have been written into the store since: never trusted.
-        let clear_keys_until = kek.as_ref().and_then(|_| {
-            stored
-                .iter()
-                .filter(|key| Sealer::looks_sealed(&key.pkcs8))
-                .map(|key| key.created_at)
-                .min()
-                .map(|first| first + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS)
-        });
-        let mut loaded = Vec::with_capacity(stored.len());
-        for key in stored {
-            let clear = !Sealer::looks_sealed(&key.pkcs8);
-            let stale_clear = kek.is_some()
-                && clear
-                && clear_keys_until.is_some_and(|until| now.timestamp() >= until);
-            // A retirement in the future is no retirement this broker wrote.
-            let bad_retirement = key.retired_at.is_some_and(|at| at > now.timestamp() + 60);
-            if stale_clear || bad_retirement {
-                tracing::warn!(kid = %key.kid, stale_clear, bad_retirement, "ignoring and deleting a stored signing key that this broker did not write");
-                if let Err(error) = store.delete_signing_key(&key.kid).await {
-                    tracing::warn!(kid = %key.kid, %error, "could not delete the key");
-                }
-                continue;
-            }
-            let key_alg = Algorithm::from_name(&key.alg).ok_or_else(|| {
-                format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg)
-            })?;
-            let (pkcs8, sealed) = open_stored(&key, kek.as_deref())?;
-            let signing = SigningKey::from_pkcs8(key_alg, &pkcs8, rng)
-                .map_err(|e| format!("stored key {} cannot be loaded: {e}", key.kid))?;
-            if signing.kid() != key.kid {
-                return Err(format!("stored key {} does not match its kid", key.kid));
-            }
-            if kek.is_some() && !sealed && key.retired_at.is_none() {
-                tracing::warn!(kid = %key.kid, "a signing key is stored in the clear: it is retired now, and a sealed key signs");
-            }
-            // A clear key under a key-encryption key may publish, not sign.
-            let may_sign = sealed || kek.is_none();
-            loaded.push((key, signing, may_sign));
-        }
-        let active_index = loaded.iter().rposition(|(stored, signing, may_sign)| {
-            *may_sign && stored.retired_at.is_none() && signing.alg() == alg
-        });
-        let active_kid = match active_index {
-            Some(i) => loaded
-                .get(i)
-                .map(|(stored, _, _)| stored.kid.clone())
-                .unwrap_or_default(),
-            None => {
-                let (signing, pkcs8) = SigningKey::generate(alg, rng).map_err(|e| e.to_string())?;
-                let stored = StoredKey {
-                    kid: signing.kid().to_owned(),
+        let mut loaded = load_trusted(store, kek.as_deref(), now, rng, &[]).await?;
+        if signer(&loaded, alg).is_none() {
+            let (signing, pkcs8) = SigningKey::generate(alg, rng).map_err(|e| e.to_string())?;
+            let kid = signing.kid().to_owned();
+            store
+                .insert_signing_key(&StoredKey {
+                    kid: kid.clone(),
                     alg: alg.as_str().to_owned(),
-                    pkcs8: to_store(signing.kid(), pkcs8, kek.as_deref(), rng)?,
+                    pkcs8: to_store(&kid, pkcs8, kek.as_deref(), rng)?,
                     created_at: now.timestamp(),
+                    activated_at: None,
                     retired_at: None,
-                };
-                store
-                    .insert_signing_key(&stored)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tracing::info!(kid = signing.kid(), %alg, sealed = kek.is_some(), "created a new signing key");
-                let kid = stored.kid.clone();
-                loaded.push((stored, signing, true));
-                kid
-            }
-        };
-        for (stored, _, _) in loaded.iter_mut() {
-            if stored.kid != active_kid && stored.retired_at.is_none() {
-                store
-                    .retire_signing_key(&stored.kid, now.timestamp())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                stored.retired_at = Some(now.timestamp());
-                tracing::info!(kid = %stored.kid, "retired a signing key; it stays published until its tokens expire");
-            }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            // Another broker starting at the same moment may activate its
+            // own key after this one: the last activation stands, and this
+            // broker switches to it when that change reaches it.
+            store
+                .activate_signing_key(&kid, now.timestamp())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(%kid, %alg, sealed = kek.is_some(), "created a new signing key");
+            loaded = load_trusted(store, kek.as_deref(), now, rng, &[]).await?;
         }
-
-        let now = now.timestamp();
-        let mut ring = Vec::with_capacity(loaded.len());
-        for (stored, signing, _) in loaded {
-            if stored.kid == active_kid || still_published(stored.retired_at, now) {
-                ring.push(RingKey {
-                    key: Arc::new(signing),
-                    retired_at: stored.retired_at,
-                });
-            } else if let Err(error) = store.delete_signing_key(&stored.kid).await {
-                tracing::warn!(kid = %stored.kid, %error, "could not delete an expired signing key");
-            }
-        }
-        let signing_key = ring
-            .iter()
-            .find(|k| k.key.kid() == active_kid)
-            .map(|k| Arc::clone(&k.key))
-            .ok_or("no active signing key")?;
+        let signing_key = signer(&loaded, alg)
+            .ok_or_else(|| format!("no {alg} signing key in the store after creating one"))?;
+        let ring = ring_of(loaded);
         let published = publish(&ring, &[])?;
+        let lead = i64::try_from(lead.as_secs()).map_err(|_| "the publish lead is too long")?;
+        let max_age = lead.min(JWKS_MAX_AGE.as_secs() as i64);
+        let jwks_cache_control = http::HeaderValue::try_from(format!("public, max-age={max_age}"))
+            .map_err(|e| e.to_string())?;
         Ok(Self {
             signing: Arc::new(ArcSwap::new(signing_key)),
             published: ArcSwap::from_pointee(published),
             ring: tokio::sync::Mutex::new(ring),
             federation: Vec::new(),
             kek,
+            alg,
+            lead,
+            jwks_cache_control,
         })
     }
 
@@ -346,16 +416,67 @@ impl KeyRing {
         Ok(self)
     }
 
-    /// Replace the signing key with a new one of the same algorithm, once
-    /// `audit` has recorded the rotation that is about to happen.
+    /// Load the keys from the store again, as another broker (or this one)
+    /// changed them: publish what is there, then sign with the activated
+    /// key. On an error nothing changes (the keys in force stay) and the
+    /// error is returned; so it is if the store has no signing key of this
+    /// broker's algorithm (a broker started with another `--signing-alg`
+    /// took over): this broker goes on signing with its key, which stays
+    /// valid until its retirement's tokens expire, and says so.
+    pub async fn reload(
+        &self,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+        rng: &(dyn SecureRandom + Sync),
+    ) -> Result<(), String> {
+        let mut ring = self.ring.lock().await;
+        self.reload_locked(&mut ring, store, now, rng).await
+    }
+
+    async fn reload_locked(
+        &self,
+        ring: &mut Vec<RingKey>,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+        rng: &(dyn SecureRandom + Sync),
+    ) -> Result<(), String> {
+        let loaded = load_trusted(store, self.kek.as_deref(), now, rng, ring).await?;
+        let next = signer(&loaded, self.alg).ok_or_else(|| {
+            format!(
+                "the store holds no activated {} signing key (another broker retired it): this broker signs on with {}",
+                self.alg,
+                self.signing.load().kid()
+            )
+        })?;
+        let next_ring = ring_of(loaded);
+        let published = publish(&next_ring, &self.federation)?;
+        *ring = next_ring;
+        // Published first, signing second.
+        self.published.store(Arc::new(published));
+        let current = self.signing.load_full();
+        if current.kid() != next.kid() {
+            tracing::info!(
+                kid = next.kid(),
+                retired = current.kid(),
+                "the signing key changed: signing with the new one"
+            );
+            self.signing.store(next);
+        }
+        Ok(())
+    }
+
+    /// Stage a new key of the same algorithm, once `audit` has recorded
+    /// the rotation that is about to happen: it is published (by every
+    /// broker on the store) from now, and signs from
+    /// [`Rotation::signs_from`], when [`KeyRing::activate_due`] on any
+    /// broker activates it; the old key then retires, and stays published
+    /// until its last token has expired. With no publish lead the new key
+    /// signs at once.
     ///
-    /// The new key is generated and `audit` called with what the rotation
-    /// will do; only if it succeeds is the new key stored, published and
-    /// made to sign, and the old one retired (it stays published until its
-    /// last token has expired). If `audit` fails nothing has changed. If the
-    /// store then refuses the new key, nothing has changed either, but the
-    /// audit log names a rotation that did not happen: the caller records
-    /// that too ([`RotationError::Store`]). Rotations run one at a time.
+    /// If `audit` fails nothing has changed. If the store then refuses the
+    /// new key, nothing has changed either, but the audit log names a
+    /// rotation that did not happen: the caller records that too
+    /// ([`RotationError::Store`]). Rotations run one at a time.
     pub async fn rotate<E, F, Fut>(
         &self,
         store: &dyn Store,
@@ -372,33 +493,15 @@ impl KeyRing {
         let alg = current.alg();
         let (next, pkcs8) =
             SigningKey::generate(alg, rng).map_err(|e| RotationError::Generate(e.to_string()))?;
-        let now = now.timestamp();
+        let now_secs = now.timestamp();
+        let signs_from = now_secs + self.lead;
         let rotation = Rotation {
             kid: next.kid().to_owned(),
             alg,
             retired_kid: current.kid().to_owned(),
-            retired_until: now + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS,
+            signs_from,
+            retired_until: signs_from + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS,
         };
-        let next = Arc::new(next);
-        // The ring and the JWK set as they will be, made before anything
-        // is written, so nothing fails once the new key is stored.
-        let mut next_ring: Vec<RingKey> = ring
-            .iter()
-            .map(|held| RingKey {
-                key: Arc::clone(&held.key),
-                retired_at: if held.key.kid() == current.kid() {
-                    Some(now)
-                } else {
-                    held.retired_at
-                },
-            })
-            .collect();
-        next_ring.push(RingKey {
-            key: Arc::clone(&next),
-            retired_at: None,
-        });
-        let published = publish(&next_ring, &self.federation).map_err(RotationError::Generate)?;
-
         let pkcs8 = to_store(next.kid(), pkcs8, self.kek.as_deref(), rng)
             .map_err(RotationError::Generate)?;
         audit(rotation.clone())
@@ -409,52 +512,83 @@ impl KeyRing {
                 kid: next.kid().to_owned(),
                 alg: alg.as_str().to_owned(),
                 pkcs8,
-                created_at: now,
+                created_at: now_secs,
+                activated_at: None,
                 retired_at: None,
             })
             .await
             .map_err(|e| RotationError::Store(e.to_string()))?;
-        // From here the rotation stands: with the new key stored, a restart
-        // signs with it (and retires every other key) whatever happens next.
-        if let Err(error) = store.retire_signing_key(current.kid(), now).await {
-            tracing::warn!(kid = current.kid(), %error, "could not mark the old signing key retired in the store; the next start retires it");
+        // From here the rotation stands: the staged key is in the store,
+        // and whichever broker finds it due activates it.
+        if self.lead == 0
+            && let Err(error) = store.activate_signing_key(next.kid(), now_secs).await
+        {
+            tracing::warn!(kid = next.kid(), %error, "could not activate the new signing key; it is tried again every second");
         }
-        *ring = next_ring;
-        // Published first, signing second.
-        self.published.store(Arc::new(published));
-        self.signing.store(Arc::clone(&next));
-        tracing::info!(kid = next.kid(), retired = current.kid(), %alg, "rotated the signing key");
+        if let Err(error) = self.reload_locked(&mut ring, store, now, rng).await {
+            tracing::warn!(kid = next.kid(), %error, "the new signing key is stored but not yet loaded; the change feed loads it");
+        }
+        tracing::info!(kid = next.kid(), retired = current.kid(), %alg, signs_from, "staged a new signing key: published now, signing from signs_from");
         Ok(rotation)
     }
 
-    /// Remove retired keys whose tokens have all expired from the JWK set
-    /// and the store. Returns how many were removed.
-    pub async fn prune(&self, store: &dyn Store, now: DateTime<Utc>) -> usize {
+    /// Activate the staged key of this broker's algorithm whose publish
+    /// lead has passed, if there is one: every broker calls this every
+    /// second, the store lets one of them do it, and all of them switch on
+    /// that one change. Returns the key activated by this call.
+    pub async fn activate_due(
+        &self,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+        rng: &(dyn SecureRandom + Sync),
+    ) -> Option<String> {
         let mut ring = self.ring.lock().await;
-        let now = now.timestamp();
+        let due = ring
+            .iter()
+            .filter(|held| {
+                held.activated_at.is_none()
+                    && held.retired_at.is_none()
+                    && held.key.alg() == self.alg
+                    && held.created_at + self.lead <= now.timestamp()
+            })
+            .max_by_key(|held| held.created_at)
+            .map(|held| held.key.kid().to_owned())?;
+        let activated = match store.activate_signing_key(&due, now.timestamp()).await {
+            Ok(activated) => activated.is_some(),
+            Err(error) => {
+                tracing::warn!(kid = %due, %error, "could not activate the staged signing key; trying again");
+                return None;
+            }
+        };
+        if let Err(error) = self.reload_locked(&mut ring, store, now, rng).await {
+            tracing::warn!(kid = %due, %error, "could not load the keys after an activation");
+        }
+        activated.then_some(due)
+    }
+
+    /// Remove retired keys whose tokens have all expired from the JWK set
+    /// and the store, and load the keys again (a safety net, every minute,
+    /// for a signing-key change this broker failed to load). Returns how
+    /// many keys left the JWK set.
+    pub async fn prune(
+        &self,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+        rng: &(dyn SecureRandom + Sync),
+    ) -> usize {
+        let mut ring = self.ring.lock().await;
         let before = ring.len();
-        let mut expired = Vec::new();
-        ring.retain(|held| {
-            let keep = still_published(held.retired_at, now);
-            if !keep {
-                expired.push(held.key.kid().to_owned());
-            }
-            keep
-        });
-        if expired.is_empty() {
-            return 0;
+        // Loading deletes the expired keys from the store.
+        if let Err(error) = self.reload_locked(&mut ring, store, now, rng).await {
+            tracing::warn!(%error, "could not prune the signing keys");
         }
-        match publish(&ring, &self.federation) {
-            Ok(published) => self.published.store(Arc::new(published)),
-            Err(error) => tracing::error!(%error, "could not republish the keys"),
-        }
-        for kid in &expired {
-            tracing::info!(%kid, "a retired signing key's tokens have all expired: unpublished");
-            if let Err(error) = store.delete_signing_key(kid).await {
-                tracing::warn!(%kid, %error, "could not delete an expired signing key");
-            }
-        }
-        before - ring.len()
+        before.saturating_sub(ring.len())
+    }
+
+    /// The JWK set's `Cache-Control` header: verifiers may cache it for no
+    /// longer than a new key is published before it signs.
+    pub fn jwks_cache_control(&self) -> http::HeaderValue {
+        self.jwks_cache_control.clone()
     }
 
     /// The key that signs new tokens.
@@ -546,30 +680,53 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
         let rng = SystemRandom::new();
-        let first = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_000), &rng, None)
-            .await
-            .unwrap();
-        let again = KeyRing::load_or_create(&store, Algorithm::ES256, at(2_000), &rng, None)
-            .await
-            .unwrap();
+        let first = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(1_000),
+            &rng,
+            None,
+        )
+        .await
+        .unwrap();
+        let again = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(2_000),
+            &rng,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(first.signing_key().kid(), again.signing_key().kid());
 
-        let ed = KeyRing::load_or_create(&store, Algorithm::EdDSA, at(3_000), &rng, None)
-            .await
-            .unwrap();
+        let ed = KeyRing::load_or_create(
+            &store,
+            Algorithm::EdDSA,
+            Duration::ZERO,
+            at(3_000),
+            &rng,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(ed.signing_key().alg(), Algorithm::EdDSA);
         let jwks: JwkSet = serde_json::from_slice(&ed.jwks_json()).unwrap();
         assert_eq!(jwks.keys.len(), 2, "the retired ES256 key stays published");
 
         let still = at(3_000 + i64::from(MAX_TOKEN_TTL.as_secs()));
-        let ed_still = KeyRing::load_or_create(&store, Algorithm::EdDSA, still, &rng, None)
-            .await
-            .unwrap();
+        let ed_still =
+            KeyRing::load_or_create(&store, Algorithm::EdDSA, Duration::ZERO, still, &rng, None)
+                .await
+                .unwrap();
         assert_eq!(ed_still.published_kids().len(), 2, "within the margin");
         let later = at(3_000 + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS);
-        let ed_later = KeyRing::load_or_create(&store, Algorithm::EdDSA, later, &rng, None)
-            .await
-            .unwrap();
+        let ed_later =
+            KeyRing::load_or_create(&store, Algorithm::EdDSA, Duration::ZERO, later, &rng, None)
+                .await
+                .unwrap();
         let jwks: JwkSet = serde_json::from_slice(&ed_later.jwks_json()).unwrap();
         assert_eq!(
             jwks.keys.len(),
@@ -593,9 +750,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
         let rng = SystemRandom::new();
-        let ring = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_000), &rng, kek(1))
-            .await
-            .unwrap();
+        let ring = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(1_000),
+            &rng,
+            kek(1),
+        )
+        .await
+        .unwrap();
         let kid = ring.signing_key().kid().to_owned();
         let stored = store.signing_keys().await.unwrap();
         assert_eq!(stored.len(), 1);
@@ -606,9 +770,16 @@ mod tests {
         );
 
         // The same key-encryption key opens it: the same key signs.
-        let again = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_100), &rng, kek(1))
-            .await
-            .unwrap();
+        let again = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(1_100),
+            &rng,
+            kek(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(again.signing_key().kid(), kid);
         // Rotations store the new key sealed too.
         again
@@ -621,13 +792,27 @@ mod tests {
 
         // Without it, or with another, the start fails: no key is made
         // over the sealed ones.
-        let without = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_300), &rng, None)
-            .await
-            .unwrap_err();
+        let without = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(1_300),
+            &rng,
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(without.contains("--key-encryption-key-file"), "{without}");
-        let other = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_300), &rng, kek(2))
-            .await
-            .unwrap_err();
+        let other = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(1_300),
+            &rng,
+            kek(2),
+        )
+        .await
+        .unwrap_err();
         let (ours, theirs) = (kek(1).unwrap().key_id(), kek(2).unwrap().key_id());
         assert!(other.contains(&ours) && other.contains(&theirs), "{other}");
         assert_eq!(store.signing_keys().await.unwrap().len(), 2);
@@ -652,6 +837,7 @@ mod tests {
             alg: "ES256".into(),
             pkcs8: sealed,
             created_at: 1,
+            activated_at: Some(1),
             retired_at: None,
         };
         let why = open_stored(&moved, Some(&kek)).unwrap_err();
@@ -663,13 +849,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
         let rng = SystemRandom::new();
-        let clear = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_000), &rng, None)
-            .await
-            .unwrap();
+        let clear = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(1_000),
+            &rng,
+            None,
+        )
+        .await
+        .unwrap();
         let clear_kid = clear.signing_key().kid().to_owned();
-        let sealed = KeyRing::load_or_create(&store, Algorithm::ES256, at(2_000), &rng, kek(1))
-            .await
-            .unwrap();
+        let sealed = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(2_000),
+            &rng,
+            kek(1),
+        )
+        .await
+        .unwrap();
         assert_ne!(sealed.signing_key().kid(), clear_kid, "a new key signs");
         assert!(
             sealed.published_kids().contains(&clear_kid),
@@ -680,9 +880,16 @@ mod tests {
         assert_eq!(old.retired_at, Some(2_000));
         // Once its tokens have expired it is gone from the store.
         let later = at(2_000 + i64::from(MAX_TOKEN_TTL.as_secs()) + RETIREMENT_MARGIN_SECS);
-        KeyRing::load_or_create(&store, Algorithm::ES256, later, &rng, kek(1))
-            .await
-            .unwrap();
+        KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            later,
+            &rng,
+            kek(1),
+        )
+        .await
+        .unwrap();
         let stored = store.signing_keys().await.unwrap();
         assert_eq!(stored.len(), 1);
         assert!(Sealer::looks_sealed(&stored[0].pkcs8));
@@ -693,9 +900,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
         let rng = SystemRandom::new();
-        let sealed = KeyRing::load_or_create(&store, Algorithm::ES256, at(1_000), &rng, kek(1))
-            .await
-            .unwrap();
+        let sealed = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(1_000),
+            &rng,
+            kek(1),
+        )
+        .await
+        .unwrap();
         // Someone who can write the store adds a key in the clear, retired
         // (so that it would only be published) far in the future.
         let (forged, pkcs8) = SigningKey::generate(Algorithm::ES256, &rng).unwrap();
@@ -707,14 +921,22 @@ mod tests {
                     alg: "ES256".into(),
                     pkcs8: pkcs8.clone(),
                     created_at: 900,
+                    activated_at: Some(900),
                     retired_at,
                 })
                 .await
                 .unwrap();
             let later = at(5_000);
-            let ring = KeyRing::load_or_create(&store, Algorithm::ES256, later, &rng, kek(1))
-                .await
-                .unwrap();
+            let ring = KeyRing::load_or_create(
+                &store,
+                Algorithm::ES256,
+                Duration::ZERO,
+                later,
+                &rng,
+                kek(1),
+            )
+            .await
+            .unwrap();
             assert_eq!(ring.signing_key().kid(), sealed.signing_key().kid());
             assert!(
                 !ring.published_kids().contains(&forged.kid().to_owned()),
@@ -730,5 +952,106 @@ mod tests {
                 "and deleted"
             );
         }
+    }
+
+    /// Two brokers on one store: a rotation through one is published by
+    /// both at once, signs on neither until the lead has passed, and then
+    /// signs on both after one activation.
+    #[tokio::test]
+    async fn a_staged_key_is_published_everywhere_before_any_broker_signs_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let rng = SystemRandom::new();
+        let lead = Duration::from_secs(300);
+        let a = KeyRing::load_or_create(&store, Algorithm::ES256, lead, at(1_000), &rng, kek(1))
+            .await
+            .unwrap();
+        let b = KeyRing::load_or_create(&store, Algorithm::ES256, lead, at(1_001), &rng, kek(1))
+            .await
+            .unwrap();
+        let old = a.signing_key().kid().to_owned();
+        assert_eq!(b.signing_key().kid(), old, "one key for both");
+        assert_eq!(
+            a.jwks_cache_control(),
+            "public, max-age=300",
+            "never cached past the lead"
+        );
+
+        let rotation = a
+            .rotate(&store, at(2_000), &rng, |_| async { Ok::<(), ()>(()) })
+            .await
+            .unwrap();
+        assert_eq!(rotation.signs_from, 2_300);
+        b.reload(&store, at(2_000), &rng).await.unwrap();
+        for ring in [&a, &b] {
+            assert!(
+                ring.published_kids().contains(&rotation.kid),
+                "published at once"
+            );
+            assert_eq!(ring.signing_key().kid(), old, "not signing yet");
+        }
+        assert_eq!(
+            b.activate_due(&store, at(2_299), &rng).await,
+            None,
+            "not due"
+        );
+        assert_eq!(a.signing_key().kid(), old);
+        assert_eq!(
+            b.activate_due(&store, at(2_300), &rng).await,
+            Some(rotation.kid.clone()),
+            "due: one broker activates"
+        );
+        assert_eq!(
+            a.activate_due(&store, at(2_300), &rng).await,
+            None,
+            "and only one"
+        );
+        for ring in [&a, &b] {
+            assert_eq!(ring.signing_key().kid(), rotation.kid, "both sign with it");
+            assert!(
+                ring.published_kids().contains(&old),
+                "the old key verifies on"
+            );
+        }
+        let stored = store.signing_keys().await.unwrap();
+        let retired = stored.iter().find(|key| key.kid == old).unwrap();
+        assert_eq!(retired.retired_at, Some(2_300), "retired at the switch");
+
+        // A restart while a key is staged keeps it staged.
+        let rotation = a
+            .rotate(&store, at(3_000), &rng, |_| async { Ok::<(), ()>(()) })
+            .await
+            .unwrap();
+        let c = KeyRing::load_or_create(&store, Algorithm::ES256, lead, at(3_010), &rng, kek(1))
+            .await
+            .unwrap();
+        assert!(c.published_kids().contains(&rotation.kid));
+        assert_ne!(c.signing_key().kid(), rotation.kid);
+    }
+
+    /// With no lead the new key signs at once, and the JWK set is not
+    /// cached.
+    #[tokio::test]
+    async fn without_a_lead_the_new_key_signs_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let rng = SystemRandom::new();
+        let ring = KeyRing::load_or_create(
+            &store,
+            Algorithm::ES256,
+            Duration::ZERO,
+            at(1_000),
+            &rng,
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ring.jwks_cache_control(), "public, max-age=0");
+        let rotation = ring
+            .rotate(&store, at(2_000), &rng, |_| async { Ok::<(), ()>(()) })
+            .await
+            .unwrap();
+        assert_eq!(rotation.signs_from, 2_000);
+        assert_eq!(ring.signing_key().kid(), rotation.kid);
     }
 }

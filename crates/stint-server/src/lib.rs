@@ -158,6 +158,18 @@ impl RunningServer {
         purge(&self.state).await
     }
 
+    /// Activate a staged signing key whose publish lead has passed, as the
+    /// background task does every second. Returns its key id if this call
+    /// activated it.
+    pub async fn activate_due_keys(&self) -> Option<String> {
+        activate_due_keys(&self.state).await
+    }
+
+    /// The key id that signs new tokens now.
+    pub fn signing_kid(&self) -> String {
+        self.state.keys.signing_key().kid().to_owned()
+    }
+
     /// The key ids the JWK set publishes now.
     pub fn published_kids(&self) -> Vec<String> {
         self.state.keys.published_kids()
@@ -358,11 +370,18 @@ pub async fn start_with_clock(
     report_overdue(&policy, now);
     federation_token::warn_if_unsigned(&policy, &federation_keys);
 
-    let keys = KeyRing::load_or_create(store.as_ref(), config.signing_alg, now, &rng, kek)
-        .await
-        .map_err(StartError::Keys)?
-        .with_federation_keys(federation_keys.public_jwks())
-        .map_err(StartError::Keys)?;
+    let keys = KeyRing::load_or_create(
+        store.as_ref(),
+        config.signing_alg,
+        config.key_publish_lead,
+        now,
+        &rng,
+        kek,
+    )
+    .await
+    .map_err(StartError::Keys)?
+    .with_federation_keys(federation_keys.public_jwks())
+    .map_err(StartError::Keys)?;
     // From here the broker's signing key signs the audit log's checkpoints.
     audit.attach_signer(keys.checkpoint_signer());
 
@@ -634,6 +653,7 @@ async fn purge_loop(state: Arc<AppState>) {
             }
             _ = sweep_tick.tick() => {
                 state.approvals.sweep(&state, state.clock.now()).await;
+                activate_due_keys(&state).await;
                 state.status_lists.flush(state.store.as_ref()).await;
             }
         }
@@ -658,6 +678,19 @@ async fn refusals_loop(state: Arc<AppState>) {
     }
 }
 
+/// Activate a staged signing key whose publish lead has passed (any
+/// broker may; the store lets one), and count the rotation it completes.
+async fn activate_due_keys(state: &AppState) -> Option<String> {
+    let activated = state
+        .keys
+        .activate_due(state.store.as_ref(), state.clock.now(), &state.rng)
+        .await;
+    if let Some(kid) = &activated {
+        tracing::info!(%kid, "activated the staged signing key: it signs from now, on every broker");
+    }
+    activated
+}
+
 async fn purge(state: &AppState) -> usize {
     let now = state.clock.now();
     let dropped = state.revocations.purge(now);
@@ -668,7 +701,10 @@ async fn purge(state: &AppState) -> usize {
     if dropped > 0 {
         tracing::debug!(dropped, "dropped expired revocations from memory");
     }
-    state.keys.prune(state.store.as_ref(), now).await;
+    state
+        .keys
+        .prune(state.store.as_ref(), now, &state.rng)
+        .await;
     state.status_lists.purge(now.timestamp());
     dropped
 }

@@ -644,6 +644,7 @@ async fn signing_keys_round_trip(store: &dyn Store) {
         alg: "ES256".into(),
         pkcs8: vec![1, 2, 3],
         created_at: 100,
+        activated_at: Some(100),
         retired_at: None,
     };
     let new = StoredKey {
@@ -651,6 +652,7 @@ async fn signing_keys_round_trip(store: &dyn Store) {
         alg: "EdDSA".into(),
         pkcs8: vec![4, 5, 6],
         created_at: 200,
+        activated_at: Some(200),
         retired_at: None,
     };
     store.insert_signing_key(&new).await.expect("insert new");
@@ -695,4 +697,69 @@ async fn signing_keys_round_trip(store: &dyn Store) {
         .map(|k| k.kid)
         .collect();
     assert_eq!(kids, ["kid-new"], "only the retired key is gone");
+
+    // Staged keys: published first, signing once activated, by one broker.
+    let staged = |kid: &str, created_at| StoredKey {
+        kid: kid.into(),
+        alg: "EdDSA".into(),
+        pkcs8: vec![7],
+        created_at,
+        activated_at: None,
+        retired_at: None,
+    };
+    store
+        .insert_signing_key(&staged("kid-staged-1", 300))
+        .await
+        .expect("insert staged");
+    store
+        .insert_signing_key(&staged("kid-staged-2", 310))
+        .await
+        .expect("insert staged");
+    let before = store.change_position().await.expect("position").seq;
+    let seq = store
+        .activate_signing_key("kid-staged-2", 500)
+        .await
+        .expect("activate")
+        .expect("a staged key is activated");
+    assert_eq!(seq, before + 1, "one change for the whole switch");
+    assert_eq!(
+        store
+            .activate_signing_key("kid-staged-2", 510)
+            .await
+            .expect("activate again"),
+        None,
+        "a key is activated once"
+    );
+    assert_eq!(
+        store
+            .activate_signing_key("kid-staged-1", 520)
+            .await
+            .expect("activate the other"),
+        None,
+        "the staged key the activation passed over was withdrawn"
+    );
+    assert_eq!(
+        store
+            .activate_signing_key("kid-none", 520)
+            .await
+            .expect("activate unknown"),
+        None
+    );
+    let keys = store.signing_keys().await.expect("load keys");
+    let state = |kid: &str| {
+        keys.iter()
+            .find(|k| k.kid == kid)
+            .map(|k| (k.activated_at, k.retired_at))
+    };
+    assert_eq!(
+        state("kid-new"),
+        Some((Some(200), Some(500))),
+        "the old signer retires at the switch"
+    );
+    assert_eq!(state("kid-staged-1"), Some((None, Some(500))));
+    assert_eq!(
+        state("kid-staged-2"),
+        Some((Some(500), None)),
+        "the one signing key"
+    );
 }

@@ -177,7 +177,11 @@ pub struct StoredKey {
     pub pkcs8: Vec<u8>,
     /// When the key was created, seconds since the epoch.
     pub created_at: i64,
-    /// When the key stopped signing, if it has.
+    /// When the key began to sign; `None` while it is staged: published,
+    /// so that verifiers have it before they meet it, and not yet signing
+    /// ([`Store::activate_signing_key`]).
+    pub activated_at: Option<i64>,
+    /// When the key stopped signing (or, staged, was withdrawn), if it has.
     pub retired_at: Option<i64>,
 }
 
@@ -188,6 +192,7 @@ impl fmt::Debug for StoredKey {
             .field("alg", &self.alg)
             .field("pkcs8", &"<redacted>")
             .field("created_at", &self.created_at)
+            .field("activated_at", &self.activated_at)
             .field("retired_at", &self.retired_at)
             .finish()
     }
@@ -268,6 +273,14 @@ pub trait Store: Send + Sync + 'static {
     /// Mark a key as retired at `at`; it stops signing but stays published
     /// until its last token has expired.
     async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<u64, StoreError>;
+
+    /// Make the staged key `kid` the one that signs from `at`: every other
+    /// key not yet retired (the one signing until now, and any other
+    /// staged key) is retired at `at`, in the same transaction, and one
+    /// change records it all, so that every broker switches on the same
+    /// change. `None` if `kid` is no longer staged (another broker
+    /// activated it first, or it was retired): nothing is written.
+    async fn activate_signing_key(&self, kid: &str, at: i64) -> Result<Option<u64>, StoreError>;
 
     /// Forget a retired key whose tokens have all expired.
     async fn delete_signing_key(&self, kid: &str) -> Result<u64, StoreError>;

@@ -142,6 +142,8 @@ CREATE TABLE status_entries (
 /// one vote row per operator and request.
 const MIGRATE_TO_9: &str = "
 ALTER TABLE approvals ADD COLUMN revision bigint NOT NULL DEFAULT 1;
+ALTER TABLE signing_keys ADD COLUMN activated_at bigint;
+UPDATE signing_keys SET activated_at = created_at;
 CREATE TABLE approval_votes (
     approval_id text    NOT NULL,
     operator    text    NOT NULL,
@@ -528,7 +530,7 @@ impl Store for PostgresStore {
         self.read("load signing keys", |tx| {
             Box::pin(async move {
                 tx.query(
-                    "SELECT kid, alg, pkcs8, created_at, retired_at FROM signing_keys
+                    "SELECT kid, alg, pkcs8, created_at, retired_at, activated_at FROM signing_keys
                      ORDER BY created_at, kid",
                     &[],
                 )
@@ -541,6 +543,7 @@ impl Store for PostgresStore {
                         pkcs8: row.try_get(2)?,
                         created_at: row.try_get(3)?,
                         retired_at: row.try_get(4)?,
+                        activated_at: row.try_get(5)?,
                     })
                 })
                 .collect()
@@ -555,14 +558,15 @@ impl Store for PostgresStore {
         self.write("insert signing key", move |tx| {
             Box::pin(async move {
                 tx.execute(
-                    "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, retired_at)
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, retired_at, activated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                     &[
                         &key.kid,
                         &key.alg,
                         &key.pkcs8,
                         &key.created_at,
                         &key.retired_at,
+                        &key.activated_at,
                     ],
                 )
                 .await?;
@@ -583,6 +587,35 @@ impl Store for PostgresStore {
                 )
                 .await?;
                 append_change(tx, &body).await
+            })
+        })
+        .await
+    }
+
+    async fn activate_signing_key(&self, kid: &str, at: i64) -> Result<Option<u64>, StoreError> {
+        let kid = kid.to_owned();
+        let body = change_json(&Change::SigningKeys)?;
+        self.write("activate signing key", move |tx| {
+            Box::pin(async move {
+                // Brokers activating one key at once: the row lock makes the
+                // second wait for the first's commit, then find the key no
+                // longer staged and write nothing.
+                let activated = tx
+                    .execute(
+                        "UPDATE signing_keys SET activated_at = $2
+                         WHERE kid = $1 AND activated_at IS NULL AND retired_at IS NULL",
+                        &[&kid, &at],
+                    )
+                    .await?;
+                if activated == 0 {
+                    return Ok(None);
+                }
+                tx.execute(
+                    "UPDATE signing_keys SET retired_at = $2 WHERE kid <> $1 AND retired_at IS NULL",
+                    &[&kid, &at],
+                )
+                .await?;
+                append_change(tx, &body).await.map(Some)
             })
         })
         .await

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     alg        TEXT    NOT NULL,
     pkcs8      BLOB    NOT NULL,
     created_at INTEGER NOT NULL,
-    retired_at INTEGER
+    retired_at INTEGER,
+    activated_at INTEGER
 ) STRICT;
 CREATE TABLE IF NOT EXISTS approvals (
     id           TEXT    PRIMARY KEY NOT NULL,
@@ -215,6 +216,9 @@ impl SqliteStore {
                     pkcs8: row.get(2)?,
                     created_at: row.get(3)?,
                     retired_at: row.get(4)?,
+                    // Not read: a database from before schema 9 has no such
+                    // column, and only the public halves are used.
+                    activated_at: None,
                 })
             })
             .map_err(backend)?;
@@ -276,6 +280,19 @@ impl SqliteStore {
         let approvals_without_revision = has_column(&connection, "approvals", "body")
             .and_then(|exists| Ok(exists && !has_column(&connection, "approvals", "revision")?))
             .map_err(|e| open_error(e.to_string()))?;
+        // ... and signing keys a time they began to sign (until now every
+        // key signed from its creation).
+        let keys_without_activation = has_column(&connection, "signing_keys", "kid")
+            .and_then(|exists| {
+                Ok(exists && !has_column(&connection, "signing_keys", "activated_at")?)
+            })
+            .map_err(|e| open_error(e.to_string()))?;
+        if keys_without_activation {
+            migrate.push_str(
+                "ALTER TABLE signing_keys ADD COLUMN activated_at INTEGER;
+                 UPDATE signing_keys SET activated_at = created_at;",
+            );
+        }
         if approvals_without_revision {
             migrate
                 .push_str("ALTER TABLE approvals ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;");
@@ -460,7 +477,7 @@ impl Store for SqliteStore {
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         self.run("load signing keys", |c| {
             let mut statement = c.prepare(
-                "SELECT kid, alg, pkcs8, created_at, retired_at FROM signing_keys ORDER BY created_at, kid",
+                "SELECT kid, alg, pkcs8, created_at, retired_at, activated_at FROM signing_keys ORDER BY created_at, kid",
             )?;
             let rows = statement.query_map([], |row| {
                 Ok(StoredKey {
@@ -469,6 +486,7 @@ impl Store for SqliteStore {
                     pkcs8: row.get(2)?,
                     created_at: row.get(3)?,
                     retired_at: row.get(4)?,
+                    activated_at: row.get(5)?,
                 })
             })?;
             rows.collect()
@@ -482,8 +500,16 @@ impl Store for SqliteStore {
         self.run("insert signing key", move |c| {
             let tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, retired_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.kid, key.alg, key.pkcs8, key.created_at, key.retired_at],
+                "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, retired_at, activated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    key.kid,
+                    key.alg,
+                    key.pkcs8,
+                    key.created_at,
+                    key.retired_at,
+                    key.activated_at
+                ],
             )?;
             let seq = append_change(&tx, &body)?;
             tx.commit()?;
@@ -504,6 +530,30 @@ impl Store for SqliteStore {
             let seq = append_change(&tx, &body)?;
             tx.commit()?;
             Ok(seq)
+        })
+        .await
+    }
+
+    async fn activate_signing_key(&self, kid: &str, at: i64) -> Result<Option<u64>, StoreError> {
+        let kid = kid.to_owned();
+        let body = change_json(&Change::SigningKeys)?;
+        self.run("activate signing key", move |c| {
+            let tx = c.transaction()?;
+            let activated = tx.execute(
+                "UPDATE signing_keys SET activated_at = ?2
+                 WHERE kid = ?1 AND activated_at IS NULL AND retired_at IS NULL",
+                params![kid, at],
+            )?;
+            if activated == 0 {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE signing_keys SET retired_at = ?2 WHERE kid <> ?1 AND retired_at IS NULL",
+                params![kid, at],
+            )?;
+            let seq = append_change(&tx, &body)?;
+            tx.commit()?;
+            Ok(Some(seq))
         })
         .await
     }
@@ -1054,6 +1104,37 @@ mod tests {
         crate::conformance::run(&store).await;
         drop(store);
         // Opening again (now at 8) does not migrate twice.
+        SqliteStore::open(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_schema_8_database_gains_the_change_feed_revisions_and_activations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stint.db");
+        drop(SqliteStore::open(&path).unwrap());
+        {
+            // A schema 8 database: no change feed, no votes, no revisions,
+            // keys that signed from their creation.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE stint_changes; DROP TABLE stint_change_head; DROP TABLE approval_votes;
+                 ALTER TABLE approvals DROP COLUMN revision;
+                 ALTER TABLE signing_keys DROP COLUMN activated_at;
+                 INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES ('k8', 'ES256', x'01', 800);
+                 PRAGMA user_version = 8;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let keys = store.signing_keys().await.unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].activated_at, Some(800));
+        assert_eq!(store.change_position().await.unwrap().seq, 0);
+        store.delete_signing_key("k8").await.unwrap();
+        store.retire_signing_key("k8", 900).await.unwrap();
+        store.delete_signing_key("k8").await.unwrap();
+        crate::conformance::run(&store).await;
+        drop(store);
         SqliteStore::open(&path).unwrap();
     }
 

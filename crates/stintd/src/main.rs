@@ -113,6 +113,13 @@ struct Cli {
     #[arg(long, env = "STINTD_SIGNING_ALG", value_enum, default_value_t = SigningAlg::Es256)]
     signing_alg: SigningAlg,
 
+    /// How long a rotated-in signing key is published before it signs, in
+    /// seconds (0-3600): verifiers that cached the JWK set before a
+    /// rotation have the new key by then. The JWK set's max-age is never
+    /// longer. Give every replica the same value.
+    #[arg(long, env = "STINTD_KEY_PUBLISH_LEAD", default_value_t = 300)]
+    key_publish_lead: u64,
+
     /// Accept TLS client certificates chaining to this CA bundle (PEM):
     /// workloads bound to a certificate SAN authenticate with
     /// tls_client_auth (RFC 8705), and their tokens are certificate-bound.
@@ -553,6 +560,7 @@ fn config_from(cli: &Cli) -> Config {
             SigningAlg::Es256 => Algorithm::ES256,
             SigningAlg::Ed25519 => Algorithm::EdDSA,
         },
+        key_publish_lead: std::time::Duration::from_secs(cli.key_publish_lead),
         limits: cli.limits.limits(),
         federation_ca: cli.federation_ca_file.clone(),
         client_certificates: cli.client_ca_file.clone().map(|ca| {

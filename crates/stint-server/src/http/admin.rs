@@ -14,8 +14,9 @@ use stint_core::audit::{AuditEntry, Decision, EventKind};
 use stint_core::decision::DenyReason;
 use stint_proto::{ErrorCode, KeyRotationResponse};
 
-/// `POST /v1/admin/keys/rotate`: a new signing key, published before it
-/// signs; the old one stays published until its tokens have expired.
+/// `POST /v1/admin/keys/rotate`: a new signing key, published by every
+/// broker for the publish lead before any signs with it; the old one stays
+/// published until its tokens have expired.
 ///
 /// The rotation is audited before it takes effect: if the `keys_rotated`
 /// record cannot be written, the answer is 503 and the old key goes on
@@ -51,9 +52,10 @@ pub(crate) async fn rotate_keys(
                 rotated.decision = Decision::Allow;
                 rotated.kid = Some(rotation.kid.clone());
                 rotated.detail = Some(format!(
-                    "new signing key {} ({}); retired key {} published until {}",
+                    "new signing key {} ({}) published now, signing from {}; retired key {} published until {}",
                     rotation.kid,
                     rotation.alg,
+                    signs_from(&rotation),
                     rotation.retired_kid,
                     published_until(&rotation)
                 ));
@@ -66,6 +68,7 @@ pub(crate) async fn rotate_keys(
             state.metrics.key_rotated();
             Json(KeyRotationResponse {
                 retired_key_published_until: published_until(&rotation),
+                signs_from: signs_from(&rotation),
                 kid: rotation.kid,
                 alg: rotation.alg.as_str().to_owned(),
                 retired_kid: rotation.retired_kid,
@@ -103,6 +106,11 @@ async fn refuse(state: &AppState, mut entry: AuditEntry, error: OAuthError) -> R
         Err(unavailable) => unavailable.into_response(),
         Ok(()) => error.into_response(),
     }
+}
+
+fn signs_from(rotation: &Rotation) -> String {
+    let from = chrono::DateTime::from_timestamp(rotation.signs_from, 0).unwrap_or_default();
+    crate::audit::timestamp(from)
 }
 
 fn published_until(rotation: &Rotation) -> String {

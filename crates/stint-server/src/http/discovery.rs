@@ -10,8 +10,9 @@ use stint_core::decision::DenyReason;
 use stint_proto::ErrorCode;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
-/// Verifiers may cache for five minutes; a new key is published at least
-/// that long before it signs (see docs/operations.md).
+/// The metadata documents may be cached for five minutes (the JWK set for
+/// no longer than a new key is published before it signs:
+/// [`crate::keys::KeyRing::jwks_cache_control`]).
 const CACHEABLE: HeaderValue = HeaderValue::from_static("public, max-age=300");
 
 pub(crate) async fn metadata(State(state): State<Arc<AppState>>) -> Response {
@@ -57,7 +58,8 @@ pub(crate) async fn jwks(State(state): State<Arc<AppState>>) -> Response {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/jwk-set+json"),
             ),
-            (header::CACHE_CONTROL, CACHEABLE),
+            // Never longer than a new key is published before it signs.
+            (header::CACHE_CONTROL, state.keys.jwks_cache_control()),
         ],
         state.keys.jwks_json(),
     )

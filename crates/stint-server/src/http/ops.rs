@@ -78,7 +78,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderM
         revocations: state.revocations.len(),
         approvals_pending: state.approvals.list(true, now).await.len(),
         feed_streams: state.feed.subscribers(),
-        feed_events: state.feed.position().seq,
+        feed_events: state.feed.published(),
         webhook: state.approvals.webhook_counts(),
         jwks_fetches: state.issuer_keys.fetch_counts(),
         names: access == Access::Full,
