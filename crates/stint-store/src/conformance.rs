@@ -394,6 +394,38 @@ async fn status_lists_round_trip(store: &dyn Store) {
         [(0, b"ab".to_vec()), (2, b"cdef".to_vec())]
     );
     assert!(lists[1].chunks.is_empty());
+    // One list, from an index on.
+    let one = store
+        .status_list("list-a", 2, 3_000)
+        .await
+        .expect("load one list")
+        .expect("it is kept");
+    assert_eq!(
+        (one.id.as_str(), one.created_at, one.key.clone()),
+        ("list-a", 1_000, Some(vec![7; 32]))
+    );
+    assert_eq!(
+        one.chunks,
+        [(2, b"cdef".to_vec())],
+        "the chunks from index 2"
+    );
+    assert_eq!(
+        store
+            .status_list("list-a", 0, 3_000)
+            .await
+            .expect("load one list")
+            .map(|l| l.chunks.len()),
+        Some(2)
+    );
+    assert_eq!(
+        store.status_list("list-a", 0, 9_000).await.expect("load"),
+        None,
+        "not once every token it could serve has expired"
+    );
+    assert_eq!(
+        store.status_list("list-none", 0, 0).await.expect("load"),
+        None
+    );
     let ids = |lists: Vec<crate::StoredStatusList>| -> Vec<String> {
         lists.into_iter().map(|l| l.id).collect()
     };

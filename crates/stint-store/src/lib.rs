@@ -328,6 +328,17 @@ pub trait Store: Send + Sync + 'static {
     /// entries.
     async fn status_lists(&self, now: i64) -> Result<Vec<StoredStatusList>, StoreError>;
 
+    /// The status list `id` if it is still kept at `now`, with the chunks
+    /// of entries that start at index `from` or later (a broker serving
+    /// another broker's list reads what was written since it last looked,
+    /// from the start of the last chunk it has, which may have grown).
+    async fn status_list(
+        &self,
+        id: &str,
+        from: u64,
+        now: i64,
+    ) -> Result<Option<StoredStatusList>, StoreError>;
+
     /// Record a workload's emergency stop (replacing an earlier one).
     async fn stop_workload(&self, stop: &WorkloadStop) -> Result<u64, StoreError>;
 
@@ -364,6 +375,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// Whether other brokers may use this store at the same time (so that
+    /// what this broker did not write may still be in progress elsewhere).
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Where the change feed stands.
     async fn change_position(&self) -> Result<ChangePosition, StoreError>;

@@ -860,6 +860,50 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn status_list(
+        &self,
+        id: &str,
+        from: u64,
+        now: i64,
+    ) -> Result<Option<StoredStatusList>, StoreError> {
+        let id = id.to_owned();
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        self.read("load status list", move |tx| {
+            Box::pin(async move {
+                let Some(row) = tx
+                    .query_opt(
+                        "SELECT id, created_at, key FROM status_lists WHERE id = $1 AND expires_at > $2",
+                        &[&id, &now],
+                    )
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let mut list = StoredStatusList {
+                    id: row.try_get(0)?,
+                    created_at: row.try_get(1)?,
+                    key: row.try_get(2)?,
+                    chunks: Vec::new(),
+                };
+                for row in tx
+                    .query(
+                        "SELECT first, entries FROM status_entries WHERE list = $1 AND first >= $2
+                         ORDER BY first",
+                        &[&list.id, &from],
+                    )
+                    .await?
+                {
+                    let first: i64 = row.try_get(0)?;
+                    if let Ok(first) = u64::try_from(first) {
+                        list.chunks.push((first, row.try_get(1)?));
+                    }
+                }
+                Ok(Some(list))
+            })
+        })
+        .await
+    }
+
     async fn stop_workload(&self, stop: &WorkloadStop) -> Result<u64, StoreError> {
         let stop = stop.clone();
         let until = stop.until();
@@ -1053,6 +1097,10 @@ impl Store for PostgresStore {
             })
         })
         .await
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     async fn check(&self) -> Result<(), StoreError> {

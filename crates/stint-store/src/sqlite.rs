@@ -761,6 +761,50 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn status_list(
+        &self,
+        id: &str,
+        from: u64,
+        now: i64,
+    ) -> Result<Option<StoredStatusList>, StoreError> {
+        let id = id.to_owned();
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        self.run("load status list", move |c| {
+            let list = c
+                .query_row(
+                    "SELECT id, created_at, key FROM status_lists WHERE id = ?1 AND expires_at > ?2",
+                    params![id, now],
+                    |row| {
+                        Ok(StoredStatusList {
+                            id: row.get(0)?,
+                            created_at: row.get(1)?,
+                            key: row.get(2)?,
+                            chunks: Vec::new(),
+                        })
+                    },
+                )
+                .optional()?;
+            let Some(mut list) = list else {
+                return Ok(None);
+            };
+            let mut statement = c.prepare(
+                "SELECT first, entries FROM status_entries WHERE list = ?1 AND first >= ?2
+                 ORDER BY first",
+            )?;
+            let rows = statement.query_map(params![list.id, from], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+            })?;
+            for row in rows {
+                let (first, entries) = row?;
+                if let Ok(first) = u64::try_from(first) {
+                    list.chunks.push((first, entries));
+                }
+            }
+            Ok(Some(list))
+        })
+        .await
+    }
+
     async fn stop_workload(&self, stop: &WorkloadStop) -> Result<u64, StoreError> {
         let stop = stop.clone();
         let until = stop.until();

@@ -59,6 +59,11 @@ const EXPIRED_UPSTREAM_SLACK_SECS: i64 = 300;
 /// How long a destroyed credential's record is kept (its story is in the
 /// audit log).
 const KEEP_FINISHED_SECS: i64 = 24 * 3600;
+/// With a store other brokers share, a credential still being minted when
+/// this broker starts may be another broker's mint in progress: it counts
+/// as interrupted only once it is this old (far longer than any upstream
+/// call's timeouts let a mint take).
+const INTERRUPTED_MINT_AFTER_SECS: i64 = 120;
 
 /// What the broker lends the queue: its clock, store, audit log,
 /// randomness, revocations and metrics.
@@ -661,6 +666,44 @@ impl TargetCredentials {
         }
     }
 
+    /// With a shared store, track credential `id` from the ledger if this
+    /// broker does not (another broker made it), so that revoking it
+    /// through this broker reaches it. Returns whether it is tracked here
+    /// now; a ledger that cannot be read is a no.
+    pub async fn adopt(&self, host: &dyn Host, id: &str) -> bool {
+        let known = || {
+            self.open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(id)
+        };
+        if known() {
+            return true;
+        }
+        if !host.store().shared() {
+            return false;
+        }
+        let ledger = match host.store().unfinished_target_credentials().await {
+            Ok(ledger) => ledger,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the shared target-credential ledger");
+                return false;
+            }
+        };
+        let Some(credential) = ledger.into_iter().find(|c| c.id == id) else {
+            return false;
+        };
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_insert(Tracked {
+                credential,
+                busy: false,
+            });
+        true
+    }
+
     /// Revoke one credential alone, for the step token `jti` it was made
     /// from: the credential as queued (or as it already was, if it is on
     /// its way out or gone), or `None` if no credential with that id was
@@ -726,9 +769,19 @@ impl TargetCredentials {
         let now = host.now();
         let stored = host.store().unfinished_target_credentials().await?;
         let count = stored.len();
+        let shared = host.store().shared();
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         for mut credential in stored {
             match credential.state {
+                CredentialState::Minting
+                    if shared
+                        && now.timestamp() - credential.created_at
+                            < INTERRUPTED_MINT_AFTER_SECS =>
+                {
+                    // Another broker's, probably: left to it (the
+                    // reconciler knows it from the store meanwhile).
+                    continue;
+                }
                 CredentialState::Minting => {
                     credential.begin_revocation(Trigger::InterruptedMint, now.timestamp());
                 }
@@ -1015,7 +1068,7 @@ impl TargetCredentials {
                     continue;
                 }
             };
-            let known: HashSet<String> = self
+            let mut known: HashSet<String> = self
                 .open
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1026,6 +1079,25 @@ impl TargetCredentials {
                 .filter(|t| t.credential.state.is_open())
                 .map(|t| t.credential.upstream_id.clone())
                 .collect();
+            // Other brokers on a shared store mint credentials this one
+            // does not track: the ledger knows them. Read after the
+            // listing, so that a credential listed is in the ledger read
+            // (its row is written before it is created upstream). No
+            // ledger, no reconciling: nothing is destroyed on a guess.
+            if host.store().shared() {
+                match host.store().unfinished_target_credentials().await {
+                    Ok(ledger) => known.extend(
+                        ledger
+                            .into_iter()
+                            .filter(|c| c.state.is_open())
+                            .map(|c| c.upstream_id),
+                    ),
+                    Err(error) => {
+                        tracing::warn!(target = %name, %error, "reconciler could not read the shared ledger: not reconciling");
+                        continue;
+                    }
+                }
+            }
             for upstream_id in listed {
                 if known.contains(&upstream_id) || !done.insert(upstream_id.clone()) {
                     continue;

@@ -532,6 +532,10 @@ async fn revoke_one_inner(
         };
     describe(entry, &claims);
     check_holder(&claims, certificate)?;
+    // Made through another broker on the shared store: tracked here first.
+    if id.len() <= 64 {
+        state.targets.adopt(state, id).await;
+    }
     let Some(queued) = state.targets.revoke_one(id, &claims.jti, now.timestamp()) else {
         return Err(OAuthError::new(
             ErrorCode::InvalidRequest,
