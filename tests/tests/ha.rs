@@ -77,8 +77,11 @@ async fn a_token_revoked_at_b_is_inactive_at_c_and_refused_by_a_verifier_followi
         .await
         .expect("C's keys verify A's token");
     assert_eq!(b.revoke_token(&token).await, 200);
-    let at_c = inactive_soon(&c, &token, "the token inactive at C").await;
-    let verified = refused_soon(&verifier, &token, "a verifier following C").await;
+    // Both measured from B's acknowledgement.
+    let (at_c, verified) = tokio::join!(
+        inactive_soon(&c, &token, "the token inactive at C"),
+        refused_soon(&verifier, &token, "a verifier following C"),
+    );
     assert!(!a.active(&token).await, "inactive at A too");
     println!(
         "token revoked at B: inactive at C after {at_c:?}, refused by C's verifier after {verified:?}"
@@ -89,8 +92,10 @@ async fn a_token_revoked_at_b_is_inactive_at_c_and_refused_by_a_verifier_followi
     verifier.verify(&token).await.unwrap();
     assert!(c.active(&token).await);
     assert_eq!(b.revoke_job("ha-job").await, 200);
-    let at_c = inactive_soon(&c, &token, "the job's token inactive at C").await;
-    let verified = refused_soon(&verifier, &token, "a verifier following C (job)").await;
+    let (at_c, verified) = tokio::join!(
+        inactive_soon(&c, &token, "the job's token inactive at C"),
+        refused_soon(&verifier, &token, "a verifier following C (job)"),
+    );
     assert!(!a.active(&token).await);
     println!(
         "job revoked at B: inactive at C after {at_c:?}, refused by C's verifier after {verified:?}"
@@ -281,8 +286,10 @@ async fn every_replica_fails_closed_while_postgresql_is_down_and_heals_after() {
         assert!(replica.active(&live).await);
     }
 
+    let stopping = Instant::now();
     cluster.pg.stop();
     let stopped = Instant::now();
+    println!("pg_ctl stop took {:?}", stopped - stopping);
     for replica in [&a, &b, &c] {
         eventually(WAIT, &format!("{} fails closed", replica.name), || async {
             let ready = replica.ready().await? == 503;
@@ -543,5 +550,149 @@ async fn operators_voting_through_different_replicas_make_one_quorum() {
         (status, body["error"].as_str()),
         (400, Some("authorization_pending")),
         "one operator twice is not a quorum: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_started_at_once_on_a_new_store_agree() {
+    let cluster = HaCluster::start(HaOptions::default()).await;
+    let mut replicas = [
+        cluster.replica("a"),
+        cluster.replica("b"),
+        cluster.replica("c"),
+    ];
+    // As a deployment rolls out: all three at once on an empty database
+    // (the migration and the first signing key race).
+    std::thread::scope(|scope| {
+        for replica in &mut replicas {
+            let cluster = &cluster;
+            scope.spawn(move || cluster.start_replica(replica));
+        }
+    });
+    let [a, b, c] = &replicas;
+    for minter in [a, b, c] {
+        let token = minter.mint(&format!("start-{}", minter.name)).await;
+        for checker in [a, b, c] {
+            assert!(
+                checker.active(&token).await,
+                "{}'s token (kid {}) inactive at {}, which publishes {:?}",
+                minter.name,
+                kid_of(&token),
+                checker.name,
+                published_kids(checker).await
+            );
+        }
+    }
+    let token = a.mint("start-revoke").await;
+    assert_eq!(c.revoke_token(&token).await, 200);
+    inactive_soon(b, &token, "C's revocation at B").await;
+}
+
+fn admin_policy() -> String {
+    policy_with(&format!(
+        "\n[workloads.key-admin]\nsecret_sha256 = \"{}\"\ncapabilities = [\"admin\"]\n",
+        secret::hash_hex(&test_secret("key-admin"))
+    ))
+}
+
+fn kid_of(token: &str) -> String {
+    decode_jwt(token).0["kid"].as_str().unwrap().to_owned()
+}
+
+async fn published_kids(replica: &Replica) -> Vec<String> {
+    let jwks: Value = replica
+        .http
+        .get(replica.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut kids: Vec<String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    kids.sort();
+    kids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_at_one_replica_is_published_and_used_by_all() {
+    let cluster = HaCluster::start(HaOptions {
+        policy: admin_policy(),
+        ..HaOptions::default()
+    })
+    .await;
+    let [a, b, c] = cluster.start_three();
+    let before = a.mint("rotate-before").await;
+    let old_kid = kid_of(&before);
+    for replica in [&a, &b, &c] {
+        assert_eq!(published_kids(replica).await, [old_kid.clone()], "one key");
+    }
+
+    let response = a
+        .http
+        .post(a.url(stint_proto::KEY_ROTATION_PATH))
+        .basic_auth("key-admin", Some(test_secret("key-admin")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let rotation: Value = response.json().await.unwrap();
+    let new_kid = rotation["kid"].as_str().unwrap().to_owned();
+    assert_eq!(rotation["retired_kid"], old_kid.as_str());
+    // A signs with the new key at once; a resource server asking C at
+    // once must not be told a valid token is inactive.
+    let after = a.mint("rotate-after").await;
+    assert_eq!(kid_of(&after), new_kid);
+    let at_c = c.active(&after).await;
+    let mut both = vec![old_kid.clone(), new_kid.clone()];
+    both.sort();
+    for replica in [&a, &b, &c] {
+        let started = Instant::now();
+        let published = tokio::time::timeout(PROPAGATION, async {
+            loop {
+                if published_kids(replica).await == both {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            published.is_ok(),
+            "{} publishes {:?}, not both {both:?}, {PROPAGATION:?} after A rotated",
+            replica.name,
+            published_kids(replica).await
+        );
+        println!(
+            "{} publishes both keys after {:?}",
+            replica.name,
+            started.elapsed()
+        );
+        assert!(
+            replica.active(&before).await,
+            "{}: the old token",
+            replica.name
+        );
+        assert!(
+            replica.active(&after).await,
+            "{}: the new token",
+            replica.name
+        );
+    }
+    // The others stop signing with the retired key.
+    for replica in [&b, &c] {
+        eventually(PROPAGATION, "the others sign with the new key", || async {
+            (kid_of(&replica.mint("rotate-other").await) == new_kid).then_some(())
+        })
+        .await;
+    }
+    assert!(
+        at_c,
+        "a token A signed with the key it had just rotated to was inactive at C right after"
     );
 }
