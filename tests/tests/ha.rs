@@ -630,7 +630,11 @@ async fn a_key_rotated_at_one_replica_is_published_and_used_by_all() {
     let before = a.mint("rotate-before").await;
     let old_kid = kid_of(&before);
     for replica in [&a, &b, &c] {
-        assert_eq!(published_kids(replica).await, [old_kid.clone()], "one key");
+        assert_eq!(
+            published_kids(replica).await,
+            std::slice::from_ref(&old_kid),
+            "one key"
+        );
     }
 
     let response = a
@@ -695,4 +699,53 @@ async fn a_key_rotated_at_one_replica_is_published_and_used_by_all() {
         at_c,
         "a token A signed with the key it had just rotated to was inactive at C right after"
     );
+}
+
+async fn operator_call(replica: &Replica, path: &str) -> (u16, Value) {
+    let response = replica
+        .http
+        .post(replica.url(path))
+        .bearer_auth(operator_key("alice"))
+        .json(&json!({ "comment": format!("via {}", replica.name) }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_stopped_at_one_replica_mints_nothing_at_the_others() {
+    let cluster = HaCluster::start(HaOptions {
+        policy: elevation_policy(),
+        ..HaOptions::default()
+    })
+    .await;
+    let [a, b, c] = cluster.start_three();
+    let held = a.mint("stop-held").await;
+    let (status, body) = operator_call(&b, "/v1/workloads/demo-job/stop").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stopped"], true);
+    let took = inactive_soon(&c, &held, "a stopped workload's token inactive at C").await;
+    let started = Instant::now();
+    eventually(
+        PROPAGATION,
+        "A refuses to mint for a stopped workload",
+        || async {
+            let status = a.try_mint("stop-after").await.ok()?.status();
+            (status != 200).then_some(status)
+        },
+    )
+    .await;
+    println!(
+        "stopped at B: its token inactive at C after {took:?}, A refuses to mint after {:?}",
+        started.elapsed()
+    );
+    let (status, body) = operator_call(&c, "/v1/workloads/demo-job/enable").await;
+    assert_eq!(status, 200, "{body}");
+    eventually(PROPAGATION, "A mints again once enabled at C", || async {
+        (a.try_mint("stop-enabled").await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    assert!(!b.active(&held).await, "what it held before stays revoked");
 }
