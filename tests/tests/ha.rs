@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use stint_client::{Credentials, Error, Verifier};
 use stint_core::secret;
+use stint_core::status_list::{INVALID, StatusList, VALID};
 use stint_proto::{APPROVALS_PATH, REVOCATION_STREAM_PATH, RevocationEvent, TOKEN_PATH};
 use stint_tests::ha::{HaCluster, HaOptions, Replica, demo_job};
 use stint_tests::sse::{SseEvent, SseStream};
@@ -569,6 +570,22 @@ async fn three_replicas_started_at_once_on_a_new_store_agree() {
             scope.spawn(move || cluster.start_replica(replica));
         }
     });
+    let signing: Vec<String> = cluster
+        .pg
+        .superuser_client_in("stint")
+        .await
+        .query("SELECT kid FROM signing_keys WHERE retired_at IS NULL", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        signing.len(),
+        1,
+        "one key signs at a time, but the store holds {} unretired: {signing:?}",
+        signing.len()
+    );
     let [a, b, c] = &replicas;
     for minter in [a, b, c] {
         let token = minter.mint(&format!("start-{}", minter.name)).await;
@@ -748,4 +765,78 @@ async fn a_workload_stopped_at_one_replica_mints_nothing_at_the_others() {
     })
     .await;
     assert!(!b.active(&held).await, "what it held before stays revoked");
+}
+
+/// The status of `token` in its status list as `replica` serves it (the
+/// list's URI names the shared issuer; it is fetched from `replica`).
+async fn status_at(cluster: &HaCluster, replica: &Replica, token: &str) -> u8 {
+    let (_, claims) = decode_jwt(token);
+    let reference = &claims["status"]["status_list"];
+    let uri = reference["uri"].as_str().unwrap();
+    let path = uri
+        .strip_prefix(&cluster.issuer())
+        .unwrap_or_else(|| panic!("{uri} is under the issuer"));
+    let response = replica.http.get(replica.url(path)).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "{} serves {path} (the status list of a token minted at another replica)",
+        replica.name
+    );
+    let (_, list) = decode_jwt(&response.text().await.unwrap());
+    StatusList::decode(1, list["status_list"]["lst"].as_str().unwrap())
+        .unwrap()
+        .get(reference["idx"].as_u64().unwrap())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_list_entries_are_distinct_across_replicas_and_agree_everywhere() {
+    let cluster = HaCluster::start(HaOptions::default()).await;
+    let [a, b, c] = cluster.start_three();
+    // Minted through all three at once: no two tokens share an entry.
+    let mut tokens = Vec::new();
+    let mut minters = Vec::new();
+    for round in 0..4 {
+        let jobs = [0, 1, 2].map(|i| format!("status-{i}-{round}"));
+        let (x, y, z) = tokio::join!(a.mint(&jobs[0]), b.mint(&jobs[1]), c.mint(&jobs[2]));
+        tokens.extend([x, y, z]);
+        minters.extend(["a", "b", "c"]);
+    }
+    let mut entries: Vec<(String, u64)> = tokens
+        .iter()
+        .map(|token| {
+            let reference = &decode_jwt(token).1["status"]["status_list"];
+            (
+                reference["uri"].as_str().unwrap().to_owned(),
+                reference["idx"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (entry, minter) in entries.iter().zip(&minters) {
+        println!("minted at {minter}: {entry:?}");
+    }
+    entries.sort();
+    let before = entries.len();
+    entries.dedup();
+    assert_eq!(entries.len(), before, "one status entry per token");
+
+    // A's token revoked at B: its entry says so at all three; the others
+    // stay valid.
+    let revoked = &tokens[0];
+    assert_eq!(b.revoke_token(revoked).await, 200);
+    for replica in [&a, &b, &c] {
+        eventually(PROPAGATION, "the entry invalid everywhere", || async {
+            (status_at(&cluster, replica, revoked).await == INVALID).then_some(())
+        })
+        .await;
+        for (token, minter) in tokens.iter().zip(&minters).skip(1) {
+            assert_eq!(
+                status_at(&cluster, replica, token).await,
+                VALID,
+                "{}: only the revoked token's entry (this one minted at {minter})",
+                replica.name
+            );
+        }
+    }
 }
