@@ -77,6 +77,14 @@ impl HaCluster {
         std::fs::write(dir.path().join("store.password"), format!("{PASSWORD}\n")).unwrap();
         // Every replica gets the same key-encryption key.
         std::fs::write(dir.path().join("kek"), [0x5au8; 32]).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        for secret in ["store.password", "kek"] {
+            std::fs::set_permissions(
+                dir.path().join(secret),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
         let store_url = format!(
             "postgres://{ROLE}@127.0.0.1:{}/stint?sslmode=disable",
             pg.port()
