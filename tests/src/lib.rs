@@ -28,6 +28,7 @@ use stint_proto::{DevClient, JwkSet};
 use stint_server::{Config, PolicySource, RunningServer};
 
 pub mod github;
+pub mod ha;
 pub mod idp;
 pub mod postgres;
 pub mod sse;
