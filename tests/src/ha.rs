@@ -32,6 +32,8 @@ pub struct HaOptions {
     pub feed_keepalive: u64,
     /// `--approval-interval`, seconds.
     pub approval_interval: u64,
+    /// `--key-publish-lead`, seconds (300, as in production).
+    pub key_publish_lead: u64,
 }
 
 impl Default for HaOptions {
@@ -42,6 +44,7 @@ impl Default for HaOptions {
             store_timeout: 2,
             feed_keepalive: 15,
             approval_interval: 1,
+            key_publish_lead: 300,
         }
     }
 }
@@ -136,6 +139,8 @@ impl HaCluster {
             .arg(o.feed_keepalive.to_string())
             .arg("--approval-interval")
             .arg(o.approval_interval.to_string())
+            .arg("--key-publish-lead")
+            .arg(o.key_publish_lead.to_string())
             .arg("--data-dir")
             .arg(&replica.data_dir)
             .arg("--policy")

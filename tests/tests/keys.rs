@@ -126,7 +126,7 @@ async fn a_rotated_key_is_published_first_and_unpublished_last() {
         old_kid,
         "the new key waits for the lead"
     );
-    broker.clock.advance(chrono::TimeDelta::seconds(299));
+    broker.clock.advance(chrono::TimeDelta::seconds(300));
     assert_eq!(broker.server().activate_due_keys().await, None);
     assert_eq!(broker.server().signing_kid(), old_kid);
     broker.clock.advance(chrono::TimeDelta::seconds(1));

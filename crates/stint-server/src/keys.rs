@@ -549,7 +549,9 @@ impl KeyRing {
                 held.activated_at.is_none()
                     && held.retired_at.is_none()
                     && held.key.alg() == self.alg
-                    && held.created_at + self.lead <= now.timestamp()
+                    // Strictly: both times are whole seconds, rounded
+                    // down, so this waits at least the whole lead.
+                    && held.created_at + self.lead < now.timestamp()
             })
             .max_by_key(|held| held.created_at)
             .map(|held| held.key.kid().to_owned())?;
@@ -991,18 +993,18 @@ mod tests {
             assert_eq!(ring.signing_key().kid(), old, "not signing yet");
         }
         assert_eq!(
-            b.activate_due(&store, at(2_299), &rng).await,
+            b.activate_due(&store, at(2_300), &rng).await,
             None,
-            "not due"
+            "not due: the rotation may have come late in its second"
         );
         assert_eq!(a.signing_key().kid(), old);
         assert_eq!(
-            b.activate_due(&store, at(2_300), &rng).await,
+            b.activate_due(&store, at(2_301), &rng).await,
             Some(rotation.kid.clone()),
             "due: one broker activates"
         );
         assert_eq!(
-            a.activate_due(&store, at(2_300), &rng).await,
+            a.activate_due(&store, at(2_301), &rng).await,
             None,
             "and only one"
         );
@@ -1015,7 +1017,7 @@ mod tests {
         }
         let stored = store.signing_keys().await.unwrap();
         let retired = stored.iter().find(|key| key.kid == old).unwrap();
-        assert_eq!(retired.retired_at, Some(2_300), "retired at the switch");
+        assert_eq!(retired.retired_at, Some(2_301), "retired at the switch");
 
         // A restart while a key is staged keeps it staged.
         let rotation = a
