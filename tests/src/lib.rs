@@ -114,6 +114,8 @@ pub struct BrokerOptions {
     /// How long a rotated-in key is published before it signs: 0 (at once)
     /// unless a test stages keys; production's default is 300 s.
     pub key_publish_lead: Duration,
+    /// `--store-fail-closed-after` (10 s, as in production).
+    pub store_fail_closed_after: Duration,
 }
 
 impl Default for BrokerOptions {
@@ -130,6 +132,7 @@ impl Default for BrokerOptions {
             data_dir: None,
             feed_max_streams: 2048,
             key_publish_lead: Duration::ZERO,
+            store_fail_closed_after: Duration::from_secs(10),
         }
     }
 }
@@ -170,6 +173,7 @@ impl TestBroker {
         config.feed_max_streams_per_client = options.feed_max_streams_per_client;
         config.feed_max_streams = options.feed_max_streams;
         config.key_publish_lead = options.key_publish_lead;
+        config.store_fail_closed_after = options.store_fail_closed_after;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }

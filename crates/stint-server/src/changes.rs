@@ -22,7 +22,8 @@
 use crate::state::{AppState, Revocation};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use stint_store::{Change, ChangePosition, ChangeRecord};
 use tokio::sync::{Notify, watch};
 
@@ -45,6 +46,14 @@ pub(crate) struct Changes {
     wake: Notify,
     /// Changes this broker committed, by sequence number, not yet applied.
     offered: Mutex<BTreeMap<u64, Change>>,
+    /// The store's epoch when this broker started.
+    epoch: String,
+    /// When the applier last read the feed to its end.
+    caught_up: Mutex<Instant>,
+    /// The store went back (restored from a backup, or a failover lost
+    /// commits): what this broker holds is no longer what the store holds.
+    /// It fails closed until it is restarted.
+    diverged: AtomicBool,
 }
 
 impl Changes {
@@ -54,7 +63,23 @@ impl Changes {
             applied: watch::Sender::new(position.seq),
             wake: Notify::new(),
             offered: Mutex::new(BTreeMap::new()),
+            epoch: position.epoch,
+            caught_up: Mutex::new(Instant::now()),
+            diverged: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this broker has applied the feed within `bound`: if not, it
+    /// may not know of revocations other brokers made, and fails closed
+    /// ([`crate::store_health`]).
+    pub(crate) fn current(&self, bound: Duration) -> bool {
+        !self.diverged.load(Ordering::Relaxed)
+            && self
+                .caught_up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                <= bound
     }
 
     /// The last change applied here.
@@ -121,7 +146,7 @@ pub(crate) async fn run(state: std::sync::Arc<AppState>, mut closing: watch::Rec
         }
     };
     let listener = tokio::spawn(listener);
-    let mut failing = false;
+    let mut failing: Option<Instant> = None;
     loop {
         tokio::select! {
             () = state.changes.wake.notified() => {}
@@ -130,25 +155,65 @@ pub(crate) async fn run(state: std::sync::Arc<AppState>, mut closing: watch::Rec
         }
         match catch_up(&state).await {
             Ok(()) => {
-                if failing {
-                    tracing::info!("reading the change feed again");
+                if failing.is_some() {
+                    tracing::info!("applying the change feed again");
                 }
-                failing = false;
+                failing = None;
+                *state
+                    .changes
+                    .caught_up
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Instant::now();
             }
             Err(error) => {
-                if !failing {
-                    tracing::warn!(%error, "cannot read the change feed; retrying");
+                // Said again every half minute: a change that cannot be
+                // read (or applied) keeps this broker failing closed.
+                if failing.is_none_or(|since| since.elapsed() >= Duration::from_secs(30)) {
+                    tracing::error!(%error, applied = state.changes.applied(), "cannot apply the change feed: failing closed after the bound until it can");
+                    failing = Some(Instant::now());
                 }
-                failing = true;
             }
         }
     }
     listener.abort();
 }
 
-/// Apply every change after the last applied one.
-async fn catch_up(state: &AppState) -> Result<(), stint_store::StoreError> {
-    loop {
+/// Apply what was committed between the position read at start-up and
+/// now (the keys this start created, say), before the broker serves: its
+/// first answers are then as current as the store.
+pub(crate) async fn catch_up_at_start(state: &AppState) -> Result<(), stint_store::StoreError> {
+    catch_up(state).await.map_err(|error| match error {
+        CatchUpError::Store(error) => error,
+        diverged @ CatchUpError::Diverged { .. } => stint_store::StoreError::Backend {
+            operation: "apply the change feed",
+            message: diverged.to_string(),
+        },
+    })
+}
+
+/// Why the feed cannot be applied.
+#[derive(Debug, thiserror::Error)]
+enum CatchUpError {
+    #[error(transparent)]
+    Store(#[from] stint_store::StoreError),
+    #[error(
+        "the store's change feed went back (epoch {epoch}, head {head}, this broker applied up to {applied} of epoch {ours}): the store was restored or lost commits; restart this broker"
+    )]
+    Diverged {
+        epoch: String,
+        head: u64,
+        applied: u64,
+        ours: String,
+    },
+}
+
+/// Apply every change after the last applied one, in sequence: a change
+/// missing from the sequence (purged, or deleted) reloads everything.
+async fn catch_up(state: &AppState) -> Result<(), CatchUpError> {
+    if state.changes.diverged.load(Ordering::Relaxed) {
+        return Err(diverged(state, None).await);
+    }
+    'read: loop {
         let applied = state.changes.applied();
         let batch = match state.changes.take_offered(applied + 1) {
             Some(change) => vec![ChangeRecord {
@@ -158,29 +223,72 @@ async fn catch_up(state: &AppState) -> Result<(), stint_store::StoreError> {
             None => state.store.changes_since(applied, BATCH).await?,
         };
         let full = batch.len() == BATCH;
-        let Some(first) = batch.first() else {
+        if batch.is_empty() {
+            check_head(state, applied).await?;
             return Ok(());
-        };
-        if first.seq != applied + 1 {
-            // Purged while this broker could not read them.
-            restart(state, first.seq - 1).await?;
-            continue;
         }
         for record in batch {
+            let expected = state.changes.applied() + 1;
+            if record.seq != expected {
+                // Purged (or deleted) before this broker read them.
+                restart(state, record.seq - 1).await?;
+                continue 'read;
+            }
             apply(state, record).await;
         }
-        if !full && state.changes.offered_is_empty() {
+        // On while there is more: a full batch, or this broker's next
+        // change at hand. (An offered change the store does not show yet
+        // is read on the next wake-up or poll, not spun for.)
+        let next = state.changes.applied() + 1;
+        if !full && !state.changes.has_offered(next) {
             return Ok(());
         }
     }
 }
 
+/// Nothing after `applied` was read: check that the store agrees there is
+/// nothing more (every change after it may have been purged), and that it
+/// is still the store this broker started on.
+async fn check_head(state: &AppState, applied: u64) -> Result<(), CatchUpError> {
+    let head = state.store.change_position().await?;
+    if head.epoch != state.changes.epoch || head.seq < applied {
+        return Err(diverged(state, Some(head)).await);
+    }
+    if head.seq > applied && state.store.changes_since(applied, 1).await?.is_empty() {
+        // The head is read after the empty read, and a change is visible
+        // with the head that counts it: they were purged.
+        restart(state, head.seq).await?;
+    }
+    Ok(())
+}
+
+async fn diverged(state: &AppState, head: Option<ChangePosition>) -> CatchUpError {
+    state.changes.diverged.store(true, Ordering::Relaxed);
+    let head = match head {
+        Some(head) => head,
+        None => state
+            .store
+            .change_position()
+            .await
+            .unwrap_or_else(|_| ChangePosition {
+                epoch: String::from("?"),
+                seq: 0,
+            }),
+    };
+    CatchUpError::Diverged {
+        epoch: head.epoch,
+        head: head.seq,
+        applied: state.changes.applied(),
+        ours: state.changes.epoch.clone(),
+    }
+}
+
 impl Changes {
-    fn offered_is_empty(&self) -> bool {
+    fn has_offered(&self, seq: u64) -> bool {
         self.offered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+            .contains_key(&seq)
     }
 }
 

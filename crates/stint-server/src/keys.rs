@@ -78,6 +78,12 @@ const RETIREMENT_MARGIN_SECS: i64 = 60;
 #[derive(Debug)]
 struct RingKey {
     key: Arc<SigningKey>,
+    /// Whether it may sign (see [`Loaded::may_sign`]), as judged when it
+    /// was opened.
+    may_sign: bool,
+    /// The SHA-256 of the stored bytes it was opened from: a key is reused
+    /// on a reload only while the store holds exactly those.
+    stored_digest: [u8; 32],
     created_at: i64,
     activated_at: Option<i64>,
     retired_at: Option<i64>,
@@ -183,7 +189,11 @@ async fn load_trusted(
     now: DateTime<Utc>,
     rng: &(dyn SecureRandom + Sync),
     held: &[RingKey],
+    at_start: bool,
 ) -> Result<Vec<Loaded>, String> {
+    // With other brokers on the store, what looks wrong here may be this
+    // broker's clock: ignore it, never delete it for everyone.
+    let shared = store.shared();
     let stored = store.signing_keys().await.map_err(|e| e.to_string())?;
     // With a key-encryption key, a key in the clear is one kept from
     // before the keys were sealed, published until its tokens expire.
@@ -205,43 +215,67 @@ async fn load_trusted(
             kek.is_some() && clear && clear_keys_until.is_some_and(|until| now >= until);
         // A retirement in the future is no retirement a broker wrote.
         let bad_retirement = key.retired_at.is_some_and(|at| at > now + 60);
+        // Under a key-encryption key, a key in the clear that appears while
+        // this broker runs was written by no broker.
+        let clear_since_start =
+            kek.is_some() && clear && !at_start && !held.iter().any(|h| h.key.kid() == key.kid);
         let expired = !still_published(key.retired_at, now);
-        if stale_clear || bad_retirement || expired {
-            if expired {
+        if stale_clear || bad_retirement || expired || clear_since_start {
+            let delete = if expired {
                 tracing::info!(kid = %key.kid, "a retired signing key's tokens have all expired: unpublished");
+                !shared
+                    || !still_published(
+                        key.retired_at.map(|at| at + SHARED_DELETE_MARGIN_SECS),
+                        now,
+                    )
             } else {
-                tracing::warn!(kid = %key.kid, stale_clear, bad_retirement, "ignoring and deleting a stored signing key that no broker wrote");
-            }
-            if let Err(error) = store.delete_signing_key(&key.kid).await {
+                tracing::warn!(kid = %key.kid, stale_clear, bad_retirement, clear_since_start, "ignoring a stored signing key that no broker wrote");
+                !shared
+            };
+            if delete && let Err(error) = store.delete_signing_key(&key.kid).await {
                 tracing::warn!(kid = %key.kid, %error, "could not delete the key");
             }
             continue;
         }
         let key_alg = Algorithm::from_name(&key.alg)
             .ok_or_else(|| format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg))?;
-        let (signing, sealed) = match held.iter().find(|h| h.key.kid() == key.kid) {
-            Some(h) if h.key.alg() == key_alg => (Arc::clone(&h.key), !clear),
-            _ => {
+        let digest = digest_of(&key.pkcs8);
+        let reused = held.iter().find(|h| {
+            h.key.kid() == key.kid && h.key.alg() == key_alg && h.stored_digest == digest
+        });
+        let (signing, may_sign) = match reused {
+            Some(h) => (Arc::clone(&h.key), h.may_sign),
+            None => {
                 let (pkcs8, sealed) = open_stored(&key, kek)?;
                 let signing = SigningKey::from_pkcs8(key_alg, &pkcs8, rng)
                     .map_err(|e| format!("stored key {} cannot be loaded: {e}", key.kid))?;
                 if signing.kid() != key.kid {
                     return Err(format!("stored key {} does not match its kid", key.kid));
                 }
-                (Arc::new(signing), sealed)
+                if kek.is_some() && !sealed && key.retired_at.is_none() {
+                    tracing::warn!(kid = %key.kid, "a signing key is stored in the clear: it may verify, never sign, under a key-encryption key");
+                }
+                (Arc::new(signing), sealed || kek.is_none())
             }
         };
-        if kek.is_some() && !sealed && key.retired_at.is_none() {
-            tracing::warn!(kid = %key.kid, "a signing key is stored in the clear: it may verify, never sign, under a key-encryption key");
-        }
         loaded.push(Loaded {
-            may_sign: sealed || kek.is_none(),
+            may_sign,
             stored: key,
             key: signing,
         });
     }
     Ok(loaded)
 }
+
+fn digest_of(stored: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, stored).as_ref());
+    out
+}
+
+/// How much longer than [`still_published`] says a key is kept in a shared
+/// store before a broker deletes it: another broker's clock may be behind.
+const SHARED_DELETE_MARGIN_SECS: i64 = 600;
 
 /// The key that signs for `alg`: the latest activated, not retired.
 fn signer(loaded: &[Loaded], alg: Algorithm) -> Option<Arc<SigningKey>> {
@@ -263,6 +297,8 @@ fn ring_of(loaded: Vec<Loaded>) -> Vec<RingKey> {
         .into_iter()
         .map(|l| RingKey {
             key: l.key,
+            may_sign: l.may_sign,
+            stored_digest: digest_of(&l.stored.pkcs8),
             created_at: l.stored.created_at,
             activated_at: l.stored.activated_at,
             retired_at: l.stored.retired_at,
@@ -362,7 +398,7 @@ impl KeyRing {
         rng: &(dyn SecureRandom + Sync),
         kek: Option<Arc<Sealer>>,
     ) -> Result<Self, String> {
-        let mut loaded = load_trusted(store, kek.as_deref(), now, rng, &[]).await?;
+        let mut loaded = load_trusted(store, kek.as_deref(), now, rng, &[], true).await?;
         if signer(&loaded, alg).is_none() {
             let (signing, pkcs8) = SigningKey::generate(alg, rng).map_err(|e| e.to_string())?;
             let kid = signing.kid().to_owned();
@@ -385,7 +421,7 @@ impl KeyRing {
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(%kid, %alg, sealed = kek.is_some(), "created a new signing key");
-            loaded = load_trusted(store, kek.as_deref(), now, rng, &[]).await?;
+            loaded = load_trusted(store, kek.as_deref(), now, rng, &[], true).await?;
         }
         let signing_key = signer(&loaded, alg)
             .ok_or_else(|| format!("no {alg} signing key in the store after creating one"))?;
@@ -440,20 +476,36 @@ impl KeyRing {
         now: DateTime<Utc>,
         rng: &(dyn SecureRandom + Sync),
     ) -> Result<(), String> {
-        let loaded = load_trusted(store, self.kek.as_deref(), now, rng, ring).await?;
-        let next = signer(&loaded, self.alg).ok_or_else(|| {
-            format!(
-                "the store holds no activated {} signing key (another broker retired it): this broker signs on with {}",
-                self.alg,
-                self.signing.load().kid()
-            )
-        })?;
-        let next_ring = ring_of(loaded);
+        let loaded = load_trusted(store, self.kek.as_deref(), now, rng, ring, false).await?;
+        let next = signer(&loaded, self.alg);
+        let current = self.signing.load_full();
+        let mut next_ring = ring_of(loaded);
+        // Without a signer of this broker's algorithm it signs on with its
+        // key: which must then stay published here.
+        if next.is_none()
+            && let Some(held) = ring.iter().find(|h| h.key.kid() == current.kid())
+            && !next_ring.iter().any(|h| h.key.kid() == current.kid())
+        {
+            next_ring.push(RingKey {
+                key: Arc::clone(&held.key),
+                may_sign: held.may_sign,
+                stored_digest: held.stored_digest,
+                created_at: held.created_at,
+                activated_at: held.activated_at,
+                retired_at: held.retired_at,
+            });
+        }
         let published = publish(&next_ring, &self.federation)?;
         *ring = next_ring;
         // Published first, signing second.
         self.published.store(Arc::new(published));
-        let current = self.signing.load_full();
+        let next = next.ok_or_else(|| {
+            format!(
+                "the store holds no activated {} signing key (a broker with another --signing-alg took over): this broker signs on with {}",
+                self.alg,
+                current.kid()
+            )
+        })?;
         if current.kid() != next.kid() {
             tracing::info!(
                 kid = next.kid(),

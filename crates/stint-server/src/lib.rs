@@ -370,6 +370,10 @@ pub async fn start_with_clock(
     report_overdue(&policy, now);
     federation_token::warn_if_unsigned(&policy, &federation_keys);
 
+    // The change feed's position before anything is loaded (the keys
+    // included): a change committed meanwhile is both loaded and applied,
+    // never neither.
+    let position = store.change_position().await?;
     let keys = KeyRing::load_or_create(
         store.as_ref(),
         config.signing_alg,
@@ -385,9 +389,6 @@ pub async fn start_with_clock(
     // From here the broker's signing key signs the audit log's checkpoints.
     audit.attach_signer(keys.checkpoint_signer());
 
-    // The change feed's position before anything is loaded: a change
-    // committed meanwhile is both loaded and applied, never neither.
-    let position = store.change_position().await?;
     let revocations = RevocationSet::new();
     let live = store
         .live_revocations(stint_core::revocation::purge_cutoff(now))
@@ -565,6 +566,7 @@ pub async fn start_with_clock(
         Arc::clone(&state) as Arc<dyn stint_targets::queue::Host>,
         state.closing.clone(),
     ));
+    changes::catch_up_at_start(&state).await?;
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
     // Ends with the broker (it watches `closing`).
     tokio::spawn(changes::run(Arc::clone(&state), state.closing.clone()));

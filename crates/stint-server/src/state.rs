@@ -32,7 +32,7 @@ const NOT_DURABLE: &str = "not_durable";
 
 /// How long a revocation's caller waits for the change feed to apply it
 /// here (and so announce it on the feed) before being answered anyway.
-const APPLY_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const APPLY_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(crate) struct AppState {
     pub(crate) issuer: String,

@@ -8,7 +8,9 @@
 //! introspection says every token is inactive, the revocation feed's
 //! streams end (verifiers then fail closed or poll the status lists) and
 //! new ones are refused, and `/readyz` is 503. The first check that
-//! succeeds heals it.
+//! succeeds heals it. So does the change feed: a broker that has not
+//! applied it to its end within the bound (the applier's own reads fail,
+//! or a change cannot be read) fails closed the same way.
 
 use crate::state::AppState;
 use std::sync::Arc;
@@ -48,7 +50,10 @@ pub(crate) async fn run(state: Arc<AppState>, bound: Duration) {
 }
 
 fn judge(state: &AppState, last_ok: Instant, bound: Duration) {
-    let reachable = last_ok.elapsed() <= bound;
+    // A store that answers but whose change feed this broker cannot apply
+    // (a change it cannot read, a store that went back) is as good as
+    // none: other brokers' revocations do not reach this one.
+    let reachable = last_ok.elapsed() <= bound && state.changes.current(bound);
     let was = state.store_reachable.send_replace(reachable);
     if was != reachable {
         state.metrics.store_reachable(reachable);
@@ -57,7 +62,7 @@ fn judge(state: &AppState, last_ok: Instant, bound: Duration) {
         } else {
             tracing::error!(
                 bound_secs = bound.as_secs_f64(),
-                "the store has not answered within the bound: failing closed (no mint, every token inactive, feed streams ended) until it does"
+                "the store (or its change feed) has not answered within the bound: failing closed (no mint, every token inactive, feed streams ended) until it does"
             );
         }
     }

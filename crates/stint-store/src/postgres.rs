@@ -174,7 +174,7 @@ async fn append_change(tx: &Transaction<'_>, body: &str) -> Result<u64, tokio_po
         .query_one(
             "WITH head AS (UPDATE stint_change_head SET seq = seq + 1 RETURNING seq),
                   change AS (INSERT INTO stint_changes (seq, at, body)
-                             SELECT seq, extract(epoch FROM now())::bigint, $1 FROM head
+                             SELECT seq, extract(epoch FROM clock_timestamp())::bigint, $1 FROM head
                              RETURNING seq)
              SELECT seq, pg_notify($2, seq::text)::text FROM change",
             &[&body, &CHANGE_CHANNEL],
@@ -516,7 +516,8 @@ impl Store for PostgresStore {
                 )
                 .await?;
                 tx.execute(
-                    "DELETE FROM stint_changes WHERE at < extract(epoch FROM now())::bigint - $1",
+                    "DELETE FROM stint_changes WHERE at < extract(epoch FROM now())::bigint - $1
+                     AND seq < (SELECT seq FROM stint_change_head)",
                     &[&CHANGE_RETENTION_SECS],
                 )
                 .await?;

@@ -465,7 +465,8 @@ impl Store for SqliteStore {
                 [],
             )?;
             tx.execute(
-                "DELETE FROM stint_changes WHERE at < unixepoch() - ?1",
+                "DELETE FROM stint_changes WHERE at < unixepoch() - ?1
+                 AND seq < (SELECT seq FROM stint_change_head)",
                 [CHANGE_RETENTION_SECS],
             )?;
             tx.commit()?;

@@ -182,19 +182,23 @@ async fn enable_workload(
             tracing::error!(%error, "workload enable not durable");
             OAuthError::unavailable("the change could not be made durable")
         })?;
-    state
-        .stopped
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&workload);
-    // Every other broker enables it when the change feed brings it.
-    state.changes.offer(
-        seq,
-        stint_store::Change::WorkloadEnabled {
-            workload: workload.clone(),
-            at,
-        },
-    );
+    // Enabled here, as on every other broker, when the change is applied:
+    // in sequence, so a stop committed just after it (through another
+    // broker) is not undone by this answer.
+    let applied = state
+        .changes
+        .committed(
+            seq,
+            stint_store::Change::WorkloadEnabled {
+                workload: workload.clone(),
+                at,
+            },
+            crate::state::APPLY_BOUND,
+        )
+        .await;
+    if !applied {
+        tracing::warn!(%workload, "the enable is stored, not yet applied here: it is as soon as the change feed can be read");
+    }
     tracing::warn!(%workload, %operator, "workload enabled again");
     Ok(WorkloadState {
         workload,
