@@ -8,10 +8,8 @@
 //! directory (its audit log), all with the same `--store`, key-encryption
 //! key, policy and `--issuer` (the address of a load balancer that is not
 //! there: the benchmark talks to each replica directly). The token rate
-//! limits are lifted, as `stint-bench` lifts them; the store's fail-closed
-//! bound is 2 s (`--store-fail-closed-after 2 --store-timeout 2`) so that
-//! the PostgreSQL restart below is seen by the replicas. In every run, one
-//! after the other:
+//! limits are lifted, as `stint-bench` lifts them; everything else is
+//! stintd's default. In every run, one after the other:
 //!
 //! - **propagation across replicas**: `--revocations` (1000) tokens minted
 //!   on A; an SSE client subscribed to C's revocation feed
@@ -39,8 +37,10 @@
 //!   must be the next sequence number: no gap, no repeat, no resync). No
 //!   target. A is restarted after.
 //! - **PostgreSQL restart**: PostgreSQL stopped (`pg_ctl stop -m fast`);
-//!   once every replica's `/readyz` says 503, started again; measured: from
-//!   `pg_ctl start` returning (the server accepts connections) until every
+//!   once every replica's `/readyz` says 503 (it checks the store itself,
+//!   so from the first probe after the stop, well before the 10 s
+//!   fail-closed bound of minting), started again; measured: from `pg_ctl
+//!   start` returning (the server accepts connections) until every
 //!   replica's `/readyz` is 200 again. No target.
 //!
 //! Then, once, the **set test** (`--set-test` seconds, 30; 0 skips it):
@@ -359,7 +359,6 @@ impl Cluster {
             .arg(&data)
             .arg("--policy")
             .arg(self.dir.path().join("policy.toml"))
-            .args(["--store-fail-closed-after", "2", "--store-timeout", "2"])
             .args(["--token-rate-per-client", "1000000"])
             .args(["--token-burst-per-client", "1000000"])
             .args(["--token-rate-per-source", "1000000"])
