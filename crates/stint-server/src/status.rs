@@ -434,7 +434,9 @@ impl List {
         let (Some(refresh), Some(key)) = (&self.refresh, &self.key) else {
             return;
         };
-        let fresh = |refresh: &Refresh| now - refresh.read_at.load(Ordering::Relaxed) < FOREIGN_REFRESH_SECS;
+        let fresh = |refresh: &Refresh| {
+            now - refresh.read_at.load(Ordering::Relaxed) < FOREIGN_REFRESH_SECS
+        };
         if fresh(refresh) {
             return;
         }
@@ -1203,7 +1205,11 @@ mod tests {
             .token(id, keys, &SystemRandom::new(), now, store, &in_force)
             .await?
             .unwrap();
-        let payload = std::str::from_utf8(&token).unwrap().split('.').nth(1).unwrap();
+        let payload = std::str::from_utf8(&token)
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap();
         let claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         assert_eq!(
@@ -1367,7 +1373,11 @@ mod tests {
         let none = RevocationEntries::default();
         let id = "AAAAAAAAAAAAAAAA";
         assert!(plausible_id(id));
-        assert!(served(&other, &keys, &store, id, NOW, &none).await.is_none());
+        assert!(
+            served(&other, &keys, &store, id, NOW, &none)
+                .await
+                .is_none()
+        );
         // The list appears in the store: the answer stays 404 without a
         // store read until the remembered answer is old.
         store
@@ -1394,7 +1404,11 @@ mod tests {
                 .insert_status_list(bad, NOW, NOW + 10_000, &[7; KEY_LEN])
                 .await
                 .unwrap();
-            assert!(served(&other, &keys, &store, bad, NOW, &none).await.is_none());
+            assert!(
+                served(&other, &keys, &store, bad, NOW, &none)
+                    .await
+                    .is_none()
+            );
         }
         // The remembered answers are bounded, and purged.
         for n in 0..(MAX_UNKNOWN_IDS + 10) {
