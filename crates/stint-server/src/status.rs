@@ -68,7 +68,7 @@ const ID_LEN: usize = 16;
 
 /// How old a list another broker adds to may be at a request before it
 /// is read again from the store, seconds.
-pub(crate) const FOREIGN_REFRESH_SECS: i64 = 1;
+const FOREIGN_REFRESH_SECS: i64 = 1;
 /// Lists of other brokers loaded on request, at most (the least recently
 /// read one is dropped for a new one: it is read again if asked for).
 const MAX_FOREIGN_LISTS: usize = 32;
@@ -1417,6 +1417,41 @@ mod tests {
         assert!(other.unknown.lock().unwrap().len() <= MAX_UNKNOWN_IDS);
         other.purge(NOW + UNKNOWN_TTL_SECS);
         assert!(other.unknown.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_lists_loaded_on_request_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let keys = keys(&store).await;
+        let (_, other) = two_brokers(&store).await;
+        let none = RevocationEntries::default();
+        let ids: Vec<String> = (0..MAX_FOREIGN_LISTS + 3)
+            .map(|n| format!("{n:0>16}"))
+            .collect();
+        for (n, id) in ids.iter().enumerate() {
+            store
+                .insert_status_list(id, NOW, NOW + 10_000, &[7; KEY_LEN])
+                .await
+                .unwrap();
+            // Each read at its own second: the least recently read goes.
+            let now = NOW + n as i64;
+            assert!(
+                served(&other, &keys, &store, id, now, &none)
+                    .await
+                    .is_some()
+            );
+        }
+        let held: Vec<String> = other
+            .lists()
+            .iter()
+            .filter(|l| l.on_request())
+            .map(|l| l.id.clone())
+            .collect();
+        assert_eq!(held.len(), MAX_FOREIGN_LISTS);
+        assert!(!held.contains(&ids[0]) && held.contains(&ids[ids.len() - 1]));
+        // Its own list is kept.
+        assert_eq!(other.lists().len(), MAX_FOREIGN_LISTS + 1);
     }
 
     #[test]
