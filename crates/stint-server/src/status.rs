@@ -17,6 +17,16 @@
 //! not been written when the broker stopped (a crash, at most a second of
 //! mints) read INVALID: fail closed. So do lists stored before entries were
 //! (schema 5).
+//!
+//! With a shared store (several brokers behind one issuer URL), a broker
+//! also serves the lists of the others: one it does not hold is read from
+//! the store on request (a *foreign* list), its statuses computed as at
+//! start-up, and read again, from the last chunk it has on, when it is
+//! more than [`FOREIGN_REFRESH_SECS`] old at a request. The lists restored
+//! at start-up are refreshed the same way there (another broker may still
+//! be adding to them). Revocations reach foreign lists as they reach own
+//! ones; the entries read later get the statuses of the revocations in
+//! force. A broker never writes a list it did not start in this run.
 
 use crate::error::OAuthError;
 use crate::keys::KeyRing;
@@ -26,12 +36,13 @@ use bytes::Bytes;
 use ring::hmac;
 use ring::rand::SecureRandom;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use stint_core::claims::AccessTokenClaims;
 use stint_core::revocation::RevocationEntries;
 use stint_core::status_list::{
     INVALID, STATUS_LIST_TYP, StatusClaim, StatusList, StatusListClaim, StatusListTokenClaims,
-    StatusReference,
+    StatusReference, VALID,
 };
 use stint_core::ttl::MAX_TOKEN_TTL;
 use stint_store::{Store, StoredStatusList};
@@ -51,6 +62,30 @@ const LIST_LIFETIME_SECS: i64 = 300;
 const FLUSH_CHUNK: usize = 65_536;
 /// The length of a list's key.
 const KEY_LEN: usize = 32;
+/// The length of a list id: 12 random bytes, base64url (see
+/// [`StatusLists::start_list`]).
+const ID_LEN: usize = 16;
+
+/// How old a list another broker adds to may be at a request before it
+/// is read again from the store, seconds.
+const FOREIGN_REFRESH_SECS: i64 = 1;
+/// Lists of other brokers loaded on request, at most (the least recently
+/// read one is dropped for a new one: it is read again if asked for).
+const MAX_FOREIGN_LISTS: usize = 32;
+/// How long an id the store does not know is answered 404 without
+/// asking it again, seconds.
+const UNKNOWN_TTL_SECS: i64 = 5;
+/// Unknown ids remembered, at most.
+const MAX_UNKNOWN_IDS: usize = 1024;
+
+/// Whether `id` can be a list id at all (checked before any store read:
+/// ids come from requests).
+fn plausible_id(id: &str) -> bool {
+    id.len() == ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// What the broker knows of the token at one index: 64 bits of its `jti`,
 /// keyed hashes (see [`ListKey`]) of its names, and its `iat`.
@@ -232,6 +267,20 @@ struct Cached {
     etag: String,
 }
 
+/// How a list another broker may still add to is read again.
+struct Refresh {
+    /// When the store was last read (or tried), seconds.
+    read_at: AtomicI64,
+    /// The first index of the last chunk read: read again next time, as
+    /// it may have grown.
+    from: AtomicU64,
+    /// Held while the store is read, so that one request reads it.
+    reading: tokio::sync::Mutex<()>,
+    /// Loaded on a request, not at start-up: counts towards
+    /// [`MAX_FOREIGN_LISTS`].
+    on_request: bool,
+}
+
 /// One list.
 pub(crate) struct List {
     id: String,
@@ -242,6 +291,9 @@ pub(crate) struct List {
     /// `None` for a list whose entries are unknown (stored before entries
     /// were): every status INVALID.
     key: Option<ListKey>,
+    /// `Some` for a list this broker did not start in this run, on a
+    /// shared store: read again from the store, never written to it.
+    refresh: Option<Refresh>,
 }
 
 impl List {
@@ -277,6 +329,7 @@ impl List {
             }),
             cached: Mutex::new(None),
             key,
+            refresh: None,
         }
     }
 
@@ -295,25 +348,7 @@ impl List {
             .map(ListKey::from_bytes);
         let mut entries = Vec::new();
         if key.is_some() {
-            for (first, chunk) in &stored.chunks {
-                // Whole entries, without a gap: anything after a gap or a
-                // torn chunk is unknown. Chunks may overlap (a cancelled
-                // write that landed): the overlap is the same entries.
-                let Some(known) = (entries.len() as u64).checked_sub(*first) else {
-                    break;
-                };
-                if chunk.len() % Entry::LEN != 0 {
-                    break;
-                }
-                let room = LIST_CAPACITY - entries.len();
-                entries.extend(
-                    chunk
-                        .chunks_exact(Entry::LEN)
-                        .skip(usize::try_from(known).unwrap_or(usize::MAX))
-                        .take(room)
-                        .filter_map(Entry::decode),
-                );
-            }
+            read_chunks(&mut entries, &stored.chunks);
         }
         let mut bits = StatusList::new(1, LIST_CAPACITY).map_err(|e| e.to_string())?;
         for idx in entries.len()..LIST_CAPACITY {
@@ -337,6 +372,114 @@ impl List {
         ))
     }
 
+    /// [`List::restore`], for a list another broker may still add to: it
+    /// is read again from the store (from `from` on) when it is old.
+    fn restore_foreign(
+        issuer: &str,
+        stored: StoredStatusList,
+        revocations: &RevocationEntries,
+        now: i64,
+        on_request: bool,
+    ) -> Result<Self, String> {
+        let firsts: Vec<u64> = stored.chunks.iter().map(|(first, _)| *first).collect();
+        let mut list = Self::restore(issuer, stored, revocations)?;
+        if list.key.is_some() {
+            let held = list.contents().entries.len();
+            list.refresh = Some(Refresh {
+                read_at: AtomicI64::new(now),
+                from: AtomicU64::new(read_again_from(firsts, held).unwrap_or(0)),
+                reading: tokio::sync::Mutex::new(()),
+                on_request,
+            });
+        }
+        Ok(list)
+    }
+
+    fn on_request(&self) -> bool {
+        self.refresh.as_ref().is_some_and(|r| r.on_request)
+    }
+
+    /// Set the status of every entry that `matches`; a new signed list
+    /// only if one changed.
+    fn revoke_in(&self, matches: impl Fn(&Entry) -> bool) {
+        let mut contents = self.contents();
+        let hits: Vec<u64> = contents
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| matches(entry))
+            .map(|(idx, _)| idx as u64)
+            .filter(|idx| contents.bits.get(*idx) != Ok(INVALID))
+            .collect();
+        for idx in &hits {
+            let _ = contents.bits.set(*idx, INVALID);
+        }
+        if !hits.is_empty() {
+            contents.version += 1;
+        }
+    }
+
+    /// Read what was written to the store since the last read, if that was
+    /// more than [`FOREIGN_REFRESH_SECS`] ago: the new entries get the
+    /// statuses of the revocations in force (`revocations`, asked with
+    /// the list's lock held, so that a revocation recorded after the
+    /// answer finds the new entries). A store failure keeps what is
+    /// held (what was not read stays INVALID) until the next try.
+    async fn refresh(
+        &self,
+        store: &dyn Store,
+        now: i64,
+        revocations: &(dyn Fn() -> RevocationEntries + Sync),
+    ) {
+        let (Some(refresh), Some(key)) = (&self.refresh, &self.key) else {
+            return;
+        };
+        let fresh = |refresh: &Refresh| {
+            now - refresh.read_at.load(Ordering::Relaxed) < FOREIGN_REFRESH_SECS
+        };
+        if fresh(refresh) {
+            return;
+        }
+        let _one = refresh.reading.lock().await;
+        if fresh(refresh) {
+            return;
+        }
+        let from = refresh.from.load(Ordering::Relaxed);
+        let read = store.status_list(&self.id, from, now).await;
+        refresh.read_at.store(now, Ordering::Relaxed);
+        let stored = match read {
+            Ok(Some(stored)) => stored,
+            // Dropped from the store: its tokens have expired.
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, list = %self.id, "could not read a status list of another broker; serving what was read before");
+                return;
+            }
+        };
+        let mut contents = self.contents();
+        let before = contents.entries.len();
+        read_chunks(&mut contents.entries, &stored.chunks);
+        let after = contents.entries.len();
+        if after == before {
+            return;
+        }
+        let revoked = Revoked::new(key, &revocations());
+        for idx in before..after {
+            let status = match contents.entries.get(idx) {
+                Some(entry) if !revoked.covers(entry) => VALID,
+                _ => INVALID,
+            };
+            let _ = contents.bits.set(idx as u64, status);
+        }
+        // Never written back by this broker.
+        contents.flushed = after;
+        contents.version += 1;
+        drop(contents);
+        if let Some(last) = read_again_from(stored.chunks.iter().map(|(first, _)| *first), after) {
+            refresh.from.store(last.max(from), Ordering::Relaxed);
+        }
+    }
+
     fn contents(&self) -> std::sync::MutexGuard<'_, Contents> {
         self.contents.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -345,6 +488,40 @@ impl List {
     fn expires_at(&self) -> i64 {
         self.created_at + LIST_ROTATION_SECS + i64::from(MAX_TOKEN_TTL.as_secs()) + 60
     }
+}
+
+/// Add the entries of `chunks` (first index, bytes; by first index) that
+/// follow `entries`: whole entries, without a gap (anything after a gap or
+/// a torn chunk is unknown). Chunks may overlap what is held (a cancelled
+/// write that landed, or the last chunk read again): the overlap is the
+/// same entries.
+fn read_chunks(entries: &mut Vec<Entry>, chunks: &[(u64, Vec<u8>)]) {
+    for (first, chunk) in chunks {
+        let Some(known) = (entries.len() as u64).checked_sub(*first) else {
+            break;
+        };
+        if chunk.len() % Entry::LEN != 0 {
+            break;
+        }
+        let room = LIST_CAPACITY.saturating_sub(entries.len());
+        entries.extend(
+            chunk
+                .chunks_exact(Entry::LEN)
+                .skip(usize::try_from(known).unwrap_or(usize::MAX))
+                .take(room)
+                .filter_map(Entry::decode),
+        );
+    }
+}
+
+/// Where to read a list again from, holding `held` entries read from
+/// chunks starting at `firsts`: the start of the last chunk they came
+/// from (it may grow), if any.
+fn read_again_from(firsts: impl IntoIterator<Item = u64>, held: usize) -> Option<u64> {
+    firsts
+        .into_iter()
+        .filter(|first| *first <= held as u64)
+        .max()
 }
 
 /// Every list the broker serves.
@@ -357,6 +534,14 @@ pub(crate) struct StatusLists {
     rotation: tokio::sync::Mutex<()>,
     /// Held while entries are written to the store.
     flushing: tokio::sync::Mutex<()>,
+    /// Whether other brokers use the store: their lists are served too.
+    shared: bool,
+    /// Ids the store did not know, until when they are answered 404
+    /// without asking it.
+    unknown: Mutex<HashMap<String, i64>>,
+    /// Held while a list of another broker is loaded: requests for ids
+    /// this broker does not hold read the store one at a time.
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl StatusLists {
@@ -370,10 +555,28 @@ impl StatusLists {
         now: i64,
         revocations: &RevocationEntries,
     ) -> Result<Self, String> {
+        Self::start_with(issuer, store, rng, now, revocations, store.shared()).await
+    }
+
+    /// [`StatusLists::start`], `shared` saying whether other brokers use
+    /// the store (so that tests can say so of a store that is not).
+    async fn start_with(
+        issuer: &str,
+        store: &dyn Store,
+        rng: &(dyn SecureRandom + Sync),
+        now: i64,
+        revocations: &RevocationEntries,
+        shared: bool,
+    ) -> Result<Self, String> {
         let mut lists = Vec::new();
         let earlier = store.status_lists(now).await.map_err(|e| e.to_string())?;
         for stored in earlier {
-            let list = List::restore(issuer, stored, revocations)?;
+            // On a shared store, another broker may still add to it.
+            let list = if shared {
+                List::restore_foreign(issuer, stored, revocations, now, false)?
+            } else {
+                List::restore(issuer, stored, revocations)?
+            };
             tracing::info!(
                 list = %list.id,
                 tokens = list.contents().entries.len(),
@@ -387,6 +590,9 @@ impl StatusLists {
             current: arc_swap::ArcSwapOption::empty(),
             rotation: tokio::sync::Mutex::new(()),
             flushing: tokio::sync::Mutex::new(()),
+            shared,
+            unknown: Mutex::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
         };
         this.start_list(store, rng, now).await?;
         Ok(this)
@@ -542,26 +748,11 @@ impl StatusLists {
     }
 
     /// Set the status of every entry that `matcher` (given each list's key)
-    /// matches.
+    /// matches: own lists and those of other brokers alike.
     fn revoke_matching<M: Fn(&Entry) -> bool>(&self, matcher: impl Fn(&ListKey) -> M) {
         for list in self.lists() {
             let Some(key) = &list.key else { continue };
-            let matches = matcher(key);
-            let mut contents = list.contents();
-            let hits: Vec<u64> = contents
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|(_, entry)| matches(entry))
-                .map(|(idx, _)| idx as u64)
-                .filter(|idx| contents.bits.get(*idx) != Ok(INVALID))
-                .collect();
-            for idx in &hits {
-                let _ = contents.bits.set(*idx, INVALID);
-            }
-            if !hits.is_empty() {
-                contents.version += 1;
-            }
+            list.revoke_in(matcher(key));
         }
     }
 
@@ -569,7 +760,12 @@ impl StatusLists {
     /// store failure the rest waits for the next call.
     pub(crate) async fn flush(&self, store: &dyn Store) {
         let _one = self.flushing.lock().await;
-        for list in self.lists().into_iter().filter(|l| l.key.is_some()) {
+        // Only the lists of this run: another broker writes its own.
+        for list in self
+            .lists()
+            .into_iter()
+            .filter(|l| l.key.is_some() && l.refresh.is_none())
+        {
             loop {
                 let (first, entries) = {
                     let contents = list.contents();
@@ -597,24 +793,147 @@ impl StatusLists {
         }
     }
 
-    /// Forget lists whose tokens have all expired.
+    /// Forget lists whose tokens have all expired (those of other brokers
+    /// too), and the unknown ids remembered for long enough.
     pub(crate) fn purge(&self, now: i64) {
         self.lists
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|list| list.expires_at() > now);
+        self.unknown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now);
     }
 
     /// The signed status list token for list `id`, and its ETag; `None`
-    /// for a list this broker does not serve.
-    pub(crate) fn token(
+    /// for a list this broker does not serve. On a shared store, a list
+    /// of another broker is read from `store` (and read again when old);
+    /// `revocations` gives the revocations in force, for the statuses of
+    /// what is read.
+    pub(crate) async fn token(
         &self,
         id: &str,
         keys: &KeyRing,
         rng: &(dyn SecureRandom + Sync),
         now: i64,
+        store: &dyn Store,
+        revocations: &(dyn Fn() -> RevocationEntries + Sync),
     ) -> Option<Result<(Bytes, String), OAuthError>> {
-        let list = self.lists().into_iter().find(|l| l.id == id)?;
+        let held = self.lists().into_iter().find(|l| l.id == id);
+        let list = match held {
+            Some(list) => {
+                list.refresh(store, now, revocations).await;
+                list
+            }
+            None => match self.load(id, store, now, revocations).await {
+                Ok(Some(list)) => list,
+                Ok(None) => return None,
+                Err(error) => return Some(Err(error)),
+            },
+        };
+        self.sign(&list, keys, rng, now)
+    }
+
+    /// A list of another broker, read from the store, if the store is
+    /// shared and has it. Ids the store did not know are not asked about
+    /// again for [`UNKNOWN_TTL_SECS`].
+    async fn load(
+        &self,
+        id: &str,
+        store: &dyn Store,
+        now: i64,
+        revocations: &(dyn Fn() -> RevocationEntries + Sync),
+    ) -> Result<Option<Arc<List>>, OAuthError> {
+        if !self.shared || !plausible_id(id) || self.known_unknown(id, now) {
+            return Ok(None);
+        }
+        let _one = self.loading.lock().await;
+        // Loaded, or found unknown, while this request waited.
+        if let Some(list) = self.lists().into_iter().find(|l| l.id == id) {
+            return Ok(Some(list));
+        }
+        if self.known_unknown(id, now) {
+            return Ok(None);
+        }
+        let stored = store.status_list(id, 0, now).await.map_err(|error| {
+            tracing::warn!(%error, list = %id, "could not read a status list of another broker");
+            OAuthError::unavailable("the status list could not be read")
+        })?;
+        let Some(stored) = stored.filter(|s| s.id == id) else {
+            self.remember_unknown(id, now);
+            return Ok(None);
+        };
+        let list = List::restore_foreign(&self.issuer, stored, &revocations(), now, true)
+            .map(Arc::new)
+            .map_err(|error| {
+                tracing::error!(%error, list = %id, "could not build a status list of another broker");
+                OAuthError::unavailable("the status list could not be read")
+            })?;
+        {
+            let mut lists = self.lists.write().unwrap_or_else(|p| p.into_inner());
+            let loaded = lists.iter().filter(|l| l.on_request()).count();
+            if loaded >= MAX_FOREIGN_LISTS {
+                let oldest = lists
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.on_request())
+                    .min_by_key(|(_, l)| {
+                        l.refresh
+                            .as_ref()
+                            .map_or(i64::MIN, |r| r.read_at.load(Ordering::Relaxed))
+                    })
+                    .map(|(i, _)| i);
+                if let Some(oldest) = oldest {
+                    lists.remove(oldest);
+                }
+            }
+            lists.push(Arc::clone(&list));
+        }
+        // A revocation recorded after the first answer, whose statuses were
+        // set before the list was added: it is in this one.
+        if let Some(key) = &list.key {
+            let revoked = Revoked::new(key, &revocations());
+            list.revoke_in(|entry| revoked.covers(entry));
+        }
+        tracing::info!(
+            list = %list.id,
+            tokens = list.contents().entries.len(),
+            "status list of another broker loaded"
+        );
+        Ok(Some(list))
+    }
+
+    /// Whether the store did not know `id` a moment ago.
+    fn known_unknown(&self, id: &str, now: i64) -> bool {
+        self.unknown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|until| *until > now)
+    }
+
+    fn remember_unknown(&self, id: &str, now: i64) {
+        let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        if unknown.len() >= MAX_UNKNOWN_IDS {
+            unknown.retain(|_, until| *until > now);
+        }
+        if unknown.len() >= MAX_UNKNOWN_IDS {
+            // Full of ids still remembered (a flood of made-up ones): start
+            // again, costing one store read per id, one at a time.
+            unknown.clear();
+        }
+        unknown.insert(id.to_owned(), now + UNKNOWN_TTL_SECS);
+    }
+
+    /// The signed status list token for `list`, and its ETag.
+    fn sign(
+        &self,
+        list: &List,
+        keys: &KeyRing,
+        rng: &(dyn SecureRandom + Sync),
+        now: i64,
+    ) -> Option<Result<(Bytes, String), OAuthError>> {
         let current = list.contents().version;
         let mut cached = list.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = cached
@@ -851,6 +1170,288 @@ mod tests {
         lists.revoke_workload("deployer", NOW - 10);
         lists.revoke_workload("someone-else", NOW + 100);
         assert_eq!(statuses(&lists, &uri(&t0), &[i0, i1]), [INVALID, VALID]);
+    }
+
+    /// Two brokers on one store, as on a shared one: `other` started
+    /// first (so it holds nothing of `owner`'s), then `owner`.
+    async fn two_brokers(store: &dyn Store) -> (StatusLists, StatusLists) {
+        let rng = SystemRandom::new();
+        let none = RevocationEntries::default();
+        let other = StatusLists::start_with(ISSUER, store, &rng, NOW, &none, true)
+            .await
+            .unwrap();
+        let owner = StatusLists::start_with(ISSUER, store, &rng, NOW, &none, true)
+            .await
+            .unwrap();
+        (owner, other)
+    }
+
+    fn list_id(claims: &AccessTokenClaims) -> String {
+        uri(claims).rsplit('/').next().unwrap().to_owned()
+    }
+
+    /// The statuses `lists` serves for list `id` at `now` (signed, then
+    /// decoded), or `None` if it serves no such list.
+    async fn served(
+        lists: &StatusLists,
+        keys: &KeyRing,
+        store: &dyn Store,
+        id: &str,
+        now: i64,
+        revocations: &RevocationEntries,
+    ) -> Option<StatusList> {
+        let in_force = || revocations.clone();
+        let (token, _) = lists
+            .token(id, keys, &SystemRandom::new(), now, store, &in_force)
+            .await?
+            .unwrap();
+        let payload = std::str::from_utf8(&token)
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(
+            claims["sub"],
+            format!("{ISSUER}{STATUS_PATH}/{id}"),
+            "signed for the list's own URI"
+        );
+        Some(StatusList::decode(1, claims["status_list"]["lst"].as_str().unwrap()).unwrap())
+    }
+
+    async fn keys(store: &dyn Store) -> KeyRing {
+        KeyRing::load_or_create(
+            store,
+            stint_core::jose::Algorithm::ES256,
+            std::time::Duration::ZERO,
+            chrono::DateTime::from_timestamp(NOW, 0).unwrap(),
+            &SystemRandom::new(),
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn at(list: &StatusList, idxs: &[u64]) -> Vec<u8> {
+        idxs.iter().map(|i| list.get(*i).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_list_of_another_broker_is_built_from_its_stored_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let keys = keys(&store).await;
+        let lonely = StatusLists::start_with(
+            ISSUER,
+            &store,
+            &SystemRandom::new(),
+            NOW,
+            &RevocationEntries::default(),
+            false,
+        )
+        .await
+        .unwrap();
+        let (owner, other) = two_brokers(&store).await;
+        let (t0, live) = mint(&owner, &store, 0, "job-a", None).await;
+        let (_, by_job) = mint(&owner, &store, 1, "job-b", None).await;
+        owner.flush(&store).await;
+        let (_, unflushed) = mint(&owner, &store, 2, "job-c", None).await;
+        let id = list_id(&t0);
+        let revocations = RevocationEntries {
+            jobs: vec![("deployer".into(), "job-b".into(), NOW + 600)],
+            ..RevocationEntries::default()
+        };
+
+        let got = served(&other, &keys, &store, &id, NOW, &revocations)
+            .await
+            .expect("the other broker serves the owner's list");
+        assert_eq!(
+            at(&got, &[live, by_job, unflushed, unflushed + 1]),
+            [VALID, INVALID, INVALID, INVALID],
+            "live, revoked by job, not yet stored, never handed out"
+        );
+        // The owner's own list is as it was: the revocation was never
+        // applied there (it only learns of it through its own calls).
+        let own = served(&owner, &keys, &store, &id, NOW, &revocations)
+            .await
+            .unwrap();
+        assert_eq!(at(&own, &[live, by_job, unflushed]), [VALID, VALID, VALID]);
+        // A broker not on a shared store serves only what it holds.
+        assert!(
+            served(&lonely, &keys, &store, &id, NOW, &revocations)
+                .await
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_foreign_list_is_read_again_when_old_and_revocations_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let keys = keys(&store).await;
+        let (owner, other) = two_brokers(&store).await;
+        let (t0, i0) = mint(&owner, &store, 0, "job-a", None).await;
+        let (t1, i1) = mint(&owner, &store, 1, "job-b", None).await;
+        owner.flush(&store).await;
+        let id = list_id(&t0);
+        let mut revocations = RevocationEntries::default();
+        let got = served(&other, &keys, &store, &id, NOW, &revocations)
+            .await
+            .unwrap();
+        assert_eq!(at(&got, &[i0, i1]), [VALID, VALID]);
+
+        // More tokens, stored in a later chunk; one of them of a job
+        // revoked meanwhile (in force when they are read).
+        let (_, i2) = mint(&owner, &store, 2, "job-c", None).await;
+        let (_, i3) = mint(&owner, &store, 3, "job-r", None).await;
+        owner.flush(&store).await;
+        revocations
+            .jobs
+            .push(("deployer".into(), "job-r".into(), NOW + 600));
+        let same_second = served(&other, &keys, &store, &id, NOW, &revocations)
+            .await
+            .unwrap();
+        assert_eq!(
+            at(&same_second, &[i2, i3]),
+            [INVALID, INVALID],
+            "not read again within a second: unknown indexes fail closed"
+        );
+        let later = served(&other, &keys, &store, &id, NOW + 1, &revocations)
+            .await
+            .unwrap();
+        assert_eq!(
+            at(&later, &[i0, i1, i2, i3, i3 + 1]),
+            [VALID, VALID, VALID, INVALID, INVALID],
+            "the new chunk read, with the revocations in force"
+        );
+
+        // Revocations this broker applies reach the foreign list, at the
+        // right index only, and also entries read later.
+        other.revoke_job("deployer", "job-a");
+        other.revoke_token(&t1);
+        let (_, i4) = mint(&owner, &store, 4, "job-a", None).await;
+        owner.flush(&store).await;
+        revocations
+            .jobs
+            .push(("deployer".into(), "job-a".into(), NOW + 600));
+        let revoked = served(&other, &keys, &store, &id, NOW + 2, &revocations)
+            .await
+            .unwrap();
+        assert_eq!(
+            at(&revoked, &[i0, i1, i2, i3, i4]),
+            [INVALID, INVALID, VALID, INVALID, INVALID]
+        );
+        // The owner's list is untouched by what the other did.
+        let own = served(&owner, &keys, &store, &id, NOW + 2, &revocations)
+            .await
+            .unwrap();
+        assert_eq!(at(&own, &[i0, i1, i2, i4]), [VALID; 4]);
+
+        // The other broker never writes the owner's list: after its flush
+        // (and more of the owner's mints), a broker starting now reads the
+        // owner's entries only.
+        other.flush(&store).await;
+        let (_, i5) = mint(&owner, &store, 5, "job-d", None).await;
+        owner.flush(&store).await;
+        let stored = store.status_list(&id, 0, NOW).await.unwrap().unwrap();
+        let mut entries = Vec::new();
+        read_chunks(&mut entries, &stored.chunks);
+        assert_eq!(entries.len() as u64, i5 + 1);
+        // Dropped with the owner's lists once every token has expired.
+        let expired = owner.lists().iter().map(|l| l.expires_at()).max().unwrap();
+        other.purge(expired);
+        assert!(other.lists().iter().all(|l| l.id != id));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_id_is_not_asked_about_again_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let keys = keys(&store).await;
+        let (_, other) = two_brokers(&store).await;
+        let none = RevocationEntries::default();
+        let id = "AAAAAAAAAAAAAAAA";
+        assert!(plausible_id(id));
+        assert!(
+            served(&other, &keys, &store, id, NOW, &none)
+                .await
+                .is_none()
+        );
+        // The list appears in the store: the answer stays 404 without a
+        // store read until the remembered answer is old.
+        store
+            .insert_status_list(id, NOW, NOW + 10_000, &[7; KEY_LEN])
+            .await
+            .unwrap();
+        for now in [NOW, NOW + UNKNOWN_TTL_SECS - 1] {
+            assert!(
+                served(&other, &keys, &store, id, now, &none)
+                    .await
+                    .is_none(),
+                "remembered as unknown at {now}"
+            );
+        }
+        let got = served(&other, &keys, &store, id, NOW + UNKNOWN_TTL_SECS, &none)
+            .await
+            .expect("asked again");
+        assert_eq!(got.get(0).unwrap(), INVALID, "no entry stored yet");
+
+        // Ids that cannot be a list's are never looked up.
+        for bad in ["short", "AAAAAAAAAAAAAAA!", "AAAAAAAAAAAAAAAAA"] {
+            assert!(!plausible_id(bad), "{bad}");
+            store
+                .insert_status_list(bad, NOW, NOW + 10_000, &[7; KEY_LEN])
+                .await
+                .unwrap();
+            assert!(
+                served(&other, &keys, &store, bad, NOW, &none)
+                    .await
+                    .is_none()
+            );
+        }
+        // The remembered answers are bounded, and purged.
+        for n in 0..(MAX_UNKNOWN_IDS + 10) {
+            other.remember_unknown(&format!("{n:0>16}"), NOW);
+        }
+        assert!(other.unknown.lock().unwrap().len() <= MAX_UNKNOWN_IDS);
+        other.purge(NOW + UNKNOWN_TTL_SECS);
+        assert!(other.unknown.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_lists_loaded_on_request_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("stint.db")).unwrap();
+        let keys = keys(&store).await;
+        let (_, other) = two_brokers(&store).await;
+        let none = RevocationEntries::default();
+        let ids: Vec<String> = (0..MAX_FOREIGN_LISTS + 3)
+            .map(|n| format!("{n:0>16}"))
+            .collect();
+        for (n, id) in ids.iter().enumerate() {
+            store
+                .insert_status_list(id, NOW, NOW + 10_000, &[7; KEY_LEN])
+                .await
+                .unwrap();
+            // Each read at its own second: the least recently read goes.
+            let now = NOW + n as i64;
+            assert!(
+                served(&other, &keys, &store, id, now, &none)
+                    .await
+                    .is_some()
+            );
+        }
+        let held: Vec<String> = other
+            .lists()
+            .iter()
+            .filter(|l| l.on_request())
+            .map(|l| l.id.clone())
+            .collect();
+        assert_eq!(held.len(), MAX_FOREIGN_LISTS);
+        assert!(!held.contains(&ids[0]) && held.contains(&ids[ids.len() - 1]));
+        // Its own list is kept.
+        assert_eq!(other.lists().len(), MAX_FOREIGN_LISTS + 1);
     }
 
     #[test]

@@ -27,8 +27,24 @@ pub(crate) async fn status_list(
     if id.len() > MAX_ID_LEN {
         return not_found();
     }
-    let now = state.clock.now().timestamp();
-    let (token, etag) = match state.status_lists.token(&id, &state.keys, &state.rng, now) {
+    let at = state.clock.now();
+    let now = at.timestamp();
+    // As at start-up: also what expired within the largest verifier
+    // leeway (a verifier still accepts such a token).
+    let in_force = at - chrono::Duration::seconds(stint_core::access_token::MAX_LEEWAY_SECS);
+    let revocations = || state.revocations.entries(in_force);
+    let found = state
+        .status_lists
+        .token(
+            &id,
+            &state.keys,
+            &state.rng,
+            now,
+            state.store.as_ref(),
+            &revocations,
+        )
+        .await;
+    let (token, etag) = match found {
         None => return not_found(),
         Some(Err(error)) => return error.into_response(),
         Some(Ok(found)) => found,
