@@ -162,7 +162,19 @@ impl HaCluster {
     /// Start (or start again) `replica` and wait for its banner.
     pub fn start_replica(&self, replica: &mut Replica) {
         assert!(replica.daemon.is_none(), "{} already runs", replica.name);
-        let daemon = Daemon::start_command(&mut self.command(replica));
+        // The port was free when it was picked; tests running in parallel
+        // may take it before the replica binds it: pick another.
+        let mut attempts = 0;
+        let daemon = loop {
+            match Daemon::try_start_command(&mut self.command(replica)) {
+                Ok(daemon) => break daemon,
+                Err(why) if why.contains("Address already in use") && attempts < 5 => {
+                    attempts += 1;
+                    replica.listen = unused_loopback_addr();
+                }
+                Err(why) => panic!("{} did not start: {why}", replica.name),
+            }
+        };
         assert_eq!(daemon.issuer, self.issuer(), "the shared issuer");
         replica.daemon = Some(daemon);
         replica.http = http_client();

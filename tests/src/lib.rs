@@ -619,6 +619,12 @@ impl Daemon {
 
     /// Start a prepared command (for wrappers such as `sh -c 'ulimit ...'`).
     pub fn start_command(command: &mut Command) -> Self {
+        Self::try_start_command(command).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Daemon::start_command`], returning why it did not start (with
+    /// everything it wrote on stderr) instead of panicking.
+    pub fn try_start_command(command: &mut Command) -> Result<Self, String> {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -653,18 +659,20 @@ impl Daemon {
                         let issuer = rest.split_whitespace().next().unwrap().to_owned();
                         // Keep draining stdout so the daemon never blocks on it.
                         std::thread::spawn(move || while rx.recv().is_ok() {});
-                        return Self {
+                        return Ok(Self {
                             child,
                             issuer,
                             stderr,
-                        };
+                        });
                     }
                 }
                 Err(_) => {
                     let _ = child.kill();
                     let status = child.wait().unwrap();
                     let stderr = stderr.lock().unwrap().clone();
-                    panic!("stintd did not start ({status}); stderr:\n{stderr}");
+                    return Err(format!(
+                        "stintd did not start ({status}); stderr:\n{stderr}"
+                    ));
                 }
             }
         }

@@ -865,6 +865,24 @@ async fn status_list_entries_are_distinct_across_replicas_and_agree_everywhere()
     entries.dedup();
     assert_eq!(entries.len(), before, "one status entry per token");
 
+    // Every entry reads VALID at every replica once it is in the store
+    // (each broker writes its entries every second, and another replica
+    // reads a list it serves again once a second): until then it reads
+    // INVALID there, failing closed.
+    let minted = Instant::now();
+    for replica in [&a, &b, &c] {
+        for token in &tokens {
+            eventually(PROPAGATION, "every entry valid everywhere", || async {
+                (status_at(&cluster, replica, token).await == VALID).then_some(())
+            })
+            .await;
+        }
+    }
+    println!(
+        "every entry valid at every replica {:?} after the mints",
+        minted.elapsed()
+    );
+
     // A's token revoked at B: its entry says so at all three; the others
     // stay valid.
     let revoked = &tokens[0];
