@@ -702,6 +702,23 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM (a clean stop), and wait at most `timeout` for the process
+    /// to exit; its exit status.
+    pub fn stop(mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stintd did not stop in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What the daemon wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

@@ -381,6 +381,7 @@ async fn a_schema_8_database_is_migrated_once() {
         .await
         .batch_execute(
             "DROP TABLE stint_changes; DROP TABLE stint_change_head; DROP TABLE approval_votes;
+             DROP TABLE audit_records;
              ALTER TABLE approvals DROP COLUMN revision;
              ALTER TABLE signing_keys DROP COLUMN activated_at;
              INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES ('k8', 'ES256', '\\x01', 800);
@@ -678,6 +679,83 @@ async fn stintd_keeps_its_revocations_in_postgresql_across_a_restart() {
         .get(0);
     assert_eq!(jobs, 1);
     assert!(!daemon.stderr().contains(PASSWORD));
+    // A clean stop signs its chain's head.
+    assert!(daemon.stop(Duration::from_secs(20)).success());
+
+    // The audit log is in the database, one chain per process: the
+    // killed one's records (acknowledged, so committed) are all there.
+    assert!(
+        !data.join(stint_server::AUDIT_FILE).exists(),
+        "no audit file on the broker's disk"
+    );
+    let db = cluster.superuser_client_in("stint").await;
+    let chains: Vec<(String, i64)> = db
+        .query(
+            "SELECT chain, count(*) FROM audit_records GROUP BY chain ORDER BY chain",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(chains.len(), 2, "{chains:?}");
+    let first: Vec<String> = db
+        .query(
+            "SELECT line FROM audit_records WHERE chain = $1 ORDER BY n",
+            &[&chains[0].0],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let events: Vec<String> = first
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["event"].to_string())
+        .collect();
+    for event in ["\"token_minted\"", "\"job_revoked\""] {
+        assert!(events.iter().any(|e| e == event), "{event} in {events:?}");
+    }
+    let verify = |extra: &[&str]| {
+        stint_tests::run_to_end(
+            std::process::Command::new(stintd())
+                .args(["--store", &url, "verify-audit"])
+                .args(extra)
+                .env("STINTD_STORE_PASSWORD_FILE", &password_file)
+                .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
+                .env_remove("STINTD_STORE_PASSWORD"),
+            Duration::from_secs(30),
+        )
+    };
+    let (status, stdout, stderr) = verify(&[]);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 audit chains verified"), "{stdout}");
+    assert!(stdout.contains("intact"), "{stdout}");
+    println!("{stdout}");
+    let second = stdout
+        .lines()
+        .find(|line| line.starts_with(&format!("chain {}:", chains[1].0)))
+        .unwrap();
+    assert!(
+        second.contains("checkpoints: 1 verified")
+            && second.ends_with("0 records after the last verified checkpoint"),
+        "the cleanly stopped broker's chain ends with a checkpoint the store's key verifies: {second}"
+    );
+
+    // A record edited in the database breaks its chain, and says which.
+    db.execute(
+        "UPDATE audit_records SET line = replace(line, 'pg-job', 'pg-jab') WHERE chain = $1",
+        &[&chains[0].0],
+    )
+    .await
+    .unwrap();
+    let (status, stdout, _) = verify(&[]);
+    assert!(!status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("chain {}: BROKEN", chains[0].0)),
+        "{stdout}"
+    );
 }
 
 /// PostgreSQL stopped under a running stintd: within the bound it fails

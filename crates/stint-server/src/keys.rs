@@ -704,6 +704,26 @@ pub fn stored_public_keys(
     Ok(keys)
 }
 
+/// The public halves of the signing keys in `store` (a PostgreSQL store's,
+/// for `stintd verify-audit` over its chains), opened with `kek` if sealed.
+pub async fn public_keys_in_store(
+    store: &dyn Store,
+    kek: Option<&Sealer>,
+) -> Result<Vec<stint_core::jose::VerifyingKey>, String> {
+    let stored = store.signing_keys().await.map_err(|e| e.to_string())?;
+    let rng = ring::rand::SystemRandom::new();
+    let mut keys = Vec::with_capacity(stored.len());
+    for key in stored {
+        let alg = Algorithm::from_name(&key.alg)
+            .ok_or_else(|| format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg))?;
+        let (pkcs8, _) = open_stored(&key, kek)?;
+        let signing = SigningKey::from_pkcs8(alg, &pkcs8, &rng)
+            .map_err(|e| format!("stored key {} cannot be loaded: {e}", key.kid))?;
+        keys.push(signing.verifying_key());
+    }
+    Ok(keys)
+}
+
 /// The keys of a JWK set document (the broker's `/.well-known/jwks.json`,
 /// saved), for `stintd verify-audit --jwks`. A key without a `kid`, or of
 /// a type Stint does not verify, is an error: a trust anchor should hold

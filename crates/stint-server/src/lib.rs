@@ -13,6 +13,7 @@
 
 mod approvals;
 pub mod audit;
+pub mod audit_store;
 mod changes;
 pub mod config;
 mod dev;
@@ -87,6 +88,8 @@ pub struct RunningServer {
     data_dir: PathBuf,
     /// Where the store is, for the banner.
     store_description: String,
+    /// Where the audit log is written.
+    audit_description: String,
     shutdown: Option<oneshot::Sender<()>>,
     serve_task: JoinHandle<()>,
     purge_task: JoinHandle<()>,
@@ -184,12 +187,14 @@ impl RunningServer {
         };
         let mut text = format!(
             "stintd listening on {issuer}{scheme_note}\n\
-             data directory: {dir} (audit log {AUDIT_FILE})\n\
+             data directory: {dir}\n\
              store: {store}\n\
+             audit log: {audit}\n\
              metadata: {issuer}{metadata}\n",
             issuer = self.state.issuer,
             dir = self.data_dir.display(),
             store = self.store_description,
+            audit = self.audit_description,
             metadata = proto::METADATA_PATH,
         );
         if let Some(path) = &self.dev_client {
@@ -287,15 +292,6 @@ pub async fn start_with_clock(
     let scrape_token = config.metrics_token_file.as_deref().map(ScrapeToken::load);
     let metrics = Arc::new(Metrics::with_scrape_token(scrape_token.transpose()?));
 
-    let audit_path = config.data_dir.join(AUDIT_FILE);
-    let audit_error = |message: String| StartError::Audit {
-        path: audit_path.clone(),
-        message,
-    };
-    let (sink, chain) = FileSink::open(&audit_path).map_err(|e| audit_error(e.to_string()))?;
-    let audit = AuditLog::start_with(sink, chain, metrics.clone(), config.audit, clock.clone())
-        .map_err(|e| audit_error(e.to_string()))?;
-
     let (store, store_description): (Arc<dyn Store>, String) = match &config.store {
         StoreConfig::Sqlite => {
             let path = config.data_dir.join(STORE_FILE);
@@ -308,6 +304,45 @@ pub async fn start_with_clock(
             (Arc::new(store), description)
         }
     };
+
+    // With a shared store the audit log is in it (a chain of this
+    // process's own), so that losing this machine loses no record.
+    let audit_path = config.data_dir.join(AUDIT_FILE);
+    let (sink, chain, audit_where) = match &config.store {
+        StoreConfig::Postgres(settings) => {
+            let id =
+                audit_store::new_chain_id(clock.now(), &rng).map_err(|e| StartError::Audit {
+                    path: audit_path.clone(),
+                    message: e.to_string(),
+                })?;
+            let sink = audit_store::StoreSink::new(
+                Arc::clone(&store),
+                tokio::runtime::Handle::current(),
+                id,
+                settings.timeout,
+            );
+            let audit_where = PathBuf::from(format!("{store_description} chain {}", sink.chain()));
+            (
+                audit_store::Sink::Store(sink),
+                stint_core::audit::Chain::genesis(),
+                audit_where,
+            )
+        }
+        StoreConfig::Sqlite => {
+            let (sink, chain) = FileSink::open(&audit_path).map_err(|e| StartError::Audit {
+                path: audit_path.clone(),
+                message: e.to_string(),
+            })?;
+            (audit_store::Sink::File(sink), chain, audit_path.clone())
+        }
+    };
+    let audit_error = |message: String| StartError::Audit {
+        path: audit_where.clone(),
+        message,
+    };
+    let audit = AuditLog::start_with(sink, chain, metrics.clone(), config.audit, clock.clone())
+        .map_err(|e| audit_error(e.to_string()))?;
+    tracing::info!(audit = %audit_where.display(), "audit log");
 
     // The policy, audited either way.
     let now = clock.now();
@@ -600,6 +635,7 @@ pub async fn start_with_clock(
         dev_client,
         data_dir: config.data_dir,
         store_description,
+        audit_description: audit_where.display().to_string(),
         shutdown: Some(shutdown_tx),
         serve_task,
         purge_task,

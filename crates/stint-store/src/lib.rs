@@ -385,6 +385,43 @@ pub trait Store: Send + Sync + 'static {
     /// Where the change feed stands.
     async fn change_position(&self) -> Result<ChangePosition, StoreError>;
 
+    /// Append `records` (audit log lines, each one hash-chained record) to
+    /// the audit chain `chain` from its position `first` (0 for its first
+    /// record), in one transaction: all durable when this returns, or none
+    /// written. A store shared by several brokers keeps their audit logs,
+    /// one chain per broker process, since a broker's own disk may be lost
+    /// with it; the embedded store does not (its broker writes a file).
+    async fn append_audit(
+        &self,
+        chain: &str,
+        first: u64,
+        records: &[String],
+    ) -> Result<(), StoreError> {
+        let _ = (chain, first, records);
+        Err(StoreError::Backend {
+            operation: "append audit records",
+            message: "this store does not keep the audit log".into(),
+        })
+    }
+
+    /// The audit chains kept here, with how many records each holds,
+    /// oldest first.
+    async fn audit_chains(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Up to `limit` records of audit chain `chain` from position `from`,
+    /// in order.
+    async fn audit_records(
+        &self,
+        chain: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let _ = (chain, from, limit);
+        Ok(Vec::new())
+    }
+
     /// The changes after `after`, oldest first, at most `limit`. A first
     /// change other than `after + 1` means the ones between were purged
     /// ([`CHANGE_RETENTION_SECS`]).

@@ -42,6 +42,9 @@ use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
 /// under (arbitrary, and the same in every Stint; not the one stint-targets
 /// takes on target databases).
 const SCHEMA_LOCK: i64 = 6_012_741_437_265_293_314;
+/// The key of the transaction-level advisory lock signing-key activations
+/// take, one at a time.
+const SIGNING_KEYS_LOCK: i64 = 6_012_741_437_265_293_315;
 
 /// The tables of schema 8, as sqlite.rs has them; [`MIGRATE_TO_9`] follows.
 const SCHEMA: &str = "
@@ -162,6 +165,12 @@ CREATE TABLE stint_changes (
     body text   NOT NULL
 );
 CREATE INDEX stint_changes_at ON stint_changes (at);
+CREATE TABLE audit_records (
+    chain text   NOT NULL,
+    n     bigint NOT NULL,
+    line  text   NOT NULL,
+    PRIMARY KEY (chain, n)
+);
 ";
 
 /// Record `body` (a change's stored form) as the next change, in the
@@ -598,9 +607,14 @@ impl Store for PostgresStore {
         let body = change_json(&Change::SigningKeys)?;
         self.write("activate signing key", move |tx| {
             Box::pin(async move {
-                // Brokers activating one key at once: the row lock makes the
-                // second wait for the first's commit, then find the key no
-                // longer staged and write nothing.
+                // Brokers activating at once (two starting together on an
+                // empty store, each with its own key) take this lock in
+                // turn: each would otherwise hold its key's row and wait
+                // for the other's. The second then finds its key retired,
+                // or the first's key retired by its own activation: the
+                // last activation stands.
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SIGNING_KEYS_LOCK])
+                    .await?;
                 let activated = tx
                     .execute(
                         "UPDATE signing_keys SET activated_at = $2
@@ -1172,6 +1186,79 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|(seq, body)| change_from_json(*seq, body))
             .collect()
+    }
+
+    async fn append_audit(
+        &self,
+        chain: &str,
+        first: u64,
+        records: &[String],
+    ) -> Result<(), StoreError> {
+        let chain = chain.to_owned();
+        let first = i64::try_from(first)
+            .map_err(|_| StoreError::Corrupt(format!("audit position {first} is out of range")))?;
+        let records = records.to_vec();
+        self.write("append audit records", move |tx| {
+            Box::pin(async move {
+                // One statement for the whole batch (the group commit): the
+                // primary key refuses a position written twice.
+                tx.execute(
+                    "INSERT INTO audit_records (chain, n, line)
+                     SELECT $1, $2 + ord - 1, line
+                     FROM unnest($3::text[]) WITH ORDINALITY AS batch(line, ord)",
+                    &[&chain, &first, &records],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn audit_chains(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = self
+            .read("list audit chains", |tx| {
+                Box::pin(async move {
+                    tx.query(
+                        // Chain ids begin with their broker's start time.
+                        "SELECT chain, count(*) FROM audit_records GROUP BY chain ORDER BY chain",
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                    .collect()
+                })
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(chain, count)| (chain, u64::try_from(count).unwrap_or_default()))
+            .collect())
+    }
+
+    async fn audit_records(
+        &self,
+        chain: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let chain = chain.to_owned();
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("read audit records", move |tx| {
+            Box::pin(async move {
+                tx.query(
+                    "SELECT line FROM audit_records WHERE chain = $1 AND n >= $2 ORDER BY n LIMIT $3",
+                    &[&chain, &from, &limit],
+                )
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect()
+            })
+        })
+        .await
     }
 
     async fn watch_changes(&self, wake: &tokio::sync::Notify) -> Result<(), StoreError> {

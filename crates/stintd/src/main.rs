@@ -382,7 +382,8 @@ Examples:\n  stintd --dev\n  stintd --policy /etc/stint/policy.toml --tls-cert c
 
 const VERIFY_AUDIT_HELP: &str = "Exit status: 0 if the chain is whole and every checkpoint whose key is known verifies (and --max-unsigned holds), 1 otherwise.\n\
 A checkpoint signed by a key that is not given is reported, not trusted: the records after the last verified checkpoint are what someone able to write the files could have forged, edited or cut.\n\
-Examples:\n  stintd verify-audit /var/lib/stint/audit*.jsonl\n  stintd verify-audit --jwks jwks.json --max-unsigned 0 audit-*.jsonl";
+With a PostgreSQL store the audit log is in the database, one chain per broker process: give no files, and --store (and its password, as for the broker) to verify every chain there.\n\
+Examples:\n  stintd verify-audit /var/lib/stint/audit*.jsonl\n  stintd verify-audit --jwks jwks.json --max-unsigned 0 audit-*.jsonl\n  STINTD_STORE_PASSWORD_FILE=pw stintd --store postgres://stint@db/stint verify-audit --key-encryption-key-file kek";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -411,7 +412,7 @@ enum Command {
     VerifyAudit {
         /// The audit files: DATA_DIR/audit.jsonl and any rotated
         /// DATA_DIR/audit-*.jsonl, in any order (DATA_DIR/audit*.jsonl).
-        #[arg(required = true)]
+        /// None with a PostgreSQL --store: its chains are verified.
         files: Vec<PathBuf>,
         /// Check checkpoints with the keys in this JWK set (the broker's
         /// /.well-known/jwks.json, saved where the broker cannot write);
@@ -467,6 +468,25 @@ fn main() -> ExitCode {
         Some(Command::NewClient { ref name }) => return report(new_client(name)),
         Some(Command::NewOperator { ref name }) => return report(new_operator(name)),
         Some(Command::CheckPolicy { ref file }) => return report(check_policy(file)),
+        Some(Command::VerifyAudit {
+            ref files,
+            ref jwks,
+            ref data_dir,
+            max_unsigned,
+            ref key_encryption_key_file,
+        }) if files.is_empty() => {
+            let env_password = std::env::var("STINTD_STORE_PASSWORD").ok();
+            return report(
+                store_config(&cli, store_url_from_env, env_password).and_then(|store| {
+                    verify_audit_in_store(
+                        store,
+                        jwks,
+                        max_unsigned,
+                        key_encryption_key_file.as_deref(),
+                    )
+                }),
+            );
+        }
         Some(Command::VerifyAudit {
             ref files,
             ref jwks,
@@ -775,13 +795,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size: give bytes, or a number with K, M or G"))
 }
 
-fn verify_audit(
-    files: &[PathBuf],
-    jwks: &[PathBuf],
-    data_dir: Option<&std::path::Path>,
-    max_unsigned: Option<u64>,
-    key_encryption_key_file: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+/// The keys of the `--jwks` files, and a line naming each file.
+fn keys_from_jwks(jwks: &[PathBuf]) -> anyhow::Result<(stint_core::jose::KeySet, Vec<String>)> {
     let mut trusted = stint_core::jose::KeySet::new();
     let mut sources = Vec::new();
     for path in jwks {
@@ -792,6 +807,88 @@ fn verify_audit(
         sources.push(format!("{} ({} keys)", path.display(), keys.len()));
         keys.into_iter().for_each(|key| trusted.insert(key));
     }
+    Ok((trusted, sources))
+}
+
+/// `verify-audit` with no files: every audit chain in the PostgreSQL store.
+fn verify_audit_in_store(
+    store: StoreConfig,
+    jwks: &[PathBuf],
+    max_unsigned: Option<u64>,
+    key_encryption_key_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let StoreConfig::Postgres(settings) = store else {
+        anyhow::bail!(
+            "give the audit files (DATA_DIR/audit*.jsonl), or a PostgreSQL --store whose audit chains to verify"
+        );
+    };
+    let (mut trusted, mut sources) = keys_from_jwks(jwks)?;
+    let kek = key_encryption_key_file
+        .map(stint_server::keys::read_key_encryption_key)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reports = runtime.block_on(async {
+        let store = stint_store::PostgresStore::open(&settings).await?;
+        if jwks.is_empty() {
+            let keys = stint_server::keys::public_keys_in_store(&store, kek.as_ref())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read the signing keys: {e}"))?;
+            sources.push(format!("the store ({} keys)", keys.len()));
+            keys.into_iter().for_each(|key| trusted.insert(key));
+        }
+        anyhow::Ok(stint_server::audit_store::verify_store(&store, &trusted).await?)
+    })?;
+    println!("keys: {}", sources.join(", "));
+    if reports.is_empty() {
+        anyhow::bail!("the store holds no audit chain");
+    }
+    let mut broken = 0;
+    for chain in &reports {
+        match &chain.result {
+            Ok(r) => {
+                let unsigned = max_unsigned.is_some_and(|max| r.unsigned > max);
+                println!(
+                    "chain {}: {} records, intact, head {}; checkpoints: {} verified, {} signed by keys not given; {} records after the last verified checkpoint{}",
+                    chain.chain,
+                    r.records,
+                    r.head,
+                    r.verified_checkpoints,
+                    r.unverified_checkpoints,
+                    r.unsigned,
+                    if unsigned {
+                        " (more than --max-unsigned)"
+                    } else {
+                        ""
+                    }
+                );
+                if unsigned {
+                    broken += 1;
+                }
+            }
+            Err(error) => {
+                println!("chain {}: BROKEN: {error}", chain.chain);
+                broken += 1;
+            }
+        }
+    }
+    if broken > 0 {
+        anyhow::bail!("{broken} of {} audit chains did not verify", reports.len());
+    }
+    println!("{} audit chains verified", reports.len());
+    Ok(())
+}
+
+fn verify_audit(
+    files: &[PathBuf],
+    jwks: &[PathBuf],
+    data_dir: Option<&std::path::Path>,
+    max_unsigned: Option<u64>,
+    key_encryption_key_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let (mut trusted, mut sources) = keys_from_jwks(jwks)?;
     let store = match data_dir {
         Some(dir) => Some(dir.join(stint_server::STORE_FILE)),
         None if jwks.is_empty() => files

@@ -1,0 +1,203 @@
+//! The audit log in a shared store: with PostgreSQL a broker's records go
+//! into the database, not onto a disk that may be lost with the broker.
+//!
+//! Each broker process writes its own hash chain (the same records, the
+//! same chaining and checkpoints as the file), under a chain id of its start
+//! time and a random part. The writer's group commit is kept: one batch is
+//! one multi-row insert in one transaction, and a decision is answered only
+//! once that transaction has committed (synchronous commit is on: see
+//! [`stint_store::PostgresStore`]). A batch that fails writes nothing, and
+//! the writer tries the next batch from the same place, as with a file.
+//!
+//! `stintd --store URL verify-audit` walks every chain in the database.
+
+use crate::audit::{AuditSink, CurrentFile, FileSink};
+use chrono::{DateTime, Utc};
+use ring::rand::SecureRandom;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use stint_core::audit::{Verifier, VerifyReport};
+use stint_core::jose::KeySet;
+use stint_store::Store;
+
+/// Records read from the store in one go when verifying.
+const READ_BATCH: usize = 10_000;
+
+/// A new chain's id: its broker's start time to the microsecond (so ids
+/// sort by it) and 48
+/// random bits.
+pub(crate) fn new_chain_id(now: DateTime<Utc>, rng: &dyn SecureRandom) -> io::Result<String> {
+    let mut random = [0u8; 6];
+    rng.fill(&mut random)
+        .map_err(|_| io::Error::other("no randomness for the audit chain id"))?;
+    Ok(format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%S%.6fZ"),
+        hex::encode(random)
+    ))
+}
+
+/// Audit records into the store, one chain per broker process.
+pub struct StoreSink {
+    store: Arc<dyn Store>,
+    runtime: tokio::runtime::Handle,
+    chain: String,
+    /// The position of the next record in the chain.
+    next: u64,
+    /// The longest one batch may take (the store's own timeout bounds it
+    /// too).
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for StoreSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSink")
+            .field("chain", &self.chain)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl StoreSink {
+    /// A new chain `chain` in `store`, written from the audit writer's
+    /// thread through `runtime`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        runtime: tokio::runtime::Handle,
+        chain: String,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            runtime,
+            chain,
+            next: 0,
+            timeout,
+        }
+    }
+
+    /// The chain this sink writes.
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+}
+
+impl AuditSink for StoreSink {
+    fn write_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let text = std::str::from_utf8(bytes).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "an audit record is not UTF-8")
+        })?;
+        let records: Vec<String> = text
+            .split('\n')
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let store = Arc::clone(&self.store);
+        let (chain, first, timeout) = (self.chain.clone(), self.next, self.timeout);
+        // The writer is its own thread, outside the runtime: it may block.
+        let written = self.runtime.block_on(async move {
+            tokio::time::timeout(timeout, store.append_audit(&chain, first, &records))
+                .await
+                .map(|result| result.map(|()| records.len()))
+        });
+        match written {
+            Ok(Ok(count)) => {
+                self.next += count as u64;
+                Ok(())
+            }
+            Ok(Err(error)) => Err(io::Error::other(error.to_string())),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the store did not take the audit records in time",
+            )),
+        }
+    }
+}
+
+/// Where a broker's audit records go: a file, or a chain in the store.
+#[derive(Debug)]
+pub enum Sink {
+    /// `audit.jsonl` in the data directory.
+    File(FileSink),
+    /// A chain in a shared store.
+    Store(StoreSink),
+}
+
+impl AuditSink for Sink {
+    fn write_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::File(sink) => sink.write_durably(bytes),
+            Self::Store(sink) => sink.write_durably(bytes),
+        }
+    }
+
+    fn current_file(&self) -> Option<CurrentFile> {
+        match self {
+            Self::File(sink) => sink.current_file(),
+            // A chain in the store is not rotated.
+            Self::Store(_) => None,
+        }
+    }
+
+    fn rotate(&mut self, rotated_name: &str, first: &[u8]) -> io::Result<()> {
+        match self {
+            Self::File(sink) => sink.rotate(rotated_name, first),
+            Self::Store(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+        }
+    }
+}
+
+/// One chain's verification.
+#[derive(Debug)]
+pub struct ChainReport {
+    /// The chain's id.
+    pub chain: String,
+    /// What the verifier found, or where the chain breaks.
+    pub result: Result<VerifyReport, String>,
+}
+
+/// Verify every audit chain in `store`, each on its own, checkpoints
+/// against `trusted`.
+pub async fn verify_store(
+    store: &dyn Store,
+    trusted: &KeySet,
+) -> Result<Vec<ChainReport>, stint_store::StoreError> {
+    let mut reports = Vec::new();
+    for (chain, count) in store.audit_chains().await? {
+        // The verifier reads a chain as one file (a later file must begin
+        // with `audit_continued`): the whole chain is read first. (A
+        // million records are about half a gigabyte.)
+        let mut verifier = Verifier::new(trusted.clone());
+        let mut text = Vec::new();
+        let mut from = 0u64;
+        while from < count {
+            let records = store.audit_records(&chain, from, READ_BATCH).await?;
+            if records.is_empty() {
+                break;
+            }
+            from += records.len() as u64;
+            for record in records {
+                text.extend_from_slice(record.as_bytes());
+                text.push(b'\n');
+            }
+        }
+        let result = if from != count {
+            Err(format!(
+                "{count} records were counted, {from} could be read in order: positions are missing"
+            ))
+        } else {
+            verifier
+                .file(io::Cursor::new(text))
+                .map_err(|error| error.to_string())
+        };
+        reports.push(ChainReport {
+            chain,
+            result: result.map(|()| verifier.report()),
+        });
+    }
+    Ok(reports)
+}
