@@ -907,3 +907,98 @@ async fn stintd_refuses_a_password_on_its_command_line() {
     assert!(!stderr.contains(secret), "{stderr}");
     assert!(!dir.path().join(stint_server::STORE_FILE).exists());
 }
+
+/// Two brokers on one database vouch for each other's audit chains: a
+/// chain deleted after the other recorded its head is found by
+/// verify-audit.
+#[tokio::test]
+async fn a_deleted_audit_chain_is_found_by_the_chains_that_vouched_for_it() {
+    let cluster = PgCluster::start();
+    cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), policy_with("")).unwrap();
+    let password_file = dir.path().join("store.password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, [0x42u8; 32]).unwrap();
+    let url = format!(
+        "postgres://{ROLE}@127.0.0.1:{}/stint?sslmode=disable",
+        cluster.port()
+    );
+    let start = |name: &str| {
+        Daemon::start_command(
+            std::process::Command::new(stintd())
+                .args(["--dev", "--listen", "127.0.0.1:0", "--store", &url])
+                .args(["--audit-checkpoint-interval", "1"])
+                .arg("--data-dir")
+                .arg(dir.path().join(name))
+                .arg("--policy")
+                .arg(dir.path().join("policy.toml"))
+                .env("STINTD_STORE_PASSWORD_FILE", &password_file)
+                .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
+                .env_remove("STINTD_STORE_PASSWORD"),
+        )
+    };
+    let a = start("a");
+    let b = start("b");
+    let db = cluster.superuser_client_in("stint").await;
+    // Each records the other's head within a checkpoint interval or two.
+    stint_tests::eventually(Duration::from_secs(15), "both chains vouch", || async {
+        let vouching: i64 = db
+            .query_one(
+                "SELECT count(DISTINCT chain) FROM audit_records WHERE line LIKE '%\"event\":\"audit_peers\"%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (vouching == 2).then_some(())
+    })
+    .await;
+    let stopped = b.stop(Duration::from_secs(20));
+    assert!(stopped.success());
+    drop(a);
+    let verify = || {
+        stint_tests::run_to_end(
+            std::process::Command::new(stintd())
+                .args(["--store", &url, "verify-audit"])
+                .env("STINTD_STORE_PASSWORD_FILE", &password_file)
+                .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
+                .env_remove("STINTD_STORE_PASSWORD"),
+            Duration::from_secs(30),
+        )
+    };
+    let (status, stdout, stderr) = verify();
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 audit chains verified"), "{stdout}");
+    assert!(
+        !stdout.contains("vouched for: 0 found"),
+        "each chain vouched for the other: {stdout}"
+    );
+
+    // The second chain deleted whole: what is left verifies on its own,
+    // but the first chain vouched for it.
+    let chains: Vec<String> = db
+        .query(
+            "SELECT DISTINCT chain FROM audit_records ORDER BY chain",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(chains.len(), 2);
+    db.execute("DELETE FROM audit_records WHERE chain = $1", &[&chains[1]])
+        .await
+        .unwrap();
+    let (status, stdout, _) = verify();
+    assert!(!status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "chain {}: vouched for chain {}@",
+            chains[0], chains[1]
+        )),
+        "{stdout}"
+    );
+}

@@ -118,6 +118,11 @@ pub enum EventKind {
     /// The first record of a file that continues the chain of a rotated
     /// file (`previous_file`, `previous_head`).
     AuditContinued,
+    /// The other brokers' audit chains in a shared store as this broker
+    /// read them (`detail`: `CHAIN@RECORDS:SHA256 ...`, the SHA-256 of each
+    /// chain's last record then): a chain deleted or cut short after
+    /// another vouched for it is found by `stintd verify-audit`.
+    AuditPeers,
     /// A native credential was made on a target for a step token
     /// (`target` says which, and with what privileges).
     TargetCredentialMinted,

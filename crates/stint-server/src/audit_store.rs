@@ -9,7 +9,11 @@
 //! [`stint_store::PostgresStore`]). A batch that fails writes nothing, and
 //! the writer tries the next batch from the same place, as with a file.
 //!
-//! `stintd --store URL verify-audit` walks every chain in the database.
+//! Every checkpoint interval each broker also records the other chains'
+//! heads as it reads them ([`EventKind::AuditPeers`]): a chain deleted, or
+//! cut short, after another broker vouched for it is then found by
+//! `stintd --store URL verify-audit`, which walks every chain in the
+//! database and checks every such reference.
 
 use crate::audit::{AuditSink, CurrentFile, FileSink};
 use chrono::{DateTime, Utc};
@@ -17,7 +21,7 @@ use ring::rand::SecureRandom;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
-use stint_core::audit::{Verifier, VerifyReport};
+use stint_core::audit::{AuditEntry, Decision, EventKind, Verifier, VerifyReport};
 use stint_core::jose::KeySet;
 use stint_store::Store;
 
@@ -151,6 +155,43 @@ impl AuditSink for Sink {
     }
 }
 
+/// The SHA-256 of a stored record, in hex.
+fn record_digest(line: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, line.as_bytes()))
+}
+
+/// The `audit_peers` record for the chains other than `own` in `heads`
+/// (id, records, last record), or `None` if there are none.
+pub(crate) fn peers_entry(
+    time: String,
+    own: &str,
+    heads: &[(String, u64, String)],
+) -> Option<AuditEntry> {
+    let peers: Vec<String> = heads
+        .iter()
+        .filter(|(chain, _, _)| chain != own)
+        .map(|(chain, records, last)| format!("{chain}@{records}:{}", record_digest(last)))
+        .collect();
+    if peers.is_empty() {
+        return None;
+    }
+    let mut entry = AuditEntry::new(time, EventKind::AuditPeers, Decision::Allow);
+    entry.detail = Some(peers.join(" "));
+    Some(entry)
+}
+
+/// One reference of an `audit_peers` record: chain, records, digest.
+fn parse_peers(detail: &str) -> Vec<(String, u64, String)> {
+    detail
+        .split_whitespace()
+        .filter_map(|peer| {
+            let (chain, rest) = peer.rsplit_once('@')?;
+            let (records, digest) = rest.split_once(':')?;
+            Some((chain.to_owned(), records.parse().ok()?, digest.to_owned()))
+        })
+        .collect()
+}
+
 /// One chain's verification.
 #[derive(Debug)]
 pub struct ChainReport {
@@ -158,6 +199,12 @@ pub struct ChainReport {
     pub chain: String,
     /// What the verifier found, or where the chain breaks.
     pub result: Result<VerifyReport, String>,
+    /// How many of the other chains' heads this chain vouched for were
+    /// found as it recorded them.
+    pub peers_confirmed: usize,
+    /// The heads it vouched for that the store no longer holds: a chain
+    /// deleted, or cut short, since.
+    pub peers_missing: Vec<String>,
 }
 
 /// Verify every audit chain in `store`, each on its own, checkpoints
@@ -185,6 +232,20 @@ pub async fn verify_store(
                 text.push(b'\n');
             }
         }
+        let references: Vec<(String, u64, String)> = text
+            .split(|b| *b == b'\n')
+            .filter_map(|line| {
+                #[derive(serde::Deserialize)]
+                struct Peers {
+                    event: EventKind,
+                    #[serde(default)]
+                    detail: Option<String>,
+                }
+                let record: Peers = serde_json::from_slice(line).ok()?;
+                (record.event == EventKind::AuditPeers).then_some(record.detail?)
+            })
+            .flat_map(|detail| parse_peers(&detail))
+            .collect();
         let result = if from != count {
             Err(format!(
                 "{count} records were counted, {from} could be read in order: positions are missing"
@@ -194,9 +255,26 @@ pub async fn verify_store(
                 .file(io::Cursor::new(text))
                 .map_err(|error| error.to_string())
         };
+        let (mut peers_confirmed, mut peers_missing) = (0, Vec::new());
+        for (peer, records, digest) in references {
+            let found = match records.checked_sub(1) {
+                Some(last) => store.audit_records(&peer, last, 1).await?,
+                None => Vec::new(),
+            };
+            if found
+                .first()
+                .is_some_and(|line| record_digest(line) == digest)
+            {
+                peers_confirmed += 1;
+            } else {
+                peers_missing.push(format!("{peer}@{records}"));
+            }
+        }
         reports.push(ChainReport {
             chain,
             result: result.map(|()| verifier.report()),
+            peers_confirmed,
+            peers_missing,
         });
     }
     Ok(reports)

@@ -308,6 +308,7 @@ pub async fn start_with_clock(
     // With a shared store the audit log is in it (a chain of this
     // process's own), so that losing this machine loses no record.
     let audit_path = config.data_dir.join(AUDIT_FILE);
+    let mut own_chain = None;
     let (sink, chain, audit_where) = match &config.store {
         StoreConfig::Postgres(settings) => {
             let id =
@@ -322,6 +323,7 @@ pub async fn start_with_clock(
                 settings.timeout,
             );
             let audit_where = PathBuf::from(format!("{store_description} chain {}", sink.chain()));
+            own_chain = Some(sink.chain().to_owned());
             (
                 audit_store::Sink::Store(sink),
                 stint_core::audit::Chain::genesis(),
@@ -602,6 +604,14 @@ pub async fn start_with_clock(
         state.closing.clone(),
     ));
     changes::catch_up_at_start(&state).await?;
+    if let Some(own) = own_chain {
+        // Ends with the broker (it watches `closing`).
+        tokio::spawn(vouch_for_peers(
+            Arc::clone(&state),
+            own,
+            config.audit.checkpoint_interval,
+        ));
+    }
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
     // Ends with the broker (it watches `closing`).
     tokio::spawn(changes::run(Arc::clone(&state), state.closing.clone()));
@@ -694,6 +704,33 @@ async fn purge_loop(state: Arc<AppState>) {
                 activate_due_keys(&state).await;
                 state.status_lists.flush(state.store.as_ref()).await;
             }
+        }
+    }
+}
+
+/// Every `interval`, record the other brokers' audit chains' heads in this
+/// broker's chain (see [`audit_store`]), until the broker shuts down.
+async fn vouch_for_peers(state: Arc<AppState>, own: String, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = state.closing.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = closing.wait_for(|closing| *closing) => return,
+        }
+        let heads = match state.store.audit_heads().await {
+            Ok(heads) => heads,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the other brokers' audit chains");
+                continue;
+            }
+        };
+        let time = audit::timestamp(state.clock.now());
+        if let Some(entry) = audit_store::peers_entry(time, &own, &heads)
+            && let Err(error) = state.audit.record(entry).await
+        {
+            tracing::warn!(%error, "could not record the other brokers' audit chains");
         }
     }
 }

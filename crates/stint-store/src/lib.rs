@@ -410,6 +410,11 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Each audit chain's id, record count and last record.
+    async fn audit_heads(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Up to `limit` records of audit chain `chain` from position `from`,
     /// in order.
     async fn audit_records(

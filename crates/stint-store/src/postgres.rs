@@ -1237,6 +1237,28 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    async fn audit_heads(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
+        let rows: Vec<(String, i64, String)> = self
+            .read("read audit heads", |tx| {
+                Box::pin(async move {
+                    tx.query(
+                        "SELECT DISTINCT ON (chain) chain, n, line FROM audit_records
+                         ORDER BY chain, n DESC",
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+                    .collect()
+                })
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(chain, n, line)| (chain, u64::try_from(n).unwrap_or_default() + 1, line))
+            .collect())
+    }
+
     async fn audit_records(
         &self,
         chain: &str,

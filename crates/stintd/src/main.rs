@@ -851,7 +851,7 @@ fn verify_audit_in_store(
             Ok(r) => {
                 let unsigned = max_unsigned.is_some_and(|max| r.unsigned > max);
                 println!(
-                    "chain {}: {} records, intact, head {}; checkpoints: {} verified, {} signed by keys not given; {} records after the last verified checkpoint{}",
+                    "chain {}: {} records, intact, head {}; checkpoints: {} verified, {} signed by keys not given; {} records after the last verified checkpoint{}; other chains' heads it vouched for: {} found",
                     chain.chain,
                     r.records,
                     r.head,
@@ -862,9 +862,16 @@ fn verify_audit_in_store(
                         " (more than --max-unsigned)"
                     } else {
                         ""
-                    }
+                    },
+                    chain.peers_confirmed,
                 );
-                if unsigned {
+                for missing in &chain.peers_missing {
+                    println!(
+                        "chain {}: vouched for chain {missing} (id@records), which the store no longer holds as it was: deleted or cut short",
+                        chain.chain
+                    );
+                }
+                if unsigned || !chain.peers_missing.is_empty() {
                     broken += 1;
                 }
             }
