@@ -52,6 +52,8 @@ pub struct StoreSink {
     /// The longest one batch may take (the store's own timeout bounds it
     /// too).
     timeout: Duration,
+    /// A batch failed and what the store holds after it is not known.
+    uncertain: bool,
 }
 
 impl std::fmt::Debug for StoreSink {
@@ -78,12 +80,42 @@ impl StoreSink {
             chain,
             next: 0,
             timeout,
+            uncertain: false,
         }
     }
 
     /// The chain this sink writes.
     pub fn chain(&self) -> &str {
         &self.chain
+    }
+}
+
+impl StoreSink {
+    /// Run `work` on the store from the writer's thread (outside the
+    /// runtime: it may block), bounded by the sink's timeout.
+    fn block_on<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, stint_store::StoreError>>,
+    ) -> io::Result<T> {
+        let timeout = self.timeout;
+        match self
+            .runtime
+            .block_on(async move { tokio::time::timeout(timeout, work).await })
+        {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(io::Error::other(error.to_string())),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the store did not answer in time",
+            )),
+        }
+    }
+
+    /// The records of this chain from `from` on, at most `limit`.
+    fn read_back(&self, from: u64, limit: usize) -> io::Result<Vec<String>> {
+        let store = Arc::clone(&self.store);
+        let chain = self.chain.clone();
+        self.block_on(async move { store.audit_records(&chain, from, limit).await })
     }
 }
 
@@ -100,24 +132,44 @@ impl AuditSink for StoreSink {
         if records.is_empty() {
             return Ok(());
         }
+        // After a failure whose outcome was unknown: the chain in the store
+        // must end where this broker believes it does, or the records it
+        // was told were not written are there after all (their decisions
+        // were refused), and this chain cannot go on. Fail closed, and say
+        // how to recover.
+        if self.uncertain {
+            if !self.read_back(self.next, 1)?.is_empty() {
+                return Err(io::Error::other(format!(
+                    "audit chain {} in the store holds records this broker was told were not written: restart the broker (it starts a new chain)",
+                    self.chain
+                )));
+            }
+            self.uncertain = false;
+        }
         let store = Arc::clone(&self.store);
-        let (chain, first, timeout) = (self.chain.clone(), self.next, self.timeout);
-        // The writer is its own thread, outside the runtime: it may block.
-        let written = self.runtime.block_on(async move {
-            tokio::time::timeout(timeout, store.append_audit(&chain, first, &records))
-                .await
-                .map(|result| result.map(|()| records.len()))
-        });
+        let (chain, first) = (self.chain.clone(), self.next);
+        let batch = records.clone();
+        let written = self.block_on(async move { store.append_audit(&chain, first, &batch).await });
         match written {
-            Ok(Ok(count)) => {
-                self.next += count as u64;
+            Ok(()) => {
+                self.next += records.len() as u64;
                 Ok(())
             }
-            Ok(Err(error)) => Err(io::Error::other(error.to_string())),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the store did not take the audit records in time",
-            )),
+            Err(error) => {
+                // A commit whose answer was lost may still have committed:
+                // read the batch back before calling it failed.
+                match self.read_back(first, records.len()) {
+                    Ok(stored) if stored == records => {
+                        self.next += records.len() as u64;
+                        Ok(())
+                    }
+                    Ok(stored) if stored.is_empty() => Err(error),
+                    _ => {
+                        self.uncertain = true;
+                        Err(error)
+                    }
+                }
+            }
         }
     }
 }
