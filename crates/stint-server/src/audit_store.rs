@@ -52,8 +52,6 @@ pub struct StoreSink {
     /// The longest one batch may take (the store's own timeout bounds it
     /// too).
     timeout: Duration,
-    /// A batch failed and what the store holds after it is not known.
-    uncertain: bool,
 }
 
 impl std::fmt::Debug for StoreSink {
@@ -80,7 +78,6 @@ impl StoreSink {
             chain,
             next: 0,
             timeout,
-            uncertain: false,
         }
     }
 
@@ -132,45 +129,38 @@ impl AuditSink for StoreSink {
         if records.is_empty() {
             return Ok(());
         }
-        // After a failure whose outcome was unknown: the chain in the store
-        // must end where this broker believes it does, or the records it
-        // was told were not written are there after all (their decisions
-        // were refused), and this chain cannot go on. Fail closed, and say
-        // how to recover.
-        if self.uncertain {
-            if !self.read_back(self.next, 1)?.is_empty() {
+        let first = self.next;
+        // Sent again once if it fails: the positions are the same, so a
+        // first attempt whose commit answer was lost is either there (and
+        // the second writes nothing) or not (and the second writes it);
+        // waiting on the primary key makes the second see the first's
+        // outcome.
+        let written = match self.append(first, &records) {
+            Ok(written) => written,
+            Err(_) => self.append(first, &records)?,
+        };
+        if written != records.len() as u64 {
+            // Positions taken: by this very batch (an earlier attempt), or
+            // by records this broker was told were not written.
+            let stored = self.read_back(first, records.len())?;
+            if stored != records {
                 return Err(io::Error::other(format!(
-                    "audit chain {} in the store holds records this broker was told were not written: restart the broker (it starts a new chain)",
+                    "audit chain {} in the store holds other records at positions {first} on: restart the broker (it starts a new chain)",
                     self.chain
                 )));
             }
-            self.uncertain = false;
         }
+        self.next += records.len() as u64;
+        Ok(())
+    }
+}
+
+impl StoreSink {
+    fn append(&self, first: u64, records: &[String]) -> io::Result<u64> {
         let store = Arc::clone(&self.store);
-        let (chain, first) = (self.chain.clone(), self.next);
-        let batch = records.clone();
-        let written = self.block_on(async move { store.append_audit(&chain, first, &batch).await });
-        match written {
-            Ok(()) => {
-                self.next += records.len() as u64;
-                Ok(())
-            }
-            Err(error) => {
-                // A commit whose answer was lost may still have committed:
-                // read the batch back before calling it failed.
-                match self.read_back(first, records.len()) {
-                    Ok(stored) if stored == records => {
-                        self.next += records.len() as u64;
-                        Ok(())
-                    }
-                    Ok(stored) if stored.is_empty() => Err(error),
-                    _ => {
-                        self.uncertain = true;
-                        Err(error)
-                    }
-                }
-            }
-        }
+        let chain = self.chain.clone();
+        let batch = records.to_vec();
+        self.block_on(async move { store.append_audit(&chain, first, &batch).await })
     }
 }
 
@@ -212,6 +202,27 @@ fn record_digest(line: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, line.as_bytes()))
 }
 
+/// The most chains one `audit_peers` record vouches for (the latest
+/// started, which are the ones still growing): it stays well inside a
+/// record's `detail`.
+const MAX_PEERS: usize = 96;
+
+/// Whether `id` is a chain id as [`new_chain_id`] makes them (so that a
+/// row written into the store by someone else cannot fill a record, nor
+/// smuggle in references).
+fn is_chain_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 => *b == b'T',
+            15 => *b == b'.',
+            22 => *b == b'Z',
+            23 => *b == b'-',
+            24.. => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
+            _ => b.is_ascii_digit(),
+        })
+}
+
 /// The `audit_peers` record for the chains other than `own` in `heads`
 /// (id, records, last record), or `None` if there are none.
 pub(crate) fn peers_entry(
@@ -219,9 +230,14 @@ pub(crate) fn peers_entry(
     own: &str,
     heads: &[(String, u64, String)],
 ) -> Option<AuditEntry> {
-    let peers: Vec<String> = heads
+    let mut peers: Vec<&(String, u64, String)> = heads
         .iter()
-        .filter(|(chain, _, _)| chain != own)
+        .filter(|(chain, _, _)| chain != own && is_chain_id(chain))
+        .collect();
+    peers.sort_by(|a, b| b.0.cmp(&a.0));
+    peers.truncate(MAX_PEERS);
+    let peers: Vec<String> = peers
+        .into_iter()
         .map(|(chain, records, last)| format!("{chain}@{records}:{}", record_digest(last)))
         .collect();
     if peers.is_empty() {
@@ -239,6 +255,11 @@ fn parse_peers(detail: &str) -> Vec<(String, u64, String)> {
         .filter_map(|peer| {
             let (chain, rest) = peer.rsplit_once('@')?;
             let (records, digest) = rest.split_once(':')?;
+            let digest_ok = digest.len() == 64
+                && digest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            (is_chain_id(chain) && digest_ok).then_some(())?;
             Some((chain.to_owned(), records.parse().ok()?, digest.to_owned()))
         })
         .collect()
@@ -274,7 +295,11 @@ pub async fn verify_store(
         let mut text = Vec::new();
         let mut from = 0u64;
         while from < count {
-            let records = store.audit_records(&chain, from, READ_BATCH).await?;
+            // Only the records counted: a live chain grows meanwhile.
+            let want = usize::try_from(count - from)
+                .unwrap_or(usize::MAX)
+                .min(READ_BATCH);
+            let records = store.audit_records(&chain, from, want).await?;
             if records.is_empty() {
                 break;
             }
@@ -306,6 +331,19 @@ pub async fn verify_store(
             verifier
                 .file(io::Cursor::new(text))
                 .map_err(|error| error.to_string())
+                .and_then(|()| {
+                    // A chain in the store is never rotated: it begins at
+                    // the genesis, not by continuing something else.
+                    let report = verifier.report();
+                    if report.first_seq == 0 && report.continues_from.is_none() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "it begins at record {}, not at the genesis",
+                            report.first_seq
+                        ))
+                    }
+                })
         };
         let (mut peers_confirmed, mut peers_missing) = (0, Vec::new());
         for (peer, records, digest) in references {
@@ -330,4 +368,43 @@ pub async fn verify_store(
         });
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_are_recognised_and_peers_parse_only_well_formed() {
+        let rng = ring::rand::SystemRandom::new();
+        let id = new_chain_id(chrono::Utc::now(), &rng).unwrap();
+        assert!(is_chain_id(&id), "{id}");
+        for bad in [
+            "",
+            "x",
+            &format!("{id} "),
+            &id.replace('T', "t"),
+            &format!("{id}0"),
+        ] {
+            assert!(!is_chain_id(bad), "{bad:?}");
+        }
+        let digest = "a".repeat(64);
+        let heads = vec![
+            (id.clone(), 3, "last".to_owned()),
+            ("junk id".to_owned(), 1, "x".to_owned()),
+            ("own".to_owned(), 9, "y".to_owned()),
+        ];
+        let entry = peers_entry("t".into(), "own", &heads).unwrap();
+        let detail = entry.detail.unwrap();
+        assert_eq!(
+            parse_peers(&detail),
+            [(id.clone(), 3, record_digest("last"))]
+        );
+        assert!(parse_peers(&format!("{id}@3:{}", &digest[..63])).is_empty());
+        assert!(parse_peers(&format!("junk@3:{digest}")).is_empty());
+        assert_eq!(
+            peers_entry("t".into(), &id, &heads[..1]).map(|e| e.detail),
+            None
+        );
+    }
 }

@@ -714,6 +714,11 @@ pub async fn public_keys_in_store(
     let rng = ring::rand::SystemRandom::new();
     let mut keys = Vec::with_capacity(stored.len());
     for key in stored {
+        // Under a key-encryption key a clear key is one anybody able to
+        // write the store could have put there: not a trust anchor.
+        if kek.is_some() && !Sealer::looks_sealed(&key.pkcs8) {
+            continue;
+        }
         let alg = Algorithm::from_name(&key.alg)
             .ok_or_else(|| format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg))?;
         let (pkcs8, _) = open_stored(&key, kek)?;

@@ -388,7 +388,9 @@ pub trait Store: Send + Sync + 'static {
     /// Append `records` (audit log lines, each one hash-chained record) to
     /// the audit chain `chain` from its position `first` (0 for its first
     /// record), in one transaction: all durable when this returns, or none
-    /// written. A store shared by several brokers keeps their audit logs,
+    /// written. Positions already written are left as they are; returns
+    /// how many records were written (fewer than given: compare what the
+    /// chain holds). A store shared by several brokers keeps their audit logs,
     /// one chain per broker process, since a broker's own disk may be lost
     /// with it; the embedded store does not (its broker writes a file).
     async fn append_audit(
@@ -396,7 +398,7 @@ pub trait Store: Send + Sync + 'static {
         chain: &str,
         first: u64,
         records: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let _ = (chain, first, records);
         Err(StoreError::Backend {
             operation: "append audit records",

@@ -1193,23 +1193,27 @@ impl Store for PostgresStore {
         chain: &str,
         first: u64,
         records: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let chain = chain.to_owned();
         let first = i64::try_from(first)
             .map_err(|_| StoreError::Corrupt(format!("audit position {first} is out of range")))?;
         let records = records.to_vec();
         self.write("append audit records", move |tx| {
             Box::pin(async move {
-                // One statement for the whole batch (the group commit): the
-                // primary key refuses a position written twice.
-                tx.execute(
-                    "INSERT INTO audit_records (chain, n, line)
-                     SELECT $1, $2 + ord - 1, line
-                     FROM unnest($3::text[]) WITH ORDINALITY AS batch(line, ord)",
-                    &[&chain, &first, &records],
-                )
-                .await?;
-                Ok(())
+                // One statement for the whole batch (the group commit). A
+                // position already written is left as it is (the caller
+                // compares): a batch sent again after its commit's answer
+                // was lost waits here for that commit's outcome.
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO audit_records (chain, n, line)
+                         SELECT $1, $2 + ord - 1, line
+                         FROM unnest($3::text[]) WITH ORDINALITY AS batch(line, ord)
+                         ON CONFLICT (chain, n) DO NOTHING",
+                        &[&chain, &first, &records],
+                    )
+                    .await?;
+                Ok(inserted)
             })
         })
         .await
