@@ -634,7 +634,7 @@ impl Daemon {
         let stderr = Arc::new(std::sync::Mutex::new(String::new()));
         let sink = Arc::clone(&stderr);
         let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 let mut all = sink.lock().unwrap();
                 all.push_str(&line);
@@ -669,6 +669,8 @@ impl Daemon {
                 Err(_) => {
                     let _ = child.kill();
                     let status = child.wait().unwrap();
+                    // Everything it wrote, its last words included.
+                    let _ = stderr_reader.join();
                     let stderr = stderr.lock().unwrap().clone();
                     return Err(format!(
                         "stintd did not start ({status}); stderr:\n{stderr}"
