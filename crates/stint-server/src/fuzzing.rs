@@ -98,17 +98,18 @@ pub fn certificate_identities(der: &[u8]) -> Vec<CertificateIdentity> {
 pub struct Feed(crate::feed::Feed);
 
 impl Feed {
-    /// A feed of a fresh epoch that has published `events` revocations.
+    /// A feed of a fresh epoch that has published `events` revocations
+    /// (changes 1 to `events` of the store's feed).
     pub fn new(events: usize) -> Self {
-        let rng = ring::rand::SystemRandom::new();
-        // Fuzzing only: a machine without randomness cannot fuzz either.
-        #[allow(clippy::expect_used)]
-        let feed = crate::feed::Feed::new(&rng).expect("the system random number generator");
+        let feed = crate::feed::Feed::new("fuzzepoch".to_owned(), 0);
         for n in 0..events {
-            feed.publish(stint_proto::RevocationEvent {
-                jti: Some(format!("jti-{n}")),
-                ..stint_proto::RevocationEvent::new("token", 2_000_000_000)
-            });
+            feed.publish(
+                n as u64 + 1,
+                stint_proto::RevocationEvent {
+                    jti: Some(format!("jti-{n}")),
+                    ..stint_proto::RevocationEvent::new("token", 2_000_000_000)
+                },
+            );
         }
         Self(feed)
     }
