@@ -97,6 +97,9 @@ pub struct RunningServer {
     targets_task: JoinHandle<()>,
     /// Writes counted refusals; ends at shutdown, once its last write is.
     refusals_task: JoinHandle<()>,
+    /// With an audit chain in a shared store: records the other chains'
+    /// heads; ends at shutdown, once a record it has begun is written.
+    peers_task: Option<JoinHandle<()>>,
     /// Set at shutdown: revocation feed streams end.
     closing: tokio::sync::watch::Sender<bool>,
     /// `Limits::max_in_flight`: shutdown takes every permit back.
@@ -220,9 +223,18 @@ impl RunningServer {
         let _ = self.closing.send(true);
         self.purge_task.abort();
         let _ = (&mut self.purge_task).await;
-        // The queue is durable: what it has not done, the next start does.
-        self.targets_task.abort();
-        let _ = (&mut self.targets_task).await;
+        // The queue ends on `closing` once the attempts it started have
+        // ended (their records are written before the last checkpoint). It
+        // is durable: what it has not done, the next start does, so one
+        // stuck past the drain timeout is cancelled.
+        if tokio::time::timeout(serve::DRAIN_TIMEOUT, &mut self.targets_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("target revocations in flight did not finish within the drain timeout");
+            self.targets_task.abort();
+            let _ = (&mut self.targets_task).await;
+        }
         let _ = (&mut self.serve_task).await;
         let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
         let all = Arc::clone(&self.state.in_flight).acquire_many_owned(permits);
@@ -240,6 +252,15 @@ impl RunningServer {
         self.state.limits.revocations.close();
         // Refusals counted since the last interval are written now.
         let _ = (&mut self.refusals_task).await;
+        // A peers record begun before `closing` lands before the checkpoint.
+        // (A store that does not answer is not waited on past the drain.)
+        if let Some(mut peers) = self.peers_task.take()
+            && tokio::time::timeout(serve::DRAIN_TIMEOUT, &mut peers)
+                .await
+                .is_err()
+        {
+            peers.abort();
+        }
         limits::record_counted(
             &self.state.limits.refusals,
             &self.state.audit,
@@ -604,14 +625,13 @@ pub async fn start_with_clock(
         state.closing.clone(),
     ));
     changes::catch_up_at_start(&state).await?;
-    if let Some(own) = own_chain {
-        // Ends with the broker (it watches `closing`).
+    let peers_task = own_chain.map(|own| {
         tokio::spawn(vouch_for_peers(
             Arc::clone(&state),
             own,
             config.audit.checkpoint_interval,
-        ));
-    }
+        ))
+    });
     let purge_task = tokio::spawn(purge_loop(Arc::clone(&state)));
     // Ends with the broker (it watches `closing`).
     tokio::spawn(changes::run(Arc::clone(&state), state.closing.clone()));
@@ -651,6 +671,7 @@ pub async fn start_with_clock(
         purge_task,
         targets_task,
         refusals_task,
+        peers_task,
         closing: closing_tx,
         max_in_flight: config.limits.max_in_flight,
         max_revocations_in_flight: config.limits.max_revocations_in_flight,

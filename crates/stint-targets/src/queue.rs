@@ -806,7 +806,11 @@ impl TargetCredentials {
     }
 
     /// The queue: destroys what is due, finds expiries, reconciles now and
-    /// then; until the broker closes.
+    /// then; until the broker closes. Then it waits for the attempts and the
+    /// reconciliation it started (each bounded by its target's timeouts), so
+    /// that nothing it does lands in the audit log after the broker's last
+    /// checkpoint; a caller that cannot wait drops this future, and what it
+    /// started is cancelled with it.
     pub async fn run(
         self: Arc<Self>,
         host: Arc<dyn Host>,
@@ -815,7 +819,9 @@ impl TargetCredentials {
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_REVOKING));
         let mut next_reconcile = tokio::time::Instant::now();
         let mut next_purge = tokio::time::Instant::now();
+        let mut started = tokio::task::JoinSet::new();
         loop {
+            while started.try_join_next().is_some() {}
             let now = host.now().timestamp();
             // Never waits for a permit: what cannot start now (its target,
             // or all targets, at their limit) stays due, and is looked at
@@ -829,7 +835,7 @@ impl TargetCredentials {
             });
             for (credential, permits) in claimed {
                 let (queue, host) = (Arc::clone(&self), Arc::clone(&host));
-                tokio::spawn(async move {
+                started.spawn(async move {
                     queue.attempt(host.as_ref(), credential).await;
                     drop(permits);
                     queue.wake.notify_one();
@@ -838,7 +844,7 @@ impl TargetCredentials {
             if tokio::time::Instant::now() >= next_reconcile {
                 next_reconcile = tokio::time::Instant::now() + RECONCILE_EVERY;
                 let (queue, host) = (Arc::clone(&self), Arc::clone(&host));
-                tokio::spawn(async move { queue.reconcile(host.as_ref()).await });
+                started.spawn(async move { queue.reconcile(host.as_ref()).await });
             }
             if tokio::time::Instant::now() >= next_purge {
                 next_purge = tokio::time::Instant::now() + Duration::from_secs(3600);
@@ -853,12 +859,13 @@ impl TargetCredentials {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(QUEUE_TICK) => {}
-                _ = closing.changed() => return,
+                _ = closing.changed() => break,
             }
             if *closing.borrow() {
-                return;
+                break;
             }
         }
+        while started.join_next().await.is_some() {}
     }
 
     /// The revocations in flight on one target, at most its client's
@@ -1310,10 +1317,13 @@ mod tests {
         fn count(&self, _target: &str, _event: &str) {}
     }
 
-    /// A target whose destructions never end (`stuck`) or are recorded.
+    /// A target whose destructions never end (`stuck`), wait for `gate`
+    /// (`gated`), or are recorded.
     struct FakeClient {
         server: String,
         stuck: bool,
+        gated: bool,
+        gate: tokio::sync::Notify,
         made: AtomicUsize,
         started: AtomicUsize,
         destroyed: Mutex<Vec<String>>,
@@ -1359,6 +1369,9 @@ mod tests {
             self.started.fetch_add(1, Ordering::SeqCst);
             if self.stuck {
                 std::future::pending::<()>().await;
+            }
+            if self.gated {
+                self.gate.notified().await;
             }
             self.destroyed.lock().unwrap().push(upstream_id.to_owned());
             Ok(Destroyed {
@@ -1424,6 +1437,8 @@ mod tests {
                     .or_insert_with(|| {
                         Arc::new(FakeClient {
                             stuck: server.starts_with("stuck"),
+                            gated: server.starts_with("gated"),
+                            gate: tokio::sync::Notify::new(),
                             server,
                             made: AtomicUsize::new(0),
                             started: AtomicUsize::new(0),
@@ -1547,5 +1562,59 @@ mod tests {
         // Once nothing made there is left, the old client is let go.
         queue.install(&policy("new.example", "fast.example"));
         assert!(queue.retired.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_closing_queue_ends_only_after_the_revocations_it_started_are_recorded() {
+        let host = FakeHost::new();
+        let clients: Clients = Arc::default();
+        let queue = queue(&clients);
+        queue.install(&policy("gated.example", "fast.example"));
+        let now = Utc::now();
+        let claims = claims("closing-1", now.timestamp() - 10);
+        let minted = queue
+            .mint(
+                host.as_ref(),
+                &claims,
+                "slow",
+                &[Scope::parse("select:slow/s/t").unwrap()],
+                now,
+            )
+            .await
+            .unwrap();
+        let (closing_tx, closing) = tokio::sync::watch::channel(false);
+        let mut running =
+            tokio::spawn(Arc::clone(&queue).run(host.clone() as Arc<dyn Host>, closing));
+        assert!(
+            queue
+                .revoke_one(&minted.credential.id, "closing-1", now.timestamp())
+                .is_some()
+        );
+        let client = Arc::clone(clients.lock().unwrap().get("gated.example:5432").unwrap());
+        eventually("the destruction to start", || {
+            client.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        closing_tx.send(true).unwrap();
+        // The attempt cannot end while the target holds it, so neither can
+        // the queue: the broker's last checkpoint would otherwise come
+        // before this credential's record.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut running)
+                .await
+                .is_err(),
+            "the queue ended with a revocation in flight"
+        );
+        assert!(host.events(EventKind::TargetCredentialRevoked).is_empty());
+        client.gate.notify_one();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the queue ends once its attempt has")
+            .unwrap();
+        assert_eq!(host.events(EventKind::TargetCredentialRevoked).len(), 1);
+        assert_eq!(
+            *client.destroyed.lock().unwrap(),
+            vec![minted.credential.upstream_id.clone()]
+        );
     }
 }
