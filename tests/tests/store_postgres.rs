@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use stint_core::revocation::{JobRevocation, TokenRevocation};
 use stint_core::target_credential::{CredentialState, TargetCredential};
 use stint_store::{
-    ApprovalSaved, Change, ChangePosition, PostgresStore, PostgresStoreSettings, PostgresTls,
-    Store, StoreError, StorePassword, conformance,
+    ApprovalSaved, AuditCommit, AuditedWrite, Change, ChangePosition, PostgresStore,
+    PostgresStoreSettings, PostgresTls, Store, StoreError, StorePassword, conformance,
 };
 use stint_tests::postgres::PgCluster;
 use stint_tests::{Daemon, eventually, policy_with, run_to_end, test_secret, workspace_binary};
@@ -371,6 +371,85 @@ async fn the_change_feed_is_gap_free_across_brokers_and_notifies() {
 }
 
 #[tokio::test]
+async fn audit_records_and_the_changes_they_record_commit_together_or_not_at_all() {
+    let cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let store = PostgresStore::open(&settings).await.unwrap();
+    let start = store.change_position().await.unwrap();
+    let records = vec!["{\"n\":0}".to_owned(), "{\"n\":1}".to_owned()];
+    let writes = vec![
+        AuditedWrite::Token(token("together"), None),
+        AuditedWrite::Job(JobRevocation {
+            sub: "w".into(),
+            job: "j-together".into(),
+            revoked_at: 1_000,
+            until: 2_000,
+        }),
+    ];
+    let committed = store
+        .append_audit_with("chain-a", 0, &records, &writes)
+        .await
+        .unwrap();
+    assert_eq!(
+        committed,
+        AuditCommit {
+            written: 2,
+            seqs: vec![start.seq + 1, start.seq + 2]
+        }
+    );
+    assert_eq!(
+        store.audit_records("chain-a", 0, 10).await.unwrap(),
+        records
+    );
+    let changes = store.changes_since(start.seq, 10).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.change.clone()).collect::<Vec<_>>(),
+        writes.iter().map(AuditedWrite::change).collect::<Vec<_>>()
+    );
+    let live = store.live_revocations(1_500).await.unwrap();
+    assert!(live.tokens.iter().any(|t| t.jti == "together"), "{live:?}");
+    assert!(live.jobs.iter().any(|j| j.job == "j-together"), "{live:?}");
+
+    // The same batch again (its commit's answer lost): nothing written
+    // twice, no second change.
+    let again = store
+        .append_audit_with("chain-a", 0, &records, &writes)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        AuditCommit {
+            written: 0,
+            seqs: Vec::new()
+        }
+    );
+    // A batch one of whose positions is taken writes neither its records
+    // nor its change.
+    let overlapping = vec!["{\"n\":1}".to_owned(), "{\"n\":2}".to_owned()];
+    let refused = store
+        .append_audit_with(
+            "chain-a",
+            1,
+            &overlapping,
+            &[AuditedWrite::Token(token("never"), None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.written, 0);
+    assert_eq!(
+        store.audit_records("chain-a", 0, 10).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        store.change_position().await.unwrap().seq,
+        start.seq + 2,
+        "no change without its records"
+    );
+    let live = store.live_revocations(1_500).await.unwrap();
+    assert!(!live.tokens.iter().any(|t| t.jti == "never"), "{live:?}");
+}
+
+#[tokio::test]
 async fn a_schema_8_database_is_migrated_once() {
     let cluster = PgCluster::start();
     let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
@@ -575,6 +654,150 @@ fn stintd() -> std::path::PathBuf {
     workspace_binary("stintd", "STINTD_BIN")
 }
 
+/// What `stintd --store postgres://...` on the test's database needs: a
+/// directory with the policy, the store's password and a key-encryption
+/// key in files.
+struct OnPostgres {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OnPostgres {
+    /// The database `stint` (made now) on `cluster`.
+    async fn new(cluster: &PgCluster) -> Self {
+        cluster.create_store_database("stint", ROLE, PASSWORD).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.toml"), policy_with("")).unwrap();
+        std::fs::write(dir.path().join("store.password"), format!("{PASSWORD}\n")).unwrap();
+        std::fs::write(dir.path().join("kek"), [0x42u8; 32]).unwrap();
+        let url = format!(
+            "postgres://{ROLE}@127.0.0.1:{}/stint?sslmode=disable",
+            cluster.port()
+        );
+        Self { dir, url }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `stintd --store URL`, its secrets from the files.
+    fn stintd(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(stintd());
+        command
+            .args(["--store", &self.url])
+            .env("STINTD_STORE_PASSWORD_FILE", self.path("store.password"))
+            .env("STINTD_KEY_ENCRYPTION_KEY_FILE", self.path("kek"))
+            .env_remove("STINTD_STORE_PASSWORD");
+        command
+    }
+
+    /// A `--dev` broker on `listen`, its data directory `data` (under the
+    /// test directory), with the test's policy.
+    fn broker(&self, listen: &str, data: &str) -> std::process::Command {
+        let mut command = self.stintd();
+        command
+            .args(["--dev", "--listen", listen])
+            .arg("--data-dir")
+            .arg(self.path(data))
+            .arg("--policy")
+            .arg(self.path("policy.toml"));
+        command
+    }
+}
+
+/// The audit records of every chain in the database.
+async fn stored_audit_lines(cluster: &PgCluster) -> Vec<Value> {
+    cluster
+        .superuser_client_in("stint")
+        .await
+        .query("SELECT line FROM audit_records ORDER BY chain, n", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| serde_json::from_str(row.get::<_, &str>(0)).unwrap())
+        .collect()
+}
+
+/// With the audit log in PostgreSQL, a revocation and its record are one
+/// transaction: a revocation the store refuses leaves no record that it
+/// happened (nor one that it failed: there is nothing to correct), and
+/// the caller is told it did not happen.
+#[tokio::test]
+async fn a_revocation_and_its_audit_record_commit_together_or_not_at_all() {
+    let cluster = PgCluster::start();
+    let setup = OnPostgres::new(&cluster).await;
+    let listen = stint_tests::unused_loopback_addr().to_string();
+    let daemon = Daemon::start_command(&mut setup.broker(&listen, "data"));
+    let http = reqwest::Client::new();
+    let token = mint(&http, &daemon, "doomed").await;
+    // The store refuses this one job's revocation (a constraint trigger
+    // stands in for any failure of the write after the record).
+    cluster
+        .superuser_client_in("stint")
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_doomed() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'refused for the test'; END $$;
+             CREATE TRIGGER refuse_doomed BEFORE INSERT ON revoked_jobs
+             FOR EACH ROW WHEN (NEW.job = 'doomed') EXECUTE FUNCTION refuse_doomed();",
+        )
+        .await
+        .unwrap();
+    let revoke = || {
+        http.post(daemon.url("/v1/jobs/doomed/revoke"))
+            .basic_auth("demo-job", Some(test_secret("demo-job")))
+            .send()
+    };
+    let response = revoke().await.unwrap();
+    assert_eq!(response.status(), 503, "{}", response.text().await.unwrap());
+    let records = stored_audit_lines(&cluster).await;
+    assert!(
+        !records.iter().any(|r| r["event"] == "job_revoked"),
+        "no record of a revocation that did not happen: {records:?}"
+    );
+    assert!(active(&http, &daemon, &token).await, "not in force");
+
+    // Once the store takes it, the revocation and one record of it.
+    cluster
+        .superuser_client_in("stint")
+        .await
+        .batch_execute("DROP TRIGGER refuse_doomed ON revoked_jobs")
+        .await
+        .unwrap();
+    let response = eventually(Duration::from_secs(10), "the revocation", || async {
+        let response = revoke().await.ok()?;
+        (response.status() == 200).then_some(response)
+    })
+    .await;
+    drop(response);
+    assert!(!active(&http, &daemon, &token).await);
+    let records = stored_audit_lines(&cluster).await;
+    let revoked: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "job_revoked")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    let changes: i64 = cluster
+        .superuser_client_in("stint")
+        .await
+        .query_one(
+            "SELECT count(*) FROM stint_changes WHERE body LIKE '%\"doomed\"%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        changes, 1,
+        "one change, from the transaction that held its record"
+    );
+    assert!(daemon.stop(Duration::from_secs(20)).success());
+    let (status, stdout, stderr) =
+        run_to_end(setup.stintd().arg("verify-audit"), Duration::from_secs(30));
+    assert!(status.success(), "{stdout}\n{stderr}");
+}
+
 async fn mint(http: &reqwest::Client, daemon: &Daemon, job: &str) -> String {
     let body: Value = http
         .post(daemon.url(stint_proto::TOKEN_PATH))
@@ -617,32 +840,10 @@ async fn active(http: &reqwest::Client, daemon: &Daemon, token: &str) -> bool {
 #[tokio::test]
 async fn stintd_keeps_its_revocations_in_postgresql_across_a_restart() {
     let cluster = PgCluster::start();
-    cluster.create_store_database("stint", ROLE, PASSWORD).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.toml"), policy_with("")).unwrap();
-    let password_file = dir.path().join("store.password");
-    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    let kek = dir.path().join("kek");
-    std::fs::write(&kek, [0x42u8; 32]).unwrap();
-    let data = dir.path().join("data");
-    let url = format!(
-        "postgres://{ROLE}@127.0.0.1:{}/stint?sslmode=disable",
-        cluster.port()
-    );
+    let setup = OnPostgres::new(&cluster).await;
+    let data = setup.path("data");
     let listen = stint_tests::unused_loopback_addr().to_string();
-    let start = || {
-        Daemon::start_command(
-            std::process::Command::new(stintd())
-                .args(["--dev", "--listen", &listen, "--store", &url])
-                .arg("--data-dir")
-                .arg(&data)
-                .arg("--policy")
-                .arg(dir.path().join("policy.toml"))
-                .env("STINTD_STORE_PASSWORD_FILE", &password_file)
-                .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
-                .env_remove("STINTD_STORE_PASSWORD"),
-        )
-    };
+    let start = || Daemon::start_command(&mut setup.broker(&listen, "data"));
     let http = reqwest::Client::new();
 
     let daemon = start();
@@ -719,12 +920,7 @@ async fn stintd_keeps_its_revocations_in_postgresql_across_a_restart() {
     }
     let verify = |extra: &[&str]| {
         stint_tests::run_to_end(
-            std::process::Command::new(stintd())
-                .args(["--store", &url, "verify-audit"])
-                .args(extra)
-                .env("STINTD_STORE_PASSWORD_FILE", &password_file)
-                .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
-                .env_remove("STINTD_STORE_PASSWORD"),
+            setup.stintd().arg("verify-audit").args(extra),
             Duration::from_secs(30),
         )
     };
@@ -765,31 +961,20 @@ async fn stintd_keeps_its_revocations_in_postgresql_across_a_restart() {
 #[tokio::test]
 async fn stintd_fails_closed_while_postgresql_is_down_and_heals_after() {
     let mut cluster = PgCluster::start();
-    cluster.create_store_database("stint", ROLE, PASSWORD).await;
-    let dir = tempfile::tempdir().unwrap();
-    let password_file = dir.path().join("store.password");
-    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    let kek = dir.path().join("kek");
-    std::fs::write(&kek, [0x42u8; 32]).unwrap();
-    let url = format!(
-        "postgres://{ROLE}@127.0.0.1:{}/stint?sslmode=disable",
-        cluster.port()
-    );
+    let setup = OnPostgres::new(&cluster).await;
+    // The dev policy (its demo client), not the test's.
     let daemon = Daemon::start_command(
-        std::process::Command::new(stintd())
-            .args(["--dev", "--listen", "127.0.0.1:0", "--store", &url])
+        setup
+            .stintd()
+            .args(["--dev", "--listen", "127.0.0.1:0"])
             .args(["--store-fail-closed-after", "1", "--store-timeout", "1"])
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("STINTD_STORE_PASSWORD_FILE", &password_file)
-            .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
-            .env_remove("STINTD_STORE_PASSWORD"),
+            .arg(setup.path("data")),
     );
     let creds = {
-        let dev: stint_proto::DevClient = serde_json::from_slice(
-            &std::fs::read(dir.path().join("data/dev-client.json")).unwrap(),
-        )
-        .unwrap();
+        let dev: stint_proto::DevClient =
+            serde_json::from_slice(&std::fs::read(setup.path("data/dev-client.json")).unwrap())
+                .unwrap();
         (dev.client_id, dev.client_secret)
     };
     let http = reqwest::Client::new();
@@ -914,29 +1099,12 @@ async fn stintd_refuses_a_password_on_its_command_line() {
 #[tokio::test]
 async fn a_deleted_audit_chain_is_found_by_the_chains_that_vouched_for_it() {
     let cluster = PgCluster::start();
-    cluster.create_store_database("stint", ROLE, PASSWORD).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.toml"), policy_with("")).unwrap();
-    let password_file = dir.path().join("store.password");
-    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    let kek = dir.path().join("kek");
-    std::fs::write(&kek, [0x42u8; 32]).unwrap();
-    let url = format!(
-        "postgres://{ROLE}@127.0.0.1:{}/stint?sslmode=disable",
-        cluster.port()
-    );
+    let setup = OnPostgres::new(&cluster).await;
     let start = |name: &str| {
         Daemon::start_command(
-            std::process::Command::new(stintd())
-                .args(["--dev", "--listen", "127.0.0.1:0", "--store", &url])
-                .args(["--audit-checkpoint-interval", "1"])
-                .arg("--data-dir")
-                .arg(dir.path().join(name))
-                .arg("--policy")
-                .arg(dir.path().join("policy.toml"))
-                .env("STINTD_STORE_PASSWORD_FILE", &password_file)
-                .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
-                .env_remove("STINTD_STORE_PASSWORD"),
+            setup
+                .broker("127.0.0.1:0", name)
+                .args(["--audit-checkpoint-interval", "1"]),
         )
     };
     let a = start("a");
@@ -958,16 +1126,8 @@ async fn a_deleted_audit_chain_is_found_by_the_chains_that_vouched_for_it() {
     let stopped = b.stop(Duration::from_secs(20));
     assert!(stopped.success());
     drop(a);
-    let verify = || {
-        stint_tests::run_to_end(
-            std::process::Command::new(stintd())
-                .args(["--store", &url, "verify-audit"])
-                .env("STINTD_STORE_PASSWORD_FILE", &password_file)
-                .env("STINTD_KEY_ENCRYPTION_KEY_FILE", &kek)
-                .env_remove("STINTD_STORE_PASSWORD"),
-            Duration::from_secs(30),
-        )
-    };
+    let verify =
+        || stint_tests::run_to_end(setup.stintd().arg("verify-audit"), Duration::from_secs(30));
     let (status, stdout, stderr) = verify();
     assert!(status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("2 audit chains verified"), "{stdout}");

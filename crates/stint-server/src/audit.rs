@@ -56,6 +56,7 @@ use stint_core::audit::{
 use stint_core::jose::KeySet;
 use stint_core::jose::SigningKey;
 use stint_core::{Clock, SystemClock};
+use stint_store::AuditedWrite;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -134,6 +135,28 @@ pub trait AuditSink: Send + 'static {
     fn rotate(&mut self, rotated_name: &str, first: &[u8]) -> io::Result<()> {
         let _ = (rotated_name, first);
         Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    /// Whether [`Self::write_durably_with`] commits writes with the bytes
+    /// (a sink in a database); `false` (the default) for a file.
+    fn writes_changes(&self) -> bool {
+        false
+    }
+
+    /// [`Self::write_durably`], with `writes` committed in the same
+    /// transaction: both or neither. Returns each write's change feed
+    /// sequence number, or nothing if an earlier attempt had committed
+    /// them (their positions are then unknown). The default refuses
+    /// writes.
+    fn write_durably_with(
+        &mut self,
+        bytes: &[u8],
+        writes: &[AuditedWrite],
+    ) -> io::Result<Vec<u64>> {
+        if !writes.is_empty() {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        self.write_durably(bytes).map(|()| Vec::new())
     }
 }
 
@@ -502,17 +525,25 @@ pub trait CheckpointSigner: Send + Sync + 'static {
     fn signing_key(&self) -> Arc<SigningKey>;
 }
 
+/// What a waiter learns: whether its batch is durable, and the change feed
+/// sequence number of the write it carried (if it carried one and the sink
+/// knows it).
+type Outcome = Result<Option<u64>, AuditError>;
+
 enum Job {
     Record {
         entry: EncodedEntry,
         /// A checkpoint follows the record in the same write.
         seal: bool,
-        done: oneshot::Sender<Result<(), AuditError>>,
+        /// Committed with the record (only with a sink that
+        /// [`AuditSink::writes_changes`]).
+        write: Option<AuditedWrite>,
+        done: oneshot::Sender<Outcome>,
     },
     /// A checkpoint, if anything was recorded since the last one (`done`:
     /// someone waits for it; none for the periodic one).
     Checkpoint {
-        done: Option<oneshot::Sender<Result<(), AuditError>>>,
+        done: Option<oneshot::Sender<Outcome>>,
     },
 }
 
@@ -521,6 +552,8 @@ enum Job {
 pub struct AuditLog {
     queue: mpsc::Sender<Job>,
     healthy: Arc<AtomicBool>,
+    /// The sink commits writes with their records.
+    writes_changes: bool,
     signer: Arc<OnceLock<Arc<dyn CheckpointSigner>>>,
     checkpoint_interval: Duration,
 }
@@ -569,6 +602,7 @@ impl AuditLog {
     ) -> io::Result<Self> {
         let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
         let healthy = Arc::new(AtomicBool::new(true));
+        let writes_changes = sink.writes_changes();
         let signer = Arc::new(OnceLock::new());
         let writer = Writer {
             sink,
@@ -589,6 +623,7 @@ impl AuditLog {
         Ok(Self {
             queue,
             healthy,
+            writes_changes,
             signer,
             checkpoint_interval: settings.checkpoint_interval,
         })
@@ -625,6 +660,34 @@ impl AuditLog {
     /// Record `entry` and wait until it is durable: `Ok` means the record
     /// is fsynced in the file at the log's path.
     pub async fn record(&self, entry: AuditEntry) -> Result<(), AuditError> {
+        self.send(entry, None).await.map(|_| ())
+    }
+
+    /// Whether [`Self::record_with`] can commit a write with its record
+    /// (the log is in the store the write goes to).
+    pub fn writes_changes(&self) -> bool {
+        self.writes_changes
+    }
+
+    /// Record `entry` and store `write` in the same transaction, and wait
+    /// until both are durable; `Ok` carries the write's change feed
+    /// sequence number (`None`: an attempt whose answer was lost committed
+    /// it, at a position this broker does not know). On error neither is
+    /// written. Only where [`Self::writes_changes`].
+    pub async fn record_with(
+        &self,
+        entry: AuditEntry,
+        write: AuditedWrite,
+    ) -> Result<Option<u64>, AuditError> {
+        if !self.writes_changes {
+            return Err(AuditError::Write(
+                "this audit log cannot commit a change with its record".into(),
+            ));
+        }
+        self.send(entry, Some(write)).await
+    }
+
+    async fn send(&self, entry: AuditEntry, write: Option<AuditedWrite>) -> Outcome {
         // The outgoing key signs the chain up to its own rotation record, so
         // that the new key's checkpoints are vouched for by the old one.
         let seal = entry.event == EventKind::KeysRotated;
@@ -633,7 +696,12 @@ impl AuditLog {
             .map_err(|error| AuditError::Write(error.to_string()))?;
         let (done, wait) = oneshot::channel();
         self.queue
-            .send(Job::Record { entry, seal, done })
+            .send(Job::Record {
+                entry,
+                seal,
+                write,
+                done,
+            })
             .await
             .map_err(|_| AuditError::Stopped)?;
         wait.await.map_err(|_| AuditError::Stopped)?
@@ -647,7 +715,7 @@ impl AuditLog {
             .send(Job::Checkpoint { done: Some(done) })
             .await
             .map_err(|_| AuditError::Stopped)?;
-        wait.await.map_err(|_| AuditError::Stopped)?
+        wait.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
     }
 
     /// Whether the last batch was written.
@@ -708,7 +776,10 @@ impl<S: AuditSink> Writer<S> {
     fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
         let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
         let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
-        let mut waiters = Vec::with_capacity(MAX_BATCH);
+        // Each waiter, with the index of its write in `writes`.
+        let mut waiters: Vec<(oneshot::Sender<Outcome>, Option<usize>)> =
+            Vec::with_capacity(MAX_BATCH);
+        let mut writes: Vec<AuditedWrite> = Vec::new();
         let mut previous_batch = 0;
         while let Some(first) = receiver.blocking_recv() {
             batch.push(first);
@@ -726,14 +797,23 @@ impl<S: AuditSink> Writer<S> {
             let mut lines = 0;
             for job in batch.drain(..) {
                 match job {
-                    Job::Record { entry, seal, done } => {
+                    Job::Record {
+                        entry,
+                        seal,
+                        write,
+                        done,
+                    } => {
                         self.chain.append(&entry, &mut buffer);
                         self.unsigned = true;
                         lines += 1;
                         if seal {
                             lines += self.append_checkpoint(&mut buffer);
                         }
-                        waiters.push(done);
+                        let index = write.map(|write| {
+                            writes.push(write);
+                            writes.len() - 1
+                        });
+                        waiters.push((done, index));
                     }
                     Job::Checkpoint { done } => {
                         if self.unsigned {
@@ -744,15 +824,16 @@ impl<S: AuditSink> Writer<S> {
                             // tried again.
                             self.rotation_blocked = false;
                         }
-                        waiters.extend(done);
+                        waiters.extend(done.map(|done| (done, None)));
                     }
                 }
             }
             let result = if buffer.is_empty() {
-                Ok(())
+                Ok(Vec::new())
             } else {
-                self.commit(&buffer, lines, saved)
+                self.commit(&buffer, &writes, lines, saved)
             };
+            writes.clear();
             // Before the answers (the records are durable either way): once
             // a caller has its answer, the writer has finished what its
             // batch started, so a broker stopped after its last answer
@@ -760,21 +841,33 @@ impl<S: AuditSink> Writer<S> {
             if result.is_ok() && lines > 0 {
                 self.rotate_if_due();
             }
-            for done in waiters.drain(..) {
+            for (done, index) in waiters.drain(..) {
+                let outcome = match &result {
+                    Ok(seqs) => Ok(index.and_then(|i| seqs.get(i).copied())),
+                    Err(error) => Err(error.clone()),
+                };
                 // A waiter that gave up (its connection closed) is no error.
-                let _ = done.send(result.clone());
+                let _ = done.send(outcome);
             }
         }
     }
 
-    /// Write `buffer` (`lines` records), or restore `saved` on failure.
-    fn commit(&mut self, buffer: &[u8], lines: usize, saved: Saved) -> Result<(), AuditError> {
+    /// Write `buffer` (`lines` records) with `writes`, or restore `saved`
+    /// on failure. Returns the writes' sequence numbers (see
+    /// [`AuditSink::write_durably_with`]).
+    fn commit(
+        &mut self,
+        buffer: &[u8],
+        writes: &[AuditedWrite],
+        lines: usize,
+        saved: Saved,
+    ) -> Result<Vec<u64>, AuditError> {
         let result = self
             .sink
-            .write_durably(buffer)
+            .write_durably_with(buffer, writes)
             .map_err(|error| AuditError::Write(error.to_string()));
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 self.healthy.store(true, Ordering::Relaxed);
                 self.observer.committed(lines);
             }
@@ -839,7 +932,7 @@ impl<S: AuditSink> Writer<S> {
         let saved = self.save();
         let mut seal = Vec::new();
         let lines = self.append_checkpoint(&mut seal);
-        if lines > 0 && self.commit(&seal, lines, saved).is_err() {
+        if lines > 0 && self.commit(&seal, &[], lines, saved).is_err() {
             self.rotation_blocked = true;
             return;
         }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stint_core::audit::{AuditEntry, Decision, EventKind, Verifier, VerifyReport};
 use stint_core::jose::KeySet;
-use stint_store::Store;
+use stint_store::{AuditCommit, AuditedWrite, Store};
 
 /// Records read from the store in one go when verifying.
 const READ_BATCH: usize = 10_000;
@@ -118,6 +118,18 @@ impl StoreSink {
 
 impl AuditSink for StoreSink {
     fn write_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_durably_with(bytes, &[]).map(|_| ())
+    }
+
+    fn writes_changes(&self) -> bool {
+        true
+    }
+
+    fn write_durably_with(
+        &mut self,
+        bytes: &[u8],
+        writes: &[AuditedWrite],
+    ) -> io::Result<Vec<u64>> {
         let text = std::str::from_utf8(bytes).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidData, "an audit record is not UTF-8")
         })?;
@@ -127,21 +139,57 @@ impl AuditSink for StoreSink {
             .map(str::to_owned)
             .collect();
         if records.is_empty() {
-            return Ok(());
+            if writes.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a change is committed only with the record of it",
+            ));
         }
         let first = self.next;
         // Sent again once if it fails: the positions are the same, so a
         // first attempt whose commit answer was lost is either there (and
-        // the second writes nothing) or not (and the second writes it);
-        // waiting on the primary key makes the second see the first's
-        // outcome.
-        let written = match self.append(first, &records) {
-            Ok(written) => written,
-            Err(_) => self.append(first, &records)?,
+        // the second writes nothing, not the changes either) or not (and
+        // the second writes it all); waiting on the primary key makes the
+        // second see the first's outcome.
+        let committed = match self.append(first, &records, writes) {
+            Ok(committed) => committed,
+            Err(_) => self.append(first, &records, writes)?,
         };
-        if written != records.len() as u64 {
-            // Positions taken: by this very batch (an earlier attempt), or
-            // by records this broker was told were not written.
+        self.next_if_written(first, &records, committed)
+    }
+}
+
+impl StoreSink {
+    fn append(
+        &self,
+        first: u64,
+        records: &[String],
+        writes: &[AuditedWrite],
+    ) -> io::Result<AuditCommit> {
+        let store = Arc::clone(&self.store);
+        let chain = self.chain.clone();
+        let (batch, writes) = (records.to_vec(), writes.to_vec());
+        self.block_on(async move {
+            store
+                .append_audit_with(&chain, first, &batch, &writes)
+                .await
+        })
+    }
+
+    /// After a batch at `first`: its writes' sequence numbers, once the
+    /// chain is known to hold `records` there.
+    fn next_if_written(
+        &mut self,
+        first: u64,
+        records: &[String],
+        committed: AuditCommit,
+    ) -> io::Result<Vec<u64>> {
+        if committed.written != records.len() as u64 {
+            // Positions taken: by this very batch (an earlier attempt, with
+            // its writes), or by records this broker was told were not
+            // written.
             let stored = self.read_back(first, records.len())?;
             if stored != records {
                 return Err(io::Error::other(format!(
@@ -151,16 +199,7 @@ impl AuditSink for StoreSink {
             }
         }
         self.next += records.len() as u64;
-        Ok(())
-    }
-}
-
-impl StoreSink {
-    fn append(&self, first: u64, records: &[String]) -> io::Result<u64> {
-        let store = Arc::clone(&self.store);
-        let chain = self.chain.clone();
-        let batch = records.to_vec();
-        self.block_on(async move { store.append_audit(&chain, first, &batch).await })
+        Ok(committed.seqs)
     }
 }
 
@@ -193,6 +232,24 @@ impl AuditSink for Sink {
         match self {
             Self::File(sink) => sink.rotate(rotated_name, first),
             Self::Store(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+        }
+    }
+
+    fn writes_changes(&self) -> bool {
+        match self {
+            Self::File(sink) => sink.writes_changes(),
+            Self::Store(sink) => sink.writes_changes(),
+        }
+    }
+
+    fn write_durably_with(
+        &mut self,
+        bytes: &[u8],
+        writes: &[AuditedWrite],
+    ) -> io::Result<Vec<u64>> {
+        match self {
+            Self::File(sink) => sink.write_durably_with(bytes, writes),
+            Self::Store(sink) => sink.write_durably_with(bytes, writes),
         }
     }
 }

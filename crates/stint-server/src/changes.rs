@@ -110,6 +110,11 @@ impl Changes {
         self.wake.notify_one();
     }
 
+    /// Have the applier read the store now.
+    pub(crate) fn wake_up(&self) {
+        self.wake.notify_one();
+    }
+
     /// The offered change `seq`, if it is here; those before it go.
     fn take_offered(&self, seq: u64) -> Option<Change> {
         let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());

@@ -23,8 +23,7 @@ use stint_core::revocation::{
 use stint_core::status_list::StatusReference;
 use stint_core::target_credential::Cause;
 use stint_proto::RevocationEvent;
-use stint_store::Change;
-use stint_store::Store;
+use stint_store::{AuditedWrite, Change, Store, StoreError};
 
 /// The audit reason of a revocation that was recorded but could not be
 /// stored, and so never took effect.
@@ -195,12 +194,15 @@ impl AppState {
     /// Carry out a revocation the caller has authorized, so that it is
     /// durable, audited and announced, or none of those:
     ///
-    /// 1. `entry` (the allowed event) is written to the audit log. If it
-    ///    cannot be, nothing happened: 503, nothing stored, nothing in force.
-    /// 2. The revocation is stored. If it cannot be, a second record (`denied`,
-    ///    reason `not_durable`, the same request id) says the revocation
-    ///    recorded just before did not take effect, and the caller gets 503:
-    ///    nothing is in force or announced, and a retry starts again.
+    /// 1. With the audit log in the store (PostgreSQL), `entry` (the
+    ///    allowed event) and the revocation commit in one transaction. If
+    ///    they cannot, neither happened: 503, nothing in force.
+    /// 2. With the audit log in a file, `entry` is written first. If it
+    ///    cannot be, nothing happened (503). Then the revocation is stored;
+    ///    if it cannot be, a second record (`denied`, reason `not_durable`,
+    ///    the same request id) says the revocation recorded just before did
+    ///    not take effect, and the caller gets 503: nothing is in force or
+    ///    announced, and a retry starts again.
     /// 3. It is put in this broker's revocation set, then handed to the
     ///    change feed, which puts it in force on every broker sharing the
     ///    store and announces it on their feeds ([`Self::enforce`]); the
@@ -216,50 +218,30 @@ impl AppState {
         denied: EventKind,
         revocation: Revocation<'_>,
     ) -> Result<(), OAuthError> {
-        self.record(entry.clone()).await?;
-        // Stored with its request's state by the approvals module, in the
-        // same order (see `Approvals::act`).
-        if let Revocation::Approval { .. } = revocation {
-            return Ok(());
-        }
-        let stored = match &revocation {
+        let write = match &revocation {
             Revocation::Token(revoked, status) => {
-                self.store.revoke_token(revoked, *status).await.map(|seq| {
-                    let change = Change::Token {
-                        revocation: (*revoked).clone(),
-                        status: status.cloned(),
-                    };
-                    (seq, change)
-                })
+                AuditedWrite::Token((*revoked).clone(), status.cloned())
             }
-            Revocation::Job(job) => self.store.revoke_job(job).await.map(|seq| {
-                let change = Change::Job {
-                    revocation: (*job).clone(),
-                };
-                (seq, change)
-            }),
-            Revocation::Step(step) => self.store.revoke_step(step).await.map(|seq| {
-                let change = Change::Step {
-                    revocation: (*step).clone(),
-                };
-                (seq, change)
-            }),
-            Revocation::Workload(stop) => self.store.stop_workload(stop).await.map(|seq| {
-                let change = Change::WorkloadStopped {
-                    stop: (*stop).clone(),
-                };
-                (seq, change)
-            }),
-            Revocation::Approval { .. } => return Ok(()),
+            Revocation::Job(job) => AuditedWrite::Job((*job).clone()),
+            Revocation::Step(step) => AuditedWrite::Step((*step).clone()),
+            Revocation::Workload(stop) => AuditedWrite::WorkloadStopped((*stop).clone()),
+            // Stored with its request's state by the approvals module, in
+            // the same order (see `Approvals::act`).
+            Revocation::Approval { .. } => return self.record(entry).await,
         };
-        let (seq, change) = match stored {
-            Ok(stored) => stored,
-            Err(error) => {
-                tracing::error!(%error, "revocation not durable; it is not in force");
-                self.record_not_durable(entry, denied).await;
-                return Err(OAuthError::unavailable(
-                    "the revocation could not be made durable, so it is not in force",
-                ));
+        let seq = if self.audit.writes_changes() {
+            self.record_with(entry, write.clone()).await?
+        } else {
+            self.record(entry.clone()).await?;
+            match self.store_write(&write).await {
+                Ok(seq) => Some(seq),
+                Err(error) => {
+                    tracing::error!(%error, "revocation not durable; it is not in force");
+                    self.record_not_durable(entry, denied).await;
+                    return Err(OAuthError::unavailable(
+                        "the revocation could not be made durable, so it is not in force",
+                    ));
+                }
             }
         };
         // In force here at once, whatever the change feed does next.
@@ -276,13 +258,59 @@ impl AppState {
             }
             Revocation::Approval { .. } => {}
         }
-        if !self.changes.committed(seq, change, APPLY_BOUND).await {
+        self.announce(seq, write.change()).await;
+        Ok(())
+    }
+
+    /// Store `write` on its own (the audit log is elsewhere).
+    pub(crate) async fn store_write(&self, write: &AuditedWrite) -> Result<u64, StoreError> {
+        let store = self.store.as_ref();
+        match write {
+            AuditedWrite::Token(revoked, status) => {
+                store.revoke_token(revoked, status.as_ref()).await
+            }
+            AuditedWrite::Job(job) => store.revoke_job(job).await,
+            AuditedWrite::Step(step) => store.revoke_step(step).await,
+            AuditedWrite::WorkloadStopped(stop) => store.stop_workload(stop).await,
+            AuditedWrite::WorkloadEnabled { workload, at } => {
+                store.enable_workload(workload, *at).await
+            }
+        }
+    }
+
+    /// Record `entry` and commit `write` with it (see
+    /// [`AuditLog::record_with`]); an audit failure is a 503 and nothing
+    /// was written.
+    pub(crate) async fn record_with(
+        &self,
+        entry: AuditEntry,
+        write: AuditedWrite,
+    ) -> Result<Option<u64>, OAuthError> {
+        self.audit.record_with(entry, write).await.map_err(|error| {
+            tracing::error!(%error, "audit record and change not written; refusing the request");
+            OAuthError::unavailable("the change and its audit record could not be made durable")
+        })
+    }
+
+    /// Have the committed change `seq` applied here and wait for it (within
+    /// [`APPLY_BOUND`]). `None`: an earlier attempt committed it at a
+    /// position not known here; the applier finds it in the store.
+    pub(crate) async fn announce(&self, seq: Option<u64>, change: Change) -> bool {
+        let Some(seq) = seq else {
+            tracing::info!(
+                "a change committed by an attempt whose answer was lost: the change feed applies it"
+            );
+            self.changes.wake_up();
+            return false;
+        };
+        let applied = self.changes.committed(seq, change, APPLY_BOUND).await;
+        if !applied {
             tracing::warn!(
                 seq,
-                "a durable revocation is in force here but not yet announced: the change feed is behind (the store is slow or unreachable)"
+                "a durable change is in force here but not yet announced: the change feed is behind (the store is slow or unreachable)"
             );
         }
-        Ok(())
+        applied
     }
 
     /// Record that the revocation `entry` recorded could not be stored, and

@@ -100,6 +100,64 @@ pub struct ChangeRecord {
     pub change: Change,
 }
 
+/// A change the audit log can carry in the transaction of its records
+/// ([`Store::append_audit_with`]): a revocation, a workload stop or enable.
+/// (Approval saves compare revisions and may be refused, and key changes
+/// are several statements: they are stored on their own.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditedWrite {
+    /// A token revoked, with its status list entry if it has one.
+    Token(TokenRevocation, Option<StatusReference>),
+    /// A job revoked.
+    Job(JobRevocation),
+    /// A step of a job revoked.
+    Step(StepRevocation),
+    /// A workload stopped.
+    WorkloadStopped(WorkloadStop),
+    /// A stopped workload enabled at `at`.
+    WorkloadEnabled {
+        /// The workload.
+        workload: String,
+        /// When.
+        at: i64,
+    },
+}
+
+impl AuditedWrite {
+    /// The change the feed carries for this write.
+    pub fn change(&self) -> Change {
+        match self {
+            Self::Token(revocation, status) => Change::Token {
+                revocation: revocation.clone(),
+                status: status.clone(),
+            },
+            Self::Job(revocation) => Change::Job {
+                revocation: revocation.clone(),
+            },
+            Self::Step(revocation) => Change::Step {
+                revocation: revocation.clone(),
+            },
+            Self::WorkloadStopped(stop) => Change::WorkloadStopped { stop: stop.clone() },
+            Self::WorkloadEnabled { workload, at } => Change::WorkloadEnabled {
+                workload: workload.clone(),
+                at: *at,
+            },
+        }
+    }
+}
+
+/// What [`Store::append_audit_with`] committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCommit {
+    /// How many records were written: all of them, or none (their
+    /// positions were taken: compare what the chain holds).
+    pub written: u64,
+    /// Each write's change feed sequence number, in order; empty when no
+    /// record was written (then neither was any write: if the chain holds
+    /// these very records, an earlier attempt committed both).
+    pub seqs: Vec<u64>,
+}
+
 /// Where the change feed stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangePosition {
@@ -387,19 +445,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Append `records` (audit log lines, each one hash-chained record) to
     /// the audit chain `chain` from its position `first` (0 for its first
-    /// record), in one transaction: all durable when this returns, or none
-    /// written. Positions already written are left as they are; returns
-    /// how many records were written (fewer than given: compare what the
-    /// chain holds). A store shared by several brokers keeps their audit logs,
-    /// one chain per broker process, since a broker's own disk may be lost
-    /// with it; the embedded store does not (its broker writes a file).
-    async fn append_audit(
+    /// record), with `writes` (the changes they record), in one
+    /// transaction: all durable when this returns, or none written. If a
+    /// position is already written nothing is (see [`AuditCommit`]: compare
+    /// what the chain holds). A store shared by several brokers keeps their
+    /// audit logs, one chain per broker process, since a broker's own disk
+    /// may be lost with it; the embedded store does not (its broker writes
+    /// a file).
+    async fn append_audit_with(
         &self,
         chain: &str,
         first: u64,
         records: &[String],
-    ) -> Result<u64, StoreError> {
-        let _ = (chain, first, records);
+        writes: &[AuditedWrite],
+    ) -> Result<AuditCommit, StoreError> {
+        let _ = (chain, first, records, writes);
         Err(StoreError::Backend {
             operation: "append audit records",
             message: "this store does not keep the audit log".into(),

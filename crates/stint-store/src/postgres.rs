@@ -25,10 +25,10 @@ pub use settings::{
 
 use crate::sqlite::{approval_json, revision_param, stored_approval};
 use crate::{
-    ApprovalSaved, CHANGE_CHANNEL, CHANGE_RETENTION_SECS, Change, ChangePosition, ChangeRecord,
-    CredentialRow, LiveRevocations, ReadColumns, SCHEMA_VERSION, Store, StoreError, StoredApproval,
-    StoredKey, StoredStatusList, change_from_json, change_json, credential_columns, grant_json,
-    read_credential,
+    ApprovalSaved, AuditCommit, AuditedWrite, CHANGE_CHANNEL, CHANGE_RETENTION_SECS, Change,
+    ChangePosition, ChangeRecord, CredentialRow, LiveRevocations, ReadColumns, SCHEMA_VERSION,
+    Store, StoreError, StoredApproval, StoredKey, StoredStatusList, change_from_json, change_json,
+    credential_columns, grant_json, read_credential,
 };
 use async_trait::async_trait;
 use pool::{BoxFuture, Pool};
@@ -193,6 +193,68 @@ async fn append_change(tx: &Transaction<'_>, body: &str) -> Result<u64, tokio_po
     Ok(u64::try_from(seq).unwrap_or_default())
 }
 
+/// Store `write` and record its change (`body`, its stored form) in the
+/// feed, in `tx`. Returns the change's sequence number.
+async fn write_change(
+    tx: &Transaction<'_>,
+    write: &AuditedWrite,
+    body: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    match write {
+        AuditedWrite::Token(r, _) => {
+            tx.execute(
+                "INSERT INTO revoked_tokens (jti, sub, job, expires_at, revoked_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
+                &[&r.jti, &r.sub, &r.job, &r.expires_at, &r.revoked_at],
+            )
+            .await?;
+        }
+        AuditedWrite::Job(r) => {
+            tx.execute(
+                "INSERT INTO revoked_jobs (sub, job, revoked_at, until) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (sub, job)
+                   DO UPDATE SET until = GREATEST(revoked_jobs.until, EXCLUDED.until)",
+                &[&r.sub, &r.job, &r.revoked_at, &r.until],
+            )
+            .await?;
+        }
+        AuditedWrite::Step(r) => {
+            tx.execute(
+                "INSERT INTO revoked_steps (sub, job, step, revoked_at, until)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (sub, job, step)
+                   DO UPDATE SET until = GREATEST(revoked_steps.until, EXCLUDED.until)",
+                &[&r.sub, &r.job, &r.step, &r.revoked_at, &r.until],
+            )
+            .await?;
+        }
+        AuditedWrite::WorkloadStopped(stop) => {
+            tx.execute(
+                "INSERT INTO workload_stops (workload, stopped_at, stopped_by, until, enabled_at)
+                 VALUES ($1, $2, $3, $4, NULL)
+                 ON CONFLICT (workload) DO UPDATE SET stopped_at = EXCLUDED.stopped_at,
+                   stopped_by = EXCLUDED.stopped_by, until = EXCLUDED.until, enabled_at = NULL",
+                &[
+                    &stop.workload,
+                    &stop.stopped_at,
+                    &stop.stopped_by,
+                    &stop.until(),
+                ],
+            )
+            .await?;
+        }
+        AuditedWrite::WorkloadEnabled { workload, at } => {
+            tx.execute(
+                "UPDATE workload_stops SET enabled_at = $2
+                 WHERE workload = $1 AND enabled_at IS NULL",
+                &[workload, at],
+            )
+            .await?;
+        }
+    }
+    append_change(tx, body).await
+}
+
 impl ReadColumns for Row {
     type Error = tokio_postgres::Error;
     fn text(&self, index: usize) -> Result<String, Self::Error> {
@@ -319,6 +381,19 @@ impl PostgresStore {
         self.pool.endpoint()
     }
 
+    /// Store `write` with its change, in a transaction of its own.
+    async fn write_one(
+        &self,
+        operation: &'static str,
+        write: AuditedWrite,
+    ) -> Result<u64, StoreError> {
+        let body = change_json(&write.change())?;
+        self.write(operation, move |tx| {
+            Box::pin(async move { write_change(tx, &write, &body).await })
+        })
+        .await
+    }
+
     /// `work` in one transaction, committed before this returns.
     async fn write<T, F>(&self, operation: &'static str, work: F) -> Result<T, StoreError>
     where
@@ -373,64 +448,21 @@ impl Store for PostgresStore {
         revocation: &TokenRevocation,
         status: Option<&StatusReference>,
     ) -> Result<u64, StoreError> {
-        let r = revocation.clone();
-        let body = change_json(&Change::Token {
-            revocation: r.clone(),
-            status: status.cloned(),
-        })?;
-        self.write("revoke token", move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO revoked_tokens (jti, sub, job, expires_at, revoked_at)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
-                    &[&r.jti, &r.sub, &r.job, &r.expires_at, &r.revoked_at],
-                )
-                .await?;
-                append_change(tx, &body).await
-            })
-        })
+        self.write_one(
+            "revoke token",
+            AuditedWrite::Token(revocation.clone(), status.cloned()),
+        )
         .await
     }
 
     async fn revoke_job(&self, revocation: &JobRevocation) -> Result<u64, StoreError> {
-        let r = revocation.clone();
-        let body = change_json(&Change::Job {
-            revocation: r.clone(),
-        })?;
-        self.write("revoke job", move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO revoked_jobs (sub, job, revoked_at, until) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (sub, job)
-                       DO UPDATE SET until = GREATEST(revoked_jobs.until, EXCLUDED.until)",
-                    &[&r.sub, &r.job, &r.revoked_at, &r.until],
-                )
-                .await?;
-                append_change(tx, &body).await
-            })
-        })
-        .await
+        self.write_one("revoke job", AuditedWrite::Job(revocation.clone()))
+            .await
     }
 
     async fn revoke_step(&self, revocation: &StepRevocation) -> Result<u64, StoreError> {
-        let r = revocation.clone();
-        let body = change_json(&Change::Step {
-            revocation: r.clone(),
-        })?;
-        self.write("revoke step", move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO revoked_steps (sub, job, step, revoked_at, until)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (sub, job, step)
-                       DO UPDATE SET until = GREATEST(revoked_steps.until, EXCLUDED.until)",
-                    &[&r.sub, &r.job, &r.step, &r.revoked_at, &r.until],
-                )
-                .await?;
-                append_change(tx, &body).await
-            })
-        })
-        .await
+        self.write_one("revoke step", AuditedWrite::Step(revocation.clone()))
+            .await
     }
 
     async fn live_revocations(&self, now: i64) -> Result<LiveRevocations, StoreError> {
@@ -920,43 +952,16 @@ impl Store for PostgresStore {
     }
 
     async fn stop_workload(&self, stop: &WorkloadStop) -> Result<u64, StoreError> {
-        let stop = stop.clone();
-        let until = stop.until();
-        let body = change_json(&Change::WorkloadStopped { stop: stop.clone() })?;
-        self.write("stop workload", move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO workload_stops (workload, stopped_at, stopped_by, until, enabled_at)
-                     VALUES ($1, $2, $3, $4, NULL)
-                     ON CONFLICT (workload) DO UPDATE SET stopped_at = EXCLUDED.stopped_at,
-                       stopped_by = EXCLUDED.stopped_by, until = EXCLUDED.until, enabled_at = NULL",
-                    &[&stop.workload, &stop.stopped_at, &stop.stopped_by, &until],
-                )
-                .await?;
-                append_change(tx, &body).await
-            })
-        })
-        .await
+        self.write_one("stop workload", AuditedWrite::WorkloadStopped(stop.clone()))
+            .await
     }
 
     async fn enable_workload(&self, workload: &str, at: i64) -> Result<u64, StoreError> {
-        let workload = workload.to_owned();
-        let body = change_json(&Change::WorkloadEnabled {
-            workload: workload.clone(),
+        let write = AuditedWrite::WorkloadEnabled {
+            workload: workload.to_owned(),
             at,
-        })?;
-        self.write("enable workload", move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "UPDATE workload_stops SET enabled_at = $2
-                     WHERE workload = $1 AND enabled_at IS NULL",
-                    &[&workload, &at],
-                )
-                .await?;
-                append_change(tx, &body).await
-            })
-        })
-        .await
+        };
+        self.write_one("enable workload", write).await
     }
 
     async fn workload_stops(&self, now: i64) -> Result<Vec<WorkloadStop>, StoreError> {
@@ -1188,35 +1193,56 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn append_audit(
+    async fn append_audit_with(
         &self,
         chain: &str,
         first: u64,
         records: &[String],
-    ) -> Result<u64, StoreError> {
+        writes: &[AuditedWrite],
+    ) -> Result<AuditCommit, StoreError> {
         let chain = chain.to_owned();
         let first = i64::try_from(first)
             .map_err(|_| StoreError::Corrupt(format!("audit position {first} is out of range")))?;
         let records = records.to_vec();
-        self.write("append audit records", move |tx| {
-            Box::pin(async move {
-                // One statement for the whole batch (the group commit). A
-                // position already written is left as it is (the caller
-                // compares): a batch sent again after its commit's answer
-                // was lost waits here for that commit's outcome.
-                let inserted = tx
-                    .execute(
-                        "INSERT INTO audit_records (chain, n, line)
-                         SELECT $1, $2 + ord - 1, line
-                         FROM unnest($3::text[]) WITH ORDINALITY AS batch(line, ord)
-                         ON CONFLICT (chain, n) DO NOTHING",
-                        &[&chain, &first, &records],
-                    )
-                    .await?;
-                Ok(inserted)
+        let writes: Vec<(AuditedWrite, String)> = writes
+            .iter()
+            .map(|write| Ok((write.clone(), change_json(&write.change())?)))
+            .collect::<Result<_, StoreError>>()?;
+        self.pool
+            .run("append audit records", move |client: &mut Client| {
+                Box::pin(async move {
+                    let tx = client.transaction().await?;
+                    // The records first: a batch sent again after its
+                    // commit's answer was lost waits here for that commit,
+                    // and if it is there, writes nothing twice (dropping
+                    // `tx` rolls back).
+                    let inserted = tx
+                        .execute(
+                            "INSERT INTO audit_records (chain, n, line)
+                             SELECT $1, $2 + ord - 1, line
+                             FROM unnest($3::text[]) WITH ORDINALITY AS batch(line, ord)
+                             ON CONFLICT (chain, n) DO NOTHING",
+                            &[&chain, &first, &records],
+                        )
+                        .await?;
+                    if inserted != records.len() as u64 {
+                        return Ok(AuditCommit {
+                            written: 0,
+                            seqs: Vec::new(),
+                        });
+                    }
+                    let mut seqs = Vec::with_capacity(writes.len());
+                    for (write, body) in &writes {
+                        seqs.push(write_change(&tx, write, body).await?);
+                    }
+                    tx.commit().await?;
+                    Ok(AuditCommit {
+                        written: inserted,
+                        seqs,
+                    })
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn audit_chains(&self) -> Result<Vec<(String, u64)>, StoreError> {

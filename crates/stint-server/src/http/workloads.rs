@@ -19,6 +19,7 @@ use stint_core::audit::{AuditEntry, Decision, EventKind};
 use stint_core::decision::DenyReason;
 use stint_core::revocation::WorkloadStop;
 use stint_proto::DecisionBody;
+use stint_store::AuditedWrite;
 
 /// The answer to a stop or an enable.
 #[derive(Debug, serde::Serialize)]
@@ -70,11 +71,7 @@ async fn act(
             stop_workload(state, entry, workload, operator).await
         }
         Ok((workload, operator)) => {
-            let enabled = enable_workload(state, workload, &operator, now.timestamp()).await;
-            match state
-                .record_outcome(entry, enabled, EventKind::WorkloadEnabled)
-                .await
-            {
+            match enable_workload(state, entry, workload, &operator, now.timestamp()).await {
                 Ok(outcome) => outcome,
                 Err(response) => return response,
             }
@@ -159,50 +156,62 @@ async fn stop_workload(
     })
 }
 
-/// An enable is stored, then audited: a crash right after must not leave
-/// the workload stopped in the store and running here, nor the reverse.
+/// An enable and its record: one transaction where the audit log is in the
+/// store; otherwise stored, then audited, so that a crash right after does
+/// not leave the workload stopped in the store and running here, nor the
+/// reverse. The outcome, or the answer when it could not be recorded.
 async fn enable_workload(
     state: &AppState,
+    mut entry: AuditEntry,
     workload: String,
     operator: &str,
     at: i64,
-) -> Result<WorkloadState, OAuthError> {
+) -> Result<Result<WorkloadState, OAuthError>, Response> {
     if !state.is_stopped(&workload) {
-        return Err(OAuthError::invalid_request(
+        let refused = OAuthError::invalid_request(
             DenyReason::MalformedRequest,
             "the workload is not stopped",
         )
-        .with_status(StatusCode::CONFLICT));
+        .with_status(StatusCode::CONFLICT);
+        return state
+            .record_outcome(entry, Err(refused), EventKind::WorkloadEnabled)
+            .await;
     }
-    let seq = state
-        .store
-        .enable_workload(&workload, at)
-        .await
-        .map_err(|error| {
+    let write = AuditedWrite::WorkloadEnabled {
+        workload: workload.clone(),
+        at,
+    };
+    let seq = if state.audit.writes_changes() {
+        entry.event = EventKind::WorkloadEnabled;
+        entry.decision = Decision::Allow;
+        match state.record_with(entry, write.clone()).await {
+            Ok(seq) => seq,
+            Err(unavailable) => return Ok(Err(unavailable)),
+        }
+    } else {
+        let stored = state.store_write(&write).await.map_err(|error| {
             tracing::error!(%error, "workload enable not durable");
             OAuthError::unavailable("the change could not be made durable")
-        })?;
+        });
+        let seq = match state
+            .record_outcome(entry, stored, EventKind::WorkloadEnabled)
+            .await?
+        {
+            Ok(seq) => seq,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        Some(seq)
+    };
     // Enabled here, as on every other broker, when the change is applied:
     // in sequence, so a stop committed just after it (through another
     // broker) is not undone by this answer.
-    let applied = state
-        .changes
-        .committed(
-            seq,
-            stint_store::Change::WorkloadEnabled {
-                workload: workload.clone(),
-                at,
-            },
-            crate::state::APPLY_BOUND,
-        )
-        .await;
-    if !applied {
+    if !state.announce(seq, write.change()).await {
         tracing::warn!(%workload, "the enable is stored, not yet applied here: it is as soon as the change feed can be read");
     }
     tracing::warn!(%workload, %operator, "workload enabled again");
-    Ok(WorkloadState {
+    Ok(Ok(WorkloadState {
         workload,
         stopped: false,
         tokens_revoked_before: None,
-    })
+    }))
 }
