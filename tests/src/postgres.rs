@@ -19,6 +19,43 @@ pub const MISSING_SERVER: &str = "PostgreSQL server binaries not found: install 
 /// The comment Stint puts on the roles it makes (as the planner does).
 pub const MARKER: &str = "stint target credential";
 
+/// The policy's step `load` of workflow `demo`: `select:warehouse/crm/*`
+/// on the target `warehouse`.
+pub const LOAD_STEP: &str = r#"
+[workflows.demo.steps.load]
+scopes = ["select:warehouse/crm/*"]
+targets = ["warehouse"]
+default_ttl = "5m"
+max_ttl = "15m"
+"#;
+
+/// A `[targets.NAME]` table: `database` on the test cluster at `port`,
+/// administered by `admin` with the password in `password_file`, over
+/// plain loopback, with short timeouts.
+pub fn target_toml(
+    name: &str,
+    port: u16,
+    database: &str,
+    admin: &str,
+    password_file: &std::path::Path,
+) -> String {
+    format!(
+        r#"
+[targets.{name}]
+kind = "postgres"
+host = "127.0.0.1"
+port = {port}
+database = "{database}"
+admin_user = "{admin}"
+admin_password_file = "{}"
+tls = "disable"
+connect_timeout_secs = 1
+statement_timeout_secs = 2
+"#,
+        password_file.display()
+    )
+}
+
 /// A running (or stopped) test cluster.
 pub struct PgCluster {
     dir: tempfile::TempDir,

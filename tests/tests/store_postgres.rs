@@ -160,7 +160,12 @@ async fn two_brokers_share_one_database() {
     let inserts = (0..8).map(|n| {
         let store = if n % 2 == 0 { &a } else { &b };
         let credential = credential(format!("tc-{n}"));
-        async move { store.insert_target_credential(&credential).await.unwrap() }
+        async move {
+            store
+                .insert_target_credential(&credential, "broker-a")
+                .await
+                .unwrap()
+        }
     });
     let won = futures_util::future::join_all(inserts).await;
     assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
@@ -449,6 +454,157 @@ async fn audit_records_and_the_changes_they_record_commit_together_or_not_at_all
     assert!(!live.tokens.iter().any(|t| t.jti == "never"), "{live:?}");
 }
 
+fn credential_of(id: &str, jti: &str, created_at: i64) -> TargetCredential {
+    TargetCredential {
+        id: id.into(),
+        jti: jti.into(),
+        sub: "etl".into(),
+        client_id: "etl".into(),
+        job: "job".into(),
+        step: "load".into(),
+        approval: None,
+        issued_at: created_at,
+        expires_at: created_at + 300,
+        target: "warehouse".into(),
+        kind: "postgres".into(),
+        upstream_id: format!("stint_{id}"),
+        server: "127.0.0.1:5432".into(),
+        database: None,
+        effective: vec![],
+        state: CredentialState::Live,
+        trigger: None,
+        attempts: 0,
+        next_attempt_at: 0,
+        last_error: None,
+        created_at,
+        finished_at: None,
+        revoke_requested_at: None,
+        sealed: None,
+        grant: None,
+    }
+}
+
+/// Target credentials have one owner: a broker whose lease ran out loses
+/// its unfinished ones to the brokers that claim, each to exactly one of
+/// them however they race; a live broker's are left to it.
+#[tokio::test]
+async fn target_credentials_of_a_broker_whose_lease_ran_out_are_claimed_once() {
+    let cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let a = PostgresStore::open(&settings).await.unwrap();
+    let b = PostgresStore::open(&settings).await.unwrap();
+    let now = 10_000;
+    // The gone broker said it was alive until 9_000, the live one until
+    // 20_000.
+    assert!(
+        a.claim_target_credentials("gone", 9_000, 8_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.claim_target_credentials("live", 20_000, now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for n in 0..40 {
+        let owner = if n % 4 == 0 { "live" } else { "gone" };
+        let credential = credential_of(&format!("c{n:02}"), &format!("j{n:02}"), 1_000 + n);
+        assert!(
+            a.insert_target_credential(&credential, owner)
+                .await
+                .unwrap()
+        );
+    }
+    let mut finished = credential_of("done", "j-done", 900);
+    assert!(a.insert_target_credential(&finished, "gone").await.unwrap());
+    finished.state = CredentialState::Revoked;
+    finished.finished_at = Some(950);
+    a.update_target_credential(&finished).await.unwrap();
+
+    // Two brokers claim at once, again and again.
+    let mut by_a = Vec::new();
+    let mut by_b = Vec::new();
+    for _ in 0..5 {
+        let (from_a, from_b) = tokio::join!(
+            a.claim_target_credentials("broker-a", now + 30, now),
+            b.claim_target_credentials("broker-b", now + 30, now),
+        );
+        by_a.extend(from_a.unwrap().into_iter().map(|c| c.id));
+        by_b.extend(from_b.unwrap().into_iter().map(|c| c.id));
+    }
+    let mut all: Vec<String> = by_a.iter().chain(&by_b).cloned().collect();
+    all.sort();
+    let expected: Vec<String> = (0..40)
+        .filter(|n| n % 4 != 0)
+        .map(|n| format!("c{n:02}"))
+        .collect();
+    assert_eq!(
+        all, expected,
+        "each of the gone broker's once, none of the live one's, nothing finished"
+    );
+    for id in &by_a {
+        assert!(a.owns_target_credential("broker-a", id).await.unwrap());
+        assert!(!b.owns_target_credential("broker-b", id).await.unwrap());
+    }
+
+    // A credential revoked through broker B is B's from then on.
+    let id = by_a.first().or(by_b.first()).unwrap().clone();
+    let taken = b
+        .take_target_credential("broker-b", &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.id, id);
+    assert!(b.owns_target_credential("broker-b", &id).await.unwrap());
+    assert!(!a.owns_target_credential("broker-a", &id).await.unwrap());
+    assert!(
+        b.take_target_credential("broker-b", "done")
+            .await
+            .unwrap()
+            .is_none(),
+        "a finished one is nobody's to take"
+    );
+    assert!(
+        b.take_target_credential("broker-b", "nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Once the live broker's lease runs out too, its credentials go.
+    let later = 20_001;
+    let claimed = a
+        .claim_target_credentials("broker-a", later + 30, later)
+        .await
+        .unwrap();
+    // broker-b has not renewed either: its are A's too; A's own are not
+    // returned again.
+    let mut claimed: Vec<String> = claimed.into_iter().map(|c| c.id).collect();
+    claimed.sort();
+    let mut expected: Vec<String> = (0..40)
+        .filter(|n| n % 4 == 0)
+        .map(|n| format!("c{n:02}"))
+        .chain(by_b.iter().cloned())
+        .chain(std::iter::once(id.clone()))
+        .collect();
+    expected.sort();
+    expected.dedup();
+    expected.retain(|c| !by_a.contains(c) || *c == id);
+    assert_eq!(claimed, expected);
+}
+
+async fn schema_version(cluster: &PgCluster) -> i64 {
+    cluster
+        .superuser_client_in("stint")
+        .await
+        .query_one("SELECT version FROM stint_schema", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn a_schema_8_database_is_migrated_once() {
     let cluster = PgCluster::start();
@@ -460,7 +616,8 @@ async fn a_schema_8_database_is_migrated_once() {
         .await
         .batch_execute(
             "DROP TABLE stint_changes; DROP TABLE stint_change_head; DROP TABLE approval_votes;
-             DROP TABLE audit_records;
+             DROP TABLE audit_records; DROP TABLE stint_brokers;
+             ALTER TABLE target_credentials DROP COLUMN owner;
              ALTER TABLE approvals DROP COLUMN revision;
              ALTER TABLE signing_keys DROP COLUMN activated_at;
              INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES ('k8', 'ES256', '\\x01', 800);
@@ -475,14 +632,7 @@ async fn a_schema_8_database_is_migrated_once() {
     let (x, _y) = (x.unwrap(), y.unwrap());
     x.revoke_token(&token("migrated"), None).await.unwrap();
     assert_eq!(x.change_position().await.unwrap().seq, 1);
-    let version: i64 = cluster
-        .superuser_client_in("stint")
-        .await
-        .query_one("SELECT version FROM stint_schema", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(version, stint_store::SCHEMA_VERSION);
+    assert_eq!(schema_version(&cluster).await, stint_store::SCHEMA_VERSION);
     let keys = x.signing_keys().await.unwrap();
     assert_eq!(
         keys.iter()
@@ -490,6 +640,44 @@ async fn a_schema_8_database_is_migrated_once() {
             .collect::<Vec<_>>(),
         [("k8", Some(800))],
         "a key of schema 8 signed from its creation"
+    );
+}
+
+#[tokio::test]
+async fn a_schema_9_database_gains_target_credential_owners() {
+    let cluster = PgCluster::start();
+    let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
+    let store = PostgresStore::open(&settings).await.unwrap();
+    let old = credential_of("before", "j-before", 1_000);
+    assert!(store.insert_target_credential(&old, "x").await.unwrap());
+    drop(store);
+    // What schema 9 had: no owners, no leases.
+    cluster
+        .superuser_client_in("stint")
+        .await
+        .batch_execute(
+            "DROP TABLE stint_brokers; ALTER TABLE target_credentials DROP COLUMN owner;
+             UPDATE stint_schema SET version = 9;",
+        )
+        .await
+        .unwrap();
+    let store = PostgresStore::open(&settings).await.unwrap();
+    assert_eq!(schema_version(&cluster).await, stint_store::SCHEMA_VERSION);
+    // A credential of schema 9 has no owner: the first broker to claim
+    // takes it.
+    let claimed = store
+        .claim_target_credentials("first", 2_030, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["before"]
+    );
+    assert!(
+        store
+            .owns_target_credential("first", "before")
+            .await
+            .unwrap()
     );
 }
 

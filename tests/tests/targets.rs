@@ -11,7 +11,7 @@
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use stint_core::secret;
-use stint_tests::postgres::{PgCluster, sqlstate};
+use stint_tests::postgres::{LOAD_STEP, PgCluster, sqlstate, target_toml};
 use stint_tests::{BrokerOptions, TestBroker, eventually, policy_with};
 
 const ADMIN: &str = "wh_admin";
@@ -54,32 +54,12 @@ async fn prepare_database(cluster: &PgCluster, superuser_admin: bool) {
 fn target_policy(port: u16, password_file: &std::path::Path) -> String {
     let target = |name: &str| {
         format!(
-            r#"
-[targets.{name}]
-kind = "postgres"
-host = "127.0.0.1"
-port = {port}
-database = "{DATABASE}"
-admin_user = "{ADMIN}"
-admin_password_file = "{}"
-tls = "disable"
-connection_limit = 2
-pool_size = 2
-connect_timeout_secs = 1
-statement_timeout_secs = 2
-object_grants = true
-"#,
-            password_file.display()
+            "{}connection_limit = 2\npool_size = 2\nobject_grants = true\n",
+            target_toml(name, port, DATABASE, ADMIN, password_file)
         )
     };
     policy_with(&format!(
-        r#"
-[workflows.demo.steps.load]
-scopes = ["select:warehouse/crm/*"]
-targets = ["warehouse"]
-default_ttl = "5m"
-max_ttl = "15m"
-
+        r#"{LOAD_STEP}
 [operators.olga]
 groups = ["oncall"]
 key_sha256 = "{}"

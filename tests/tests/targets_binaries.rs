@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use stint_tests::postgres::PgCluster;
+use stint_tests::postgres::{LOAD_STEP, PgCluster, target_toml};
 use stint_tests::{Daemon, eventually, policy_with, run_to_end, test_secret};
 
 const ADMIN: &str = "wh_admin";
@@ -37,26 +37,8 @@ async fn setup() -> Setup {
     let password_file = dir.path().join("warehouse.password");
     std::fs::write(&password_file, ADMIN_PASSWORD).unwrap();
     let policy = policy_with(&format!(
-        r#"
-[workflows.demo.steps.load]
-scopes = ["select:warehouse/crm/*"]
-targets = ["warehouse"]
-default_ttl = "5m"
-max_ttl = "15m"
-
-[targets.warehouse]
-kind = "postgres"
-host = "127.0.0.1"
-port = {}
-database = "{DATABASE}"
-admin_user = "{ADMIN}"
-admin_password_file = "{}"
-tls = "disable"
-connect_timeout_secs = 1
-statement_timeout_secs = 2
-"#,
-        cluster.port(),
-        password_file.display()
+        "{LOAD_STEP}{}",
+        target_toml("warehouse", cluster.port(), DATABASE, ADMIN, &password_file)
     ));
     std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
     let listen = stint_tests::unused_loopback_addr().to_string();

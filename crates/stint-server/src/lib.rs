@@ -580,8 +580,18 @@ pub async fn start_with_clock(
         Arc::new(stint_targets::clients::connect),
     ));
     targets.install(&policy);
+    // With the embedded store there is one broker, which owns everything:
+    // the id is for the logs only.
+    let instance = match &own_chain {
+        Some(chain) => chain.clone(),
+        None => audit_store::new_chain_id(clock.now(), &rng).map_err(|e| StartError::Audit {
+            path: audit_path.clone(),
+            message: e.to_string(),
+        })?,
+    };
     let state = Arc::new(AppState {
         issuer,
+        instance,
         policy: ArcSwap::from_pointee(policy),
         policy_source: config.policy.clone(),
         keys,

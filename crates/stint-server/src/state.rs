@@ -35,6 +35,9 @@ pub(crate) const APPLY_BOUND: std::time::Duration = std::time::Duration::from_se
 
 pub(crate) struct AppState {
     pub(crate) issuer: String,
+    /// This broker process's id (its audit chain's, with a shared store):
+    /// the owner of the target credentials it makes.
+    pub(crate) instance: String,
     pub(crate) policy: ArcSwap<Policy>,
     pub(crate) policy_source: PolicySource,
     pub(crate) keys: KeyRing,

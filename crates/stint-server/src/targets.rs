@@ -38,6 +38,10 @@ impl Host for AppState {
     fn count(&self, target: &str, event: &str) {
         self.metrics.target_event(target, event);
     }
+
+    fn instance(&self) -> &str {
+        &self.instance
+    }
 }
 
 /// The OAuth error a refused mint is answered with.

@@ -153,7 +153,7 @@ async fn target_credentials_round_trip(store: &dyn Store) {
     };
     assert!(
         store
-            .insert_target_credential(&credential)
+            .insert_target_credential(&credential, "broker-1")
             .await
             .expect("insert target credential"),
         "a new target credential is recorded"
@@ -164,7 +164,7 @@ async fn target_credentials_round_trip(store: &dyn Store) {
     };
     assert!(
         !store
-            .insert_target_credential(&again)
+            .insert_target_credential(&again, "broker-1")
             .await
             .expect("insert a second for the same token and target"),
         "one target credential per step token and target"
@@ -177,7 +177,7 @@ async fn target_credentials_round_trip(store: &dyn Store) {
     };
     assert!(
         store
-            .insert_target_credential(&other_target)
+            .insert_target_credential(&other_target, "broker-1")
             .await
             .expect("insert for another target"),
         "the same token may have a credential for another target"

@@ -25,7 +25,7 @@ pub use sqlite::SqliteStore;
 /// The schema version every backend writes (SQLite's `PRAGMA
 /// user_version`, PostgreSQL's `stint_schema` row), so that the two can
 /// never describe different schemas under one number.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// How long the change feed keeps a change, seconds: a replica that was
 /// cut off from the store for longer loads everything again.
@@ -409,12 +409,57 @@ pub trait Store: Send + Sync + 'static {
     async fn workload_stops(&self, now: i64) -> Result<Vec<WorkloadStop>, StoreError>;
 
     /// Record a new target credential (state `minting`, before the upstream
-    /// call). Returns `false`, writing nothing, if its step token already
-    /// has a credential for that target: one exchange per token and target.
+    /// call), owned by the broker process `owner` (see
+    /// [`Self::claim_target_credentials`]). Returns `false`, writing
+    /// nothing, if its step token already has a credential for that target:
+    /// one exchange per token and target.
     async fn insert_target_credential(
         &self,
         credential: &TargetCredential,
+        owner: &str,
     ) -> Result<bool, StoreError>;
+
+    /// With a shared store, each unfinished target credential has one
+    /// owner, the broker process that destroys it: this says that `owner`
+    /// is alive until `alive_until`, and makes it the owner of every
+    /// unfinished credential whose owner is not alive at `now` (stopped,
+    /// killed, cut off), which it returns (not those it already owned).
+    /// Concurrent claims never take one credential twice. The embedded
+    /// store has one broker, which loads them all at start: it returns
+    /// none.
+    async fn claim_target_credentials(
+        &self,
+        owner: &str,
+        alive_until: i64,
+        now: i64,
+    ) -> Result<Vec<TargetCredential>, StoreError> {
+        let _ = (owner, alive_until, now);
+        Ok(Vec::new())
+    }
+
+    /// Make `owner` the owner of the unfinished target credential `id`,
+    /// whoever owned it (an operator revokes it through this broker), and
+    /// return it; `None` if no unfinished credential has that id.
+    async fn take_target_credential(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<TargetCredential>, StoreError> {
+        let _ = owner;
+        Ok(self
+            .unfinished_target_credentials()
+            .await?
+            .into_iter()
+            .find(|c| c.id == id))
+    }
+
+    /// Whether `owner` still owns target credential `id` (another broker
+    /// may have taken it): checked before each attempt to destroy it. On
+    /// the embedded store, always.
+    async fn owns_target_credential(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        let _ = (owner, id);
+        Ok(true)
+    }
 
     /// Replace the stored state of a target credential (by `id`).
     async fn update_target_credential(

@@ -140,6 +140,17 @@ CREATE TABLE status_entries (
 );
 ";
 
+/// Schema 10: each unfinished target credential has an owner, the broker
+/// process that destroys it, alive while its lease in `stint_brokers` is.
+const MIGRATE_TO_10: &str = "
+ALTER TABLE target_credentials ADD COLUMN owner text;
+CREATE INDEX target_credentials_owner ON target_credentials (owner) WHERE state <> 'revoked';
+CREATE TABLE stint_brokers (
+    id          text   PRIMARY KEY,
+    alive_until bigint NOT NULL
+);
+";
+
 /// Schema 9: the change feed (a counter row and the changes, each written
 /// in the transaction of the change it records), approval revisions and
 /// one vote row per operator and request.
@@ -324,17 +335,26 @@ impl PostgresStore {
                             .await?
                             .map(|row| row.try_get::<_, i64>(0))
                             .transpose()?;
-                        if version != Some(8) {
-                            return Ok(Schema::Found(version));
-                        }
-                        tx.batch_execute(MIGRATE_TO_9).await?;
+                        let from = match version {
+                            Some(8) => {
+                                tx.batch_execute(MIGRATE_TO_9).await?;
+                                tx.batch_execute(MIGRATE_TO_10).await?;
+                                8
+                            }
+                            Some(9) => {
+                                tx.batch_execute(MIGRATE_TO_10).await?;
+                                9
+                            }
+                            _ => return Ok(Schema::Found(version)),
+                        };
                         tx.execute("UPDATE stint_schema SET version = $1", &[&SCHEMA_VERSION])
                             .await?;
                         tx.commit().await?;
-                        return Ok(Schema::Migrated(8));
+                        return Ok(Schema::Migrated(from));
                     }
                     tx.batch_execute(SCHEMA).await?;
                     tx.batch_execute(MIGRATE_TO_9).await?;
+                    tx.batch_execute(MIGRATE_TO_10).await?;
                     tx.execute(
                         "INSERT INTO stint_schema (version) VALUES ($1)",
                         &[&SCHEMA_VERSION],
@@ -991,8 +1011,10 @@ impl Store for PostgresStore {
     async fn insert_target_credential(
         &self,
         credential: &TargetCredential,
+        owner: &str,
     ) -> Result<bool, StoreError> {
         let c = credential.clone();
+        let owner = owner.to_owned();
         let grant = grant_json(&c)?;
         self.write("record target credential", move |tx| {
             Box::pin(async move {
@@ -1001,8 +1023,8 @@ impl Store for PostgresStore {
                         concat!(
                             "INSERT INTO target_credentials (",
                             credential_columns!(),
-                            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                               $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
+                            ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                               $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)
                              ON CONFLICT (jti, target) DO NOTHING"
                         ),
                         &[
@@ -1031,6 +1053,7 @@ impl Store for PostgresStore {
                             &c.revoke_requested_at,
                             &c.sealed,
                             &grant,
+                            &owner,
                         ],
                     )
                     .await?;
@@ -1104,6 +1127,106 @@ impl Store for PostgresStore {
             })
             .await?;
         rows.into_iter().map(CredentialRow::finish).collect()
+    }
+
+    async fn claim_target_credentials(
+        &self,
+        owner: &str,
+        alive_until: i64,
+        now: i64,
+    ) -> Result<Vec<TargetCredential>, StoreError> {
+        let owner = owner.to_owned();
+        let rows: Vec<CredentialRow> = self
+            .write("claim target credentials", move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "INSERT INTO stint_brokers (id, alive_until) VALUES ($1, $2)
+                         ON CONFLICT (id) DO UPDATE SET alive_until = EXCLUDED.alive_until",
+                        &[&owner, &alive_until],
+                    )
+                    .await?;
+                    // Rows another claim holds are skipped, not waited for:
+                    // whichever claims first takes them, once.
+                    let rows = tx
+                        .query(
+                            concat!(
+                                "UPDATE target_credentials SET owner = $1
+                                 WHERE id IN (
+                                   SELECT c.id FROM target_credentials c
+                                   WHERE c.state <> 'revoked'
+                                     AND c.owner IS DISTINCT FROM $1
+                                     AND NOT EXISTS (SELECT 1 FROM stint_brokers b
+                                                     WHERE b.id = c.owner AND b.alive_until >= $2)
+                                   FOR UPDATE SKIP LOCKED)
+                                 RETURNING ",
+                                credential_columns!()
+                            ),
+                            &[&owner, &now],
+                        )
+                        .await?
+                        .iter()
+                        .map(read_credential)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    // Leases long past are of brokers long gone.
+                    tx.execute(
+                        "DELETE FROM stint_brokers WHERE alive_until < $1::bigint - 86400",
+                        &[&now],
+                    )
+                    .await?;
+                    Ok(rows)
+                })
+            })
+            .await?;
+        let mut claimed = rows
+            .into_iter()
+            .map(CredentialRow::finish)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(claimed)
+    }
+
+    async fn take_target_credential(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<TargetCredential>, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        let row: Option<CredentialRow> = self
+            .write("take a target credential", move |tx| {
+                Box::pin(async move {
+                    tx.query_opt(
+                        concat!(
+                            "UPDATE target_credentials SET owner = $1
+                             WHERE id = $2 AND state <> 'revoked'
+                             RETURNING ",
+                            credential_columns!()
+                        ),
+                        &[&owner, &id],
+                    )
+                    .await?
+                    .as_ref()
+                    .map(read_credential)
+                    .transpose()
+                })
+            })
+            .await?;
+        row.map(CredentialRow::finish).transpose()
+    }
+
+    async fn owns_target_credential(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.read("check a target credential's owner", move |tx| {
+            Box::pin(async move {
+                Ok(tx
+                    .query_opt(
+                        "SELECT 1 FROM target_credentials WHERE id = $1 AND owner = $2",
+                        &[&id, &owner],
+                    )
+                    .await?
+                    .is_some())
+            })
+        })
+        .await
     }
 
     async fn purge_target_credentials(&self, before: i64) -> Result<u64, StoreError> {

@@ -867,6 +867,8 @@ impl Store for SqliteStore {
     async fn insert_target_credential(
         &self,
         credential: &TargetCredential,
+        // One broker owns everything here.
+        _owner: &str,
     ) -> Result<bool, StoreError> {
         let c = credential.clone();
         let grant = grant_json(&c)?;

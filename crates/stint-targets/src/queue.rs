@@ -59,11 +59,14 @@ const EXPIRED_UPSTREAM_SLACK_SECS: i64 = 300;
 /// How long a destroyed credential's record is kept (its story is in the
 /// audit log).
 const KEEP_FINISHED_SECS: i64 = 24 * 3600;
-/// With a store other brokers share, a credential still being minted when
-/// this broker starts may be another broker's mint in progress: it counts
-/// as interrupted only once it is this old (far longer than any upstream
-/// call's timeouts let a mint take).
-const INTERRUPTED_MINT_AFTER_SECS: i64 = 120;
+/// With a store other brokers share, each broker owns the credentials it
+/// makes, and says it is alive every [`CLAIM_EVERY`], for this long: a
+/// broker that has not said so since owns nothing, and the next broker to
+/// look takes its unfinished credentials over.
+const LEASE_SECS: i64 = 30;
+/// How often a broker on a shared store renews its lease and takes over
+/// the credentials of brokers whose lease ran out.
+const CLAIM_EVERY: Duration = Duration::from_secs(10);
 
 /// What the broker lends the queue: its clock, store, audit log,
 /// randomness, revocations and metrics.
@@ -82,6 +85,9 @@ pub trait Host: Send + Sync {
     async fn audit(&self, entry: AuditEntry) -> Result<(), String>;
     /// Count an event of a target's credentials (`minted`, `revoked`, ...).
     fn count(&self, target: &str, event: &str);
+    /// This broker process's id: with a shared store, the owner of what it
+    /// makes and takes over (see [`Store::claim_target_credentials`]).
+    fn instance(&self) -> &str;
 }
 
 /// Why a credential was not made. Nothing is left upstream: what may have
@@ -513,7 +519,7 @@ impl TargetCredentials {
         };
         let inserted = host
             .store()
-            .insert_target_credential(&credential)
+            .insert_target_credential(&credential, host.instance())
             .await
             .map_err(|error| {
                 tracing::error!(%error, "target credential not recorded; refusing");
@@ -666,10 +672,10 @@ impl TargetCredentials {
         }
     }
 
-    /// With a shared store, track credential `id` from the ledger if this
-    /// broker does not (another broker made it), so that revoking it
-    /// through this broker reaches it. Returns whether it is tracked here
-    /// now; a ledger that cannot be read is a no.
+    /// With a shared store, take credential `id` over from the broker that
+    /// owns it if this one does not, so that revoking it through this
+    /// broker reaches it. Returns whether it is tracked here now; a ledger
+    /// that cannot be written is a no.
     pub async fn adopt(&self, host: &dyn Host, id: &str) -> bool {
         let known = || {
             self.open
@@ -683,15 +689,19 @@ impl TargetCredentials {
         if !host.store().shared() {
             return false;
         }
-        let ledger = match host.store().unfinished_target_credentials().await {
-            Ok(ledger) => ledger,
+        // Taken over from its owner, which finds it gone before it tries
+        // to destroy it (see `attempt`).
+        let credential = match host
+            .store()
+            .take_target_credential(host.instance(), id)
+            .await
+        {
+            Ok(Some(credential)) => credential,
+            Ok(None) => return false,
             Err(error) => {
-                tracing::warn!(%error, "could not read the shared target-credential ledger");
+                tracing::warn!(%error, "could not take over a target credential from the shared ledger");
                 return false;
             }
-        };
-        let Some(credential) = ledger.into_iter().find(|c| c.id == id) else {
-            return false;
         };
         self.open
             .lock()
@@ -762,26 +772,43 @@ impl TargetCredentials {
     }
 
     /// Load what the store holds and decide, before the broker serves:
-    /// every `minting` credential (the broker stopped before answering) and
+    /// every `minting` credential (its broker stopped before answering) and
     /// every `live` one whose step token is revoked or expired is queued
-    /// for destruction. Then the first reconciliation runs in the queue.
+    /// for destruction. With a shared store only what no live broker owns
+    /// is loaded (and owned from now on). Then the first reconciliation
+    /// runs in the queue.
     pub async fn load(&self, host: &dyn Host) -> Result<usize, stint_store::StoreError> {
-        let now = host.now();
-        let stored = host.store().unfinished_target_credentials().await?;
+        let store = host.store();
+        let stored = if store.shared() {
+            self.claim(host).await?
+        } else {
+            store.unfinished_target_credentials().await?
+        };
         let count = stored.len();
-        let shared = host.store().shared();
+        self.track(host, stored);
+        Ok(count)
+    }
+
+    /// Renew this broker's lease and take over the credentials of brokers
+    /// whose lease ran out.
+    async fn claim(
+        &self,
+        host: &dyn Host,
+    ) -> Result<Vec<TargetCredential>, stint_store::StoreError> {
+        let now = host.now().timestamp();
+        host.store()
+            .claim_target_credentials(host.instance(), now.saturating_add(LEASE_SECS), now)
+            .await
+    }
+
+    /// Track `credentials` found in the store (left by a broker that
+    /// stopped), deciding as [`Self::load`] says.
+    fn track(&self, host: &dyn Host, credentials: Vec<TargetCredential>) {
+        let now = host.now();
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        for mut credential in stored {
+        let mut queued = false;
+        for mut credential in credentials {
             match credential.state {
-                CredentialState::Minting
-                    if shared
-                        && now.timestamp() - credential.created_at
-                            < INTERRUPTED_MINT_AFTER_SECS =>
-                {
-                    // Another broker's, probably: left to it (the
-                    // reconciler knows it from the store meanwhile).
-                    continue;
-                }
                 CredentialState::Minting => {
                     credential.begin_revocation(Trigger::InterruptedMint, now.timestamp());
                 }
@@ -794,15 +821,18 @@ impl TargetCredentials {
                 | CredentialState::Irrevocable
                 | CredentialState::Revoked => {}
             }
-            open.insert(
-                credential.id.clone(),
-                Tracked {
-                    credential,
-                    busy: false,
-                },
-            );
+            queued |= credential.state == CredentialState::Revoking;
+            // What this broker already tracks is left as it is (an attempt
+            // may be under way).
+            open.entry(credential.id.clone()).or_insert(Tracked {
+                credential,
+                busy: false,
+            });
         }
-        Ok(count)
+        drop(open);
+        if queued {
+            self.wake.notify_one();
+        }
     }
 
     /// The queue: destroys what is due, finds expiries, reconciles now and
@@ -819,6 +849,8 @@ impl TargetCredentials {
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_REVOKING));
         let mut next_reconcile = tokio::time::Instant::now();
         let mut next_purge = tokio::time::Instant::now();
+        // `load` claimed at start.
+        let mut next_claim = tokio::time::Instant::now() + CLAIM_EVERY;
         let mut started = tokio::task::JoinSet::new();
         loop {
             while started.try_join_next().is_some() {}
@@ -845,6 +877,26 @@ impl TargetCredentials {
                 next_reconcile = tokio::time::Instant::now() + RECONCILE_EVERY;
                 let (queue, host) = (Arc::clone(&self), Arc::clone(&host));
                 started.spawn(async move { queue.reconcile(host.as_ref()).await });
+            }
+            if host.store().shared() && tokio::time::Instant::now() >= next_claim {
+                next_claim = tokio::time::Instant::now() + CLAIM_EVERY;
+                let (queue, host) = (Arc::clone(&self), Arc::clone(&host));
+                started.spawn(async move {
+                    match queue.claim(host.as_ref()).await {
+                        Ok(claimed) => {
+                            if !claimed.is_empty() {
+                                tracing::info!(
+                                    credentials = claimed.len(),
+                                    "took over the target credentials of brokers whose lease ran out"
+                                );
+                            }
+                            queue.track(host.as_ref(), claimed);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "could not renew this broker's lease on its target credentials");
+                        }
+                    }
+                });
             }
             if tokio::time::Instant::now() >= next_purge {
                 next_purge = tokio::time::Instant::now() + Duration::from_secs(3600);
@@ -935,6 +987,38 @@ impl TargetCredentials {
     /// One attempt to destroy `credential` upstream, its outcome stored
     /// and audited.
     async fn attempt(&self, host: &dyn Host, mut credential: TargetCredential) {
+        // Another broker may have taken it over (revoked through it, or
+        // this broker's lease ran out): then it is that one's to destroy.
+        if host.store().shared() {
+            match host
+                .store()
+                .owns_target_credential(host.instance(), &credential.id)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(credential = %credential.id, "target credential taken over by another broker");
+                    self.open
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&credential.id);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, credential = %credential.id, "could not check who owns a target credential; trying again later");
+                    if let Some(tracked) = self
+                        .open
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&credential.id)
+                    {
+                        tracked.credential.next_attempt_at = host.now().timestamp() + 5;
+                        tracked.busy = false;
+                    }
+                    return;
+                }
+            }
+        }
         let expired_upstream = credential
             .grant
             .as_ref()
@@ -1315,6 +1399,9 @@ mod tests {
             Ok(())
         }
         fn count(&self, _target: &str, _event: &str) {}
+        fn instance(&self) -> &str {
+            "test-broker"
+        }
     }
 
     /// A target whose destructions never end (`stuck`), wait for `gate`
