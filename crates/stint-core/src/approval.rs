@@ -88,7 +88,9 @@ pub enum State {
     /// Over before its time: the job completed (its tokens are revoked
     /// with the job).
     Ended {
-        /// Why.
+        /// Why. (Stored as `ended_because`: the state is flattened into the
+        /// request, whose own `reason` is the requester's.)
+        #[serde(rename = "ended_because")]
         reason: String,
     },
 }
@@ -526,6 +528,37 @@ mod tests {
             1_000,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn every_state_survives_its_stored_form() {
+        // The state is flattened into the request: none of its fields may
+        // share a name with the request's (an ended request once wrote
+        // `reason` twice, and could not be read back).
+        let states = [
+            State::Pending,
+            State::Approved { until: 2_000 },
+            State::Denied {
+                by: "alice".into(),
+                comment: "no".into(),
+            },
+            State::Revoked {
+                by: "bob".into(),
+                comment: None,
+            },
+            State::Expired,
+            State::Ended {
+                reason: "the approval's window closed".into(),
+            },
+        ];
+        for state in states {
+            let mut r = request(1);
+            r.state = state;
+            let stored = serde_json::to_string(&r).unwrap();
+            let back: ApprovalRequest =
+                serde_json::from_str(&stored).unwrap_or_else(|e| panic!("{stored}: {e}"));
+            assert_eq!(back, r, "{stored}");
+        }
     }
 
     #[test]

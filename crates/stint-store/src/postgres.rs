@@ -1145,19 +1145,25 @@ impl Store for PostgresStore {
                         &[&owner, &alive_until],
                     )
                     .await?;
-                    // Rows another claim holds are skipped, not waited for:
-                    // whichever claims first takes them, once.
+                    // A compare-and-set on each row's owner as read: a claim
+                    // that reaches a row another claim has just taken finds
+                    // its owner changed (READ COMMITTED re-checks the join
+                    // condition on the row's latest version) and leaves it.
+                    // Rechecking the lease instead would not do: a
+                    // subquery on the leases is not re-read.
                     let rows = tx
                         .query(
                             concat!(
-                                "UPDATE target_credentials SET owner = $1
-                                 WHERE id IN (
-                                   SELECT c.id FROM target_credentials c
+                                "WITH candidates AS (
+                                   SELECT c.id AS cid, c.owner AS was FROM target_credentials c
                                    WHERE c.state <> 'revoked'
                                      AND c.owner IS DISTINCT FROM $1
                                      AND NOT EXISTS (SELECT 1 FROM stint_brokers b
-                                                     WHERE b.id = c.owner AND b.alive_until >= $2)
-                                   FOR UPDATE SKIP LOCKED)
+                                                     WHERE b.id = c.owner AND b.alive_until >= $2))
+                                 UPDATE target_credentials SET owner = $1
+                                 FROM candidates
+                                 WHERE id = candidates.cid AND owner IS NOT DISTINCT FROM candidates.was
+                                   AND state <> 'revoked'
                                  RETURNING ",
                                 credential_columns!()
                             ),
