@@ -1145,34 +1145,64 @@ impl Store for PostgresStore {
                         &[&owner, &alive_until],
                     )
                     .await?;
-                    // A compare-and-set on each row's owner as read: a claim
-                    // that reaches a row another claim has just taken finds
-                    // its owner changed (READ COMMITTED re-checks the join
-                    // condition on the row's latest version) and leaves it.
-                    // Rechecking the lease instead would not do: a
-                    // subquery on the leases is not re-read.
-                    let rows = tx
+                    // Three steps, so that each credential goes to one
+                    // claimer and no two claims wait on each other: the
+                    // candidates and their owners as of now; a lock on
+                    // those no other claim holds (in id order, skipping the
+                    // rest: no deadlock); then a compare-and-set of each
+                    // locked row's owner against the one read, which
+                    // leaves a row another claim took in between. (One
+                    // statement cannot do it under READ COMMITTED: a row
+                    // locked after another claim's commit is re-checked
+                    // without re-reading the leases.)
+                    let candidates: Vec<(String, Option<String>)> = tx
                         .query(
-                            concat!(
-                                "WITH candidates AS (
-                                   SELECT c.id AS cid, c.owner AS was FROM target_credentials c
-                                   WHERE c.state <> 'revoked'
-                                     AND c.owner IS DISTINCT FROM $1
-                                     AND NOT EXISTS (SELECT 1 FROM stint_brokers b
-                                                     WHERE b.id = c.owner AND b.alive_until >= $2))
-                                 UPDATE target_credentials SET owner = $1
-                                 FROM candidates
-                                 WHERE id = candidates.cid AND owner IS NOT DISTINCT FROM candidates.was
-                                   AND state <> 'revoked'
-                                 RETURNING ",
-                                credential_columns!()
-                            ),
+                            "SELECT c.id, c.owner FROM target_credentials c
+                             WHERE c.state <> 'revoked'
+                               AND c.owner IS DISTINCT FROM $1
+                               AND NOT EXISTS (SELECT 1 FROM stint_brokers b
+                                               WHERE b.id = c.owner AND b.alive_until >= $2)",
                             &[&owner, &now],
                         )
                         .await?
                         .iter()
-                        .map(read_credential)
-                        .collect::<Result<Vec<_>, _>>()?;
+                        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                        .collect::<Result<_, tokio_postgres::Error>>()?;
+                    let mut rows = Vec::new();
+                    if !candidates.is_empty() {
+                        let ids: Vec<&str> = candidates.iter().map(|(id, _)| id.as_str()).collect();
+                        let locked: std::collections::HashSet<String> = tx
+                            .query(
+                                "SELECT id FROM target_credentials WHERE id = ANY($1)
+                                 ORDER BY id FOR UPDATE SKIP LOCKED",
+                                &[&ids],
+                            )
+                            .await?
+                            .iter()
+                            .map(|row| row.try_get(0))
+                            .collect::<Result<_, _>>()?;
+                        let (ids, was): (Vec<&str>, Vec<Option<&str>>) = candidates
+                            .iter()
+                            .filter(|(id, _)| locked.contains(id))
+                            .map(|(id, was)| (id.as_str(), was.as_deref()))
+                            .unzip();
+                        rows = tx
+                            .query(
+                                concat!(
+                                    "UPDATE target_credentials SET owner = $1
+                                     FROM unnest($2::text[], $3::text[]) AS claimed(cid, was)
+                                     WHERE id = claimed.cid AND owner IS NOT DISTINCT FROM claimed.was
+                                       AND state <> 'revoked'
+                                     RETURNING ",
+                                    credential_columns!()
+                                ),
+                                &[&owner, &ids, &was],
+                            )
+                            .await?
+                            .iter()
+                            .map(read_credential)
+                            .collect::<Result<Vec<_>, _>>()?;
+                    }
                     // Leases long past are of brokers long gone.
                     tx.execute(
                         "DELETE FROM stint_brokers WHERE alive_until < $1::bigint - 86400",
