@@ -47,6 +47,16 @@ async fn cluster() -> HaCluster {
     cluster
 }
 
+/// The harness with replicas `a` and `b` started.
+async fn two_replicas() -> (HaCluster, Replica, Replica) {
+    let cluster = cluster().await;
+    let mut a = cluster.replica("a");
+    let mut b = cluster.replica("b");
+    cluster.start_replica(&mut a);
+    cluster.start_replica(&mut b);
+    (cluster, a, b)
+}
+
 /// A step token for `load` at `replica`, and its exchange there: the token
 /// and the credential.
 async fn credential_at(replica: &Replica, job: &str) -> (String, Value) {
@@ -119,11 +129,7 @@ async fn wait_role_gone(cluster: &HaCluster, role: &str, timeout: Duration) -> D
 
 #[tokio::test]
 async fn a_credential_revoked_through_another_replica_is_destroyed_once() {
-    let cluster = cluster().await;
-    let mut a = cluster.replica("a");
-    let mut b = cluster.replica("b");
-    cluster.start_replica(&mut a);
-    cluster.start_replica(&mut b);
+    let (cluster, a, b) = two_replicas().await;
     let (token, credential) = credential_at(&a, "ha-delete").await;
     let role = role_of(&credential);
     let id = credential["credential_id"].as_str().unwrap();
@@ -227,4 +233,43 @@ async fn a_killed_replicas_credentials_are_taken_over_and_destroyed_once() {
         owners[0], a_chain[0],
         "owned by a live replica now, not by the killed one"
     );
+}
+
+/// A credential another replica has taken over (as a claim or a
+/// revocation through it would) and that its first owner still remembers:
+/// revoked through the first owner, it is destroyed, not dropped as
+/// "no longer mine".
+#[tokio::test]
+async fn a_credential_taken_over_is_still_revoked_through_its_former_owner() {
+    let (cluster, a, _b) = two_replicas().await;
+    let (token, credential) = credential_at(&a, "ha-former").await;
+    let role = role_of(&credential);
+    let id = credential["credential_id"].as_str().unwrap();
+    let db = cluster.pg.superuser_client_in("stint").await;
+    // B (the lease that is not A's) owns it now.
+    let moved = db
+        .execute(
+            "UPDATE target_credentials SET owner =
+               (SELECT id FROM stint_brokers WHERE id <> target_credentials.owner LIMIT 1)
+             WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let response = a
+        .http
+        .delete(a.url(&format!("/v1/target-credentials/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
+    wait_role_gone(&cluster, &role, Duration::from_secs(20)).await;
+    let revoked: Vec<Value> = records(&cluster, "target_credential_revoked", &role)
+        .await
+        .into_iter()
+        .filter(|r| r["target"]["outcome"] == "revoked")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
 }

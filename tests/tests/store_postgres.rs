@@ -497,13 +497,13 @@ async fn target_credentials_of_a_broker_whose_lease_ran_out_are_claimed_once() {
     // The gone broker said it was alive until 9_000, the live one until
     // 20_000.
     assert!(
-        a.claim_target_credentials("gone", 9_000, 8_000)
+        a.claim_target_credentials("gone", 9_000, 8_000, false)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
-        b.claim_target_credentials("live", 20_000, now)
+        b.claim_target_credentials("live", 20_000, now, false)
             .await
             .unwrap()
             .is_empty()
@@ -517,28 +517,39 @@ async fn target_credentials_of_a_broker_whose_lease_ran_out_are_claimed_once() {
                 .unwrap()
         );
     }
+    // Mints of the gone broker: one begun just now (it may be under way:
+    // left alone), one abandoned long ago (taken, to be destroyed).
+    let mut young = credential_of("young", "j-young", now - 10);
+    young.state = CredentialState::Minting;
+    assert!(a.insert_target_credential(&young, "gone").await.unwrap());
+    let mut abandoned = credential_of("abandoned", "j-abandoned", now - 200);
+    abandoned.state = CredentialState::Minting;
+    assert!(
+        a.insert_target_credential(&abandoned, "gone")
+            .await
+            .unwrap()
+    );
     let mut finished = credential_of("done", "j-done", 900);
     assert!(a.insert_target_credential(&finished, "gone").await.unwrap());
     finished.state = CredentialState::Revoked;
     finished.finished_at = Some(950);
-    a.update_target_credential(&finished).await.unwrap();
+    assert!(a.update_target_credential(&finished, "gone").await.unwrap());
 
     // Two brokers claim at once, again and again.
     let mut by_a = Vec::new();
     let mut by_b = Vec::new();
     for _ in 0..5 {
         let (from_a, from_b) = tokio::join!(
-            a.claim_target_credentials("broker-a", now + 30, now),
-            b.claim_target_credentials("broker-b", now + 30, now),
+            a.claim_target_credentials("broker-a", now + 30, now, false),
+            b.claim_target_credentials("broker-b", now + 30, now, false),
         );
         by_a.extend(from_a.unwrap().into_iter().map(|c| c.id));
         by_b.extend(from_b.unwrap().into_iter().map(|c| c.id));
     }
     let mut all: Vec<String> = by_a.iter().chain(&by_b).cloned().collect();
     all.sort();
-    let expected: Vec<String> = (0..40)
-        .filter(|n| n % 4 != 0)
-        .map(|n| format!("c{n:02}"))
+    let expected: Vec<String> = std::iter::once("abandoned".to_owned())
+        .chain((0..40).filter(|n| n % 4 != 0).map(|n| format!("c{n:02}")))
         .collect();
     assert_eq!(
         all, expected,
@@ -552,7 +563,7 @@ async fn target_credentials_of_a_broker_whose_lease_ran_out_are_claimed_once() {
     // A credential revoked through broker B is B's from then on.
     let id = by_a.first().or(by_b.first()).unwrap().clone();
     let taken = b
-        .take_target_credential("broker-b", &id)
+        .take_target_credential("broker-b", &id, &id.replacen('c', "j", 1))
         .await
         .unwrap()
         .unwrap();
@@ -560,14 +571,37 @@ async fn target_credentials_of_a_broker_whose_lease_ran_out_are_claimed_once() {
     assert!(b.owns_target_credential("broker-b", &id).await.unwrap());
     assert!(!a.owns_target_credential("broker-a", &id).await.unwrap());
     assert!(
-        b.take_target_credential("broker-b", "done")
+        b.take_target_credential("broker-b", "done", "j-done")
             .await
             .unwrap()
             .is_none(),
         "a finished one is nobody's to take"
     );
     assert!(
-        b.take_target_credential("broker-b", "nope")
+        b.take_target_credential("broker-b", &id, "another-token")
+            .await
+            .unwrap()
+            .is_none(),
+        "only with the token it was made from"
+    );
+    assert!(
+        b.take_target_credential("broker-b", "young", "j-young")
+            .await
+            .unwrap()
+            .is_none(),
+        "a credential being made is not taken"
+    );
+    // An update by a broker that no longer owns it writes nothing.
+    let mut stale = taken.clone();
+    stale.state = CredentialState::Revoked;
+    assert!(
+        !a.update_target_credential(&stale, "broker-a")
+            .await
+            .unwrap()
+    );
+    assert!(b.owns_target_credential("broker-b", &id).await.unwrap());
+    assert!(
+        b.take_target_credential("broker-b", "nope", "j-nope")
             .await
             .unwrap()
             .is_none()
@@ -576,7 +610,7 @@ async fn target_credentials_of_a_broker_whose_lease_ran_out_are_claimed_once() {
     // Once the live broker's lease runs out too, its credentials go.
     let later = 20_001;
     let claimed = a
-        .claim_target_credentials("broker-a", later + 30, later)
+        .claim_target_credentials("broker-a", later + 30, later, false)
         .await
         .unwrap();
     // broker-b has not renewed either: its are A's too; A's own are not
@@ -588,11 +622,26 @@ async fn target_credentials_of_a_broker_whose_lease_ran_out_are_claimed_once() {
         .map(|n| format!("c{n:02}"))
         .chain(by_b.iter().cloned())
         .chain(std::iter::once(id.clone()))
+        // Long abandoned by now.
+        .chain(std::iter::once("young".to_owned()))
         .collect();
     expected.sort();
     expected.dedup();
     expected.retain(|c| !by_a.contains(c) || *c == id);
     assert_eq!(claimed, expected);
+    // After a claim whose answer it lost, a broker asks for its own too.
+    let mut own: Vec<String> = a
+        .claim_target_credentials("broker-a", later + 30, later, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    own.sort();
+    let mut all_of_a: Vec<String> = by_a.iter().cloned().chain(claimed).collect();
+    all_of_a.sort();
+    all_of_a.dedup();
+    assert_eq!(own, all_of_a);
 }
 
 async fn schema_version(cluster: &PgCluster) -> i64 {
@@ -666,7 +715,7 @@ async fn a_schema_9_database_gains_target_credential_owners() {
     // A credential of schema 9 has no owner: the first broker to claim
     // takes it.
     let claimed = store
-        .claim_target_credentials("first", 2_030, 2_000)
+        .claim_target_credentials("first", 2_030, 2_000, false)
         .await
         .unwrap();
     assert_eq!(

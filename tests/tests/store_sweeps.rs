@@ -141,7 +141,9 @@ fn credential(id: &str, state: CredentialState, finished_at: Option<i64>) -> Tar
         attempts: 0,
         next_attempt_at: 0,
         last_error: None,
-        created_at: 1_000,
+        // Long before any claim here: a `minting` one is an abandoned mint
+        // (see `MINT_ABANDONED_AFTER_SECS`), which a claim takes.
+        created_at: 0,
         finished_at,
         revoke_requested_at: None,
         sealed: None,
@@ -706,7 +708,7 @@ async fn target_credential_purges_by_two_brokers_delete_each_row_once() {
 /// it took over.
 async fn claim(store: Arc<PostgresStore>, owner: String, now: i64) -> Vec<TargetCredential> {
     store
-        .claim_target_credentials(&owner, now + 30, now)
+        .claim_target_credentials(&owner, now + 30, now, false)
         .await
         .unwrap()
 }
@@ -718,13 +720,13 @@ async fn claims_by_two_brokers_take_each_ownerless_credential_once() {
     // Leases first (a claim on an empty ledger takes nothing): `alive`
     // until long after, `lapsed` until 500; `gone` never had one.
     assert!(
-        a.claim_target_credentials("alive", 1_000_000, 0)
+        a.claim_target_credentials("alive", 1_000_000, 0, false)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
-        b.claim_target_credentials("lapsed", 500, 0)
+        b.claim_target_credentials("lapsed", 500, 0, false)
             .await
             .unwrap()
             .is_empty()

@@ -102,6 +102,8 @@ pub struct RunningServer {
     peers_task: Option<JoinHandle<()>>,
     /// Set at shutdown: revocation feed streams end.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Set at shutdown once decisions have drained: the target queue ends.
+    queue_closing: tokio::sync::watch::Sender<bool>,
     /// `Limits::max_in_flight`: shutdown takes every permit back.
     max_in_flight: usize,
     /// `Limits::max_revocations_in_flight`, likewise.
@@ -223,18 +225,6 @@ impl RunningServer {
         let _ = self.closing.send(true);
         self.purge_task.abort();
         let _ = (&mut self.purge_task).await;
-        // The queue ends on `closing` once the attempts it started have
-        // ended (their records are written before the last checkpoint). It
-        // is durable: what it has not done, the next start does, so one
-        // stuck past the drain timeout is cancelled.
-        if tokio::time::timeout(serve::DRAIN_TIMEOUT, &mut self.targets_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("target revocations in flight did not finish within the drain timeout");
-            self.targets_task.abort();
-            let _ = (&mut self.targets_task).await;
-        }
         let _ = (&mut self.serve_task).await;
         let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
         let all = Arc::clone(&self.state.in_flight).acquire_many_owned(permits);
@@ -247,6 +237,31 @@ impl RunningServer {
         .is_err()
         {
             tracing::warn!("some decisions did not finish within the drain timeout");
+        }
+        // The queue runs (and renews this broker's lease) until every
+        // decision has drained, so that a mint finishing now is not taken
+        // over half made. It ends once the attempts it started have ended
+        // (their records are written before the last checkpoint). It is
+        // durable: what it has not done, the next start (or, on a shared
+        // store, another broker) does, so one stuck past the drain timeout
+        // is cancelled.
+        let _ = self.queue_closing.send(true);
+        if tokio::time::timeout(serve::DRAIN_TIMEOUT, &mut self.targets_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("target revocations in flight did not finish within the drain timeout");
+            self.targets_task.abort();
+            let _ = (&mut self.targets_task).await;
+        }
+        // What this broker owns is another's to finish from now on.
+        if let Err(error) = self
+            .state
+            .store
+            .release_target_credentials(&self.state.instance)
+            .await
+        {
+            tracing::warn!(%error, "could not release this broker's target credentials: another broker takes them over once its lease runs out");
         }
         self.state.in_flight.close();
         self.state.limits.revocations.close();
@@ -547,6 +562,7 @@ pub async fn start_with_clock(
     };
     let feed = feed::Feed::new(position.epoch.clone(), position.seq);
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let (queue_closing_tx, queue_closing_rx) = tokio::sync::watch::channel(false);
     let loaded_approvals = store.approvals(now.timestamp()).await?;
     let changes = changes::Changes::new(position);
     tracing::info!(
@@ -632,7 +648,7 @@ pub async fn start_with_clock(
 
     let targets_task = tokio::spawn(Arc::clone(&state.targets).run(
         Arc::clone(&state) as Arc<dyn stint_targets::queue::Host>,
-        state.closing.clone(),
+        queue_closing_rx,
     ));
     changes::catch_up_at_start(&state).await?;
     let peers_task = own_chain.map(|own| {
@@ -683,6 +699,7 @@ pub async fn start_with_clock(
         refusals_task,
         peers_task,
         closing: closing_tx,
+        queue_closing: queue_closing_tx,
         max_in_flight: config.limits.max_in_flight,
         max_revocations_in_flight: config.limits.max_revocations_in_flight,
         tls,

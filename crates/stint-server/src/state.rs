@@ -23,7 +23,7 @@ use stint_core::revocation::{
 use stint_core::status_list::StatusReference;
 use stint_core::target_credential::Cause;
 use stint_proto::RevocationEvent;
-use stint_store::{AuditedWrite, Change, Store, StoreError};
+use stint_store::{AuditedWrite, Change, Store};
 
 /// The audit reason of a revocation that was recorded but could not be
 /// stored, and so never took effect.
@@ -236,7 +236,7 @@ impl AppState {
             self.record_with(entry, write.clone()).await?
         } else {
             self.record(entry.clone()).await?;
-            match self.store_write(&write).await {
+            match self.store.store_write(&write).await {
                 Ok(seq) => Some(seq),
                 Err(error) => {
                     tracing::error!(%error, "revocation not durable; it is not in force");
@@ -263,22 +263,6 @@ impl AppState {
         }
         self.announce(seq, write.change()).await;
         Ok(())
-    }
-
-    /// Store `write` on its own (the audit log is elsewhere).
-    pub(crate) async fn store_write(&self, write: &AuditedWrite) -> Result<u64, StoreError> {
-        let store = self.store.as_ref();
-        match write {
-            AuditedWrite::Token(revoked, status) => {
-                store.revoke_token(revoked, status.as_ref()).await
-            }
-            AuditedWrite::Job(job) => store.revoke_job(job).await,
-            AuditedWrite::Step(step) => store.revoke_step(step).await,
-            AuditedWrite::WorkloadStopped(stop) => store.stop_workload(stop).await,
-            AuditedWrite::WorkloadEnabled { workload, at } => {
-                store.enable_workload(workload, *at).await
-            }
-        }
     }
 
     /// Record `entry` and commit `write` with it (see

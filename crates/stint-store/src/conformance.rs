@@ -209,18 +209,35 @@ async fn target_credentials_round_trip(store: &dyn Store) {
         upstream_expires_at: Some(4_600),
         request_id: Some("ABCD:1234".into()),
     });
-    store
-        .update_target_credential(&revoking)
-        .await
-        .expect("update target credential");
+    assert!(
+        store
+            .update_target_credential(&revoking, "broker-1")
+            .await
+            .expect("update target credential"),
+        "its owner updates it"
+    );
+    if store.shared() {
+        // Another broker's update of it writes nothing.
+        let mut stolen = revoking.clone();
+        stolen.state = CredentialState::Revoked;
+        assert!(
+            !store
+                .update_target_credential(&stolen, "broker-2")
+                .await
+                .expect("update target credential"),
+            "only its owner updates a credential"
+        );
+    }
     let mut revoked = other_target.clone();
     revoked.state = CredentialState::Revoked;
     revoked.trigger = Some(Trigger::Expired);
     revoked.finished_at = Some(1_300);
-    store
-        .update_target_credential(&revoked)
-        .await
-        .expect("update target credential");
+    assert!(
+        store
+            .update_target_credential(&revoked, "broker-1")
+            .await
+            .expect("update target credential")
+    );
     assert_eq!(
         store
             .unfinished_target_credentials()
@@ -234,7 +251,10 @@ async fn target_credentials_round_trip(store: &dyn Store) {
         ..credential.clone()
     };
     assert!(
-        store.update_target_credential(&missing).await.is_err(),
+        store
+            .update_target_credential(&missing, "broker-1")
+            .await
+            .is_err(),
         "updating a credential the store does not hold is an error"
     );
     assert_eq!(
@@ -257,7 +277,7 @@ async fn target_credentials_round_trip(store: &dyn Store) {
     irrevocable.state = CredentialState::Irrevocable;
     irrevocable.finished_at = Some(2_000);
     store
-        .update_target_credential(&irrevocable)
+        .update_target_credential(&irrevocable, "broker-1")
         .await
         .expect("update target credential");
     store

@@ -10,6 +10,7 @@
 //! [`SqliteStore`]: one file, no server. [`PostgresStore`] keeps the same
 //! schema in a PostgreSQL database (13 or later).
 
+mod legacy;
 pub mod pg_tls;
 pub mod postgres;
 mod sqlite;
@@ -21,6 +22,11 @@ pub use postgres::{
     PostgresStore, PostgresStoreSettings, PostgresTls, StorePassword, StoreUrlError,
 };
 pub use sqlite::SqliteStore;
+
+/// A target credential still `minting` this long after it was recorded is
+/// an abandoned mint (far longer than any upstream call's timeouts let a
+/// mint take): only then may another broker take it over.
+pub const MINT_ABANDONED_AFTER_SECS: i64 = 120;
 
 /// The schema version every backend writes (SQLite's `PRAGMA
 /// user_version`, PostgreSQL's `stint_schema` row), so that the two can
@@ -306,6 +312,22 @@ pub trait Store: Send + Sync + 'static {
         status: Option<&StatusReference>,
     ) -> Result<u64, StoreError>;
 
+    /// Store `write` with its change, in a transaction of its own (the
+    /// audit log is elsewhere): the method of its kind.
+    async fn store_write(&self, write: &AuditedWrite) -> Result<u64, StoreError> {
+        match write {
+            AuditedWrite::Token(revoked, status) => {
+                self.revoke_token(revoked, status.as_ref()).await
+            }
+            AuditedWrite::Job(job) => self.revoke_job(job).await,
+            AuditedWrite::Step(step) => self.revoke_step(step).await,
+            AuditedWrite::WorkloadStopped(stop) => self.stop_workload(stop).await,
+            AuditedWrite::WorkloadEnabled { workload, at } => {
+                self.enable_workload(workload, *at).await
+            }
+        }
+    }
+
     /// Record a revoked job. Revoking it again keeps the first `revoked_at`
     /// and the later `until`.
     async fn revoke_job(&self, revocation: &JobRevocation) -> Result<u64, StoreError>;
@@ -421,36 +443,53 @@ pub trait Store: Send + Sync + 'static {
 
     /// With a shared store, each unfinished target credential has one
     /// owner, the broker process that destroys it: this says that `owner`
-    /// is alive until `alive_until`, and makes it the owner of every
-    /// unfinished credential whose owner is not alive at `now` (stopped,
-    /// killed, cut off), which it returns (not those it already owned).
-    /// Concurrent claims never take one credential twice. The embedded
-    /// store has one broker, which loads them all at start: it returns
-    /// none.
+    /// is alive until `alive_until` (committed on its own, whatever the
+    /// claim does), and makes it the owner of every unfinished credential
+    /// whose owner is not alive at `now` (stopped, killed, cut off), which
+    /// it returns; with `include_own`, also those it already owns (after a
+    /// claim whose outcome it did not learn). A credential still `minting`
+    /// is taken only once older than [`MINT_ABANDONED_AFTER_SECS`] (its
+    /// mint may be under way). Concurrent claims never take one credential
+    /// twice, nor wait on each other. The embedded store has one broker,
+    /// which loads them all at start: it returns none.
     async fn claim_target_credentials(
         &self,
         owner: &str,
         alive_until: i64,
         now: i64,
+        include_own: bool,
     ) -> Result<Vec<TargetCredential>, StoreError> {
-        let _ = (owner, alive_until, now);
+        let _ = (owner, alive_until, now, include_own);
         Ok(Vec::new())
     }
 
-    /// Make `owner` the owner of the unfinished target credential `id`,
-    /// whoever owned it (an operator revokes it through this broker), and
-    /// return it; `None` if no unfinished credential has that id.
+    /// Say that `owner` owns nothing any more (a clean stop): the next
+    /// claim of another broker takes what it leaves.
+    async fn release_target_credentials(&self, owner: &str) -> Result<(), StoreError> {
+        let _ = owner;
+        Ok(())
+    }
+
+    /// Make `owner` the owner of target credential `id`, made from the step
+    /// token `jti`, if it is `live` or `revoking`, whoever owned it (its
+    /// token's holder revokes it through this broker), and return it;
+    /// `None` if there is no such credential.
     async fn take_target_credential(
         &self,
         owner: &str,
         id: &str,
+        jti: &str,
     ) -> Result<Option<TargetCredential>, StoreError> {
         let _ = owner;
         Ok(self
             .unfinished_target_credentials()
             .await?
             .into_iter()
-            .find(|c| c.id == id))
+            .find(|c| {
+                c.id == id
+                    && c.jti == jti
+                    && matches!(c.state, CredentialState::Live | CredentialState::Revoking)
+            }))
     }
 
     /// Whether `owner` still owns target credential `id` (another broker
@@ -461,11 +500,15 @@ pub trait Store: Send + Sync + 'static {
         Ok(true)
     }
 
-    /// Replace the stored state of a target credential (by `id`).
+    /// Replace the stored state of a target credential (by `id`), if the
+    /// broker process `owner` still owns it: `Ok(false)` writes nothing
+    /// (another broker took it over; with the embedded store, never). A
+    /// credential not in the store is an error.
     async fn update_target_credential(
         &self,
         credential: &TargetCredential,
-    ) -> Result<(), StoreError>;
+        owner: &str,
+    ) -> Result<bool, StoreError>;
 
     /// The target credentials that may still exist upstream (`minting`,
     /// `live`, `revoking`) and those given up on (`irrevocable`), oldest
@@ -565,8 +608,8 @@ pub(crate) fn change_json(change: &Change) -> Result<String, StoreError> {
 pub(crate) fn change_from_json(seq: i64, body: &str) -> Result<ChangeRecord, StoreError> {
     let seq = u64::try_from(seq)
         .map_err(|_| StoreError::Corrupt(format!("a change with sequence number {seq}")))?;
-    let change = serde_json::from_str(body)
-        .map_err(|e| StoreError::Corrupt(format!("change {seq}: {e}")))?;
+    let change =
+        legacy::read(body).map_err(|e| StoreError::Corrupt(format!("change {seq}: {e}")))?;
     Ok(ChangeRecord { seq, change })
 }
 

@@ -26,9 +26,9 @@ pub use settings::{
 use crate::sqlite::{approval_json, revision_param, stored_approval};
 use crate::{
     ApprovalSaved, AuditCommit, AuditedWrite, CHANGE_CHANNEL, CHANGE_RETENTION_SECS, Change,
-    ChangePosition, ChangeRecord, CredentialRow, LiveRevocations, ReadColumns, SCHEMA_VERSION,
-    Store, StoreError, StoredApproval, StoredKey, StoredStatusList, change_from_json, change_json,
-    credential_columns, grant_json, read_credential,
+    ChangePosition, ChangeRecord, CredentialRow, LiveRevocations, MINT_ABANDONED_AFTER_SECS,
+    ReadColumns, SCHEMA_VERSION, Store, StoreError, StoredApproval, StoredKey, StoredStatusList,
+    change_from_json, change_json, credential_columns, grant_json, read_credential,
 };
 use async_trait::async_trait;
 use pool::{BoxFuture, Pool};
@@ -211,6 +211,27 @@ async fn write_change(
     write: &AuditedWrite,
     body: &str,
 ) -> Result<u64, tokio_postgres::Error> {
+    write_row(tx, write).await?;
+    append_change(tx, body).await
+}
+
+/// The row `write` locks: writes of one transaction are made in this
+/// order, so that two transactions writing the same rows cannot deadlock.
+fn row_key(write: &AuditedWrite) -> (u8, String) {
+    match write {
+        AuditedWrite::Token(r, _) => (0, r.jti.clone()),
+        AuditedWrite::Job(r) => (1, format!("{}\n{}", r.sub, r.job)),
+        AuditedWrite::Step(r) => (2, format!("{}\n{}\n{}", r.sub, r.job, r.step)),
+        AuditedWrite::WorkloadStopped(stop) => (3, stop.workload.clone()),
+        AuditedWrite::WorkloadEnabled { workload, .. } => (3, workload.clone()),
+    }
+}
+
+/// Store `write` (without its change), in `tx`.
+async fn write_row(
+    tx: &Transaction<'_>,
+    write: &AuditedWrite,
+) -> Result<(), tokio_postgres::Error> {
     match write {
         AuditedWrite::Token(r, _) => {
             tx.execute(
@@ -263,7 +284,7 @@ async fn write_change(
             .await?;
         }
     }
-    append_change(tx, body).await
+    Ok(())
 }
 
 impl ReadColumns for Row {
@@ -1066,39 +1087,54 @@ impl Store for PostgresStore {
     async fn update_target_credential(
         &self,
         credential: &TargetCredential,
-    ) -> Result<(), StoreError> {
+        owner: &str,
+    ) -> Result<bool, StoreError> {
         let c = credential.clone();
+        let owner = owner.to_owned();
         let grant = grant_json(&c)?;
-        let updated = self
+        let (updated, exists) = self
             .write("update target credential", move |tx| {
                 Box::pin(async move {
-                    tx.execute(
-                        "UPDATE target_credentials SET upstream_id = $2, effective = $3,
+                    let updated = tx
+                        .execute(
+                            "UPDATE target_credentials SET upstream_id = $2, effective = $3,
                            state = $4, trigger = $5, attempts = $6, next_attempt_at = $7,
                            last_error = $8, finished_at = $9, revoke_requested_at = $10,
                            sealed = $11, grant_detail = $12
-                         WHERE id = $1",
-                        &[
-                            &c.id,
-                            &c.upstream_id,
-                            &c.effective.join(" "),
-                            &c.state.as_str(),
-                            &c.trigger.map(|t| t.as_str()),
-                            &i64::from(c.attempts),
-                            &c.next_attempt_at,
-                            &c.last_error,
-                            &c.finished_at,
-                            &c.revoke_requested_at,
-                            &c.sealed,
-                            &grant,
-                        ],
-                    )
-                    .await
+                         WHERE id = $1 AND owner = $13",
+                            &[
+                                &c.id,
+                                &c.upstream_id,
+                                &c.effective.join(" "),
+                                &c.state.as_str(),
+                                &c.trigger.map(|t| t.as_str()),
+                                &i64::from(c.attempts),
+                                &c.next_attempt_at,
+                                &c.last_error,
+                                &c.finished_at,
+                                &c.revoke_requested_at,
+                                &c.sealed,
+                                &grant,
+                                &owner,
+                            ],
+                        )
+                        .await?;
+                    if updated == 1 {
+                        return Ok((true, true));
+                    }
+                    let exists = tx
+                        .query_opt("SELECT 1 FROM target_credentials WHERE id = $1", &[&c.id])
+                        .await?
+                        .is_some();
+                    Ok((false, exists))
                 })
             })
             .await?;
-        if updated == 1 {
-            Ok(())
+        if updated {
+            Ok(true)
+        } else if exists {
+            // Another broker's now.
+            Ok(false)
         } else {
             Err(StoreError::Corrupt(format!(
                 "target credential {} is not in the store",
@@ -1134,10 +1170,14 @@ impl Store for PostgresStore {
         owner: &str,
         alive_until: i64,
         now: i64,
+        include_own: bool,
     ) -> Result<Vec<TargetCredential>, StoreError> {
         let owner = owner.to_owned();
-        let rows: Vec<CredentialRow> = self
-            .write("claim target credentials", move |tx| {
+        // The lease first, in a transaction of its own: a claim that fails
+        // must not cost this broker its lease.
+        {
+            let owner = owner.clone();
+            self.write("renew a broker's lease", move |tx| {
                 Box::pin(async move {
                     tx.execute(
                         "INSERT INTO stint_brokers (id, alive_until) VALUES ($1, $2)
@@ -1145,30 +1185,51 @@ impl Store for PostgresStore {
                         &[&owner, &alive_until],
                     )
                     .await?;
-                    // Three steps, so that each credential goes to one
-                    // claimer and no two claims wait on each other: the
-                    // candidates and their owners as of now; a lock on
-                    // those no other claim holds (in id order, skipping the
-                    // rest: no deadlock); then a compare-and-set of each
-                    // locked row's owner against the one read, which
-                    // leaves a row another claim took in between. (One
-                    // statement cannot do it under READ COMMITTED: a row
-                    // locked after another claim's commit is re-checked
-                    // without re-reading the leases.)
+                    // Leases long past are of brokers long gone.
+                    tx.execute(
+                        "DELETE FROM stint_brokers WHERE alive_until < $1::bigint - 86400",
+                        &[&now],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        }
+        let rows: Vec<CredentialRow> = self
+            .write("claim target credentials", move |tx| {
+                Box::pin(async move {
+                    // What this broker owns already, if it asked (a claim
+                    // whose answer it lost may have given it some).
+                    let mut rows = if include_own {
+                        tx.query(
+                            concat!(
+                                "SELECT ",
+                                credential_columns!(),
+                                " FROM target_credentials WHERE owner = $1 AND state <> 'revoked'"
+                            ),
+                            &[&owner],
+                        )
+                        .await?
+                        .iter()
+                        .map(read_credential)
+                        .collect::<Result<Vec<_>, _>>()?
+                    } else {
+                        Vec::new()
+                    };
                     let candidates: Vec<(String, Option<String>)> = tx
                         .query(
                             "SELECT c.id, c.owner FROM target_credentials c
                              WHERE c.state <> 'revoked'
                                AND c.owner IS DISTINCT FROM $1
+                               AND (c.state <> 'minting' OR c.created_at < $2::bigint - $3::bigint)
                                AND NOT EXISTS (SELECT 1 FROM stint_brokers b
                                                WHERE b.id = c.owner AND b.alive_until >= $2)",
-                            &[&owner, &now],
+                            &[&owner, &now, &MINT_ABANDONED_AFTER_SECS],
                         )
                         .await?
                         .iter()
                         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
                         .collect::<Result<_, tokio_postgres::Error>>()?;
-                    let mut rows = Vec::new();
                     if !candidates.is_empty() {
                         let ids: Vec<&str> = candidates.iter().map(|(id, _)| id.as_str()).collect();
                         let locked: std::collections::HashSet<String> = tx
@@ -1186,7 +1247,7 @@ impl Store for PostgresStore {
                             .filter(|(id, _)| locked.contains(id))
                             .map(|(id, was)| (id.as_str(), was.as_deref()))
                             .unzip();
-                        rows = tx
+                        let taken = tx
                             .query(
                                 concat!(
                                     "UPDATE target_credentials SET owner = $1
@@ -1202,13 +1263,8 @@ impl Store for PostgresStore {
                             .iter()
                             .map(read_credential)
                             .collect::<Result<Vec<_>, _>>()?;
+                        rows.extend(taken);
                     }
-                    // Leases long past are of brokers long gone.
-                    tx.execute(
-                        "DELETE FROM stint_brokers WHERE alive_until < $1::bigint - 86400",
-                        &[&now],
-                    )
-                    .await?;
                     Ok(rows)
                 })
             })
@@ -1225,19 +1281,20 @@ impl Store for PostgresStore {
         &self,
         owner: &str,
         id: &str,
+        jti: &str,
     ) -> Result<Option<TargetCredential>, StoreError> {
-        let (owner, id) = (owner.to_owned(), id.to_owned());
+        let (owner, id, jti) = (owner.to_owned(), id.to_owned(), jti.to_owned());
         let row: Option<CredentialRow> = self
             .write("take a target credential", move |tx| {
                 Box::pin(async move {
                     tx.query_opt(
                         concat!(
                             "UPDATE target_credentials SET owner = $1
-                             WHERE id = $2 AND state <> 'revoked'
+                             WHERE id = $2 AND jti = $3 AND state IN ('live', 'revoking')
                              RETURNING ",
                             credential_columns!()
                         ),
-                        &[&owner, &id],
+                        &[&owner, &id, &jti],
                     )
                     .await?
                     .as_ref()
@@ -1247,6 +1304,32 @@ impl Store for PostgresStore {
             })
             .await?;
         row.map(CredentialRow::finish).transpose()
+    }
+
+    async fn release_target_credentials(&self, owner: &str) -> Result<(), StoreError> {
+        let owner = owner.to_owned();
+        self.write("release a broker's lease", move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE stint_brokers SET alive_until = 0 WHERE id = $1",
+                    &[&owner],
+                )
+                .await
+                .map(|_| ())
+            })
+        })
+        .await
+    }
+
+    async fn store_write(&self, write: &AuditedWrite) -> Result<u64, StoreError> {
+        let operation = match write {
+            AuditedWrite::Token(..) => "revoke token",
+            AuditedWrite::Job(_) => "revoke job",
+            AuditedWrite::Step(_) => "revoke step",
+            AuditedWrite::WorkloadStopped(_) => "stop workload",
+            AuditedWrite::WorkloadEnabled { .. } => "enable workload",
+        };
+        self.write_one(operation, write.clone()).await
     }
 
     async fn owns_target_credential(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
@@ -1390,9 +1473,17 @@ impl Store for PostgresStore {
                             seqs: Vec::new(),
                         });
                     }
+                    // The rows in one order for every transaction, then the
+                    // changes in the batch's order (the feed counter's lock
+                    // is taken last, and held to the commit).
+                    let mut order: Vec<usize> = (0..writes.len()).collect();
+                    order.sort_by_key(|&i| row_key(&writes[i].0));
+                    for &i in &order {
+                        write_row(&tx, &writes[i].0).await?;
+                    }
                     let mut seqs = Vec::with_capacity(writes.len());
-                    for (write, body) in &writes {
-                        seqs.push(write_change(&tx, write, body).await?);
+                    for (_, body) in &writes {
+                        seqs.push(append_change(&tx, body).await?);
                     }
                     tx.commit().await?;
                     Ok(AuditCommit {

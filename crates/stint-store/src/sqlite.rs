@@ -917,7 +917,9 @@ impl Store for SqliteStore {
     async fn update_target_credential(
         &self,
         credential: &TargetCredential,
-    ) -> Result<(), StoreError> {
+        // One broker owns everything here.
+        _owner: &str,
+    ) -> Result<bool, StoreError> {
         let c = credential.clone();
         let grant = grant_json(&c)?;
         let updated = self
@@ -946,7 +948,7 @@ impl Store for SqliteStore {
             })
             .await?;
         if updated == 1 {
-            Ok(())
+            Ok(true)
         } else {
             Err(StoreError::Corrupt(format!(
                 "target credential {} is not in the store",
@@ -1045,7 +1047,7 @@ pub(crate) fn revision_param(revision: u64) -> Result<i64, StoreError> {
 
 /// An approval request from its stored form.
 pub(crate) fn stored_approval(body: &str, revision: i64) -> Result<StoredApproval, StoreError> {
-    let request = serde_json::from_str(body)
+    let request = crate::legacy::read(body)
         .map_err(|e| StoreError::Corrupt(format!("an approval row: {e}")))?;
     let revision = u64::try_from(revision)
         .map_err(|_| StoreError::Corrupt(format!("approval revision {revision}")))?;

@@ -337,6 +337,9 @@ pub struct TargetCredentials {
     connector: Connector,
     /// The comment the broker's roles carry: which broker made them.
     marker: String,
+    /// The last claim failed: it may have committed, giving this broker
+    /// credentials it does not know of; the next claim asks for them.
+    claim_unsure: std::sync::atomic::AtomicBool,
 }
 
 /// A credential made and ready to hand out.
@@ -360,6 +363,7 @@ impl TargetCredentials {
             backoff: Backoff::default(),
             connector,
             marker: stint_core::target::role_marker(issuer),
+            claim_unsure: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -605,7 +609,27 @@ impl TargetCredentials {
             (c.clone(), outcome)
         };
         self.wake.notify_one();
-        let stored = host.store().update_target_credential(&credential).await;
+        let stored = host
+            .store()
+            .update_target_credential(&credential, host.instance())
+            .await;
+        if let Ok(false) = stored {
+            // Another broker took the row over while this mint ran (it took
+            // longer than a mint may): it destroys what it thinks was never
+            // made, so this broker destroys what it made, now, and hands
+            // nothing out.
+            self.forget(&credential.id);
+            tracing::error!(credential = %credential.id, "a target credential's record was taken over while it was being made; destroying it");
+            if credential.state != CredentialState::Revoked
+                && let Err(failure) = client
+                    .destroy(&credential.upstream_id, credential.sealed.as_deref())
+                    .await
+            {
+                tracing::error!(credential = %credential.id, role = %credential.upstream_id, %failure, "could not destroy a target credential whose record was taken over: remove it by hand");
+            }
+            outcome?;
+            return Err(MintError::NotRecorded);
+        }
         if let (Err(error), Err(_)) = (&stored, &outcome)
             && credential.sealed.is_some()
         {
@@ -632,6 +656,14 @@ impl TargetCredentials {
             postgres: planned.postgres,
             github,
         })
+    }
+
+    /// Stop tracking credential `id`: another broker owns it now.
+    fn forget(&self, id: &str) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// Destroy a credential that was made but cannot be handed out (its
@@ -672,46 +704,47 @@ impl TargetCredentials {
         }
     }
 
-    /// With a shared store, take credential `id` over from the broker that
-    /// owns it if this one does not, so that revoking it through this
-    /// broker reaches it. Returns whether it is tracked here now; a ledger
-    /// that cannot be written is a no.
-    pub async fn adopt(&self, host: &dyn Host, id: &str) -> bool {
-        let known = || {
-            self.open
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(id)
-        };
-        if known() {
-            return true;
-        }
+    /// With a shared store, make this broker the owner of credential `id`
+    /// (made from step token `jti`), whoever owns it, so that revoking it
+    /// through this broker reaches it: the owner may be another broker, or
+    /// may have been, while this one still remembers it (the broker that
+    /// owned it last finds it is not its own before it acts; see
+    /// `attempt`). An error means the ledger could not be written: the
+    /// revocation cannot be carried out here now.
+    pub async fn adopt(
+        &self,
+        host: &dyn Host,
+        id: &str,
+        jti: &str,
+    ) -> Result<(), stint_store::StoreError> {
         if !host.store().shared() {
-            return false;
+            return Ok(());
         }
-        // Taken over from its owner, which finds it gone before it tries
-        // to destroy it (see `attempt`).
-        let credential = match host
+        let Some(credential) = host
             .store()
-            .take_target_credential(host.instance(), id)
-            .await
-        {
-            Ok(Some(credential)) => credential,
-            Ok(None) => return false,
-            Err(error) => {
-                tracing::warn!(%error, "could not take over a target credential from the shared ledger");
-                return false;
-            }
+            .take_target_credential(host.instance(), id, jti)
+            .await?
+        else {
+            // Not live nor being revoked: finished (then `revoke_one`
+            // answers from what is known here), or not this token's.
+            return Ok(());
         };
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.to_owned())
-            .or_insert(Tracked {
-                credential,
-                busy: false,
-            });
-        true
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        match open.get_mut(id) {
+            // An attempt of this broker's is under way: it finishes it.
+            Some(tracked) if tracked.busy => {}
+            Some(tracked) => tracked.credential = credential,
+            None => {
+                open.insert(
+                    id.to_owned(),
+                    Tracked {
+                        credential,
+                        busy: false,
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Revoke one credential alone, for the step token `jti` it was made
@@ -795,10 +828,20 @@ impl TargetCredentials {
         &self,
         host: &dyn Host,
     ) -> Result<Vec<TargetCredential>, stint_store::StoreError> {
+        use std::sync::atomic::Ordering;
         let now = host.now().timestamp();
-        host.store()
-            .claim_target_credentials(host.instance(), now.saturating_add(LEASE_SECS), now)
-            .await
+        let include_own = self.claim_unsure.load(Ordering::Relaxed);
+        let claimed = host
+            .store()
+            .claim_target_credentials(
+                host.instance(),
+                now.saturating_add(LEASE_SECS),
+                now,
+                include_own,
+            )
+            .await;
+        self.claim_unsure.store(claimed.is_err(), Ordering::Relaxed);
+        claimed
     }
 
     /// Track `credentials` found in the store (left by a broker that
@@ -998,10 +1041,7 @@ impl TargetCredentials {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::info!(credential = %credential.id, "target credential taken over by another broker");
-                    self.open
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&credential.id);
+                    self.forget(&credential.id);
                     return;
                 }
                 Err(error) => {
@@ -1103,8 +1143,22 @@ impl TargetCredentials {
             }
         };
         host.count(&credential.target, outcome);
-        if let Err(error) = host.store().update_target_credential(&credential).await {
-            tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
+        match host
+            .store()
+            .update_target_credential(&credential, host.instance())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                // Taken over while this attempt ran: the new owner records
+                // its own outcome.
+                tracing::info!(credential = %credential.id, "target credential taken over by another broker during an attempt");
+                self.forget(&credential.id);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
+            }
         }
         let mut entry = credential_entry(now, event, &credential);
         if let Some(target) = entry.target.as_mut() {
@@ -1256,7 +1310,10 @@ impl TargetCredentials {
                 })
         };
         if let Some(credential) = closed
-            && let Err(error) = host.store().update_target_credential(&credential).await
+            && let Err(error) = host
+                .store()
+                .update_target_credential(&credential, host.instance())
+                .await
         {
             tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
         }

@@ -532,9 +532,18 @@ async fn revoke_one_inner(
         };
     describe(entry, &claims);
     check_holder(&claims, certificate)?;
-    // Made through another broker on the shared store: tracked here first.
+    // On a shared store, this broker's from now on (whichever made it).
     if id.len() <= 64 {
-        state.targets.adopt(state, id).await;
+        state
+            .targets
+            .adopt(state, id, &claims.jti)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "could not take a target credential over to revoke it");
+                OAuthError::unavailable(
+                    "the credential's record could not be written; nothing was revoked",
+                )
+            })?;
     }
     let Some(queued) = state.targets.revoke_one(id, &claims.jti, now.timestamp()) else {
         return Err(OAuthError::new(
@@ -551,9 +560,9 @@ async fn revoke_one_inner(
         audit.outcome = Some("queued".to_owned());
     }
     state.record(record).await?;
-    state
+    let stored = state
         .store
-        .update_target_credential(&queued)
+        .update_target_credential(&queued, &state.instance)
         .await
         .map_err(|error| {
             tracing::error!(%error, "target credential's revocation not stored");
@@ -561,5 +570,11 @@ async fn revoke_one_inner(
                 "the revocation could not be made durable; it is queued here, retry to be sure",
             )
         })?;
+    if !stored {
+        // Taken over by another broker in between (revoked through it).
+        return Err(OAuthError::unavailable(
+            "the credential was taken over by another broker meanwhile; retry",
+        ));
+    }
     Ok(())
 }

@@ -189,7 +189,7 @@ async fn enable_workload(
             Err(unavailable) => return Ok(Err(unavailable)),
         }
     } else {
-        let stored = state.store_write(&write).await.map_err(|error| {
+        let stored = state.store.store_write(&write).await.map_err(|error| {
             tracing::error!(%error, "workload enable not durable");
             OAuthError::unavailable("the change could not be made durable")
         });
