@@ -813,7 +813,7 @@ impl Verifier {
     /// start with an `audit_continued` record that carries on where the file
     /// before ended. Lines in an error count from this file's start.
     pub fn file(&mut self, mut reader: impl BufRead) -> Result<(), ChainError> {
-        self.report.files += 1;
+        self.begin_file();
         let mut line = Vec::new();
         let mut number: u64 = 0;
         loop {
@@ -838,6 +838,22 @@ impl Verifier {
             self.record(&line, number)?;
         }
         Ok(())
+    }
+
+    /// Begin the next file of the chain, to be given line by line with
+    /// [`Self::line`] (a chain read from a database, a batch at a time):
+    /// the rules of [`Self::file`] hold.
+    pub fn begin_file(&mut self) {
+        self.report.files += 1;
+    }
+
+    /// Line `number` (from 1 in its file) of the file begun last: one
+    /// record, without its newline.
+    pub fn line(&mut self, bytes: &[u8], number: u64) -> Result<(), ChainError> {
+        if bytes.len() > MAX_RECORD_LEN {
+            return Err(ChainError::TooLong { line: number });
+        }
+        self.record(bytes, number)
     }
 
     fn record(&mut self, bytes: &[u8], number: u64) -> Result<(), ChainError> {

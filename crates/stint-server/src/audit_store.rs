@@ -337,6 +337,23 @@ pub struct ChainReport {
     pub peers_missing: Vec<String>,
 }
 
+/// The other chains' heads an `audit_peers` record vouches for.
+fn peer_references(record: &str) -> Vec<(String, u64, String)> {
+    #[derive(serde::Deserialize)]
+    struct Peers {
+        event: EventKind,
+        #[serde(default)]
+        detail: Option<String>,
+    }
+    match serde_json::from_str::<Peers>(record) {
+        Ok(Peers {
+            event: EventKind::AuditPeers,
+            detail: Some(detail),
+        }) => parse_peers(&detail),
+        _ => Vec::new(),
+    }
+}
+
 /// Verify every audit chain in `store`, each on its own, checkpoints
 /// against `trusted`.
 pub async fn verify_store(
@@ -345,13 +362,14 @@ pub async fn verify_store(
 ) -> Result<Vec<ChainReport>, stint_store::StoreError> {
     let mut reports = Vec::new();
     for (chain, count) in store.audit_chains().await? {
-        // The verifier reads a chain as one file (a later file must begin
-        // with `audit_continued`): the whole chain is read first. (A
-        // million records are about half a gigabyte.)
+        // One chain is one file, given a batch at a time: memory holds one
+        // batch, however long the chain.
         let mut verifier = Verifier::new(trusted.clone());
-        let mut text = Vec::new();
+        verifier.begin_file();
+        let mut references: Vec<(String, u64, String)> = Vec::new();
         let mut from = 0u64;
-        while from < count {
+        let mut broken = None;
+        while from < count && broken.is_none() {
             // Only the records counted: a live chain grows meanwhile.
             let want = usize::try_from(count - from)
                 .unwrap_or(usize::MAX)
@@ -360,47 +378,33 @@ pub async fn verify_store(
             if records.is_empty() {
                 break;
             }
-            from += records.len() as u64;
             for record in records {
-                text.extend_from_slice(record.as_bytes());
-                text.push(b'\n');
+                from += 1;
+                if let Err(error) = verifier.line(record.as_bytes(), from) {
+                    broken = Some(error.to_string());
+                    break;
+                }
+                references.extend(peer_references(&record));
             }
         }
-        let references: Vec<(String, u64, String)> = text
-            .split(|b| *b == b'\n')
-            .filter_map(|line| {
-                #[derive(serde::Deserialize)]
-                struct Peers {
-                    event: EventKind,
-                    #[serde(default)]
-                    detail: Option<String>,
-                }
-                let record: Peers = serde_json::from_slice(line).ok()?;
-                (record.event == EventKind::AuditPeers).then_some(record.detail?)
-            })
-            .flat_map(|detail| parse_peers(&detail))
-            .collect();
-        let result = if from != count {
+        let result = if let Some(error) = broken {
+            Err(error)
+        } else if from != count {
             Err(format!(
                 "{count} records were counted, {from} could be read in order: positions are missing"
             ))
         } else {
-            verifier
-                .file(io::Cursor::new(text))
-                .map_err(|error| error.to_string())
-                .and_then(|()| {
-                    // A chain in the store is never rotated: it begins at
-                    // the genesis, not by continuing something else.
-                    let report = verifier.report();
-                    if report.first_seq == 0 && report.continues_from.is_none() {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "it begins at record {}, not at the genesis",
-                            report.first_seq
-                        ))
-                    }
-                })
+            // A chain in the store is never rotated: it begins at the
+            // genesis, not by continuing something else.
+            let report = verifier.report();
+            if report.first_seq == 0 && report.continues_from.is_none() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "it begins at record {}, not at the genesis",
+                    report.first_seq
+                ))
+            }
         };
         let (mut peers_confirmed, mut peers_missing) = (0, Vec::new());
         for (peer, records, digest) in references {

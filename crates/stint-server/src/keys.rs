@@ -691,17 +691,7 @@ pub fn stored_public_keys(
 ) -> Result<Vec<stint_core::jose::VerifyingKey>, String> {
     let stored =
         stint_store::SqliteStore::read_signing_keys(store_path).map_err(|e| e.to_string())?;
-    let rng = ring::rand::SystemRandom::new();
-    let mut keys = Vec::with_capacity(stored.len());
-    for key in stored {
-        let alg = Algorithm::from_name(&key.alg)
-            .ok_or_else(|| format!("stored key {} has unknown algorithm {:?}", key.kid, key.alg))?;
-        let (pkcs8, _) = open_stored(&key, kek)?;
-        let signing = SigningKey::from_pkcs8(alg, &pkcs8, &rng)
-            .map_err(|e| format!("stored key {} cannot be loaded: {e}", key.kid))?;
-        keys.push(signing.verifying_key());
-    }
-    Ok(keys)
+    public_halves(stored, kek)
 }
 
 /// The public halves of the signing keys in `store` (a PostgreSQL store's,
@@ -711,11 +701,19 @@ pub async fn public_keys_in_store(
     kek: Option<&Sealer>,
 ) -> Result<Vec<stint_core::jose::VerifyingKey>, String> {
     let stored = store.signing_keys().await.map_err(|e| e.to_string())?;
+    public_halves(stored, kek)
+}
+
+/// The public halves of `stored` keys, opened with `kek` if sealed. Under
+/// a key-encryption key a clear key is one anybody able to write the store
+/// could have put there: not a trust anchor, so left out.
+fn public_halves(
+    stored: Vec<StoredKey>,
+    kek: Option<&Sealer>,
+) -> Result<Vec<stint_core::jose::VerifyingKey>, String> {
     let rng = ring::rand::SystemRandom::new();
     let mut keys = Vec::with_capacity(stored.len());
     for key in stored {
-        // Under a key-encryption key a clear key is one anybody able to
-        // write the store could have put there: not a trust anchor.
         if kek.is_some() && !Sealer::looks_sealed(&key.pkcs8) {
             continue;
         }
