@@ -1205,9 +1205,10 @@ impl Store for PostgresStore {
                             concat!(
                                 "SELECT ",
                                 credential_columns!(),
-                                " FROM target_credentials WHERE owner = $1 AND state <> 'revoked'"
+                                " FROM target_credentials WHERE owner = $1 AND state <> 'revoked'
+                                  AND (state <> 'minting' OR created_at < $2::bigint - $3::bigint)"
                             ),
-                            &[&owner],
+                            &[&owner, &now, &MINT_ABANDONED_AFTER_SECS],
                         )
                         .await?
                         .iter()

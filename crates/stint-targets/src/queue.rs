@@ -311,6 +311,10 @@ enum Slot {
 struct Tracked {
     credential: TargetCredential,
     busy: bool,
+    /// Taken over by this broker (a revocation through it) while an
+    /// attempt was busy with it: that attempt, finding it had lost the
+    /// credential before, must not forget it.
+    adopted: bool,
 }
 
 /// Builds a target's client from its policy entry (a seam for tests).
@@ -538,6 +542,7 @@ impl TargetCredentials {
             Tracked {
                 credential,
                 busy: true,
+                adopted: false,
             },
         );
 
@@ -618,17 +623,32 @@ impl TargetCredentials {
             // longer than a mint may): it destroys what it thinks was never
             // made, so this broker destroys what it made, now, and hands
             // nothing out.
-            self.forget(&credential.id);
+            self.forget(&credential.id, now.timestamp());
             tracing::error!(credential = %credential.id, "a target credential's record was taken over while it was being made; destroying it");
-            if credential.state != CredentialState::Revoked
-                && let Err(failure) = client
+            if credential.state != CredentialState::Revoked {
+                let destroyed = client
                     .destroy(&credential.upstream_id, credential.sealed.as_deref())
-                    .await
-            {
-                tracing::error!(credential = %credential.id, role = %credential.upstream_id, %failure, "could not destroy a target credential whose record was taken over: remove it by hand");
+                    .await;
+                let (event, outcome) = match &destroyed {
+                    Ok(_) => (EventKind::TargetCredentialRevoked, "revoked"),
+                    Err(_) => (EventKind::TargetCredentialIrrevocable, "irrevocable"),
+                };
+                let mut entry = credential_entry(host.now(), event, &credential);
+                if let Some(target) = entry.target.as_mut() {
+                    target.outcome = Some(outcome.to_owned());
+                }
+                entry.detail = Some(match &destroyed {
+                    Ok(_) => "its record was taken over by another broker while it was being made: destroyed by the broker that made it, never handed out".to_owned(),
+                    Err(failure) => format!("its record was taken over by another broker while it was being made, and it could not be destroyed: remove it by hand ({failure})"),
+                });
+                if let Err(error) = host.audit(entry).await {
+                    tracing::error!(%error, "target credential's destruction not audited");
+                }
             }
             outcome?;
-            return Err(MintError::NotRecorded);
+            return Err(MintError::Internal(
+                "the credential's record was taken over by another broker while it was being made; it was destroyed: ask for a new step token",
+            ));
         }
         if let (Err(error), Err(_)) = (&stored, &outcome)
             && credential.sealed.is_some()
@@ -658,12 +678,24 @@ impl TargetCredentials {
         })
     }
 
-    /// Stop tracking credential `id`: another broker owns it now.
-    fn forget(&self, id: &str) {
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+    /// Stop tracking credential `id`, which another broker owns now;
+    /// unless this broker took it back meanwhile (see [`Self::adopt`]):
+    /// then it is due again at `now`.
+    fn forget(&self, id: &str, now: i64) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        match open.get_mut(id) {
+            Some(tracked) if tracked.adopted => {
+                tracked.adopted = false;
+                tracked.busy = false;
+                tracked.credential.next_attempt_at = now;
+                drop(open);
+                self.wake.notify_one();
+            }
+            Some(_) => {
+                open.remove(id);
+            }
+            None => {}
+        }
     }
 
     /// Destroy a credential that was made but cannot be handed out (its
@@ -720,19 +752,26 @@ impl TargetCredentials {
         if !host.store().shared() {
             return Ok(());
         }
-        let Some(credential) = host
+        let taken = host
             .store()
             .take_target_credential(host.instance(), id, jti)
-            .await?
-        else {
+            .await;
+        if taken.is_err() {
+            // It may have committed: the next claim returns what this
+            // broker owns, so that nothing it took is left untracked.
+            self.claim_unsure
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let Some(credential) = taken? else {
             // Not live nor being revoked: finished (then `revoke_one`
             // answers from what is known here), or not this token's.
             return Ok(());
         };
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         match open.get_mut(id) {
-            // An attempt of this broker's is under way: it finishes it.
-            Some(tracked) if tracked.busy => {}
+            // An attempt of this broker's is under way: it finishes it, and
+            // does not forget it for having found another owner before.
+            Some(tracked) if tracked.busy => tracked.adopted = true,
             Some(tracked) => tracked.credential = credential,
             None => {
                 open.insert(
@@ -740,6 +779,7 @@ impl TargetCredentials {
                     Tracked {
                         credential,
                         busy: false,
+                        adopted: false,
                     },
                 );
             }
@@ -870,6 +910,7 @@ impl TargetCredentials {
             open.entry(credential.id.clone()).or_insert(Tracked {
                 credential,
                 busy: false,
+                adopted: false,
             });
         }
         drop(open);
@@ -1041,7 +1082,7 @@ impl TargetCredentials {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::info!(credential = %credential.id, "target credential taken over by another broker");
-                    self.forget(&credential.id);
+                    self.forget(&credential.id, host.now().timestamp());
                     return;
                 }
                 Err(error) => {
@@ -1143,23 +1184,19 @@ impl TargetCredentials {
             }
         };
         host.count(&credential.target, outcome);
-        match host
+        // Taken over while this attempt ran: what it did upstream is still
+        // audited (here), the record's state is the new owner's.
+        let lost = match host
             .store()
             .update_target_credential(&credential, host.instance())
             .await
         {
-            Ok(true) => {}
-            Ok(false) => {
-                // Taken over while this attempt ran: the new owner records
-                // its own outcome.
-                tracing::info!(credential = %credential.id, "target credential taken over by another broker during an attempt");
-                self.forget(&credential.id);
-                return;
-            }
+            Ok(stored) => !stored,
             Err(error) => {
                 tracing::warn!(%error, credential = %credential.id, "target credential's state not stored");
+                false
             }
-        }
+        };
         let mut entry = credential_entry(now, event, &credential);
         if let Some(target) = entry.target.as_mut() {
             target.outcome = Some(outcome.to_owned());
@@ -1170,9 +1207,25 @@ impl TargetCredentials {
                     .map(|at| now.timestamp().saturating_sub(at).max(0));
             }
         }
-        entry.detail = credential.last_error.clone();
+        entry.detail = if lost {
+            Some(format!(
+                "another broker took this credential over during the attempt: its record and further attempts are that broker's{}",
+                credential
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!("; {e}"))
+                    .unwrap_or_default()
+            ))
+        } else {
+            credential.last_error.clone()
+        };
         if let Err(error) = host.audit(entry).await {
             tracing::error!(%error, "target credential's revocation not audited");
+        }
+        if lost {
+            tracing::info!(credential = %credential.id, "target credential taken over by another broker during an attempt");
+            self.forget(&credential.id, now.timestamp());
+            return;
         }
         // A revoked credential stays known until its step token expires,
         // so that revoking it again is answered as done.

@@ -553,6 +553,10 @@ async fn revoke_one_inner(
         )
         .with_status(StatusCode::NOT_FOUND));
     };
+    // Audited first, so that the record of the request comes before the
+    // record of what the queue did about it; if it cannot then be stored
+    // (or another broker took the credential over in between), the
+    // refusal that follows says so, and the caller retries.
     let mut record = credential_entry(now, EventKind::TargetCredentialRevoked, &queued);
     record.request_id.clone_from(&entry.request_id);
     record.client_addr.clone_from(&entry.client_addr);
