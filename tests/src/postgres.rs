@@ -56,6 +56,43 @@ statement_timeout_secs = 2
     )
 }
 
+/// A target credential as the ledger holds one, for store tests: `id`,
+/// made from step token `jti` at `created_at`, for five minutes, `live`,
+/// on `warehouse` (a PostgreSQL target); change what a test needs.
+pub fn ledger_credential(
+    id: &str,
+    jti: &str,
+    created_at: i64,
+) -> stint_core::target_credential::TargetCredential {
+    stint_core::target_credential::TargetCredential {
+        id: id.into(),
+        jti: jti.into(),
+        sub: "etl".into(),
+        client_id: "etl".into(),
+        job: "job".into(),
+        step: "load".into(),
+        approval: None,
+        issued_at: created_at,
+        expires_at: created_at + 300,
+        target: "warehouse".into(),
+        kind: "postgres".into(),
+        upstream_id: format!("stint_{id}"),
+        server: "127.0.0.1:5432".into(),
+        database: None,
+        effective: vec![],
+        state: stint_core::target_credential::CredentialState::Live,
+        trigger: None,
+        attempts: 0,
+        next_attempt_at: 0,
+        last_error: None,
+        created_at,
+        finished_at: None,
+        revoke_requested_at: None,
+        sealed: None,
+        grant: None,
+    }
+}
+
 /// A running (or stopped) test cluster.
 pub struct PgCluster {
     dir: tempfile::TempDir,
@@ -428,6 +465,19 @@ impl PgCluster {
     }
 
     /// The roles named `stint_...` on the server, sorted.
+    /// Every audit record of every chain in the store database `stint`,
+    /// chain by chain, in order.
+    pub async fn audit_lines(&self) -> Vec<serde_json::Value> {
+        self.superuser_client_in("stint")
+            .await
+            .query("SELECT line FROM audit_records ORDER BY chain, n", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| serde_json::from_str(row.get::<_, &str>(0)).unwrap())
+            .collect()
+    }
+
     pub async fn stint_roles(&self) -> Vec<String> {
         self.superuser_client()
             .await

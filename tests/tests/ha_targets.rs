@@ -95,6 +95,19 @@ async fn credential_at(replica: &Replica, job: &str) -> (String, Value) {
     (token, credential)
 }
 
+/// `DELETE /v1/target-credentials/{id}` at `replica` with the step token:
+/// 204.
+async fn delete_credential(replica: &Replica, id: &str, token: &str) {
+    let response = replica
+        .http
+        .delete(replica.url(&format!("/v1/target-credentials/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
+}
+
 fn role_of(credential: &Value) -> String {
     credential["postgres"]["user"].as_str().unwrap().to_owned()
 }
@@ -107,13 +120,9 @@ async fn role_exists(cluster: &HaCluster, role: &str) -> bool {
 async fn records(cluster: &HaCluster, event: &str, role: &str) -> Vec<Value> {
     cluster
         .pg
-        .superuser_client_in("stint")
+        .audit_lines()
         .await
-        .query("SELECT line FROM audit_records ORDER BY chain, n", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| serde_json::from_str::<Value>(row.get::<_, &str>(0)).unwrap())
+        .into_iter()
         .filter(|r| r["event"] == event && r["target"]["upstream_id"] == role)
         .collect()
 }
@@ -136,14 +145,7 @@ async fn a_credential_revoked_through_another_replica_is_destroyed_once() {
     assert!(role_exists(&cluster, &role).await);
 
     // Revoked through B: B takes it over from A and destroys it.
-    let response = b
-        .http
-        .delete(b.url(&format!("/v1/target-credentials/{id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
+    delete_credential(&b, id, &token).await;
     wait_role_gone(&cluster, &role, Duration::from_secs(20)).await;
 
     // Then its step token, through A, which still knew the credential: A
@@ -257,14 +259,7 @@ async fn a_credential_taken_over_is_still_revoked_through_its_former_owner() {
         .await
         .unwrap();
     assert_eq!(moved, 1);
-    let response = a
-        .http
-        .delete(a.url(&format!("/v1/target-credentials/{id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
+    delete_credential(&a, id, &token).await;
     wait_role_gone(&cluster, &role, Duration::from_secs(20)).await;
     let revoked: Vec<Value> = records(&cluster, "target_credential_revoked", &role)
         .await

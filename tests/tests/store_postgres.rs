@@ -17,7 +17,7 @@ use stint_store::{
     ApprovalSaved, AuditCommit, AuditedWrite, Change, ChangePosition, PostgresStore,
     PostgresStoreSettings, PostgresTls, Store, StoreError, StorePassword, conformance,
 };
-use stint_tests::postgres::PgCluster;
+use stint_tests::postgres::{PgCluster, ledger_credential};
 use stint_tests::{Daemon, eventually, policy_with, run_to_end, test_secret, workspace_binary};
 
 const ROLE: &str = "stint_store";
@@ -131,31 +131,9 @@ async fn two_brokers_share_one_database() {
     // One credential per step token and target, whichever broker asks:
     // of many racing inserts, exactly one wins.
     let credential = |id: String| TargetCredential {
-        id,
-        jti: "jti-race".into(),
-        sub: "etl".into(),
-        client_id: "etl".into(),
-        job: "job".into(),
-        step: "load".into(),
-        approval: None,
-        issued_at: 1_000,
-        expires_at: 1_300,
-        target: "warehouse".into(),
-        kind: "postgres".into(),
         upstream_id: "stint_aaaaaaaaaaaaaaaaaaaaaaaa".into(),
-        server: "127.0.0.1:5432".into(),
-        database: None,
-        effective: vec![],
         state: CredentialState::Minting,
-        trigger: None,
-        attempts: 0,
-        next_attempt_at: 0,
-        last_error: None,
-        created_at: 1_000,
-        finished_at: None,
-        revoke_requested_at: None,
-        sealed: None,
-        grant: None,
+        ..ledger_credential(&id, "jti-race", 1_000)
     };
     let inserts = (0..8).map(|n| {
         let store = if n % 2 == 0 { &a } else { &b };
@@ -454,36 +432,6 @@ async fn audit_records_and_the_changes_they_record_commit_together_or_not_at_all
     assert!(!live.tokens.iter().any(|t| t.jti == "never"), "{live:?}");
 }
 
-fn credential_of(id: &str, jti: &str, created_at: i64) -> TargetCredential {
-    TargetCredential {
-        id: id.into(),
-        jti: jti.into(),
-        sub: "etl".into(),
-        client_id: "etl".into(),
-        job: "job".into(),
-        step: "load".into(),
-        approval: None,
-        issued_at: created_at,
-        expires_at: created_at + 300,
-        target: "warehouse".into(),
-        kind: "postgres".into(),
-        upstream_id: format!("stint_{id}"),
-        server: "127.0.0.1:5432".into(),
-        database: None,
-        effective: vec![],
-        state: CredentialState::Live,
-        trigger: None,
-        attempts: 0,
-        next_attempt_at: 0,
-        last_error: None,
-        created_at,
-        finished_at: None,
-        revoke_requested_at: None,
-        sealed: None,
-        grant: None,
-    }
-}
-
 /// Target credentials have one owner: a broker whose lease ran out loses
 /// its unfinished ones to the brokers that claim, each to exactly one of
 /// them however they race; a live broker's are left to it.
@@ -510,7 +458,7 @@ async fn target_credentials_of_a_broker_whose_lease_ran_out_are_claimed_once() {
     );
     for n in 0..40 {
         let owner = if n % 4 == 0 { "live" } else { "gone" };
-        let credential = credential_of(&format!("c{n:02}"), &format!("j{n:02}"), 1_000 + n);
+        let credential = ledger_credential(&format!("c{n:02}"), &format!("j{n:02}"), 1_000 + n);
         assert!(
             a.insert_target_credential(&credential, owner)
                 .await
@@ -519,17 +467,17 @@ async fn target_credentials_of_a_broker_whose_lease_ran_out_are_claimed_once() {
     }
     // Mints of the gone broker: one begun just now (it may be under way:
     // left alone), one abandoned long ago (taken, to be destroyed).
-    let mut young = credential_of("young", "j-young", now - 10);
+    let mut young = ledger_credential("young", "j-young", now - 10);
     young.state = CredentialState::Minting;
     assert!(a.insert_target_credential(&young, "gone").await.unwrap());
-    let mut abandoned = credential_of("abandoned", "j-abandoned", now - 200);
+    let mut abandoned = ledger_credential("abandoned", "j-abandoned", now - 200);
     abandoned.state = CredentialState::Minting;
     assert!(
         a.insert_target_credential(&abandoned, "gone")
             .await
             .unwrap()
     );
-    let mut finished = credential_of("done", "j-done", 900);
+    let mut finished = ledger_credential("done", "j-done", 900);
     assert!(a.insert_target_credential(&finished, "gone").await.unwrap());
     finished.state = CredentialState::Revoked;
     finished.finished_at = Some(950);
@@ -697,7 +645,7 @@ async fn a_schema_9_database_gains_target_credential_owners() {
     let cluster = PgCluster::start();
     let settings = cluster.create_store_database("stint", ROLE, PASSWORD).await;
     let store = PostgresStore::open(&settings).await.unwrap();
-    let old = credential_of("before", "j-before", 1_000);
+    let old = ledger_credential("before", "j-before", 1_000);
     assert!(store.insert_target_credential(&old, "x").await.unwrap());
     drop(store);
     // What schema 9 had: no owners, no leases.
@@ -943,19 +891,6 @@ impl OnPostgres {
     }
 }
 
-/// The audit records of every chain in the database.
-async fn stored_audit_lines(cluster: &PgCluster) -> Vec<Value> {
-    cluster
-        .superuser_client_in("stint")
-        .await
-        .query("SELECT line FROM audit_records ORDER BY chain, n", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| serde_json::from_str(row.get::<_, &str>(0)).unwrap())
-        .collect()
-}
-
 /// With the audit log in PostgreSQL, a revocation and its record are one
 /// transaction: a revocation the store refuses leaves no record that it
 /// happened (nor one that it failed: there is nothing to correct), and
@@ -988,7 +923,7 @@ async fn a_revocation_and_its_audit_record_commit_together_or_not_at_all() {
     };
     let response = revoke().await.unwrap();
     assert_eq!(response.status(), 503, "{}", response.text().await.unwrap());
-    let records = stored_audit_lines(&cluster).await;
+    let records = cluster.audit_lines().await;
     assert!(
         !records.iter().any(|r| r["event"] == "job_revoked"),
         "no record of a revocation that did not happen: {records:?}"
@@ -1009,7 +944,7 @@ async fn a_revocation_and_its_audit_record_commit_together_or_not_at_all() {
     .await;
     drop(response);
     assert!(!active(&http, &daemon, &token).await);
-    let records = stored_audit_lines(&cluster).await;
+    let records = cluster.audit_lines().await;
     let revoked: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"] == "job_revoked")

@@ -32,7 +32,7 @@ use stint_core::revocation::{JobRevocation, StepRevocation, TokenRevocation, Wor
 use stint_core::scope::Scope;
 use stint_core::target_credential::{CredentialState, TargetCredential};
 use stint_store::{ApprovalSaved, Change, PostgresStore, Store, StoredApproval};
-use stint_tests::postgres::PgCluster;
+use stint_tests::postgres::{PgCluster, ledger_credential};
 use tokio::sync::Barrier;
 
 const ROLE: &str = "stint_store";
@@ -121,33 +121,13 @@ fn step(name: &str, until: i64) -> StepRevocation {
 
 fn credential(id: &str, state: CredentialState, finished_at: Option<i64>) -> TargetCredential {
     TargetCredential {
-        id: id.into(),
-        jti: format!("jti-{id}"),
-        sub: "etl".into(),
-        client_id: "etl".into(),
-        job: "job".into(),
-        step: "load".into(),
-        approval: None,
         issued_at: 1_000,
         expires_at: 1_300,
-        target: "warehouse".into(),
-        kind: "postgres".into(),
-        upstream_id: format!("stint_{id}"),
-        server: "127.0.0.1:5432".into(),
-        database: None,
-        effective: vec![],
         state,
-        trigger: None,
-        attempts: 0,
-        next_attempt_at: 0,
-        last_error: None,
+        finished_at,
         // Long before any claim here: a `minting` one is an abandoned mint
         // (see `MINT_ABANDONED_AFTER_SECS`), which a claim takes.
-        created_at: 0,
-        finished_at,
-        revoke_requested_at: None,
-        sealed: None,
-        grant: None,
+        ..ledger_credential(id, &format!("jti-{id}"), 0)
     }
 }
 
