@@ -559,7 +559,8 @@ impl TargetCredentials {
                     "the credential's record was lost while it was being made",
                 ));
             };
-            tracked.busy = false;
+            // Still busy: no attempt starts on it before the state below is
+            // stored (a later write of the mint's would undo the attempt's).
             let c = &mut tracked.credential;
             let outcome = match created {
                 Err(CreateFailure {
@@ -613,11 +614,19 @@ impl TargetCredentials {
             };
             (c.clone(), outcome)
         };
-        self.wake.notify_one();
         let stored = host
             .store()
             .update_target_credential(&credential, host.instance())
             .await;
+        if let Some(tracked) = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&credential.id)
+        {
+            tracked.busy = false;
+        }
+        self.wake.notify_one();
         if let Ok(false) = stored {
             // Another broker took the row over while this mint ran (it took
             // longer than a mint may): it destroys what it thinks was never
@@ -1237,6 +1246,7 @@ impl TargetCredentials {
         {
             tracked.credential = credential;
             tracked.busy = false;
+            tracked.adopted = false;
         }
     }
 
