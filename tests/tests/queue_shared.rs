@@ -314,6 +314,42 @@ async fn brokers(gate_create: bool, gate_destroy: bool) -> Brokers {
     }
 }
 
+impl Brokers {
+    /// Broker-a mints a credential for step token `jti`.
+    async fn mint_at_a(&self, jti: &str) -> stint_targets::queue::Minted {
+        let now = Utc::now();
+        self.queue_a
+            .mint(
+                self.host_a.as_ref(),
+                &claims(jti, now.timestamp() - 10),
+                TARGET,
+                &scopes(),
+                now,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Whether `broker` (`broker-a` or `broker-b`) owns credential `id`.
+    async fn owns(&self, broker: &str, id: &str) -> bool {
+        let host = if broker == "broker-a" {
+            &self.host_a
+        } else {
+            &self.host_b
+        };
+        host.store.owns_target_credential(broker, id).await.unwrap()
+    }
+
+    /// Broker-b takes credential `id` (of step token `jti`) over.
+    async fn take_at_b(&self, id: &str, jti: &str) -> Option<TargetCredential> {
+        self.host_b
+            .store
+            .take_target_credential("broker-b", id, jti)
+            .await
+            .unwrap()
+    }
+}
+
 /// Start broker-a's queue; it runs until the sender is dropped or says so.
 fn run_queue(brokers: &Brokers) -> tokio::sync::watch::Sender<bool> {
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
@@ -361,24 +397,9 @@ async fn an_attempt_that_loses_its_credential_audits_what_it_did_and_writes_noth
     );
     let now = Utc::now();
     let jti = "lost-attempt-1";
-    let minted = queue_a
-        .mint(
-            host_a.as_ref(),
-            &claims(jti, now.timestamp() - 10),
-            TARGET,
-            &scopes(),
-            now,
-        )
-        .await
-        .unwrap();
+    let minted = brokers.mint_at_a(jti).await;
     let id = minted.credential.id.clone();
-    assert!(
-        host_a
-            .store
-            .owns_target_credential("broker-a", &id)
-            .await
-            .unwrap()
-    );
+    assert!(brokers.owns("broker-a", &id).await);
     let _closing = run_queue(&brokers);
 
     let queued = queue_a.revoke_one(&id, jti, now.timestamp()).unwrap();
@@ -397,21 +418,13 @@ async fn an_attempt_that_loses_its_credential_audits_what_it_did_and_writes_noth
     .await;
     // Broker-a checked it owned the credential before it called the
     // upstream; broker-b takes it now (its token's holder revoked it there).
-    let taken = host_b
-        .store
-        .take_target_credential("broker-b", &id, jti)
+    let taken = brokers
+        .take_at_b(&id, jti)
         .await
-        .unwrap()
         .expect("broker-b takes the credential being revoked");
     assert_eq!(taken.state, CredentialState::Revoking);
     assert_eq!(taken.attempts, 0);
-    assert!(
-        !host_a
-            .store
-            .owns_target_credential("broker-a", &id)
-            .await
-            .unwrap()
-    );
+    assert!(!brokers.owns("broker-a", &id).await);
     assert!(host_a.events(EventKind::TargetCredentialRevoked).is_empty());
     client.destroy_gate.notify_one();
 
@@ -443,20 +456,8 @@ async fn an_attempt_that_loses_its_credential_audits_what_it_did_and_writes_noth
     assert_eq!(host_a.all_events().len(), 1, "{:?}", host_a.all_events());
     // The row is broker-b's, exactly as broker-b took it: broker-a's
     // `revoked`, with one attempt, was not written.
-    assert!(
-        host_b
-            .store
-            .owns_target_credential("broker-b", &id)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !host_a
-            .store
-            .owns_target_credential("broker-a", &id)
-            .await
-            .unwrap()
-    );
+    assert!(brokers.owns("broker-b", &id).await);
+    assert!(!brokers.owns("broker-a", &id).await);
     let row = stored(&host_b.store, &id)
         .await
         .expect("the credential is still unfinished in the store");
@@ -487,16 +488,7 @@ async fn a_credential_taken_over_before_its_attempt_is_let_go_untouched() {
     );
     let now = Utc::now();
     let jti = "taken-before-1";
-    let minted = queue_a
-        .mint(
-            host_a.as_ref(),
-            &claims(jti, now.timestamp() - 10),
-            TARGET,
-            &scopes(),
-            now,
-        )
-        .await
-        .unwrap();
+    let minted = brokers.mint_at_a(jti).await;
     let id = minted.credential.id.clone();
     // Queued at broker-a (its queue not running yet), then taken by
     // broker-b.
@@ -508,11 +500,9 @@ async fn a_credential_taken_over_before_its_attempt_is_let_go_untouched() {
             .await
             .unwrap()
     );
-    let taken = host_b
-        .store
-        .take_target_credential("broker-b", &id, jti)
+    let taken = brokers
+        .take_at_b(&id, jti)
         .await
-        .unwrap()
         .expect("broker-b takes the credential being revoked");
     assert!(tracks_any(queue_a));
 
@@ -530,13 +520,7 @@ async fn a_credential_taken_over_before_its_attempt_is_let_go_untouched() {
             .is_none()
     );
     assert_eq!(stored(&host_b.store, &id).await.unwrap(), taken);
-    assert!(
-        host_b
-            .store
-            .owns_target_credential("broker-b", &id)
-            .await
-            .unwrap()
-    );
+    assert!(brokers.owns("broker-b", &id).await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(client.destroys_started.load(Ordering::SeqCst), 0);
 }
@@ -572,13 +556,7 @@ async fn a_mint_whose_row_is_taken_over_destroys_what_it_made_and_hands_nothing_
     let recorded = rows[0].clone();
     assert_eq!(recorded.jti, jti);
     assert_eq!(recorded.state, CredentialState::Minting);
-    assert!(
-        host_a
-            .store
-            .owns_target_credential("broker-a", &recorded.id)
-            .await
-            .unwrap()
-    );
+    assert!(brokers.owns("broker-a", &recorded.id).await);
     // Another broker takes the row over while the creation runs.
     let superuser = brokers.cluster.superuser_client_in("stint").await;
     let updated = superuser
@@ -628,13 +606,7 @@ async fn a_mint_whose_row_is_taken_over_destroys_what_it_made_and_hands_nothing_
     );
     let row = stored(&host_b.store, &recorded.id).await.unwrap();
     assert_eq!(row, recorded);
-    assert!(
-        host_b
-            .store
-            .owns_target_credential("broker-b", &recorded.id)
-            .await
-            .unwrap()
-    );
+    assert!(brokers.owns("broker-b", &recorded.id).await);
     // Its queue does not destroy it a second time.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(client.destroys_started.load(Ordering::SeqCst), 1);
@@ -643,69 +615,23 @@ async fn a_mint_whose_row_is_taken_over_destroys_what_it_made_and_hands_nothing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adopt_takes_a_credential_back_from_its_new_owner() {
     let brokers = brokers(false, false).await;
-    let (host_a, host_b, client, queue_a) = (
-        &brokers.host_a,
-        &brokers.host_b,
-        &brokers.client,
-        &brokers.queue_a,
-    );
-    let now = Utc::now();
+    let (host_a, client, queue_a) = (&brokers.host_a, &brokers.client, &brokers.queue_a);
     let jti = "adopted-1";
-    let minted = queue_a
-        .mint(
-            host_a.as_ref(),
-            &claims(jti, now.timestamp() - 10),
-            TARGET,
-            &scopes(),
-            now,
-        )
-        .await
-        .unwrap();
+    let minted = brokers.mint_at_a(jti).await;
     let id = minted.credential.id.clone();
-    assert!(
-        host_b
-            .store
-            .take_target_credential("broker-b", &id, jti)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        !host_a
-            .store
-            .owns_target_credential("broker-a", &id)
-            .await
-            .unwrap()
-    );
+    assert!(brokers.take_at_b(&id, jti).await.is_some());
+    assert!(!brokers.owns("broker-a", &id).await);
 
     // A step token that is not the credential's takes nothing.
     queue_a
         .adopt(host_a.as_ref(), &id, "another-token")
         .await
         .unwrap();
-    assert!(
-        host_b
-            .store
-            .owns_target_credential("broker-b", &id)
-            .await
-            .unwrap()
-    );
+    assert!(brokers.owns("broker-b", &id).await);
 
     queue_a.adopt(host_a.as_ref(), &id, jti).await.unwrap();
-    assert!(
-        host_a
-            .store
-            .owns_target_credential("broker-a", &id)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !host_b
-            .store
-            .owns_target_credential("broker-b", &id)
-            .await
-            .unwrap()
-    );
+    assert!(brokers.owns("broker-a", &id).await);
+    assert!(!brokers.owns("broker-b", &id).await);
 
     let _closing = run_queue(&brokers);
     let queued = queue_a
