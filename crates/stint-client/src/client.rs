@@ -1279,8 +1279,19 @@ pub(crate) fn oauth_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -
         approval: Option<ApprovalView>,
     }
     // Not stint_proto::ErrorResponse: a newer broker may send codes this
-    // SDK does not know, and they must still reach the caller.
-    match serde_json::from_slice::<AnyError>(body) {
+    // SDK does not know, and they must still reach the caller. Only an
+    // object is an OAuth error (RFC 6749 section 5.2): serde would read a
+    // struct from an array too (`["invalid_grant"]`).
+    let object = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        == Some(&b'{');
+    let parsed = if object {
+        serde_json::from_slice::<AnyError>(body).map_err(|_| ())
+    } else {
+        Err(())
+    };
+    match parsed {
         Ok(AnyError {
             error,
             error_description,
@@ -1364,6 +1375,34 @@ fn path_segment_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_object_is_an_oauth_error_body() {
+        // Found by the error_body fuzz target: serde reads a struct from an
+        // array, so `["evror"]` became the broker's code "evror".
+        let url = "https://stint.example.com/oauth2/token";
+        let read = |status: u16, body: &str| {
+            oauth_error(
+                url,
+                reqwest::StatusCode::from_u16(status).unwrap(),
+                body.as_bytes(),
+            )
+        };
+        match read(585, "[\"evror\"\r]") {
+            Error::OAuth { code, .. } => assert_eq!(code, "server_error"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read(400, "[\"invalid_grant\"]"),
+            Error::Protocol { .. }
+        ));
+        match read(400, " \r\n{\"error\":\"invalid_grant\"}") {
+            Error::OAuth { code, status, .. } => {
+                assert_eq!((code.as_str(), status), ("invalid_grant", 400));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn plain_http_only_to_loopback_and_only_origins() {
