@@ -109,6 +109,19 @@ async fn a_revocation_the_store_refuses_is_not_in_force_and_the_log_says_so() {
     let (status, body) = revoke_job(&broker, "ro-1").await;
     drop(lock);
     assert_eq!(status, 503, "{body}");
+    // A store locked for as long as the fail-closed bound (its busy
+    // timeouts queue up on a loaded machine) also fails the broker closed,
+    // which answers every token inactive: wait until it is ready again,
+    // then the token is active, the revocation not in force.
+    eventually(
+        Duration::from_secs(20),
+        "the broker ready again",
+        || async {
+            let ready = broker.http.get(broker.url("/readyz")).send().await.ok()?;
+            (ready.status() == 200).then_some(())
+        },
+    )
+    .await;
     assert_eq!(broker.introspect(&token).await["active"], true);
     assert_eq!(snapshot(&broker).await.position.seq, seq_before);
     let records = broker.audit_records();
