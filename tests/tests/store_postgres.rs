@@ -430,6 +430,40 @@ async fn audit_records_and_the_changes_they_record_commit_together_or_not_at_all
     );
     let live = store.live_revocations(1_500).await.unwrap();
     assert!(!live.tokens.iter().any(|t| t.jti == "never"), "{live:?}");
+
+    // Records alone (one statement, its own transaction): all or none too.
+    let more = vec!["{\"n\":2}".to_owned(), "{\"n\":3}".to_owned()];
+    let alone = store
+        .append_audit_with("chain-a", 2, &more, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        alone,
+        AuditCommit {
+            written: 2,
+            seqs: Vec::new()
+        }
+    );
+    assert_eq!(
+        store
+            .append_audit_with("chain-a", 2, &more, &[])
+            .await
+            .unwrap(),
+        AuditCommit::NOTHING,
+        "sent again: nothing written twice"
+    );
+    // Position 3 is taken, 4 is free: neither is written.
+    let half_taken = vec!["{\"n\":3}".to_owned(), "{\"n\":4}".to_owned()];
+    assert_eq!(
+        store
+            .append_audit_with("chain-a", 3, &half_taken, &[])
+            .await
+            .unwrap(),
+        AuditCommit::NOTHING
+    );
+    let mut all = records.clone();
+    all.extend(more);
+    assert_eq!(store.audit_records("chain-a", 0, 10).await.unwrap(), all);
 }
 
 /// Target credentials have one owner: a broker whose lease ran out loses

@@ -45,7 +45,7 @@ pub(crate) fn new_chain_id(now: DateTime<Utc>, rng: &dyn SecureRandom) -> io::Re
 /// Audit records into the store, one chain per broker process.
 pub struct StoreSink {
     store: Arc<dyn Store>,
-    runtime: tokio::runtime::Handle,
+    runtime: OwnRuntime,
     chain: String,
     /// The position of the next record in the chain.
     next: u64,
@@ -65,20 +65,22 @@ impl std::fmt::Debug for StoreSink {
 
 impl StoreSink {
     /// A new chain `chain` in `store`, written from the audit writer's
-    /// thread through `runtime`.
-    pub fn new(
-        store: Arc<dyn Store>,
-        runtime: tokio::runtime::Handle,
-        chain: String,
-        timeout: Duration,
-    ) -> Self {
-        Self {
+    /// thread on a runtime of its own: a batch's round trips then do not
+    /// queue behind the broker's requests (with PostgreSQL, give it a
+    /// [`stint_store::PostgresStore::dedicated`] handle, whose connections
+    /// this runtime drives).
+    pub fn new(store: Arc<dyn Store>, chain: String, timeout: Duration) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("stintd-audit")
+            .build()?;
+        Ok(Self {
             store,
-            runtime,
+            runtime: OwnRuntime(Some(runtime)),
             chain,
             next: 0,
             timeout,
-        }
+        })
     }
 
     /// The chain this sink writes.
@@ -95,10 +97,10 @@ impl StoreSink {
         work: impl std::future::Future<Output = Result<T, stint_store::StoreError>>,
     ) -> io::Result<T> {
         let timeout = self.timeout;
-        match self
-            .runtime
-            .block_on(async move { tokio::time::timeout(timeout, work).await })
-        {
+        let Some(runtime) = &self.runtime.0 else {
+            return Err(io::Error::other("the audit writer's runtime is gone"));
+        };
+        match runtime.block_on(async move { tokio::time::timeout(timeout, work).await }) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(io::Error::other(error.to_string())),
             Err(_) => Err(io::Error::new(
@@ -113,6 +115,19 @@ impl StoreSink {
         let store = Arc::clone(&self.store);
         let chain = self.chain.clone();
         self.block_on(async move { store.audit_records(&chain, from, limit).await })
+    }
+}
+
+/// The writer's runtime, which may be dropped anywhere (a broker that
+/// fails to start drops its sink on the main runtime, where a runtime's
+/// blocking shutdown is not allowed).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -35,8 +35,14 @@ const BATCH: usize = 512;
 /// they are read from the store like any other).
 const MAX_OFFERED: usize = 4_096;
 /// How long to wait before listening again after the store's
-/// notifications failed.
-const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// notifications failed: soon at first (a restarted server is back in
+/// well under a second, and until then changes wait for the poll), then
+/// doubling up to [`LISTEN_RETRY_MAX`] while the server stays away.
+const LISTEN_RETRY_MIN: Duration = Duration::from_millis(50);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(1);
+/// A listening session that lasted this long was a working one: the next
+/// failure starts again from [`LISTEN_RETRY_MIN`].
+const LISTEN_SETTLED: Duration = Duration::from_secs(10);
 
 /// Where this broker stands in the change feed.
 pub(crate) struct Changes {
@@ -134,7 +140,9 @@ pub(crate) async fn run(state: std::sync::Arc<AppState>, mut closing: watch::Rec
         let state = std::sync::Arc::clone(&state);
         let mut closing = closing.clone();
         async move {
+            let mut retry = LISTEN_RETRY_MIN;
             loop {
+                let began = Instant::now();
                 tokio::select! {
                     result = state.store.watch_changes(&state.changes.wake) => {
                         if let Err(error) = result {
@@ -143,10 +151,14 @@ pub(crate) async fn run(state: std::sync::Arc<AppState>, mut closing: watch::Rec
                     }
                     _ = closing.wait_for(|c| *c) => return,
                 }
+                if began.elapsed() >= LISTEN_SETTLED {
+                    retry = LISTEN_RETRY_MIN;
+                }
                 tokio::select! {
-                    () = tokio::time::sleep(LISTEN_RETRY) => {}
+                    () = tokio::time::sleep(retry) => {}
                     _ = closing.wait_for(|c| *c) => return,
                 }
+                retry = (retry * 2).min(LISTEN_RETRY_MAX);
             }
         }
     };

@@ -352,12 +352,14 @@ pub async fn start_with_clock(
                     path: audit_path.clone(),
                     message: e.to_string(),
                 })?;
-            let sink = audit_store::StoreSink::new(
-                Arc::clone(&store),
-                tokio::runtime::Handle::current(),
-                id,
-                settings.timeout,
-            );
+            // One connection of its own: the writer sends one batch at a
+            // time, and no other use of the store can hold it up.
+            let writer_store = PostgresStore::dedicated(settings, 1)?;
+            let sink = audit_store::StoreSink::new(Arc::new(writer_store), id, settings.timeout)
+                .map_err(|e| StartError::Audit {
+                    path: audit_path.clone(),
+                    message: format!("cannot start the audit writer's runtime: {e}"),
+                })?;
             let audit_where = PathBuf::from(format!("{store_description} chain {}", sink.chain()));
             own_chain = Some(sink.chain().to_owned());
             (

@@ -164,6 +164,14 @@ pub struct AuditCommit {
     pub seqs: Vec<u64>,
 }
 
+impl AuditCommit {
+    /// Nothing written: the positions were taken.
+    pub const NOTHING: Self = Self {
+        written: 0,
+        seqs: Vec::new(),
+    };
+}
+
 /// Where the change feed stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangePosition {

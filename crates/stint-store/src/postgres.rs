@@ -306,6 +306,41 @@ impl ReadColumns for Row {
     }
 }
 
+/// A batch of one chain's records at consecutive positions: all of them,
+/// or (a position already taken) none.
+const INSERT_AUDIT_RECORDS: &str = "INSERT INTO audit_records (chain, n, line)
+     SELECT $1, $2 + ord - 1, line
+     FROM unnest($3::text[]) WITH ORDINALITY AS batch(line, ord)";
+
+/// The parameters of [`INSERT_AUDIT_RECORDS`].
+struct AuditBatch {
+    chain: String,
+    first: i64,
+    records: Vec<String>,
+}
+
+impl AuditBatch {
+    /// With their types, so that nothing is prepared first.
+    fn params(
+        &self,
+    ) -> [(
+        &(dyn tokio_postgres::types::ToSql + Sync),
+        tokio_postgres::types::Type,
+    ); 3] {
+        use tokio_postgres::types::Type;
+        [
+            (&self.chain, Type::TEXT),
+            (&self.first, Type::INT8),
+            (&self.records, Type::TEXT_ARRAY),
+        ]
+    }
+}
+
+/// The statement failed on a primary key: a position was taken.
+fn taken(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
 /// What opening found.
 enum Schema {
     Applied,
@@ -329,6 +364,23 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Another handle on a store that [`open`](Self::open) has prepared,
+    /// with at most `connections` connections of its own. Nothing is
+    /// checked or opened here: connections open on first use and are
+    /// driven by the runtime that uses them. For a thread with a runtime
+    /// of its own (the audit writer), whose round trips then never wait
+    /// behind the main runtime's tasks; use it from that runtime only.
+    pub fn dedicated(
+        settings: &PostgresStoreSettings,
+        connections: usize,
+    ) -> Result<Self, StoreError> {
+        let mut settings = settings.clone();
+        settings.pool_size = connections;
+        Ok(Self {
+            pool: Pool::new(&settings)?,
+        })
+    }
+
     /// Connect, and apply the schema to an empty database (once, however
     /// many brokers open it at the same moment). A database whose schema
     /// is newer than this broker's is refused.
@@ -1443,10 +1495,14 @@ impl Store for PostgresStore {
         records: &[String],
         writes: &[AuditedWrite],
     ) -> Result<AuditCommit, StoreError> {
-        let chain = chain.to_owned();
-        let first = i64::try_from(first)
-            .map_err(|_| StoreError::Corrupt(format!("audit position {first} is out of range")))?;
-        let records = records.to_vec();
+        let batch = AuditBatch {
+            chain: chain.to_owned(),
+            first: i64::try_from(first).map_err(|_| {
+                StoreError::Corrupt(format!("audit position {first} is out of range"))
+            })?,
+            records: records.to_vec(),
+        };
+        let written = records.len() as u64;
         let writes: Vec<(AuditedWrite, String)> = writes
             .iter()
             .map(|write| Ok((write.clone(), change_json(&write.change())?)))
@@ -1454,25 +1510,31 @@ impl Store for PostgresStore {
         self.pool
             .run("append audit records", move |client: &mut Client| {
                 Box::pin(async move {
+                    if writes.is_empty() {
+                        // Records alone (every mint): one statement is one
+                        // transaction, and one round trip (the parameters'
+                        // types are given, so nothing is prepared first).
+                        return match client
+                            .query_typed(INSERT_AUDIT_RECORDS, &batch.params())
+                            .await
+                        {
+                            Ok(_) => Ok(AuditCommit {
+                                written,
+                                seqs: Vec::new(),
+                            }),
+                            Err(error) if taken(&error) => Ok(AuditCommit::NOTHING),
+                            Err(error) => Err(error),
+                        };
+                    }
                     let tx = client.transaction().await?;
                     // The records first: a batch sent again after its
                     // commit's answer was lost waits here for that commit,
-                    // and if it is there, writes nothing twice (dropping
-                    // `tx` rolls back).
-                    let inserted = tx
-                        .execute(
-                            "INSERT INTO audit_records (chain, n, line)
-                             SELECT $1, $2 + ord - 1, line
-                             FROM unnest($3::text[]) WITH ORDINALITY AS batch(line, ord)
-                             ON CONFLICT (chain, n) DO NOTHING",
-                            &[&chain, &first, &records],
-                        )
-                        .await?;
-                    if inserted != records.len() as u64 {
-                        return Ok(AuditCommit {
-                            written: 0,
-                            seqs: Vec::new(),
-                        });
+                    // and if it is there, fails (dropping `tx` rolls back)
+                    // and writes nothing twice.
+                    match tx.query_typed(INSERT_AUDIT_RECORDS, &batch.params()).await {
+                        Ok(_) => {}
+                        Err(error) if taken(&error) => return Ok(AuditCommit::NOTHING),
+                        Err(error) => return Err(error),
                     }
                     // The rows in one order for every transaction, then the
                     // changes in the batch's order (the feed counter's lock
@@ -1487,10 +1549,7 @@ impl Store for PostgresStore {
                         seqs.push(append_change(&tx, body).await?);
                     }
                     tx.commit().await?;
-                    Ok(AuditCommit {
-                        written: inserted,
-                        seqs,
-                    })
+                    Ok(AuditCommit { written, seqs })
                 })
             })
             .await

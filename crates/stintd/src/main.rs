@@ -53,7 +53,9 @@ struct Cli {
     #[arg(long, env = "STINTD_STORE_CA_FILE", value_name = "FILE")]
     store_ca_file: Option<PathBuf>,
 
-    /// Connections to the PostgreSQL store open at most.
+    /// Connections to the PostgreSQL store that requests and sweeps
+    /// share, at most (the change listener and the audit writer have one
+    /// each beside them).
     #[arg(long, env = "STINTD_STORE_POOL_SIZE", default_value_t = stint_store::postgres::DEFAULT_POOL_SIZE)]
     store_pool_size: usize,
 

@@ -41,7 +41,9 @@
 //!   so from the first probe after the stop, well before the 10 s
 //!   fail-closed bound of minting), started again; measured: from `pg_ctl
 //!   start` returning (the server accepts connections) until every
-//!   replica's `/readyz` is 200 again. No target.
+//!   replica's `/readyz` is 200 again. No target. The next run begins 2 s
+//!   later, once the replicas' notification sessions are back (until then
+//!   changes reach a replica by its 250 ms poll).
 //!
 //! Then, once, the **set test** (`--set-test` seconds, 30; 0 skips it):
 //! four workers mint on random replicas and revoke through random replicas
@@ -111,6 +113,9 @@ use tokio::time::Instant;
 
 /// Target: p99 propagation from one replica's 200 to another's feed.
 const TARGET_PROPAGATION_P99: Duration = Duration::from_millis(100);
+/// How long the replicas are left after PostgreSQL's restart before the
+/// next run.
+const SETTLE_AFTER_RESTART: Duration = Duration::from_secs(2);
 /// Target: mint throughput over the floor's.
 const TARGET_MINT_RATIO: f64 = 0.4;
 /// Target: mint p99.
@@ -766,6 +771,11 @@ async fn one_run(
     let pg_restart = pg_restart(cluster, api)
         .await
         .context("PostgreSQL restart")?;
+    // The replicas' notification sessions open again within a second or so
+    // of the server's return (a backoff from 50 ms); until then changes
+    // reach them by the 250 ms poll. The next run's propagation is measured
+    // once they are back, not during that window.
+    tokio::time::sleep(SETTLE_AFTER_RESTART).await;
     Ok(RunResult {
         propagation,
         floor: floor_report,
