@@ -6,13 +6,15 @@
 //! a broker certificate no trusted CA issued, unexpected answer); 2 usage
 //! error; 3 denied (the broker refused, a token was rejected, or `stint
 //! introspect` found it inactive); 4 the broker is unavailable (worth a
-//! retry); 5 an approval is pending (`--no-wait`); 141 standard output
+//! retry); 5 an approval is pending (`--no-wait`); 6 `stint policy suggest
+//! --fail-on` found what it was told to fail on; 141 standard output
 //! was closed before everything was written (see `output`). `stint exec`
 //! exits with its child's status (128 + N if the child was killed by
 //! signal N).
 
 mod exec;
 mod output;
+mod suggest;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -57,7 +59,8 @@ client_secret). Operators (approvals, approve, deny) authenticate with
 Exit codes: 0 ok, 1 failure (including configuration: a broker
 certificate that no trusted CA issued needs --ca-file), 2 usage, 3 denied
 or rejected (and `stint introspect`: the token is not active), 4 broker
-unavailable (a retry may help), 5 approval pending (--no-wait), 141 the
+unavailable (a retry may help), 5 approval pending (--no-wait), 6 a
+`stint policy suggest --fail-on` finding, 141 the
 output was closed early (`| head`; said nothing, as a tool SIGPIPE ends);
 `stint exec` exits with its command's status.";
 
@@ -322,6 +325,13 @@ enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
+    /// From an audit log (verified first; a broken chain is refused), what
+    /// each step's scope patterns were granted for, and the narrowed
+    /// policy that evidence supports: unused patterns removed, wildcards
+    /// that matched a few scopes narrowed to them. Never widens. The
+    /// evidence is the grant, not the use at the target. Exit 6 on a
+    /// --fail-on finding.
+    Suggest(suggest::SuggestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -795,6 +805,12 @@ async fn run(command: Command, out: &mut output::Stdout) -> Result<u8, Failure> 
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => check_policy(out, &file),
+        Command::Policy {
+            command: PolicyCommand::Suggest(args),
+        } => {
+            use stint_core::Clock as _;
+            suggest::run(out, &args, stint_core::SystemClock.now())
+        }
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => verify_audit(out, &file),

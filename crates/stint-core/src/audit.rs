@@ -251,6 +251,12 @@ pub struct AuditEntry {
     /// its privileges and what became of it. Never its secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetAudit>,
+    /// For `policy_loaded`: what each step of the policy allows,
+    /// `workflow/step` to its scope patterns, so that the log alone says
+    /// when a pattern was added (`stint policy suggest`) and when a step
+    /// widened. Left out of a policy too large to list in one record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allows: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// What a target-credential record says about the upstream credential.
@@ -354,6 +360,7 @@ impl AuditEntry {
             previous_file: None,
             previous_head: None,
             target: None,
+            allows: None,
         }
     }
 

@@ -47,10 +47,16 @@ use std::fmt;
 use std::ops::Range;
 use toml::Spanned;
 
+mod review;
+pub use review::{Cadence, Keep, StepReview};
+
 /// The largest policy file accepted, in bytes.
 pub const MAX_POLICY_LEN: usize = 1024 * 1024;
 /// The most scope patterns one step may allow.
 pub const MAX_PATTERNS_PER_STEP: usize = 64;
+/// The most bytes of allowances a `policy_loaded` record lists (see
+/// [`Policy::allowances`]); well inside an audit record.
+const MAX_AUDITED_ALLOWANCES: usize = 256 * 1024;
 /// The capability that allows administrative calls (signing key rotation).
 pub const CAPABILITY_ADMIN: &str = "admin";
 
@@ -185,6 +191,7 @@ pub struct Step {
     audiences: Vec<String>,
     targets: Vec<String>,
     elevation: Option<StepElevation>,
+    review: StepReview,
 }
 
 /// What operators may grant a step beyond its standing scopes.
@@ -321,6 +328,11 @@ impl Step {
     pub fn targets(&self) -> &[String] {
         &self.targets
     }
+    /// What the policy tells its reviewers about this step (`cadence`,
+    /// `keep`).
+    pub fn review(&self) -> &StepReview {
+        &self.review
+    }
 }
 
 impl Policy {
@@ -365,6 +377,29 @@ impl Policy {
     /// SHA-256 (hex) of the policy text, for audit records.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// What each step allows, `workflow/step` to its scope patterns in the
+    /// policy's order, as a `policy_loaded` record lists them; `None` when
+    /// the list would not fit in one audit record.
+    pub fn allowances(&self) -> Option<BTreeMap<String, Vec<String>>> {
+        let mut size = 0;
+        let mut allows = BTreeMap::new();
+        for workflow in self.workflows() {
+            for step in workflow.steps() {
+                let patterns: Vec<String> = step
+                    .scopes()
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect();
+                size += workflow.name().len()
+                    + step.name().len()
+                    + patterns.iter().map(|p| p.len() + 3).sum::<usize>()
+                    + 8;
+                allows.insert(format!("{}/{}", workflow.name(), step.name()), patterns);
+            }
+        }
+        (size <= MAX_AUDITED_ALLOWANCES).then_some(allows)
     }
 
     /// The workload named `name`.
@@ -685,6 +720,11 @@ struct RawStep {
     elevation: Option<Spanned<RawElevation>>,
     #[serde(default)]
     targets: Option<Spanned<Vec<Spanned<String>>>>,
+    /// For reviewers (`stint policy suggest`), not for decisions.
+    #[serde(default)]
+    cadence: Option<Spanned<String>>,
+    #[serde(default)]
+    keep: Option<Spanned<Vec<Spanned<review::RawKeep>>>>,
     #[serde(default)]
     #[allow(dead_code)] // documentation for humans; accepted, not used
     description: Option<String>,
@@ -1560,10 +1600,12 @@ fn build_step(
             Ok(()) => audiences.push(aud.into_inner()),
         }
     }
+    let review = review::build(raw.cadence, raw.keep, &scopes, key, errors);
     Step {
         name: name.to_owned(),
         workflow: workflow.to_owned(),
         scopes,
+        review,
         default_ttl: default_ttl.unwrap_or(DEFAULT_TTL),
         max_ttl: max_ttl.unwrap_or(DEFAULT_MAX_TTL),
         audiences,

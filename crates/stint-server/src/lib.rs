@@ -418,6 +418,7 @@ pub async fn start_with_clock(
     let policy = match loaded {
         Ok(policy) => {
             entry.policy_sha256 = Some(policy.digest().to_owned());
+            entry.allows = policy.allowances();
             audit
                 .record(entry)
                 .await

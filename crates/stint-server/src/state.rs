@@ -539,6 +539,7 @@ impl AppState {
                 let mut entry =
                     self.audit_entry(now, EventKind::PolicyLoaded, Decision::Allow, None);
                 entry.policy_sha256 = Some(policy.digest().to_owned());
+                entry.allows = policy.allowances();
                 if let Err(error) = self.audit.record(entry).await {
                     self.metrics.policy_load(false);
                     tracing::error!(%error, "policy not installed: its loading could not be audited");

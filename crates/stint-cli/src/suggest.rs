@@ -1,0 +1,239 @@
+//! `stint policy suggest`: the audit log's evidence against the policy
+//! file, and the narrowed policy it supports. Offline: files in, report
+//! out. The chain is verified as it is read, and a broken one is refused
+//! before anything is reported.
+
+use crate::output::{self, Stdout};
+use crate::{EXIT_FAILURE, Failure};
+use clap::{Args, ValueEnum};
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use stint_core::audit::{MAX_RECORD_LEN, Verifier};
+use stint_core::chrono::{DateTime, Utc};
+use stint_core::jose::{KeySet, VerifyingKey};
+use stint_core::policy::{MAX_POLICY_LEN, Policy};
+use stint_evidence::{Observations, Report, Settings, Status};
+
+/// Exit code: a `--fail-on` finding was made.
+pub(crate) const EXIT_FINDING: u8 = 6;
+/// The largest JWKS file read.
+const MAX_JWKS_LEN: u64 = 1024 * 1024;
+
+/// What to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// A table for people.
+    Table,
+    /// The report as JSON, for CI.
+    Json,
+    /// A unified diff of the policy file with the proposal applied.
+    Diff,
+}
+
+/// A finding that fails the command (`--fail-on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FailOn {
+    /// A pattern no run was granted in the window.
+    Unused,
+    /// A wildcard that matched only a few scopes.
+    Narrow,
+    /// A workflow past its review_by.
+    Overdue,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SuggestArgs {
+    /// The policy file to propose a change to.
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// The audit log (`audit.jsonl`); repeat for rotated files, oldest
+    /// first, as the chain runs.
+    #[arg(long = "audit", value_name = "FILE", required = true)]
+    audits: Vec<PathBuf>,
+    /// The broker's JWKS (saved from /.well-known/jwks.json) to verify
+    /// checkpoint signatures with; without it the chain's links are still
+    /// verified, not who signed it.
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// The time the report is as of, RFC 3339 [default: now].
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    now: Option<DateTime<Utc>>,
+    /// Days of the log looked at, back from --now.
+    #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    window: u32,
+    /// Fewer runs (jobs) of a step than this since a pattern's observation
+    /// began: no proposal for it.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    min_runs: u64,
+    /// A pattern observed for fewer days than this (it is new, or the
+    /// window is short): no proposal.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    min_days: u32,
+    /// A wildcard that matched at most this many concrete scopes is
+    /// proposed as those scopes.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
+    narrow_at_most: u64,
+    /// An elevated scope approved at least this often is shown as a
+    /// candidate for the step's own scopes (never proposed).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    promote_after: u64,
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Exit 6 if the report finds this (repeatable): a gate for CI.
+    #[arg(long = "fail-on", value_enum, value_name = "FINDING")]
+    fail_on: Vec<FailOn>,
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("not an RFC 3339 time such as 2027-01-31T00:00:00Z: {e}"))
+}
+
+fn failure(message: String) -> Failure {
+    Failure::new(EXIT_FAILURE, message)
+}
+
+fn read_limited(path: &Path, limit: u64) -> Result<String, Failure> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .map_err(|e| failure(format!("cannot read {}: {e}", path.display())))?;
+    let mut text = String::new();
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| failure(format!("cannot read {}: {e}", path.display())))?;
+    if text.len() as u64 > limit {
+        return Err(failure(format!(
+            "{} is larger than {limit} bytes",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+fn trusted_keys(path: Option<&Path>) -> Result<KeySet, Failure> {
+    let mut keys = KeySet::new();
+    let Some(path) = path else {
+        return Ok(keys);
+    };
+    let text = read_limited(path, MAX_JWKS_LEN)?;
+    let set: stint_proto::jwk::JwkSet = serde_json::from_str(&text)
+        .map_err(|e| failure(format!("{} is not a JWKS: {e}", path.display())))?;
+    for jwk in &set.keys {
+        let key = VerifyingKey::from_jwk(jwk)
+            .map_err(|e| failure(format!("{}: a key cannot be used: {e}", path.display())))?;
+        keys.insert(key);
+    }
+    Ok(keys)
+}
+
+/// Verify the chain of `paths` and observe every record, in one pass.
+fn observe(
+    paths: &[PathBuf],
+    keys: KeySet,
+    settings: &Settings,
+) -> Result<(Observations, stint_core::audit::VerifyReport), Failure> {
+    let mut verifier = Verifier::new(keys);
+    let mut observations = Observations::new(settings.now, settings.window_days);
+    for path in paths {
+        let file = std::fs::File::open(path)
+            .map_err(|e| failure(format!("cannot read {}: {e}", path.display())))?;
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
+        verifier.begin_file();
+        let mut line = Vec::new();
+        let mut number = 0u64;
+        loop {
+            line.clear();
+            let read = std::io::Read::take(&mut reader, MAX_RECORD_LEN as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| failure(format!("cannot read {}: {e}", path.display())))?;
+            if read == 0 {
+                break;
+            }
+            number += 1;
+            if line.last() != Some(&b'\n') {
+                return Err(failure(format!(
+                    "{}: line {number} is incomplete or longer than {MAX_RECORD_LEN} bytes: the chain cannot be verified, so nothing is suggested",
+                    path.display()
+                )));
+            }
+            line.pop();
+            verifier.line(&line, number).map_err(|error| {
+                failure(format!(
+                    "{}: chain broken: {error}; nothing is suggested from a log that does not verify",
+                    path.display()
+                ))
+            })?;
+            observations
+                .line(&line)
+                .map_err(|e| failure(format!("{}: {e}", path.display())))?;
+        }
+    }
+    Ok((observations, verifier.report()))
+}
+
+pub(crate) fn run(out: &mut Stdout, args: &SuggestArgs, now: DateTime<Utc>) -> Result<u8, Failure> {
+    let source = args.policy.display().to_string();
+    let text = read_limited(&args.policy, MAX_POLICY_LEN as u64)?;
+    let policy = Policy::parse(&source, &text).map_err(|errors| failure(errors.to_string()))?;
+    let mut settings = Settings::new(args.now.unwrap_or(now));
+    settings.window_days = args.window;
+    settings.min_runs = args.min_runs;
+    settings.min_days = args.min_days;
+    settings.narrow_at_most = usize::try_from(args.narrow_at_most).unwrap_or(usize::MAX);
+    settings.promote_after = usize::try_from(args.promote_after).unwrap_or(usize::MAX);
+    let keys = trusted_keys(args.jwks.as_deref())?;
+    let (observations, chain) = observe(&args.audits, keys, &settings)?;
+    let report = stint_evidence::analyse(&policy, &observations, &settings);
+    output::stderr_line(format_args!(
+        "stint: audit chain verified: {} records, {} checkpoints signed by a trusted key, {} by keys not given (--jwks){}",
+        chain.records,
+        chain.verified_checkpoints,
+        chain.unverified_checkpoints,
+        if chain.continues_from.is_some() {
+            "; the first file continues one not given"
+        } else {
+            ""
+        }
+    ));
+    match args.format {
+        Format::Table => out.line(stint_evidence::table(&report).trim_end()),
+        Format::Json => out.json(&report)?,
+        Format::Diff => {
+            let proposed = stint_evidence::propose(&source, &text, &report)
+                .map_err(|e| failure(e.to_string()))?;
+            let name = args
+                .policy
+                .file_name()
+                .map_or_else(|| source.clone(), |n| n.to_string_lossy().into_owned());
+            let diff = stint_evidence::unified_diff(&name, &text, &proposed);
+            // As it is (a context line may be a lone space), less the
+            // newline `line` adds back.
+            if let Some(diff) = diff.strip_suffix('\n') {
+                out.line(diff);
+            }
+        }
+    }
+    Ok(if fails(&report, &args.fail_on) {
+        EXIT_FINDING
+    } else {
+        0
+    })
+}
+
+fn fails(report: &Report, fail_on: &[FailOn]) -> bool {
+    fail_on.iter().any(|kind| match kind {
+        FailOn::Unused => has(report, Status::Unused),
+        FailOn::Narrow => has(report, Status::Narrow),
+        FailOn::Overdue => !report.overdue.is_empty(),
+    })
+}
+
+fn has(report: &Report, status: Status) -> bool {
+    report
+        .steps
+        .iter()
+        .flat_map(|s| &s.patterns)
+        .any(|p| p.status == status)
+}

@@ -1,0 +1,87 @@
+//! The report for people.
+
+use crate::report::{Report, Status};
+use std::fmt::Write as _;
+
+/// The report as text: one block per step, one line per pattern.
+pub fn table(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "policy suggest as of {} over {} days (from {}): {} records{}",
+        report.now,
+        report.window_days,
+        report.window_start,
+        report.records,
+        if report.records_after_now > 0 {
+            format!(", {} after that time ignored", report.records_after_now)
+        } else {
+            String::new()
+        }
+    );
+    if !report.policy_loaded {
+        let _ = writeln!(
+            out,
+            "note: this policy file is not the one the broker loaded last in this log"
+        );
+    }
+    let _ = writeln!(out, "note: {}", report.evidence);
+    for step in &report.steps {
+        let _ = writeln!(out, "\n{}/{}: {} jobs", step.workflow, step.step, step.jobs);
+        let width = step
+            .patterns
+            .iter()
+            .map(|p| p.pattern.len())
+            .max()
+            .unwrap_or(0);
+        for p in &step.patterns {
+            let _ = write!(
+                out,
+                "  {:<width$}  {:<12} {:>6} mints  {:>3} scopes  last {}",
+                p.pattern,
+                p.status.as_str(),
+                p.mints,
+                p.scopes.len(),
+                p.last_use.as_deref().unwrap_or("never"),
+            );
+            match (&p.status, &p.proposal) {
+                (Status::Unused, _) => {
+                    let _ = write!(out, "  -> remove");
+                }
+                (Status::Narrow, Some(new)) => {
+                    let _ = write!(out, "  -> {}", new.join(", "));
+                }
+                _ => {}
+            }
+            if !p.note.is_empty() {
+                let _ = write!(out, "  ({})", p.note);
+            }
+            out.push('\n');
+        }
+        for c in &step.promotion_candidates {
+            let _ = writeln!(
+                out,
+                "  elevated {} in {} approvals: a candidate for the step's own scopes (information only)",
+                c.scope, c.approvals
+            );
+        }
+    }
+    if !report.needs.is_empty() {
+        let _ = writeln!(out, "\nrefused as outside their step (information only):");
+        for need in &report.needs {
+            let _ = writeln!(
+                out,
+                "  {} {}: {} denials",
+                need.step, need.scope, need.denials
+            );
+        }
+    }
+    for overdue in &report.overdue {
+        let _ = writeln!(
+            out,
+            "\nworkflow {} is past its review_by ({})",
+            overdue.workflow, overdue.review_by
+        );
+    }
+    out
+}

@@ -1,0 +1,408 @@
+//! From observations and the policy to a finding per step pattern.
+
+use crate::observe::{Observations, StepUse};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use stint_core::policy::{Policy, Step};
+use stint_core::scope::{Scope, ScopePattern, covered};
+
+/// The knobs of an analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// The time the report is as of.
+    pub now: DateTime<Utc>,
+    /// Days of the log looked at, back from `now`.
+    pub window_days: u32,
+    /// Fewer jobs of a step than this since a pattern's observation began:
+    /// no proposal for it.
+    pub min_runs: u64,
+    /// A pattern observed for fewer days than this: no proposal.
+    pub min_days: u32,
+    /// A wildcard pattern that matched at most this many concrete scopes
+    /// is proposed as those scopes.
+    pub narrow_at_most: usize,
+    /// An elevated scope approved in at least this many approvals is a
+    /// promotion candidate.
+    pub promote_after: usize,
+}
+
+impl Settings {
+    /// The defaults, as of `now`.
+    pub fn new(now: DateTime<Utc>) -> Self {
+        Self {
+            now,
+            window_days: 90,
+            min_runs: 5,
+            min_days: 30,
+            narrow_at_most: 3,
+            promote_after: 3,
+        }
+    }
+}
+
+/// What a pattern's evidence says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Granted in the window, and not a wildcard matching only a few
+    /// scopes.
+    Used,
+    /// A wildcard that matched only a few concrete scopes: narrowed to
+    /// them.
+    Narrow,
+    /// Granted to no job in the window: removed.
+    Unused,
+    /// Too few runs, too short an observation, or a window shorter than
+    /// two of the step's cycles: no proposal.
+    Insufficient,
+    /// Kept on purpose (`keep` in the policy, not expired).
+    Kept,
+}
+
+impl Status {
+    /// The name used in output and `--fail-on`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Used => "used",
+            Self::Narrow => "narrow",
+            Self::Unused => "unused",
+            Self::Insufficient => "insufficient",
+            Self::Kept => "kept",
+        }
+    }
+}
+
+/// One pattern of one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PatternFinding {
+    /// The pattern as the policy lists it.
+    pub pattern: String,
+    pub status: Status,
+    /// Mints in the window that carried a scope it matches.
+    pub mints: u64,
+    /// The concrete scopes it matched, in order.
+    pub scopes: Vec<String>,
+    /// First and last mint of one of them, RFC 3339.
+    pub first_use: Option<String>,
+    pub last_use: Option<String>,
+    /// When its observation began: the later of the window's start and the
+    /// first policy load (of an unbroken run up to now) that had it.
+    pub observed_since: String,
+    /// Jobs of the step since then.
+    pub runs: u64,
+    /// What to do instead, for `narrow` (the concrete scopes) and
+    /// `unused` (nothing: `[]`); `None` for the others.
+    pub proposal: Option<Vec<String>>,
+    /// Why the status is what it is, for people.
+    pub note: String,
+}
+
+/// One step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepFinding {
+    pub workflow: String,
+    pub step: String,
+    /// Jobs in the window.
+    pub jobs: u64,
+    pub patterns: Vec<PatternFinding>,
+    /// Scopes granted under approvals beyond the step's own, each with
+    /// how many approvals: candidates for a standing grant, at or above
+    /// `promote_after`. Information only.
+    pub promotion_candidates: Vec<Candidate>,
+}
+
+/// An elevated scope granted repeatedly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    pub scope: String,
+    pub approvals: usize,
+}
+
+/// A scope refused as outside its step: an observed need. Information only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Need {
+    /// The step as asked (`workflow/step`, or the step's name).
+    pub step: String,
+    pub scope: String,
+    pub denials: u64,
+}
+
+/// A workflow past its `review_by`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Overdue {
+    pub workflow: String,
+    pub review_by: String,
+}
+
+/// The whole analysis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// The time it is as of.
+    pub now: String,
+    pub window_days: u32,
+    pub window_start: String,
+    /// Records read (the chain verified), and those after `now` (ignored).
+    pub records: u64,
+    pub records_after_now: u64,
+    /// Whether the policy analysed is the one the broker loaded last in
+    /// the log (by SHA-256).
+    pub policy_loaded: bool,
+    pub steps: Vec<StepFinding>,
+    pub needs: Vec<Need>,
+    pub overdue: Vec<Overdue>,
+    /// What the evidence is: printed with every report.
+    pub evidence: &'static str,
+}
+
+/// What every report says of its evidence.
+pub const EVIDENCE: &str = "the evidence is the grant (each token minted, from the audit log), not its use at the target: a scope granted and never exercised counts as used";
+
+fn rfc3339(seconds: i64) -> String {
+    DateTime::from_timestamp(seconds, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// When each current pattern's unbroken presence began, from the loads:
+/// `workflow/step` and pattern to the time. A pattern absent from the last
+/// load that lists allowances (the policy changed since, or no broker
+/// listed it) has none.
+fn pattern_ages(observations: &Observations) -> BTreeMap<(String, String), i64> {
+    let mut since: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut previous: Option<BTreeSet<(String, String)>> = None;
+    let mut loads = observations.loads.clone();
+    loads.sort_by_key(|load| load.time);
+    for load in loads {
+        let Some(allows) = load.allows else {
+            // What this load allowed is not known: whatever the next one
+            // lists counts from there.
+            previous = None;
+            since.clear();
+            continue;
+        };
+        let current: BTreeSet<(String, String)> = allows
+            .into_iter()
+            .flat_map(|(step, patterns)| patterns.into_iter().map(move |p| (step.clone(), p)))
+            .collect();
+        since.retain(|key, _| current.contains(key));
+        for key in &current {
+            let known = previous.as_ref().is_some_and(|p| p.contains(key));
+            if !known {
+                since.insert(key.clone(), load.time);
+            }
+        }
+        previous = Some(current);
+    }
+    since
+}
+
+/// Analyse `observations` against `policy` (the file whose change is
+/// proposed).
+pub fn analyse(policy: &Policy, observations: &Observations, settings: &Settings) -> Report {
+    let now = observations.now;
+    let today = settings.now.date_naive();
+    let ages = pattern_ages(observations);
+    let last_loaded = observations
+        .loads
+        .iter()
+        .max_by_key(|load| load.time)
+        .and_then(|load| load.sha256.as_deref());
+    let empty = StepUse::default();
+    let mut steps = Vec::new();
+    for workflow in policy.workflows() {
+        for step in workflow.steps() {
+            let key = (workflow.name().to_owned(), step.name().to_owned());
+            let use_ = observations.steps.get(&key).unwrap_or(&empty);
+            steps.push(step_finding(
+                step,
+                use_,
+                &ages,
+                observations,
+                settings,
+                today,
+                now,
+            ));
+        }
+    }
+    let needs = observations
+        .needs
+        .iter()
+        .map(|((step, scope), denials)| Need {
+            step: step.clone(),
+            scope: scope.clone(),
+            denials: *denials,
+        })
+        .collect();
+    let overdue = policy
+        .overdue_workflows(today)
+        .into_iter()
+        .map(|w| Overdue {
+            workflow: w.name().to_owned(),
+            review_by: w.review_by().to_string(),
+        })
+        .collect();
+    Report {
+        now: rfc3339(now),
+        window_days: settings.window_days,
+        window_start: rfc3339(observations.window_start),
+        records: observations.records,
+        records_after_now: observations.after_now,
+        policy_loaded: last_loaded == Some(policy.digest()),
+        steps,
+        needs,
+        overdue,
+        evidence: EVIDENCE,
+    }
+}
+
+fn step_finding(
+    step: &Step,
+    use_: &StepUse,
+    ages: &BTreeMap<(String, String), i64>,
+    observations: &Observations,
+    settings: &Settings,
+    today: NaiveDate,
+    now: i64,
+) -> StepFinding {
+    let step_ref = format!("{}/{}", step.workflow(), step.name());
+    let review = step.review();
+    let mut patterns = Vec::new();
+    for pattern in step.scopes() {
+        let since = ages
+            .get(&(step_ref.clone(), pattern.as_str().to_owned()))
+            .copied()
+            // Never loaded as it stands: observed from now on.
+            .unwrap_or(now);
+        let observed_since = since.max(observations.window_start);
+        let runs = use_.jobs.values().filter(|&&t| t >= observed_since).count() as u64;
+        let matched: Vec<(&String, _)> = use_
+            .scopes
+            .iter()
+            .filter(|(scope, _)| Scope::parse(scope).is_ok_and(|s| pattern.matches(&s)))
+            .collect();
+        let mints = matched.iter().map(|(_, u)| u.mints).sum();
+        let used_since = matched
+            .iter()
+            .filter(|(_, u)| u.last >= observed_since)
+            .count();
+        let first = matched.iter().map(|(_, u)| u.first).min();
+        let last = matched.iter().map(|(_, u)| u.last).max();
+        let observed_days = (now - observed_since) / 86_400;
+        let cycles_short = review
+            .cadence()
+            .filter(|c| observed_days < 2 * i64::from(c.days()));
+        let kept = review.kept(pattern);
+        let (status, note, proposal) = if let Some(keep) = kept.filter(|k| k.holds_on(today)) {
+            (
+                Status::Kept,
+                format!("kept until {}: {}", keep.until(), keep.reason()),
+                None,
+            )
+        } else if observed_days < i64::from(settings.min_days) {
+            (
+                Status::Insufficient,
+                format!(
+                    "observed for {observed_days} days, fewer than --min-days {}",
+                    settings.min_days
+                ),
+                None,
+            )
+        } else if runs < settings.min_runs {
+            (
+                Status::Insufficient,
+                format!(
+                    "{runs} runs since {}, fewer than --min-runs {}",
+                    rfc3339(observed_since),
+                    settings.min_runs
+                ),
+                None,
+            )
+        } else if let Some(cadence) = cycles_short {
+            (
+                Status::Insufficient,
+                format!(
+                    "observed for {observed_days} days, less than two of the step's {}-day cycles",
+                    cadence.days()
+                ),
+                None,
+            )
+        } else if used_since == 0 {
+            (
+                Status::Unused,
+                format!(
+                    "granted to none of {runs} runs since {}",
+                    rfc3339(observed_since)
+                ),
+                Some(Vec::new()),
+            )
+        } else if !pattern.is_concrete() && matched.len() <= settings.narrow_at_most {
+            (
+                Status::Narrow,
+                format!(
+                    "a wildcard that matched only {} concrete scope{}",
+                    matched.len(),
+                    if matched.len() == 1 { "" } else { "s" }
+                ),
+                Some(matched.iter().map(|(s, _)| (*s).clone()).collect()),
+            )
+        } else {
+            (Status::Used, String::new(), None)
+        };
+        let note = match kept {
+            Some(keep) if !keep.holds_on(today) => {
+                let expired = format!("its keep expired on {}", keep.until());
+                if note.is_empty() {
+                    expired
+                } else {
+                    format!("{note}; {expired}")
+                }
+            }
+            _ => note,
+        };
+        patterns.push(PatternFinding {
+            pattern: pattern.as_str().to_owned(),
+            status,
+            mints,
+            scopes: matched.iter().map(|(s, _)| (*s).clone()).collect(),
+            first_use: first.map(rfc3339),
+            last_use: last.map(rfc3339),
+            observed_since: rfc3339(observed_since),
+            runs,
+            proposal,
+            note,
+        });
+    }
+    let promotion_candidates = use_
+        .elevated
+        .iter()
+        .filter(|(scope, _)| Scope::parse(scope).is_ok_and(|s| !covered(step.scopes(), &s)))
+        .filter(|(_, approvals)| approvals.len() >= settings.promote_after)
+        .map(|(scope, approvals)| Candidate {
+            scope: scope.clone(),
+            approvals: approvals.len(),
+        })
+        .collect();
+    StepFinding {
+        workflow: step.workflow().to_owned(),
+        step: step.name().to_owned(),
+        jobs: use_.jobs.len() as u64,
+        patterns,
+        promotion_candidates,
+    }
+}
+
+/// Whether `pattern`'s proposal grants only what it did (for tests and a
+/// last check before a diff is written).
+pub fn proposal_is_narrower(pattern: &str, proposal: &[String]) -> bool {
+    let Ok(pattern) = ScopePattern::parse(pattern) else {
+        return false;
+    };
+    proposal.iter().all(|p| {
+        ScopePattern::parse(p)
+            .ok()
+            .filter(ScopePattern::is_concrete)
+            .and_then(|p| Scope::parse(p.as_str()).ok())
+            .is_some_and(|s| pattern.matches(&s))
+    })
+}
