@@ -66,11 +66,20 @@ async fn a_valid_reload_takes_effect_and_is_audited() {
         .collect();
     assert_eq!(loads.len(), 2);
     assert_ne!(loads[0]["policy_sha256"], loads[1]["policy_sha256"]);
+    // Each load lists what every step allows and each workflow's review
+    // date, for `stint policy suggest`.
+    assert_eq!(loads[0]["allows"].get("demo/deploy"), None);
+    assert_eq!(
+        loads[1]["allows"]["demo/deploy"],
+        serde_json::json!(["deploy:k8s/staging/*"])
+    );
+    assert!(loads[1]["reviews"]["demo"].is_string(), "{}", loads[1]);
+    let metrics = broker.metrics().await;
+    assert!(metrics.contains("stint_policy_loads_total{result=\"loaded\"} 2"));
+    // The reload added a step: a widening, counted.
     assert!(
-        broker
-            .metrics()
-            .await
-            .contains("stint_policy_loads_total{result=\"loaded\"} 2")
+        metrics.contains("stint_policy_widened_steps_total{workflow=\"demo\"} 1"),
+        "{metrics}"
     );
 }
 

@@ -37,6 +37,8 @@ pub(crate) enum FailOn {
     Unused,
     /// A wildcard that matched only a few scopes.
     Narrow,
+    /// A policy change in the window that widened a step.
+    Drift,
     /// A workflow past its review_by.
     Overdue,
 }
@@ -226,6 +228,7 @@ fn fails(report: &Report, fail_on: &[FailOn]) -> bool {
     fail_on.iter().any(|kind| match kind {
         FailOn::Unused => has(report, Status::Unused),
         FailOn::Narrow => has(report, Status::Narrow),
+        FailOn::Drift => !report.drift.is_empty(),
         FailOn::Overdue => !report.overdue.is_empty(),
     })
 }

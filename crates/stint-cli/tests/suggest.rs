@@ -78,6 +78,10 @@ fn allows(with_notes: bool) -> std::collections::BTreeMap<String, Vec<String>> {
     .collect()
 }
 
+fn reviews() -> std::collections::BTreeMap<String, String> {
+    [("crm-sync".to_owned(), "2027-06-30".to_owned())].into()
+}
+
 fn mint(time: String, step: &str, job: &str, scopes: &[&str]) -> AuditEntry {
     let mut entry = AuditEntry::new(time, EventKind::TokenMinted, Decision::Allow);
     entry.workflow = Some("crm-sync".into());
@@ -97,6 +101,7 @@ fn records() -> Vec<AuditEntry> {
     let mut old = AuditEntry::new(at(100, 0), EventKind::PolicyLoaded, Decision::Allow);
     old.policy_sha256 = Some("0".repeat(64));
     old.allows = Some(allows(false));
+    old.reviews = Some(reviews());
     records.push(old);
     for run in 0..10 {
         let contact = format!("read:crm/contacts/{}", run % 5);
@@ -139,7 +144,10 @@ fn records() -> Vec<AuditEntry> {
     let mut new = AuditEntry::new(at(5, 0), EventKind::PolicyLoaded, Decision::Allow);
     new.policy_sha256 = Some(digest);
     new.allows = Some(allows(true));
+    // The step widened, and review_by stayed where it was.
+    new.reviews = Some(reviews());
     records.push(new);
+    records.push(mint(at(3, 0), "extract", "job-n", &["read:crm/notes"]));
     // After --now: not counted.
     records.push(mint(at(-1, 0), "extract", "job-late", &["read:crm/leads"]));
     records
@@ -194,17 +202,17 @@ fn the_table_says_what_each_pattern_was_granted_for() {
     let output = suggest(&files, &[]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let expected = "\
-policy suggest as of 2027-01-31T00:00:00Z over 90 days (from 2026-11-02T00:00:00Z): 23 records, 1 after that time ignored
+policy suggest as of 2027-01-31T00:00:00Z over 90 days (from 2026-11-02T00:00:00Z): 24 records, 1 after that time ignored
 note: the evidence is the grant (each token minted, from the audit log), not its use at the target: a scope granted and never exercised counts as used
 
 crm-sync/archive: 6 jobs
   write:archive/crm/*  insufficient      6 mints    1 scopes  last 2027-01-16T00:01:00Z  (observed for 90 days, less than two of the step's 92-day cycles)
 
-crm-sync/extract: 13 jobs
+crm-sync/extract: 14 jobs
   read:crm/accounts/**  narrow           13 mints    2 scopes  last 2027-01-14T00:00:00Z  -> read:crm/accounts/acme, read:crm/accounts/globex  (a wildcard that matched only 2 concrete scopes)
   read:crm/contacts/**  used             10 mints    5 scopes  last 2027-01-14T00:00:00Z
-  read:crm/leads        unused            0 mints    0 scopes  last never  -> remove  (granted to none of 13 runs since 2026-11-02T00:00:00Z)
-  read:crm/notes        insufficient      0 mints    0 scopes  last never  (observed for 5 days, fewer than --min-days 30)
+  read:crm/leads        unused            0 mints    0 scopes  last never  -> remove  (granted to none of 14 runs since 2026-11-02T00:00:00Z)
+  read:crm/notes        insufficient      1 mints    1 scopes  last 2027-01-28T00:00:00Z  (observed for 5 days, fewer than --min-days 30)
   elevated delete:crm/accounts/acme in 3 approvals: a candidate for the step's own scopes (information only)
 
 crm-sync/legacy: 0 jobs
@@ -215,11 +223,14 @@ crm-sync/unrun: 0 jobs
 
 refused as outside their step (information only):
   crm-sync/extract write:crm/accounts/acme: 1 denials
+
+policy changes that widened a step:
+  2027-01-26T00:00:00Z crm-sync/extract: added read:crm/notes (review_by NOT moved); first granted since: read:crm/notes
 ";
     assert_eq!(stdout(&output), expected);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("audit chain verified: 23 records, 0 checkpoints"),
+        stderr.contains("audit chain verified: 24 records, 0 checkpoints"),
         "{stderr}"
     );
 }
@@ -312,7 +323,17 @@ fn json_and_the_ci_gate() {
         serde_json::json!([{"step": "crm-sync/extract", "scope": "write:crm/accounts/acme", "denials": 1}])
     );
 
-    for (fail_on, code) in [("unused", 6), ("narrow", 6), ("overdue", 0)] {
+    assert_eq!(
+        report["drift"],
+        serde_json::json!([{
+            "time": "2027-01-26T00:00:00Z",
+            "step": "crm-sync/extract",
+            "added": ["read:crm/notes"],
+            "review_by_moved": false,
+            "new_scopes": ["read:crm/notes"],
+        }])
+    );
+    for (fail_on, code) in [("unused", 6), ("narrow", 6), ("drift", 6), ("overdue", 0)] {
         let output = suggest(&files, &["--fail-on", fail_on]);
         assert_eq!(output.status.code(), Some(code), "--fail-on {fail_on}");
     }

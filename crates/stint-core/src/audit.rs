@@ -257,6 +257,10 @@ pub struct AuditEntry {
     /// widened. Left out of a policy too large to list in one record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allows: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// For `policy_loaded`: each workflow's `review_by`, so that a step
+    /// widened without the date moving is found from the log alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviews: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// What a target-credential record says about the upstream credential.
@@ -361,6 +365,7 @@ impl AuditEntry {
             previous_head: None,
             target: None,
             allows: None,
+            reviews: None,
         }
     }
 

@@ -383,23 +383,37 @@ impl Policy {
     /// policy's order, as a `policy_loaded` record lists them; `None` when
     /// the list would not fit in one audit record.
     pub fn allowances(&self) -> Option<BTreeMap<String, Vec<String>>> {
-        let mut size = 0;
-        let mut allows = BTreeMap::new();
-        for workflow in self.workflows() {
-            for step in workflow.steps() {
-                let patterns: Vec<String> = step
-                    .scopes()
-                    .iter()
-                    .map(|p| p.as_str().to_owned())
-                    .collect();
-                size += workflow.name().len()
-                    + step.name().len()
-                    + patterns.iter().map(|p| p.len() + 3).sum::<usize>()
-                    + 8;
-                allows.insert(format!("{}/{}", workflow.name(), step.name()), patterns);
-            }
-        }
+        let allows = self.allowance_map();
+        let size: usize = allows
+            .iter()
+            .map(|(step, patterns)| {
+                step.len() + 8 + patterns.iter().map(|p| p.len() + 3).sum::<usize>()
+            })
+            .sum();
         (size <= MAX_AUDITED_ALLOWANCES).then_some(allows)
+    }
+
+    /// What each step allows, `workflow/step` to its scope patterns.
+    pub fn allowance_map(&self) -> BTreeMap<String, Vec<String>> {
+        self.workflows()
+            .flat_map(|workflow| workflow.steps())
+            .map(|step| {
+                (
+                    format!("{}/{}", step.workflow(), step.name()),
+                    step.scopes()
+                        .iter()
+                        .map(|p| p.as_str().to_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Each workflow's `review_by`, as a `policy_loaded` record lists them.
+    pub fn review_dates(&self) -> BTreeMap<String, String> {
+        self.workflows()
+            .map(|w| (w.name().to_owned(), w.review_by().to_string()))
+            .collect()
     }
 
     /// The workload named `name`.
@@ -1891,6 +1905,50 @@ pub fn validate_step_ref(step_ref: &str) -> Result<(), ids::IdError> {
         Some((workflow, step)) => validate_name(workflow).and_then(|()| validate_name(step)),
         None => validate_name(step_ref),
     }
+}
+
+/// A step that allows more after a policy change than before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Widening {
+    /// `workflow/step`.
+    pub step: String,
+    /// Its patterns that no pattern it had before includes (all of them,
+    /// for a new step).
+    pub added: Vec<String>,
+}
+
+/// The steps of `after` that allow what they did not in `before` (both as
+/// [`Policy::allowance_map`] gives them). A pattern is new unless one of
+/// the step's earlier patterns includes it on its own: a union of narrower
+/// patterns that happens to cover it still counts, erring towards telling.
+pub fn widenings(
+    before: &BTreeMap<String, Vec<String>>,
+    after: &BTreeMap<String, Vec<String>>,
+) -> Vec<Widening> {
+    let parse = |patterns: &[String]| -> Vec<ScopePattern> {
+        patterns
+            .iter()
+            .filter_map(|p| ScopePattern::parse(p).ok())
+            .collect()
+    };
+    after
+        .iter()
+        .filter_map(|(step, patterns)| {
+            let earlier = before.get(step).map(|p| parse(p)).unwrap_or_default();
+            let added: Vec<String> = patterns
+                .iter()
+                .filter(|text| {
+                    ScopePattern::parse(text)
+                        .map_or(true, |p| !earlier.iter().any(|e| e.includes(&p)))
+                })
+                .cloned()
+                .collect();
+            (!added.is_empty()).then(|| Widening {
+                step: step.clone(),
+                added,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -246,6 +246,33 @@ impl ScopePattern {
         }
     }
 
+    /// Whether every scope `other` covers, this pattern covers too.
+    pub fn includes(&self, other: &ScopePattern) -> bool {
+        if self.action != other.action {
+            return false;
+        }
+        let (m, n) = (self.segments.len(), other.segments.len());
+        // The lengths of `other`'s scopes: exactly n, or every n + k with
+        // k >= 1; this pattern's: exactly m, or every m + k with k >= 1.
+        let lengths = match (self.any_depth, other.any_depth) {
+            (false, false) => n == m,
+            (true, false) => n > m,
+            (false, true) => false,
+            (true, true) => n >= m,
+        };
+        lengths
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(mine, theirs)| match mine {
+                    Segment::AnyOne => true,
+                    Segment::Literal(literal) => {
+                        matches!(theirs, Segment::Literal(t) if t == literal)
+                    }
+                })
+    }
+
     /// Whether the pattern has no wildcard, i.e. covers exactly one scope.
     pub fn is_concrete(&self) -> bool {
         !self.any_depth
@@ -373,6 +400,40 @@ fn is_segment_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_includes_what_covers_no_more_than_it() {
+        let p = |t: &str| ScopePattern::parse(t).unwrap();
+        for (wide, narrow) in [
+            ("read:a/**", "read:a/b"),
+            ("read:a/**", "read:a/*"),
+            ("read:a/**", "read:a/b/**"),
+            ("read:a/**", "read:a/*/c/**"),
+            ("read:a/*", "read:a/b"),
+            ("read:a/*", "read:a/*"),
+            ("read:a/*/c", "read:a/b/c"),
+            ("read:a/b", "read:a/b"),
+            ("read:a/*/**", "read:a/b/c"),
+        ] {
+            assert!(p(wide).includes(&p(narrow)), "{wide} includes {narrow}");
+        }
+        for (not_wide, other) in [
+            ("read:a/b", "read:a/*"),
+            ("read:a/*", "read:a/**"),
+            ("read:a/*", "read:a/b/c"),
+            ("read:a/b/**", "read:a/**"),
+            ("read:a/**", "read:a"),
+            ("write:a/**", "read:a/b"),
+            ("read:a/*/c", "read:a/b/d"),
+            ("read:a/*/**", "read:a/b"),
+            ("read:a/b", "read:a/c"),
+        ] {
+            assert!(
+                !p(not_wide).includes(&p(other)),
+                "{not_wide} does not include {other}"
+            );
+        }
+    }
     use proptest::prelude::*;
 
     fn pattern(text: &str) -> ScopePattern {

@@ -21,6 +21,6 @@ pub use observe::{Observations, ObserveError};
 pub use propose::{ProposeError, propose, unified_diff};
 pub use render::table;
 pub use report::{
-    Candidate, EVIDENCE, Need, Overdue, PatternFinding, Report, Settings, Status, StepFinding,
-    analyse, proposal_is_narrower,
+    Candidate, Drift, EVIDENCE, Need, Overdue, PatternFinding, Report, Settings, Status,
+    StepFinding, analyse, proposal_is_narrower,
 };

@@ -29,6 +29,8 @@ struct Record {
     policy_sha256: Option<String>,
     #[serde(default)]
     allows: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(default)]
+    reviews: Option<BTreeMap<String, String>>,
 }
 
 /// How one concrete scope was granted to a step.
@@ -59,6 +61,8 @@ pub(crate) struct Load {
     /// `workflow/step` to patterns; `None` when the record does not say
     /// (written by an older broker, or a policy too large to list).
     pub(crate) allows: Option<BTreeMap<String, Vec<String>>>,
+    /// Workflow to `review_by`, when the record says.
+    pub(crate) reviews: Option<BTreeMap<String, String>>,
 }
 
 /// Everything read so far.
@@ -134,6 +138,7 @@ impl Observations {
                 time,
                 sha256: record.policy_sha256,
                 allows: record.allows,
+                reviews: record.reviews,
             }),
             _ if time < self.window_start => {}
             EventKind::TokenMinted => {

@@ -76,6 +76,31 @@ pub fn table(report: &Report) -> String {
             );
         }
     }
+    if !report.drift.is_empty() {
+        let _ = writeln!(out, "\npolicy changes that widened a step:");
+        for drift in &report.drift {
+            let review = match drift.review_by_moved {
+                Some(true) => "review_by moved",
+                Some(false) => "review_by NOT moved",
+                None => "review_by not recorded",
+            };
+            let _ = write!(
+                out,
+                "  {} {}: added {} ({review})",
+                drift.time,
+                drift.step,
+                drift.added.join(", ")
+            );
+            if !drift.new_scopes.is_empty() {
+                let _ = write!(
+                    out,
+                    "; first granted since: {}",
+                    drift.new_scopes.join(", ")
+                );
+            }
+            out.push('\n');
+        }
+    }
     for overdue in &report.overdue {
         let _ = writeln!(
             out,

@@ -1,10 +1,10 @@
 //! From observations and the policy to a finding per step pattern.
 
-use crate::observe::{Observations, StepUse};
+use crate::observe::{Load, Observations, StepUse};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use stint_core::policy::{Policy, Step};
+use stint_core::policy::{Policy, Step, widenings};
 use stint_core::scope::{Scope, ScopePattern, covered};
 
 /// The knobs of an analysis.
@@ -128,6 +128,23 @@ pub struct Need {
     pub denials: u64,
 }
 
+/// A policy load that let a step allow more than the load before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    /// When the widening policy was loaded, RFC 3339.
+    pub time: String,
+    /// `workflow/step`.
+    pub step: String,
+    /// The patterns no earlier pattern of the step includes.
+    pub added: Vec<String>,
+    /// Whether the workflow's `review_by` moved in the same change (`None`
+    /// when a load does not say).
+    pub review_by_moved: Option<bool>,
+    /// Concrete scopes the added patterns matched that the step was first
+    /// granted after the change.
+    pub new_scopes: Vec<String>,
+}
+
 /// A workflow past its `review_by`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Overdue {
@@ -150,6 +167,8 @@ pub struct Report {
     pub policy_loaded: bool,
     pub steps: Vec<StepFinding>,
     pub needs: Vec<Need>,
+    /// Widenings between successive loads in the window, oldest first.
+    pub drift: Vec<Drift>,
     pub overdue: Vec<Overdue>,
     /// What the evidence is: printed with every report.
     pub evidence: &'static str,
@@ -195,6 +214,61 @@ fn pattern_ages(observations: &Observations) -> BTreeMap<(String, String), i64> 
         previous = Some(current);
     }
     since
+}
+
+/// Widenings between successive loads that list their allowances, in the
+/// window.
+fn drift(observations: &Observations) -> Vec<Drift> {
+    let mut loads: Vec<&Load> = observations.loads.iter().collect();
+    loads.sort_by_key(|load| load.time);
+    let mut found = Vec::new();
+    for pair in loads.windows(2) {
+        let (before, after) = (pair[0], pair[1]);
+        let (Some(was), Some(is)) = (&before.allows, &after.allows) else {
+            continue;
+        };
+        if after.time < observations.window_start {
+            continue;
+        }
+        for widening in widenings(was, is) {
+            let (workflow, step) = widening
+                .step
+                .split_once('/')
+                .unwrap_or((&widening.step, ""));
+            let review_by_moved = before
+                .reviews
+                .as_ref()
+                .zip(after.reviews.as_ref())
+                .map(|(was, is)| was.get(workflow) != is.get(workflow));
+            let added: Vec<ScopePattern> = widening
+                .added
+                .iter()
+                .filter_map(|p| ScopePattern::parse(p).ok())
+                .collect();
+            let new_scopes = observations
+                .steps
+                .get(&(workflow.to_owned(), step.to_owned()))
+                .map(|use_| {
+                    use_.scopes
+                        .iter()
+                        .filter(|(scope, u)| {
+                            u.first >= after.time
+                                && Scope::parse(scope).is_ok_and(|s| covered(&added, &s))
+                        })
+                        .map(|(scope, _)| scope.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.push(Drift {
+                time: rfc3339(after.time),
+                step: widening.step,
+                added: widening.added,
+                review_by_moved,
+                new_scopes,
+            });
+        }
+    }
+    found
 }
 
 /// Analyse `observations` against `policy` (the file whose change is
@@ -251,6 +325,7 @@ pub fn analyse(policy: &Policy, observations: &Observations, settings: &Settings
         policy_loaded: last_loaded == Some(policy.digest()),
         steps,
         needs,
+        drift: drift(observations),
         overdue,
         evidence: EVIDENCE,
     }

@@ -419,6 +419,7 @@ pub async fn start_with_clock(
         Ok(policy) => {
             entry.policy_sha256 = Some(policy.digest().to_owned());
             entry.allows = policy.allowances();
+            entry.reviews = Some(policy.review_dates());
             audit
                 .record(entry)
                 .await

@@ -288,6 +288,7 @@ pub struct Metrics {
     revocations_denied: Family<ReasonLabel, Counter>,
     latency: Family<RouteLabels, Histogram>,
     policy_reloads: Family<ResultLabel, Counter>,
+    policy_widened: Family<WorkflowLabel, Counter>,
     tls_loads: Family<ResultLabel, Counter>,
     tls_not_after: Gauge,
     store_reachable: Gauge,
@@ -369,6 +370,12 @@ impl Metrics {
             "policy_loads",
             "Policy loads, by result (loaded, refused)",
             policy_reloads.clone(),
+        );
+        let policy_widened = Family::<WorkflowLabel, Counter>::default();
+        registry.register(
+            "policy_widened_steps",
+            "Steps a policy reload let allow more than before, by workflow (see docs/least-privilege.md, drift)",
+            policy_widened.clone(),
         );
         let tls_loads = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -519,6 +526,7 @@ impl Metrics {
             revocations_denied,
             latency,
             policy_reloads,
+            policy_widened,
             tls_loads,
             tls_not_after,
             store_reachable,
@@ -665,6 +673,15 @@ impl Metrics {
         let result = if loaded { "loaded" } else { "refused" };
         self.policy_reloads
             .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// A reload widened a step of `workflow`.
+    pub(crate) fn policy_widened(&self, workflow: &str) {
+        self.policy_widened
+            .get_or_create(&WorkflowLabel {
+                workflow: workflow.to_owned(),
+            })
             .inc();
     }
 

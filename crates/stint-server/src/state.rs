@@ -540,6 +540,7 @@ impl AppState {
                     self.audit_entry(now, EventKind::PolicyLoaded, Decision::Allow, None);
                 entry.policy_sha256 = Some(policy.digest().to_owned());
                 entry.allows = policy.allowances();
+                entry.reviews = Some(policy.review_dates());
                 if let Err(error) = self.audit.record(entry).await {
                     self.metrics.policy_load(false);
                     tracing::error!(%error, "policy not installed: its loading could not be audited");
@@ -551,6 +552,7 @@ impl AppState {
                 crate::federation_token::warn_if_unsigned(&policy, &self.federation_keys);
                 self.targets.install(&policy);
                 tracing::info!(sha256 = policy.digest(), "policy loaded");
+                self.report_widenings(&policy);
                 self.policy.store(Arc::new(policy));
                 self.policy_installed.send_modify(|n| *n += 1);
                 self.metrics.policy_load(true);
@@ -567,6 +569,29 @@ impl AppState {
                 tracing::error!("policy refused; the previous policy stays in force:\n{errors}");
                 Err(errors)
             }
+        }
+    }
+}
+
+impl AppState {
+    /// Log and count each step `policy` lets allow more than the policy in
+    /// force, and say whether its workflow's review date moved with it.
+    fn report_widenings(&self, policy: &Policy) {
+        let old = self.policy.load();
+        for widening in stint_core::policy::widenings(&old.allowance_map(), &policy.allowance_map())
+        {
+            let workflow = widening.step.split('/').next().unwrap_or_default();
+            let review_by_moved = old
+                .workflow(workflow)
+                .zip(policy.workflow(workflow))
+                .is_none_or(|(before, after)| before.review_by() != after.review_by());
+            tracing::warn!(
+                step = %widening.step,
+                added = %widening.added.join(" "),
+                review_by_moved,
+                "policy reload widened a step: it allows scopes it did not"
+            );
+            self.metrics.policy_widened(workflow);
         }
     }
 }
