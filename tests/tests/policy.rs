@@ -146,6 +146,13 @@ async fn an_overdue_review_is_reported_and_enforced_when_asked() {
         200,
         "not enforced: reported only"
     );
+    // Minted, and its record says the workflow was overdue.
+    let records = broker.audit_records();
+    let minted = records
+        .iter()
+        .rfind(|r| r["event"] == "token_minted")
+        .unwrap();
+    assert_eq!(minted["reason"], "review_overdue", "{minted}");
     let metrics = broker.metrics().await;
     assert!(
         metrics.contains("stint_policy_workflows_review_overdue 1\n"),

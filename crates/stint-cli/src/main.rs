@@ -320,10 +320,15 @@ enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Validate a policy file exactly as the broker does at load.
+    /// Validate a policy file exactly as the broker does at load; warn of
+    /// workflows due for review within --warn-days, and fail (exit 1) if
+    /// one is past its review_by.
     Check {
         /// The policy file.
         file: PathBuf,
+        /// Warn of a review_by this many days away or less.
+        #[arg(long, value_name = "DAYS", default_value_t = 14, value_parser = clap::value_parser!(u32).range(0..=3660))]
+        warn_days: u32,
     },
     /// From an audit log (verified first; a broken chain is refused), what
     /// each step's scope patterns were granted for, and the narrowed
@@ -332,6 +337,12 @@ enum PolicyCommand {
     /// evidence is the grant, not the use at the target. Exit 6 on a
     /// --fail-on finding.
     Suggest(suggest::SuggestArgs),
+    /// The evidence for recertifying one workflow, as a Markdown block for
+    /// the pull request that moves its review_by forward: its steps'
+    /// findings (as suggest makes them), the review_by status, the
+    /// elevations approved in the window and by whom, and the changes that
+    /// widened it.
+    Review(suggest::ReviewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -803,13 +814,19 @@ async fn run(command: Command, out: &mut output::Stdout) -> Result<u8, Failure> 
             Ok(0)
         }
         Command::Policy {
-            command: PolicyCommand::Check { file },
-        } => check_policy(out, &file),
+            command: PolicyCommand::Check { file, warn_days },
+        } => check_policy(out, &file, warn_days),
         Command::Policy {
             command: PolicyCommand::Suggest(args),
         } => {
             use stint_core::Clock as _;
             suggest::run(out, &args, stint_core::SystemClock.now())
+        }
+        Command::Policy {
+            command: PolicyCommand::Review(args),
+        } => {
+            use stint_core::Clock as _;
+            suggest::review(out, &args, stint_core::SystemClock.now())
         }
         Command::Audit {
             command: AuditCommand::Verify { file },
@@ -1098,13 +1115,37 @@ fn read_credentials(path: &Path) -> Result<DevClient, Failure> {
     })
 }
 
-fn check_policy(out: &mut output::Stdout, file: &Path) -> Result<u8, Failure> {
+fn check_policy(out: &mut output::Stdout, file: &Path, warn_days: u32) -> Result<u8, Failure> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot read {}: {e}", file.display())))?;
     let policy = stint_core::policy::Policy::parse(&file.display().to_string(), &text)
         .map_err(|errors| Failure::new(EXIT_FAILURE, errors.to_string()))?;
-    for warning in policy.review_warnings(today()) {
-        output::stderr_line(format_args!("warning: {warning}"));
+    let today = today();
+    for workflow in policy.workflows() {
+        let days = (workflow.review_by() - today).num_days();
+        if (0..=i64::from(warn_days)).contains(&days) {
+            output::stderr_line(format_args!(
+                "warning: workflow {:?} is due for review in {days} days ({}): recertify it (stint policy review --workflow {}) and move review_by forward",
+                workflow.name(),
+                workflow.review_by(),
+                workflow.name()
+            ));
+        }
+    }
+    let overdue = policy.review_warnings(today);
+    for warning in &overdue {
+        output::stderr_line(format_args!("error: {warning}"));
+    }
+    if !overdue.is_empty() {
+        return Err(Failure::new(
+            EXIT_FAILURE,
+            format!(
+                "{}: valid, but {} workflow{} past its review date",
+                file.display(),
+                overdue.len(),
+                if overdue.len() == 1 { " is" } else { "s are" }
+            ),
+        ));
     }
     out.line(format_args!(
         "{}: ok ({} workloads, {} workflows)",

@@ -45,6 +45,28 @@ pub(crate) enum FailOn {
 
 #[derive(Debug, Args)]
 pub(crate) struct SuggestArgs {
+    #[command(flatten)]
+    evidence: EvidenceArgs,
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Exit 6 if the report finds this (repeatable): a gate for CI.
+    #[arg(long = "fail-on", value_enum, value_name = "FINDING")]
+    fail_on: Vec<FailOn>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReviewArgs {
+    #[command(flatten)]
+    evidence: EvidenceArgs,
+    /// The workflow to recertify.
+    #[arg(long, value_name = "NAME")]
+    workflow: String,
+}
+
+/// The evidence both commands read, and how it is judged.
+#[derive(Debug, Args)]
+pub(crate) struct EvidenceArgs {
     /// The policy file to propose a change to.
     #[arg(long, value_name = "FILE")]
     policy: PathBuf,
@@ -79,12 +101,6 @@ pub(crate) struct SuggestArgs {
     /// candidate for the step's own scopes (never proposed).
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
     promote_after: u64,
-    /// What to print.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    /// Exit 6 if the report finds this (repeatable): a gate for CI.
-    #[arg(long = "fail-on", value_enum, value_name = "FINDING")]
-    fail_on: Vec<FailOn>,
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -175,7 +191,17 @@ fn observe(
     Ok((observations, verifier.report()))
 }
 
-pub(crate) fn run(out: &mut Stdout, args: &SuggestArgs, now: DateTime<Utc>) -> Result<u8, Failure> {
+/// The policy, its text, and the analysed evidence.
+struct Evidence {
+    source: String,
+    text: String,
+    policy: Policy,
+    settings: Settings,
+    observations: Observations,
+    report: Report,
+}
+
+fn evidence(args: &EvidenceArgs, now: DateTime<Utc>) -> Result<Evidence, Failure> {
     let source = args.policy.display().to_string();
     let text = read_limited(&args.policy, MAX_POLICY_LEN as u64)?;
     let policy = Policy::parse(&source, &text).map_err(|errors| failure(errors.to_string()))?;
@@ -199,6 +225,48 @@ pub(crate) fn run(out: &mut Stdout, args: &SuggestArgs, now: DateTime<Utc>) -> R
             ""
         }
     ));
+    Ok(Evidence {
+        source,
+        text,
+        policy,
+        settings,
+        observations,
+        report,
+    })
+}
+
+/// `stint policy review`: the Markdown evidence block of one workflow.
+pub(crate) fn review(
+    out: &mut Stdout,
+    args: &ReviewArgs,
+    now: DateTime<Utc>,
+) -> Result<u8, Failure> {
+    let evidence = evidence(&args.evidence, now)?;
+    let workflow = evidence.policy.workflow(&args.workflow).ok_or_else(|| {
+        failure(format!(
+            "{} has no workflow named {:?}",
+            evidence.source, args.workflow
+        ))
+    })?;
+    out.line(
+        stint_evidence::review_markdown(
+            workflow,
+            &evidence.report,
+            &evidence.observations,
+            evidence.settings.now.date_naive(),
+        )
+        .trim_end(),
+    );
+    Ok(0)
+}
+
+pub(crate) fn run(out: &mut Stdout, args: &SuggestArgs, now: DateTime<Utc>) -> Result<u8, Failure> {
+    let Evidence {
+        source,
+        text,
+        report,
+        ..
+    } = evidence(&args.evidence, now)?;
     match args.format {
         Format::Table => out.line(stint_evidence::table(&report).trim_end()),
         Format::Json => out.json(&report)?,
@@ -206,6 +274,7 @@ pub(crate) fn run(out: &mut Stdout, args: &SuggestArgs, now: DateTime<Utc>) -> R
             let proposed = stint_evidence::propose(&source, &text, &report)
                 .map_err(|e| failure(e.to_string()))?;
             let name = args
+                .evidence
                 .policy
                 .file_name()
                 .map_or_else(|| source.clone(), |n| n.to_string_lossy().into_owned());

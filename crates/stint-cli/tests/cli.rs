@@ -356,16 +356,46 @@ async fn policy_check_and_audit_verify() {
         "[workloads.w]\nsecret_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nworkflows = [\"f\"]\n\n[workflows.f]\nreview_by = 2020-01-01\n\n[workflows.f.steps.s]\nscopes = [\"read:x/**\"]\n",
     )
     .unwrap();
+    // Valid, but past its review date: refused.
+    let output = broker
+        .run(&["policy", "check", good.to_str().unwrap()])
+        .await;
+    assert_exit(&output, 1, "past its review date");
+    assert!(
+        text(&output.stderr).contains("1 workflow is past its review date"),
+        "{}",
+        text(&output.stderr)
+    );
+    // Due soon: a warning, and a pass.
+    let soon = (stint_core::chrono::Utc::now().date_naive() + stint_core::chrono::Days::new(3))
+        .format("%Y-%m-%d")
+        .to_string();
+    std::fs::write(
+        &good,
+        format!("[workloads.w]\nsecret_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nworkflows = [\"f\"]\n\n[workflows.f]\nreview_by = {soon}\n\n[workflows.f.steps.s]\nscopes = [\"read:x/**\"]\n"),
+    )
+    .unwrap();
     let output = broker
         .run(&["policy", "check", good.to_str().unwrap()])
         .await;
     assert_success(&output, "policy check");
     assert!(text(&output.stdout).contains("ok (1 workloads, 1 workflows)"));
     assert!(
-        text(&output.stderr).contains("past its review date"),
+        text(&output.stderr).contains("due for review in 3 days"),
         "{}",
         text(&output.stderr)
     );
+    let output = broker
+        .run(&[
+            "policy",
+            "check",
+            "--warn-days",
+            "2",
+            good.to_str().unwrap(),
+        ])
+        .await;
+    assert_success(&output, "policy check");
+    assert!(!text(&output.stderr).contains("due for review"));
 
     let bad = broker.file("bad.toml");
     std::fs::write(

@@ -136,6 +136,12 @@ fn records() -> Vec<AuditEntry> {
         elevated.approval_id = Some(format!("appr-{n}"));
         records.push(elevated);
     }
+    let mut approved = AuditEntry::new(at(30, 0), EventKind::ApprovalGranted, Decision::Allow);
+    approved.step = Some("crm-sync/extract".into());
+    approved.scopes = vec!["delete:crm/accounts/acme".into()];
+    approved.operator = Some("alice".into());
+    approved.approval_id = Some("appr-0".into());
+    records.push(approved);
     let mut denied = AuditEntry::new(at(20, 0), EventKind::TokenDenied, Decision::Deny);
     denied.reason = Some("scope_not_allowed".into());
     denied.step = Some("crm-sync/extract".into());
@@ -182,8 +188,16 @@ fn files(audit: &[u8]) -> Files {
 }
 
 fn suggest(files: &Files, extra: &[&str]) -> Output {
+    policy_command(files, "suggest", extra)
+}
+
+fn review(files: &Files, workflow: &str) -> Output {
+    policy_command(files, "review", &["--workflow", workflow])
+}
+
+fn policy_command(files: &Files, command: &str, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stint"))
-        .args(["policy", "suggest", "--now", NOW, "--policy"])
+        .args(["policy", command, "--now", NOW, "--policy"])
         .arg(&files.policy)
         .arg("--audit")
         .arg(&files.audit)
@@ -202,7 +216,7 @@ fn the_table_says_what_each_pattern_was_granted_for() {
     let output = suggest(&files, &[]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let expected = "\
-policy suggest as of 2027-01-31T00:00:00Z over 90 days (from 2026-11-02T00:00:00Z): 24 records, 1 after that time ignored
+policy suggest as of 2027-01-31T00:00:00Z over 90 days (from 2026-11-02T00:00:00Z): 25 records, 1 after that time ignored
 note: the evidence is the grant (each token minted, from the audit log), not its use at the target: a scope granted and never exercised counts as used
 
 crm-sync/archive: 6 jobs
@@ -230,7 +244,7 @@ policy changes that widened a step:
     assert_eq!(stdout(&output), expected);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("audit chain verified: 24 records, 0 checkpoints"),
+        stderr.contains("audit chain verified: 25 records, 0 checkpoints"),
         "{stderr}"
     );
 }
@@ -371,4 +385,41 @@ fn a_broken_chain_is_refused_before_anything_is_said() {
 
 fn files_from_lines(lines: &[&str]) -> Files {
     files((lines.join("\n") + "\n").as_bytes())
+}
+
+#[test]
+fn review_writes_the_workflows_evidence_as_markdown() {
+    let files = files(&chained(&records()));
+    let output = review(&files, "crm-sync");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let expected = r#"### Recertification evidence: workflow `crm-sync`
+
+- `review_by`: 2027-06-30 (150 days left)
+- evidence: the audit log from 2026-11-02T00:00:00Z to 2027-01-31T00:00:00Z (25 records, chain verified); the evidence is the grant (each token minted, from the audit log), not its use at the target: a scope granted and never exercised counts as used
+
+| step | pattern | status | mints | scopes | last use | proposal |
+| --- | --- | --- | ---: | ---: | --- | --- |
+| archive | `write:archive/crm/*` | insufficient (observed for 90 days, less than two of the step's 92-day cycles) | 6 | 1 | 2027-01-16T00:01:00Z |  |
+| extract | `read:crm/accounts/**` | narrow (a wildcard that matched only 2 concrete scopes) | 13 | 2 | 2027-01-14T00:00:00Z | `read:crm/accounts/acme`, `read:crm/accounts/globex` |
+| extract | `read:crm/contacts/**` | used | 10 | 5 | 2027-01-14T00:00:00Z |  |
+| extract | `read:crm/leads` | unused (granted to none of 14 runs since 2026-11-02T00:00:00Z) | 0 | 0 | never | remove |
+| extract | `read:crm/notes` | insufficient (observed for 5 days, fewer than --min-days 30) | 1 | 1 | 2027-01-28T00:00:00Z |  |
+| legacy | `read:legacy/export` | kept (kept until 2027-12-31: the year-end export) | 0 | 0 | never |  |
+| unrun | `read:crm/reports` | insufficient (0 runs since 2026-11-02T00:00:00Z, fewer than --min-runs 5) | 0 | 0 | never |  |
+
+Elevations approved in the window:
+
+| time | step | scopes | approved by | approval |
+| --- | --- | --- | --- | --- |
+| 2027-01-01T00:00:00Z | crm-sync/extract | `delete:crm/accounts/acme` | alice | appr-0 |
+
+Policy changes that widened a step:
+
+- 2027-01-26T00:00:00Z `crm-sync/extract`: added `read:crm/notes` (**review_by not moved**)
+"#;
+    assert_eq!(stdout(&output), expected);
+    // A workflow the policy does not have.
+    let output = review(&files, "nope");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no workflow named \"nope\""));
 }

@@ -512,7 +512,8 @@ pub fn decide(
             ),
         })?;
 
-    if context.policy.enforce_review() && workflow.is_overdue(context.now.date_naive()) {
+    let overdue = workflow.is_overdue(context.now.date_naive());
+    if overdue && context.policy.overdue_action() == crate::policy::OverdueAction::Deny {
         return Err(Denial::new(
             E::UnauthorizedClient,
             R::ReviewOverdue,
@@ -531,6 +532,19 @@ pub fn decide(
         .filter(|s| !covered(step.scopes(), s))
         .cloned()
         .collect();
+    if overdue
+        && !elevated.is_empty()
+        && context.policy.overdue_action() == crate::policy::OverdueAction::DenyElevation
+    {
+        return Err(Denial::new(
+            E::UnauthorizedClient,
+            R::ReviewOverdue,
+            format!(
+                "workflow {:?} is past its review date: its standing scopes are still granted, elevation is refused until it is recertified",
+                workflow.name()
+            ),
+        ));
+    }
     let elevation = step.elevation();
     if let Some(refused) = elevated
         .iter()
@@ -627,6 +641,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::OverdueAction;
     use crate::revocation::JobRevocation;
     use crate::scope::ScopePattern;
     use proptest::prelude::*;
@@ -655,6 +670,32 @@ audiences = ["https://k8s.example"]
             ),
         )
         .unwrap()
+    }
+
+    /// A deploy step with a standing scope and an elevation, `top` at the
+    /// top of the file.
+    fn elevation_policy(top: &str, review_by: &str) -> String {
+        format!(
+            r#"
+{top}
+[workloads.w]
+secret_sha256 = "{HASH}"
+workflows = ["demo"]
+[workflows.demo]
+review_by = {review_by}
+[workflows.demo.steps.deploy]
+scopes = ["deploy:k8s/staging/web"]
+audiences = ["https://k8s.example"]
+[workflows.demo.steps.deploy.elevation]
+scopes = ["deploy:k8s/prod/*"]
+approver_groups = ["sre"]
+max_duration = "10m"
+max_wait = "5m"
+[operators.alice]
+groups = ["sre"]
+key_sha256 = "{HASH}"
+"#
+        )
     }
 
     fn now() -> DateTime<Utc> {
@@ -863,6 +904,69 @@ audiences = ["https://k8s.example"]
     }
 
     #[test]
+    fn an_overdue_workflow_is_refused_or_only_its_elevation_or_warned_as_the_policy_says() {
+        let with =
+            |overdue: &str| Policy::parse("p.toml", &elevation_policy(overdue, "2020-01-01"));
+        let ask = |p: &Policy, body: &str| {
+            let revocations = RevocationSet::new();
+            let ctx = DecisionContext {
+                policy: p,
+                revocations: &revocations,
+                now: now(),
+            };
+            decide(
+                ctx,
+                p.workload("w").unwrap(),
+                &request(body).unwrap(),
+                || "j".into(),
+            )
+            .map(|verdict| matches!(verdict, Verdict::Granted(_)))
+            .map_err(|denial| denial.reason)
+        };
+        let standing = "step=deploy&scope=deploy:k8s/staging/web";
+        let elevated = "step=deploy&scope=deploy:k8s/staging/web deploy:k8s/prod/web&job=j1";
+        for (setting, action, standing_is, elevated_is) in [
+            ("", OverdueAction::Warn, Ok(true), Ok(false)),
+            (
+                r#"overdue = "warn""#,
+                OverdueAction::Warn,
+                Ok(true),
+                Ok(false),
+            ),
+            (
+                r#"overdue = "deny""#,
+                OverdueAction::Deny,
+                Err(DenyReason::ReviewOverdue),
+                Err(DenyReason::ReviewOverdue),
+            ),
+            (
+                "enforce_review = true",
+                OverdueAction::Deny,
+                Err(DenyReason::ReviewOverdue),
+                Err(DenyReason::ReviewOverdue),
+            ),
+            (
+                r#"overdue = "deny_elevation""#,
+                OverdueAction::DenyElevation,
+                Ok(true),
+                Err(DenyReason::ReviewOverdue),
+            ),
+        ] {
+            let p = with(setting).unwrap();
+            assert_eq!(p.overdue_action(), action, "{setting}");
+            assert_eq!(ask(&p, standing), standing_is, "{setting}: standing");
+            // Ok(false): sent for approval.
+            assert_eq!(ask(&p, elevated), elevated_is, "{setting}: elevated");
+        }
+        for bad in [
+            r#"overdue = "sometimes""#,
+            "enforce_review = true\noverdue = \"warn\"",
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_revoked_job_cannot_mint() {
         let p = policy(false, "2027-01-01");
         let revocations = RevocationSet::new();
@@ -885,27 +989,7 @@ audiences = ["https://k8s.example"]
     #[test]
     fn scopes_beyond_the_standing_grant_need_an_approval_that_covers_them() {
         use crate::approval::{ApprovalRequest, Operator};
-        let text = format!(
-            r#"
-[workloads.w]
-secret_sha256 = "{HASH}"
-workflows = ["demo"]
-[workflows.demo]
-review_by = 2027-01-01
-[workflows.demo.steps.deploy]
-scopes = ["deploy:k8s/staging/web"]
-audiences = ["https://k8s.example"]
-[workflows.demo.steps.deploy.elevation]
-scopes = ["deploy:k8s/prod/*"]
-approver_groups = ["sre"]
-max_duration = "10m"
-max_wait = "5m"
-[operators.alice]
-groups = ["sre"]
-key_sha256 = "{HASH}"
-"#
-        );
-        let p = Policy::parse("p.toml", &text).unwrap();
+        let p = Policy::parse("p.toml", &elevation_policy("", "2027-01-01")).unwrap();
         let revocations = RevocationSet::new();
         let workload = p.workload("w").unwrap();
         let ask_at = |at: DateTime<Utc>, body: &str| {

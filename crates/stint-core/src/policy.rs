@@ -60,10 +60,33 @@ const MAX_AUDITED_ALLOWANCES: usize = 256 * 1024;
 /// The capability that allows administrative calls (signing key rotation).
 pub const CAPABILITY_ADMIN: &str = "admin";
 
+/// What the broker does with a workflow past its `review_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverdueAction {
+    /// Refuse its steps (`overdue = "deny"`, or `enforce_review = true`).
+    Deny,
+    /// Mint its standing scopes, refuse elevation.
+    DenyElevation,
+    /// Mint as usual; the mint's audit record says the workflow is overdue
+    /// (the default).
+    Warn,
+}
+
+impl OverdueAction {
+    /// The policy's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::DenyElevation => "deny_elevation",
+            Self::Warn => "warn",
+        }
+    }
+}
+
 /// A validated policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    enforce_review: bool,
+    overdue: OverdueAction,
     workloads: BTreeMap<String, Workload>,
     by_client_id: HashMap<String, String>,
     issuers: BTreeMap<String, TrustedIssuer>,
@@ -371,7 +394,12 @@ impl Policy {
 
     /// Whether steps of overdue workflows are refused.
     pub fn enforce_review(&self) -> bool {
-        self.enforce_review
+        self.overdue == OverdueAction::Deny
+    }
+
+    /// What the broker does with a workflow past its review date.
+    pub fn overdue_action(&self) -> OverdueAction {
+        self.overdue
     }
 
     /// SHA-256 (hex) of the policy text, for audit records.
@@ -448,10 +476,16 @@ impl Policy {
     /// what the broker does about it: what `stintd check-policy` and
     /// `stint policy check` print.
     pub fn review_warnings(&self, today: NaiveDate) -> Vec<String> {
-        let consequence = if self.enforce_review {
-            "enforce_review = true, so the broker will refuse its steps until review_by is moved forward"
-        } else {
-            "the broker will warn and report it in stint_policy_workflow_review_overdue"
+        let consequence = match self.overdue {
+            OverdueAction::Deny => {
+                "overdue = \"deny\" (or enforce_review = true), so the broker will refuse its steps until review_by is moved forward"
+            }
+            OverdueAction::DenyElevation => {
+                "overdue = \"deny_elevation\", so the broker will mint its standing scopes and refuse elevation until review_by is moved forward"
+            }
+            OverdueAction::Warn => {
+                "the broker will mint, mark each mint's audit record review_overdue, and report it in stint_policy_workflow_review_overdue"
+            }
         };
         self.overdue_workflows(today)
             .into_iter()
@@ -618,7 +652,9 @@ pub enum StepLookup {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     #[serde(default)]
-    enforce_review: bool,
+    enforce_review: Option<Spanned<bool>>,
+    #[serde(default)]
+    overdue: Option<Spanned<String>>,
     #[serde(default)]
     workloads: BTreeMap<String, Spanned<RawWorkload>>,
     #[serde(default)]
@@ -974,8 +1010,9 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
 
     let operators = build_operators(raw.operators, &workloads, &issuers, errors);
     check_quorums(&workflows, &workloads, &operators, errors);
+    let overdue = overdue_action(raw.enforce_review, raw.overdue, errors);
     Policy {
-        enforce_review: raw.enforce_review,
+        overdue,
         workloads,
         by_client_id,
         issuers,
@@ -983,6 +1020,39 @@ fn build(raw: RawPolicy, errors: &mut Errors<'_>) -> Policy {
         operators,
         targets: targets.into_built(),
         digest: String::new(),
+    }
+}
+
+/// `overdue`, or the older `enforce_review` (not both).
+fn overdue_action(
+    enforce_review: Option<Spanned<bool>>,
+    overdue: Option<Spanned<String>>,
+    errors: &mut Errors<'_>,
+) -> OverdueAction {
+    match (enforce_review, overdue) {
+        (Some(_), Some(overdue)) => {
+            errors.push(
+                overdue.span(),
+                "overdue",
+                "give overdue or enforce_review, not both (enforce_review = true is overdue = \"deny\")".into(),
+            );
+            OverdueAction::Deny
+        }
+        (Some(enforce), None) if *enforce.get_ref() => OverdueAction::Deny,
+        (_, None) => OverdueAction::Warn,
+        (None, Some(overdue)) => match overdue.get_ref().as_str() {
+            "deny" => OverdueAction::Deny,
+            "deny_elevation" => OverdueAction::DenyElevation,
+            "warn" => OverdueAction::Warn,
+            other => {
+                errors.push(
+                    overdue.span(),
+                    "overdue",
+                    format!("overdue {other:?} is not \"deny\", \"deny_elevation\" or \"warn\""),
+                );
+                OverdueAction::Deny
+            }
+        },
     }
 }
 

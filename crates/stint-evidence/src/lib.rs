@@ -16,6 +16,7 @@ mod observe;
 mod propose;
 mod render;
 mod report;
+mod review;
 
 pub use observe::{Observations, ObserveError};
 pub use propose::{ProposeError, propose, unified_diff};
@@ -24,3 +25,4 @@ pub use report::{
     Candidate, Drift, EVIDENCE, Need, Overdue, PatternFinding, Report, Settings, Status,
     StepFinding, analyse, proposal_is_narrower,
 };
+pub use review::review_markdown;

@@ -26,6 +26,8 @@ struct Record {
     #[serde(default)]
     approval_id: Option<String>,
     #[serde(default)]
+    operator: Option<String>,
+    #[serde(default)]
     policy_sha256: Option<String>,
     #[serde(default)]
     allows: Option<BTreeMap<String, Vec<String>>>,
@@ -65,6 +67,21 @@ pub(crate) struct Load {
     pub(crate) reviews: Option<BTreeMap<String, String>>,
 }
 
+/// The most operator approvals kept for `stint policy review` (later ones
+/// are counted only).
+pub(crate) const MAX_APPROVALS: usize = 10_000;
+
+/// An operator's approval of an elevation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Approved {
+    pub(crate) time: i64,
+    /// `workflow/step`.
+    pub(crate) step: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) operator: String,
+    pub(crate) approval_id: String,
+}
+
 /// Everything read so far.
 #[derive(Debug)]
 pub struct Observations {
@@ -75,6 +92,10 @@ pub struct Observations {
     pub(crate) loads: Vec<Load>,
     /// Scopes refused as outside a step: (step as asked, scope) to count.
     pub(crate) needs: BTreeMap<(String, String), u64>,
+    /// Operators' approvals in the window, the first [`MAX_APPROVALS`].
+    pub(crate) approvals: Vec<Approved>,
+    /// Approvals in the window beyond those.
+    pub(crate) approvals_not_kept: u64,
     pub(crate) records: u64,
     /// Records after `now` (ignored: the report is as of `now`).
     pub(crate) after_now: u64,
@@ -104,6 +125,8 @@ impl Observations {
             steps: HashMap::new(),
             loads: Vec::new(),
             needs: BTreeMap::new(),
+            approvals: Vec::new(),
+            approvals_not_kept: 0,
             records: 0,
             after_now: 0,
         }
@@ -166,6 +189,24 @@ impl Observations {
                     entry.mints += 1;
                     entry.first = entry.first.min(time);
                     entry.last = entry.last.max(time);
+                }
+            }
+            EventKind::ApprovalGranted => {
+                let (Some(step), Some(operator), Some(approval_id)) =
+                    (record.step, record.operator, record.approval_id)
+                else {
+                    return Ok(());
+                };
+                if self.approvals.len() < MAX_APPROVALS {
+                    self.approvals.push(Approved {
+                        time,
+                        step,
+                        scopes: record.scopes,
+                        operator,
+                        approval_id,
+                    });
+                } else {
+                    self.approvals_not_kept += 1;
                 }
             }
             EventKind::TokenDenied if record.reason.as_deref() == Some("scope_not_allowed") => {

@@ -347,6 +347,15 @@ async fn mint(
     entry.aud = Some(grant.audience().to_owned());
     entry.step = Some(grant.step().to_owned());
     entry.workflow = Some(grant.workflow().to_owned());
+    // Minted although the workflow is past its review date (the policy
+    // says warn, or deny_elevation and nothing was elevated): the record
+    // says so.
+    if policy
+        .workflow(grant.workflow())
+        .is_some_and(|w| w.is_overdue(now.date_naive()))
+    {
+        entry.reason = Some(DenyReason::ReviewOverdue.as_str().to_owned());
+    }
 
     let jti = new_jti(&state.rng).map_err(|_| internal("could not generate a token id"))?;
     let mut claims = AccessTokenClaims::from_grant(&grant, &state.issuer, jti);
