@@ -31,6 +31,11 @@ async fn mint_status(broker: &TestBroker, step: &str, scope: &str) -> (u16, Valu
     (status, response.json().await.unwrap())
 }
 
+/// The records of `event`, in order.
+fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["event"] == event).collect()
+}
+
 const DEPLOY_STEP: &str = r#"
 [workflows.demo.steps.deploy]
 scopes = ["deploy:k8s/staging/*"]
@@ -60,10 +65,7 @@ async fn a_valid_reload_takes_effect_and_is_audited() {
     );
 
     let records = broker.audit_records();
-    let loads: Vec<_> = records
-        .iter()
-        .filter(|r| r["event"] == "policy_loaded")
-        .collect();
+    let loads = events(&records, "policy_loaded");
     assert_eq!(loads.len(), 2);
     assert_ne!(loads[0]["policy_sha256"], loads[1]["policy_sha256"]);
     // Each load lists what every step allows and each workflow's review
@@ -216,4 +218,55 @@ async fn the_example_policy_in_deploy_is_valid() {
     let text = std::fs::read_to_string(path).unwrap();
     let policy = stint_core::policy::Policy::parse(path, &text).unwrap_or_else(|e| panic!("{e}"));
     assert!(policy.workloads().count() >= 2);
+}
+
+/// A pattern marked for removal still grants; each mint that needed it is
+/// audited as `would_deny` and counted.
+#[tokio::test]
+async fn a_pattern_marked_for_removal_still_grants_and_each_mint_that_needed_it_is_told() {
+    const SHADOWED: &str = r#"
+[workflows.demo.steps.deploy]
+scopes = ["deploy:k8s/staging/*", "deploy:k8s/staging/web"]
+shadow = ["deploy:k8s/staging/*"]
+"#;
+    let broker = TestBroker::start_with(BrokerOptions {
+        policy: Some(policy_with(SHADOWED)),
+        ..BrokerOptions::default()
+    })
+    .await;
+    // Only the marked pattern grants this one.
+    assert_eq!(
+        mint_status(&broker, "deploy", "deploy:k8s/staging/api")
+            .await
+            .0,
+        200
+    );
+    // An unmarked pattern grants this one too: removal would not refuse it.
+    assert_eq!(
+        mint_status(&broker, "deploy", "deploy:k8s/staging/web")
+            .await
+            .0,
+        200
+    );
+    let records = broker.audit_records();
+    let mints = events(&records, "token_minted");
+    assert_eq!(mints.len(), 2);
+    assert_eq!(
+        mints[0]["would_deny"],
+        serde_json::json!(["deploy:k8s/staging/api"])
+    );
+    assert_eq!(mints[1].get("would_deny"), None, "{}", mints[1]);
+    let load = records
+        .iter()
+        .find(|r| r["event"] == "policy_loaded")
+        .unwrap();
+    assert_eq!(
+        load["shadows"]["demo/deploy"],
+        serde_json::json!(["deploy:k8s/staging/*"])
+    );
+    let metrics = broker.metrics().await;
+    assert!(
+        metrics.contains("stint_policy_shadow_grants_total{workflow=\"demo\"} 1"),
+        "{metrics}"
+    );
 }

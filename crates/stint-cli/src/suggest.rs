@@ -101,6 +101,10 @@ pub(crate) struct EvidenceArgs {
     /// candidate for the step's own scopes (never proposed).
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
     promote_after: u64,
+    /// A pattern marked for removal (shadow) that no mint needed for this
+    /// many days (over at least --min-runs runs) is proposed removed.
+    #[arg(long, value_name = "DAYS", default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    quiet_days: u32,
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -211,6 +215,7 @@ fn evidence(args: &EvidenceArgs, now: DateTime<Utc>) -> Result<Evidence, Failure
     settings.min_days = args.min_days;
     settings.narrow_at_most = usize::try_from(args.narrow_at_most).unwrap_or(usize::MAX);
     settings.promote_after = usize::try_from(args.promote_after).unwrap_or(usize::MAX);
+    settings.quiet_days = args.quiet_days;
     let keys = trusted_keys(args.jwks.as_deref())?;
     let (observations, chain) = observe(&args.audits, keys, &settings)?;
     let report = stint_evidence::analyse(&policy, &observations, &settings);

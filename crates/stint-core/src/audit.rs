@@ -261,6 +261,14 @@ pub struct AuditEntry {
     /// widened without the date moving is found from the log alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reviews: Option<std::collections::BTreeMap<String, String>>,
+    /// For `policy_loaded`: the patterns marked for removal (`shadow`),
+    /// `workflow/step` to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadows: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// For `token_minted`: the scopes only a pattern marked for removal
+    /// granted: the mint that removal would have refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_deny: Vec<String>,
 }
 
 /// What a target-credential record says about the upstream credential.
@@ -366,6 +374,8 @@ impl AuditEntry {
             target: None,
             allows: None,
             reviews: None,
+            shadows: None,
+            would_deny: Vec::new(),
         }
     }
 

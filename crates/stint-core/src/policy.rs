@@ -437,6 +437,26 @@ impl Policy {
             .collect()
     }
 
+    /// The patterns marked for removal (`shadow`), `workflow/step` to
+    /// them, as a `policy_loaded` record lists them (steps without any
+    /// left out).
+    pub fn shadow_map(&self) -> BTreeMap<String, Vec<String>> {
+        self.workflows()
+            .flat_map(|workflow| workflow.steps())
+            .filter(|step| !step.review().shadow().is_empty())
+            .map(|step| {
+                (
+                    format!("{}/{}", step.workflow(), step.name()),
+                    step.review()
+                        .shadow()
+                        .iter()
+                        .map(|p| p.as_str().to_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
     /// Each workflow's `review_by`, as a `policy_loaded` record lists them.
     pub fn review_dates(&self) -> BTreeMap<String, String> {
         self.workflows()
@@ -775,6 +795,8 @@ struct RawStep {
     cadence: Option<Spanned<String>>,
     #[serde(default)]
     keep: Option<Spanned<Vec<Spanned<review::RawKeep>>>>,
+    #[serde(default)]
+    shadow: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     #[allow(dead_code)] // documentation for humans; accepted, not used
     description: Option<String>,
@@ -1684,7 +1706,7 @@ fn build_step(
             Ok(()) => audiences.push(aud.into_inner()),
         }
     }
-    let review = review::build(raw.cadence, raw.keep, &scopes, key, errors);
+    let review = review::build(raw.cadence, raw.keep, raw.shadow, &scopes, key, errors);
     Step {
         name: name.to_owned(),
         workflow: workflow.to_owned(),

@@ -33,6 +33,10 @@ struct Record {
     allows: Option<BTreeMap<String, Vec<String>>>,
     #[serde(default)]
     reviews: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    shadows: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(default)]
+    would_deny: Vec<String>,
 }
 
 /// How one concrete scope was granted to a step.
@@ -53,6 +57,8 @@ pub(crate) struct StepUse {
     pub(crate) scopes: BTreeMap<String, ScopeUse>,
     /// Each scope granted under an approval, with the approvals.
     pub(crate) elevated: BTreeMap<String, BTreeSet<String>>,
+    /// Each scope only a pattern marked for removal granted.
+    pub(crate) would_deny: BTreeMap<String, ScopeUse>,
 }
 
 /// A policy load.
@@ -65,6 +71,9 @@ pub(crate) struct Load {
     pub(crate) allows: Option<BTreeMap<String, Vec<String>>>,
     /// Workflow to `review_by`, when the record says.
     pub(crate) reviews: Option<BTreeMap<String, String>>,
+    /// `workflow/step` to its patterns marked for removal, when the record
+    /// says.
+    pub(crate) shadows: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// The most operator approvals kept for `stint policy review` (later ones
@@ -115,6 +124,18 @@ fn seconds(time: &str) -> Option<i64> {
         .map(|t| t.with_timezone(&Utc).timestamp())
 }
 
+/// One more mint of `scope` at `time`.
+fn count(uses: &mut BTreeMap<String, ScopeUse>, scope: String, time: i64) {
+    let entry = uses.entry(scope).or_insert(ScopeUse {
+        mints: 0,
+        first: time,
+        last: time,
+    });
+    entry.mints += 1;
+    entry.first = entry.first.min(time);
+    entry.last = entry.last.max(time);
+}
+
 impl Observations {
     /// Nothing read yet; the window is the `window_days` before `now`.
     pub fn new(now: DateTime<Utc>, window_days: u32) -> Self {
@@ -162,6 +183,7 @@ impl Observations {
                 sha256: record.policy_sha256,
                 allows: record.allows,
                 reviews: record.reviews,
+                shadows: record.shadows,
             }),
             _ if time < self.window_start => {}
             EventKind::TokenMinted => {
@@ -172,6 +194,9 @@ impl Observations {
                 if let Some(job) = record.job {
                     use_.jobs.entry(job).or_insert(time);
                 }
+                for scope in record.would_deny {
+                    count(&mut use_.would_deny, scope, time);
+                }
                 for scope in record.scopes {
                     // Under an approval, the scopes beyond the step's own
                     // are told apart against the policy later.
@@ -181,14 +206,7 @@ impl Observations {
                             .or_default()
                             .insert(approval.clone());
                     }
-                    let entry = use_.scopes.entry(scope).or_insert(ScopeUse {
-                        mints: 0,
-                        first: time,
-                        last: time,
-                    });
-                    entry.mints += 1;
-                    entry.first = entry.first.min(time);
-                    entry.last = entry.last.max(time);
+                    count(&mut use_.scopes, scope, time);
                 }
             }
             EventKind::ApprovalGranted => {

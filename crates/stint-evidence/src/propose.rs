@@ -52,15 +52,29 @@ pub fn propose(source: &str, text: &str, report: &Report) -> Result<String, Prop
             .and_then(|w| w.get_mut("steps"))
             .ok_or_else(|| ProposeError::NoScopes(step_ref.clone()))?;
         let emptied = {
-            let scopes = steps
+            let table = steps
                 .get_mut(&step.step)
-                .and_then(|s| s.get_mut("scopes"))
+                .ok_or_else(|| ProposeError::NoScopes(step_ref.clone()))?;
+            let scopes = table
+                .get_mut("scopes")
                 .and_then(Item::as_array_mut)
                 .ok_or_else(|| ProposeError::NoScopes(step_ref.clone()))?;
             for (pattern, new) in &changes {
                 replace(scopes, pattern, new);
             }
-            scopes.is_empty()
+            let emptied = scopes.is_empty();
+            // A pattern removed is no longer marked for removal either.
+            if let Some(shadow) = table.get_mut("shadow").and_then(Item::as_array_mut) {
+                for (pattern, _) in &changes {
+                    replace(shadow, pattern, &[]);
+                }
+                if shadow.is_empty()
+                    && let Some(table) = table.as_table_like_mut()
+                {
+                    table.remove("shadow");
+                }
+            }
+            emptied
         };
         if emptied && let Some(table) = steps.as_table_like_mut() {
             table.remove(&step.step);

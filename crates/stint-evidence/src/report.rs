@@ -25,6 +25,9 @@ pub struct Settings {
     /// An elevated scope approved in at least this many approvals is a
     /// promotion candidate.
     pub promote_after: usize,
+    /// A pattern marked for removal (`shadow`) that no mint needed for
+    /// this many days, over at least `min_runs` runs, is proposed removed.
+    pub quiet_days: u32,
 }
 
 impl Settings {
@@ -37,6 +40,7 @@ impl Settings {
             min_days: 30,
             narrow_at_most: 3,
             promote_after: 3,
+            quiet_days: 14,
         }
     }
 }
@@ -58,6 +62,9 @@ pub enum Status {
     Insufficient,
     /// Kept on purpose (`keep` in the policy, not expired).
     Kept,
+    /// Marked for removal (`shadow`), still granting: mints needed it, or
+    /// its quiet period has not passed.
+    Shadow,
 }
 
 impl Status {
@@ -69,6 +76,7 @@ impl Status {
             Self::Unused => "unused",
             Self::Insufficient => "insufficient",
             Self::Kept => "kept",
+            Self::Shadow => "shadow",
         }
     }
 }
@@ -188,26 +196,38 @@ fn rfc3339(seconds: i64) -> String {
 /// load that lists allowances (the policy changed since, or no broker
 /// listed it) has none.
 fn pattern_ages(observations: &Observations) -> BTreeMap<(String, String), i64> {
+    presence(observations, |load| load.allows.as_ref())
+}
+
+/// The same for the patterns marked for removal (`shadows`).
+fn shadow_ages(observations: &Observations) -> BTreeMap<(String, String), i64> {
+    presence(observations, |load| load.shadows.as_ref())
+}
+
+/// When each (step, pattern) of the lists `of` gives began to be listed,
+/// without a gap, up to the last load; a load whose list is unknown starts
+/// every presence again from the next one that has it.
+fn presence(
+    observations: &Observations,
+    of: impl Fn(&Load) -> Option<&BTreeMap<String, Vec<String>>>,
+) -> BTreeMap<(String, String), i64> {
     let mut since: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut previous: Option<BTreeSet<(String, String)>> = None;
-    let mut loads = observations.loads.clone();
+    let mut loads: Vec<&Load> = observations.loads.iter().collect();
     loads.sort_by_key(|load| load.time);
     for load in loads {
-        let Some(allows) = load.allows else {
-            // What this load allowed is not known: whatever the next one
-            // lists counts from there.
+        let Some(lists) = of(load) else {
             previous = None;
             since.clear();
             continue;
         };
-        let current: BTreeSet<(String, String)> = allows
-            .into_iter()
-            .flat_map(|(step, patterns)| patterns.into_iter().map(move |p| (step.clone(), p)))
+        let current: BTreeSet<(String, String)> = lists
+            .iter()
+            .flat_map(|(step, patterns)| patterns.iter().map(move |p| (step.clone(), p.clone())))
             .collect();
         since.retain(|key, _| current.contains(key));
         for key in &current {
-            let known = previous.as_ref().is_some_and(|p| p.contains(key));
-            if !known {
+            if !previous.as_ref().is_some_and(|p| p.contains(key)) {
                 since.insert(key.clone(), load.time);
             }
         }
@@ -277,6 +297,7 @@ pub fn analyse(policy: &Policy, observations: &Observations, settings: &Settings
     let now = observations.now;
     let today = settings.now.date_naive();
     let ages = pattern_ages(observations);
+    let shadows = shadow_ages(observations);
     let last_loaded = observations
         .loads
         .iter()
@@ -288,10 +309,14 @@ pub fn analyse(policy: &Policy, observations: &Observations, settings: &Settings
         for step in workflow.steps() {
             let key = (workflow.name().to_owned(), step.name().to_owned());
             let use_ = observations.steps.get(&key).unwrap_or(&empty);
+            let known = Known {
+                ages: &ages,
+                shadows: &shadows,
+            };
             steps.push(step_finding(
                 step,
                 use_,
-                &ages,
+                known,
                 observations,
                 settings,
                 today,
@@ -331,10 +356,17 @@ pub fn analyse(policy: &Policy, observations: &Observations, settings: &Settings
     }
 }
 
+/// When each pattern, and each mark for removal, began.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    ages: &'a BTreeMap<(String, String), i64>,
+    shadows: &'a BTreeMap<(String, String), i64>,
+}
+
 fn step_finding(
     step: &Step,
     use_: &StepUse,
-    ages: &BTreeMap<(String, String), i64>,
+    known: Known<'_>,
     observations: &Observations,
     settings: &Settings,
     today: NaiveDate,
@@ -344,8 +376,10 @@ fn step_finding(
     let review = step.review();
     let mut patterns = Vec::new();
     for pattern in step.scopes() {
-        let since = ages
-            .get(&(step_ref.clone(), pattern.as_str().to_owned()))
+        let key = (step_ref.clone(), pattern.as_str().to_owned());
+        let since = known
+            .ages
+            .get(&key)
             .copied()
             // Never loaded as it stands: observed from now on.
             .unwrap_or(now);
@@ -368,7 +402,21 @@ fn step_finding(
             .cadence()
             .filter(|c| observed_days < 2 * i64::from(c.days()));
         let kept = review.kept(pattern);
-        let (status, note, proposal) = if let Some(keep) = kept.filter(|k| k.holds_on(today)) {
+        let (status, note, proposal) = if review.is_shadow(pattern) {
+            shadow_finding(
+                pattern,
+                use_,
+                // Never loaded marked: from now on.
+                known
+                    .shadows
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(now)
+                    .max(observations.window_start),
+                settings,
+                now,
+            )
+        } else if let Some(keep) = kept.filter(|k| k.holds_on(today)) {
             (
                 Status::Kept,
                 format!("kept until {}: {}", keep.until(), keep.reason()),
@@ -464,6 +512,58 @@ fn step_finding(
         jobs: use_.jobs.len() as u64,
         patterns,
         promotion_candidates,
+    }
+}
+
+/// A pattern marked for removal since `since`: removed once no mint has
+/// needed it for the quiet period, over enough runs.
+fn shadow_finding(
+    pattern: &ScopePattern,
+    use_: &StepUse,
+    since: i64,
+    settings: &Settings,
+    now: i64,
+) -> (Status, String, Option<Vec<String>>) {
+    let needed: Vec<_> = use_
+        .would_deny
+        .iter()
+        .filter(|(scope, u)| {
+            u.last >= since && Scope::parse(scope).is_ok_and(|s| pattern.matches(&s))
+        })
+        .collect();
+    let mints: u64 = needed.iter().map(|(_, u)| u.mints).sum();
+    let runs = use_.jobs.values().filter(|&&t| t >= since).count() as u64;
+    let quiet_days = (now - since) / 86_400;
+    if let Some(last) = needed.iter().map(|(_, u)| u.last).max() {
+        (
+            Status::Shadow,
+            format!(
+                "marked for removal since {}, and {mints} mints needed it since, the last {}: keep it, or find what still needs it",
+                rfc3339(since),
+                rfc3339(last)
+            ),
+            None,
+        )
+    } else if quiet_days < i64::from(settings.quiet_days) || runs < settings.min_runs {
+        (
+            Status::Shadow,
+            format!(
+                "marked for removal since {}: no mint needed it in {quiet_days} days and {runs} runs; removed after {} days and --min-runs {}",
+                rfc3339(since),
+                settings.quiet_days,
+                settings.min_runs
+            ),
+            None,
+        )
+    } else {
+        (
+            Status::Unused,
+            format!(
+                "marked for removal since {}, and no mint needed it in {quiet_days} days and {runs} runs",
+                rfc3339(since)
+            ),
+            Some(Vec::new()),
+        )
     }
 }
 

@@ -420,6 +420,7 @@ pub async fn start_with_clock(
             entry.policy_sha256 = Some(policy.digest().to_owned());
             entry.allows = policy.allowances();
             entry.reviews = Some(policy.review_dates());
+            entry.shadows = Some(policy.shadow_map());
             audit
                 .record(entry)
                 .await

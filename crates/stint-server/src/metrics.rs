@@ -289,6 +289,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     policy_reloads: Family<ResultLabel, Counter>,
     policy_widened: Family<WorkflowLabel, Counter>,
+    shadow_grants: Family<WorkflowLabel, Counter>,
     tls_loads: Family<ResultLabel, Counter>,
     tls_not_after: Gauge,
     store_reachable: Gauge,
@@ -376,6 +377,12 @@ impl Metrics {
             "policy_widened_steps",
             "Steps a policy reload let allow more than before, by workflow (see docs/least-privilege.md, drift)",
             policy_widened.clone(),
+        );
+        let shadow_grants = Family::<WorkflowLabel, Counter>::default();
+        registry.register(
+            "policy_shadow_grants",
+            "Mints that needed a scope pattern marked for removal (shadow): what the removal would have refused, by workflow",
+            shadow_grants.clone(),
         );
         let tls_loads = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -527,6 +534,7 @@ impl Metrics {
             latency,
             policy_reloads,
             policy_widened,
+            shadow_grants,
             tls_loads,
             tls_not_after,
             store_reachable,
@@ -679,6 +687,15 @@ impl Metrics {
     /// A reload widened a step of `workflow`.
     pub(crate) fn policy_widened(&self, workflow: &str) {
         self.policy_widened
+            .get_or_create(&WorkflowLabel {
+                workflow: workflow.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A mint needed a pattern of `workflow` marked for removal.
+    pub(crate) fn shadow_grant(&self, workflow: &str) {
+        self.shadow_grants
             .get_or_create(&WorkflowLabel {
                 workflow: workflow.to_owned(),
             })

@@ -84,6 +84,7 @@ impl Keep {
 pub struct StepReview {
     cadence: Option<Cadence>,
     keep: Vec<Keep>,
+    shadow: Vec<ScopePattern>,
 }
 
 impl StepReview {
@@ -95,6 +96,17 @@ impl StepReview {
     pub fn keep(&self) -> &[Keep] {
         &self.keep
     }
+    /// The patterns marked for removal (`shadow`): they still grant, and
+    /// each mint that needed one is audited as `would_deny`.
+    pub fn shadow(&self) -> &[ScopePattern] {
+        &self.shadow
+    }
+
+    /// Whether `pattern` is marked for removal.
+    pub fn is_shadow(&self, pattern: &ScopePattern) -> bool {
+        self.shadow.contains(pattern)
+    }
+
     /// The `keep` entry for `pattern`, if there is one.
     pub fn kept(&self, pattern: &ScopePattern) -> Option<&Keep> {
         self.keep.iter().find(|keep| keep.scope == *pattern)
@@ -114,6 +126,7 @@ pub(super) struct RawKeep {
 pub(super) fn build(
     cadence: Option<Spanned<String>>,
     keep: Option<Spanned<Vec<Spanned<RawKeep>>>>,
+    shadow: Option<Spanned<Vec<Spanned<String>>>>,
     scopes: &[ScopePattern],
     key: &str,
     errors: &mut Errors<'_>,
@@ -204,9 +217,70 @@ pub(super) fn build(
             }
         }
     }
+    let mut shadowed: Vec<ScopePattern> = Vec::new();
+    for (i, text) in shadow
+        .map(Spanned::into_inner)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let entry_key = format!("{key}.shadow[{i}]");
+        match ScopePattern::parse(text.get_ref()) {
+            Ok(pattern) if !scopes.contains(&pattern) => errors.push(
+                text.span(),
+                &entry_key,
+                format!(
+                    "{:?} is not one of the step's scopes (shadow names a pattern exactly as the step lists it)",
+                    text.get_ref()
+                ),
+            ),
+            Ok(pattern) if kept.iter().any(|k| k.scope == pattern) => errors.push(
+                text.span(),
+                &entry_key,
+                format!("{:?} is both kept and marked for removal", text.get_ref()),
+            ),
+            Ok(pattern) if shadowed.contains(&pattern) => errors.push(
+                text.span(),
+                &entry_key,
+                format!("{:?} is listed twice", text.get_ref()),
+            ),
+            Ok(pattern) => shadowed.push(pattern),
+            Err(e) => errors.push(
+                text.span(),
+                &entry_key,
+                format!("invalid scope pattern {:?}: {e}", text.get_ref()),
+            ),
+        }
+    }
     StepReview {
         cadence,
         keep: kept,
+        shadow: shadowed,
+    }
+}
+
+impl StepReview {
+    /// Of `scopes` (a mint's), those only a shadow pattern of the step
+    /// grants: none of `standing` that is not marked for removal covers
+    /// them.
+    pub fn would_deny<'a>(
+        &self,
+        standing: &[ScopePattern],
+        scopes: impl IntoIterator<Item = &'a crate::scope::Scope>,
+    ) -> Vec<String> {
+        if self.shadow.is_empty() {
+            return Vec::new();
+        }
+        scopes
+            .into_iter()
+            .filter(|scope| {
+                self.shadow.iter().any(|p| p.matches(scope))
+                    && !standing
+                        .iter()
+                        .any(|p| !self.shadow.contains(p) && p.matches(scope))
+            })
+            .map(|scope| scope.as_str().to_owned())
+            .collect()
     }
 }
 
@@ -278,11 +352,42 @@ keep = [{ scope = "read:b", reason = "year-end", until = 2027-03-31 }]"#,
                 "kept twice",
             ),
             (r#"keep = [{ scope = "read:b", reason = "x" }]"#, "until"),
+            (r#"shadow = ["read:c"]"#, "not one of the step's scopes"),
+            (r#"shadow = ["read:b", "read:b"]"#, "listed twice"),
+            (
+                r#"shadow = ["read:b"]
+keep = [{ scope = "read:b", reason = "x", until = 2027-03-31 }]"#,
+                "both kept and marked for removal",
+            ),
             (r#"cadence = "sometimes""#, "cadence \"sometimes\""),
         ] {
             let error = policy(bad).unwrap_err();
             assert!(error.contains(says), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn only_a_pattern_marked_for_removal_makes_a_scope_one_removal_would_deny() {
+        let loaded = policy(r#"shadow = ["read:a/*"]"#).unwrap();
+        let step = loaded.workflow("wf").and_then(|w| w.step("s")).unwrap();
+        assert!(
+            step.review()
+                .is_shadow(&ScopePattern::parse("read:a/*").unwrap())
+        );
+        let scopes: Vec<crate::scope::Scope> = ["read:a/x", "read:b"]
+            .iter()
+            .map(|s| crate::scope::Scope::parse(s).unwrap())
+            .collect();
+        assert_eq!(
+            step.review().would_deny(step.scopes(), &scopes),
+            ["read:a/x"]
+        );
+        assert_eq!(loaded.shadow_map()["wf/s"], ["read:a/*"]);
+        // Without a mark, nothing would be refused.
+        let plain = policy("").unwrap();
+        let step = plain.workflow("wf").and_then(|w| w.step("s")).unwrap();
+        assert!(step.review().would_deny(step.scopes(), &scopes).is_empty());
+        assert!(plain.shadow_map().is_empty());
     }
 
     #[test]

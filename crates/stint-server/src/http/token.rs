@@ -77,9 +77,15 @@ pub(crate) async fn token(
     if let Err(error) = &outcome {
         entry.reason = Some(error.reason.as_str().to_owned());
         entry.detail = Some(error.description.clone());
+        entry.would_deny.clear();
     } else {
         entry.event = EventKind::TokenMinted;
         entry.decision = Decision::Allow;
+        if !entry.would_deny.is_empty() {
+            state
+                .metrics
+                .shadow_grant(entry.workflow.as_deref().unwrap_or_default());
+        }
     }
     let client_id = entry.client_id.clone();
     if let Err(unavailable) = state.record(entry).await {
@@ -355,6 +361,14 @@ async fn mint(
         .is_some_and(|w| w.is_overdue(now.date_naive()))
     {
         entry.reason = Some(DenyReason::ReviewOverdue.as_str().to_owned());
+    }
+    // Scopes only a pattern marked for removal granted (see
+    // docs/least-privilege.md, staged removal).
+    if let Some(step) = policy
+        .workflow(grant.workflow())
+        .and_then(|w| w.step(grant.step()))
+    {
+        entry.would_deny = step.review().would_deny(step.scopes(), grant.scopes());
     }
 
     let jti = new_jti(&state.rng).map_err(|_| internal("could not generate a token id"))?;
