@@ -1002,6 +1002,43 @@ async fn a_revocation_and_its_audit_record_commit_together_or_not_at_all() {
     let (status, stdout, stderr) =
         run_to_end(setup.stintd().arg("verify-audit"), Duration::from_secs(30));
     assert!(status.success(), "{stdout}\n{stderr}");
+
+    // The chain, exported to a file, verifies as a file, and holds what the
+    // store holds; a second export never overwrites it.
+    let export = tempfile::tempdir().unwrap();
+    let dir = export.path().join("chains");
+    let (status, stdout, stderr) = run_to_end(
+        setup.stintd().arg("export-audit").arg(&dir),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{stdout}");
+    let exported = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(
+        exported.lines().count(),
+        cluster.audit_lines().await.len(),
+        "{stdout}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (status, stdout, stderr) = run_to_end(
+        setup.stintd().arg("verify-audit").arg(&files[0]),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let (status, _, stderr) = run_to_end(
+        setup.stintd().arg("export-audit").arg(&dir),
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("cannot create"), "{stderr}");
 }
 
 async fn mint(http: &reqwest::Client, daemon: &Daemon, job: &str) -> String {

@@ -72,8 +72,17 @@ pub(crate) struct EvidenceArgs {
     policy: PathBuf,
     /// The audit log (`audit.jsonl`); repeat for rotated files, oldest
     /// first, as the chain runs.
-    #[arg(long = "audit", value_name = "FILE", required = true)]
+    #[arg(
+        long = "audit",
+        value_name = "FILE",
+        required_unless_present = "chains"
+    )]
     audits: Vec<PathBuf>,
+    /// A chain of its own, whole from its first record (one broker's chain
+    /// of a PostgreSQL store, from `stintd --store URL export-audit DIR`);
+    /// repeat for each broker's.
+    #[arg(long = "chain", value_name = "FILE")]
+    chains: Vec<PathBuf>,
     /// The broker's JWKS (saved from /.well-known/jwks.json) to verify
     /// checkpoint signatures with; without it the chain's links are still
     /// verified, not who signed it.
@@ -150,49 +159,87 @@ fn trusted_keys(path: Option<&Path>) -> Result<KeySet, Failure> {
     Ok(keys)
 }
 
-/// Verify the chain of `paths` and observe every record, in one pass.
+/// What verifying the chains found, for the summary line.
+#[derive(Default)]
+struct Verified {
+    records: u64,
+    verified_checkpoints: u64,
+    unverified_checkpoints: u64,
+    continues: bool,
+}
+
+/// Verify each chain (`--audit`'s files, then each `--chain`) and observe
+/// every record, in one pass over each file.
 fn observe(
-    paths: &[PathBuf],
+    args: &EvidenceArgs,
     keys: KeySet,
     settings: &Settings,
-) -> Result<(Observations, stint_core::audit::VerifyReport), Failure> {
-    let mut verifier = Verifier::new(keys);
+) -> Result<(Observations, Verified), Failure> {
     let mut observations = Observations::new(settings.now, settings.window_days);
-    for path in paths {
-        let file = std::fs::File::open(path)
-            .map_err(|e| failure(format!("cannot read {}: {e}", path.display())))?;
-        let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
-        verifier.begin_file();
-        let mut line = Vec::new();
-        let mut number = 0u64;
-        loop {
-            line.clear();
-            let read = std::io::Read::take(&mut reader, MAX_RECORD_LEN as u64 + 1)
-                .read_until(b'\n', &mut line)
-                .map_err(|e| failure(format!("cannot read {}: {e}", path.display())))?;
-            if read == 0 {
-                break;
-            }
-            number += 1;
-            if line.last() != Some(&b'\n') {
-                return Err(failure(format!(
-                    "{}: line {number} is incomplete or longer than {MAX_RECORD_LEN} bytes: the chain cannot be verified, so nothing is suggested",
-                    path.display()
-                )));
-            }
-            line.pop();
-            verifier.line(&line, number).map_err(|error| {
-                failure(format!(
-                    "{}: chain broken: {error}; nothing is suggested from a log that does not verify",
-                    path.display()
-                ))
-            })?;
-            observations
-                .line(&line)
-                .map_err(|e| failure(format!("{}: {e}", path.display())))?;
-        }
+    let mut verified = Verified::default();
+    let mut chains: Vec<(&[PathBuf], bool)> = Vec::new();
+    if !args.audits.is_empty() {
+        chains.push((&args.audits, false));
     }
-    Ok((observations, verifier.report()))
+    chains.extend(args.chains.iter().map(|c| (std::slice::from_ref(c), true)));
+    for (paths, whole) in chains {
+        let mut verifier = Verifier::new(keys.clone());
+        for path in paths {
+            observe_file(path, &mut verifier, &mut observations)?;
+        }
+        let report = verifier.report();
+        if whole && (report.first_seq != 0 || report.continues_from.is_some()) {
+            return Err(failure(format!(
+                "{}: the chain begins at record {}, not at its first: nothing is suggested from part of a chain",
+                paths[0].display(),
+                report.first_seq
+            )));
+        }
+        verified.records += report.records;
+        verified.verified_checkpoints += report.verified_checkpoints;
+        verified.unverified_checkpoints += report.unverified_checkpoints;
+        verified.continues |= report.continues_from.is_some();
+    }
+    Ok((observations, verified))
+}
+
+fn observe_file(
+    path: &Path,
+    verifier: &mut Verifier,
+    observations: &mut Observations,
+) -> Result<(), Failure> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| failure(format!("cannot read {}: {e}", path.display())))?;
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
+    verifier.begin_file();
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let read = std::io::Read::take(&mut reader, MAX_RECORD_LEN as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| failure(format!("cannot read {}: {e}", path.display())))?;
+        if read == 0 {
+            return Ok(());
+        }
+        number += 1;
+        if line.last() != Some(&b'\n') {
+            return Err(failure(format!(
+                "{}: line {number} is incomplete or longer than {MAX_RECORD_LEN} bytes: the chain cannot be verified, so nothing is suggested",
+                path.display()
+            )));
+        }
+        line.pop();
+        verifier.line(&line, number).map_err(|error| {
+            failure(format!(
+                "{}: chain broken: {error}; nothing is suggested from a log that does not verify",
+                path.display()
+            ))
+        })?;
+        observations
+            .line(&line)
+            .map_err(|e| failure(format!("{}: {e}", path.display())))?;
+    }
 }
 
 /// The policy, its text, and the analysed evidence.
@@ -217,14 +264,14 @@ fn evidence(args: &EvidenceArgs, now: DateTime<Utc>) -> Result<Evidence, Failure
     settings.promote_after = usize::try_from(args.promote_after).unwrap_or(usize::MAX);
     settings.quiet_days = args.quiet_days;
     let keys = trusted_keys(args.jwks.as_deref())?;
-    let (observations, chain) = observe(&args.audits, keys, &settings)?;
+    let (observations, chain) = observe(args, keys, &settings)?;
     let report = stint_evidence::analyse(&policy, &observations, &settings);
     output::stderr_line(format_args!(
         "stint: audit chain verified: {} records, {} checkpoints signed by a trusted key, {} by keys not given (--jwks){}",
         chain.records,
         chain.verified_checkpoints,
         chain.unverified_checkpoints,
-        if chain.continues_from.is_some() {
+        if chain.continues {
             "; the first file continues one not given"
         } else {
             ""

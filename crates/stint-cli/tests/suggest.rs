@@ -423,3 +423,39 @@ Policy changes that widened a step:
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no workflow named \"nope\""));
 }
+
+/// Two brokers' chains (a PostgreSQL store's, exported): each verified
+/// whole on its own, the evidence taken from both.
+#[test]
+fn chains_of_several_brokers_are_read_together() {
+    let all = records();
+    let (first, second) = all.split_at(all.len() / 2);
+    let one = files(&chained(&all));
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    std::fs::write(&a, chained(first)).unwrap();
+    std::fs::write(&b, chained(second)).unwrap();
+    let run = |chains: &[&std::path::Path]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stint"));
+        command
+            .args(["policy", "suggest", "--now", NOW, "--policy"])
+            .arg(&one.policy);
+        for chain in chains {
+            command.arg("--chain").arg(chain);
+        }
+        command.output().unwrap()
+    };
+    let output = run(&[&a, &b]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    // The same findings as from one chain of the same records.
+    assert_eq!(stdout(&output), stdout(&suggest(&one, &[])));
+
+    // A chain without its first record is refused: its evidence would be
+    // partial.
+    let text = String::from_utf8(chained(second)).unwrap();
+    let cut: Vec<&str> = text.lines().skip(1).collect();
+    std::fs::write(&b, cut.join("\n") + "\n").unwrap();
+    let output = run(&[&a, &b]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(stdout(&output), "");
+}

@@ -5,7 +5,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use stint_core::jose::Algorithm;
@@ -435,6 +435,17 @@ enum Command {
         #[arg(long, value_name = "FILE", env = "STINTD_KEY_ENCRYPTION_KEY_FILE")]
         key_encryption_key_file: Option<PathBuf>,
     },
+    /// Copy each audit chain of a PostgreSQL --store into DIR/CHAIN.jsonl,
+    /// as it stands (what `stint policy suggest --chain` and `stint audit
+    /// verify` read). Verify the store first with verify-audit.
+    ExportAudit {
+        /// A directory to write into (made if missing); files already
+        /// there are never overwritten.
+        dir: PathBuf,
+        /// Only this chain [default: every chain].
+        #[arg(long, value_name = "ID")]
+        chain: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -470,6 +481,13 @@ fn main() -> ExitCode {
         Some(Command::NewClient { ref name }) => return report(new_client(name)),
         Some(Command::NewOperator { ref name }) => return report(new_operator(name)),
         Some(Command::CheckPolicy { ref file }) => return report(check_policy(file)),
+        Some(Command::ExportAudit { ref dir, ref chain }) => {
+            let env_password = std::env::var("STINTD_STORE_PASSWORD").ok();
+            return report(
+                store_config(&cli, store_url_from_env, env_password)
+                    .and_then(|store| export_audit(store, dir, chain.as_deref())),
+            );
+        }
         Some(Command::VerifyAudit {
             ref files,
             ref jwks,
@@ -813,6 +831,87 @@ fn keys_from_jwks(jwks: &[PathBuf]) -> anyhow::Result<(stint_core::jose::KeySet,
 }
 
 /// `verify-audit` with no files: every audit chain in the PostgreSQL store.
+/// Records read from the store at a time when exporting.
+const EXPORT_BATCH: usize = 10_000;
+
+fn export_audit(store: StoreConfig, dir: &Path, only: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let StoreConfig::Postgres(settings) = store else {
+        anyhow::bail!(
+            "export-audit reads a PostgreSQL --store (with SQLite the audit log is already a file: DATA_DIR/audit*.jsonl)"
+        );
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("cannot make {}: {e}", dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = stint_store::PostgresStore::open(&settings).await?;
+        let chains: Vec<(String, u64)> = stint_store::Store::audit_chains(&store)
+            .await?
+            .into_iter()
+            .filter(|(chain, _)| only.is_none_or(|only| only == chain))
+            .collect();
+        if chains.is_empty() {
+            anyhow::bail!(
+                "{}",
+                match only {
+                    Some(chain) => format!("the store holds no audit chain {chain:?}"),
+                    None => "the store holds no audit chain".to_owned(),
+                }
+            );
+        }
+        for (chain, count) in chains {
+            // A chain id is a timestamp and hex, never a path: checked
+            // all the same before it names a file.
+            if chain.is_empty()
+                || !chain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+                || chain.starts_with('.')
+            {
+                anyhow::bail!(
+                    "the store holds a chain named {chain:?}, which is not a chain id: not exported"
+                );
+            }
+            let path = dir.join(format!("{chain}.jsonl"));
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let mut from = 0u64;
+            // Only the records counted: a live chain grows meanwhile.
+            while from < count {
+                let want = usize::try_from(count - from)
+                    .unwrap_or(usize::MAX)
+                    .min(EXPORT_BATCH);
+                let records = stint_store::Store::audit_records(&store, &chain, from, want).await?;
+                if records.is_empty() {
+                    break;
+                }
+                for record in &records {
+                    out.write_all(record.as_bytes())?;
+                    out.write_all(b"\n")?;
+                }
+                from += records.len() as u64;
+            }
+            out.into_inner()
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?
+                .sync_all()?;
+            println!("chain {chain}: {from} records -> {}", path.display());
+        }
+        anyhow::Ok(())
+    })
+}
+
 fn verify_audit_in_store(
     store: StoreConfig,
     jwks: &[PathBuf],
