@@ -632,6 +632,57 @@ mod tests {
             prop_assert_eq!(parsed.matches(&concrete), oracle(&p, &s), "{} vs {}", p, s);
         }
 
+        /// `includes` never claims more than it can show: every scope the
+        /// narrower pattern covers, the wider covers; a pattern includes
+        /// itself, and includes a concrete pattern exactly when it covers
+        /// its scope.
+        #[test]
+        fn includes_is_sound(
+            p in pattern_text(),
+            q in pattern_text(),
+            scopes in prop::collection::vec(concrete_scope(), 1..40),
+        ) {
+            let (wide, narrow) = (ScopePattern::parse(&p).unwrap(), ScopePattern::parse(&q).unwrap());
+            prop_assert!(wide.includes(&wide));
+            // Scopes `narrow` covers, made from it: each `*` and `**`
+            // filled in.
+            let instances: Vec<String> = ["a", "zz"]
+                .iter()
+                .flat_map(|fill| {
+                    [fill.to_string(), format!("{fill}/zz")].map(|deep| {
+                        q.split_once(':').map_or(String::new(), |(action, path)| {
+                            let path: Vec<&str> = path
+                                .split('/')
+                                .map(|seg| match seg {
+                                    "*" => fill,
+                                    "**" => deep.as_str(),
+                                    other => other,
+                                })
+                                .collect();
+                            format!("{action}:{}", path.join("/"))
+                        })
+                    })
+                })
+                .collect();
+            for s in &instances {
+                prop_assert!(narrow.matches(&Scope::parse(s).unwrap()), "{} does not cover {}", q, s);
+            }
+            if wide.includes(&narrow) {
+                for s in scopes.iter().chain(&instances) {
+                    let scope = Scope::parse(s).unwrap();
+                    prop_assert!(!narrow.matches(&scope) || wide.matches(&scope), "{} includes {} but not {}", p, q, s);
+                }
+            }
+            for s in &scopes {
+                let concrete = ScopePattern::parse(s).unwrap();
+                prop_assert_eq!(
+                    wide.includes(&concrete),
+                    wide.matches(&Scope::parse(s).unwrap()),
+                    "{} and {}", p, s
+                );
+            }
+        }
+
         #[test]
         fn a_concrete_pattern_covers_exactly_its_own_scope(a in concrete_scope(), b in concrete_scope()) {
             let p = ScopePattern::parse(&a).unwrap();
