@@ -88,24 +88,69 @@ pub fn propose(source: &str, text: &str, report: &Report) -> Result<String, Prop
 }
 
 /// Replace `pattern` in `scopes` by `new` (none: removed), in its place,
-/// keeping the layout of the elements around it.
+/// keeping the comments of the elements around it with them.
+///
+/// In an array laid out one element a line, the comment after an element
+/// is the first line of the next element's prefix (or of the array's
+/// trailing text, after the last): the removed element's own comment goes
+/// with it, and the comment of the element before it stays.
 fn replace(scopes: &mut Array, pattern: &str, new: &[String]) {
     let Some(index) = scopes.iter().position(|v| v.as_str() == Some(pattern)) else {
         return;
     };
-    let decor = scopes.get(index).map(|v| v.decor().clone());
+    let prefix = raw(scopes.get(index).and_then(|v| v.decor().prefix()));
     scopes.remove(index);
-    let mut at = index;
-    for scope in new {
-        if scopes.iter().any(|v| v.as_str() == Some(scope.as_str())) {
-            continue;
+    let fresh: Vec<&String> = new
+        .iter()
+        .filter(|scope| !scopes.iter().any(|v| v.as_str() == Some(scope.as_str())))
+        .collect();
+    if fresh.is_empty() {
+        // What followed the removed element now follows the one before.
+        let (before, _) = first_line(&prefix);
+        if prefix.contains('\n') {
+            if let Some(next) = scopes.get_mut(index) {
+                let old = raw(next.decor().prefix());
+                let (_, rest) = first_line(&old);
+                next.decor_mut().set_prefix(format!("{before}{rest}"));
+            } else {
+                let old = raw(Some(scopes.trailing()));
+                let (_, rest) = first_line(&old);
+                let trailing = format!("{before}{rest}");
+                scopes.set_trailing(trailing);
+            }
+        } else if let Some(next) = scopes.get_mut(index) {
+            next.decor_mut().set_prefix(prefix);
         }
+        return;
+    }
+    let indent = match prefix.rfind('\n') {
+        Some(at) => format!("\n{}", &prefix[at + 1..]),
+        None => " ".to_owned(),
+    };
+    for (offset, scope) in fresh.into_iter().enumerate() {
         let mut value = Value::from(scope.as_str());
-        if let Some(decor) = &decor {
-            *value.decor_mut() = decor.clone();
-        }
-        scopes.insert_formatted(at, value);
-        at += 1;
+        value.decor_mut().set_prefix(if offset == 0 {
+            prefix.clone()
+        } else {
+            indent.clone()
+        });
+        value.decor_mut().set_suffix("");
+        scopes.insert_formatted(index + offset, value);
+    }
+}
+
+fn raw(text: Option<&toml_edit::RawString>) -> String {
+    text.and_then(toml_edit::RawString::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `text` split after its first newline (all of it is the rest if there
+/// is none).
+fn first_line(text: &str) -> (&str, &str) {
+    match text.find('\n') {
+        Some(at) => text.split_at(at + 1),
+        None => ("", text),
     }
 }
 
@@ -116,4 +161,62 @@ pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
         .context_radius(3)
         .header(&format!("a/{path}"), &format!("b/{path}"))
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edit(text: &str, pattern: &str, new: &[&str]) -> String {
+        let mut doc: DocumentMut = text.parse().unwrap();
+        let scopes = doc["scopes"].as_array_mut().unwrap();
+        let new: Vec<String> = new.iter().map(|s| (*s).to_owned()).collect();
+        replace(scopes, pattern, &new);
+        doc.to_string()
+    }
+
+    const LISTED: &str =
+        "scopes = [\n    \"a\",  # first\n    \"b\",  # second\n    \"c\",  # third\n]\n";
+
+    #[test]
+    fn a_removed_element_takes_its_comment_and_leaves_the_others_theirs() {
+        assert_eq!(
+            edit(LISTED, "c", &[]),
+            "scopes = [\n    \"a\",  # first\n    \"b\",  # second\n]\n"
+        );
+        assert_eq!(
+            edit(LISTED, "b", &[]),
+            "scopes = [\n    \"a\",  # first\n    \"c\",  # third\n]\n"
+        );
+        assert_eq!(
+            edit(LISTED, "a", &[]),
+            "scopes = [\n    \"b\",  # second\n    \"c\",  # third\n]\n"
+        );
+        assert_eq!(
+            edit("scopes = [\"a\", \"b\"]\n", "a", &[]),
+            "scopes = [\"b\"]\n"
+        );
+        assert_eq!(
+            edit("scopes = [\"a\", \"b\"]\n", "b", &[]),
+            "scopes = [\"a\"]\n"
+        );
+        assert_eq!(edit(LISTED, "z", &[]), LISTED, "not there: unchanged");
+    }
+
+    #[test]
+    fn a_narrowed_element_is_replaced_in_place_one_a_line() {
+        assert_eq!(
+            edit(LISTED, "b", &["b/1", "b/2"]),
+            "scopes = [\n    \"a\",  # first\n    \"b/1\",\n    \"b/2\",  # second\n    \"c\",  # third\n]\n"
+        );
+        assert_eq!(
+            edit("scopes = [\"a\", \"b\"]\n", "a", &["a/1", "a/2"]),
+            "scopes = [\"a/1\", \"a/2\", \"b\"]\n"
+        );
+        // A scope already listed is not listed twice.
+        assert_eq!(
+            edit(LISTED, "b", &["c"]),
+            "scopes = [\n    \"a\",  # first\n    \"c\",  # third\n]\n"
+        );
+    }
 }
