@@ -3,6 +3,7 @@
 
 use crate::report::{Report, Status, proposal_is_narrower};
 use stint_core::policy::Policy;
+use stint_core::scope::{Scope, ScopePattern, covered};
 use toml_edit::{Array, DocumentMut, Item, Value};
 
 /// Why no proposal could be written.
@@ -20,11 +21,16 @@ pub enum ProposeError {
         "internal check failed: the proposal for {0} would grant something the policy does not"
     )]
     Wider(String),
+    #[error("internal check failed, so no proposal is made: {0}")]
+    Internal(String),
 }
 
-/// `text` (the policy file) with every `unused` pattern removed and every
-/// `narrow` one replaced by its concrete scopes; a step left with no
-/// pattern is removed whole. The result is parsed as a policy before it is
+/// `text` (the policy file) with every `unused` pattern removed (and any
+/// `keep` or `shadow` entry naming it) and every `narrow` one replaced by
+/// its concrete scopes. Removals are made first, so a narrowed scope that
+/// was also listed on its own survives its own removal. The result is
+/// checked (every pattern left alone is still there, every narrowed scope
+/// still covered, no step emptied) and parsed as a policy before it is
 /// returned. `source` names the file in errors.
 pub fn propose(source: &str, text: &str, report: &Report) -> Result<String, ProposeError> {
     let mut doc: DocumentMut = text
@@ -32,7 +38,7 @@ pub fn propose(source: &str, text: &str, report: &Report) -> Result<String, Prop
         .map_err(|e: toml_edit::TomlError| ProposeError::Parse(e.to_string()))?;
     for step in &report.steps {
         let step_ref = format!("{}/{}", step.workflow, step.step);
-        let changes: Vec<(&str, &[String])> = step
+        let mut changes: Vec<(&str, &[String])> = step
             .patterns
             .iter()
             .filter(|p| matches!(p.status, Status::Unused | Status::Narrow))
@@ -46,45 +52,108 @@ pub fn propose(source: &str, text: &str, report: &Report) -> Result<String, Prop
                 return Err(ProposeError::Wider(format!("{step_ref} {pattern}")));
             }
         }
-        let steps = doc
+        // Removals (no replacement) before replacements.
+        changes.sort_by_key(|(_, new)| !new.is_empty());
+        let table = doc
             .get_mut("workflows")
             .and_then(|w| w.get_mut(&step.workflow))
             .and_then(|w| w.get_mut("steps"))
+            .and_then(|s| s.get_mut(&step.step))
             .ok_or_else(|| ProposeError::NoScopes(step_ref.clone()))?;
-        let emptied = {
-            let table = steps
-                .get_mut(&step.step)
-                .ok_or_else(|| ProposeError::NoScopes(step_ref.clone()))?;
-            let scopes = table
-                .get_mut("scopes")
-                .and_then(Item::as_array_mut)
-                .ok_or_else(|| ProposeError::NoScopes(step_ref.clone()))?;
-            for (pattern, new) in &changes {
-                replace(scopes, pattern, new);
-            }
-            let emptied = scopes.is_empty();
-            // A pattern removed is no longer marked for removal either.
-            if let Some(shadow) = table.get_mut("shadow").and_then(Item::as_array_mut) {
-                for (pattern, _) in &changes {
-                    replace(shadow, pattern, &[]);
-                }
-                if shadow.is_empty()
-                    && let Some(table) = table.as_table_like_mut()
-                {
-                    table.remove("shadow");
-                }
-            }
-            emptied
-        };
-        if emptied && let Some(table) = steps.as_table_like_mut() {
-            table.remove(&step.step);
+        let scopes = table
+            .get_mut("scopes")
+            .and_then(Item::as_array_mut)
+            .ok_or_else(|| ProposeError::NoScopes(step_ref.clone()))?;
+        for (pattern, new) in &changes {
+            replace(scopes, pattern, new);
         }
+        check_step(step, scopes, &step_ref)?;
+        // A pattern removed is no longer kept or marked for removal.
+        let removed: Vec<&str> = changes.iter().map(|(pattern, _)| *pattern).collect();
+        forget(table, &removed);
     }
     let proposed = doc.to_string();
-    // Removing every step of a workflow leaves a workflow the loader may
-    // refuse; any such problem stops the proposal rather than ship it.
     Policy::parse(source, &proposed).map_err(|e| ProposeError::Invalid(e.to_string()))?;
     Ok(proposed)
+}
+
+/// After the edit of `step`'s `scopes`: it still has a pattern, every
+/// pattern the report did not change is still listed, and every scope a
+/// `narrow` proposal names is still covered.
+fn check_step(
+    step: &crate::report::StepFinding,
+    scopes: &Array,
+    step_ref: &str,
+) -> Result<(), ProposeError> {
+    let left: Vec<ScopePattern> = scopes
+        .iter()
+        .filter_map(|v| v.as_str().and_then(|t| ScopePattern::parse(t).ok()))
+        .collect();
+    let listed = |pattern: &str| scopes.iter().any(|v| v.as_str() == Some(pattern));
+    if left.is_empty() {
+        return Err(ProposeError::Internal(format!(
+            "{step_ref} would be left with no scope"
+        )));
+    }
+    for p in &step.patterns {
+        let kept = match (p.status, &p.proposal) {
+            (Status::Unused, Some(_)) => true,
+            (Status::Narrow, Some(new)) => new
+                .iter()
+                .all(|scope| Scope::parse(scope).is_ok_and(|scope| covered(&left, &scope))),
+            _ => listed(&p.pattern),
+        };
+        if !kept {
+            return Err(ProposeError::Internal(format!(
+                "{step_ref} would lose {} (status {})",
+                p.pattern,
+                p.status.as_str()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Drop the `keep` and `shadow` entries of `table` that name a pattern of
+/// `removed` (empty lists go too).
+fn forget(table: &mut Item, removed: &[&str]) {
+    let Some(table) = table.as_table_like_mut() else {
+        return;
+    };
+    if let Some(shadow) = table.get_mut("shadow").and_then(Item::as_array_mut) {
+        for pattern in removed {
+            replace(shadow, pattern, &[]);
+        }
+        if shadow.is_empty() {
+            table.remove("shadow");
+        }
+    }
+    let names = |scope: Option<&Item>| {
+        scope
+            .and_then(Item::as_str)
+            .is_some_and(|s| removed.contains(&s))
+    };
+    match table.get_mut("keep") {
+        Some(Item::Value(Value::Array(keep))) => {
+            keep.retain(|entry| {
+                !entry
+                    .as_inline_table()
+                    .and_then(|t| t.get("scope"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| removed.contains(&s))
+            });
+            if keep.is_empty() {
+                table.remove("keep");
+            }
+        }
+        Some(Item::ArrayOfTables(keep)) => {
+            keep.retain(|entry| !names(entry.get("scope")));
+            if keep.is_empty() {
+                table.remove("keep");
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Replace `pattern` in `scopes` by `new` (none: removed), in its place,

@@ -45,7 +45,7 @@ pub fn table(report: &Report) -> String {
                 p.last_use.as_deref().unwrap_or("never"),
             );
             match (&p.status, &p.proposal) {
-                (Status::Unused, _) => {
+                (Status::Unused, Some(_)) => {
                     let _ = write!(out, "  -> remove");
                 }
                 (Status::Narrow, Some(new)) => {

@@ -413,6 +413,7 @@ fn step_finding(
                     .copied()
                     .unwrap_or(now)
                     .max(observations.window_start),
+                review.cadence().map(|c| c.days()),
                 settings,
                 now,
             )
@@ -506,6 +507,19 @@ fn step_finding(
             approvals: approvals.len(),
         })
         .collect();
+    // A step is never proposed empty: its elevation and targets would go
+    // with it, and it may run by elevation alone. Every standing scope
+    // unused is said, and left to a person.
+    if patterns.iter().all(|p| p.status == Status::Unused) {
+        for p in &mut patterns {
+            p.proposal = None;
+            p.note = format!(
+                "{}; every standing scope of the step is unused ({} jobs in the window): remove the step by hand if it no longer runs",
+                p.note,
+                use_.jobs.len()
+            );
+        }
+    }
     StepFinding {
         workflow: step.workflow().to_owned(),
         step: step.name().to_owned(),
@@ -521,6 +535,7 @@ fn shadow_finding(
     pattern: &ScopePattern,
     use_: &StepUse,
     since: i64,
+    cadence_days: Option<u32>,
     settings: &Settings,
     now: i64,
 ) -> (Status, String, Option<Vec<String>>) {
@@ -552,6 +567,15 @@ fn shadow_finding(
                 rfc3339(since),
                 settings.quiet_days,
                 settings.min_runs
+            ),
+            None,
+        )
+    } else if let Some(days) = cadence_days.filter(|d| quiet_days < 2 * i64::from(*d)) {
+        (
+            Status::Shadow,
+            format!(
+                "marked for removal since {}: no mint needed it in {quiet_days} days, less than two of the step's {days}-day cycles",
+                rfc3339(since)
             ),
             None,
         )

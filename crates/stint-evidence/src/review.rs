@@ -72,7 +72,7 @@ pub fn review_markdown(
     for step in report.steps.iter().filter(|s| s.workflow == name) {
         for p in &step.patterns {
             let proposal = match (p.status, &p.proposal) {
-                (Status::Unused, _) => "remove".to_owned(),
+                (Status::Unused, Some(_)) => "remove".to_owned(),
                 (Status::Narrow, Some(new)) => new
                     .iter()
                     .map(|s| format!("`{}`", cell(s)))
