@@ -70,6 +70,7 @@ async fn a_valid_reload_takes_effect_and_is_audited() {
     assert_ne!(loads[0]["policy_sha256"], loads[1]["policy_sha256"]);
     // Each load lists what every step allows and each workflow's review
     // date, for `stint policy suggest`.
+    assert!(loads[0]["allows"].is_object(), "{}", loads[0]);
     assert_eq!(loads[0]["allows"].get("demo/deploy"), None);
     assert_eq!(
         loads[1]["allows"]["demo/deploy"],

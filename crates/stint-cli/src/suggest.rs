@@ -96,7 +96,7 @@ pub(crate) struct EvidenceArgs {
     window: u32,
     /// Fewer runs (jobs) of a step than this since a pattern's observation
     /// began: no proposal for it.
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     min_runs: u64,
     /// A pattern observed for fewer days than this (it is new, or the
     /// window is short): no proposal.
@@ -165,6 +165,7 @@ struct Verified {
     records: u64,
     verified_checkpoints: u64,
     unverified_checkpoints: u64,
+    unsigned: u64,
     continues: bool,
 }
 
@@ -198,6 +199,7 @@ fn observe(
         verified.records += report.records;
         verified.verified_checkpoints += report.verified_checkpoints;
         verified.unverified_checkpoints += report.unverified_checkpoints;
+        verified.unsigned += report.unsigned;
         verified.continues |= report.continues_from.is_some();
     }
     Ok((observations, verified))
@@ -265,7 +267,14 @@ fn evidence(args: &EvidenceArgs, now: DateTime<Utc>) -> Result<Evidence, Failure
     settings.quiet_days = args.quiet_days;
     let keys = trusted_keys(args.jwks.as_deref())?;
     let (observations, chain) = observe(args, keys, &settings)?;
-    let report = stint_evidence::analyse(&policy, &observations, &settings);
+    let mut report = stint_evidence::analyse(&policy, &observations, &settings);
+    report.verification = Some(stint_evidence::Verification {
+        records: chain.records,
+        keys_given: args.jwks.is_some(),
+        trusted_checkpoints: chain.verified_checkpoints,
+        untrusted_checkpoints: chain.unverified_checkpoints,
+        unsigned_records: chain.unsigned,
+    });
     output::stderr_line(format_args!(
         "stint: audit chain verified: {} records, {} checkpoints signed by a trusted key, {} by keys not given (--jwks){}",
         chain.records,

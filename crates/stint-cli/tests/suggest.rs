@@ -218,6 +218,7 @@ fn the_table_says_what_each_pattern_was_granted_for() {
     let expected = "\
 policy suggest as of 2027-01-31T00:00:00Z over 90 days (from 2026-11-02T00:00:00Z): 25 records, 1 after that time ignored
 note: the evidence is the grant (each token minted, from the audit log), not its use at the target: a scope granted and never exercised counts as used
+log: hash chain of 25 records verified, checkpoint signatures not checked (no --jwks): someone who can rewrite the whole file could have
 
 crm-sync/archive: 6 jobs
   write:archive/crm/*  insufficient      6 mints    1 scopes  last 2027-01-16T00:01:00Z  (observed for 90 days, less than two of the step's 92-day cycles)
@@ -395,23 +396,24 @@ fn review_writes_the_workflows_evidence_as_markdown() {
     let expected = r#"### Recertification evidence: workflow `crm-sync`
 
 - `review_by`: 2027-06-30 (150 days left)
-- evidence: the audit log from 2026-11-02T00:00:00Z to 2027-01-31T00:00:00Z (25 records, chain verified); the evidence is the grant (each token minted, from the audit log), not its use at the target: a scope granted and never exercised counts as used
+- evidence: the audit log from 2026-11-02T00:00:00Z to 2027-01-31T00:00:00Z (25 records); the evidence is the grant (each token minted, from the audit log), not its use at the target: a scope granted and never exercised counts as used
+- log: hash chain of 25 records verified, checkpoint signatures not checked (no --jwks): someone who can rewrite the whole file could have
 
 | step | pattern | status | mints | scopes | last use | proposal |
 | --- | --- | --- | ---: | ---: | --- | --- |
-| archive | `write:archive/crm/*` | insufficient (observed for 90 days, less than two of the step's 92-day cycles) | 6 | 1 | 2027-01-16T00:01:00Z |  |
-| extract | `read:crm/accounts/**` | narrow (a wildcard that matched only 2 concrete scopes) | 13 | 2 | 2027-01-14T00:00:00Z | `read:crm/accounts/acme`, `read:crm/accounts/globex` |
-| extract | `read:crm/contacts/**` | used | 10 | 5 | 2027-01-14T00:00:00Z |  |
-| extract | `read:crm/leads` | unused (granted to none of 14 runs since 2026-11-02T00:00:00Z) | 0 | 0 | never | remove |
-| extract | `read:crm/notes` | insufficient (observed for 5 days, fewer than --min-days 30) | 1 | 1 | 2027-01-28T00:00:00Z |  |
-| legacy | `read:legacy/export` | kept (kept until 2027-12-31: the year-end export) | 0 | 0 | never |  |
-| unrun | `read:crm/reports` | insufficient (0 runs since 2026-11-02T00:00:00Z, fewer than --min-runs 5) | 0 | 0 | never |  |
+| `archive` | `write:archive/crm/*` | insufficient (observed for 90 days, less than two of the step's 92-day cycles) | 6 | 1 | 2027-01-16T00:01:00Z |  |
+| `extract` | `read:crm/accounts/**` | narrow (a wildcard that matched only 2 concrete scopes) | 13 | 2 | 2027-01-14T00:00:00Z | `read:crm/accounts/acme`, `read:crm/accounts/globex` |
+| `extract` | `read:crm/contacts/**` | used | 10 | 5 | 2027-01-14T00:00:00Z |  |
+| `extract` | `read:crm/leads` | unused (granted to none of 14 runs since 2026-11-02T00:00:00Z) | 0 | 0 | never | remove |
+| `extract` | `read:crm/notes` | insufficient (observed for 5 days, fewer than --min-days 30) | 1 | 1 | 2027-01-28T00:00:00Z |  |
+| `legacy` | `read:legacy/export` | kept (kept until 2027-12-31: the year-end export) | 0 | 0 | never |  |
+| `unrun` | `read:crm/reports` | insufficient (0 runs since 2026-11-02T00:00:00Z, fewer than --min-runs 5) | 0 | 0 | never |  |
 
 Elevations approved in the window:
 
 | time | step | scopes | approved by | approval |
 | --- | --- | --- | --- | --- |
-| 2027-01-01T00:00:00Z | crm-sync/extract | `delete:crm/accounts/acme` | alice | appr-0 |
+| 2027-01-01T00:00:00Z | `crm-sync/extract` | `delete:crm/accounts/acme` | `alice` | `appr-0` |
 
 Policy changes that widened a step:
 
@@ -458,4 +460,47 @@ fn chains_of_several_brokers_are_read_together() {
     let output = run(&[&a, &b]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert_eq!(stdout(&output), "");
+}
+
+/// What the log holds is printed as text, never as terminal control; a
+/// log that ends long before the report's time is said to.
+#[test]
+fn log_text_cannot_drive_the_terminal_and_a_stale_log_is_named() {
+    let mut all = records();
+    let mut denied = AuditEntry::new(at(2, 0), EventKind::TokenDenied, Decision::Deny);
+    denied.reason = Some("scope_not_allowed".into());
+    denied.step = Some("crm-sync/\u{1b}]0;owned\u{7}extract\u{202e}".into());
+    denied.scopes = vec!["write:x".into()];
+    all.push(denied);
+    let files = files(&chained(&all));
+    let output = suggest(&files, &[]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let table = stdout(&output);
+    assert!(
+        table.contains("crm-sync/?]0;owned?extract? write:x: 1 denials"),
+        "{table}"
+    );
+    assert!(!table.contains(['\u{1b}', '\u{7}', '\u{202e}']));
+    assert!(!table.contains("warning:"), "{table}");
+
+    let later = Command::new(env!("CARGO_BIN_EXE_stint"))
+        .args([
+            "policy",
+            "suggest",
+            "--now",
+            "2027-03-15T00:00:00Z",
+            "--policy",
+        ])
+        .arg(&files.policy)
+        .arg("--audit")
+        .arg(&files.audit)
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&later).contains(
+            "warning: the log ends at 2027-02-01T00:00:00Z, 42 days before the report's time"
+        ),
+        "{}",
+        stdout(&later)
+    );
 }

@@ -23,6 +23,6 @@ pub use propose::{ProposeError, propose, unified_diff};
 pub use render::table;
 pub use report::{
     Candidate, Drift, EVIDENCE, Need, Overdue, PatternFinding, Report, Settings, Status,
-    StepFinding, analyse, proposal_is_narrower,
+    StepFinding, Verification, analyse, proposal_is_narrower,
 };
 pub use review::review_markdown;

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use stint_core::audit::EventKind;
 
 /// The fields of an audit record this reads (others are skipped).
@@ -68,12 +69,12 @@ pub(crate) struct Load {
     pub(crate) sha256: Option<String>,
     /// `workflow/step` to patterns; `None` when the record does not say
     /// (written by an older broker, or a policy too large to list).
-    pub(crate) allows: Option<BTreeMap<String, Vec<String>>>,
+    pub(crate) allows: Option<Arc<BTreeMap<String, Vec<String>>>>,
     /// Workflow to `review_by`, when the record says.
-    pub(crate) reviews: Option<BTreeMap<String, String>>,
+    pub(crate) reviews: Option<Arc<BTreeMap<String, String>>>,
     /// `workflow/step` to its patterns marked for removal, when the record
     /// says.
-    pub(crate) shadows: Option<BTreeMap<String, Vec<String>>>,
+    pub(crate) shadows: Option<Arc<BTreeMap<String, Vec<String>>>>,
 }
 
 /// The most operator approvals kept for `stint policy review` (later ones
@@ -108,6 +109,8 @@ pub struct Observations {
     pub(crate) records: u64,
     /// Records after `now` (ignored: the report is as of `now`).
     pub(crate) after_now: u64,
+    /// The latest record time at or before `now`.
+    pub(crate) last: Option<i64>,
 }
 
 /// A record that cannot be read as one.
@@ -122,6 +125,14 @@ fn seconds(time: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(time)
         .ok()
         .map(|t| t.with_timezone(&Utc).timestamp())
+}
+
+/// `new`, as the same allocation as `old` when it is equal.
+fn shared<T: PartialEq>(new: Option<T>, old: Option<&Arc<T>>) -> Option<Arc<T>> {
+    new.map(|new| match old {
+        Some(old) if **old == new => Arc::clone(old),
+        _ => Arc::new(new),
+    })
 }
 
 /// One more mint of `scope` at `time`.
@@ -150,6 +161,7 @@ impl Observations {
             approvals_not_kept: 0,
             records: 0,
             after_now: 0,
+            last: None,
         }
     }
 
@@ -175,16 +187,25 @@ impl Observations {
             self.after_now += 1;
             return Ok(());
         }
+        self.last = Some(self.last.map_or(time, |last| last.max(time)));
         match record.event {
             // Every load counts, in or before the window: a pattern's age
             // is read from them.
-            EventKind::PolicyLoaded => self.loads.push(Load {
-                time,
-                sha256: record.policy_sha256,
-                allows: record.allows,
-                reviews: record.reviews,
-                shadows: record.shadows,
-            }),
+            EventKind::PolicyLoaded => {
+                // A reload of the same policy shares its lists with the
+                // load before: memory grows with changes, not reloads.
+                let previous = self.loads.last();
+                let allows = shared(record.allows, previous.and_then(|l| l.allows.as_ref()));
+                let shadows = shared(record.shadows, previous.and_then(|l| l.shadows.as_ref()));
+                let reviews = shared(record.reviews, previous.and_then(|l| l.reviews.as_ref()));
+                self.loads.push(Load {
+                    time,
+                    sha256: record.policy_sha256,
+                    allows,
+                    reviews,
+                    shadows,
+                });
+            }
             _ if time < self.window_start => {}
             EventKind::TokenMinted => {
                 let (Some(workflow), Some(step)) = (record.workflow, record.step) else {

@@ -3,8 +3,50 @@
 use crate::report::{Report, Status};
 use std::fmt::Write as _;
 
-/// The report as text: one block per step, one line per pattern.
+/// A warning when the log ends well before the report's time: what was
+/// granted since is not in it.
+pub(crate) fn stale_note(report: &Report) -> Option<String> {
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    let ends = report.log_ends.as_deref().and_then(parse);
+    let now = parse(&report.now)?;
+    match ends {
+        None => Some("the log holds no record in the window or before it".to_owned()),
+        Some(ends) if (now - ends).num_days() >= 7 => Some(format!(
+            "the log ends at {}, {} days before the report's time: grants since are not in it (a stale copy?)",
+            ends.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            (now - ends).num_days()
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Text from a log, made safe to print on a terminal: control characters
+/// (escape sequences) and bidirectional overrides become `?`.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if (c.is_control() && c != '\n') || is_format_override(c) {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Unicode characters that reorder or hide text (bidi controls, zero-width
+/// marks).
+pub(crate) fn is_format_override(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// The report as text: one block per step, one line per pattern, safe to
+/// print on a terminal whatever the log held.
 pub fn table(report: &Report) -> String {
+    printable(&table_text(report))
+}
+
+fn table_text(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -26,6 +68,12 @@ pub fn table(report: &Report) -> String {
         );
     }
     let _ = writeln!(out, "note: {}", report.evidence);
+    if let Some(verification) = &report.verification {
+        let _ = writeln!(out, "log: {}", verification.describe());
+    }
+    if let Some(stale) = stale_note(report) {
+        let _ = writeln!(out, "warning: {stale}");
+    }
     for step in &report.steps {
         let _ = writeln!(out, "\n{}/{}: {} jobs", step.workflow, step.step, step.jobs);
         let width = step

@@ -160,6 +160,43 @@ pub struct Overdue {
     pub review_by: String,
 }
 
+/// How far the log the report rests on was verified (the reader fills it
+/// in: `analyse` sees records, not files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Records whose hash chain was checked, every link.
+    pub records: u64,
+    /// Whether trusted keys were given for checkpoints (`--jwks`).
+    pub keys_given: bool,
+    /// Checkpoints signed by a given key, and by keys not given.
+    pub trusted_checkpoints: u64,
+    pub untrusted_checkpoints: u64,
+    /// Records after the last checkpoint signed by a given key (all of
+    /// them without keys): whoever can write the file could have
+    /// rewritten these.
+    pub unsigned_records: u64,
+}
+
+impl Verification {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        if self.keys_given {
+            format!(
+                "hash chain of {} records verified; {} checkpoints signed by a given key ({} by other keys); {} records after the last of them, vouched for by the chain alone",
+                self.records,
+                self.trusted_checkpoints,
+                self.untrusted_checkpoints,
+                self.unsigned_records
+            )
+        } else {
+            format!(
+                "hash chain of {} records verified, checkpoint signatures not checked (no --jwks): someone who can rewrite the whole file could have",
+                self.records
+            )
+        }
+    }
+}
+
 /// The whole analysis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -180,6 +217,11 @@ pub struct Report {
     pub overdue: Vec<Overdue>,
     /// What the evidence is: printed with every report.
     pub evidence: &'static str,
+    /// How far the log was verified, when the reader says.
+    pub verification: Option<Verification>,
+    /// The last record's time (at or before `now`): a copy of the log that
+    /// ends early misses what was granted since.
+    pub log_ends: Option<String>,
 }
 
 /// What every report says of its evidence.
@@ -196,12 +238,12 @@ fn rfc3339(seconds: i64) -> String {
 /// load that lists allowances (the policy changed since, or no broker
 /// listed it) has none.
 fn pattern_ages(observations: &Observations) -> BTreeMap<(String, String), i64> {
-    presence(observations, |load| load.allows.as_ref())
+    presence(observations, |load| load.allows.as_deref())
 }
 
 /// The same for the patterns marked for removal (`shadows`).
 fn shadow_ages(observations: &Observations) -> BTreeMap<(String, String), i64> {
-    presence(observations, |load| load.shadows.as_ref())
+    presence(observations, |load| load.shadows.as_deref())
 }
 
 /// When each (step, pattern) of the lists `of` gives began to be listed,
@@ -242,7 +284,11 @@ fn drift(observations: &Observations) -> Vec<Drift> {
     let mut loads: Vec<&Load> = observations.loads.iter().collect();
     loads.sort_by_key(|load| load.time);
     let mut found = Vec::new();
-    for pair in loads.windows(2) {
+    // Each load that lists its allowances against the last one before it
+    // that did (a load in between that did not is passed over: whatever
+    // it allowed, the change shows up against the next known one).
+    let known: Vec<&Load> = loads.into_iter().filter(|l| l.allows.is_some()).collect();
+    for pair in known.windows(2) {
         let (before, after) = (pair[0], pair[1]);
         let (Some(was), Some(is)) = (&before.allows, &after.allows) else {
             continue;
@@ -353,6 +399,8 @@ pub fn analyse(policy: &Policy, observations: &Observations, settings: &Settings
         drift: drift(observations),
         overdue,
         evidence: EVIDENCE,
+        verification: None,
+        log_ends: observations.last.map(rfc3339),
     }
 }
 

@@ -14,9 +14,15 @@ fn cell(text: &str) -> String {
         .map(|c| match c {
             '|' | '`' | '<' | '>' => '?',
             c if c.is_control() => ' ',
+            c if crate::render::is_format_override(c) => '?',
             c => c,
         })
         .collect()
+}
+
+/// Log text as a code span: no Markdown inside it is rendered.
+fn code(text: &str) -> String {
+    format!("`{}`", cell(text))
 }
 
 fn time(seconds: i64) -> String {
@@ -56,9 +62,15 @@ pub fn review_markdown(
     let _ = writeln!(out, "- `review_by`: {}", review_status(workflow, today));
     let _ = writeln!(
         out,
-        "- evidence: the audit log from {} to {} ({} records, chain verified); {}",
+        "- evidence: the audit log from {} to {} ({} records); {}",
         report.window_start, report.now, report.records, report.evidence
     );
+    if let Some(verification) = &report.verification {
+        let _ = writeln!(out, "- log: {}", verification.describe());
+    }
+    if let Some(stale) = crate::render::stale_note(report) {
+        let _ = writeln!(out, "- **warning**: {stale}");
+    }
     if !report.policy_loaded {
         let _ = writeln!(
             out,
@@ -73,11 +85,9 @@ pub fn review_markdown(
         for p in &step.patterns {
             let proposal = match (p.status, &p.proposal) {
                 (Status::Unused, Some(_)) => "remove".to_owned(),
-                (Status::Narrow, Some(new)) => new
-                    .iter()
-                    .map(|s| format!("`{}`", cell(s)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                (Status::Narrow, Some(new)) => {
+                    new.iter().map(|s| code(s)).collect::<Vec<_>>().join(", ")
+                }
                 _ => String::new(),
             };
             let status = if p.note.is_empty() {
@@ -87,9 +97,9 @@ pub fn review_markdown(
             };
             let _ = writeln!(
                 out,
-                "| {} | `{}` | {} | {} | {} | {} | {} |",
-                cell(&step.step),
-                cell(&p.pattern),
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                code(&step.step),
+                code(&p.pattern),
                 status,
                 p.mints,
                 p.scopes.len(),
@@ -117,14 +127,14 @@ pub fn review_markdown(
                 out,
                 "| {} | {} | {} | {} | {} |",
                 time(a.time),
-                cell(&a.step),
+                code(&a.step),
                 a.scopes
                     .iter()
-                    .map(|s| format!("`{}`", cell(s)))
+                    .map(|s| code(s))
                     .collect::<Vec<_>>()
                     .join(" "),
-                cell(&a.operator),
-                cell(&a.approval_id)
+                code(&a.operator),
+                code(&a.approval_id)
             );
         }
     }
@@ -155,7 +165,7 @@ pub fn review_markdown(
                 cell(&d.step),
                 d.added
                     .iter()
-                    .map(|s| format!("`{}`", cell(s)))
+                    .map(|s| code(s))
                     .collect::<Vec<_>>()
                     .join(", ")
             );

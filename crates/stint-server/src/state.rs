@@ -541,7 +541,8 @@ impl AppState {
                 entry.policy_sha256 = Some(policy.digest().to_owned());
                 entry.allows = policy.allowances();
                 entry.reviews = Some(policy.review_dates());
-                entry.shadows = Some(policy.shadow_map());
+                // Listed only beside the allowances (bounded in size with them).
+                entry.shadows = entry.allows.as_ref().map(|_| policy.shadow_map());
                 if let Err(error) = self.audit.record(entry).await {
                     self.metrics.policy_load(false);
                     tracing::error!(%error, "policy not installed: its loading could not be audited");

@@ -830,7 +830,6 @@ fn keys_from_jwks(jwks: &[PathBuf]) -> anyhow::Result<(stint_core::jose::KeySet,
     Ok((trusted, sources))
 }
 
-/// `verify-audit` with no files: every audit chain in the PostgreSQL store.
 /// Records read from the store at a time when exporting.
 const EXPORT_BATCH: usize = 10_000;
 
@@ -880,38 +879,57 @@ fn export_audit(store: StoreConfig, dir: &Path, only: Option<&str>) -> anyhow::R
                 );
             }
             let path = dir.join(format!("{chain}.jsonl"));
+            if path.exists() {
+                anyhow::bail!("cannot create {}: it exists (nothing is overwritten)", path.display());
+            }
+            // Written beside it and moved into place once whole, so that a
+            // file of that name is always a whole chain.
+            let partial = dir.join(format!("{chain}.jsonl.partial"));
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-            let mut out = std::io::BufWriter::new(file);
-            let mut from = 0u64;
-            // Only the records counted: a live chain grows meanwhile.
-            while from < count {
-                let want = usize::try_from(count - from)
-                    .unwrap_or(usize::MAX)
-                    .min(EXPORT_BATCH);
-                let records = stint_store::Store::audit_records(&store, &chain, from, want).await?;
-                if records.is_empty() {
-                    break;
+                .open(&partial)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", partial.display()))?;
+            let written = async {
+                let mut out = std::io::BufWriter::new(file);
+                let mut from = 0u64;
+                // Only the records counted: a live chain grows meanwhile.
+                while from < count {
+                    let want = usize::try_from(count - from)
+                        .unwrap_or(usize::MAX)
+                        .min(EXPORT_BATCH);
+                    let records =
+                        stint_store::Store::audit_records(&store, &chain, from, want).await?;
+                    if records.is_empty() {
+                        anyhow::bail!(
+                            "chain {chain}: {count} records were counted, only {from} could be read in order: positions are missing (run verify-audit)"
+                        );
+                    }
+                    for record in &records {
+                        out.write_all(record.as_bytes())?;
+                        out.write_all(b"\n")?;
+                    }
+                    from += records.len() as u64;
                 }
-                for record in &records {
-                    out.write_all(record.as_bytes())?;
-                    out.write_all(b"\n")?;
-                }
-                from += records.len() as u64;
+                out.into_inner()
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", partial.display()))?
+                    .sync_all()?;
+                // Never over a file that appeared meanwhile.
+                std::fs::hard_link(&partial, &path)
+                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+                anyhow::Ok(from)
             }
-            out.into_inner()
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?
-                .sync_all()?;
+            .await;
+            let _ = std::fs::remove_file(&partial);
+            let from = written?;
             println!("chain {chain}: {from} records -> {}", path.display());
         }
         anyhow::Ok(())
     })
 }
 
+/// `verify-audit` with no files: every audit chain in the PostgreSQL store.
 fn verify_audit_in_store(
     store: StoreConfig,
     jwks: &[PathBuf],
