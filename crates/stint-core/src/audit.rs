@@ -147,6 +147,11 @@ pub enum EventKind {
     /// made upstream and nothing can be revoked there: the token is good
     /// until its `exp`.
     FederationTokenIssued,
+    /// An operator signed in to the console (`operator`; the identity
+    /// provider's `federated_iss` and `federated_sub`), or was refused
+    /// (decision `deny`, `detail` says why) after the identity provider
+    /// vouched for them.
+    OperatorSignedIn,
 }
 
 /// Allowed or denied.
@@ -222,6 +227,10 @@ pub struct AuditEntry {
     /// The operator's comment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// The front end an operator acted through, when not the HTTP API:
+    /// `console`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// The requester's reason for an elevation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub justification: Option<String>,
@@ -364,6 +373,7 @@ impl AuditEntry {
             approval_id: None,
             operator: None,
             comment: None,
+            via: None,
             justification: None,
             duration: None,
             count: None,

@@ -507,6 +507,7 @@ impl Approvals {
         entry.detail = Some(detail);
         entry.request_id = Some(context.request_id.clone());
         entry.client_addr = context.client_addr.map(|a| a.to_string());
+        entry.via = context.via.map(str::to_owned);
         let store = |error: stint_store::StoreError| {
             tracing::error!(%error, approval = %id, "approval decision not stored");
             ActionError::Unavailable("the decision could not be stored")

@@ -223,6 +223,10 @@ pub struct Config {
     /// The proxy in front terminates TLS: plain HTTP may be served on any
     /// address (it needs `trusted_proxies` and an `https` issuer).
     pub tls_terminated_by_proxy: bool,
+    /// Keep the tokens this broker mints until they expire, for operators
+    /// to list and revoke (the console turns it on); off, the mint path
+    /// keeps nothing.
+    pub live_tokens: bool,
 }
 
 /// The webhook that receives approval events.
@@ -262,6 +266,7 @@ impl Config {
             key_encryption_key_file: None,
             trusted_proxies: crate::forwarded::TrustedProxies::default(),
             tls_terminated_by_proxy: false,
+            live_tokens: false,
         }
     }
 

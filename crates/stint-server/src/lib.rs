@@ -28,7 +28,9 @@ pub mod fuzzing;
 mod http;
 pub mod keys;
 mod limits;
+mod live;
 pub mod metrics;
+pub mod operators;
 mod serve;
 mod state;
 mod status;
@@ -90,6 +92,8 @@ pub struct RunningServer {
     store_description: String,
     /// Where the audit log is written.
     audit_description: String,
+    /// The same, for operators' front ends.
+    audit_location: operators::AuditLocation,
     shutdown: Option<oneshot::Sender<()>>,
     serve_task: JoinHandle<()>,
     purge_task: JoinHandle<()>,
@@ -123,6 +127,12 @@ impl RunningServer {
     /// The issuer URL: every token's `iss`, and the base of every endpoint.
     pub fn issuer(&self) -> &str {
         &self.state.issuer
+    }
+
+    /// What operators may do at this broker, for a front end such as the
+    /// console.
+    pub fn operator_api(&self) -> operators::OperatorApi {
+        operators::OperatorApi::new(Arc::clone(&self.state), self.audit_location.clone())
     }
 
     /// Where `--dev` wrote the demo client's credentials, if it did.
@@ -643,6 +653,7 @@ pub async fn start_with_clock(
         targets,
         federation_keys,
         changes,
+        live: config.live_tokens.then(live::LiveTokens::default),
     });
     let open_credentials = state.targets.load(state.as_ref()).await?;
     if open_credentials > 0 {
@@ -657,6 +668,7 @@ pub async fn start_with_clock(
         queue_closing_rx,
     ));
     changes::catch_up_at_start(&state).await?;
+    let own_chain_for_api = own_chain.clone();
     let peers_task = own_chain.map(|own| {
         tokio::spawn(vouch_for_peers(
             Arc::clone(&state),
@@ -698,6 +710,12 @@ pub async fn start_with_clock(
         data_dir: config.data_dir,
         store_description,
         audit_description: audit_where.display().to_string(),
+        audit_location: match &own_chain_for_api {
+            Some(chain) => operators::AuditLocation::Store {
+                chain: chain.clone(),
+            },
+            None => operators::AuditLocation::File(audit_path.clone()),
+        },
         shutdown: Some(shutdown_tx),
         serve_task,
         purge_task,

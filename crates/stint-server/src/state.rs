@@ -91,6 +91,8 @@ pub(crate) struct AppState {
     pub(crate) store_reachable: tokio::sync::watch::Sender<bool>,
     /// Where this broker stands in the store's change feed.
     pub(crate) changes: crate::changes::Changes,
+    /// The live tokens minted here, if kept ([`crate::Config::live_tokens`]).
+    pub(crate) live: Option<crate::live::LiveTokens>,
 }
 
 /// What a presented token turned out to be.
@@ -400,6 +402,7 @@ impl AppState {
         if let Some(context) = context {
             entry.request_id = Some(context.request_id.clone());
             entry.client_addr = context.client_addr.map(|a| a.to_string());
+            entry.via = context.via.map(str::to_owned);
         }
         entry
     }
@@ -445,7 +448,7 @@ impl AppState {
         mut entry: AuditEntry,
         outcome: Result<T, OAuthError>,
         allowed: EventKind,
-    ) -> Result<Result<T, OAuthError>, axum::response::Response> {
+    ) -> Result<Result<T, OAuthError>, OAuthError> {
         match &outcome {
             Ok(_) => {
                 entry.event = allowed;
@@ -456,9 +459,7 @@ impl AppState {
                 entry.detail = Some(error.description.clone());
             }
         }
-        self.record(entry)
-            .await
-            .map_err(axum::response::IntoResponse::into_response)?;
+        self.record(entry).await?;
         Ok(outcome)
     }
 

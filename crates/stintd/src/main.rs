@@ -633,6 +633,7 @@ fn config_from(cli: &Cli) -> Config {
             },
         ),
         tls_terminated_by_proxy: cli.tls_terminated_by_proxy,
+        live_tokens: false,
         key_encryption_key_file: cli.key_encryption_key_file.clone(),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {

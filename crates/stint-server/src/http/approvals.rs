@@ -76,21 +76,7 @@ pub(crate) async fn operator(
         let found = policy
             .operator_for_identity(issuer.name(), subject)
             .ok_or_else(|| not_operator("no operator signs in with this identity"))?;
-        let extra = found
-            .oidc()
-            .and_then(|oidc| oidc.groups_claim.as_deref())
-            .and_then(|claim| claims.get(claim))
-            .and_then(Value::as_array)
-            .map(|groups| {
-                groups
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .filter(|g| stint_core::ids::validate_name(g).is_ok())
-                    .take(MAX_CLAIM_GROUPS)
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
+        let extra = claim_groups(found, &claims);
         Ok(found.as_approver(extra))
     } else {
         policy
@@ -100,7 +86,30 @@ pub(crate) async fn operator(
     }
 }
 
-fn check_id(id: &str) -> Result<(), OAuthError> {
+/// The groups an operator's ID token names in their `groups_claim`, if
+/// they have one: at most [`MAX_CLAIM_GROUPS`], each a valid name.
+pub(crate) fn claim_groups(
+    found: &stint_core::policy::PolicyOperator,
+    claims: &Value,
+) -> Vec<String> {
+    found
+        .oidc()
+        .and_then(|oidc| oidc.groups_claim.as_deref())
+        .and_then(|claim| claims.get(claim))
+        .and_then(Value::as_array)
+        .map(|groups| {
+            groups
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|g| stint_core::ids::validate_name(g).is_ok())
+                .take(MAX_CLAIM_GROUPS)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn check_id(id: &str) -> Result<(), OAuthError> {
     let ok = id.len() <= MAX_ID_LEN
         && id
             .bytes()
@@ -191,10 +200,14 @@ pub(crate) async fn decide_route(
     decide(&state, &context, &headers, &id, body, verb).await
 }
 
-#[derive(Clone, Copy)]
-enum Verb {
+/// An operator's decision on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// Approve (with an optional shorter duration).
     Approve,
+    /// Deny, for good (a comment is required).
     Deny,
+    /// Revoke an approval (or withdraw a pending request).
     Revoke,
 }
 
@@ -216,63 +229,102 @@ async fn decide(
     if check_id(id).is_ok() {
         entry.approval_id = Some(id.to_owned());
     }
-    match act(state, context, headers, id, body, verb, &mut entry).await {
-        Ok(response) => response,
-        Err(error) => {
-            entry.reason = Some(error.reason.as_str().to_owned());
-            entry.detail = Some(error.description.clone());
-            if let Err(unavailable) = state.record(entry).await {
-                return unavailable.into_response();
+    let called = async {
+        let operator = operator(state, headers, &mut entry).await?;
+        entry.operator = Some(operator.name.clone());
+        check_id(id)?;
+        let (duration, comment) = match verb {
+            Verb::Approve => {
+                let body: ApproveBody = read_json(headers, body, state.body_timeout).await?;
+                (body.duration, body.comment)
             }
-            error.into_response()
+            Verb::Deny | Verb::Revoke => {
+                let body: DecisionBody = read_json(headers, body, state.body_timeout).await?;
+                (None, body.comment)
+            }
+        };
+        Ok::<_, OAuthError>((operator, duration, comment))
+    }
+    .await;
+    let outcome = match called {
+        Ok((operator, duration, comment)) => {
+            decide_as(state, context, &operator, id, verb, duration, comment).await
         }
+        Err(error) => Err(refused(state, entry, error).await),
+    };
+    match outcome {
+        Ok(view) => no_store(Json(view).into_response()),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Audit a refused decision; the refusal, or 503 if it cannot be recorded.
+async fn refused(state: &AppState, mut entry: AuditEntry, error: OAuthError) -> OAuthError {
+    entry.reason = Some(error.reason.as_str().to_owned());
+    entry.detail = Some(error.description.clone());
+    match state.record(entry).await {
+        Ok(()) => error,
+        Err(unavailable) => unavailable,
+    }
+}
+
+/// Operator `operator` decides request `id`: the broker's rules applied,
+/// the decision (or its refusal) audited. `duration` (approve only) is a
+/// duration such as `15m`. The API and the console both call this.
+pub(crate) async fn decide_as(
+    state: &AppState,
+    context: &RequestContext,
+    operator: &Operator,
+    id: &str,
+    verb: Verb,
+    duration: Option<String>,
+    comment: Option<String>,
+) -> Result<stint_proto::ApprovalView, OAuthError> {
+    let now = state.clock.now();
+    let mut entry = state.audit_entry(
+        now,
+        EventKind::ApprovalRefused,
+        Decision::Deny,
+        Some(context),
+    );
+    entry.operator = Some(operator.name.clone());
+    entry.comment.clone_from(&comment);
+    if check_id(id).is_ok() {
+        entry.approval_id = Some(id.to_owned());
+    }
+    match act(state, context, operator, id, verb, duration, comment).await {
+        Ok(view) => Ok(view),
+        Err(error) => Err(refused(state, entry, error).await),
     }
 }
 
 async fn act(
     state: &AppState,
     context: &RequestContext,
-    headers: &HeaderMap,
+    operator: &Operator,
     id: &str,
-    body: Body,
     verb: Verb,
-    entry: &mut AuditEntry,
-) -> Result<Response, OAuthError> {
-    let operator = operator(state, headers, entry).await?;
-    entry.operator = Some(operator.name.clone());
+    duration: Option<String>,
+    comment: Option<String>,
+) -> Result<stint_proto::ApprovalView, OAuthError> {
     check_id(id)?;
     let action = match verb {
-        Verb::Approve => {
-            let body: ApproveBody = read_json(headers, body, state.body_timeout).await?;
-            let duration = body.duration.as_deref().map(duration_param).transpose()?;
-            entry.comment.clone_from(&body.comment);
-            Action::Approve {
-                duration,
-                comment: body.comment,
-            }
-        }
-        Verb::Deny => {
-            let body: DecisionBody = read_json(headers, body, state.body_timeout).await?;
-            entry.comment.clone_from(&body.comment);
-            Action::Deny {
-                comment: body.comment.unwrap_or_default(),
-            }
-        }
-        Verb::Revoke => {
-            let body: DecisionBody = read_json(headers, body, state.body_timeout).await?;
-            entry.comment.clone_from(&body.comment);
-            Action::Revoke {
-                comment: body.comment,
-            }
-        }
+        Verb::Approve => Action::Approve {
+            duration: duration.as_deref().map(duration_param).transpose()?,
+            comment,
+        },
+        Verb::Deny => Action::Deny {
+            comment: comment.unwrap_or_default(),
+        },
+        Verb::Revoke => Action::Revoke { comment },
     };
     let now = state.clock.now();
     match state
         .approvals
-        .act(state, id, &operator, action, context, now)
+        .act(state, id, operator, action, context, now)
         .await
     {
-        Ok(view) => Ok(no_store(Json(view).into_response())),
+        Ok(view) => Ok(view),
         Err(ActionError::NotFound) => Err(not_found()),
         Err(ActionError::Unavailable(what)) => Err(OAuthError::unavailable(what)),
         Err(ActionError::Changed) => Err(OAuthError::new(

@@ -23,18 +23,18 @@
 //! revocation are served.
 
 mod admin;
-mod approvals;
+pub(crate) mod approvals;
 pub(crate) mod client_auth;
 mod discovery;
 pub(crate) mod exchange;
 pub(crate) mod feed;
 mod introspect;
 mod ops;
-mod revoke;
+pub(crate) mod revoke;
 mod status;
 mod target;
 mod token;
-mod workloads;
+pub(crate) mod workloads;
 
 use crate::error::OAuthError;
 use crate::limits::{Admission, Principal, Shed, Source};
@@ -59,6 +59,9 @@ use stint_proto as proto;
 pub(crate) struct RequestContext {
     pub(crate) request_id: String,
     pub(crate) client_addr: Option<SocketAddr>,
+    /// The front end an operator acts through when it is not the HTTP API
+    /// (`console`), for the audit record.
+    pub(crate) via: Option<&'static str>,
 }
 
 const JOB_REVOKE_ROUTE: &str = "/v1/jobs/{job}/revoke";
@@ -188,6 +191,7 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
     request.extensions_mut().insert(RequestContext {
         request_id: request_id.clone(),
         client_addr,
+        via: None,
     });
     let mut response = if reserved_only && !revocation && !RESERVED_ROUTES.contains(&route) {
         state.metrics.limited("reserved_connection");

@@ -188,14 +188,17 @@ async fn plan(
 }
 
 fn revocation_of(claims: AccessTokenClaims, now: DateTime<Utc>) -> Planned {
-    let revocation = TokenRevocation {
+    Planned::Token(token_revocation(&claims, now), Box::new(claims))
+}
+
+fn token_revocation(claims: &AccessTokenClaims, now: DateTime<Utc>) -> TokenRevocation {
+    TokenRevocation {
         jti: claims.jti.clone(),
         sub: claims.sub.clone(),
         job: claims.job.clone(),
         expires_at: claims.exp,
         revoked_at: now.timestamp(),
-    };
-    Planned::Token(revocation, Box::new(claims))
+    }
 }
 
 /// What the audit record says of the token a request names.
@@ -392,59 +395,139 @@ pub(crate) async fn revoke_job(
         Decision::Deny,
         Some(&context),
     );
-    let planned = plan_job(&state, job, &headers, &mut entry).await;
-    let sub = entry.sub.clone();
-    let outcome = match planned {
-        Ok(planned) => {
-            let _held = state.hold(Pending::Job {
-                sub: planned.sub.clone(),
-                job: planned.job.clone(),
-            });
-            // Its time is taken after the hold: every token signed before
-            // it is covered, and none is signed after it.
-            let at = state.clock.now();
-            let revocation = JobRevocation::new(&planned.sub, &planned.job, at);
-            entry.event = EventKind::JobRevoked;
-            entry.decision = Decision::Allow;
-            state
-                .revoke(
-                    entry,
-                    EventKind::JobRevocationDenied,
-                    Revocation::Job(&revocation),
-                )
-                .await
-                .map(|()| JobRevocationResponse {
-                    job: revocation.job.clone(),
-                    revoked_at: crate::audit::timestamp(at),
-                })
-        }
+    let outcome = match plan_job(&state, job, &headers, &mut entry).await {
+        Ok(planned) => carry_out_job(&state, entry, planned).await,
         Err(error) => Err(state.refuse(entry, error).await),
     };
+    answer_job(&state, outcome)
+}
+
+fn answer_job(state: &AppState, outcome: Result<JobRevocationResponse, OAuthError>) -> Response {
     match outcome {
-        Ok(response) => {
-            state.metrics.revoked("job");
-            // The job's approvals end with it (its tokens, elevated or
-            // not, are already revoked with the job). If that cannot be
-            // stored, say so: the revocation stands, a retry is harmless,
-            // and the sweep ends them while the job's revocation lasts.
-            if let Some(workload) = &sub
-                && !state
-                    .approvals
-                    .end_job(&state, workload, &response.job)
-                    .await
-            {
-                return OAuthError::unavailable(
-                    "the job is revoked, but ending its approvals could not be stored",
-                )
-                .into_response();
-            }
-            Json(response).into_response()
-        }
+        Ok(response) => Json(response).into_response(),
         Err(error) => {
             state.metrics.revocation_denied(error.reason.as_str());
             error.into_response()
         }
     }
+}
+
+/// Revoke job `planned` (checked: the caller may): hold new mints for it,
+/// audit, store, enforce, then end its approvals.
+async fn carry_out_job(
+    state: &AppState,
+    mut entry: AuditEntry,
+    planned: JobRevocation,
+) -> Result<JobRevocationResponse, OAuthError> {
+    let _held = state.hold(Pending::Job {
+        sub: planned.sub.clone(),
+        job: planned.job.clone(),
+    });
+    // Its time is taken after the hold: every token signed before it is
+    // covered, and none is signed after it.
+    let at = state.clock.now();
+    let revocation = JobRevocation::new(&planned.sub, &planned.job, at);
+    entry.event = EventKind::JobRevoked;
+    entry.decision = Decision::Allow;
+    state
+        .revoke(
+            entry,
+            EventKind::JobRevocationDenied,
+            Revocation::Job(&revocation),
+        )
+        .await?;
+    state.metrics.revoked("job");
+    // The job's approvals end with it (its tokens, elevated or not, are
+    // already revoked with the job). If that cannot be stored, say so: the
+    // revocation stands, a retry is harmless, and the sweep ends them while
+    // the job's revocation lasts.
+    if !state
+        .approvals
+        .end_job(state, &revocation.sub, &revocation.job)
+        .await
+    {
+        return Err(OAuthError::unavailable(
+            "the job is revoked, but ending its approvals could not be stored",
+        ));
+    }
+    Ok(JobRevocationResponse {
+        job: revocation.job.clone(),
+        revoked_at: crate::audit::timestamp(at),
+    })
+}
+
+/// Operator `operator` revokes job `job` of workload `workload` (the
+/// console's "revoke job"): as the workload's own call does, audited with
+/// the operator.
+pub(crate) async fn revoke_job_as_operator(
+    state: &AppState,
+    context: &RequestContext,
+    operator: &str,
+    workload: &str,
+    job: &str,
+) -> Result<JobRevocationResponse, OAuthError> {
+    let now = state.clock.now();
+    let mut entry = state.audit_entry(
+        now,
+        EventKind::JobRevocationDenied,
+        Decision::Deny,
+        Some(context),
+    );
+    entry.operator = Some(operator.to_owned());
+    let checked = (|| {
+        let policy = state.policy.load();
+        let found = policy.workload(workload).ok_or_else(|| {
+            OAuthError::invalid_request(DenyReason::MalformedRequest, "no such workload")
+                .with_status(StatusCode::NOT_FOUND)
+        })?;
+        entry.sub = Some(found.name().to_owned());
+        validate_job_id(job).map_err(|e| {
+            OAuthError::invalid_request(
+                DenyReason::MalformedJob,
+                format!("the job id is malformed: it {e}"),
+            )
+        })?;
+        entry.job = Some(job.to_owned());
+        Ok(JobRevocation::new(found.name(), job, now))
+    })();
+    let outcome = match checked {
+        Ok(planned) => carry_out_job(state, entry, planned).await,
+        Err(error) => Err(state.refuse(entry, error).await),
+    };
+    if let Err(error) = &outcome {
+        state.metrics.revocation_denied(error.reason.as_str());
+    }
+    outcome
+}
+
+/// Operator `operator` revokes the token `claims` describe (the console's
+/// live list knows them): audited with the operator, stored, in force and
+/// announced, its status list entry INVALID.
+pub(crate) async fn revoke_token_as_operator(
+    state: &AppState,
+    context: &RequestContext,
+    operator: &str,
+    claims: &AccessTokenClaims,
+) -> Result<(), OAuthError> {
+    let now = state.clock.now();
+    let mut entry = state.audit_entry(now, EventKind::TokenRevoked, Decision::Allow, Some(context));
+    entry.operator = Some(operator.to_owned());
+    entry.sub = Some(claims.sub.clone());
+    entry.client_id = Some(claims.client_id.clone());
+    note_token(&mut entry, claims);
+    let revocation = token_revocation(claims, now);
+    let outcome = state
+        .revoke(
+            entry,
+            EventKind::TokenRevocationDenied,
+            Revocation::Token(&revocation, claims.status.as_ref().map(|s| &s.status_list)),
+        )
+        .await;
+    match &outcome {
+        Ok(()) => state.metrics.revoked("token"),
+        Err(error) => state.metrics.revocation_denied(error.reason.as_str()),
+    }
+    outcome
 }
 
 /// `POST /v1/jobs/{job}/steps/{step}/revoke`: every token of one step of

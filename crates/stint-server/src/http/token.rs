@@ -60,7 +60,7 @@ pub(crate) async fn token(
         Ok(Issued::Target(issued)) => {
             return finish_target(&state, entry, *issued, now).await;
         }
-        Ok(Issued::Token(response)) => Ok(response),
+        Ok(Issued::Token(response, live)) => Ok((response, live)),
         Err(error)
             if matches!(
                 error.reason,
@@ -92,6 +92,12 @@ pub(crate) async fn token(
         state.metrics.denied(unavailable.reason.as_str());
         return unavailable.into_response();
     }
+    let outcome = outcome.map(|(response, live)| {
+        if let (Some(kept), Some(claims)) = (&state.live, live) {
+            kept.insert(*claims, now.timestamp());
+        }
+        response
+    });
     let mut response = respond(&state, outcome);
     if let Some(client_id) = client_id {
         response.extensions_mut().insert(LoggedClient(client_id));
@@ -101,8 +107,8 @@ pub(crate) async fn token(
 
 /// What the token endpoint hands out.
 enum Issued {
-    /// A Stint access token.
-    Token(TokenResponse),
+    /// A Stint access token, and its claims if live tokens are kept.
+    Token(TokenResponse, Option<Box<AccessTokenClaims>>),
     /// A target's native credential (a step token exchanged), boxed: it
     /// is the larger answer and the rarer.
     Target(Box<TargetCredentialResponse>),
@@ -400,16 +406,20 @@ async fn mint(
         .map_err(|_| internal("could not sign the token"))?;
     entry.jti = Some(claims.jti.clone());
     entry.exp = Some(claims.exp);
+    let live = state.live.is_some().then(|| Box::new(claims.clone()));
 
-    Ok(Issued::Token(TokenResponse {
-        access_token,
-        token_type: "Bearer".into(),
-        expires_in: u64::from(grant.ttl().as_secs()),
-        scope: claims.scope,
-        job: claims.job,
-        step: claims.step,
-        issued_token_type: exchange.then(|| TOKEN_TYPE_ACCESS_TOKEN.to_owned()),
-    }))
+    Ok(Issued::Token(
+        TokenResponse {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: u64::from(grant.ttl().as_secs()),
+            scope: claims.scope,
+            job: claims.job,
+            step: claims.step,
+            issued_token_type: exchange.then(|| TOKEN_TYPE_ACCESS_TOKEN.to_owned()),
+        },
+        live,
+    ))
 }
 
 fn new_job_id(state: &AppState) -> String {

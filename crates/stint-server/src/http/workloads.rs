@@ -22,13 +22,15 @@ use stint_proto::DecisionBody;
 use stint_store::AuditedWrite;
 
 /// The answer to a stop or an enable.
-#[derive(Debug, serde::Serialize)]
-struct WorkloadState {
-    workload: String,
-    stopped: bool,
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkloadState {
+    /// The workload.
+    pub workload: String,
+    /// Whether it is stopped now.
+    pub stopped: bool,
     /// Every token issued up to this time is revoked (a stop).
     #[serde(skip_serializing_if = "Option::is_none")]
-    tokens_revoked_before: Option<i64>,
+    pub tokens_revoked_before: Option<i64>,
 }
 
 pub(crate) async fn stop(
@@ -66,15 +68,16 @@ async fn act(
         Decision::Deny,
         Some(context),
     );
-    let outcome = match authorize(state, headers, name, body, &mut entry).await {
-        Ok((workload, operator)) if stopping => {
-            stop_workload(state, entry, workload, operator).await
-        }
-        Ok((workload, operator)) => {
-            match enable_workload(state, entry, workload, &operator, now.timestamp()).await {
-                Ok(outcome) => outcome,
-                Err(response) => return response,
-            }
+    let called = async {
+        let operator = operator(state, headers, &mut entry).await?;
+        entry.operator = Some(operator.name.clone());
+        let body: DecisionBody = read_json(headers, body, state.body_timeout).await?;
+        Ok::<_, OAuthError>((operator.name, body.comment))
+    }
+    .await;
+    let outcome = match called {
+        Ok((operator, comment)) => {
+            set_workload(state, context, &operator, name, comment, stopping).await
         }
         Err(error) => Err(state.refuse(entry, error).await),
     };
@@ -84,17 +87,44 @@ async fn act(
     }
 }
 
-/// The operator's call, checked: the workload it names and the operator.
-/// Fills `entry` with them and the comment.
-async fn authorize(
+/// Operator `operator` stops (or enables) workload `name`, with an
+/// optional one-line comment: checked, audited, stored and in force, or
+/// refused (and the refusal audited). The API and the console both call
+/// this.
+pub(crate) async fn set_workload(
     state: &AppState,
-    headers: &HeaderMap,
+    context: &RequestContext,
+    operator: &str,
     name: &str,
-    body: Body,
+    comment: Option<String>,
+    stopping: bool,
+) -> Result<WorkloadState, OAuthError> {
+    let now = state.clock.now();
+    let mut entry = state.audit_entry(
+        now,
+        EventKind::WorkloadStopRefused,
+        Decision::Deny,
+        Some(context),
+    );
+    entry.operator = Some(operator.to_owned());
+    let workload = match check_call(state, name, comment, &mut entry) {
+        Ok(workload) => workload,
+        Err(error) => return Err(state.refuse(entry, error).await),
+    };
+    if stopping {
+        stop_workload(state, entry, workload, operator.to_owned()).await
+    } else {
+        enable_workload(state, entry, workload, operator, now.timestamp()).await?
+    }
+}
+
+/// The workload named and the comment, checked. Fills `entry` with them.
+fn check_call(
+    state: &AppState,
+    name: &str,
+    comment: Option<String>,
     entry: &mut AuditEntry,
-) -> Result<(String, String), OAuthError> {
-    let operator = operator(state, headers, entry).await?;
-    entry.operator = Some(operator.name.clone());
+) -> Result<String, OAuthError> {
     let policy = state.policy.load();
     let Some(workload) = policy.workload(name) else {
         return Err(
@@ -103,9 +133,7 @@ async fn authorize(
         );
     };
     entry.sub = Some(workload.name().to_owned());
-    let body: DecisionBody = read_json(headers, body, state.body_timeout).await?;
-    if body
-        .comment
+    if comment
         .as_deref()
         .is_some_and(|c| c.len() > 1024 || c.chars().any(char::is_control))
     {
@@ -114,8 +142,8 @@ async fn authorize(
             "the comment is one line of at most 1024 bytes",
         ));
     }
-    entry.comment = body.comment;
-    Ok((workload.name().to_owned(), operator.name))
+    entry.comment = comment;
+    Ok(workload.name().to_owned())
 }
 
 /// A stop is audited, stored, then in force (see [`AppState::revoke`]).
@@ -166,7 +194,7 @@ async fn enable_workload(
     workload: String,
     operator: &str,
     at: i64,
-) -> Result<Result<WorkloadState, OAuthError>, Response> {
+) -> Result<Result<WorkloadState, OAuthError>, OAuthError> {
     if !state.is_stopped(&workload) {
         let refused = OAuthError::invalid_request(
             DenyReason::MalformedRequest,
