@@ -183,7 +183,10 @@ impl AuditTail {
                 return;
             }
             budget = budget.saturating_sub(bytes.len());
-            let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+            let complete = bytes
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |at| at + 1);
             for line in bytes[..complete].split(|b| *b == b'\n') {
                 if line.is_empty() {
                     continue;
@@ -292,7 +295,11 @@ impl AuditTail {
 
     /// The kept records for which `keep` holds, newest first, at most
     /// `limit`.
-    pub(crate) fn recent(&self, limit: usize, mut keep: impl FnMut(&Record) -> bool) -> Vec<Record> {
+    pub(crate) fn recent(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&Record) -> bool,
+    ) -> Vec<Record> {
         let tail = self.lock();
         tail.recent
             .iter()

@@ -18,6 +18,7 @@
 //! Cross-site subresource requests are refused (fetch metadata).
 
 mod audit_tail;
+pub mod dev_idp;
 pub mod oidc;
 mod session;
 mod views;
@@ -292,22 +293,22 @@ impl Console {
             let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper_util::service::TowerToHyperService::new(service);
-                let builder =
-                    hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
                 let served = match tls {
-                    Some(acceptor) => match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => {
-                            builder
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                .await
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => {
+                                builder
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await
+                            }
+                            _ => return,
                         }
-                        _ => return,
-                    },
+                    }
                     None => {
                         builder
                             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -352,7 +353,7 @@ fn html(status: StatusCode, markup: maud::Markup) -> Response {
         .into_response()
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -368,7 +369,11 @@ async fn guard(State(console): State<Arc<Console>>, request: Request, next: Next
     let set = |headers: &mut HeaderMap, name: header::HeaderName, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
     };
-    set(headers, header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
+    set(
+        headers,
+        header::CONTENT_SECURITY_POLICY,
+        CONTENT_SECURITY_POLICY,
+    );
     set(headers, header::REFERRER_POLICY, "no-referrer");
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::CACHE_CONTROL, "no-store");
@@ -460,9 +465,9 @@ fn return_path(asked: Option<&str>) -> String {
             if path.len() <= 512
                 && path.starts_with('/')
                 && !path.starts_with("//")
-                && path.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || b"/-_.?=&%".contains(&b)
-                })
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-_.?=&%".contains(&b))
                 && !path.starts_with("/login")
                 && !path.starts_with("/callback") =>
         {
@@ -516,7 +521,7 @@ impl Console {
     }
 
     /// The request's session, or the answer for a request without one.
-    fn signed(&self, headers: &HeaderMap, path: &str) -> Result<Signed, Response> {
+    fn signed(&self, headers: &HeaderMap, path: &str) -> Result<Signed, Box<Response>> {
         let now = self.now();
         let id = cookie(headers, SESSION_COOKIE);
         let ended = match id.map(|id| (id, self.sessions.touch(id, now))) {
@@ -540,7 +545,10 @@ impl Console {
         let site = header_str(headers, header::HeaderName::from_static("sec-fetch-site"));
         if id.is_none() && cookie(headers, HINT_COOKIE).is_some() && site != Some("same-origin") {
             // Followed from elsewhere: the Strict cookie stayed behind.
-            return Err(html(StatusCode::OK, views::reload(&return_path(Some(path)))));
+            return Err(Box::new(html(
+                StatusCode::OK,
+                views::reload(&return_path(Some(path))),
+            )));
         }
         let page = views::sign_in(&self.config.oidc.issuer, &return_path(Some(path)), ended);
         let mut response = html(StatusCode::UNAUTHORIZED, page);
@@ -548,32 +556,42 @@ impl Console {
             set_cookie(&mut response, clear_cookie(SESSION_COOKIE, "Strict"));
             set_cookie(&mut response, clear_cookie(HINT_COOKIE, "Lax"));
         }
-        Err(response)
+        Err(Box::new(response))
     }
 
     /// A POST's session and form, its CSRF token checked.
-    async fn form(&self, headers: &HeaderMap, body: Body) -> Result<(Signed, FormParams), Response> {
+    async fn form(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(Signed, FormParams), Box<Response>> {
         let signed = self.signed(headers, "/approvals")?;
-        let bytes = tokio::time::timeout(
-            BODY_TIMEOUT,
-            axum::body::to_bytes(body, MAX_FORM_LEN),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| plain(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large or too slow"))?;
-        let form = FormParams::parse(&bytes)
-            .map_err(|e| plain(StatusCode::BAD_REQUEST, &format!("the form is malformed: {e}")))?;
+        let bytes = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_FORM_LEN))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                Box::new(plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the form is too large or too slow",
+                ))
+            })?;
+        let form = FormParams::parse(&bytes).map_err(|e| {
+            Box::new(plain(
+                StatusCode::BAD_REQUEST,
+                &format!("the form is malformed: {e}"),
+            ))
+        })?;
         let sent = form.get("csrf").unwrap_or("");
         if !stint_core::secret::constant_time_eq(sent.as_bytes(), signed.session.csrf.as_bytes()) {
-            return Err(html(
+            return Err(Box::new(html(
                 StatusCode::FORBIDDEN,
                 views::error_page(
                     &signed.frame("Refused", Nav::None),
                     "Refused",
                     "The form did not carry this session's token (CSRF): reload the page and try again.",
                 ),
-            ));
+            )));
         }
         Ok((signed, form))
     }
@@ -691,7 +709,10 @@ async fn callback(
         response
     };
     let Some(state) = query.get("state") else {
-        return refuse(StatusCode::BAD_REQUEST, "the identity provider's answer has no state");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the identity provider's answer has no state",
+        );
     };
     let login = match console
         .logins
@@ -712,7 +733,10 @@ async fn callback(
         );
     }
     let Some(code) = query.get("code") else {
-        return refuse(StatusCode::BAD_REQUEST, "the identity provider's answer has no code");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the identity provider's answer has no code",
+        );
     };
     let policy = console.api.policy();
     let Some(issuer_url) = policy
@@ -762,10 +786,7 @@ async fn callback(
         return refuse(StatusCode::FORBIDDEN, &format!("sign-in refused: {why}"));
     }
     let operator = signed.operator.clone();
-    let Some(id) = console
-        .sessions
-        .create(signed, console.now(), &console.rng)
-    else {
+    let Some(id) = console.sessions.create(signed, console.now(), &console.rng) else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "the console holds as many sessions as it may; try again later",
@@ -773,7 +794,10 @@ async fn callback(
     };
     tracing::info!(%operator, "console: operator signed in");
     let max_age = console.config.absolute_timeout.as_secs();
-    let mut response = html(StatusCode::OK, views::signed_in(&operator, &login.return_to));
+    let mut response = html(
+        StatusCode::OK,
+        views::signed_in(&operator, &login.return_to),
+    );
     set_cookie(&mut response, session_cookie(&id, max_age));
     set_cookie(
         &mut response,
@@ -786,7 +810,7 @@ async fn callback(
 async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, body: Body) -> Response {
     let (signed, _) = match console.form(&headers, body).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     console.sessions.end(&signed.id);
     let mut response = see_other("/login");
@@ -798,7 +822,7 @@ async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, body: B
 async fn approvals_page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let signed = match console.signed(&headers, "/approvals") {
         Ok(signed) => signed,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let views_list = console.api.approvals(false).await;
     html(
@@ -832,7 +856,7 @@ async fn approval_page(
     };
     let signed = match console.signed(&headers, &path) {
         Ok(signed) => signed,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(view) = console.api.approval(&id).await else {
         return html(
@@ -845,7 +869,10 @@ async fn approval_page(
         );
     };
     let policy = console.api.policy();
-    let (workflow, step) = view.step.split_once('/').unwrap_or(("", view.step.as_str()));
+    let (workflow, step) = view
+        .step
+        .split_once('/')
+        .unwrap_or(("", view.step.as_str()));
     let found = policy.workflow(workflow).and_then(|w| w.step(step));
     let context = views::ApprovalContext {
         owners: policy
@@ -889,7 +916,7 @@ async fn decide(
     };
     let (signed, form) = match console.form(&headers, body).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let back = if valid_id(&id) {
         format!("/approvals/{id}")
@@ -931,7 +958,7 @@ async fn decide(
 async fn live_page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let signed = match console.signed(&headers, "/live") {
         Ok(signed) => signed,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     console.tail.refresh(&console.api).await;
     let tokens = console.api.live_tokens();
@@ -941,9 +968,9 @@ async fn live_page(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
         .map(|w| views::WorkloadRow {
             name: w.name().to_owned(),
             stopped: console.api.is_stopped(w.name()),
-            tokens: tokens
-                .as_ref()
-                .map_or(0, |t| t.tokens.iter().filter(|t| t.workload == w.name()).count()),
+            tokens: tokens.as_ref().map_or(0, |t| {
+                t.tokens.iter().filter(|t| t.workload == w.name()).count()
+            }),
         })
         .collect();
     let credentials = console.api.target_credentials().await;
@@ -998,7 +1025,7 @@ async fn revoke_token(
 ) -> Response {
     let (signed, _) = match console.form(&headers, body).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if !valid_id(&jti) {
         return console.after(&signed, Err("no such token".into()), "/live");
@@ -1021,10 +1048,14 @@ async fn revoke_job(
 ) -> Response {
     let (signed, form) = match console.form(&headers, body).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let (Some(workload), Some(job)) = (form.get("workload"), form.get("job")) else {
-        return console.after(&signed, Err("name the workload and the job".into()), "/live");
+        return console.after(
+            &signed,
+            Err("name the workload and the job".into()),
+            "/live",
+        );
     };
     let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p));
     let outcome = console
@@ -1050,7 +1081,7 @@ async fn set_workload(
     };
     let (signed, form) = match console.form(&headers, body).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p));
     let comment = form.get("comment").map(str::to_owned);
@@ -1103,7 +1134,7 @@ async fn audit_page(
 ) -> Response {
     let signed = match console.signed(&headers, "/audit") {
         Ok(signed) => signed,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let query = query(raw);
     let field = |name: &str| {
@@ -1138,7 +1169,7 @@ async fn audit_page(
 async fn policy_page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let signed = match console.signed(&headers, "/policy") {
         Ok(signed) => signed,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let policy = console.api.policy();
     let today = console.api.now().date_naive();
@@ -1190,7 +1221,10 @@ mod tests {
     #[test]
     fn return_paths_stay_in_the_console() {
         assert_eq!(return_path(Some("/approvals/apr-1")), "/approvals/apr-1");
-        assert_eq!(return_path(Some("/audit?job=j&event=x")), "/audit?job=j&event=x");
+        assert_eq!(
+            return_path(Some("/audit?job=j&event=x")),
+            "/audit?job=j&event=x"
+        );
         for bad in [
             "https://evil.test/",
             "//evil.test/",
@@ -1208,12 +1242,18 @@ mod tests {
 
     #[test]
     fn origins_are_https_or_loopback_http() {
-        assert_eq!(origin_of("https://stint.example.com").unwrap(), "https://stint.example.com");
+        assert_eq!(
+            origin_of("https://stint.example.com").unwrap(),
+            "https://stint.example.com"
+        );
         assert_eq!(
             origin_of("https://stint.example.com:8781/").unwrap(),
             "https://stint.example.com:8781"
         );
-        assert_eq!(origin_of("http://127.0.0.1:8781").unwrap(), "http://127.0.0.1:8781");
+        assert_eq!(
+            origin_of("http://127.0.0.1:8781").unwrap(),
+            "http://127.0.0.1:8781"
+        );
         assert!(origin_of("http://stint.example.com").is_err());
         assert!(origin_of("https://stint.example.com/console").is_err());
         assert!(origin_of("https://u:p@stint.example.com").is_err());

@@ -323,7 +323,8 @@ mod tests {
         assert!(check_claims(&no_nonce, "stint-console", "n1").is_err());
         let many = json!({"aud": ["stint-console", "x"], "nonce": "n1"});
         assert!(check_claims(&many, "stint-console", "n1").is_err());
-        let many_azp = json!({"aud": ["stint-console", "x"], "azp": "stint-console", "nonce": "n1"});
+        let many_azp =
+            json!({"aud": ["stint-console", "x"], "azp": "stint-console", "nonce": "n1"});
         assert!(check_claims(&many_azp, "stint-console", "n1").is_ok());
         let wrong_azp = json!({"aud": "stint-console", "azp": "x", "nonce": "n1"});
         assert!(check_claims(&wrong_azp, "stint-console", "n1").is_err());
@@ -357,7 +358,10 @@ mod tests {
         assert_eq!(pairs["client_id"], "stint console");
         assert_eq!(pairs["response_type"], "code");
         assert_eq!(pairs["scope"], "openid");
-        assert_eq!(pairs["code_challenge"], "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(
+            pairs["code_challenge"],
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
         assert_eq!(pairs["code_challenge_method"], "S256");
         assert_eq!(pairs["redirect_uri"], "https://c.test/callback");
     }

@@ -123,7 +123,10 @@ impl Sessions {
             .collect();
         if theirs.len() >= MAX_SESSIONS_PER_OPERATOR {
             theirs.sort_by_key(|(_, created)| *created);
-            for (key, _) in theirs.iter().take(theirs.len() + 1 - MAX_SESSIONS_PER_OPERATOR) {
+            for (key, _) in theirs
+                .iter()
+                .take(theirs.len() + 1 - MAX_SESSIONS_PER_OPERATOR)
+            {
                 map.remove(key);
             }
         }
@@ -325,7 +328,10 @@ mod tests {
         let id = sessions.create(signed("alice"), 3000, &rng).unwrap();
         sessions.end(&id);
         assert_eq!(sessions.touch(&id, 3001).unwrap_err(), Ended::Unknown);
-        assert_eq!(sessions.touch("not-a-session", 3001).unwrap_err(), Ended::Unknown);
+        assert_eq!(
+            sessions.touch("not-a-session", 3001).unwrap_err(),
+            Ended::Unknown
+        );
     }
 
     #[test]
@@ -333,7 +339,11 @@ mod tests {
         let rng = SystemRandom::new();
         let sessions = Sessions::new(600, 6000);
         let ids: Vec<String> = (0..MAX_SESSIONS_PER_OPERATOR + 2)
-            .map(|i| sessions.create(signed("alice"), 100 + i as i64, &rng).unwrap())
+            .map(|i| {
+                sessions
+                    .create(signed("alice"), 100 + i as i64, &rng)
+                    .unwrap()
+            })
             .collect();
         let bob = sessions.create(signed("bob"), 100, &rng).unwrap();
         assert!(sessions.touch(&ids[0], 200).is_err());
@@ -349,7 +359,10 @@ mod tests {
         let sessions = Sessions::new(600, 6000);
         let id = sessions.create(signed("alice"), 0, &rng).unwrap();
         sessions.flash(&id, "approved".into(), false);
-        assert_eq!(sessions.touch(&id, 1).unwrap().flash, Some(("approved".into(), false)));
+        assert_eq!(
+            sessions.touch(&id, 1).unwrap().flash,
+            Some(("approved".into(), false))
+        );
         assert_eq!(sessions.touch(&id, 2).unwrap().flash, None);
     }
 
@@ -370,7 +383,9 @@ mod tests {
             LoginError::StateMismatch
         );
         assert_eq!(
-            logins.take(Some(&cookie), "st", 1000 + LOGIN_TTL_SECS).unwrap_err(),
+            logins
+                .take(Some(&cookie), "st", 1000 + LOGIN_TTL_SECS)
+                .unwrap_err(),
             LoginError::TooOld
         );
         assert_eq!(logins.take(Some(&cookie), "st", 1001).unwrap(), login);
@@ -378,14 +393,23 @@ mod tests {
             logins.take(Some(&cookie), "st", 1002).unwrap_err(),
             LoginError::Replayed
         );
-        assert_eq!(logins.take(None, "st", 1002).unwrap_err(), LoginError::NoCookie);
+        assert_eq!(
+            logins.take(None, "st", 1002).unwrap_err(),
+            LoginError::NoCookie
+        );
         // A cookie sealed by another console (another key), or altered.
         let other = Logins::new(&rng).unwrap().seal(&login, &rng).unwrap();
-        assert_eq!(logins.take(Some(&other), "st", 1001).unwrap_err(), LoginError::NoCookie);
+        assert_eq!(
+            logins.take(Some(&other), "st", 1001).unwrap_err(),
+            LoginError::NoCookie
+        );
         let mut altered = cookie.into_bytes();
         let last = altered.len() - 3;
         altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
         let altered = String::from_utf8(altered).unwrap();
-        assert_eq!(logins.take(Some(&altered), "st", 1001).unwrap_err(), LoginError::NoCookie);
+        assert_eq!(
+            logins.take(Some(&altered), "st", 1001).unwrap_err(),
+            LoginError::NoCookie
+        );
     }
 }

@@ -200,7 +200,11 @@ pub(crate) fn may_decide(operator: &Operator, view: &ApprovalView) -> Result<(),
     if view.state != "pending" {
         return Err(format!("the request is {}", view.state));
     }
-    if !view.approver_groups.iter().any(|g| operator.groups.contains(g)) {
+    if !view
+        .approver_groups
+        .iter()
+        .any(|g| operator.groups.contains(g))
+    {
         return Err(format!(
             "only members of {} decide it",
             view.approver_groups.join(", ")
@@ -299,8 +303,14 @@ pub(crate) fn approval(
 ) -> Markup {
     let decidable = may_decide(operator, view);
     let may_revoke = matches!(view.state.as_str(), "pending" | "approved")
-        && view.approver_groups.iter().any(|g| operator.groups.contains(g));
-    let (workflow, step) = view.step.split_once('/').unwrap_or(("", view.step.as_str()));
+        && view
+            .approver_groups
+            .iter()
+            .any(|g| operator.groups.contains(g));
+    let (workflow, step) = view
+        .step
+        .split_once('/')
+        .unwrap_or(("", view.step.as_str()));
     page(
         frame,
         html! {

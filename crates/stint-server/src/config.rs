@@ -227,6 +227,11 @@ pub struct Config {
     /// to list and revoke (the console turns it on); off, the mint path
     /// keeps nothing.
     pub live_tokens: bool,
+    /// With the demo policy: the URL of the dev identity provider the
+    /// console signs the demo operators (`alice`, `bob`) in through. The
+    /// demo policy then has them, that issuer (`dev`, audience
+    /// `stint-console`), and a step they approve (`demo/deploy`).
+    pub dev_operators_issuer: Option<String>,
 }
 
 /// The webhook that receives approval events.
@@ -267,6 +272,7 @@ impl Config {
             trusted_proxies: crate::forwarded::TrustedProxies::default(),
             tls_terminated_by_proxy: false,
             live_tokens: false,
+            dev_operators_issuer: None,
         }
     }
 

@@ -39,6 +39,44 @@ max_ttl = "15m"
     )
 }
 
+/// What the demo policy adds when the console runs with the dev identity
+/// provider at `issuer_url`: the demo operators, that issuer, and a step
+/// whose production scope two of them approve.
+pub(crate) fn demo_operators(issuer_url: &str) -> String {
+    format!(
+        r#"
+[workflows.demo.steps.deploy]
+scopes = ["deploy:demo/staging"]
+default_ttl = "5m"
+max_ttl = "15m"
+
+[workflows.demo.steps.deploy.elevation]
+scopes = ["deploy:demo/prod"]
+approver_groups = ["sre"]
+quorum = 2
+max_duration = "30m"
+max_wait = "15m"
+reason_required = true
+
+[operators.alice]
+groups = ["sre"]
+oidc = {{ issuer = "dev", subject = "alice" }}
+
+[operators.bob]
+groups = ["sre"]
+oidc = {{ issuer = "dev", subject = "bob" }}
+
+# The dev identity provider (stintd --dev only): anyone who reaches it
+# signs in as alice or bob.
+[issuers.dev]
+url = "{issuer_url}"
+audiences = ["stint-console"]
+algorithms = ["ES256"]
+max_token_age = "5m"
+"#
+    )
+}
+
 /// The demo client's secret: the one in an existing `dev-client.json`, so
 /// that restarting the dev broker keeps clients working, or a new one.
 pub(crate) fn demo_secret(data_dir: &Path, rng: &dyn SecureRandom) -> io::Result<String> {
@@ -135,6 +173,26 @@ mod tests {
         );
         let (_, write) = policy.resolve_step(workload, "write").unwrap();
         assert_eq!(write.scopes()[0].as_str(), "write:demo/**");
+    }
+
+    #[test]
+    fn the_demo_policy_with_operators_is_valid() {
+        let hash = secret::hash_hex("s");
+        let mut text = demo_policy(&hash, NaiveDate::from_ymd_opt(2027, 11, 23).unwrap());
+        text.push_str(&demo_operators("https://127.0.0.1:8782"));
+        let policy = Policy::parse("demo", &text).unwrap();
+        let alice = policy.operator_for_identity("dev", "alice").unwrap();
+        assert_eq!(alice.name(), "alice");
+        assert!(alice.groups().contains("sre"));
+        assert_eq!(
+            policy.operator_for_identity("dev", "bob").unwrap().name(),
+            "bob"
+        );
+        let workload = policy.authenticate(DEMO_CLIENT_ID, "s").unwrap();
+        let (_, deploy) = policy.resolve_step(workload, "deploy").unwrap();
+        let elevation = deploy.elevation().unwrap();
+        assert_eq!(elevation.scopes()[0].as_str(), "deploy:demo/prod");
+        assert_eq!(elevation.rules().quorum, 2);
     }
 
     #[test]

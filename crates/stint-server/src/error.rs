@@ -35,6 +35,9 @@ pub enum StartError {
         /// What went wrong.
         message: String,
     },
+    /// A front end started beside the broker (the console) could not be.
+    #[error("{0}")]
+    Frontend(String),
     /// The policy is invalid.
     #[error("the policy is invalid:\n{0}")]
     Policy(PolicyErrors),

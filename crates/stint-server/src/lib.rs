@@ -415,7 +415,10 @@ pub async fn start_with_clock(
                 .date_naive()
                 .checked_add_days(Days::new(365))
                 .unwrap_or(now.date_naive());
-            let text = dev::demo_policy(&secret::hash_hex(&secret), review_by);
+            let mut text = dev::demo_policy(&secret::hash_hex(&secret), review_by);
+            if let Some(issuer) = &config.dev_operators_issuer {
+                text.push_str(&dev::demo_operators(issuer));
+            }
             demo_secret = Some(secret);
             Policy::parse("built-in demo policy", &text)
         }
@@ -733,16 +736,23 @@ pub async fn start_with_clock(
 
 /// Run a broker until `SIGTERM` or `SIGINT`, reloading the policy on
 /// `SIGHUP`. `on_ready` runs once the listener is bound (`stintd` prints
-/// its banner there). The signal handlers are in place before the broker
-/// starts, so an early `SIGHUP` cannot kill it.
-pub async fn run(config: Config, on_ready: impl FnOnce(&RunningServer)) -> Result<(), StartError> {
+/// its banner and starts the console there); if it fails, the broker shuts
+/// down and the error is returned. The signal handlers are in place before
+/// the broker starts, so an early `SIGHUP` cannot kill it.
+pub async fn run(
+    config: Config,
+    on_ready: impl FnOnce(&RunningServer) -> Result<(), String>,
+) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let signal_error = |e: std::io::Error| StartError::Signals(e.to_string());
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let server = start(config).await?;
-    on_ready(&server);
+    if let Err(error) = on_ready(&server) {
+        server.shutdown().await;
+        return Err(StartError::Frontend(error));
+    }
     loop {
         tokio::select! {
             _ = hangup.recv() => {

@@ -15,6 +15,7 @@ use stint_server::{Config, Limits, PolicySource, Rate, StartError, StoreConfig, 
 use stint_store::{PostgresStoreSettings, PostgresTls, StorePassword};
 use tracing_subscriber::EnvFilter;
 
+mod console;
 mod core_dumps;
 
 /// Stint: short-lived, step-scoped tokens for automation.
@@ -243,6 +244,9 @@ struct Cli {
 
     #[command(flatten)]
     limits: LimitArgs,
+
+    #[command(flatten)]
+    console: console::ConsoleArgs,
 }
 
 /// What clients may take and for how long (docs/threat-model.md, "Denial
@@ -556,10 +560,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(stint_server::run(config, |server| {
-        // The banner goes to stdout; logs go to stderr.
-        println!("{}", server.banner());
-    }));
+    let result = runtime.block_on(async {
+        let prepared = console::prepare(&cli.console, cli.dev, &mut config)
+            .await
+            .map_err(StartError::Frontend)?;
+        stint_server::run(config, |server| {
+            let console = match prepared {
+                Some(prepared) => Some(prepared.start(server)?),
+                None => None,
+            };
+            // The banner goes to stdout; logs go to stderr.
+            println!("{}", server.banner());
+            if let Some(origin) = console {
+                println!("console:  {origin}/ (operators sign in there)");
+            }
+            Ok(())
+        })
+        .await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ StartError::Config(_)) => {
@@ -633,7 +651,9 @@ fn config_from(cli: &Cli) -> Config {
             },
         ),
         tls_terminated_by_proxy: cli.tls_terminated_by_proxy,
+        // Set by console::prepare when the console runs.
         live_tokens: false,
+        dev_operators_issuer: None,
         key_encryption_key_file: cli.key_encryption_key_file.clone(),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
