@@ -27,9 +27,11 @@ use stint_core::{Clock, ManualClock, secret};
 use stint_proto::{DevClient, JwkSet};
 use stint_server::{Config, PolicySource, RunningServer};
 
+pub mod console;
 pub mod github;
 pub mod ha;
 pub mod idp;
+pub mod oidc;
 pub mod postgres;
 pub mod sse;
 
@@ -116,6 +118,10 @@ pub struct BrokerOptions {
     pub key_publish_lead: Duration,
     /// `--store-fail-closed-after` (10 s, as in production).
     pub store_fail_closed_after: Duration,
+    /// Keep live tokens (as with the console).
+    pub live_tokens: bool,
+    /// The console's origin, for the webhook's links.
+    pub console_url: Option<String>,
 }
 
 impl Default for BrokerOptions {
@@ -133,6 +139,8 @@ impl Default for BrokerOptions {
             feed_max_streams: 2048,
             key_publish_lead: Duration::ZERO,
             store_fail_closed_after: Duration::from_secs(10),
+            live_tokens: false,
+            console_url: None,
         }
     }
 }
@@ -174,6 +182,8 @@ impl TestBroker {
         config.feed_max_streams = options.feed_max_streams;
         config.key_publish_lead = options.key_publish_lead;
         config.store_fail_closed_after = options.store_fail_closed_after;
+        config.live_tokens = options.live_tokens;
+        config.console_url = options.console_url;
         if let Some(path) = &policy_path {
             config.policy = PolicySource::File(path.clone());
         }

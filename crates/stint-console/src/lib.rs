@@ -772,19 +772,24 @@ async fn callback(
         }
     };
     let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p));
-    let (signed, claims) = match console.api.verify_id_token(&id_token, &origin).await {
-        Ok(found) => found,
+    let client_id = console.config.oidc.client_id.clone();
+    let nonce = login.nonce.clone();
+    let signed = match console
+        .api
+        .verify_id_token(&id_token, &origin, |claims| {
+            oidc::check_claims(claims, &client_id, &nonce)
+        })
+        .await
+    {
+        Ok(signed) => signed,
         Err(refused) => {
+            tracing::warn!(%refused, "console: sign-in refused");
             return refuse(
                 StatusCode::FORBIDDEN,
                 &format!("sign-in refused: {}", refused.description),
             );
         }
     };
-    if let Err(why) = oidc::check_claims(&claims, &console.config.oidc.client_id, &login.nonce) {
-        tracing::warn!(operator = %signed.operator, %why, "console: sign-in refused");
-        return refuse(StatusCode::FORBIDDEN, &format!("sign-in refused: {why}"));
-    }
     let operator = signed.operator.clone();
     let Some(id) = console.sessions.create(signed, console.now(), &console.rng) else {
         return refuse(

@@ -77,6 +77,8 @@ pub(crate) struct Approvals {
     requests: Mutex<HashMap<String, Tracked>>,
     interval: u64,
     webhook: Option<Webhook>,
+    /// The console's origin, for the webhook's links to a request's page.
+    console_url: Option<String>,
 }
 
 /// Why an operator's call was refused.
@@ -101,6 +103,7 @@ impl Approvals {
         interval: Duration,
         webhook: Option<Webhook>,
         revocations: &stint_core::revocation::RevocationSet,
+        console_url: Option<String>,
     ) -> Self {
         let interval = interval.as_secs().max(1);
         let requests = loaded
@@ -124,6 +127,7 @@ impl Approvals {
             requests: Mutex::new(requests),
             interval,
             webhook,
+            console_url,
         }
     }
 
@@ -805,7 +809,17 @@ impl Approvals {
                 request.state.name()
             ),
         };
-        let data = serde_json::to_value(view(request, now)).unwrap_or_default();
+        let mut data = serde_json::to_value(view(request, now)).unwrap_or_default();
+        let mut text = text;
+        if let Some(console) = &self.console_url {
+            // The request's page in the console: everything needed to
+            // decide, and the buttons (the id is [A-Za-z0-9_-]).
+            let link = format!("{console}/approvals/{}", request.id);
+            text.push_str(&format!(" or open {link}"));
+            if let Some(object) = data.as_object_mut() {
+                object.insert("console_url".into(), serde_json::Value::String(link));
+            }
+        }
         webhook.send(kind, text, data);
     }
 }

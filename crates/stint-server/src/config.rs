@@ -232,6 +232,9 @@ pub struct Config {
     /// demo policy then has them, that issuer (`dev`, audience
     /// `stint-console`), and a step they approve (`demo/deploy`).
     pub dev_operators_issuer: Option<String>,
+    /// The console's public origin, when one runs: the webhook's events
+    /// link to each request's page there.
+    pub console_url: Option<String>,
 }
 
 /// The webhook that receives approval events.
@@ -273,6 +276,7 @@ impl Config {
             tls_terminated_by_proxy: false,
             live_tokens: false,
             dev_operators_issuer: None,
+            console_url: None,
         }
     }
 

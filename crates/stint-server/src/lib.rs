@@ -593,6 +593,7 @@ pub async fn start_with_clock(
         config.approval_interval,
         webhook,
         &revocations,
+        config.console_url.clone(),
     );
 
     let status_lists = status::StatusLists::start(

@@ -240,13 +240,15 @@ impl OperatorApi {
     /// Check an ID token as the broker checks an operator's (signature
     /// with the issuer's published keys, `alg` from its list, times,
     /// `aud` among its `audiences`) and find the operator bound to it.
-    /// Returns them and the token's claims (for the front end's own checks,
-    /// such as its `nonce`). The outcome is audited as `operator_signed_in`.
+    /// `check` is the front end's own check of the claims (its `nonce`, its
+    /// client in `aud`): its refusal is the sign-in's. The outcome is
+    /// audited as `operator_signed_in`.
     pub async fn verify_id_token(
         &self,
         id_token: &str,
         origin: &Origin,
-    ) -> Result<(SignedIn, Value), Refused> {
+        check: impl FnOnce(&Value) -> Result<(), String>,
+    ) -> Result<SignedIn, Refused> {
         let state = &self.state;
         let now = state.clock.now();
         let context = origin.context();
@@ -275,18 +277,24 @@ impl OperatorApi {
                     )
                     .with_status(http::StatusCode::FORBIDDEN)
                 })?;
-            let signed = SignedIn {
+            check(&claims).map_err(|why| {
+                crate::error::OAuthError::new(
+                    stint_proto::ErrorCode::AccessDenied,
+                    stint_core::decision::DenyReason::NotOperator,
+                    why,
+                )
+                .with_status(http::StatusCode::FORBIDDEN)
+            })?;
+            Ok(SignedIn {
                 operator: found.name().to_owned(),
                 issuer: issuer.name().to_owned(),
                 subject,
                 claim_groups: crate::http::approvals::claim_groups(found, &claims),
-            };
-            Ok((signed, claims))
+            })
         });
-        match verified_outcome(state, entry, found).await {
-            Ok(found) => Ok(found),
-            Err(error) => Err(error.into()),
-        }
+        verified_outcome(state, entry, found)
+            .await
+            .map_err(Refused::from)
     }
 
     /// The operator `signed` is under the policy in force: `None` once the
@@ -488,13 +496,13 @@ impl OperatorApi {
 }
 
 /// Audit a sign-in's outcome; a refusal, or 503 if it cannot be recorded.
-async fn verified_outcome<T>(
+async fn verified_outcome(
     state: &AppState,
     mut entry: AuditEntry,
-    outcome: Result<(SignedIn, T), crate::error::OAuthError>,
-) -> Result<(SignedIn, T), crate::error::OAuthError> {
+    outcome: Result<SignedIn, crate::error::OAuthError>,
+) -> Result<SignedIn, crate::error::OAuthError> {
     match &outcome {
-        Ok((signed, _)) => {
+        Ok(signed) => {
             entry.decision = Decision::Allow;
             entry.operator = Some(signed.operator.clone());
         }

@@ -191,6 +191,7 @@ pub(crate) async fn prepare(
         )
     };
     broker.live_tokens = true;
+    broker.console_url = Some(url.trim_end_matches('/').to_owned());
     let mut config = ConsoleConfig::new(
         url,
         OidcClient {

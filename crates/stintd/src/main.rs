@@ -654,6 +654,7 @@ fn config_from(cli: &Cli) -> Config {
         // Set by console::prepare when the console runs.
         live_tokens: false,
         dev_operators_issuer: None,
+        console_url: None,
         key_encryption_key_file: cli.key_encryption_key_file.clone(),
         webhook: match (&cli.approval_webhook_url, &cli.approval_webhook_secret_file) {
             (Some(url), Some(secret_file)) => Some(stint_server::WebhookTarget {
