@@ -226,19 +226,19 @@ async fn jwks(State(inner): State<Arc<Inner>>) -> Response {
 
 /// The authorization request checked (OpenID Connect Core 3.1.2.1-2):
 /// its parameters, or the page or redirect that refuses it.
-fn check(inner: &Inner, params: &FormParams) -> Result<HashMap<String, String>, Response> {
+fn check(inner: &Inner, params: &FormParams) -> Result<HashMap<String, String>, Box<Response>> {
     let redirect_uri = inner.redirect_uri.lock().unwrap().clone();
     if params.get("client_id") != Some(inner.client_id.as_str()) {
-        return Err(html_page(
+        return Err(Box::new(html_page(
             StatusCode::BAD_REQUEST,
             "<p>unknown client</p>".into(),
-        ));
+        )));
     }
     if params.get("redirect_uri") != Some(redirect_uri.as_str()) {
-        return Err(html_page(
+        return Err(Box::new(html_page(
             StatusCode::BAD_REQUEST,
             "<p>redirect_uri mismatch</p>".into(),
-        ));
+        )));
     }
     let refuse = |code: &str| {
         let mut url = url_with(&redirect_uri);
@@ -246,7 +246,7 @@ fn check(inner: &Inner, params: &FormParams) -> Result<HashMap<String, String>, 
         if let Some(state) = params.get("state") {
             url.query_pairs_mut().append_pair("state", state);
         }
-        see_other(url.as_str())
+        Box::new(see_other(url.as_str()))
     };
     if params.get("response_type") != Some("code") {
         return Err(refuse("unsupported_response_type"));
@@ -286,7 +286,7 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(raw): RawQuery) -> 
     let params = FormParams::parse(raw.unwrap_or_default().as_bytes()).unwrap_or_default();
     let checked = match check(&inner, &params) {
         Ok(checked) => checked,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     inner
         .seen
@@ -321,7 +321,7 @@ async fn authorize_post(State(inner): State<Arc<Inner>>, body: axum::body::Bytes
     let params = FormParams::parse(&body).unwrap_or_default();
     let checked = match check(&inner, &params) {
         Ok(checked) => checked,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(user) = params
         .get("user")
