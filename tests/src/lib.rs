@@ -34,6 +34,7 @@ pub mod idp;
 pub mod oidc;
 pub mod postgres;
 pub mod sse;
+pub mod webdriver;
 
 pub use reqwest;
 pub use serde_json::{Value, json};

@@ -330,7 +330,12 @@ async fn forms_need_the_sessions_csrf_token_and_this_origin() {
             ("origin", h.origin.as_str()),
             ("sec-fetch-site", "same-site"),
         ],
-        vec![("sec-fetch-site", "same-origin")],
+        vec![
+            ("origin", "https://evil.example"),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        vec![("origin", "null")],
+        vec![("origin", "null"), ("sec-fetch-site", "cross-site")],
         vec![],
     ] {
         let page = browser.post_with(&path, &form, &headers).await;
@@ -344,9 +349,16 @@ async fn forms_need_the_sessions_csrf_token_and_this_origin() {
         "nothing counted"
     );
 
-    // Everything right: counted.
-    let page = browser.post(&path, &form).await;
-    assert_eq!(page.status, 303);
+    // Everything right: counted. (From a `no-referrer` page a browser
+    // sends `Origin: null`, and says same-origin in Sec-Fetch-Site.)
+    let page = browser
+        .post_with(
+            &path,
+            &form,
+            &[("origin", "null"), ("sec-fetch-site", "same-origin")],
+        )
+        .await;
+    assert_eq!(page.status, 303, "{}", page.body);
     assert_eq!(page.location().unwrap(), format!("/approvals/{id}"));
     let page = browser.get(&format!("/approvals/{id}")).await;
     assert!(

@@ -14,7 +14,9 @@
 //! all), `frame-ancestors 'none'`, `Referrer-Policy: no-referrer`,
 //! `nosniff` and `Cache-Control: no-store`. Every form carries the
 //! session's CSRF token, and every POST must come from the console's own
-//! origin (`Origin`, and `Sec-Fetch-Site` when the browser sends it).
+//! origin: `Sec-Fetch-Site`, when the browser sends it, is `same-origin`,
+//! and `Origin` is the console's (or `null`, which browsers send from a
+//! `no-referrer` page, with `Sec-Fetch-Site: same-origin`).
 //! Cross-site subresource requests are refused (fetch metadata).
 
 mod audit_tail;
@@ -425,8 +427,15 @@ fn check_request(
     }
     match header_str(headers, header::ORIGIN) {
         Some(origin) if origin == console.origin => None,
+        // A page served with `Referrer-Policy: no-referrer` (every page
+        // here) makes the browser send `Origin: null` with its forms
+        // (Fetch, "append a request Origin header"); the browser's own
+        // Sec-Fetch-Site then says where the form came from.
+        Some("null") | None if site == Some("same-origin") => None,
         Some(_) => Some("cross-origin request refused: the form did not come from this console"),
-        None => Some("request refused: a browser sends Origin with every form; this had none"),
+        None => Some(
+            "request refused: a browser says where a form comes from (Origin, Sec-Fetch-Site); this said neither",
+        ),
     }
 }
 

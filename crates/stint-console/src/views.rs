@@ -315,6 +315,12 @@ pub(crate) fn approval(
         frame,
         html! {
             h1 { "Approval request " code { (view.id) } }
+            p.ask {
+                strong { (view.workload) } " (job " code { (view.job) } ", step " code { (view.step) } ") asks for "
+                @for s in &view.scopes { strong { code { (s) } } " " }
+                "on " code { (view.audience) } " for " (duration(view.duration_asked))
+                @match &view.reason { Some(r) => { ", because " q { (r) } "." }, None => { ", giving no reason." } }
+            }
             p.summary { (state_word(&view.state)) " · "
                 (view.approvals.len()) " of " (view.approvals_required) " approvals"
                 @if view.state == "pending" { " · expires " (until(view.expires_at, now)) }
@@ -336,7 +342,7 @@ pub(crate) fn approval(
                 }
                 dt { "Duration asked" } dd { (duration(view.duration_asked)) " (at most " (duration(view.max_duration)) ")" }
                 dt { "Requested" } dd { (until(view.requested_at, now)) }
-                dt { "Decided by" } dd { "a member of " (view.approver_groups.join(", ")) "; " (view.approvals_required) " distinct approvals" }
+                dt { "Who decides" } dd { "members of " (view.approver_groups.join(", ")) "; " (view.approvals_required) " distinct approvals" }
             }
             h2 { "Scopes" }
             div.scroll { table {
