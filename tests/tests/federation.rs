@@ -646,3 +646,70 @@ fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[tokio::test]
+async fn an_elevation_asked_from_gitlab_ci_links_to_its_pipeline() {
+    let idp = TestIdp::start().await;
+    let policy = format!(
+        r#"{}
+[workflows.demo.steps.deploy]
+scopes = ["deploy:demo/staging"]
+
+[workflows.demo.steps.deploy.elevation]
+scopes = ["deploy:demo/prod"]
+approver_groups = ["sre"]
+quorum = 1
+max_duration = "30m"
+max_wait = "10m"
+
+[operators.alice]
+groups = ["sre"]
+key_sha256 = "{}"
+"#,
+        federated_policy(&idp),
+        stint_core::secret::hash_hex("stint_operator_alice")
+    );
+    let broker = TestBroker::start_with(BrokerOptions {
+        policy: Some(policy),
+        federation_ca: Some(idp.ca_file.clone()),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let claims = idp.gitlab_claims("acme/api", "main", AUDIENCE);
+    let subject_token = idp.rs256_token(&claims);
+    let response = broker
+        .http
+        .post(broker.url(TOKEN_PATH))
+        .form(&[
+            ("grant_type", GRANT_TOKEN_EXCHANGE),
+            ("subject_token", subject_token.as_str()),
+            ("subject_token_type", TOKEN_TYPE_ID_TOKEN),
+            ("step", "deploy"),
+            ("scope", "deploy:demo/staging deploy:demo/prod"),
+            ("audience", "demo-api"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "authorization_pending", "{body}");
+    assert_eq!(
+        body["approval"]["run_url"],
+        format!("{}/acme/api/-/pipelines/1234567", idp.gitlab_issuer()),
+        "{body}"
+    );
+    // Kept with the request: the API's view (what the console shows) has it.
+    let id = body["approval_id"].as_str().unwrap();
+    let view: Value = broker
+        .http
+        .get(broker.url(&format!("/v1/approvals/{id}")))
+        .bearer_auth("stint_operator_alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["approval"]["run_url"], view["run_url"]);
+}

@@ -335,7 +335,8 @@ pub(crate) fn approval(
                 dt { "Connector" } dd { code { (view.client_id) } }
                 dt { "Workflow" } dd { code { (workflow) } }
                 dt { "Step" } dd { code { (step) } }
-                dt { "Job" } dd { code { (view.job) } }
+                dt { "Job" } dd { code { (view.job) }
+                    @if let Some(run) = &view.run_url { " · " a href=(run) rel="noreferrer noopener" { "its CI run" } } }
                 dt { "Audience" } dd { code { (view.audience) } }
                 dt { "Reason" } dd {
                     @match &view.reason { Some(r) => { q { (r) } }, None => { "none given" } }
@@ -707,3 +708,99 @@ pub(crate) fn policy(frame: &Frame<'_>, sha256: Option<&str>, workflows: &[Workf
 
 /// The stylesheet, served as `/static/console.css`.
 pub(crate) const STYLESHEET: &str = include_str!("../assets/console.css");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn view() -> ApprovalView {
+        ApprovalView {
+            id: "apr-1".into(),
+            state: "pending".into(),
+            workload: "ci".into(),
+            client_id: "ci".into(),
+            job: "j1".into(),
+            step: "deploy/prod".into(),
+            audience: "k8s".into(),
+            scopes: vec!["deploy:k8s/prod/web".into()],
+            reason: Some("<b>now</b>".into()),
+            run_url: Some("https://gitlab.example.com/a/b/-/pipelines/1\"onclick=\"x".into()),
+            duration_asked: 900,
+            max_duration: 1800,
+            requested_at: 1000,
+            expires_at: 1900,
+            approver_groups: vec!["sre".into()],
+            approvals_required: 2,
+            approvals: Vec::new(),
+            approved_until: None,
+            decided_by: None,
+            comment: None,
+        }
+    }
+
+    fn operator(name: &str, owns: &[&str]) -> Operator {
+        Operator {
+            name: name.into(),
+            groups: BTreeSet::from(["sre".to_owned()]),
+            owns: owns.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_request_page_escapes_and_links_the_run() {
+        let frame = Frame {
+            title: "t",
+            nav: Nav::Approvals,
+            signed_in: Some(("alice", "csrf-token")),
+            flash: None,
+        };
+        let context = ApprovalContext {
+            owners: vec!["carol".into()],
+            standing: vec!["deploy:k8s/staging/*".into()],
+            elevation: vec!["deploy:k8s/prod/*".into()],
+        };
+        let html = approval(
+            &frame,
+            &operator("alice", &[]),
+            &view(),
+            &context,
+            "csrf-token",
+            1000,
+        )
+        .into_string();
+        assert!(
+            html.contains(
+                r#"href="https://gitlab.example.com/a/b/-/pipelines/1&quot;onclick=&quot;x""#
+            ),
+            "{html}"
+        );
+        assert!(html.contains(r#"rel="noreferrer noopener""#));
+        assert!(html.contains("&lt;b&gt;now&lt;/b&gt;"));
+        assert!(!html.contains("<b>now"));
+        assert!(html.contains(r#"name="csrf" value="csrf-token""#));
+        assert!(html.contains("/approvals/apr-1/approve"));
+        // An owner sees why, and no approve form.
+        let html = approval(
+            &frame,
+            &operator("carol", &["ci"]),
+            &view(),
+            &context,
+            "c",
+            1000,
+        )
+        .into_string();
+        assert!(html.contains("you own workload ci"));
+        assert!(!html.contains("/approvals/apr-1/approve"));
+    }
+
+    #[test]
+    fn durations_read_and_round_trip() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(90), "1m 30s");
+        assert_eq!(duration(7200), "2h");
+        assert_eq!(duration_param(900), "15m");
+        assert_eq!(duration_param(3600), "1h");
+        assert_eq!(duration_param(61), "61s");
+    }
+}

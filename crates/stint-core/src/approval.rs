@@ -152,6 +152,10 @@ pub struct ApprovalRequest {
     pub elevation: Elevation,
     /// Approvals so far, one per operator.
     pub approvals: Vec<Approval>,
+    /// The page of the CI run that asked, when its platform's ID token
+    /// says which ([`crate::federation::TrustedIssuer::run_url`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_url: Option<String>,
     /// Where it stands.
     #[serde(flatten)]
     pub state: State,
@@ -260,6 +264,7 @@ impl ApprovalRequest {
             expires_at: now.saturating_add(elevation.max_wait),
             elevation,
             approvals: Vec::new(),
+            run_url: None,
             state: State::Pending,
         })
     }

@@ -263,6 +263,55 @@ impl TrustedIssuer {
         self.preset
     }
 
+    /// The page of the CI run these claims come from, for the people who
+    /// approve its requests: for GitHub Actions
+    /// `https://github.com/OWNER/REPO/actions/runs/RUN_ID/attempts/ATTEMPT`
+    /// (GitHub Enterprise Server: its host, from an issuer
+    /// `https://HOST/_services/token`), for GitLab CI
+    /// `ISSUER/PROJECT_PATH/-/pipelines/PIPELINE_ID`. `None` for other
+    /// issuers, or when a claim is missing or not what the platform puts
+    /// there (each part is checked before it goes into the URL).
+    pub fn run_url(&self, claims: &Value) -> Option<String> {
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        let digits = |value: &str| {
+            (1..=20).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit())
+        };
+        let path_part = |value: &str| {
+            !value.is_empty()
+                && value.len() <= 100
+                && value != "."
+                && value != ".."
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        match self.preset? {
+            Preset::GithubActions => {
+                let base = if self.url == "https://token.actions.githubusercontent.com" {
+                    "https://github.com".to_owned()
+                } else {
+                    self.url.strip_suffix("/_services/token")?.to_owned()
+                };
+                let (owner, repo) = text("repository")?.split_once('/')?;
+                let run = text("run_id").filter(|r| digits(r))?;
+                let attempt = text("run_attempt").filter(|a| digits(a))?;
+                (path_part(owner) && path_part(repo))
+                    .then(|| format!("{base}/{owner}/{repo}/actions/runs/{run}/attempts/{attempt}"))
+            }
+            Preset::GitlabCi => {
+                let project = text("project_path")?;
+                let pipeline = text("pipeline_id").filter(|p| digits(p))?;
+                (project.len() <= 255 && project.split('/').all(path_part)).then(|| {
+                    format!(
+                        "{}/{project}/-/pipelines/{pipeline}",
+                        self.url.trim_end_matches('/')
+                    )
+                })
+            }
+            Preset::Kubernetes => None,
+        }
+    }
+
     /// The job id these claims determine: the job claims' values joined
     /// with `-`, or `None` if the issuer has no job claims. A job claim
     /// that is missing is an error, naming it.
@@ -451,6 +500,63 @@ mod tests {
         };
         assert_eq!(times.check(i64::MIN, Duration::MAX, u32::MAX), Ok(()));
         assert!(times.check(i64::MAX, Duration::ZERO, 0).is_err());
+    }
+
+    #[test]
+    fn run_urls_are_built_from_checked_claims() {
+        let issuer = |preset: Preset, url: &str| TrustedIssuer {
+            name: "x".into(),
+            url: url.into(),
+            audiences: vec!["a".into()],
+            algorithms: preset.algorithms(),
+            max_token_age: DEFAULT_MAX_TOKEN_AGE,
+            job_claims: preset.job_claims(),
+            preset: Some(preset),
+        };
+        let github = issuer(
+            Preset::GithubActions,
+            "https://token.actions.githubusercontent.com",
+        );
+        let claims = json!({"repository": "acme/web", "run_id": "9876543210", "run_attempt": "2"});
+        assert_eq!(
+            github.run_url(&claims).as_deref(),
+            Some("https://github.com/acme/web/actions/runs/9876543210/attempts/2")
+        );
+        let enterprise = issuer(
+            Preset::GithubActions,
+            "https://ghe.example.com/_services/token",
+        );
+        assert_eq!(
+            enterprise.run_url(&claims).as_deref(),
+            Some("https://ghe.example.com/acme/web/actions/runs/9876543210/attempts/2")
+        );
+        // Not a GitHub issuer URL it knows: no guess.
+        let other = issuer(Preset::GithubActions, "https://127.0.0.1:8443");
+        assert_eq!(other.run_url(&claims), None);
+        for bad in [
+            json!({"repository": "acme/../x", "run_id": "1", "run_attempt": "1"}),
+            json!({"repository": "acme/web\"><script>", "run_id": "1", "run_attempt": "1"}),
+            json!({"repository": "acme/web", "run_id": "1x", "run_attempt": "1"}),
+            json!({"repository": "acme/web", "run_id": "1"}),
+            json!({"repository": "acme", "run_id": "1", "run_attempt": "1"}),
+        ] {
+            assert_eq!(github.run_url(&bad), None, "{bad}");
+        }
+        let gitlab = issuer(Preset::GitlabCi, "https://gitlab.example.com");
+        assert_eq!(
+            gitlab
+                .run_url(&json!({"project_path": "group/sub/app", "pipeline_id": "1234567"}))
+                .as_deref(),
+            Some("https://gitlab.example.com/group/sub/app/-/pipelines/1234567")
+        );
+        assert_eq!(
+            gitlab.run_url(&json!({"project_path": "group/../../x", "pipeline_id": "1"})),
+            None
+        );
+        assert_eq!(
+            issuer(Preset::Kubernetes, "https://k8s").run_url(&kubernetes_claims()),
+            None
+        );
     }
 
     #[test]

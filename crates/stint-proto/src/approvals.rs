@@ -29,6 +29,10 @@ pub struct ApprovalView {
     /// Why, in the requester's words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The page of the CI run that asked, when its platform's ID token
+    /// names it (GitHub Actions, GitLab CI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_url: Option<String>,
     /// The duration asked (already capped at the elevation's maximum).
     pub duration_asked: i64,
     /// The longest an approver may grant.

@@ -193,6 +193,7 @@ impl Approvals {
         needed: ElevationNeeded,
         form: &FormParams,
         context: &RequestContext,
+        run_url: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Grant, OAuthError> {
         let requester = needed.requester();
@@ -237,7 +238,7 @@ impl Approvals {
         };
         let Some(id) = found else {
             let tracked = self
-                .create(state, &mut requests, &needed, form, context, now)
+                .create(state, &mut requests, &needed, form, (context, run_url), now)
                 .await?;
             return Err(pending(tracked, now, "approval requested"));
         };
@@ -304,7 +305,7 @@ impl Approvals {
         requests: &'m mut HashMap<String, Tracked>,
         needed: &ElevationNeeded,
         form: &FormParams,
-        context: &RequestContext,
+        (context, run_url): (&RequestContext, Option<String>),
         now: DateTime<Utc>,
     ) -> Result<&'m mut Tracked, OAuthError> {
         let requester = needed.requester();
@@ -337,7 +338,7 @@ impl Approvals {
         }
         let duration = form.get("duration").map(duration_param).transpose()?;
         let id = new_id(state)?;
-        let request = ApprovalRequest::new(
+        let mut request = ApprovalRequest::new(
             id.clone(),
             requester,
             needed.elevated_scopes().to_vec(),
@@ -347,6 +348,7 @@ impl Approvals {
             now.timestamp(),
         )
         .map_err(|e| OAuthError::invalid_request(DenyReason::MalformedRequest, e.to_string()))?;
+        request.run_url = run_url;
 
         // Audited, then stored, then in force.
         let mut entry = self.entry(
@@ -911,6 +913,7 @@ pub(crate) fn view(request: &ApprovalRequest, now: DateTime<Utc>) -> ApprovalVie
             .map(|s| s.as_str().to_owned())
             .collect(),
         reason: request.reason.clone(),
+        run_url: request.run_url.clone(),
         duration_asked: request.duration_asked,
         max_duration: request.elevation.max_duration,
         requested_at: request.requested_at,

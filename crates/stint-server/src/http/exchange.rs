@@ -29,6 +29,8 @@ pub(crate) struct Identity<'p> {
     pub(crate) workload: &'p Workload,
     /// The job id the token's claims name, if the issuer has job claims.
     pub(crate) job: Option<String>,
+    /// The CI run's page, if the platform's claims name it.
+    pub(crate) run_url: Option<String>,
 }
 
 fn invalid_grant(reason: DenyReason, description: impl Into<String>) -> OAuthError {
@@ -116,7 +118,11 @@ pub(crate) async fn identify<'p>(
         }
     };
     let job = issuer.job_from_claims(&claims).map_err(invalid_token)?;
-    Ok(Identity { workload, job })
+    Ok(Identity {
+        workload,
+        job,
+        run_url: issuer.run_url(&claims),
+    })
 }
 
 /// Authenticate a federated workload that presents its platform ID token as

@@ -211,6 +211,7 @@ async fn mint(
     };
     let form = read_form(headers, body, state.body_timeout).await?;
     let mut bound_to = None;
+    let mut run_url = None;
     let (workload, identity_job, exchange) = match form.get("grant_type") {
         Some(GRANT_CLIENT_CREDENTIALS) => match header_workload {
             Some(workload) => {
@@ -262,6 +263,7 @@ async fn mint(
             let identity = exchange::authenticate(state, &policy, &form, entry).await?;
             entry.client_id = Some(identity.workload.client_id().to_owned());
             check_client_rate(state, identity.workload)?;
+            run_url = identity.run_url;
             (identity.workload, identity.job, true)
         }
         Some(_) => {
@@ -335,7 +337,7 @@ async fn mint(
                 .map(str::to_owned);
             let grant = state
                 .approvals
-                .elevate(state, needed, &form, request_context, now)
+                .elevate(state, needed, &form, request_context, run_url, now)
                 .await?;
             entry.approval_id = grant.approval().map(str::to_owned);
             grant
