@@ -20,7 +20,8 @@ pub const ELEVATED: &str = "deploy:demo/prod/web";
 /// The demo policy plus a deploy step whose production scopes need two
 /// approvals from `sre`, and operators bound to the provider's users:
 /// alice and bob in `sre`, carol in `sre` but owning `demo-job`, dave in
-/// `finance`.
+/// `finance`, erin in `readers` and whatever groups her ID token names
+/// (the provider's say `sre`).
 pub fn console_policy(issuer: &str) -> String {
     let op = |name: &str, groups: &str, owns: &str| {
         format!(
@@ -45,6 +46,10 @@ reason_required = true
 {bob}
 {carol}
 {dave}
+[operators.erin]
+groups = ["readers"]
+oidc = {{ issuer = "corp", subject = "{erin}", groups_claim = "groups" }}
+
 [issuers.corp]
 url = "{issuer}"
 audiences = ["{CLIENT_ID}"]
@@ -54,6 +59,7 @@ algorithms = ["ES256"]
         bob = op("bob", "\"sre\"", ""),
         carol = op("carol", "\"sre\"", "\"demo-job\""),
         dave = op("dave", "\"finance\"", ""),
+        erin = OidcProvider::subject("erin"),
     ))
 }
 
@@ -103,7 +109,7 @@ impl ConsoleHarness {
         let idp = OidcProvider::start(
             CLIENT_ID,
             options.client_secret,
-            &["alice", "bob", "carol", "dave", "mallory"],
+            &["alice", "bob", "carol", "dave", "erin", "mallory"],
         )
         .await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

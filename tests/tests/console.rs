@@ -389,23 +389,33 @@ async fn cross_site_subresource_requests_are_refused_but_links_work() {
         assert!(page.body.contains("cross-site request refused"));
     }
     // A link followed from elsewhere arrives without the Strict session
-    // cookie (the browser keeps it back): the page reloads itself from
-    // this origin, and then the cookie goes with it.
+    // cookie (the browser keeps it back): a page of this origin goes on,
+    // which carries the cookie. To a page with decisions on it only by a
+    // click (another site must not have it one click away); to a list, by
+    // itself.
     let session = browser.cookie(SESSION_COOKIE).unwrap();
     browser.set_cookie(SESSION_COOKIE, None);
-    let page = browser
-        .get_with(
-            "/approvals/apr-x",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("sec-fetch-mode", "navigate"),
-            ],
-        )
-        .await;
+    let cross = [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-mode", "navigate"),
+    ];
+    let page = browser.get_with("/approvals/apr-x", &cross).await;
     assert_eq!(page.status, 200);
     assert!(
         page.body
-            .contains(r#"<meta http-equiv="refresh" content="0;url=/approvals/apr-x">"#),
+            .contains(r#"<a class="button" id="continue" href="/approvals/apr-x">"#),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("http-equiv=\"refresh\""),
+        "{}",
+        page.body
+    );
+    let page = browser.get_with("/approvals", &cross).await;
+    assert!(
+        page.body
+            .contains(r#"<meta http-equiv="refresh" content="0;url=/approvals">"#),
         "{}",
         page.body
     );
@@ -528,17 +538,20 @@ async fn the_brokers_rules_hold_through_the_console() {
     );
 
     let refused = records(&h, "approval_refused");
-    assert_eq!(refused.len(), 3, "{refused:?}");
+    // carol, dave, alice's denial without a comment (the broker's rule,
+    // refused and audited by it), alice's second approval.
+    assert_eq!(refused.len(), 4, "{refused:?}");
     assert_eq!(refused[0]["operator"], "carol");
-    assert!(
-        refused
-            .iter()
-            .all(|r| r["via"] == "console" && r["approval_id"] == id.as_str())
-    );
+    assert_eq!(refused[2]["detail"], "a denial needs a comment");
+    assert!(refused.iter().all(|r| r["via"] == "console"
+        && r["approval_id"] == id.as_str()
+        && r["federated_iss"] == h.idp.issuer.as_str()
+        && r["federated_sub"] == OidcProvider::subject(r["operator"].as_str().unwrap())));
     let granted = records(&h, "approval_granted");
     assert_eq!(granted.len(), 1);
     assert_eq!(granted[0]["operator"], "alice");
     assert_eq!(granted[0]["via"], "console");
+    assert_eq!(granted[0]["federated_sub"], OidcProvider::subject("alice"));
 
     // Past its wait (10 minutes): refused, by the broker's clock.
     let bob = signed_in(&h, "bob").await;
@@ -790,10 +803,31 @@ async fn the_audit_page_verifies_the_chain_and_filters() {
 async fn the_policy_page_shows_review_dates() {
     let h = ConsoleHarness::start().await;
     let browser = signed_in(&h, "alice").await;
+    h.broker
+        .mint("read", "read:demo/docs", &[("job", "job-lp")])
+        .await;
     let page = browser.get("/policy").await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("2099-01-01"), "{}", page.body);
     assert!(page.body.contains("deploy:demo/prod/*"));
+    // The least-privilege report, from the verified log: the read step's
+    // pattern matched the one scope minted.
+    assert!(page.body.contains("Least privilege"));
+    assert!(page.body.contains("(every link checked)"), "{}", page.body);
+    let row = page
+        .body
+        .split("<tr>")
+        .find(|row| {
+            row.contains("<code>demo/read</code>") && row.contains("<code>read:demo/**</code>")
+        })
+        .unwrap_or_else(|| panic!("no row for demo/read: {}", page.body));
+    assert!(row.contains("<code>read:demo/docs</code>"), "{row}");
+    assert!(
+        ["USED", "NARROW", "INSUFFICIENT"]
+            .iter()
+            .any(|s| row.contains(&format!("<strong>{s}</strong>"))),
+        "{row}"
+    );
 }
 
 #[tokio::test]
@@ -850,4 +884,108 @@ async fn the_webhook_links_to_the_request_page() {
     let page = browser.get(&link).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains(">Approve</button>"), "{}", page.body);
+}
+
+#[tokio::test]
+async fn the_api_records_an_id_token_operators_identity() {
+    // The same domain code serves the API: an operator with an ID token
+    // is recorded with it there too, on decisions and refusals.
+    let h = ConsoleHarness::start().await;
+    let api = |path: &str| h.broker.url(path);
+    let http = &h.broker.http;
+    let stop = http
+        .post(api("/v1/workloads/other-job/stop"))
+        .bearer_auth(h.idp.id_token("alice"))
+        .json(&json!({"comment": "drill"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), 200);
+    let id = h.request_elevation("job-api", "hotfix").await;
+    let refused = http
+        .post(api(&format!("/v1/approvals/{id}/approve")))
+        .bearer_auth(h.idp.id_token("carol"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let unknown = http
+        .post(api("/v1/workloads/no-such/stop"))
+        .bearer_auth(h.idp.id_token("alice"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404, "no such workload, before its body");
+
+    let stopped = records(&h, "workload_stopped");
+    assert_eq!(stopped[0]["operator"], "alice");
+    assert_eq!(stopped[0]["federated_iss"], h.idp.issuer.as_str());
+    assert_eq!(stopped[0]["federated_sub"], OidcProvider::subject("alice"));
+    assert!(stopped[0]["via"].is_null(), "the API is not the console");
+    let refused = records(&h, "approval_refused");
+    assert_eq!(refused[0]["operator"], "carol");
+    assert_eq!(refused[0]["federated_sub"], OidcProvider::subject("carol"));
+}
+
+#[tokio::test]
+async fn groups_from_the_id_token_last_as_long_as_it() {
+    let h = ConsoleHarness::start().await;
+    let id = h.request_elevation("job-erin", "hotfix").await;
+    let erin = signed_in(&h, "erin").await;
+    // In sre by her ID token's groups claim.
+    let page = erin.get(&format!("/approvals/{id}")).await;
+    assert!(page.body.contains(">Approve</button>"), "{}", page.body);
+    // Past the ID token's exp (300 s): the policy's groups only, until she
+    // signs in again.
+    h.broker.clock.advance(TimeDelta::seconds(301));
+    let page = erin.get(&format!("/approvals/{id}")).await;
+    assert_eq!(page.status, 200, "still signed in");
+    assert!(!page.body.contains(">Approve</button>"), "{}", page.body);
+    assert!(
+        page.body.contains("only members of sre decide it"),
+        "{}",
+        page.body
+    );
+    let page = decide(&erin, &id, "approve", vec![]).await;
+    assert!(page.body.contains("Refused: </strong>"), "{}", page.body);
+    assert!(
+        page.body.contains("not in an approver group"),
+        "{}",
+        page.body
+    );
+}
+
+#[tokio::test]
+async fn one_source_holds_a_bounded_share_of_the_consoles_connections() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let h = ConsoleHarness::start().await;
+    let addr = h.origin.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..stint_console::MAX_CONNECTIONS_PER_SOURCE {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // One more from the same address: closed without an answer.
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("closed at once, not left hanging");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Once they are gone, the console serves again.
+    drop(held);
+    let page = stint_tests::eventually(
+        std::time::Duration::from_secs(5),
+        "the console serves again",
+        || async {
+            let page = h.browser().get("/login").await;
+            (page.status == 200).then_some(page)
+        },
+    )
+    .await;
+    assert!(page.body.contains("Sign in"));
 }

@@ -25,6 +25,10 @@ async fn sign_in(driver: &Driver, user: &str) {
     // The identity provider's page.
     let button = driver.find(&format!("#as-{user}")).await;
     driver.click(&button).await;
+    // Signed in; a request's page (it has decisions on it) is one click
+    // further, never reached by itself from another site's navigation.
+    let go_on = driver.find("#continue").await;
+    driver.click(&go_on).await;
 }
 
 #[tokio::test]

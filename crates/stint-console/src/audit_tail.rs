@@ -21,7 +21,9 @@ use stint_server::operators::{AuditLocation, OperatorApi};
 /// Records kept for the Audit page.
 pub(crate) const KEPT: usize = 5_000;
 /// The most bytes read in one refresh (the rest on the next).
-const MAX_READ: usize = 256 * 1024 * 1024;
+const MAX_READ: usize = 64 * 1024 * 1024;
+/// The most bytes read with the lock held.
+const CHUNK: usize = 4 * 1024 * 1024;
 /// The most store records read in one refresh.
 const MAX_STORE_READ: usize = 100_000;
 
@@ -39,9 +41,12 @@ pub(crate) struct Status {
     pub(crate) records: u64,
     /// The hash of the last record read.
     pub(crate) head: String,
-    /// The chain is broken (or unreadable) here: nothing after it is
-    /// trusted.
+    /// The chain is broken here: nothing after it is trusted.
     pub(crate) error: Option<String>,
+    /// The last read failed; tried again on the next page.
+    pub(crate) transient: Option<String>,
+    /// Something the reader noticed and recovered from.
+    pub(crate) notice: Option<String>,
     /// The first file continues a rotated one not read here.
     pub(crate) continues: Option<String>,
     /// Checkpoints whose signature verified with a published key.
@@ -64,7 +69,14 @@ struct Tail {
     /// The store position next read.
     position: u64,
     recent: VecDeque<Record>,
-    error: Option<String>,
+    /// The chain does not verify: nothing after is read or trusted.
+    broken: Option<String>,
+    /// The last read failed (tried again on the next).
+    transient: Option<String>,
+    /// What the reader noticed (a file cut back and read again).
+    notice: Option<String>,
+    /// The path names a new file: the old one is read to its end first.
+    draining: bool,
 }
 
 /// The followed log.
@@ -94,6 +106,23 @@ fn parse(line: &[u8]) -> Option<Record> {
     })
 }
 
+fn keep(recent: &mut VecDeque<Record>, line: &[u8]) {
+    if let Some(record) = parse(line) {
+        if recent.len() >= KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+    }
+}
+
+/// What one step of a file refresh found.
+enum Step {
+    /// More to read now.
+    More,
+    /// Caught up (or stopped): until the next refresh.
+    Done,
+}
+
 impl AuditTail {
     pub(crate) fn new(location: AuditLocation) -> Self {
         Self {
@@ -105,7 +134,10 @@ impl AuditTail {
                 line: 0,
                 position: 0,
                 recent: VecDeque::new(),
-                error: None,
+                broken: None,
+                transient: None,
+                notice: None,
+                draining: false,
             }),
         }
     }
@@ -121,100 +153,136 @@ impl AuditTail {
                 let path = path.clone();
                 let keys = api.audit_keys();
                 let this = std::sync::Arc::clone(self);
-                let _ = tokio::task::spawn_blocking(move || this.refresh_file(&path, keys)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    // A chunk at a time, the lock given up between chunks:
+                    // pages reading the tail wait for one chunk at most.
+                    let mut budget = MAX_READ;
+                    while budget > 0 {
+                        match this.refresh_chunk(&path, &keys, &mut budget) {
+                            Step::More => {}
+                            Step::Done => break,
+                        }
+                    }
+                })
+                .await;
             }
             AuditLocation::Store { .. } => self.refresh_store(api).await,
         }
     }
 
-    fn refresh_file(&self, path: &PathBuf, keys: stint_core::jose::KeySet) {
+    fn refresh_chunk(
+        &self,
+        path: &PathBuf,
+        keys: &stint_core::jose::KeySet,
+        budget: &mut usize,
+    ) -> Step {
         let mut tail = self.lock();
-        if tail.error.is_some() {
-            return;
-        }
         let tail = &mut *tail;
-        let verifier = tail.verifier.get_or_insert_with(|| Verifier::new(keys));
-        let mut budget = MAX_READ;
-        loop {
-            if tail.file.is_none() {
-                let opened = File::open(path).and_then(|f| {
-                    let m = f.metadata()?;
-                    Ok((f, (m.dev(), m.ino())))
-                });
-                match opened {
-                    Ok(opened) => {
-                        tail.file = Some(opened);
-                        tail.offset = 0;
-                        tail.line = 0;
-                        verifier.begin_file();
-                    }
-                    Err(e) => {
-                        tail.error = Some(format!("cannot open {}: {e}", path.display()));
-                        return;
-                    }
+        if tail.broken.is_some() {
+            return Step::Done;
+        }
+        if tail.file.is_none() {
+            let opened = File::open(path).and_then(|f| {
+                let m = f.metadata()?;
+                Ok((f, (m.dev(), m.ino())))
+            });
+            match opened {
+                Ok(opened) => {
+                    tail.file = Some(opened);
+                    tail.offset = 0;
+                    tail.line = 0;
+                    tail.verifier
+                        .get_or_insert_with(|| Verifier::new(keys.clone()))
+                        .begin_file();
                 }
-            }
-            let Some((file, identity)) = tail.file.as_mut() else {
-                return;
-            };
-            // A file shorter than what was read of it was cut or replaced.
-            match file.metadata() {
-                Ok(m) if m.len() < tail.offset => {
-                    tail.error = Some(format!(
-                        "{} is shorter than the {} bytes already read: it was cut or replaced",
-                        path.display(),
-                        tail.offset
-                    ));
-                    return;
-                }
-                Ok(_) => {}
                 Err(e) => {
-                    tail.error = Some(format!("cannot read {}: {e}", path.display()));
-                    return;
+                    tail.transient = Some(format!("cannot open {}: {e}", path.display()));
+                    return Step::Done;
                 }
             }
-            // What is there now, from where the last read stopped.
-            let mut bytes = Vec::new();
-            let read = file
-                .seek(SeekFrom::Start(tail.offset))
-                .and_then(|_| file.take(budget as u64).read_to_end(&mut bytes));
-            if let Err(e) = read {
-                tail.error = Some(format!("cannot read {}: {e}", path.display()));
-                return;
+        }
+        let Some((file, identity)) = tail.file.as_mut() else {
+            return Step::Done;
+        };
+        let identity = *identity;
+        let len = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                tail.transient = Some(format!("cannot read {}: {e}", path.display()));
+                return Step::Done;
             }
-            budget = budget.saturating_sub(bytes.len());
-            let complete = bytes
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map_or(0, |at| at + 1);
-            for line in bytes[..complete].split(|b| *b == b'\n') {
-                if line.is_empty() {
-                    continue;
-                }
-                tail.line += 1;
-                if let Err(error) = verifier.line(line, tail.line) {
-                    tail.error = Some(describe(&error));
-                    return;
-                }
-                if let Some(record) = parse(line) {
-                    if tail.recent.len() >= KEPT {
-                        tail.recent.pop_front();
-                    }
-                    tail.recent.push_back(record);
-                }
+        };
+        if len < tail.offset {
+            // Cut back: the broker cuts a write that failed back to the
+            // last durable record. Read the file again from its start: a
+            // cut that removed records in the middle breaks the chain.
+            tail.notice = Some(format!(
+                "{} was cut back to {len} bytes after {} had been read (a failed write is cut back); read again from its start",
+                path.display(),
+                tail.offset
+            ));
+            tail.verifier = Some(Verifier::new(keys.clone()));
+            if let Some(v) = tail.verifier.as_mut() {
+                v.begin_file();
             }
-            tail.offset += complete as u64;
-            // Rotated? The path names another file once the old one is
-            // renamed: read on there (its rest was just read).
-            let rotated = std::fs::metadata(path)
-                .map(|m| (m.dev(), m.ino()) != *identity)
-                .unwrap_or(false);
-            if rotated && budget > 0 {
-                tail.file = None;
+            tail.offset = 0;
+            tail.line = 0;
+            tail.recent.clear();
+            return Step::More;
+        }
+        let want = CHUNK.min(*budget);
+        let mut bytes = Vec::new();
+        let read = file
+            .seek(SeekFrom::Start(tail.offset))
+            .and_then(|_| file.take(want as u64).read_to_end(&mut bytes));
+        if let Err(e) = read {
+            tail.transient = Some(format!("cannot read {}: {e}", path.display()));
+            return Step::Done;
+        }
+        tail.transient = None;
+        *budget = budget.saturating_sub(bytes.len().max(1));
+        let complete = bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |at| at + 1);
+        let verifier = tail
+            .verifier
+            .get_or_insert_with(|| Verifier::new(keys.clone()));
+        for line in bytes[..complete].split(|b| *b == b'\n') {
+            if line.is_empty() {
                 continue;
             }
-            return;
+            tail.line += 1;
+            if let Err(error) = verifier.line(line, tail.line) {
+                tail.broken = Some(describe(&error));
+                return Step::Done;
+            }
+            keep(&mut tail.recent, line);
         }
+        tail.offset += complete as u64;
+        if bytes.len() == want && complete > 0 {
+            // A full chunk: there may be more.
+            return Step::More;
+        }
+        if tail.draining {
+            // The old file is read to its end (it is not written after a
+            // rotation renames it): on to the new one.
+            tail.draining = false;
+            tail.file = None;
+            return Step::More;
+        }
+        // Rotated? The path names another file once the old one is
+        // renamed. The broker may have appended to the old file before the
+        // rename, after this read: read it to its end once more, then go
+        // on in the new one.
+        let rotated = std::fs::metadata(path)
+            .map(|m| (m.dev(), m.ino()) != identity)
+            .unwrap_or(false);
+        if rotated {
+            tail.draining = true;
+            return Step::More;
+        }
+        Step::Done
     }
 
     async fn refresh_store(&self, api: &OperatorApi) {
@@ -222,7 +290,7 @@ impl AuditTail {
         while read < MAX_STORE_READ {
             let from = {
                 let tail = self.lock();
-                if tail.error.is_some() {
+                if tail.broken.is_some() {
                     return;
                 }
                 tail.position
@@ -232,10 +300,12 @@ impl AuditTail {
                 Err(refused) => {
                     // Not the chain's fault: tried again next time.
                     tracing::warn!(%refused, "audit records not read");
+                    self.lock().transient = Some(refused.description);
                     return;
                 }
             };
             if lines.is_empty() {
+                self.lock().transient = None;
                 return;
             }
             read += lines.len();
@@ -253,15 +323,10 @@ impl AuditTail {
                 tail.line += 1;
                 tail.position += 1;
                 if let Err(error) = verifier.line(line.as_bytes(), tail.line) {
-                    tail.error = Some(describe(&error));
+                    tail.broken = Some(describe(&error));
                     return;
                 }
-                if let Some(record) = parse(line.as_bytes()) {
-                    if tail.recent.len() >= KEPT {
-                        tail.recent.pop_front();
-                    }
-                    tail.recent.push_back(record);
-                }
+                keep(&mut tail.recent, line.as_bytes());
             }
         }
     }
@@ -275,7 +340,8 @@ impl AuditTail {
         };
         let Some(verifier) = &tail.verifier else {
             return Status {
-                error: tail.error.clone(),
+                error: tail.broken.clone(),
+                transient: tail.transient.clone(),
                 source,
                 ..Status::default()
             };
@@ -284,7 +350,9 @@ impl AuditTail {
         Status {
             records: report.records,
             head: report.head,
-            error: tail.error.clone(),
+            error: tail.broken.clone(),
+            transient: tail.transient.clone(),
+            notice: tail.notice.clone(),
             continues: report.continues_from.map(|c| c.file),
             verified_checkpoints: report.verified_checkpoints,
             unverified_checkpoints: report.unverified_checkpoints,
@@ -313,4 +381,136 @@ impl AuditTail {
 
 fn describe(error: &ChainError) -> String {
     format!("the chain does not verify: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use stint_core::audit::{Chain, Decision, EventKind};
+
+    fn record(chain: &mut Chain, entry: AuditEntry) -> Vec<u8> {
+        let mut out = Vec::new();
+        chain.append(&entry.encode().unwrap(), &mut out);
+        out
+    }
+
+    fn minted(chain: &mut Chain, job: &str) -> Vec<u8> {
+        let mut entry = AuditEntry::new(
+            "2026-12-01T00:00:00.000Z".into(),
+            EventKind::TokenMinted,
+            Decision::Allow,
+        );
+        entry.job = Some(job.into());
+        record(chain, entry)
+    }
+
+    fn refresh(tail: &AuditTail, path: &PathBuf) {
+        let keys = stint_core::jose::KeySet::new();
+        let mut budget = MAX_READ;
+        while let Step::More = tail.refresh_chunk(path, &keys, &mut budget) {}
+    }
+
+    fn jobs(tail: &AuditTail) -> Vec<String> {
+        let mut jobs: Vec<String> = tail
+            .recent(100, |_| true)
+            .into_iter()
+            .filter_map(|r| r.entry.job)
+            .collect();
+        jobs.reverse();
+        jobs
+    }
+
+    #[test]
+    fn a_rotation_is_followed_with_the_records_written_just_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(&minted(&mut chain, "a")).unwrap();
+        let tail = AuditTail::new(AuditLocation::File(path.clone()));
+        refresh(&tail, &path);
+        assert_eq!(jobs(&tail), ["a"]);
+
+        // The broker appends, then rotates, between two refreshes.
+        file.write_all(&minted(&mut chain, "b")).unwrap();
+        let rotated = dir.path().join("audit-1.jsonl");
+        std::fs::rename(&path, &rotated).unwrap();
+        let first = AuditEntry::continuation(
+            "2026-12-01T00:00:01.000Z".into(),
+            "audit-1.jsonl".into(),
+            chain.head(),
+        );
+        let mut next = std::fs::File::create(&path).unwrap();
+        next.write_all(&record(&mut chain, first)).unwrap();
+        next.write_all(&minted(&mut chain, "c")).unwrap();
+        refresh(&tail, &path);
+        let status = tail.status();
+        assert_eq!(status.error, None, "{status:?}");
+        assert_eq!(jobs(&tail), ["a", "b", "c"]);
+        assert_eq!(status.records, 4);
+        assert_eq!(status.head, chain.head());
+    }
+
+    #[test]
+    fn a_cut_back_file_is_read_again_and_a_forged_one_breaks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        let a = minted(&mut chain, "a");
+        let after_a = chain;
+        let b = minted(&mut chain, "b");
+        std::fs::write(&path, [a.clone(), b].concat()).unwrap();
+        let tail = AuditTail::new(AuditLocation::File(path.clone()));
+        refresh(&tail, &path);
+        assert_eq!(jobs(&tail), ["a", "b"]);
+
+        // A failed write is cut back: "b" was never durable.
+        std::fs::write(&path, &a).unwrap();
+        refresh(&tail, &path);
+        let status = tail.status();
+        assert_eq!(status.error, None);
+        assert!(status.notice.as_deref().unwrap().contains("cut back"));
+        assert_eq!(jobs(&tail), ["a"]);
+        let mut chain = after_a;
+        let c = minted(&mut chain, "c");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&c)
+            .unwrap();
+        refresh(&tail, &path);
+        assert_eq!(jobs(&tail), ["a", "c"]);
+        assert_eq!(tail.status().error, None);
+
+        // A record that does not follow: broken, and it stays so.
+        let mut other = Chain::genesis();
+        let forged = minted(&mut other, "forged");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&forged)
+            .unwrap();
+        refresh(&tail, &path);
+        assert!(tail.status().error.unwrap().contains("does not verify"));
+        assert_eq!(jobs(&tail), ["a", "c"]);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let tail = AuditTail::new(AuditLocation::File(path.clone()));
+        refresh(&tail, &path);
+        assert!(tail.status().transient.unwrap().contains("cannot open"));
+        let mut chain = Chain::genesis();
+        std::fs::write(&path, minted(&mut chain, "a")).unwrap();
+        refresh(&tail, &path);
+        let status = tail.status();
+        assert_eq!(status.transient, None);
+        assert_eq!(status.error, None);
+        assert_eq!(jobs(&tail), ["a"]);
+    }
 }

@@ -22,6 +22,7 @@
 mod audit_tail;
 pub mod dev_idp;
 pub mod oidc;
+mod report;
 mod session;
 mod views;
 
@@ -40,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stint_core::form::FormParams;
-use stint_server::operators::{Operator, OperatorApi, Origin, Verb};
+use stint_server::operators::{Asked, Operator, OperatorApi, Origin, Verb};
 use views::{Frame, Nav};
 
 /// The session cookie.
@@ -83,6 +84,10 @@ pub struct ConsoleConfig {
     pub idle_timeout: Duration,
     /// A session ends this long after sign-in, used or not.
     pub absolute_timeout: Duration,
+    /// The proxies whose `X-Forwarded-For` / `Forwarded` name the client
+    /// (the broker's `--trusted-proxy`); exclusive ones admit no other
+    /// connection (`--tls-terminated-by-proxy`).
+    pub trusted_proxies: stint_server::forwarded::TrustedProxies,
 }
 
 /// The default idle timeout: 15 minutes.
@@ -100,6 +105,7 @@ impl ConsoleConfig {
             ca_file: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             absolute_timeout: DEFAULT_ABSOLUTE_TIMEOUT,
+            trusted_proxies: stint_server::forwarded::TrustedProxies::default(),
         }
     }
 }
@@ -135,6 +141,7 @@ pub struct Console {
     sessions: session::Sessions,
     logins: session::Logins,
     tail: Arc<audit_tail::AuditTail>,
+    reports: report::Reports,
     rng: SystemRandom,
 }
 
@@ -225,6 +232,7 @@ impl Console {
             sessions,
             logins,
             tail,
+            reports: report::Reports::default(),
             rng,
         }))
     }
@@ -266,6 +274,12 @@ impl Console {
     }
 
     /// Serve on `listener` (TLS with `tls`) until `shutdown` resolves.
+    ///
+    /// The console shares its process with the broker, so it is held to a
+    /// small share of it: at most [`MAX_CONNECTIONS`] connections
+    /// ([`MAX_CONNECTIONS_PER_SOURCE`] from one address), headers within
+    /// 10 s, TLS handshakes within 10 s, a connection closed once idle for
+    /// a minute.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
@@ -278,6 +292,24 @@ impl Console {
             let console = Arc::clone(&self);
             tokio::spawn(async move { console.tail.refresh(&console.api).await });
         }
+        let mut builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(64 * 1024)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_concurrent_streams(16)
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let builder = Arc::new(builder);
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let per_source: SourceCounts = Arc::default();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -285,42 +317,119 @@ impl Console {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
+                        // Usually EMFILE: back off instead of spinning.
                         tracing::warn!(%error, "console: accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
             };
+            if !self.config.trusted_proxies.admits(peer.ip()) {
+                tracing::debug!(%peer, "console: closing a connection that does not come from a trusted proxy");
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                tracing::debug!(%peer, "console: closing a connection: at its connection limit");
+                continue;
+            };
+            let source = SourceSlot::take(
+                &per_source,
+                peer.ip(),
+                !self.config.trusted_proxies.trusts(peer.ip()),
+            );
+            let Some(source) = source else {
+                tracing::debug!(%peer, "console: closing a connection: this source holds its share");
+                continue;
+            };
             let service = router.clone().layer(axum::Extension(Peer(peer)));
             let tls = tls.clone();
+            let builder = Arc::clone(&builder);
             tokio::spawn(async move {
+                let _permit = permit;
+                let _source = source;
                 let service = hyper_util::service::TowerToHyperService::new(service);
-                let builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
                 let served = match tls {
                     Some(acceptor) => {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await
-                        {
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                builder
-                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                    .await
+                                tokio::time::timeout(
+                                    CONNECTION_LIFETIME,
+                                    builder.serve_connection(
+                                        hyper_util::rt::TokioIo::new(stream),
+                                        service,
+                                    ),
+                                )
+                                .await
                             }
                             _ => return,
                         }
                     }
                     None => {
-                        builder
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                            .await
+                        tokio::time::timeout(
+                            CONNECTION_LIFETIME,
+                            builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                        )
+                        .await
                     }
                 };
-                if let Err(error) = served {
+                if let Ok(Err(error)) = served {
                     tracing::debug!(%error, "console connection ended");
                 }
             });
+        }
+    }
+}
+
+/// The most connections the console holds at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// The most from one address (a trusted proxy's are not counted so).
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 16;
+/// How long a client has to send a request's headers (and to finish a
+/// TLS handshake).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection lives: pages are small, browsers reconnect.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Connections held, per source address.
+type SourceCounts = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One connection's share of its source's allowance, given back on drop.
+struct SourceSlot {
+    counts: SourceCounts,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl SourceSlot {
+    fn take(counts: &SourceCounts, ip: std::net::IpAddr, limited: bool) -> Option<Self> {
+        if !limited {
+            return Some(Self {
+                counts: Arc::clone(counts),
+                ip: None,
+            });
+        }
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let held = map.entry(ip).or_insert(0);
+        if *held >= MAX_CONNECTIONS_PER_SOURCE {
+            return None;
+        }
+        *held += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            ip: Some(ip),
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(held) = map.get_mut(&ip) {
+                *held -= 1;
+                if *held == 0 {
+                    map.remove(&ip);
+                }
+            }
         }
     }
 }
@@ -519,13 +628,22 @@ impl Console {
         self.api.now().timestamp()
     }
 
-    fn origin_of_request(&self, peer: Option<Peer>) -> Origin {
+    /// Who asks, for the audit records: the client as the trusted proxies
+    /// name it (the peer itself if none forwards, or if a forwarding header
+    /// comes from someone else).
+    fn origin_of_request(&self, peer: Option<Peer>, headers: &HeaderMap) -> Origin {
         let mut id = [0u8; 12];
         let _ = ring::rand::SecureRandom::fill(&self.rng, &mut id);
+        let client_addr = peer.map(|Peer(peer)| {
+            self.config
+                .trusted_proxies
+                .client(peer, headers)
+                .unwrap_or(peer)
+        });
         Origin {
             via: "console",
             request_id: hex::encode(id),
-            client_addr: peer.map(|p| p.0),
+            client_addr,
         }
     }
 
@@ -780,12 +898,17 @@ async fn callback(
             return refuse(StatusCode::BAD_GATEWAY, &error.to_string());
         }
     };
-    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p));
+    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p), &headers);
     let client_id = console.config.oidc.client_id.clone();
     let nonce = login.nonce.clone();
     let signed = match console
         .api
         .verify_id_token(&id_token, &origin, |claims| {
+            // The provider this console signs in through, not another the
+            // policy also trusts.
+            if claims.get("iss").and_then(serde_json::Value::as_str) != Some(issuer_url.as_str()) {
+                return Err("the ID token is from another issuer".to_owned());
+            }
             oidc::check_claims(claims, &client_id, &nonce)
         })
         .await
@@ -942,13 +1065,19 @@ async fn decide(
         Verb::Approve => form.get("duration").map(str::to_owned),
         _ => None,
     };
-    if verb == Verb::Deny && comment.is_none() {
-        return console.after(&signed, Err("a denial needs a comment".into()), &back);
-    }
-    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p));
+    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p), &headers);
     let outcome = console
         .api
-        .decide(&signed.operator, &id, verb, duration, comment, &origin)
+        .decide(
+            &signed.session.signed,
+            &id,
+            Asked {
+                verb,
+                duration,
+                comment,
+            },
+            &origin,
+        )
         .await
         .map(|view| match verb {
             Verb::Approve if view.state == "approved" => format!(
@@ -977,14 +1106,18 @@ async fn live_page(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
     console.tail.refresh(&console.api).await;
     let tokens = console.api.live_tokens();
     let policy = console.api.policy();
+    let mut per_workload: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    if let Some(live) = &tokens {
+        for t in &live.tokens {
+            *per_workload.entry(t.workload.as_str()).or_default() += 1;
+        }
+    }
     let workloads: Vec<views::WorkloadRow> = policy
         .workloads()
         .map(|w| views::WorkloadRow {
             name: w.name().to_owned(),
             stopped: console.api.is_stopped(w.name()),
-            tokens: tokens.as_ref().map_or(0, |t| {
-                t.tokens.iter().filter(|t| t.workload == w.name()).count()
-            }),
+            tokens: per_workload.get(w.name()).copied().unwrap_or(0),
         })
         .collect();
     let credentials = console.api.target_credentials().await;
@@ -1044,10 +1177,10 @@ async fn revoke_token(
     if !valid_id(&jti) {
         return console.after(&signed, Err("no such token".into()), "/live");
     }
-    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p));
+    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p), &headers);
     let outcome = console
         .api
-        .revoke_token(&signed.operator, &jti, &origin)
+        .revoke_token(&signed.session.signed, &jti, &origin)
         .await
         .map(|()| format!("Token {jti} revoked."))
         .map_err(|refused| refused.description);
@@ -1071,10 +1204,10 @@ async fn revoke_job(
             "/live",
         );
     };
-    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p));
+    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p), &headers);
     let outcome = console
         .api
-        .revoke_job(&signed.operator, workload, job, &origin)
+        .revoke_job(&signed.session.signed, workload, job, &origin)
         .await
         .map(|at| format!("Job {job} of {workload} revoked at {at}."))
         .map_err(|refused| refused.description);
@@ -1097,11 +1230,11 @@ async fn set_workload(
         Ok(found) => found,
         Err(response) => return *response,
     };
-    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p));
+    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p), &headers);
     let comment = form.get("comment").map(str::to_owned);
     let outcome = console
         .api
-        .set_workload(&signed.operator, &name, stop, comment, &origin)
+        .set_workload(&signed.session.signed, &name, stop, comment, &origin)
         .await
         .map(|state| {
             if state.stopped {
@@ -1222,9 +1355,15 @@ async fn policy_page(State(console): State<Arc<Console>>, headers: HeaderMap) ->
                 .collect(),
         })
         .collect();
+    let report = console.reports.get(&console.api).await;
     html(
         StatusCode::OK,
-        views::policy(&signed.frame("Policy", Nav::Policy), None, &workflows),
+        views::policy(
+            &signed.frame("Policy", Nav::Policy),
+            Some(policy.digest()),
+            &workflows,
+            report.as_ref().as_ref(),
+        ),
     )
 }
 

@@ -26,7 +26,7 @@ const MAX_ANSWER_LEN: usize = 64 * 1024;
 const DISCOVERY_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// The console's client at the identity provider.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OidcClient {
     /// The policy's name of the issuer operators sign in through.
     pub issuer: String,
@@ -36,6 +36,20 @@ pub struct OidcClient {
     /// Its client secret, for `client_secret_basic`; `None` for a public
     /// client (PKCE alone).
     pub client_secret: Option<String>,
+}
+
+impl std::fmt::Debug for OidcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("OidcClient")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// The endpoints discovery names.
@@ -303,6 +317,18 @@ pub(crate) fn check_claims(claims: &Value, client_id: &str, nonce: &str) -> Resu
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_client_secret_is_never_printed() {
+        let client = OidcClient {
+            issuer: "corp".into(),
+            client_id: "stint-console".into(),
+            client_secret: Some("hunter2-secret".into()),
+        };
+        let printed = format!("{client:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+    }
 
     #[test]
     fn pkce_s256_known_answer() {

@@ -213,8 +213,6 @@ pub(crate) enum LoginError {
     StateMismatch,
     #[error("this sign-in has already come back once")]
     Replayed,
-    #[error("too many sign-ins at once; try again in a few minutes")]
-    Busy,
 }
 
 impl Logins {
@@ -284,7 +282,16 @@ impl Logins {
         if used.len() >= MAX_USED_STATES {
             used.retain(|_, until| *until > now);
             if used.len() >= MAX_USED_STATES {
-                return Err(LoginError::Busy);
+                // Full of recent ones (someone is starting and abandoning
+                // sign-ins): forget the older half rather than refuse
+                // everyone. A state forgotten early is still safe to
+                // replay against: its code was traded once already (the
+                // provider refuses it again), and the verifier to trade it
+                // is only in that browser's cookie.
+                let mut ages: Vec<i64> = used.values().copied().collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                used.retain(|_, until| *until > cut);
             }
         }
         if used.contains_key(&login.state) {
@@ -305,6 +312,8 @@ mod tests {
             issuer: "corp".into(),
             subject: format!("sub-{operator}"),
             claim_groups: Vec::new(),
+            claim_groups_until: 0,
+            issuer_url: "https://idp.test".into(),
         }
     }
 
@@ -364,6 +373,32 @@ mod tests {
             Some(("approved".into(), false))
         );
         assert_eq!(sessions.touch(&id, 2).unwrap().flash, None);
+    }
+
+    #[test]
+    fn a_full_set_of_used_states_forgets_the_oldest_not_everyone() {
+        let rng = SystemRandom::new();
+        let logins = Logins::new(&rng).unwrap();
+        {
+            let mut used = logins.used.lock().unwrap();
+            for i in 0..MAX_USED_STATES {
+                used.insert(format!("s{i}"), 2000 + (i as i64 % 500));
+            }
+        }
+        let login = Login {
+            state: "fresh".into(),
+            nonce: "n".into(),
+            verifier: "v".into(),
+            return_to: "/approvals".into(),
+            started: 1000,
+        };
+        let cookie = logins.seal(&login, &rng).unwrap();
+        assert_eq!(logins.take(Some(&cookie), "fresh", 1001).unwrap(), login);
+        assert!(logins.used.lock().unwrap().len() <= MAX_USED_STATES / 2 + 1);
+        assert_eq!(
+            logins.take(Some(&cookie), "fresh", 1002).unwrap_err(),
+            LoginError::Replayed
+        );
     }
 
     #[test]

@@ -144,43 +144,56 @@ pub(crate) fn sign_in(issuer: &str, return_to: &str, note: Option<&str>) -> Mark
     )
 }
 
-/// The answer to a callback: signed in, go on (a navigation from this
-/// origin, so the `SameSite=Strict` session cookie goes with it).
-pub(crate) fn signed_in(operator: &str, return_to: &str) -> Markup {
+/// Whether a page may be reached without a click from a navigation that
+/// began on another site: only pages without a decision on them. A page
+/// another site opened (a pop-up, a link) must not be one click (or a
+/// double-click timed by that site) away from an approval or a stop.
+pub(crate) fn continues_by_itself(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    matches!(path, "/approvals" | "/audit" | "/policy")
+}
+
+/// `Continue` to `path`: by itself if [`continues_by_itself`], else a link
+/// to click (a navigation from this origin either way, so that the
+/// `SameSite=Strict` session cookie goes with it).
+fn go_on(path: &str, title: &str, message: Markup) -> Markup {
+    let automatic = continues_by_itself(path);
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta http-equiv="refresh" content=(format!("0;url={return_to}"));
-                title { "Stint · Signed in" }
+                @if automatic {
+                    meta http-equiv="refresh" content=(format!("0;url={path}"));
+                }
+                title { "Stint · " (title) }
                 link rel="stylesheet" href="/static/console.css";
             }
             body {
                 main {
-                    p role="status" { "Signed in as " strong { (operator) } ". " a href=(return_to) { "Continue" } }
+                    p role="status" { (message) }
+                    p { a.button #continue href=(path) { "Continue to " code { (path) } } }
                 }
             }
         }
     }
 }
 
-/// A page that loads itself again from this origin: a link followed from
-/// elsewhere (a webhook's message) arrives without the `SameSite=Strict`
-/// session cookie, which this second, same-site navigation carries.
+/// The answer to a callback: signed in, go on.
+pub(crate) fn signed_in(operator: &str, return_to: &str) -> Markup {
+    go_on(
+        return_to,
+        "Signed in",
+        html! { "Signed in as " strong { (operator) } "." },
+    )
+}
+
+/// A link followed from elsewhere (a webhook's message) arrives without
+/// the `SameSite=Strict` session cookie; going on from here, a navigation
+/// from this origin, carries it.
 pub(crate) fn reload(path: &str) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta http-equiv="refresh" content=(format!("0;url={path}"));
-                title { "Stint" }
-            }
-            body { main { p { a href=(path) { "Continue" } } } }
-        }
-    }
+    go_on(path, "Continue", html! { "Opened from another site." })
 }
 
 pub(crate) fn error_page(frame: &Frame<'_>, heading: &str, message: &str) -> Markup {
@@ -413,6 +426,9 @@ pub(crate) fn approval(
     )
 }
 
+/// The most rows a table of the Live page shows.
+const MAX_ROWS: usize = 500;
+
 /// A recent operator action, for the Live page.
 pub(crate) struct Action {
     pub(crate) time: String,
@@ -438,20 +454,21 @@ pub(crate) fn live(
     actions: &[Action],
     now: i64,
 ) -> Markup {
+    // Grouped by workload and job in one pass (the list may be long).
     let mut jobs: Vec<(&str, &str, usize, Vec<&str>)> = Vec::new();
     if let Some((list, _)) = tokens {
+        let mut at: std::collections::HashMap<(&str, &str), usize> =
+            std::collections::HashMap::new();
         for t in list {
-            match jobs
-                .iter_mut()
-                .find(|(w, j, _, _)| *w == t.workload && *j == t.job)
-            {
-                Some((_, _, n, steps)) => {
-                    *n += 1;
-                    if !steps.contains(&t.step.as_str()) {
-                        steps.push(&t.step);
-                    }
-                }
-                None => jobs.push((&t.workload, &t.job, 1, vec![&t.step])),
+            let key = (t.workload.as_str(), t.job.as_str());
+            let index = *at.entry(key).or_insert_with(|| {
+                jobs.push((key.0, key.1, 0, Vec::new()));
+                jobs.len() - 1
+            });
+            let (_, _, n, steps) = &mut jobs[index];
+            *n += 1;
+            if steps.len() < 16 && !steps.contains(&t.step.as_str()) {
+                steps.push(&t.step);
             }
         }
     }
@@ -466,6 +483,9 @@ pub(crate) fn live(
                     @if untracked > 0 {
                         p.note role="status" { (untracked) " tokens minted while the list was full are not shown." }
                     }
+                    @if list.len() > MAX_ROWS {
+                        p.note role="status" { "The newest " (MAX_ROWS) " of " (list.len()) " live tokens are shown." }
+                    }
                     @if list.is_empty() {
                         p { "No live token was minted by this broker." }
                     } @else {
@@ -476,7 +496,7 @@ pub(crate) fn live(
                                 th scope="col" { "Step" } th scope="col" { "Scopes" } th scope="col" { "Audience" }
                                 th scope="col" { "Expires" } th scope="col" { "Revoke" }
                             } }
-                            tbody { @for t in list {
+                            tbody { @for t in list.iter().take(MAX_ROWS) {
                                 tr {
                                     td { code { (t.jti) } @if let Some(a) = &t.approval { br; "elevated: " a href=(format!("/approvals/{a}")) { code { (a) } } } }
                                     td { (t.workload) } td { code { (t.job) } }
@@ -501,7 +521,7 @@ pub(crate) fn live(
                 div.scroll { table {
                     caption { "Jobs with live tokens" }
                     thead { tr { th scope="col" { "Workload" } th scope="col" { "Job" } th scope="col" { "Steps" } th scope="col" { "Tokens" } th scope="col" { "Revoke" } } }
-                    tbody { @for (workload, job, n, steps) in &jobs {
+                    tbody { @for (workload, job, n, steps) in jobs.iter().take(MAX_ROWS) {
                         tr {
                             td { (workload) } td { code { (job) } } td { (steps.join(", ")) } td { (n) }
                             td { form method="post" action="/live/jobs/revoke" {
@@ -602,6 +622,12 @@ pub(crate) fn audit(
                     Some(error) => { p.flash.error role="alert" { strong { "BROKEN: " } (error) } }
                     None => { p role="status" { strong { "VERIFIED" } ": every link of the " (status.records) " records read from " (status.source) " checks out." } }
                 }
+                @if let Some(failed) = &status.transient {
+                    p.flash.error role="alert" { strong { "NOT READ: " } (failed) " (tried again on the next page)" }
+                }
+                @if let Some(notice) = &status.notice {
+                    p.note { (notice) }
+                }
                 dl.facts {
                     dt { "Head" } dd { code.hash { (status.head) } }
                     dt { "Checkpoints" } dd {
@@ -673,7 +699,12 @@ pub(crate) struct WorkflowRow {
     pub(crate) steps: Vec<(String, Vec<String>, Option<String>)>,
 }
 
-pub(crate) fn policy(frame: &Frame<'_>, sha256: Option<&str>, workflows: &[WorkflowRow]) -> Markup {
+pub(crate) fn policy(
+    frame: &Frame<'_>,
+    sha256: Option<&str>,
+    workflows: &[WorkflowRow],
+    report: Result<&crate::report::Computed, &String>,
+) -> Markup {
     page(
         frame,
         html! {
@@ -699,11 +730,67 @@ pub(crate) fn policy(frame: &Frame<'_>, sha256: Option<&str>, workflows: &[Workf
                 } }
             } }
             h2 { "Least privilege" }
-            p { "The report of what each step was granted against what it allows: run "
-                code { "stint policy review --policy POLICY --audit AUDIT_FILES" }
-                " (see docs/least-privilege.md)." }
+            @match report {
+                Err(why) => { p role="alert" { "The report could not be made: " (why) } }
+                Ok(computed) => { (least_privilege(computed)) }
+            }
         },
     )
+}
+
+fn least_privilege(computed: &crate::report::Computed) -> Markup {
+    let report = &computed.report;
+    html! {
+        p { "What each step was granted in the last " (report.window_days) " days against what it allows, from "
+            (computed.verified) " records of " code { (computed.source) } " (every link checked), as of " (report.now)
+            ". The report is made again at most every " (crate::report::MAX_AGE.as_secs() / 60) " minutes; "
+            code { "stint policy suggest" } " turns it into a policy change (see " code { "docs/least-privilege.md" } ")." }
+        p.note { "Note: " (report.evidence) "." }
+        @if let Some(stopped) = &computed.stopped {
+            p.flash.error role="alert" { strong { "Read up to a break: " } (stopped) }
+        }
+        @if !report.policy_loaded {
+            p.note { "The policy in force is not the last one the log shows loaded: the report describes the log's." }
+        }
+        div.scroll { table {
+            caption { "Each step's scope patterns" }
+            thead { tr { th scope="col" { "Step" } th scope="col" { "Jobs" } th scope="col" { "Pattern" } th scope="col" { "Status" }
+                th scope="col" { "Mints" } th scope="col" { "Scopes it matched" } th scope="col" { "Proposal" } th scope="col" { "Why" } } }
+            tbody { @for step in &report.steps { @for p in &step.patterns {
+                tr {
+                    td { code { (step.workflow) "/" (step.step) } }
+                    td { (step.jobs) }
+                    td { code { (p.pattern) } }
+                    td { strong { (p.status.as_str().to_uppercase()) } }
+                    td { (p.mints) }
+                    td { @for s in p.scopes.iter().take(8) { code { (s) } " " }
+                         @if p.scopes.len() > 8 { "and " (p.scopes.len() - 8) " more" } }
+                    td { @match &p.proposal {
+                        Some(list) if list.is_empty() => { "remove it" },
+                        Some(list) => { @for s in list { code { (s) } " " } },
+                        None => { },
+                    } }
+                    td { (p.note) }
+                }
+            } } }
+        } }
+        @if !report.needs.is_empty() {
+            div.scroll { table {
+                caption { "Scopes refused as outside their step (observed needs)" }
+                thead { tr { th scope="col" { "Step" } th scope="col" { "Scope" } th scope="col" { "Refusals" } } }
+                tbody { @for n in &report.needs { tr { td { code { (n.step) } } td { code { (n.scope) } } td { (n.denials) } } } }
+            } }
+        }
+        @if !report.drift.is_empty() {
+            div.scroll { table {
+                caption { "Steps that widened in the window" }
+                thead { tr { th scope="col" { "When" } th scope="col" { "Step" } th scope="col" { "Patterns added" } th scope="col" { "review_by moved" } } }
+                tbody { @for d in &report.drift { tr { td { (d.time) } td { code { (d.step) } }
+                    td { @for a in &d.added { code { (a) } " " } }
+                    td { @match d.review_by_moved { Some(true) => { "yes" }, Some(false) => { strong { "NO" } }, None => { "unknown" } } } } } }
+            } }
+        }
+    }
 }
 
 /// The stylesheet, served as `/static/console.css`.

@@ -844,7 +844,17 @@ impl Verifier {
     /// genesis or with an `audit_continued` record; every later one must
     /// start with an `audit_continued` record that carries on where the file
     /// before ended. Lines in an error count from this file's start.
-    pub fn file(&mut self, mut reader: impl BufRead) -> Result<(), ChainError> {
+    pub fn file(&mut self, reader: impl BufRead) -> Result<(), ChainError> {
+        self.file_each(reader, |_| {})
+    }
+
+    /// [`Self::file`], handing each record to `each` once its link is
+    /// checked (a reader that needs the records, verified, in one pass).
+    pub fn file_each(
+        &mut self,
+        mut reader: impl BufRead,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), ChainError> {
         self.begin_file();
         let mut line = Vec::new();
         let mut number: u64 = 0;
@@ -868,6 +878,7 @@ impl Verifier {
             }
             line.pop();
             self.record(&line, number)?;
+            each(&line);
         }
         Ok(())
     }

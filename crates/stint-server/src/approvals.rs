@@ -514,6 +514,10 @@ impl Approvals {
         entry.request_id = Some(context.request_id.clone());
         entry.client_addr = context.client_addr.map(|a| a.to_string());
         entry.via = context.via.map(str::to_owned);
+        if let Some((iss, sub)) = &context.identity {
+            entry.federated_iss = Some(iss.clone());
+            entry.federated_sub = Some(sub.clone());
+        }
         let store = |error: stint_store::StoreError| {
             tracing::error!(%error, approval = %id, "approval decision not stored");
             ActionError::Unavailable("the decision could not be stored")

@@ -130,7 +130,7 @@ pub struct TrustedProxies {
 /// Why a request's forwarding headers were refused. Safe to show the
 /// client: it names no address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ForwardedError {
+pub enum ForwardedError {
     /// The peer is not a trusted proxy, yet sent the forwarding header.
     Untrusted,
     /// A header that does not parse, or too long a chain.
@@ -138,7 +138,8 @@ pub(crate) enum ForwardedError {
 }
 
 impl ForwardedError {
-    pub(crate) fn description(self) -> &'static str {
+    /// What went wrong, for the client.
+    pub fn description(self) -> &'static str {
         match self {
             Self::Untrusted => {
                 "a forwarding header (X-Forwarded-For or Forwarded) is accepted only from the broker's trusted proxies"
@@ -159,13 +160,13 @@ impl TrustedProxies {
     }
 
     /// These proxies, and connections from no one else.
-    pub(crate) fn exclusive(mut self) -> Self {
+    pub fn exclusive(mut self) -> Self {
         self.exclusive = true;
         self
     }
 
     /// Whether a connection from `peer` is served at all.
-    pub(crate) fn admits(&self, peer: IpAddr) -> bool {
+    pub fn admits(&self, peer: IpAddr) -> bool {
         !self.exclusive || self.trusts(peer)
     }
 
@@ -186,7 +187,7 @@ impl TrustedProxies {
 
     /// The address a request from `peer` with `headers` is attributed to.
     /// The port of a forwarded client is unknown: 0.
-    pub(crate) fn client(
+    pub fn client(
         &self,
         peer: SocketAddr,
         headers: &HeaderMap,

@@ -853,6 +853,9 @@ async fn purge(state: &AppState) -> usize {
     let now = state.clock.now();
     let dropped = state.revocations.purge(now);
     let cutoff = stint_core::revocation::purge_cutoff(now);
+    if let Some(live) = &state.live {
+        live.purge(cutoff);
+    }
     if let Err(error) = state.store.purge_expired(cutoff).await {
         tracing::warn!(%error, "could not purge expired revocations from the store");
     }

@@ -2,9 +2,9 @@
 //! and revoke (the console's Live page). Kept only when asked for
 //! ([`crate::Config::live_tokens`]): the mint path then pays one map insert.
 //!
-//! Bounded: at most [`MAX_LIVE`] tokens are kept; past that, expired ones
-//! are dropped and, if the map is still full, new mints are counted but not
-//! listed (the page says how many). Only this broker's mints are here: with
+//! Bounded: at most [`MAX_LIVE`] tokens are kept; past that, new mints are
+//! counted but not kept (the page says how many) until the purge (every
+//! minute) drops the expired ones. Only this broker's mints are here: with
 //! several brokers on one store, each lists its own.
 
 use dashmap::DashMap;
@@ -25,15 +25,18 @@ pub(crate) struct LiveTokens {
 
 impl LiveTokens {
     /// Keep a token just minted (and audited).
-    pub(crate) fn insert(&self, claims: AccessTokenClaims, now: i64) {
+    pub(crate) fn insert(&self, claims: AccessTokenClaims) {
         if self.tokens.len() >= MAX_LIVE {
-            self.tokens.retain(|_, c| c.exp > now);
-            if self.tokens.len() >= MAX_LIVE {
-                self.untracked.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+            self.untracked.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         self.tokens.insert(claims.jti.clone(), Arc::new(claims));
+    }
+
+    /// Drop the tokens that expired before `before` (the purge's cut-off,
+    /// which leaves verifiers' leeway).
+    pub(crate) fn purge(&self, before: i64) {
+        self.tokens.retain(|_, c| c.exp > before);
     }
 
     /// The token `jti`, if kept and not expired at `now`.
@@ -44,17 +47,16 @@ impl LiveTokens {
             .filter(|c| c.exp > now)
     }
 
-    /// Every kept token for which `keep` holds, dropping expired ones.
+    /// Every kept token not expired at `now` for which `keep` holds.
     pub(crate) fn list(
         &self,
         now: i64,
         mut keep: impl FnMut(&AccessTokenClaims) -> bool,
     ) -> Vec<Arc<AccessTokenClaims>> {
-        self.tokens.retain(|_, c| c.exp > now);
         self.tokens
             .iter()
             .map(|c| Arc::clone(c.value()))
-            .filter(|c| keep(c))
+            .filter(|c| c.exp > now && keep(c))
             .collect()
     }
 
@@ -82,13 +84,16 @@ mod tests {
     #[test]
     fn expired_tokens_are_not_listed_or_found() {
         let live = LiveTokens::default();
-        live.insert(claims("a", 100), 0);
-        live.insert(claims("b", 200), 0);
+        live.insert(claims("a", 100));
+        live.insert(claims("b", 200));
         assert!(live.get("a", 99).is_some());
         assert!(live.get("a", 100).is_none());
         let listed = live.list(150, |_| true);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].jti, "b");
         assert!(live.list(150, |c| c.jti != "b").is_empty());
+        live.purge(150);
+        assert!(live.get("a", 0).is_none(), "purged");
+        assert!(live.get("b", 0).is_some());
     }
 }

@@ -19,7 +19,7 @@ use stint_core::claims::AccessTokenClaims;
 use stint_core::policy::Policy;
 use stint_core::target_credential::TargetCredential;
 
-pub use crate::http::approvals::Verb;
+pub use crate::http::approvals::{Asked, Verb};
 pub use crate::http::workloads::WorkloadState;
 pub use stint_core::approval::Operator;
 pub use stint_proto::{ApprovalView, ApprovalVote};
@@ -36,11 +36,12 @@ pub struct Origin {
 }
 
 impl Origin {
-    fn context(&self) -> RequestContext {
+    fn context(&self, signed: Option<&SignedIn>) -> RequestContext {
         RequestContext {
             request_id: self.request_id.clone(),
             client_addr: self.client_addr,
             via: Some(self.via),
+            identity: signed.map(|s| (s.issuer_url.clone(), s.subject.clone())),
         }
     }
 }
@@ -57,6 +58,13 @@ pub struct SignedIn {
     pub subject: String,
     /// The groups their ID token's `groups_claim` named, if any.
     pub claim_groups: Vec<String>,
+    /// Until when those groups count (seconds since the epoch): the ID
+    /// token's `exp`, at most the issuer's `max_token_age` after sign-in.
+    /// After it the operator has the policy's groups only, until they sign
+    /// in again: the identity provider may have taken a group away.
+    pub claim_groups_until: i64,
+    /// The issuer's URL, for the audit records' `federated_iss`.
+    pub issuer_url: String,
 }
 
 /// Why a call was refused: an HTTP status for the front end to answer
@@ -251,7 +259,7 @@ impl OperatorApi {
     ) -> Result<SignedIn, Refused> {
         let state = &self.state;
         let now = state.clock.now();
-        let context = origin.context();
+        let context = origin.context(None);
         let mut entry = state.audit_entry(
             now,
             EventKind::OperatorSignedIn,
@@ -285,11 +293,15 @@ impl OperatorApi {
                 )
                 .with_status(http::StatusCode::FORBIDDEN)
             })?;
+            let age = i64::try_from(issuer.max_token_age().as_secs()).unwrap_or(i64::MAX);
+            let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
             Ok(SignedIn {
                 operator: found.name().to_owned(),
                 issuer: issuer.name().to_owned(),
                 subject,
                 claim_groups: crate::http::approvals::claim_groups(found, &claims),
+                claim_groups_until: exp.min(now.timestamp().saturating_add(age)),
+                issuer_url: issuer.url().to_owned(),
             })
         });
         verified_outcome(state, entry, found)
@@ -298,13 +310,30 @@ impl OperatorApi {
     }
 
     /// The operator `signed` is under the policy in force: `None` once the
-    /// policy no longer binds their identity to them.
+    /// policy no longer binds their identity to them. The groups their ID
+    /// token named count until [`SignedIn::claim_groups_until`].
     pub fn operator(&self, signed: &SignedIn) -> Option<Operator> {
         let policy = self.state.policy.load();
+        let claimed = self.now().timestamp() < signed.claim_groups_until;
         policy
             .operator_for_identity(&signed.issuer, &signed.subject)
             .filter(|o| o.name() == signed.operator)
-            .map(|o| o.as_approver(signed.claim_groups.iter().cloned()))
+            .map(|o| {
+                let extra = if claimed {
+                    signed.claim_groups.clone()
+                } else {
+                    Vec::new()
+                };
+                o.as_approver(extra)
+            })
+    }
+
+    fn resolve(&self, signed: &SignedIn) -> Result<Operator, Refused> {
+        self.operator(signed).ok_or_else(|| Refused {
+            status: 401,
+            code: "invalid_token",
+            description: "this identity is no longer an operator's in the policy in force".into(),
+        })
     }
 
     /// Every request kept, newest first (only the pending ones if asked).
@@ -324,21 +353,18 @@ impl OperatorApi {
     /// `POST /v1/approvals/{id}/{approve,deny,revoke}`).
     pub async fn decide(
         &self,
-        operator: &Operator,
+        signed: &SignedIn,
         id: &str,
-        verb: Verb,
-        duration: Option<String>,
-        comment: Option<String>,
+        asked: Asked,
         origin: &Origin,
     ) -> Result<ApprovalView, Refused> {
+        let operator = self.resolve(signed)?;
         crate::http::approvals::decide_as(
             &self.state,
-            &origin.context(),
-            operator,
+            &origin.context(Some(signed)),
+            &operator,
             id,
-            verb,
-            duration,
-            comment,
+            asked,
         )
         .await
         .map_err(Refused::from)
@@ -348,15 +374,16 @@ impl OperatorApi {
     /// `POST /v1/workloads/{name}/{stop,enable}`).
     pub async fn set_workload(
         &self,
-        operator: &Operator,
+        signed: &SignedIn,
         name: &str,
         stop: bool,
         comment: Option<String>,
         origin: &Origin,
     ) -> Result<WorkloadState, Refused> {
+        let operator = self.resolve(signed)?;
         crate::http::workloads::set_workload(
             &self.state,
-            &origin.context(),
+            &origin.context(Some(signed)),
             &operator.name,
             name,
             comment,
@@ -375,14 +402,15 @@ impl OperatorApi {
     /// its approvals. Returns when it took effect (RFC 3339).
     pub async fn revoke_job(
         &self,
-        operator: &Operator,
+        signed: &SignedIn,
         workload: &str,
         job: &str,
         origin: &Origin,
     ) -> Result<String, Refused> {
+        let operator = self.resolve(signed)?;
         crate::http::revoke::revoke_job_as_operator(
             &self.state,
-            &origin.context(),
+            &origin.context(Some(signed)),
             &operator.name,
             workload,
             job,
@@ -395,26 +423,16 @@ impl OperatorApi {
     /// `operator` revokes the live token `jti`.
     pub async fn revoke_token(
         &self,
-        operator: &Operator,
+        signed: &SignedIn,
         jti: &str,
         origin: &Origin,
     ) -> Result<(), Refused> {
-        let now = self.now().timestamp();
-        let claims = self
-            .state
-            .live
-            .as_ref()
-            .and_then(|live| live.get(jti, now))
-            .ok_or_else(|| Refused {
-                status: 404,
-                code: "invalid_request",
-                description: "no live token with that id was minted here".to_owned(),
-            })?;
-        crate::http::revoke::revoke_token_as_operator(
+        let operator = self.resolve(signed)?;
+        crate::http::revoke::revoke_live_token(
             &self.state,
-            &origin.context(),
+            &origin.context(Some(signed)),
             &operator.name,
-            &claims,
+            jti,
         )
         .await
         .map_err(Refused::from)

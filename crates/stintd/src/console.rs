@@ -164,7 +164,12 @@ pub(crate) async fn prepare(
         let idp_listener = tokio::net::TcpListener::bind(idp_addr)
             .await
             .map_err(|e| format!("the dev identity provider cannot listen on {idp_addr}: {e}"))?;
-        std::fs::create_dir_all(&broker.data_dir)
+        // Private, as the broker makes it.
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&broker.data_dir)
             .map_err(|e| format!("{}: {e}", broker.data_dir.display()))?;
         let idp = DevIdp::start(idp_listener, &broker.data_dir, &format!("{url}/callback")).await?;
         broker.dev_operators_issuer = Some(idp.issuer.clone());
@@ -201,6 +206,11 @@ pub(crate) async fn prepare(
         },
     );
     config.ca_file = ca_file;
+    config.trusted_proxies = if broker.tls_terminated_by_proxy {
+        broker.trusted_proxies.clone().exclusive()
+    } else {
+        broker.trusted_proxies.clone()
+    };
     config.idle_timeout = Duration::from_secs(args.console_idle_timeout);
     config.absolute_timeout = Duration::from_secs(args.console_absolute_timeout);
     Ok(Some(Prepared {

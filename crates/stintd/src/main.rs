@@ -560,6 +560,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The broker's settings first: their errors name the flag to change,
+    // before the console binds anything.
+    if let Err(error) = config.validate() {
+        eprintln!("stintd: {error}");
+        return ExitCode::from(2);
+    }
     let result = runtime.block_on(async {
         let prepared = console::prepare(&cli.console, cli.dev, &mut config)
             .await
@@ -580,7 +586,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error @ StartError::Config(_)) => {
+        Err(error @ (StartError::Config(_) | StartError::Frontend(_))) => {
             eprintln!("stintd: {error}");
             ExitCode::from(2)
         }

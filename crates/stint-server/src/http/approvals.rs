@@ -200,6 +200,18 @@ pub(crate) async fn decide_route(
     decide(&state, &context, &headers, &id, body, verb).await
 }
 
+/// What an operator asks of a request: the decision, and for an
+/// approval a duration such as `15m`, and a comment (required to deny).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// Approve, deny or revoke.
+    pub verb: Verb,
+    /// The duration to approve for (at most the elevation's maximum).
+    pub duration: Option<String>,
+    /// The operator's comment.
+    pub comment: Option<String>,
+}
+
 /// An operator's decision on a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
@@ -248,7 +260,19 @@ async fn decide(
     .await;
     let outcome = match called {
         Ok((operator, duration, comment)) => {
-            decide_as(state, context, &operator, id, verb, duration, comment).await
+            let asked = Asked {
+                verb,
+                duration,
+                comment,
+            };
+            decide_as(
+                state,
+                &context.with_identity_of(&entry),
+                &operator,
+                id,
+                asked,
+            )
+            .await
         }
         Err(error) => Err(refused(state, entry, error).await),
     };
@@ -276,9 +300,11 @@ pub(crate) async fn decide_as(
     context: &RequestContext,
     operator: &Operator,
     id: &str,
-    verb: Verb,
-    duration: Option<String>,
-    comment: Option<String>,
+    Asked {
+        verb,
+        duration,
+        comment,
+    }: Asked,
 ) -> Result<stint_proto::ApprovalView, OAuthError> {
     let now = state.clock.now();
     let mut entry = state.audit_entry(

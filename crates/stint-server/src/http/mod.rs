@@ -62,6 +62,21 @@ pub(crate) struct RequestContext {
     /// The front end an operator acts through when it is not the HTTP API
     /// (`console`), for the audit record.
     pub(crate) via: Option<&'static str>,
+    /// The operator's identity at their identity provider (issuer URL,
+    /// `sub`), once known: the records' `federated_iss`/`federated_sub`.
+    pub(crate) identity: Option<(String, String)>,
+}
+
+impl RequestContext {
+    /// This context, with the identity `entry` learned (an operator's ID
+    /// token), for the records made after it.
+    pub(crate) fn with_identity_of(&self, entry: &stint_core::audit::AuditEntry) -> Self {
+        let mut context = self.clone();
+        if let (Some(iss), Some(sub)) = (&entry.federated_iss, &entry.federated_sub) {
+            context.identity = Some((iss.clone(), sub.clone()));
+        }
+        context
+    }
 }
 
 const JOB_REVOKE_ROUTE: &str = "/v1/jobs/{job}/revoke";
@@ -192,6 +207,7 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
         request_id: request_id.clone(),
         client_addr,
         via: None,
+        identity: None,
     });
     let mut response = if reserved_only && !revocation && !RESERVED_ROUTES.contains(&route) {
         state.metrics.limited("reserved_connection");

@@ -397,19 +397,18 @@ pub(crate) async fn revoke_job(
     );
     let outcome = match plan_job(&state, job, &headers, &mut entry).await {
         Ok(planned) => carry_out_job(&state, entry, planned).await,
-        Err(error) => Err(state.refuse(entry, error).await),
+        Err(error) => Err(refused(&state, entry, error).await),
     };
-    answer_job(&state, outcome)
-}
-
-fn answer_job(state: &AppState, outcome: Result<JobRevocationResponse, OAuthError>) -> Response {
     match outcome {
         Ok(response) => Json(response).into_response(),
-        Err(error) => {
-            state.metrics.revocation_denied(error.reason.as_str());
-            error.into_response()
-        }
+        Err(error) => error.into_response(),
     }
+}
+
+/// A refused revocation, audited and counted.
+async fn refused(state: &AppState, entry: AuditEntry, error: OAuthError) -> OAuthError {
+    state.metrics.revocation_denied(error.reason.as_str());
+    state.refuse(entry, error).await
 }
 
 /// Revoke job `planned` (checked: the caller may): hold new mints for it,
@@ -429,13 +428,17 @@ async fn carry_out_job(
     let revocation = JobRevocation::new(&planned.sub, &planned.job, at);
     entry.event = EventKind::JobRevoked;
     entry.decision = Decision::Allow;
-    state
+    if let Err(error) = state
         .revoke(
             entry,
             EventKind::JobRevocationDenied,
             Revocation::Job(&revocation),
         )
-        .await?;
+        .await
+    {
+        state.metrics.revocation_denied(error.reason.as_str());
+        return Err(error);
+    }
     state.metrics.revoked("job");
     // The job's approvals end with it (its tokens, elevated or not, are
     // already revoked with the job). If that cannot be stored, say so: the
@@ -490,14 +493,45 @@ pub(crate) async fn revoke_job_as_operator(
         entry.job = Some(job.to_owned());
         Ok(JobRevocation::new(found.name(), job, now))
     })();
-    let outcome = match checked {
+    match checked {
         Ok(planned) => carry_out_job(state, entry, planned).await,
-        Err(error) => Err(state.refuse(entry, error).await),
-    };
-    if let Err(error) = &outcome {
-        state.metrics.revocation_denied(error.reason.as_str());
+        Err(error) => Err(refused(state, entry, error).await),
     }
-    outcome
+}
+
+/// Operator `operator` revokes token `jti`, which must be one of the live
+/// tokens this broker keeps (minted here while the console ran, not yet
+/// past its `exp` and the verifiers' leeway). A `jti` it does not know is
+/// refused, and the refusal audited.
+pub(crate) async fn revoke_live_token(
+    state: &AppState,
+    context: &RequestContext,
+    operator: &str,
+    jti: &str,
+) -> Result<(), OAuthError> {
+    let now = state.clock.now();
+    let leeway = stint_core::access_token::MAX_LEEWAY_SECS;
+    let claims = state
+        .live
+        .as_ref()
+        .and_then(|live| live.get(jti, now.timestamp().saturating_sub(leeway)));
+    let Some(claims) = claims else {
+        let mut entry = state.audit_entry(
+            now,
+            EventKind::TokenRevocationDenied,
+            Decision::Deny,
+            Some(context),
+        );
+        entry.operator = Some(operator.to_owned());
+        entry.jti = Some(jti.chars().take(64).collect());
+        let error = OAuthError::invalid_request(
+            DenyReason::MalformedRequest,
+            "no live token with that id was minted by this broker",
+        )
+        .with_status(StatusCode::NOT_FOUND);
+        return Err(refused(state, entry, error).await);
+    };
+    revoke_token_as_operator(state, context, operator, &claims).await
 }
 
 /// Operator `operator` revokes the token `claims` describe (the console's

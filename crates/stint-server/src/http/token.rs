@@ -94,7 +94,7 @@ pub(crate) async fn token(
     }
     let outcome = outcome.map(|(response, live)| {
         if let (Some(kept), Some(claims)) = (&state.live, live) {
-            kept.insert(*claims, now.timestamp());
+            kept.insert(*claims);
         }
         response
     });

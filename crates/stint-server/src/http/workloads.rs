@@ -71,13 +71,18 @@ async fn act(
     let called = async {
         let operator = operator(state, headers, &mut entry).await?;
         entry.operator = Some(operator.name.clone());
+        // No such workload: refused before its body is read.
+        let policy = state.policy.load();
+        let workload = policy.workload(name).ok_or_else(no_such_workload)?;
+        entry.sub = Some(workload.name().to_owned());
         let body: DecisionBody = read_json(headers, body, state.body_timeout).await?;
         Ok::<_, OAuthError>((operator.name, body.comment))
     }
     .await;
     let outcome = match called {
         Ok((operator, comment)) => {
-            set_workload(state, context, &operator, name, comment, stopping).await
+            let context = context.with_identity_of(&entry);
+            set_workload(state, &context, &operator, name, comment, stopping).await
         }
         Err(error) => Err(state.refuse(entry, error).await),
     };
@@ -118,6 +123,11 @@ pub(crate) async fn set_workload(
     }
 }
 
+fn no_such_workload() -> OAuthError {
+    OAuthError::invalid_request(DenyReason::MalformedRequest, "no such workload")
+        .with_status(StatusCode::NOT_FOUND)
+}
+
 /// The workload named and the comment, checked. Fills `entry` with them.
 fn check_call(
     state: &AppState,
@@ -127,10 +137,7 @@ fn check_call(
 ) -> Result<String, OAuthError> {
     let policy = state.policy.load();
     let Some(workload) = policy.workload(name) else {
-        return Err(
-            OAuthError::invalid_request(DenyReason::MalformedRequest, "no such workload")
-                .with_status(StatusCode::NOT_FOUND),
-        );
+        return Err(no_such_workload());
     };
     entry.sub = Some(workload.name().to_owned());
     if comment
