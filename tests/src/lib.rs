@@ -620,6 +620,8 @@ pub struct Daemon {
     pub issuer: String,
     /// Everything the daemon printed on stderr, collected in the background.
     stderr: Arc<std::sync::Mutex<String>>,
+    /// What it printed on stdout after the banner's first line.
+    stdout: Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
@@ -668,12 +670,24 @@ impl Daemon {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("stintd listening on ") {
                         let issuer = rest.split_whitespace().next().unwrap().to_owned();
-                        // Keep draining stdout so the daemon never blocks on it.
-                        std::thread::spawn(move || while rx.recv().is_ok() {});
+                        // Keep draining stdout so the daemon never blocks on
+                        // it, keeping the rest of the banner.
+                        let stdout = Arc::new(std::sync::Mutex::new(String::new()));
+                        let kept = Arc::clone(&stdout);
+                        std::thread::spawn(move || {
+                            while let Ok(line) = rx.recv() {
+                                let mut all = kept.lock().unwrap();
+                                if all.len() < 64 * 1024 {
+                                    all.push_str(&line);
+                                    all.push('\n');
+                                }
+                            }
+                        });
                         return Ok(Self {
                             child,
                             issuer,
                             stderr,
+                            stdout,
                         });
                     }
                 }
@@ -693,6 +707,29 @@ impl Daemon {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.issuer)
+    }
+
+    /// The rest of the line of the banner that starts with `prefix`,
+    /// waiting for it (at most 10 s).
+    pub fn banner_line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self
+                .stdout
+                .lock()
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+            {
+                return line.trim().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no banner line {prefix:?} in:\n{}",
+                self.stdout.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> i32 {
