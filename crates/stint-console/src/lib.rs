@@ -1045,11 +1045,8 @@ async fn decide(
     Path((id, verb)): Path<(String, String)>,
     body: Body,
 ) -> Response {
-    let verb = match verb.as_str() {
-        "approve" => Verb::Approve,
-        "deny" => Verb::Deny,
-        "revoke" => Verb::Revoke,
-        _ => return plain(StatusCode::NOT_FOUND, "no such page"),
+    let Some(verb) = Verb::from_path(&verb) else {
+        return plain(StatusCode::NOT_FOUND, "no such page");
     };
     let (signed, form) = match console.form(&headers, body).await {
         Ok(found) => found,

@@ -92,27 +92,11 @@ fn is_https(url: &str) -> bool {
 
 impl Provider {
     pub(crate) fn new(extra_ca: Option<&Path>) -> Result<Self, String> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .https_only(true)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = extra_ca {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{} is not a PEM bundle: {e}", path.display()))?;
-            if certificates.is_empty() {
-                return Err(format!("{} holds no certificate", path.display()));
-            }
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| format!("cannot set up HTTPS: {e}"))?;
+        let http = stint_server::federation::https_client(
+            extra_ca,
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        )?;
         Ok(Self {
             http,
             cached: tokio::sync::Mutex::new(None),

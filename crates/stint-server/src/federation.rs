@@ -55,6 +55,37 @@ struct Cached {
     fetched: Instant,
 }
 
+/// A client for an identity provider: HTTPS only (rustls on ring, the web
+/// roots plus the CA certificates in `extra_ca`, PEM, if given), these
+/// timeouts, no redirects.
+pub fn https_client(
+    extra_ca: Option<&Path>,
+    connect: Duration,
+    total: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .https_only(true)
+        .connect_timeout(connect)
+        .timeout(total)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = extra_ca {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{} is not a PEM bundle: {e}", path.display()))?;
+        if certificates.is_empty() {
+            return Err(format!("{} holds no certificate", path.display()));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot set up HTTPS: {e}"))
+}
+
 /// The cache of trusted issuers' keys.
 pub struct IssuerKeys {
     http: reqwest::Client,
@@ -81,27 +112,7 @@ impl IssuerKeys {
     /// A fetcher trusting the web roots and the CA certificates in
     /// `extra_ca` (PEM), if given.
     pub fn new(extra_ca: Option<&Path>) -> Result<Self, String> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .https_only(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = extra_ca {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{} is not a PEM bundle: {e}", path.display()))?;
-            if certificates.is_empty() {
-                return Err(format!("{} holds no certificate", path.display()));
-            }
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| format!("cannot set up HTTPS: {e}"))?;
+        let http = https_client(extra_ca, CONNECT_TIMEOUT, REQUEST_TIMEOUT)?;
         Ok(Self {
             http,
             cache: tokio::sync::Mutex::new(HashMap::new()),

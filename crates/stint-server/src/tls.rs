@@ -21,6 +21,43 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     server_config(cert, key, None).map(|loaded| TlsAcceptor::from(Arc::new(loaded.config)))
 }
 
+/// Serve `router` over TLS on `listener`, each connection in a task of its
+/// own (its handshake within 10 s), until the returned task is aborted: a
+/// small server such as `stintd --dev`'s identity provider, or a test's
+/// fake. The broker's own listener is `serve`, with its limits.
+pub fn serve_router(
+    listener: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(stream)) = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(stream),
+                )
+                .await
+                else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    })
+}
+
 /// The server's TLS configuration, loaded from its files and loaded again
 /// on [`Self::reload`].
 pub struct ReloadableTls {

@@ -191,13 +191,22 @@ pub(crate) async fn decide_route(
     Path((id, verb)): Path<(String, String)>,
     body: Body,
 ) -> Response {
-    let verb = match verb.as_str() {
-        "approve" => Verb::Approve,
-        "deny" => Verb::Deny,
-        "revoke" => Verb::Revoke,
-        _ => return not_found().into_response(),
+    let Some(verb) = Verb::from_path(&verb) else {
+        return not_found().into_response();
     };
     decide(&state, &context, &headers, &id, body, verb).await
+}
+
+impl Verb {
+    /// The verb a path ends with: `approve`, `deny` or `revoke`.
+    pub fn from_path(verb: &str) -> Option<Self> {
+        match verb {
+            "approve" => Some(Self::Approve),
+            "deny" => Some(Self::Deny),
+            "revoke" => Some(Self::Revoke),
+            _ => None,
+        }
+    }
 }
 
 /// What an operator asks of a request: the decision, and for an
