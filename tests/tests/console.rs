@@ -778,19 +778,33 @@ async fn the_audit_page_verifies_the_chain_and_filters() {
         page.body
     );
 
-    // A forged record appended to the file breaks the chain, and the page
-    // says so.
+    // Bytes appended by someone other than the broker are not read (only
+    // what the broker made durable is); a record rewritten in place below
+    // what was read breaks the chain, and the page says so.
     use std::io::Write as _;
+    let path = h.broker.audit_path();
     let mut file = std::fs::OpenOptions::new()
         .append(true)
-        .open(h.broker.audit_path())
+        .open(&path)
         .unwrap();
-    writeln!(
-        file,
-        r#"{{"seq":999999,"prev":"{}","hash":"00","time":"2026-01-01T00:00:00.000Z","event":"token_minted","decision":"allow"}}"#,
-        "0".repeat(64)
-    )
-    .unwrap();
+    writeln!(file, r#"{{"seq":999999,"event":"token_minted"}}"#).unwrap();
+    drop(file);
+    let page = browser.get("/audit").await;
+    assert!(
+        page.body.contains("<strong>VERIFIED</strong>"),
+        "{}",
+        page.body
+    );
+    // The last record the page read (the broker writes nothing meanwhile:
+    // the page's reads are not audited), its decision changed in place.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.pop(); // the appended junk
+    let last = lines.last_mut().unwrap();
+    let changed = last.replace("\"decision\":\"allow\"", "\"decision\":\"ALLOW\"");
+    assert_ne!(*last, changed, "{last}");
+    *last = changed;
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     let page = browser.get("/audit").await;
     assert!(
         page.body.contains("<strong>BROKEN: </strong>"),
@@ -988,4 +1002,47 @@ async fn one_source_holds_a_bounded_share_of_the_consoles_connections() {
     )
     .await;
     assert!(page.body.contains("Sign in"));
+}
+
+#[tokio::test]
+async fn a_same_site_navigation_to_a_decision_page_needs_a_click() {
+    let h = ConsoleHarness::start().await;
+    let id = h.request_elevation("job-site", "hotfix").await;
+    let browser = signed_in(&h, "alice").await;
+    // A sibling subdomain's link sends the Strict cookie: still a click.
+    let page = browser
+        .get_with(
+            &format!("/approvals/{id}"),
+            &[
+                ("sec-fetch-site", "same-site"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains(">Approve</button>"), "{}", page.body);
+    assert!(page.body.contains(r#"id="continue""#), "{}", page.body);
+    // Typed in, or from the console itself: the page.
+    let page = browser.get(&format!("/approvals/{id}")).await;
+    assert!(page.body.contains(">Approve</button>"));
+}
+
+#[tokio::test]
+async fn sign_ins_are_limited_per_source() {
+    let h = ConsoleHarness::start().await;
+    let browser = h.browser();
+    let mut statuses = Vec::new();
+    for _ in 0..31 {
+        statuses.push(
+            browser
+                .get("/login/start?return_to=/approvals")
+                .await
+                .status,
+        );
+    }
+    assert!(statuses[..30].iter().all(|s| *s == 303), "{statuses:?}");
+    assert_eq!(statuses[30], 429);
+    let page = browser.get("/callback?state=x&code=y").await;
+    assert_eq!(page.status, 429, "the callback counts too");
+    assert_eq!(page.headers["retry-after"], "60");
 }

@@ -77,6 +77,9 @@ struct Tail {
     notice: Option<String>,
     /// The path names a new file: the old one is read to its end first.
     draining: bool,
+    /// Where the record read last starts in the file, and its hash.
+    last_start: u64,
+    last_head: String,
 }
 
 /// The followed log.
@@ -115,6 +118,23 @@ fn keep(recent: &mut VecDeque<Record>, line: &[u8]) {
     }
 }
 
+/// The hash of a record line, as the chain links it (hex SHA-256).
+fn line_hash(line: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, line))
+}
+
+/// The head a file's first record says it continues, if it is an
+/// `audit_continued` record.
+fn continues(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct First {
+        event: String,
+        previous_head: Option<String>,
+    }
+    let first: First = serde_json::from_slice(line).ok()?;
+    (first.event == "audit_continued").then_some(first.previous_head?)
+}
+
 /// What one step of a file refresh found.
 enum Step {
     /// More to read now.
@@ -138,6 +158,8 @@ impl AuditTail {
                 transient: None,
                 notice: None,
                 draining: false,
+                last_start: 0,
+                last_head: String::new(),
             }),
         }
     }
@@ -149,8 +171,9 @@ impl AuditTail {
     /// Read what was appended since the last refresh.
     pub(crate) async fn refresh(self: &std::sync::Arc<Self>, api: &OperatorApi) {
         match &self.location {
-            AuditLocation::File(path) => {
+            AuditLocation::File { path, durable } => {
                 let path = path.clone();
+                let durable = durable.clone();
                 let keys = api.audit_keys();
                 let this = std::sync::Arc::clone(self);
                 let _ = tokio::task::spawn_blocking(move || {
@@ -158,7 +181,7 @@ impl AuditTail {
                     // pages reading the tail wait for one chunk at most.
                     let mut budget = MAX_READ;
                     while budget > 0 {
-                        match this.refresh_chunk(&path, &keys, &mut budget) {
+                        match this.refresh_chunk(&path, durable.as_deref(), &keys, &mut budget) {
                             Step::More => {}
                             Step::Done => break,
                         }
@@ -173,6 +196,7 @@ impl AuditTail {
     fn refresh_chunk(
         &self,
         path: &PathBuf,
+        durable: Option<&stint_server::audit::DurableMark>,
         keys: &stint_core::jose::KeySet,
         budget: &mut usize,
     ) -> Step {
@@ -191,6 +215,7 @@ impl AuditTail {
                     tail.file = Some(opened);
                     tail.offset = 0;
                     tail.line = 0;
+                    tail.last_start = 0;
                     tail.verifier
                         .get_or_insert_with(|| Verifier::new(keys.clone()))
                         .begin_file();
@@ -212,25 +237,37 @@ impl AuditTail {
                 return Step::Done;
             }
         };
-        if len < tail.offset {
-            // Cut back: the broker cuts a write that failed back to the
-            // last durable record. Read the file again from its start: a
-            // cut that removed records in the middle breaks the chain.
-            tail.notice = Some(format!(
-                "{} was cut back to {len} bytes after {} had been read (a failed write is cut back); read again from its start",
+        // No further than the broker has made durable, in the file it
+        // writes (a failed write is cut back: its records never were).
+        let readable = match durable.and_then(|d| d.get()) {
+            Some((file, durable_len)) if file == identity => len.min(durable_len),
+            _ => len,
+        };
+        // Is the record read last still where it was? A file cut back (the
+        // broker cuts a failed write back to its last durable record, and
+        // may write on past it before this reads again) no longer has it.
+        let still_there = tail.offset == 0
+            || (len >= tail.offset && {
+                let mut last = vec![0u8; (tail.offset - tail.last_start) as usize];
+                file.seek(SeekFrom::Start(tail.last_start))
+                    .and_then(|_| file.read_exact(&mut last))
+                    .is_ok()
+                    && last.last() == Some(&b'\n')
+                    && line_hash(&last[..last.len() - 1]) == tail.last_head
+            });
+        if !still_there {
+            // Only durable records are read, so the file was cut or
+            // rewritten below them by someone other than the broker.
+            tail.broken = Some(format!(
+                "{} changed below the {} bytes already read and verified: records were cut or rewritten",
                 path.display(),
                 tail.offset
             ));
-            tail.verifier = Some(Verifier::new(keys.clone()));
-            if let Some(v) = tail.verifier.as_mut() {
-                v.begin_file();
-            }
-            tail.offset = 0;
-            tail.line = 0;
-            tail.recent.clear();
-            return Step::More;
+            return Step::Done;
         }
-        let want = CHUNK.min(*budget);
+        let want = CHUNK
+            .min(*budget)
+            .min(usize::try_from(readable.saturating_sub(tail.offset)).unwrap_or(usize::MAX));
         let mut bytes = Vec::new();
         let read = file
             .seek(SeekFrom::Start(tail.offset))
@@ -245,22 +282,44 @@ impl AuditTail {
             .iter()
             .rposition(|b| *b == b'\n')
             .map_or(0, |at| at + 1);
-        let verifier = tail
-            .verifier
-            .get_or_insert_with(|| Verifier::new(keys.clone()));
+        let mut at = tail.offset;
         for line in bytes[..complete].split(|b| *b == b'\n') {
+            let start = at;
+            at += line.len() as u64 + 1;
             if line.is_empty() {
                 continue;
             }
             tail.line += 1;
+            if tail.line == 1
+                && !tail.last_head.is_empty()
+                && let Some(previous) = continues(line)
+                && previous != tail.last_head
+            {
+                // This file continues one this console has not read (more
+                // than one rotation since it last looked, or files moved
+                // away): check the chain from here, and say so.
+                tail.notice = Some(format!(
+                    "{} continues a file not read here: the chain is checked from its first record (stintd verify-audit checks every file)",
+                    path.display()
+                ));
+                let mut verifier = Verifier::new(keys.clone());
+                verifier.begin_file();
+                tail.verifier = Some(verifier);
+            }
+            let verifier = tail
+                .verifier
+                .get_or_insert_with(|| Verifier::new(keys.clone()));
             if let Err(error) = verifier.line(line, tail.line) {
                 tail.broken = Some(describe(&error));
                 return Step::Done;
             }
+            let head = line_hash(line);
+            tail.last_start = start;
+            tail.last_head = head;
             keep(&mut tail.recent, line);
         }
         tail.offset += complete as u64;
-        if bytes.len() == want && complete > 0 {
+        if want > 0 && bytes.len() == want && complete > 0 {
             // A full chunk: there may be more.
             return Step::More;
         }
@@ -335,7 +394,7 @@ impl AuditTail {
     pub(crate) fn status(&self) -> Status {
         let tail = self.lock();
         let source = match &self.location {
-            AuditLocation::File(path) => path.display().to_string(),
+            AuditLocation::File { path, .. } => path.display().to_string(),
             AuditLocation::Store { chain } => format!("chain {chain} in the store"),
         };
         let Some(verifier) = &tail.verifier else {
@@ -406,9 +465,24 @@ mod tests {
     }
 
     fn refresh(tail: &AuditTail, path: &PathBuf) {
+        refresh_with(tail, path, None);
+    }
+
+    fn refresh_with(
+        tail: &AuditTail,
+        path: &PathBuf,
+        durable: Option<&stint_server::audit::DurableMark>,
+    ) {
         let keys = stint_core::jose::KeySet::new();
         let mut budget = MAX_READ;
-        while let Step::More = tail.refresh_chunk(path, &keys, &mut budget) {}
+        while let Step::More = tail.refresh_chunk(path, durable, &keys, &mut budget) {}
+    }
+
+    fn location(path: &std::path::Path) -> AuditLocation {
+        AuditLocation::File {
+            path: path.to_owned(),
+            durable: None,
+        }
     }
 
     fn jobs(tail: &AuditTail) -> Vec<String> {
@@ -428,7 +502,7 @@ mod tests {
         let mut chain = Chain::genesis();
         let mut file = std::fs::File::create(&path).unwrap();
         file.write_all(&minted(&mut chain, "a")).unwrap();
-        let tail = AuditTail::new(AuditLocation::File(path.clone()));
+        let tail = AuditTail::new(location(&path));
         refresh(&tail, &path);
         assert_eq!(jobs(&tail), ["a"]);
 
@@ -453,7 +527,29 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_back_file_is_read_again_and_a_forged_one_breaks() {
+    fn only_durable_records_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        let a = minted(&mut chain, "a");
+        let b = minted(&mut chain, "b");
+        std::fs::write(&path, [a.clone(), b.clone()].concat()).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let file = (meta.dev(), meta.ino());
+        let mark = stint_server::audit::DurableMark::default();
+        // "b" is being written (or failed and will be cut back).
+        mark.set(file, a.len() as u64);
+        let tail = AuditTail::new(location(&path));
+        refresh_with(&tail, &path, Some(&mark));
+        assert_eq!(jobs(&tail), ["a"]);
+        mark.set(file, (a.len() + b.len()) as u64);
+        refresh_with(&tail, &path, Some(&mark));
+        assert_eq!(jobs(&tail), ["a", "b"]);
+        assert_eq!(tail.status().error, None);
+    }
+
+    #[test]
+    fn a_file_cut_or_rewritten_below_what_was_read_breaks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let mut chain = Chain::genesis();
@@ -461,48 +557,87 @@ mod tests {
         let after_a = chain;
         let b = minted(&mut chain, "b");
         std::fs::write(&path, [a.clone(), b].concat()).unwrap();
-        let tail = AuditTail::new(AuditLocation::File(path.clone()));
+        let tail = AuditTail::new(location(&path));
         refresh(&tail, &path);
         assert_eq!(jobs(&tail), ["a", "b"]);
-
-        // A failed write is cut back: "b" was never durable.
-        std::fs::write(&path, &a).unwrap();
-        refresh(&tail, &path);
-        let status = tail.status();
-        assert_eq!(status.error, None);
-        assert!(status.notice.as_deref().unwrap().contains("cut back"));
-        assert_eq!(jobs(&tail), ["a"]);
+        // Cut back and written on past where "b" ended, a valid chain
+        // after "a": still a changed history.
         let mut chain = after_a;
-        let c = minted(&mut chain, "c");
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(&c)
-            .unwrap();
+        let forged = minted(&mut chain, "forged-and-longer-than-b");
+        std::fs::write(&path, [a, forged].concat()).unwrap();
         refresh(&tail, &path);
-        assert_eq!(jobs(&tail), ["a", "c"]);
-        assert_eq!(tail.status().error, None);
+        let error = tail.status().error.unwrap();
+        assert!(error.contains("cut or rewritten"), "{error}");
+        assert_eq!(jobs(&tail), ["a", "b"], "nothing after is read");
 
-        // A record that does not follow: broken, and it stays so.
+        // A record that does not follow: broken too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        std::fs::write(&path, minted(&mut chain, "a")).unwrap();
+        let tail = AuditTail::new(location(&path));
+        refresh(&tail, &path);
         let mut other = Chain::genesis();
-        let forged = minted(&mut other, "forged");
         std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap()
-            .write_all(&forged)
+            .write_all(&minted(&mut other, "x"))
             .unwrap();
         refresh(&tail, &path);
         assert!(tail.status().error.unwrap().contains("does not verify"));
+    }
+
+    #[test]
+    fn a_file_continuing_one_not_read_is_checked_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut chain = Chain::genesis();
+        std::fs::write(&path, minted(&mut chain, "a")).unwrap();
+        let tail = AuditTail::new(location(&path));
+        refresh(&tail, &path);
+        // Two rotations before the next look: B was never read here.
+        std::fs::rename(&path, dir.path().join("audit-1.jsonl")).unwrap();
+        let head = chain.head();
+        let mut b = record(
+            &mut chain,
+            AuditEntry::continuation(
+                "2026-12-01T00:00:01.000Z".into(),
+                "audit-1.jsonl".into(),
+                head,
+            ),
+        );
+        b.extend(minted(&mut chain, "b"));
+        std::fs::write(dir.path().join("audit-2.jsonl"), b).unwrap();
+        let head = chain.head();
+        let mut c = record(
+            &mut chain,
+            AuditEntry::continuation(
+                "2026-12-01T00:00:02.000Z".into(),
+                "audit-2.jsonl".into(),
+                head,
+            ),
+        );
+        c.extend(minted(&mut chain, "c"));
+        std::fs::write(&path, c).unwrap();
+        refresh(&tail, &path);
+        let status = tail.status();
+        assert_eq!(status.error, None, "{status:?}");
+        assert!(
+            status
+                .notice
+                .unwrap()
+                .contains("continues a file not read here")
+        );
         assert_eq!(jobs(&tail), ["a", "c"]);
+        assert_eq!(status.head, chain.head());
     }
 
     #[test]
     fn an_unreadable_file_is_tried_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let tail = AuditTail::new(AuditLocation::File(path.clone()));
+        let tail = AuditTail::new(location(&path));
         refresh(&tail, &path);
         assert!(tail.status().transient.unwrap().contains("cannot open"));
         let mut chain = Chain::genesis();

@@ -142,6 +142,8 @@ pub struct Console {
     logins: session::Logins,
     tail: Arc<audit_tail::AuditTail>,
     reports: report::Reports,
+    sign_ins: SignInLimit,
+    started: std::time::Instant,
     rng: SystemRandom,
 }
 
@@ -233,6 +235,8 @@ impl Console {
             logins,
             tail,
             reports: report::Reports::default(),
+            sign_ins: SignInLimit::default(),
+            started: std::time::Instant::now(),
             rng,
         }))
     }
@@ -273,13 +277,15 @@ impl Console {
             .with_state(Arc::clone(self))
     }
 
-    /// Serve on `listener` (TLS with `tls`) until `shutdown` resolves.
+    /// Serve on `listener` (TLS with `tls`, which must offer HTTP/1.1 alone:
+    /// [`stint_server::tls::acceptor_http1`]) until `shutdown` resolves.
     ///
     /// The console shares its process with the broker, so it is held to a
-    /// small share of it: at most [`MAX_CONNECTIONS`] connections
-    /// ([`MAX_CONNECTIONS_PER_SOURCE`] from one address), headers within
-    /// 10 s, TLS handshakes within 10 s, a connection closed once idle for
-    /// a minute.
+    /// small share of it: HTTP/1.1 only, at most [`MAX_CONNECTIONS`]
+    /// connections ([`MAX_CONNECTIONS_PER_SOURCE`] from one address or
+    /// IPv6 /64), a request's headers (and a TLS handshake) within 10 s of
+    /// the connection waiting for them, so a silent connection is closed
+    /// after 10 s, and a connection closed gracefully after 5 minutes.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
@@ -288,25 +294,32 @@ impl Console {
     ) {
         let router = self.router();
         {
-            // Read the log once now, not on the first page view.
-            let console = Arc::clone(&self);
-            tokio::spawn(async move { console.tail.refresh(&console.api).await });
+            // Read the log now and every 30 s, not only on page views: a
+            // rotation is followed while it is fresh. The task ends with
+            // the console (a weak reference).
+            let console = Arc::downgrade(&self);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TAIL_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(console) = console.upgrade() else {
+                        return;
+                    };
+                    console.tail.refresh(&console.api).await;
+                }
+            });
         }
-        let mut builder =
-            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        // HTTP/1.1 only (pages are few and small): its header timeout runs
+        // from the moment a connection waits for a request, so a
+        // connection that sends nothing, first or between requests, is
+        // closed after it.
+        let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .http1()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .max_buf_size(64 * 1024)
             .keep_alive(true);
-        builder
-            .http2()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .max_concurrent_streams(16)
-            .max_header_list_size(64 * 1024)
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20));
         let builder = Arc::new(builder);
         let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let per_source: SourceCounts = Arc::default();
@@ -348,37 +361,55 @@ impl Console {
                 let _permit = permit;
                 let _source = source;
                 let service = hyper_util::service::TowerToHyperService::new(service);
-                let served = match tls {
+                match tls {
                     Some(acceptor) => {
-                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => {
-                                tokio::time::timeout(
-                                    CONNECTION_LIFETIME,
-                                    builder.serve_connection(
-                                        hyper_util::rt::TokioIo::new(stream),
-                                        service,
-                                    ),
-                                )
-                                .await
-                            }
-                            _ => return,
-                        }
+                        let Ok(Ok(stream)) =
+                            tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await
+                        else {
+                            return;
+                        };
+                        serve_one(&builder, hyper_util::rt::TokioIo::new(stream), service).await;
                     }
                     None => {
-                        tokio::time::timeout(
-                            CONNECTION_LIFETIME,
-                            builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                        )
-                        .await
+                        serve_one(&builder, hyper_util::rt::TokioIo::new(stream), service).await;
                     }
-                };
-                if let Ok(Err(error)) = served {
-                    tracing::debug!(%error, "console connection ended");
                 }
             });
         }
     }
 }
+
+/// Serve one connection for at most [`CONNECTION_LIFETIME`], then close it
+/// gracefully: a request in flight (a decision being recorded) finishes
+/// first, within [`DRAIN_TIMEOUT`].
+async fn serve_one<I, S>(builder: &hyper::server::conn::http1::Builder, io: I, service: S)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = tokio::time::sleep(CONNECTION_LIFETIME) => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(DRAIN_TIMEOUT, connection.as_mut()).await {
+                Ok(served) => served,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(error) = served {
+        tracing::debug!(%error, "console connection ended");
+    }
+}
+
+/// How often the audit log is read without a page asking.
+const TAIL_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The most connections the console holds at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -389,6 +420,54 @@ pub const MAX_CONNECTIONS_PER_SOURCE: usize = 16;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a connection lives: pages are small, browsers reconnect.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// How long a connection closing at its lifetime has to finish the
+/// request in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The source a connection or request is counted against: an IPv4
+/// address, or an IPv6 /64 (what one host can choose from).
+fn source_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                std::net::IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Sign-ins started or finished per source and minute: each costs a
+/// request to the identity provider, and a refused one an audit record.
+const SIGN_INS_PER_MINUTE: u32 = 30;
+
+/// Counts sign-in requests per source, per minute.
+#[derive(Debug, Default)]
+struct SignInLimit {
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u64, u32)>>,
+}
+
+impl SignInLimit {
+    /// Whether one more sign-in request from `ip` is allowed now.
+    fn allow(&self, ip: std::net::IpAddr, minute: u64) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= 10_000 {
+            counts.retain(|_, (at, _)| *at == minute);
+            if counts.len() >= 10_000 {
+                counts.clear();
+            }
+        }
+        let (at, n) = counts.entry(source_key(ip)).or_insert((minute, 0));
+        if *at != minute {
+            *at = minute;
+            *n = 0;
+        }
+        *n += 1;
+        *n <= SIGN_INS_PER_MINUTE
+    }
+}
 
 /// Connections held, per source address.
 type SourceCounts = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
@@ -647,6 +726,31 @@ impl Console {
         }
     }
 
+    /// Whether this sign-in request may go on (per source and minute);
+    /// the answer if not.
+    fn sign_in_allowed(
+        &self,
+        peer: Option<Peer>,
+        headers: &HeaderMap,
+    ) -> Result<(), Box<Response>> {
+        let Some(client) = self.origin_of_request(peer, headers).client_addr else {
+            return Ok(());
+        };
+        let minute = self.started.elapsed().as_secs() / 60;
+        if self.sign_ins.allow(client.ip(), minute) {
+            Ok(())
+        } else {
+            let mut response = plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many sign-ins from this address: try again in a minute",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            Err(Box::new(response))
+        }
+    }
+
     /// The request's session, or the answer for a request without one.
     fn signed(&self, headers: &HeaderMap, path: &str) -> Result<Signed, Box<Response>> {
         let now = self.now();
@@ -654,6 +758,19 @@ impl Console {
         let ended = match id.map(|id| (id, self.sessions.touch(id, now))) {
             Some((id, Ok(session))) => match self.api.operator(&session.signed) {
                 Some(operator) => {
+                    // Opened by another site of the same site (a sibling
+                    // subdomain sends the Strict cookie): a page with
+                    // decisions on it is still a click away.
+                    let site =
+                        header_str(headers, header::HeaderName::from_static("sec-fetch-site"));
+                    if matches!(site, Some("same-site" | "cross-site"))
+                        && !views::continues_by_itself(path)
+                    {
+                        return Err(Box::new(html(
+                            StatusCode::OK,
+                            views::reload(&return_path(Some(path))),
+                        )));
+                    }
                     return Ok(Signed {
                         id: id.to_owned(),
                         session,
@@ -759,7 +876,15 @@ async fn login_page(
     )
 }
 
-async fn login_start(State(console): State<Arc<Console>>, RawQuery(raw): RawQuery) -> Response {
+async fn login_start(
+    State(console): State<Arc<Console>>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if let Err(response) = console.sign_in_allowed(peer.map(|axum::Extension(p)| p), &headers) {
+        return *response;
+    }
     let query = query(raw);
     let return_to = return_path(query.get("return_to"));
     let unavailable = |why: &str| {
@@ -828,6 +953,10 @@ async fn callback(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    let peer = peer.map(|axum::Extension(p)| p);
+    if let Err(response) = console.sign_in_allowed(peer, &headers) {
+        return *response;
+    }
     let query = query(raw);
     let issuer = console.config.oidc.issuer.clone();
     let refuse = |status: StatusCode, why: &str| {
@@ -898,7 +1027,7 @@ async fn callback(
             return refuse(StatusCode::BAD_GATEWAY, &error.to_string());
         }
     };
-    let origin = console.origin_of_request(peer.map(|axum::Extension(p)| p), &headers);
+    let origin = console.origin_of_request(peer, &headers);
     let client_id = console.config.oidc.client_id.clone();
     let nonce = login.nonce.clone();
     let signed = match console

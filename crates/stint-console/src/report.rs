@@ -1,5 +1,6 @@
 //! The least-privilege report on the Policy page: `stint policy review`'s
-//! analysis (`stint-evidence`) of this broker's audit log, read and
+//! analysis (`stint-evidence`) of this broker's audit log, every file of
+//! it kept in the data directory (or its chain in the store), read and
 //! verified from its start, at most every [`MAX_AGE`] (a log of a million
 //! records takes seconds to read).
 
@@ -57,26 +58,50 @@ async fn compute(api: &OperatorApi) -> Result<Computed, String> {
     let policy = api.policy();
     let keys = api.audit_keys();
     let (observations, verified, source, stopped) = match api.audit_location().clone() {
-        AuditLocation::File(path) => {
-            let source = path.display().to_string();
+        AuditLocation::File { path, .. } => {
             let window = settings.window_days;
             tokio::task::spawn_blocking(move || {
-                let file = std::fs::File::open(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                // The whole chain: the rotated files beside it, oldest
+                // first, then the current one.
+                let files = stint_server::audit::chain_files(&path).map_err(|e| {
+                    format!("cannot list the audit files beside {}: {e}", path.display())
+                })?;
+                let source = if files.len() > 1 {
+                    format!(
+                        "{} and the {} rotated files before it",
+                        path.display(),
+                        files.len() - 1
+                    )
+                } else {
+                    path.display().to_string()
+                };
                 let mut observations = Observations::new(now, window);
                 let mut verifier = Verifier::new(keys);
-                let read = verifier.file_each(BufReader::with_capacity(256 * 1024, file), |line| {
-                    // A verified line is a record; one the analysis cannot
-                    // read is skipped (it counts it).
-                    let _ = observations.line(line);
-                });
-                let stopped = match read {
-                    Ok(()) => None,
-                    // The broker is writing the last line: the rest is
-                    // read next time.
-                    Err(ChainError::Incomplete { .. }) => None,
-                    Err(error) => Some(format!("the chain does not verify: {error}")),
-                };
+                let mut stopped = None;
+                let last = files.len() - 1;
+                for (i, file) in files.iter().enumerate() {
+                    let opened = std::fs::File::open(file)
+                        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                    let read =
+                        verifier.file_each(BufReader::with_capacity(256 * 1024, opened), |line| {
+                            // A verified line is a record; one the analysis
+                            // cannot read is skipped (it counts it).
+                            let _ = observations.line(line);
+                        });
+                    match read {
+                        Ok(()) => {}
+                        // The broker is writing the current file's last
+                        // line: the rest is read next time.
+                        Err(ChainError::Incomplete { .. }) if i == last => {}
+                        Err(error) => {
+                            stopped = Some(format!(
+                                "{}: the chain does not verify: {error}",
+                                file.display()
+                            ));
+                            break;
+                        }
+                    }
+                }
                 Ok::<_, String>((observations, verifier.report().records, source, stopped))
             })
             .await

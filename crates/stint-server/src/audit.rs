@@ -171,6 +171,27 @@ pub struct CurrentFile {
     pub started: Option<DateTime<Utc>>,
 }
 
+/// How much of the audit file is durable: the file (device and inode) and
+/// its length up to the last record on stable storage, set after every
+/// write. A reader in the broker's process (the console) reads no further:
+/// a write that fails is cut back, and its records were never recorded.
+#[derive(Debug, Default)]
+pub struct DurableMark {
+    at: std::sync::Mutex<Option<((u64, u64), u64)>>,
+}
+
+impl DurableMark {
+    /// The file (device, inode) being written and its durable length.
+    pub fn get(&self) -> Option<((u64, u64), u64)> {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer's: `len` bytes of `file` are durable.
+    pub fn set(&self, file: (u64, u64), len: u64) {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner()) = Some((file, len));
+    }
+}
+
 /// The audit log file.
 #[derive(Debug)]
 pub struct FileSink {
@@ -187,6 +208,8 @@ pub struct FileSink {
     /// acknowledged until it succeeds.
     dir_sync_pending: bool,
     started: Option<DateTime<Utc>>,
+    /// What is durable, for readers.
+    mark: Arc<DurableMark>,
 }
 
 fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
@@ -238,6 +261,8 @@ impl FileSink {
     fn at(file: File, path: &Path, good_len: u64) -> io::Result<Self> {
         let identity = identity(&file.metadata()?);
         let first = first_line(&file, good_len)?;
+        let mark = Arc::new(DurableMark::default());
+        mark.set(identity, good_len);
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -246,7 +271,13 @@ impl FileSink {
             dirty: false,
             dir_sync_pending: false,
             started: record_time(&first),
+            mark,
         })
+    }
+
+    /// What of the file is durable, updated as it is written.
+    pub fn durable_mark(&self) -> Arc<DurableMark> {
+        Arc::clone(&self.mark)
     }
 
     /// Where a rotation writes the next file before it takes the path.
@@ -394,6 +425,39 @@ fn rotated_stem(name: &str) -> &str {
     name.strip_suffix(".jsonl").unwrap_or(name)
 }
 
+/// The files of the chain whose current file is `current`, oldest first:
+/// the rotated ones beside it (`STEM-YYYYMMDDTHHMMSSZ-SEQ.jsonl`, in the
+/// order of their last record's `SEQ`), then `current` itself.
+pub fn chain_files(current: &Path) -> io::Result<Vec<PathBuf>> {
+    let dir = current.parent().unwrap_or_else(|| Path::new("."));
+    let name = current
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::other("the audit file's name is not UTF-8"))?;
+    let prefix = format!("{}-", rotated_stem(name));
+    let mut rotated: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        let seq = file_name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".jsonl"))
+            .and_then(|rest| rest.rsplit_once('-'))
+            .filter(|(time, _)| time.len() == 16 && time.ends_with('Z'))
+            .and_then(|(_, seq)| seq.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            rotated.push((seq, entry.path()));
+        }
+    }
+    rotated.sort();
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, path)| path).collect();
+    files.push(current.to_owned());
+    Ok(files)
+}
+
 /// The name a rotated file gets: `STEM-YYYYMMDDTHHMMSSZ-SEQ.jsonl`.
 fn rotated_name(current: &str, now: DateTime<Utc>, last_seq: u64) -> String {
     format!(
@@ -426,6 +490,7 @@ impl AuditSink for FileSink {
         match result {
             Ok(()) => {
                 self.good_len += bytes.len() as u64;
+                self.mark.set(self.identity, self.good_len);
                 Ok(())
             }
             Err(error) => {
@@ -503,6 +568,7 @@ impl AuditSink for FileSink {
         self.file = next;
         self.identity = next_identity;
         self.good_len = first.len() as u64;
+        self.mark.set(self.identity, self.good_len);
         self.started = record_time(first);
         Ok(())
     }
@@ -1094,6 +1160,36 @@ pub use stint_core::audit::timestamp;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn chain_files_are_the_rotated_ones_by_seq_then_the_current() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "audit.jsonl",
+            "audit-20261202T000000Z-100.jsonl",
+            "audit-20261201T000000Z-9.jsonl",
+            "audit-20261203T000000Z-19.jsonl",
+            "audit-notatime-5.jsonl",
+            "other.jsonl",
+            "audit-20261201T000000Z-x.jsonl",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let files = chain_files(&dir.path().join("audit.jsonl")).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "audit-20261201T000000Z-9.jsonl",
+                "audit-20261203T000000Z-19.jsonl",
+                "audit-20261202T000000Z-100.jsonl",
+                "audit.jsonl"
+            ]
+        );
+    }
     use super::*;
     use std::sync::Mutex;
     use stint_core::audit::{Decision, EventKind, verify};

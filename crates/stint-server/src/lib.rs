@@ -355,6 +355,7 @@ pub async fn start_with_clock(
     // process's own), so that losing this machine loses no record.
     let audit_path = config.data_dir.join(AUDIT_FILE);
     let mut own_chain = None;
+    let mut durable_mark = None;
     let (sink, chain, audit_where) = match &config.store {
         StoreConfig::Postgres(settings) => {
             let id =
@@ -383,6 +384,7 @@ pub async fn start_with_clock(
                 path: audit_path.clone(),
                 message: e.to_string(),
             })?;
+            durable_mark = Some(sink.durable_mark());
             (audit_store::Sink::File(sink), chain, audit_path.clone())
         }
     };
@@ -718,7 +720,10 @@ pub async fn start_with_clock(
             Some(chain) => operators::AuditLocation::Store {
                 chain: chain.clone(),
             },
-            None => operators::AuditLocation::File(audit_path.clone()),
+            None => operators::AuditLocation::File {
+                path: audit_path.clone(),
+                durable: durable_mark.clone(),
+            },
         },
         shutdown: Some(shutdown_tx),
         serve_task,

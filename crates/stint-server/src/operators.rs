@@ -198,11 +198,16 @@ impl From<&TargetCredential> for LiveCredential {
 }
 
 /// Where the audit log is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AuditLocation {
     /// A file (`audit.jsonl` in the data directory; rotated files beside
     /// it).
-    File(std::path::PathBuf),
+    File {
+        /// The file being written.
+        path: std::path::PathBuf,
+        /// How much of it is durable (read no further).
+        durable: Option<Arc<crate::audit::DurableMark>>,
+    },
     /// This broker's chain in the shared store.
     Store {
         /// The chain's id.
@@ -319,7 +324,9 @@ impl OperatorApi {
             .operator_for_identity(&signed.issuer, &signed.subject)
             .filter(|o| o.name() == signed.operator)
             .map(|o| {
-                let extra = if claimed {
+                // Only while the policy still reads groups from the token.
+                let reads_claim = o.oidc().is_some_and(|oidc| oidc.groups_claim.is_some());
+                let extra = if claimed && reads_claim {
                     signed.claim_groups.clone()
                 } else {
                     Vec::new()

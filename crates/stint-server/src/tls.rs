@@ -21,6 +21,15 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     server_config(cert, key, None).map(|loaded| TlsAcceptor::from(Arc::new(loaded.config)))
 }
 
+/// [`acceptor`] for a server that speaks HTTP/1.1 only (the console): ALPN
+/// offers `http/1.1` alone, so browsers do not pick HTTP/2.
+pub fn acceptor_http1(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    server_config(cert, key, None).map(|mut loaded| {
+        loaded.config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsAcceptor::from(Arc::new(loaded.config))
+    })
+}
+
 /// Serve `router` over TLS on `listener`, each connection in a task of its
 /// own (its handshake within 10 s), until the returned task is aborted: a
 /// small server such as `stintd --dev`'s identity provider, or a test's
