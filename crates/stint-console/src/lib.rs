@@ -277,8 +277,7 @@ impl Console {
             .with_state(Arc::clone(self))
     }
 
-    /// Serve on `listener` (TLS with `tls`, which must offer HTTP/1.1 alone:
-    /// [`stint_server::tls::acceptor_http1`]) until `shutdown` resolves.
+    /// Serve on `listener` (TLS with `tls`) until `shutdown` resolves.
     ///
     /// The console shares its process with the broker, so it is held to a
     /// small share of it: HTTP/1.1 only, at most [`MAX_CONNECTIONS`]
@@ -289,7 +288,7 @@ impl Console {
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<Arc<TlsFiles>>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let router = self.router();
@@ -355,7 +354,7 @@ impl Console {
                 continue;
             };
             let service = router.clone().layer(axum::Extension(Peer(peer)));
-            let tls = tls.clone();
+            let tls = tls.as_ref().map(|files| files.acceptor());
             let builder = Arc::clone(&builder);
             tokio::spawn(async move {
                 let _permit = permit;
@@ -405,6 +404,80 @@ where
     };
     if let Err(error) = served {
         tracing::debug!(%error, "console connection ended");
+    }
+}
+
+/// The console's certificate and key, loaded again when the files change
+/// (a renewal needs no restart; files that do not load leave the ones in
+/// force). HTTP/1.1 only ([`stint_server::tls::acceptor_http1`]).
+pub struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    current: std::sync::Mutex<TlsCurrent>,
+}
+
+struct TlsCurrent {
+    acceptor: tokio_rustls::TlsAcceptor,
+    stamps: Option<(std::time::SystemTime, std::time::SystemTime)>,
+    checked: std::time::Instant,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often the certificate files are looked at.
+const TLS_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+fn stamps(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((modified(cert)?, modified(key)?))
+}
+
+impl TlsFiles {
+    /// Load `cert` and `key` (PEM).
+    pub fn load(cert: PathBuf, key: PathBuf) -> Result<Self, String> {
+        let acceptor = stint_server::tls::acceptor_http1(&cert, &key)?;
+        let current = TlsCurrent {
+            acceptor,
+            stamps: stamps(&cert, &key),
+            checked: std::time::Instant::now(),
+        };
+        Ok(Self {
+            cert,
+            key,
+            current: std::sync::Mutex::new(current),
+        })
+    }
+
+    /// The acceptor for a new connection, the files loaded again first if
+    /// they changed since they were last looked at (at most every 30 s).
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.checked.elapsed() >= TLS_CHECK_INTERVAL {
+            current.checked = std::time::Instant::now();
+            let now = stamps(&self.cert, &self.key);
+            if now.is_some() && now != current.stamps {
+                match stint_server::tls::acceptor_http1(&self.cert, &self.key) {
+                    Ok(acceptor) => {
+                        tracing::info!(cert = %self.cert.display(), "console: TLS files loaded again");
+                        current.acceptor = acceptor;
+                        current.stamps = now;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "console: the new TLS files do not load; the ones in force stay");
+                    }
+                }
+            }
+        }
+        current.acceptor.clone()
     }
 }
 

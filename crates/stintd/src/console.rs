@@ -227,7 +227,10 @@ impl Prepared {
         let console =
             Console::new(server.operator_api(), self.config).map_err(|e| e.to_string())?;
         let tls = match &self.tls {
-            Some((cert, key)) => Some(stint_server::tls::acceptor_http1(cert, key)?),
+            Some((cert, key)) => Some(std::sync::Arc::new(stint_console::TlsFiles::load(
+                cert.clone(),
+                key.clone(),
+            )?)),
             None => None,
         };
         let origin = console.origin().to_owned();

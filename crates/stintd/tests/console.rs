@@ -125,3 +125,83 @@ async fn the_dev_broker_serves_the_console_with_its_demo_operators() {
     assert!(granted.iter().all(|r| r["via"] == "console"));
     assert_eq!(granted[1]["federated_sub"], "bob");
 }
+
+#[tokio::test]
+async fn the_console_serves_tls_with_the_brokers_files_and_picks_up_a_renewal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = stint_tests::TestCa::new(dir.path());
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        stint_tests::policy_with(
+            "[issuers.corp]\nurl = \"https://127.0.0.1:9\"\naudiences = [\"stint-console\"]\n",
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let console = format!("https://localhost:{port}");
+    let _daemon = Daemon::start(
+        Path::new(STINTD),
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            ca.cert_path.to_str().unwrap(),
+            "--tls-key",
+            ca.key_path.to_str().unwrap(),
+            "--console",
+            &format!("127.0.0.1:{port}"),
+            "--console-url",
+            &console,
+            "--console-oidc-issuer",
+            "corp",
+        ],
+    );
+    let page = ca
+        .client()
+        .get(format!("{console}/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        page.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+    assert!(page.text().await.unwrap().contains("Sign in with corp"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let first = ca.cert_der.clone();
+    assert_eq!(stint_tests::served_certificate(&ca.ca_pem, addr), first);
+
+    // A renewal is served to new connections within the console's check
+    // interval (30 s), with no restart and no signal.
+    let renewed = ca.renew_server_certificate();
+    assert_ne!(renewed, first);
+    let pem = ca.ca_pem.clone();
+    let served = stint_tests::eventually(
+        std::time::Duration::from_secs(45),
+        "the renewed certificate",
+        || {
+            let pem = pem.clone();
+            let renewed = renewed.clone();
+            async move {
+                let served = tokio::task::spawn_blocking(move || {
+                    stint_tests::served_certificate(&pem, addr)
+                })
+                .await
+                .unwrap();
+                (served == renewed).then_some(served)
+            }
+        },
+    )
+    .await;
+    assert_eq!(served, renewed);
+}
