@@ -79,7 +79,7 @@
 //! 422 message for more than 500 repositories, and 401 "Bad credentials"
 //! for an App JWT where an installation token is needed.
 
-use crate::TestCa;
+use crate::TlsListener;
 use axum::body::Body;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -329,16 +329,13 @@ pub fn sign_rs256(key_pem: &Path, header: &Value, claims: &Value) -> String {
 impl FakeGithub {
     /// Start it: App [`APP_ID`], client id [`CLIENT_ID`], no installations.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new(dir.path());
-        let ca_file = dir.path().join("github-ca.pem");
-        std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-        let acceptor = stint_server::tls::acceptor(&ca.cert_path, &ca.key_path).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api_url = format!(
-            "https://127.0.0.1:{}",
-            listener.local_addr().unwrap().port()
-        );
+        let TlsListener {
+            dir,
+            ca_file,
+            url: api_url,
+            listener,
+            acceptor,
+        } = TlsListener::bind("github-ca.pem").await;
         let key_pkcs8_pem = fixture("github-app.pkcs8.pem");
         let key_pkcs1_pem = fixture("github-app.pkcs1.pem");
         let wrong_key_pem = fixture("github-wrong-app.pkcs8.pem");

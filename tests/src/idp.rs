@@ -2,7 +2,7 @@
 //! CA, serving a discovery document and a JWK set, minting ID tokens shaped
 //! like GitHub Actions' and Kubernetes'.
 
-use crate::TestCa;
+use crate::TlsListener;
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -42,16 +42,13 @@ impl Drop for TestIdp {
 
 impl TestIdp {
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new(dir.path());
-        let ca_file = dir.path().join("idp-ca.pem");
-        std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-        let acceptor = stint_server::tls::acceptor(&ca.cert_path, &ca.key_path).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!(
-            "https://127.0.0.1:{}",
-            listener.local_addr().unwrap().port()
-        );
+        let TlsListener {
+            dir,
+            ca_file,
+            url: issuer,
+            listener,
+            acceptor,
+        } = TlsListener::bind("idp-ca.pem").await;
         let rng = SystemRandom::new();
         let (es256, _) = SigningKey::generate(Algorithm::ES256, &rng).unwrap();
         let rsa = ring::rsa::KeyPair::from_der(RSA_KEY).unwrap();

@@ -559,6 +559,42 @@ impl TestCa {
     }
 }
 
+/// A loopback HTTPS listener for a fake upstream (an identity provider,
+/// GitHub): a test CA in a temporary directory (its certificate written to
+/// `ca_file`, for the broker to trust), a server certificate from it, and
+/// the listener with its `https://127.0.0.1:PORT` URL.
+pub struct TlsListener {
+    /// Holds the CA and server files; keep it as long as the server.
+    pub dir: tempfile::TempDir,
+    pub ca_file: PathBuf,
+    pub url: String,
+    pub listener: tokio::net::TcpListener,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    /// Bind one, the CA certificate written as `ca_name` in its directory.
+    pub async fn bind(ca_name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(dir.path());
+        let ca_file = dir.path().join(ca_name);
+        std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+        let acceptor = stint_server::tls::acceptor(&ca.cert_path, &ca.key_path).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        );
+        Self {
+            dir,
+            ca_file,
+            url,
+            listener,
+            acceptor,
+        }
+    }
+}
+
 /// A TLS connection to `addr` that trusts only the CA `ca_pem` (HTTP/1.1 by
 /// ALPN), handshake done. Blocking.
 pub fn tls_connect(

@@ -16,7 +16,7 @@
 //! would (a wrong `nonce` or `aud` in the ID token); the log lets a test
 //! see what the console sent.
 
-use crate::TestCa;
+use crate::TlsListener;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -126,16 +126,13 @@ impl OidcProvider {
     /// with Basic; `None`: public) and these users (each user's `sub` is
     /// `sub-NAME`). The redirect URI is set once the console is bound.
     pub async fn start(client_id: &str, client_secret: Option<&str>, users: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new(dir.path());
-        let ca_file = dir.path().join("oidc-ca.pem");
-        std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-        let acceptor = stint_server::tls::acceptor(&ca.cert_path, &ca.key_path).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!(
-            "https://127.0.0.1:{}",
-            listener.local_addr().unwrap().port()
-        );
+        let TlsListener {
+            dir,
+            ca_file,
+            url: issuer,
+            listener,
+            acceptor,
+        } = TlsListener::bind("oidc-ca.pem").await;
         let (key, _) = SigningKey::generate(Algorithm::ES256, &SystemRandom::new()).unwrap();
         let inner = Arc::new(Inner {
             issuer: issuer.clone(),
