@@ -358,8 +358,7 @@ impl Approvals {
             Decision::Allow,
             &request,
         );
-        entry.request_id = Some(context.request_id.clone());
-        entry.client_addr = context.client_addr.map(|a| a.to_string());
+        context.stamp(&mut entry);
         entry.duration = Some(request.duration_asked);
         state.record(entry).await?;
         let saved = state
@@ -511,13 +510,7 @@ impl Approvals {
         entry.comment = comment;
         entry.duration = duration;
         entry.detail = Some(detail);
-        entry.request_id = Some(context.request_id.clone());
-        entry.client_addr = context.client_addr.map(|a| a.to_string());
-        entry.via = context.via.map(str::to_owned);
-        if let Some((iss, sub)) = &context.identity {
-            entry.federated_iss = Some(iss.clone());
-            entry.federated_sub = Some(sub.clone());
-        }
+        context.stamp(&mut entry);
         let store = |error: stint_store::StoreError| {
             tracing::error!(%error, approval = %id, "approval decision not stored");
             ActionError::Unavailable("the decision could not be stored")

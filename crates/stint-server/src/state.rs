@@ -400,13 +400,7 @@ impl AppState {
     ) -> AuditEntry {
         let mut entry = AuditEntry::new(timestamp(now), event, decision);
         if let Some(context) = context {
-            entry.request_id = Some(context.request_id.clone());
-            entry.client_addr = context.client_addr.map(|a| a.to_string());
-            entry.via = context.via.map(str::to_owned);
-            if let Some((iss, sub)) = &context.identity {
-                entry.federated_iss = Some(iss.clone());
-                entry.federated_sub = Some(sub.clone());
-            }
+            context.stamp(&mut entry);
         }
         entry
     }

@@ -68,6 +68,18 @@ pub(crate) struct RequestContext {
 }
 
 impl RequestContext {
+    /// What an audit record says of the request: its id, the client's
+    /// address, the front end (`via`) and the operator's identity.
+    pub(crate) fn stamp(&self, entry: &mut stint_core::audit::AuditEntry) {
+        entry.request_id = Some(self.request_id.clone());
+        entry.client_addr = self.client_addr.map(|a| a.to_string());
+        entry.via = self.via.map(str::to_owned);
+        if let Some((iss, sub)) = &self.identity {
+            entry.federated_iss = Some(iss.clone());
+            entry.federated_sub = Some(sub.clone());
+        }
+    }
+
     /// This context, with the identity `entry` learned (an operator's ID
     /// token), for the records made after it.
     pub(crate) fn with_identity_of(&self, entry: &stint_core::audit::AuditEntry) -> Self {
