@@ -19,7 +19,7 @@ use stint_server::{Config, Rate, RunningServer};
 use tokio::time::Instant;
 
 /// The mint request's form body: the demo workflow's `read` step.
-const MINT_FORM: &str =
+pub(crate) const MINT_FORM: &str =
     "grant_type=client_credentials&step=read&scope=read:demo/bench&audience=bench-api";
 
 /// How long a metrics scrape may take.

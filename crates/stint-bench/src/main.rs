@@ -43,6 +43,7 @@
 
 mod broker;
 mod floor;
+mod instructions;
 mod load;
 mod machine;
 mod report;
@@ -90,6 +91,17 @@ struct Cli {
     /// of this executable, i.e. inside Cargo's target directory].
     #[arg(long, value_name = "DIR")]
     data_in: Option<PathBuf>,
+
+    /// Instead of the load: count the instructions a mint costs the real
+    /// `stintd` (beside this executable) under `valgrind --tool=callgrind`,
+    /// from runs of N and 2N mints, and where they go.
+    #[arg(long, value_name = "N", conflicts_with_all = ["runs", "check"])]
+    instructions: Option<u32>,
+
+    /// With --instructions: keep the callgrind profile of the 2N mints in
+    /// FILE.
+    #[arg(long, value_name = "FILE", requires = "instructions")]
+    profile_out: Option<PathBuf>,
 }
 
 impl Cli {
@@ -118,6 +130,10 @@ fn main() -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    if let Some(mints) = cli.instructions {
+        runtime.block_on(instructions::run(mints, cli.profile_out.as_deref()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let summary = runtime.block_on(benchmark(&cli, load));
     // Whatever is left (idle connection tasks) is not waited for.
     runtime.shutdown_timeout(Duration::from_secs(5));
