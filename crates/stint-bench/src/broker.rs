@@ -29,6 +29,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Broker {
     server: RunningServer,
     client: DevClient,
+    audit_file: std::path::PathBuf,
 }
 
 impl Broker {
@@ -47,7 +48,11 @@ impl Broker {
             .await
             .context("starting the broker")?;
         let client = read_dev_client(&server)?;
-        Ok(Self { server, client })
+        Ok(Self {
+            server,
+            client,
+            audit_file: data_dir.join(stint_server::AUDIT_FILE),
+        })
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -97,7 +102,9 @@ impl Broker {
         if status != StatusCode::OK {
             bail!("GET /metrics answered {status}");
         }
-        AuditCounters::parse(&String::from_utf8_lossy(&body))
+        let mut counters = AuditCounters::parse(&String::from_utf8_lossy(&body))?;
+        counters.bytes = audit_bytes(&self.audit_file)?;
+        Ok(counters)
     }
 
     pub(crate) async fn shutdown(self) {
@@ -114,11 +121,26 @@ fn read_dev_client(server: &RunningServer) -> Result<DevClient> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// How many audit records were made durable, in how many fsyncs.
+/// The bytes of the audit log, its rotated files included.
+fn audit_bytes(current: &Path) -> Result<f64> {
+    let files = stint_server::audit::chain_files(current)
+        .with_context(|| format!("listing the files of {}", current.display()))?;
+    let mut total = 0u64;
+    for file in files {
+        total += std::fs::metadata(&file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .len();
+    }
+    Ok(total as f64)
+}
+
+/// How many audit records were made durable, in how many fsyncs, and the
+/// log's size in bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct AuditCounters {
     pub(crate) records: f64,
     pub(crate) fsyncs: f64,
+    pub(crate) bytes: f64,
 }
 
 impl AuditCounters {
@@ -131,6 +153,7 @@ impl AuditCounters {
         Ok(Self {
             records: value("stint_audit_batch_records_sum")?,
             fsyncs: value("stint_audit_batch_records_count")?,
+            bytes: 0.0,
         })
     }
 
@@ -139,6 +162,7 @@ impl AuditCounters {
         Self {
             records: self.records - earlier.records,
             fsyncs: self.fsyncs - earlier.fsyncs,
+            bytes: self.bytes - earlier.bytes,
         }
     }
 }
@@ -167,7 +191,8 @@ mod tests {
             counters,
             AuditCounters {
                 records: 1234.0,
-                fsyncs: 56.0
+                fsyncs: 56.0,
+                bytes: 0.0,
             }
         );
         assert!(AuditCounters::parse("stint_tokens_minted_total 3\n").is_err());

@@ -53,44 +53,68 @@ const MINT_FORM: &str = crate::broker::MINT_FORM;
 /// not add up; each says what that part costs on its own.
 const PARTS: &[(&str, &[&str])] = &[
     (
-        "HTTP/1.1 server (hyper: parse, dispatch, encode)",
+        "hyper's own work (parse, dispatch, encode)",
         &["hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_catch"],
     ),
     (
-        "  request head parsing",
-        &["hyper::proto::h1::role::Server as hyper::proto::h1::Http1Transaction>::parse"],
+        "the token endpoint (a mint's own work)",
+        &["stint_server::http::token::mint::{{closure}}"],
     ),
     (
-        "  the token handler (all of a mint's own work)",
-        &["stint_server::http::token::token::{{closure}}"],
+        "  HTTP Basic credentials parsed",
+        &["stint_server::http::client_auth::parse_basic"],
     ),
     (
-        "    client authentication",
-        &["stint_server::http::client_auth::Credentials::authenticate"],
+        "  the client's secret checked (SHA-256)",
+        &["stint_core::policy::Policy::authenticate"],
     ),
     (
-        "      SHA-256",
-        &["ring::digest::Context::update", "ring::digest::digest"],
+        "  the form read and decoded",
+        &["stint_server::http::client_auth::read_form::{{closure}}"],
     ),
-    ("    the decision", &["stint_core::decision::decide"]),
+    ("  the decision", &["stint_core::decision::decide"]),
     (
-        "    status-list entry",
-        &["stint_server::status::StatusLists::allocate::{{closure}}"],
+        "  the status-list entry (three HMACs)",
+        &["stint_server::status::ListKey::entry"],
     ),
     (
-        "    signing (claims JSON + ES256)",
+        "  signing (claims JSON + ES256)",
         &["stint_core::jose::SigningKey::sign_jwt"],
     ),
-    ("      ECDSA P-256", &["ring::ec::suite_b::ecdsa::signing::EcdsaKeyPair::sign"]),
     (
-        "    the audit record's encoding",
-        &["stint_core::audit::AuditEntry::encode"],
+        "    ECDSA P-256",
+        &["ring::ec::suite_b::ecdsa::signing::EcdsaKeyPair::sign"],
     ),
     (
-        "  the audit writer (chaining, hashing, write, fsync)",
-        &["stint_server::audit::writer_loop"],
+        "the audit record: encoded, queued, awaited",
+        &["stint_server::state::AppState::record::{{closure}}"],
     ),
-    ("memory allocation (malloc, free, realloc)", &["malloc", "free", "realloc"]),
+    ("  its encoding", &["stint_core::audit::AuditEntry::encode"]),
+    (
+        "the audit writer's chaining (SHA-256 of the line)",
+        &["stint_core::audit::Chain::append"],
+    ),
+    (
+        "the response (JSON)",
+        &["stint_server::http::token::respond"],
+    ),
+    (
+        "the request log line (tracing)",
+        &[
+            "<tracing_subscriber::fmt::Subscriber<N,E,F,W> as tracing_core::subscriber::Subscriber>::event",
+        ],
+    ),
+    (
+        "memory allocation",
+        &[
+            "mi_malloc_aligned",
+            "mi_free",
+            "mi_realloc_aligned",
+            "malloc",
+            "free",
+            "realloc",
+        ],
+    ),
 ];
 
 /// How many of the costliest functions are listed after the parts.
@@ -231,8 +255,12 @@ async fn profile(stintd: &Path, mints: u32, keep: Option<&Path>) -> Result<Profi
     let total = read_total(&out)?;
     let inclusive = annotate(&out)?;
     if let Some(keep) = keep {
-        std::fs::copy(&out, keep).with_context(|| format!("copying the profile to {}", keep.display()))?;
-        println!("the profile of {mints} mints is in {} (callgrind_annotate reads it)", keep.display());
+        std::fs::copy(&out, keep)
+            .with_context(|| format!("copying the profile to {}", keep.display()))?;
+        println!(
+            "the profile of {mints} mints is in {} (callgrind_annotate reads it)",
+            keep.display()
+        );
     }
     Ok(Profile { total, inclusive })
 }
@@ -251,7 +279,10 @@ async fn drive(child: &mut Child, dir: &Path, addr: SocketAddr, mints: u32) -> R
         {
             break client;
         }
-        ensure!(Instant::now() < started, "the broker did not start within {START_TIMEOUT:?}");
+        ensure!(
+            Instant::now() < started,
+            "the broker did not start within {START_TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let request = mint_request(&client, addr)?;
@@ -393,7 +424,7 @@ fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
