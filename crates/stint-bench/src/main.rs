@@ -46,6 +46,7 @@ mod floor;
 mod instructions;
 mod load;
 mod machine;
+mod peer;
 mod report;
 mod stats;
 
@@ -105,6 +106,12 @@ struct Cli {
     /// from runs of N and 2N mints, and where they go.
     #[arg(long, value_name = "N", conflicts_with_all = ["runs", "check"])]
     instructions: Option<u32>,
+
+    /// Measure oidc-provider (Node.js, client credentials, ES256 JWT access
+    /// tokens, in memory) too, after mint in every run: target mint at least
+    /// 10x it. Installs it with npm the first time.
+    #[arg(long)]
+    oidc_provider: bool,
 
     /// With --instructions: keep the callgrind profile of the 2N mints in
     /// FILE.
@@ -166,9 +173,28 @@ async fn benchmark(cli: &Cli, load: Load) -> Result<Summary> {
         floor.local_addr(),
         broker.issuer()
     );
+    let peer = if cli.oidc_provider {
+        let peer = peer::Peer::start()?;
+        println!(
+            "oidc-provider {} (Node.js {}) at http://{}\n",
+            peer.version(),
+            node_version(),
+            peer.local_addr()
+        );
+        Some(peer)
+    } else {
+        None
+    };
     let targets = Targets {
         floor: Arc::new(broker.mint_request(floor.local_addr())?),
         mint: Arc::new(broker.mint_request(broker.local_addr())?),
+        peer: peer
+            .as_ref()
+            .map(|peer| {
+                peer.request()
+                    .map(|request| (peer.local_addr(), Arc::new(request)))
+            })
+            .transpose()?,
     };
 
     let mut runs = Vec::new();
@@ -189,9 +215,19 @@ async fn benchmark(cli: &Cli, load: Load) -> Result<Summary> {
 struct Targets {
     floor: Arc<RequestTemplate>,
     mint: Arc<RequestTemplate>,
+    peer: Option<(std::net::SocketAddr, Arc<RequestTemplate>)>,
 }
 
-/// The floor first, then mint, under the same load.
+fn node_version() -> String {
+    std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The floor first, then mint (then the peer, if any), under the same load.
 async fn one_run(
     floor: &FloorServer,
     broker: &Broker,
@@ -202,6 +238,10 @@ async fn one_run(
     let audit_before = broker.audit_counters().await;
     let mint_report = load::measure(broker.local_addr(), Arc::clone(&targets.mint), load).await?;
     let audit_after = broker.audit_counters().await;
+    let peer = match &targets.peer {
+        Some((addr, request)) => Some(load::measure(*addr, Arc::clone(request), load).await?),
+        None => None,
+    };
     let audit = match (audit_before, audit_after) {
         (Ok(before), Ok(after)) => Some(after.since(before)),
         (Err(error), _) | (_, Err(error)) => {
@@ -212,6 +252,7 @@ async fn one_run(
     Ok(RunResult {
         floor: floor_report,
         mint: mint_report,
+        peer,
         audit,
         window: load.duration,
     })

@@ -13,6 +13,9 @@ pub(crate) const TARGET_RATIO: f64 = 0.7;
 /// A mint's audit record must take at most this many bytes: half of the
 /// 441 the record took before issue 18 (the benchmark's own request).
 pub(crate) const TARGET_AUDIT_BYTES: f64 = 220.0;
+/// Mint throughput must be at least this many times oidc-provider's, when
+/// it is measured (the median of the runs' ratios).
+pub(crate) const TARGET_PEER_RATIO: f64 = 10.0;
 /// Mint p99 latency must be under this.
 pub(crate) const TARGET_P99: Duration = Duration::from_millis(10);
 /// Other processes using more CPUs than this during a measurement make
@@ -24,6 +27,8 @@ const NOISY_NEIGHBOURS_CPUS: f64 = 0.2;
 pub(crate) struct RunResult {
     pub(crate) floor: LoadReport,
     pub(crate) mint: LoadReport,
+    /// oidc-provider, with `--oidc-provider`.
+    pub(crate) peer: Option<LoadReport>,
     /// The audit writer's work during the mint load (warm-up included), if
     /// the broker's metrics could be read.
     pub(crate) audit: Option<AuditCounters>,
@@ -42,8 +47,16 @@ impl RunResult {
         }
     }
 
+    /// Mint throughput over the peer's, if it was measured.
+    pub(crate) fn peer_ratio(&self) -> Option<f64> {
+        let peer = self.peer.as_ref()?.measurement.per_second;
+        (peer > 0.0).then(|| self.mint.measurement.per_second / peer)
+    }
+
     pub(crate) fn errors(&self) -> u64 {
-        self.floor.measurement.errors + self.mint.measurement.errors
+        self.floor.measurement.errors
+            + self.mint.measurement.errors
+            + self.peer.as_ref().map_or(0, |peer| peer.measurement.errors)
     }
 
     /// The most CPUs other processes used during either measurement.
@@ -61,6 +74,9 @@ impl RunResult {
             format!("  floor: {}", figures(&self.floor.measurement)),
             format!("  mint:  {}", figures(&self.mint.measurement)),
         ];
+        if let Some(peer) = &self.peer {
+            lines.push(format!("  oidc-provider: {}", figures(&peer.measurement)));
+        }
         for (target, report) in [("floor", &self.floor), ("mint", &self.mint)] {
             if let Some(cpu) = report.cpu {
                 lines.push(format!(
@@ -78,6 +94,9 @@ impl RunResult {
             }
         }
         lines.push(format!("  ratio mint/floor: {:.2}", self.ratio()));
+        if let Some(ratio) = self.peer_ratio() {
+            lines.push(format!("  ratio mint/oidc-provider: {ratio:.1}"));
+        }
         lines
     }
 }
@@ -180,6 +199,8 @@ pub(crate) struct Summary {
     /// The median over runs of the audit log's bytes per record, where the
     /// log could be measured.
     pub(crate) audit_bytes: Option<f64>,
+    /// oidc-provider's medians and the median of mint/peer, if measured.
+    pub(crate) peer: Option<(Medians, f64)>,
 }
 
 impl Summary {
@@ -197,6 +218,14 @@ impl Summary {
                 .iter()
                 .filter_map(RunResult::neighbours_cpus)
                 .reduce(f64::max),
+            peer: {
+                let peer: Vec<Measurement> = runs
+                    .iter()
+                    .filter_map(|r| r.peer.as_ref().map(|p| p.measurement))
+                    .collect();
+                let ratios: Vec<f64> = runs.iter().filter_map(RunResult::peer_ratio).collect();
+                median(&ratios).map(|ratio| (Medians::of(&peer), ratio))
+            },
             audit_bytes: median(
                 &runs
                     .iter()
@@ -220,9 +249,20 @@ impl Summary {
             .is_none_or(|bytes| bytes <= TARGET_AUDIT_BYTES)
     }
 
+    /// Mint at least [`TARGET_PEER_RATIO`] times the peer (or the peer not
+    /// measured).
+    pub(crate) fn peer_ratio_met(&self) -> bool {
+        self.peer
+            .is_none_or(|(_, ratio)| ratio >= TARGET_PEER_RATIO)
+    }
+
     /// Every target met, and no request failed.
     pub(crate) fn passes(&self) -> bool {
-        self.p99_met() && self.ratio_met() && self.audit_bytes_met() && self.errors == 0
+        self.p99_met()
+            && self.ratio_met()
+            && self.audit_bytes_met()
+            && self.peer_ratio_met()
+            && self.errors == 0
     }
 
     /// The final block.
@@ -246,6 +286,16 @@ impl Summary {
                 verdict(self.ratio_met())
             ),
         ];
+        if let Some((peer, ratio)) = &self.peer {
+            lines.push(format!(
+                "oidc-provider (Node.js, in memory): {}",
+                peer.figures()
+            ));
+            lines.push(format!(
+                "ratio mint/oidc-provider: {ratio:.1}   (target >= {TARGET_PEER_RATIO:.0}: {})",
+                verdict(self.peer_ratio_met())
+            ));
+        }
         if let Some(bytes) = self.audit_bytes {
             lines.push(format!(
                 "audit bytes per record: {bytes:.0}   (target <= {TARGET_AUDIT_BYTES:.0}: {})",
@@ -296,6 +346,7 @@ mod tests {
         RunResult {
             floor: report(floor, 2, 0),
             mint: report(mint, mint_p99_ms, 0),
+            peer: None,
             audit: None,
             window: Duration::from_secs(1),
         }
@@ -350,6 +401,29 @@ mod tests {
                 .iter()
                 .any(|l| l.contains("audit bytes per record: 441"))
         );
+    }
+
+    #[test]
+    fn the_peer_ratio_is_the_median_of_the_runs() {
+        let against = |peer: f64| {
+            let mut r = run(800.0, 1000.0, 5);
+            r.peer = Some(report(peer, 20, 0));
+            r
+        };
+        let summary = Summary::of(&[against(100.0), against(50.0), against(70.0)]);
+        let (medians, ratio) = summary.peer.unwrap();
+        assert_eq!(medians.per_second, 70.0);
+        assert!((ratio - 800.0 / 70.0).abs() < 1e-9);
+        assert!(summary.peer_ratio_met() && summary.passes());
+        let close = Summary::of(&[against(100.0)]);
+        assert!(!close.peer_ratio_met() && !close.passes());
+        assert!(
+            close
+                .lines()
+                .iter()
+                .any(|l| l.contains("mint/oidc-provider: 8.0"))
+        );
+        assert_eq!(Summary::of(&[run(800.0, 1000.0, 5)]).peer, None);
     }
 
     #[test]

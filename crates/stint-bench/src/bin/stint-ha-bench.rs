@@ -190,6 +190,11 @@ struct Cli {
     stintd: Option<PathBuf>,
 }
 
+/// The allocator `stintd` ships with, under the floor too, as in
+/// `stint-bench`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
