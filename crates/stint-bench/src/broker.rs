@@ -7,10 +7,8 @@
 
 use crate::load::{self, RequestTemplate};
 use anyhow::{Context as _, Result, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -66,23 +64,12 @@ impl Broker {
     /// The mint request, addressed to `addr` (the floor gets the very same
     /// request, so the client side costs the same for both).
     pub(crate) fn mint_request(&self, addr: SocketAddr) -> Result<RequestTemplate> {
-        let credentials = format!("{}:{}", self.client.client_id, self.client.client_secret);
-        let authorization = format!("Basic {}", STANDARD.encode(credentials));
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&authorization).context("bad client credentials")?,
-        );
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        RequestTemplate::new(
-            Method::POST,
+        RequestTemplate::basic_form_post(
             addr,
             stint_proto::TOKEN_PATH,
-            headers,
-            Bytes::from_static(MINT_FORM.as_bytes()),
+            &self.client.client_id,
+            &self.client.client_secret,
+            MINT_FORM,
         )
     }
 

@@ -22,10 +22,7 @@
 
 use crate::load::{self, RequestTemplate};
 use anyhow::{Context as _, Result, bail, ensure};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::StatusCode;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -314,23 +311,12 @@ async fn drive(child: &mut Child, dir: &Path, addr: SocketAddr, mints: u32) -> R
 }
 
 fn mint_request(client: &DevClient, addr: SocketAddr) -> Result<RequestTemplate> {
-    let credentials = format!("{}:{}", client.client_id, client.client_secret);
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::AUTHORIZATION,
-        HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(credentials)))
-            .context("bad client credentials")?,
-    );
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-www-form-urlencoded"),
-    );
-    RequestTemplate::new(
-        Method::POST,
+    RequestTemplate::basic_form_post(
         addr,
         stint_proto::TOKEN_PATH,
-        headers,
-        Bytes::from_static(MINT_FORM.as_bytes()),
+        &client.client_id,
+        &client.client_secret,
+        MINT_FORM,
     )
 }
 

@@ -71,6 +71,37 @@ impl RequestTemplate {
         })
     }
 
+    /// A form POST to `path` on `addr`, authenticated with HTTP Basic as
+    /// `client_id` (a token request).
+    pub(crate) fn basic_form_post(
+        addr: SocketAddr,
+        path: &str,
+        client_id: &str,
+        client_secret: &str,
+        form: &'static str,
+    ) -> Result<Self> {
+        use base64::Engine as _;
+        let credentials = base64::engine::general_purpose::STANDARD
+            .encode(format!("{client_id}:{client_secret}"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {credentials}"))
+                .context("bad client credentials")?,
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        Self::new(
+            Method::POST,
+            addr,
+            path,
+            headers,
+            Bytes::from_static(form.as_bytes()),
+        )
+    }
+
     /// A fresh copy of the request (the parts are reference-counted).
     pub(crate) fn build(&self) -> Request<Full<Bytes>> {
         let mut request = Request::new(Full::new(self.body.clone()));

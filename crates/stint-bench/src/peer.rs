@@ -10,10 +10,6 @@
 
 use crate::load::RequestTemplate;
 use anyhow::{Context as _, Result, bail, ensure};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, header};
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -88,23 +84,7 @@ impl Peer {
 
     /// Its token request.
     pub(crate) fn request(&self) -> Result<RequestTemplate> {
-        let mut headers = HeaderMap::new();
-        let credentials = STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Basic {credentials}"))?,
-        );
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        RequestTemplate::new(
-            Method::POST,
-            self.addr,
-            "/token",
-            headers,
-            Bytes::from_static(FORM.as_bytes()),
-        )
+        RequestTemplate::basic_form_post(self.addr, "/token", CLIENT_ID, CLIENT_SECRET, FORM)
     }
 }
 
