@@ -68,9 +68,8 @@ use crate::stats::{Measurement, median, median_duration};
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use bytes::Bytes;
 use clap::Parser;
-use http::{HeaderMap, HeaderValue, Method, header};
+use http::header;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt as _;
@@ -781,23 +780,12 @@ fn basic_authorization() -> String {
 
 /// The mint phases' request: the `read` step, no target involved.
 fn mint_request(addr: std::net::SocketAddr) -> Result<RequestTemplate> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::AUTHORIZATION,
-        HeaderValue::from_str(&basic_authorization()).context("bad client credentials")?,
-    );
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-www-form-urlencoded"),
-    );
-    RequestTemplate::new(
-        Method::POST,
+    RequestTemplate::basic_form_post(
         addr,
         stint_proto::TOKEN_PATH,
-        headers,
-        Bytes::from_static(
-            b"grant_type=client_credentials&step=read&scope=read:demo/bench&audience=bench-api",
-        ),
+        WORKLOAD,
+        WORKLOAD_SECRET,
+        "grant_type=client_credentials&step=read&scope=read:demo/bench&audience=bench-api",
     )
 }
 
